@@ -1,0 +1,91 @@
+//! The core of shipflow: the model, the four traits and the [`Pipeline`].
+//!
+//! shipflow finds the apps of a monorepo whose inputs changed, builds only those into
+//! reproducible OCI images, pushes only the layers the registry lacks, rolls only their
+//! workloads, watches each rollout, rolls back on failure, and reports what happened
+//! and why. Each step is a trait, so any one can be replaced:
+//!
+//! | trait | does | adapters |
+//! |---|---|---|
+//! | [`ChangeDetector`] | changed paths, fingerprints | `shipflow-git` |
+//! | [`ImageBuilder`] | app → local image | `shipflow-oci`, `shipflow-docker` |
+//! | [`Registry`] | push what is missing, resolve, tag | `shipflow-oci` |
+//! | [`Deployer`] | roll, watch, roll back, history | `shipflow-k8s`, `shipflow-docker` |
+//!
+//! [`testing`] holds in-memory implementations of all four, for tests of your own
+//! pipelines. This example runs the whole flow on them:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use shipflow_core::testing::{FakeBuilder, FakeDeployer, MemoryRegistry, ScriptedDetector};
+//! use shipflow_core::{EnvOverrides, Pipeline, Outcome, Selection, Workspace};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let workspace = Workspace::from_toml(
+//!     r#"
+//!     [workspace]
+//!     registry = "127.0.0.1:5000/acme"
+//!     [apps.api]
+//!     [apps.web]
+//!     "#,
+//!     ".",
+//!     &EnvOverrides::default(),
+//! )?;
+//! let detector = ScriptedDetector::new().with_change("apps/api/src/main.rs");
+//! let registry = Arc::new(MemoryRegistry::new());
+//! let pipeline = Pipeline::builder(workspace)
+//!     .detector(Arc::new(detector))
+//!     .builder(Arc::new(FakeBuilder::new()))
+//!     .registry(registry.clone())
+//!     .deployer(Arc::new(FakeDeployer::new()))
+//!     .build()?;
+//!
+//! let plan = pipeline.plan(Some("main"), "HEAD", &Selection::default()).await?;
+//! assert_eq!(plan.apps.len(), 1); // only api changed
+//!
+//! let report = pipeline.run(Some("main"), "HEAD", &Selection::default()).await?;
+//! assert_eq!(report.apps[0].outcome, Outcome::Deployed);
+//! assert!(report.apps[0].image.as_deref().unwrap().contains("@sha256:"));
+//! # Ok(())
+//! # }
+//! ```
+
+mod build;
+mod context;
+mod deploy;
+mod detect;
+mod impact;
+mod pipeline;
+mod reference;
+mod registry;
+mod tag;
+pub mod testing;
+mod workspace;
+
+pub use build::{Blob, BuildRequest, ImageBuilder, ImageLocation, LocalImage};
+pub use context::{Cancelled, Context, Event, EventKind, EventSink, Stage};
+pub use deploy::{DeployMeta, Deployed, Deployer, Revision, RollbackTarget, Rollout};
+pub use detect::{
+    AppInputs, ChangeDetector, ChangeKind, ChangedPath, ChangedPaths, Fingerprint, RevisionInfo,
+};
+pub use impact::{ChangeSet, Reason, Selection, UnknownApp, analyze};
+pub use pipeline::{
+    AppReport, FailurePolicy, Outcome, Pipeline, PipelineBuilder, PipelineError, Plan, PlannedApp,
+    Report, RunStatus, StageTimings,
+};
+pub use reference::{DOCKER_HUB, Digest, ImageRef, ReferenceError, is_valid_tag, sanitize_tag};
+pub use registry::{PushReport, Registry};
+pub use tag::{TAG_VARIABLES, TagTemplate, TagValues, TemplateError, sortable_timestamp};
+pub use workspace::{
+    App, AppSection, BuildSpec, CONFIG_FILE, Config, ConfigError, Dependency, DeployTargets,
+    DockerTarget, EnvOverrides, HealthCheck, KubernetesTarget, LayerSpec, NativeBuild, ProxyTarget,
+    Strategy, Workspace, WorkspaceSection,
+};
+
+/// The error type adapters return through the traits: their own typed error, boxed.
+/// Downcast it to the adapter's error enum when you need the details.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Re-exported so adapters and users share one cancellation token type.
+pub use tokio_util::sync::CancellationToken;

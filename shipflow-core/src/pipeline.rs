@@ -1,0 +1,893 @@
+//! [`Pipeline`]: plan, then build → push → deploy each changed app, and report.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::{
+    App, BoxError, BuildRequest, ChangeDetector, Context, DeployMeta, Deployer, EventKind,
+    EventSink, Fingerprint, ImageBuilder, PushReport, Reason, Registry, RevisionInfo,
+    RollbackTarget, Rollout, Selection, Stage, TagValues, TemplateError, UnknownApp, Workspace,
+    analyze,
+};
+
+/// What happens to the other apps when one fails.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailurePolicy {
+    /// Start no further app after a failure; apps already under way finish
+    /// (nothing is left half-deployed).
+    #[default]
+    FailFast,
+    /// Carry on with every other app.
+    Continue,
+}
+
+/// Why a pipeline could not be built, planned or run.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// A part the configuration needs was not given to the builder.
+    #[error("pipeline has no {part}: {hint}")]
+    MissingPart {
+        /// The missing part.
+        part: &'static str,
+        /// How to supply it or do without it.
+        hint: &'static str,
+    },
+    /// The concurrency limit is zero.
+    #[error("concurrency must be at least 1")]
+    ZeroConcurrency,
+    /// Change detection failed.
+    #[error("detect: {source}")]
+    Detect {
+        /// The detector's error.
+        #[source]
+        source: BoxError,
+    },
+    /// An app's fingerprint could not be computed.
+    #[error("{app}: detect: cannot fingerprint inputs: {source}")]
+    Fingerprint {
+        /// The app.
+        app: String,
+        /// The detector's error.
+        #[source]
+        source: BoxError,
+    },
+    /// An app's tag could not be rendered.
+    #[error("{app}: tag: {source}")]
+    Tag {
+        /// The app.
+        app: String,
+        /// Why.
+        #[source]
+        source: TemplateError,
+    },
+    /// The app filter names an unknown app.
+    #[error(transparent)]
+    UnknownApp(#[from] UnknownApp),
+}
+
+/// One app of a [`Plan`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedApp {
+    /// The app.
+    pub app: String,
+    /// Why it is in.
+    pub reasons: Vec<Reason>,
+    /// Its input fingerprint at the head revision.
+    pub fingerprint: Fingerprint,
+    /// The image it will be pushed as, `repository:tag`.
+    pub image: String,
+    /// The stages that will run.
+    pub stages: Vec<Stage>,
+}
+
+/// What a run would do, with no side effects: printable, serialisable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// The base revision as given, if any.
+    pub base: Option<String>,
+    /// The head revision as given.
+    pub head: String,
+    /// Facts about the head revision (after `GIT_SHA`).
+    pub revision: RevisionInfo,
+    /// How many paths changed between base and head.
+    pub changed_paths: usize,
+    /// The apps to ship, in name order.
+    pub apps: Vec<PlannedApp>,
+    /// The apps left alone.
+    pub unchanged: Vec<String>,
+}
+
+/// How an app's run ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Outcome {
+    /// Built, pushed and rolled out.
+    Deployed,
+    /// Built and pushed; deploy was skipped.
+    Pushed,
+    /// Nothing to roll: that image (or fingerprint) already runs.
+    Unchanged,
+    /// A stage failed; the workload was rolled back to what ran before.
+    RolledBack {
+        /// The stage that failed.
+        stage: Stage,
+    },
+    /// A stage failed and nothing was rolled back (see `error` and `note`).
+    Failed {
+        /// The stage that failed.
+        stage: Stage,
+    },
+    /// Not started, because another app failed under [`FailurePolicy::FailFast`].
+    Skipped,
+    /// Not started or stopped early, because the run was cancelled.
+    Cancelled,
+}
+
+impl Outcome {
+    /// Whether this outcome is a failure of the app.
+    pub fn is_failure(&self) -> bool {
+        matches!(
+            self,
+            Outcome::RolledBack { .. } | Outcome::Failed { .. } | Outcome::Cancelled
+        )
+    }
+}
+
+/// Milliseconds spent per stage.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageTimings {
+    /// Build.
+    pub build_ms: u64,
+    /// Push.
+    pub push_ms: u64,
+    /// Deploy, including watching the rollout.
+    pub deploy_ms: u64,
+    /// Rollback.
+    pub rollback_ms: u64,
+}
+
+/// What happened to one app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppReport {
+    /// The app.
+    pub app: String,
+    /// Why it was in.
+    pub reasons: Vec<Reason>,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Its input fingerprint.
+    pub fingerprint: Fingerprint,
+    /// The tag pushed.
+    pub tag: String,
+    /// The digest-pinned image, `repository@sha256:…`, once known.
+    pub image: Option<String>,
+    /// What the push did.
+    pub push: Option<PushReport>,
+    /// What the rollout did.
+    pub rollout: Option<Rollout>,
+    /// What the rollback did, if one ran.
+    pub rollback: Option<Rollout>,
+    /// Time per stage.
+    pub timings: StageTimings,
+    /// The error, with its causes, when a stage failed.
+    pub error: Option<String>,
+    /// Anything else a person needs to know (e.g. why no rollback ran).
+    pub note: Option<String>,
+}
+
+/// What a run did, per app, and in all.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    /// The plan the run carried out.
+    pub plan: Plan,
+    /// Per app, in name order.
+    pub apps: Vec<AppReport>,
+    /// Wall time of the run.
+    pub duration_ms: u64,
+}
+
+/// A one-word summary of a [`Report`], for exit codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// No app needed anything.
+    NothingToDo,
+    /// Every app succeeded.
+    Succeeded,
+    /// Some app failed, and every failed rollout was rolled back.
+    RolledBack,
+    /// Some app failed and was not rolled back.
+    Failed,
+}
+
+impl Report {
+    /// The run's summary: failures first, then rollbacks, then success.
+    pub fn status(&self) -> RunStatus {
+        let failed = |o: &Outcome| matches!(o, Outcome::Failed { .. } | Outcome::Cancelled);
+        if self.apps.iter().any(|a| failed(&a.outcome)) {
+            RunStatus::Failed
+        } else if self
+            .apps
+            .iter()
+            .any(|a| matches!(a.outcome, Outcome::RolledBack { .. }))
+        {
+            RunStatus::RolledBack
+        } else if self
+            .apps
+            .iter()
+            .all(|a| matches!(a.outcome, Outcome::Unchanged | Outcome::Skipped))
+        {
+            RunStatus::NothingToDo
+        } else {
+            RunStatus::Succeeded
+        }
+    }
+
+    /// Bytes uploaded by every push.
+    pub fn bytes_pushed(&self) -> u64 {
+        self.apps
+            .iter()
+            .filter_map(|a| a.push.as_ref())
+            .map(|p| p.bytes_uploaded)
+            .sum()
+    }
+}
+
+/// Builds a [`Pipeline`]. Only the detector is always needed; the builder and
+/// registry are needed unless builds are skipped, the deployer unless deploys are.
+pub struct PipelineBuilder {
+    workspace: Workspace,
+    detector: Option<Arc<dyn ChangeDetector>>,
+    builder: Option<Arc<dyn ImageBuilder>>,
+    registry: Option<Arc<dyn Registry>>,
+    deployer: Option<Arc<dyn Deployer>>,
+    settings: Settings,
+}
+
+#[derive(Debug, Clone)]
+struct Settings {
+    concurrency: usize,
+    failure_policy: FailurePolicy,
+    rollback_on_failure: bool,
+    skip_build: bool,
+    skip_deploy: bool,
+    dry_run: bool,
+    build_number: Option<String>,
+    events: EventSink,
+    cancel: CancellationToken,
+}
+
+impl PipelineBuilder {
+    /// The change detector.
+    pub fn detector(mut self, detector: Arc<dyn ChangeDetector>) -> Self {
+        self.detector = Some(detector);
+        self
+    }
+
+    /// The image builder.
+    pub fn builder(mut self, builder: Arc<dyn ImageBuilder>) -> Self {
+        self.builder = Some(builder);
+        self
+    }
+
+    /// The registry.
+    pub fn registry(mut self, registry: Arc<dyn Registry>) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// The deployer.
+    pub fn deployer(mut self, deployer: Arc<dyn Deployer>) -> Self {
+        self.deployer = Some(deployer);
+        self
+    }
+
+    /// How many apps are worked on at once; default 4.
+    pub fn concurrency(mut self, apps: usize) -> Self {
+        self.settings.concurrency = apps;
+        self
+    }
+
+    /// What to do with the other apps when one fails; default fail fast.
+    pub fn failure_policy(mut self, policy: FailurePolicy) -> Self {
+        self.settings.failure_policy = policy;
+        self
+    }
+
+    /// Roll a failed rollout back to what ran before; default on.
+    pub fn rollback_on_failure(mut self, rollback: bool) -> Self {
+        self.settings.rollback_on_failure = rollback;
+        self
+    }
+
+    /// Skip the build and push: deploy the image already in the registry under the tag.
+    pub fn skip_build(mut self, skip: bool) -> Self {
+        self.settings.skip_build = skip;
+        self
+    }
+
+    /// Skip the deploy: build and push only.
+    pub fn skip_deploy(mut self, skip: bool) -> Self {
+        self.settings.skip_deploy = skip;
+        self
+    }
+
+    /// Pass dry-run to every adapter: they report what they would do and change nothing.
+    pub fn dry_run(mut self, dry_run: bool) -> Self {
+        self.settings.dry_run = dry_run;
+        self
+    }
+
+    /// The CI build number for `${BUILD_NUMBER}`.
+    pub fn build_number(mut self, number: Option<String>) -> Self {
+        self.settings.build_number = number;
+        self
+    }
+
+    /// Where progress events go.
+    pub fn events(mut self, sink: EventSink) -> Self {
+        self.settings.events = sink;
+        self
+    }
+
+    /// Cancel the run through `token`: no new stage starts, adapters stop at safe points.
+    pub fn cancellation(mut self, token: CancellationToken) -> Self {
+        self.settings.cancel = token;
+        self
+    }
+
+    /// Checks that the parts the settings need are there.
+    pub fn build(self) -> Result<Pipeline, PipelineError> {
+        let s = &self.settings;
+        if s.concurrency == 0 {
+            return Err(PipelineError::ZeroConcurrency);
+        }
+        let detector = self.detector.ok_or(PipelineError::MissingPart {
+            part: "change detector",
+            hint: "call .detector(…), e.g. with shipflow_git::GitChangeDetector",
+        })?;
+        if !s.skip_build && self.builder.is_none() {
+            return Err(PipelineError::MissingPart {
+                part: "image builder",
+                hint: "call .builder(…), or .skip_build(true) to deploy images already pushed",
+            });
+        }
+        if self.registry.is_none() {
+            return Err(PipelineError::MissingPart {
+                part: "registry",
+                hint: "call .registry(…), e.g. with shipflow_oci::RegistryClient",
+            });
+        }
+        if !s.skip_deploy && self.deployer.is_none() {
+            return Err(PipelineError::MissingPart {
+                part: "deployer",
+                hint: "call .deployer(…), or .skip_deploy(true) to build and push only",
+            });
+        }
+        Ok(Pipeline {
+            inner: Arc::new(Inner {
+                workspace: self.workspace,
+                detector,
+                builder: self.builder,
+                registry: self.registry,
+                deployer: self.deployer,
+                settings: self.settings,
+            }),
+        })
+    }
+}
+
+/// The orchestrator: plans from the change detector, then runs build → push →
+/// deploy for each changed app with bounded concurrency, and reports.
+///
+/// See the crate docs for an example.
+#[derive(Clone)]
+pub struct Pipeline {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    workspace: Workspace,
+    detector: Arc<dyn ChangeDetector>,
+    builder: Option<Arc<dyn ImageBuilder>>,
+    registry: Option<Arc<dyn Registry>>,
+    deployer: Option<Arc<dyn Deployer>>,
+    settings: Settings,
+}
+
+impl Pipeline {
+    /// Starts a builder for `workspace`.
+    pub fn builder(workspace: Workspace) -> PipelineBuilder {
+        PipelineBuilder {
+            workspace,
+            detector: None,
+            builder: None,
+            registry: None,
+            deployer: None,
+            settings: Settings {
+                concurrency: 4,
+                failure_policy: FailurePolicy::default(),
+                rollback_on_failure: true,
+                skip_build: false,
+                skip_deploy: false,
+                dry_run: false,
+                build_number: None,
+                events: EventSink::default(),
+                cancel: CancellationToken::new(),
+            },
+        }
+    }
+
+    /// The workspace.
+    pub fn workspace(&self) -> &Workspace {
+        &self.inner.workspace
+    }
+
+    fn context(&self) -> Context {
+        let s = &self.inner.settings;
+        Context::new()
+            .with_cancellation(s.cancel.clone())
+            .with_events(s.events.clone())
+            .with_dry_run(s.dry_run)
+    }
+
+    /// Works out what a run would do. Only the change detector is called (read-only);
+    /// nothing is built, pushed or deployed. Without `base`, every app is in.
+    pub async fn plan(
+        &self,
+        base: Option<&str>,
+        head: &str,
+        selection: &Selection,
+    ) -> Result<Plan, PipelineError> {
+        let inner = &self.inner;
+        let ctx = self.context().scoped(None, Stage::Detect);
+        ctx.emit(EventKind::Started);
+        let detect = |source| PipelineError::Detect { source };
+        let mut revision = inner.detector.revision(head, &ctx).await.map_err(detect)?;
+        if let Some(sha) = inner.workspace.git_sha_override() {
+            revision.short_sha = sha.chars().take(7).collect();
+            revision.sha = sha.to_owned();
+        }
+        let changes = match base {
+            Some(base) => {
+                inner
+                    .detector
+                    .changed_paths(base, head, &ctx)
+                    .await
+                    .map_err(detect)?
+                    .paths
+            }
+            None => Vec::new(),
+        };
+        let selection = Selection {
+            all: selection.all || base.is_none(),
+            apps: selection.apps.clone(),
+        };
+        let set = analyze(&inner.workspace, &changes, &selection)?;
+        let mut apps = Vec::with_capacity(set.apps.len());
+        for (name, reasons) in set.apps {
+            let app = inner
+                .workspace
+                .app(&name)
+                .expect("analyze returns workspace apps");
+            let fingerprint = inner
+                .detector
+                .fingerprint(head, &inner.workspace.inputs(app), &ctx)
+                .await
+                .map_err(|source| PipelineError::Fingerprint {
+                    app: name.clone(),
+                    source,
+                })?;
+            let values = TagValues::new(
+                &revision,
+                Some(&fingerprint),
+                inner.settings.build_number.clone(),
+            );
+            let tag = inner
+                .workspace
+                .tag_template()
+                .render(&values)
+                .map_err(|source| PipelineError::Tag {
+                    app: name.clone(),
+                    source,
+                })?;
+            let mut stages = Vec::new();
+            if !inner.settings.skip_build {
+                stages.extend([Stage::Build, Stage::Push]);
+            }
+            if !inner.settings.skip_deploy {
+                stages.push(Stage::Deploy);
+            }
+            apps.push(PlannedApp {
+                image: format!("{}:{tag}", app.image),
+                app: name,
+                reasons,
+                fingerprint,
+                stages,
+            });
+        }
+        ctx.emit(EventKind::Finished { ok: true });
+        Ok(Plan {
+            base: base.map(str::to_owned),
+            head: head.to_owned(),
+            revision,
+            changed_paths: changes.len(),
+            apps,
+            unchanged: set.unchanged,
+        })
+    }
+
+    /// Plans, then builds, pushes and deploys every app of the plan. An app's
+    /// failure is in its [`AppReport`]; `Err` is only for failures before any app
+    /// started (detection, configuration).
+    pub async fn run(
+        &self,
+        base: Option<&str>,
+        head: &str,
+        selection: &Selection,
+    ) -> Result<Report, PipelineError> {
+        let plan = self.plan(base, head, selection).await?;
+        Ok(self.execute(plan).await)
+    }
+
+    /// Carries out a plan made by [`Pipeline::plan`].
+    pub async fn execute(&self, plan: Plan) -> Report {
+        let started = Instant::now();
+        let settings = &self.inner.settings;
+        let permits = Arc::new(Semaphore::new(settings.concurrency));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = JoinSet::new();
+        for planned in plan.apps.clone() {
+            let this = self.clone();
+            let permits = permits.clone();
+            let stop = stop.clone();
+            let revision = plan.revision.clone();
+            let span = info_span!("app", app = %planned.app);
+            tasks.spawn(
+                async move {
+                    let _permit = permits
+                        .acquire_owned()
+                        .await
+                        .expect("semaphore is never closed");
+                    let mut report = AppReport::new(&planned);
+                    if this.inner.settings.cancel.is_cancelled() {
+                        report.outcome = Outcome::Cancelled;
+                    } else if stop.load(Ordering::SeqCst) {
+                        report.outcome = Outcome::Skipped;
+                        report.note = Some("not started: another app failed (fail-fast)".into());
+                    } else {
+                        this.run_app(&planned, &revision, &mut report).await;
+                        if report.outcome.is_failure()
+                            && this.inner.settings.failure_policy == FailurePolicy::FailFast
+                        {
+                            stop.store(true, Ordering::SeqCst);
+                        }
+                    }
+                    report
+                }
+                .instrument(span),
+            );
+        }
+        let mut apps = Vec::with_capacity(plan.apps.len());
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(report) => apps.push(report),
+                // A panicking adapter is a bug; it must not take the report down with it.
+                Err(e) => warn!("an app task panicked: {e}"),
+            }
+        }
+        apps.sort_by(|a, b| a.app.cmp(&b.app));
+        Report {
+            plan,
+            apps,
+            duration_ms: millis(started),
+        }
+    }
+
+    async fn run_app(&self, planned: &PlannedApp, revision: &RevisionInfo, report: &mut AppReport) {
+        let inner = &self.inner;
+        let s = &inner.settings;
+        let app = inner
+            .workspace
+            .app(&planned.app)
+            .expect("planned apps are workspace apps");
+        let ctx = self.context();
+        let target = match app.image.with_tag(&report.tag) {
+            Ok(t) => t,
+            Err(e) => return report.fail(Stage::Push, &e),
+        };
+        let registry = inner.registry.as_ref().expect("checked by the builder");
+        let forced = planned.reasons.contains(&Reason::All);
+
+        // What runs now: to skip an unchanged app, and to roll back exactly.
+        let before = match (&inner.deployer, s.skip_deploy) {
+            (Some(deployer), false) => {
+                let ctx = ctx.scoped(Some(&app.name), Stage::Deploy);
+                match deployer.current(app, &ctx).await {
+                    Ok(before) => before,
+                    Err(e) => return report.fail(Stage::Deploy, e.as_ref()),
+                }
+            }
+            _ => None,
+        };
+        if let Some(before) = &before
+            && before.fingerprint.as_ref() == Some(&planned.fingerprint)
+            && !forced
+        {
+            report.outcome = Outcome::Unchanged;
+            report.image = Some(before.image.clone());
+            report.note =
+                Some("inputs unchanged since the running deploy (same fingerprint)".into());
+            return;
+        }
+
+        // Build and push, or find the image already pushed.
+        let digest = if s.skip_build || self.uses_fingerprint_tag() {
+            let ctx = ctx.scoped(Some(&app.name), Stage::Push);
+            match registry.resolve(&target, &ctx).await {
+                Ok(found) => found,
+                Err(e) => return report.fail(Stage::Push, e.as_ref()),
+            }
+        } else {
+            None
+        };
+        let digest = match (digest, s.skip_build) {
+            (Some(digest), _) => digest,
+            (None, true) => {
+                report.outcome = Outcome::Failed {
+                    stage: Stage::Build,
+                };
+                report.error = Some(format!(
+                    "{}: build skipped, but {target} is not in the registry; build it first or drop --skip-build",
+                    app.name
+                ));
+                return;
+            }
+            (None, false) => match self
+                .build_and_push(app, planned, revision, &target, report)
+                .await
+            {
+                Some(digest) => digest,
+                None => return,
+            },
+        };
+        let pinned = app.image.pinned(digest);
+        report.image = Some(pinned.to_string());
+        if s.skip_deploy {
+            report.outcome = Outcome::Pushed;
+            return;
+        }
+
+        let deployer = inner.deployer.as_ref().expect("checked by the builder");
+        let meta = DeployMeta {
+            fingerprint: Some(planned.fingerprint.clone()),
+            git_sha: (!revision.sha.is_empty()).then(|| revision.sha.clone()),
+            change_cause: format!(
+                "shipflow: {} at {} ({})",
+                app.name,
+                revision.short_sha,
+                planned
+                    .reasons
+                    .first()
+                    .map(ToString::to_string)
+                    .unwrap_or_default()
+            ),
+        };
+        let dctx = ctx.scoped(Some(&app.name), Stage::Deploy);
+        let t = Instant::now();
+        dctx.emit(EventKind::Started);
+        let result = deployer.deploy(app, &pinned, &meta, &dctx).await;
+        report.timings.deploy_ms = millis(t);
+        dctx.emit(EventKind::Finished { ok: result.is_ok() });
+        match result {
+            Ok(rollout) => {
+                report.outcome = if rollout.changed {
+                    Outcome::Deployed
+                } else {
+                    Outcome::Unchanged
+                };
+                info!(image = %pinned, "deployed");
+                report.rollout = Some(rollout);
+            }
+            Err(e) => {
+                report.fail(Stage::Deploy, e.as_ref());
+                if ctx.cancelled() {
+                    report.outcome = Outcome::Cancelled;
+                }
+                if s.rollback_on_failure {
+                    self.roll_back(
+                        app,
+                        before.as_ref().and_then(|b| b.revision),
+                        before.is_some(),
+                        report,
+                    )
+                    .await;
+                } else {
+                    report.note = Some(
+                        "automatic rollback is off; the failed rollout was left as it is".into(),
+                    );
+                }
+            }
+        }
+    }
+
+    fn uses_fingerprint_tag(&self) -> bool {
+        self.inner
+            .workspace
+            .tag_template()
+            .variables()
+            .any(|v| v == "FINGERPRINT")
+    }
+
+    async fn build_and_push(
+        &self,
+        app: &App,
+        planned: &PlannedApp,
+        revision: &RevisionInfo,
+        target: &crate::ImageRef,
+        report: &mut AppReport,
+    ) -> Option<crate::Digest> {
+        let inner = &self.inner;
+        let builder = inner.builder.as_ref().expect("checked by the builder");
+        let registry = inner.registry.as_ref().expect("checked by the builder");
+        let ctx = self.context();
+        let request = BuildRequest {
+            root: inner.workspace.root().to_owned(),
+            tag: report.tag.clone(),
+            revision: revision.clone(),
+            fingerprint: Some(planned.fingerprint.clone()),
+            labels: [
+                (
+                    "org.opencontainers.image.revision".to_owned(),
+                    revision.sha.clone(),
+                ),
+                ("dev.shipflow.app".to_owned(), app.name.clone()),
+                (
+                    "dev.shipflow.fingerprint".to_owned(),
+                    planned.fingerprint.0.clone(),
+                ),
+            ]
+            .into(),
+        };
+        let bctx = ctx.scoped(Some(&app.name), Stage::Build);
+        let t = Instant::now();
+        bctx.emit(EventKind::Started);
+        let built = builder.build(app, &request, &bctx).await;
+        report.timings.build_ms = millis(t);
+        bctx.emit(EventKind::Finished { ok: built.is_ok() });
+        let image = match built {
+            Ok(image) => image,
+            Err(e) => {
+                report.fail(Stage::Build, e.as_ref());
+                return None;
+            }
+        };
+        if ctx.cancelled() {
+            report.outcome = Outcome::Cancelled;
+            return None;
+        }
+        let pctx = ctx.scoped(Some(&app.name), Stage::Push);
+        let t = Instant::now();
+        pctx.emit(EventKind::Started);
+        let pushed = registry.push(&image, target, &pctx).await;
+        report.timings.push_ms = millis(t);
+        pctx.emit(EventKind::Finished { ok: pushed.is_ok() });
+        match pushed {
+            Ok(push) => {
+                let digest = push.digest.clone().unwrap_or_else(|| image.digest.clone());
+                report.push = Some(push);
+                Some(digest)
+            }
+            Err(e) => {
+                report.fail(Stage::Push, e.as_ref());
+                None
+            }
+        }
+    }
+
+    async fn roll_back(
+        &self,
+        app: &App,
+        to: Option<u64>,
+        had_previous: bool,
+        report: &mut AppReport,
+    ) {
+        if !had_previous {
+            report.note = Some(
+                "first deploy of this app: there is no earlier revision to roll back to".into(),
+            );
+            return;
+        }
+        let deployer = self
+            .inner
+            .deployer
+            .as_ref()
+            .expect("checked by the builder");
+        // Rollback runs even when the run was cancelled: it restores what ran before.
+        let ctx = Context::new()
+            .with_events(self.inner.settings.events.clone())
+            .with_dry_run(self.inner.settings.dry_run)
+            .scoped(Some(&app.name), Stage::Rollback);
+        let target = to.map_or(RollbackTarget::Previous, RollbackTarget::Revision);
+        let t = Instant::now();
+        ctx.emit(EventKind::Started);
+        let result = deployer.rollback(app, target, &ctx).await;
+        report.timings.rollback_ms = millis(t);
+        ctx.emit(EventKind::Finished { ok: result.is_ok() });
+        match result {
+            Ok(rollout) => {
+                if let Outcome::Failed { stage } = report.outcome {
+                    report.outcome = Outcome::RolledBack { stage };
+                }
+                report.rollback = Some(rollout);
+            }
+            Err(e) => {
+                report.note = Some(format!(
+                    "rollback failed too, the app may be half-deployed: {}",
+                    error_chain(e.as_ref())
+                ));
+            }
+        }
+    }
+}
+
+impl AppReport {
+    fn new(planned: &PlannedApp) -> Self {
+        let tag = planned
+            .image
+            .rsplit_once(':')
+            .map(|(_, t)| t.to_owned())
+            .unwrap_or_default();
+        Self {
+            app: planned.app.clone(),
+            reasons: planned.reasons.clone(),
+            outcome: Outcome::Skipped,
+            fingerprint: planned.fingerprint.clone(),
+            tag,
+            image: None,
+            push: None,
+            rollout: None,
+            rollback: None,
+            timings: StageTimings::default(),
+            error: None,
+            note: None,
+        }
+    }
+
+    fn fail(&mut self, stage: Stage, error: &(dyn std::error::Error + 'static)) {
+        warn!(app = %self.app, %stage, "failed: {}", error_chain(error));
+        self.outcome = Outcome::Failed { stage };
+        self.error = Some(format!(
+            "{}: {stage} failed: {}",
+            self.app,
+            error_chain(error)
+        ));
+    }
+}
+
+/// `error: cause: cause`, skipping causes the message already contains.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+fn millis(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
