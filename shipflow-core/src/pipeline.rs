@@ -699,9 +699,6 @@ impl Pipeline {
             }
             Err(e) => {
                 report.fail(Stage::Deploy, e.as_ref());
-                if ctx.cancelled() {
-                    report.outcome = Outcome::Cancelled;
-                }
                 if s.rollback_on_failure {
                     self.roll_back(
                         app,
@@ -864,7 +861,13 @@ impl AppReport {
 
     fn fail(&mut self, stage: Stage, error: &(dyn std::error::Error + 'static)) {
         warn!(app = %self.app, %stage, "failed: {}", error_chain(error));
-        self.outcome = Outcome::Failed { stage };
+        let cancelled =
+            std::iter::successors(Some(error), |e| e.source()).any(|e| e.is::<crate::Cancelled>());
+        self.outcome = if cancelled {
+            Outcome::Cancelled
+        } else {
+            Outcome::Failed { stage }
+        };
         self.error = Some(format!(
             "{}: {stage} failed: {}",
             self.app,

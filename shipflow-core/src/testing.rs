@@ -359,7 +359,7 @@ type FakeRevision = (Revision, Option<Fingerprint>);
 /// real platform) and then fails, so a rollback has something to undo.
 #[derive(Debug, Default)]
 pub struct FakeDeployer {
-    fail: BTreeSet<String>,
+    fail: Mutex<BTreeSet<String>>,
     delay: Duration,
     state: Mutex<BTreeMap<String, Vec<FakeRevision>>>,
     calls: Mutex<Vec<String>>,
@@ -373,9 +373,19 @@ impl FakeDeployer {
     }
 
     /// Rollouts of `app` fail.
-    pub fn failing_for(mut self, app: &str) -> Self {
-        self.fail.insert(app.into());
+    pub fn failing_for(self, app: &str) -> Self {
+        self.set_failing(app, true);
         self
+    }
+
+    /// From now on, rollouts of `app` fail (or succeed again).
+    pub fn set_failing(&self, app: &str, failing: bool) {
+        let mut fail = lock(&self.fail);
+        if failing {
+            fail.insert(app.into());
+        } else {
+            fail.remove(app);
+        }
     }
 
     /// Each deploy takes `delay`.
@@ -481,7 +491,7 @@ impl Deployer for FakeDeployer {
             number
         };
         ctx.progress(1, Some(1), "replicas");
-        if self.fail.contains(&app.name) {
+        if lock(&self.fail).contains(&app.name) {
             return Err(Box::new(FakeError {
                 app: app.name.clone(),
                 step: Stage::Deploy,

@@ -1,0 +1,567 @@
+//! Pipeline behaviour, end to end on the in-memory fakes of `shipflow_core::testing`.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rstest::rstest;
+use shipflow_core::testing::{FakeBuilder, FakeDeployer, MemoryRegistry, ScriptedDetector};
+use shipflow_core::{
+    CancellationToken, ChangedPath, EnvOverrides, Event, EventKind, EventSink, FailurePolicy,
+    Outcome, Pipeline, PipelineBuilder, PipelineError, Reason, RunStatus, Selection, Stage,
+    Workspace,
+};
+
+const WORKSPACE: &str = r#"
+[workspace]
+registry = "127.0.0.1:5000/acme"
+shared = ["Cargo.lock"]
+tag = "${BRANCH}-${SHORT_SHA}"
+
+[apps.api]
+depends_on = ["packages/db"]
+[apps.worker]
+depends_on = ["packages/db"]
+[apps.web]
+[apps.docs]
+"#;
+
+fn workspace() -> Workspace {
+    Workspace::from_toml(WORKSPACE, ".", &EnvOverrides::default()).expect("valid workspace")
+}
+
+struct Parts {
+    builder: Arc<FakeBuilder>,
+    registry: Arc<MemoryRegistry>,
+    deployer: Arc<FakeDeployer>,
+}
+
+impl Parts {
+    fn new(builder: FakeBuilder, deployer: FakeDeployer) -> Self {
+        Self {
+            builder: Arc::new(builder),
+            registry: Arc::new(MemoryRegistry::new()),
+            deployer: Arc::new(deployer),
+        }
+    }
+
+    fn pipeline(&self, detector: ScriptedDetector) -> PipelineBuilder {
+        Pipeline::builder(workspace())
+            .detector(Arc::new(detector))
+            .builder(self.builder.clone())
+            .registry(self.registry.clone())
+            .deployer(self.deployer.clone())
+    }
+}
+
+fn names(report: &shipflow_core::Report) -> Vec<&str> {
+    report.apps.iter().map(|a| a.app.as_str()).collect()
+}
+
+#[tokio::test]
+async fn shared_path_change_ships_every_app() {
+    let parts = Parts::new(FakeBuilder::new(), FakeDeployer::new());
+    let pipeline = parts
+        .pipeline(ScriptedDetector::new().with_change("Cargo.lock"))
+        .build()
+        .expect("pipeline");
+    let report = pipeline
+        .run(Some("main"), "HEAD", &Selection::default())
+        .await
+        .expect("run");
+    assert_eq!(names(&report), ["api", "docs", "web", "worker"]);
+    for app in &report.apps {
+        assert_eq!(app.outcome, Outcome::Deployed, "{app:?}");
+        assert_eq!(
+            app.reasons,
+            [Reason::Shared {
+                path: "Cargo.lock".into(),
+                glob: "Cargo.lock".into()
+            }]
+        );
+        assert_eq!(app.tag, "main-0123456");
+        let image = app.image.as_deref().expect("pinned image");
+        assert!(
+            image.starts_with(&format!("127.0.0.1:5000/acme/{}@sha256:", app.app)),
+            "{image}"
+        );
+        assert_eq!(parts.deployer.running(&app.app).as_deref(), Some(image));
+    }
+    assert_eq!(report.status(), RunStatus::Succeeded);
+    assert_eq!(parts.builder.builds().len(), 4);
+}
+
+#[tokio::test]
+async fn package_change_ships_both_dependents_each_with_its_reason() {
+    let parts = Parts::new(FakeBuilder::new(), FakeDeployer::new());
+    let detector = ScriptedDetector::new().with_change("packages/db/src/pool.rs");
+    let report = parts
+        .pipeline(detector)
+        .build()
+        .expect("pipeline")
+        .run(Some("main"), "HEAD", &Selection::default())
+        .await
+        .expect("run");
+    assert_eq!(names(&report), ["api", "worker"]);
+    let expected = Reason::Package {
+        path: "packages/db/src/pool.rs".into(),
+        package: "packages/db".into(),
+    };
+    assert!(report.apps.iter().all(|a| a.reasons == [expected.clone()]));
+    assert_eq!(report.plan.unchanged, ["docs", "web"]);
+    let mut built = parts.builder.builds();
+    built.sort();
+    assert_eq!(built, ["api", "worker"]);
+}
+
+#[tokio::test]
+async fn rename_from_one_app_to_another_ships_both() {
+    let parts = Parts::new(FakeBuilder::new(), FakeDeployer::new());
+    let detector = ScriptedDetector::new().with_changed_path(ChangedPath::renamed(
+        "apps/web/util.ts",
+        "apps/docs/util.ts",
+    ));
+    let report = parts
+        .pipeline(detector)
+        .build()
+        .expect("pipeline")
+        .run(Some("main"), "HEAD", &Selection::default())
+        .await
+        .expect("run");
+    assert_eq!(names(&report), ["docs", "web"]);
+    assert_eq!(
+        report.apps[0].reasons,
+        [Reason::OwnPath {
+            path: "apps/docs/util.ts".into()
+        }]
+    );
+    assert_eq!(
+        report.apps[1].reasons,
+        [Reason::OwnPath {
+            path: "apps/web/util.ts".into()
+        }]
+    );
+}
+
+#[tokio::test]
+async fn plan_has_no_side_effects() {
+    let parts = Parts::new(FakeBuilder::new(), FakeDeployer::new());
+    let detector = ScriptedDetector::new().with_change("Cargo.lock");
+    let plan = parts
+        .pipeline(detector)
+        .build()
+        .expect("pipeline")
+        .plan(Some("main"), "HEAD", &Selection::default())
+        .await
+        .expect("plan");
+    assert_eq!(plan.apps.len(), 4);
+    assert_eq!(plan.apps[0].image, "127.0.0.1:5000/acme/api:main-0123456");
+    assert_eq!(
+        plan.apps[0].stages,
+        [Stage::Build, Stage::Push, Stage::Deploy]
+    );
+    assert!(parts.builder.builds().is_empty());
+    assert_eq!(parts.registry.writes(), 0);
+    assert!(parts.deployer.calls().is_empty());
+    // The plan is data: it serialises with every app's reasons.
+    let json = serde_json::to_value(&plan).expect("json");
+    assert_eq!(json["apps"][0]["reasons"][0]["rule"], "shared");
+}
+
+#[tokio::test]
+async fn second_run_with_nothing_new_moves_nothing() {
+    let parts = Parts::new(FakeBuilder::new(), FakeDeployer::new());
+    let pipeline = parts
+        .pipeline(ScriptedDetector::new().with_change("apps/web/a.ts"))
+        .build()
+        .expect("pipeline");
+    let first = pipeline
+        .run(Some("main"), "HEAD", &Selection::default())
+        .await
+        .expect("run");
+    assert!(first.bytes_pushed() > 0);
+    let second = pipeline
+        .run(Some("main"), "HEAD", &Selection::default())
+        .await
+        .expect("run");
+    assert_eq!(second.apps[0].outcome, Outcome::Unchanged);
+    assert_eq!(second.bytes_pushed(), 0);
+    assert_eq!(second.status(), RunStatus::NothingToDo);
+    assert_eq!(
+        parts.builder.builds(),
+        ["web"],
+        "same fingerprint as the running deploy: no rebuild"
+    );
+}
+
+#[tokio::test]
+async fn skip_deploy_builds_and_pushes_only() {
+    let parts = Parts::new(FakeBuilder::new(), FakeDeployer::new());
+    let pipeline = parts
+        .pipeline(ScriptedDetector::new().with_change("apps/web/a.ts"))
+        .skip_deploy(true)
+        .build()
+        .expect("pipeline");
+    let report = pipeline
+        .run(Some("main"), "HEAD", &Selection::default())
+        .await
+        .expect("run");
+    assert_eq!(report.apps[0].outcome, Outcome::Pushed);
+    assert!(parts.deployer.calls().is_empty());
+    assert_eq!(parts.registry.writes(), 1);
+}
+
+#[tokio::test]
+async fn skip_build_deploys_what_the_registry_has_and_explains_when_it_has_nothing() {
+    let parts = Parts::new(FakeBuilder::new(), FakeDeployer::new());
+    let detector = ScriptedDetector::new().with_change("apps/web/a.ts");
+    let skip = parts
+        .pipeline(detector.clone())
+        .skip_build(true)
+        .build()
+        .expect("pipeline");
+    let missing = skip
+        .run(Some("main"), "HEAD", &Selection::default())
+        .await
+        .expect("run");
+    assert_eq!(
+        missing.apps[0].outcome,
+        Outcome::Failed {
+            stage: Stage::Build
+        }
+    );
+    assert_eq!(
+        missing.apps[0].error.as_deref(),
+        Some(
+            "web: build skipped, but 127.0.0.1:5000/acme/web:main-0123456 is not in the registry; build it first or drop --skip-build"
+        )
+    );
+
+    let pushed = parts
+        .pipeline(detector.clone())
+        .skip_deploy(true)
+        .build()
+        .expect("pipeline");
+    pushed
+        .run(Some("main"), "HEAD", &Selection::default())
+        .await
+        .expect("run");
+    let report = skip
+        .run(Some("main"), "HEAD", &Selection::default())
+        .await
+        .expect("run");
+    assert_eq!(report.apps[0].outcome, Outcome::Deployed);
+    assert_eq!(
+        parts.builder.builds(),
+        ["web"],
+        "--skip-build must not build"
+    );
+    assert_eq!(parts.deployer.calls(), ["deploy web"]);
+}
+
+#[rstest]
+#[case::fail_fast(FailurePolicy::FailFast)]
+#[case::keep_going(FailurePolicy::Continue)]
+#[tokio::test]
+async fn failure_policy(#[case] policy: FailurePolicy) {
+    // concurrency 1 runs apps in a known order: api fails first.
+    let parts = Parts::new(FakeBuilder::new().failing_for("api"), FakeDeployer::new());
+    let pipeline = parts
+        .pipeline(ScriptedDetector::new().with_change("Cargo.lock"))
+        .concurrency(1)
+        .failure_policy(policy)
+        .build()
+        .expect("pipeline");
+    let report = pipeline
+        .run(Some("main"), "HEAD", &Selection::default())
+        .await
+        .expect("run");
+    let api = &report.apps[0];
+    assert_eq!(
+        api.outcome,
+        Outcome::Failed {
+            stage: Stage::Build
+        }
+    );
+    assert_eq!(
+        api.error.as_deref(),
+        Some("api: build failed: api: build: scripted build failure")
+    );
+    let others: Vec<&Outcome> = report.apps[1..].iter().map(|a| &a.outcome).collect();
+    match policy {
+        FailurePolicy::FailFast => {
+            assert!(others.iter().all(|o| **o == Outcome::Skipped), "{others:?}");
+            assert_eq!(parts.builder.builds(), ["api"]);
+        }
+        FailurePolicy::Continue => {
+            assert!(
+                others.iter().all(|o| **o == Outcome::Deployed),
+                "{others:?}"
+            );
+            assert_eq!(parts.builder.builds().len(), 4);
+        }
+    }
+    assert_eq!(report.status(), RunStatus::Failed);
+}
+
+#[tokio::test]
+async fn failed_rollout_is_rolled_back_to_the_revision_that_ran_before() {
+    let parts = Parts::new(FakeBuilder::new(), FakeDeployer::new());
+    let v1 = ScriptedDetector::new().with_change("apps/web/a.ts");
+    let good = parts
+        .pipeline(v1)
+        .build()
+        .expect("pipeline")
+        .run(Some("main"), "HEAD", &Selection::default())
+        .await
+        .expect("run");
+    let good_image = good.apps[0].image.clone().expect("image");
+
+    parts.deployer.set_failing("web", true);
+    let v2 = ScriptedDetector::new()
+        .with_change("apps/web/a.ts")
+        .with_file("apps/web/a.ts", "v2");
+    let report = parts
+        .pipeline(v2)
+        .build()
+        .expect("pipeline")
+        .run(Some("main"), "HEAD", &Selection::default())
+        .await
+        .expect("run");
+    let web = &report.apps[0];
+    assert_eq!(
+        web.outcome,
+        Outcome::RolledBack {
+            stage: Stage::Deploy
+        }
+    );
+    assert!(
+        web.error
+            .as_deref()
+            .is_some_and(|e| e.contains("revision 2: scripted rollout failure")),
+        "{web:?}"
+    );
+    assert_eq!(
+        parts.deployer.calls(),
+        ["deploy web", "deploy web", "rollback web to 1"]
+    );
+    assert_eq!(
+        parts.deployer.running("web").as_deref(),
+        Some(good_image.as_str())
+    );
+    assert_eq!(web.rollback.as_ref().and_then(|r| r.revision), Some(1));
+    assert_eq!(report.status(), RunStatus::RolledBack);
+}
+
+#[tokio::test]
+async fn failed_first_rollout_has_nothing_to_roll_back_to() {
+    let parts = Parts::new(FakeBuilder::new(), FakeDeployer::new().failing_for("web"));
+    let pipeline = parts
+        .pipeline(ScriptedDetector::new().with_change("apps/web/a.ts"))
+        .build()
+        .expect("pipeline");
+    let report = pipeline
+        .run(Some("main"), "HEAD", &Selection::default())
+        .await
+        .expect("run");
+    assert_eq!(
+        report.apps[0].outcome,
+        Outcome::Failed {
+            stage: Stage::Deploy
+        }
+    );
+    assert_eq!(
+        report.apps[0].note.as_deref(),
+        Some("first deploy of this app: there is no earlier revision to roll back to")
+    );
+    assert_eq!(parts.deployer.calls(), ["deploy web"]);
+}
+
+#[tokio::test]
+async fn rollback_is_not_attempted_when_switched_off() {
+    let parts = Parts::new(FakeBuilder::new(), FakeDeployer::new().failing_for("web"));
+    let pipeline = parts
+        .pipeline(ScriptedDetector::new().with_change("apps/web/a.ts"))
+        .rollback_on_failure(false)
+        .build()
+        .expect("pipeline");
+    let report = pipeline
+        .run(Some("main"), "HEAD", &Selection::default())
+        .await
+        .expect("run");
+    assert_eq!(
+        report.apps[0].outcome,
+        Outcome::Failed {
+            stage: Stage::Deploy
+        }
+    );
+    assert_eq!(parts.deployer.calls(), ["deploy web"]);
+}
+
+#[rstest]
+#[case(1)]
+#[case(2)]
+#[case(3)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrency_limit_is_respected(#[case] limit: usize) {
+    let delay = Duration::from_millis(30);
+    let parts = Parts::new(
+        FakeBuilder::new().with_delay(delay),
+        FakeDeployer::new().with_delay(delay),
+    );
+    let pipeline = parts
+        .pipeline(ScriptedDetector::new().with_change("Cargo.lock"))
+        .concurrency(limit)
+        .build()
+        .expect("pipeline");
+    let report = pipeline
+        .run(Some("main"), "HEAD", &Selection::default())
+        .await
+        .expect("run");
+    assert_eq!(report.apps.len(), 4);
+    assert_eq!(parts.builder.max_concurrent(), limit, "builds at once");
+    assert!(parts.deployer.max_concurrent() <= limit, "deploys at once");
+}
+
+#[tokio::test]
+async fn cancellation_stops_apps_not_yet_started() {
+    let token = CancellationToken::new();
+    let parts = Parts::new(
+        FakeBuilder::new().with_delay(Duration::from_millis(50)),
+        FakeDeployer::new(),
+    );
+    let pipeline = parts
+        .pipeline(ScriptedDetector::new().with_change("Cargo.lock"))
+        .concurrency(1)
+        .cancellation(token.clone())
+        .build()
+        .expect("pipeline");
+    let plan = pipeline
+        .plan(Some("main"), "HEAD", &Selection::default())
+        .await
+        .expect("plan");
+    let run = tokio::spawn({
+        let pipeline = pipeline.clone();
+        async move { pipeline.execute(plan).await }
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    token.cancel();
+    let report = run.await.expect("joined");
+    assert!(
+        report.apps.iter().all(|a| a.outcome == Outcome::Cancelled),
+        "{:?}",
+        report.apps
+    );
+    assert_eq!(
+        parts.builder.builds().len(),
+        1,
+        "only the app under way had started"
+    );
+    assert!(parts.deployer.calls().is_empty());
+    assert_eq!(report.status(), RunStatus::Failed);
+}
+
+#[tokio::test]
+async fn events_cover_every_stage_of_every_app() {
+    let events: Arc<Mutex<Vec<Event>>> = Arc::default();
+    let sink = EventSink::new({
+        let events = events.clone();
+        move |e| events.lock().expect("lock").push(e.clone())
+    });
+    let parts = Parts::new(FakeBuilder::new(), FakeDeployer::new());
+    let pipeline = parts
+        .pipeline(ScriptedDetector::new().with_change("packages/db/x.rs"))
+        .events(sink)
+        .build()
+        .expect("pipeline");
+    pipeline
+        .run(Some("main"), "HEAD", &Selection::default())
+        .await
+        .expect("run");
+    let events = events.lock().expect("lock");
+    for app in ["api", "worker"] {
+        for stage in [Stage::Build, Stage::Push, Stage::Deploy] {
+            let of = |kind: &EventKind| {
+                events
+                    .iter()
+                    .any(|e| e.app.as_deref() == Some(app) && e.stage == stage && &e.kind == kind)
+            };
+            assert!(of(&EventKind::Started), "{app} {stage} started");
+            assert!(
+                of(&EventKind::Finished { ok: true }),
+                "{app} {stage} finished"
+            );
+        }
+    }
+    assert!(events.iter().any(|e| e.stage == Stage::Push
+        && matches!(e.kind, EventKind::Progress { ref unit, .. } if unit == "bytes")));
+}
+
+#[tokio::test]
+async fn without_a_base_every_app_is_in_and_filters_apply() {
+    let parts = Parts::new(FakeBuilder::new(), FakeDeployer::new());
+    let pipeline = parts
+        .pipeline(ScriptedDetector::new())
+        .build()
+        .expect("pipeline");
+    let plan = pipeline
+        .plan(None, "HEAD", &Selection::default())
+        .await
+        .expect("plan");
+    assert_eq!(plan.apps.len(), 4);
+    let only = Selection {
+        all: false,
+        apps: vec!["web".into()],
+    };
+    let plan = pipeline.plan(None, "HEAD", &only).await.expect("plan");
+    assert_eq!(
+        plan.apps.iter().map(|a| a.app.as_str()).collect::<Vec<_>>(),
+        ["web"]
+    );
+    let bad = Selection {
+        all: false,
+        apps: vec!["mobile".into()],
+    };
+    let err = pipeline
+        .plan(None, "HEAD", &bad)
+        .await
+        .expect_err("unknown app");
+    assert_eq!(
+        err.to_string(),
+        "unknown app \"mobile\" in the app filter (known apps: api, docs, web, worker)"
+    );
+}
+
+#[test]
+fn builder_explains_missing_parts() {
+    let err = Pipeline::builder(workspace())
+        .build()
+        .err()
+        .expect("no detector");
+    assert_eq!(
+        err.to_string(),
+        "pipeline has no change detector: call .detector(…), e.g. with shipflow_git::GitChangeDetector"
+    );
+    let err = Pipeline::builder(workspace())
+        .detector(Arc::new(ScriptedDetector::new()))
+        .registry(Arc::new(MemoryRegistry::new()))
+        .builder(Arc::new(FakeBuilder::new()))
+        .build()
+        .err()
+        .expect("no deployer");
+    assert!(matches!(
+        err,
+        PipelineError::MissingPart {
+            part: "deployer",
+            ..
+        }
+    ));
+    assert!(
+        Pipeline::builder(workspace())
+            .detector(Arc::new(ScriptedDetector::new()))
+            .registry(Arc::new(MemoryRegistry::new()))
+            .builder(Arc::new(FakeBuilder::new()))
+            .skip_deploy(true)
+            .build()
+            .is_ok()
+    );
+}
