@@ -241,8 +241,8 @@ impl Report {
     }
 }
 
-/// Builds a [`Pipeline`]. Only the detector is always needed; the builder and
-/// registry are needed unless builds are skipped, the deployer unless deploys are.
+/// Builds a [`Pipeline`]. Only the detector is always needed; to run, the registry
+/// is needed, the builder unless builds are skipped, the deployer unless deploys are.
 pub struct PipelineBuilder {
     workspace: Workspace,
     detector: Option<Arc<dyn ChangeDetector>>,
@@ -344,34 +344,16 @@ impl PipelineBuilder {
         self
     }
 
-    /// Checks that the parts the settings need are there.
+    /// Builds the pipeline. Only the detector is needed to plan; [`Pipeline::run`]
+    /// checks that the parts its settings need are there.
     pub fn build(self) -> Result<Pipeline, PipelineError> {
-        let s = &self.settings;
-        if s.concurrency == 0 {
+        if self.settings.concurrency == 0 {
             return Err(PipelineError::ZeroConcurrency);
         }
         let detector = self.detector.ok_or(PipelineError::MissingPart {
             part: "change detector",
             hint: "call .detector(…), e.g. with shipflow_git::GitChangeDetector",
         })?;
-        if !s.skip_build && self.builder.is_none() {
-            return Err(PipelineError::MissingPart {
-                part: "image builder",
-                hint: "call .builder(…), or .skip_build(true) to deploy images already pushed",
-            });
-        }
-        if self.registry.is_none() {
-            return Err(PipelineError::MissingPart {
-                part: "registry",
-                hint: "call .registry(…), e.g. with shipflow_oci::RegistryClient",
-            });
-        }
-        if !s.skip_deploy && self.deployer.is_none() {
-            return Err(PipelineError::MissingPart {
-                part: "deployer",
-                hint: "call .deployer(…), or .skip_deploy(true) to build and push only",
-            });
-        }
         Ok(Pipeline {
             inner: Arc::new(Inner {
                 workspace: self.workspace,
@@ -527,19 +509,45 @@ impl Pipeline {
 
     /// Plans, then builds, pushes and deploys every app of the plan. An app's
     /// failure is in its [`AppReport`]; `Err` is only for failures before any app
-    /// started (detection, configuration).
+    /// started (a missing part, detection, configuration).
     pub async fn run(
         &self,
         base: Option<&str>,
         head: &str,
         selection: &Selection,
     ) -> Result<Report, PipelineError> {
+        self.check_parts()?;
         let plan = self.plan(base, head, selection).await?;
-        Ok(self.execute(plan).await)
+        self.execute(plan).await
+    }
+
+    fn check_parts(&self) -> Result<(), PipelineError> {
+        let inner = &self.inner;
+        let s = &inner.settings;
+        if !s.skip_build && inner.builder.is_none() {
+            return Err(PipelineError::MissingPart {
+                part: "image builder",
+                hint: "call .builder(…), or .skip_build(true) to deploy images already pushed",
+            });
+        }
+        if inner.registry.is_none() {
+            return Err(PipelineError::MissingPart {
+                part: "registry",
+                hint: "call .registry(…), e.g. with shipflow_oci::RegistryClient",
+            });
+        }
+        if !s.skip_deploy && inner.deployer.is_none() {
+            return Err(PipelineError::MissingPart {
+                part: "deployer",
+                hint: "call .deployer(…), or .skip_deploy(true) to build and push only",
+            });
+        }
+        Ok(())
     }
 
     /// Carries out a plan made by [`Pipeline::plan`].
-    pub async fn execute(&self, plan: Plan) -> Report {
+    pub async fn execute(&self, plan: Plan) -> Result<Report, PipelineError> {
+        self.check_parts()?;
         let started = Instant::now();
         let settings = &self.inner.settings;
         let permits = Arc::new(Semaphore::new(settings.concurrency));
@@ -585,11 +593,11 @@ impl Pipeline {
             }
         }
         apps.sort_by(|a, b| a.app.cmp(&b.app));
-        Report {
+        Ok(Report {
             plan,
             apps,
             duration_ms: millis(started),
-        }
+        })
     }
 
     async fn run_app(&self, planned: &PlannedApp, revision: &RevisionInfo, report: &mut AppReport) {

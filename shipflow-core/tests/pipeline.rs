@@ -441,7 +441,7 @@ async fn cancellation_stops_apps_not_yet_started() {
         .expect("plan");
     let run = tokio::spawn({
         let pipeline = pipeline.clone();
-        async move { pipeline.execute(plan).await }
+        async move { pipeline.execute(plan).await.expect("parts") }
     });
     tokio::time::sleep(Duration::from_millis(20)).await;
     token.cancel();
@@ -531,8 +531,8 @@ async fn without_a_base_every_app_is_in_and_filters_apply() {
     );
 }
 
-#[test]
-fn builder_explains_missing_parts() {
+#[tokio::test]
+async fn missing_parts_are_explained() {
     let err = Pipeline::builder(workspace())
         .build()
         .err()
@@ -541,13 +541,40 @@ fn builder_explains_missing_parts() {
         err.to_string(),
         "pipeline has no change detector: call .detector(…), e.g. with shipflow_git::GitChangeDetector"
     );
-    let err = Pipeline::builder(workspace())
+
+    // A detector is enough to plan.
+    let planner = Pipeline::builder(workspace())
+        .detector(Arc::new(ScriptedDetector::new()))
+        .build()
+        .expect("pipeline");
+    assert_eq!(
+        planner
+            .plan(None, "HEAD", &Selection::default())
+            .await
+            .expect("plan")
+            .apps
+            .len(),
+        4
+    );
+    let err = planner
+        .run(None, "HEAD", &Selection::default())
+        .await
+        .expect_err("cannot run");
+    assert_eq!(
+        err.to_string(),
+        "pipeline has no image builder: call .builder(…), or .skip_build(true) to deploy images already pushed"
+    );
+
+    let no_deployer = Pipeline::builder(workspace())
         .detector(Arc::new(ScriptedDetector::new()))
         .registry(Arc::new(MemoryRegistry::new()))
-        .builder(Arc::new(FakeBuilder::new()))
+        .builder(Arc::new(FakeBuilder::new()));
+    let err = no_deployer
         .build()
-        .err()
-        .expect("no deployer");
+        .expect("pipeline")
+        .run(None, "HEAD", &Selection::default())
+        .await
+        .expect_err("no deployer");
     assert!(matches!(
         err,
         PipelineError::MissingPart {
@@ -555,13 +582,4 @@ fn builder_explains_missing_parts() {
             ..
         }
     ));
-    assert!(
-        Pipeline::builder(workspace())
-            .detector(Arc::new(ScriptedDetector::new()))
-            .registry(Arc::new(MemoryRegistry::new()))
-            .builder(Arc::new(FakeBuilder::new()))
-            .skip_deploy(true)
-            .build()
-            .is_ok()
-    );
 }
