@@ -7,7 +7,7 @@ use rstest::rstest;
 use shipflow_core::testing::{FakeBuilder, FakeDeployer, MemoryRegistry, ScriptedDetector};
 use shipflow_core::{
     CancellationToken, ChangedPath, EnvOverrides, Event, EventKind, EventSink, FailurePolicy,
-    Outcome, Pipeline, PipelineBuilder, PipelineError, Reason, RunStatus, Selection, Stage,
+    Outcome, Pipeline, PipelineBuilder, PipelineError, Reason, Report, RunStatus, Selection, Stage,
     Workspace,
 };
 
@@ -53,7 +53,20 @@ impl Parts {
     }
 }
 
-fn names(report: &shipflow_core::Report) -> Vec<&str> {
+/// Runs `pipeline` from `main` to `HEAD` with the default selection.
+async fn ship(pipeline: &Pipeline) -> Report {
+    pipeline
+        .run(Some("main"), "HEAD", &Selection::default())
+        .await
+        .expect("run")
+}
+
+/// Builds and runs once.
+async fn build_and_ship(builder: PipelineBuilder) -> Report {
+    ship(&builder.build().expect("pipeline")).await
+}
+
+fn names(report: &Report) -> Vec<&str> {
     report.apps.iter().map(|a| a.app.as_str()).collect()
 }
 
@@ -64,10 +77,7 @@ async fn shared_path_change_ships_every_app() {
         .pipeline(ScriptedDetector::new().with_change("Cargo.lock"))
         .build()
         .expect("pipeline");
-    let report = pipeline
-        .run(Some("main"), "HEAD", &Selection::default())
-        .await
-        .expect("run");
+    let report = ship(&pipeline).await;
     assert_eq!(names(&report), ["api", "docs", "web", "worker"]);
     for app in &report.apps {
         assert_eq!(app.outcome, Outcome::Deployed, "{app:?}");
@@ -94,13 +104,7 @@ async fn shared_path_change_ships_every_app() {
 async fn package_change_ships_both_dependents_each_with_its_reason() {
     let parts = Parts::new(FakeBuilder::new(), FakeDeployer::new());
     let detector = ScriptedDetector::new().with_change("packages/db/src/pool.rs");
-    let report = parts
-        .pipeline(detector)
-        .build()
-        .expect("pipeline")
-        .run(Some("main"), "HEAD", &Selection::default())
-        .await
-        .expect("run");
+    let report = build_and_ship(parts.pipeline(detector)).await;
     assert_eq!(names(&report), ["api", "worker"]);
     let expected = Reason::Package {
         path: "packages/db/src/pool.rs".into(),
@@ -120,13 +124,7 @@ async fn rename_from_one_app_to_another_ships_both() {
         "apps/web/util.ts",
         "apps/docs/util.ts",
     ));
-    let report = parts
-        .pipeline(detector)
-        .build()
-        .expect("pipeline")
-        .run(Some("main"), "HEAD", &Selection::default())
-        .await
-        .expect("run");
+    let report = build_and_ship(parts.pipeline(detector)).await;
     assert_eq!(names(&report), ["docs", "web"]);
     assert_eq!(
         report.apps[0].reasons,
@@ -174,15 +172,9 @@ async fn second_run_with_nothing_new_moves_nothing() {
         .pipeline(ScriptedDetector::new().with_change("apps/web/a.ts"))
         .build()
         .expect("pipeline");
-    let first = pipeline
-        .run(Some("main"), "HEAD", &Selection::default())
-        .await
-        .expect("run");
+    let first = ship(&pipeline).await;
     assert!(first.bytes_pushed() > 0);
-    let second = pipeline
-        .run(Some("main"), "HEAD", &Selection::default())
-        .await
-        .expect("run");
+    let second = ship(&pipeline).await;
     assert_eq!(second.apps[0].outcome, Outcome::Unchanged);
     assert_eq!(second.bytes_pushed(), 0);
     assert_eq!(second.status(), RunStatus::NothingToDo);
@@ -201,10 +193,7 @@ async fn skip_deploy_builds_and_pushes_only() {
         .skip_deploy(true)
         .build()
         .expect("pipeline");
-    let report = pipeline
-        .run(Some("main"), "HEAD", &Selection::default())
-        .await
-        .expect("run");
+    let report = ship(&pipeline).await;
     assert_eq!(report.apps[0].outcome, Outcome::Pushed);
     assert!(parts.deployer.calls().is_empty());
     assert_eq!(parts.registry.writes(), 1);
@@ -219,10 +208,7 @@ async fn skip_build_deploys_what_the_registry_has_and_explains_when_it_has_nothi
         .skip_build(true)
         .build()
         .expect("pipeline");
-    let missing = skip
-        .run(Some("main"), "HEAD", &Selection::default())
-        .await
-        .expect("run");
+    let missing = ship(&skip).await;
     assert_eq!(
         missing.apps[0].outcome,
         Outcome::Failed {
@@ -241,14 +227,8 @@ async fn skip_build_deploys_what_the_registry_has_and_explains_when_it_has_nothi
         .skip_deploy(true)
         .build()
         .expect("pipeline");
-    pushed
-        .run(Some("main"), "HEAD", &Selection::default())
-        .await
-        .expect("run");
-    let report = skip
-        .run(Some("main"), "HEAD", &Selection::default())
-        .await
-        .expect("run");
+    ship(&pushed).await;
+    let report = ship(&skip).await;
     assert_eq!(report.apps[0].outcome, Outcome::Deployed);
     assert_eq!(
         parts.builder.builds(),
@@ -271,10 +251,7 @@ async fn failure_policy(#[case] policy: FailurePolicy) {
         .failure_policy(policy)
         .build()
         .expect("pipeline");
-    let report = pipeline
-        .run(Some("main"), "HEAD", &Selection::default())
-        .await
-        .expect("run");
+    let report = ship(&pipeline).await;
     let api = &report.apps[0];
     assert_eq!(
         api.outcome,
@@ -307,26 +284,14 @@ async fn failure_policy(#[case] policy: FailurePolicy) {
 async fn failed_rollout_is_rolled_back_to_the_revision_that_ran_before() {
     let parts = Parts::new(FakeBuilder::new(), FakeDeployer::new());
     let v1 = ScriptedDetector::new().with_change("apps/web/a.ts");
-    let good = parts
-        .pipeline(v1)
-        .build()
-        .expect("pipeline")
-        .run(Some("main"), "HEAD", &Selection::default())
-        .await
-        .expect("run");
+    let good = build_and_ship(parts.pipeline(v1)).await;
     let good_image = good.apps[0].image.clone().expect("image");
 
     parts.deployer.set_failing("web", true);
     let v2 = ScriptedDetector::new()
         .with_change("apps/web/a.ts")
         .with_file("apps/web/a.ts", "v2");
-    let report = parts
-        .pipeline(v2)
-        .build()
-        .expect("pipeline")
-        .run(Some("main"), "HEAD", &Selection::default())
-        .await
-        .expect("run");
+    let report = build_and_ship(parts.pipeline(v2)).await;
     let web = &report.apps[0];
     assert_eq!(
         web.outcome,
@@ -359,10 +324,7 @@ async fn failed_first_rollout_has_nothing_to_roll_back_to() {
         .pipeline(ScriptedDetector::new().with_change("apps/web/a.ts"))
         .build()
         .expect("pipeline");
-    let report = pipeline
-        .run(Some("main"), "HEAD", &Selection::default())
-        .await
-        .expect("run");
+    let report = ship(&pipeline).await;
     assert_eq!(
         report.apps[0].outcome,
         Outcome::Failed {
@@ -384,10 +346,7 @@ async fn rollback_is_not_attempted_when_switched_off() {
         .rollback_on_failure(false)
         .build()
         .expect("pipeline");
-    let report = pipeline
-        .run(Some("main"), "HEAD", &Selection::default())
-        .await
-        .expect("run");
+    let report = ship(&pipeline).await;
     assert_eq!(
         report.apps[0].outcome,
         Outcome::Failed {
@@ -413,10 +372,7 @@ async fn concurrency_limit_is_respected(#[case] limit: usize) {
         .concurrency(limit)
         .build()
         .expect("pipeline");
-    let report = pipeline
-        .run(Some("main"), "HEAD", &Selection::default())
-        .await
-        .expect("run");
+    let report = ship(&pipeline).await;
     assert_eq!(report.apps.len(), 4);
     assert_eq!(parts.builder.max_concurrent(), limit, "builds at once");
     assert!(parts.deployer.max_concurrent() <= limit, "deploys at once");
@@ -473,10 +429,7 @@ async fn events_cover_every_stage_of_every_app() {
         .events(sink)
         .build()
         .expect("pipeline");
-    pipeline
-        .run(Some("main"), "HEAD", &Selection::default())
-        .await
-        .expect("run");
+    ship(&pipeline).await;
     let events = events.lock().expect("lock");
     for app in ["api", "worker"] {
         for stage in [Stage::Build, Stage::Push, Stage::Deploy] {
