@@ -1,0 +1,131 @@
+//! [`GitChangeDetector`]: the [`ChangeDetector`] of a git repository.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use shipflow_core::{
+    AppInputs, BoxError, ChangeDetector, ChangedPaths, Context, Fingerprint, RevisionInfo,
+};
+
+use crate::{GitError, diff, fingerprint, revision};
+
+/// Finds changed paths and fingerprints in a git repository, with gix (no `git` process).
+///
+/// Cheap to clone; the trait methods run on tokio's blocking pool.
+#[derive(Clone)]
+pub struct GitChangeDetector {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    repo: gix::ThreadSafeRepository,
+    workdir: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for GitChangeDetector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitChangeDetector")
+            .field("git_dir", &self.inner.repo.git_dir())
+            .field("workdir", &self.inner.workdir)
+            .finish()
+    }
+}
+
+impl GitChangeDetector {
+    /// Opens the repository containing `path`, which may be any directory inside it.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, GitError> {
+        let path = path.as_ref();
+        let repo = gix::discover(path).map_err(|_| GitError::NotARepository {
+            path: path.to_path_buf(),
+        })?;
+        let workdir = repo.workdir().map(Path::to_path_buf);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                repo: repo.into_sync(),
+                workdir,
+            }),
+        })
+    }
+
+    /// The root of the work tree, or `None` for a bare repository.
+    pub fn workdir(&self) -> Option<&Path> {
+        self.inner.workdir.as_deref()
+    }
+
+    /// A sensible base revision when the user gave none: the first of `origin/HEAD`,
+    /// `origin/main`, `origin/master`, `main`, `master` that resolves to a commit other than
+    /// `HEAD`'s, as `<name>...HEAD` (changes since the merge base); else `HEAD~1`; else `None`.
+    pub fn default_base(&self) -> Result<Option<String>, GitError> {
+        revision::default_base(&self.repo())
+    }
+
+    /// The paths that differ between `base` and `head`, sorted by path.
+    ///
+    /// `base = "A...B"` means the merge base of `A` and `B`; `head` is still the head.
+    pub fn changed(&self, base: &str, head: &str) -> Result<ChangedPaths, GitError> {
+        diff::changed(&self.repo(), base, head)
+    }
+
+    /// The fingerprint of `inputs` at `rev`: equal content, equal fingerprint.
+    pub fn fingerprint_at(&self, rev: &str, inputs: &AppInputs) -> Result<Fingerprint, GitError> {
+        fingerprint::fingerprint(&self.repo(), rev, inputs)
+    }
+
+    /// Commit id, branch, exact tag and commit time of `rev`. `dirty` is always `false`:
+    /// the work tree is not inspected.
+    pub fn revision_info(&self, rev: &str) -> Result<RevisionInfo, GitError> {
+        revision::revision_info(&self.repo(), rev)
+    }
+
+    fn repo(&self) -> gix::Repository {
+        let mut repo = self.inner.repo.to_thread_local();
+        repo.object_cache_size_if_unset(16 * 1024 * 1024);
+        repo
+    }
+
+    /// Runs `f` on a clone of `self` on the blocking pool, unless the run was cancelled.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        ctx: &Context,
+        f: impl FnOnce(GitChangeDetector) -> Result<T, GitError> + Send + 'static,
+    ) -> Result<T, BoxError> {
+        ctx.check_cancelled()?;
+        let this = self.clone();
+        let result = tokio::task::spawn_blocking(move || f(this))
+            .await
+            .map_err(|err| GitError::git("running on the blocking pool", err))?;
+        Ok(result?)
+    }
+}
+
+#[async_trait]
+impl ChangeDetector for GitChangeDetector {
+    async fn changed_paths(
+        &self,
+        base: &str,
+        head: &str,
+        ctx: &Context,
+    ) -> Result<ChangedPaths, BoxError> {
+        let (base, head) = (base.to_owned(), head.to_owned());
+        self.blocking(ctx, move |this| this.changed(&base, &head))
+            .await
+    }
+
+    async fn fingerprint(
+        &self,
+        rev: &str,
+        inputs: &AppInputs,
+        ctx: &Context,
+    ) -> Result<Fingerprint, BoxError> {
+        let (rev, inputs) = (rev.to_owned(), inputs.clone());
+        self.blocking(ctx, move |this| this.fingerprint_at(&rev, &inputs))
+            .await
+    }
+
+    async fn revision(&self, rev: &str, ctx: &Context) -> Result<RevisionInfo, BoxError> {
+        let rev = rev.to_owned();
+        self.blocking(ctx, move |this| this.revision_info(&rev))
+            .await
+    }
+}

@@ -1,0 +1,167 @@
+//! Turning revision names (`main`, `origin/develop`, `v1.2`, `HEAD~3`, `A...B`) into commits,
+//! and the facts about a commit that tag templates use.
+
+use gix::ObjectId;
+use shipflow_core::RevisionInfo;
+
+use crate::GitError;
+
+/// The CI variables that name the branch when `HEAD` is detached, in order of preference.
+const CI_BRANCH_VARIABLES: [&str; 3] = ["GITHUB_HEAD_REF", "GITHUB_REF_NAME", "CI_COMMIT_REF_NAME"];
+
+/// Resolves `rev` to a commit id, peeling annotated tags.
+pub(crate) fn resolve_commit(repo: &gix::Repository, rev: &str) -> Result<ObjectId, GitError> {
+    let id = match repo.rev_parse_single(rev) {
+        Ok(id) => id,
+        Err(_) => return Err(unresolved(repo, rev)),
+    };
+    match id.object().and_then(|object| object.peel_to_commit()) {
+        Ok(commit) => Ok(commit.id),
+        Err(_) => Err(unresolved(repo, rev)),
+    }
+}
+
+/// Resolves a base revision: `A...B` means the merge base of `A` and `B` (an empty side is `HEAD`),
+/// anything else is resolved as a single commit.
+pub(crate) fn resolve_base(repo: &gix::Repository, base: &str) -> Result<ObjectId, GitError> {
+    let Some((left, right)) = base.split_once("...") else {
+        return resolve_commit(repo, base);
+    };
+    let left = if left.is_empty() { "HEAD" } else { left };
+    let right = if right.is_empty() { "HEAD" } else { right };
+    let one = resolve_commit(repo, left)?;
+    let two = resolve_commit(repo, right)?;
+    let shallow = || GitError::ShallowHistory {
+        rev: format!("the merge base of {left} and {right}"),
+    };
+    match repo.merge_base(one, two) {
+        Ok(Some(id)) => Ok(id.detach()),
+        Ok(None) if is_shallow(repo) => Err(shallow()),
+        Ok(None) => Err(GitError::NoMergeBase {
+            base: left.to_owned(),
+            head: right.to_owned(),
+        }),
+        Err(_) if is_shallow(repo) => Err(shallow()),
+        Err(err) => Err(GitError::git("finding the merge base", err)),
+    }
+}
+
+/// The error for a revision that did not resolve: an unborn `HEAD`, missing shallow history,
+/// or a name that does not exist.
+fn unresolved(repo: &gix::Repository, rev: &str) -> GitError {
+    let mentions_head = rev.starts_with("HEAD") || rev.starts_with('@');
+    if mentions_head && repo.head().is_ok_and(|head| head.is_unborn()) {
+        GitError::UnbornHead
+    } else if is_shallow(repo) {
+        GitError::ShallowHistory {
+            rev: rev.to_owned(),
+        }
+    } else {
+        GitError::UnknownRevision {
+            rev: rev.to_owned(),
+        }
+    }
+}
+
+fn is_shallow(repo: &gix::Repository) -> bool {
+    repo.is_shallow().unwrap_or(false)
+}
+
+/// The id of the commit `HEAD` points to, or [`GitError::UnbornHead`].
+pub(crate) fn head_commit(repo: &gix::Repository) -> Result<Option<ObjectId>, GitError> {
+    let mut head = repo
+        .head()
+        .map_err(|err| GitError::git("reading HEAD", err))?;
+    if head.is_unborn() {
+        return Ok(None);
+    }
+    let id = head
+        .peel_to_commit()
+        .map_err(|err| GitError::git("reading HEAD's commit", err))?
+        .id;
+    Ok(Some(id))
+}
+
+/// The first of the usual upstream names that resolves to a commit other than `HEAD`'s,
+/// as `<name>...HEAD`; else `HEAD~1`; else `None`.
+pub(crate) fn default_base(repo: &gix::Repository) -> Result<Option<String>, GitError> {
+    let head = head_commit(repo)?.ok_or(GitError::UnbornHead)?;
+    for candidate in [
+        "origin/HEAD",
+        "origin/main",
+        "origin/master",
+        "main",
+        "master",
+    ] {
+        if let Ok(id) = resolve_commit(repo, candidate)
+            && id != head
+        {
+            return Ok(Some(format!("{candidate}...HEAD")));
+        }
+    }
+    Ok(resolve_commit(repo, "HEAD~1")
+        .ok()
+        .map(|_| "HEAD~1".to_owned()))
+}
+
+/// Facts about `rev` for tag templates.
+pub(crate) fn revision_info(repo: &gix::Repository, rev: &str) -> Result<RevisionInfo, GitError> {
+    let id = resolve_commit(repo, rev)?;
+    let commit = repo
+        .find_commit(id)
+        .map_err(|err| GitError::git("reading the commit", err))?;
+    let committed_at = commit.time().ok().map(|time| time.seconds);
+    let sha = id.to_string();
+    let short_sha = sha[..7].to_owned();
+    Ok(RevisionInfo {
+        branch: branch(repo, rev)?,
+        tag: exact_tag(repo, id)?,
+        sha,
+        short_sha,
+        dirty: false,
+        committed_at,
+    })
+}
+
+/// The branch `rev` is on: `HEAD`'s branch when attached, the branch itself when `rev` names
+/// a local branch, the CI's variables when `HEAD` is detached.
+fn branch(repo: &gix::Repository, rev: &str) -> Result<Option<String>, GitError> {
+    if rev == "HEAD" || rev == "@" {
+        let head = repo
+            .head()
+            .map_err(|err| GitError::git("reading HEAD", err))?;
+        if let Some(name) = head.referent_name() {
+            return Ok(Some(name.shorten().to_string()));
+        }
+        return Ok(CI_BRANCH_VARIABLES
+            .iter()
+            .filter_map(|name| std::env::var(name).ok())
+            .find(|value| !value.is_empty()));
+    }
+    let local = format!("refs/heads/{rev}");
+    Ok(repo
+        .try_find_reference(local.as_str())
+        .ok()
+        .flatten()
+        .map(|_| rev.to_owned()))
+}
+
+/// A tag pointing exactly at commit `id` (the first by name when several do).
+fn exact_tag(repo: &gix::Repository, id: ObjectId) -> Result<Option<String>, GitError> {
+    let step = "listing tags";
+    let platform = repo.references().map_err(|err| GitError::git(step, err))?;
+    let mut tags = Vec::new();
+    for reference in platform.tags().map_err(|err| GitError::git(step, err))? {
+        let Ok(mut reference) = reference else {
+            continue;
+        };
+        let Ok(target) = reference.peel_to_commit() else {
+            continue;
+        };
+        if target.id == id {
+            tags.push(reference.name().shorten().to_string());
+        }
+    }
+    tags.sort();
+    Ok(tags.into_iter().next())
+}

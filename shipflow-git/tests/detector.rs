@@ -1,0 +1,775 @@
+//! GitChangeDetector against real repositories made with the `git` CLI, cross-checked with
+//! what `git` itself reports on the same repository.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use rstest::rstest;
+use shipflow_core::{AppInputs, ChangeDetector, ChangeKind, ChangedPath, Context};
+use shipflow_git::{GitChangeDetector, GitError};
+use tempfile::TempDir;
+
+/// A repository in a temp dir, driven by the `git` CLI with no user or system config.
+struct Repo {
+    _dir: TempDir,
+    root: PathBuf,
+}
+
+impl Repo {
+    /// `git init -b main` in a fresh temp dir.
+    fn new() -> Self {
+        let dir = TempDir::new().expect("a temp dir");
+        let root = dir.path().join("repo");
+        std::fs::create_dir(&root).expect("create repo dir");
+        let repo = Self { _dir: dir, root };
+        repo.git(&["init", "-q", "-b", "main"]);
+        repo
+    }
+
+    /// A repository at `root` (made by a clone), kept alive by `dir`.
+    fn at(dir: TempDir, root: PathBuf) -> Self {
+        Self { _dir: dir, root }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    /// Runs git in the repository; panics with git's stderr when it fails.
+    fn git(&self, args: &[&str]) -> String {
+        let out = self.try_git(args);
+        match out {
+            Ok(stdout) => stdout,
+            Err(stderr) => panic!("git {args:?} failed: {stderr}"),
+        }
+    }
+
+    fn try_git(&self, args: &[&str]) -> Result<String, String> {
+        git_in(&self.root, args)
+    }
+
+    fn write(&self, rel: &str, content: &str) {
+        let path = self.path(rel);
+        std::fs::create_dir_all(path.parent().expect("a file has a parent")).expect("mkdir -p");
+        std::fs::write(path, content).expect("write file");
+    }
+
+    fn remove(&self, rel: &str) {
+        self.git(&["rm", "-q", "-r", rel]);
+    }
+
+    /// Commits everything and returns the commit id.
+    fn commit(&self, message: &str) -> String {
+        self.git(&["add", "-A"]);
+        self.git(&["commit", "-q", "--allow-empty", "-m", message]);
+        self.rev("HEAD")
+    }
+
+    fn rev(&self, rev: &str) -> String {
+        self.git(&["rev-parse", &format!("{rev}^{{commit}}")])
+    }
+
+    fn detector(&self) -> GitChangeDetector {
+        GitChangeDetector::open(&self.root).expect("open the test repository")
+    }
+
+    /// What `git diff --raw -M base head` reports, as changed paths: the same letters as
+    /// `--name-status`, plus the modes, so an executable-bit change (git's `M` with a new
+    /// mode) maps to `TypeChanged` like the core model asks.
+    fn git_diff(&self, base: &str, head: &str) -> Vec<ChangedPath> {
+        let raw = self.git(&["diff", "--raw", "-M", "--no-abbrev", base, head]);
+        let mut paths: Vec<ChangedPath> = raw.lines().map(parse_raw_line).collect();
+        paths.sort();
+        // --name-status must agree with --raw on paths and letters.
+        let name_status = self.git(&["diff", "--name-status", "-M", base, head]);
+        assert_eq!(
+            name_status.lines().count(),
+            paths.len(),
+            "--name-status and --raw disagree: {name_status}"
+        );
+        paths
+    }
+}
+
+fn git_in(dir: &Path, args: &[&str]) -> Result<String, String> {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_AUTHOR_NAME", "Test")
+        .env("GIT_AUTHOR_EMAIL", "test@example.com")
+        .env("GIT_COMMITTER_NAME", "Test")
+        .env("GIT_COMMITTER_EMAIL", "test@example.com")
+        .output()
+        .expect("the git CLI is installed (it is the reference these tests check against)");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// `:100644 100755 <old> <new> M\tpath` or `... R087\told\tnew`.
+fn parse_raw_line(line: &str) -> ChangedPath {
+    let (meta, paths) = line.split_once('\t').expect("a raw diff line has a tab");
+    let fields: Vec<&str> = meta.trim_start_matches(':').split(' ').collect();
+    let (old_mode, new_mode, status) = (fields[0], fields[1], fields[4]);
+    let mut paths = paths.split('\t');
+    let first = paths.next().expect("a path").to_owned();
+    match &status[..1] {
+        "A" => ChangedPath::new(first, ChangeKind::Added),
+        "D" => ChangedPath::new(first, ChangeKind::Deleted),
+        "T" => ChangedPath::new(first, ChangeKind::TypeChanged),
+        "M" if old_mode != new_mode => ChangedPath::new(first, ChangeKind::TypeChanged),
+        "M" => ChangedPath::new(first, ChangeKind::Modified),
+        "R" => ChangedPath::renamed(first, paths.next().expect("a rename has two paths")),
+        other => panic!("unexpected status {other} in {line}"),
+    }
+}
+
+/// Enough lines that git and gix agree a lightly edited file is a rename (≥ 50% similar).
+fn long_text(tag: &str) -> String {
+    (0..40).map(|i| format!("{tag} line {i}\n")).collect()
+}
+
+/// The base commit every change case starts from.
+fn base_repo() -> (Repo, String) {
+    let repo = Repo::new();
+    repo.write("README.md", "# monorepo\n");
+    repo.write("apps/api/src/main.rs", &long_text("api"));
+    repo.write("apps/web/index.html", "<h1>web</h1>\n");
+    repo.write("libs/common/lib.rs", &long_text("common"));
+    repo.write("scripts/deploy.sh", "echo deploy\n");
+    repo.write("config/app.toml", "name = \"api\"\n");
+    repo.write("tools/gen/a.txt", "a\n");
+    let base = repo.commit("base");
+    (repo, base)
+}
+
+fn add(repo: &Repo) {
+    repo.write("apps/api/src/new.rs", "pub fn new() {}\n");
+}
+
+fn delete(repo: &Repo) {
+    repo.remove("apps/web/index.html");
+}
+
+fn modify(repo: &Repo) {
+    repo.write("libs/common/lib.rs", &long_text("changed"));
+}
+
+fn chmod_x(repo: &Repo) {
+    use std::os::unix::fs::PermissionsExt;
+    let path = repo.path("scripts/deploy.sh");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod +x");
+}
+
+fn file_to_symlink(repo: &Repo) {
+    let path = repo.path("config/app.toml");
+    std::fs::remove_file(&path).expect("rm file");
+    std::os::unix::fs::symlink("../README.md", path).expect("ln -s");
+}
+
+fn rename(repo: &Repo) {
+    std::fs::create_dir_all(repo.path("libs/shared")).expect("mkdir");
+    repo.git(&["mv", "libs/common/lib.rs", "libs/shared/lib.rs"]);
+}
+
+fn rename_and_edit(repo: &Repo) {
+    repo.git(&["mv", "apps/api/src/main.rs", "apps/api/src/app.rs"]);
+    let mut text = long_text("api");
+    text.push_str("one more line\n");
+    repo.write("apps/api/src/app.rs", &text);
+}
+
+fn submodule_pointer(repo: &Repo) {
+    // The base has no gitlink; commit one pointing at the base, then move it. The empty
+    // directory is an unpopulated submodule, so `git add -A` keeps the gitlink.
+    std::fs::create_dir_all(repo.path("vendor/lib")).expect("mkdir");
+    let first = repo.rev("HEAD");
+    repo.git(&[
+        "update-index",
+        "--add",
+        "--cacheinfo",
+        &format!("160000,{first},vendor/lib"),
+    ]);
+    repo.git(&["commit", "-q", "-m", "add gitlink"]);
+    let second = repo.rev("HEAD");
+    repo.git(&[
+        "update-index",
+        "--cacheinfo",
+        &format!("160000,{second},vendor/lib"),
+    ]);
+}
+
+fn nested_dirs(repo: &Repo) {
+    repo.write("apps/api/src/deep/er/still/mod.rs", "mod x;\n");
+    repo.write("tools/gen/a.txt", "a changed\n");
+    repo.remove("README.md");
+}
+
+fn dir_to_file(repo: &Repo) {
+    repo.remove("tools/gen");
+    repo.write("tools/gen", "now a file\n");
+}
+
+fn changed(kind: ChangeKind, path: &str) -> ChangedPath {
+    ChangedPath::new(path, kind)
+}
+
+#[rstest]
+#[case::add(add, vec![changed(ChangeKind::Added, "apps/api/src/new.rs")])]
+#[case::delete(delete, vec![changed(ChangeKind::Deleted, "apps/web/index.html")])]
+#[case::modify(modify, vec![changed(ChangeKind::Modified, "libs/common/lib.rs")])]
+#[case::chmod_x(chmod_x, vec![changed(ChangeKind::TypeChanged, "scripts/deploy.sh")])]
+#[case::file_to_symlink(file_to_symlink, vec![changed(ChangeKind::TypeChanged, "config/app.toml")])]
+#[case::rename(rename, vec![ChangedPath::renamed("libs/common/lib.rs", "libs/shared/lib.rs")])]
+#[case::rename_and_edit(
+    rename_and_edit,
+    vec![ChangedPath::renamed("apps/api/src/main.rs", "apps/api/src/app.rs")]
+)]
+#[case::submodule_pointer(submodule_pointer, vec![changed(ChangeKind::Modified, "vendor/lib")])]
+#[case::nested_dirs(nested_dirs, vec![
+    changed(ChangeKind::Deleted, "README.md"),
+    changed(ChangeKind::Added, "apps/api/src/deep/er/still/mod.rs"),
+    changed(ChangeKind::Modified, "tools/gen/a.txt"),
+])]
+#[case::dir_to_file(dir_to_file, vec![
+    changed(ChangeKind::Added, "tools/gen"),
+    changed(ChangeKind::Deleted, "tools/gen/a.txt"),
+])]
+fn changed_paths_match_git(#[case] change: fn(&Repo), #[case] expected: Vec<ChangedPath>) {
+    let (repo, _) = base_repo();
+    change(&repo);
+    // Cases that commit on their own (the gitlink) diff from their own first commit.
+    let base = repo.rev("HEAD");
+    let head = repo.commit("change");
+
+    let changes = repo
+        .detector()
+        .changed(&base, &head)
+        .expect("diff two commits");
+
+    assert_eq!(
+        changes.paths,
+        repo.git_diff(&base, &head),
+        "gix vs git diff"
+    );
+    let mut expected = expected;
+    expected.sort();
+    assert_eq!(changes.paths, expected);
+    assert_eq!(changes.base.as_deref(), Some(base.as_str()));
+    assert_eq!(changes.head, head);
+}
+
+#[test]
+fn same_commit_has_no_changes() {
+    let (repo, base) = base_repo();
+    let changes = repo.detector().changed(&base, "HEAD").expect("diff");
+    assert!(changes.paths.is_empty());
+    assert_eq!(repo.git_diff(&base, "HEAD"), changes.paths);
+}
+
+/// main: c1 - c2 (tag v1, annotated) - c3 (pushed as origin/develop) - c4 = HEAD;
+/// feature: c2 - f1.
+fn history() -> Repo {
+    let repo = Repo::new();
+    repo.write("a.txt", "1\n");
+    repo.commit("c1");
+    repo.write("a.txt", "2\n");
+    repo.write("b.txt", "b\n");
+    repo.commit("c2");
+    repo.git(&["tag", "-a", "v1", "-m", "release v1"]);
+    repo.git(&["checkout", "-q", "-b", "feature"]);
+    repo.write("feature.txt", "feature\n");
+    repo.commit("f1");
+    repo.git(&["checkout", "-q", "main"]);
+    repo.write("c.txt", "c\n");
+    repo.commit("c3");
+
+    let origin = repo.root.with_file_name("origin.git");
+    let origin = origin.to_str().expect("utf-8 temp path");
+    repo.git(&["clone", "-q", "--bare", ".", origin]);
+    repo.git(&["remote", "add", "origin", origin]);
+    repo.git(&["push", "-q", "origin", "main:develop"]);
+    repo.git(&["fetch", "-q", "origin"]);
+
+    repo.write("nested/dir/d.txt", "d\n");
+    repo.remove("b.txt");
+    repo.commit("c4");
+    repo
+}
+
+#[rstest]
+#[case::full_sha("FULL_SHA")]
+#[case::short_sha("SHORT_SHA")]
+#[case::branch("feature")]
+#[case::remote_branch("origin/develop")]
+#[case::annotated_tag("v1")]
+#[case::ancestry("HEAD~3")]
+#[case::merge_base("feature...HEAD")]
+#[case::merge_base_implicit_head("feature...")]
+fn revision_forms_resolve_like_git(#[case] base: &str) {
+    let repo = history();
+    let c1 = repo.rev("HEAD~3");
+    let base = match base {
+        "FULL_SHA" => c1.clone(),
+        "SHORT_SHA" => c1[..7].to_owned(),
+        other => other.to_owned(),
+    };
+    let expected_base = match base.split_once("...") {
+        Some((left, _)) => repo.git(&["merge-base", left, "HEAD"]),
+        None => repo.rev(&base),
+    };
+
+    let changes = repo
+        .detector()
+        .changed(&base, "HEAD")
+        .expect("resolve and diff");
+
+    assert_eq!(changes.base.as_deref(), Some(expected_base.as_str()));
+    assert_eq!(changes.head, repo.rev("HEAD"));
+    assert!(!changes.paths.is_empty());
+    assert_eq!(changes.paths, repo.git_diff(&expected_base, "HEAD"));
+}
+
+#[test]
+fn merge_base_matches_git_three_dot_diff() {
+    let repo = history();
+    let changes = repo
+        .detector()
+        .changed("feature...main", "main")
+        .expect("diff");
+    let git = repo.git(&["diff", "--name-only", "feature...main"]);
+    let git: Vec<&str> = git.lines().collect();
+    let ours: Vec<&str> = changes.paths.iter().map(|c| c.path.as_str()).collect();
+    assert_eq!(ours, git);
+    assert_eq!(ours, ["b.txt", "c.txt", "nested/dir/d.txt"]);
+}
+
+#[test]
+fn opens_from_a_subdirectory() {
+    let repo = history();
+    let detector = GitChangeDetector::open(repo.path("nested/dir")).expect("discover upwards");
+    let workdir = detector.workdir().expect("a work tree").canonicalize();
+    assert_eq!(
+        workdir.expect("canonical"),
+        repo.root.canonicalize().expect("canonical")
+    );
+    let changes = detector.changed("HEAD~1", "HEAD").expect("diff");
+    assert_eq!(changes.paths, repo.git_diff("HEAD~1", "HEAD"));
+}
+
+#[test]
+fn unknown_revision_says_what_to_do() {
+    let repo = history();
+    let err = repo
+        .detector()
+        .changed("no-such-branch", "HEAD")
+        .expect_err("an unknown base");
+    assert!(matches!(err, GitError::UnknownRevision { ref rev } if rev == "no-such-branch"));
+    assert_eq!(
+        err.to_string(),
+        "unknown revision \"no-such-branch\": check the name, or fetch it (git fetch origin no-such-branch)"
+    );
+    assert!(repo.try_git(&["rev-parse", "no-such-branch"]).is_err());
+
+    let err = repo
+        .detector()
+        .changed("HEAD", "nope...HEAD")
+        .expect_err("an unknown head");
+    assert!(matches!(err, GitError::UnknownRevision { .. }), "{err}");
+}
+
+#[test]
+fn not_a_repository_names_the_path() {
+    let dir = TempDir::new().expect("temp dir");
+    let err = GitChangeDetector::open(dir.path()).expect_err("no repository here");
+    assert!(matches!(err, GitError::NotARepository { ref path } if path == dir.path()));
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{} is not inside a git repository: run shipflow from a clone of your monorepo (or `git init` one)",
+            dir.path().display()
+        )
+    );
+}
+
+#[test]
+fn unborn_head_says_commit_first() {
+    let repo = Repo::new();
+    let detector = repo.detector();
+    let message = "HEAD has no commit yet: commit something first";
+
+    let err = detector.changed("HEAD~1", "HEAD").expect_err("no commits");
+    assert!(matches!(err, GitError::UnbornHead), "{err:?}");
+    assert_eq!(err.to_string(), message);
+    let err = detector.revision_info("HEAD").expect_err("no commits");
+    assert_eq!(err.to_string(), message);
+    let err = detector.default_base().expect_err("no commits");
+    assert_eq!(err.to_string(), message);
+}
+
+/// A `--depth 1` clone of [`history`]'s main branch.
+fn shallow_clone() -> (Repo, Repo) {
+    let upstream = history();
+    let dir = TempDir::new().expect("temp dir");
+    let root = dir.path().join("shallow");
+    let url = format!("file://{}", upstream.root.display());
+    let dest = root.to_str().expect("utf-8 temp path");
+    git_in(dir.path(), &["clone", "-q", "--depth", "1", &url, dest]).expect("shallow clone");
+    (upstream, Repo::at(dir, root))
+}
+
+#[test]
+fn shallow_clone_lacking_the_base_says_fetch_more() {
+    let (upstream, shallow) = shallow_clone();
+    assert!(shallow.path(".git/shallow").exists());
+    // git itself cannot resolve it either.
+    assert!(shallow.try_git(&["rev-parse", "HEAD~1^{commit}"]).is_err());
+    let detector = shallow.detector();
+
+    let err = detector
+        .changed("HEAD~1", "HEAD")
+        .expect_err("HEAD~1 is cut off");
+    assert!(matches!(err, GitError::ShallowHistory { ref rev } if rev == "HEAD~1"));
+    assert_eq!(
+        err.to_string(),
+        "history is shallow and lacks HEAD~1: fetch with --depth N or --unshallow"
+    );
+
+    let old = upstream.rev("HEAD~3");
+    let err = detector
+        .changed(&old, "HEAD")
+        .expect_err("the old commit is not fetched");
+    assert_eq!(
+        err.to_string(),
+        format!("history is shallow and lacks {old}: fetch with --depth N or --unshallow")
+    );
+
+    // What the clone does have still works.
+    let changes = detector.changed("HEAD", "HEAD").expect("the one commit");
+    assert!(changes.paths.is_empty());
+}
+
+#[test]
+fn shallow_clone_lacking_the_merge_base_says_fetch_more() {
+    let upstream = history();
+    let dir = TempDir::new().expect("temp dir");
+    let root = dir.path().join("shallow");
+    let url = format!("file://{}", upstream.root.display());
+    let dest = root.to_str().expect("utf-8 temp path");
+    git_in(
+        dir.path(),
+        &[
+            "clone",
+            "-q",
+            "--depth",
+            "1",
+            "--no-single-branch",
+            &url,
+            dest,
+        ],
+    )
+    .expect("shallow clone of all branches");
+    let shallow = Repo::at(dir, root);
+    // git cannot find it either.
+    assert!(
+        shallow
+            .try_git(&["merge-base", "origin/feature", "HEAD"])
+            .is_err()
+    );
+
+    let err = shallow
+        .detector()
+        .changed("origin/feature...HEAD", "HEAD")
+        .expect_err("the merge base is cut off");
+    assert!(matches!(err, GitError::ShallowHistory { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "history is shallow and lacks the merge base of origin/feature and HEAD: fetch with --depth N or --unshallow"
+    );
+}
+
+#[test]
+fn unrelated_histories_have_no_merge_base() {
+    let repo = history();
+    repo.git(&["checkout", "-q", "--orphan", "other"]);
+    repo.commit("unrelated");
+    let err = repo
+        .detector()
+        .changed("main...other", "other")
+        .expect_err("no common ancestor");
+    assert!(matches!(err, GitError::NoMergeBase { .. }), "{err:?}");
+}
+
+#[rstest]
+#[case::clone_with_local_commit("clone", Some("origin/HEAD...HEAD"))]
+#[case::feature_branch("feature", Some("main...HEAD"))]
+#[case::main_without_remote("main", Some("HEAD~1"))]
+#[case::single_commit("single", None)]
+fn default_base_prefers_upstream(#[case] setup: &str, #[case] expected: Option<&str>) {
+    let repo = match setup {
+        "clone" => {
+            let upstream = history();
+            let dir = TempDir::new().expect("temp dir");
+            let root = dir.path().join("clone");
+            let dest = root.to_str().expect("utf-8 temp path");
+            let src = upstream.root.to_str().expect("utf-8 temp path");
+            git_in(dir.path(), &["clone", "-q", src, dest]).expect("clone");
+            let clone = Repo::at(dir, root);
+            clone.write("local.txt", "local\n");
+            clone.commit("local");
+            clone
+        }
+        "feature" => {
+            let repo = history();
+            repo.git(&["checkout", "-q", "feature"]);
+            repo.git(&["remote", "remove", "origin"]);
+            repo
+        }
+        "main" => {
+            let (repo, _) = base_repo();
+            repo.write("x.txt", "x\n");
+            repo.commit("second");
+            repo
+        }
+        _ => base_repo().0,
+    };
+    let base = repo.detector().default_base().expect("a default base");
+    assert_eq!(base.as_deref(), expected);
+    if let Some(base) = base {
+        repo.detector()
+            .changed(&base, "HEAD")
+            .expect("the default base resolves");
+    }
+}
+
+#[test]
+fn revision_info_matches_git() {
+    let repo = history();
+    repo.git(&["tag", "v2"]);
+    let detector = repo.detector();
+
+    let info = detector.revision_info("HEAD").expect("info");
+    let sha = repo.rev("HEAD");
+    assert_eq!(info.sha, sha);
+    assert_eq!(info.short_sha, sha[..7]);
+    assert_eq!(info.branch.as_deref(), Some("main"));
+    assert_eq!(info.tag.as_deref(), Some("v2"));
+    let committed: i64 = repo
+        .git(&["log", "-1", "--format=%ct"])
+        .parse()
+        .expect("a timestamp");
+    assert_eq!(info.committed_at, Some(committed));
+    assert!(!info.dirty, "dirty is not computed");
+
+    // An annotated tag on an older commit, looked up by tag name.
+    let info = detector.revision_info("v1").expect("info");
+    assert_eq!(info.sha, repo.rev("v1"));
+    assert_eq!(info.tag.as_deref(), Some("v1"));
+    assert_eq!(info.branch, None);
+
+    // A local branch by name.
+    let info = detector.revision_info("feature").expect("info");
+    assert_eq!(info.branch.as_deref(), Some("feature"));
+    assert_eq!(info.tag, None);
+}
+
+#[test]
+fn detached_head_falls_back_to_ci_variables() {
+    let repo = history();
+    repo.git(&["checkout", "-q", "--detach", "HEAD~1"]);
+    let info = repo.detector().revision_info("HEAD").expect("info");
+    let from_ci = ["GITHUB_HEAD_REF", "GITHUB_REF_NAME", "CI_COMMIT_REF_NAME"]
+        .iter()
+        .filter_map(|name| std::env::var(name).ok())
+        .find(|value| !value.is_empty());
+    assert_eq!(info.branch, from_ci);
+    assert_eq!(info.sha, repo.rev("HEAD"));
+}
+
+fn api_inputs() -> AppInputs {
+    AppInputs {
+        app: "api".into(),
+        paths: vec!["apps/api".into(), "libs/common".into()],
+        globs: vec!["*.lock".into()],
+    }
+}
+
+#[test]
+fn fingerprint_is_equal_for_equal_content_across_branches() {
+    let (repo, base) = base_repo();
+    repo.write("Cargo.lock", "lock v1\n");
+    let main = repo.commit("lock");
+    repo.git(&["checkout", "-q", "-b", "other", &base]);
+    repo.write("apps/web/index.html", "<h1>other</h1>\n");
+    repo.write("Cargo.lock", "lock v1\n");
+    let other = repo.commit("same api inputs, different web");
+    let detector = repo.detector();
+
+    let at_main = detector.fingerprint_at(&main, &api_inputs()).expect("fp");
+    let at_other = detector.fingerprint_at(&other, &api_inputs()).expect("fp");
+    assert_eq!(at_main, at_other);
+    assert_eq!(at_main.0.len(), 64);
+    assert!(at_main.0.chars().all(|c| c.is_ascii_hexdigit()));
+    // The branch name resolves to the same thing.
+    assert_eq!(
+        detector.fingerprint_at("main", &api_inputs()).expect("fp"),
+        at_main
+    );
+}
+
+#[test]
+fn reverting_restores_the_old_fingerprint() {
+    let (repo, base) = base_repo();
+    let detector = repo.detector();
+    let before = detector.fingerprint_at(&base, &api_inputs()).expect("fp");
+    repo.write("apps/api/src/main.rs", "fn main() {}\n");
+    let changed = repo.commit("change api");
+    let during = detector
+        .fingerprint_at(&changed, &api_inputs())
+        .expect("fp");
+    assert_ne!(before, during);
+    repo.git(&["revert", "--no-edit", "HEAD"]);
+    let after = detector.fingerprint_at("HEAD", &api_inputs()).expect("fp");
+    assert_eq!(before, after);
+}
+
+fn edit_dependency(repo: &Repo) {
+    repo.write("libs/common/lib.rs", "changed\n");
+}
+fn edit_own_file(repo: &Repo) {
+    repo.write("apps/api/src/main.rs", "changed\n");
+}
+fn add_own_file(repo: &Repo) {
+    repo.write("apps/api/src/deep/new.rs", "new\n");
+}
+fn chmod_own_file(repo: &Repo) {
+    use std::os::unix::fs::PermissionsExt;
+    let path = repo.path("apps/api/src/main.rs");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+fn edit_root_lock(repo: &Repo) {
+    repo.write("Cargo.lock", "new lock\n");
+}
+fn edit_unrelated_app(repo: &Repo) {
+    repo.write("apps/web/index.html", "changed\n");
+}
+fn edit_nested_lock(repo: &Repo) {
+    // `*.lock` does not cross `/`.
+    repo.write("apps/web/yarn.lock", "changed\n");
+}
+fn edit_sibling_prefix(repo: &Repo) {
+    // `apps/api` is a path, not a prefix: `apps/api-v2` is another app.
+    repo.write("apps/api-v2/main.rs", "changed\n");
+}
+
+#[rstest]
+#[case::dependency_path(edit_dependency, true)]
+#[case::own_file(edit_own_file, true)]
+#[case::own_new_file(add_own_file, true)]
+#[case::own_mode(chmod_own_file, true)]
+#[case::matching_glob(edit_root_lock, true)]
+#[case::unrelated_app(edit_unrelated_app, false)]
+#[case::glob_does_not_cross_slash(edit_nested_lock, false)]
+#[case::sibling_with_same_prefix(edit_sibling_prefix, false)]
+fn fingerprint_follows_the_inputs(#[case] change: fn(&Repo), #[case] should_change: bool) {
+    let (repo, _) = base_repo();
+    repo.write("Cargo.lock", "lock\n");
+    repo.write("apps/web/yarn.lock", "yarn\n");
+    let before_commit = repo.commit("locks");
+    change(&repo);
+    let after_commit = repo.commit("change");
+    let detector = repo.detector();
+    let before = detector
+        .fingerprint_at(&before_commit, &api_inputs())
+        .expect("fp");
+    let after = detector
+        .fingerprint_at(&after_commit, &api_inputs())
+        .expect("fp");
+    assert_eq!(before != after, should_change, "{before} vs {after}");
+}
+
+#[test]
+fn fingerprint_of_a_missing_path_is_stable_until_it_appears() {
+    let (repo, base) = base_repo();
+    let inputs = AppInputs {
+        app: "new".into(),
+        paths: vec!["apps/new".into()],
+        globs: vec![],
+    };
+    let detector = repo.detector();
+    let missing = detector.fingerprint_at(&base, &inputs).expect("fp");
+    repo.write("README.md", "other\n");
+    let unrelated = repo.commit("unrelated");
+    assert_eq!(
+        detector.fingerprint_at(&unrelated, &inputs).expect("fp"),
+        missing
+    );
+    repo.write("apps/new/main.rs", "hi\n");
+    let added = repo.commit("add app");
+    assert_ne!(
+        detector.fingerprint_at(&added, &inputs).expect("fp"),
+        missing
+    );
+}
+
+#[test]
+fn fingerprint_rejects_a_bad_glob() {
+    let (repo, base) = base_repo();
+    let inputs = AppInputs {
+        app: "api".into(),
+        paths: vec![],
+        globs: vec!["src/[".into()],
+    };
+    let err = repo
+        .detector()
+        .fingerprint_at(&base, &inputs)
+        .expect_err("an unclosed class");
+    assert!(matches!(err, GitError::InvalidGlob { ref glob, .. } if glob == "src/["));
+}
+
+#[tokio::test]
+async fn the_trait_boxes_typed_errors() {
+    let (repo, base) = base_repo();
+    modify(&repo);
+    let head = repo.commit("modify");
+    let detector: Box<dyn ChangeDetector> = Box::new(repo.detector());
+    let ctx = Context::new();
+
+    let changes = detector
+        .changed_paths(&base, &head, &ctx)
+        .await
+        .expect("diff");
+    assert_eq!(changes.paths, repo.git_diff(&base, &head));
+    let fp = detector
+        .fingerprint(&head, &api_inputs(), &ctx)
+        .await
+        .expect("fp");
+    assert_eq!(
+        fp,
+        repo.detector()
+            .fingerprint_at(&head, &api_inputs())
+            .expect("fp")
+    );
+    let info = detector.revision(&head, &ctx).await.expect("info");
+    assert_eq!(info.sha, head);
+
+    let err = detector
+        .changed_paths("missing", "HEAD", &ctx)
+        .await
+        .expect_err("unknown");
+    let typed = err.downcast_ref::<GitError>().expect("a GitError inside");
+    assert!(matches!(typed, GitError::UnknownRevision { .. }));
+
+    let cancelled = Context::new();
+    cancelled.cancellation().cancel();
+    assert!(
+        detector
+            .changed_paths(&base, &head, &cancelled)
+            .await
+            .is_err()
+    );
+}
