@@ -1,1 +1,30 @@
-//! placeholder
+//! shipflow: incremental build and deploy of monorepo apps.
+//!
+//! This facade re-exports the crates of the workspace behind features (all on by
+//! default): [`core`] always, and the adapters `git`, `oci`, `k8s` and `docker`.
+//! Depend on `shipflow-core` alone when you bring your own adapters.
+//!
+//! ```
+//! use shipflow::core::{EnvOverrides, Workspace};
+//!
+//! let ws = Workspace::from_toml(
+//!     "[workspace]\nregistry = \"127.0.0.1:5000/acme\"\n[apps.api]",
+//!     ".",
+//!     &EnvOverrides::default(),
+//! )?;
+//! assert_eq!(ws.apps().len(), 1);
+//! # Ok::<(), shipflow::core::ConfigError>(())
+//! ```
+//!
+//! The reference command-line program is `examples/shipflow.rs`; `examples/README.md`
+//! lists the others.
+
+pub use shipflow_core as core;
+#[cfg(feature = "docker")]
+pub use shipflow_docker as docker;
+#[cfg(feature = "git")]
+pub use shipflow_git as git;
+#[cfg(feature = "k8s")]
+pub use shipflow_k8s as k8s;
+#[cfg(feature = "oci")]
+pub use shipflow_oci as oci;

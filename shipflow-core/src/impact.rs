@@ -43,8 +43,11 @@ pub enum Reason {
         /// The upstream app.
         app: String,
     },
-    /// Every app was asked for (`--all`).
+    /// Every app was asked for (`--all`): it ships even if its fingerprint already runs.
     All,
+    /// There was no base revision to compare with: every app is a candidate, and
+    /// ships unless its fingerprint already runs.
+    NoBase,
 }
 
 impl fmt::Display for Reason {
@@ -56,6 +59,7 @@ impl fmt::Display for Reason {
             Reason::Shared { path, glob } => write!(f, "{path} changed (shared {glob})"),
             Reason::Upstream { app } => write!(f, "depends on app {app}, which changed"),
             Reason::All => f.write_str("all apps requested"),
+            Reason::NoBase => f.write_str("no base revision: compared with what runs"),
         }
     }
 }

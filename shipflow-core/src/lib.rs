@@ -72,7 +72,7 @@ pub use detect::{
 pub use impact::{ChangeSet, Reason, Selection, UnknownApp, analyze};
 pub use pipeline::{
     AppReport, FailurePolicy, Outcome, Pipeline, PipelineBuilder, PipelineError, Plan, PlannedApp,
-    Report, RunStatus, StageTimings,
+    Report, RunStatus, StageTimings, error_chain,
 };
 pub use reference::{DOCKER_HUB, Digest, ImageRef, ReferenceError, is_valid_tag, sanitize_tag};
 pub use registry::{PushReport, Registry};

@@ -422,7 +422,8 @@ impl Pipeline {
     }
 
     /// Works out what a run would do. Only the change detector is called (read-only);
-    /// nothing is built, pushed or deployed. Without `base`, every app is in.
+    /// nothing is built, pushed or deployed. Without `base`, every app is in with
+    /// [`Reason::NoBase`], and a run skips those whose fingerprint already runs.
     pub async fn plan(
         &self,
         base: Option<&str>,
@@ -449,11 +450,17 @@ impl Pipeline {
             }
             None => Vec::new(),
         };
+        let no_base = base.is_none() && !selection.all;
         let selection = Selection {
-            all: selection.all || base.is_none(),
+            all: selection.all || no_base,
             apps: selection.apps.clone(),
         };
-        let set = analyze(&inner.workspace, &changes, &selection)?;
+        let mut set = analyze(&inner.workspace, &changes, &selection)?;
+        if no_base {
+            for reasons in set.apps.values_mut() {
+                *reasons = vec![Reason::NoBase];
+            }
+        }
         let mut apps = Vec::with_capacity(set.apps.len());
         for (name, reasons) in set.apps {
             let app = inner
@@ -884,8 +891,9 @@ impl AppReport {
     }
 }
 
-/// `error: cause: cause`, skipping causes the message already contains.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+/// An error and its causes on one line, `error: cause: cause`, skipping causes
+/// whose text the message already contains (many errors repeat their source).
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

@@ -461,6 +461,7 @@ async fn without_a_base_every_app_is_in_and_filters_apply() {
         .await
         .expect("plan");
     assert_eq!(plan.apps.len(), 4);
+    assert!(plan.apps.iter().all(|a| a.reasons == [Reason::NoBase]));
     let only = Selection {
         all: false,
         apps: vec!["web".into()],
@@ -535,4 +536,50 @@ async fn missing_parts_are_explained() {
             ..
         }
     ));
+}
+
+#[tokio::test]
+async fn without_a_base_only_apps_whose_fingerprint_differs_from_what_runs_ship() {
+    let parts = Parts::new(FakeBuilder::new(), FakeDeployer::new());
+    let v1 = parts
+        .pipeline(ScriptedDetector::new())
+        .build()
+        .expect("pipeline");
+    let first = v1
+        .run(None, "HEAD", &Selection::default())
+        .await
+        .expect("run");
+    assert!(first.apps.iter().all(|a| a.outcome == Outcome::Deployed));
+
+    let v2 = parts
+        .pipeline(ScriptedDetector::new().with_file("apps/web/a.ts", "v2"))
+        .build()
+        .expect("pipeline");
+    let second = v2
+        .run(None, "HEAD", &Selection::default())
+        .await
+        .expect("run");
+    let outcomes: Vec<(&str, &Outcome)> = second
+        .apps
+        .iter()
+        .map(|a| (a.app.as_str(), &a.outcome))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("api", &Outcome::Unchanged),
+            ("docs", &Outcome::Unchanged),
+            ("web", &Outcome::Deployed),
+            ("worker", &Outcome::Unchanged)
+        ]
+    );
+
+    // --all forces every app through, fingerprint or not.
+    let forced = Selection {
+        all: true,
+        apps: vec![],
+    };
+    let third = v2.run(None, "HEAD", &forced).await.expect("run");
+    assert_eq!(parts.builder.builds().len(), 4 + 1 + 4);
+    assert!(third.apps.iter().all(|a| a.reasons == [Reason::All]));
 }
