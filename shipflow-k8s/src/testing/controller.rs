@@ -135,6 +135,13 @@ pub(crate) fn sync_new_replica_set(shared: &Shared, st: &mut State, ns: &str, na
             rs["metadata"]["name"].as_str().unwrap_or_default()
         ),
     );
+    // Status counts change in the same write as observedGeneration, as in Kubernetes:
+    // a watcher never sees the new generation with the old counts.
+    let rs_name = rs["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    refresh(shared, st, ns, &mut dep, &rs_name);
     shared.put(st, Kind::Deployment, ns, dep);
     rs
 }
@@ -233,9 +240,16 @@ fn set_pod(shared: &Shared, st: &mut State, ns: &str, pod: &str, rs: &Value, sta
 
 /// Recomputes the ReplicaSets' and the Deployment's status from their pods.
 fn sync_status(shared: &Shared, st: &mut State, ns: &str, name: &str, new_rs: &str) {
-    let Some(dep) = st.objects.get(&dep_key(ns, name)).cloned() else {
+    let Some(mut dep) = st.objects.get(&dep_key(ns, name)).cloned() else {
         return;
     };
+    refresh(shared, st, ns, &mut dep, new_rs);
+    shared.put(st, Kind::Deployment, ns, dep);
+}
+
+/// Brings the ReplicaSets' status up to date and writes the counts into `dep`'s status
+/// (which the caller stores).
+fn refresh(shared: &Shared, st: &mut State, ns: &str, dep: &mut Value, new_rs: &str) {
     let uid = dep["metadata"]["uid"]
         .as_str()
         .unwrap_or_default()
@@ -251,20 +265,17 @@ fn sync_status(shared: &Shared, st: &mut State, ns: &str, name: &str, new_rs: &s
         let r = pods.iter().filter(|p| pod_ready(p)).count() as u64;
         total += n;
         ready += r;
-        let is_new = rs["metadata"]["name"].as_str() == Some(new_rs);
-        if is_new {
+        if rs["metadata"]["name"].as_str() == Some(new_rs) {
             updated += n;
             updated_ready += r;
         }
-        let status = json!({"replicas": n, "readyReplicas": r, "availableReplicas": r,
-            "observedGeneration": rs["metadata"]["generation"]});
+        let status = json!({"replicas": n, "readyReplicas": r, "availableReplicas": r});
         if rs["status"] != status || rs["spec"]["replicas"] != json!(n) {
             rs["status"] = status;
             rs["spec"]["replicas"] = n.into();
             shared.put(st, Kind::ReplicaSet, ns, rs);
         }
     }
-    let mut dep = dep;
     let status = ensure_object(&mut dep["status"]);
     status.insert("replicas".into(), total.into());
     status.insert("updatedReplicas".into(), updated.into());
@@ -277,21 +288,20 @@ fn sync_status(shared: &Shared, st: &mut State, ns: &str, name: &str, new_rs: &s
     let desired = dep["spec"]["replicas"].as_u64().unwrap_or(1);
     if updated_ready == desired && total == updated {
         set_condition(
-            &mut dep,
+            dep,
             "Available",
             "True",
             "MinimumReplicasAvailable",
             "Deployment has minimum availability.",
         );
         set_condition(
-            &mut dep,
+            dep,
             "Progressing",
             "True",
             "NewReplicaSetAvailable",
             &format!("ReplicaSet \"{new_rs}\" has successfully progressed."),
         );
     }
-    shared.put(st, Kind::Deployment, ns, dep);
 }
 
 /// Seeds a Deployment that is already rolled out: revision 1, all pods ready.
