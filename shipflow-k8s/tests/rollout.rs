@@ -552,3 +552,68 @@ async fn a_missing_deployment_is_none_for_current_and_an_error_for_deploy() {
     );
     assert!(err.to_string().contains("deployment default/api not found"));
 }
+
+#[tokio::test]
+async fn a_watch_the_server_ends_is_resumed() {
+    let sim = sim(3).await;
+    // Every watch ends after 30 ms, while the rollout takes several 20 ms steps.
+    sim.limit_watches(Duration::from_millis(30));
+    let ws = workspace();
+    let deployer = KubeDeployer::new(sim.client());
+
+    let rollout = deployer
+        .deploy(
+            app(&ws),
+            &pinned("77"),
+            &DeployMeta::default(),
+            &Context::new(),
+        )
+        .await
+        .expect("rolls despite short watches");
+
+    assert_eq!(rollout.revision, Some(2));
+    let dep = sim.deployment(NS, "api").expect("exists");
+    assert_eq!(dep["status"]["updatedReplicas"], 3);
+    assert_eq!(dep["status"]["replicas"], 3);
+    assert!(
+        sim.request_count("WATCH") > 2,
+        "the watches were renewed: {:?}",
+        sim.requests()
+    );
+}
+
+#[tokio::test]
+async fn a_rollout_costs_a_handful_of_requests() {
+    let sim = sim(5).await;
+    let ws = workspace();
+    let deployer = KubeDeployer::new(sim.client());
+
+    deployer
+        .deploy(
+            app(&ws),
+            &pinned("99"),
+            &DeployMeta::default(),
+            &Context::new(),
+        )
+        .await
+        .expect("rolls");
+
+    // Read, patch, watch the Deployment; list the new ReplicaSet, list and watch its
+    // pods. No polling: the count does not grow with the rollout's length.
+    let requests = sim.requests();
+    let expected = [
+        ("GET /apis/apps/v1/namespaces/default/deployments/api", 1),
+        ("PATCH /apis/apps/v1/namespaces/default/deployments/api", 1),
+        ("WATCH /apis/apps/v1/namespaces/default/deployments", 1),
+        ("GET /apis/apps/v1/namespaces/default/replicasets", 1),
+        ("GET /api/v1/namespaces/default/pods", 1),
+        ("WATCH /api/v1/namespaces/default/pods", 1),
+    ];
+    assert_eq!(
+        requests,
+        expected
+            .iter()
+            .map(|(k, n)| ((*k).to_owned(), *n))
+            .collect(),
+    );
+}

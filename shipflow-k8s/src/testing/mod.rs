@@ -161,6 +161,12 @@ impl SimCluster {
             .insert((ns.to_owned(), name.to_owned()), outcome);
     }
 
+    /// Ends every watch after `limit`, as API servers do at their own discretion; a
+    /// client must then watch again from the last resource version it saw.
+    pub fn limit_watches(&self, limit: Duration) {
+        self.shared.lock().watch_limit = Some(limit);
+    }
+
     /// The stored Deployment `ns/name`, as JSON.
     pub fn deployment(&self, ns: &str, name: &str) -> Option<Value> {
         self.object(Kind::Deployment, ns, name)

@@ -258,7 +258,7 @@ fn watch_response(
     let ns = ns.to_owned();
     let wanted = move |c: &Change| c.kind == kind && c.namespace == ns && filter(&c.object);
     let (tx, rx) = mpsc::channel(1024);
-    let (mut changes, backlog, mut last) = {
+    let (mut changes, backlog, mut last, limit) = {
         let st = shared.lock();
         let changes = shared.changes.subscribe();
         let backlog: Vec<Bytes> = if from == 0 {
@@ -282,7 +282,7 @@ fn watch_response(
                 .map(|c| event_line(c.kind_of_event, &c.object))
                 .collect()
         };
-        (changes, backlog, st.rv)
+        (changes, backlog, st.rv, st.watch_limit)
     };
     tokio::spawn(async move {
         for line in backlog {
@@ -290,7 +290,8 @@ fn watch_response(
                 return;
             }
         }
-        let deadline = tokio::time::sleep(Duration::from_secs(timeout));
+        let asked = Duration::from_secs(timeout);
+        let deadline = tokio::time::sleep(limit.map_or(asked, |l| l.min(asked)));
         tokio::pin!(deadline);
         loop {
             tokio::select! {

@@ -74,6 +74,8 @@ pub(crate) struct State {
     pub(crate) log: Vec<Arc<Change>>,
     pub(crate) outcomes: HashMap<(String, String), Outcome>,
     pub(crate) requests: BTreeMap<String, u64>,
+    /// The longest a watch may last, whatever the client asked for.
+    pub(crate) watch_limit: Option<Duration>,
 }
 
 /// The store shared by the HTTP server and the controller.
