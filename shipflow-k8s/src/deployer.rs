@@ -371,6 +371,7 @@ impl KubeDeployer {
         loop {
             let (ready, desired) = match assess(&dep, generation) {
                 Progress::Complete => {
+                    tracing::debug!(app = %t.app, workload = %t.workload(), "rollout complete");
                     if let Some(desired) = dep.spec.as_ref().and_then(|s| s.replicas) {
                         let desired = u64::try_from(desired).unwrap_or(0);
                         ctx.progress(desired, Some(desired), "replicas");
@@ -430,6 +431,7 @@ impl KubeDeployer {
                 event = stream.next() => match event {
                     // The server ended the watch: resume where it stopped.
                     None => {
+                        tracing::debug!(app = %t.app, %rv, "deployment watch ended; watching again");
                         stream = api.watch(&wp, &rv).await.map_err(t.api_error(step))?.boxed();
                     }
                     Some(Err(e)) => return Err(t.api_error(step)(e)),
@@ -528,6 +530,19 @@ impl Deployer for KubeDeployer {
         let running = t.image_in(dep.spec.as_ref().map(|s| &s.template), "read deployment")?;
         let wanted = image.to_string();
         if running == wanted {
+            // Already in the spec. If an earlier rollout of it has not finished (or
+            // failed), say so rather than report a broken workload as unchanged.
+            let generation = dep.metadata.generation.unwrap_or(0);
+            let dep = if assess(&dep, generation) == Progress::Complete || ctx.dry_run() {
+                dep
+            } else {
+                ctx.message(format!(
+                    "{wanted} is already in {}; waiting for its rollout",
+                    t.describe()
+                ));
+                self.wait_for_rollout(&t, dep, "watch rollout", ctx).await?
+            };
+            tracing::debug!(app = %t.app, image = %wanted, "already running");
             return Ok(Rollout {
                 image: wanted,
                 revision: revision(&dep.metadata),
@@ -566,6 +581,7 @@ impl Deployer for KubeDeployer {
             .patch(&t.deployment, &Self::params(), &Patch::Strategic(&patch))
             .await
             .map_err(t.api_error("patch image"))?;
+        tracing::debug!(app = %t.app, workload = %t.workload(), generation = ?patched.metadata.generation, "patched image");
         let done = self
             .wait_for_rollout(&t, patched, "watch rollout", ctx)
             .await?;

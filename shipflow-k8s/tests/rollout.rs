@@ -617,3 +617,27 @@ async fn a_rollout_costs_a_handful_of_requests() {
             .collect(),
     );
 }
+
+#[tokio::test]
+async fn deploying_a_digest_whose_rollout_failed_fails_again() {
+    let sim = sim(1).await;
+    sim.set_outcome(NS, "api", Outcome::ImagePullFailure);
+    let ws = workspace();
+    let deployer = KubeDeployer::new(sim.client()).timeout(Duration::from_secs(30));
+    let image = pinned("e1");
+    deployer
+        .deploy(app(&ws), &image, &DeployMeta::default(), &Context::new())
+        .await
+        .expect_err("cannot pull");
+
+    // The spec already names the digest, but its pods never came up: not "unchanged".
+    let err = deployer
+        .deploy(app(&ws), &image, &DeployMeta::default(), &Context::new())
+        .await
+        .expect_err("still cannot pull");
+    assert!(
+        matches!(kube_error(&err), KubeError::PodFailed { .. }),
+        "{err}"
+    );
+    assert_eq!(sim.request_count("PATCH"), 1, "no second patch");
+}
