@@ -163,6 +163,17 @@ impl Target {
             })
     }
 
+    /// `Err(Cancelled)` if the run was cancelled: checked before any change is made.
+    fn check_cancelled(&self, ctx: &Context, step: &'static str) -> Result<(), KubeError> {
+        ctx.check_cancelled()
+            .map_err(|source| KubeError::Cancelled {
+                app: self.app.clone(),
+                workload: self.workload(),
+                step,
+                source,
+            })
+    }
+
     fn pod_failed(&self, step: &'static str, pod: FailedPod) -> KubeError {
         KubeError::PodFailed {
             app: self.app.clone(),
@@ -562,6 +573,7 @@ impl Deployer for KubeDeployer {
                 workload: t.describe(),
             });
         }
+        t.check_cancelled(ctx, "patch image")?;
         ctx.message(format!(
             "rolling {} from {running} to {wanted}",
             t.describe()
@@ -658,6 +670,7 @@ impl Deployer for KubeDeployer {
                 workload: t.describe(),
             });
         }
+        t.check_cancelled(ctx, step)?;
         ctx.message(format!(
             "rolling {} back to revision {} ({image})",
             t.describe(),

@@ -641,3 +641,57 @@ async fn deploying_a_digest_whose_rollout_failed_fails_again() {
     );
     assert_eq!(sim.request_count("PATCH"), 1, "no second patch");
 }
+
+#[tokio::test]
+async fn a_cancelled_run_patches_nothing() {
+    let sim = sim(1).await;
+    let ws = workspace();
+    let deployer = KubeDeployer::new(sim.client());
+    deployer
+        .deploy(
+            app(&ws),
+            &pinned("c0"),
+            &DeployMeta::default(),
+            &Context::new(),
+        )
+        .await
+        .expect("rolls");
+    let token = CancellationToken::new();
+    token.cancel();
+    let ctx = Context::new().with_cancellation(token);
+
+    let err = deployer
+        .deploy(app(&ws), &pinned("c1"), &DeployMeta::default(), &ctx)
+        .await
+        .expect_err("cancelled before the patch");
+    assert!(
+        matches!(kube_error(&err), KubeError::Cancelled { .. }),
+        "{err}"
+    );
+    let err = deployer
+        .rollback(app(&ws), RollbackTarget::Previous, &ctx)
+        .await
+        .expect_err("cancelled before the patch");
+    assert!(
+        matches!(kube_error(&err), KubeError::Cancelled { .. }),
+        "{err}"
+    );
+    assert_eq!(sim.request_count("PATCH"), 1, "only the first deploy's");
+}
+
+#[tokio::test]
+async fn rolling_back_to_the_current_revision_changes_nothing() {
+    let sim = sim(1).await;
+    let ws = workspace();
+    let deployer = KubeDeployer::new(sim.client());
+
+    let rollout = deployer
+        .rollback(app(&ws), RollbackTarget::Revision(1), &Context::new())
+        .await
+        .expect("nothing to do");
+
+    assert!(!rollout.changed);
+    assert_eq!(rollout.revision, Some(1));
+    assert_eq!(rollout.image, V1);
+    assert_eq!(sim.request_count("PATCH"), 0);
+}
