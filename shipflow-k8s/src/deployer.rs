@@ -124,11 +124,19 @@ impl Target {
     }
 
     fn api_error(&self, step: &'static str) -> impl FnOnce(kube::Error) -> KubeError + '_ {
-        move |source| KubeError::Api {
-            app: self.app.clone(),
-            workload: self.workload(),
-            step,
-            source: Box::new(source),
+        move |source| match &source {
+            kube::Error::Api(status) if status.code == 409 => KubeError::Conflict {
+                app: self.app.clone(),
+                workload: self.workload(),
+                step,
+                source: Box::new(source),
+            },
+            _ => KubeError::Api {
+                app: self.app.clone(),
+                workload: self.workload(),
+                step,
+                source: Box::new(source),
+            },
         }
     }
 

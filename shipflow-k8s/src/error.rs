@@ -74,6 +74,22 @@ pub enum KubeError {
         source: Box<kube::Error>,
     },
 
+    /// The Deployment changed between reading it and patching it.
+    #[error(
+        "app {app}: {step}: deployment {workload} was changed by someone else meanwhile; look at `shipflow history` and run again"
+    )]
+    Conflict {
+        /// The app.
+        app: String,
+        /// `namespace/deployment`.
+        workload: String,
+        /// The step.
+        step: &'static str,
+        /// The API server's answer.
+        #[source]
+        source: Box<kube::Error>,
+    },
+
     /// A new pod failed in a way that will not heal by waiting.
     #[error(
         "app {app}: {step}: deployment {workload}: {pod}; {next}",

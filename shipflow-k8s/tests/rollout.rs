@@ -695,3 +695,69 @@ async fn rolling_back_to_the_current_revision_changes_nothing() {
     assert_eq!(rollout.image, V1);
     assert_eq!(sim.request_count("PATCH"), 0);
 }
+
+#[tokio::test]
+async fn a_conflicting_change_during_rollback_is_reported_as_such() {
+    let sim = sim(1).await;
+    let ws = workspace();
+    let deployer = KubeDeployer::new(sim.client());
+    deployer
+        .deploy(
+            app(&ws),
+            &pinned("d0"),
+            &DeployMeta::default(),
+            &Context::new(),
+        )
+        .await
+        .expect("rolls");
+    let path = "/apis/apps/v1/namespaces/default/deployments/api";
+    sim.fail_next("PATCH", path, 409);
+
+    let err = deployer
+        .rollback(app(&ws), RollbackTarget::Previous, &Context::new())
+        .await
+        .expect_err("conflict");
+
+    assert!(
+        matches!(
+            kube_error(&err),
+            KubeError::Conflict {
+                step: "rollback",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("run again"), "{err}");
+    // The conflict was one request; the retry a person makes goes through.
+    deployer
+        .rollback(app(&ws), RollbackTarget::Previous, &Context::new())
+        .await
+        .expect("rolls back");
+}
+
+#[tokio::test]
+async fn a_server_error_names_the_step() {
+    let sim = sim(1).await;
+    let ws = workspace();
+    let deployer = KubeDeployer::new(sim.client());
+    sim.fail_next(
+        "GET",
+        "/apis/apps/v1/namespaces/default/deployments/api",
+        500,
+    );
+
+    let err = deployer
+        .current(app(&ws), &Context::new())
+        .await
+        .expect_err("500");
+
+    let KubeError::Api { step, workload, .. } = kube_error(&err) else {
+        panic!("expected Api, got {err}");
+    };
+    assert_eq!(
+        (*step, workload.as_str()),
+        ("read deployment", "default/api")
+    );
+    assert!(err.to_string().contains("injected 500"), "{err}");
+}

@@ -167,6 +167,16 @@ impl SimCluster {
         self.shared.lock().watch_limit = Some(limit);
     }
 
+    /// Answers the next request `verb path` (e.g. `"PATCH"`,
+    /// `"/apis/apps/v1/namespaces/default/deployments/api"`) with an error status
+    /// `code` (409, 429, 500, 503, ...) instead of serving it. Each call fails one request.
+    pub fn fail_next(&self, verb: &str, path: &str, code: u16) {
+        self.shared
+            .lock()
+            .faults
+            .push((format!("{verb} {path}"), code));
+    }
+
     /// The stored Deployment `ns/name`, as JSON.
     pub fn deployment(&self, ns: &str, name: &str) -> Option<Value> {
         self.object(Kind::Deployment, ns, name)

@@ -95,11 +95,24 @@ pub(crate) async fn handle(
     } else {
         req.method().to_string()
     };
-    *shared
-        .lock()
-        .requests
-        .entry(format!("{verb} {path}"))
-        .or_default() += 1;
+    let key = format!("{verb} {path}");
+    let fault = {
+        let mut st = shared.lock();
+        *st.requests.entry(key.clone()).or_default() += 1;
+        let at = st.faults.iter().position(|(k, _)| *k == key);
+        at.map(|i| st.faults.remove(i).1)
+    };
+    if let Some(code) = fault {
+        let code = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let reason = match code.as_u16() {
+            409 => "Conflict",
+            429 => "TooManyRequests",
+            500 => "InternalError",
+            503 => "ServiceUnavailable",
+            _ => "Unknown",
+        };
+        return Ok(status(code, reason, format!("injected {code} for {key}")));
+    }
 
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (ns, plural, name) = match segments.as_slice() {

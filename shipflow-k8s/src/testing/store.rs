@@ -76,6 +76,8 @@ pub(crate) struct State {
     pub(crate) requests: BTreeMap<String, u64>,
     /// The longest a watch may last, whatever the client asked for.
     pub(crate) watch_limit: Option<Duration>,
+    /// Answers to give instead of serving: `("VERB /path", status code)`, first match once.
+    pub(crate) faults: Vec<(String, u16)>,
 }
 
 /// The store shared by the HTTP server and the controller.
