@@ -17,7 +17,7 @@ use shipflow_core::{
 
 use crate::FailedPod;
 use crate::KubeError;
-use crate::status::{HASH_LABEL, Progress, assess, pod_failure, revision};
+use crate::status::{HASH_LABEL, Progress, assess, pod_failure, revision, waiting_for};
 
 /// The annotation with the app's input fingerprint.
 pub const FINGERPRINT_ANNOTATION: &str = "shipflow.dev/fingerprint";
@@ -387,6 +387,7 @@ impl KubeDeployer {
             .boxed();
         let mut pods: Option<PodWatch> = None;
         let mut reported = None;
+        let mut said = None;
         loop {
             let (ready, desired) = match assess(&dep, generation) {
                 Progress::Complete => {
@@ -418,6 +419,13 @@ impl KubeDeployer {
             if reported != Some((ready, desired)) {
                 ctx.progress(ready, Some(desired), "replicas");
                 reported = Some((ready, desired));
+            }
+            let line = waiting_for(&dep, generation);
+            if line != said {
+                if let Some(text) = &line {
+                    ctx.message(text.clone());
+                }
+                said = line;
             }
             let observed = dep
                 .status

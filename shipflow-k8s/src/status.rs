@@ -70,6 +70,35 @@ pub(crate) fn assess(dep: &Deployment, generation: i64) -> Progress {
     }
 }
 
+/// What a rollout waits for, in `kubectl rollout status` words; `None` when it waits
+/// for nothing (done, or the controller has not seen the new generation yet).
+pub(crate) fn waiting_for(dep: &Deployment, generation: i64) -> Option<String> {
+    let status = dep.status.as_ref()?;
+    if status.observed_generation.unwrap_or(0) < generation {
+        return Some("waiting for the deployment controller to see the new spec".into());
+    }
+    let desired = count(dep.spec.as_ref().and_then(|s| s.replicas).or(Some(1)));
+    let updated = count(status.updated_replicas);
+    let total = count(status.replicas);
+    let available = count(status.available_replicas);
+    if updated < desired {
+        Some(format!(
+            "{updated} out of {desired} new replicas have been updated"
+        ))
+    } else if total > updated {
+        Some(format!(
+            "{} old replicas are pending termination",
+            total - updated
+        ))
+    } else if available < updated {
+        Some(format!(
+            "{available} of {updated} updated replicas are available"
+        ))
+    } else {
+        None
+    }
+}
+
 /// Waiting reasons that do not heal by waiting.
 const FATAL: &[&str] = &[
     "ErrImagePull",
@@ -158,6 +187,38 @@ mod tests {
                 ready: 2,
                 desired: 2
             }
+        );
+    }
+
+    #[test]
+    fn waiting_for_speaks_like_kubectl() {
+        let at = |status: serde_json::Value| waiting_for(&dep(status), 2);
+        assert_eq!(
+            at(json!({"observedGeneration": 1})).as_deref(),
+            Some("waiting for the deployment controller to see the new spec")
+        );
+        assert_eq!(
+            at(json!({"observedGeneration": 2, "replicas": 3, "updatedReplicas": 1})).as_deref(),
+            Some("1 out of 2 new replicas have been updated")
+        );
+        assert_eq!(
+            at(json!({"observedGeneration": 2, "replicas": 3, "updatedReplicas": 2})).as_deref(),
+            Some("1 old replicas are pending termination")
+        );
+        assert_eq!(
+            at(
+                json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2,
+                "availableReplicas": 1})
+            )
+            .as_deref(),
+            Some("1 of 2 updated replicas are available")
+        );
+        assert_eq!(
+            at(
+                json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2,
+                "availableReplicas": 2})
+            ),
+            None
         );
     }
 

@@ -54,18 +54,23 @@ fn kube_error(err: &BoxError) -> &KubeError {
 
 /// Progress events seen: `(done, total)`.
 type Seen = Arc<Mutex<Vec<(u64, Option<u64>)>>>;
+/// Messages seen.
+type Said = Arc<Mutex<Vec<String>>>;
 
-/// A context whose progress events are recorded.
-fn recording() -> (Context, Seen) {
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let sink = seen.clone();
-    let ctx = Context::new().with_events(EventSink::new(move |e| {
-        if let EventKind::Progress { done, total, unit } = &e.kind {
+/// A context whose progress events and messages are recorded.
+fn recording() -> (Context, Seen, Said) {
+    let seen = Seen::default();
+    let said = Said::default();
+    let (progress, messages) = (seen.clone(), said.clone());
+    let ctx = Context::new().with_events(EventSink::new(move |e| match &e.kind {
+        EventKind::Progress { done, total, unit } => {
             assert_eq!(unit, "replicas");
-            sink.lock().expect("not poisoned").push((*done, *total));
+            progress.lock().expect("not poisoned").push((*done, *total));
         }
+        EventKind::Message { text } => messages.lock().expect("not poisoned").push(text.clone()),
+        _ => {}
     }));
-    (ctx, seen)
+    (ctx, seen, said)
 }
 
 #[tokio::test]
@@ -74,7 +79,7 @@ async fn healthy_rollout_runs_the_pinned_image() {
     let ws = workspace();
     let deployer = KubeDeployer::new(sim.client());
     let image = pinned("ab");
-    let (ctx, progress) = recording();
+    let (ctx, progress, messages) = recording();
 
     let rollout = deployer
         .deploy(app(&ws), &image, &meta("fp-1", "c0ffee"), &ctx)
@@ -117,6 +122,23 @@ async fn healthy_rollout_runs_the_pinned_image() {
         progress.len() >= 3,
         "progress reported per replica: {progress:?}"
     );
+    let messages = messages.lock().expect("not poisoned").clone();
+    assert_eq!(
+        messages.first(),
+        Some(&format!(
+            "rolling deployment default/api container api from {V1} to {image}"
+        ))
+    );
+    for expected in [
+        "0 out of 3 new replicas have been updated",
+        "2 out of 3 new replicas have been updated",
+        "1 old replicas are pending termination",
+    ] {
+        assert!(
+            messages.iter().any(|m| m == expected),
+            "{expected:?} in {messages:?}"
+        );
+    }
 }
 
 #[tokio::test]
