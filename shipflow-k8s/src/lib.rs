@@ -1,10 +1,46 @@
-//! Kubernetes rollouts for shipflow (work in progress).
+//! Kubernetes rollouts for shipflow: [`KubeDeployer`] patches an app's Deployment to a
+//! digest-pinned image, watches the rollout through the watch API, fails early when a
+//! new pod cannot pull its image, cannot start or crash-loops, rolls back the way
+//! `kubectl rollout undo` does, and lists the revision history.
 //!
-//! This crate will hold `KubeDeployer`, the [`shipflow_core::Deployer`] for
-//! Kubernetes Deployments: it patches only the app's container to the digest-pinned
-//! image, watches the rollout with the watch API, fails fast on `ImagePullBackOff`,
-//! `CrashLoopBackOff` and deadline overruns, rolls back to the exact previous
-//! revision, and serialises deploys per app with a Lease. It is tested through the
-//! real `kube` client against a simulated API server that ships behind a `testing`
-//! feature. Nothing is implemented yet; the crate exists so the workspace layout is
-//! final.
+//! This example rolls an app on the simulated API server of [`testing`] (feature
+//! `testing`), through the real [`kube::Client`]; with a real cluster, use
+//! [`KubeDeployer::try_default`] instead.
+//!
+//! ```
+//! use shipflow_core::{Context, DeployMeta, Deployer, EnvOverrides, Workspace};
+//! use shipflow_k8s::KubeDeployer;
+//! use shipflow_k8s::testing::SimCluster;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), shipflow_core::BoxError> {
+//! let sim = SimCluster::start().await?;
+//! sim.seed_deployment("default", "api", "api", "registry.local/api:v1", 2);
+//!
+//! let workspace = Workspace::from_toml(
+//!     "[workspace]\nregistry = \"registry.local\"\n[apps.api]\ndeploy.kubernetes = {}\n",
+//!     ".",
+//!     &EnvOverrides::default(),
+//! )?;
+//! let app = workspace.app("api").expect("declared above");
+//! let image = format!("registry.local/api@sha256:{}", "ab".repeat(32)).parse()?;
+//!
+//! let deployer = KubeDeployer::new(sim.client());
+//! let rollout = deployer.deploy(app, &image, &DeployMeta::default(), &Context::new()).await?;
+//! assert!(rollout.changed);
+//! assert_eq!(rollout.revision, Some(2));
+//! assert_eq!(deployer.current(app, &Context::new()).await?.expect("deployed").image, image.to_string());
+//! # Ok(())
+//! # }
+//! ```
+
+mod deployer;
+mod error;
+mod status;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use deployer::{
+    CHANGE_CAUSE_ANNOTATION, FINGERPRINT_ANNOTATION, GIT_SHA_ANNOTATION, KubeDeployer,
+};
+pub use error::{FailedPod, KubeError};
