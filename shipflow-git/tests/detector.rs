@@ -138,6 +138,7 @@ fn base_repo() -> (Repo, String) {
     let repo = Repo::new();
     repo.write("README.md", "# monorepo\n");
     repo.write("apps/api/src/main.rs", &long_text("api"));
+    repo.write("apps/api/Dockerfile", "FROM scratch\n");
     repo.write("apps/web/index.html", "<h1>web</h1>\n");
     repo.write("libs/common/lib.rs", &long_text("common"));
     repo.write("scripts/deploy.sh", "echo deploy\n");
@@ -174,6 +175,11 @@ fn file_to_symlink(repo: &Repo) {
 fn rename(repo: &Repo) {
     std::fs::create_dir_all(repo.path("libs/shared")).expect("mkdir");
     repo.git(&["mv", "libs/common/lib.rs", "libs/shared/lib.rs"]);
+}
+
+fn rename_dir(repo: &Repo) {
+    std::fs::create_dir_all(repo.path("services")).expect("mkdir");
+    repo.git(&["mv", "apps/api", "services/api"]);
 }
 
 fn rename_and_edit(repo: &Repo) {
@@ -225,6 +231,10 @@ fn changed(kind: ChangeKind, path: &str) -> ChangedPath {
 #[case::chmod_x(chmod_x, vec![changed(ChangeKind::TypeChanged, "scripts/deploy.sh")])]
 #[case::file_to_symlink(file_to_symlink, vec![changed(ChangeKind::TypeChanged, "config/app.toml")])]
 #[case::rename(rename, vec![ChangedPath::renamed("libs/common/lib.rs", "libs/shared/lib.rs")])]
+#[case::rename_dir(rename_dir, vec![
+    ChangedPath::renamed("apps/api/Dockerfile", "services/api/Dockerfile"),
+    ChangedPath::renamed("apps/api/src/main.rs", "services/api/src/main.rs"),
+])]
 #[case::rename_and_edit(
     rename_and_edit,
     vec![ChangedPath::renamed("apps/api/src/main.rs", "apps/api/src/app.rs")]
