@@ -4,6 +4,11 @@
 //! Run with `cargo bench -p shipflow-git --bench changes`. The repository is generated with
 //! `git fast-import`: `SHIPFLOW_BENCH_FILES` files (default 100,000) in directories of 10,
 //! and `SHIPFLOW_BENCH_COMMITS` commits (default 1,000) between `base` and `main`.
+//!
+//! Measured on the 2-core project machine (loaded, so ±30%): 3,155 changed paths in
+//! 55–75 ms with gix in-process against 90–125 ms for a spawned `git diff --name-only`
+//! (ratio 0.6); 50 path fingerprints in ~9 ms (~0.2 ms each); a glob fingerprint, which walks
+//! all 100,000 files, ~150 ms.
 
 use std::io::Write;
 use std::path::Path;
