@@ -573,7 +573,7 @@ fn revision_info_matches_git() {
         .parse()
         .expect("a timestamp");
     assert_eq!(info.committed_at, Some(committed));
-    assert!(!info.dirty, "dirty is not computed");
+    assert!(!info.dirty, "a fresh commit is clean");
 
     // An annotated tag on an older commit, looked up by tag name.
     let info = detector.revision_info("v1").expect("info");
@@ -585,6 +585,25 @@ fn revision_info_matches_git() {
     let info = detector.revision_info("feature").expect("info");
     assert_eq!(info.branch.as_deref(), Some("feature"));
     assert_eq!(info.tag, None);
+}
+
+#[rstest]
+#[case::clean(|_: &Repo| {}, false)]
+#[case::untracked_file(|repo: &Repo| repo.write("untracked.txt", "x\n"), false)]
+#[case::edited_file(|repo: &Repo| repo.write("a.txt", "edited\n"), true)]
+#[case::staged_file(|repo: &Repo| {
+    repo.write("staged.txt", "x\n");
+    repo.git(&["add", "staged.txt"]);
+}, true)]
+fn dirty_matches_git_status(#[case] change: fn(&Repo), #[case] dirty: bool) {
+    let repo = history();
+    change(&repo);
+    let porcelain = repo.git(&["status", "--porcelain", "--untracked-files=no"]);
+    assert_eq!(!porcelain.is_empty(), dirty, "git status says: {porcelain}");
+    let detector = repo.detector();
+    assert_eq!(detector.revision_info("HEAD").expect("info").dirty, dirty);
+    // Only HEAD has a work tree.
+    assert!(!detector.revision_info("HEAD~1").expect("info").dirty);
 }
 
 #[test]
