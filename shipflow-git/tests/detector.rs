@@ -746,6 +746,40 @@ fn fingerprint_of_a_missing_path_is_stable_until_it_appears() {
 }
 
 #[test]
+fn fingerprint_treats_paths_through_files_and_submodules_as_absent() {
+    let (repo, _) = base_repo();
+    submodule_pointer(&repo);
+    let head = repo.commit("move gitlink");
+    let detector = repo.detector();
+    let fp_at = |rev: &str, paths: &[&str]| {
+        let inputs = AppInputs {
+            app: "x".into(),
+            paths: paths.iter().map(|p| p.to_string()).collect(),
+            globs: vec![],
+        };
+        detector.fingerprint_at(rev, &inputs).expect("fp")
+    };
+    let fp = |paths: &[&str]| fp_at(&head, paths);
+    // A path through a gitlink or a file is absent (not an error): moving the gitlink
+    // leaves it absent, so its fingerprint stays.
+    assert_eq!(
+        fp(&["vendor/lib/src"]),
+        fp_at("HEAD~1", &["vendor/lib/src"])
+    );
+    assert_ne!(
+        fp(&["vendor/lib/src"]),
+        fp(&["nowhere"]),
+        "the path is hashed too"
+    );
+    fp(&["scripts/deploy.sh/x"]);
+    // The gitlink itself is an input: moving it changes the fingerprint.
+    assert_ne!(fp(&["vendor/lib"]), fp_at("HEAD~1", &["vendor/lib"]));
+    // `./apps/api/` and `apps/api` are the same input; `.` is the whole tree.
+    assert_eq!(fp(&["./apps/api/"]), fp(&["apps/api"]));
+    assert_ne!(fp(&["."]), fp(&["apps/api"]));
+}
+
+#[test]
 fn fingerprint_rejects_a_bad_glob() {
     let (repo, base) = base_repo();
     let inputs = AppInputs {
