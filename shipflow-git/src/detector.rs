@@ -72,8 +72,9 @@ impl GitChangeDetector {
         fingerprint::fingerprint(&self.repo(), rev, inputs)
     }
 
-    /// Commit id, branch, exact tag and commit time of `rev`. `dirty` is always `false`:
-    /// the work tree is not inspected.
+    /// Commit id, branch, exact tag and commit time of `rev`. `dirty` is set when `rev` is
+    /// `HEAD` and tracked files in the work tree or index differ from it (untracked files
+    /// do not count).
     pub fn revision_info(&self, rev: &str) -> Result<RevisionInfo, GitError> {
         revision::revision_info(&self.repo(), rev)
     }

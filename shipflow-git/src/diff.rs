@@ -3,6 +3,8 @@
 use gix::ObjectId;
 use gix::diff::tree_with_rewrites::Change;
 use gix::object::tree::EntryKind;
+use gix::objs::TreeRefIter;
+use gix::worktree::stack::state::attributes::Source as AttributeSource;
 use shipflow_core::{ChangeKind, ChangedPath, ChangedPaths};
 
 use crate::GitError;
@@ -41,15 +43,46 @@ fn changed_between(
     }
     let old = tree_of(repo, base)?;
     let new = tree_of(repo, head)?;
+    let mut cache = resource_cache(repo)?;
     // Like `git diff -M`: renames at 50% similarity, no copies, whatever the config says.
     let options = gix::diff::Options::default().with_rewrites(Some(gix::diff::Rewrites::default()));
-    let changes = repo
-        .diff_tree_to_tree(&old, &new, options)
-        .map_err(|err| GitError::git("diffing trees", err))?;
+    let mut changes = Vec::new();
+    gix::diff::tree_with_rewrites(
+        TreeRefIter::from_bytes(&old.data, old.id.kind()),
+        TreeRefIter::from_bytes(&new.data, new.id.kind()),
+        &mut cache,
+        &mut Default::default(),
+        &repo.objects,
+        |change| {
+            changes.push(change.into_owned());
+            Ok(std::ops::ControlFlow::Continue(()))
+        },
+        options.into(),
+    )
+    .map_err(|err| GitError::git("diffing trees", err))?;
     let mut paths: Vec<ChangedPath> = changes.into_iter().filter_map(to_changed_path).collect();
     paths.sort();
     paths.dedup();
     Ok(paths)
+}
+
+/// The blob cache rename tracking reads through, with the global and repository attributes
+/// but none from the index: `Repository::diff_tree_to_tree` would load the index (or build
+/// one from `HEAD`'s tree, which costs as much as the diff on a large repository).
+fn resource_cache(repo: &gix::Repository) -> Result<gix::diff::blob::Platform, GitError> {
+    let step = "preparing the diff";
+    let no_index = gix::index::State::new(repo.object_hash());
+    let attributes = repo
+        .attributes_only(&no_index, AttributeSource::IdMapping)
+        .map_err(|err| GitError::git(step, err))?
+        .detach();
+    gix::diff::resource_cache(
+        repo,
+        gix::diff::blob::pipeline::Mode::ToGit,
+        attributes,
+        Default::default(),
+    )
+    .map_err(|err| GitError::git(step, err))
 }
 
 /// One tree change as a changed file; `None` for directories, which only contain changes.

@@ -9,6 +9,9 @@ use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use sha2::{Digest, Sha256};
 use shipflow_core::{AppInputs, Fingerprint};
 
+use gix::ObjectId;
+use gix::object::tree::EntryMode;
+
 use crate::GitError;
 use crate::diff::tree_of;
 use crate::revision::resolve_commit;
@@ -37,15 +40,8 @@ pub(crate) fn fingerprint(
             hasher.update(format!("\0{:o}\0{}\n", 0o40000, tree.id));
             continue;
         }
-        let entry = tree
-            .lookup_entry_by_path(path)
-            .map_err(|err| GitError::git("looking up an input path", err))?;
-        match entry {
-            Some(entry) => hasher.update(format!(
-                "\0{:o}\0{}\n",
-                entry.mode().value(),
-                entry.object_id()
-            )),
+        match lookup(repo, &tree, path)? {
+            Some((mode, id)) => hasher.update(format!("\0{:o}\0{id}\n", mode.value())),
             None => hasher.update(b"\0absent\n"),
         }
     }
@@ -74,6 +70,33 @@ pub(crate) fn fingerprint(
     Ok(Fingerprint(
         digest.iter().map(|byte| format!("{byte:02x}")).collect(),
     ))
+}
+
+/// The mode and id of the entry at `path` in `tree`, or `None` when there is none. A path
+/// through a file or a submodule is absent: the submodule's commit is not in this repository.
+fn lookup(
+    repo: &gix::Repository,
+    tree: &gix::Tree<'_>,
+    path: &str,
+) -> Result<Option<(EntryMode, ObjectId)>, GitError> {
+    let mut components = path.split('/').filter(|c| !c.is_empty()).peekable();
+    let mut current = tree.clone();
+    while let Some(name) = components.next() {
+        let Some(entry) = current.find_entry(name) else {
+            return Ok(None);
+        };
+        let (mode, id) = (entry.mode(), entry.object_id());
+        if components.peek().is_none() {
+            return Ok(Some((mode, id)));
+        }
+        if !mode.is_tree() {
+            return Ok(None);
+        }
+        current = repo
+            .find_tree(id)
+            .map_err(|err| GitError::git("looking up an input path", err))?;
+    }
+    Ok(None)
 }
 
 /// `./apps/api/` and `apps/api` name the same input; `.` and `` name the root.

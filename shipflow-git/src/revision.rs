@@ -118,15 +118,29 @@ pub(crate) fn revision_info(repo: &gix::Repository, rev: &str) -> Result<Revisio
         tag: exact_tag(repo, id)?,
         sha,
         short_sha,
-        dirty: false,
+        dirty: is_dirty(repo, rev)?,
         committed_at,
     })
+}
+
+/// Whether the work tree or index differ from `HEAD` (untracked files do not count).
+/// Only `HEAD` itself has a work tree: any other revision is clean.
+fn is_dirty(repo: &gix::Repository, rev: &str) -> Result<bool, GitError> {
+    if !is_head(rev) || repo.workdir().is_none() {
+        return Ok(false);
+    }
+    repo.is_dirty()
+        .map_err(|err| GitError::git("checking the work tree for changes", err))
+}
+
+fn is_head(rev: &str) -> bool {
+    rev == "HEAD" || rev == "@"
 }
 
 /// The branch `rev` is on: `HEAD`'s branch when attached, the branch itself when `rev` names
 /// a local branch, the CI's variables when `HEAD` is detached.
 fn branch(repo: &gix::Repository, rev: &str) -> Result<Option<String>, GitError> {
-    if rev == "HEAD" || rev == "@" {
+    if is_head(rev) {
         let head = repo
             .head()
             .map_err(|err| GitError::git("reading HEAD", err))?;

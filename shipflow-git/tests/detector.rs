@@ -138,6 +138,7 @@ fn base_repo() -> (Repo, String) {
     let repo = Repo::new();
     repo.write("README.md", "# monorepo\n");
     repo.write("apps/api/src/main.rs", &long_text("api"));
+    repo.write("apps/api/Dockerfile", "FROM scratch\n");
     repo.write("apps/web/index.html", "<h1>web</h1>\n");
     repo.write("libs/common/lib.rs", &long_text("common"));
     repo.write("scripts/deploy.sh", "echo deploy\n");
@@ -174,6 +175,11 @@ fn file_to_symlink(repo: &Repo) {
 fn rename(repo: &Repo) {
     std::fs::create_dir_all(repo.path("libs/shared")).expect("mkdir");
     repo.git(&["mv", "libs/common/lib.rs", "libs/shared/lib.rs"]);
+}
+
+fn rename_dir(repo: &Repo) {
+    std::fs::create_dir_all(repo.path("services")).expect("mkdir");
+    repo.git(&["mv", "apps/api", "services/api"]);
 }
 
 fn rename_and_edit(repo: &Repo) {
@@ -225,6 +231,10 @@ fn changed(kind: ChangeKind, path: &str) -> ChangedPath {
 #[case::chmod_x(chmod_x, vec![changed(ChangeKind::TypeChanged, "scripts/deploy.sh")])]
 #[case::file_to_symlink(file_to_symlink, vec![changed(ChangeKind::TypeChanged, "config/app.toml")])]
 #[case::rename(rename, vec![ChangedPath::renamed("libs/common/lib.rs", "libs/shared/lib.rs")])]
+#[case::rename_dir(rename_dir, vec![
+    ChangedPath::renamed("apps/api/Dockerfile", "services/api/Dockerfile"),
+    ChangedPath::renamed("apps/api/src/main.rs", "services/api/src/main.rs"),
+])]
 #[case::rename_and_edit(
     rename_and_edit,
     vec![ChangedPath::renamed("apps/api/src/main.rs", "apps/api/src/app.rs")]
@@ -563,7 +573,7 @@ fn revision_info_matches_git() {
         .parse()
         .expect("a timestamp");
     assert_eq!(info.committed_at, Some(committed));
-    assert!(!info.dirty, "dirty is not computed");
+    assert!(!info.dirty, "a fresh commit is clean");
 
     // An annotated tag on an older commit, looked up by tag name.
     let info = detector.revision_info("v1").expect("info");
@@ -575,6 +585,25 @@ fn revision_info_matches_git() {
     let info = detector.revision_info("feature").expect("info");
     assert_eq!(info.branch.as_deref(), Some("feature"));
     assert_eq!(info.tag, None);
+}
+
+#[rstest]
+#[case::clean(|_: &Repo| {}, false)]
+#[case::untracked_file(|repo: &Repo| repo.write("untracked.txt", "x\n"), false)]
+#[case::edited_file(|repo: &Repo| repo.write("a.txt", "edited\n"), true)]
+#[case::staged_file(|repo: &Repo| {
+    repo.write("staged.txt", "x\n");
+    repo.git(&["add", "staged.txt"]);
+}, true)]
+fn dirty_matches_git_status(#[case] change: fn(&Repo), #[case] dirty: bool) {
+    let repo = history();
+    change(&repo);
+    let porcelain = repo.git(&["status", "--porcelain", "--untracked-files=no"]);
+    assert_eq!(!porcelain.is_empty(), dirty, "git status says: {porcelain}");
+    let detector = repo.detector();
+    assert_eq!(detector.revision_info("HEAD").expect("info").dirty, dirty);
+    // Only HEAD has a work tree.
+    assert!(!detector.revision_info("HEAD~1").expect("info").dirty);
 }
 
 #[test]
@@ -714,6 +743,40 @@ fn fingerprint_of_a_missing_path_is_stable_until_it_appears() {
         detector.fingerprint_at(&added, &inputs).expect("fp"),
         missing
     );
+}
+
+#[test]
+fn fingerprint_treats_paths_through_files_and_submodules_as_absent() {
+    let (repo, _) = base_repo();
+    submodule_pointer(&repo);
+    let head = repo.commit("move gitlink");
+    let detector = repo.detector();
+    let fp_at = |rev: &str, paths: &[&str]| {
+        let inputs = AppInputs {
+            app: "x".into(),
+            paths: paths.iter().map(|p| p.to_string()).collect(),
+            globs: vec![],
+        };
+        detector.fingerprint_at(rev, &inputs).expect("fp")
+    };
+    let fp = |paths: &[&str]| fp_at(&head, paths);
+    // A path through a gitlink or a file is absent (not an error): moving the gitlink
+    // leaves it absent, so its fingerprint stays.
+    assert_eq!(
+        fp(&["vendor/lib/src"]),
+        fp_at("HEAD~1", &["vendor/lib/src"])
+    );
+    assert_ne!(
+        fp(&["vendor/lib/src"]),
+        fp(&["nowhere"]),
+        "the path is hashed too"
+    );
+    fp(&["scripts/deploy.sh/x"]);
+    // The gitlink itself is an input: moving it changes the fingerprint.
+    assert_ne!(fp(&["vendor/lib"]), fp_at("HEAD~1", &["vendor/lib"]));
+    // `./apps/api/` and `apps/api` are the same input; `.` is the whole tree.
+    assert_eq!(fp(&["./apps/api/"]), fp(&["apps/api"]));
+    assert_ne!(fp(&["."]), fp(&["apps/api"]));
 }
 
 #[test]
