@@ -330,3 +330,80 @@ async fn skopeo_reads_what_we_pushed() {
     assert_eq!(json["Layers"], serde_json::json!(layers));
     assert_eq!(json["Labels"]["app"], "api");
 }
+
+#[tokio::test]
+async fn bearer_tokens_are_fetched_once_per_scope_and_bad_credentials_fail_clearly() {
+    let tokens = common::TokenService::start("ci", "token-pass-4471", "team/api");
+    let registry = TestRegistry::start_with_token_auth(&tokens);
+    let (_dir, layout) = temp_layout();
+    let image = write_image(&layout, "api", "v1", &three_layers("t"));
+    let target = registry.reference("team/api:v1");
+
+    let client = RegistryClient::builder()
+        .credentials(Credentials::basic("ci", "token-pass-4471"))
+        .build()
+        .expect("client");
+    let report = client
+        .push(&image, &target, &Context::new())
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "push with bearer auth: {e}\nregistry log:\n{}",
+                registry.log()
+            )
+        });
+    assert_eq!(report.blobs_uploaded, 4);
+    assert!(report.manifest_written);
+    {
+        let requests = tokens.requests.lock().expect("lock");
+        assert_eq!(
+            requests.len(),
+            1,
+            "one token for the whole push: {requests:?}"
+        );
+        assert!(
+            requests[0].contains("service=shipflow-registry"),
+            "{requests:?}"
+        );
+        assert!(
+            requests[0].contains("scope=repository%3Ateam%2Fapi%3Apull%2Cpush"),
+            "{requests:?}"
+        );
+    }
+    let again = client
+        .push(&image, &target, &Context::new())
+        .await
+        .expect("re-push");
+    assert_eq!(again.blobs_uploaded, 0);
+    assert_eq!(
+        tokens.requests.lock().expect("lock").len(),
+        1,
+        "token reused"
+    );
+    assert_eq!(
+        client
+            .resolve(&target, &Context::new())
+            .await
+            .expect("resolve"),
+        Some(image.digest.clone())
+    );
+    assert_eq!(
+        tokens.requests.lock().expect("lock").len(),
+        2,
+        "a pull-only scope gets its own token"
+    );
+    assert!(!format!("{client:?}").contains("token-pass-4471"));
+
+    let bad = RegistryClient::builder()
+        .credentials(Credentials::basic("ci", "nope-8812"))
+        .build()
+        .expect("client");
+    let err = bad
+        .resolve(&target, &Context::new())
+        .await
+        .expect_err("bad credentials");
+    let err = err.downcast::<OciError>().expect("an OciError");
+    assert!(matches!(*err, OciError::Unauthorized { .. }), "{err:?}");
+    assert!(err.to_string().contains("check the credentials"), "{err}");
+    assert!(!err.to_string().contains("nope-8812") && !format!("{err:?}").contains("nope-8812"));
+}

@@ -20,6 +20,7 @@ pub struct TestRegistry {
     child: Child,
     port: u16,
     dir: tempfile::TempDir,
+    _auth_dir: Option<tempfile::TempDir>,
 }
 
 impl TestRegistry {
@@ -34,14 +35,7 @@ impl TestRegistry {
     }
 
     fn start_with(auth: Option<(&str, &str)>) -> Self {
-        let binary = which(BINARY).unwrap_or_else(|| {
-            panic!(
-                "`{BINARY}` is not installed (not on PATH): these tests need a real registry; \
-                 install it with `apt-get install -y docker-registry`"
-            )
-        });
-        let dir = tempfile::tempdir().expect("temp dir for the registry");
-        let port = free_port();
+        let dir = tempfile::tempdir().expect("temp dir for the auth files");
         let auth_section = match auth {
             Some((user, password)) => {
                 let hash = bcrypt::hash(password, 4).expect("bcrypt hash");
@@ -54,6 +48,20 @@ impl TestRegistry {
             }
             None => String::new(),
         };
+        let mut registry = Self::start_with_auth_section(auth_section);
+        registry._auth_dir = Some(dir);
+        registry
+    }
+
+    fn start_with_auth_section(auth_section: String) -> Self {
+        let binary = which(BINARY).unwrap_or_else(|| {
+            panic!(
+                "`{BINARY}` is not installed (not on PATH): these tests need a real registry; \
+                 install it with `apt-get install -y docker-registry`"
+            )
+        });
+        let dir = tempfile::tempdir().expect("temp dir for the registry");
+        let port = free_port();
         let config = format!(
             "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth_section}",
             dir.path().join("data").display()
@@ -69,7 +77,12 @@ impl TestRegistry {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
-        let mut registry = Self { child, port, dir };
+        let mut registry = Self {
+            child,
+            port,
+            dir,
+            _auth_dir: None,
+        };
         registry.wait_ready();
         registry
     }
@@ -252,4 +265,176 @@ pub fn temp_layout() -> (tempfile::TempDir, OciLayout) {
 
 pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 temp path")
+}
+
+/// A bearer-token service for a registry: a self-signed RSA certificate (made with
+/// the `openssl` CLI) whose key signs one JWT granting pull and push on `repository`;
+/// a loopback HTTP server hands that token to clients with the right basic credentials.
+pub struct TokenService {
+    pub realm: String,
+    pub cert: PathBuf,
+    /// The query strings of the token requests served (with and without valid credentials).
+    pub requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+pub const TOKEN_SERVICE: &str = "shipflow-registry";
+pub const TOKEN_ISSUER: &str = "shipflow-test-issuer";
+
+impl TokenService {
+    pub fn start(user: &str, password: &str, repository: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir for the token service");
+        let key = dir.path().join("key.pem");
+        let cert = dir.path().join("cert.pem");
+        run(
+            "openssl",
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=shipflow-test-token",
+                "-keyout",
+                path_str(&key),
+                "-out",
+                path_str(&cert),
+            ],
+        );
+        let der = dir.path().join("cert.der");
+        run(
+            "openssl",
+            &[
+                "x509",
+                "-in",
+                path_str(&cert),
+                "-outform",
+                "DER",
+                "-out",
+                path_str(&der),
+            ],
+        );
+        let der = std::fs::read(&der).expect("cert der");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_secs();
+        let header =
+            serde_json::json!({"typ": "JWT", "alg": "RS256", "x5c": [base64(&der, STANDARD)]});
+        let claims = serde_json::json!({
+            "iss": TOKEN_ISSUER, "sub": user, "aud": TOKEN_SERVICE,
+            "exp": now + 3600, "nbf": now - 60, "iat": now - 60, "jti": "shipflow-test",
+            "access": [{"type": "repository", "name": repository, "actions": ["pull", "push"]}],
+        });
+        let signing_input = format!(
+            "{}.{}",
+            base64(header.to_string().as_bytes(), URL_SAFE),
+            base64(claims.to_string().as_bytes(), URL_SAFE)
+        );
+        let input = dir.path().join("input");
+        std::fs::write(&input, &signing_input).expect("write signing input");
+        let sig = dir.path().join("sig");
+        run(
+            "openssl",
+            &[
+                "dgst",
+                "-sha256",
+                "-sign",
+                path_str(&key),
+                "-out",
+                path_str(&sig),
+                path_str(&input),
+            ],
+        );
+        let sig = std::fs::read(&sig).expect("signature");
+        let token = format!("{signing_input}.{}", base64(&sig, URL_SAFE));
+
+        let expected_auth = format!(
+            "basic {}",
+            base64(format!("{user}:{password}").as_bytes(), STANDARD)
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").expect("token service port");
+        let port = listener.local_addr().expect("addr").port();
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = requests.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf).to_string();
+                let target = head.split_whitespace().nth(1).unwrap_or("").to_owned();
+                let authorized = head.lines().any(|l| {
+                    l.to_ascii_lowercase().starts_with("authorization:")
+                        && l.split_once(':')
+                            .map(|(_, v)| v.trim().to_ascii_lowercase())
+                            == Some(expected_auth.to_ascii_lowercase())
+                });
+                seen.lock().expect("lock").push(target);
+                let (status, body) = if authorized {
+                    (
+                        "200 OK",
+                        serde_json::json!({"token": token, "expires_in": 3600}).to_string(),
+                    )
+                } else {
+                    (
+                        "401 Unauthorized",
+                        r#"{"errors":[{"code":"UNAUTHORIZED","message":"bad credentials"}]}"#
+                            .to_owned(),
+                    )
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        Self {
+            realm: format!("http://127.0.0.1:{port}/token"),
+            cert,
+            requests,
+            _dir: dir,
+        }
+    }
+}
+
+impl TestRegistry {
+    /// Starts a registry that wants bearer tokens from `tokens`.
+    pub fn start_with_token_auth(tokens: &TokenService) -> Self {
+        Self::start_with_auth_section(format!(
+            "auth:\n  token:\n    realm: {}\n    service: {TOKEN_SERVICE}\n    issuer: {TOKEN_ISSUER}\n    rootcertbundle: {}\n",
+            tokens.realm,
+            tokens.cert.display()
+        ))
+    }
+}
+
+const STANDARD: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+const URL_SAFE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+/// Base64 with `alphabet`; padded for the standard alphabet, unpadded for URL-safe (JWT).
+fn base64(bytes: &[u8], alphabet: &[u8; 64]) -> String {
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = (u32::from(chunk[0]) << 16)
+            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*chunk.get(2).unwrap_or(&0));
+        for i in 0..=chunk.len() {
+            out.push(char::from(alphabet[((n >> (18 - 6 * i)) & 63) as usize]));
+        }
+        if alphabet == STANDARD {
+            out.push_str(&"=".repeat(3 - chunk.len()));
+        }
+    }
+    out
 }
