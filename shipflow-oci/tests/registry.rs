@@ -407,3 +407,103 @@ async fn bearer_tokens_are_fetched_once_per_scope_and_bad_credentials_fail_clear
     assert!(err.to_string().contains("check the credentials"), "{err}");
     assert!(!err.to_string().contains("nope-8812") && !format!("{err:?}").contains("nope-8812"));
 }
+
+const UNAVAILABLE: &str =
+    r#"{"errors":[{"code":"UNAVAILABLE","message":"registry is warming up"}]}"#;
+
+#[tokio::test]
+async fn server_errors_and_rate_limits_are_retried_honouring_retry_after() {
+    let registry = TestRegistry::start();
+    let proxy = common::FaultProxy::start(
+        registry.port(),
+        vec![
+            ("503 Service Unavailable", "", UNAVAILABLE),
+            ("429 Too Many Requests", "Retry-After: 1\r\n", "{}"),
+            ("502 Bad Gateway", "", ""),
+        ],
+    );
+    let (_dir, layout) = temp_layout();
+    let image = write_image(&layout, "api", "v1", &three_layers("r"));
+    let client = RegistryClient::builder()
+        .retries(4, Duration::from_millis(10))
+        .build()
+        .expect("client");
+    let started = std::time::Instant::now();
+    let report = client
+        .push(&image, &proxy.reference("team/api:v1"), &Context::new())
+        .await
+        .expect("push succeeds after retries");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "Retry-After: 1 was honoured"
+    );
+    assert_eq!(proxy.served.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert_eq!(report.requests, 15 + 3, "the normal 15 plus 3 retried");
+    assert_eq!(report.blobs_uploaded, 4);
+    assert_eq!(
+        client
+            .resolve(&registry.reference("team/api:v1"), &Context::new())
+            .await
+            .expect("resolve"),
+        Some(image.digest)
+    );
+}
+
+#[tokio::test]
+async fn persistent_server_errors_give_up_with_the_registry_message() {
+    let registry = TestRegistry::start();
+    let proxy = common::FaultProxy::start(
+        registry.port(),
+        vec![("503 Service Unavailable", "", UNAVAILABLE); 3],
+    );
+    let client = RegistryClient::builder()
+        .retries(3, Duration::from_millis(10))
+        .build()
+        .expect("client");
+    let err = client
+        .resolve(&proxy.reference("team/api:v1"), &Context::new())
+        .await
+        .expect_err("503 three times");
+    let err = err.downcast::<OciError>().expect("an OciError");
+    match &*err {
+        OciError::Status {
+            status: 503,
+            code: Some(code),
+            ..
+        } => assert_eq!(code, "UNAVAILABLE"),
+        other => panic!("{other:?}"),
+    }
+    let message = err.to_string();
+    assert!(message.contains("ping"), "{message}");
+    assert!(message.contains("registry is warming up"), "{message}");
+    assert!(message.contains("try again later"), "{message}");
+}
+
+#[tokio::test]
+async fn tagging_an_unknown_digest_names_the_registry_error() {
+    let registry = TestRegistry::start();
+    let (_dir, layout) = temp_layout();
+    let image = write_image(&layout, "api", "v1", &three_layers("u"));
+    client()
+        .push(&image, &registry.reference("team/api:v1"), &Context::new())
+        .await
+        .expect("push");
+    let unknown = Digest::sha256(b"no such manifest");
+    let err = client()
+        .tag(
+            &unknown,
+            &registry.reference("team/api:stable"),
+            &Context::new(),
+        )
+        .await
+        .expect_err("unknown manifest");
+    let err = err.downcast::<OciError>().expect("an OciError");
+    assert!(
+        matches!(&*err, OciError::Status { status: 404, step: shipflow_oci::Step::ManifestGet, code: Some(c), .. } if c == "MANIFEST_UNKNOWN"),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("check the repository name"),
+        "{err}"
+    );
+}

@@ -438,3 +438,72 @@ fn base64(bytes: &[u8], alphabet: &[u8; 64]) -> String {
     }
     out
 }
+
+/// A loopback TCP proxy in front of a registry that answers the first requests
+/// with canned failures (each on its own connection, then closes it), and pipes
+/// every later connection through to the registry untouched.
+pub struct FaultProxy {
+    port: u16,
+    /// How many canned failures were served.
+    pub served: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl FaultProxy {
+    /// `faults` are `(status line, extra headers, body)`, served in order.
+    pub fn start(
+        upstream_port: u16,
+        faults: Vec<(&'static str, &'static str, &'static str)>,
+    ) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("proxy port");
+        let port = listener.local_addr().expect("addr").port();
+        let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = served.clone();
+        std::thread::spawn(move || {
+            let mut faults = std::collections::VecDeque::from(faults);
+            for client in listener.incoming() {
+                let Ok(mut client) = client else { continue };
+                if let Some((status, headers, body)) = faults.pop_front() {
+                    let mut buf = [0u8; 4096];
+                    let _ = client.read(&mut buf);
+                    let _ = write!(
+                        client,
+                        "HTTP/1.1 {status}\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    continue;
+                }
+                let Ok(upstream) = TcpStream::connect(("127.0.0.1", upstream_port)) else {
+                    continue;
+                };
+                let (Ok(mut c2), Ok(mut u2)) = (client.try_clone(), upstream.try_clone()) else {
+                    continue;
+                };
+                let mut upstream = upstream;
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut client, &mut upstream);
+                    let _ = upstream.shutdown(std::net::Shutdown::Write);
+                });
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut u2, &mut c2);
+                    let _ = c2.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        Self { port, served }
+    }
+
+    /// A reference through the proxy.
+    pub fn reference(&self, repo_and_tag: &str) -> ImageRef {
+        format!("127.0.0.1:{}/{repo_and_tag}", self.port)
+            .parse()
+            .expect("valid test reference")
+    }
+}
+
+impl TestRegistry {
+    /// The registry's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
