@@ -247,7 +247,7 @@ impl RegistryClient {
                         ))
                 }
             };
-            request = self.authorize(call, step, request).await?;
+            request = self.authorize(call, request).await?;
             call.requests.fetch_add(1, Ordering::Relaxed);
             let sent = tokio::select! {
                 sent = request.send() => sent,
@@ -345,7 +345,6 @@ impl RegistryClient {
     async fn authorize(
         &self,
         call: &Call<'_>,
-        step: Step,
         request: reqwest::RequestBuilder,
     ) -> Result<reqwest::RequestBuilder, OciError> {
         let scheme = lock(&self.inner.schemes)
@@ -367,7 +366,7 @@ impl RegistryClient {
                     Some(token) => token,
                     None => {
                         let token = self
-                            .fetch_token(call, step, &realm, service.as_deref(), &scope)
+                            .fetch_token(call, &realm, service.as_deref(), &scope)
                             .await?;
                         lock(&self.inner.tokens).insert(key, token.clone());
                         token
@@ -381,7 +380,6 @@ impl RegistryClient {
     async fn fetch_token(
         &self,
         call: &Call<'_>,
-        step: Step,
         realm: &str,
         service: Option<&str>,
         scope: &str,
@@ -417,7 +415,7 @@ impl RegistryClient {
             let (code, message) = registry_error(response).await;
             return Err(OciError::Unauthorized {
                 reference: call.name(),
-                step,
+                step: Step::Auth,
                 username: self.username(),
                 code,
                 message,
@@ -561,6 +559,61 @@ impl RegistryClient {
         blob: &Blob,
         path: PathBuf,
     ) -> Result<(), OciError> {
+        let on_disk = tokio::fs::metadata(&path)
+            .await
+            .map_err(|source| OciError::ReadBlob {
+                reference: call.name(),
+                path: path.clone(),
+                source,
+            })?
+            .len();
+        if on_disk != blob.size {
+            return Err(OciError::ReadBlob {
+                reference: call.name(),
+                path,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "the file has {on_disk} bytes, the manifest says {}",
+                        blob.size
+                    ),
+                ),
+            });
+        }
+        // A session the registry lost (404 BLOB_UPLOAD_UNKNOWN, e.g. after a 5xx
+        // mid-PUT or a restart) is started over once.
+        let mut restarted = false;
+        loop {
+            let put_url = self.start_upload(call, blob).await?;
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                CONTENT_TYPE,
+                reqwest::header::HeaderValue::from_static("application/octet-stream"),
+            );
+            let body = Body::File {
+                path: path.clone(),
+                size: blob.size,
+            };
+            let response = self
+                .send(call, Step::BlobUpload, Method::PUT, put_url, headers, body)
+                .await?;
+            match response.status() {
+                StatusCode::CREATED => return Ok(()),
+                StatusCode::NOT_FOUND if !restarted => {
+                    tracing::debug!(reference = %call.reference, digest = %blob.digest, "upload session lost, starting over");
+                    restarted = true;
+                }
+                StatusCode::UNAUTHORIZED => {
+                    return Err(unauthorized(self, call, Step::BlobUpload, response).await);
+                }
+                _ => return Err(status_error(call, Step::BlobUpload, response).await),
+            }
+        }
+    }
+
+    /// `POST /v2/<repo>/blobs/uploads/`: opens an upload session and returns the URL
+    /// that completes it with a `PUT` of the whole blob.
+    async fn start_upload(&self, call: &Call<'_>, blob: &Blob) -> Result<Url, OciError> {
         let url = self.url(call.reference, "blobs/uploads/")?;
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_LENGTH, 0.into());
@@ -597,31 +650,7 @@ impl RegistryClient {
         put_url
             .query_pairs_mut()
             .append_pair("digest", &blob.digest.to_string());
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            CONTENT_TYPE,
-            reqwest::header::HeaderValue::from_static("application/octet-stream"),
-        );
-        let response = self
-            .send(
-                call,
-                Step::BlobUpload,
-                Method::PUT,
-                put_url,
-                headers,
-                Body::File {
-                    path,
-                    size: blob.size,
-                },
-            )
-            .await?;
-        match response.status() {
-            StatusCode::CREATED => Ok(()),
-            StatusCode::UNAUTHORIZED => {
-                Err(unauthorized(self, call, Step::BlobUpload, response).await)
-            }
-            _ => Err(status_error(call, Step::BlobUpload, response).await),
-        }
+        Ok(put_url)
     }
 
     /// `HEAD` the manifest `reference` (a tag or digest): its digest, or `None` on 404.

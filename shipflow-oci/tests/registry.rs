@@ -507,3 +507,29 @@ async fn tagging_an_unknown_digest_names_the_registry_error() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_truncated_local_blob_is_refused_before_upload() {
+    let registry = TestRegistry::start();
+    let (_dir, layout) = temp_layout();
+    let image = write_image(&layout, "api", "v1", &three_layers("x"));
+    let path = layout.blob_path(&image.layers[2].digest);
+    std::fs::write(&path, b"short").expect("truncate layer");
+    let err = client()
+        .push(&image, &registry.reference("team/api:v1"), &Context::new())
+        .await
+        .expect_err("truncated layer");
+    let err = err.downcast::<OciError>().expect("an OciError");
+    assert!(matches!(&*err, OciError::ReadBlob { .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(message.contains("the file has 5 bytes"), "{message}");
+    assert!(message.contains("rebuild the image"), "{message}");
+    assert_eq!(
+        client()
+            .resolve(&registry.reference("team/api:v1"), &Context::new())
+            .await
+            .expect("resolve"),
+        None,
+        "no manifest points at an incomplete image"
+    );
+}
