@@ -21,6 +21,7 @@ use tokio::task::JoinSet;
 use crate::auth::{Credentials, Scheme, TokenResponse, parse_challenge};
 use crate::error::{OciError, Step};
 use crate::layout::OciLayout;
+use crate::progress::{BlobProgress, Progress};
 
 /// The manifest media types this client asks for.
 const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json";
@@ -150,7 +151,11 @@ impl std::fmt::Debug for Token {
 enum Body {
     Empty,
     Bytes(Vec<u8>),
-    File { path: PathBuf, size: u64 },
+    File {
+        path: PathBuf,
+        size: u64,
+        progress: BlobProgress,
+    },
 }
 
 /// One conversation's fixed facts: which reference, what access it needs, and the
@@ -231,7 +236,11 @@ impl RegistryClient {
             request = match &body {
                 Body::Empty => request,
                 Body::Bytes(bytes) => request.body(bytes.clone()),
-                Body::File { path, size } => {
+                Body::File {
+                    path,
+                    size,
+                    progress,
+                } => {
                     let file =
                         tokio::fs::File::open(path)
                             .await
@@ -243,7 +252,10 @@ impl RegistryClient {
                     request
                         .header(CONTENT_LENGTH, *size)
                         .body(reqwest::Body::wrap_stream(
-                            tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024),
+                            tokio_util::io::ReaderStream::with_capacity(
+                                progress.reader(file),
+                                256 * 1024,
+                            ),
                         ))
                 }
             };
@@ -558,6 +570,7 @@ impl RegistryClient {
         call: &Call<'_>,
         blob: &Blob,
         path: PathBuf,
+        progress: &BlobProgress,
     ) -> Result<(), OciError> {
         let on_disk = tokio::fs::metadata(&path)
             .await
@@ -593,6 +606,7 @@ impl RegistryClient {
             let body = Body::File {
                 path: path.clone(),
                 size: blob.size,
+                progress: progress.clone(),
             };
             let response = self
                 .send(call, Step::BlobUpload, Method::PUT, put_url, headers, body)
@@ -777,21 +791,27 @@ impl RegistryClient {
         call: &Call<'_>,
         blob: &Blob,
         path: PathBuf,
+        progress: &Arc<Progress>,
     ) -> Result<BlobOutcome, OciError> {
         if self.blob_exists(call, &blob.digest).await? {
+            progress.add(blob.size);
             return Ok(BlobOutcome::Skipped);
         }
         if call.ctx.dry_run() {
+            progress.add(blob.size);
             return Ok(BlobOutcome::Uploaded);
         }
         for from in &self.inner.config.mount_from {
             if from != call.reference.repository()
                 && self.mount_blob(call, &blob.digest, from).await?
             {
+                progress.add(blob.size);
                 return Ok(BlobOutcome::Mounted);
             }
         }
-        self.upload_blob(call, blob, path).await?;
+        // The upload's reader counts the bytes as they stream.
+        self.upload_blob(call, blob, path, &BlobProgress::new(progress.clone()))
+            .await?;
         Ok(BlobOutcome::Uploaded)
     }
 
@@ -832,7 +852,7 @@ impl RegistryClient {
             .cloned()
             .collect();
         let total: u64 = blobs.iter().map(|b| b.size).sum();
-        let done = Arc::new(AtomicU64::new(0));
+        let progress = Arc::new(Progress::new(ctx.clone(), total));
         let uploaded_bytes = Arc::new(AtomicU64::new(0));
         let permits = Arc::new(Semaphore::new(self.inner.config.max_concurrent_uploads));
         let mut tasks = JoinSet::new();
@@ -843,7 +863,7 @@ impl RegistryClient {
             let path = layout.blob_path(&blob.digest);
             let permits = permits.clone();
             let requests = requests.clone();
-            let done = done.clone();
+            let progress = progress.clone();
             let uploaded_bytes = uploaded_bytes.clone();
             tasks.spawn(async move {
                 let _permit = permits
@@ -859,12 +879,12 @@ impl RegistryClient {
                     requests: &requests,
                     ctx: &ctx,
                 };
-                let outcome = client.sync_blob(&call, &blob, path).await?;
+                let outcome = client.sync_blob(&call, &blob, path, &progress).await?;
                 if outcome == BlobOutcome::Uploaded {
                     uploaded_bytes.fetch_add(blob.size, Ordering::Relaxed);
                 }
-                let now = done.fetch_add(blob.size, Ordering::Relaxed) + blob.size;
-                ctx.progress(now, Some(total), "bytes");
+                // One event per finished blob, besides those while bytes stream.
+                progress.emit();
                 Ok::<_, OciError>(outcome)
             });
         }

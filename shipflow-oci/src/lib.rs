@@ -31,6 +31,7 @@ mod auth;
 mod client;
 mod error;
 mod layout;
+mod progress;
 
 pub use auth::Credentials;
 pub use client::{RegistryClient, RegistryClientBuilder};

@@ -533,3 +533,35 @@ async fn a_truncated_local_blob_is_refused_before_upload() {
         "no manifest points at an incomplete image"
     );
 }
+
+#[tokio::test]
+async fn a_large_layer_reports_progress_while_it_streams() {
+    let registry = TestRegistry::start();
+    let (_dir, layout) = temp_layout();
+    let big = common::noise("big", 5 * 1024 * 1024 + 11);
+    let image = write_image(&layout, "api", "v1", std::slice::from_ref(&big));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let ctx = Context::new().with_events(EventSink::new(move |e| {
+        if let EventKind::Progress { done, .. } = &e.kind {
+            sink.lock().expect("lock").push(*done);
+        }
+    }));
+    let report = client()
+        .push(&image, &registry.reference("team/big:v1"), &ctx)
+        .await
+        .expect("push");
+    assert_eq!(report.blobs_uploaded, 2);
+    let seen = seen.lock().expect("lock").clone();
+    let during: Vec<_> = seen
+        .iter()
+        .filter(|d| **d > image.config.size && **d < image.size())
+        .collect();
+    assert!(
+        during.len() >= 4,
+        "events while the 5 MiB layer streamed: {seen:?}"
+    );
+    assert_eq!(seen.iter().max(), Some(&image.size()));
+    let fetched = fetch_blob(&registry, "team/big", &image.layers[0].digest).await;
+    assert_eq!(fetched, big);
+}
