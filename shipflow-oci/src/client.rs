@@ -317,7 +317,8 @@ impl RegistryClient {
         }
     }
 
-    /// Exponential backoff with full jitter: a random delay in [d/2, d] where d doubles each attempt.
+    /// Exponential backoff with jitter: a delay in [d/2, d), where d starts at the base
+    /// delay, doubles each attempt and is capped at the maximum delay.
     fn backoff(&self, attempt: u32) -> Duration {
         let config = &self.inner.config;
         let exp = config
@@ -1082,5 +1083,61 @@ impl Registry for RegistryClient {
         self.put_manifest(&call, tag, bytes, &media_type, digest)
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url_of(client: &RegistryClient, reference: &str) -> String {
+        let reference: ImageRef = reference.parse().expect("valid reference");
+        client
+            .url(&reference, "blobs/uploads/")
+            .expect("url")
+            .to_string()
+    }
+
+    #[test]
+    fn plain_http_only_on_loopback_or_when_insecure() {
+        let client = RegistryClient::builder().build().expect("client");
+        assert_eq!(
+            url_of(&client, "127.0.0.1:5000/team/api:v1"),
+            "http://127.0.0.1:5000/v2/team/api/blobs/uploads/"
+        );
+        assert_eq!(
+            url_of(&client, "localhost:5000/api"),
+            "http://localhost:5000/v2/api/blobs/uploads/"
+        );
+        assert_eq!(
+            url_of(&client, "registry.example.com/team/api"),
+            "https://registry.example.com/v2/team/api/blobs/uploads/"
+        );
+        assert_eq!(
+            url_of(&client, "nginx"),
+            "https://registry-1.docker.io/v2/library/nginx/blobs/uploads/"
+        );
+        let insecure = RegistryClient::builder()
+            .insecure(true)
+            .build()
+            .expect("client");
+        assert_eq!(
+            url_of(&insecure, "registry.lan:5000/api"),
+            "http://registry.lan:5000/v2/api/blobs/uploads/"
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_within_jitter_and_is_capped() {
+        let client = RegistryClient::builder()
+            .retries(10, Duration::from_millis(100))
+            .build()
+            .expect("client");
+        for attempt in 1..=4u32 {
+            let d = client.backoff(attempt);
+            let full = Duration::from_millis(100 * 2u64.pow(attempt - 1));
+            assert!(d >= full / 2 && d <= full, "attempt {attempt}: {d:?}");
+        }
+        assert!(client.backoff(30) <= Duration::from_secs(10));
     }
 }
