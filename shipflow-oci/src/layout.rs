@@ -213,6 +213,9 @@ impl OciLayout {
     /// Stores the manifest `bytes` and records it in `index.json` under `tag`
     /// (the `org.opencontainers.image.ref.name` annotation), replacing the entry
     /// that had the tag before. Returns the manifest's digest.
+    ///
+    /// `bytes` must be an image manifest (not an image index); they are stored as
+    /// given, so the digest is that of these exact bytes.
     pub fn put_manifest(&self, bytes: &[u8], tag: &str) -> Result<Digest, LayoutError> {
         let manifest = ImageManifest::from_reader(bytes).map_err(|e| LayoutError::Invalid {
             root: self.root.clone(),

@@ -24,6 +24,15 @@
 //! # }
 //! ```
 //!
+//! What [`RegistryClient`] does on a push: ping `/v2/` once per registry to learn its
+//! auth (anonymous, basic, or bearer tokens fetched per scope and cached), `HEAD`
+//! each blob, mount missing blobs from the repositories given to
+//! [`RegistryClientBuilder::mount_from`] or upload them (a few at once), then `HEAD`
+//! the tag and `PUT` the manifest only when the tag does not already point at it.
+//! Connection errors, 5xx and 429 (honouring `Retry-After` in seconds) are retried
+//! with exponential backoff and jitter. In dry-run, only reads are made and the
+//! report says what a push would upload.
+//!
 //! Uploads are monolithic (one `PUT` per blob, streamed from the layout's file);
 //! chunked `PATCH` uploads for very large blobs are not implemented yet.
 
