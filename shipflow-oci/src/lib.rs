@@ -1,1 +1,48 @@
-//! placeholder
+//! The native OCI side of shipflow: a registry client that pushes only the blobs a
+//! registry lacks, and an OCI image-layout store for images between build and push.
+//!
+//! ```no_run
+//! use shipflow_core::{Context, ImageRef, Registry};
+//! use shipflow_oci::{Credentials, OciLayout, RegistryClient};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! // An image some builder wrote into an OCI layout, tagged `v1`.
+//! let image = OciLayout::open("target/images/api")?.local_image("api", "v1")?;
+//!
+//! let client = RegistryClient::builder()
+//!     .credentials(Credentials::basic("ci", std::env::var("REGISTRY_PASSWORD")?))
+//!     .build()?;
+//! let target: ImageRef = "registry.example.com/team/api:v1".parse()?;
+//! let report = client.push(&image, &target, &Context::new()).await?;
+//! println!(
+//!     "{} blobs uploaded, {} already there, {} bytes moved",
+//!     report.blobs_uploaded, report.blobs_skipped, report.bytes_uploaded
+//! );
+//! assert_eq!(client.resolve(&target, &Context::new()).await?, Some(image.digest));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! What [`RegistryClient`] does on a push: ping `/v2/` once per registry to learn its
+//! auth (anonymous, basic, or bearer tokens fetched per scope and cached), `HEAD`
+//! each blob, mount missing blobs from the repositories given to
+//! [`RegistryClientBuilder::mount_from`] or upload them (a few at once), then `HEAD`
+//! the tag and `PUT` the manifest only when the tag does not already point at it.
+//! Connection errors, 5xx and 429 (honouring `Retry-After` in seconds) are retried
+//! with exponential backoff and jitter. In dry-run, only reads are made and the
+//! report says what a push would upload.
+//!
+//! Uploads are monolithic (one `PUT` per blob, streamed from the layout's file);
+//! chunked `PATCH` uploads for very large blobs are not implemented yet.
+
+mod auth;
+mod client;
+mod error;
+mod layout;
+mod progress;
+
+pub use auth::Credentials;
+pub use client::{RegistryClient, RegistryClientBuilder};
+pub use error::{OciError, Step};
+pub use layout::{LayoutError, OCI_MANIFEST_MEDIA_TYPE, OciLayout, REF_NAME_ANNOTATION};

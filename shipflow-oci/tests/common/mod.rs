@@ -1,0 +1,509 @@
+//! Test harness: a real `docker-registry` (CNCF Distribution) on a free loopback
+//! port with its own storage, and helpers that write test images into an OCI layout.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest as _, Sha256};
+use shipflow_core::{ImageRef, LocalImage};
+use shipflow_oci::OciLayout;
+
+const BINARY: &str = "docker-registry";
+
+/// A running `docker-registry`, killed on drop.
+pub struct TestRegistry {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+    _auth_dir: Option<tempfile::TempDir>,
+}
+
+impl TestRegistry {
+    /// Starts an anonymous registry.
+    pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// Starts a registry that requires basic auth for `user` / `password`.
+    pub fn start_with_basic_auth(user: &str, password: &str) -> Self {
+        Self::start_with(Some((user, password)))
+    }
+
+    fn start_with(auth: Option<(&str, &str)>) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir for the auth files");
+        let auth_section = match auth {
+            Some((user, password)) => {
+                let hash = bcrypt::hash(password, 4).expect("bcrypt hash");
+                let htpasswd = dir.path().join("htpasswd");
+                std::fs::write(&htpasswd, format!("{user}:{hash}\n")).expect("write htpasswd");
+                format!(
+                    "auth:\n  htpasswd:\n    realm: shipflow-test\n    path: {}\n",
+                    htpasswd.display()
+                )
+            }
+            None => String::new(),
+        };
+        let mut registry = Self::start_with_auth_section(auth_section);
+        registry._auth_dir = Some(dir);
+        registry
+    }
+
+    fn start_with_auth_section(auth_section: String) -> Self {
+        let binary = which(BINARY).unwrap_or_else(|| {
+            panic!(
+                "`{BINARY}` is not installed (not on PATH): these tests need a real registry; \
+                 install it with `apt-get install -y docker-registry`"
+            )
+        });
+        let dir = tempfile::tempdir().expect("temp dir for the registry");
+        let port = free_port();
+        let config = format!(
+            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth_section}",
+            dir.path().join("data").display()
+        );
+        let config_path = dir.path().join("config.yml");
+        std::fs::write(&config_path, config).expect("write registry config");
+        let log = std::fs::File::create(dir.path().join("registry.log")).expect("log file");
+        let child = Command::new(&binary)
+            .arg("serve")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        let mut registry = Self {
+            child,
+            port,
+            dir,
+            _auth_dir: None,
+        };
+        registry.wait_ready();
+        registry
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll registry") {
+                panic!(
+                    "docker-registry exited with {status} before answering; log:\n{}",
+                    self.log()
+                );
+            }
+            // 200 when anonymous, 401 when auth is on: either way it answers.
+            if let Some(code) = http_status(self.port, "/v2/")
+                && (code == 200 || code == 401)
+            {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "docker-registry did not answer GET /v2/ on port {} within 20 s; log:\n{}",
+                    self.port,
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// A reference into this registry, e.g. `reference("team/api:v1")`.
+    pub fn reference(&self, repo_and_tag: &str) -> ImageRef {
+        format!("{}/{repo_and_tag}", self.host())
+            .parse()
+            .expect("valid test reference")
+    }
+
+    /// The registry's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+
+    /// How many blobs the registry stores (across repositories).
+    pub fn stored_blobs(&self) -> usize {
+        let root = self.dir.path().join("data/docker/registry/v2/blobs/sha256");
+        let Ok(prefixes) = std::fs::read_dir(root) else {
+            return 0;
+        };
+        prefixes
+            .filter_map(Result::ok)
+            .filter_map(|p| std::fs::read_dir(p.path()).ok())
+            .map(Iterator::count)
+            .sum()
+    }
+}
+
+impl Drop for TestRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+/// The status code of `GET path`, or `None` if nothing answers.
+fn http_status(port: u16, path: &str) -> Option<u16> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n"
+    )
+    .ok()?;
+    let mut head = [0u8; 64];
+    let n = stream.read(&mut head).ok()?;
+    let line = std::str::from_utf8(&head[..n]).ok()?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// `len` bytes of deterministic noise derived from `seed` (incompressible, distinct per seed).
+pub fn noise(seed: &str, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 32);
+    let mut counter = 0u64;
+    while out.len() < len {
+        let mut h = Sha256::new();
+        h.update(seed.as_bytes());
+        h.update(counter.to_le_bytes());
+        out.extend_from_slice(&h.finalize());
+        counter += 1;
+    }
+    out.truncate(len);
+    out
+}
+
+pub const LAYER_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar";
+pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.oci.image.config.v1+json";
+
+/// Writes an image made of `layers` (plus a config naming them) into `layout`
+/// under `tag`, and returns it as a `LocalImage` of app `app`.
+pub fn write_image(layout: &OciLayout, app: &str, tag: &str, layers: &[Vec<u8>]) -> LocalImage {
+    let blobs: Vec<_> = layers
+        .iter()
+        .map(|l| layout.write_blob(l, LAYER_MEDIA_TYPE).expect("write layer"))
+        .collect();
+    let diff_ids: Vec<String> = blobs.iter().map(|b| b.digest.to_string()).collect();
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Labels": {"app": app}},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    });
+    let config = layout
+        .write_blob(
+            &serde_json::to_vec(&config).expect("config json"),
+            CONFIG_MEDIA_TYPE,
+        )
+        .expect("write config");
+    let descriptor = |media_type: &str, b: &shipflow_core::Blob| serde_json::json!({"mediaType": media_type, "digest": b.digest.to_string(), "size": b.size});
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": shipflow_oci::OCI_MANIFEST_MEDIA_TYPE,
+        "config": descriptor(CONFIG_MEDIA_TYPE, &config),
+        "layers": blobs.iter().map(|b| descriptor(LAYER_MEDIA_TYPE, b)).collect::<Vec<_>>(),
+    });
+    layout
+        .put_manifest(&serde_json::to_vec(&manifest).expect("manifest json"), tag)
+        .expect("put manifest");
+    layout.local_image(app, tag).expect("local image")
+}
+
+/// Three layers of a few hundred KB each, distinct per `seed`.
+pub fn three_layers(seed: &str) -> Vec<Vec<u8>> {
+    (0..3)
+        .map(|i| noise(&format!("{seed}-{i}"), 200_000 + i * 50_000))
+        .collect()
+}
+
+/// Runs `program args` and returns stdout, panicking with stderr on failure.
+pub fn run(program: &str, args: &[&str]) -> String {
+    let path = which(program).unwrap_or_else(|| {
+        panic!("`{program}` is not installed (not on PATH): this test needs it; apt-get install -y {program}")
+    });
+    let out = Command::new(path)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+/// A fresh OCI layout in a temp dir (kept alive by the returned guard).
+pub fn temp_layout() -> (tempfile::TempDir, OciLayout) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let layout = OciLayout::create(dir.path().join("layout")).expect("create layout");
+    (dir, layout)
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 temp path")
+}
+
+/// A bearer-token service for a registry: a self-signed RSA certificate (made with
+/// the `openssl` CLI) whose key signs one JWT granting pull and push on `repository`;
+/// a loopback HTTP server hands that token to clients with the right basic credentials.
+pub struct TokenService {
+    pub realm: String,
+    pub cert: PathBuf,
+    /// The query strings of the token requests served (with and without valid credentials).
+    pub requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+pub const TOKEN_SERVICE: &str = "shipflow-registry";
+pub const TOKEN_ISSUER: &str = "shipflow-test-issuer";
+
+impl TokenService {
+    pub fn start(user: &str, password: &str, repository: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir for the token service");
+        let key = dir.path().join("key.pem");
+        let cert = dir.path().join("cert.pem");
+        run(
+            "openssl",
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=shipflow-test-token",
+                "-keyout",
+                path_str(&key),
+                "-out",
+                path_str(&cert),
+            ],
+        );
+        let der = dir.path().join("cert.der");
+        run(
+            "openssl",
+            &[
+                "x509",
+                "-in",
+                path_str(&cert),
+                "-outform",
+                "DER",
+                "-out",
+                path_str(&der),
+            ],
+        );
+        let der = std::fs::read(&der).expect("cert der");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_secs();
+        let header =
+            serde_json::json!({"typ": "JWT", "alg": "RS256", "x5c": [base64(&der, STANDARD)]});
+        let claims = serde_json::json!({
+            "iss": TOKEN_ISSUER, "sub": user, "aud": TOKEN_SERVICE,
+            "exp": now + 3600, "nbf": now - 60, "iat": now - 60, "jti": "shipflow-test",
+            "access": [{"type": "repository", "name": repository, "actions": ["pull", "push"]}],
+        });
+        let signing_input = format!(
+            "{}.{}",
+            base64(header.to_string().as_bytes(), URL_SAFE),
+            base64(claims.to_string().as_bytes(), URL_SAFE)
+        );
+        let input = dir.path().join("input");
+        std::fs::write(&input, &signing_input).expect("write signing input");
+        let sig = dir.path().join("sig");
+        run(
+            "openssl",
+            &[
+                "dgst",
+                "-sha256",
+                "-sign",
+                path_str(&key),
+                "-out",
+                path_str(&sig),
+                path_str(&input),
+            ],
+        );
+        let sig = std::fs::read(&sig).expect("signature");
+        let token = format!("{signing_input}.{}", base64(&sig, URL_SAFE));
+
+        let expected_auth = format!(
+            "basic {}",
+            base64(format!("{user}:{password}").as_bytes(), STANDARD)
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").expect("token service port");
+        let port = listener.local_addr().expect("addr").port();
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = requests.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf).to_string();
+                let target = head.split_whitespace().nth(1).unwrap_or("").to_owned();
+                let authorized = head.lines().any(|l| {
+                    l.to_ascii_lowercase().starts_with("authorization:")
+                        && l.split_once(':')
+                            .map(|(_, v)| v.trim().to_ascii_lowercase())
+                            == Some(expected_auth.to_ascii_lowercase())
+                });
+                seen.lock().expect("lock").push(target);
+                let (status, body) = if authorized {
+                    (
+                        "200 OK",
+                        serde_json::json!({"token": token, "expires_in": 3600}).to_string(),
+                    )
+                } else {
+                    (
+                        "401 Unauthorized",
+                        r#"{"errors":[{"code":"UNAUTHORIZED","message":"bad credentials"}]}"#
+                            .to_owned(),
+                    )
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        Self {
+            realm: format!("http://127.0.0.1:{port}/token"),
+            cert,
+            requests,
+            _dir: dir,
+        }
+    }
+}
+
+impl TestRegistry {
+    /// Starts a registry that wants bearer tokens from `tokens`.
+    pub fn start_with_token_auth(tokens: &TokenService) -> Self {
+        Self::start_with_auth_section(format!(
+            "auth:\n  token:\n    realm: {}\n    service: {TOKEN_SERVICE}\n    issuer: {TOKEN_ISSUER}\n    rootcertbundle: {}\n",
+            tokens.realm,
+            tokens.cert.display()
+        ))
+    }
+}
+
+const STANDARD: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+const URL_SAFE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+/// Base64 with `alphabet`; padded for the standard alphabet, unpadded for URL-safe (JWT).
+fn base64(bytes: &[u8], alphabet: &[u8; 64]) -> String {
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = (u32::from(chunk[0]) << 16)
+            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*chunk.get(2).unwrap_or(&0));
+        for i in 0..=chunk.len() {
+            out.push(char::from(alphabet[((n >> (18 - 6 * i)) & 63) as usize]));
+        }
+        if alphabet == STANDARD {
+            out.push_str(&"=".repeat(3 - chunk.len()));
+        }
+    }
+    out
+}
+
+/// A loopback TCP proxy in front of a registry that answers the first requests
+/// with canned failures (each on its own connection, then closes it), and pipes
+/// every later connection through to the registry untouched.
+pub struct FaultProxy {
+    port: u16,
+    /// How many canned failures were served.
+    pub served: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl FaultProxy {
+    /// `faults` are `(status line, extra headers, body)`, served in order.
+    pub fn start(
+        upstream_port: u16,
+        faults: Vec<(&'static str, &'static str, &'static str)>,
+    ) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("proxy port");
+        let port = listener.local_addr().expect("addr").port();
+        let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = served.clone();
+        std::thread::spawn(move || {
+            let mut faults = std::collections::VecDeque::from(faults);
+            for client in listener.incoming() {
+                let Ok(mut client) = client else { continue };
+                if let Some((status, headers, body)) = faults.pop_front() {
+                    let mut buf = [0u8; 4096];
+                    let _ = client.read(&mut buf);
+                    let _ = write!(
+                        client,
+                        "HTTP/1.1 {status}\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    continue;
+                }
+                let Ok(upstream) = TcpStream::connect(("127.0.0.1", upstream_port)) else {
+                    continue;
+                };
+                let (Ok(mut c2), Ok(mut u2)) = (client.try_clone(), upstream.try_clone()) else {
+                    continue;
+                };
+                let mut upstream = upstream;
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut client, &mut upstream);
+                    let _ = upstream.shutdown(std::net::Shutdown::Write);
+                });
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut u2, &mut c2);
+                    let _ = c2.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        Self { port, served }
+    }
+
+    /// A reference through the proxy.
+    pub fn reference(&self, repo_and_tag: &str) -> ImageRef {
+        format!("127.0.0.1:{}/{repo_and_tag}", self.port)
+            .parse()
+            .expect("valid test reference")
+    }
+}
+
+impl TestRegistry {
+    /// The registry's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
