@@ -381,17 +381,17 @@ fn patch(
     else {
         return not_found(kind, name);
     };
-    if let Some(want) = p["metadata"]["resourceVersion"].as_str() {
-        if current["metadata"]["resourceVersion"].as_str() != Some(want) {
-            return status(
-                StatusCode::CONFLICT,
-                "Conflict",
-                format!(
-                    "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
-                    kind.resource()
-                ),
-            );
-        }
+    if let Some(want) = p["metadata"]["resourceVersion"].as_str()
+        && current["metadata"]["resourceVersion"].as_str() != Some(want)
+    {
+        return status(
+            StatusCode::CONFLICT,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                kind.resource()
+            ),
+        );
     }
     let mut next = current.clone();
     merge(&mut next, p, strategic);
