@@ -8,7 +8,7 @@ use shipflow_core::{
     AppInputs, BoxError, ChangeDetector, ChangedPaths, Context, Fingerprint, RevisionInfo,
 };
 
-use crate::{GitError, diff, fingerprint, revision};
+use crate::{GitError, diff, fingerprint, revision, worktree};
 
 /// Finds changed paths and fingerprints in a git repository, with gix (no `git` process).
 ///
@@ -16,6 +16,7 @@ use crate::{GitError, diff, fingerprint, revision};
 #[derive(Clone)]
 pub struct GitChangeDetector {
     inner: Arc<Inner>,
+    include_worktree: bool,
 }
 
 struct Inner {
@@ -28,6 +29,7 @@ impl std::fmt::Debug for GitChangeDetector {
         f.debug_struct("GitChangeDetector")
             .field("git_dir", &self.inner.repo.git_dir())
             .field("workdir", &self.inner.workdir)
+            .field("include_worktree", &self.include_worktree)
             .finish()
     }
 }
@@ -45,7 +47,19 @@ impl GitChangeDetector {
                 repo: repo.into_sync(),
                 workdir,
             }),
+            include_worktree: false,
         })
+    }
+
+    /// Whether [`changed`](Self::changed) also reports what differs between `HEAD` and the
+    /// work tree: staged and unstaged edits, deletions, and untracked files that are not
+    /// ignored (for local runs before committing). Off by default.
+    ///
+    /// The work tree only counts when `head` resolves to `HEAD`'s commit (and the repository
+    /// is not bare); for any other head revision it is ignored.
+    pub fn include_worktree(mut self, include: bool) -> Self {
+        self.include_worktree = include;
+        self
     }
 
     /// The root of the work tree, or `None` for a bare repository.
@@ -63,8 +77,19 @@ impl GitChangeDetector {
     /// The paths that differ between `base` and `head`, sorted by path.
     ///
     /// `base = "A...B"` means the merge base of `A` and `B`; `head` is still the head.
+    /// With [`include_worktree`](Self::include_worktree) on and `head` at `HEAD`'s commit,
+    /// the work tree's changes are merged in (`head` in the result stays the commit id).
     pub fn changed(&self, base: &str, head: &str) -> Result<ChangedPaths, GitError> {
-        diff::changed(&self.repo(), base, head)
+        let repo = self.repo();
+        let mut changed = diff::changed(&repo, base, head)?;
+        if self.include_worktree
+            && self.inner.workdir.is_some()
+            && revision::head_commit(&repo)? == Some(revision::resolve_commit(&repo, head)?)
+        {
+            let worktree = worktree::changes(&repo)?;
+            changed.paths = worktree::merge(std::mem::take(&mut changed.paths), worktree);
+        }
+        Ok(changed)
     }
 
     /// The fingerprint of `inputs` at `rev`: equal content, equal fingerprint.

@@ -24,13 +24,15 @@
 //! Revisions are anything `git rev-parse` takes (full or short ids, branches, `origin/develop`,
 //! tags, `HEAD~3`); a base of `A...B` means the merge base of `A` and `B`. Renames are tracked
 //! like `git diff -M`. A shallow clone that lacks the history a revision needs is reported as
-//! [`GitError::ShallowHistory`], never guessed around.
+//! [`GitError::ShallowHistory`], never guessed around. For local runs,
+//! [`GitChangeDetector::include_worktree`] adds uncommitted and untracked changes.
 
 mod detector;
 mod diff;
 mod error;
 mod fingerprint;
 mod revision;
+mod worktree;
 
 pub use detector::GitChangeDetector;
 pub use error::GitError;

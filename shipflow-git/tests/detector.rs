@@ -836,3 +836,201 @@ async fn the_trait_boxes_typed_errors() {
             .is_err()
     );
 }
+
+/// What `git status --porcelain=v2 --untracked-files=all` says differs between `HEAD` and the
+/// work tree, as changed paths (no renames: the cases below make none). Version 2, because
+/// version 1 starts lines with a space that the helper's trimming would eat.
+fn git_status(repo: &Repo) -> Vec<ChangedPath> {
+    let porcelain = repo.git(&["status", "--porcelain=v2", "--untracked-files=all"]);
+    let mut paths: Vec<ChangedPath> = porcelain
+        .lines()
+        .filter_map(|line| {
+            if let Some(path) = line.strip_prefix("? ") {
+                return Some(ChangedPath::new(path, ChangeKind::Added));
+            }
+            // `1 XY sub mH mI mW hH hI path`
+            let fields: Vec<&str> = line.splitn(9, ' ').collect();
+            assert_eq!(fields[0], "1", "unexpected status line {line}");
+            let kind = match fields[1] {
+                // Added to the index, then removed from the work tree: nothing left to compare.
+                "AD" => return None,
+                code if code.contains('A') => ChangeKind::Added,
+                code if code.contains('D') => ChangeKind::Deleted,
+                code if code.contains('T') => ChangeKind::TypeChanged,
+                code if code.contains('M') => ChangeKind::Modified,
+                other => panic!("unexpected status {other} in {line}"),
+            };
+            Some(ChangedPath::new(fields[8], kind))
+        })
+        .collect();
+    paths.sort();
+    paths
+}
+
+/// The base commit, then a commit that edits the README, then `change` left uncommitted.
+fn worktree_repo(change: fn(&Repo)) -> (Repo, String) {
+    let (repo, base) = base_repo();
+    repo.write("README.md", "# monorepo, edited\n");
+    repo.commit("edit the readme");
+    change(&repo);
+    (repo, base)
+}
+
+#[rstest]
+#[case::modified_file(
+    |repo: &Repo| repo.write("libs/common/lib.rs", "edited\n"),
+    vec![changed(ChangeKind::Modified, "libs/common/lib.rs")],
+)]
+#[case::staged_modification(
+    |repo: &Repo| {
+        repo.write("libs/common/lib.rs", "edited\n");
+        repo.git(&["add", "libs/common/lib.rs"]);
+    },
+    vec![changed(ChangeKind::Modified, "libs/common/lib.rs")],
+)]
+#[case::staged_new_file(
+    |repo: &Repo| {
+        repo.write("apps/api/src/new.rs", "pub fn new() {}\n");
+        repo.git(&["add", "apps/api/src/new.rs"]);
+    },
+    vec![changed(ChangeKind::Added, "apps/api/src/new.rs")],
+)]
+#[case::untracked_file(
+    |repo: &Repo| repo.write("notes.txt", "todo\n"),
+    vec![changed(ChangeKind::Added, "notes.txt")],
+)]
+#[case::untracked_file_in_new_subdirectory(
+    |repo: &Repo| repo.write("apps/web/assets/img/logo.svg", "<svg/>\n"),
+    vec![changed(ChangeKind::Added, "apps/web/assets/img/logo.svg")],
+)]
+#[case::deleted_file(
+    |repo: &Repo| std::fs::remove_file(repo.path("apps/web/index.html")).expect("rm"),
+    vec![changed(ChangeKind::Deleted, "apps/web/index.html")],
+)]
+#[case::staged_deletion(
+    |repo: &Repo| repo.remove("apps/web/index.html"),
+    vec![changed(ChangeKind::Deleted, "apps/web/index.html")],
+)]
+#[case::ignored_files_not_reported(
+    |repo: &Repo| {
+        repo.write(".gitignore", "*.log\nbuild/\n");
+        repo.git(&["add", ".gitignore"]);
+        repo.write("debug.log", "noise\n");
+        repo.write("apps/api/build/out.bin", "binary\n");
+    },
+    vec![changed(ChangeKind::Added, ".gitignore")],
+)]
+#[case::staged_then_removed_is_no_change(
+    |repo: &Repo| {
+        repo.write("tmp.txt", "x\n");
+        repo.git(&["add", "tmp.txt"]);
+        std::fs::remove_file(repo.path("tmp.txt")).expect("rm");
+    },
+    vec![],
+)]
+#[case::several_at_once(
+    |repo: &Repo| {
+        repo.write("libs/common/lib.rs", "edited\n");
+        repo.write("tools/gen/b.txt", "b\n");
+        std::fs::remove_file(repo.path("scripts/deploy.sh")).expect("rm");
+    },
+    vec![
+        changed(ChangeKind::Modified, "libs/common/lib.rs"),
+        changed(ChangeKind::Deleted, "scripts/deploy.sh"),
+        changed(ChangeKind::Added, "tools/gen/b.txt"),
+    ],
+)]
+fn worktree_changes_match_git_status(
+    #[case] change: fn(&Repo),
+    #[case] mut expected: Vec<ChangedPath>,
+) {
+    let (repo, base) = worktree_repo(change);
+    expected.sort();
+    assert_eq!(
+        git_status(&repo),
+        expected,
+        "git status disagrees with the table"
+    );
+    let committed = repo.git_diff(&base, "HEAD");
+    assert_eq!(committed, vec![changed(ChangeKind::Modified, "README.md")]);
+
+    // On: the commit diff plus the work tree, sorted, each path once.
+    let detector = repo.detector().include_worktree(true);
+    let mut both = committed.clone();
+    both.extend(expected);
+    both.sort();
+    let result = detector
+        .changed(&base, "HEAD")
+        .expect("changed with work tree");
+    assert_eq!(result.paths, both);
+    assert_eq!(result.head, repo.rev("HEAD"), "head stays the commit id");
+
+    // Off (the default): only the commit diff.
+    let off = repo.detector().changed(&base, "HEAD").expect("changed");
+    assert_eq!(off.paths, committed);
+
+    // Another head revision has no work tree.
+    let other = detector.changed(&base, "HEAD~1").expect("changed");
+    assert_eq!(other.paths, repo.git_diff(&base, "HEAD~1"));
+}
+
+/// A path changed by a commit and again in the work tree is reported once, as it differs
+/// from the base: cross-checked with `git diff <base>` (base against the work tree).
+#[test]
+fn worktree_changes_compose_with_the_commit_diff() {
+    let (repo, base) = base_repo();
+    repo.write("apps/api/src/new.rs", "pub fn new() {}\n");
+    repo.write("libs/common/lib.rs", "edited in a commit\n");
+    repo.write("README.md", "# monorepo, edited\n");
+    repo.remove("apps/web/index.html");
+    repo.commit("add, edit, delete");
+    // Added then deleted: gone. Modified then deleted: deleted. Deleted then recreated:
+    // modified. Modified then modified again: modified.
+    std::fs::remove_file(repo.path("apps/api/src/new.rs")).expect("rm");
+    std::fs::remove_file(repo.path("libs/common/lib.rs")).expect("rm");
+    repo.write("apps/web/index.html", "<h1>back</h1>\n");
+    repo.write("README.md", "# monorepo, edited twice\n");
+
+    let raw = repo.git(&["diff", "--raw", "--no-renames", "--no-abbrev", &base]);
+    let mut expected: Vec<ChangedPath> = raw.lines().map(parse_raw_line).collect();
+    // `git diff <base>` does not see untracked files, so it calls the recreated (untracked)
+    // file deleted; against the work tree it is there, with new content.
+    expected.retain(|change| change.path != "apps/web/index.html");
+    expected.push(changed(ChangeKind::Modified, "apps/web/index.html"));
+    expected.sort();
+    expected.dedup();
+    let result = repo
+        .detector()
+        .include_worktree(true)
+        .changed(&base, "HEAD")
+        .expect("changed with work tree");
+    assert_eq!(result.paths, expected);
+    assert_eq!(
+        result.paths,
+        vec![
+            changed(ChangeKind::Modified, "README.md"),
+            changed(ChangeKind::Modified, "apps/web/index.html"),
+            changed(ChangeKind::Deleted, "libs/common/lib.rs"),
+        ]
+    );
+}
+
+/// Through the trait too, and from a subdirectory: untracked files anywhere in the work tree count.
+#[tokio::test]
+async fn worktree_changes_through_the_trait_from_a_subdirectory() {
+    let (repo, base) = worktree_repo(|repo| repo.write("notes.txt", "todo\n"));
+    let detector = GitChangeDetector::open(repo.path("apps/api"))
+        .expect("open from a subdirectory")
+        .include_worktree(true);
+    let result = detector
+        .changed_paths(&base, "HEAD", &Context::default())
+        .await
+        .expect("changed paths");
+    assert_eq!(
+        result.paths,
+        vec![
+            changed(ChangeKind::Modified, "README.md"),
+            changed(ChangeKind::Added, "notes.txt"),
+        ]
+    );
+}
