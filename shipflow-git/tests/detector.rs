@@ -851,7 +851,16 @@ fn git_status(repo: &Repo) -> Vec<ChangedPath> {
             // `1 XY sub mH mI mW hH hI path`
             let fields: Vec<&str> = line.splitn(9, ' ').collect();
             assert_eq!(fields[0], "1", "unexpected status line {line}");
+            let (head_mode, worktree_mode) = (fields[3], fields[5]);
             let kind = match fields[1] {
+                // A mode change (executable bit, file to symlink) is a type change, like
+                // `git_diff` maps it.
+                _ if head_mode != "000000"
+                    && worktree_mode != "000000"
+                    && head_mode != worktree_mode =>
+                {
+                    ChangeKind::TypeChanged
+                }
                 // Added to the index, then removed from the work tree: nothing left to compare.
                 "AD" => return None,
                 code if code.contains('A') => ChangeKind::Added,
@@ -927,6 +936,14 @@ fn worktree_repo(change: fn(&Repo)) -> (Repo, String) {
         std::fs::remove_file(repo.path("tmp.txt")).expect("rm");
     },
     vec![],
+)]
+#[case::executable_bit(
+    chmod_x,
+    vec![changed(ChangeKind::TypeChanged, "scripts/deploy.sh")],
+)]
+#[case::file_to_symlink(
+    file_to_symlink,
+    vec![changed(ChangeKind::TypeChanged, "config/app.toml")],
 )]
 #[case::several_at_once(
     |repo: &Repo| {
