@@ -1051,3 +1051,34 @@ async fn worktree_changes_through_the_trait_from_a_subdirectory() {
         ]
     );
 }
+
+/// A committed rename stays a rename when the new file is edited in the work tree, and turns
+/// into the old name's deletion when the new file is deleted.
+#[rstest]
+#[case::edited_after_rename(
+    |repo: &Repo| repo.write("libs/shared/lib.rs", "edited\n"),
+    ChangedPath::renamed("libs/common/lib.rs", "libs/shared/lib.rs"),
+)]
+#[case::deleted_after_rename(
+    |repo: &Repo| std::fs::remove_file(repo.path("libs/shared/lib.rs")).expect("rm"),
+    changed(ChangeKind::Deleted, "libs/common/lib.rs"),
+)]
+fn committed_rename_then_worktree_change(#[case] change: fn(&Repo), #[case] expected: ChangedPath) {
+    let (repo, base) = base_repo();
+    rename(&repo);
+    repo.commit("rename");
+    assert_eq!(
+        repo.git_diff(&base, "HEAD"),
+        vec![ChangedPath::renamed(
+            "libs/common/lib.rs",
+            "libs/shared/lib.rs"
+        )]
+    );
+    change(&repo);
+    let result = repo
+        .detector()
+        .include_worktree(true)
+        .changed(&base, "HEAD")
+        .expect("changed with work tree");
+    assert_eq!(result.paths, vec![expected]);
+}
