@@ -7,6 +7,7 @@
 //! cargo run --example shipflow -- plan                      # default base, HEAD
 //! cargo run --example shipflow -- plan --base origin/main...HEAD --format json
 //! cargo run --example shipflow -- plan --all --apps api,web
+//! cargo run --example shipflow -- plan --worktree           # uncommitted work counts too
 //! ```
 //!
 //! Build, push, deploy, rollback, history and status come with the adapters.
@@ -53,6 +54,9 @@ struct PlanArgs {
     /// Every app, changed or not.
     #[arg(long)]
     all: bool,
+    /// Also count uncommitted and untracked changes in the work tree (local runs).
+    #[arg(long)]
+    worktree: bool,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
@@ -94,7 +98,7 @@ async fn plan(args: PlanArgs) -> anyhow::Result<()> {
         );
     }
     let workspace = Workspace::load(&args.config)?;
-    let detector = open_repository(&workspace)?;
+    let detector = open_repository(&workspace)?.include_worktree(args.worktree);
     let base = match args.base {
         Some(base) => Some(base),
         None if args.all => None,
