@@ -5,11 +5,13 @@
 //! `git fast-import`: `SHIPFLOW_BENCH_FILES` files (default 100,000) in directories of 10,
 //! and `SHIPFLOW_BENCH_COMMITS` commits (default 1,000) between `base` and `main`.
 //!
-//! Measured on the 2-core project machine while others built (load average 5–7, so noisy):
-//! 3,155 changed paths (renames on) in 55–120 ms with gix in-process against 60–140 ms for a
-//! spawned `git diff --name-only`, a gix/git ratio between 0.6 and 1.2 over six runs (1.75
-//! before the diff stopped building an index from `HEAD`'s tree); 50 path fingerprints in
-//! 4–10 ms (0.08–0.2 ms each); a glob fingerprint, which walks all 100,000 files, 95–260 ms.
+//! Measured on the 2-core project machine, idle (load < 2), three runs on 2026-11-25:
+//! 3,155 changed paths (renames on), median of 10, gix in-process 27.3–28.5 ms against
+//! 34.2–35.1 ms for a spawned `git diff --name-only`: gix/git = 0.80–0.81. 50 path
+//! fingerprints in 4.1–4.4 ms (82–88 µs each); a glob fingerprint, which walks all 100,000
+//! files, 53–54 ms. While others built (load 5–7) the ratio ranged 0.6–1.2: compare runs
+//! on a quiet machine. The diff was 1.75× git's time before it stopped building an index
+//! from `HEAD`'s tree.
 
 use std::io::Write;
 use std::path::Path;
