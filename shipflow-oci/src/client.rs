@@ -435,7 +435,7 @@ impl RegistryClient {
             });
         }
         if !response.status().is_success() {
-            return Err(status_error(call, Step::Auth, response).await);
+            return Err(self.failure(call, Step::Auth, response).await);
         }
         let bytes = response
             .bytes()
@@ -495,8 +495,7 @@ impl RegistryClient {
                     .or_insert(Scheme::Anonymous);
                 Ok(())
             }
-            StatusCode::UNAUTHORIZED => Err(unauthorized(self, call, Step::Ping, response).await),
-            _ => Err(status_error(call, Step::Ping, response).await),
+            _ => Err(self.failure(call, Step::Ping, response).await),
         }
     }
 
@@ -525,10 +524,7 @@ impl RegistryClient {
         match response.status() {
             s if s.is_success() => Ok(true),
             StatusCode::NOT_FOUND => Ok(false),
-            StatusCode::UNAUTHORIZED => {
-                Err(unauthorized(self, call, Step::BlobHead, response).await)
-            }
-            _ => Err(status_error(call, Step::BlobHead, response).await),
+            _ => Err(self.failure(call, Step::BlobHead, response).await),
         }
     }
 
@@ -557,10 +553,7 @@ impl RegistryClient {
             StatusCode::CREATED => Ok(true),
             // 202: the registry opened an ordinary upload instead; we start our own.
             s if s.is_success() => Ok(false),
-            StatusCode::UNAUTHORIZED => {
-                Err(unauthorized(self, call, Step::BlobMount, response).await)
-            }
-            _ => Err(status_error(call, Step::BlobMount, response).await),
+            _ => Err(self.failure(call, Step::BlobMount, response).await),
         }
     }
 
@@ -618,10 +611,7 @@ impl RegistryClient {
                     tracing::debug!(reference = %call.reference, digest = %blob.digest, "upload session lost, starting over");
                     restarted = true;
                 }
-                StatusCode::UNAUTHORIZED => {
-                    return Err(unauthorized(self, call, Step::BlobUpload, response).await);
-                }
-                _ => return Err(status_error(call, Step::BlobUpload, response).await),
+                _ => return Err(self.failure(call, Step::BlobUpload, response).await),
             }
         }
     }
@@ -642,11 +632,8 @@ impl RegistryClient {
                 Body::Empty,
             )
             .await?;
-        if response.status() == StatusCode::UNAUTHORIZED {
-            return Err(unauthorized(self, call, Step::BlobUpload, response).await);
-        }
         if response.status() != StatusCode::ACCEPTED {
-            return Err(status_error(call, Step::BlobUpload, response).await);
+            return Err(self.failure(call, Step::BlobUpload, response).await);
         }
         let location = response
             .headers()
@@ -666,6 +653,32 @@ impl RegistryClient {
             .query_pairs_mut()
             .append_pair("digest", &blob.digest.to_string());
         Ok(put_url)
+    }
+
+    /// The error for a response a step did not expect: `Unauthorized` on 401 (its
+    /// message says which user to check), else `Status`; both carry the registry's
+    /// own error code and message.
+    async fn failure(&self, call: &Call<'_>, step: Step, response: reqwest::Response) -> OciError {
+        let status = response.status();
+        let (code, message) = registry_error(response).await;
+        let reference = call.name();
+        if status == StatusCode::UNAUTHORIZED {
+            OciError::Unauthorized {
+                reference,
+                step,
+                username: self.username(),
+                code,
+                message,
+            }
+        } else {
+            OciError::Status {
+                reference,
+                step,
+                status: status.as_u16(),
+                code,
+                message,
+            }
+        }
     }
 
     /// `HEAD` the manifest `reference` (a tag or digest): its digest, or `None` on 404.
@@ -688,10 +701,7 @@ impl RegistryClient {
         match response.status() {
             s if s.is_success() => {}
             StatusCode::NOT_FOUND => return Ok(None),
-            StatusCode::UNAUTHORIZED => {
-                return Err(unauthorized(self, call, Step::ManifestHead, response).await);
-            }
-            _ => return Err(status_error(call, Step::ManifestHead, response).await),
+            _ => return Err(self.failure(call, Step::ManifestHead, response).await),
         }
         if let Some(digest) = header_digest(response.headers()) {
             return Ok(Some(digest));
@@ -720,10 +730,7 @@ impl RegistryClient {
             .await?;
         match response.status() {
             s if s.is_success() => {}
-            StatusCode::UNAUTHORIZED => {
-                return Err(unauthorized(self, call, Step::ManifestGet, response).await);
-            }
-            _ => return Err(status_error(call, Step::ManifestGet, response).await),
+            _ => return Err(self.failure(call, Step::ManifestGet, response).await),
         }
         let media_type = response
             .headers()
@@ -770,10 +777,7 @@ impl RegistryClient {
             .await?;
         match response.status() {
             StatusCode::CREATED | StatusCode::OK => {}
-            StatusCode::UNAUTHORIZED => {
-                return Err(unauthorized(self, call, Step::ManifestPut, response).await);
-            }
-            _ => return Err(status_error(call, Step::ManifestPut, response).await),
+            _ => return Err(self.failure(call, Step::ManifestPut, response).await),
         }
         match header_digest(response.headers()) {
             Some(actual) if &actual != expected => Err(OciError::DigestMismatch {
@@ -989,34 +993,6 @@ async fn registry_error(response: reqwest::Response) -> (Option<String>, Option<
             .next()
             .map_or((None, None), |e| (e.code, e.message)),
         Err(_) => (None, None),
-    }
-}
-
-async fn status_error(call: &Call<'_>, step: Step, response: reqwest::Response) -> OciError {
-    let status = response.status().as_u16();
-    let (code, message) = registry_error(response).await;
-    OciError::Status {
-        reference: call.name(),
-        step,
-        status,
-        code,
-        message,
-    }
-}
-
-async fn unauthorized(
-    client: &RegistryClient,
-    call: &Call<'_>,
-    step: Step,
-    response: reqwest::Response,
-) -> OciError {
-    let (code, message) = registry_error(response).await;
-    OciError::Unauthorized {
-        reference: call.name(),
-        step,
-        username: client.username(),
-        code,
-        message,
     }
 }
 
