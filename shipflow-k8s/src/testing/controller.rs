@@ -40,20 +40,12 @@ fn revision_of(object: &Value) -> u64 {
         .unwrap_or(0)
 }
 
-/// The ReplicaSets owned by a Deployment.
-fn replica_sets(st: &State, ns: &str, uid: &str) -> Vec<Value> {
+/// The objects of `kind` in `ns` owned by the object with `owner_uid` (a Deployment's
+/// ReplicaSets, a ReplicaSet's pods).
+fn owned(st: &State, kind: Kind, ns: &str, owner_uid: &str) -> Vec<Value> {
     st.objects
         .iter()
-        .filter(|((k, n, _), v)| *k == Kind::ReplicaSet && n == ns && owned_by(v, uid))
-        .map(|(_, v)| v.clone())
-        .collect()
-}
-
-/// The pods owned by a ReplicaSet.
-fn pods_of(st: &State, ns: &str, rs_uid: &str) -> Vec<Value> {
-    st.objects
-        .iter()
-        .filter(|((k, n, _), v)| *k == Kind::Pod && n == ns && owned_by(v, rs_uid))
+        .filter(|((k, n, _), v)| *k == kind && n == ns && owned_by(v, owner_uid))
         .map(|(_, v)| v.clone())
         .collect()
 }
@@ -77,7 +69,7 @@ pub(crate) fn sync_new_replica_set(shared: &Shared, st: &mut State, ns: &str, na
         .unwrap_or_default()
         .to_owned();
     let hash = template_hash(&dep["spec"]["template"]);
-    let sets = replica_sets(st, ns, &uid);
+    let sets = owned(st, Kind::ReplicaSet, ns, &uid);
     let max = sets.iter().map(revision_of).max().unwrap_or(0);
     let existing = sets
         .iter()
@@ -255,12 +247,12 @@ fn refresh(shared: &Shared, st: &mut State, ns: &str, dep: &mut Value, new_rs: &
         .unwrap_or_default()
         .to_owned();
     let (mut total, mut updated, mut ready, mut updated_ready) = (0u64, 0u64, 0u64, 0u64);
-    for mut rs in replica_sets(st, ns, &uid) {
+    for mut rs in owned(st, Kind::ReplicaSet, ns, &uid) {
         let rs_uid = rs["metadata"]["uid"]
             .as_str()
             .unwrap_or_default()
             .to_owned();
-        let pods = pods_of(st, ns, &rs_uid);
+        let pods = owned(st, Kind::Pod, ns, &rs_uid);
         let n = pods.len() as u64;
         let r = pods.iter().filter(|p| pod_ready(p)).count() as u64;
         total += n;
@@ -360,7 +352,7 @@ pub(crate) async fn rollout(shared: Arc<Shared>, ns: String, name: String, gener
         Outcome::Healthy => {
             loop {
                 let done = step!(|st| {
-                    let have = pods_of(st, &ns, &rs_uid).len() as u64;
+                    let have = owned(st, Kind::Pod, &ns, &rs_uid).len() as u64;
                     if have < desired {
                         add_pod(&shared, st, &ns, &rs, PodState::Ready);
                     }
@@ -373,11 +365,16 @@ pub(crate) async fn rollout(shared: Arc<Shared>, ns: String, name: String, gener
                         .as_str()
                         .unwrap_or_default()
                         .to_owned();
-                    let old: Vec<Value> = replica_sets(st, &ns, &uid)
+                    let old: Vec<Value> = owned(st, Kind::ReplicaSet, &ns, &uid)
                         .into_iter()
                         .filter(|r| r["metadata"]["name"].as_str() != Some(&rs_name))
                         .flat_map(|r| {
-                            pods_of(st, &ns, r["metadata"]["uid"].as_str().unwrap_or_default())
+                            owned(
+                                st,
+                                Kind::Pod,
+                                &ns,
+                                r["metadata"]["uid"].as_str().unwrap_or_default(),
+                            )
                         })
                         .collect();
                     if let Some(p) = old.first() {
