@@ -82,6 +82,8 @@ pub struct PlannedApp {
     pub reasons: Vec<Reason>,
     /// Its input fingerprint at the head revision.
     pub fingerprint: Fingerprint,
+    /// The tag it will be pushed under.
+    pub tag: String,
     /// The image it will be pushed as, `repository:tag`.
     pub image: String,
     /// The stages that will run.
@@ -497,6 +499,7 @@ impl Pipeline {
             }
             apps.push(PlannedApp {
                 image: format!("{}:{tag}", app.image),
+                tag,
                 app: name,
                 reasons,
                 fingerprint,
@@ -853,17 +856,12 @@ impl Pipeline {
 
 impl AppReport {
     fn new(planned: &PlannedApp) -> Self {
-        let tag = planned
-            .image
-            .rsplit_once(':')
-            .map(|(_, t)| t.to_owned())
-            .unwrap_or_default();
         Self {
             app: planned.app.clone(),
             reasons: planned.reasons.clone(),
             outcome: Outcome::Skipped,
             fingerprint: planned.fingerprint.clone(),
-            tag,
+            tag: planned.tag.clone(),
             image: None,
             push: None,
             rollout: None,
