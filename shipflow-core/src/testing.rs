@@ -39,9 +39,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// A change detector that returns the changes and file contents it was given.
 ///
-/// Fingerprints hash the scripted contents of the files under an app's input paths,
-/// so changing a file's content changes the fingerprint of exactly the apps that
-/// read it.
+/// Fingerprints hash the scripted contents of the files under an app's input paths
+/// or matching its input globs, so changing a file's content changes the fingerprint
+/// of exactly the apps that read it.
 #[derive(Debug, Default, Clone)]
 pub struct ScriptedDetector {
     changes: Vec<ChangedPath>,
@@ -122,9 +122,14 @@ impl ChangeDetector for ScriptedDetector {
         _: &Context,
     ) -> Result<Fingerprint, BoxError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
+        let mut globs = globset::GlobSetBuilder::new();
+        for glob in &inputs.globs {
+            globs.add(globset::Glob::new(glob)?);
+        }
+        let globs = globs.build()?;
         let mut hasher = Sha256::new();
         for (path, content) in &self.files {
-            if inputs.paths.iter().any(|p| is_under(path, p)) {
+            if inputs.paths.iter().any(|p| is_under(path, p)) || globs.is_match(path) {
                 hasher.update(format!("{path}\0{content}\0"));
             }
         }

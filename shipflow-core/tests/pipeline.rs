@@ -583,3 +583,24 @@ async fn without_a_base_only_apps_whose_fingerprint_differs_from_what_runs_ship(
     assert_eq!(parts.builder.builds().len(), 4 + 1 + 4);
     assert!(third.apps.iter().all(|a| a.reasons == [Reason::All]));
 }
+
+#[tokio::test]
+async fn a_shared_file_s_content_is_part_of_every_app_s_fingerprint() {
+    let detector = |lock: &str| ScriptedDetector::new().with_file("Cargo.lock", lock);
+    let plan = |lock: &'static str| async move {
+        let parts = Parts::new(FakeBuilder::new(), FakeDeployer::new());
+        parts
+            .pipeline(detector(lock))
+            .build()
+            .expect("pipeline")
+            .plan(None, "HEAD", &Selection::default())
+            .await
+            .expect("plan")
+    };
+    let (v1, v2) = (plan("v1").await, plan("v2").await);
+    for (a, b) in v1.apps.iter().zip(&v2.apps) {
+        assert_eq!(a.app, b.app);
+        assert_ne!(a.fingerprint, b.fingerprint, "{}", a.app);
+    }
+    assert_eq!(v1.apps.len(), 4);
+}
