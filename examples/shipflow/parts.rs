@@ -1,0 +1,117 @@
+//! Picks and configures the pipeline's parts from the command line and the workspace.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use clap::ValueEnum;
+use shipflow::core::{CONFIG_FILE, Deployer, EnvOverrides, ImageBuilder, Registry, Workspace};
+use shipflow::git::GitChangeDetector;
+use shipflow::oci::{Credentials, RegistryClient};
+
+/// Where apps are deployed.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Target {
+    /// Kubernetes Deployments, with kube's inferred config (kubeconfig or in-cluster).
+    K8s,
+    /// Containers on one Docker or Podman host (`DOCKER_HOST`).
+    Docker,
+}
+
+/// Reads the workspace at `config`, with the command line's overrides over the
+/// environment's (`SHIPFLOW_REGISTRY`, `K8S_NAMESPACE`, `GIT_SHA`).
+pub(crate) fn workspace(
+    config: &Path,
+    registry: Option<String>,
+    namespace: Option<String>,
+) -> anyhow::Result<Workspace> {
+    if !config.exists() {
+        bail!(
+            "no {} here: run shipflow from the repository root, or pass --config PATH",
+            config.display()
+        );
+    }
+    let text = std::fs::read_to_string(config)
+        .with_context(|| format!("cannot read {}", config.display()))?;
+    let root = match config.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let mut env = EnvOverrides::from_env();
+    env.registry = registry.or(env.registry);
+    env.namespace = namespace.or(env.namespace);
+    let parsed = Workspace::parse(&text, config)?;
+    Ok(Workspace::new(parsed, root, &env)?)
+}
+
+/// Opens the git repository the workspace lives in, which must have the workspace
+/// file at its root (app paths are relative to it).
+pub(crate) fn detector(workspace: &Workspace, worktree: bool) -> anyhow::Result<GitChangeDetector> {
+    let detector = GitChangeDetector::open(workspace.root())?.include_worktree(worktree);
+    let root = canonical(workspace.root())?;
+    match detector.workdir().map(canonical).transpose()? {
+        Some(workdir) if workdir == root => Ok(detector),
+        Some(workdir) => bail!(
+            "{CONFIG_FILE} is in {} but the repository root is {}: put {CONFIG_FILE} at the root",
+            root.display(),
+            workdir.display()
+        ),
+        None => bail!(
+            "{} is a bare repository: run shipflow in a work tree",
+            root.display()
+        ),
+    }
+}
+
+fn canonical(path: &Path) -> anyhow::Result<PathBuf> {
+    path.canonicalize()
+        .with_context(|| format!("cannot resolve {}", path.display()))
+}
+
+/// The registry client. Credentials come from `SHIPFLOW_REGISTRY_USER` and
+/// `SHIPFLOW_REGISTRY_PASSWORD` when set (never printed).
+pub(crate) fn registry(insecure: bool) -> anyhow::Result<Arc<dyn Registry>> {
+    let mut builder = RegistryClient::builder().insecure(insecure);
+    if let (Ok(user), Ok(password)) = (
+        std::env::var("SHIPFLOW_REGISTRY_USER"),
+        std::env::var("SHIPFLOW_REGISTRY_PASSWORD"),
+    ) {
+        builder = builder.credentials(Credentials::basic(user, password));
+    }
+    Ok(Arc::new(builder.build()?))
+}
+
+/// The image builder for the workspace's apps.
+pub(crate) fn builder(_workspace: &Workspace) -> anyhow::Result<Arc<dyn ImageBuilder>> {
+    bail!("building needs the native builder (shipflow-oci), not wired yet")
+}
+
+/// The deployer for `target`.
+pub(crate) async fn deployer(target: Target, context: Option<&str>) -> anyhow::Result<Arc<dyn Deployer>> {
+    match target {
+        Target::K8s => {
+            let config = match context {
+                Some(context) => {
+                    let options = kube::config::KubeConfigOptions {
+                        context: Some(context.to_owned()),
+                        ..Default::default()
+                    };
+                    kube::Config::from_kubeconfig(&options)
+                        .await
+                        .with_context(|| format!("kubeconfig context {context}"))?
+                }
+                None => kube::Config::infer().await.context(
+                    "no Kubernetes configuration: set KUBECONFIG, write ~/.kube/config, or run in a cluster",
+                )?,
+            };
+            let client = kube::Client::try_from(config)?;
+            Ok(Arc::new(shipflow::k8s::KubeDeployer::new(client)))
+        }
+        Target::Docker => bail!("the Docker/Podman deployer is not wired yet"),
+    }
+}
+
+/// The local OCI layout store, used as the registry by `build`.
+pub(crate) fn store(_dir: &Path) -> anyhow::Result<Arc<dyn Registry>> {
+    bail!("the local store as a registry is not wired yet")
+}
