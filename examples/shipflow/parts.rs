@@ -7,7 +7,7 @@ use anyhow::{Context as _, bail};
 use clap::ValueEnum;
 use shipflow::core::{CONFIG_FILE, Deployer, EnvOverrides, ImageBuilder, Registry, Workspace};
 use shipflow::git::GitChangeDetector;
-use shipflow::oci::{Credentials, RegistryClient};
+use shipflow::oci::{Credentials, LayoutRegistry, RegistryClient};
 
 /// Where apps are deployed.
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -87,7 +87,10 @@ pub(crate) fn builder(_workspace: &Workspace) -> anyhow::Result<Arc<dyn ImageBui
 }
 
 /// The deployer for `target`.
-pub(crate) async fn deployer(target: Target, context: Option<&str>) -> anyhow::Result<Arc<dyn Deployer>> {
+pub(crate) async fn deployer(
+    target: Target,
+    context: Option<&str>,
+) -> anyhow::Result<Arc<dyn Deployer>> {
     match target {
         Target::K8s => {
             let config = match context {
@@ -112,6 +115,6 @@ pub(crate) async fn deployer(target: Target, context: Option<&str>) -> anyhow::R
 }
 
 /// The local OCI layout store, used as the registry by `build`.
-pub(crate) fn store(_dir: &Path) -> anyhow::Result<Arc<dyn Registry>> {
-    bail!("the local store as a registry is not wired yet")
+pub(crate) fn store(dir: &Path) -> anyhow::Result<Arc<dyn Registry>> {
+    Ok(Arc::new(LayoutRegistry::new(dir)))
 }

@@ -41,8 +41,10 @@ mod client;
 mod error;
 mod layout;
 mod progress;
+mod store;
 
 pub use auth::Credentials;
 pub use client::{RegistryClient, RegistryClientBuilder};
 pub use error::{OciError, Step};
 pub use layout::{LayoutError, OCI_MANIFEST_MEDIA_TYPE, OciLayout, REF_NAME_ANNOTATION};
+pub use store::LayoutRegistry;

@@ -85,3 +85,64 @@ fn skopeo_reads_our_layout() {
     assert_eq!(json["Layers"].as_array().map(Vec::len), Some(3));
     assert_eq!(json["Labels"]["app"], "web");
 }
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime")
+        .block_on(f)
+}
+
+#[test]
+fn the_local_store_copies_only_missing_blobs_and_skopeo_reads_it() {
+    use shipflow_core::{Context, ImageRef, Registry};
+    let (dir, build) = temp_layout();
+    let store = shipflow_oci::LayoutRegistry::new(dir.path().join("store"));
+    let target: ImageRef = "localhost/team/api:v1".parse().expect("ref");
+    let ctx = Context::new();
+    let mut layers = three_layers("store");
+    let v1 = write_image(&build, "api", "v1", &layers);
+
+    assert_eq!(
+        block_on(store.resolve(&target, &ctx)).expect("resolve"),
+        None
+    );
+    let dry = block_on(store.push(&v1, &target, &Context::new().with_dry_run(true))).expect("dry");
+    assert_eq!(dry.blobs_uploaded, 4);
+    assert!(!store.layout_dir(&target).exists(), "dry run wrote nothing");
+
+    let first = block_on(store.push(&v1, &target, &ctx)).expect("push");
+    assert_eq!((first.blobs_uploaded, first.blobs_skipped), (4, 0));
+    assert!(first.manifest_written);
+    assert_eq!(first.bytes_uploaded, v1.size() + v1.manifest_size);
+    assert_eq!(
+        block_on(store.resolve(&target, &ctx)).expect("resolve"),
+        Some(v1.digest.clone())
+    );
+
+    let again = block_on(store.push(&v1, &target, &ctx)).expect("re-push");
+    assert_eq!((again.blobs_uploaded, again.blobs_skipped), (0, 4));
+    assert!(!again.manifest_written);
+
+    layers[2] = common::noise("store-changed", 123_456);
+    let v2 = write_image(&build, "api", "v2", &layers);
+    let target_v2 = target.with_tag("v2").expect("tag");
+    let second = block_on(store.push(&v2, &target_v2, &ctx)).expect("push v2");
+    assert_eq!(second.blobs_uploaded, 2, "the changed layer and the config");
+    assert_eq!(
+        second.bytes_uploaded,
+        v2.layers[2].size + v2.config.size + v2.manifest_size
+    );
+
+    let latest = target.with_tag("latest").expect("tag");
+    block_on(store.tag(&v2.digest, &latest, &ctx)).expect("retag");
+    let out = run(
+        "skopeo",
+        &[
+            "inspect",
+            &format!("oci:{}:latest", path_str(&store.layout_dir(&target))),
+        ],
+    );
+    let json: serde_json::Value = serde_json::from_str(&out).expect("skopeo json");
+    assert_eq!(json["Digest"], v2.digest.to_string());
+}
