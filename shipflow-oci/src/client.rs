@@ -470,6 +470,89 @@ impl RegistryClient {
         self.ping_call(&call).await
     }
 
+    /// `GET` the manifest of `reference` (by digest, else tag, else `latest`): its
+    /// bytes, media type and digest. A digest reference is verified against the content.
+    pub async fn fetch_manifest(
+        &self,
+        reference: &ImageRef,
+        ctx: &Context,
+    ) -> Result<(Vec<u8>, String, Digest), OciError> {
+        let requests = AtomicU32::new(0);
+        let call = Call {
+            reference,
+            push: false,
+            requests: &requests,
+            ctx,
+        };
+        self.ensure_pinged(&call).await?;
+        let by = match (reference.digest(), reference.tag()) {
+            (Some(digest), _) => digest.to_string(),
+            (None, Some(tag)) => tag.to_owned(),
+            (None, None) => "latest".to_owned(),
+        };
+        let (bytes, media_type) = self.get_manifest(&call, &by).await?;
+        let actual = Digest::sha256(&bytes);
+        if let Some(expected) = reference.digest()
+            && expected != &actual
+        {
+            return Err(OciError::DigestMismatch {
+                reference: reference.to_string(),
+                step: Step::ManifestGet,
+                expected: expected.clone(),
+                actual,
+            });
+        }
+        Ok((bytes, media_type, actual))
+    }
+
+    /// `GET` the blob `digest` of the repository of `reference`, whole, verified
+    /// against the digest. Meant for small blobs such as image configs.
+    pub async fn fetch_blob(
+        &self,
+        reference: &ImageRef,
+        digest: &Digest,
+        ctx: &Context,
+    ) -> Result<Vec<u8>, OciError> {
+        let requests = AtomicU32::new(0);
+        let call = Call {
+            reference,
+            push: false,
+            requests: &requests,
+            ctx,
+        };
+        self.ensure_pinged(&call).await?;
+        let url = self.url(reference, &format!("blobs/{digest}"))?;
+        let response = self
+            .send(
+                &call,
+                Step::BlobGet,
+                Method::GET,
+                url,
+                HeaderMap::new(),
+                Body::Empty,
+            )
+            .await?;
+        if !response.status().is_success() {
+            return Err(self.failure(&call, Step::BlobGet, response).await);
+        }
+        let bytes = response.bytes().await.map_err(|source| OciError::Connect {
+            reference: call.name(),
+            step: Step::BlobGet,
+            attempts: 1,
+            source: source.without_url(),
+        })?;
+        let actual = Digest::sha256(&bytes);
+        if &actual != digest {
+            return Err(OciError::DigestMismatch {
+                reference: call.name(),
+                step: Step::BlobGet,
+                expected: digest.clone(),
+                actual,
+            });
+        }
+        Ok(bytes.to_vec())
+    }
+
     async fn ping_call(&self, call: &Call<'_>) -> Result<(), OciError> {
         let url = Url::parse(&format!("{}/v2/", self.base_url(call.reference))).map_err(|e| {
             OciError::Protocol {
@@ -797,6 +880,7 @@ impl RegistryClient {
         blob: &Blob,
         path: PathBuf,
         progress: &Arc<Progress>,
+        base_repository: Option<&str>,
     ) -> Result<BlobOutcome, OciError> {
         if self.blob_exists(call, &blob.digest).await? {
             progress.add(blob.size);
@@ -806,7 +890,10 @@ impl RegistryClient {
             progress.add(blob.size);
             return Ok(BlobOutcome::Uploaded);
         }
-        for from in &self.inner.config.mount_from {
+        let mount_from = base_repository
+            .into_iter()
+            .chain(self.inner.config.mount_from.iter().map(String::as_str));
+        for from in mount_from {
             if from != call.reference.repository()
                 && self.mount_blob(call, &blob.digest, from).await?
             {
@@ -848,6 +935,7 @@ impl RegistryClient {
             ctx,
         };
         self.ensure_pinged(&call).await?;
+        let base_repository = base_repository(&manifest, target);
 
         // Config and layers, each digest once.
         let mut seen = BTreeSet::new();
@@ -870,6 +958,7 @@ impl RegistryClient {
             let requests = requests.clone();
             let progress = progress.clone();
             let uploaded_bytes = uploaded_bytes.clone();
+            let base_repository = base_repository.clone();
             tasks.spawn(async move {
                 let _permit = permits
                     .acquire_owned()
@@ -884,7 +973,9 @@ impl RegistryClient {
                     requests: &requests,
                     ctx: &ctx,
                 };
-                let outcome = client.sync_blob(&call, &blob, path, &progress).await?;
+                let outcome = client
+                    .sync_blob(&call, &blob, path, &progress, base_repository.as_deref())
+                    .await?;
                 if outcome == BlobOutcome::Uploaded {
                     uploaded_bytes.fetch_add(blob.size, Ordering::Relaxed);
                 }
@@ -946,6 +1037,19 @@ enum BlobOutcome {
     Skipped,
     Mounted,
     Uploaded,
+}
+
+/// The repository of the image's base (the `org.opencontainers.image.base.name`
+/// annotation the native builder writes) when it is on the target's registry: the
+/// base's layers are not in the local layout and are mounted from there.
+fn base_repository(manifest: &[u8], target: &ImageRef) -> Option<String> {
+    let manifest: serde_json::Value = serde_json::from_slice(manifest).ok()?;
+    let base = manifest
+        .get("annotations")?
+        .get(crate::builder::ANNOTATION_BASE_NAME)?
+        .as_str()?;
+    let base: ImageRef = base.parse().ok()?;
+    (base.registry() == target.registry()).then(|| base.repository().to_owned())
 }
 
 fn accept_manifests() -> HeaderMap {

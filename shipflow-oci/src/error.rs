@@ -17,6 +17,8 @@ pub enum Step {
     Auth,
     /// `HEAD /v2/<repo>/blobs/<digest>`.
     BlobHead,
+    /// `GET /v2/<repo>/blobs/<digest>`.
+    BlobGet,
     /// `POST /v2/<repo>/blobs/uploads/?mount=…`.
     BlobMount,
     /// `POST /v2/<repo>/blobs/uploads/` and the `PUT` that completes it.
@@ -37,6 +39,7 @@ impl fmt::Display for Step {
             Step::Ping => "ping",
             Step::Auth => "auth",
             Step::BlobHead => "blob head",
+            Step::BlobGet => "blob get",
             Step::BlobMount => "blob mount",
             Step::BlobUpload => "blob upload",
             Step::ManifestHead => "manifest head",

@@ -194,6 +194,18 @@ impl OciLayout {
         })
     }
 
+    /// A blob being written: a temporary file in the layout that becomes the blob
+    /// `digest` on [`BlobWriter::commit`], or disappears when dropped.
+    pub(crate) fn blob_writer(&self) -> Result<BlobWriter, LayoutError> {
+        let tmp = self.root.join("blobs").join("sha256").join(temp_name());
+        let file = fs::File::create(&tmp).map_err(|e| self.io("create", &tmp, e))?;
+        Ok(BlobWriter {
+            layout: self.clone(),
+            file: io::BufWriter::with_capacity(256 * 1024, file),
+            tmp: Some(tmp),
+        })
+    }
+
     /// Reads the blob `digest` whole and checks its content against the digest.
     /// Meant for small blobs (manifests, configs); layers are streamed from [`Self::blob_path`].
     pub fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>, LayoutError> {
@@ -355,6 +367,67 @@ impl OciLayout {
             action,
             path: path.to_path_buf(),
             source,
+        }
+    }
+}
+
+/// A blob being written into a layout whose digest is known only at the end.
+#[derive(Debug)]
+pub(crate) struct BlobWriter {
+    layout: OciLayout,
+    file: io::BufWriter<fs::File>,
+    /// The temporary file, until it is committed.
+    tmp: Option<PathBuf>,
+}
+
+impl BlobWriter {
+    /// Where the content goes.
+    pub(crate) fn as_write(&mut self) -> &mut io::BufWriter<fs::File> {
+        &mut self.file
+    }
+
+    /// Flushes and syncs the content and stores it as the blob `digest` of `size` bytes.
+    pub(crate) fn commit(
+        mut self,
+        digest: &Digest,
+        size: u64,
+        media_type: &str,
+    ) -> Result<Blob, LayoutError> {
+        let Some(tmp) = self.tmp.take() else {
+            return Err(self.layout.io(
+                "commit",
+                self.layout.root(),
+                io::Error::other("blob already committed"),
+            ));
+        };
+        let synced = self
+            .file
+            .flush()
+            .and_then(|()| self.file.get_ref().sync_all());
+        let stored = synced.and_then(|()| {
+            let path = self.layout.blob_path(digest);
+            if path.exists() {
+                fs::remove_file(&tmp)
+            } else {
+                fs::rename(&tmp, &path)
+            }
+        });
+        if let Err(e) = stored {
+            let _ = fs::remove_file(&tmp);
+            return Err(self.layout.io("store blob", &tmp, e));
+        }
+        Ok(Blob {
+            media_type: media_type.to_owned(),
+            digest: digest.clone(),
+            size,
+        })
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        if let Some(tmp) = self.tmp.take() {
+            let _ = fs::remove_file(tmp);
         }
     }
 }

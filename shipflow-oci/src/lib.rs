@@ -1,5 +1,7 @@
-//! The native OCI side of shipflow: a registry client that pushes only the blobs a
-//! registry lacks, and an OCI image-layout store for images between build and push.
+//! The native OCI side of shipflow: a daemonless, reproducible image builder
+//! ([`NativeBuilder`]), a registry client that pushes only the blobs a registry lacks
+//! ([`RegistryClient`]), and an OCI image-layout store for images between build and
+//! push ([`OciLayout`]).
 //!
 //! ```no_run
 //! use shipflow_core::{Context, ImageRef, Registry};
@@ -33,17 +35,28 @@
 //! with exponential backoff and jitter. In dry-run, only reads are made and the
 //! report says what a push would upload.
 //!
+//! [`NativeBuilder`] turns an app built `type = "native"` into an image in
+//! `<images>/<app>`: sorted tar entries with fixed mtimes (`SOURCE_DATE_EPOCH`),
+//! owners and modes, `.dockerignore` applied, symlinks kept (and refused when they
+//! leave the context), compressed in parallel in fixed gzip members so that the same
+//! inputs give the same digests on any machine.
+//!
 //! Uploads are monolithic (one `PUT` per blob, streamed from the layout's file);
 //! chunked `PATCH` uploads for very large blobs are not implemented yet.
 
 mod auth;
+mod builder;
 mod client;
+mod dockerignore;
 mod error;
+mod gzip;
+mod layer;
 mod layout;
 mod progress;
 mod store;
 
 pub use auth::Credentials;
+pub use builder::{BuildError, NativeBuilder};
 pub use client::{RegistryClient, RegistryClientBuilder};
 pub use error::{OciError, Step};
 pub use layout::{LayoutError, OCI_MANIFEST_MEDIA_TYPE, OciLayout, REF_NAME_ANNOTATION};

@@ -1,0 +1,492 @@
+//! The native builder: reproducible layers, `.dockerignore`, symlinks, and images
+//! that skopeo and a real `docker-registry` accept.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Read;
+use std::path::Path;
+
+use common::{TestRegistry, path_str, run};
+use shipflow_core::{
+    App, BuildRequest, Context, EnvOverrides, ImageBuilder, LocalImage, Registry, RevisionInfo,
+    Workspace,
+};
+use shipflow_oci::{BuildError, NativeBuilder, OciLayout, RegistryClient};
+
+/// The app `api` of a workspace at `root`, built natively with `build` (a TOML table body).
+fn app(root: &Path, build: &str) -> App {
+    let toml = format!(
+        "[workspace]\nregistry = \"127.0.0.1:5000/acme\"\n[apps.api]\nbuild = {{ type = \"native\", {build} }}\n"
+    );
+    let workspace =
+        Workspace::from_toml(&toml, root, &EnvOverrides::default()).expect("valid workspace");
+    workspace.app("api").expect("app api").clone()
+}
+
+fn request(root: &Path, tag: &str) -> BuildRequest {
+    BuildRequest {
+        root: root.to_path_buf(),
+        tag: tag.into(),
+        revision: RevisionInfo {
+            sha: "0123456789abcdef0123456789abcdef01234567".into(),
+            ..RevisionInfo::default()
+        },
+        labels: BTreeMap::from([("team".to_owned(), "payments".to_owned())]),
+        ..BuildRequest::default()
+    }
+}
+
+fn write(path: &Path, content: &str) {
+    fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    fs::write(path, content).expect("write file");
+}
+
+/// A small repository: dependencies in `deps/`, code in `src/` (with an executable).
+fn sample_repo(root: &Path) {
+    write(&root.join("deps/lib/a.txt"), "dependency a\n");
+    write(&root.join("deps/lib/b.txt"), &"dependency b\n".repeat(1000));
+    write(&root.join("src/main.sh"), "#!/bin/sh\necho hello\n");
+    write(&root.join("src/static/index.html"), "<h1>hi</h1>\n");
+    run("chmod", &["755", path_str(&root.join("src/main.sh"))]);
+}
+
+const TWO_LAYERS: &str = r#"layers = [{ from = "deps", to = "/opt/deps" }, { from = "src", to = "/app" }], entrypoint = ["/app/main.sh"], cmd = ["--port", "8080"], env = { MODE = "prod" }, workdir = "/app", expose = ["8080"], user = "1000", labels = { tier = "web" }"#;
+
+async fn build(builder: &NativeBuilder, app: &App, root: &Path, tag: &str) -> LocalImage {
+    builder
+        .build(app, &request(root, tag), &Context::new())
+        .await
+        .expect("build")
+}
+
+async fn build_err(builder: &NativeBuilder, app: &App, root: &Path) -> BuildError {
+    let err = builder
+        .build(app, &request(root, "v1"), &Context::new())
+        .await
+        .expect_err("the build must fail");
+    *err.downcast::<BuildError>().expect("a BuildError")
+}
+
+/// The entries of a gzip layer blob: (path, type, mode, uid, gid, mtime, link target).
+fn entries(
+    layout: &OciLayout,
+    image: &LocalImage,
+    layer: usize,
+) -> Vec<(String, char, u32, u64, u64, u64, String)> {
+    let file = fs::File::open(layout.blob_path(&image.layers[layer].digest)).expect("layer blob");
+    let mut archive = tar::Archive::new(flate2::read::MultiGzDecoder::new(file));
+    archive
+        .entries()
+        .expect("tar entries")
+        .map(|e| {
+            let e = e.expect("tar entry");
+            let h = e.header();
+            (
+                e.path().expect("path").to_string_lossy().into_owned(),
+                match h.entry_type() {
+                    tar::EntryType::Directory => 'd',
+                    tar::EntryType::Symlink => 'l',
+                    tar::EntryType::Regular => 'f',
+                    _ => '?',
+                },
+                h.mode().expect("mode"),
+                h.uid().expect("uid"),
+                h.gid().expect("gid"),
+                h.mtime().expect("mtime"),
+                e.link_name()
+                    .expect("link")
+                    .map(|l| l.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn same_inputs_give_the_same_digests_across_copies_mtimes_owners_and_threads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+    sample_repo(&one);
+    run("cp", &["-a", path_str(&one), path_str(&two)]);
+    run(
+        "touch",
+        &[
+            "-d",
+            "2001-02-03 04:05:06",
+            path_str(&two.join("src/main.sh")),
+        ],
+    );
+    run("chown", &["-R", "65534:65534", path_str(&two)]);
+    run("chmod", &["600", path_str(&two.join("deps/lib/a.txt"))]);
+
+    let images = dir.path().join("images");
+    let builder = NativeBuilder::new(&images).source_date_epoch(0);
+    let a = build(&builder, &app(&one, TWO_LAYERS), &one, "v1").await;
+    let again = build(&builder, &app(&one, TWO_LAYERS), &one, "v1").await;
+    let single = NativeBuilder::new(dir.path().join("single")).compression_threads(1);
+    let b = build(&single, &app(&two, TWO_LAYERS), &two, "v1").await;
+    assert_eq!(a.digest, again.digest);
+    assert_eq!(
+        a.digest, b.digest,
+        "copy with other mtimes, owners, modes and one thread"
+    );
+    assert_eq!(a.layers.len(), 2);
+
+    let layout = OciLayout::open(builder.layout_path("api")).expect("layout");
+    let listed = entries(&layout, &a, 1);
+    let paths: Vec<&str> = listed.iter().map(|e| e.0.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "app/",
+            "app/main.sh",
+            "app/static/",
+            "app/static/index.html"
+        ]
+    );
+    for (path, kind, mode, uid, gid, mtime, _) in &listed {
+        assert_eq!((*uid, *gid, *mtime), (0, 0, 0), "{path}");
+        let expected = if *kind == 'd' || path.ends_with(".sh") {
+            0o755
+        } else {
+            0o644
+        };
+        assert_eq!(*mode, expected, "{path}");
+    }
+    let deps = entries(&layout, &a, 0);
+    assert_eq!(deps[0].0, "opt/");
+    assert_eq!(deps[1].0, "opt/deps/");
+
+    let epoch = NativeBuilder::new(dir.path().join("epoch")).source_date_epoch(1_700_000_000);
+    let c = build(&epoch, &app(&one, TWO_LAYERS), &one, "v1").await;
+    assert_ne!(a.digest, c.digest, "SOURCE_DATE_EPOCH is part of the image");
+}
+
+#[tokio::test]
+async fn a_changed_file_changes_only_its_layer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("repo");
+    sample_repo(&root);
+    let builder = NativeBuilder::new(dir.path().join("images"));
+    let before = build(&builder, &app(&root, TWO_LAYERS), &root, "v1").await;
+    write(&root.join("src/static/index.html"), "<h1>changed</h1>\n");
+    let after = build(&builder, &app(&root, TWO_LAYERS), &root, "v2").await;
+    assert_eq!(before.layers[0], after.layers[0], "deps layer unchanged");
+    assert_ne!(before.layers[1], after.layers[1], "code layer changed");
+    assert_ne!(before.config.digest, after.config.digest);
+    assert_ne!(before.digest, after.digest);
+}
+
+#[tokio::test]
+async fn dockerignore_excludes_with_exceptions_and_double_star() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("repo");
+    write(
+        &root.join("src/.dockerignore"),
+        "# comments are ignored\n**/*.log\ntarget\ndocs/*\n!docs/keep.md\n",
+    );
+    write(&root.join("src/main.rs"), "fn main() {}\n");
+    write(&root.join("src/debug.log"), "x");
+    write(&root.join("src/deep/er/trace.log"), "x");
+    write(&root.join("src/target/debug/app"), "binary");
+    write(&root.join("src/docs/drop.md"), "x");
+    write(&root.join("src/docs/keep.md"), "keep");
+    let app = app(&root, r#"layers = [{ from = "src", to = "/" }]"#);
+    let builder = NativeBuilder::new(dir.path().join("images"));
+    let image = build(&builder, &app, &root, "v1").await;
+    let layout = OciLayout::open(builder.layout_path("api")).expect("layout");
+    let paths: Vec<String> = entries(&layout, &image, 0)
+        .into_iter()
+        .map(|e| e.0)
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            ".dockerignore",
+            "deep/",
+            "deep/er/",
+            "docs/",
+            "docs/keep.md",
+            "main.rs"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn symlinks_are_kept_and_links_out_of_the_context_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("repo");
+    write(&root.join("src/bin/tool"), "tool");
+    std::os::unix::fs::symlink("bin/tool", root.join("src/tool")).expect("symlink");
+    std::os::unix::fs::symlink("../tool", root.join("src/bin/up")).expect("symlink");
+    std::os::unix::fs::symlink("bin", root.join("src/dirlink")).expect("symlink");
+    let builder = NativeBuilder::new(dir.path().join("images"));
+    let layers = r#"layers = [{ from = "src", to = "/app" }]"#;
+    let image = build(&builder, &app(&root, layers), &root, "v1").await;
+    let layout = OciLayout::open(builder.layout_path("api")).expect("layout");
+    let links: Vec<(String, String)> = entries(&layout, &image, 0)
+        .into_iter()
+        .filter(|e| e.1 == 'l')
+        .map(|e| (e.0, e.6))
+        .collect();
+    assert_eq!(
+        links,
+        [
+            ("app/bin/up".to_owned(), "../tool".to_owned()),
+            ("app/dirlink".to_owned(), "bin".to_owned()),
+            ("app/tool".to_owned(), "bin/tool".to_owned()),
+        ],
+        "links kept as links, directories behind links not followed"
+    );
+
+    std::os::unix::fs::symlink("../../secret", root.join("src/bin/escape")).expect("symlink");
+    let err = build_err(&builder, &app(&root, layers), &root).await;
+    let text = err.to_string();
+    assert!(
+        matches!(err, BuildError::LinkOutsideContext { .. }),
+        "{text}"
+    );
+    assert!(
+        text.contains("app api") && text.contains("src/bin/escape"),
+        "{text}"
+    );
+    fs::remove_file(root.join("src/bin/escape")).expect("rm");
+
+    std::os::unix::fs::symlink("/etc/passwd", root.join("src/passwd")).expect("symlink");
+    let err = build_err(&builder, &app(&root, layers), &root).await;
+    assert!(err.to_string().contains("src/passwd"), "{err}");
+}
+
+#[tokio::test]
+async fn errors_name_the_app_and_the_path() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("repo");
+    fs::create_dir_all(&root).expect("mkdir");
+    let builder = NativeBuilder::new(dir.path().join("images"));
+    let err = build_err(
+        &builder,
+        &app(&root, r#"layers = [{ from = "missing", to = "/" }]"#),
+        &root,
+    )
+    .await;
+    let text = err.to_string();
+    assert!(
+        text.contains("app api") && text.contains("missing"),
+        "{text}"
+    );
+
+    write(&root.join("src/.dockerignore"), "[broken\n");
+    let err = build_err(
+        &builder,
+        &app(&root, r#"layers = [{ from = "src", to = "/" }]"#),
+        &root,
+    )
+    .await;
+    assert!(matches!(err, BuildError::BadIgnorePattern { .. }), "{err}");
+    assert!(err.to_string().contains("[broken"), "{err}");
+
+    let err = build_err(&builder, &app(&root, r#"expose = ["http"]"#), &root).await;
+    assert!(err.to_string().contains("apps.api.build.expose"), "{err}");
+}
+
+#[tokio::test]
+async fn skopeo_reads_the_layout_and_a_pushed_build_copies_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("repo");
+    sample_repo(&root);
+    let builder =
+        NativeBuilder::new(dir.path().join("images")).source_url("https://example.com/acme/api");
+    let image = build(&builder, &app(&root, TWO_LAYERS), &root, "v1").await;
+    let layout_dir = builder.layout_path("api");
+
+    let out = run(
+        "skopeo",
+        &["inspect", &format!("oci:{}:v1", path_str(&layout_dir))],
+    );
+    let json: serde_json::Value = serde_json::from_str(&out).expect("skopeo json");
+    assert_eq!(json["Digest"], image.digest.to_string());
+    assert_eq!(json["Labels"]["tier"], "web");
+    assert_eq!(json["Labels"]["team"], "payments");
+    assert_eq!(json["Env"], serde_json::json!(["MODE=prod"]));
+    assert_eq!(json["Created"], "1970-01-01T00:00:00Z");
+    let config = run(
+        "skopeo",
+        &[
+            "inspect",
+            "--config",
+            &format!("oci:{}:v1", path_str(&layout_dir)),
+        ],
+    );
+    let config: serde_json::Value = serde_json::from_str(&config).expect("config json");
+    assert_eq!(
+        config["config"]["Entrypoint"],
+        serde_json::json!(["/app/main.sh"])
+    );
+    assert_eq!(
+        config["config"]["Cmd"],
+        serde_json::json!(["--port", "8080"])
+    );
+    assert_eq!(config["config"]["WorkingDir"], "/app");
+    assert_eq!(config["config"]["User"], "1000");
+    assert_eq!(
+        config["config"]["ExposedPorts"],
+        serde_json::json!({"8080/tcp": {}})
+    );
+    let manifest = run(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            &format!("oci:{}:v1", path_str(&layout_dir)),
+        ],
+    );
+    let manifest: serde_json::Value = serde_json::from_str(&manifest).expect("manifest json");
+    let annotations = &manifest["annotations"];
+    assert_eq!(
+        annotations["org.opencontainers.image.revision"],
+        "0123456789abcdef0123456789abcdef01234567"
+    );
+    assert_eq!(
+        annotations["org.opencontainers.image.source"],
+        "https://example.com/acme/api"
+    );
+    assert_eq!(
+        annotations["org.opencontainers.image.created"],
+        "1970-01-01T00:00:00Z"
+    );
+
+    let registry = TestRegistry::start();
+    let client = RegistryClient::builder().build().expect("client");
+    let target = registry.reference("acme/api:v1");
+    let report = client
+        .push(&image, &target, &Context::new())
+        .await
+        .expect("push");
+    assert_eq!(report.blobs_uploaded, 3);
+    let copy = dir.path().join("copy");
+    run(
+        "skopeo",
+        &[
+            "copy",
+            "--src-tls-verify=false",
+            &format!("docker://{}/acme/api:v1", registry.host()),
+            &format!("oci:{}:v1", path_str(&copy)),
+        ],
+    );
+    let copied = OciLayout::open(&copy)
+        .expect("copied layout")
+        .local_image("api", "v1")
+        .expect("copied image");
+    assert_eq!(
+        copied.digest, image.digest,
+        "skopeo pulled back the same manifest"
+    );
+    assert_eq!(copied.layers, image.layers);
+    for blob in copied.layers.iter().chain([&copied.config]) {
+        let bytes = fs::read(
+            OciLayout::open(&copy)
+                .expect("layout")
+                .blob_path(&blob.digest),
+        )
+        .expect("blob");
+        assert_eq!(shipflow_core::Digest::sha256(&bytes), blob.digest);
+    }
+    let mut tarball = Vec::new();
+    flate2::read::MultiGzDecoder::new(
+        &fs::read(
+            OciLayout::open(&copy)
+                .expect("layout")
+                .blob_path(&copied.layers[1].digest),
+        )
+        .expect("layer")[..],
+    )
+    .read_to_end(&mut tarball)
+    .expect("gunzip");
+    assert!(!tarball.is_empty());
+}
+
+#[tokio::test]
+async fn a_base_image_is_referenced_and_its_layers_are_mounted_not_copied() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("repo");
+    sample_repo(&root);
+    let registry = TestRegistry::start();
+    let client = RegistryClient::builder().build().expect("client");
+
+    // The base: a scratch image with the deps, pushed to its own repository.
+    let base_builder = NativeBuilder::new(dir.path().join("base-images"));
+    let base_app = app(
+        &root,
+        r#"layers = [{ from = "deps", to = "/opt/deps" }], env = { PATH = "/bin", MODE = "dev" }, cmd = ["sh"]"#,
+    );
+    let base = build(&base_builder, &base_app, &root, "1").await;
+    client
+        .push(
+            &base,
+            &registry.reference("base/runtime:1"),
+            &Context::new(),
+        )
+        .await
+        .expect("push base");
+
+    let builder = NativeBuilder::new(dir.path().join("images")).registry_client(client.clone());
+    let layers = format!(
+        r#"base = "{}/base/runtime:1", layers = [{{ from = "src", to = "/app" }}], env = {{ MODE = "prod" }}"#,
+        registry.host()
+    );
+    let image = build(&builder, &app(&root, &layers), &root, "v1").await;
+    assert_eq!(image.layers.len(), 2);
+    assert_eq!(image.layers[0].digest, base.layers[0].digest);
+    let layout = OciLayout::open(builder.layout_path("api")).expect("layout");
+    assert!(
+        !layout.has_blob(&base.layers[0].digest),
+        "base layers are never downloaded"
+    );
+
+    let config: serde_json::Value =
+        serde_json::from_slice(&layout.read_blob(&image.config.digest).expect("config"))
+            .expect("json");
+    assert_eq!(
+        config["config"]["Env"],
+        serde_json::json!(["PATH=/bin", "MODE=prod"])
+    );
+    assert_eq!(
+        config["config"]["Cmd"],
+        serde_json::json!(["sh"]),
+        "the base's cmd is kept"
+    );
+    assert_eq!(
+        config["rootfs"]["diff_ids"]
+            .as_array()
+            .expect("diff_ids")
+            .len(),
+        2
+    );
+
+    let report = client
+        .push(&image, &registry.reference("acme/api:v1"), &Context::new())
+        .await
+        .expect("push");
+    assert_eq!(
+        (report.blobs_mounted, report.blobs_uploaded),
+        (1, 2),
+        "{report:?}"
+    );
+    let copy = dir.path().join("copy");
+    run(
+        "skopeo",
+        &[
+            "copy",
+            "--src-tls-verify=false",
+            &format!("docker://{}/acme/api:v1", registry.host()),
+            &format!("oci:{}:v1", path_str(&copy)),
+        ],
+    );
+    let copied = OciLayout::open(&copy)
+        .expect("copied")
+        .local_image("api", "v1")
+        .expect("image");
+    assert_eq!(copied.digest, image.digest);
+}
