@@ -23,6 +23,7 @@ mod parts;
 mod progress;
 mod render;
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -130,9 +131,10 @@ struct RunArgs {
 struct BuildArgs {
     #[command(flatten)]
     changes: Changes,
-    /// The local OCI layout store; `skopeo inspect oci:STORE/<repository>:<tag>` reads it.
-    #[arg(long, default_value = ".shipflow/images")]
-    store: PathBuf,
+    /// The local OCI layout store (default `.shipflow/images`);
+    /// `skopeo inspect oci:STORE/<repository>:<tag>` reads it.
+    #[arg(long)]
+    store: Option<PathBuf>,
     /// How many apps are built at once.
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
@@ -262,11 +264,15 @@ impl Output {
         value: &T,
         text: impl FnOnce(&T) -> String,
     ) -> anyhow::Result<()> {
-        match self.format {
-            Format::Json => println!("{}", serde_json::to_string_pretty(value)?),
-            Format::Text => print!("{}", text(value)),
+        let text = match self.format {
+            Format::Json => serde_json::to_string_pretty(value)? + "\n",
+            Format::Text => text(value),
+        };
+        // A reader that went away (`| head`) is not an error of ours.
+        match std::io::stdout().lock().write_all(text.as_bytes()) {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     fn progress(&self) -> Mode {
@@ -326,7 +332,10 @@ async fn build(out: &Output, args: BuildArgs) -> anyhow::Result<Exit> {
     let workspace = parts::workspace(&out.config, None, None)?;
     let detector = parts::detector(&workspace, args.changes.worktree)?;
     let base = base(&args.changes, &detector)?;
-    let store = workspace.root().join(&args.store);
+    let store = match args.store {
+        Some(store) => store,
+        None => parts::state_dir(&workspace)?.join("images"),
+    };
     let pipeline = Pipeline::builder(workspace.clone())
         .detector(Arc::new(detector))
         .builder(parts::builder(&workspace)?)

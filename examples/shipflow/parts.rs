@@ -5,9 +5,11 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use clap::ValueEnum;
-use shipflow::core::{CONFIG_FILE, Deployer, EnvOverrides, ImageBuilder, Registry, Workspace};
+use shipflow::core::{
+    BuilderBySpec, CONFIG_FILE, Deployer, EnvOverrides, ImageBuilder, Registry, Workspace,
+};
 use shipflow::git::GitChangeDetector;
-use shipflow::oci::{Credentials, LayoutRegistry, RegistryClient};
+use shipflow::oci::{Credentials, LayoutRegistry, NativeBuilder, RegistryClient};
 
 /// Where apps are deployed.
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -81,9 +83,24 @@ pub(crate) fn registry(insecure: bool) -> anyhow::Result<Arc<dyn Registry>> {
     Ok(Arc::new(builder.build()?))
 }
 
-/// The image builder for the workspace's apps.
-pub(crate) fn builder(_workspace: &Workspace) -> anyhow::Result<Arc<dyn ImageBuilder>> {
-    bail!("building needs the native builder (shipflow-oci), not wired yet")
+/// `.shipflow/` at the repository root, where builds and the local store live;
+/// it ignores itself so git never sees it.
+pub(crate) fn state_dir(workspace: &Workspace) -> anyhow::Result<PathBuf> {
+    let dir = workspace.root().join(".shipflow");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let ignore = dir.join(".gitignore");
+    if !ignore.exists() {
+        std::fs::write(&ignore, "*\n")
+            .with_context(|| format!("cannot write {}", ignore.display()))?;
+    }
+    Ok(dir)
+}
+
+/// The image builder for the workspace's apps: native apps are built daemonless
+/// into OCI layouts under `.shipflow/build`.
+pub(crate) fn builder(workspace: &Workspace) -> anyhow::Result<Arc<dyn ImageBuilder>> {
+    let native = NativeBuilder::new(state_dir(workspace)?.join("build"));
+    Ok(Arc::new(BuilderBySpec::new().native(Arc::new(native))))
 }
 
 /// The deployer for `target`.

@@ -92,3 +92,136 @@ pub trait ImageBuilder: Send + Sync {
         ctx: &Context,
     ) -> Result<LocalImage, BoxError>;
 }
+
+/// An [`ImageBuilder`] that hands each app to the builder for its kind of build:
+/// `type = "native"` apps to one (e.g. `shipflow_oci::NativeBuilder`), Dockerfile
+/// apps to another (e.g. `shipflow_docker::EngineBuilder`). A workspace can mix both.
+///
+/// ```
+/// use std::sync::Arc;
+/// use shipflow_core::{BuilderBySpec, testing::FakeBuilder};
+///
+/// let builder = BuilderBySpec::new().native(Arc::new(FakeBuilder::new()));
+/// // Dockerfile apps fail with a message saying an engine builder is needed.
+/// # let _ = builder;
+/// ```
+#[derive(Clone, Default)]
+pub struct BuilderBySpec {
+    native: Option<std::sync::Arc<dyn ImageBuilder>>,
+    dockerfile: Option<std::sync::Arc<dyn ImageBuilder>>,
+}
+
+impl std::fmt::Debug for BuilderBySpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuilderBySpec")
+            .field("native", &self.native.is_some())
+            .field("dockerfile", &self.dockerfile.is_some())
+            .finish()
+    }
+}
+
+/// An app's build needs a builder that was not given to [`BuilderBySpec`].
+#[derive(Debug, thiserror::Error)]
+#[error("{app}: build: it is a {kind} build, and no {kind} builder is configured; {hint}")]
+pub struct NoBuilder {
+    /// The app.
+    pub app: String,
+    /// `native` or `Dockerfile`.
+    pub kind: &'static str,
+    /// What to do about it.
+    pub hint: &'static str,
+}
+
+impl BuilderBySpec {
+    /// A dispatcher with no builders yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The builder for `type = "native"` apps.
+    pub fn native(mut self, builder: std::sync::Arc<dyn ImageBuilder>) -> Self {
+        self.native = Some(builder);
+        self
+    }
+
+    /// The builder for Dockerfile apps.
+    pub fn dockerfile(mut self, builder: std::sync::Arc<dyn ImageBuilder>) -> Self {
+        self.dockerfile = Some(builder);
+        self
+    }
+}
+
+#[async_trait]
+impl ImageBuilder for BuilderBySpec {
+    async fn build(
+        &self,
+        app: &App,
+        request: &BuildRequest,
+        ctx: &Context,
+    ) -> Result<LocalImage, BoxError> {
+        let (builder, kind, hint) = match app.build {
+            crate::BuildSpec::Native(_) => (
+                &self.native,
+                "native",
+                "use the native builder (shipflow_oci::NativeBuilder)",
+            ),
+            crate::BuildSpec::Dockerfile { .. } => (
+                &self.dockerfile,
+                "Dockerfile",
+                "start a Docker or Podman engine (DOCKER_HOST), or switch the app to `type = \"native\"`",
+            ),
+        };
+        match builder {
+            Some(builder) => builder.build(app, request, ctx).await,
+            None => Err(NoBuilder {
+                app: app.name.clone(),
+                kind,
+                hint,
+            }
+            .into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::testing::FakeBuilder;
+    use crate::{EnvOverrides, Workspace};
+
+    #[tokio::test]
+    async fn each_app_goes_to_the_builder_for_its_kind_of_build() {
+        let ws = Workspace::from_toml(
+            "[workspace]\nregistry = \"r.io/acme\"\n\
+             [apps.api]\nbuild = { type = \"native\" }\n\
+             [apps.web]\nbuild = { type = \"dockerfile\" }\n",
+            ".",
+            &EnvOverrides::default(),
+        )
+        .expect("workspace");
+        let native = Arc::new(FakeBuilder::new());
+        let builder = BuilderBySpec::new().native(native.clone());
+        let (api, web) = (ws.app("api").expect("api"), ws.app("web").expect("web"));
+        let request = BuildRequest::default();
+        let ctx = Context::new();
+
+        builder
+            .build(api, &request, &ctx)
+            .await
+            .expect("native build");
+        assert_eq!(native.builds(), ["api"]);
+        let err = builder
+            .build(web, &request, &ctx)
+            .await
+            .expect_err("no Dockerfile builder");
+        assert!(err.is::<NoBuilder>());
+        assert!(
+            err.to_string()
+                .starts_with("web: build: it is a Dockerfile build, and no Dockerfile builder"),
+            "{err}"
+        );
+        assert_eq!(native.builds(), ["api"], "the native builder never saw web");
+    }
+}

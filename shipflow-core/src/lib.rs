@@ -63,7 +63,9 @@ mod tag;
 pub mod testing;
 mod workspace;
 
-pub use build::{Blob, BuildRequest, ImageBuilder, ImageLocation, LocalImage};
+pub use build::{
+    Blob, BuildRequest, BuilderBySpec, ImageBuilder, ImageLocation, LocalImage, NoBuilder,
+};
 pub use context::{Cancelled, Context, Event, EventKind, EventSink, Stage};
 pub use deploy::{DeployMeta, Deployed, Deployer, Revision, RollbackTarget, Rollout};
 pub use detect::{
