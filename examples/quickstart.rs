@@ -1,46 +1,64 @@
 //! The quickstart: shipflow on a sample monorepo, with no cluster, daemon or cloud.
 //!
-//! It creates a git repository in a temporary directory (three apps and a shared
-//! package, with a `shipflow.toml`), ships every app once, edits one app, and ships
-//! again: only that app is rebuilt, pushed and rolled.
+//! It creates a git repository in a temporary directory (three apps and two shared
+//! packages, with a `shipflow.toml`), ships every app once, edits one app, and ships
+//! again: only that app is rebuilt, and only its changed layer moves.
 //!
 //! ```text
 //! cargo run --example quickstart
+//! cargo run --example quickstart -- --keep   # keep the repository and the store to look at
 //! ```
 //!
-//! Change detection is the real `GitChangeDetector`. Building, the registry and the
-//! deployer are the in-memory parts of `shipflow::core::testing` for now; the native
-//! OCI builder, the registry client and the Docker/Podman deployer replace them as
-//! they land.
+//! Everything is real and embedded: change detection is `GitChangeDetector` (gix),
+//! images are built by the daemonless `NativeBuilder` into reproducible OCI layers,
+//! and the registry is `LayoutRegistry`, a directory of OCI layouts that skopeo and
+//! podman read. With no cluster or engine to deploy to, the deploy stage is printed
+//! as a plan; `examples/shipflow.rs deploy --target docker|k8s` does it for real.
 
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
 use anyhow::{Context as _, ensure};
-use shipflow::core::testing::{FakeBuilder, FakeDeployer, MemoryRegistry};
-use shipflow::core::{Outcome, Pipeline, Report, Selection, Workspace};
+use shipflow::core::{BuilderBySpec, Outcome, Pipeline, Report, Selection, Workspace};
 use shipflow::git::GitChangeDetector;
+use shipflow::oci::{LayoutRegistry, NativeBuilder};
 
 const SHIPFLOW_TOML: &str = r#"# The sample monorepo's workspace.
 [workspace]
-registry = "localhost:5000/quickstart"
+registry = "localhost/quickstart"
 shared = ["packages/common/**"]       # a change here ships every app
 tag = "${BRANCH}-${SHORT_SHA}"
 
+# Each app is built natively: dependencies in one layer, the app's code in the last.
 [apps.api]
 depends_on = ["packages/db"]
+build = { type = "native", cmd = ["python3", "/srv/app/main.py"], layers = [
+  { from = "packages", to = "/srv/packages" },
+  { from = "apps/api", to = "/srv/app" },
+] }
 
 [apps.web]
+build = { type = "native", expose = ["8080/tcp"], layers = [
+  { from = "packages/common", to = "/srv/packages/common" },
+  { from = "apps/web", to = "/srv/www" },
+] }
 
 [apps.worker]
 depends_on = ["packages/db", "api"]   # ships when api ships
+build = { type = "native", cmd = ["python3", "/srv/app/main.py"], layers = [
+  { from = "packages", to = "/srv/packages" },
+  { from = "apps/worker", to = "/srv/app" },
+] }
 "#;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
+    let keep = std::env::args().any(|a| a == "--keep");
     let dir = tempfile::tempdir()?;
-    let repo = dir.path();
+    let repo = dir.path().join("monorepo");
+    let repo = repo.as_path();
+    std::fs::create_dir_all(repo)?;
     println!("1. A sample monorepo in {}", repo.display());
     git(repo, &["init", "-q", "-b", "main"])?;
     for (path, content) in [
@@ -57,20 +75,21 @@ async fn main() -> anyhow::Result<()> {
     git(repo, &["commit", "-q", "-m", "initial"])?;
     println!("   apps: api, web, worker; packages: db, common\n");
 
-    let registry = Arc::new(MemoryRegistry::new());
-    let deployer = Arc::new(FakeDeployer::new());
-    let builder = Arc::new(FakeBuilder::new());
+    // The embedded defaults: images built into OCI layouts, pushed into a local store.
+    let builds = dir.path().join("build");
+    let store = LayoutRegistry::new(dir.path().join("store"));
+    let builder = BuilderBySpec::new().native(Arc::new(NativeBuilder::new(&builds)));
     let pipeline = || -> anyhow::Result<Pipeline> {
         let workspace = Workspace::load(repo.join("shipflow.toml"))?;
         Ok(Pipeline::builder(workspace)
             .detector(Arc::new(GitChangeDetector::open(repo)?))
-            .builder(builder.clone())
-            .registry(registry.clone())
-            .deployer(deployer.clone())
+            .builder(Arc::new(builder.clone()))
+            .registry(Arc::new(store.clone()))
+            .skip_deploy(true)
             .build()?)
     };
 
-    println!("2. First run, no base revision: every app ships");
+    println!("2. First run, no base revision: every app is built and stored");
     let first = pipeline()?.run(None, "HEAD", &Selection::default()).await?;
     print_report(&first);
 
@@ -78,7 +97,7 @@ async fn main() -> anyhow::Result<()> {
     write(repo, "apps/web/index.html", "<h1>web v2</h1>\n")?;
     git(repo, &["commit", "-q", "-am", "web: v2 headline"])?;
 
-    println!("\n4. Run again with base HEAD~1: only web ships");
+    println!("\n4. Run again with base HEAD~1: only web is rebuilt, only its code layer moves");
     let second = pipeline()?
         .run(Some("HEAD~1"), "HEAD", &Selection::default())
         .await?;
@@ -87,21 +106,43 @@ async fn main() -> anyhow::Result<()> {
     let shipped: Vec<&str> = second
         .apps
         .iter()
-        .filter(|a| a.outcome == Outcome::Deployed)
+        .filter(|a| a.outcome == Outcome::Pushed)
         .map(|a| a.app.as_str())
         .collect();
     ensure!(
         shipped == ["web"],
         "expected only web to ship, got {shipped:?}"
     );
+    let web = &second.apps[0];
+    let push = web.push.as_ref().context("web was pushed")?;
+    ensure!(
+        push.blobs_uploaded == 2 && push.blobs_skipped == 1,
+        "expected web's code layer and config to move and its package layer to stay, got {push:?}"
+    );
+
+    println!("\n5. The deploy plan (no cluster or engine here):");
+    for app in &second.apps {
+        if let Some(image) = &app.image {
+            println!("   {}: roll its workload to {image}", app.app);
+        }
+    }
+    let web_ref: shipflow::core::ImageRef = web.image.as_deref().unwrap_or_default().parse()?;
     println!(
-        "\nDone: 1 of 3 apps rebuilt, {} bytes pushed (the first run pushed {}).",
+        "\nDone: 1 of 3 apps rebuilt; {} bytes stored this time, {} the first time.",
         second.bytes_pushed(),
         first.bytes_pushed()
     );
-    println!(
-        "The in-memory builder, registry and deployer stand in for the real adapters until they land."
+    let inspect = format!(
+        "skopeo inspect oci:{}:{}",
+        store.layout_dir(&web_ref).display(),
+        web.tag
     );
+    if keep {
+        let kept = dir.keep();
+        println!("Kept in {}; look inside: {inspect}", kept.display());
+    } else {
+        println!("Run with -- --keep to keep the repository and the store, then: {inspect}");
+    }
     Ok(())
 }
 
@@ -112,13 +153,21 @@ fn print_report(report: &Report) {
             .first()
             .map(ToString::to_string)
             .unwrap_or_default();
-        let pushed = app.push.as_ref().map_or(0, |p| p.bytes_uploaded);
-        println!(
-            "   {:7} {:?}  {pushed:>5} bytes pushed  ({why})",
-            app.app, app.outcome
-        );
+        let moved = app.push.as_ref().map_or(String::new(), |p| {
+            format!(
+                "{} of {} blobs stored ({} bytes), {} already there",
+                p.blobs_uploaded,
+                p.blobs_uploaded + p.blobs_skipped,
+                p.bytes_uploaded,
+                p.blobs_skipped
+            )
+        });
+        println!("   {:7} {moved}  ({why})", app.app);
         if let Some(image) = &app.image {
-            println!("           runs {image}");
+            println!("           {image}");
+        }
+        if let Some(error) = &app.error {
+            println!("           error: {error}");
         }
     }
     if !report.plan.unchanged.is_empty() {
