@@ -54,6 +54,8 @@ mod layer;
 mod layout;
 mod progress;
 mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use auth::Credentials;
 pub use builder::{BuildError, NativeBuilder};

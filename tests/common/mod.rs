@@ -1,0 +1,108 @@
+//! Shared by the end-to-end tests and the headline benchmark: a generated git
+//! monorepo whose apps are static sites served by busybox httpd, buildable both
+//! natively by shipflow and by `podman build` from a Dockerfile.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Where Debian's busybox-static puts its binary.
+pub const BUSYBOX: &str = "/bin/busybox";
+
+/// A git repository in a temp dir with `apps/<name>/index.html` for each app, the
+/// shared `packages/common`, busybox as `packages/runtime/busybox`, and a
+/// `shipflow.toml` declaring every app with a native build.
+pub struct Monorepo {
+    dir: tempfile::TempDir,
+}
+
+impl Monorepo {
+    /// Creates the repository with images under `<registry>/e2e/<app>`, and
+    /// `app_extra` appended to each app's section (its `deploy` table, with `{app}`
+    /// and `{index}` replaced).
+    pub fn create(registry: &str, apps: &[&str], app_extra: &str) -> Self {
+        assert!(
+            Path::new(BUSYBOX).is_file(),
+            "{BUSYBOX} is missing: these tests serve apps with busybox httpd; apt-get install -y busybox-static"
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let repo = Self { dir };
+        let mut toml = format!(
+            "[workspace]\nregistry = \"{registry}/e2e\"\nshared = [\"packages/common/**\"]\n\
+             tag = \"${{SHORT_SHA}}\"\n"
+        );
+        for (index, app) in apps.iter().enumerate() {
+            toml.push_str(&format!(
+                "\n[apps.{app}]\nbuild = {{ type = \"native\", expose = [\"8080/tcp\"], \
+                 cmd = [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"], layers = [\n\
+                 {{ from = \"packages/runtime/busybox\", to = \"/bin/busybox\" }},\n\
+                 {{ from = \"packages/common\", to = \"/srv/common\" }},\n\
+                 {{ from = \"apps/{app}\", to = \"/www\" }},\n] }}\n{}\n",
+                app_extra
+                    .replace("{app}", app)
+                    .replace("{index}", &index.to_string())
+            ));
+            repo.write(
+                &format!("apps/{app}/index.html"),
+                &format!("<h1>{app} v1</h1>\n"),
+            );
+            repo.write(
+                &format!("apps/{app}/Dockerfile"),
+                &format!(
+                    "FROM scratch\nCOPY packages/runtime/busybox /bin/busybox\n\
+                     COPY packages/common /srv/common\nCOPY apps/{app} /www\n\
+                     CMD [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n"
+                ),
+            );
+        }
+        repo.write("shipflow.toml", &toml);
+        repo.write("packages/common/version.txt", "1\n");
+        let busybox = repo.path().join("packages/runtime/busybox");
+        std::fs::create_dir_all(busybox.parent().expect("a parent")).expect("mkdir");
+        std::fs::copy(BUSYBOX, &busybox).expect("copy busybox");
+        repo.git(&["init", "-q", "-b", "main"]);
+        repo.git(&["add", "-A"]);
+        repo.git(&["commit", "-q", "-m", "initial"]);
+        repo
+    }
+
+    /// The repository root.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Its `shipflow.toml`.
+    pub fn config(&self) -> PathBuf {
+        self.path().join("shipflow.toml")
+    }
+
+    /// Writes `content` to `path` and commits it.
+    pub fn edit(&self, path: &str, content: &str) {
+        self.write(path, content);
+        self.git(&["add", "-A"]);
+        self.git(&["commit", "-q", "-m", &format!("edit {path}")]);
+    }
+
+    fn write(&self, path: &str, content: &str) {
+        let path = self.path().join(path);
+        std::fs::create_dir_all(path.parent().expect("a parent")).expect("mkdir");
+        std::fs::write(path, content).expect("write");
+    }
+
+    /// Runs git in the repository.
+    pub fn git(&self, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .current_dir(self.path())
+            .args(["-c", "user.name=e2e", "-c", "user.email=e2e@example.com"])
+            .args(args)
+            .output()
+            .expect("git runs (apt-get install -y git)");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}

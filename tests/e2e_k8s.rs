@@ -1,0 +1,135 @@
+//! End to end on Kubernetes: a real git monorepo → native builds → a real registry
+//! (`docker-registry`) → rollouts through the real `kube` client against the
+//! simulated API server (no API server can run on these machines).
+
+mod common;
+
+use std::sync::Arc;
+
+use common::Monorepo;
+use shipflow::core::{
+    BuilderBySpec, FailurePolicy, Outcome, Pipeline, Registry as _, Report, Selection, Workspace,
+};
+use shipflow::git::GitChangeDetector;
+use shipflow::k8s::KubeDeployer;
+use shipflow::k8s::testing::SimCluster;
+use shipflow::oci::testing::TestRegistry;
+use shipflow::oci::{NativeBuilder, RegistryClient};
+
+const APPS: [&str; 3] = ["api", "web", "worker"];
+
+/// The parts of one end-to-end setup, kept alive together.
+struct Setup {
+    repo: Monorepo,
+    registry: TestRegistry,
+    cluster: SimCluster,
+    builds: tempfile::TempDir,
+}
+
+impl Setup {
+    async fn new() -> Self {
+        let registry = TestRegistry::start().expect("docker-registry starts");
+        let repo = Monorepo::create(&registry.host(), &APPS, "deploy.kubernetes = {}");
+        let cluster = SimCluster::start().await.expect("simulated API server");
+        for app in APPS {
+            cluster.seed_deployment("default", app, app, "registry.local/placeholder:v0", 2);
+        }
+        let builds = tempfile::tempdir().expect("build dir");
+        Self {
+            repo,
+            registry,
+            cluster,
+            builds,
+        }
+    }
+
+    fn pipeline(&self) -> Pipeline {
+        let workspace = Workspace::load(self.repo.config()).expect("workspace");
+        let native = NativeBuilder::new(self.builds.path());
+        Pipeline::builder(workspace)
+            .detector(Arc::new(
+                GitChangeDetector::open(self.repo.path()).expect("repository"),
+            ))
+            .builder(Arc::new(BuilderBySpec::new().native(Arc::new(native))))
+            .registry(Arc::new(RegistryClient::builder().build().expect("client")))
+            .deployer(Arc::new(KubeDeployer::new(self.cluster.client())))
+            .failure_policy(FailurePolicy::Continue)
+            .build()
+            .expect("pipeline")
+    }
+
+    fn running(&self, app: &str) -> String {
+        let deployment = self
+            .cluster
+            .deployment("default", app)
+            .expect("deployment exists");
+        deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+            .as_str()
+            .expect("an image")
+            .to_owned()
+    }
+}
+
+fn outcome<'r>(report: &'r Report, app: &str) -> &'r Outcome {
+    &report
+        .apps
+        .iter()
+        .find(|a| a.app == app)
+        .unwrap_or_else(|| panic!("{app} is not in the report: {report:#?}"))
+        .outcome
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_edited_app_is_rebuilt_pushed_and_rolled() {
+    let setup = Setup::new().await;
+    let first = setup
+        .pipeline()
+        .run(None, "HEAD", &Selection::default())
+        .await
+        .expect("first run");
+    for app in APPS {
+        assert_eq!(outcome(&first, app), &Outcome::Deployed, "{first:#?}");
+        let running = setup.running(app);
+        assert!(
+            running.starts_with(&format!("{}/e2e/{app}@sha256:", setup.registry.host())),
+            "{app} runs {running}"
+        );
+        // What runs is in the registry, under that digest.
+        let pinned = running.parse().expect("a pinned reference");
+        let ctx = shipflow::core::Context::new();
+        let client = RegistryClient::builder().build().expect("client");
+        assert!(
+            client
+                .resolve(&pinned, &ctx)
+                .await
+                .expect("resolve")
+                .is_some()
+        );
+    }
+    let before: Vec<String> = APPS.iter().map(|a| setup.running(a)).collect();
+
+    setup.repo.edit("apps/web/index.html", "<h1>web v2</h1>\n");
+    let second = setup
+        .pipeline()
+        .run(Some("HEAD~1"), "HEAD", &Selection::default())
+        .await
+        .expect("second run");
+    assert_eq!(
+        second
+            .apps
+            .iter()
+            .map(|a| a.app.as_str())
+            .collect::<Vec<_>>(),
+        ["web"]
+    );
+    assert_eq!(outcome(&second, "web"), &Outcome::Deployed);
+    let push = second.apps[0].push.as_ref().expect("web was pushed");
+    assert_eq!(
+        (push.blobs_uploaded, push.blobs_skipped),
+        (2, 2),
+        "only web's code layer and config move: {push:?}"
+    );
+    assert_ne!(setup.running("web"), before[1]);
+    assert_eq!(setup.running("api"), before[0]);
+    assert_eq!(setup.running("worker"), before[2]);
+}
