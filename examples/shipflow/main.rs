@@ -22,6 +22,8 @@
 mod parts;
 mod progress;
 mod render;
+#[cfg(test)]
+mod tests;
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -149,9 +151,23 @@ struct TargetArgs {
     /// The Kubernetes namespace (overrides K8S_NAMESPACE and the workspace's).
     #[arg(long)]
     namespace: Option<String>,
-    /// The kubeconfig context.
+    /// The kubeconfig file (default: KUBECONFIG, ~/.kube/config, in-cluster).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context (default: its current context).
     #[arg(long)]
     context: Option<String>,
+}
+
+impl TargetArgs {
+    async fn deployer(&self) -> anyhow::Result<Arc<dyn shipflow::core::Deployer>> {
+        parts::deployer(
+            self.target,
+            self.kubeconfig.as_deref(),
+            self.context.as_deref(),
+        )
+        .await
+    }
 }
 
 #[derive(Args)]
@@ -203,7 +219,7 @@ struct StatusArgs {
 }
 
 /// How the program ends, as an exit code a CI script can branch on.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Exit {
     Shipped = 0,
     Failed = 1,
@@ -228,20 +244,7 @@ async fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
-    let out = Output {
-        format: cli.format,
-        config: cli.config,
-    };
-    let result = match cli.command {
-        Command::Plan(args) => plan(&out, args).await,
-        Command::Build(args) => build(&out, args).await,
-        Command::Push(args) => push(&out, args).await,
-        Command::Deploy(args) => deploy(&out, args).await,
-        Command::Rollback(args) => rollback(&out, args).await,
-        Command::History(args) => history(&out, args).await,
-        Command::Status(args) => status(&out, args).await,
-    };
+    let result = run_cli(Cli::parse()).await;
     match result {
         Ok(exit) => ExitCode::from(exit as u8),
         Err(e) => {
@@ -249,6 +252,23 @@ async fn main() -> ExitCode {
             eprintln!("error: {}", error_chain(e));
             ExitCode::from(Exit::Failed as u8)
         }
+    }
+}
+
+/// Runs one command line; `main` turns the result into the exit code.
+async fn run_cli(cli: Cli) -> anyhow::Result<Exit> {
+    let out = Output {
+        format: cli.format,
+        config: cli.config,
+    };
+    match cli.command {
+        Command::Plan(args) => plan(&out, args).await,
+        Command::Build(args) => build(&out, args).await,
+        Command::Push(args) => push(&out, args).await,
+        Command::Deploy(args) => deploy(&out, args).await,
+        Command::Rollback(args) => rollback(&out, args).await,
+        Command::History(args) => history(&out, args).await,
+        Command::Status(args) => status(&out, args).await,
     }
 }
 
@@ -403,8 +423,7 @@ async fn run(
         pipeline = pipeline.builder(parts::builder(&workspace)?);
     }
     if let (Some(target), false) = (&target, skip_deploy) {
-        pipeline =
-            pipeline.deployer(parts::deployer(target.target, target.context.as_deref()).await?);
+        pipeline = pipeline.deployer(target.deployer().await?);
     }
     let report = pipeline
         .build()?
@@ -426,7 +445,7 @@ async fn app_and_deployer(
 ) -> anyhow::Result<(App, Arc<dyn shipflow::core::Deployer>)> {
     let workspace = parts::workspace(&out.config, None, target.namespace.clone())?;
     let app = known_app(&workspace, app)?.clone();
-    let deployer = parts::deployer(target.target, target.context.as_deref()).await?;
+    let deployer = target.deployer().await?;
     Ok((app, deployer))
 }
 
@@ -487,7 +506,7 @@ struct AppStatus {
 async fn status(out: &Output, args: StatusArgs) -> anyhow::Result<Exit> {
     let workspace = parts::workspace(&out.config, None, args.target.namespace.clone())?;
     let detector = parts::detector(&workspace, false)?;
-    let deployer = parts::deployer(args.target.target, args.target.context.as_deref()).await?;
+    let deployer = args.target.deployer().await?;
     let ctx = Context::new();
     let mut rows = Vec::new();
     for app in workspace.apps() {

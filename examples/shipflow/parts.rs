@@ -103,24 +103,29 @@ pub(crate) fn builder(workspace: &Workspace) -> anyhow::Result<Arc<dyn ImageBuil
     Ok(Arc::new(BuilderBySpec::new().native(Arc::new(native))))
 }
 
-/// The deployer for `target`.
+/// The deployer for `target`. For Kubernetes: `kubeconfig` (else KUBECONFIG,
+/// `~/.kube/config` or in-cluster) and its `context` (else the current one).
 pub(crate) async fn deployer(
     target: Target,
+    kubeconfig: Option<&Path>,
     context: Option<&str>,
 ) -> anyhow::Result<Arc<dyn Deployer>> {
     match target {
         Target::K8s => {
-            let config = match context {
-                Some(context) => {
-                    let options = kube::config::KubeConfigOptions {
-                        context: Some(context.to_owned()),
-                        ..Default::default()
-                    };
-                    kube::Config::from_kubeconfig(&options)
-                        .await
-                        .with_context(|| format!("kubeconfig context {context}"))?
+            let options = kube::config::KubeConfigOptions {
+                context: context.map(str::to_owned),
+                ..Default::default()
+            };
+            let config = match (kubeconfig, context) {
+                (Some(path), _) => {
+                    let file = kube::config::Kubeconfig::read_from(path)
+                        .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
+                    kube::Config::from_custom_kubeconfig(file, &options).await?
                 }
-                None => kube::Config::infer().await.context(
+                (None, Some(context)) => kube::Config::from_kubeconfig(&options)
+                    .await
+                    .with_context(|| format!("kubeconfig context {context}"))?,
+                (None, None) => kube::Config::infer().await.context(
                     "no Kubernetes configuration: set KUBECONFIG, write ~/.kube/config, or run in a cluster",
                 )?,
             };

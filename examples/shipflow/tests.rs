@@ -1,0 +1,160 @@
+//! The CLI end to end, in-process: a generated git monorepo, a real registry, and
+//! the simulated Kubernetes API reached through a kubeconfig, as a user would.
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
+use clap::Parser;
+use shipflow::k8s::testing::{Outcome, SimCluster};
+use shipflow::oci::testing::TestRegistry;
+
+use super::{Cli, Exit, run_cli};
+use common::Monorepo;
+
+const APPS: [&str; 2] = ["api", "web"];
+
+struct Setup {
+    repo: Monorepo,
+    registry: TestRegistry,
+    cluster: SimCluster,
+    kubeconfig: std::path::PathBuf,
+}
+
+impl Setup {
+    async fn new() -> Self {
+        let registry = TestRegistry::start().expect("docker-registry starts");
+        let repo = Monorepo::create(&registry.host(), &APPS, "deploy.kubernetes = {}");
+        let cluster = SimCluster::start().await.expect("simulated API server");
+        for app in APPS {
+            cluster.seed_deployment("default", app, app, "registry.local/placeholder:v0", 1);
+        }
+        let kubeconfig = repo.path().join(".kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\ncurrent-context: sim\n\
+                 clusters: [{{name: sim, cluster: {{server: \"{}\"}}}}]\n\
+                 users: [{{name: sim, user: {{}}}}]\n\
+                 contexts: [{{name: sim, context: {{cluster: sim, user: sim, namespace: default}}}}]\n",
+                cluster.url()
+            ),
+        )
+        .expect("kubeconfig");
+        Self {
+            repo,
+            registry,
+            cluster,
+            kubeconfig,
+        }
+    }
+
+    async fn run(&self, args: &[&str]) -> Exit {
+        let config = self.repo.config();
+        let mut line = vec!["shipflow", "--config", config.to_str().expect("utf-8 path")];
+        line.extend_from_slice(args);
+        let k8s = [
+            "--target",
+            "k8s",
+            "--kubeconfig",
+            self.path(&self.kubeconfig),
+        ];
+        if matches!(args[0], "deploy" | "rollback" | "history" | "status") {
+            line.extend_from_slice(&k8s);
+        }
+        let cli = Cli::try_parse_from(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+        run_cli(cli)
+            .await
+            .unwrap_or_else(|e| panic!("{line:?} failed: {e:#}"))
+    }
+
+    fn path<'a>(&self, p: &'a std::path::Path) -> &'a str {
+        p.to_str().expect("utf-8 path")
+    }
+
+    fn image(&self, app: &str) -> String {
+        let d = self.cluster.deployment("default", app).expect("deployment");
+        d["spec"]["template"]["spec"]["containers"][0]["image"]
+            .as_str()
+            .expect("image")
+            .to_owned()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_history_rollback_and_status_through_the_cli() {
+    let setup = Setup::new().await;
+    let registry = format!("{}/e2e", setup.registry.host());
+
+    assert_eq!(setup.run(&["plan", "--all"]).await, Exit::Shipped);
+    assert_eq!(
+        setup
+            .run(&["deploy", "--all", "--registry", &registry])
+            .await,
+        Exit::Shipped
+    );
+    let first = setup.image("web");
+    assert!(
+        first.starts_with(&format!("{registry}/web@sha256:")),
+        "{first}"
+    );
+    assert_eq!(
+        setup.run(&["status"]).await,
+        Exit::NothingToDo,
+        "all up to date"
+    );
+
+    // Nothing changed: a deploy from HEAD~0 has nothing to do.
+    assert_eq!(
+        setup
+            .run(&["deploy", "--base", "HEAD", "--registry", &registry])
+            .await,
+        Exit::NothingToDo
+    );
+
+    setup.repo.edit("apps/web/index.html", "<h1>web v2</h1>\n");
+    assert_eq!(setup.run(&["status"]).await, Exit::Shipped, "web is behind");
+    assert_eq!(
+        setup
+            .run(&["deploy", "--base", "HEAD~1", "--registry", &registry])
+            .await,
+        Exit::Shipped
+    );
+    let second = setup.image("web");
+    assert_ne!(second, first);
+
+    assert_eq!(setup.run(&["history", "web"]).await, Exit::Shipped);
+    assert_eq!(setup.run(&["rollback", "web"]).await, Exit::Shipped);
+    assert_eq!(
+        setup.image("web"),
+        first,
+        "rolled back to the previous revision"
+    );
+    assert_eq!(
+        setup.run(&["rollback", "web", "--to", "1"]).await,
+        Exit::Shipped
+    );
+    assert_eq!(setup.image("web"), "registry.local/placeholder:v0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_rollout_exits_3_when_rolled_back_and_1_when_not() {
+    let setup = Setup::new().await;
+    let registry = format!("{}/e2e", setup.registry.host());
+    setup
+        .cluster
+        .set_outcome("default", "api", Outcome::ImagePullFailure);
+    assert_eq!(
+        setup
+            .run(&[
+                "deploy",
+                "--all",
+                "--apps",
+                "api",
+                "--registry",
+                &registry,
+                "--no-rollback"
+            ])
+            .await,
+        Exit::Failed
+    );
+}
