@@ -2,23 +2,26 @@
 //! the blobs a registry lacks.
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use reqwest::header::{
-    ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE,
+    ACCEPT, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, HeaderMap, LOCATION, RANGE, RETRY_AFTER,
+    WWW_AUTHENTICATE,
 };
 use reqwest::{Method, StatusCode, Url};
 use shipflow_core::{
     Blob, BoxError, Context, Digest, ImageLocation, ImageRef, LocalImage, PushReport, Registry,
 };
+use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::auth::{Credentials, Scheme, TokenResponse, parse_challenge};
+use crate::docker_config::DockerConfig;
 use crate::error::{OciError, Step};
 use crate::layout::OciLayout;
 use crate::progress::{BlobProgress, Progress};
@@ -26,6 +29,8 @@ use crate::progress::{BlobProgress, Progress};
 /// The manifest media types this client asks for.
 const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json";
 const DIGEST_HEADER: &str = "docker-content-digest";
+/// Default chunk threshold and chunk size of blob uploads.
+const DEFAULT_CHUNK: u64 = 8 * 1024 * 1024;
 
 /// Builds a [`RegistryClient`].
 #[derive(Debug, Clone)]
@@ -38,6 +43,20 @@ pub struct RegistryClientBuilder {
     max_delay: Duration,
     timeout: Option<Duration>,
     mount_from: Vec<String>,
+    chunk_threshold: u64,
+    chunk_size: u64,
+    docker_config: DockerConfigSource,
+}
+
+/// Where credentials come from when none are given explicitly.
+#[derive(Debug, Clone)]
+enum DockerConfigSource {
+    /// `$DOCKER_CONFIG/config.json` or `~/.docker/config.json`, read at build.
+    Environment,
+    /// This config.
+    Given(DockerConfig),
+    /// None: anonymous unless credentials are given.
+    Disabled,
 }
 
 impl Default for RegistryClientBuilder {
@@ -51,6 +70,9 @@ impl Default for RegistryClientBuilder {
             max_delay: Duration::from_secs(10),
             timeout: None,
             mount_from: Vec::new(),
+            chunk_threshold: DEFAULT_CHUNK,
+            chunk_size: DEFAULT_CHUNK,
+            docker_config: DockerConfigSource::Environment,
         }
     }
 }
@@ -64,7 +86,8 @@ impl RegistryClientBuilder {
     }
 
     /// Authenticates with `credentials`: as HTTP basic auth, or to obtain bearer
-    /// tokens when the registry asks for them.
+    /// tokens when the registry asks for them. Explicit credentials win over any
+    /// docker config.
     pub fn credentials(mut self, credentials: Credentials) -> Self {
         self.credentials = Some(credentials);
         self
@@ -98,7 +121,31 @@ impl RegistryClientBuilder {
         self
     }
 
-    /// Builds the client.
+    /// Blobs larger than `threshold` bytes are uploaded in `PATCH` chunks of
+    /// `chunk_size` bytes (defaults 8 MiB and 8 MiB), each streamed from the file;
+    /// an interrupted chunk resumes from the range the registry reports. Smaller
+    /// blobs go in one `PUT`.
+    pub fn chunked_uploads(mut self, threshold: u64, chunk_size: u64) -> Self {
+        self.chunk_threshold = threshold;
+        self.chunk_size = chunk_size.max(1);
+        self
+    }
+
+    /// Looks credentials up in `config` (per registry) instead of the docker config
+    /// found through `DOCKER_CONFIG` or `~/.docker/config.json`, which is the default.
+    pub fn docker_config(mut self, config: DockerConfig) -> Self {
+        self.docker_config = DockerConfigSource::Given(config);
+        self
+    }
+
+    /// Reads no docker config: requests are anonymous unless
+    /// [`Self::credentials`] are given.
+    pub fn without_docker_config(mut self) -> Self {
+        self.docker_config = DockerConfigSource::Disabled;
+        self
+    }
+
+    /// Builds the client. Fails if the docker config exists but cannot be read.
     pub fn build(self) -> Result<RegistryClient, OciError> {
         let mut http = reqwest::Client::builder()
             .user_agent(concat!("shipflow-oci/", env!("CARGO_PKG_VERSION")))
@@ -107,9 +154,16 @@ impl RegistryClientBuilder {
             http = http.timeout(timeout);
         }
         let http = http.build().map_err(OciError::Client)?;
+        let docker_config = match &self.docker_config {
+            DockerConfigSource::Environment => DockerConfig::load()?,
+            DockerConfigSource::Given(config) => Some(config.clone()),
+            DockerConfigSource::Disabled => None,
+        };
         Ok(RegistryClient {
             inner: Arc::new(Inner {
                 http,
+                docker_config,
+                found_credentials: Mutex::default(),
                 config: self,
                 schemes: Mutex::default(),
                 tokens: Mutex::default(),
@@ -131,6 +185,10 @@ pub struct RegistryClient {
 struct Inner {
     http: reqwest::Client,
     config: RegistryClientBuilder,
+    /// The docker config credentials are looked up in, when none are explicit.
+    docker_config: Option<DockerConfig>,
+    /// Per registry: what the docker config gave (looked up once).
+    found_credentials: Mutex<HashMap<String, Option<Credentials>>>,
     /// Per registry: how it wants requests authenticated.
     schemes: Mutex<HashMap<String, Scheme>>,
     /// Per (registry, scope): a bearer token. `Token`'s Debug redacts it.
@@ -151,9 +209,11 @@ impl std::fmt::Debug for Token {
 enum Body {
     Empty,
     Bytes(Vec<u8>),
+    /// `len` bytes of the file at `path` from `offset`, streamed.
     File {
         path: PathBuf,
-        size: u64,
+        offset: u64,
+        len: u64,
         progress: BlobProgress,
     },
 }
@@ -217,6 +277,24 @@ impl RegistryClient {
         headers: HeaderMap,
         body: Body,
     ) -> Result<reqwest::Response, OciError> {
+        let attempts = self.inner.config.max_attempts;
+        self.send_with(call, step, method, url, headers, body, attempts)
+            .await
+    }
+
+    /// [`Self::send`] with at most `max_attempts` attempts (1: no retry, for requests
+    /// that must not be repeated blindly, such as a chunk `PATCH`).
+    #[allow(clippy::too_many_arguments)]
+    async fn send_with(
+        &self,
+        call: &Call<'_>,
+        step: Step,
+        method: Method,
+        url: Url,
+        headers: HeaderMap,
+        body: Body,
+        max_attempts: u32,
+    ) -> Result<reqwest::Response, OciError> {
         let config = &self.inner.config;
         let mut attempt = 0u32;
         let mut reauthenticated = false;
@@ -238,22 +316,26 @@ impl RegistryClient {
                 Body::Bytes(bytes) => request.body(bytes.clone()),
                 Body::File {
                     path,
-                    size,
+                    offset,
+                    len,
                     progress,
                 } => {
-                    let file =
-                        tokio::fs::File::open(path)
+                    let read_err = |source| OciError::ReadBlob {
+                        reference: call.name(),
+                        path: path.clone(),
+                        source,
+                    };
+                    let mut file = tokio::fs::File::open(path).await.map_err(read_err)?;
+                    if *offset > 0 {
+                        file.seek(std::io::SeekFrom::Start(*offset))
                             .await
-                            .map_err(|source| OciError::ReadBlob {
-                                reference: call.name(),
-                                path: path.clone(),
-                                source,
-                            })?;
+                            .map_err(read_err)?;
+                    }
                     request
-                        .header(CONTENT_LENGTH, *size)
+                        .header(CONTENT_LENGTH, *len)
                         .body(reqwest::Body::wrap_stream(
                             tokio_util::io::ReaderStream::with_capacity(
-                                progress.reader(file),
+                                progress.reader(file.take(*len)),
                                 256 * 1024,
                             ),
                         ))
@@ -269,7 +351,7 @@ impl RegistryClient {
             };
             let delay = match sent {
                 Err(source) => {
-                    if attempt >= config.max_attempts
+                    if attempt >= max_attempts
                         || !(source.is_connect() || source.is_timeout() || source.is_request())
                     {
                         return Err(OciError::Connect {
@@ -295,7 +377,7 @@ impl RegistryClient {
                 Ok(response)
                     if (response.status() == StatusCode::TOO_MANY_REQUESTS
                         || response.status().is_server_error())
-                        && attempt < config.max_attempts =>
+                        && attempt < max_attempts =>
                 {
                     let retry_after = response
                         .headers()
@@ -344,7 +426,7 @@ impl RegistryClient {
         };
         let registry = reference.registry().to_owned();
         let can_retry = match &scheme {
-            Scheme::Basic => self.inner.config.credentials.is_some(),
+            Scheme::Basic => matches!(self.credentials_for(reference.registry()), Ok(Some(_))),
             Scheme::Bearer { .. } => true,
             Scheme::Anonymous => false,
         };
@@ -366,7 +448,7 @@ impl RegistryClient {
             .unwrap_or(Scheme::Anonymous);
         match scheme {
             Scheme::Anonymous => Ok(request),
-            Scheme::Basic => Ok(match &self.inner.config.credentials {
+            Scheme::Basic => Ok(match self.credentials_for(call.reference.registry())? {
                 Some(c) => request.basic_auth(c.username(), Some(c.password())),
                 None => request,
             }),
@@ -412,7 +494,7 @@ impl RegistryClient {
             query.append_pair("scope", scope);
         }
         let mut request = self.inner.http.get(url);
-        if let Some(c) = &self.inner.config.credentials {
+        if let Some(c) = self.credentials_for(call.reference.registry())? {
             request = request.basic_auth(c.username(), Some(c.password()));
         }
         call.requests.fetch_add(1, Ordering::Relaxed);
@@ -429,7 +511,7 @@ impl RegistryClient {
             return Err(OciError::Unauthorized {
                 reference: call.name(),
                 step: Step::Auth,
-                username: self.username(),
+                username: self.username(call.reference.registry()),
                 code,
                 message,
             });
@@ -449,12 +531,28 @@ impl RegistryClient {
             .ok_or_else(|| protocol("token response has neither token nor access_token".into()))
     }
 
-    fn username(&self) -> Option<String> {
-        self.inner
-            .config
-            .credentials
-            .as_ref()
+    fn username(&self, registry: &str) -> Option<String> {
+        self.credentials_for(registry)
+            .ok()
+            .flatten()
             .map(|c| c.username().to_owned())
+    }
+
+    /// The credentials for `registry`: the explicit ones, else the docker config's
+    /// (looked up once per registry; a credential helper runs at most once).
+    fn credentials_for(&self, registry: &str) -> Result<Option<Credentials>, OciError> {
+        if let Some(explicit) = &self.inner.config.credentials {
+            return Ok(Some(explicit.clone()));
+        }
+        let Some(config) = &self.inner.docker_config else {
+            return Ok(None);
+        };
+        if let Some(found) = lock(&self.inner.found_credentials).get(registry) {
+            return Ok(found.clone());
+        }
+        let found = config.credentials(registry)?;
+        lock(&self.inner.found_credentials).insert(registry.to_owned(), found.clone());
+        Ok(found)
     }
 
     /// `GET /v2/`: checks the registry answers the distribution API and learns how
@@ -551,6 +649,74 @@ impl RegistryClient {
             });
         }
         Ok(bytes.to_vec())
+    }
+
+    /// All tags of the repository of `reference`, in the registry's order, following
+    /// the `Link: <…>; rel="next"` pages; `page_size` sets `n` (the registry's
+    /// default when `None`).
+    pub async fn list_tags(
+        &self,
+        reference: &ImageRef,
+        page_size: Option<u32>,
+        ctx: &Context,
+    ) -> Result<Vec<String>, OciError> {
+        #[derive(serde::Deserialize)]
+        struct Page {
+            #[serde(default)]
+            tags: Option<Vec<String>>,
+        }
+        let requests = AtomicU32::new(0);
+        let call = Call {
+            reference,
+            push: false,
+            requests: &requests,
+            ctx,
+        };
+        self.ensure_pinged(&call).await?;
+        let mut url = self.url(reference, "tags/list")?;
+        if let Some(n) = page_size {
+            url.query_pairs_mut().append_pair("n", &n.to_string());
+        }
+        let mut tags = Vec::new();
+        loop {
+            let response = self
+                .send(
+                    &call,
+                    Step::TagList,
+                    Method::GET,
+                    url.clone(),
+                    HeaderMap::new(),
+                    Body::Empty,
+                )
+                .await?;
+            if !response.status().is_success() {
+                return Err(self.failure(&call, Step::TagList, response).await);
+            }
+            let next = next_page(response.headers())
+                .map(|link| url.join(&link))
+                .transpose()
+                .map_err(|e| OciError::Protocol {
+                    reference: call.name(),
+                    step: Step::TagList,
+                    reason: format!("Link header: {e}"),
+                })?;
+            let bytes = response.bytes().await.map_err(|source| OciError::Connect {
+                reference: call.name(),
+                step: Step::TagList,
+                attempts: 1,
+                source: source.without_url(),
+            })?;
+            let page: Page = serde_json::from_slice(&bytes).map_err(|e| OciError::Protocol {
+                reference: call.name(),
+                step: Step::TagList,
+                reason: format!("tag list: {e}"),
+            })?;
+            tags.extend(page.tags.unwrap_or_default());
+            match next {
+                Some(next) if next != url => url = next,
+                _ => return Ok(tags),
+            }
+        }
     }
 
     async fn ping_call(&self, call: &Call<'_>) -> Result<(), OciError> {
@@ -670,23 +836,29 @@ impl RegistryClient {
                 ),
             });
         }
+        if blob.size > self.inner.config.chunk_threshold {
+            return self.upload_chunked(call, blob, &path, progress).await;
+        }
         // A session the registry lost (404 BLOB_UPLOAD_UNKNOWN, e.g. after a 5xx
         // mid-PUT or a restart) is started over once.
         let mut restarted = false;
         loop {
-            let put_url = self.start_upload(call, blob).await?;
-            let mut headers = HeaderMap::new();
-            headers.insert(
-                CONTENT_TYPE,
-                reqwest::header::HeaderValue::from_static("application/octet-stream"),
-            );
+            let put_url = with_digest(self.start_upload(call).await?, &blob.digest);
             let body = Body::File {
                 path: path.clone(),
-                size: blob.size,
+                offset: 0,
+                len: blob.size,
                 progress: progress.clone(),
             };
             let response = self
-                .send(call, Step::BlobUpload, Method::PUT, put_url, headers, body)
+                .send(
+                    call,
+                    Step::BlobUpload,
+                    Method::PUT,
+                    put_url,
+                    octet_stream(),
+                    body,
+                )
                 .await?;
             match response.status() {
                 StatusCode::CREATED => return Ok(()),
@@ -699,9 +871,156 @@ impl RegistryClient {
         }
     }
 
-    /// `POST /v2/<repo>/blobs/uploads/`: opens an upload session and returns the URL
-    /// that completes it with a `PUT` of the whole blob.
-    async fn start_upload(&self, call: &Call<'_>, blob: &Blob) -> Result<Url, OciError> {
+    /// Uploads a large blob in `PATCH` chunks streamed from the file, then closes
+    /// the session with a `PUT` carrying the digest. A chunk cut off by a connection
+    /// error or answered 5xx/416 is resumed from the range the registry reports it
+    /// holds; a session the registry dropped is started over (a bounded number of times).
+    async fn upload_chunked(
+        &self,
+        call: &Call<'_>,
+        blob: &Blob,
+        path: &Path,
+        progress: &BlobProgress,
+    ) -> Result<(), OciError> {
+        let config = &self.inner.config;
+        let mut interruptions = 0u32;
+        // Each chunk counts its own bytes, so that one interrupted chunk (or a whole
+        // session started over) can be taken back without the others.
+        let mut parts: Vec<BlobProgress> = Vec::new();
+        'session: loop {
+            parts.drain(..).for_each(|p| p.take_back());
+            let mut location = self.start_upload(call).await?;
+            let mut offset = 0u64;
+            while offset < blob.size {
+                let end = blob.size.min(offset + config.chunk_size);
+                let part = progress.part();
+                parts.push(part.clone());
+                let headers = {
+                    let mut h = octet_stream();
+                    h.insert(
+                        CONTENT_RANGE,
+                        header_value(call, &format!("{offset}-{}", end - 1))?,
+                    );
+                    h
+                };
+                let body = Body::File {
+                    path: path.to_path_buf(),
+                    offset,
+                    len: end - offset,
+                    progress: part.clone(),
+                };
+                let sent = self
+                    .send_with(
+                        call,
+                        Step::BlobUpload,
+                        Method::PATCH,
+                        location.clone(),
+                        headers,
+                        body,
+                        1,
+                    )
+                    .await;
+                let interrupted = match sent {
+                    Ok(response) if response.status() == StatusCode::ACCEPTED => {
+                        location = next_location(call, &location, response.headers())?;
+                        offset = match upload_range_end(response.headers()) {
+                            Some(received) if received > offset && received <= end => received,
+                            _ => end,
+                        };
+                        continue;
+                    }
+                    Ok(response)
+                        if response.status().is_server_error()
+                            || response.status() == StatusCode::RANGE_NOT_SATISFIABLE =>
+                    {
+                        format!("PATCH answered {}", response.status())
+                    }
+                    Ok(response) => {
+                        return Err(self.failure(call, Step::BlobUpload, response).await);
+                    }
+                    Err(OciError::Connect { source, .. }) => source.to_string(),
+                    Err(other) => return Err(other),
+                };
+                part.take_back();
+                interruptions += 1;
+                if interruptions > config.max_attempts {
+                    return Err(OciError::Protocol {
+                        reference: call.name(),
+                        step: Step::BlobUpload,
+                        reason: format!(
+                            "blob {} was interrupted {interruptions} times, last: {interrupted}",
+                            blob.digest
+                        ),
+                    });
+                }
+                tokio::time::sleep(self.backoff(interruptions)).await;
+                match self.upload_status(call, &location).await? {
+                    Some((at, received)) => {
+                        tracing::debug!(reference = %call.reference, digest = %blob.digest, offset, received, %interrupted, "resuming upload");
+                        location = at;
+                        // What the registry holds of this chunk counts as done.
+                        part.confirm(received.saturating_sub(offset));
+                        offset = received;
+                    }
+                    None => {
+                        tracing::debug!(reference = %call.reference, digest = %blob.digest, %interrupted, "upload session lost, starting over");
+                        continue 'session;
+                    }
+                }
+            }
+            let response = self
+                .send(
+                    call,
+                    Step::BlobUpload,
+                    Method::PUT,
+                    with_digest(location, &blob.digest),
+                    octet_stream(),
+                    Body::Empty,
+                )
+                .await?;
+            match response.status() {
+                StatusCode::CREATED => return Ok(()),
+                StatusCode::NOT_FOUND if interruptions < config.max_attempts => {
+                    interruptions += 1;
+                }
+                _ => return Err(self.failure(call, Step::BlobUpload, response).await),
+            }
+        }
+    }
+
+    /// `GET` an upload session: where to continue and how many bytes the registry
+    /// holds (from its `Range: 0-<last>` header), or `None` when the registry no
+    /// longer knows the session or refuses to resume it.
+    async fn upload_status(
+        &self,
+        call: &Call<'_>,
+        location: &Url,
+    ) -> Result<Option<(Url, u64)>, OciError> {
+        let response = self
+            .send(
+                call,
+                Step::BlobUpload,
+                Method::GET,
+                location.clone(),
+                HeaderMap::new(),
+                Body::Empty,
+            )
+            .await?;
+        match response.status() {
+            StatusCode::NO_CONTENT | StatusCode::OK | StatusCode::ACCEPTED => {
+                let at = next_location(call, location, response.headers())?;
+                Ok(Some((
+                    at,
+                    upload_range_end(response.headers()).unwrap_or(0),
+                )))
+            }
+            StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST => Ok(None),
+            _ => Err(self.failure(call, Step::BlobUpload, response).await),
+        }
+    }
+
+    /// `POST /v2/<repo>/blobs/uploads/`: opens an upload session and returns its URL.
+    async fn start_upload(&self, call: &Call<'_>) -> Result<Url, OciError> {
         let url = self.url(call.reference, "blobs/uploads/")?;
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_LENGTH, 0.into());
@@ -718,24 +1037,7 @@ impl RegistryClient {
         if response.status() != StatusCode::ACCEPTED {
             return Err(self.failure(call, Step::BlobUpload, response).await);
         }
-        let location = response
-            .headers()
-            .get(LOCATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| OciError::Protocol {
-                reference: call.name(),
-                step: Step::BlobUpload,
-                reason: "upload started without a Location header".into(),
-            })?;
-        let mut put_url = url.join(location).map_err(|e| OciError::Protocol {
-            reference: call.name(),
-            step: Step::BlobUpload,
-            reason: format!("upload Location {location:?}: {e}"),
-        })?;
-        put_url
-            .query_pairs_mut()
-            .append_pair("digest", &blob.digest.to_string());
-        Ok(put_url)
+        next_location(call, &url, response.headers())
     }
 
     /// The error for a response a step did not expect: `Unauthorized` on 401 (its
@@ -749,7 +1051,7 @@ impl RegistryClient {
             OciError::Unauthorized {
                 reference,
                 step,
-                username: self.username(),
+                username: self.username(call.reference.registry()),
                 code,
                 message,
             }
@@ -937,6 +1239,25 @@ impl RegistryClient {
         self.ensure_pinged(&call).await?;
         let base_repository = base_repository(&manifest, target);
 
+        // A tag that already names this manifest means the registry holds every
+        // blob (it checks them when a manifest is written): one request, done.
+        let tag = target
+            .tag()
+            .map(str::to_owned)
+            .unwrap_or_else(|| image.digest.to_string());
+        let current = self.manifest_digest(&call, &tag).await?;
+        if current.as_ref() == Some(&image.digest) {
+            let distinct: BTreeSet<&Digest> = std::iter::once(&image.config.digest)
+                .chain(image.layers.iter().map(|l| &l.digest))
+                .collect();
+            return Ok(PushReport {
+                digest: Some(image.digest.clone()),
+                blobs_skipped: distinct.len() as u32,
+                requests: requests.load(Ordering::Relaxed),
+                ..PushReport::default()
+            });
+        }
+
         // Config and layers, each digest once.
         let mut seen = BTreeSet::new();
         let blobs: Vec<Blob> = std::iter::once(&image.config)
@@ -1014,12 +1335,7 @@ impl RegistryClient {
         }
         report.bytes_uploaded = uploaded_bytes.load(Ordering::Relaxed);
 
-        let tag = target
-            .tag()
-            .map(str::to_owned)
-            .unwrap_or_else(|| image.digest.to_string());
-        let current = self.manifest_digest(&call, &tag).await?;
-        if current.as_ref() != Some(&image.digest) {
+        {
             report.manifest_written = true;
             report.bytes_uploaded += image.manifest_size;
             if !ctx.dry_run() {
@@ -1050,6 +1366,70 @@ fn base_repository(manifest: &[u8], target: &ImageRef) -> Option<String> {
         .as_str()?;
     let base: ImageRef = base.parse().ok()?;
     (base.registry() == target.registry()).then(|| base.repository().to_owned())
+}
+
+/// The session URL from a response's `Location` (relative to `base`).
+fn next_location(call: &Call<'_>, base: &Url, headers: &HeaderMap) -> Result<Url, OciError> {
+    let location = headers
+        .get(LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| OciError::Protocol {
+            reference: call.name(),
+            step: Step::BlobUpload,
+            reason: "the upload answer has no Location header".into(),
+        })?;
+    base.join(location).map_err(|e| OciError::Protocol {
+        reference: call.name(),
+        step: Step::BlobUpload,
+        reason: format!("upload Location {location:?}: {e}"),
+    })
+}
+
+/// How many bytes an upload holds, from `Range: 0-<last>`. Distribution writes
+/// `0-0` for an empty session too; that reads as 0 (a resend of one byte is harmless).
+fn upload_range_end(headers: &HeaderMap) -> Option<u64> {
+    let range = headers.get(RANGE)?.to_str().ok()?;
+    let (_, last) = range.trim().trim_start_matches("bytes=").split_once('-')?;
+    let last: u64 = last.trim().parse().ok()?;
+    Some(if last == 0 { 0 } else { last + 1 })
+}
+
+/// The target of a `Link: <url>; rel="next"` header.
+fn next_page(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(reqwest::header::LINK)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find(|link| link.contains("rel=\"next\"") || link.contains("rel=next"))
+        .and_then(|link| {
+            let start = link.find('<')? + 1;
+            let end = link[start..].find('>')? + start;
+            Some(link[start..end].to_owned())
+        })
+}
+
+fn with_digest(mut url: Url, digest: &Digest) -> Url {
+    url.query_pairs_mut()
+        .append_pair("digest", &digest.to_string());
+    url
+}
+
+fn octet_stream() -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        CONTENT_TYPE,
+        reqwest::header::HeaderValue::from_static("application/octet-stream"),
+    );
+    headers
+}
+
+fn header_value(call: &Call<'_>, value: &str) -> Result<reqwest::header::HeaderValue, OciError> {
+    value.parse().map_err(|_| OciError::Protocol {
+        reference: call.name(),
+        step: Step::BlobUpload,
+        reason: format!("{value:?} is not a valid header value"),
+    })
 }
 
 fn accept_manifests() -> HeaderMap {
@@ -1204,6 +1584,25 @@ mod tests {
         assert_eq!(
             url_of(&insecure, "registry.lan:5000/api"),
             "http://registry.lan:5000/v2/api/blobs/uploads/"
+        );
+    }
+
+    #[test]
+    fn upload_ranges_and_next_links_parse() {
+        let mut headers = HeaderMap::new();
+        headers.insert(RANGE, "0-1048575".parse().expect("header"));
+        assert_eq!(upload_range_end(&headers), Some(1_048_576));
+        headers.insert(RANGE, "0-0".parse().expect("header"));
+        assert_eq!(upload_range_end(&headers), Some(0));
+        headers.insert(
+            reqwest::header::LINK,
+            r#"</v2/team/api/tags/list?last=t2&n=3>; rel="next""#
+                .parse()
+                .expect("header"),
+        );
+        assert_eq!(
+            next_page(&headers).as_deref(),
+            Some("/v2/team/api/tags/list?last=t2&n=3")
         );
     }
 

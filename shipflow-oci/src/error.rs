@@ -29,6 +29,8 @@ pub enum Step {
     ManifestGet,
     /// `PUT /v2/<repo>/manifests/<ref>`.
     ManifestPut,
+    /// `GET /v2/<repo>/tags/list`.
+    TagList,
     /// Reading the image from the local layout.
     ReadLocal,
 }
@@ -45,6 +47,7 @@ impl fmt::Display for Step {
             Step::ManifestHead => "manifest head",
             Step::ManifestGet => "manifest get",
             Step::ManifestPut => "manifest put",
+            Step::TagList => "tag list",
             Step::ReadLocal => "read local image",
         })
     }
@@ -173,6 +176,20 @@ pub enum OciError {
         reference: String,
         /// The step.
         step: Step,
+    },
+    /// A docker `config.json` or a credential helper could not give credentials.
+    #[error(
+        "docker config {}{}: {reason}",
+        path.display(),
+        registry.as_deref().map(|r| format!(" (registry {r})")).unwrap_or_default()
+    )]
+    DockerConfig {
+        /// The config file.
+        path: PathBuf,
+        /// The registry whose credentials were looked up.
+        registry: Option<String>,
+        /// What went wrong (never a secret).
+        reason: String,
     },
     /// The HTTP client could not be set up.
     #[error("cannot set up the HTTP client: {0}; check the TLS configuration")]

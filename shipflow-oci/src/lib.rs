@@ -28,25 +28,32 @@
 //!
 //! What [`RegistryClient`] does on a push: ping `/v2/` once per registry to learn its
 //! auth (anonymous, basic, or bearer tokens fetched per scope and cached), `HEAD`
-//! each blob, mount missing blobs from the repositories given to
-//! [`RegistryClientBuilder::mount_from`] or upload them (a few at once), then `HEAD`
-//! the tag and `PUT` the manifest only when the tag does not already point at it.
-//! Connection errors, 5xx and 429 (honouring `Retry-After` in seconds) are retried
-//! with exponential backoff and jitter. In dry-run, only reads are made and the
-//! report says what a push would upload.
+//! the tag (when it already names the manifest, that one request is the whole
+//! push), `HEAD` each blob, mount missing blobs from the repositories given to
+//! [`RegistryClientBuilder::mount_from`] (and from the base image's repository) or
+//! upload them a few at once, then `PUT` the manifest. Blobs up to 8 MiB go in one
+//! streamed `PUT`; larger ones in streamed `PATCH` chunks, and a chunk cut off by a
+//! connection reset or a 5xx resumes from the range the registry reports (or, when
+//! the registry refuses the session, starts that blob over). Connection errors, 5xx
+//! and 429 (honouring `Retry-After` in seconds) are retried with exponential backoff
+//! and jitter. In dry-run, only reads are made and the report says what a push
+//! would upload.
+//!
+//! Credentials are the explicit [`Credentials`] if given, else those a docker
+//! `config.json` ([`DockerConfig`]: `$DOCKER_CONFIG` or `~/.docker`) holds for the
+//! registry: `credHelpers`, `auths`, `credsStore`. No password or token ever
+//! appears in `Debug` output, logs or errors.
 //!
 //! [`NativeBuilder`] turns an app built `type = "native"` into an image in
 //! `<images>/<app>`: sorted tar entries with fixed mtimes (`SOURCE_DATE_EPOCH`),
 //! owners and modes, `.dockerignore` applied, symlinks kept (and refused when they
 //! leave the context), compressed in parallel in fixed gzip members so that the same
 //! inputs give the same digests on any machine.
-//!
-//! Uploads are monolithic (one `PUT` per blob, streamed from the layout's file);
-//! chunked `PATCH` uploads for very large blobs are not implemented yet.
 
 mod auth;
 mod builder;
 mod client;
+mod docker_config;
 mod dockerignore;
 mod error;
 mod gzip;
@@ -60,6 +67,7 @@ pub mod testing;
 pub use auth::Credentials;
 pub use builder::{BuildError, NativeBuilder};
 pub use client::{RegistryClient, RegistryClientBuilder};
+pub use docker_config::DockerConfig;
 pub use error::{OciError, Step};
 pub use layout::{LayoutError, OCI_MANIFEST_MEDIA_TYPE, OciLayout, REF_NAME_ANNOTATION};
 pub use store::LayoutRegistry;

@@ -63,6 +63,22 @@ impl BlobProgress {
         }
     }
 
+    /// A counter for one part of the same blob (a chunk), starting at zero.
+    pub(crate) fn part(&self) -> Self {
+        Self::new(self.progress.clone())
+    }
+
+    /// Takes back what this counter counted (its attempt failed).
+    pub(crate) fn take_back(&self) {
+        self.progress.sub(self.counted.swap(0, Ordering::Relaxed));
+    }
+
+    /// Counts `n` bytes the registry confirmed without them streaming through a reader.
+    pub(crate) fn confirm(&self, n: u64) {
+        self.counted.fetch_add(n, Ordering::Relaxed);
+        self.progress.add(n);
+    }
+
     /// Wraps `reader` for a new attempt, taking back what earlier attempts counted.
     pub(crate) fn reader<R>(&self, reader: R) -> CountingReader<R> {
         self.progress.sub(self.counted.swap(0, Ordering::Relaxed));

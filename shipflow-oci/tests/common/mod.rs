@@ -507,3 +507,86 @@ impl TestRegistry {
         self.port
     }
 }
+
+/// A loopback TCP proxy in front of a registry that resets the connection (TCP RST)
+/// carrying the request bytes past `reset_at` (counted over everything sent to the
+/// registry), once per entry of `reset_at`, and pipes everything else through.
+pub struct ResetProxy {
+    port: u16,
+    /// How many connections were reset.
+    pub resets: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl ResetProxy {
+    /// `reset_at`: byte counts (ascending) at which to cut the upload.
+    pub fn start(upstream_port: u16, reset_at: Vec<u64>) -> Self {
+        use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listener = TcpListener::bind("127.0.0.1:0").expect("proxy port");
+        let port = listener.local_addr().expect("addr").port();
+        let resets = Arc::new(AtomicUsize::new(0));
+        let counted = resets.clone();
+        let forwarded = Arc::new(AtomicU64::new(0));
+        let pending = Arc::new(Mutex::new(std::collections::VecDeque::from(reset_at)));
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let Ok(upstream) = TcpStream::connect(("127.0.0.1", upstream_port)) else {
+                    continue;
+                };
+                let (Ok(mut c2), Ok(mut u2)) = (client.try_clone(), upstream.try_clone()) else {
+                    continue;
+                };
+                let (forwarded, pending, counted) =
+                    (forwarded.clone(), pending.clone(), counted.clone());
+                std::thread::spawn(move || {
+                    let (mut client, mut upstream) = (client, upstream);
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = match client.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        let before = forwarded.fetch_add(n as u64, Ordering::SeqCst);
+                        let cut = {
+                            let mut pending = pending.lock().expect("reset plan");
+                            match pending.front() {
+                                Some(&at) if before + n as u64 > at => {
+                                    pending.pop_front();
+                                    Some((at.saturating_sub(before)) as usize)
+                                }
+                                _ => None,
+                            }
+                        };
+                        if let Some(keep) = cut {
+                            let _ = upstream.write_all(&buf[..keep]);
+                            for s in [&client, &upstream] {
+                                let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
+                            }
+                            let _ = client.shutdown(std::net::Shutdown::Both);
+                            let _ = upstream.shutdown(std::net::Shutdown::Both);
+                            counted.fetch_add(1, Ordering::SeqCst);
+                            return;
+                        }
+                        if upstream.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = upstream.shutdown(std::net::Shutdown::Write);
+                });
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut u2, &mut c2);
+                    let _ = c2.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        Self { port, resets }
+    }
+
+    /// A reference through the proxy.
+    pub fn reference(&self, repo_and_tag: &str) -> ImageRef {
+        format!("127.0.0.1:{}/{repo_and_tag}", self.port)
+            .parse()
+            .expect("valid test reference")
+    }
+}

@@ -1,0 +1,155 @@
+//! Native build of a ~200 MB directory into one gzip layer, against
+//! `tar -c DIR | gzip -6 > FILE` on the same data, in the same run (medians of
+//! alternating runs, so machine noise hits both sides alike).
+//!
+//! The tree: 400 files of 512 KiB in 20 directories; three quarters text-like
+//! (words from a small vocabulary, compressing about 3:1 like source code and
+//! JavaScript bundles), one quarter random bytes (like compiled binaries and images).
+//!
+//! Run with `cargo bench -p shipflow-oci --bench build` (needs `tar` and `gzip`).
+
+#![allow(missing_docs, clippy::print_stdout)]
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use shipflow_core::{BuildRequest, Context, EnvOverrides, ImageBuilder, Workspace};
+use shipflow_oci::NativeBuilder;
+
+const FILES: usize = 400;
+const FILE_SIZE: usize = 512 * 1024;
+const RUNS: usize = 5;
+
+fn main() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path().join("repo");
+    make_tree(&root.join("app"));
+    let workspace = Workspace::from_toml(
+        "[workspace]\nregistry = \"127.0.0.1:5000/bench\"\n[apps.app]\nbuild = { type = \"native\", layers = [{ from = \"app\", to = \"/app\" }] }\n",
+        &root,
+        &EnvOverrides::default(),
+    )
+    .expect("workspace");
+    let app = workspace.app("app").expect("app").clone();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let request = BuildRequest {
+        root: root.clone(),
+        tag: "bench".into(),
+        ..BuildRequest::default()
+    };
+    let native = |threads: Option<usize>, n: usize| {
+        let images = dir.path().join(format!("images-{n}-{threads:?}"));
+        let mut builder = NativeBuilder::new(&images);
+        if let Some(t) = threads {
+            builder = builder.compression_threads(t);
+        }
+        let started = Instant::now();
+        let image = runtime
+            .block_on(builder.build(&app, &request, &Context::new()))
+            .expect("native build");
+        let took = started.elapsed();
+        fs::remove_dir_all(&images).expect("clean images");
+        (took, image.layers[0].size)
+    };
+    let reference = |n: usize| {
+        let out = dir.path().join(format!("ref-{n}.tar.gz"));
+        let started = Instant::now();
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "tar -c -C '{}' app | gzip -6 > '{}'",
+                root.display(),
+                out.display()
+            ))
+            .status()
+            .expect("run tar | gzip");
+        assert!(status.success(), "tar | gzip failed");
+        let took = started.elapsed();
+        let size = fs::metadata(&out).expect("ref output").len();
+        fs::remove_file(&out).expect("clean ref");
+        (took, size)
+    };
+
+    let (mut ours, mut ours_single, mut theirs) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut our_size, mut their_size) = (0, 0);
+    native(None, 99); // warm the page cache
+    for n in 0..RUNS {
+        let (t, s) = reference(n);
+        theirs.push(t);
+        their_size = s;
+        let (t, s) = native(None, n);
+        ours.push(t);
+        our_size = s;
+        ours_single.push(native(Some(1), n).0);
+    }
+    let total = (FILES * FILE_SIZE) as f64 / 1e6;
+    let (m_ours, m_single, m_theirs) = (median(ours), median(ours_single), median(theirs));
+    println!("native build of {total:.0} MB, {FILES} files, median of {RUNS}:");
+    println!(
+        "  shipflow (all cores): {:>7.0} ms  ({:.0} MB/s, layer {} bytes)",
+        ms(m_ours),
+        total / m_ours.as_secs_f64(),
+        our_size
+    );
+    println!("  shipflow (1 thread):  {:>7.0} ms", ms(m_single));
+    println!(
+        "  tar -c | gzip -6:     {:>7.0} ms  (output {} bytes)",
+        ms(m_theirs),
+        their_size
+    );
+    println!(
+        "  ratio shipflow / tar|gzip: {:.2} (target <= 0.6); 1 thread: {:.2}",
+        m_ours.as_secs_f64() / m_theirs.as_secs_f64(),
+        m_single.as_secs_f64() / m_theirs.as_secs_f64()
+    );
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Deterministic content: xorshift-driven words (compressible) or raw bytes.
+fn make_tree(root: &Path) {
+    const WORDS: [&str; 32] = [
+        "fn", "let", "mut", "self", "return", "match", "impl", "struct", "const", "import",
+        "export", "function", "await", "async", "value", "error", "result", "string", "number",
+        "config", "request", "response", "handler", "client", "server", "index", "data", "=>", "{",
+        "}", "(", ");\n",
+    ];
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for i in 0..FILES {
+        let dir = root.join(format!("dir{:02}", i % 20));
+        fs::create_dir_all(&dir).expect("mkdir");
+        let mut content = Vec::with_capacity(FILE_SIZE + 16);
+        if i % 4 == 3 {
+            while content.len() < FILE_SIZE {
+                content.extend_from_slice(&next().to_le_bytes());
+            }
+        } else {
+            while content.len() < FILE_SIZE {
+                let r = next();
+                content.extend_from_slice(WORDS[(r % 32) as usize].as_bytes());
+                content.push(if r >> 60 == 0 { b'\n' } else { b' ' });
+            }
+        }
+        content.truncate(FILE_SIZE);
+        fs::write(dir.join(format!("file{i:03}.dat")), content).expect("write file");
+    }
+}

@@ -1,0 +1,302 @@
+//! [`DockerConfig`]: registry credentials from a docker `config.json`, the way the
+//! docker CLI finds them: `credHelpers` for the registry, then `auths`, then
+//! `credsStore`, helpers run as `docker-credential-<name> get`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use base64::Engine as _;
+use serde::Deserialize;
+
+use crate::{Credentials, OciError};
+
+/// The docker CLI's key for Docker Hub in `auths` and for credential helpers.
+const DOCKER_HUB_SERVER: &str = "https://index.docker.io/v1/";
+
+/// A parsed docker `config.json`: where credentials for each registry come from.
+///
+/// Its `Debug` output lists registries and helper names, never a secret.
+///
+/// ```no_run
+/// # fn main() -> Result<(), shipflow_oci::OciError> {
+/// // $DOCKER_CONFIG/config.json, else ~/.docker/config.json (None if neither exists).
+/// if let Some(config) = shipflow_oci::DockerConfig::load()? {
+///     let credentials = config.credentials("registry.example.com")?;
+///     println!("{credentials:?}"); // the password shows as <redacted>
+/// }
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DockerConfig {
+    #[serde(skip)]
+    path: Option<PathBuf>,
+    #[serde(default)]
+    auths: BTreeMap<String, AuthEntry>,
+    #[serde(default)]
+    creds_store: Option<String>,
+    #[serde(default)]
+    cred_helpers: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Default, Deserialize)]
+struct AuthEntry {
+    #[serde(default)]
+    auth: Option<String>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+}
+
+impl fmt::Debug for DockerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DockerConfig")
+            .field("path", &self.path)
+            .field("auths", &self.auths.keys().collect::<Vec<_>>())
+            .field("creds_store", &self.creds_store)
+            .field("cred_helpers", &self.cred_helpers)
+            .finish()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct HelperAnswer {
+    username: String,
+    secret: String,
+}
+
+impl DockerConfig {
+    /// Reads `$DOCKER_CONFIG/config.json`, else `$HOME/.docker/config.json`; `None`
+    /// when the file does not exist.
+    pub fn load() -> Result<Option<Self>, OciError> {
+        let dir = match std::env::var_os("DOCKER_CONFIG") {
+            Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+            _ => match std::env::var_os("HOME") {
+                Some(home) => Path::new(&home).join(".docker"),
+                None => return Ok(None),
+            },
+        };
+        let path = dir.join("config.json");
+        if !path.is_file() {
+            return Ok(None);
+        }
+        Self::from_file(&path).map(Some)
+    }
+
+    /// Reads the config file at `path`.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, OciError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| OciError::DockerConfig {
+            path: path.to_path_buf(),
+            registry: None,
+            reason: format!("cannot read it: {e}"),
+        })?;
+        let mut config = Self::from_json_at(&text, Some(path))?;
+        config.path = Some(path.to_path_buf());
+        Ok(config)
+    }
+
+    /// Parses the text of a `config.json`.
+    pub fn from_json(text: &str) -> Result<Self, OciError> {
+        Self::from_json_at(text, None)
+    }
+
+    fn from_json_at(text: &str, path: Option<&Path>) -> Result<Self, OciError> {
+        // serde_json's message names line and column, never the content.
+        serde_json::from_str(text).map_err(|e| OciError::DockerConfig {
+            path: path.map_or_else(|| PathBuf::from("config.json"), Path::to_path_buf),
+            registry: None,
+            reason: format!("invalid JSON: {e}"),
+        })
+    }
+
+    /// The credentials for `registry` (a host such as `127.0.0.1:5000` or
+    /// `docker.io`): its `credHelpers` entry, else its `auths` entry, else the
+    /// `credsStore`; `None` when none of them knows the registry.
+    pub fn credentials(&self, registry: &str) -> Result<Option<Credentials>, OciError> {
+        let server = if is_docker_hub(registry) {
+            DOCKER_HUB_SERVER
+        } else {
+            registry
+        };
+        if let Some(helper) = self
+            .cred_helpers
+            .iter()
+            .find(|(key, _)| same_registry(key, registry))
+            .map(|(_, helper)| helper)
+        {
+            return self.run_helper(helper, registry, server);
+        }
+        if let Some(entry) = self
+            .auths
+            .iter()
+            .find(|(key, _)| same_registry(key, registry))
+            .map(|(_, entry)| entry)
+            && let Some(credentials) = self.decode(entry, registry)?
+        {
+            return Ok(Some(credentials));
+        }
+        match &self.creds_store {
+            Some(store) if !store.is_empty() => self.run_helper(store, registry, server),
+            _ => Ok(None),
+        }
+    }
+
+    fn error(&self, registry: &str, reason: String) -> OciError {
+        OciError::DockerConfig {
+            path: self
+                .path
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("config.json")),
+            registry: Some(registry.to_owned()),
+            reason,
+        }
+    }
+
+    fn decode(&self, entry: &AuthEntry, registry: &str) -> Result<Option<Credentials>, OciError> {
+        if let Some(auth) = entry.auth.as_deref().filter(|a| !a.is_empty()) {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(auth.trim())
+                .ok()
+                .and_then(|bytes| String::from_utf8(bytes).ok())
+                .ok_or_else(|| {
+                    self.error(registry, "its `auth` is not base64 of user:password".into())
+                })?;
+            let (user, password) = decoded.split_once(':').ok_or_else(|| {
+                self.error(
+                    registry,
+                    "its `auth` has no ':' between user and password".into(),
+                )
+            })?;
+            return Ok(Some(Credentials::basic(user, password)));
+        }
+        Ok(match (&entry.username, &entry.password) {
+            (Some(user), Some(password)) => Some(Credentials::basic(user, password)),
+            _ => None,
+        })
+    }
+
+    /// `docker-credential-<helper> get` with the server on stdin.
+    fn run_helper(
+        &self,
+        helper: &str,
+        registry: &str,
+        server: &str,
+    ) -> Result<Option<Credentials>, OciError> {
+        let program = format!("docker-credential-{helper}");
+        let mut child = Command::new(&program)
+            .arg("get")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| {
+                self.error(
+                    registry,
+                    format!(
+                        "cannot run {program}: {e}; install the helper or remove it from the config"
+                    ),
+                )
+            })?;
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(server.as_bytes());
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|e| self.error(registry, format!("{program} get failed: {e}")))?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            // The protocol's answer for an unknown server; anything else is a failure.
+            // Helper output is never quoted: it may hold a secret.
+            if stdout.contains("credentials not found")
+                || String::from_utf8_lossy(&out.stderr).contains("credentials not found")
+            {
+                return Ok(None);
+            }
+            return Err(self.error(
+                registry,
+                format!(
+                    "{program} get exited with {}; run `{program} list` to check it",
+                    out.status
+                ),
+            ));
+        }
+        let answer: HelperAnswer = serde_json::from_slice(&out.stdout).map_err(|_| {
+            self.error(
+                registry,
+                format!("{program} get did not answer {{\"Username\", \"Secret\"}} JSON"),
+            )
+        })?;
+        Ok(Some(Credentials::basic(answer.username, answer.secret)))
+    }
+}
+
+fn is_docker_hub(registry: &str) -> bool {
+    matches!(
+        registry,
+        "docker.io" | "index.docker.io" | "registry-1.docker.io"
+    )
+}
+
+/// Whether a config key (`https://host:port/v1/`, `host:port`, …) names `registry`.
+fn same_registry(key: &str, registry: &str) -> bool {
+    let host = key
+        .trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    host == registry || (is_docker_hub(host) && is_docker_hub(registry))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auths_decode_base64_and_plain_fields_matching_any_key_form() {
+        let auth = base64::engine::general_purpose::STANDARD.encode("ci:s3cret");
+        let config = DockerConfig::from_json(&format!(
+            r#"{{"auths": {{"https://reg.example.com/v1/": {{"auth": "{auth}"}},
+                "other:5000": {{"username": "u", "password": "p"}},
+                "https://index.docker.io/v1/": {{"auth": "{auth}"}}}}}}"#
+        ))
+        .expect("valid config");
+        let c = config
+            .credentials("reg.example.com")
+            .expect("lookup")
+            .expect("found");
+        assert_eq!((c.username(), c.password()), ("ci", "s3cret"));
+        let c = config
+            .credentials("other:5000")
+            .expect("lookup")
+            .expect("found");
+        assert_eq!((c.username(), c.password()), ("u", "p"));
+        assert!(config.credentials("docker.io").expect("lookup").is_some());
+        assert!(
+            config
+                .credentials("unknown.example.com")
+                .expect("lookup")
+                .is_none()
+        );
+        assert!(!format!("{config:?}").contains(&auth));
+    }
+
+    #[test]
+    fn a_bad_auth_entry_is_an_error_without_the_secret() {
+        let config = DockerConfig::from_json(r#"{"auths": {"reg": {"auth": "bm9jb2xvbg=="}}}"#)
+            .expect("valid");
+        let err = config.credentials("reg").expect_err("no colon");
+        let text = err.to_string();
+        assert!(
+            text.contains("reg") && !text.contains("nocolon") && !text.contains("bm9jb2xvbg"),
+            "{text}"
+        );
+    }
+}
