@@ -36,6 +36,8 @@
 
 mod deployer;
 mod error;
+mod lock;
+mod retry;
 mod status;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -44,3 +46,5 @@ pub use deployer::{
     CHANGE_CAUSE_ANNOTATION, FINGERPRINT_ANNOTATION, GIT_SHA_ANNOTATION, KubeDeployer,
 };
 pub use error::{FailedPod, KubeError};
+pub use lock::{DeployLock, LOCK_PREFIX, LockOptions};
+pub use retry::RetryPolicy;
