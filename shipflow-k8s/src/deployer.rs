@@ -187,7 +187,10 @@ impl Target {
         )
     }
 
-    fn api_error(&self, step: &'static str) -> impl FnOnce(kube::Error) -> KubeError + '_ {
+    pub(crate) fn api_error(
+        &self,
+        step: &'static str,
+    ) -> impl FnOnce(kube::Error) -> KubeError + '_ {
         move |source| match &source {
             kube::Error::Api(status) if status.code == 409 => KubeError::Conflict {
                 app: self.app.clone(),
@@ -327,7 +330,11 @@ impl KubeDeployer {
         Api::namespaced(self.client.clone(), &t.namespace)
     }
 
-    async fn get(&self, t: &Target, step: &'static str) -> Result<Deployment, KubeError> {
+    pub(crate) async fn get(
+        &self,
+        t: &Target,
+        step: &'static str,
+    ) -> Result<Deployment, KubeError> {
         let api = self.deployments(t);
         self.retry
             .run(step, false, || api.get_opt(&t.deployment))
@@ -438,7 +445,7 @@ impl KubeDeployer {
 
     /// Watches the Deployment (and, once it exists, the new ReplicaSet's pods) until
     /// generation `generation` is rolled out, or fails.
-    async fn wait_for_rollout(
+    pub(crate) async fn wait_for_rollout(
         &self,
         t: &Target,
         start: Deployment,

@@ -34,6 +34,7 @@
 //! # }
 //! ```
 
+mod configmap;
 mod deployer;
 mod error;
 mod lock;
@@ -42,6 +43,7 @@ mod status;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use configmap::{CONFIG_MAP_LABEL, ConfigRollout, EnvConfigMap};
 pub use deployer::{
     CHANGE_CAUSE_ANNOTATION, FINGERPRINT_ANNOTATION, GIT_SHA_ANNOTATION, KubeDeployer,
 };
