@@ -34,6 +34,7 @@
 //! # }
 //! ```
 
+mod apply;
 mod configmap;
 mod deployer;
 mod error;
@@ -43,6 +44,7 @@ mod status;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use apply::{APPLY_KINDS, Applied, ApplyOptions};
 pub use configmap::{CONFIG_MAP_LABEL, ConfigRollout, EnvConfigMap};
 pub use deployer::{
     CHANGE_CAUSE_ANNOTATION, FINGERPRINT_ANNOTATION, GIT_SHA_ANNOTATION, KubeDeployer,

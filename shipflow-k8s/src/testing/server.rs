@@ -147,6 +147,7 @@ pub(crate) async fn handle(
         ));
     };
     let method = req.method().clone();
+    let dry_run = query(&req, "dryRun").is_some_and(|d| d == "All");
     Ok(match (method, name) {
         (Method::GET, Some(name)) => get(&shared, kind, &ns, &name),
         (Method::GET, None) if watch => watch_response(&shared, &req, kind, &ns),
@@ -186,7 +187,7 @@ pub(crate) async fn handle(
                 }
             };
             match read_json(req).await {
-                Ok(p) if how == PatchKind::Apply => apply(&shared, kind, &ns, &name, p),
+                Ok(p) if how == PatchKind::Apply => apply(&shared, kind, &ns, &name, p, dry_run),
                 Ok(p) => patch(&shared, kind, &ns, &name, &p, how == PatchKind::Strategic),
                 Err(res) => res,
             }
@@ -445,10 +446,24 @@ fn patch(
 
 /// Server-side apply, simplified: creates the object, or merges the applied fields
 /// into it (containers by name). Field ownership and conflicts between managers are
-/// not modelled; applying the same manifest again changes nothing.
-fn apply(shared: &Arc<Shared>, kind: Kind, ns: &str, name: &str, p: Value) -> Response<Body> {
+/// not modelled; applying the same manifest again changes nothing. A dry run
+/// answers with the merged object and stores nothing.
+fn apply(
+    shared: &Arc<Shared>,
+    kind: Kind,
+    ns: &str,
+    name: &str,
+    p: Value,
+    dry_run: bool,
+) -> Response<Body> {
     let st = shared.lock();
-    match current(&st, kind, ns, name) {
+    let now = current(&st, kind, ns, name);
+    if dry_run {
+        let mut next = now.unwrap_or_default();
+        merge(&mut next, &p, true);
+        return json_response(StatusCode::OK, &next);
+    }
+    match now {
         None => {
             drop(st);
             let mut obj = p;
