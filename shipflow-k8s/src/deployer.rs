@@ -15,8 +15,12 @@ use shipflow_core::{
     Revision, RollbackTarget, Rollout,
 };
 
+use std::future::Future;
+
 use crate::FailedPod;
 use crate::KubeError;
+use crate::lock::{self, DeployLock, LockOptions};
+use crate::retry::RetryPolicy;
 use crate::status::{HASH_LABEL, Progress, assess, pod_failure, revision, waiting_for};
 
 /// The annotation with the app's input fingerprint.
@@ -38,9 +42,11 @@ const WATCH_SECONDS: u32 = 290;
 /// in the Deployment stays as it is. See the [crate docs](crate) for an example.
 #[derive(Clone)]
 pub struct KubeDeployer {
-    client: Client,
+    pub(crate) client: Client,
     timeout: Duration,
     restart_budget: u32,
+    pub(crate) retry: RetryPolicy,
+    lock: Option<LockOptions>,
 }
 
 impl std::fmt::Debug for KubeDeployer {
@@ -48,17 +54,22 @@ impl std::fmt::Debug for KubeDeployer {
         f.debug_struct("KubeDeployer")
             .field("timeout", &self.timeout)
             .field("restart_budget", &self.restart_budget)
+            .field("retry", &self.retry)
+            .field("lock", &self.lock)
             .finish_non_exhaustive()
     }
 }
 
 impl KubeDeployer {
-    /// A deployer using `client`; timeout 10 minutes, restart budget 2.
+    /// A deployer using `client`; timeout 10 minutes, restart budget 2, the default
+    /// [`RetryPolicy`], no deploy lock.
     pub fn new(client: Client) -> Self {
         Self {
             client,
             timeout: Duration::from_secs(600),
             restart_budget: 2,
+            retry: RetryPolicy::default(),
+            lock: None,
         }
     }
 
@@ -77,6 +88,59 @@ impl KubeDeployer {
         self
     }
 
+    /// How API requests that fail for a passing reason (5xx, 429, a broken
+    /// connection, a 409 on the image patch) are retried.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// Makes [`deploy`](Deployer::deploy) and [`rollback`](Deployer::rollback) hold the
+    /// app's deploy lock (a Lease, see [`KubeDeployer::lock`]) while they run, so two
+    /// pipelines never roll one app at once. Dry runs take no lock.
+    pub fn deploy_lock(mut self, options: LockOptions) -> Self {
+        self.lock = Some(options);
+        self
+    }
+
+    /// Takes the deploy lock of `app`: the Lease `shipflow-lock-<app>` in the app's
+    /// namespace, waiting up to [`LockOptions::wait`] (the deployer's
+    /// [`deploy_lock`](Self::deploy_lock) options, or the defaults) while another
+    /// holder has it, then failing with [`KubeError::Locked`] naming the holder and
+    /// when it expires. Hold it across several steps (a ConfigMap and an image, say)
+    /// and [`release`](DeployLock::release) it at the end, also on failure; a
+    /// deploy with the same identity inside it does not take it again.
+    pub async fn lock(&self, app: &App, ctx: &Context) -> Result<DeployLock, KubeError> {
+        let t = Target::of(app)?;
+        let options = self.lock.clone().unwrap_or_default();
+        lock::acquire(
+            &self.client,
+            &self.retry,
+            &t.app,
+            &t.namespace,
+            &options,
+            ctx,
+        )
+        .await
+    }
+
+    /// Runs `work` holding the app's deploy lock when one is configured; the lock is
+    /// released whether `work` succeeds or fails.
+    async fn locked<T, F>(&self, app: &App, ctx: &Context, work: F) -> Result<T, BoxError>
+    where
+        F: Future<Output = Result<T, BoxError>>,
+    {
+        if self.lock.is_none() || ctx.dry_run() {
+            return work.await;
+        }
+        let held = self.lock(app, ctx).await?;
+        let result = work.await;
+        let released = held.release().await;
+        let value = result?;
+        released?;
+        Ok(value)
+    }
+
     /// How many restarts a new pod in `CrashLoopBackOff` may have before the rollout
     /// fails without waiting for the progress deadline.
     pub fn restart_budget(mut self, restarts: u32) -> Self {
@@ -86,15 +150,15 @@ impl KubeDeployer {
 }
 
 /// The Deployment and container an app deploys to.
-struct Target {
-    app: String,
-    namespace: String,
-    deployment: String,
-    container: String,
+pub(crate) struct Target {
+    pub(crate) app: String,
+    pub(crate) namespace: String,
+    pub(crate) deployment: String,
+    pub(crate) container: String,
 }
 
 impl Target {
-    fn of(app: &App) -> Result<Self, KubeError> {
+    pub(crate) fn of(app: &App) -> Result<Self, KubeError> {
         let k8s = app
             .deploy
             .kubernetes
@@ -123,7 +187,10 @@ impl Target {
         )
     }
 
-    fn api_error(&self, step: &'static str) -> impl FnOnce(kube::Error) -> KubeError + '_ {
+    pub(crate) fn api_error(
+        &self,
+        step: &'static str,
+    ) -> impl FnOnce(kube::Error) -> KubeError + '_ {
         move |source| match &source {
             kube::Error::Api(status) if status.code == 409 => KubeError::Conflict {
                 app: self.app.clone(),
@@ -263,9 +330,14 @@ impl KubeDeployer {
         Api::namespaced(self.client.clone(), &t.namespace)
     }
 
-    async fn get(&self, t: &Target, step: &'static str) -> Result<Deployment, KubeError> {
-        self.deployments(t)
-            .get_opt(&t.deployment)
+    pub(crate) async fn get(
+        &self,
+        t: &Target,
+        step: &'static str,
+    ) -> Result<Deployment, KubeError> {
+        let api = self.deployments(t);
+        self.retry
+            .run(step, false, || api.get_opt(&t.deployment))
             .await
             .map_err(t.api_error(step))?
             .ok_or_else(|| t.not_found(step))
@@ -279,8 +351,10 @@ impl KubeDeployer {
         step: &'static str,
     ) -> Result<Vec<ReplicaSet>, KubeError> {
         let api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), &t.namespace);
-        let list = api
-            .list(&ListParams::default().labels(&selector_of(dep)))
+        let lp = ListParams::default().labels(&selector_of(dep));
+        let list = self
+            .retry
+            .run(step, false, || api.list(&lp))
             .await
             .map_err(t.api_error(step))?;
         let uid = dep.metadata.uid.as_deref();
@@ -334,8 +408,10 @@ impl KubeDeployer {
         selector: &str,
         step: &'static str,
     ) -> Result<(String, BoxStream<'static, kube::Result<WatchEvent<Pod>>>), KubeError> {
-        let pods = api
-            .list(&ListParams::default().labels(selector))
+        let lp = ListParams::default().labels(selector);
+        let pods = self
+            .retry
+            .run(step, false, || api.list(&lp))
             .await
             .map_err(t.api_error(step))?;
         for pod in &pods.items {
@@ -359,12 +435,17 @@ impl KubeDeployer {
         let wp = WatchParams::default()
             .labels(selector)
             .timeout(WATCH_SECONDS);
-        Ok(api.watch(&wp, rv).await.map_err(t.api_error(step))?.boxed())
+        Ok(self
+            .retry
+            .run(step, false, || api.watch(&wp, rv))
+            .await
+            .map_err(t.api_error(step))?
+            .boxed())
     }
 
     /// Watches the Deployment (and, once it exists, the new ReplicaSet's pods) until
     /// generation `generation` is rolled out, or fails.
-    async fn wait_for_rollout(
+    pub(crate) async fn wait_for_rollout(
         &self,
         t: &Target,
         start: Deployment,
@@ -380,8 +461,9 @@ impl KubeDeployer {
             .timeout(WATCH_SECONDS);
         let mut rv = start.metadata.resource_version.clone().unwrap_or_default();
         let mut dep = start;
-        let mut stream = api
-            .watch(&wp, &rv)
+        let mut stream = self
+            .retry
+            .run(step, false, || api.watch(&wp, &rv))
             .await
             .map_err(t.api_error(step))?
             .boxed();
@@ -528,9 +610,10 @@ impl Deployer for KubeDeployer {
     async fn current(&self, app: &App, _ctx: &Context) -> Result<Option<Deployed>, BoxError> {
         let t = Target::of(app)?;
         let step = "read deployment";
+        let api = self.deployments(&t);
         let Some(dep) = self
-            .deployments(&t)
-            .get_opt(&t.deployment)
+            .retry
+            .run(step, false, || api.get_opt(&t.deployment))
             .await
             .map_err(t.api_error(step))?
         else {
@@ -546,6 +629,32 @@ impl Deployer for KubeDeployer {
     }
 
     async fn deploy(
+        &self,
+        app: &App,
+        image: &ImageRef,
+        meta: &DeployMeta,
+        ctx: &Context,
+    ) -> Result<Rollout, BoxError> {
+        self.locked(app, ctx, self.deploy_image(app, image, meta, ctx))
+            .await
+    }
+
+    async fn rollback(
+        &self,
+        app: &App,
+        to: RollbackTarget,
+        ctx: &Context,
+    ) -> Result<Rollout, BoxError> {
+        self.locked(app, ctx, self.roll_back(app, to, ctx)).await
+    }
+
+    async fn history(&self, app: &App, ctx: &Context) -> Result<Vec<Revision>, BoxError> {
+        self.revisions(app, ctx).await
+    }
+}
+
+impl KubeDeployer {
+    async fn deploy_image(
         &self,
         app: &App,
         image: &ImageRef,
@@ -604,9 +713,15 @@ impl Deployer for KubeDeployer {
                 {"name": t.container, "image": wanted}
             ]}}},
         });
+        // No resourceVersion precondition: a 409 is the server's own update race.
+        let api = self.deployments(&t);
+        let params = Self::params();
+        let patch = Patch::Strategic(&patch);
         let patched = self
-            .deployments(&t)
-            .patch(&t.deployment, &Self::params(), &Patch::Strategic(&patch))
+            .retry
+            .run("patch image", true, || {
+                api.patch(&t.deployment, &params, &patch)
+            })
             .await
             .map_err(t.api_error("patch image"))?;
         tracing::debug!(app = %t.app, workload = %t.workload(), generation = ?patched.metadata.generation, "patched image");
@@ -621,7 +736,7 @@ impl Deployer for KubeDeployer {
         })
     }
 
-    async fn rollback(
+    async fn roll_back(
         &self,
         app: &App,
         to: RollbackTarget,
@@ -720,7 +835,7 @@ impl Deployer for KubeDeployer {
         })
     }
 
-    async fn history(&self, app: &App, _ctx: &Context) -> Result<Vec<Revision>, BoxError> {
+    async fn revisions(&self, app: &App, _ctx: &Context) -> Result<Vec<Revision>, BoxError> {
         let t = Target::of(app)?;
         let step = "history";
         let dep = self.get(&t, step).await?;

@@ -172,6 +172,82 @@ pub enum KubeError {
         available: Vec<u64>,
     },
 
+    /// A request about an object other than the app's Deployment (a Lease, a
+    /// ConfigMap, an applied manifest) failed.
+    #[error(
+        "app {app}: {step}: {object}: Kubernetes API request failed: {source}; check access (kubectl auth can-i) and the cluster, then retry"
+    )]
+    Request {
+        /// The app, or what is being deployed (a ConfigMap, a manifest directory).
+        app: String,
+        /// What the request was about, e.g. `lease default/shipflow-lock-api`.
+        object: String,
+        /// The step.
+        step: &'static str,
+        /// The client's error.
+        #[source]
+        source: Box<kube::Error>,
+    },
+
+    /// Another pipeline held the app's deploy lock for longer than shipflow would wait.
+    #[error(
+        "app {app}: take deploy lock: lease {lease} is held by {holder} until {expires} (waited {waited:?}); wait for that pipeline to finish, or if it died, delete the lease (kubectl -n {namespace} delete lease {name}) or let it expire",
+        namespace = lease.split('/').next().unwrap_or_default(),
+        name = lease.split('/').nth(1).unwrap_or_default()
+    )]
+    Locked {
+        /// The app.
+        app: String,
+        /// The Lease, `namespace/name`.
+        lease: String,
+        /// Its holder's identity.
+        holder: String,
+        /// When it expires unless renewed (RFC 3339).
+        expires: String,
+        /// How long shipflow waited.
+        waited: std::time::Duration,
+    },
+
+    /// An env file could not be read or has a line that is not `KEY=VALUE`.
+    #[error("config map {name}: read {path}{at}: {message}; fix the file", at = line.map(|l| format!(" line {l}")).unwrap_or_default())]
+    EnvFile {
+        /// The ConfigMap's base name.
+        name: String,
+        /// The file.
+        path: std::path::PathBuf,
+        /// The 1-based line, when one line is at fault.
+        line: Option<usize>,
+        /// What is wrong.
+        message: String,
+    },
+
+    /// A manifest could not be read, parsed or applied.
+    #[error("apply {path} document {document}: {message}; fix the manifest")]
+    Manifest {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The 0-based index of the YAML document in the file.
+        document: usize,
+        /// What is wrong.
+        message: String,
+    },
+
+    /// Applying one manifest's object was refused by the API server.
+    #[error(
+        "apply {path} document {document}: {object}: Kubernetes API request failed: {source}; fix the manifest, or apply with force if another field manager owns the fields"
+    )]
+    Apply {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The 0-based index of the YAML document in the file.
+        document: usize,
+        /// `Kind namespace/name`.
+        object: String,
+        /// The client's error.
+        #[source]
+        source: Box<kube::Error>,
+    },
+
     /// The run was cancelled while waiting.
     #[error(
         "app {app}: {step}: deployment {workload}: cancelled; the rollout continues in the cluster, check it with `kubectl rollout status`"

@@ -34,13 +34,21 @@
 //! # }
 //! ```
 
+mod apply;
+mod configmap;
 mod deployer;
 mod error;
+mod lock;
+mod retry;
 mod status;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use apply::{APPLY_KINDS, Applied, ApplyOptions};
+pub use configmap::{CONFIG_MAP_LABEL, ConfigRollout, EnvConfigMap};
 pub use deployer::{
     CHANGE_CAUSE_ANNOTATION, FINGERPRINT_ANNOTATION, GIT_SHA_ANNOTATION, KubeDeployer,
 };
 pub use error::{FailedPod, KubeError};
+pub use lock::{DeployLock, LOCK_PREFIX, LockOptions};
+pub use retry::RetryPolicy;

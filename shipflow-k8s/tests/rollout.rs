@@ -9,7 +9,7 @@ use shipflow_core::{
     EventSink, Fingerprint, ImageRef, RollbackTarget, Workspace,
 };
 use shipflow_k8s::testing::{Outcome, SimCluster};
-use shipflow_k8s::{KubeDeployer, KubeError};
+use shipflow_k8s::{KubeDeployer, KubeError, RetryPolicy};
 
 const NS: &str = "default";
 const V1: &str = "registry.local/api:v1";
@@ -762,7 +762,7 @@ async fn a_conflicting_change_during_rollback_is_reported_as_such() {
 async fn a_server_error_names_the_step() {
     let sim = sim(1).await;
     let ws = workspace();
-    let deployer = KubeDeployer::new(sim.client());
+    let deployer = KubeDeployer::new(sim.client()).retry(RetryPolicy::none());
     sim.fail_next(
         "GET",
         "/apis/apps/v1/namespaces/default/deployments/api",

@@ -279,6 +279,18 @@ fn refresh(shared: &Shared, st: &mut State, ns: &str, dep: &mut Value, new_rs: &
     );
     let desired = dep["spec"]["replicas"].as_u64().unwrap_or(1);
     if updated_ready == desired && total == updated {
+        let generation = dep["metadata"]["generation"].as_u64().unwrap_or(1);
+        let key = (
+            ns.to_owned(),
+            dep["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            generation,
+        );
+        st.ready_at
+            .entry(key)
+            .or_insert_with(std::time::Instant::now);
         set_condition(
             dep,
             "Available",

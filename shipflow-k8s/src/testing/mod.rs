@@ -1,8 +1,11 @@
 //! A simulated Kubernetes API server for tests, reached through the real [`kube::Client`]
 //! over HTTP (feature `testing`).
 //!
-//! It serves `apps/v1` Deployments and ReplicaSets and `v1` Pods (GET, LIST and WATCH
-//! with label and field selectors, POST, and strategic-merge or JSON-merge PATCH), and
+//! It serves `apps/v1` Deployments and ReplicaSets, `v1` Pods, ConfigMaps and Services
+//! and `coordination.k8s.io/v1` Leases (GET, LIST and WATCH with label and field
+//! selectors, POST, PUT and DELETE with resourceVersion preconditions, and
+//! strategic-merge, JSON-merge or server-side-apply PATCH; apply is simplified: it
+//! merges the applied fields and does not track field managers), and
 //! runs a Deployment controller that moves each rollout forward one step at a time as
 //! the deployment's scripted [`Outcome`] says: a new ReplicaSet per pod template with
 //! the next `deployment.kubernetes.io/revision`, new pods, old pods removed, and the
@@ -169,12 +172,77 @@ impl SimCluster {
 
     /// Answers the next request `verb path` (e.g. `"PATCH"`,
     /// `"/apis/apps/v1/namespaces/default/deployments/api"`) with an error status
-    /// `code` (409, 429, 500, 503, ...) instead of serving it. Each call fails one request.
+    /// `code` (409, 429, 500, 503, ...) instead of serving it; code 0 breaks the
+    /// connection instead (see [`drop_next`](Self::drop_next)). Each call fails one request.
     pub fn fail_next(&self, verb: &str, path: &str, code: u16) {
         self.shared
             .lock()
             .faults
             .push((format!("{verb} {path}"), code));
+    }
+
+    /// Breaks the connection of the next request `verb path` mid-answer, as a flaky
+    /// network or a restarting API server does: the client sees a transport error,
+    /// not a status.
+    pub fn drop_next(&self, verb: &str, path: &str) {
+        self.fail_next(verb, path, 0);
+    }
+
+    /// When the controller finished rolling out generation `generation` of the
+    /// Deployment `ns/name` (every replica new and ready, no old one left).
+    pub fn ready_at(&self, ns: &str, name: &str, generation: u64) -> Option<std::time::Instant> {
+        self.shared
+            .lock()
+            .ready_at
+            .get(&(ns.to_owned(), name.to_owned(), generation))
+            .copied()
+    }
+
+    /// The stored ConfigMap `ns/name`, as JSON.
+    pub fn config_map(&self, ns: &str, name: &str) -> Option<Value> {
+        self.object(Kind::ConfigMap, ns, name)
+    }
+
+    /// The stored Service `ns/name`, as JSON.
+    pub fn service(&self, ns: &str, name: &str) -> Option<Value> {
+        self.object(Kind::Service, ns, name)
+    }
+
+    /// The stored Lease `ns/name`, as JSON.
+    pub fn lease(&self, ns: &str, name: &str) -> Option<Value> {
+        self.object(Kind::Lease, ns, name)
+    }
+
+    /// Stores `object` (a ConfigMap, Service, Lease, Pod or ReplicaSet as JSON, with
+    /// `metadata.name`) as if created through the API; Deployments use
+    /// [`seed_deployment`](Self::seed_deployment) or [`seed_deployment_json`](Self::seed_deployment_json).
+    ///
+    /// # Panics
+    /// If `kind` is not one the server serves.
+    pub fn seed_object(&self, kind: &str, ns: &str, object: Value) {
+        let kind = match kind {
+            "ConfigMap" => Kind::ConfigMap,
+            "Service" => Kind::Service,
+            "Lease" => Kind::Lease,
+            "Pod" => Kind::Pod,
+            "ReplicaSet" => Kind::ReplicaSet,
+            other => panic!("the simulated server does not serve {other}"),
+        };
+        let mut st = self.shared.lock();
+        self.shared.put(&mut st, kind, ns, object);
+    }
+
+    /// Creates a Deployment from its JSON (`metadata.name`, `spec` with `replicas`,
+    /// `selector` and `template`), already rolled out like
+    /// [`seed_deployment`](Self::seed_deployment).
+    pub fn seed_deployment_json(&self, ns: &str, mut dep: Value) {
+        let name = dep["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        dep["metadata"]["generation"] = 1.into();
+        let mut st = self.shared.lock();
+        controller::seed(&self.shared, &mut st, ns, &name, dep);
     }
 
     /// The stored Deployment `ns/name`, as JSON.

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 
 use super::controller;
-use super::store::{Change, Kind, Shared, ensure_object, fields_match, labels_match, merge};
+use super::store::{Change, Kind, Shared, State, ensure_object, fields_match, labels_match, merge};
 
 pub(crate) type Body = BoxBody<Bytes, Infallible>;
 
@@ -103,6 +103,9 @@ pub(crate) async fn handle(
         at.map(|i| st.faults.remove(i).1)
     };
     if let Some(code) = fault {
+        if code == 0 {
+            return Ok(broken_response());
+        }
         let code = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let reason = match code.as_u16() {
             409 => "Conflict",
@@ -115,13 +118,19 @@ pub(crate) async fn handle(
     }
 
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let (ns, plural, name) = match segments.as_slice() {
-        ["api", "v1", "namespaces", ns, plural, rest @ ..]
-        | ["apis", "apps", "v1", "namespaces", ns, plural, rest @ ..]
-            if rest.len() <= 1 =>
-        {
-            (ns.to_string(), *plural, rest.first().map(|s| s.to_string()))
-        }
+    let (group_version, ns, plural, name) = match segments.as_slice() {
+        ["api", "v1", "namespaces", ns, plural, rest @ ..] if rest.len() <= 1 => (
+            "v1".to_owned(),
+            ns.to_string(),
+            *plural,
+            rest.first().map(|s| s.to_string()),
+        ),
+        ["apis", group, "v1", "namespaces", ns, plural, rest @ ..] if rest.len() <= 1 => (
+            format!("{group}/v1"),
+            ns.to_string(),
+            *plural,
+            rest.first().map(|s| s.to_string()),
+        ),
         _ => {
             return Ok(status(
                 StatusCode::NOT_FOUND,
@@ -130,27 +139,32 @@ pub(crate) async fn handle(
             ));
         }
     };
-    let Some(kind) = Kind::from_plural(plural) else {
+    let Some(kind) = Kind::from_plural(plural).filter(|k| k.api_version() == group_version) else {
         return Ok(status(
             StatusCode::NOT_FOUND,
             "NotFound",
             format!("the server could not find the requested resource ({path})"),
         ));
     };
-    if path.starts_with("/api/v1/") != (kind == Kind::Pod) {
-        return Ok(status(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            format!("no {plural} in this group ({path})"),
-        ));
-    }
     let method = req.method().clone();
+    let dry_run = query(&req, "dryRun").is_some_and(|d| d == "All");
     Ok(match (method, name) {
         (Method::GET, Some(name)) => get(&shared, kind, &ns, &name),
         (Method::GET, None) if watch => watch_response(&shared, &req, kind, &ns),
         (Method::GET, None) => list(&shared, &req, kind, &ns),
         (Method::POST, None) => match read_json(req).await {
             Ok(obj) => create(&shared, kind, &ns, obj),
+            Err(res) => res,
+        },
+        (Method::PUT, Some(name)) => match read_json(req).await {
+            Ok(obj) => replace(&shared, kind, &ns, &name, obj),
+            Err(res) => res,
+        },
+        (Method::DELETE, Some(name)) => match read_body(req).await {
+            Ok(body) => {
+                let options: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                delete(&shared, kind, &ns, &name, &options)
+            }
             Err(res) => res,
         },
         (Method::PATCH, Some(name)) => {
@@ -160,9 +174,10 @@ pub(crate) async fn handle(
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default()
                 .to_owned();
-            let strategic = match content.as_str() {
-                "application/strategic-merge-patch+json" => true,
-                "application/merge-patch+json" => false,
+            let how = match content.as_str() {
+                "application/strategic-merge-patch+json" => PatchKind::Strategic,
+                "application/merge-patch+json" => PatchKind::Merge,
+                "application/apply-patch+yaml" => PatchKind::Apply,
                 other => {
                     return Ok(status(
                         StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -172,7 +187,8 @@ pub(crate) async fn handle(
                 }
             };
             match read_json(req).await {
-                Ok(p) => patch(&shared, kind, &ns, &name, &p, strategic),
+                Ok(p) if how == PatchKind::Apply => apply(&shared, kind, &ns, &name, p, dry_run),
+                Ok(p) => patch(&shared, kind, &ns, &name, &p, how == PatchKind::Strategic),
                 Err(res) => res,
             }
         }
@@ -184,8 +200,28 @@ pub(crate) async fn handle(
     })
 }
 
-async fn read_json(req: Request<Incoming>) -> Result<Value, Response<Body>> {
-    let body = req
+/// The PATCH content types the simulated server understands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PatchKind {
+    Strategic,
+    Merge,
+    Apply,
+}
+
+/// A response that promises a body it never sends, so the client sees the
+/// connection break mid-answer (a transient network error).
+fn broken_response() -> Response<Body> {
+    let (_, rx) = mpsc::channel(1);
+    let mut res = Response::new(ChannelBody(rx).boxed());
+    res.headers_mut().insert(
+        hyper::header::CONTENT_LENGTH,
+        hyper::header::HeaderValue::from_static("1000"),
+    );
+    res
+}
+
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Body>> {
+    Ok(req
         .into_body()
         .collect()
         .await
@@ -196,7 +232,11 @@ async fn read_json(req: Request<Incoming>) -> Result<Value, Response<Body>> {
                 format!("cannot read body: {e}"),
             )
         })?
-        .to_bytes();
+        .to_bytes())
+}
+
+async fn read_json(req: Request<Incoming>) -> Result<Value, Response<Body>> {
+    let body = read_body(req).await?;
     serde_json::from_slice(&body).map_err(|e| {
         status(
             StatusCode::BAD_REQUEST,
@@ -365,6 +405,23 @@ fn create(shared: &Arc<Shared>, kind: Kind, ns: &str, mut obj: Value) -> Respons
     json_response(StatusCode::CREATED, &stored)
 }
 
+fn conflict(kind: Kind, name: &str) -> Response<Body> {
+    status(
+        StatusCode::CONFLICT,
+        "Conflict",
+        format!(
+            "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+            kind.resource()
+        ),
+    )
+}
+
+fn current(st: &State, kind: Kind, ns: &str, name: &str) -> Option<Value> {
+    st.objects
+        .get(&(kind, ns.to_owned(), name.to_owned()))
+        .cloned()
+}
+
 fn patch(
     shared: &Arc<Shared>,
     kind: Kind,
@@ -373,29 +430,113 @@ fn patch(
     p: &Value,
     strategic: bool,
 ) -> Response<Body> {
-    let mut st = shared.lock();
-    let Some(current) = st
-        .objects
-        .get(&(kind, ns.to_owned(), name.to_owned()))
-        .cloned()
-    else {
+    let st = shared.lock();
+    let Some(current) = current(&st, kind, ns, name) else {
         return not_found(kind, name);
     };
     if let Some(want) = p["metadata"]["resourceVersion"].as_str()
         && current["metadata"]["resourceVersion"].as_str() != Some(want)
     {
-        return status(
-            StatusCode::CONFLICT,
-            "Conflict",
-            format!(
-                "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
-                kind.resource()
-            ),
-        );
+        return conflict(kind, name);
     }
     let mut next = current.clone();
     merge(&mut next, p, strategic);
-    // Identity fields are the server's.
+    update(shared, st, kind, ns, name, &current, next)
+}
+
+/// Server-side apply, simplified: creates the object, or merges the applied fields
+/// into it (containers by name). Field ownership and conflicts between managers are
+/// not modelled; applying the same manifest again changes nothing. A dry run
+/// answers with the merged object and stores nothing.
+fn apply(
+    shared: &Arc<Shared>,
+    kind: Kind,
+    ns: &str,
+    name: &str,
+    p: Value,
+    dry_run: bool,
+) -> Response<Body> {
+    let st = shared.lock();
+    let now = current(&st, kind, ns, name);
+    if dry_run {
+        let mut next = now.unwrap_or_default();
+        merge(&mut next, &p, true);
+        return json_response(StatusCode::OK, &next);
+    }
+    match now {
+        None => {
+            drop(st);
+            let mut obj = p;
+            ensure_object(&mut obj["metadata"]).insert("name".into(), name.into());
+            create(shared, kind, ns, obj)
+        }
+        Some(current) => {
+            let mut next = current.clone();
+            merge(&mut next, &p, true);
+            update(shared, st, kind, ns, name, &current, next)
+        }
+    }
+}
+
+/// PUT: replaces the object; a resourceVersion in the body must match the stored one.
+fn replace(
+    shared: &Arc<Shared>,
+    kind: Kind,
+    ns: &str,
+    name: &str,
+    mut obj: Value,
+) -> Response<Body> {
+    let st = shared.lock();
+    let Some(current) = current(&st, kind, ns, name) else {
+        return not_found(kind, name);
+    };
+    if let Some(want) = obj["metadata"]["resourceVersion"].as_str()
+        && current["metadata"]["resourceVersion"].as_str() != Some(want)
+    {
+        return conflict(kind, name);
+    }
+    // The main resource does not write status.
+    if current.get("status").is_some() {
+        obj["status"] = current["status"].clone();
+    } else if let Some(o) = obj.as_object_mut() {
+        o.remove("status");
+    }
+    update(shared, st, kind, ns, name, &current, obj)
+}
+
+/// DELETE, honouring `preconditions.resourceVersion` in the options body.
+fn delete(
+    shared: &Arc<Shared>,
+    kind: Kind,
+    ns: &str,
+    name: &str,
+    options: &Value,
+) -> Response<Body> {
+    let mut st = shared.lock();
+    let Some(current) = current(&st, kind, ns, name) else {
+        return not_found(kind, name);
+    };
+    if let Some(want) = options["preconditions"]["resourceVersion"].as_str()
+        && current["metadata"]["resourceVersion"].as_str() != Some(want)
+    {
+        return conflict(kind, name);
+    }
+    shared.delete(&mut st, kind, ns, name);
+    json_response(StatusCode::OK, &current)
+}
+
+/// Stores `next` in place of `current`: identity fields stay the server's, the
+/// generation grows when the spec changes, a changed pod template starts a rollout,
+/// and nothing at all happens (not even a new resourceVersion) when nothing changed.
+fn update(
+    shared: &Arc<Shared>,
+    mut st: std::sync::MutexGuard<'_, State>,
+    kind: Kind,
+    ns: &str,
+    name: &str,
+    current: &Value,
+    mut next: Value,
+) -> Response<Body> {
     for key in [
         "name",
         "namespace",
@@ -405,6 +546,12 @@ fn patch(
         "resourceVersion",
     ] {
         next["metadata"][key] = current["metadata"][key].clone();
+    }
+    for key in ["apiVersion", "kind"] {
+        next[key] = current[key].clone();
+    }
+    if next == *current {
+        return json_response(StatusCode::OK, current);
     }
     let spec_changed = next["spec"] != current["spec"];
     if spec_changed {

@@ -16,6 +16,9 @@ pub(crate) enum Kind {
     Deployment,
     ReplicaSet,
     Pod,
+    ConfigMap,
+    Service,
+    Lease,
 }
 
 impl Kind {
@@ -24,6 +27,9 @@ impl Kind {
             "deployments" => Some(Kind::Deployment),
             "replicasets" => Some(Kind::ReplicaSet),
             "pods" => Some(Kind::Pod),
+            "configmaps" => Some(Kind::ConfigMap),
+            "services" => Some(Kind::Service),
+            "leases" => Some(Kind::Lease),
             _ => None,
         }
     }
@@ -31,7 +37,8 @@ impl Kind {
     pub(crate) fn api_version(self) -> &'static str {
         match self {
             Kind::Deployment | Kind::ReplicaSet => "apps/v1",
-            Kind::Pod => "v1",
+            Kind::Pod | Kind::ConfigMap | Kind::Service => "v1",
+            Kind::Lease => "coordination.k8s.io/v1",
         }
     }
 
@@ -40,6 +47,9 @@ impl Kind {
             Kind::Deployment => "Deployment",
             Kind::ReplicaSet => "ReplicaSet",
             Kind::Pod => "Pod",
+            Kind::ConfigMap => "ConfigMap",
+            Kind::Service => "Service",
+            Kind::Lease => "Lease",
         }
     }
 
@@ -48,6 +58,9 @@ impl Kind {
             Kind::Deployment => "deployments.apps",
             Kind::ReplicaSet => "replicasets.apps",
             Kind::Pod => "pods",
+            Kind::ConfigMap => "configmaps",
+            Kind::Service => "services",
+            Kind::Lease => "leases.coordination.k8s.io",
         }
     }
 }
@@ -78,6 +91,8 @@ pub(crate) struct State {
     pub(crate) watch_limit: Option<Duration>,
     /// Answers to give instead of serving: `("VERB /path", status code)`, first match once.
     pub(crate) faults: Vec<(String, u16)>,
+    /// When each Deployment generation's rollout became complete: `(ns, name, generation)`.
+    pub(crate) ready_at: HashMap<(String, String, u64), std::time::Instant>,
 }
 
 /// The store shared by the HTTP server and the controller.

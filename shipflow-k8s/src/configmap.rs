@@ -1,0 +1,434 @@
+//! ConfigMaps generated from env files, named by a hash of their content (like
+//! kustomize's `configMapGenerator`), and rolled into the Deployments that use them:
+//! a config change becomes a new ConfigMap name in the pod template, so the pods roll.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use futures_util::future::try_join_all;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Api;
+use kube::api::{ListParams, PostParams};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use shipflow_core::Context;
+
+use crate::KubeDeployer;
+use crate::KubeError;
+use crate::deployer::Target;
+
+/// The label shipflow puts on the ConfigMaps it generates, with the base name.
+pub const CONFIG_MAP_LABEL: &str = "shipflow.dev/config-map";
+
+/// A ConfigMap's content read from an env file; its name is `<base>-<hash>`, where the
+/// hash covers the content, so a changed file gives a new name.
+///
+/// ```
+/// use shipflow_k8s::EnvConfigMap;
+///
+/// let config = EnvConfigMap::parse("api-config", "api.env".as_ref(), "# db\nDB_HOST=db\nexport MODE=\"fast\"\n")?;
+/// assert_eq!(config.data["MODE"], "fast");
+/// assert!(config.name().starts_with("api-config-"));
+/// let err = EnvConfigMap::parse("api-config", "api.env".as_ref(), "OK=1\noops\n").expect_err("no =");
+/// assert!(err.to_string().contains("api.env line 2"));
+/// # Ok::<(), shipflow_k8s::KubeError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvConfigMap {
+    /// The name the Deployments refer to, before the hash suffix.
+    pub base: String,
+    /// The keys and values.
+    pub data: BTreeMap<String, String>,
+}
+
+impl EnvConfigMap {
+    /// Reads `path`: `KEY=VALUE` lines (an `export ` prefix and matching quotes around
+    /// the value are dropped), `#` comments and blank lines.
+    pub fn from_env_file(base: &str, path: &Path) -> Result<Self, KubeError> {
+        let text = std::fs::read_to_string(path).map_err(|e| KubeError::EnvFile {
+            name: base.to_owned(),
+            path: path.to_owned(),
+            line: None,
+            message: e.to_string(),
+        })?;
+        Self::parse(base, path, &text)
+    }
+
+    /// Parses the text of an env file; `path` is for error messages.
+    pub fn parse(base: &str, path: &Path, text: &str) -> Result<Self, KubeError> {
+        let bad = |line: usize, message: String| KubeError::EnvFile {
+            name: base.to_owned(),
+            path: PathBuf::from(path),
+            line: Some(line),
+            message,
+        };
+        let mut data = BTreeMap::new();
+        let mut first_seen = BTreeMap::new();
+        for (i, raw) in text.lines().enumerate() {
+            let number = i + 1;
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let line = line.strip_prefix("export ").unwrap_or(line);
+            let Some((key, value)) = line.split_once('=') else {
+                return Err(bad(number, format!("expected KEY=VALUE, got {line:?}")));
+            };
+            let key = key.trim();
+            if key.is_empty()
+                || !key
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            {
+                return Err(bad(
+                    number,
+                    format!("invalid key {key:?}: use letters, digits, '-', '_' and '.'"),
+                ));
+            }
+            if let Some(first) = first_seen.insert(key.to_owned(), number) {
+                return Err(bad(
+                    number,
+                    format!("{key} is set again (first on line {first})"),
+                ));
+            }
+            let value = value.trim();
+            let value = [('"', '"'), ('\'', '\'')]
+                .iter()
+                .find_map(|(open, close)| {
+                    value
+                        .strip_prefix(*open)
+                        .and_then(|v| v.strip_suffix(*close))
+                })
+                .unwrap_or(value);
+            data.insert(key.to_owned(), value.to_owned());
+        }
+        Ok(Self {
+            base: base.to_owned(),
+            data,
+        })
+    }
+
+    /// The content hash: 10 hex digits of the SHA-256 of the base name and data.
+    pub fn hash(&self) -> String {
+        let mut hasher = Sha256::new();
+        hasher.update(self.base.as_bytes());
+        for (k, v) in &self.data {
+            hasher.update([0]);
+            hasher.update(k.as_bytes());
+            hasher.update([0]);
+            hasher.update(v.as_bytes());
+        }
+        hasher.finalize()[..5]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// `<base>-<hash>`.
+    pub fn name(&self) -> String {
+        format!("{}-{}", self.base, self.hash())
+    }
+
+    /// Whether a Deployment's reference `name` means this ConfigMap: the base name
+    /// itself, or any earlier hashed name of it.
+    pub fn refers_to(&self, name: &str) -> bool {
+        name == self.base
+            || name
+                .strip_prefix(&self.base)
+                .and_then(|rest| rest.strip_prefix('-'))
+                .is_some_and(|h| h.len() == 10 && h.chars().all(|c| c.is_ascii_hexdigit()))
+    }
+}
+
+/// What [`KubeDeployer::deploy_config_map`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigRollout {
+    /// The ConfigMap's hashed name.
+    pub name: String,
+    /// Whether it was created now (false: that content was there already).
+    pub created: bool,
+    /// The Deployments switched to it and rolled, by name.
+    pub rolled: Vec<String>,
+}
+
+/// Rewrites the ConfigMap names in a pod template that mean `config`; returns how many.
+fn rewrite_refs(template: &mut Value, config: &EnvConfigMap, to: &str) -> usize {
+    let mut changed = 0;
+    let mut set = |v: &mut Value| {
+        if let Some(name) = v.as_str()
+            && config.refers_to(name)
+            && name != to
+        {
+            *v = Value::from(to);
+            changed += 1;
+        }
+    };
+    let spec = &mut template["spec"];
+    for list in ["containers", "initContainers"] {
+        for c in spec[list].as_array_mut().into_iter().flatten() {
+            for from in c["envFrom"].as_array_mut().into_iter().flatten() {
+                if from.get("configMapRef").is_some() {
+                    set(&mut from["configMapRef"]["name"]);
+                }
+            }
+            for env in c["env"].as_array_mut().into_iter().flatten() {
+                if env.pointer("/valueFrom/configMapKeyRef").is_some() {
+                    set(&mut env["valueFrom"]["configMapKeyRef"]["name"]);
+                }
+            }
+        }
+    }
+    for volume in spec["volumes"].as_array_mut().into_iter().flatten() {
+        if volume.get("configMap").is_some() {
+            set(&mut volume["configMap"]["name"]);
+        }
+        for source in volume
+            .pointer_mut("/projected/sources")
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
+            if source.get("configMap").is_some() {
+                set(&mut source["configMap"]["name"]);
+            }
+        }
+    }
+    changed
+}
+
+impl KubeDeployer {
+    /// Creates `config` as an immutable ConfigMap `<base>-<hash>` in `namespace` (if
+    /// that content is not there yet), points every Deployment in the namespace that
+    /// refers to it (by base name or an earlier hashed name, through `envFrom`,
+    /// `env[].valueFrom.configMapKeyRef` or a `configMap` / projected volume) at the
+    /// new name, and watches their rollouts like an image deploy. An unchanged file
+    /// changes nothing. Old ConfigMaps stay: older ReplicaSets, and so rollbacks, use
+    /// them.
+    pub async fn deploy_config_map(
+        &self,
+        namespace: &str,
+        config: &EnvConfigMap,
+        ctx: &Context,
+    ) -> Result<ConfigRollout, KubeError> {
+        let name = config.name();
+        let object = format!("configmap {namespace}/{name}");
+        let err = |step: &'static str| {
+            let object = object.clone();
+            move |e| KubeError::Request {
+                app: config.base.clone(),
+                object,
+                step,
+                source: Box::new(e),
+            }
+        };
+        let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), namespace);
+        let lp = ListParams::default();
+        let listed = self
+            .retry
+            .run("list deployments", false, || deployments.list(&lp))
+            .await
+            .map_err(err("list deployments"))?;
+        let mut users = Vec::new();
+        for dep in listed.items {
+            let mut value = serde_json::to_value(&dep).map_err(|e| KubeError::Request {
+                app: config.base.clone(),
+                object: object.clone(),
+                step: "read deployments",
+                source: Box::new(kube::Error::SerdeError(e)),
+            })?;
+            if rewrite_refs(&mut value["spec"]["template"], config, &name) > 0 {
+                users.push(dep);
+            }
+        }
+        if ctx.dry_run() {
+            let rolled: Vec<String> = users
+                .iter()
+                .filter_map(|d| d.metadata.name.clone())
+                .collect();
+            ctx.message(format!(
+                "would create {object} and roll {}",
+                if rolled.is_empty() {
+                    "nothing".into()
+                } else {
+                    rolled.join(", ")
+                }
+            ));
+            return Ok(ConfigRollout {
+                name,
+                created: false,
+                rolled,
+            });
+        }
+
+        let map = ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some(namespace.to_owned()),
+                labels: Some(BTreeMap::from([(
+                    CONFIG_MAP_LABEL.to_owned(),
+                    config.base.clone(),
+                )])),
+                ..ObjectMeta::default()
+            },
+            data: Some(config.data.clone()),
+            immutable: Some(true),
+            ..ConfigMap::default()
+        };
+        let maps: Api<ConfigMap> = Api::namespaced(self.client.clone(), namespace);
+        let pp = PostParams::default();
+        let created = match self
+            .retry
+            .run("create config map", false, || maps.create(&pp, &map))
+            .await
+        {
+            Ok(_) => true,
+            // The name is the content's hash: what is there is what we want.
+            Err(kube::Error::Api(s)) if s.code == 409 => false,
+            Err(e) => return Err(err("create config map")(e)),
+        };
+        if created {
+            ctx.message(format!("created {object}"));
+        }
+
+        let mut rolled = Vec::new();
+        let mut waits = Vec::new();
+        for dep in users {
+            let dep_name = dep.metadata.name.clone().unwrap_or_default();
+            let t = Target {
+                app: dep_name.clone(),
+                namespace: namespace.to_owned(),
+                deployment: dep_name.clone(),
+                container: String::new(),
+            };
+            let updated = self.point_at(&t, dep, config, &name).await?;
+            ctx.message(format!(
+                "rolling deployment {namespace}/{dep_name} to config map {name}"
+            ));
+            rolled.push(dep_name);
+            waits.push(async move {
+                self.wait_for_rollout(&t, updated, "watch config rollout", ctx)
+                    .await
+            });
+        }
+        try_join_all(waits).await?;
+        Ok(ConfigRollout {
+            name,
+            created,
+            rolled,
+        })
+    }
+
+    /// Replaces the Deployment with its references rewritten to `to`, guarded by its
+    /// resourceVersion; on a conflict, reads it again and retries.
+    async fn point_at(
+        &self,
+        t: &Target,
+        mut dep: Deployment,
+        config: &EnvConfigMap,
+        to: &str,
+    ) -> Result<Deployment, KubeError> {
+        let step = "point deployment at config map";
+        let api: Api<Deployment> = Api::namespaced(self.client.clone(), &t.namespace);
+        let mut attempts = self.retry.attempts.max(1);
+        loop {
+            let mut value = serde_json::to_value(&dep)
+                .map_err(|e| t.api_error(step)(kube::Error::SerdeError(e)))?;
+            rewrite_refs(&mut value["spec"]["template"], config, to);
+            let next: Deployment = serde_json::from_value(value)
+                .map_err(|e| t.api_error(step)(kube::Error::SerdeError(e)))?;
+            let pp = PostParams::default();
+            match self
+                .retry
+                .run(step, false, || api.replace(&t.deployment, &pp, &next))
+                .await
+            {
+                Ok(d) => return Ok(d),
+                Err(kube::Error::Api(s)) if s.code == 409 && attempts > 1 => {
+                    attempts -= 1;
+                    dep = self.get(t, step).await?;
+                }
+                Err(e) => return Err(t.api_error(step)(e)),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn config(text: &str) -> Result<EnvConfigMap, KubeError> {
+        EnvConfigMap::parse("app-config", Path::new("conf/app.env"), text)
+    }
+
+    #[test]
+    fn env_files_parse_with_comments_quotes_and_export() {
+        let c =
+            config("# comment\n\nA=1\n  export B = \"two words\" \nC='x=y'\nD=\n").expect("valid");
+        assert_eq!(
+            c.data,
+            BTreeMap::from([
+                ("A".into(), "1".into()),
+                ("B".into(), "two words".into()),
+                ("C".into(), "x=y".into()),
+                ("D".into(), String::new()),
+            ])
+        );
+    }
+
+    #[test]
+    fn bad_lines_name_the_file_and_line() {
+        for (text, line, says) in [
+            ("A=1\nnot a pair\n", 2, "expected KEY=VALUE"),
+            ("A=1\n\n# c\nB C=2\n", 4, "invalid key \"B C\""),
+            ("A=1\nA=2\n", 2, "A is set again (first on line 1)"),
+            ("=x\n", 1, "invalid key \"\""),
+        ] {
+            let err = config(text).expect_err("bad line").to_string();
+            assert!(
+                err.contains(&format!("conf/app.env line {line}: ")) && err.contains(says),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_name_changes_with_the_content_only() {
+        let a = config("A=1\nB=2\n").expect("valid");
+        let b = config("B=2\n# reordered\nA=1\n").expect("valid");
+        let c = config("A=1\nB=3\n").expect("valid");
+        assert_eq!(a.name(), b.name());
+        assert_ne!(a.name(), c.name());
+        assert_eq!(a.hash().len(), 10);
+        assert!(a.refers_to("app-config"));
+        assert!(a.refers_to(&c.name()));
+        assert!(!a.refers_to("app-config-other"));
+        assert!(!a.refers_to("app-configs"));
+    }
+
+    #[test]
+    fn references_are_rewritten_everywhere_they_can_be() {
+        let c = config("A=1\n").expect("valid");
+        let mut template = json!({"spec": {
+            "containers": [{"name": "a",
+                "envFrom": [{"configMapRef": {"name": "app-config"}}, {"secretRef": {"name": "app-config"}}],
+                "env": [{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "app-config-0123456789", "key": "A"}}}]}],
+            "initContainers": [{"name": "i", "envFrom": [{"configMapRef": {"name": "other"}}]}],
+            "volumes": [{"name": "v", "configMap": {"name": "app-config"}},
+                {"name": "p", "projected": {"sources": [{"configMap": {"name": "app-config"}}]}}],
+        }});
+        assert_eq!(rewrite_refs(&mut template, &c, "app-config-new"), 4);
+        assert_eq!(
+            template["spec"]["containers"][0]["envFrom"][1]["secretRef"]["name"],
+            "app-config"
+        );
+        assert_eq!(
+            template["spec"]["initContainers"][0]["envFrom"][0]["configMapRef"]["name"],
+            "other"
+        );
+        assert_eq!(rewrite_refs(&mut template, &c, "app-config-new"), 0);
+    }
+}

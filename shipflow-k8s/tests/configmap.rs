@@ -1,0 +1,171 @@
+//! ConfigMaps from env files through the real `kube::Client` against the simulated API
+//! server: a change rolls exactly the Deployments that use the ConfigMap.
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+use shipflow_core::Context;
+use shipflow_k8s::testing::SimCluster;
+use shipflow_k8s::{EnvConfigMap, KubeDeployer, KubeError};
+
+const NS: &str = "prod";
+
+fn deployment(name: &str, spec: Value) -> Value {
+    let mut container = json!({"name": name, "image": format!("r.local/{name}:v1")});
+    if let Some(extra) = spec.get("container").and_then(Value::as_object) {
+        for (k, v) in extra {
+            container[k] = v.clone();
+        }
+    }
+    json!({
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [container], "volumes": spec.get("volumes").cloned().unwrap_or(json!([]))},
+            },
+        },
+    })
+}
+
+async fn sim() -> SimCluster {
+    let sim = SimCluster::start().await.expect("sim starts");
+    // web reads it as environment, worker mounts it and reads one key; cron does not use it.
+    sim.seed_deployment_json(
+        NS,
+        deployment(
+            "web",
+            json!({"container": {"envFrom": [{"configMapRef": {"name": "app-config"}}]}}),
+        ),
+    );
+    sim.seed_deployment_json(
+        NS,
+        deployment(
+            "worker",
+            json!({
+                "container": {"env": [{"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "app-config", "key": "MODE"}}}]},
+                "volumes": [{"name": "conf", "configMap": {"name": "app-config"}}],
+            }),
+        ),
+    );
+    sim.seed_deployment_json(
+        NS,
+        deployment(
+            "cron",
+            json!({"container": {"envFrom": [{"configMapRef": {"name": "cron-config"}}]}}),
+        ),
+    );
+    sim
+}
+
+fn write(dir: &Path, text: &str) -> EnvConfigMap {
+    let path = dir.join("app.env");
+    std::fs::write(&path, text).expect("write env file");
+    EnvConfigMap::from_env_file("app-config", &path).expect("valid env file")
+}
+
+fn generation(sim: &SimCluster, name: &str) -> u64 {
+    sim.deployment(NS, name).expect("exists")["metadata"]["generation"]
+        .as_u64()
+        .expect("generation")
+}
+
+fn template_refs(sim: &SimCluster, name: &str) -> String {
+    sim.deployment(NS, name).expect("exists")["spec"]["template"].to_string()
+}
+
+#[tokio::test]
+async fn a_config_change_rolls_exactly_the_deployments_that_use_it() {
+    let sim = sim().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let deployer = KubeDeployer::new(sim.client());
+
+    // First deploy: the generated name replaces the base name in web and worker.
+    let first = write(dir.path(), "# app settings\nMODE=fast\nDB_HOST=db.prod\n");
+    let out = deployer
+        .deploy_config_map(NS, &first, &Context::new())
+        .await
+        .expect("deploys");
+    assert!(out.created);
+    assert_eq!(out.name, first.name());
+    assert_eq!(out.rolled, ["web", "worker"]);
+    let stored = sim.config_map(NS, &first.name()).expect("created");
+    assert_eq!(
+        stored["data"],
+        json!({"MODE": "fast", "DB_HOST": "db.prod"})
+    );
+    assert_eq!(stored["immutable"], true);
+    for name in ["web", "worker"] {
+        assert_eq!(generation(&sim, name), 2, "{name} rolled");
+        let dep = sim.deployment(NS, name).expect("exists");
+        assert_eq!(dep["status"]["updatedReplicas"], 2, "{name} rolled out");
+        assert_eq!(
+            dep["metadata"]["annotations"]["deployment.kubernetes.io/revision"],
+            "2"
+        );
+        assert!(template_refs(&sim, name).contains(&first.name()));
+        assert!(!template_refs(&sim, name).contains("\"app-config\""));
+    }
+    assert_eq!(generation(&sim, "cron"), 1, "cron does not use it");
+
+    // The same file again: nothing is written.
+    let writes = |sim: &SimCluster| {
+        sim.request_count("PUT") + sim.request_count("PATCH") + sim.request_count("DELETE")
+    };
+    let before = writes(&sim);
+    let same = write(dir.path(), "MODE=fast\n\nDB_HOST=db.prod\n");
+    let out = deployer
+        .deploy_config_map(NS, &same, &Context::new())
+        .await
+        .expect("no-op");
+    assert!(!out.created);
+    assert!(out.rolled.is_empty());
+    assert_eq!(writes(&sim), before);
+    assert_eq!(
+        (generation(&sim, "web"), generation(&sim, "worker")),
+        (2, 2)
+    );
+
+    // A change: a new ConfigMap, and both users roll again from the old hashed name.
+    let second = write(dir.path(), "MODE=slow\nDB_HOST=db.prod\n");
+    assert_ne!(second.name(), first.name());
+    let out = deployer
+        .deploy_config_map(NS, &second, &Context::new())
+        .await
+        .expect("deploys");
+    assert!(out.created);
+    assert_eq!(out.rolled, ["web", "worker"]);
+    for name in ["web", "worker"] {
+        assert_eq!(generation(&sim, name), 3, "{name} rolled again");
+        assert!(template_refs(&sim, name).contains(&second.name()));
+    }
+    assert_eq!(generation(&sim, "cron"), 1);
+    assert!(
+        sim.config_map(NS, &first.name()).is_some(),
+        "kept for rollbacks"
+    );
+}
+
+#[tokio::test]
+async fn a_bad_env_file_names_the_file_and_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("app.env");
+    std::fs::write(&path, "A=1\n# ok\nexport B=2\nthis is wrong\n").expect("write");
+    let err = EnvConfigMap::from_env_file("app-config", &path).expect_err("bad line 4");
+    assert!(
+        matches!(err, KubeError::EnvFile { line: Some(4), .. }),
+        "{err}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("{} line 4", path.display())),
+        "{text}"
+    );
+    assert!(text.contains("expected KEY=VALUE"), "{text}");
+
+    let missing = EnvConfigMap::from_env_file("app-config", &dir.path().join("nope.env"))
+        .expect_err("missing file");
+    assert!(missing.to_string().contains("nope.env"), "{missing}");
+}

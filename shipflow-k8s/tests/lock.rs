@@ -1,0 +1,261 @@
+//! The deploy lock through the real `kube::Client` against the simulated API server:
+//! two pipelines contending for one app, takeover of an expired lease, renewal,
+//! release on failure.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Api;
+use kube::api::{WatchEvent, WatchParams};
+use serde_json::json;
+use shipflow_core::{
+    App, BoxError, Context, DeployMeta, Deployer, EnvOverrides, EventKind, EventSink, ImageRef,
+    Workspace,
+};
+use shipflow_k8s::testing::{Outcome, SimCluster};
+use shipflow_k8s::{KubeDeployer, KubeError, LockOptions};
+
+const NS: &str = "default";
+const LEASE: &str = "shipflow-lock-api";
+
+fn workspace() -> Workspace {
+    Workspace::from_toml(
+        "[workspace]\nregistry = \"registry.local\"\n[apps.api]\ndeploy.kubernetes = {}\n",
+        ".",
+        &EnvOverrides::default(),
+    )
+    .expect("valid workspace")
+}
+
+fn app(ws: &Workspace) -> &App {
+    ws.app("api").expect("api is declared")
+}
+
+fn pinned(byte: &str) -> ImageRef {
+    format!("registry.local/api@sha256:{}", byte.repeat(32))
+        .parse()
+        .expect("valid pinned reference")
+}
+
+fn options(identity: &str, wait: Duration) -> LockOptions {
+    LockOptions {
+        identity: identity.into(),
+        lease_duration: Duration::from_secs(15),
+        wait,
+    }
+}
+
+async fn sim() -> SimCluster {
+    let sim = SimCluster::start().await.expect("sim starts");
+    sim.seed_deployment(NS, "api", "api", "registry.local/api:v1", 2);
+    sim
+}
+
+fn kube_error(err: &BoxError) -> &KubeError {
+    err.downcast_ref::<KubeError>()
+        .unwrap_or_else(|| panic!("not a KubeError: {err}"))
+}
+
+#[tokio::test]
+async fn a_second_pipeline_fails_naming_the_holder_after_its_wait() {
+    let sim = sim().await;
+    let ws = workspace();
+    let first = KubeDeployer::new(sim.client())
+        .deploy_lock(options("pipeline-1 (ci job 17)", Duration::from_secs(1)));
+    let second = KubeDeployer::new(sim.client())
+        .deploy_lock(options("pipeline-2", Duration::from_millis(300)));
+
+    let held = first
+        .lock(app(&ws), &Context::new())
+        .await
+        .expect("free lock");
+    assert_eq!(held.lease(), format!("{NS}/{LEASE}"));
+    let lease = sim.lease(NS, LEASE).expect("the lease exists");
+    assert_eq!(lease["spec"]["holderIdentity"], "pipeline-1 (ci job 17)");
+    assert_eq!(lease["spec"]["leaseDurationSeconds"], 15);
+
+    let started = std::time::Instant::now();
+    let err = second
+        .deploy(
+            app(&ws),
+            &pinned("ab"),
+            &DeployMeta::default(),
+            &Context::new(),
+        )
+        .await
+        .expect_err("locked");
+    assert!(started.elapsed() >= Duration::from_millis(300), "waited");
+    let KubeError::Locked { holder, lease, .. } = kube_error(&err) else {
+        panic!("expected Locked, got {err}");
+    };
+    assert_eq!(holder, "pipeline-1 (ci job 17)");
+    assert_eq!(lease, &format!("{NS}/{LEASE}"));
+    let text = err.to_string();
+    assert!(
+        text.contains("held by pipeline-1 (ci job 17) until 20"),
+        "{text}"
+    );
+    assert!(
+        text.contains("kubectl -n default delete lease shipflow-lock-api"),
+        "{text}"
+    );
+    // Nothing was rolled.
+    assert_eq!(sim.request_count("PATCH"), 0);
+
+    held.release().await.expect("released");
+    assert!(sim.lease(NS, LEASE).is_none(), "release deletes the lease");
+}
+
+#[tokio::test]
+async fn two_deploys_of_one_app_run_one_after_the_other() {
+    let sim = sim().await;
+    let ws = workspace();
+    let first =
+        KubeDeployer::new(sim.client()).deploy_lock(options("pipeline-1", Duration::from_secs(20)));
+    let second =
+        KubeDeployer::new(sim.client()).deploy_lock(options("pipeline-2", Duration::from_secs(20)));
+    let held = first
+        .lock(app(&ws), &Context::new())
+        .await
+        .expect("free lock");
+
+    // The second pipeline starts while the first holds the lock, and waits.
+    let waiting = std::sync::Arc::new(tokio::sync::Notify::new());
+    let told = waiting.clone();
+    let ctx = Context::new().with_events(EventSink::new(move |e| {
+        if let EventKind::Message { text } = &e.kind
+            && text.starts_with(
+                "waiting for deploy lock default/shipflow-lock-api: held by pipeline-1",
+            )
+        {
+            told.notify_one();
+        }
+    }));
+    let ws2 = ws.clone();
+    let contender = tokio::spawn(async move {
+        second
+            .deploy(app(&ws2), &pinned("02"), &DeployMeta::default(), &ctx)
+            .await
+            .map(|r| r.image)
+            .map_err(|e| e.to_string())
+    });
+    waiting.notified().await;
+    assert_eq!(
+        sim.request_count("PATCH"),
+        0,
+        "the second waits before patching"
+    );
+
+    // The first deploys inside its lock (same identity: not taken again), then releases.
+    first
+        .deploy(
+            app(&ws),
+            &pinned("01"),
+            &DeployMeta::default(),
+            &Context::new(),
+        )
+        .await
+        .expect("first rolls");
+    assert!(
+        sim.lease(NS, LEASE).is_some(),
+        "the outer lock is still held"
+    );
+    held.release().await.expect("released");
+
+    let image = contender.await.expect("joins").expect("second rolls after");
+    assert_eq!(image, pinned("02").to_string());
+    assert!(sim.lease(NS, LEASE).is_none(), "the second released too");
+}
+
+#[tokio::test]
+async fn a_failed_rollout_releases_the_lock() {
+    let sim = sim().await;
+    sim.set_outcome(NS, "api", Outcome::ImagePullFailure);
+    let ws = workspace();
+    let deployer =
+        KubeDeployer::new(sim.client()).deploy_lock(options("pipeline-1", Duration::from_secs(1)));
+    deployer
+        .deploy(
+            app(&ws),
+            &pinned("ee"),
+            &DeployMeta::default(),
+            &Context::new(),
+        )
+        .await
+        .expect_err("cannot pull");
+    assert!(sim.lease(NS, LEASE).is_none(), "released on failure");
+    assert_eq!(sim.request_count("POST"), 1);
+    assert_eq!(sim.request_count("DELETE"), 1);
+}
+
+#[tokio::test]
+async fn an_expired_lease_is_taken_over() {
+    let sim = sim().await;
+    sim.seed_object(
+        "Lease",
+        NS,
+        json!({
+            "metadata": {"name": LEASE},
+            "spec": {
+                "holderIdentity": "crashed-pipeline",
+                "leaseDurationSeconds": 15,
+                "acquireTime": "2020-01-01T00:00:00.000000Z",
+                "renewTime": "2020-01-01T00:00:00.000000Z",
+                "leaseTransitions": 3,
+            },
+        }),
+    );
+    let ws = workspace();
+    let deployer =
+        KubeDeployer::new(sim.client()).deploy_lock(options("pipeline-2", Duration::from_secs(1)));
+    let held = deployer
+        .lock(app(&ws), &Context::new())
+        .await
+        .expect("expired: taken over");
+    let lease = sim.lease(NS, LEASE).expect("exists");
+    assert_eq!(lease["spec"]["holderIdentity"], "pipeline-2");
+    assert_eq!(lease["spec"]["leaseTransitions"], 4);
+    held.release().await.expect("released");
+    assert!(sim.lease(NS, LEASE).is_none());
+}
+
+#[tokio::test]
+async fn a_held_lock_is_renewed() {
+    let sim = sim().await;
+    let ws = workspace();
+    let deployer = KubeDeployer::new(sim.client()).deploy_lock(LockOptions {
+        identity: "pipeline-1".into(),
+        lease_duration: Duration::from_secs(1),
+        wait: Duration::from_secs(1),
+    });
+    let held = deployer
+        .lock(app(&ws), &Context::new())
+        .await
+        .expect("free lock");
+    let lease = sim.lease(NS, LEASE).expect("exists");
+    let rv = lease["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("rv")
+        .to_owned();
+
+    // Within the lease duration, the holder writes a newer renewTime.
+    let api: Api<Lease> = Api::namespaced(sim.client(), NS);
+    let wp = WatchParams::default()
+        .fields(&format!("metadata.name={LEASE}"))
+        .timeout(5);
+    let mut events = api.watch(&wp, &rv).await.expect("watch").boxed();
+    let event = tokio::time::timeout(Duration::from_secs(1), events.next())
+        .await
+        .expect("renewed within the lease duration")
+        .expect("an event")
+        .expect("not an error");
+    let WatchEvent::Modified(renewed) = event else {
+        panic!("expected a renewal, got {event:?}");
+    };
+    let spec = renewed.spec.expect("spec");
+    assert_eq!(spec.holder_identity.as_deref(), Some("pipeline-1"));
+    assert!(spec.renew_time > spec.acquire_time);
+    held.release().await.expect("released");
+    assert!(sim.lease(NS, LEASE).is_none());
+}
