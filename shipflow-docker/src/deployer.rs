@@ -193,11 +193,11 @@ impl EngineDeployer {
             .map_err(|reason| config_err(app, reason))
     }
 
-    fn switch(&self, app: &App, target: &DockerTarget) -> Option<Arc<dyn TrafficSwitch>> {
+    /// The proxy to switch: `start-first` targets only.
+    fn switch(&self, target: &DockerTarget) -> Option<Arc<dyn TrafficSwitch>> {
         if target.strategy != Strategy::StartFirst {
             return None;
         }
-        let _ = app;
         self.switch.clone().or_else(|| {
             target
                 .proxy
@@ -386,7 +386,7 @@ impl EngineDeployer {
                     break;
                 }
             }
-            if let Some(switch) = self.switch(app, target) {
+            if let Some(switch) = self.switch(target) {
                 self.switch_to(app, switch.as_ref(), &keep.name).await?;
             }
             for c in running.iter().filter(|c| c.id != keep.id) {
@@ -405,7 +405,7 @@ impl EngineDeployer {
                 kept.name
             ));
             self.start(app, &kept.id).await?;
-            if let Some(switch) = self.switch(app, target) {
+            if let Some(switch) = self.switch(target) {
                 self.switch_to(app, switch.as_ref(), &kept.name).await?;
             }
             repaired = true;
@@ -470,7 +470,7 @@ impl EngineDeployer {
         new: &Candidate,
         ctx: &Context,
     ) -> Result<(), DockerError> {
-        let switch = self.switch(app, target);
+        let switch = self.switch(target);
         if switch.is_none()
             && let Some(old) = old
         {
@@ -583,7 +583,7 @@ impl EngineDeployer {
         step: &str,
         ctx: &Context,
     ) -> Result<(), DockerError> {
-        if target.strategy == Strategy::StartFirst && self.switch(app, target).is_none() {
+        if target.strategy == Strategy::StartFirst && self.switch(target).is_none() {
             return Err(DockerError::NoProxy {
                 app: app.name.clone(),
             });

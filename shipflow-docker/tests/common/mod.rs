@@ -273,7 +273,8 @@ impl Harness {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// `podman ps -a` names of the app's containers with their state.
+    /// `podman ps -a` names of the app's containers with their state (`running`,
+    /// `exited`, `created`).
     pub fn containers(&self, app: &str) -> Vec<(String, String)> {
         let out = self.run(self.podman().args([
             "ps",
@@ -287,8 +288,12 @@ impl Harness {
             .lines()
             .filter_map(|l| l.split_once(' '))
             .map(|(n, s)| {
-                let state = s.split_whitespace().next().unwrap_or_default();
-                (n.to_owned(), state.to_ascii_lowercase())
+                // Podman 4.3 prints `Up 3 seconds`, `Exited (0) …`, `Created`.
+                let state = match s.split_whitespace().next().unwrap_or_default() {
+                    "Up" => "running".to_owned(),
+                    other => other.to_ascii_lowercase(),
+                };
+                (n.to_owned(), state)
             })
             .collect();
         list.sort();
