@@ -1,9 +1,54 @@
-//! Single-host deploys to Docker or Podman for shipflow (work in progress).
+//! Single-host deploys to Docker or Podman for shipflow, through the Docker Engine
+//! API (which Podman serves too).
 //!
-//! This crate will hold `EngineDeployer`, the [`shipflow_core::Deployer`] for a
-//! container on one Docker or Podman host (through the Docker Engine API, which
-//! Podman serves too): health-gated `recreate` and no-downtime `start-first`
-//! rollouts behind a switchable reverse proxy, rollback from kept containers,
-//! history from labels; and `EngineBuilder`, an [`shipflow_core::ImageBuilder`]
-//! for Dockerfile builds through the engine. Nothing is implemented yet; the crate
-//! exists so the workspace layout is final.
+//! - [`Engine`] connects from `DOCKER_HOST` or an explicit socket and tells Docker
+//!   from Podman.
+//! - [`EngineDeployer`] is the [`shipflow_core::Deployer`]: it pulls the
+//!   digest-pinned image, runs one labelled container per revision, switches to it
+//!   health-gated (`recreate`, or `start-first` behind a [`TrafficSwitch`] such as
+//!   [`CaddySwitch`]), brings the old one back when the new one is unhealthy, keeps
+//!   the last stopped containers for rollback without a pull, and holds a host lock
+//!   per app. All its state is in container labels and names, so a run that died
+//!   half-way is repaired by the next.
+//!
+//! ```no_run
+//! use shipflow_core::{Context, DeployMeta, Deployer, EnvOverrides, Workspace};
+//! use shipflow_docker::{Engine, EngineDeployer};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let workspace = Workspace::from_toml(
+//!     r#"
+//!     [workspace]
+//!     registry = "127.0.0.1:5000"
+//!     [apps.web.deploy.docker]
+//!     ports = ["8080:80"]
+//!     health = { http = "/" }
+//!     "#,
+//!     ".",
+//!     &EnvOverrides::default(),
+//! )?;
+//! let app = workspace.app("web").expect("declared above");
+//! let engine = Engine::from_env().await?; // DOCKER_HOST=unix:///run/podman/podman.sock
+//! println!("deploying to {} {}", engine.kind(), engine.version());
+//! let deployer = EngineDeployer::new(engine);
+//! let image = "127.0.0.1:5000/web@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef".parse()?;
+//! let rollout = deployer.deploy(app, &image, &DeployMeta::default(), &Context::new()).await?;
+//! println!("{} runs revision {:?}", rollout.workload, rollout.revision);
+//! # Ok(())
+//! # }
+//! ```
+
+mod deployer;
+mod engine;
+mod error;
+mod health;
+mod lock;
+mod spec;
+mod state;
+mod switch;
+
+pub use deployer::{EngineDeployer, EngineDeployerBuilder, RegistryCredentials};
+pub use engine::{Endpoint, Engine, EngineKind};
+pub use error::DockerError;
+pub use switch::{CaddySwitch, TrafficSwitch};

@@ -1,0 +1,158 @@
+//! The crate's error type.
+
+use std::time::Duration;
+
+/// What went wrong, naming the app, the step and the cause, and the next move where
+/// there is one.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DockerError {
+    /// The engine could not be reached or answered with an error.
+    #[error(
+        "engine at {endpoint}: {step}: {source}; check that the engine (or `podman system service`) runs and DOCKER_HOST points at it"
+    )]
+    Connect {
+        /// The endpoint tried.
+        endpoint: String,
+        /// What was being done.
+        step: &'static str,
+        /// The engine client's error.
+        #[source]
+        source: bollard::errors::Error,
+    },
+    /// `DOCKER_HOST` or an explicit endpoint could not be understood.
+    #[error(
+        "engine endpoint `{0}` is neither unix://, tcp:// nor http://; set DOCKER_HOST to one of these"
+    )]
+    Endpoint(String),
+    /// An engine call for an app failed.
+    #[error("app {app}: {step}: {source}")]
+    Engine {
+        /// The app.
+        app: String,
+        /// What was being done, e.g. `pull 127.0.0.1:5000/web@sha256:…`.
+        step: String,
+        /// The engine client's error.
+        #[source]
+        source: bollard::errors::Error,
+    },
+    /// The app has no `[apps.<name>.deploy.docker]` section.
+    #[error("app {app}: no docker deploy target; add [apps.{app}.deploy.docker] to shipflow.toml")]
+    NoTarget {
+        /// The app.
+        app: String,
+    },
+    /// The deploy target's configuration is invalid.
+    #[error("app {app}: invalid docker target: {reason}")]
+    Config {
+        /// The app.
+        app: String,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
+    /// The image to deploy is not pinned to a digest.
+    #[error(
+        "app {app}: image {image} is not pinned to a digest; deploy `repo@sha256:…` so rollbacks are exact"
+    )]
+    NotPinned {
+        /// The app.
+        app: String,
+        /// The image reference.
+        image: String,
+    },
+    /// `start-first` needs a proxy to switch.
+    #[error(
+        "app {app}: strategy start-first needs a reverse proxy to switch traffic; add [apps.{app}.deploy.docker.proxy] (caddy_admin, route) or use strategy = \"recreate\""
+    )]
+    NoProxy {
+        /// The app.
+        app: String,
+    },
+    /// The new container never became healthy; the previous one serves again.
+    #[error(
+        "app {app}: container {container} is unhealthy: {cause}; {restored}; the new container is kept stopped for `podman logs {container}`; last log lines:\n{logs}"
+    )]
+    Unhealthy {
+        /// The app.
+        app: String,
+        /// The failed container's name.
+        container: String,
+        /// Why it is deemed unhealthy.
+        cause: String,
+        /// What serves now.
+        restored: String,
+        /// The container's last log lines.
+        logs: String,
+    },
+    /// A rollback target does not exist (any more).
+    #[error("app {app}: cannot roll back: {reason}")]
+    Rollback {
+        /// The app.
+        app: String,
+        /// Why, and what to do instead.
+        reason: String,
+    },
+    /// Another deployer holds the app's host lock.
+    #[error(
+        "app {app}: another deploy holds the lock {path} ({holder}); waited {waited:?}; retry when it finishes, or remove the file if that process is gone"
+    )]
+    Locked {
+        /// The app.
+        app: String,
+        /// The lock file.
+        path: String,
+        /// Who holds it: pid, host, since when.
+        holder: String,
+        /// How long this deployer waited.
+        waited: Duration,
+    },
+    /// The lock file could not be read or written.
+    #[error("app {app}: lock {path}: {source}")]
+    LockIo {
+        /// The app.
+        app: String,
+        /// The lock file.
+        path: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The traffic switch (reverse proxy) failed.
+    #[error(
+        "app {app}: switching proxy route {route} to {upstream}: {cause}; the old container keeps serving"
+    )]
+    Switch {
+        /// The app.
+        app: String,
+        /// The proxy route.
+        route: String,
+        /// The upstream that was to be set.
+        upstream: String,
+        /// What the proxy said.
+        cause: String,
+    },
+    /// An image build failed.
+    #[error("app {app}: build: {cause}")]
+    Build {
+        /// The app.
+        app: String,
+        /// What failed, with the engine's output.
+        cause: String,
+    },
+    /// A push through the engine failed.
+    #[error("image {image}: push: {cause}")]
+    Push {
+        /// The target reference.
+        image: String,
+        /// The engine's message.
+        cause: String,
+    },
+    /// The operation was cancelled.
+    #[error("app {app}: cancelled during {step}")]
+    Cancelled {
+        /// The app.
+        app: String,
+        /// The step.
+        step: String,
+    },
+}

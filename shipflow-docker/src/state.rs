@@ -1,0 +1,211 @@
+//! What the engine knows about an app: its containers, read back from their labels
+//! and names. This is the deployer's only state, so a crashed run leaves nothing
+//! that the next run cannot read.
+
+use std::collections::HashMap;
+
+use bollard::models::{ContainerSummary, ContainerSummaryStateEnum};
+use shipflow_core::{App, DeployMeta, Deployed, DockerTarget, Fingerprint, ImageRef, Revision};
+
+/// The label naming the app.
+pub(crate) const APP: &str = "dev.shipflow.app";
+/// The label with the revision number.
+pub(crate) const REVISION: &str = "dev.shipflow.revision";
+/// The label with the digest-pinned image reference.
+pub(crate) const IMAGE: &str = "dev.shipflow.image";
+/// The label with the manifest digest.
+pub(crate) const DIGEST: &str = "dev.shipflow.digest";
+/// The label with the git commit.
+pub(crate) const GIT_SHA: &str = "dev.shipflow.git-sha";
+/// The label with the input fingerprint.
+pub(crate) const FINGERPRINT: &str = "dev.shipflow.fingerprint";
+/// The label with the change cause.
+pub(crate) const CHANGE_CAUSE: &str = "dev.shipflow.change-cause";
+/// The label with the creation time (RFC 3339).
+pub(crate) const CREATED: &str = "dev.shipflow.created";
+
+/// The suffix a container's name gets when it failed its health check.
+const FAILED_SUFFIX: &str = "--failed";
+
+/// The container name base of an app: `container`, else the app's name.
+pub(crate) fn base_name(app: &App, target: &DockerTarget) -> String {
+    target.container.clone().unwrap_or_else(|| app.name.clone())
+}
+
+/// The name of revision `number`'s container.
+pub(crate) fn container_name(base: &str, number: u64) -> String {
+    format!("{base}--r{number}")
+}
+
+/// The name a failed container is renamed to.
+pub(crate) fn failed_name(name: &str) -> String {
+    format!("{name}{FAILED_SUFFIX}")
+}
+
+/// The labels of a new revision's container.
+pub(crate) fn labels(
+    app: &App,
+    number: u64,
+    image: &ImageRef,
+    meta: &DeployMeta,
+    created: &str,
+) -> HashMap<String, String> {
+    let mut labels = HashMap::from([
+        (APP.to_owned(), app.name.clone()),
+        (REVISION.to_owned(), number.to_string()),
+        (IMAGE.to_owned(), image.to_string()),
+        (CREATED.to_owned(), created.to_owned()),
+    ]);
+    if let Some(digest) = image.digest() {
+        labels.insert(DIGEST.to_owned(), digest.to_string());
+    }
+    if let Some(sha) = &meta.git_sha {
+        labels.insert(GIT_SHA.to_owned(), sha.clone());
+    }
+    if let Some(fingerprint) = &meta.fingerprint {
+        labels.insert(FINGERPRINT.to_owned(), fingerprint.0.clone());
+    }
+    if !meta.change_cause.is_empty() {
+        labels.insert(CHANGE_CAUSE.to_owned(), meta.change_cause.clone());
+    }
+    labels
+}
+
+/// Where a container is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Created and never started: a deploy that stopped half-way.
+    Created,
+    /// Running (or restarting).
+    Running,
+    /// Stopped.
+    Stopped,
+}
+
+/// One of an app's containers, as its labels describe it.
+#[derive(Debug, Clone)]
+pub(crate) struct AppContainer {
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) revision: u64,
+    pub(crate) image: String,
+    pub(crate) git_sha: Option<String>,
+    pub(crate) fingerprint: Option<String>,
+    pub(crate) change_cause: Option<String>,
+    pub(crate) created: Option<String>,
+    pub(crate) phase: Phase,
+    /// Renamed `…--failed` after failing its health check.
+    pub(crate) failed: bool,
+}
+
+impl AppContainer {
+    /// Reads a container of the engine's list; `None` when it is not one of shipflow's.
+    pub(crate) fn from_summary(summary: &ContainerSummary) -> Option<Self> {
+        let labels = summary.labels.as_ref()?;
+        let revision = labels.get(REVISION)?.parse().ok()?;
+        let name = summary
+            .names
+            .as_ref()
+            .and_then(|n| n.first())
+            .map(|n| n.trim_start_matches('/').to_owned())?;
+        let phase = match summary.state {
+            Some(ContainerSummaryStateEnum::CREATED) => Phase::Created,
+            Some(ContainerSummaryStateEnum::RUNNING | ContainerSummaryStateEnum::RESTARTING) => {
+                Phase::Running
+            }
+            _ => Phase::Stopped,
+        };
+        Some(Self {
+            id: summary.id.clone()?,
+            failed: name.ends_with(FAILED_SUFFIX),
+            name,
+            revision,
+            image: labels
+                .get(IMAGE)
+                .cloned()
+                .or_else(|| summary.image.clone())
+                .unwrap_or_default(),
+            git_sha: labels.get(GIT_SHA).cloned(),
+            fingerprint: labels.get(FINGERPRINT).cloned(),
+            change_cause: labels.get(CHANGE_CAUSE).cloned(),
+            created: labels.get(CREATED).cloned(),
+            phase,
+        })
+    }
+
+    pub(crate) fn running(&self) -> bool {
+        self.phase == Phase::Running
+    }
+
+    pub(crate) fn deployed(&self) -> Deployed {
+        Deployed {
+            image: self.image.clone(),
+            revision: Some(self.revision),
+            fingerprint: self.fingerprint.clone().map(Fingerprint),
+            git_sha: self.git_sha.clone(),
+        }
+    }
+
+    pub(crate) fn revision(&self, current: bool) -> Revision {
+        let cause = self.change_cause.clone();
+        Revision {
+            number: self.revision,
+            image: self.image.clone(),
+            change_cause: if self.failed {
+                Some(format!(
+                    "{} (failed its health check)",
+                    cause.unwrap_or_default()
+                ))
+            } else {
+                cause
+            },
+            created_at: self.created.clone(),
+            current,
+        }
+    }
+}
+
+/// An app's containers, oldest revision first.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct AppState {
+    pub(crate) containers: Vec<AppContainer>,
+}
+
+impl AppState {
+    pub(crate) fn new(mut containers: Vec<AppContainer>) -> Self {
+        containers.sort_by_key(|c| (c.revision, c.failed));
+        Self { containers }
+    }
+
+    /// The running container with the highest revision.
+    pub(crate) fn current(&self) -> Option<&AppContainer> {
+        self.containers.iter().rev().find(|c| c.running())
+    }
+
+    /// The next revision number.
+    pub(crate) fn next_revision(&self) -> u64 {
+        self.containers
+            .iter()
+            .map(|c| c.revision)
+            .max()
+            .unwrap_or(0)
+            + 1
+    }
+
+    /// The kept, healthy container of revision `number`.
+    pub(crate) fn revision(&self, number: u64) -> Option<&AppContainer> {
+        self.containers
+            .iter()
+            .find(|c| c.revision == number && !c.failed)
+    }
+
+    /// The healthy container before `current` (by revision), or the newest healthy one
+    /// when nothing runs.
+    pub(crate) fn previous(&self, current: Option<u64>) -> Option<&AppContainer> {
+        self.containers
+            .iter()
+            .rev()
+            .filter(|c| !c.failed && c.phase == Phase::Stopped)
+            .find(|c| current.is_none_or(|n| c.revision < n))
+    }
+}

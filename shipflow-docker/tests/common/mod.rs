@@ -1,0 +1,350 @@
+//! Test harness: a real Podman API service (own socket, own containers.conf and
+//! registries.conf), a real `docker-registry` and, on demand, a real Caddy, each on
+//! free loopback ports in a temp dir; images built `FROM scratch` with busybox-static.
+//! Binaries that are missing make the tests fail, not skip. Containers a test made
+//! (by its unique app label) are removed on drop.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use shipflow_core::{App, Digest, EnvOverrides, ImageRef, Workspace};
+use shipflow_docker::{Endpoint, Engine, EngineDeployer};
+
+/// Panics with an install hint when `binary` is not on PATH.
+pub fn require(binary: &str, package: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|d| d.join(binary))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "`{binary}` is not installed: these tests need it; `apt-get install -y {package}`"
+            )
+        })
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a free port")
+        .port()
+}
+
+fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ready() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} not ready within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// busybox httpd on port 80 behind a shell that exits on SIGTERM (PID 1 ignores
+/// signals it has no handler for).
+pub const HTTPD: &str =
+    "trap 'kill $p; exit 0' TERM; /bin/busybox httpd -f -p 80 -h /www & p=$!; wait";
+
+/// A child process killed on drop.
+struct Service(Child);
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(mut command: Command, log: &Path) -> Service {
+    let file = std::fs::File::create(log).expect("log file");
+    command
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().expect("log handle"))
+        .stderr(file);
+    Service(
+        command
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {command:?}: {e}")),
+    )
+}
+
+/// Podman's API service, a registry, the env for the podman CLI, and the apps the
+/// test deploys (removed on drop).
+pub struct Harness {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub registry: String,
+    podman: Service,
+    _registry: Service,
+    caddy: Option<Service>,
+    pub caddy_admin: Option<String>,
+    apps: std::sync::Mutex<Vec<String>>,
+}
+
+impl Harness {
+    pub fn start() -> Self {
+        let podman = require("podman", "podman");
+        require("runc", "runc");
+        let registry_bin = require("docker-registry", "docker-registry");
+        require("busybox", "busybox-static");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let d = dir.path();
+
+        let reg_port = free_port();
+        let registry = format!("127.0.0.1:{reg_port}");
+        std::fs::write(
+            d.join("registry.yml"),
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {registry}\n",
+                d.join("registry-data").display()
+            ),
+        )
+        .expect("registry config");
+        let mut cmd = Command::new(registry_bin);
+        cmd.arg("serve").arg(d.join("registry.yml"));
+        let registry_service = spawn(cmd, &d.join("registry.log"));
+
+        std::fs::write(
+            d.join("containers.conf"),
+            "[containers]\ndefault_ulimits = []\n[engine]\nruntime = \"runc\"\n",
+        )
+        .expect("containers.conf");
+        std::fs::write(
+            d.join("registries.conf"),
+            format!("[[registry]]\nlocation = \"{registry}\"\ninsecure = true\n"),
+        )
+        .expect("registries.conf");
+        let socket = d.join("podman.sock");
+        let mut cmd = Command::new(podman);
+        cmd.args(["system", "service", "--time=0"])
+            .arg(format!("unix://{}", socket.display()))
+            .env("CONTAINERS_CONF", d.join("containers.conf"))
+            .env("CONTAINERS_REGISTRIES_CONF", d.join("registries.conf"));
+        let podman_service = spawn(cmd, &d.join("podman.log"));
+
+        wait_until("docker-registry", Duration::from_secs(20), || {
+            TcpStream::connect(&registry).is_ok()
+        });
+        wait_until("podman service", Duration::from_secs(20), || {
+            std::os::unix::net::UnixStream::connect(&socket).is_ok()
+        });
+        Self {
+            dir,
+            socket,
+            registry,
+            podman: podman_service,
+            _registry: registry_service,
+            caddy: None,
+            caddy_admin: None,
+            apps: Default::default(),
+        }
+    }
+
+    /// Starts Caddy listening on `listen_port` with route `@id` `route` proxying to
+    /// a dead upstream until switched; returns its admin address.
+    pub fn start_caddy(&mut self, listen_port: u16, route: &str) -> String {
+        let caddy = require("caddy", "caddy");
+        let admin = format!("127.0.0.1:{}", free_port());
+        let d = self.dir.path();
+        let config = serde_json::json!({
+            "admin": { "listen": admin },
+            "apps": { "http": { "servers": { "app": {
+                "listen": [format!("127.0.0.1:{listen_port}")],
+                "automatic_https": { "disable": true },
+                "routes": [{ "@id": route, "handle": [{
+                    "handler": "reverse_proxy",
+                    "upstreams": [{ "dial": "127.0.0.1:9" }]
+                }]}]
+            }}}}
+        });
+        std::fs::write(d.join("caddy.json"), config.to_string()).expect("caddy config");
+        let mut cmd = Command::new(caddy);
+        cmd.arg("run")
+            .arg("--config")
+            .arg(d.join("caddy.json"))
+            .env("HOME", d)
+            .env("XDG_DATA_HOME", d.join("caddy-data"))
+            .env("XDG_CONFIG_HOME", d.join("caddy-config"));
+        self.caddy = Some(spawn(cmd, &d.join("caddy.log")));
+        wait_until("caddy admin", Duration::from_secs(20), || {
+            TcpStream::connect(&admin).is_ok()
+        });
+        let url = format!("http://{admin}");
+        self.caddy_admin = Some(url.clone());
+        url
+    }
+
+    pub async fn engine(&self) -> Engine {
+        Engine::connect(Endpoint::Unix(self.socket.clone()))
+            .await
+            .expect("connect to the podman service")
+    }
+
+    /// A deployer with a short probe interval and its own lock dir.
+    pub async fn deployer(&self) -> EngineDeployer {
+        EngineDeployer::builder(self.engine().await)
+            .state_dir(self.dir.path().join("state"))
+            .probe_interval(Duration::from_millis(100))
+            .drain(Duration::from_millis(300))
+            .stop_timeout(2)
+            .build()
+    }
+
+    /// The app `name` from a workspace whose `[apps.<name>.deploy.docker]` is `docker`
+    /// (TOML). The app is cleaned up on drop.
+    pub fn app(&self, name: &str, docker: &str) -> App {
+        self.apps.lock().expect("apps").push(name.to_owned());
+        let toml = format!(
+            "[workspace]\nregistry = \"{}\"\n[apps.{name}.deploy.docker]\n{docker}\n",
+            self.registry
+        );
+        let ws = Workspace::from_toml(&toml, ".", &EnvOverrides::default()).expect("workspace");
+        ws.app(name).expect("app").clone()
+    }
+
+    fn podman(&self) -> Command {
+        let mut cmd = Command::new("podman");
+        cmd.env("CONTAINERS_CONF", self.dir.path().join("containers.conf"))
+            .env(
+                "CONTAINERS_REGISTRIES_CONF",
+                self.dir.path().join("registries.conf"),
+            );
+        cmd
+    }
+
+    /// Builds an image `FROM scratch` with busybox whose command is `cmd` (a shell
+    /// script) and `/www/index.html` = `body`, pushes it to the registry, removes it
+    /// from the engine (so deploys pull), and returns the digest-pinned reference.
+    pub fn image(&self, repo: &str, tag: &str, body: &str, cmd: &str) -> ImageRef {
+        let ctx = self.dir.path().join(format!("ctx-{repo}-{tag}"));
+        std::fs::create_dir_all(ctx.join("www")).expect("context dir");
+        std::fs::copy("/bin/busybox", ctx.join("busybox")).expect("copy busybox-static");
+        std::fs::write(ctx.join("www/index.html"), body).expect("index");
+        std::fs::write(
+            ctx.join("Dockerfile"),
+            format!(
+                "FROM scratch\nCOPY busybox /bin/busybox\nCOPY www /www\nCMD [\"/bin/busybox\", \"sh\", \"-c\", {}]\n",
+                serde_json::to_string(cmd).expect("json")
+            ),
+        )
+        .expect("Dockerfile");
+        let reference = format!("{}/{repo}:{tag}", self.registry);
+        self.run(
+            self.podman()
+                .args(["build", "-q", "-t", &reference])
+                .arg(&ctx),
+        );
+        let digest_file = ctx.join("digest");
+        self.run(
+            self.podman()
+                .args(["push", "-q", "--tls-verify=false", "--digestfile"])
+                .arg(&digest_file)
+                .arg(&reference),
+        );
+        self.run(self.podman().args(["rmi", &reference]));
+        let digest: Digest = std::fs::read_to_string(&digest_file)
+            .expect("digest file")
+            .trim()
+            .parse()
+            .expect("digest");
+        let image: ImageRef = reference.parse().expect("reference");
+        image.pinned(digest)
+    }
+
+    /// An image serving `body` with busybox httpd on port 80.
+    pub fn web_image(&self, repo: &str, tag: &str, body: &str) -> ImageRef {
+        self.image(repo, tag, body, HTTPD)
+    }
+
+    fn run(&self, cmd: &mut Command) -> String {
+        let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+        assert!(
+            out.status.success(),
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `podman ps -a` names of the app's containers with their state (`running`,
+    /// `exited`, `created`).
+    pub fn containers(&self, app: &str) -> Vec<(String, String)> {
+        let out = self.run(self.podman().args([
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label=dev.shipflow.app={app}"),
+            "--format",
+            "{{.Names}} {{.State}}",
+        ]));
+        let mut list: Vec<(String, String)> = out
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .map(|(n, s)| {
+                // Podman 4.3 prints `Up 3 seconds`, `Exited (0) …`, `Created`.
+                let state = match s.split_whitespace().next().unwrap_or_default() {
+                    "Up" => "running".to_owned(),
+                    other => other.to_ascii_lowercase(),
+                };
+                (n.to_owned(), state)
+            })
+            .collect();
+        list.sort();
+        list
+    }
+
+    /// Runs the podman CLI with the harness's configuration.
+    pub fn podman_cli(&self, args: &[&str]) -> String {
+        self.run(self.podman().args(args))
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        for app in self.apps.lock().map(|a| a.clone()).unwrap_or_default() {
+            let ids = self
+                .podman()
+                .args([
+                    "ps",
+                    "-aq",
+                    "--filter",
+                    &format!("label=dev.shipflow.app={app}"),
+                ])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            let ids: Vec<&str> = ids.split_whitespace().collect();
+            if !ids.is_empty() {
+                let _ = self
+                    .podman()
+                    .args(["rm", "-f", "-t", "0"])
+                    .args(&ids)
+                    .output();
+            }
+        }
+    }
+}
+
+/// GET `http://127.0.0.1:<port>/` with a short timeout: the body, or the error.
+pub async fn get(http: &reqwest::Client, port: u16) -> Result<String, String> {
+    let response = http
+        .get(format!("http://127.0.0.1:{port}/"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status();
+    let body = response.text().await.map_err(|e| e.to_string())?;
+    if status.is_success() {
+        Ok(body.trim().to_owned())
+    } else {
+        Err(format!("HTTP {status}: {body}"))
+    }
+}

@@ -1,0 +1,190 @@
+//! The per-app host lock (a concurrent deploy waits, or fails naming the holder) and
+//! crash repair (a half-done deploy and a dead holder's lock are understood by the
+//! next run, which converges).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Harness, free_port, get};
+use shipflow_core::{Context, DeployMeta, Deployer};
+use shipflow_docker::{DockerError, EngineDeployer};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_deploy_waits_or_fails_naming_the_holder() {
+    let h = Harness::start();
+    let port = free_port();
+    let app = h.app(
+        "lock-web",
+        &format!("ports = [\"127.0.0.1:{port}:80\"]\nhealth = {{ http = \"/\", timeout = 3 }}"),
+    );
+    let v1 = h.web_image("lock-web", "v1", "v1");
+    let v2 = h.web_image("lock-web", "v2", "v2");
+    let bad = h.image("lock-web", "bad", "bad", "exec sleep 600");
+    let ctx = Context::new();
+    let holder = h.deployer().await;
+    holder
+        .deploy(&app, &v1, &DeployMeta::default(), &ctx)
+        .await
+        .expect("deploy v1");
+
+    let lock_file = h.dir.path().join("state/lock-web.lock");
+    let slow = tokio::spawn({
+        let app = app.clone();
+        async move {
+            holder
+                .deploy(&app, &bad, &DeployMeta::default(), &Context::new())
+                .await
+                .map_err(|e| e.to_string())
+        }
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !lock_file.exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slow deploy never took the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let impatient = EngineDeployer::builder(h.engine().await)
+        .state_dir(h.dir.path().join("state"))
+        .lock_wait(Duration::from_millis(300))
+        .build();
+    let err = impatient
+        .deploy(&app, &v2, &DeployMeta::default(), &ctx)
+        .await
+        .expect_err("locked");
+    let text = err.to_string();
+    assert!(
+        matches!(
+            err.downcast_ref::<DockerError>(),
+            Some(DockerError::Locked { .. })
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("pid {}", std::process::id())),
+        "names the holder: {text}"
+    );
+
+    let patient = EngineDeployer::builder(h.engine().await)
+        .state_dir(h.dir.path().join("state"))
+        .probe_interval(Duration::from_millis(100))
+        .lock_wait(Duration::from_secs(60))
+        .build();
+    let rollout = patient
+        .deploy(&app, &v2, &DeployMeta::default(), &ctx)
+        .await
+        .expect("waits for the lock, then deploys");
+    let slow = slow.await.expect("slow deploy task");
+    assert!(slow.is_err_and(|e| e.contains("unhealthy")));
+    assert_eq!(rollout.revision, Some(3), "after r1 and the failed r2");
+    assert_eq!(
+        get(&reqwest::Client::new(), port).await.as_deref(),
+        Ok("v2")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_after_a_crash_repairs_and_converges() {
+    let h = Harness::start();
+    let port = free_port();
+    let app = h.app(
+        "crash-web",
+        &format!("ports = [\"127.0.0.1:{port}:80\"]\nhealth = {{ http = \"/\" }}"),
+    );
+    let v1 = h.web_image("crash-web", "v1", "v1");
+    let v2 = h.web_image("crash-web", "v2", "v2");
+    let ctx = Context::new();
+    let deployer = h.deployer().await;
+    deployer
+        .deploy(&app, &v1, &DeployMeta::default(), &ctx)
+        .await
+        .expect("deploy v1");
+
+    // A deployer died mid-recreate: it had stopped r1, created r2 and not started
+    // it, and its lock file names a process that is gone.
+    h.podman_cli(&["stop", "-t", "2", "crash-web--r1"]);
+    let v2_ref = v2.to_string();
+    h.podman_cli(&["pull", "-q", "--tls-verify=false", &v2_ref]);
+    h.podman_cli(&[
+        "create",
+        "--name",
+        "crash-web--r2",
+        "--label",
+        "dev.shipflow.app=crash-web",
+        "--label",
+        "dev.shipflow.revision=2",
+        "--label",
+        &format!("dev.shipflow.image={v2_ref}"),
+        "-p",
+        &format!("127.0.0.1:{port}:80"),
+        &v2_ref,
+    ]);
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
+    std::fs::create_dir_all(h.dir.path().join("state")).expect("state dir");
+    std::fs::write(
+        h.dir.path().join("state/crash-web.lock"),
+        format!(
+            r#"{{"pid":4194303,"host":"{}","since":1,"expires":99999999999}}"#,
+            host.trim()
+        ),
+    )
+    .expect("stale lock");
+    assert_eq!(deployer.current(&app, &ctx).await.expect("current"), None);
+
+    // The next run takes over the dead holder's lock, removes the never-started
+    // container, and converges on v2.
+    let rollout = deployer
+        .deploy(&app, &v2, &DeployMeta::default(), &ctx)
+        .await
+        .expect("deploy after the crash");
+    assert_eq!(rollout.revision, Some(2));
+    assert_eq!(
+        get(&reqwest::Client::new(), port).await.as_deref(),
+        Ok("v2")
+    );
+    assert_eq!(
+        h.containers("crash-web"),
+        [
+            ("crash-web--r1".to_owned(), "exited".to_owned()),
+            ("crash-web--r2".to_owned(), "running".to_owned())
+        ]
+    );
+    let current = deployer
+        .current(&app, &ctx)
+        .await
+        .expect("current")
+        .expect("runs");
+    assert_eq!(current.image, v2_ref);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_that_left_nothing_running_starts_the_last_good_revision() {
+    let h = Harness::start();
+    let port = free_port();
+    let app = h.app(
+        "crash2-web",
+        &format!("ports = [\"127.0.0.1:{port}:80\"]\nhealth = {{ http = \"/\" }}"),
+    );
+    let v1 = h.web_image("crash2-web", "v1", "v1");
+    let ctx = Context::new();
+    let deployer = h.deployer().await;
+    deployer
+        .deploy(&app, &v1, &DeployMeta::default(), &ctx)
+        .await
+        .expect("deploy v1");
+    h.podman_cli(&["stop", "-t", "2", "crash2-web--r1"]);
+
+    // Deploying the same image again repairs (r1 starts) and then has nothing to do.
+    let rollout = deployer
+        .deploy(&app, &v1, &DeployMeta::default(), &ctx)
+        .await
+        .expect("redeploy");
+    assert_eq!((rollout.revision, rollout.changed), (Some(1), false));
+    assert_eq!(
+        get(&reqwest::Client::new(), port).await.as_deref(),
+        Ok("v1")
+    );
+}

@@ -1,0 +1,164 @@
+//! `recreate` deploys against a real Podman and a real registry: v1 then v2 on the
+//! published port, an unhealthy v3 rolled back automatically, rollback to a
+//! revision, history, and the engine detected as Podman.
+
+mod common;
+
+use common::{Harness, free_port, get};
+use shipflow_core::{Context, DeployMeta, Deployer, Fingerprint, RollbackTarget};
+use shipflow_docker::{DockerError, EngineKind};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detects_podman() {
+    let h = Harness::start();
+    let engine = h.engine().await;
+    assert_eq!(engine.kind(), EngineKind::Podman);
+    assert!(engine.version().starts_with('4'), "{}", engine.version());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrades_rolls_back_unhealthy_and_to_revision() {
+    let h = Harness::start();
+    let port = free_port();
+    let app = h.app(
+        "rec-web",
+        &format!(
+            "ports = [\"127.0.0.1:{port}:80\"]\nenv = {{ GREETING = \"hi\" }}\nrestart = \"unless-stopped\"\nkeep = 2\nhealth = {{ http = \"/\", timeout = 3 }}"
+        ),
+    );
+    let v1 = h.web_image("rec-web", "v1", "v1");
+    let v2 = h.web_image("rec-web", "v2", "v2");
+    let v3 = h.image(
+        "rec-web",
+        "v3",
+        "v3",
+        "echo v3 cannot start: missing config >&2; exec sleep 600",
+    );
+    let deployer = h.deployer().await;
+    let http = reqwest::Client::new();
+    let ctx = Context::new();
+    let meta = |sha: &str| DeployMeta {
+        fingerprint: Some(Fingerprint(format!("fp-{sha}"))),
+        git_sha: Some(sha.to_owned()),
+        change_cause: format!("deploy {sha}"),
+    };
+
+    assert_eq!(deployer.current(&app, &ctx).await.expect("current"), None);
+    let r1 = deployer
+        .deploy(&app, &v1, &meta("aaa"), &ctx)
+        .await
+        .expect("deploy v1");
+    assert_eq!((r1.revision, r1.changed), (Some(1), true));
+    assert_eq!(get(&http, port).await.as_deref(), Ok("v1"));
+
+    let r2 = deployer
+        .deploy(&app, &v2, &meta("bbb"), &ctx)
+        .await
+        .expect("deploy v2");
+    assert_eq!(r2.revision, Some(2));
+    assert_eq!(get(&http, port).await.as_deref(), Ok("v2"));
+    let current = deployer
+        .current(&app, &ctx)
+        .await
+        .expect("current")
+        .expect("deployed");
+    assert_eq!(current.image, v2.to_string());
+    assert_eq!(current.git_sha.as_deref(), Some("bbb"));
+    assert_eq!(current.fingerprint, Some(Fingerprint("fp-bbb".into())));
+
+    // Same digest again: nothing to do.
+    let again = deployer
+        .deploy(&app, &v2, &meta("bbb"), &ctx)
+        .await
+        .expect("redeploy v2");
+    assert!(!again.changed);
+
+    // v3 never answers HTTP: v2 must serve again, v3 is kept stopped with its logs.
+    let err = deployer
+        .deploy(&app, &v3, &meta("ccc"), &ctx)
+        .await
+        .expect_err("v3 is unhealthy");
+    let err = err.downcast::<DockerError>().expect("typed error");
+    let text = err.to_string();
+    assert!(matches!(*err, DockerError::Unhealthy { .. }), "{text}");
+    assert!(
+        text.contains("v3 cannot start: missing config"),
+        "logs in the error: {text}"
+    );
+    assert!(text.contains("revision 2"), "{text}");
+    assert_eq!(get(&http, port).await.as_deref(), Ok("v2"));
+    assert!(
+        h.containers("rec-web")
+            .contains(&("rec-web--r3--failed".into(), "exited".into())),
+        "{:?}",
+        h.containers("rec-web")
+    );
+
+    let history = deployer.history(&app, &ctx).await.expect("history");
+    let numbers: Vec<(u64, bool)> = history.iter().map(|r| (r.number, r.current)).collect();
+    assert_eq!(numbers, [(1, false), (2, true), (3, false)]);
+    assert_eq!(history[0].image, v1.to_string());
+    assert_eq!(history[1].change_cause.as_deref(), Some("deploy bbb"));
+    assert!(
+        history[2]
+            .change_cause
+            .as_deref()
+            .is_some_and(|c| c.contains("failed"))
+    );
+
+    // Rollback to revision 1 starts the kept container: no pull, v1 answers.
+    let rb = deployer
+        .rollback(&app, RollbackTarget::Revision(1), &ctx)
+        .await
+        .expect("rollback to 1");
+    assert_eq!((rb.revision, rb.changed), (Some(1), true));
+    assert_eq!(get(&http, port).await.as_deref(), Ok("v1"));
+    // Previous of revision 1 does not exist; revision 2 does.
+    let none = deployer
+        .rollback(&app, RollbackTarget::Previous, &ctx)
+        .await;
+    assert!(none.is_err_and(|e| e.to_string().contains("no previous revision")));
+    deployer
+        .rollback(&app, RollbackTarget::Revision(2), &ctx)
+        .await
+        .expect("roll forward to 2");
+    assert_eq!(get(&http, port).await.as_deref(), Ok("v2"));
+    let missing = deployer
+        .rollback(&app, RollbackTarget::Revision(9), &ctx)
+        .await;
+    assert!(missing.is_err_and(|e| e.to_string().contains("revision 9 is not kept")));
+
+    // Only `keep = 2` stopped containers stay after the next deploy.
+    let v4 = h.web_image("rec-web", "v4", "v4");
+    let r4 = deployer
+        .deploy(&app, &v4, &meta("ddd"), &ctx)
+        .await
+        .expect("deploy v4");
+    assert_eq!(r4.revision, Some(4));
+    assert_eq!(get(&http, port).await.as_deref(), Ok("v4"));
+    let names: Vec<String> = h
+        .containers("rec-web")
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(names, ["rec-web--r2", "rec-web--r3--failed", "rec-web--r4"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_first_without_a_proxy_is_refused() {
+    let h = Harness::start();
+    let app = h.app("sf-noproxy", "ports = [\"80\"]\nstrategy = \"start-first\"");
+    let image = format!("{}/x@sha256:{}", h.registry, "0".repeat(64))
+        .parse()
+        .expect("reference");
+    let deployer = h.deployer().await;
+    let err = deployer
+        .deploy(&app, &image, &DeployMeta::default(), &Context::new())
+        .await
+        .expect_err("refused");
+    assert!(
+        err.to_string()
+            .contains("start-first needs a reverse proxy"),
+        "{err}"
+    );
+}

@@ -1,0 +1,81 @@
+//! `start-first` behind a real Caddy: a client polling through the proxy every
+//! 50 ms during an upgrade sees no failed request.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::{Harness, free_port, get};
+use shipflow_core::{Context, DeployMeta, Deployer, RollbackTarget};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_behind_caddy_drops_no_request() {
+    let mut h = Harness::start();
+    let public = free_port();
+    let admin = h.start_caddy(public, "sf-web-route");
+    let app = h.app(
+        "sf-web",
+        &format!(
+            "ports = [\"80\"]\nstrategy = \"start-first\"\nhealth = {{ http = \"/\" }}\nproxy = {{ caddy_admin = \"{admin}\", route = \"sf-web-route\" }}"
+        ),
+    );
+    let v1 = h.web_image("sf-web", "v1", "v1");
+    let v2 = h.web_image("sf-web", "v2", "v2");
+    let deployer = h.deployer().await;
+    let ctx = Context::new();
+    let http = reqwest::Client::new();
+
+    deployer
+        .deploy(&app, &v1, &DeployMeta::default(), &ctx)
+        .await
+        .expect("deploy v1");
+    assert_eq!(get(&http, public).await.as_deref(), Ok("v1"));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let poller = tokio::spawn({
+        let stop = stop.clone();
+        let http = http.clone();
+        async move {
+            let mut answers = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                answers.push(get(&http, public).await);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            answers
+        }
+    });
+    let rollout = deployer
+        .deploy(&app, &v2, &DeployMeta::default(), &ctx)
+        .await
+        .expect("deploy v2");
+    assert_eq!(rollout.revision, Some(2));
+    // Keep polling a moment after the old container stopped.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let answers = poller.await.expect("poller");
+
+    let failed: Vec<&String> = answers.iter().filter_map(|a| a.as_ref().err()).collect();
+    assert!(
+        failed.is_empty(),
+        "failed requests during the upgrade: {failed:?}"
+    );
+    assert!(answers.len() > 10, "polled only {} times", answers.len());
+    assert_eq!(answers.first().and_then(|a| a.as_deref().ok()), Some("v1"));
+    assert_eq!(answers.last().and_then(|a| a.as_deref().ok()), Some("v2"));
+    assert_eq!(
+        h.containers("sf-web"),
+        [
+            ("sf-web--r1".to_owned(), "exited".to_owned()),
+            ("sf-web--r2".to_owned(), "running".to_owned())
+        ]
+    );
+
+    // Rolling back goes through the proxy too.
+    deployer
+        .rollback(&app, RollbackTarget::Previous, &ctx)
+        .await
+        .expect("rollback");
+    assert_eq!(get(&http, public).await.as_deref(), Ok("v1"));
+}
