@@ -8,6 +8,7 @@ use clap::ValueEnum;
 use shipflow::core::{
     BuilderBySpec, CONFIG_FILE, Deployer, EnvOverrides, ImageBuilder, Registry, Workspace,
 };
+use shipflow::docker::{Engine, EngineDeployer, RegistryCredentials};
 use shipflow::git::GitChangeDetector;
 use shipflow::oci::{Credentials, LayoutRegistry, NativeBuilder, RegistryClient};
 
@@ -132,7 +133,23 @@ pub(crate) async fn deployer(
             let client = kube::Client::try_from(config)?;
             Ok(Arc::new(shipflow::k8s::KubeDeployer::new(client)))
         }
-        Target::Docker => bail!("the Docker/Podman deployer is not wired yet"),
+        Target::Docker => {
+            let engine = Engine::from_env().await?;
+            eprintln!(
+                "engine: {} {} at {}",
+                engine.kind(),
+                engine.version(),
+                engine.endpoint()
+            );
+            let mut deployer = EngineDeployer::builder(engine);
+            if let (Ok(username), Ok(password)) = (
+                std::env::var("SHIPFLOW_REGISTRY_USER"),
+                std::env::var("SHIPFLOW_REGISTRY_PASSWORD"),
+            ) {
+                deployer = deployer.credentials(RegistryCredentials { username, password });
+            }
+            Ok(Arc::new(deployer.build()))
+        }
     }
 }
 

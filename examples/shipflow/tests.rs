@@ -23,7 +23,9 @@ struct Setup {
 impl Setup {
     async fn new() -> Self {
         let registry = TestRegistry::start().expect("docker-registry starts");
-        let repo = Monorepo::create(&registry.host(), &APPS, "deploy.kubernetes = {}");
+        let repo = Monorepo::create(&registry.host(), &APPS, |_, _| {
+            "deploy.kubernetes = {}".into()
+        });
         let cluster = SimCluster::start().await.expect("simulated API server");
         for app in APPS {
             cluster.seed_deployment("default", app, app, "registry.local/placeholder:v0", 1);

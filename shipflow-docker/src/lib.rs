@@ -47,6 +47,8 @@ mod lock;
 mod spec;
 mod state;
 mod switch;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use deployer::{EngineDeployer, EngineDeployerBuilder, RegistryCredentials};
 pub use engine::{Endpoint, Engine, EngineKind};

@@ -10,6 +10,12 @@ use std::process::Command;
 /// Where Debian's busybox-static puts its binary.
 pub const BUSYBOX: &str = "/bin/busybox";
 
+/// The apps' command: busybox httpd on 8080 behind a shell that exits on SIGTERM
+/// (PID 1 ignores signals it has no handler for, so a plain httpd waits out the
+/// engine's stop timeout).
+pub const HTTPD: &str =
+    "trap 'kill $p; exit 0' TERM; /bin/busybox httpd -f -p 8080 -h /www & p=$!; wait";
+
 /// A git repository in a temp dir with `apps/<name>/index.html` for each app, the
 /// shared `packages/common`, busybox as `packages/runtime/busybox`, and a
 /// `shipflow.toml` declaring every app with a native build.
@@ -19,9 +25,12 @@ pub struct Monorepo {
 
 impl Monorepo {
     /// Creates the repository with images under `<registry>/e2e/<app>`, and
-    /// `app_extra` appended to each app's section (its `deploy` table, with `{app}`
-    /// and `{index}` replaced).
-    pub fn create(registry: &str, apps: &[&str], app_extra: &str) -> Self {
+    /// `app_extra(app, index)` appended to each app's section (its `deploy` table).
+    pub fn create(
+        registry: &str,
+        apps: &[&str],
+        app_extra: impl Fn(&str, usize) -> String,
+    ) -> Self {
         assert!(
             Path::new(BUSYBOX).is_file(),
             "{BUSYBOX} is missing: these tests serve apps with busybox httpd; apt-get install -y busybox-static"
@@ -35,13 +44,11 @@ impl Monorepo {
         for (index, app) in apps.iter().enumerate() {
             toml.push_str(&format!(
                 "\n[apps.{app}]\nbuild = {{ type = \"native\", expose = [\"8080/tcp\"], \
-                 cmd = [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"], layers = [\n\
+                 cmd = [\"/bin/busybox\", \"sh\", \"-c\", \"{HTTPD}\"], layers = [\n\
                  {{ from = \"packages/runtime/busybox\", to = \"/bin/busybox\" }},\n\
                  {{ from = \"packages/common\", to = \"/srv/common\" }},\n\
                  {{ from = \"apps/{app}\", to = \"/www\" }},\n] }}\n{}\n",
-                app_extra
-                    .replace("{app}", app)
-                    .replace("{index}", &index.to_string())
+                app_extra(app, index)
             ));
             repo.write(
                 &format!("apps/{app}/index.html"),
@@ -52,7 +59,7 @@ impl Monorepo {
                 &format!(
                     "FROM scratch\nCOPY packages/runtime/busybox /bin/busybox\n\
                      COPY packages/common /srv/common\nCOPY apps/{app} /www\n\
-                     CMD [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n"
+                     CMD [\"/bin/busybox\", \"sh\", \"-c\", \"{HTTPD}\"]\n"
                 ),
             );
         }
@@ -105,4 +112,20 @@ impl Monorepo {
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
+}
+
+/// The body of `GET /` on `127.0.0.1:port`, or `None` when nothing answers 200.
+pub fn http_get(port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok()?;
+    write!(stream, "GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.0 200")
+        .then(|| body.to_owned())
+        .or_else(|| head.starts_with("HTTP/1.1 200").then(|| body.to_owned()))
 }

@@ -1,0 +1,167 @@
+//! A real container engine for tests: [`TestPodman`] runs Podman's Docker-compatible
+//! API service on its own socket, with its own `containers.conf` (runtime `runc`, no
+//! default ulimits: what works on sandboxed machines) and `registries.conf` (the
+//! loopback registries it may pull from over plain HTTP). Behind the `testing`
+//! feature, for shipflow's tests and for users testing their own pipelines.
+//!
+//! ```no_run
+//! use shipflow_docker::testing::TestPodman;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let podman = TestPodman::start(&["127.0.0.1:5000"])?;
+//! let engine = podman.engine().await?;
+//! println!("{} {}", engine.kind(), engine.version());
+//! # Ok(())
+//! # }
+//! ```
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{DockerError, Endpoint, Engine};
+
+/// A running `podman system service`, killed on drop (containers it ran stay until
+/// [`TestPodman::remove_containers`] or the test removes them).
+#[derive(Debug)]
+pub struct TestPodman {
+    dir: tempfile::TempDir,
+    socket: PathBuf,
+    child: Child,
+}
+
+impl TestPodman {
+    /// Starts the service, trusting `insecure_registries` (`host:port`) over plain
+    /// HTTP. Fails, never skips, when `podman` or `runc` is not installed.
+    pub fn start(insecure_registries: &[&str]) -> io::Result<Self> {
+        let podman = require("podman", "podman")?;
+        require("runc", "runc")?;
+        let dir = tempfile::tempdir()?;
+        let d = dir.path();
+        std::fs::write(
+            d.join("containers.conf"),
+            "[containers]\ndefault_ulimits = []\n[engine]\nruntime = \"runc\"\n",
+        )?;
+        let registries: String = insecure_registries
+            .iter()
+            .map(|r| format!("[[registry]]\nlocation = \"{r}\"\ninsecure = true\n"))
+            .collect();
+        std::fs::write(d.join("registries.conf"), registries)?;
+        let socket = d.join("podman.sock");
+        let log = std::fs::File::create(d.join("podman.log"))?;
+        let child = Command::new(podman)
+            .args(["system", "service", "--time=0"])
+            .arg(format!("unix://{}", socket.display()))
+            .envs(Self::env_of(d))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        let mut podman = Self { dir, socket, child };
+        podman.wait_ready()?;
+        Ok(podman)
+    }
+
+    fn env_of(dir: &Path) -> [(&'static str, PathBuf); 2] {
+        [
+            ("CONTAINERS_CONF", dir.join("containers.conf")),
+            ("CONTAINERS_REGISTRIES_CONF", dir.join("registries.conf")),
+        ]
+    }
+
+    fn wait_ready(&mut self) -> io::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Err(io::Error::other(format!(
+                    "podman system service exited with {status}; log:\n{}",
+                    std::fs::read_to_string(self.dir.path().join("podman.log")).unwrap_or_default()
+                )));
+            }
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "podman system service did not open its socket within 30 s",
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The API socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// `unix://<socket>`, for `DOCKER_HOST`.
+    pub fn docker_host(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    /// A scratch directory that lives as long as the service.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// An [`Engine`] connected to the service.
+    pub async fn engine(&self) -> Result<Engine, DockerError> {
+        Engine::connect(Endpoint::Unix(self.socket.clone())).await
+    }
+
+    /// A `podman` command line with this service's configuration (same storage as
+    /// the service, so images it builds are the service's too).
+    pub fn command(&self) -> Command {
+        let mut command = Command::new("podman");
+        command.envs(Self::env_of(self.dir.path()));
+        command
+    }
+
+    /// Removes every container whose name starts with `prefix` (best effort).
+    pub fn remove_containers(&self, prefix: &str) {
+        let Ok(out) = self
+            .command()
+            .args(["ps", "-aq", "--filter", &format!("name=^{prefix}")])
+            .output()
+        else {
+            return;
+        };
+        let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        if !ids.is_empty() {
+            let _ = self
+                .command()
+                .args(["rm", "-f", "-t", "0"])
+                .args(&ids)
+                .output();
+        }
+    }
+}
+
+impl Drop for TestPodman {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn require(binary: &str, package: &str) -> io::Result<PathBuf> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|d| d.join(binary))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("`{binary}` is not installed: apt-get install -y {package}"),
+            )
+        })
+}
