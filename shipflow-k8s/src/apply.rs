@@ -236,7 +236,7 @@ impl KubeDeployer {
                     .map_err(|e| {
                         t.api_error("read applied deployment")(kube::Error::SerdeError(e))
                     })?;
-                self.wait_for_rollout(&t, dep, "watch applied rollout", ctx)
+                self.wait_for_rollout(&t, dep, true, "watch applied rollout", ctx)
                     .await
                     .map(drop)
             });

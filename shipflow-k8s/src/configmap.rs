@@ -308,7 +308,7 @@ impl KubeDeployer {
             ));
             rolled.push(dep_name);
             waits.push(async move {
-                self.wait_for_rollout(&t, updated, "watch config rollout", ctx)
+                self.wait_for_rollout(&t, updated, true, "watch config rollout", ctx)
                     .await
             });
         }

@@ -367,12 +367,15 @@ impl KubeDeployer {
         Ok(sets)
     }
 
-    /// Once the controller has made the new ReplicaSet: lists its pods (failing at once
-    /// if one already failed) and watches them.
+    /// Once the controller has made the new ReplicaSet: watches its pods. With `since`
+    /// (the resourceVersion of the write that started the rollout, before which none
+    /// of its pods can exist) the watch starts there; without, the pods are listed
+    /// first (failing at once if one already failed).
     async fn watch_new_pods(
         &self,
         t: &Target,
         dep: &Deployment,
+        since: Option<&str>,
         step: &'static str,
     ) -> Result<Option<PodWatch>, KubeError> {
         let Some(rev) = revision(&dep.metadata) else {
@@ -393,7 +396,13 @@ impl KubeDeployer {
             format!("{base},{HASH_LABEL}={hash}")
         };
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &t.namespace);
-        let (resource_version, stream) = self.list_and_watch_pods(t, &api, &selector, step).await?;
+        let (resource_version, stream) = match since {
+            Some(rv) => (
+                rv.to_owned(),
+                self.watch_pods(t, &api, &selector, rv, step).await?,
+            ),
+            None => self.list_and_watch_pods(t, &api, &selector, step).await?,
+        };
         Ok(Some(PodWatch {
             selector,
             resource_version,
@@ -444,15 +453,20 @@ impl KubeDeployer {
     }
 
     /// Watches the Deployment (and, once it exists, the new ReplicaSet's pods) until
-    /// generation `generation` is rolled out, or fails.
+    /// generation `generation` is rolled out, or fails. `fresh`: `start` is the answer
+    /// to the write that changed the pod template, so every new pod is younger than it.
     pub(crate) async fn wait_for_rollout(
         &self,
         t: &Target,
         start: Deployment,
+        fresh: bool,
         step: &'static str,
         ctx: &Context,
     ) -> Result<Deployment, KubeError> {
         let generation = start.metadata.generation.unwrap_or(0);
+        let since = fresh
+            .then(|| start.metadata.resource_version.clone())
+            .flatten();
         let deadline = tokio::time::Instant::now() + self.timeout;
         let api = self.deployments(t);
         let pod_api: Api<Pod> = Api::namespaced(self.client.clone(), &t.namespace);
@@ -516,7 +530,7 @@ impl KubeDeployer {
                 .unwrap_or(0)
                 >= generation;
             if pods.is_none() && observed {
-                pods = self.watch_new_pods(t, &dep, step).await?;
+                pods = self.watch_new_pods(t, &dep, since.as_deref(), step).await?;
             }
             tokio::select! {
                 () = ctx.cancellation().cancelled() => {
@@ -676,7 +690,8 @@ impl KubeDeployer {
                     "{wanted} is already in {}; waiting for its rollout",
                     t.describe()
                 ));
-                self.wait_for_rollout(&t, dep, "watch rollout", ctx).await?
+                self.wait_for_rollout(&t, dep, false, "watch rollout", ctx)
+                    .await?
             };
             tracing::debug!(app = %t.app, image = %wanted, "already running");
             return Ok(Rollout {
@@ -726,7 +741,7 @@ impl KubeDeployer {
             .map_err(t.api_error("patch image"))?;
         tracing::debug!(app = %t.app, workload = %t.workload(), generation = ?patched.metadata.generation, "patched image");
         let done = self
-            .wait_for_rollout(&t, patched, "watch rollout", ctx)
+            .wait_for_rollout(&t, patched, true, "watch rollout", ctx)
             .await?;
         Ok(Rollout {
             image: wanted,
@@ -826,7 +841,8 @@ impl KubeDeployer {
             .patch(&t.deployment, &Self::params(), &Patch::Merge(&patch))
             .await
             .map_err(t.api_error(step))?;
-        let done = self.wait_for_rollout(&t, patched, step, ctx).await?;
+        // Not fresh: rolling back may revive a ReplicaSet whose pods already exist.
+        let done = self.wait_for_rollout(&t, patched, false, step, ctx).await?;
         Ok(Rollout {
             image,
             revision: revision(&done.metadata),

@@ -3,6 +3,17 @@
 //! new pod cannot pull its image, cannot start or crash-loops, rolls back the way
 //! `kubectl rollout undo` does, and lists the revision history.
 //!
+//! Beyond [`Deployer`](shipflow_core::Deployer)'s `current`, `deploy`, `rollback` and
+//! `history`, a [`KubeDeployer`] also
+//! - holds a deploy lock per app, a `coordination.k8s.io` Lease, while it deploys or
+//!   rolls back ([`KubeDeployer::deploy_lock`]), or for as long as a caller wants
+//!   ([`KubeDeployer::lock`]); a second pipeline waits, then fails naming the holder;
+//! - generates ConfigMaps from env files under a content-hash name ([`EnvConfigMap`])
+//!   and rolls exactly the Deployments that use them
+//!   ([`KubeDeployer::deploy_config_map`]);
+//! - applies a directory of manifests with server-side apply ([`KubeDeployer::apply_dir`]);
+//! - retries requests that failed for a passing reason ([`RetryPolicy`]).
+//!
 //! This example rolls an app on the simulated API server of [`testing`] (feature
 //! `testing`), through the real [`kube::Client`]; with a real cluster, use
 //! [`KubeDeployer::try_default`] instead.

@@ -142,3 +142,98 @@ async fn requests_are_counted_per_verb_and_path() {
     assert_eq!(sim.request_count("GET"), 3);
     assert_eq!(sim.request_count("PATCH"), 0);
 }
+
+#[tokio::test]
+async fn leases_are_created_replaced_and_deleted_under_resource_versions() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use kube::api::{DeleteParams, PostParams, Preconditions};
+
+    let sim = sim().await;
+    let api: Api<Lease> = Api::namespaced(sim.client(), "prod");
+    let lease: Lease = serde_json::from_value(json!({
+        "metadata": {"name": "lock"},
+        "spec": {"holderIdentity": "a", "leaseDurationSeconds": 10},
+    }))
+    .expect("valid lease");
+    let created = api
+        .create(&PostParams::default(), &lease)
+        .await
+        .expect("created");
+    let err = api
+        .create(&PostParams::default(), &lease)
+        .await
+        .expect_err("exists");
+    assert!(matches!(err, kube::Error::Api(s) if s.code == 409 && s.reason == "AlreadyExists"));
+
+    // A replace with the current resourceVersion wins; the same one again conflicts.
+    let mut mine = created.clone();
+    mine.spec.as_mut().expect("spec").holder_identity = Some("b".into());
+    let replaced = api
+        .replace("lock", &PostParams::default(), &mine)
+        .await
+        .expect("replaced");
+    assert_ne!(
+        replaced.metadata.resource_version,
+        created.metadata.resource_version
+    );
+    let err = api
+        .replace("lock", &PostParams::default(), &mine)
+        .await
+        .expect_err("stale");
+    assert!(matches!(err, kube::Error::Api(s) if s.code == 409 && s.reason == "Conflict"));
+
+    // Delete honours its precondition.
+    let stale = DeleteParams {
+        preconditions: Some(Preconditions {
+            resource_version: created.metadata.resource_version.clone(),
+            uid: None,
+        }),
+        ..DeleteParams::default()
+    };
+    let err = api.delete("lock", &stale).await.expect_err("stale");
+    assert!(matches!(err, kube::Error::Api(s) if s.code == 409));
+    let current = DeleteParams {
+        preconditions: Some(Preconditions {
+            resource_version: replaced.metadata.resource_version.clone(),
+            uid: None,
+        }),
+        ..DeleteParams::default()
+    };
+    api.delete("lock", &current).await.expect("deleted");
+    assert!(api.get_opt("lock").await.expect("get").is_none());
+    assert!(sim.lease("prod", "lock").is_none());
+}
+
+#[tokio::test]
+async fn apply_creates_then_changes_nothing_for_the_same_manifest() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+
+    let sim = sim().await;
+    let api: Api<ConfigMap> = Api::namespaced(sim.client(), "prod");
+    let manifest = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "settings"}, "data": {"A": "1"}});
+    let params = PatchParams::apply("shipflow");
+    let first = api
+        .patch("settings", &params, &Patch::Apply(&manifest))
+        .await
+        .expect("created by apply");
+    let again = api
+        .patch("settings", &params, &Patch::Apply(&manifest))
+        .await
+        .expect("applied again");
+    assert_eq!(
+        first.metadata.resource_version,
+        again.metadata.resource_version
+    );
+    let changed = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "settings"}, "data": {"A": "2"}});
+    let third = api
+        .patch("settings", &params, &Patch::Apply(&changed))
+        .await
+        .expect("changed");
+    assert_ne!(
+        third.metadata.resource_version,
+        again.metadata.resource_version
+    );
+    assert_eq!(third.data.expect("data")["A"], "2");
+}

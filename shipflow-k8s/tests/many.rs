@@ -1,0 +1,108 @@
+//! Many apps at once through one `kube::Client` against the simulated API server: the
+//! requests each app costs stay bounded (no polling, one watch on its Deployment and
+//! one on its new pods).
+
+use std::collections::BTreeMap;
+
+use futures_util::StreamExt;
+use shipflow_core::{Context, DeployMeta, Deployer, EnvOverrides, ImageRef, Workspace};
+use shipflow_k8s::KubeDeployer;
+use shipflow_k8s::testing::SimCluster;
+
+const APPS: usize = 50;
+const CONCURRENCY: usize = 10;
+
+fn name(i: usize) -> String {
+    format!("app-{i:02}")
+}
+
+/// Each app in its own namespace, so every request path names its app.
+fn workspace() -> Workspace {
+    let mut toml = String::from("[workspace]\nregistry = \"registry.local\"\n");
+    for i in 0..APPS {
+        let app = name(i);
+        toml.push_str(&format!(
+            "[apps.{app}]\ndeploy.kubernetes = {{ namespace = \"{app}\" }}\n"
+        ));
+    }
+    Workspace::from_toml(&toml, ".", &EnvOverrides::default()).expect("valid workspace")
+}
+
+fn pinned(app: &str) -> ImageRef {
+    format!("registry.local/{app}@sha256:{}", "5a".repeat(32))
+        .parse()
+        .expect("valid pinned reference")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_apps_cost_three_requests_and_two_watches_each() {
+    let sim = SimCluster::start().await.expect("sim starts");
+    for i in 0..APPS {
+        let app = name(i);
+        sim.seed_deployment(&app, &app, &app, &format!("registry.local/{app}:v1"), 2);
+    }
+    let ws = workspace();
+    let deployer = KubeDeployer::new(sim.client());
+    let ctx = Context::new();
+
+    let results: Vec<_> = futures_util::stream::iter(0..APPS)
+        .map(|i| {
+            let (deployer, ws, ctx) = (&deployer, &ws, &ctx);
+            async move {
+                let app = ws.app(&name(i)).expect("declared");
+                deployer
+                    .deploy(app, &pinned(&name(i)), &DeployMeta::default(), ctx)
+                    .await
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
+    for r in &results {
+        let rollout = r.as_ref().expect("every rollout succeeds");
+        assert_eq!(rollout.revision, Some(2));
+    }
+
+    // Per app (its namespace): read, patch and watch the Deployment, list its
+    // ReplicaSets, watch the new pods.
+    let mut per_app: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    for (key, n) in sim.requests() {
+        let (verb, path) = key.split_once(' ').expect("VERB /path");
+        let ns = path
+            .split('/')
+            .skip_while(|s| *s != "namespaces")
+            .nth(1)
+            .expect("namespaced path")
+            .to_owned();
+        let resource = path
+            .split('/')
+            .nth(if path.starts_with("/api/") { 5 } else { 6 })
+            .expect("resource");
+        *per_app
+            .entry(ns)
+            .or_default()
+            .entry(format!("{verb} {resource}"))
+            .or_default() += n;
+    }
+    assert_eq!(per_app.len(), APPS);
+    let expected: BTreeMap<String, u64> = [
+        ("GET deployments", 1),
+        ("PATCH deployments", 1),
+        ("WATCH deployments", 1),
+        ("GET replicasets", 1),
+        ("WATCH pods", 1),
+    ]
+    .into_iter()
+    .map(|(k, n)| (k.to_owned(), n))
+    .collect();
+    for (app, requests) in &per_app {
+        assert_eq!(requests, &expected, "{app}");
+        let watches: u64 = requests
+            .iter()
+            .filter(|(k, _)| k.starts_with("WATCH"))
+            .map(|(_, n)| n)
+            .sum();
+        let others: u64 = requests.values().sum::<u64>() - watches;
+        assert!(others <= 4 && watches <= 2, "{app}: {requests:?}");
+    }
+}
