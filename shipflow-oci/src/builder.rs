@@ -160,7 +160,8 @@ impl BuildError {
 /// Builds `type = "native"` apps into reproducible OCI images, without a daemon.
 ///
 /// Each app's image goes into the layout `<images>/<app>`, tagged with the request's
-/// tag. Layers are tars with sorted entries, mtimes set to `SOURCE_DATE_EPOCH`
+/// tag. Each layer's `from` (relative to the request's root) is a directory, whose
+/// own `.dockerignore` applies, or a single file. Layers are tars with sorted entries, mtimes set to `SOURCE_DATE_EPOCH`
 /// (default 0), owners 0, modes normalised to 0644/0755, no extended attributes,
 /// gzip level 5 in fixed 1 MiB members compressed on all cores: the same inputs give
 /// the same digests on any machine. A base image other than `scratch` is read from

@@ -101,12 +101,13 @@ pub(crate) fn list_entries(app: &str, source: &Path, dest: &str) -> Result<Vec<E
             .unwrap_or_default();
         let path = file_dest(dest, &name);
         push_parents(&path, false, &mut entries);
+        // A single file's context is its directory: a link may point at siblings.
         let context = source.parent().unwrap_or(Path::new(""));
         entries.push(leaf(
             app,
             context,
             source,
-            Path::new(&path),
+            Path::new(&name),
             path.clone(),
             &meta,
         )?);
