@@ -489,6 +489,19 @@ async fn a_base_image_is_referenced_and_its_layers_are_mounted_not_copied() {
         .local_image("api", "v1")
         .expect("image");
     assert_eq!(copied.digest, image.digest);
+
+    // Another registry has no base layers to mount: a clear error, nothing pushed.
+    let other = TestRegistry::start();
+    let err = client
+        .push(&image, &other.reference("acme/api:v1"), &Context::new())
+        .await
+        .expect_err("the base is not on the other registry");
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("base image {}/base/runtime", registry.host()))
+            && text.contains("push the base image there first"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
