@@ -20,7 +20,7 @@ use shipflow_oci::NativeBuilder;
 
 const FILES: usize = 400;
 const FILE_SIZE: usize = 512 * 1024;
-const RUNS: usize = 5;
+const RUNS: usize = 3;
 
 fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -43,9 +43,9 @@ fn main() {
         tag: "bench".into(),
         ..BuildRequest::default()
     };
-    let native = |threads: Option<usize>, n: usize| {
-        let images = dir.path().join(format!("images-{n}-{threads:?}"));
-        let mut builder = NativeBuilder::new(&images);
+    let native = |threads: Option<usize>, level: u32, n: usize| {
+        let images = dir.path().join(format!("images-{n}-{threads:?}-{level}"));
+        let mut builder = NativeBuilder::new(&images).compression_level(level);
         if let Some(t) = threads {
             builder = builder.compression_threads(t);
         }
@@ -76,28 +76,51 @@ fn main() {
         (took, size)
     };
 
+    let level = NativeBuilder::DEFAULT_LEVEL;
+    if let Ok(levels) = std::env::var("SWEEP_LEVELS") {
+        for l in levels.split(',').filter_map(|l| l.parse().ok()) {
+            let (t, s) = native(None, l, 1000 + l as usize);
+            println!("level {l}: {:.0} ms, {s} bytes", ms(t));
+        }
+        let (t, s) = reference(1000);
+        println!("tar | gzip -6: {:.0} ms, {s} bytes", ms(t));
+        return;
+    }
     let (mut ours, mut ours_single, mut theirs) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ours_l1, mut l1_size) = (Vec::new(), 0);
     let (mut our_size, mut their_size) = (0, 0);
-    native(None, 99); // warm the page cache
+    native(None, level, 99); // warm the page cache
     for n in 0..RUNS {
         let (t, s) = reference(n);
         theirs.push(t);
         their_size = s;
-        let (t, s) = native(None, n);
+        let (t, s) = native(None, level, n);
         ours.push(t);
         our_size = s;
-        ours_single.push(native(Some(1), n).0);
+        ours_single.push(native(Some(1), level, n).0);
+        let (t, s) = native(None, 6, n);
+        ours_l1.push(t);
+        l1_size = s;
     }
     let total = (FILES * FILE_SIZE) as f64 / 1e6;
     let (m_ours, m_single, m_theirs) = (median(ours), median(ours_single), median(theirs));
+    let m_l1 = median(ours_l1);
     println!("native build of {total:.0} MB, {FILES} files, median of {RUNS}:");
     println!(
-        "  shipflow (all cores): {:>7.0} ms  ({:.0} MB/s, layer {} bytes)",
+        "  shipflow level {level} (all cores): {:>7.0} ms  ({:.0} MB/s, layer {} bytes)",
         ms(m_ours),
         total / m_ours.as_secs_f64(),
         our_size
     );
-    println!("  shipflow (1 thread):  {:>7.0} ms", ms(m_single));
+    println!(
+        "  shipflow level {level} (1 thread):  {:>7.0} ms",
+        ms(m_single)
+    );
+    println!(
+        "  shipflow level 6 (all cores): {:>7.0} ms  (layer {l1_size} bytes, ratio {:.2})",
+        ms(m_l1),
+        m_l1.as_secs_f64() / m_theirs.as_secs_f64()
+    );
     println!(
         "  tar -c | gzip -6:     {:>7.0} ms  (output {} bytes)",
         ms(m_theirs),

@@ -1182,7 +1182,7 @@ impl RegistryClient {
         blob: &Blob,
         path: PathBuf,
         progress: &Arc<Progress>,
-        base_repository: Option<&str>,
+        base: Option<&BaseImage>,
     ) -> Result<BlobOutcome, OciError> {
         if self.blob_exists(call, &blob.digest).await? {
             progress.add(blob.size);
@@ -1192,6 +1192,9 @@ impl RegistryClient {
             progress.add(blob.size);
             return Ok(BlobOutcome::Uploaded);
         }
+        let base_repository = base
+            .filter(|b| b.registry == call.reference.registry())
+            .map(|b| b.repository.as_str());
         let mount_from = base_repository
             .into_iter()
             .chain(self.inner.config.mount_from.iter().map(String::as_str));
@@ -1202,6 +1205,16 @@ impl RegistryClient {
                 progress.add(blob.size);
                 return Ok(BlobOutcome::Mounted);
             }
+        }
+        if let Some(base) = base
+            && !path.exists()
+        {
+            // A base layer the builder never downloaded, and the target lacks.
+            return Err(OciError::BaseLayerMissing {
+                reference: call.name(),
+                digest: blob.digest.clone(),
+                base: base.name.clone(),
+            });
         }
         // The upload's reader counts the bytes as they stream.
         self.upload_blob(call, blob, path, &BlobProgress::new(progress.clone()))
@@ -1237,7 +1250,7 @@ impl RegistryClient {
             ctx,
         };
         self.ensure_pinged(&call).await?;
-        let base_repository = base_repository(&manifest, target);
+        let base = base_image(&manifest);
 
         // A tag that already names this manifest means the registry holds every
         // blob (it checks them when a manifest is written): one request, done.
@@ -1279,7 +1292,7 @@ impl RegistryClient {
             let requests = requests.clone();
             let progress = progress.clone();
             let uploaded_bytes = uploaded_bytes.clone();
-            let base_repository = base_repository.clone();
+            let base = base.clone();
             tasks.spawn(async move {
                 let _permit = permits
                     .acquire_owned()
@@ -1295,7 +1308,7 @@ impl RegistryClient {
                     ctx: &ctx,
                 };
                 let outcome = client
-                    .sync_blob(&call, &blob, path, &progress, base_repository.as_deref())
+                    .sync_blob(&call, &blob, path, &progress, base.as_ref())
                     .await?;
                 if outcome == BlobOutcome::Uploaded {
                     uploaded_bytes.fetch_add(blob.size, Ordering::Relaxed);
@@ -1355,17 +1368,29 @@ enum BlobOutcome {
     Uploaded,
 }
 
-/// The repository of the image's base (the `org.opencontainers.image.base.name`
-/// annotation the native builder writes) when it is on the target's registry: the
-/// base's layers are not in the local layout and are mounted from there.
-fn base_repository(manifest: &[u8], target: &ImageRef) -> Option<String> {
+/// The base image of a manifest the native builder wrote (its
+/// `org.opencontainers.image.base.name` annotation): its layers are not in the
+/// local layout, and are mounted from its repository when it is on the target's
+/// registry.
+#[derive(Debug, Clone)]
+struct BaseImage {
+    name: String,
+    registry: String,
+    repository: String,
+}
+
+fn base_image(manifest: &[u8]) -> Option<BaseImage> {
     let manifest: serde_json::Value = serde_json::from_slice(manifest).ok()?;
-    let base = manifest
+    let name = manifest
         .get("annotations")?
         .get(crate::builder::ANNOTATION_BASE_NAME)?
         .as_str()?;
-    let base: ImageRef = base.parse().ok()?;
-    (base.registry() == target.registry()).then(|| base.repository().to_owned())
+    let base: ImageRef = name.parse().ok()?;
+    Some(BaseImage {
+        name: name.to_owned(),
+        registry: base.registry().to_owned(),
+        repository: base.repository().to_owned(),
+    })
 }
 
 /// The session URL from a response's `Location` (relative to `base`).

@@ -157,6 +157,20 @@ pub enum OciError {
         #[source]
         source: std::io::Error,
     },
+    /// A layer of the image's base is neither in the target repository nor
+    /// mountable there, and was never downloaded (the native builder references
+    /// base layers, it does not copy them).
+    #[error(
+        "{reference}: blob upload failed: layer {digest} of base image {base} is not on the target registry; push the base image there first (e.g. skopeo copy), or use a base image from the target registry"
+    )]
+    BaseLayerMissing {
+        /// The image reference.
+        reference: String,
+        /// The missing layer.
+        digest: Digest,
+        /// The base image, `registry/repository`.
+        base: String,
+    },
     /// The image is not stored where this client can read it.
     #[error(
         "{reference}: the image of app {app} is not in an OCI layout ({location}); build it with a builder that writes an OCI layout"

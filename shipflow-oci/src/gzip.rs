@@ -18,9 +18,6 @@ use sha2::{Digest as _, Sha256};
 /// member is negligible, small enough to keep both cores busy on small layers.
 pub(crate) const CHUNK_SIZE: usize = 1024 * 1024;
 
-/// The compression level: gzip's default, fixed so that digests never change.
-pub(crate) const LEVEL: u32 = 6;
-
 /// What a compressed stream came to.
 #[derive(Debug, Clone)]
 pub(crate) struct Compressed {
@@ -46,6 +43,7 @@ pub(crate) enum Failed<E> {
 pub(crate) fn compress<W, E>(
     out: &mut W,
     threads: usize,
+    level: u32,
     produce: impl FnOnce(&mut dyn Write) -> Result<(), E>,
 ) -> Result<Compressed, Failed<E>>
 where
@@ -59,7 +57,7 @@ where
         for _ in 0..threads {
             let chunk_rx = chunk_rx.clone();
             let done_tx = done_tx.clone();
-            scope.spawn(move || compress_chunks(&chunk_rx, &done_tx));
+            scope.spawn(move || compress_chunks(&chunk_rx, &done_tx, level));
         }
         drop(done_tx);
         let writer = scope.spawn(move || write_in_order(out, done_rx));
@@ -137,6 +135,7 @@ fn closed() -> io::Error {
 fn compress_chunks(
     chunks: &Mutex<Receiver<(u64, Vec<u8>)>>,
     done: &SyncSender<(u64, Vec<u8>, Vec<u8>)>,
+    level: u32,
 ) {
     loop {
         let next = chunks
@@ -144,7 +143,7 @@ fn compress_chunks(
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .recv();
         let Ok((seq, raw)) = next else { return };
-        let member = gzip_member(&raw);
+        let member = gzip_member(&raw, level);
         if done.send((seq, raw, member)).is_err() {
             return;
         }
@@ -152,10 +151,10 @@ fn compress_chunks(
 }
 
 /// One complete gzip member with a fixed header: no name, mtime 0, OS "unknown".
-fn gzip_member(raw: &[u8]) -> Vec<u8> {
+fn gzip_member(raw: &[u8], level: u32) -> Vec<u8> {
     let mut encoder = GzBuilder::new().mtime(0).operating_system(255).write(
         Vec::with_capacity(raw.len() / 2 + 64),
-        Compression::new(LEVEL),
+        Compression::new(level),
     );
     // Writing to a Vec cannot fail.
     let _ = encoder.write_all(raw);
@@ -195,7 +194,7 @@ mod tests {
 
     fn gzip(data: &[u8], threads: usize) -> (Vec<u8>, Compressed) {
         let mut out = Vec::new();
-        let Ok(c) = compress::<_, io::Error>(&mut out, threads, |w| w.write_all(data)) else {
+        let Ok(c) = compress::<_, io::Error>(&mut out, threads, 6, |w| w.write_all(data)) else {
             panic!("compress failed");
         };
         (out, c)

@@ -16,6 +16,14 @@ use crate::layout::OciLayout;
 /// The media type of the layers the builder writes.
 pub(crate) const LAYER_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 
+/// How layers are compressed: the level decides the bytes (and so the digests),
+/// the thread count only the speed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Compression {
+    pub(crate) level: u32,
+    pub(crate) threads: usize,
+}
+
 /// One entry of a layer's tar, in the order it is written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Entry {
@@ -93,12 +101,13 @@ pub(crate) fn list_entries(app: &str, source: &Path, dest: &str) -> Result<Vec<E
             .unwrap_or_default();
         let path = file_dest(dest, &name);
         push_parents(&path, false, &mut entries);
+        // A single file's context is its directory: a link may point at siblings.
         let context = source.parent().unwrap_or(Path::new(""));
         entries.push(leaf(
             app,
             context,
             source,
-            Path::new(&path),
+            Path::new(&name),
             path.clone(),
             &meta,
         )?);
@@ -113,23 +122,28 @@ pub(crate) fn write_layer(
     layout: &OciLayout,
     entries: &[Entry],
     mtime: u64,
-    threads: usize,
+    compression: Compression,
     cancel: &CancellationToken,
 ) -> Result<WrittenLayer, BuildError> {
     let mut file = layout
         .blob_writer()
         .map_err(|source| BuildError::layout(app, source))?;
-    let compressed = gzip::compress(file.as_write(), threads, |out| -> Result<(), BuildError> {
-        let mut tar = tar::Builder::new(out);
-        for entry in entries {
-            if cancel.is_cancelled() {
-                return Err(BuildError::Cancelled { app: app.into() });
+    let compressed = gzip::compress(
+        file.as_write(),
+        compression.threads,
+        compression.level,
+        |out| -> Result<(), BuildError> {
+            let mut tar = tar::Builder::new(out);
+            for entry in entries {
+                if cancel.is_cancelled() {
+                    return Err(BuildError::Cancelled { app: app.into() });
+                }
+                append(app, &mut tar, entry, mtime)?;
             }
-            append(app, &mut tar, entry, mtime)?;
-        }
-        tar.finish()
-            .map_err(|e| BuildError::io(app, "write layer", layout.root(), e))
-    })
+            tar.finish()
+                .map_err(|e| BuildError::io(app, "write layer", layout.root(), e))
+        },
+    )
     .map_err(|failed| match failed {
         gzip::Failed::Produce(e) => e,
         gzip::Failed::Write(e) => BuildError::io(app, "write layer into", layout.root(), e),

@@ -4,17 +4,22 @@
 //! push ([`OciLayout`]).
 //!
 //! ```no_run
-//! use shipflow_core::{Context, ImageRef, Registry};
-//! use shipflow_oci::{Credentials, OciLayout, RegistryClient};
+//! use shipflow_core::{BuildRequest, Context, ImageBuilder, ImageRef, Registry, Workspace};
+//! use shipflow_oci::{NativeBuilder, RegistryClient};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-//! // An image some builder wrote into an OCI layout, tagged `v1`.
-//! let image = OciLayout::open("target/images/api")?.local_image("api", "v1")?;
+//! // Build app `api` (`build = { type = "native", layers = [...] }`) into
+//! // target/images/api, an OCI layout, tagged `v1`.
+//! let workspace = Workspace::load("shipflow.toml")?;
+//! let app = workspace.app("api").ok_or("no app api")?;
+//! let request = BuildRequest { root: ".".into(), tag: "v1".into(), ..Default::default() };
+//! let image = NativeBuilder::new("target/images")
+//!     .build(app, &request, &Context::new())
+//!     .await?;
 //!
-//! let client = RegistryClient::builder()
-//!     .credentials(Credentials::basic("ci", std::env::var("REGISTRY_PASSWORD")?))
-//!     .build()?;
+//! // Push it: credentials come from ~/.docker/config.json (or `.credentials(…)`).
+//! let client = RegistryClient::builder().build()?;
 //! let target: ImageRef = "registry.example.com/team/api:v1".parse()?;
 //! let report = client.push(&image, &target, &Context::new()).await?;
 //! println!(

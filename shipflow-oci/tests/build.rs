@@ -489,4 +489,58 @@ async fn a_base_image_is_referenced_and_its_layers_are_mounted_not_copied() {
         .local_image("api", "v1")
         .expect("image");
     assert_eq!(copied.digest, image.digest);
+
+    // Another registry has no base layers to mount: a clear error, nothing pushed.
+    let other = TestRegistry::start();
+    let err = client
+        .push(&image, &other.reference("acme/api:v1"), &Context::new())
+        .await
+        .expect_err("the base is not on the other registry");
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("base image {}/base/runtime", registry.host()))
+            && text.contains("push the base image there first"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_file_layer_lands_at_its_destination_and_cancellation_stops_the_build() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("repo");
+    sample_repo(&root);
+    let builder = NativeBuilder::new(dir.path().join("images"));
+    let layers = r#"layers = [{ from = "src/main.sh", to = "/usr/local/bin/serve" }, { from = "deps/lib/a.txt", to = "/etc/" }]"#;
+    let image = build(&builder, &app(&root, layers), &root, "v1").await;
+    let layout = OciLayout::open(builder.layout_path("api")).expect("layout");
+    let paths = |i| -> Vec<(String, u32)> {
+        entries(&layout, &image, i)
+            .into_iter()
+            .map(|e| (e.0, e.2))
+            .collect()
+    };
+    assert_eq!(
+        paths(0),
+        [
+            ("usr/".to_owned(), 0o755),
+            ("usr/local/".to_owned(), 0o755),
+            ("usr/local/bin/".to_owned(), 0o755),
+            ("usr/local/bin/serve".to_owned(), 0o755),
+        ]
+    );
+    assert_eq!(
+        paths(1),
+        [("etc/".to_owned(), 0o755), ("etc/a.txt".to_owned(), 0o644)]
+    );
+
+    let cancelled = Context::new();
+    cancelled.cancellation().cancel();
+    let err = builder
+        .build(&app(&root, TWO_LAYERS), &request(&root, "v2"), &cancelled)
+        .await
+        .expect_err("cancelled");
+    let err = err.downcast::<BuildError>().expect("a BuildError");
+    assert!(matches!(*err, BuildError::Cancelled { .. }), "{err}");
+    let layout = OciLayout::open(builder.layout_path("api")).expect("layout");
+    assert_eq!(layout.resolve("v2").expect("index"), None, "nothing tagged");
 }

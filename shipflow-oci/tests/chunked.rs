@@ -104,3 +104,38 @@ async fn connection_resets_mid_chunk_are_resumed_and_the_image_verifies() {
     assert_eq!(status_checks, 2, "{}", registry.log());
     assert_pulls_back(&registry, "team/api", &image).await;
 }
+
+#[tokio::test]
+async fn a_chunk_cut_before_its_body_resumes_in_the_same_session() {
+    let registry = TestRegistry::start();
+    let (_dir, layout) = temp_layout();
+    let layers = vec![noise("resume", (3 * MIB + 99) as usize)];
+    let image = write_image(&layout, "api", "v1", &layers);
+    // The second PATCH reaches the registry as headers only: the session still
+    // holds exactly the first chunk, so the registry lets it resume.
+    let proxy = ResetProxy::cut_patch_bodies(registry.port(), vec![2]);
+    let report = chunked_client()
+        .push(&image, &proxy.reference("team/api:v1"), &Context::new())
+        .await
+        .expect("push through the cut");
+    assert_eq!(proxy.resets.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(report.blobs_uploaded, 2);
+    let log = registry.log();
+    let count = |needle: &str| log.lines().filter(|l| l.contains(needle)).count();
+    assert_eq!(
+        count("\"GET /v2/team/api/blobs/uploads/"),
+        1,
+        "asked for the range once"
+    );
+    assert_eq!(
+        count("\"POST /v2/team/api/blobs/uploads/"),
+        2,
+        "no session started over:\n{log}"
+    );
+    assert_eq!(
+        count("\"PATCH /v2/team/api/blobs/uploads/"),
+        5,
+        "4 chunks and the cut one again:\n{log}"
+    );
+    assert_pulls_back(&registry, "team/api", &image).await;
+}

@@ -508,6 +508,15 @@ impl TestRegistry {
     }
 }
 
+enum Cut {
+    AtBytes(Vec<u64>),
+    PatchBodies(Vec<usize>),
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
 /// A loopback TCP proxy in front of a registry that resets the connection (TCP RST)
 /// carrying the request bytes past `reset_at` (counted over everything sent to the
 /// registry), once per entry of `reset_at`, and pipes everything else through.
@@ -520,6 +529,21 @@ pub struct ResetProxy {
 impl ResetProxy {
     /// `reset_at`: byte counts (ascending) at which to cut the upload.
     pub fn start(upstream_port: u16, reset_at: Vec<u64>) -> Self {
+        Self::start_with(upstream_port, Cut::AtBytes(reset_at))
+    }
+
+    /// Resets the connection right after the headers of the `nth` (1-based)
+    /// `PATCH` requests, before any of their body reaches the registry.
+    pub fn cut_patch_bodies(upstream_port: u16, nth: Vec<usize>) -> Self {
+        Self::start_with(upstream_port, Cut::PatchBodies(nth))
+    }
+
+    fn start_with(upstream_port: u16, cut: Cut) -> Self {
+        let (reset_at, patch_cuts) = match cut {
+            Cut::AtBytes(at) => (at, Vec::new()),
+            Cut::PatchBodies(nth) => (Vec::new(), nth),
+        };
+        let patches_seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
         use std::sync::{Arc, Mutex};
         let listener = TcpListener::bind("127.0.0.1:0").expect("proxy port");
@@ -539,6 +563,7 @@ impl ResetProxy {
                 };
                 let (forwarded, pending, counted) =
                     (forwarded.clone(), pending.clone(), counted.clone());
+                let (patches_seen, patch_cuts) = (patches_seen.clone(), patch_cuts.clone());
                 std::thread::spawn(move || {
                     let (mut client, mut upstream) = (client, upstream);
                     let mut buf = vec![0u8; 16 * 1024];
@@ -548,7 +573,12 @@ impl ResetProxy {
                             Ok(n) => n,
                         };
                         let before = forwarded.fetch_add(n as u64, Ordering::SeqCst);
-                        let cut = {
+                        let patch_cut = find(&buf[..n], b"PATCH /").and_then(|start| {
+                            let nth = patches_seen.fetch_add(1, Ordering::SeqCst) + 1;
+                            let end = find(&buf[start..n], b"\r\n\r\n")? + start + 4;
+                            patch_cuts.contains(&nth).then_some(end)
+                        });
+                        let cut = patch_cut.or_else(|| {
                             let mut pending = pending.lock().expect("reset plan");
                             match pending.front() {
                                 Some(&at) if before + n as u64 > at => {
@@ -557,7 +587,7 @@ impl ResetProxy {
                                 }
                                 _ => None,
                             }
-                        };
+                        });
                         if let Some(keep) = cut {
                             let _ = upstream.write_all(&buf[..keep]);
                             for s in [&client, &upstream] {
