@@ -102,7 +102,7 @@ impl Harness {
         std::fs::write(
             d.join("registry.yml"),
             format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {registry}\n",
+                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {registry}\n",
                 d.join("registry-data").display()
             ),
         )
@@ -200,11 +200,13 @@ impl Harness {
     /// The app `name` from a workspace whose `[apps.<name>.deploy.docker]` is `docker`
     /// (TOML). The app is cleaned up on drop.
     pub fn app(&self, name: &str, docker: &str) -> App {
+        self.app_toml(name, &format!("[apps.{name}.deploy.docker]\n{docker}\n"))
+    }
+
+    /// The app `name` from a workspace of `apps` (TOML after `[workspace]`).
+    pub fn app_toml(&self, name: &str, apps: &str) -> App {
         self.apps.lock().expect("apps").push(name.to_owned());
-        let toml = format!(
-            "[workspace]\nregistry = \"{}\"\n[apps.{name}.deploy.docker]\n{docker}\n",
-            self.registry
-        );
+        let toml = format!("[workspace]\nregistry = \"{}\"\n{apps}", self.registry);
         let ws = Workspace::from_toml(&toml, ".", &EnvOverrides::default()).expect("workspace");
         ws.app(name).expect("app").clone()
     }
@@ -300,6 +302,11 @@ impl Harness {
         list
     }
 
+    /// The registry's log (its access log lists every request).
+    pub fn registry_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+
     /// Runs the podman CLI with the harness's configuration.
     pub fn podman_cli(&self, args: &[&str]) -> String {
         self.run(self.podman().args(args))
@@ -334,8 +341,13 @@ impl Drop for Harness {
 
 /// GET `http://127.0.0.1:<port>/` with a short timeout: the body, or the error.
 pub async fn get(http: &reqwest::Client, port: u16) -> Result<String, String> {
+    get_path(http, port, "/").await
+}
+
+/// GET `http://127.0.0.1:<port><path>`: the trimmed body of a 2xx, or the error.
+pub async fn get_path(http: &reqwest::Client, port: u16, path: &str) -> Result<String, String> {
     let response = http
-        .get(format!("http://127.0.0.1:{port}/"))
+        .get(format!("http://127.0.0.1:{port}{path}"))
         .timeout(Duration::from_secs(2))
         .send()
         .await
