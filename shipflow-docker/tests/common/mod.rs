@@ -203,6 +203,11 @@ impl Harness {
         self.app_toml(name, &format!("[apps.{name}.deploy.docker]\n{docker}\n"))
     }
 
+    /// Removes the containers labelled `dev.shipflow.app=<app>` on drop.
+    pub fn apps_to_clean(&self, app: &str) {
+        self.apps.lock().expect("apps").push(app.to_owned());
+    }
+
     /// The app `name` from a workspace of `apps` (TOML after `[workspace]`).
     pub fn app_toml(&self, name: &str, apps: &str) -> App {
         self.apps.lock().expect("apps").push(name.to_owned());
