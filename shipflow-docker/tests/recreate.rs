@@ -162,3 +162,45 @@ async fn start_first_without_a_proxy_is_refused() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_with_credentials_from_an_auth_registry() {
+    let h = Harness::start_with_basic_auth("deployer", "s3cret-pw");
+    let port = free_port();
+    let app = h.app(
+        "auth-web",
+        &format!("ports = [\"127.0.0.1:{port}:80\"]\nhealth = {{ http = \"/\" }}"),
+    );
+    let v1 = h.web_image("auth-web", "v1", "v1");
+    let ctx = Context::new();
+
+    let anonymous = h.deployer().await;
+    let err = anonymous
+        .deploy(&app, &v1, &DeployMeta::default(), &ctx)
+        .await
+        .expect_err("the registry wants credentials");
+    let text = err.to_string();
+    assert!(text.contains("app auth-web: pull"), "{text}");
+
+    let credentials = shipflow_docker::RegistryCredentials {
+        username: "deployer".into(),
+        password: "s3cret-pw".into(),
+    };
+    assert!(
+        !format!("{credentials:?}").contains("s3cret"),
+        "Debug hides the password"
+    );
+    let deployer = shipflow_docker::EngineDeployer::builder(h.engine().await)
+        .state_dir(h.dir.path().join("state"))
+        .probe_interval(std::time::Duration::from_millis(100))
+        .credentials(credentials)
+        .build();
+    deployer
+        .deploy(&app, &v1, &DeployMeta::default(), &ctx)
+        .await
+        .expect("deploy with credentials");
+    assert_eq!(
+        get(&reqwest::Client::new(), port).await.as_deref(),
+        Ok("v1")
+    );
+}

@@ -72,6 +72,24 @@ async fn upgrade_behind_caddy_drops_no_request() {
         ]
     );
 
+    // A deployer that died between starting a new container and switching leaves
+    // two running; the next run keeps the newest healthy one, points the proxy at
+    // it and stops the other.
+    h.podman_cli(&["start", "sf-web--r1"]);
+    let again = deployer
+        .deploy(&app, &v2, &DeployMeta::default(), &ctx)
+        .await
+        .expect("repairing run");
+    assert!(!again.changed);
+    assert_eq!(
+        h.containers("sf-web"),
+        [
+            ("sf-web--r1".to_owned(), "exited".to_owned()),
+            ("sf-web--r2".to_owned(), "running".to_owned())
+        ]
+    );
+    assert_eq!(get(&http, public).await.as_deref(), Ok("v2"));
+
     // Rolling back goes through the proxy too.
     deployer
         .rollback(&app, RollbackTarget::Previous, &ctx)

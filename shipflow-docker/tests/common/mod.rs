@@ -86,10 +86,20 @@ pub struct Harness {
     caddy: Option<Service>,
     pub caddy_admin: Option<String>,
     apps: std::sync::Mutex<Vec<String>>,
+    creds: Option<(String, String)>,
 }
 
 impl Harness {
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// A harness whose registry requires basic auth for `user` / `password`.
+    pub fn start_with_basic_auth(user: &str, password: &str) -> Self {
+        Self::start_with(Some((user.to_owned(), password.to_owned())))
+    }
+
+    fn start_with(creds: Option<(String, String)>) -> Self {
         let podman = require("podman", "podman");
         require("runc", "runc");
         let registry_bin = require("docker-registry", "docker-registry");
@@ -99,10 +109,21 @@ impl Harness {
 
         let reg_port = free_port();
         let registry = format!("127.0.0.1:{reg_port}");
+        let auth = match &creds {
+            Some((user, password)) => {
+                let hash = bcrypt::hash(password, 4).expect("bcrypt");
+                std::fs::write(d.join("htpasswd"), format!("{user}:{hash}\n")).expect("htpasswd");
+                format!(
+                    "auth:\n  htpasswd:\n    realm: shipflow-test\n    path: {}\n",
+                    d.join("htpasswd").display()
+                )
+            }
+            None => String::new(),
+        };
         std::fs::write(
             d.join("registry.yml"),
             format!(
-                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {registry}\n",
+                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {registry}\n{auth}",
                 d.join("registry-data").display()
             ),
         )
@@ -144,6 +165,7 @@ impl Harness {
             caddy: None,
             caddy_admin: None,
             apps: Default::default(),
+            creds,
         }
     }
 
@@ -249,9 +271,13 @@ impl Harness {
                 .arg(&ctx),
         );
         let digest_file = ctx.join("digest");
+        let mut push = self.podman();
+        push.arg("push");
+        if let Some((user, password)) = &self.creds {
+            push.arg("--creds").arg(format!("{user}:{password}"));
+        }
         self.run(
-            self.podman()
-                .args(["push", "-q", "--tls-verify=false", "--digestfile"])
+            push.args(["-q", "--tls-verify=false", "--digestfile"])
                 .arg(&digest_file)
                 .arg(&reference),
         );
