@@ -10,7 +10,7 @@ use bollard::auth::DockerCredentials;
 use bollard::errors::Error as EngineError;
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, ListContainersOptions, LogsOptions,
-    RemoveContainerOptions, RenameContainerOptions, StopContainerOptions,
+    RemoveContainerOptions, RemoveImageOptions, RenameContainerOptions, StopContainerOptions,
 };
 use futures_util::StreamExt;
 use shipflow_core::{
@@ -572,6 +572,12 @@ impl EngineDeployer {
         for c in stopped.iter().skip(keep) {
             ctx.message(format!("removing {} (beyond keep = {keep})", c.name));
             self.remove(app, &c.id).await?;
+            // The engine refuses while another container uses the image: then it stays.
+            let _ = self
+                .engine
+                .client()
+                .remove_image(&c.image, None::<RemoveImageOptions>, None)
+                .await;
         }
         Ok(())
     }

@@ -256,6 +256,13 @@ impl Harness {
         std::fs::create_dir_all(ctx.join("www")).expect("context dir");
         std::fs::copy("/bin/busybox", ctx.join("busybox")).expect("copy busybox-static");
         std::fs::write(ctx.join("www/index.html"), body).expect("index");
+        // Unique content per image: Podman finds a `repo@digest` under any name
+        // with that digest, so equal images of parallel tests would not be pulled.
+        std::fs::write(
+            ctx.join("www/.id"),
+            format!("{}/{repo}:{tag}", self.registry),
+        )
+        .expect("id");
         std::fs::write(
             ctx.join("Dockerfile"),
             format!(
