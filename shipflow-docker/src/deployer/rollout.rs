@@ -196,8 +196,14 @@ impl EngineDeployer {
                     }
                     Some(old) => {
                         self.start(app, &old.id).await?;
+                        // Bringing the old one back is not cancellable.
                         match probe
-                            .wait_healthy(self.engine.client(), &self.http, &old.id, ctx)
+                            .wait_healthy(
+                                self.engine.client(),
+                                &self.http,
+                                &old.id,
+                                &Context::new(),
+                            )
                             .await
                         {
                             Ok(()) => {
@@ -210,6 +216,12 @@ impl EngineDeployer {
                         }
                     }
                 };
+                if ctx.cancelled() {
+                    return Err(DockerError::Cancelled {
+                        app: app.name.clone(),
+                        step: format!("the health check of {container} ({restored})"),
+                    });
+                }
                 Err(DockerError::Unhealthy {
                     app: app.name.clone(),
                     container,
