@@ -52,6 +52,9 @@ fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
 pub const HTTPD: &str =
     "trap 'kill $p; exit 0' TERM; /bin/busybox httpd -f -p 80 -h /www & p=$!; wait";
 
+/// Serialises image builds and removals of the tests of one binary.
+static IMAGES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A child process killed on drop.
 struct Service(Child);
 
@@ -272,9 +275,13 @@ impl Harness {
         )
         .expect("Dockerfile");
         let reference = format!("{}/{repo}:{tag}", self.registry);
+        // Podman 4.3's build cache lookup races with image removals of parallel
+        // tests ("getting top layer info: layer not known"): build without it, and
+        // one image at a time.
+        let _serial = IMAGES.lock().unwrap_or_else(|e| e.into_inner());
         self.run(
             self.podman()
-                .args(["build", "-q", "-t", &reference])
+                .args(["build", "-q", "--layers=false", "-t", &reference])
                 .arg(&ctx),
         );
         let digest_file = ctx.join("digest");
@@ -373,6 +380,23 @@ impl Drop for Harness {
                     .args(&ids)
                     .output();
             }
+        }
+        // And the images of this harness's registry.
+        let _serial = IMAGES.lock().unwrap_or_else(|e| e.into_inner());
+        let images = self
+            .podman()
+            .args(["images", "--format", "{{.ID}} {{.Repository}}"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let ids: Vec<&str> = images
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .filter(|(_, repo)| repo.starts_with(&self.registry))
+            .map(|(id, _)| id)
+            .collect();
+        if !ids.is_empty() {
+            let _ = self.podman().args(["rmi", "-f"]).args(&ids).output();
         }
     }
 }
