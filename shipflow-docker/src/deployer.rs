@@ -12,10 +12,10 @@ use shipflow_core::{
     RollbackTarget, Rollout, Strategy,
 };
 
-use crate::health::Probe;
 mod ops;
 mod rollout;
 
+use crate::health::Probe;
 use crate::lock::HostLock;
 use crate::spec::{Publish, container_body};
 use crate::state::{self, AppContainer};
