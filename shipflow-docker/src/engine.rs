@@ -150,3 +150,37 @@ impl Engine {
         &self.docker
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_endpoints() {
+        assert_eq!(
+            Endpoint::parse("unix:///run/podman/podman.sock").expect("unix"),
+            Endpoint::Unix("/run/podman/podman.sock".into())
+        );
+        assert_eq!(
+            Endpoint::parse("tcp://127.0.0.1:2375").expect("tcp"),
+            Endpoint::Tcp("127.0.0.1:2375".into())
+        );
+        assert_eq!(
+            Endpoint::parse("/var/run/docker.sock").expect("path"),
+            Endpoint::Unix("/var/run/docker.sock".into())
+        );
+        assert!(Endpoint::parse("ssh://host").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_missing_socket_is_a_clear_error() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let socket = dir.path().join("none.sock");
+        let err = Engine::connect(Endpoint::Unix(socket.clone()))
+            .await
+            .expect_err("nothing listens");
+        let text = err.to_string();
+        assert!(text.contains(&socket.display().to_string()), "{text}");
+        assert!(text.contains("DOCKER_HOST"), "{text}");
+    }
+}

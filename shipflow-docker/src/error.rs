@@ -70,7 +70,7 @@ pub enum DockerError {
     },
     /// The new container never became healthy; the previous one serves again.
     #[error(
-        "app {app}: container {container} is unhealthy: {cause}; {restored}; the new container is kept stopped for `podman logs {container}`; last log lines:\n{logs}"
+        "app {app}: container {container} is unhealthy: {cause}; {restored}; the new container is kept stopped for `podman logs {container}` (or `docker logs`); last log lines:\n{logs}"
     )]
     Unhealthy {
         /// The app.

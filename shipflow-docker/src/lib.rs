@@ -10,6 +10,10 @@
 //!   the last stopped containers for rollback without a pull, and holds a host lock
 //!   per app. All its state is in container labels and names, so a run that died
 //!   half-way is repaired by the next.
+//! - [`EngineBuilder`] is an [`shipflow_core::ImageBuilder`] for Dockerfile apps
+//!   (context honouring `.dockerignore`, build args, target stage, labels), and
+//!   [`EngineRegistry`] a [`shipflow_core::Registry`] that pushes those images
+//!   through the engine, which uploads only the layers the registry lacks.
 //!
 //! ```no_run
 //! use shipflow_core::{Context, DeployMeta, Deployer, EnvOverrides, Workspace};
@@ -39,18 +43,23 @@
 //! # }
 //! ```
 
+mod builder;
+mod context;
 mod deployer;
 mod engine;
 mod error;
 mod health;
 mod lock;
+mod registry;
 mod spec;
 mod state;
 mod switch;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use builder::EngineBuilder;
 pub use deployer::{EngineDeployer, EngineDeployerBuilder, RegistryCredentials};
 pub use engine::{Endpoint, Engine, EngineKind};
 pub use error::DockerError;
+pub use registry::EngineRegistry;
 pub use switch::{CaddySwitch, TrafficSwitch};

@@ -162,3 +162,91 @@ async fn start_first_without_a_proxy_is_refused() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_with_credentials_from_an_auth_registry() {
+    let h = Harness::start_with_basic_auth("deployer", "s3cret-pw");
+    let port = free_port();
+    let app = h.app(
+        "auth-web",
+        &format!("ports = [\"127.0.0.1:{port}:80\"]\nhealth = {{ http = \"/\" }}"),
+    );
+    let v1 = h.web_image("auth-web", "v1", "v1");
+    let ctx = Context::new();
+
+    let anonymous = h.deployer().await;
+    let err = anonymous
+        .deploy(&app, &v1, &DeployMeta::default(), &ctx)
+        .await
+        .expect_err("the registry wants credentials");
+    let text = err.to_string();
+    assert!(text.contains("app auth-web: pull"), "{text}");
+
+    let credentials = shipflow_docker::RegistryCredentials {
+        username: "deployer".into(),
+        password: "s3cret-pw".into(),
+    };
+    assert!(
+        !format!("{credentials:?}").contains("s3cret"),
+        "Debug hides the password"
+    );
+    let deployer = shipflow_docker::EngineDeployer::builder(h.engine().await)
+        .state_dir(h.dir.path().join("state"))
+        .probe_interval(std::time::Duration::from_millis(100))
+        .credentials(credentials)
+        .build();
+    deployer
+        .deploy(&app, &v1, &DeployMeta::default(), &ctx)
+        .await
+        .expect("deploy with credentials");
+    assert_eq!(
+        get(&reqwest::Client::new(), port).await.as_deref(),
+        Ok("v1")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_during_the_health_check_brings_the_old_one_back() {
+    let h = Harness::start();
+    let port = free_port();
+    let app = h.app(
+        "cancel-web",
+        &format!("ports = [\"127.0.0.1:{port}:80\"]\nhealth = {{ http = \"/\", timeout = 60 }}"),
+    );
+    let v1 = h.web_image("cancel-web", "v1", "v1");
+    let bad = h.image("cancel-web", "bad", "bad", "exec sleep 600");
+    let deployer = h.deployer().await;
+    deployer
+        .deploy(&app, &v1, &DeployMeta::default(), &Context::new())
+        .await
+        .expect("deploy v1");
+
+    let token = shipflow_core::CancellationToken::new();
+    let ctx = Context::new().with_cancellation(token.clone());
+    let meta = DeployMeta::default();
+    let deploy = deployer.deploy(&app, &bad, &meta, &ctx);
+    let cancel = async {
+        // Cancel once the new container runs (its health check never passes).
+        while !h
+            .containers("cancel-web")
+            .contains(&("cancel-web--r2".into(), "running".into()))
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        token.cancel();
+    };
+    let (result, ()) = tokio::join!(deploy, cancel);
+    let err = result.expect_err("cancelled");
+    assert!(
+        matches!(
+            err.downcast_ref::<DockerError>(),
+            Some(DockerError::Cancelled { .. })
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("revision 1"), "{err}");
+    assert_eq!(
+        get(&reqwest::Client::new(), port).await.as_deref(),
+        Ok("v1")
+    );
+}

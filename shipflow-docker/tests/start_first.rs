@@ -18,7 +18,7 @@ async fn upgrade_behind_caddy_drops_no_request() {
     let app = h.app(
         "sf-web",
         &format!(
-            "ports = [\"80\"]\nstrategy = \"start-first\"\nhealth = {{ http = \"/\" }}\nproxy = {{ caddy_admin = \"{admin}\", route = \"sf-web-route\" }}"
+            "ports = [\"80\"]\nstrategy = \"start-first\"\nhealth = {{ http = \"/\", timeout = 3 }}\nproxy = {{ caddy_admin = \"{admin}\", route = \"sf-web-route\" }}"
         ),
     );
     let v1 = h.web_image("sf-web", "v1", "v1");
@@ -71,6 +71,34 @@ async fn upgrade_behind_caddy_drops_no_request() {
             ("sf-web--r2".to_owned(), "running".to_owned())
         ]
     );
+
+    // A deployer that died between starting a new container and switching leaves
+    // two running; the next run keeps the newest healthy one, points the proxy at
+    // it and stops the other.
+    h.podman_cli(&["start", "sf-web--r1"]);
+    let again = deployer
+        .deploy(&app, &v2, &DeployMeta::default(), &ctx)
+        .await
+        .expect("repairing run");
+    assert!(!again.changed);
+    assert_eq!(
+        h.containers("sf-web"),
+        [
+            ("sf-web--r1".to_owned(), "exited".to_owned()),
+            ("sf-web--r2".to_owned(), "running".to_owned())
+        ]
+    );
+    assert_eq!(get(&http, public).await.as_deref(), Ok("v2"));
+
+    // An unhealthy new container never gets traffic: the proxy stays on v2.
+    let bad = h.image("sf-web", "bad", "bad", "echo no config >&2; exec sleep 600");
+    let err = deployer
+        .deploy(&app, &bad, &DeployMeta::default(), &ctx)
+        .await
+        .expect_err("unhealthy");
+    assert!(err.to_string().contains("revision 2 kept serving"), "{err}");
+    assert!(err.to_string().contains("no config"), "{err}");
+    assert_eq!(get(&http, public).await.as_deref(), Ok("v2"));
 
     // Rolling back goes through the proxy too.
     deployer

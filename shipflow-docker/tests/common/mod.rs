@@ -52,6 +52,9 @@ fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
 pub const HTTPD: &str =
     "trap 'kill $p; exit 0' TERM; /bin/busybox httpd -f -p 80 -h /www & p=$!; wait";
 
+/// Serialises image builds and removals of the tests of one binary.
+static IMAGES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A child process killed on drop.
 struct Service(Child);
 
@@ -86,10 +89,20 @@ pub struct Harness {
     caddy: Option<Service>,
     pub caddy_admin: Option<String>,
     apps: std::sync::Mutex<Vec<String>>,
+    creds: Option<(String, String)>,
 }
 
 impl Harness {
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// A harness whose registry requires basic auth for `user` / `password`.
+    pub fn start_with_basic_auth(user: &str, password: &str) -> Self {
+        Self::start_with(Some((user.to_owned(), password.to_owned())))
+    }
+
+    fn start_with(creds: Option<(String, String)>) -> Self {
         let podman = require("podman", "podman");
         require("runc", "runc");
         let registry_bin = require("docker-registry", "docker-registry");
@@ -99,10 +112,21 @@ impl Harness {
 
         let reg_port = free_port();
         let registry = format!("127.0.0.1:{reg_port}");
+        let auth = match &creds {
+            Some((user, password)) => {
+                let hash = bcrypt::hash(password, 4).expect("bcrypt");
+                std::fs::write(d.join("htpasswd"), format!("{user}:{hash}\n")).expect("htpasswd");
+                format!(
+                    "auth:\n  htpasswd:\n    realm: shipflow-test\n    path: {}\n",
+                    d.join("htpasswd").display()
+                )
+            }
+            None => String::new(),
+        };
         std::fs::write(
             d.join("registry.yml"),
             format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {registry}\n",
+                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {registry}\n{auth}",
                 d.join("registry-data").display()
             ),
         )
@@ -144,6 +168,7 @@ impl Harness {
             caddy: None,
             caddy_admin: None,
             apps: Default::default(),
+            creds,
         }
     }
 
@@ -200,11 +225,18 @@ impl Harness {
     /// The app `name` from a workspace whose `[apps.<name>.deploy.docker]` is `docker`
     /// (TOML). The app is cleaned up on drop.
     pub fn app(&self, name: &str, docker: &str) -> App {
+        self.app_toml(name, &format!("[apps.{name}.deploy.docker]\n{docker}\n"))
+    }
+
+    /// Removes the containers labelled `dev.shipflow.app=<app>` on drop.
+    pub fn apps_to_clean(&self, app: &str) {
+        self.apps.lock().expect("apps").push(app.to_owned());
+    }
+
+    /// The app `name` from a workspace of `apps` (TOML after `[workspace]`).
+    pub fn app_toml(&self, name: &str, apps: &str) -> App {
         self.apps.lock().expect("apps").push(name.to_owned());
-        let toml = format!(
-            "[workspace]\nregistry = \"{}\"\n[apps.{name}.deploy.docker]\n{docker}\n",
-            self.registry
-        );
+        let toml = format!("[workspace]\nregistry = \"{}\"\n{apps}", self.registry);
         let ws = Workspace::from_toml(&toml, ".", &EnvOverrides::default()).expect("workspace");
         ws.app(name).expect("app").clone()
     }
@@ -227,6 +259,13 @@ impl Harness {
         std::fs::create_dir_all(ctx.join("www")).expect("context dir");
         std::fs::copy("/bin/busybox", ctx.join("busybox")).expect("copy busybox-static");
         std::fs::write(ctx.join("www/index.html"), body).expect("index");
+        // Unique content per image: Podman finds a `repo@digest` under any name
+        // with that digest, so equal images of parallel tests would not be pulled.
+        std::fs::write(
+            ctx.join("www/.id"),
+            format!("{}/{repo}:{tag}", self.registry),
+        )
+        .expect("id");
         std::fs::write(
             ctx.join("Dockerfile"),
             format!(
@@ -236,15 +275,23 @@ impl Harness {
         )
         .expect("Dockerfile");
         let reference = format!("{}/{repo}:{tag}", self.registry);
+        // Podman 4.3's build cache lookup races with image removals of parallel
+        // tests ("getting top layer info: layer not known"): build without it, and
+        // one image at a time.
+        let _serial = IMAGES.lock().unwrap_or_else(|e| e.into_inner());
         self.run(
             self.podman()
-                .args(["build", "-q", "-t", &reference])
+                .args(["build", "-q", "--layers=false", "-t", &reference])
                 .arg(&ctx),
         );
         let digest_file = ctx.join("digest");
+        let mut push = self.podman();
+        push.arg("push");
+        if let Some((user, password)) = &self.creds {
+            push.arg("--creds").arg(format!("{user}:{password}"));
+        }
         self.run(
-            self.podman()
-                .args(["push", "-q", "--tls-verify=false", "--digestfile"])
+            push.args(["-q", "--tls-verify=false", "--digestfile"])
                 .arg(&digest_file)
                 .arg(&reference),
         );
@@ -300,6 +347,11 @@ impl Harness {
         list
     }
 
+    /// The registry's log (its access log lists every request).
+    pub fn registry_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+
     /// Runs the podman CLI with the harness's configuration.
     pub fn podman_cli(&self, args: &[&str]) -> String {
         self.run(self.podman().args(args))
@@ -329,13 +381,35 @@ impl Drop for Harness {
                     .output();
             }
         }
+        // And the images of this harness's registry.
+        let _serial = IMAGES.lock().unwrap_or_else(|e| e.into_inner());
+        let images = self
+            .podman()
+            .args(["images", "--format", "{{.ID}} {{.Repository}}"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let ids: Vec<&str> = images
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .filter(|(_, repo)| repo.starts_with(&self.registry))
+            .map(|(id, _)| id)
+            .collect();
+        if !ids.is_empty() {
+            let _ = self.podman().args(["rmi", "-f"]).args(&ids).output();
+        }
     }
 }
 
 /// GET `http://127.0.0.1:<port>/` with a short timeout: the body, or the error.
 pub async fn get(http: &reqwest::Client, port: u16) -> Result<String, String> {
+    get_path(http, port, "/").await
+}
+
+/// GET `http://127.0.0.1:<port><path>`: the trimmed body of a 2xx, or the error.
+pub async fn get_path(http: &reqwest::Client, port: u16, path: &str) -> Result<String, String> {
     let response = http
-        .get(format!("http://127.0.0.1:{port}/"))
+        .get(format!("http://127.0.0.1:{port}{path}"))
         .timeout(Duration::from_secs(2))
         .send()
         .await

@@ -1,0 +1,263 @@
+//! Switching from one container to another (`recreate` or `start-first`), bringing
+//! the old one back when the new one is unhealthy, repairing what a crashed run
+//! left, and pruning old revisions.
+
+use bollard::query_parameters::{
+    InspectContainerOptions, RemoveImageOptions, RenameContainerOptions,
+};
+use shipflow_core::{App, Context, DockerTarget};
+
+use super::{Candidate, DEFAULT_KEEP, EngineDeployer, config_err};
+use crate::DockerError;
+use crate::health::{Probe, published_addr, service_port};
+use crate::state::{self, AppContainer, AppState, Phase};
+use crate::switch::TrafficSwitch;
+
+impl EngineDeployer {
+    /// Repairs what a deployer that died mid-way left: containers created but never
+    /// started are removed; of several running containers the newest healthy one
+    /// stays (and gets the proxy); when none runs although a healthy revision is
+    /// kept, the newest kept one is started again.
+    pub(super) async fn repair(
+        &self,
+        app: &App,
+        target: &DockerTarget,
+        probe: &Probe,
+        ctx: &Context,
+    ) -> Result<AppState, DockerError> {
+        let state = self.state(app).await?;
+        let mut repaired = false;
+        for c in state
+            .containers
+            .iter()
+            .filter(|c| c.phase == Phase::Created)
+        {
+            ctx.message(format!(
+                "repair: removing {} (created, never started)",
+                c.name
+            ));
+            self.remove(app, &c.id).await?;
+            repaired = true;
+        }
+        let running: Vec<&AppContainer> = state
+            .containers
+            .iter()
+            .rev()
+            .filter(|c| c.running())
+            .collect();
+        if running.len() > 1 {
+            let mut keep = running[0];
+            for c in &running {
+                if probe
+                    .wait_healthy_once(self.engine.client(), &self.http, &c.id)
+                    .await
+                {
+                    keep = c;
+                    break;
+                }
+            }
+            if let Some(switch) = self.switch(target) {
+                self.switch_to(app, switch.as_ref(), &keep.name).await?;
+            }
+            for c in running.iter().filter(|c| c.id != keep.id) {
+                ctx.message(format!(
+                    "repair: stopping {} ({} serves)",
+                    c.name, keep.name
+                ));
+                self.stop(app, &c.id).await?;
+            }
+            repaired = true;
+        } else if running.is_empty()
+            && let Some(kept) = state.previous(None)
+        {
+            ctx.message(format!(
+                "repair: nothing runs; starting {} again",
+                kept.name
+            ));
+            self.start(app, &kept.id).await?;
+            if let Some(switch) = self.switch(target) {
+                self.switch_to(app, switch.as_ref(), &kept.name).await?;
+            }
+            repaired = true;
+        }
+        if repaired {
+            self.state(app).await
+        } else {
+            Ok(state)
+        }
+    }
+
+    /// Points the proxy at container `name`'s service port.
+    pub(super) async fn switch_to(
+        &self,
+        app: &App,
+        switch: &dyn TrafficSwitch,
+        name: &str,
+    ) -> Result<(), DockerError> {
+        let target = self.target(app)?;
+        let port = service_port(target)
+            .map_err(|reason| config_err(app, reason))?
+            .ok_or_else(|| {
+                config_err(
+                    app,
+                    "start-first needs a port (ports or health.port)".into(),
+                )
+            })?;
+        let inspect = self
+            .engine
+            .client()
+            .inspect_container(name, None::<InspectContainerOptions>)
+            .await
+            .map_err(Self::engine_err(app, format!("inspect {name}")))?;
+        let upstream = published_addr(&inspect, port).ok_or_else(|| {
+            config_err(
+                app,
+                format!("container port {port} of {name} is not published"),
+            )
+        })?;
+        switch
+            .switch_to(&upstream)
+            .await
+            .map_err(|cause| DockerError::Switch {
+                app: app.name.clone(),
+                route: switch.route().to_owned(),
+                upstream,
+                cause,
+            })
+    }
+
+    /// Switches from `old` to `new` with the target's strategy; on an unhealthy new
+    /// container, the old one serves again and the new one is kept stopped.
+    pub(super) async fn roll(
+        &self,
+        app: &App,
+        target: &DockerTarget,
+        probe: &Probe,
+        old: Option<&AppContainer>,
+        new: &Candidate,
+        ctx: &Context,
+    ) -> Result<(), DockerError> {
+        let switch = self.switch(target);
+        if switch.is_none()
+            && let Some(old) = old
+        {
+            ctx.message(format!("stopping {}", old.name));
+            self.stop(app, &old.id).await?;
+        }
+        ctx.message(format!("starting {}", new.name));
+        let healthy = match self.start(app, &new.name).await {
+            Ok(()) => {
+                probe
+                    .wait_healthy(self.engine.client(), &self.http, &new.name, ctx)
+                    .await
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        let healthy = match (healthy, &switch) {
+            (Ok(()), Some(switch)) => self
+                .switch_to(app, switch.as_ref(), &new.name)
+                .await
+                .map_err(|e| e.to_string()),
+            (result, _) => result,
+        };
+        match healthy {
+            Ok(()) => {
+                if let (Some(old), Some(_)) = (old, &switch) {
+                    ctx.message(format!("draining {} for {:?}", old.name, self.drain));
+                    tokio::time::sleep(self.drain).await;
+                    self.stop(app, &old.id).await?;
+                }
+                Ok(())
+            }
+            Err(cause) => {
+                let logs = self.last_logs(&new.name).await;
+                self.stop(app, &new.name).await?;
+                let mut container = new.name.clone();
+                if new.fresh {
+                    let failed = state::failed_name(&new.name);
+                    let renamed = self
+                        .engine
+                        .client()
+                        .rename_container(
+                            &new.name,
+                            RenameContainerOptions {
+                                name: failed.clone(),
+                            },
+                        )
+                        .await;
+                    if renamed.is_ok() {
+                        container = failed;
+                    }
+                }
+                let restored = match old {
+                    None => "nothing ran before".to_owned(),
+                    Some(old) if switch.is_some() => {
+                        format!("revision {} kept serving", old.revision)
+                    }
+                    Some(old) => {
+                        self.start(app, &old.id).await?;
+                        // Bringing the old one back is not cancellable.
+                        match probe
+                            .wait_healthy(
+                                self.engine.client(),
+                                &self.http,
+                                &old.id,
+                                &Context::new(),
+                            )
+                            .await
+                        {
+                            Ok(()) => {
+                                format!("revision {} ({}) serves again", old.revision, old.image)
+                            }
+                            Err(e) => format!(
+                                "revision {} was started again but is not healthy either: {e}",
+                                old.revision
+                            ),
+                        }
+                    }
+                };
+                if ctx.cancelled() {
+                    return Err(DockerError::Cancelled {
+                        app: app.name.clone(),
+                        step: format!("the health check of {container} ({restored})"),
+                    });
+                }
+                Err(DockerError::Unhealthy {
+                    app: app.name.clone(),
+                    container,
+                    cause,
+                    restored,
+                    logs,
+                })
+            }
+        }
+    }
+
+    /// Removes stopped containers beyond the newest `keep`.
+    pub(super) async fn prune(
+        &self,
+        app: &App,
+        target: &DockerTarget,
+        ctx: &Context,
+    ) -> Result<(), DockerError> {
+        let keep = target.keep.unwrap_or(DEFAULT_KEEP) as usize;
+        let state = self.state(app).await?;
+        let stopped: Vec<&AppContainer> = state
+            .containers
+            .iter()
+            .rev()
+            .filter(|c| c.phase == Phase::Stopped)
+            .collect();
+        for c in stopped.iter().skip(keep) {
+            ctx.message(format!("removing {} (beyond keep = {keep})", c.name));
+            self.remove(app, &c.id).await?;
+            // The engine refuses while another container uses the image: then it stays.
+            let _ = self
+                .engine
+                .client()
+                .remove_image(&c.image, None::<RemoveImageOptions>, None)
+                .await;
+        }
+        Ok(())
+    }
+}
