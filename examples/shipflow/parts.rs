@@ -131,7 +131,10 @@ pub(crate) async fn deployer(
                 )?,
             };
             let client = kube::Client::try_from(config)?;
-            Ok(Arc::new(shipflow::k8s::KubeDeployer::new(client)))
+            // One pipeline per app at a time: a Lease that a second run waits for.
+            let deployer = shipflow::k8s::KubeDeployer::new(client)
+                .deploy_lock(shipflow::k8s::LockOptions::default());
+            Ok(Arc::new(deployer))
         }
         Target::Docker => {
             let engine = Engine::from_env().await?;

@@ -1,7 +1,8 @@
 //! A real container engine for tests: [`TestPodman`] runs Podman's Docker-compatible
-//! API service on its own socket, with its own `containers.conf` (runtime `runc`, no
-//! default ulimits: what works on sandboxed machines) and `registries.conf` (the
-//! loopback registries it may pull from over plain HTTP). Behind the `testing`
+//! API service on its own socket, with its own image and container storage (so tests
+//! running at once never see each other's images), its own `containers.conf`
+//! (runtime `runc`, no default ulimits: what works on sandboxed machines) and
+//! `registries.conf` (the loopback registries it may pull from over plain HTTP). Behind the `testing`
 //! feature, for shipflow's tests and for users testing their own pipelines.
 //!
 //! ```no_run
@@ -23,8 +24,8 @@ use std::time::{Duration, Instant};
 
 use crate::{DockerError, Endpoint, Engine};
 
-/// A running `podman system service`, killed on drop (containers it ran stay until
-/// [`TestPodman::remove_containers`] or the test removes them).
+/// A running `podman system service`. On drop, its containers are removed and the
+/// service is stopped.
 #[derive(Debug)]
 pub struct TestPodman {
     dir: tempfile::TempDir,
@@ -49,6 +50,14 @@ impl TestPodman {
             .map(|r| format!("[[registry]]\nlocation = \"{r}\"\ninsecure = true\n"))
             .collect();
         std::fs::write(d.join("registries.conf"), registries)?;
+        std::fs::write(
+            d.join("storage.conf"),
+            format!(
+                "[storage]\ndriver = \"overlay\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n",
+                d.join("storage").display(),
+                d.join("run").display()
+            ),
+        )?;
         let socket = d.join("podman.sock");
         let log = std::fs::File::create(d.join("podman.log"))?;
         let child = Command::new(podman)
@@ -64,10 +73,11 @@ impl TestPodman {
         Ok(podman)
     }
 
-    fn env_of(dir: &Path) -> [(&'static str, PathBuf); 2] {
+    fn env_of(dir: &Path) -> [(&'static str, PathBuf); 3] {
         [
             ("CONTAINERS_CONF", dir.join("containers.conf")),
             ("CONTAINERS_REGISTRIES_CONF", dir.join("registries.conf")),
+            ("CONTAINERS_STORAGE_CONF", dir.join("storage.conf")),
         ]
     }
 
@@ -113,8 +123,8 @@ impl TestPodman {
         Engine::connect(Endpoint::Unix(self.socket.clone())).await
     }
 
-    /// A `podman` command line with this service's configuration (same storage as
-    /// the service, so images it builds are the service's too).
+    /// A `podman` command line with this service's configuration and storage, so
+    /// images it builds are the service's too.
     pub fn command(&self) -> Command {
         let mut command = Command::new("podman");
         command.envs(Self::env_of(self.dir.path()));
@@ -146,6 +156,7 @@ impl TestPodman {
 
 impl Drop for TestPodman {
     fn drop(&mut self) {
+        let _ = self.command().args(["rm", "-af", "-t", "0"]).output();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

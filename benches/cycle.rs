@@ -1,0 +1,202 @@
+//! The headline benchmark: the incremental cycle of a 20-app monorepo where one file
+//! of one app changed (detect → build → push → deploy on Podman), shipflow against
+//! the seeds' shell script (`benches/seed-deploy.sh`: `git diff` + `podman build` +
+//! `podman push` + `podman run` per changed app), in the same run on the same
+//! commits, registry and engine.
+//!
+//! ```text
+//! cargo bench --bench cycle                      # 7 cycles
+//! SHIPFLOW_BENCH_CYCLES=15 cargo bench --bench cycle
+//! ```
+//!
+//! Needs podman, runc, docker-registry, busybox-static, curl and git (`.ci/run`
+//! installs them). Both sides get a warm start: every app deployed once by each, so
+//! podman's build cache and the registry hold the unchanged layers. Each side waits
+//! until its new container answers HTTP, and both are checked to serve the new page.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::Monorepo;
+use shipflow::core::{BuilderBySpec, Outcome, Pipeline, RunStatus, Selection, Workspace};
+use shipflow::docker::EngineDeployer;
+use shipflow::docker::testing::TestPodman;
+use shipflow::git::GitChangeDetector;
+use shipflow::oci::testing::TestRegistry;
+use shipflow::oci::{NativeBuilder, RegistryClient};
+
+const APPS: usize = 20;
+
+fn main() {
+    let cycles: usize = std::env::var("SHIPFLOW_BENCH_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(7);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(bench(cycles));
+}
+
+async fn bench(cycles: usize) {
+    let registry = TestRegistry::start().expect("docker-registry starts");
+    let podman = TestPodman::start(&[&registry.host()]).expect("podman service starts");
+    let apps: Vec<String> = (0..APPS).map(|i| format!("app{i:02}")).collect();
+    let names: Vec<&str> = apps.iter().map(String::as_str).collect();
+    let ours: Vec<u16> = apps.iter().map(|_| free_port()).collect();
+    let theirs: Vec<u16> = apps.iter().map(|_| free_port()).collect();
+    let repo = Monorepo::create(&registry.host(), &names, |app, i| {
+        format!(
+            "[apps.{app}.deploy.docker]\ncontainer = \"bench-{app}\"\n\
+             ports = [\"127.0.0.1:{}:8080\"]\nhealth = {{ http = \"/\" }}\n",
+            ours[i]
+        )
+    });
+    let ports_file = podman.dir().join("seed-ports");
+    let ports: String = apps
+        .iter()
+        .zip(&theirs)
+        .map(|(a, p)| format!("{a} {p}\n"))
+        .collect();
+    std::fs::write(&ports_file, ports).expect("ports file");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/seed-deploy.sh");
+    let builds = tempfile::tempdir().expect("build dir");
+    let cleanup = Cleanup(&podman);
+
+    let pipeline = || async {
+        let workspace = Workspace::load(repo.config()).expect("workspace");
+        let deployer = EngineDeployer::builder(podman.engine().await.expect("engine"))
+            .state_dir(podman.dir().join("state"))
+            .probe_interval(Duration::from_millis(50))
+            .build();
+        Pipeline::builder(workspace)
+            .detector(Arc::new(
+                GitChangeDetector::open(repo.path()).expect("repository"),
+            ))
+            .builder(Arc::new(
+                BuilderBySpec::new().native(Arc::new(NativeBuilder::new(builds.path()))),
+            ))
+            .registry(Arc::new(RegistryClient::builder().build().expect("client")))
+            .deployer(Arc::new(deployer))
+            .build()
+            .expect("pipeline")
+    };
+    let script_run = |base: &str| {
+        let started = Instant::now();
+        let status = std::process::Command::new("bash")
+            .current_dir(repo.path())
+            .arg(&script)
+            .args([base, &registry.host(), ports_file.to_str().expect("utf-8")])
+            .envs(podman_env(&podman))
+            .status()
+            .expect("bash runs the script");
+        assert!(status.success(), "the seed script failed");
+        started.elapsed()
+    };
+
+    println!("warm-up: every app deployed once by each side");
+    let t = Instant::now();
+    let first = pipeline()
+        .await
+        .run(None, "HEAD", &Selection::default())
+        .await
+        .expect("first run");
+    assert_eq!(first.status(), RunStatus::Succeeded, "{first:#?}");
+    let shipflow_first = t.elapsed();
+    let script_first = script_run("4b825dc642cb6eb9a060e54bf8d69288fbee4904"); // the empty tree
+    println!(
+        "  all {APPS} apps: shipflow {:.2} s, script {:.2} s",
+        shipflow_first.as_secs_f64(),
+        script_first.as_secs_f64()
+    );
+
+    let mut ours_t = Vec::new();
+    let mut theirs_t = Vec::new();
+    for cycle in 0..cycles {
+        let i = (cycle * 7) % APPS;
+        let app = &apps[i];
+        let body = format!("<h1>{app} v{}</h1>\n", cycle + 2);
+        repo.edit(&format!("apps/{app}/index.html"), &body);
+        // Alternate who goes first, so neither always meets a warmer machine.
+        let (a, b) = if cycle % 2 == 0 {
+            let a = shipflow_cycle(&pipeline().await, app).await;
+            (a, script_run("HEAD~1"))
+        } else {
+            let b = script_run("HEAD~1");
+            (shipflow_cycle(&pipeline().await, app).await, b)
+        };
+        assert_eq!(common::http_get(ours[i]).as_deref(), Some(body.as_str()));
+        assert_eq!(common::http_get(theirs[i]).as_deref(), Some(body.as_str()));
+        println!(
+            "cycle {cycle}: {app} changed: shipflow {:>6.0} ms, script {:>6.0} ms, ratio {:.3}",
+            ms(a),
+            ms(b),
+            ms(a) / ms(b)
+        );
+        ours_t.push(ms(a));
+        theirs_t.push(ms(b));
+    }
+    let (m_ours, m_theirs) = (median(&mut ours_t), median(&mut theirs_t));
+    println!(
+        "median of {cycles}: shipflow {m_ours:.0} ms, script {m_theirs:.0} ms: shipflow/script = {:.3} (target ≤ 0.1)",
+        m_ours / m_theirs
+    );
+    drop(cleanup);
+}
+
+/// One shipflow cycle; checks that exactly `app` was deployed.
+async fn shipflow_cycle(pipeline: &Pipeline, app: &str) -> Duration {
+    let started = Instant::now();
+    let report = pipeline
+        .run(Some("HEAD~1"), "HEAD", &Selection::default())
+        .await
+        .expect("run");
+    let took = started.elapsed();
+    let shipped: Vec<(&str, &Outcome)> = report
+        .apps
+        .iter()
+        .map(|a| (a.app.as_str(), &a.outcome))
+        .collect();
+    assert_eq!(shipped, [(app, &Outcome::Deployed)], "{report:#?}");
+    took
+}
+
+fn podman_env(podman: &TestPodman) -> Vec<(String, String)> {
+    let command = podman.command();
+    command
+        .get_envs()
+        .filter_map(|(k, v)| Some((k.to_str()?.to_owned(), v?.to_str()?.to_owned())))
+        .collect()
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Removes both sides' containers when the benchmark ends.
+struct Cleanup<'a>(&'a TestPodman);
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        self.0.remove_containers("bench-");
+        self.0.remove_containers("seed-");
+    }
+}
