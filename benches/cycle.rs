@@ -164,6 +164,14 @@ async fn shipflow_cycle(pipeline: &Pipeline, app: &str) -> Duration {
         .map(|a| (a.app.as_str(), &a.outcome))
         .collect();
     assert_eq!(shipped, [(app, &Outcome::Deployed)], "{report:#?}");
+    let t = &report.apps[0].timings;
+    println!(
+        "  shipflow stages: build {} ms, push {} ms, deploy {} ms, all {} ms",
+        t.build_ms,
+        t.push_ms,
+        t.deploy_ms,
+        took.as_millis()
+    );
     took
 }
 

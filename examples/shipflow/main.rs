@@ -157,6 +157,9 @@ struct TargetArgs {
     /// The kubeconfig context (default: its current context).
     #[arg(long)]
     context: Option<String>,
+    /// The Docker or Podman API (`unix:///run/podman/podman.sock`, `tcp://host:2375`).
+    #[arg(long, env = "DOCKER_HOST")]
+    docker_host: Option<String>,
 }
 
 impl TargetArgs {
@@ -165,6 +168,7 @@ impl TargetArgs {
             self.target,
             self.kubeconfig.as_deref(),
             self.context.as_deref(),
+            self.docker_host.as_deref(),
         )
         .await
     }
@@ -358,7 +362,10 @@ async fn build(out: &Output, args: BuildArgs) -> anyhow::Result<Exit> {
     };
     let pipeline = Pipeline::builder(workspace.clone())
         .detector(Arc::new(detector))
-        .builder(parts::builder(&workspace)?)
+        .builder(parts::builder(
+            &workspace,
+            parts::dockerfile_engine(&workspace).await?.as_ref(),
+        )?)
         .registry(parts::store(&store)?)
         .skip_deploy(true)
         .concurrency(args.concurrency)
@@ -404,9 +411,13 @@ async fn run(
     let workspace = parts::workspace(&out.config, args.registry.clone(), namespace)?;
     let detector = parts::detector(&workspace, args.changes.worktree)?;
     let base = base(&args.changes, &detector)?;
+    let engine = match skip_build {
+        true => None,
+        false => parts::dockerfile_engine(&workspace).await?,
+    };
     let mut pipeline = Pipeline::builder(workspace.clone())
         .detector(Arc::new(detector))
-        .registry(parts::registry(args.insecure)?)
+        .registry(parts::registry(args.insecure, engine.as_ref())?)
         .concurrency(args.concurrency)
         .dry_run(args.dry_run)
         .build_number(args.build_number.clone())
@@ -420,7 +431,7 @@ async fn run(
         .skip_deploy(skip_deploy)
         .events(Progress::sink(out.progress()));
     if !skip_build {
-        pipeline = pipeline.builder(parts::builder(&workspace)?);
+        pipeline = pipeline.builder(parts::builder(&workspace, engine.as_ref())?);
     }
     if let (Some(target), false) = (&target, skip_deploy) {
         pipeline = pipeline.deployer(target.deployer().await?);

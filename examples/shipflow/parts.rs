@@ -6,9 +6,12 @@ use std::sync::Arc;
 use anyhow::{Context as _, bail};
 use clap::ValueEnum;
 use shipflow::core::{
-    BuilderBySpec, CONFIG_FILE, Deployer, EnvOverrides, ImageBuilder, Registry, Workspace,
+    BuildSpec, BuilderBySpec, CONFIG_FILE, Deployer, EnvOverrides, ImageBuilder, Registry,
+    RegistryByLocation, Workspace,
 };
-use shipflow::docker::{Engine, EngineDeployer, RegistryCredentials};
+use shipflow::docker::{
+    Endpoint, Engine, EngineBuilder, EngineDeployer, EngineRegistry, RegistryCredentials,
+};
 use shipflow::git::GitChangeDetector;
 use shipflow::oci::{Credentials, LayoutRegistry, NativeBuilder, RegistryClient};
 
@@ -71,17 +74,58 @@ fn canonical(path: &Path) -> anyhow::Result<PathBuf> {
         .with_context(|| format!("cannot resolve {}", path.display()))
 }
 
-/// The registry client. Credentials come from `SHIPFLOW_REGISTRY_USER` and
-/// `SHIPFLOW_REGISTRY_PASSWORD` when set (never printed).
-pub(crate) fn registry(insecure: bool) -> anyhow::Result<Arc<dyn Registry>> {
-    let mut builder = RegistryClient::builder().insecure(insecure);
-    if let (Ok(user), Ok(password)) = (
+/// Registry credentials from `SHIPFLOW_REGISTRY_USER` and `SHIPFLOW_REGISTRY_PASSWORD`
+/// (never printed); without them, docker's `config.json` and credential helpers.
+fn credentials() -> Option<(String, String)> {
+    match (
         std::env::var("SHIPFLOW_REGISTRY_USER"),
         std::env::var("SHIPFLOW_REGISTRY_PASSWORD"),
     ) {
-        builder = builder.credentials(Credentials::basic(user, password));
+        (Ok(user), Ok(password)) => Some((user, password)),
+        _ => None,
     }
-    Ok(Arc::new(builder.build()?))
+}
+
+/// The registry: the native client, and for images built by an engine, a push
+/// through that engine.
+pub(crate) fn registry(
+    insecure: bool,
+    engine: Option<&Engine>,
+) -> anyhow::Result<Arc<dyn Registry>> {
+    let mut client = RegistryClient::builder().insecure(insecure);
+    if let Some((user, password)) = credentials() {
+        client = client.credentials(Credentials::basic(user, password));
+    }
+    let mut registry = RegistryByLocation::new(Arc::new(client.build()?));
+    if let Some(engine) = engine {
+        let mut through_engine = EngineRegistry::new(engine.clone());
+        if let Some((username, password)) = credentials() {
+            through_engine =
+                through_engine.with_credentials(RegistryCredentials { username, password });
+        }
+        registry = registry.engine(Arc::new(through_engine));
+    }
+    Ok(Arc::new(registry))
+}
+
+/// The engine that builds the workspace's Dockerfile apps, when it has any
+/// (`DOCKER_HOST`, or the default socket).
+pub(crate) async fn dockerfile_engine(workspace: &Workspace) -> anyhow::Result<Option<Engine>> {
+    let dockerfiles: Vec<&str> = workspace
+        .apps()
+        .filter(|a| matches!(a.build, BuildSpec::Dockerfile { .. }))
+        .map(|a| a.name.as_str())
+        .collect();
+    if dockerfiles.is_empty() {
+        return Ok(None);
+    }
+    let engine = Engine::from_env().await.with_context(|| {
+        format!(
+            "{} build from a Dockerfile, through a Docker or Podman engine: set DOCKER_HOST, or make them `type = \"native\"`",
+            dockerfiles.join(", ")
+        )
+    })?;
+    Ok(Some(engine))
 }
 
 /// `.shipflow/` at the repository root, where builds and the local store live;
@@ -98,18 +142,27 @@ pub(crate) fn state_dir(workspace: &Workspace) -> anyhow::Result<PathBuf> {
 }
 
 /// The image builder for the workspace's apps: native apps are built daemonless
-/// into OCI layouts under `.shipflow/build`.
-pub(crate) fn builder(workspace: &Workspace) -> anyhow::Result<Arc<dyn ImageBuilder>> {
+/// into OCI layouts under `.shipflow/build`, Dockerfile apps by `engine`.
+pub(crate) fn builder(
+    workspace: &Workspace,
+    engine: Option<&Engine>,
+) -> anyhow::Result<Arc<dyn ImageBuilder>> {
     let native = NativeBuilder::new(state_dir(workspace)?.join("build"));
-    Ok(Arc::new(BuilderBySpec::new().native(Arc::new(native))))
+    let mut builder = BuilderBySpec::new().native(Arc::new(native));
+    if let Some(engine) = engine {
+        builder = builder.dockerfile(Arc::new(EngineBuilder::new(engine.clone())));
+    }
+    Ok(Arc::new(builder))
 }
 
 /// The deployer for `target`. For Kubernetes: `kubeconfig` (else KUBECONFIG,
-/// `~/.kube/config` or in-cluster) and its `context` (else the current one).
+/// `~/.kube/config` or in-cluster) and its `context` (else the current one). For
+/// Docker or Podman: the API at `docker_host`, else the default socket.
 pub(crate) async fn deployer(
     target: Target,
     kubeconfig: Option<&Path>,
     context: Option<&str>,
+    docker_host: Option<&str>,
 ) -> anyhow::Result<Arc<dyn Deployer>> {
     match target {
         Target::K8s => {
@@ -137,7 +190,10 @@ pub(crate) async fn deployer(
             Ok(Arc::new(deployer))
         }
         Target::Docker => {
-            let engine = Engine::from_env().await?;
+            let engine = match docker_host {
+                Some(host) => Engine::connect(Endpoint::parse(host)?).await?,
+                None => Engine::from_env().await?,
+            };
             eprintln!(
                 "engine: {} {} at {}",
                 engine.kind(),
@@ -145,10 +201,7 @@ pub(crate) async fn deployer(
                 engine.endpoint()
             );
             let mut deployer = EngineDeployer::builder(engine);
-            if let (Ok(username), Ok(password)) = (
-                std::env::var("SHIPFLOW_REGISTRY_USER"),
-                std::env::var("SHIPFLOW_REGISTRY_PASSWORD"),
-            ) {
+            if let Some((username, password)) = credentials() {
                 deployer = deployer.credentials(RegistryCredentials { username, password });
             }
             Ok(Arc::new(deployer.build()))

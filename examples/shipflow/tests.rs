@@ -160,3 +160,54 @@ async fn a_failed_rollout_exits_3_when_rolled_back_and_1_when_not() {
         Exit::Failed
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_history_and_rollback_on_podman_through_the_cli() {
+    let registry = TestRegistry::start().expect("docker-registry starts");
+    let podman = shipflow::docker::testing::TestPodman::start(&[&registry.host()])
+        .expect("podman service starts");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let repo = Monorepo::create(&registry.host(), &["web"], |app, _| {
+        format!(
+            "[apps.{app}.deploy.docker]\ncontainer = \"cli{port}-{app}\"\n\
+             ports = [\"127.0.0.1:{port}:8080\"]\nhealth = {{ http = \"/\", timeout = 10 }}\n"
+        )
+    });
+    let config = repo.config();
+    let host = podman.docker_host();
+    let registry_prefix = format!("{}/e2e", registry.host());
+    let run = |args: &[&str]| {
+        let mut line = vec!["shipflow", "--config", config.to_str().expect("utf-8")];
+        line.extend_from_slice(args);
+        line.extend_from_slice(&["--target", "docker", "--docker-host", &host]);
+        let cli = Cli::try_parse_from(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+        async move {
+            run_cli(cli)
+                .await
+                .unwrap_or_else(|e| panic!("failed: {e:#}"))
+        }
+    };
+    let served = || tokio::task::spawn_blocking(move || common::http_get(port).unwrap_or_default());
+
+    let deploy = ["deploy", "--all", "--registry", &registry_prefix];
+    assert_eq!(run(&deploy).await, Exit::Shipped);
+    assert_eq!(served().await.expect("GET"), "<h1>web v1</h1>\n");
+
+    repo.edit("apps/web/index.html", "<h1>web v2</h1>\n");
+    let deploy = ["deploy", "--base", "HEAD~1", "--registry", &registry_prefix];
+    assert_eq!(run(&deploy).await, Exit::Shipped);
+    assert_eq!(served().await.expect("GET"), "<h1>web v2</h1>\n");
+    assert_eq!(run(&["status"]).await, Exit::NothingToDo, "up to date");
+
+    assert_eq!(run(&["history", "web"]).await, Exit::Shipped);
+    assert_eq!(run(&["rollback", "web"]).await, Exit::Shipped);
+    assert_eq!(served().await.expect("GET"), "<h1>web v1</h1>\n");
+    assert_eq!(
+        run(&["status"]).await,
+        Exit::Shipped,
+        "behind after the rollback"
+    );
+}

@@ -77,7 +77,7 @@ pub use pipeline::{
     Report, RunStatus, StageTimings, error_chain,
 };
 pub use reference::{DOCKER_HUB, Digest, ImageRef, ReferenceError, is_valid_tag, sanitize_tag};
-pub use registry::{PushReport, Registry};
+pub use registry::{PushReport, Registry, RegistryByLocation};
 pub use tag::{TAG_VARIABLES, TagTemplate, TagValues, TemplateError, sortable_timestamp};
 pub use workspace::{
     App, AppSection, BuildSpec, CONFIG_FILE, Config, ConfigError, Dependency, DeployTargets,

@@ -48,3 +48,122 @@ pub trait Registry: Send + Sync {
     /// moving no blobs.
     async fn tag(&self, digest: &Digest, target: &ImageRef, ctx: &Context) -> Result<(), BoxError>;
 }
+
+/// A [`Registry`] that pushes each image the way its location needs: images in a
+/// container engine's store through one registry (e.g.
+/// `shipflow_docker::EngineRegistry`, which pushes through the engine), every other
+/// image through the main one (e.g. `shipflow_oci::RegistryClient`). Lookups and
+/// tags go to the main one. Pairs with [`crate::BuilderBySpec`] for workspaces that
+/// mix native and Dockerfile apps.
+#[derive(Clone)]
+pub struct RegistryByLocation {
+    main: std::sync::Arc<dyn Registry>,
+    engine: Option<std::sync::Arc<dyn Registry>>,
+}
+
+impl std::fmt::Debug for RegistryByLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryByLocation")
+            .field("engine", &self.engine.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RegistryByLocation {
+    /// Everything through `main` until [`Self::engine`] is given.
+    pub fn new(main: std::sync::Arc<dyn Registry>) -> Self {
+        Self { main, engine: None }
+    }
+
+    /// The registry that pushes images held by a container engine.
+    pub fn engine(mut self, registry: std::sync::Arc<dyn Registry>) -> Self {
+        self.engine = Some(registry);
+        self
+    }
+}
+
+#[async_trait]
+impl Registry for RegistryByLocation {
+    async fn resolve(
+        &self,
+        reference: &ImageRef,
+        ctx: &Context,
+    ) -> Result<Option<Digest>, BoxError> {
+        self.main.resolve(reference, ctx).await
+    }
+
+    async fn push(
+        &self,
+        image: &LocalImage,
+        target: &ImageRef,
+        ctx: &Context,
+    ) -> Result<PushReport, BoxError> {
+        match (&image.location, &self.engine) {
+            (crate::ImageLocation::Engine { .. }, Some(engine)) => {
+                engine.push(image, target, ctx).await
+            }
+            _ => self.main.push(image, target, ctx).await,
+        }
+    }
+
+    async fn tag(&self, digest: &Digest, target: &ImageRef, ctx: &Context) -> Result<(), BoxError> {
+        self.main.tag(digest, target, ctx).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::testing::MemoryRegistry;
+    use crate::{Blob, ImageLocation};
+
+    fn image(location: ImageLocation) -> LocalImage {
+        let blob = |b: &[u8]| Blob {
+            media_type: "application/octet-stream".into(),
+            digest: Digest::sha256(b),
+            size: b.len() as u64,
+        };
+        LocalImage {
+            app: "api".into(),
+            digest: Digest::sha256(b"manifest"),
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            manifest_size: 8,
+            config: blob(b"config"),
+            layers: vec![blob(b"layer")],
+            location,
+        }
+    }
+
+    #[tokio::test]
+    async fn engine_images_go_through_the_engine_registry_and_the_rest_through_the_main_one() {
+        let (main, engine) = (
+            Arc::new(MemoryRegistry::new()),
+            Arc::new(MemoryRegistry::new()),
+        );
+        let registry = RegistryByLocation::new(main.clone()).engine(engine.clone());
+        let target: ImageRef = "r.io/acme/api:v1".parse().expect("reference");
+        let ctx = Context::new();
+
+        let engine_image = image(ImageLocation::Engine { id: "abc".into() });
+        registry
+            .push(&engine_image, &target, &ctx)
+            .await
+            .expect("push");
+        assert_eq!((main.writes(), engine.writes()), (0, 1));
+
+        registry
+            .push(&image(ImageLocation::Memory), &target, &ctx)
+            .await
+            .expect("push");
+        assert_eq!((main.writes(), engine.writes()), (1, 1));
+        assert!(
+            registry
+                .resolve(&target, &ctx)
+                .await
+                .expect("resolve")
+                .is_some()
+        );
+    }
+}
