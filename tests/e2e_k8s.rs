@@ -12,7 +12,7 @@ use shipflow::core::{
 };
 use shipflow::git::GitChangeDetector;
 use shipflow::k8s::KubeDeployer;
-use shipflow::k8s::testing::SimCluster;
+use shipflow::k8s::testing::{Outcome as Rollout, SimCluster};
 use shipflow::oci::testing::TestRegistry;
 use shipflow::oci::{NativeBuilder, RegistryClient};
 
@@ -134,4 +134,41 @@ async fn only_the_edited_app_is_rebuilt_pushed_and_rolled() {
     assert_ne!(setup.running("web"), before[1]);
     assert_eq!(setup.running("api"), before[0]);
     assert_eq!(setup.running("worker"), before[2]);
+}
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_looping_app_is_rolled_back_while_the_others_deploy() {
+    let setup = Setup::new().await;
+    setup
+        .pipeline()
+        .run(None, "HEAD", &Selection::default())
+        .await
+        .expect("first run");
+    let before: Vec<String> = APPS.iter().map(|a| setup.running(a)).collect();
+
+    setup
+        .cluster
+        .set_outcome("default", "api", Rollout::CrashLoop);
+    setup.repo.edit("packages/common/version.txt", "2\n");
+    let report = setup
+        .pipeline()
+        .run(Some("HEAD~1"), "HEAD", &Selection::default())
+        .await
+        .expect("run");
+    assert!(
+        matches!(outcome(&report, "api"), Outcome::RolledBack { .. }),
+        "{report:#?}"
+    );
+    let api = &report.apps[0];
+    let error = api.error.as_deref().unwrap_or_default();
+    assert!(error.contains("CrashLoopBackOff"), "{error}");
+    assert_eq!(
+        setup.running("api"),
+        before[0],
+        "api runs what it ran before"
+    );
+    for (i, app) in APPS.iter().enumerate().skip(1) {
+        assert_eq!(outcome(&report, app), &Outcome::Deployed);
+        assert_ne!(setup.running(app), before[i], "{app} moved on");
+    }
+    assert_eq!(report.status(), shipflow::core::RunStatus::RolledBack);
 }

@@ -291,6 +291,15 @@ fn refresh(shared: &Shared, st: &mut State, ns: &str, dep: &mut Value, new_rs: &
         st.ready_at
             .entry(key)
             .or_insert_with(std::time::Instant::now);
+        let images = template_images(dep);
+        st.good_images.insert((
+            ns.to_owned(),
+            dep["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            images,
+        ));
         set_condition(
             dep,
             "Available",
@@ -342,12 +351,22 @@ pub(crate) async fn rollout(shared: Arc<Shared>, ns: String, name: String, gener
             $body
         }};
     }
-    let outcome = shared
-        .lock()
-        .outcomes
-        .get(&(ns.clone(), name.clone()))
-        .cloned()
-        .unwrap_or_default();
+    let outcome = {
+        let st = shared.lock();
+        let images = st
+            .objects
+            .get(&dep_key(&ns, &name))
+            .map(template_images)
+            .unwrap_or_default();
+        if st.good_images.contains(&(ns.clone(), name.clone(), images)) {
+            Outcome::Healthy
+        } else {
+            st.outcomes
+                .get(&(ns.clone(), name.clone()))
+                .cloned()
+                .unwrap_or_default()
+        }
+    };
     let rs = step!(|st| sync_new_replica_set(&shared, st, &ns, &name));
     let rs_name = rs["metadata"]["name"]
         .as_str()
@@ -485,4 +504,18 @@ pub(crate) async fn rollout(shared: Arc<Shared>, ns: String, name: String, gener
         }
         Outcome::Stuck => {}
     }
+}
+
+/// The images of a Deployment's pod template, in container order, as one key.
+fn template_images(dep: &Value) -> String {
+    dep["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .map(|containers| {
+            containers
+                .iter()
+                .map(|c| c["image"].as_str().unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
 }

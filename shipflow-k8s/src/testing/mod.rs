@@ -156,7 +156,9 @@ impl SimCluster {
         controller::seed(&self.shared, &mut st, ns, name, dep);
     }
 
-    /// Sets how the controller plays the next rollouts of `ns/name`.
+    /// Sets how the controller plays the next rollouts of `ns/name`. A rollout to
+    /// images the Deployment already rolled out with succeeds whatever this says,
+    /// as a rollback to a known-good image does on a real cluster.
     pub fn set_outcome(&self, ns: &str, name: &str, outcome: Outcome) {
         self.shared
             .lock()

@@ -86,6 +86,10 @@ pub(crate) struct State {
     pub(crate) objects: BTreeMap<Key, Value>,
     pub(crate) log: Vec<Arc<Change>>,
     pub(crate) outcomes: HashMap<(String, String), Outcome>,
+    /// The container images each Deployment has completed a rollout with: a
+    /// rollout back to them succeeds whatever the scripted outcome (an image that
+    /// ran healthy runs healthy again, as a rollback to it does on a real cluster).
+    pub(crate) good_images: std::collections::HashSet<(String, String, String)>,
     pub(crate) requests: BTreeMap<String, u64>,
     /// The longest a watch may last, whatever the client asked for.
     pub(crate) watch_limit: Option<Duration>,
