@@ -6,148 +6,53 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use sha2::{Digest as _, Sha256};
 use shipflow_core::{ImageRef, LocalImage};
 use shipflow_oci::OciLayout;
 
-const BINARY: &str = "docker-registry";
-
-/// A running `docker-registry`, killed on drop.
+/// A running `docker-registry` (the crate's `testing::TestRegistry`), with the auth
+/// files it reads kept alive beside it.
 pub struct TestRegistry {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
+    inner: shipflow_oci::testing::TestRegistry,
     _auth_dir: Option<tempfile::TempDir>,
+}
+
+impl std::ops::Deref for TestRegistry {
+    type Target = shipflow_oci::testing::TestRegistry;
+
+    fn deref(&self) -> &Self::Target {
+        &self.inner
+    }
 }
 
 impl TestRegistry {
     /// Starts an anonymous registry.
     pub fn start() -> Self {
-        Self::start_with(None)
+        Self::start_with_auth_section(String::new(), None)
     }
 
     /// Starts a registry that requires basic auth for `user` / `password`.
     pub fn start_with_basic_auth(user: &str, password: &str) -> Self {
-        Self::start_with(Some((user, password)))
-    }
-
-    fn start_with(auth: Option<(&str, &str)>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir for the auth files");
-        let auth_section = match auth {
-            Some((user, password)) => {
-                let hash = bcrypt::hash(password, 4).expect("bcrypt hash");
-                let htpasswd = dir.path().join("htpasswd");
-                std::fs::write(&htpasswd, format!("{user}:{hash}\n")).expect("write htpasswd");
-                format!(
-                    "auth:\n  htpasswd:\n    realm: shipflow-test\n    path: {}\n",
-                    htpasswd.display()
-                )
-            }
-            None => String::new(),
-        };
-        let mut registry = Self::start_with_auth_section(auth_section);
-        registry._auth_dir = Some(dir);
-        registry
-    }
-
-    fn start_with_auth_section(auth_section: String) -> Self {
-        let binary = which(BINARY).unwrap_or_else(|| {
-            panic!(
-                "`{BINARY}` is not installed (not on PATH): these tests need a real registry; \
-                 install it with `apt-get install -y docker-registry`"
-            )
-        });
-        let dir = tempfile::tempdir().expect("temp dir for the registry");
-        let port = free_port();
-        let config = format!(
-            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth_section}",
-            dir.path().join("data").display()
+        let hash = bcrypt::hash(password, 4).expect("bcrypt hash");
+        let htpasswd = dir.path().join("htpasswd");
+        std::fs::write(&htpasswd, format!("{user}:{hash}\n")).expect("write htpasswd");
+        let section = format!(
+            "auth:\n  htpasswd:\n    realm: shipflow-test\n    path: {}\n",
+            htpasswd.display()
         );
-        let config_path = dir.path().join("config.yml");
-        std::fs::write(&config_path, config).expect("write registry config");
-        let log = std::fs::File::create(dir.path().join("registry.log")).expect("log file");
-        let child = Command::new(&binary)
-            .arg("serve")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log handle"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
-        let mut registry = Self {
-            child,
-            port,
-            dir,
-            _auth_dir: None,
-        };
-        registry.wait_ready();
-        registry
+        Self::start_with_auth_section(section, Some(dir))
     }
 
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("poll registry") {
-                panic!(
-                    "docker-registry exited with {status} before answering; log:\n{}",
-                    self.log()
-                );
-            }
-            // 200 when anonymous, 401 when auth is on: either way it answers.
-            if let Some(code) = http_status(self.port, "/v2/")
-                && (code == 200 || code == 401)
-            {
-                return;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "docker-registry did not answer GET /v2/ on port {} within 20 s; log:\n{}",
-                    self.port,
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
+    fn start_with_auth_section(section: String, dir: Option<tempfile::TempDir>) -> Self {
+        Self {
+            inner: shipflow_oci::testing::TestRegistry::start_with(&section)
+                .unwrap_or_else(|e| panic!("the test registry does not start: {e}")),
+            _auth_dir: dir,
         }
-    }
-
-    /// `127.0.0.1:<port>`.
-    pub fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// A reference into this registry, e.g. `reference("team/api:v1")`.
-    pub fn reference(&self, repo_and_tag: &str) -> ImageRef {
-        format!("{}/{repo_and_tag}", self.host())
-            .parse()
-            .expect("valid test reference")
-    }
-
-    /// The registry's log so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
-    }
-
-    /// How many blobs the registry stores (across repositories).
-    pub fn stored_blobs(&self) -> usize {
-        let root = self.dir.path().join("data/docker/registry/v2/blobs/sha256");
-        let Ok(prefixes) = std::fs::read_dir(root) else {
-            return 0;
-        };
-        prefixes
-            .filter_map(Result::ok)
-            .filter_map(|p| std::fs::read_dir(p.path()).ok())
-            .map(Iterator::count)
-            .sum()
-    }
-}
-
-impl Drop for TestRegistry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -157,28 +62,6 @@ fn which(name: &str) -> Option<PathBuf> {
         .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
         .map(|dir| dir.join(name))
         .find(|p| p.is_file())
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
-}
-
-/// The status code of `GET path`, or `None` if nothing answers.
-fn http_status(port: u16, path: &str) -> Option<u16> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n"
-    )
-    .ok()?;
-    let mut head = [0u8; 64];
-    let n = stream.read(&mut head).ok()?;
-    let line = std::str::from_utf8(&head[..n]).ok()?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// `len` bytes of deterministic noise derived from `seed` (incompressible, distinct per seed).
@@ -411,11 +294,14 @@ impl TokenService {
 impl TestRegistry {
     /// Starts a registry that wants bearer tokens from `tokens`.
     pub fn start_with_token_auth(tokens: &TokenService) -> Self {
-        Self::start_with_auth_section(format!(
-            "auth:\n  token:\n    realm: {}\n    service: {TOKEN_SERVICE}\n    issuer: {TOKEN_ISSUER}\n    rootcertbundle: {}\n",
-            tokens.realm,
-            tokens.cert.display()
-        ))
+        Self::start_with_auth_section(
+            format!(
+                "auth:\n  token:\n    realm: {}\n    service: {TOKEN_SERVICE}\n    issuer: {TOKEN_ISSUER}\n    rootcertbundle: {}\n",
+                tokens.realm,
+                tokens.cert.display()
+            ),
+            None,
+        )
     }
 }
 
@@ -498,13 +384,6 @@ impl FaultProxy {
         format!("127.0.0.1:{}/{repo_and_tag}", self.port)
             .parse()
             .expect("valid test reference")
-    }
-}
-
-impl TestRegistry {
-    /// The registry's port.
-    pub fn port(&self) -> u16 {
-        self.port
     }
 }
 
