@@ -6,9 +6,9 @@ mod common;
 
 use std::sync::Arc;
 
-use common::Monorepo;
+use common::{Monorepo, outcome};
 use shipflow::core::{
-    BuilderBySpec, FailurePolicy, Outcome, Pipeline, Registry as _, Report, Selection, Workspace,
+    BuilderBySpec, FailurePolicy, Outcome, Pipeline, Registry as _, Selection, Workspace,
 };
 use shipflow::git::GitChangeDetector;
 use shipflow::k8s::KubeDeployer;
@@ -70,15 +70,6 @@ impl Setup {
             .expect("an image")
             .to_owned()
     }
-}
-
-fn outcome<'r>(report: &'r Report, app: &str) -> &'r Outcome {
-    &report
-        .apps
-        .iter()
-        .find(|a| a.app == app)
-        .unwrap_or_else(|| panic!("{app} is not in the report: {report:#?}"))
-        .outcome
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

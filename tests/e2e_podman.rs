@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::Monorepo;
+use common::{Monorepo, outcome};
 use shipflow::core::{
     BuilderBySpec, FailurePolicy, Outcome, Pipeline, Report, RunStatus, Selection, Workspace,
 };
@@ -104,15 +104,6 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port()
-}
-
-fn outcome<'r>(report: &'r Report, app: &str) -> &'r Outcome {
-    &report
-        .apps
-        .iter()
-        .find(|a| a.app == app)
-        .unwrap_or_else(|| panic!("{app} is not in the report: {report:#?}"))
-        .outcome
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -129,3 +129,13 @@ pub fn http_get(port: u16) -> Option<String> {
         .then(|| body.to_owned())
         .or_else(|| head.starts_with("HTTP/1.1 200").then(|| body.to_owned()))
 }
+
+/// How `app` ended in `report`; panics with the report when it is not there.
+pub fn outcome<'r>(report: &'r shipflow::core::Report, app: &str) -> &'r shipflow::core::Outcome {
+    &report
+        .apps
+        .iter()
+        .find(|a| a.app == app)
+        .unwrap_or_else(|| panic!("{app} is not in the report: {report:#?}"))
+        .outcome
+}
