@@ -13,6 +13,7 @@ use shipflow_core::{
 };
 
 use crate::layer::{self, Compression, WrittenLayer};
+use crate::layer_cache::LayerCache;
 use crate::layout::{LayoutError, OCI_MANIFEST_MEDIA_TYPE, OciLayout};
 use crate::{OciError, RegistryClient};
 
@@ -277,18 +278,33 @@ impl NativeBuilder {
             let (app_name, layout, cancel) =
                 (name.to_owned(), layout.clone(), ctx.cancellation().clone());
             let (mtime, compression) = (self.source_date_epoch, self.compression);
+            let cache = LayerCache::new(&self.images);
             let layer = tokio::task::spawn_blocking(move || {
                 let entries = layer::list_entries(&app_name, &source, &to)?;
-                layer::write_layer(&app_name, &layout, &entries, mtime, compression, &cancel)
+                let key = LayerCache::key(&entries, mtime, compression.level);
+                if let Some(hit) = key.as_deref().and_then(|k| cache.get(k, &layout)) {
+                    return Ok((hit, true));
+                }
+                let layer =
+                    layer::write_layer(&app_name, &layout, &entries, mtime, compression, &cancel)?;
+                if let Some(key) = &key {
+                    cache.put(key, &layer);
+                }
+                Ok((layer, false))
             })
             .await
             .unwrap_or_else(|join| match join.try_into_panic() {
                 Ok(panic) => std::panic::resume_unwind(panic),
                 Err(_) => Err(BuildError::Cancelled { app: name.into() }),
             })?;
+            let (layer, cached) = layer;
             ctx.message(format!(
-                "layer {} → {}: {} ({} bytes)",
-                layer_spec.from, layer_spec.to, layer.blob.digest, layer.blob.size
+                "layer {} → {}: {} ({} bytes{})",
+                layer_spec.from,
+                layer_spec.to,
+                layer.blob.digest,
+                layer.blob.size,
+                if cached { ", unchanged: reused" } else { "" }
             ));
             written.push(layer);
         }

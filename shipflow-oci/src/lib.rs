@@ -63,6 +63,7 @@ mod dockerignore;
 mod error;
 mod gzip;
 mod layer;
+mod layer_cache;
 mod layout;
 mod progress;
 mod store;

@@ -544,3 +544,63 @@ async fn a_file_layer_lands_at_its_destination_and_cancellation_stops_the_build(
     let layout = OciLayout::open(builder.layout_path("api")).expect("layout");
     assert_eq!(layout.resolve("v2").expect("index"), None, "nothing tagged");
 }
+
+/// Builds and returns the image with the builder's layer messages.
+async fn build_saying(
+    builder: &NativeBuilder,
+    app: &App,
+    root: &Path,
+    tag: &str,
+) -> (LocalImage, Vec<String>) {
+    let said = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = said.clone();
+    let ctx = Context::new().with_events(shipflow_core::EventSink::new(move |event| {
+        if let shipflow_core::EventKind::Message { text } = &event.kind {
+            sink.lock().expect("messages").push(text.clone());
+        }
+    }));
+    let image = builder
+        .build(app, &request(root, tag), &ctx)
+        .await
+        .expect("build");
+    let said = said.lock().expect("messages").clone();
+    (image, said)
+}
+
+#[tokio::test]
+async fn unchanged_layers_are_reused_and_any_change_rebuilds_only_its_layer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("repo");
+    sample_repo(&root);
+    let builder = NativeBuilder::new(dir.path().join("images"));
+    let reused = |said: &[String]| -> Vec<bool> {
+        said.iter()
+            .map(|m| m.ends_with("unchanged: reused)"))
+            .collect()
+    };
+
+    let (first, said) = build_saying(&builder, &app(&root, TWO_LAYERS), &root, "v1").await;
+    assert_eq!(reused(&said), [false, false], "{said:?}");
+    let (second, said) = build_saying(&builder, &app(&root, TWO_LAYERS), &root, "v2").await;
+    assert_eq!(reused(&said), [true, true], "{said:?}");
+    assert_eq!(first.layers, second.layers);
+
+    // Same size, same content length: the change time still tells.
+    write(&root.join("src/static/index.html"), "<h1>ho</h1>\n");
+    let (third, said) = build_saying(&builder, &app(&root, TWO_LAYERS), &root, "v3").await;
+    assert_eq!(reused(&said), [true, false], "{said:?}");
+    assert_ne!(third.layers[1], first.layers[1]);
+
+    // A touch without a content change rebuilds the layer, to the same digest.
+    run("touch", &[path_str(&root.join("deps/lib/a.txt"))]);
+    let (fourth, said) = build_saying(&builder, &app(&root, TWO_LAYERS), &root, "v4").await;
+    assert_eq!(reused(&said), [false, true], "{said:?}");
+    assert_eq!(fourth.layers, third.layers);
+
+    // A cache entry whose blob is gone is not trusted.
+    let layout = OciLayout::open(builder.layout_path("api")).expect("layout");
+    fs::remove_file(layout.blob_path(&fourth.layers[1].digest)).expect("remove blob");
+    let (fifth, said) = build_saying(&builder, &app(&root, TWO_LAYERS), &root, "v5").await;
+    assert_eq!(reused(&said), [true, false], "{said:?}");
+    assert!(layout.has_blob(&fifth.layers[1].digest));
+}
