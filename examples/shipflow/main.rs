@@ -8,16 +8,17 @@
 //! cargo run --example shipflow -- build                      # changed apps into the local store
 //! cargo run --example shipflow -- push --registry 127.0.0.1:5000/acme
 //! cargo run --example shipflow -- deploy --target k8s --namespace prod
-//! cargo run --example shipflow -- deploy --target docker --apps web --all
+//! cargo run --example shipflow -- deploy --target docker --docker-host unix:///run/podman/podman.sock
 //! cargo run --example shipflow -- rollback web --to 3 --target docker
 //! cargo run --example shipflow -- history web --target k8s
 //! cargo run --example shipflow -- status --target docker
 //! ```
 //!
-//! Exit codes: 0 shipped, 1 failed (or an error before any app started), 2 bad
-//! usage, 3 failed and rolled back, 4 nothing to do. `--format json` prints the
-//! plan, report, history or status as JSON on stdout for CI. Progress bars show
-//! on a terminal, plain lines otherwise. Set `RUST_LOG=shipflow=debug` for tracing.
+//! Exit codes: 0 shipped (for `plan` and `status`: there is work to ship), 1 failed
+//! (or an error before any app started), 2 bad usage, 3 failed and rolled back,
+//! 4 nothing to do. `--format json` prints the plan, report, history or status as
+//! JSON on stdout for CI. Progress bars show on a terminal, plain lines otherwise.
+//! Set `RUST_LOG=shipflow=debug` for tracing.
 
 mod parts;
 mod progress;
