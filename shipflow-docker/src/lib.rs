@@ -56,6 +56,7 @@ mod state;
 mod switch;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod timing;
 
 pub use builder::EngineBuilder;
 pub use deployer::{EngineDeployer, EngineDeployerBuilder, RegistryCredentials};

@@ -12,6 +12,7 @@ use crate::DockerError;
 use crate::health::{Probe, published_addr, service_port};
 use crate::state::{self, AppContainer, AppState, Phase};
 use crate::switch::TrafficSwitch;
+use crate::timing::timed;
 
 impl EngineDeployer {
     /// Repairs what a deployer that died mid-way left: containers created but never
@@ -147,9 +148,8 @@ impl EngineDeployer {
         ctx.message(format!("starting {}", new.name));
         let healthy = match self.start(app, &new.name).await {
             Ok(()) => {
-                probe
-                    .wait_healthy(self.engine.client(), &self.http, &new.name, ctx)
-                    .await
+                let wait = probe.wait_healthy(self.engine.client(), &self.http, &new.name, ctx);
+                timed(&app.name, "health", wait).await
             }
             Err(e) => Err(e.to_string()),
         };
@@ -252,11 +252,11 @@ impl EngineDeployer {
             ctx.message(format!("removing {} (beyond keep = {keep})", c.name));
             self.remove(app, &c.id).await?;
             // The engine refuses while another container uses the image: then it stays.
-            let _ = self
-                .engine
-                .client()
-                .remove_image(&c.image, None::<RemoveImageOptions>, None)
-                .await;
+            let remove =
+                self.engine
+                    .client()
+                    .remove_image(&c.image, None::<RemoveImageOptions>, None);
+            let _ = timed(&app.name, "remove image", remove).await;
         }
         Ok(())
     }
