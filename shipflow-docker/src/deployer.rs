@@ -286,7 +286,8 @@ impl EngineDeployer {
             fresh: true,
         };
         self.roll(app, target, &probe, current, &new, ctx).await?;
-        timed(&app.name, "prune", self.prune(app, target, ctx)).await?;
+        let prune = self.prune(app, target, &state, current, ctx);
+        timed(&app.name, "prune", prune).await?;
         Ok(Rollout {
             image: new.image,
             revision: Some(new.revision),

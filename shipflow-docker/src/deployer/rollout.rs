@@ -233,21 +233,25 @@ impl EngineDeployer {
         }
     }
 
-    /// Removes stopped containers beyond the newest `keep`.
+    /// Removes stopped containers beyond the newest `keep` after a successful roll:
+    /// those of `before` (the state the roll started from) and `old`, which the roll
+    /// stopped. Read from what is known, so no second list of the engine.
     pub(super) async fn prune(
         &self,
         app: &App,
         target: &DockerTarget,
+        before: &AppState,
+        old: Option<&AppContainer>,
         ctx: &Context,
     ) -> Result<(), DockerError> {
         let keep = target.keep.unwrap_or(DEFAULT_KEEP) as usize;
-        let state = self.state(app).await?;
-        let stopped: Vec<&AppContainer> = state
+        let mut stopped: Vec<&AppContainer> = before
             .containers
             .iter()
-            .rev()
             .filter(|c| c.phase == Phase::Stopped)
+            .chain(old)
             .collect();
+        stopped.sort_by_key(|c| std::cmp::Reverse((c.revision, c.failed)));
         for c in stopped.iter().skip(keep) {
             ctx.message(format!("removing {} (beyond keep = {keep})", c.name));
             self.remove(app, &c.id).await?;
