@@ -6,7 +6,7 @@
 //! collected and their medians printed per step. Needs podman, runc,
 //! docker-registry and busybox-static.
 //!
-//! `cargo bench -p shipflow-docker --bench redeploy`
+//! `cargo bench -p shipflow-docker --bench redeploy` (`SHIPFLOW_BENCH_ROUNDS=12` for more rounds)
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -20,6 +20,7 @@ use shipflow_core::{Context, DeployMeta, Deployer, ImageRef};
 use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::SubscriberExt;
 
+/// Rounds unless `SHIPFLOW_BENCH_ROUNDS` says otherwise.
 const ROUNDS: usize = 6;
 
 async fn until_serving(http: &reqwest::Client, port: u16, body: &str) {
@@ -100,6 +101,10 @@ async fn main() {
     let steps = Steps::default();
     tracing::subscriber::set_global_default(tracing_subscriber::registry().with(steps.clone()))
         .expect("a subscriber");
+    let rounds = std::env::var("SHIPFLOW_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(ROUNDS);
     let h = Harness::start();
     let (port_sf, port_cli) = (free_port(), free_port());
     let app = h.app(
@@ -107,8 +112,8 @@ async fn main() {
         &format!("ports = [\"127.0.0.1:{port_sf}:80\"]\nkeep = 1\nhealth = {{ http = \"/\" }}"),
     );
     h.apps_to_clean("bench-cli");
-    eprintln!("building {} images...", 2 * ROUNDS + 2);
-    let images: Vec<(String, ImageRef)> = (0..2 * ROUNDS + 2)
+    eprintln!("building {} images...", 2 * rounds + 2);
+    let images: Vec<(String, ImageRef)> = (0..2 * rounds + 2)
         .map(|i| {
             let body = format!("v{i}");
             let image = h.web_image("bench-web", &body, &body);
@@ -131,7 +136,7 @@ async fn main() {
     until_serving(&http, port_cli, body).await;
 
     let (mut shipflow, mut cli, mut timings) = (Vec::new(), Vec::new(), Vec::new());
-    for round in 0..ROUNDS {
+    for round in 0..rounds {
         let (sf_body, sf_image) = &images[2 + 2 * round];
         let (cli_body, cli_image) = &images[3 + 2 * round];
         for which in [round % 2, 1 - round % 2] {
@@ -153,7 +158,7 @@ async fn main() {
         }
     }
     let (s, c) = (median(shipflow.clone()), median(cli.clone()));
-    println!("rounds: {ROUNDS}");
+    println!("rounds: {rounds}");
     println!("shipflow EngineDeployer::deploy  median {s:?}  all {shipflow:?}");
     println!("podman pull && stop && rm && run median {c:?}  all {cli:?}");
     println!(

@@ -275,17 +275,21 @@ impl EngineDeployer {
             name: Some(name.clone()),
             ..Default::default()
         };
-        let create = self.engine.client().create_container(Some(options), body);
-        timed(&app.name, "create", create)
-            .await
-            .map_err(Self::engine_err(app, format!("create {name}")))?;
+        let create = async {
+            let create = self.engine.client().create_container(Some(options), body);
+            timed(&app.name, "create", create)
+                .await
+                .map(drop)
+                .map_err(Self::engine_err(app, format!("create {name}")))
+        };
         let new = Candidate {
             name: name.clone(),
             revision: number,
             image: reference.clone(),
             fresh: true,
         };
-        self.roll(app, target, &probe, current, &new, ctx).await?;
+        self.roll(app, target, &probe, current, (&new, create), ctx)
+            .await?;
         let prune = self.prune(app, target, &state, current, ctx);
         timed(&app.name, "prune", prune).await?;
         Ok(Rollout {
@@ -349,7 +353,8 @@ impl EngineDeployer {
             image: wanted.image.clone(),
             fresh: false,
         };
-        self.roll(app, target, &probe, current, &candidate, ctx)
+        let kept = async { Ok(()) };
+        self.roll(app, target, &probe, current, (&candidate, kept), ctx)
             .await?;
         Ok(Rollout {
             image: candidate.image,

@@ -128,23 +128,36 @@ impl EngineDeployer {
     }
 
     /// Switches from `old` to `new` with the target's strategy; on an unhealthy new
-    /// container, the old one serves again and the new one is kept stopped.
+    /// container, the old one serves again and the new one is kept stopped. `create`
+    /// makes the new container (a no-op for kept ones); with `recreate` it runs while
+    /// the old one stops, and when it fails the old one is started again.
     pub(super) async fn roll(
         &self,
         app: &App,
         target: &DockerTarget,
         probe: &Probe,
         old: Option<&AppContainer>,
-        new: &Candidate,
+        (new, create): (&Candidate, impl Future<Output = Result<(), DockerError>>),
         ctx: &Context,
     ) -> Result<(), DockerError> {
         let switch = self.switch(target);
-        if switch.is_none()
-            && let Some(old) = old
-        {
-            ctx.message(format!("stopping {}", old.name));
-            self.stop(app, &old.id).await?;
+        let stop_old = async {
+            match old {
+                Some(old) if switch.is_none() => {
+                    ctx.message(format!("stopping {}", old.name));
+                    self.stop(app, &old.id).await.map(|()| Some(old))
+                }
+                _ => Ok(None),
+            }
+        };
+        let (created, stopped) = tokio::join!(create, stop_old);
+        if let Err(e) = created {
+            if let Ok(Some(old)) = stopped {
+                self.start(app, &old.id).await?;
+            }
+            return Err(e);
         }
+        stopped?;
         ctx.message(format!("starting {}", new.name));
         let healthy = match self.start(app, &new.name).await {
             Ok(()) => {
