@@ -111,7 +111,6 @@ async fn main() {
         "bench-web",
         &format!("ports = [\"127.0.0.1:{port_sf}:80\"]\nkeep = 1\nhealth = {{ http = \"/\" }}"),
     );
-    h.apps_to_clean("bench-cli");
     eprintln!("building {} images...", 2 * rounds + 2);
     let images: Vec<(String, ImageRef)> = (0..2 * rounds + 2)
         .map(|i| {
