@@ -18,7 +18,7 @@ impl EngineDeployer {
     /// Repairs what a deployer that died mid-way left: containers created but never
     /// started are removed; of several running containers the newest healthy one
     /// stays (and gets the proxy); when none runs although a healthy revision is
-    /// kept, the newest kept one is started again.
+    /// kept, the newest kept one is started again and waited for until healthy.
     pub(super) async fn repair(
         &self,
         app: &App,
@@ -76,6 +76,11 @@ impl EngineDeployer {
                 kept.name
             ));
             self.start(app, &kept.id).await?;
+            // Serving before anything relies on it (a same-image deploy returns next).
+            let wait = probe.wait_healthy(self.engine.client(), &self.http, &kept.id, ctx);
+            if let Err(cause) = timed(&app.name, "health", wait).await {
+                ctx.message(format!("repair: {} is not healthy: {cause}", kept.name));
+            }
             if let Some(switch) = self.switch(target) {
                 self.switch_to(app, switch.as_ref(), &kept.name).await?;
             }
