@@ -20,6 +20,7 @@ use crate::lock::HostLock;
 use crate::spec::{Publish, container_body};
 use crate::state::{self, AppContainer};
 use crate::switch::{CaddySwitch, TrafficSwitch};
+use crate::timing::timed;
 use crate::{DockerError, Engine};
 
 /// How many stopped containers are kept for rollback when the target says nothing.
@@ -204,7 +205,8 @@ impl EngineDeployer {
     }
 
     async fn lock(&self, app: &App) -> Result<HostLock, DockerError> {
-        HostLock::acquire(&self.state_dir, &app.name, self.lock_wait, self.lock_ttl).await
+        let acquire = HostLock::acquire(&self.state_dir, &app.name, self.lock_wait, self.lock_ttl);
+        timed(&app.name, "lock", acquire).await
     }
 
     fn check(
@@ -245,7 +247,8 @@ impl EngineDeployer {
         self.check(app, target, "deploy", ctx)?;
         let probe = self.probe(app, target)?;
         let _lock = self.lock(app).await?;
-        let state = self.repair(app, target, &probe, ctx).await?;
+        let repair = self.repair(app, target, &probe, ctx);
+        let state = timed(&app.name, "repair", repair).await?;
         let reference = image.to_string();
         let current = state.current();
         if let Some(current) = current.filter(|c| c.image == reference) {
@@ -268,25 +271,27 @@ impl EngineDeployer {
         };
         let body = container_body(target, &reference, labels, publish)
             .map_err(|reason| config_err(app, reason))?;
-        self.engine
-            .client()
-            .create_container(
-                Some(CreateContainerOptions {
-                    name: Some(name.clone()),
-                    ..Default::default()
-                }),
-                body,
-            )
-            .await
-            .map_err(Self::engine_err(app, format!("create {name}")))?;
+        let options = CreateContainerOptions {
+            name: Some(name.clone()),
+            ..Default::default()
+        };
+        let create = async {
+            let create = self.engine.client().create_container(Some(options), body);
+            timed(&app.name, "create", create)
+                .await
+                .map(drop)
+                .map_err(Self::engine_err(app, format!("create {name}")))
+        };
         let new = Candidate {
             name: name.clone(),
             revision: number,
             image: reference.clone(),
             fresh: true,
         };
-        self.roll(app, target, &probe, current, &new, ctx).await?;
-        self.prune(app, target, ctx).await?;
+        self.roll(app, target, &probe, current, (&new, create), ctx)
+            .await?;
+        let prune = self.prune(app, target, &state, current, ctx);
+        timed(&app.name, "prune", prune).await?;
         Ok(Rollout {
             image: new.image,
             revision: Some(new.revision),
@@ -348,7 +353,8 @@ impl EngineDeployer {
             image: wanted.image.clone(),
             fresh: false,
         };
-        self.roll(app, target, &probe, current, &candidate, ctx)
+        let kept = async { Ok(()) };
+        self.roll(app, target, &probe, current, (&candidate, kept), ctx)
             .await?;
         Ok(Rollout {
             image: candidate.image,
@@ -404,7 +410,8 @@ impl Deployer for EngineDeployer {
         meta: &DeployMeta,
         ctx: &Context,
     ) -> Result<Rollout, BoxError> {
-        Ok(self.deploy_inner(app, image, meta, ctx).await?)
+        let deploy = self.deploy_inner(app, image, meta, ctx);
+        Ok(timed(&app.name, "deploy", deploy).await?)
     }
 
     async fn rollback(

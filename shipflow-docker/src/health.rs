@@ -12,6 +12,7 @@ use shipflow_core::{Context, DockerTarget, HealthCheck};
 use tokio::time::Instant;
 
 use crate::spec::PortSpec;
+use crate::timing::timed;
 
 /// How a container's health is probed, resolved from the target.
 #[derive(Debug, Clone)]
@@ -107,11 +108,11 @@ impl Probe {
             if ctx.cancelled() {
                 return Err("cancelled".into());
             }
-            let inspect = docker
-                .inspect_container(
-                    container,
-                    None::<bollard::query_parameters::InspectContainerOptions>,
-                )
+            let inspect = docker.inspect_container(
+                container,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            );
+            let inspect = timed(container, "probe: inspect", inspect)
                 .await
                 .map_err(|e| format!("inspect: {e}"))?;
             let state = inspect.state.clone().unwrap_or_default();
@@ -123,7 +124,14 @@ impl Probe {
                 ));
             }
             let outcome = match &self.kind {
-                ProbeKind::Http { path, port } => probe_http(http, &inspect, *port, path).await,
+                ProbeKind::Http { path, port } => {
+                    timed(
+                        container,
+                        "probe: http",
+                        probe_http(http, &inspect, *port, path),
+                    )
+                    .await
+                }
                 ProbeKind::Exec(cmd) => probe_exec(docker, container, cmd).await,
                 ProbeKind::Running if checks > 0 => Ok(()),
                 ProbeKind::Running => Err("just started".into()),

@@ -9,7 +9,9 @@
 //!   [`CaddySwitch`]), brings the old one back when the new one is unhealthy, keeps
 //!   the last stopped containers for rollback without a pull, and holds a host lock
 //!   per app. All its state is in container labels and names, so a run that died
-//!   half-way is repaired by the next.
+//!   half-way is repaired by the next. Each step's time (lock, list, pull, create,
+//!   stop, start, health probes, prune) is logged at debug level under the target
+//!   `shipflow_docker::timing`.
 //! - [`EngineBuilder`] is an [`shipflow_core::ImageBuilder`] for Dockerfile apps
 //!   (context honouring `.dockerignore`, build args, target stage, labels), and
 //!   [`EngineRegistry`] a [`shipflow_core::Registry`] that pushes those images
@@ -56,6 +58,7 @@ mod state;
 mod switch;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod timing;
 
 pub use builder::EngineBuilder;
 pub use deployer::{EngineDeployer, EngineDeployerBuilder, RegistryCredentials};

@@ -13,6 +13,7 @@ use shipflow_core::{App, Context};
 use super::{EngineDeployer, LOG_LINES};
 use crate::DockerError;
 use crate::state::{self, AppContainer, AppState};
+use crate::timing::timed;
 
 impl EngineDeployer {
     pub(super) fn engine_err(
@@ -31,28 +32,29 @@ impl EngineDeployer {
             vec![format!("{}={}", state::APP, app.name)],
         )]
         .into();
-        let list = self
-            .engine
-            .client()
-            .list_containers(Some(ListContainersOptions {
-                all: true,
-                filters: Some(filters),
-                ..Default::default()
-            }))
-            .await
-            .map_err(Self::engine_err(app, "list containers"))?;
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        };
+        let list = timed(
+            &app.name,
+            "list containers",
+            self.engine.client().list_containers(Some(options)),
+        )
+        .await
+        .map_err(Self::engine_err(app, "list containers"))?;
         Ok(AppState::new(
             list.iter().filter_map(AppContainer::from_summary).collect(),
         ))
     }
 
     pub(super) async fn start(&self, app: &App, name: &str) -> Result<(), DockerError> {
-        match self
+        let start = self
             .engine
             .client()
-            .start_container(name, None::<StartContainerOptions>)
-            .await
-        {
+            .start_container(name, None::<StartContainerOptions>);
+        match timed(&app.name, "start", start).await {
             Ok(())
             | Err(EngineError::DockerResponseServerError {
                 status_code: 304, ..
@@ -66,12 +68,8 @@ impl EngineDeployer {
             t: Some(self.stop_timeout),
             signal: None,
         };
-        match self
-            .engine
-            .client()
-            .stop_container(name, Some(options))
-            .await
-        {
+        let stop = self.engine.client().stop_container(name, Some(options));
+        match timed(&app.name, "stop", stop).await {
             Ok(())
             | Err(EngineError::DockerResponseServerError {
                 status_code: 304, ..
@@ -85,12 +83,8 @@ impl EngineDeployer {
             force: true,
             ..Default::default()
         };
-        match self
-            .engine
-            .client()
-            .remove_container(name, Some(options))
-            .await
-        {
+        let remove = self.engine.client().remove_container(name, Some(options));
+        match timed(&app.name, "remove container", remove).await {
             Ok(())
             | Err(EngineError::DockerResponseServerError {
                 status_code: 404, ..
@@ -126,7 +120,8 @@ impl EngineDeployer {
         image: &str,
         ctx: &Context,
     ) -> Result<(), DockerError> {
-        if self.engine.client().inspect_image(image).await.is_ok() {
+        let inspect = self.engine.client().inspect_image(image);
+        if timed(&app.name, "inspect image", inspect).await.is_ok() {
             return Ok(());
         }
         ctx.message(format!("pulling {image}"));
@@ -143,14 +138,17 @@ impl EngineDeployer {
             .engine
             .client()
             .create_image(Some(options), None, credentials);
-        while let Some(item) = stream.next().await {
-            let info = item.map_err(Self::engine_err(app, format!("pull {image}")))?;
-            if let Some(error) = info.error.or(info.error_detail.and_then(|d| d.message)) {
-                return Err(Self::engine_err(app, format!("pull {image}"))(
-                    EngineError::DockerStreamError { error },
-                ));
+        let pull = async {
+            while let Some(item) = stream.next().await {
+                let info = item.map_err(Self::engine_err(app, format!("pull {image}")))?;
+                if let Some(error) = info.error.or(info.error_detail.and_then(|d| d.message)) {
+                    return Err(Self::engine_err(app, format!("pull {image}"))(
+                        EngineError::DockerStreamError { error },
+                    ));
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        };
+        timed(&app.name, "pull", pull).await
     }
 }

@@ -12,12 +12,13 @@ use crate::DockerError;
 use crate::health::{Probe, published_addr, service_port};
 use crate::state::{self, AppContainer, AppState, Phase};
 use crate::switch::TrafficSwitch;
+use crate::timing::timed;
 
 impl EngineDeployer {
     /// Repairs what a deployer that died mid-way left: containers created but never
     /// started are removed; of several running containers the newest healthy one
     /// stays (and gets the proxy); when none runs although a healthy revision is
-    /// kept, the newest kept one is started again.
+    /// kept, the newest kept one is started again and waited for until healthy.
     pub(super) async fn repair(
         &self,
         app: &App,
@@ -75,6 +76,11 @@ impl EngineDeployer {
                 kept.name
             ));
             self.start(app, &kept.id).await?;
+            // Serving before anything relies on it (a same-image deploy returns next).
+            let wait = probe.wait_healthy(self.engine.client(), &self.http, &kept.id, ctx);
+            if let Err(cause) = timed(&app.name, "health", wait).await {
+                ctx.message(format!("repair: {} is not healthy: {cause}", kept.name));
+            }
             if let Some(switch) = self.switch(target) {
                 self.switch_to(app, switch.as_ref(), &kept.name).await?;
             }
@@ -127,29 +133,41 @@ impl EngineDeployer {
     }
 
     /// Switches from `old` to `new` with the target's strategy; on an unhealthy new
-    /// container, the old one serves again and the new one is kept stopped.
+    /// container, the old one serves again and the new one is kept stopped. `create`
+    /// makes the new container (a no-op for kept ones); with `recreate` it runs while
+    /// the old one stops, and when it fails the old one is started again.
     pub(super) async fn roll(
         &self,
         app: &App,
         target: &DockerTarget,
         probe: &Probe,
         old: Option<&AppContainer>,
-        new: &Candidate,
+        (new, create): (&Candidate, impl Future<Output = Result<(), DockerError>>),
         ctx: &Context,
     ) -> Result<(), DockerError> {
         let switch = self.switch(target);
-        if switch.is_none()
-            && let Some(old) = old
-        {
-            ctx.message(format!("stopping {}", old.name));
-            self.stop(app, &old.id).await?;
+        let stop_old = async {
+            match old {
+                Some(old) if switch.is_none() => {
+                    ctx.message(format!("stopping {}", old.name));
+                    self.stop(app, &old.id).await.map(|()| Some(old))
+                }
+                _ => Ok(None),
+            }
+        };
+        let (created, stopped) = tokio::join!(create, stop_old);
+        if let Err(e) = created {
+            if let Ok(Some(old)) = stopped {
+                self.start(app, &old.id).await?;
+            }
+            return Err(e);
         }
+        stopped?;
         ctx.message(format!("starting {}", new.name));
         let healthy = match self.start(app, &new.name).await {
             Ok(()) => {
-                probe
-                    .wait_healthy(self.engine.client(), &self.http, &new.name, ctx)
-                    .await
+                let wait = probe.wait_healthy(self.engine.client(), &self.http, &new.name, ctx);
+                timed(&app.name, "health", wait).await
             }
             Err(e) => Err(e.to_string()),
         };
@@ -233,30 +251,34 @@ impl EngineDeployer {
         }
     }
 
-    /// Removes stopped containers beyond the newest `keep`.
+    /// Removes stopped containers beyond the newest `keep` after a successful roll:
+    /// those of `before` (the state the roll started from) and `old`, which the roll
+    /// stopped. Read from what is known, so no second list of the engine.
     pub(super) async fn prune(
         &self,
         app: &App,
         target: &DockerTarget,
+        before: &AppState,
+        old: Option<&AppContainer>,
         ctx: &Context,
     ) -> Result<(), DockerError> {
         let keep = target.keep.unwrap_or(DEFAULT_KEEP) as usize;
-        let state = self.state(app).await?;
-        let stopped: Vec<&AppContainer> = state
+        let mut stopped: Vec<&AppContainer> = before
             .containers
             .iter()
-            .rev()
             .filter(|c| c.phase == Phase::Stopped)
+            .chain(old)
             .collect();
+        stopped.sort_by_key(|c| std::cmp::Reverse((c.revision, c.failed)));
         for c in stopped.iter().skip(keep) {
             ctx.message(format!("removing {} (beyond keep = {keep})", c.name));
             self.remove(app, &c.id).await?;
             // The engine refuses while another container uses the image: then it stays.
-            let _ = self
-                .engine
-                .client()
-                .remove_image(&c.image, None::<RemoveImageOptions>, None)
-                .await;
+            let remove =
+                self.engine
+                    .client()
+                    .remove_image(&c.image, None::<RemoveImageOptions>, None);
+            let _ = timed(&app.name, "remove image", remove).await;
         }
         Ok(())
     }

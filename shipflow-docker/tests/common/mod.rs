@@ -1,8 +1,10 @@
-//! Test harness: a real Podman API service (own socket, own containers.conf and
-//! registries.conf), a real `docker-registry` and, on demand, a real Caddy, each on
-//! free loopback ports in a temp dir; images built `FROM scratch` with busybox-static.
-//! Binaries that are missing make the tests fail, not skip. Containers a test made
-//! (by its unique app label) are removed on drop.
+//! Test harness: a real Podman API service ([`TestPodman`]: own socket, own
+//! configuration and own image storage, so tests running at once never see each
+//! other's images or containers), a real `docker-registry` and, on demand, a real
+//! Caddy, each on free loopback ports in a temp dir; images built `FROM scratch` with
+//! busybox-static. Binaries that are missing make the tests fail, not skip. The
+//! service removes its containers when the harness is dropped, and its storage goes
+//! with its temp dir.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -12,7 +14,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use shipflow_core::{App, Digest, EnvOverrides, ImageRef, Workspace};
-use shipflow_docker::{Endpoint, Engine, EngineDeployer};
+use shipflow_docker::testing::TestPodman;
+use shipflow_docker::{Engine, EngineDeployer};
 
 /// Panics with an install hint when `binary` is not on PATH.
 pub fn require(binary: &str, package: &str) -> PathBuf {
@@ -52,9 +55,6 @@ fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
 pub const HTTPD: &str =
     "trap 'kill $p; exit 0' TERM; /bin/busybox httpd -f -p 80 -h /www & p=$!; wait";
 
-/// Serialises image builds and removals of the tests of one binary.
-static IMAGES: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 /// A child process killed on drop.
 struct Service(Child);
 
@@ -78,17 +78,14 @@ fn spawn(mut command: Command, log: &Path) -> Service {
     )
 }
 
-/// Podman's API service, a registry, the env for the podman CLI, and the apps the
-/// test deploys (removed on drop).
+/// Podman's API service with its own storage, a registry, and on demand Caddy.
 pub struct Harness {
     pub dir: tempfile::TempDir,
-    pub socket: PathBuf,
     pub registry: String,
-    podman: Service,
+    podman: TestPodman,
     _registry: Service,
     caddy: Option<Service>,
     pub caddy_admin: Option<String>,
-    apps: std::sync::Mutex<Vec<String>>,
     creds: Option<(String, String)>,
 }
 
@@ -103,8 +100,6 @@ impl Harness {
     }
 
     fn start_with(creds: Option<(String, String)>) -> Self {
-        let podman = require("podman", "podman");
-        require("runc", "runc");
         let registry_bin = require("docker-registry", "docker-registry");
         require("busybox", "busybox-static");
         let dir = tempfile::tempdir().expect("temp dir");
@@ -135,39 +130,17 @@ impl Harness {
         cmd.arg("serve").arg(d.join("registry.yml"));
         let registry_service = spawn(cmd, &d.join("registry.log"));
 
-        std::fs::write(
-            d.join("containers.conf"),
-            "[containers]\ndefault_ulimits = []\n[engine]\nruntime = \"runc\"\n",
-        )
-        .expect("containers.conf");
-        std::fs::write(
-            d.join("registries.conf"),
-            format!("[[registry]]\nlocation = \"{registry}\"\ninsecure = true\n"),
-        )
-        .expect("registries.conf");
-        let socket = d.join("podman.sock");
-        let mut cmd = Command::new(podman);
-        cmd.args(["system", "service", "--time=0"])
-            .arg(format!("unix://{}", socket.display()))
-            .env("CONTAINERS_CONF", d.join("containers.conf"))
-            .env("CONTAINERS_REGISTRIES_CONF", d.join("registries.conf"));
-        let podman_service = spawn(cmd, &d.join("podman.log"));
-
+        let podman = TestPodman::start(&[&registry]).expect("podman system service starts");
         wait_until("docker-registry", Duration::from_secs(20), || {
             TcpStream::connect(&registry).is_ok()
         });
-        wait_until("podman service", Duration::from_secs(20), || {
-            std::os::unix::net::UnixStream::connect(&socket).is_ok()
-        });
         Self {
             dir,
-            socket,
             registry,
-            podman: podman_service,
+            podman,
             _registry: registry_service,
             caddy: None,
             caddy_admin: None,
-            apps: Default::default(),
             creds,
         }
     }
@@ -207,7 +180,8 @@ impl Harness {
     }
 
     pub async fn engine(&self) -> Engine {
-        Engine::connect(Endpoint::Unix(self.socket.clone()))
+        self.podman
+            .engine()
             .await
             .expect("connect to the podman service")
     }
@@ -223,32 +197,20 @@ impl Harness {
     }
 
     /// The app `name` from a workspace whose `[apps.<name>.deploy.docker]` is `docker`
-    /// (TOML). The app is cleaned up on drop.
+    /// (TOML).
     pub fn app(&self, name: &str, docker: &str) -> App {
         self.app_toml(name, &format!("[apps.{name}.deploy.docker]\n{docker}\n"))
     }
 
-    /// Removes the containers labelled `dev.shipflow.app=<app>` on drop.
-    pub fn apps_to_clean(&self, app: &str) {
-        self.apps.lock().expect("apps").push(app.to_owned());
-    }
-
     /// The app `name` from a workspace of `apps` (TOML after `[workspace]`).
     pub fn app_toml(&self, name: &str, apps: &str) -> App {
-        self.apps.lock().expect("apps").push(name.to_owned());
         let toml = format!("[workspace]\nregistry = \"{}\"\n{apps}", self.registry);
         let ws = Workspace::from_toml(&toml, ".", &EnvOverrides::default()).expect("workspace");
         ws.app(name).expect("app").clone()
     }
 
     fn podman(&self) -> Command {
-        let mut cmd = Command::new("podman");
-        cmd.env("CONTAINERS_CONF", self.dir.path().join("containers.conf"))
-            .env(
-                "CONTAINERS_REGISTRIES_CONF",
-                self.dir.path().join("registries.conf"),
-            );
-        cmd
+        self.podman.command()
     }
 
     /// Builds an image `FROM scratch` with busybox whose command is `cmd` (a shell
@@ -260,7 +222,7 @@ impl Harness {
         std::fs::copy("/bin/busybox", ctx.join("busybox")).expect("copy busybox-static");
         std::fs::write(ctx.join("www/index.html"), body).expect("index");
         // Unique content per image: Podman finds a `repo@digest` under any name
-        // with that digest, so equal images of parallel tests would not be pulled.
+        // with that digest, so two equal images of a test would not both be pulled.
         std::fs::write(
             ctx.join("www/.id"),
             format!("{}/{repo}:{tag}", self.registry),
@@ -275,13 +237,9 @@ impl Harness {
         )
         .expect("Dockerfile");
         let reference = format!("{}/{repo}:{tag}", self.registry);
-        // Podman 4.3's build cache lookup races with image removals of parallel
-        // tests ("getting top layer info: layer not known"): build without it, and
-        // one image at a time.
-        let _serial = IMAGES.lock().unwrap_or_else(|e| e.into_inner());
         self.run(
             self.podman()
-                .args(["build", "-q", "--layers=false", "-t", &reference])
+                .args(["build", "-q", "-t", &reference])
                 .arg(&ctx),
         );
         let digest_file = ctx.join("digest");
@@ -355,49 +313,6 @@ impl Harness {
     /// Runs the podman CLI with the harness's configuration.
     pub fn podman_cli(&self, args: &[&str]) -> String {
         self.run(self.podman().args(args))
-    }
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        for app in self.apps.lock().map(|a| a.clone()).unwrap_or_default() {
-            let ids = self
-                .podman()
-                .args([
-                    "ps",
-                    "-aq",
-                    "--filter",
-                    &format!("label=dev.shipflow.app={app}"),
-                ])
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                .unwrap_or_default();
-            let ids: Vec<&str> = ids.split_whitespace().collect();
-            if !ids.is_empty() {
-                let _ = self
-                    .podman()
-                    .args(["rm", "-f", "-t", "0"])
-                    .args(&ids)
-                    .output();
-            }
-        }
-        // And the images of this harness's registry.
-        let _serial = IMAGES.lock().unwrap_or_else(|e| e.into_inner());
-        let images = self
-            .podman()
-            .args(["images", "--format", "{{.ID}} {{.Repository}}"])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        let ids: Vec<&str> = images
-            .lines()
-            .filter_map(|l| l.split_once(' '))
-            .filter(|(_, repo)| repo.starts_with(&self.registry))
-            .map(|(id, _)| id)
-            .collect();
-        if !ids.is_empty() {
-            let _ = self.podman().args(["rmi", "-f"]).args(&ids).output();
-        }
     }
 }
 
