@@ -25,7 +25,13 @@ async fn upgrade_behind_caddy_drops_no_request() {
     let v2 = h.web_image("sf-web", "v2", "v2");
     let deployer = h.deployer().await;
     let ctx = Context::new();
-    let http = reqwest::Client::new();
+    // A connection per request: a kept-alive connection that Caddy closes the moment
+    // its config changes fails on the client before the request is sent (browsers
+    // retry those); what is measured here is whether the server answers every request.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("http client");
 
     deployer
         .deploy(&app, &v1, &DeployMeta::default(), &ctx)
