@@ -107,6 +107,9 @@ async fn bench(cycles: usize) {
         .run(None, "HEAD", &Selection::default())
         .await
         .expect("first run");
+    for app in first.apps.iter().filter(|a| a.error.is_some()) {
+        println!("  {}: {}", app.app, app.error.as_deref().unwrap_or_default());
+    }
     assert_eq!(first.status(), RunStatus::Succeeded, "{first:#?}");
     let shipflow_first = t.elapsed();
     let script_first = script_run("4b825dc642cb6eb9a060e54bf8d69288fbee4904"); // the empty tree
