@@ -108,7 +108,11 @@ async fn bench(cycles: usize) {
         .await
         .expect("first run");
     for app in first.apps.iter().filter(|a| a.error.is_some()) {
-        println!("  {}: {}", app.app, app.error.as_deref().unwrap_or_default());
+        println!(
+            "  {}: {}",
+            app.app,
+            app.error.as_deref().unwrap_or_default()
+        );
     }
     assert_eq!(first.status(), RunStatus::Succeeded, "{first:#?}");
     let shipflow_first = t.elapsed();
