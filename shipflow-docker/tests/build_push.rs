@@ -100,7 +100,12 @@ async fn builds_pushes_only_missing_layers_and_deploys() {
         .await
         .expect("push v2");
     let uploads = blob_uploads(&h.registry_log(), "bp-web") - before;
-    assert_eq!(uploads, 3, "the busybox layer is not uploaded again");
+    // The www layer and the config; the RUN layer too unless both builds wrote its
+    // file in the same second (same tar, same digest). Never the busybox layer.
+    assert!(
+        (2..=3).contains(&uploads),
+        "{uploads} blob uploads: the busybox layer must not be uploaded again"
+    );
     assert_ne!(pushed2.digest, Some(digest.clone()));
 
     // `tag` points a tag at a pushed manifest without moving blobs.
