@@ -230,6 +230,16 @@ impl ImageRef {
         self.digest.as_ref()
     }
 
+    /// What the distribution API's `/manifests/<reference>` takes for this image:
+    /// the digest, else the tag, else `latest`.
+    pub fn manifest_reference(&self) -> String {
+        match (&self.digest, &self.tag) {
+            (Some(digest), _) => digest.to_string(),
+            (None, Some(tag)) => tag.clone(),
+            (None, None) => "latest".to_owned(),
+        }
+    }
+
     /// `registry/repository`, without tag or digest.
     pub fn name(&self) -> String {
         format!("{}/{}", self.registry, self.repository)

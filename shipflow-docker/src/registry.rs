@@ -69,11 +69,7 @@ impl EngineRegistry {
     }
 
     async fn resolve_inner(&self, reference: &ImageRef) -> Result<Option<Digest>, DockerError> {
-        let wanted = match (reference.digest(), reference.tag()) {
-            (Some(d), _) => d.to_string(),
-            (None, Some(t)) => t.to_owned(),
-            (None, None) => "latest".to_owned(),
-        };
+        let wanted = reference.manifest_reference();
         let url = Self::manifest_url(reference, &wanted);
         let response = self
             .request(reqwest::Method::HEAD, &url)

@@ -583,11 +583,7 @@ impl RegistryClient {
             ctx,
         };
         self.ensure_pinged(&call).await?;
-        let by = match (reference.digest(), reference.tag()) {
-            (Some(digest), _) => digest.to_string(),
-            (None, Some(tag)) => tag.to_owned(),
-            (None, None) => "latest".to_owned(),
-        };
+        let by = reference.manifest_reference();
         let (bytes, media_type) = self.get_manifest(&call, &by).await?;
         let actual = Digest::sha256(&bytes);
         if let Some(expected) = reference.digest()
@@ -1520,11 +1516,7 @@ impl Registry for RegistryClient {
             ctx,
         };
         self.ensure_pinged(&call).await?;
-        let by = match (reference.digest(), reference.tag()) {
-            (Some(digest), _) => digest.to_string(),
-            (None, Some(tag)) => tag.to_owned(),
-            (None, None) => "latest".to_owned(),
-        };
+        let by = reference.manifest_reference();
         Ok(self.manifest_digest(&call, &by).await?)
     }
 
