@@ -78,7 +78,9 @@ pub use pipeline::{
 };
 pub use reference::{DOCKER_HUB, Digest, ImageRef, ReferenceError, is_valid_tag, sanitize_tag};
 pub use registry::{PushReport, Registry, RegistryByLocation};
-pub use tag::{TAG_VARIABLES, TagTemplate, TagValues, TemplateError, sortable_timestamp};
+pub use tag::{
+    TAG_VARIABLES, TagTemplate, TagValues, TemplateError, rfc3339_timestamp, sortable_timestamp,
+};
 pub use workspace::{
     App, AppSection, BuildSpec, CONFIG_FILE, Config, ConfigError, Dependency, DeployTargets,
     DockerTarget, EnvOverrides, HealthCheck, KubernetesTarget, LayerSpec, NativeBuild, ProxyTarget,

@@ -147,6 +147,18 @@ impl TagValues {
 
 /// Formats seconds since the epoch as `YYYYMMDDHHMMSS` (UTC).
 pub fn sortable_timestamp(unix_seconds: i64) -> String {
+    let (year, month, day, h, m, s) = civil_time(unix_seconds);
+    format!("{year:04}{month:02}{day:02}{h:02}{m:02}{s:02}")
+}
+
+/// Formats seconds since the epoch as RFC 3339 in UTC, `1970-01-01T00:00:00Z`.
+pub fn rfc3339_timestamp(unix_seconds: i64) -> String {
+    let (year, month, day, h, m, s) = civil_time(unix_seconds);
+    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}Z")
+}
+
+/// Year, month, day, hour, minute, second (UTC) of seconds since the epoch.
+fn civil_time(unix_seconds: i64) -> (i64, i64, i64, i64, i64, i64) {
     let days = unix_seconds.div_euclid(86_400);
     let secs = unix_seconds.rem_euclid(86_400);
     // Howard Hinnant's civil_from_days.
@@ -159,12 +171,7 @@ pub fn sortable_timestamp(unix_seconds: i64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}{month:02}{day:02}{:02}{:02}{:02}",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
+    (year, month, day, secs / 3600, secs % 3600 / 60, secs % 60)
 }
 
 impl TagTemplate {
@@ -334,5 +341,13 @@ mod tests {
     #[case(4_102_444_799, "20991231235959")]
     fn timestamps_are_utc_and_sortable(#[case] secs: i64, #[case] expected: &str) {
         assert_eq!(sortable_timestamp(secs), expected);
+    }
+
+    #[rstest]
+    #[case(0, "1970-01-01T00:00:00Z")]
+    #[case(951_782_400, "2000-02-29T00:00:00Z")]
+    #[case(1_700_000_000, "2023-11-14T22:13:20Z")]
+    fn rfc3339_timestamps_are_utc(#[case] secs: i64, #[case] expected: &str) {
+        assert_eq!(rfc3339_timestamp(secs), expected);
     }
 }

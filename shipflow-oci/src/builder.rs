@@ -608,16 +608,7 @@ fn host_platform() -> (&'static str, &'static str) {
 
 /// `1970-01-01T00:00:00Z` for `seconds` since the epoch.
 fn rfc3339(seconds: u64) -> String {
-    let s = shipflow_core::sortable_timestamp(i64::try_from(seconds).unwrap_or(i64::MAX));
-    format!(
-        "{}-{}-{}T{}:{}:{}Z",
-        &s[..4],
-        &s[4..6],
-        &s[6..8],
-        &s[8..10],
-        &s[10..12],
-        &s[12..14]
-    )
+    shipflow_core::rfc3339_timestamp(i64::try_from(seconds).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]
