@@ -2,6 +2,8 @@
 //! two pipelines contending for one app, takeover of an expired lease, renewal,
 //! release on failure.
 
+mod common;
+
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -9,34 +11,14 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 use kube::api::{WatchEvent, WatchParams};
 use serde_json::json;
-use shipflow_core::{
-    App, BoxError, Context, DeployMeta, Deployer, EnvOverrides, EventKind, EventSink, ImageRef,
-    Workspace,
-};
-use shipflow_k8s::testing::{Outcome, SimCluster};
+use shipflow_core::{Context, DeployMeta, Deployer, EventKind, EventSink};
+use shipflow_k8s::testing::Outcome;
 use shipflow_k8s::{KubeDeployer, KubeError, LockOptions};
+
+use common::{app, kube_error, pinned, sim, workspace};
 
 const NS: &str = "default";
 const LEASE: &str = "shipflow-lock-api";
-
-fn workspace() -> Workspace {
-    Workspace::from_toml(
-        "[workspace]\nregistry = \"registry.local\"\n[apps.api]\ndeploy.kubernetes = {}\n",
-        ".",
-        &EnvOverrides::default(),
-    )
-    .expect("valid workspace")
-}
-
-fn app(ws: &Workspace) -> &App {
-    ws.app("api").expect("api is declared")
-}
-
-fn pinned(byte: &str) -> ImageRef {
-    format!("registry.local/api@sha256:{}", byte.repeat(32))
-        .parse()
-        .expect("valid pinned reference")
-}
 
 fn options(identity: &str, wait: Duration) -> LockOptions {
     LockOptions {
@@ -46,20 +28,9 @@ fn options(identity: &str, wait: Duration) -> LockOptions {
     }
 }
 
-async fn sim() -> SimCluster {
-    let sim = SimCluster::start().await.expect("sim starts");
-    sim.seed_deployment(NS, "api", "api", "registry.local/api:v1", 2);
-    sim
-}
-
-fn kube_error(err: &BoxError) -> &KubeError {
-    err.downcast_ref::<KubeError>()
-        .unwrap_or_else(|| panic!("not a KubeError: {err}"))
-}
-
 #[tokio::test]
 async fn a_second_pipeline_fails_naming_the_holder_after_its_wait() {
-    let sim = sim().await;
+    let sim = sim(2).await;
     let ws = workspace();
     let first = KubeDeployer::new(sim.client())
         .deploy_lock(options("pipeline-1 (ci job 17)", Duration::from_secs(1)));
@@ -109,7 +80,7 @@ async fn a_second_pipeline_fails_naming_the_holder_after_its_wait() {
 
 #[tokio::test]
 async fn two_deploys_of_one_app_run_one_after_the_other() {
-    let sim = sim().await;
+    let sim = sim(2).await;
     let ws = workspace();
     let first =
         KubeDeployer::new(sim.client()).deploy_lock(options("pipeline-1", Duration::from_secs(20)));
@@ -170,7 +141,7 @@ async fn two_deploys_of_one_app_run_one_after_the_other() {
 
 #[tokio::test]
 async fn a_failed_rollout_releases_the_lock() {
-    let sim = sim().await;
+    let sim = sim(2).await;
     sim.set_outcome(NS, "api", Outcome::ImagePullFailure);
     let ws = workspace();
     let deployer =
@@ -191,7 +162,7 @@ async fn a_failed_rollout_releases_the_lock() {
 
 #[tokio::test]
 async fn an_expired_lease_is_taken_over() {
-    let sim = sim().await;
+    let sim = sim(2).await;
     sim.seed_object(
         "Lease",
         NS,
@@ -222,7 +193,7 @@ async fn an_expired_lease_is_taken_over() {
 
 #[tokio::test]
 async fn a_held_lock_is_renewed() {
-    let sim = sim().await;
+    let sim = sim(2).await;
     let ws = workspace();
     let deployer = KubeDeployer::new(sim.client()).deploy_lock(LockOptions {
         identity: "pipeline-1".into(),

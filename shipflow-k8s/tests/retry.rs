@@ -1,38 +1,16 @@
 //! Retries through the real `kube::Client` against the simulated API server: 409s on
 //! the image patch, 5xx answers and broken connections are tried again, boundedly.
 
+mod common;
+
 use std::time::Duration;
 
-use shipflow_core::{App, Context, DeployMeta, Deployer, EnvOverrides, ImageRef, Workspace};
-use shipflow_k8s::testing::SimCluster;
+use shipflow_core::{Context, DeployMeta, Deployer};
 use shipflow_k8s::{KubeDeployer, KubeError, RetryPolicy};
 
+use common::{app, pinned, sim, workspace};
+
 const DEPLOYMENT: &str = "/apis/apps/v1/namespaces/default/deployments/api";
-
-fn workspace() -> Workspace {
-    Workspace::from_toml(
-        "[workspace]\nregistry = \"registry.local\"\n[apps.api]\ndeploy.kubernetes = {}\n",
-        ".",
-        &EnvOverrides::default(),
-    )
-    .expect("valid workspace")
-}
-
-fn app(ws: &Workspace) -> &App {
-    ws.app("api").expect("api is declared")
-}
-
-fn pinned(byte: &str) -> ImageRef {
-    format!("registry.local/api@sha256:{}", byte.repeat(32))
-        .parse()
-        .expect("valid pinned reference")
-}
-
-async fn sim() -> SimCluster {
-    let sim = SimCluster::start().await.expect("sim starts");
-    sim.seed_deployment("default", "api", "api", "registry.local/api:v1", 1);
-    sim
-}
 
 fn quick() -> RetryPolicy {
     RetryPolicy {
@@ -44,7 +22,7 @@ fn quick() -> RetryPolicy {
 
 #[tokio::test]
 async fn a_conflict_on_the_image_patch_is_retried() {
-    let sim = sim().await;
+    let sim = sim(1).await;
     let ws = workspace();
     sim.fail_next("PATCH", DEPLOYMENT, 409);
     sim.fail_next("PATCH", DEPLOYMENT, 409);
@@ -64,7 +42,7 @@ async fn a_conflict_on_the_image_patch_is_retried() {
 
 #[tokio::test]
 async fn server_errors_and_broken_connections_are_retried() {
-    let sim = sim().await;
+    let sim = sim(1).await;
     let ws = workspace();
     sim.fail_next("GET", DEPLOYMENT, 500);
     sim.drop_next("GET", DEPLOYMENT);
@@ -94,7 +72,7 @@ async fn server_errors_and_broken_connections_are_retried() {
 
 #[tokio::test]
 async fn retries_are_bounded() {
-    let sim = sim().await;
+    let sim = sim(1).await;
     let ws = workspace();
     for _ in 0..5 {
         sim.fail_next("GET", DEPLOYMENT, 500);
@@ -119,7 +97,7 @@ async fn retries_are_bounded() {
 
 #[tokio::test]
 async fn a_guarded_write_that_conflicts_is_not_retried() {
-    let sim = sim().await;
+    let sim = sim(1).await;
     let ws = workspace();
     let deployer = KubeDeployer::new(sim.client()).retry(quick());
     deployer

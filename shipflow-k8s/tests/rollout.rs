@@ -1,37 +1,21 @@
 //! KubeDeployer through the real `kube::Client` over HTTP against the simulated API
 //! server: healthy rollouts, early failure detection, rollbacks, history.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use shipflow_core::{
-    App, BoxError, CancellationToken, Context, DeployMeta, Deployer, EnvOverrides, EventKind,
-    EventSink, Fingerprint, ImageRef, RollbackTarget, Workspace,
+    CancellationToken, Context, DeployMeta, Deployer, EventKind, EventSink, Fingerprint,
+    RollbackTarget,
 };
 use shipflow_k8s::testing::{Outcome, SimCluster};
 use shipflow_k8s::{KubeDeployer, KubeError, RetryPolicy};
 
+use common::{V1, app, kube_error, pinned, sim, workspace};
+
 const NS: &str = "default";
-const V1: &str = "registry.local/api:v1";
-
-fn workspace() -> Workspace {
-    Workspace::from_toml(
-        "[workspace]\nregistry = \"registry.local\"\n[apps.api]\ndeploy.kubernetes = {}\n",
-        ".",
-        &EnvOverrides::default(),
-    )
-    .expect("valid workspace")
-}
-
-fn app(ws: &Workspace) -> &App {
-    ws.app("api").expect("api is declared")
-}
-
-fn pinned(byte: &str) -> ImageRef {
-    format!("registry.local/api@sha256:{}", byte.repeat(32))
-        .parse()
-        .expect("valid pinned reference")
-}
 
 fn meta(fingerprint: &str, sha: &str) -> DeployMeta {
     DeployMeta {
@@ -39,17 +23,6 @@ fn meta(fingerprint: &str, sha: &str) -> DeployMeta {
         git_sha: Some(sha.into()),
         change_cause: format!("shipflow: api at {sha}"),
     }
-}
-
-async fn sim(replicas: u32) -> SimCluster {
-    let sim = SimCluster::start().await.expect("sim starts");
-    sim.seed_deployment(NS, "api", "api", V1, replicas);
-    sim
-}
-
-fn kube_error(err: &BoxError) -> &KubeError {
-    err.downcast_ref::<KubeError>()
-        .unwrap_or_else(|| panic!("not a KubeError: {err}"))
 }
 
 /// Progress events seen: `(done, total)`.

@@ -1,0 +1,43 @@
+//! What the deployer's tests share: a workspace with one app `api` deployed to
+//! `default/api`, pinned references, and a simulated cluster already running it.
+
+#![allow(dead_code, unreachable_pub)]
+
+use shipflow_core::{App, BoxError, EnvOverrides, ImageRef, Workspace};
+use shipflow_k8s::KubeError;
+use shipflow_k8s::testing::SimCluster;
+
+/// The image `default/api` runs when the simulator starts.
+pub const V1: &str = "registry.local/api:v1";
+
+pub fn workspace() -> Workspace {
+    Workspace::from_toml(
+        "[workspace]\nregistry = \"registry.local\"\n[apps.api]\ndeploy.kubernetes = {}\n",
+        ".",
+        &EnvOverrides::default(),
+    )
+    .expect("valid workspace")
+}
+
+pub fn app(ws: &Workspace) -> &App {
+    ws.app("api").expect("api is declared")
+}
+
+/// `registry.local/api@sha256:<byte × 32>`.
+pub fn pinned(byte: &str) -> ImageRef {
+    format!("registry.local/api@sha256:{}", byte.repeat(32))
+        .parse()
+        .expect("valid pinned reference")
+}
+
+/// A simulated cluster whose `default/api` runs [`V1`] on `replicas` ready pods.
+pub async fn sim(replicas: u32) -> SimCluster {
+    let sim = SimCluster::start().await.expect("sim starts");
+    sim.seed_deployment("default", "api", "api", V1, replicas);
+    sim
+}
+
+pub fn kube_error(err: &BoxError) -> &KubeError {
+    err.downcast_ref::<KubeError>()
+        .unwrap_or_else(|| panic!("not a KubeError: {err}"))
+}
