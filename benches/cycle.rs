@@ -49,8 +49,8 @@ async fn bench(cycles: usize) {
     let podman = TestPodman::start(&[&registry.host()]).expect("podman service starts");
     let apps: Vec<String> = (0..APPS).map(|i| format!("app{i:02}")).collect();
     let names: Vec<&str> = apps.iter().map(String::as_str).collect();
-    let ours: Vec<u16> = apps.iter().map(|_| free_port()).collect();
-    let theirs: Vec<u16> = apps.iter().map(|_| free_port()).collect();
+    let ours: Vec<u16> = apps.iter().map(|_| common::free_port()).collect();
+    let theirs: Vec<u16> = apps.iter().map(|_| common::free_port()).collect();
     let repo = Monorepo::create(&registry.host(), &names, |app, i| {
         format!(
             "[apps.{app}.deploy.docker]\ncontainer = \"bench-{app}\"\n\
@@ -197,13 +197,6 @@ fn ms(d: Duration) -> f64 {
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 /// Removes both sides' containers when the benchmark ends.

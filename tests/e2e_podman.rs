@@ -33,7 +33,7 @@ impl Setup {
     fn new() -> Self {
         let registry = TestRegistry::start().expect("docker-registry starts");
         let podman = TestPodman::start(&[&registry.host()]).expect("podman service starts");
-        let ports: Vec<u16> = APPS.iter().map(|_| free_port()).collect();
+        let ports: Vec<u16> = APPS.iter().map(|_| common::free_port()).collect();
         // Container names unique to this test process, so parallel tests never meet.
         let prefix = format!("e2e{}-", std::process::id() % 100_000 + u32::from(ports[0]));
         let repo = Monorepo::create(&registry.host(), &APPS, |app, i| {
@@ -97,13 +97,6 @@ impl Drop for Setup {
     fn drop(&mut self) {
         self.podman.remove_containers(&self.prefix);
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -166,10 +166,7 @@ async fn deploy_history_and_rollback_on_podman_through_the_cli() {
     let registry = TestRegistry::start().expect("docker-registry starts");
     let podman = shipflow::docker::testing::TestPodman::start(&[&registry.host()])
         .expect("podman service starts");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let port = common::free_port();
     let repo = Monorepo::create(&registry.host(), &["web"], |app, _| {
         format!(
             "[apps.{app}.deploy.docker]\ncontainer = \"cli{port}-{app}\"\n\

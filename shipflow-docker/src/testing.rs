@@ -162,7 +162,9 @@ impl Drop for TestPodman {
     }
 }
 
-fn require(binary: &str, package: &str) -> io::Result<PathBuf> {
+/// The path of `binary` (searched on PATH, then `/usr/sbin` and `/sbin`, where
+/// Debian puts runc), or an error naming the Debian package to install.
+pub fn require(binary: &str, package: &str) -> io::Result<PathBuf> {
     std::env::var_os("PATH")
         .into_iter()
         .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())

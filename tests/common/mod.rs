@@ -139,3 +139,11 @@ pub fn outcome<'r>(report: &'r shipflow::core::Report, app: &str) -> &'r shipflo
         .unwrap_or_else(|| panic!("{app} is not in the report: {report:#?}"))
         .outcome
 }
+
+/// A free port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}

@@ -17,19 +17,10 @@ use shipflow_core::{App, Digest, EnvOverrides, ImageRef, Workspace};
 use shipflow_docker::testing::TestPodman;
 use shipflow_docker::{Engine, EngineDeployer};
 
-/// Panics with an install hint when `binary` is not on PATH.
+/// Panics with an install hint when `binary` is not installed.
 pub fn require(binary: &str, package: &str) -> PathBuf {
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
-        .map(|d| d.join(binary))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "`{binary}` is not installed: these tests need it; `apt-get install -y {package}`"
-            )
-        })
+    shipflow_docker::testing::require(binary, package)
+        .unwrap_or_else(|e| panic!("{e}: these tests need it"))
 }
 
 pub fn free_port() -> u16 {
