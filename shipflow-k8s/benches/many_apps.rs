@@ -7,6 +7,9 @@
 //! least any watch-based client can take. Run with
 //! `cargo bench -p shipflow-k8s --bench many_apps`.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -14,27 +17,14 @@ use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
 use kube::api::{WatchEvent, WatchParams};
-use shipflow_core::{Context, DeployMeta, Deployer, EnvOverrides, ImageRef, Workspace};
+use shipflow_core::{Context, DeployMeta, Deployer, ImageRef};
 use shipflow_k8s::KubeDeployer;
 use shipflow_k8s::testing::SimCluster;
 
+use common::{app_name, many_apps};
+
 const APPS: usize = 50;
 const ROUNDS: u64 = 5;
-
-fn name(i: usize) -> String {
-    format!("app-{i:02}")
-}
-
-fn workspace() -> Workspace {
-    let mut toml = String::from("[workspace]\nregistry = \"registry.local\"\n");
-    for i in 0..APPS {
-        let app = name(i);
-        toml.push_str(&format!(
-            "[apps.{app}]\ndeploy.kubernetes = {{ namespace = \"{app}\" }}\n"
-        ));
-    }
-    Workspace::from_toml(&toml, ".", &EnvOverrides::default()).expect("valid workspace")
-}
 
 fn pinned(app: &str, round: u64) -> ImageRef {
     format!(
@@ -87,10 +77,10 @@ fn ms(d: Duration) -> f64 {
 async fn scenario(concurrency: usize) {
     let sim = SimCluster::start().await.expect("sim starts");
     for i in 0..APPS {
-        let app = name(i);
+        let app = app_name(i);
         sim.seed_deployment(&app, &app, &app, &format!("registry.local/{app}:v1"), 2);
     }
-    let ws = workspace();
+    let ws = many_apps(APPS);
     let deployer = KubeDeployer::new(sim.client());
     let ctx = Context::new();
     let mut ours = Vec::new();
@@ -104,7 +94,7 @@ async fn scenario(concurrency: usize) {
         } else {
             (0..APPS)
                 .map(|i| {
-                    let ns = name(i);
+                    let ns = app_name(i);
                     let rv =
                         sim.deployment(&ns, &ns).expect("seeded")["metadata"]["resourceVersion"]
                             .as_str()
@@ -119,9 +109,14 @@ async fn scenario(concurrency: usize) {
             .map(|i| {
                 let (deployer, ws, ctx) = (&deployer, &ws, &ctx);
                 async move {
-                    let app = ws.app(&name(i)).expect("declared");
+                    let app = ws.app(&app_name(i)).expect("declared");
                     deployer
-                        .deploy(app, &pinned(&name(i), round), &DeployMeta::default(), ctx)
+                        .deploy(
+                            app,
+                            &pinned(&app_name(i), round),
+                            &DeployMeta::default(),
+                            ctx,
+                        )
                         .await
                         .expect("rollout succeeds");
                     (i, Instant::now())
@@ -134,7 +129,7 @@ async fn scenario(concurrency: usize) {
         let generation = u64::try_from(generation).expect("positive");
         for (i, at) in done {
             let ready = sim
-                .ready_at(&name(i), &name(i), generation)
+                .ready_at(&app_name(i), &app_name(i), generation)
                 .expect("rolled out");
             ours.push(at.duration_since(ready));
         }
@@ -144,7 +139,7 @@ async fn scenario(concurrency: usize) {
         for (i, w) in watchers.into_iter().enumerate() {
             let seen = w.await.expect("reference watch");
             let ready = sim
-                .ready_at(&name(i), &name(i), generation)
+                .ready_at(&app_name(i), &app_name(i), generation)
                 .expect("rolled out");
             reference.push(seen.duration_since(ready));
         }

@@ -2,31 +2,19 @@
 //! requests each app costs stay bounded (no polling, one watch on its Deployment and
 //! one on its new pods).
 
+mod common;
+
 use std::collections::BTreeMap;
 
 use futures_util::StreamExt;
-use shipflow_core::{Context, DeployMeta, Deployer, EnvOverrides, ImageRef, Workspace};
+use shipflow_core::{Context, DeployMeta, Deployer, ImageRef};
 use shipflow_k8s::KubeDeployer;
 use shipflow_k8s::testing::SimCluster;
 
+use common::{app_name, many_apps};
+
 const APPS: usize = 50;
 const CONCURRENCY: usize = 10;
-
-fn name(i: usize) -> String {
-    format!("app-{i:02}")
-}
-
-/// Each app in its own namespace, so every request path names its app.
-fn workspace() -> Workspace {
-    let mut toml = String::from("[workspace]\nregistry = \"registry.local\"\n");
-    for i in 0..APPS {
-        let app = name(i);
-        toml.push_str(&format!(
-            "[apps.{app}]\ndeploy.kubernetes = {{ namespace = \"{app}\" }}\n"
-        ));
-    }
-    Workspace::from_toml(&toml, ".", &EnvOverrides::default()).expect("valid workspace")
-}
 
 fn pinned(app: &str) -> ImageRef {
     format!("registry.local/{app}@sha256:{}", "5a".repeat(32))
@@ -38,10 +26,10 @@ fn pinned(app: &str) -> ImageRef {
 async fn fifty_apps_cost_three_requests_and_two_watches_each() {
     let sim = SimCluster::start().await.expect("sim starts");
     for i in 0..APPS {
-        let app = name(i);
+        let app = app_name(i);
         sim.seed_deployment(&app, &app, &app, &format!("registry.local/{app}:v1"), 2);
     }
-    let ws = workspace();
+    let ws = many_apps(APPS);
     let deployer = KubeDeployer::new(sim.client());
     let ctx = Context::new();
 
@@ -49,9 +37,9 @@ async fn fifty_apps_cost_three_requests_and_two_watches_each() {
         .map(|i| {
             let (deployer, ws, ctx) = (&deployer, &ws, &ctx);
             async move {
-                let app = ws.app(&name(i)).expect("declared");
+                let app = ws.app(&app_name(i)).expect("declared");
                 deployer
-                    .deploy(app, &pinned(&name(i)), &DeployMeta::default(), ctx)
+                    .deploy(app, &pinned(&app_name(i)), &DeployMeta::default(), ctx)
                     .await
             }
         })

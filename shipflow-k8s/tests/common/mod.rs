@@ -19,6 +19,24 @@ pub fn workspace() -> Workspace {
     .expect("valid workspace")
 }
 
+/// The name of app `i` of [`many_apps`].
+pub fn app_name(i: usize) -> String {
+    format!("app-{i:02}")
+}
+
+/// A workspace of `count` apps, each deployed to its own namespace (named after it),
+/// so every request path names its app.
+pub fn many_apps(count: usize) -> Workspace {
+    let mut toml = String::from("[workspace]\nregistry = \"registry.local\"\n");
+    for i in 0..count {
+        let app = app_name(i);
+        toml.push_str(&format!(
+            "[apps.{app}]\ndeploy.kubernetes = {{ namespace = \"{app}\" }}\n"
+        ));
+    }
+    Workspace::from_toml(&toml, ".", &EnvOverrides::default()).expect("valid workspace")
+}
+
 pub fn app(ws: &Workspace) -> &App {
     ws.app("api").expect("api is declared")
 }
