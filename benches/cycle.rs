@@ -93,7 +93,7 @@ async fn bench(cycles: usize) {
             .current_dir(repo.path())
             .arg(&script)
             .args([base, &registry.host(), ports_file.to_str().expect("utf-8")])
-            .envs(podman_env(&podman))
+            .envs(podman.env())
             .status()
             .expect("bash runs the script");
         assert!(status.success(), "the seed script failed");
@@ -180,14 +180,6 @@ async fn shipflow_cycle(pipeline: &Pipeline, app: &str) -> Duration {
         took.as_millis()
     );
     took
-}
-
-fn podman_env(podman: &TestPodman) -> Vec<(String, String)> {
-    let command = podman.command();
-    command
-        .get_envs()
-        .filter_map(|(k, v)| Some((k.to_str()?.to_owned(), v?.to_str()?.to_owned())))
-        .collect()
 }
 
 fn ms(d: Duration) -> f64 {

@@ -123,11 +123,17 @@ impl TestPodman {
         Engine::connect(Endpoint::Unix(self.socket.clone())).await
     }
 
+    /// The environment that points the `podman` command line (or a script running
+    /// it) at this service's configuration and storage.
+    pub fn env(&self) -> [(&'static str, PathBuf); 3] {
+        Self::env_of(self.dir.path())
+    }
+
     /// A `podman` command line with this service's configuration and storage, so
     /// images it builds are the service's too.
     pub fn command(&self) -> Command {
         let mut command = Command::new("podman");
-        command.envs(Self::env_of(self.dir.path()));
+        command.envs(self.env());
         command
     }
 
