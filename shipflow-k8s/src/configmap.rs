@@ -2,15 +2,15 @@
 //! kustomize's `configMapGenerator`), and rolled into the Deployments that use them:
 //! a config change becomes a new ConfigMap name in the pod template, so the pods roll.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use futures_util::future::try_join_all;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Api;
-use kube::api::{ListParams, PostParams};
+use kube::api::{DeleteParams, ListParams, PostParams};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use shipflow_core::Context;
@@ -151,38 +151,32 @@ pub struct ConfigRollout {
     pub created: bool,
     /// The Deployments switched to it and rolled, by name.
     pub rolled: Vec<String>,
+    /// Earlier versions deleted because nothing uses them any more, by name.
+    pub pruned: Vec<String>,
 }
 
-/// Rewrites the ConfigMap names in a pod template that mean `config`; returns how many.
-fn rewrite_refs(template: &mut Value, config: &EnvConfigMap, to: &str) -> usize {
-    let mut changed = 0;
-    let mut set = |v: &mut Value| {
-        if let Some(name) = v.as_str()
-            && config.refers_to(name)
-            && name != to
-        {
-            *v = Value::from(to);
-            changed += 1;
-        }
-    };
+/// Calls `visit` with every ConfigMap name a pod template refers to: `envFrom`,
+/// `env[].valueFrom.configMapKeyRef` (containers and init containers), and
+/// `configMap` and projected volumes.
+fn for_each_ref(template: &mut Value, mut visit: impl FnMut(&mut Value)) {
     let spec = &mut template["spec"];
     for list in ["containers", "initContainers"] {
         for c in spec[list].as_array_mut().into_iter().flatten() {
             for from in c["envFrom"].as_array_mut().into_iter().flatten() {
                 if from.get("configMapRef").is_some() {
-                    set(&mut from["configMapRef"]["name"]);
+                    visit(&mut from["configMapRef"]["name"]);
                 }
             }
             for env in c["env"].as_array_mut().into_iter().flatten() {
                 if env.pointer("/valueFrom/configMapKeyRef").is_some() {
-                    set(&mut env["valueFrom"]["configMapKeyRef"]["name"]);
+                    visit(&mut env["valueFrom"]["configMapKeyRef"]["name"]);
                 }
             }
         }
     }
     for volume in spec["volumes"].as_array_mut().into_iter().flatten() {
         if volume.get("configMap").is_some() {
-            set(&mut volume["configMap"]["name"]);
+            visit(&mut volume["configMap"]["name"]);
         }
         for source in volume
             .pointer_mut("/projected/sources")
@@ -191,11 +185,37 @@ fn rewrite_refs(template: &mut Value, config: &EnvConfigMap, to: &str) -> usize 
             .flatten()
         {
             if source.get("configMap").is_some() {
-                set(&mut source["configMap"]["name"]);
+                visit(&mut source["configMap"]["name"]);
             }
         }
     }
+}
+
+/// Rewrites the ConfigMap names in a pod template that mean `config`; returns how many.
+fn rewrite_refs(template: &mut Value, config: &EnvConfigMap, to: &str) -> usize {
+    let mut changed = 0;
+    for_each_ref(template, |v| {
+        if let Some(name) = v.as_str()
+            && config.refers_to(name)
+            && name != to
+        {
+            *v = Value::from(to);
+            changed += 1;
+        }
+    });
     changed
+}
+
+/// Adds the ConfigMap names a pod template refers to to `names`.
+fn collect_refs(template: Option<&impl serde::Serialize>, names: &mut BTreeSet<String>) {
+    let Some(mut template) = template.and_then(|t| serde_json::to_value(t).ok()) else {
+        return;
+    };
+    for_each_ref(&mut template, |v| {
+        if let Some(name) = v.as_str() {
+            names.insert(name.to_owned());
+        }
+    });
 }
 
 impl KubeDeployer {
@@ -204,8 +224,10 @@ impl KubeDeployer {
     /// refers to it (by base name or an earlier hashed name, through `envFrom`,
     /// `env[].valueFrom.configMapKeyRef` or a `configMap` / projected volume) at the
     /// new name, and watches their rollouts like an image deploy. An unchanged file
-    /// changes nothing. Old ConfigMaps stay: older ReplicaSets, and so rollbacks, use
-    /// them.
+    /// changes nothing. Then deletes the earlier versions that no Deployment or
+    /// ReplicaSet (and so no rollback) uses, beyond the newest
+    /// [`keep_config_maps`](Self::keep_config_maps); a failure there is reported
+    /// through `ctx` as a message, not as the rollout's error.
     pub async fn deploy_config_map(
         &self,
         namespace: &str,
@@ -259,6 +281,7 @@ impl KubeDeployer {
                 name,
                 created: false,
                 rolled,
+                pruned: Vec::new(),
             });
         }
 
@@ -313,11 +336,110 @@ impl KubeDeployer {
             });
         }
         try_join_all(waits).await?;
+        let pruned = self.prune_config_maps(namespace, config, &name, ctx).await;
         Ok(ConfigRollout {
             name,
             created,
             rolled,
+            pruned,
         })
+    }
+
+    /// Deletes the versions of `config` in `namespace` (ConfigMaps with its
+    /// [`CONFIG_MAP_LABEL`]) that no Deployment or ReplicaSet refers to, except
+    /// `current` and the newest [`keep_config_maps`](Self::keep_config_maps). Returns
+    /// the names deleted; a failure ends the clean-up with a message through `ctx`.
+    async fn prune_config_maps(
+        &self,
+        namespace: &str,
+        config: &EnvConfigMap,
+        current: &str,
+        ctx: &Context,
+    ) -> Vec<String> {
+        let mut pruned = Vec::new();
+        if let Err(e) = self
+            .prune_unused(namespace, config, current, &mut pruned)
+            .await
+        {
+            tracing::warn!(config = %config.base, error = %e, "config map clean-up stopped");
+            ctx.message(format!(
+                "left unused versions of {} in place: {e}",
+                config.base
+            ));
+        }
+        for name in &pruned {
+            ctx.message(format!("deleted unused configmap {namespace}/{name}"));
+        }
+        pruned
+    }
+
+    async fn prune_unused(
+        &self,
+        namespace: &str,
+        config: &EnvConfigMap,
+        current: &str,
+        pruned: &mut Vec<String>,
+    ) -> Result<(), kube::Error> {
+        let maps: Api<ConfigMap> = Api::namespaced(self.client.clone(), namespace);
+        let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), namespace);
+        let replica_sets: Api<ReplicaSet> = Api::namespaced(self.client.clone(), namespace);
+        let labelled = ListParams::default().labels(&format!("{CONFIG_MAP_LABEL}={}", config.base));
+        let all = ListParams::default();
+        let dp = DeleteParams::default();
+        let mut versions = self
+            .retry
+            .run("list config maps", false, || maps.list(&labelled))
+            .await?
+            .items;
+        if versions.len() <= self.keep_config_maps {
+            return Ok(());
+        }
+        let mut used = BTreeSet::from([current.to_owned()]);
+        for dep in self
+            .retry
+            .run("list deployments", false, || deployments.list(&all))
+            .await?
+        {
+            collect_refs(dep.spec.as_ref().map(|s| &s.template), &mut used);
+        }
+        for rs in self
+            .retry
+            .run("list replica sets", false, || replica_sets.list(&all))
+            .await?
+        {
+            collect_refs(
+                rs.spec.as_ref().and_then(|s| s.template.as_ref()),
+                &mut used,
+            );
+        }
+        // Newest first: by creation time, then name for a stable order.
+        versions.sort_by(|a, b| {
+            let key = |m: &ConfigMap| {
+                (
+                    m.metadata.creation_timestamp.clone(),
+                    m.metadata.name.clone(),
+                )
+            };
+            key(b).cmp(&key(a))
+        });
+        for map in versions.into_iter().skip(self.keep_config_maps) {
+            let Some(name) = map.metadata.name else {
+                continue;
+            };
+            if used.contains(&name) || !config.refers_to(&name) {
+                continue;
+            }
+            match self
+                .retry
+                .run("delete config map", false, || maps.delete(&name, &dp))
+                .await
+            {
+                Ok(_) => pruned.push(name),
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// Replaces the Deployment with its references rewritten to `to`, guarded by its

@@ -47,6 +47,7 @@ pub struct KubeDeployer {
     restart_budget: u32,
     pub(crate) retry: RetryPolicy,
     lock: Option<LockOptions>,
+    pub(crate) keep_config_maps: usize,
 }
 
 impl std::fmt::Debug for KubeDeployer {
@@ -56,13 +57,14 @@ impl std::fmt::Debug for KubeDeployer {
             .field("restart_budget", &self.restart_budget)
             .field("retry", &self.retry)
             .field("lock", &self.lock)
+            .field("keep_config_maps", &self.keep_config_maps)
             .finish_non_exhaustive()
     }
 }
 
 impl KubeDeployer {
     /// A deployer using `client`; timeout 10 minutes, restart budget 2, the default
-    /// [`RetryPolicy`], no deploy lock.
+    /// [`RetryPolicy`], no deploy lock, 3 unused ConfigMap versions kept.
     pub fn new(client: Client) -> Self {
         Self {
             client,
@@ -70,6 +72,7 @@ impl KubeDeployer {
             restart_budget: 2,
             retry: RetryPolicy::default(),
             lock: None,
+            keep_config_maps: 3,
         }
     }
 
@@ -92,6 +95,16 @@ impl KubeDeployer {
     /// connection, a 409 on the image patch) are retried.
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.retry = policy;
+        self
+    }
+
+    /// How many of a generated ConfigMap's newest versions
+    /// [`deploy_config_map`](Self::deploy_config_map) keeps even when nothing uses
+    /// them; older versions are deleted once no Deployment or ReplicaSet (and so no
+    /// rollback) refers to them. Keeping a few spares a version another pipeline has
+    /// just created and not yet pointed its Deployments at.
+    pub fn keep_config_maps(mut self, versions: usize) -> Self {
+        self.keep_config_maps = versions;
         self
     }
 

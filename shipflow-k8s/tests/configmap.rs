@@ -2,9 +2,10 @@
 //! server: a change rolls exactly the Deployments that use the ConfigMap.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
-use shipflow_core::Context;
+use shipflow_core::{Context, EventKind, EventSink};
 use shipflow_k8s::testing::SimCluster;
 use shipflow_k8s::{EnvConfigMap, KubeDeployer, KubeError};
 
@@ -146,6 +147,94 @@ async fn a_config_change_rolls_exactly_the_deployments_that_use_it() {
         sim.config_map(NS, &first.name()).is_some(),
         "kept for rollbacks"
     );
+}
+
+#[tokio::test]
+async fn versions_go_once_no_replica_set_can_roll_back_to_them() {
+    let sim = SimCluster::start().await.expect("sim starts");
+    // web keeps one old ReplicaSet, so one earlier config version stays in use.
+    let mut web = deployment(
+        "web",
+        json!({"container": {"envFrom": [{"configMapRef": {"name": "app-config"}}]}}),
+    );
+    web["spec"]["revisionHistoryLimit"] = 1.into();
+    sim.seed_deployment_json(NS, web);
+    // Another config's version, and a ConfigMap the user made: never shipflow's to delete.
+    let other = EnvConfigMap::parse("cron-config", Path::new("cron.env"), "A=1\n").expect("valid");
+    for (name, labels) in [
+        (
+            other.name(),
+            json!({shipflow_k8s::CONFIG_MAP_LABEL: "cron-config"}),
+        ),
+        ("app-config".to_owned(), json!({})),
+    ] {
+        sim.seed_object(
+            "ConfigMap",
+            NS,
+            json!({"metadata": {"name": name, "labels": labels}, "data": {}}),
+        );
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let deployer = KubeDeployer::new(sim.client()).keep_config_maps(1);
+    let replica_sets = || {
+        sim.replica_set_names(NS)
+            .into_iter()
+            .filter(|n| n.starts_with("web-"))
+            .count()
+    };
+
+    let said = Arc::new(Mutex::new(Vec::new()));
+    let messages = said.clone();
+    let ctx = Context::new().with_events(EventSink::new(move |e| {
+        if let EventKind::Message { text } = &e.kind {
+            messages.lock().expect("not poisoned").push(text.clone());
+        }
+    }));
+
+    // Each deploy drops the version whose ReplicaSet the controller just deleted,
+    // except the third, whose delete is refused: that version goes with the fourth.
+    let mut versions: Vec<String> = Vec::new();
+    for mode in ["a", "b", "c", "d"] {
+        let config = write(dir.path(), &format!("MODE={mode}\n"));
+        if mode == "c" {
+            let path = format!("/api/v1/namespaces/{NS}/configmaps/{}", versions[0]);
+            sim.fail_next("DELETE", &path, 403);
+        }
+        let out = deployer
+            .deploy_config_map(NS, &config, &ctx)
+            .await
+            .expect("a failed clean-up does not fail the rollout");
+        assert_eq!(out.rolled, ["web"]);
+        let expected: &[&String] = match mode {
+            "d" => &[&versions[1], &versions[0]],
+            _ => &[],
+        };
+        assert_eq!(
+            out.pruned.iter().collect::<Vec<_>>(),
+            expected,
+            "deploy {mode}"
+        );
+        assert_eq!(replica_sets(), 2, "the new ReplicaSet and 1 old one");
+        versions.push(config.name());
+    }
+    let said = said.lock().expect("not poisoned").join("\n");
+    assert!(
+        said.contains("left unused versions of app-config in place: "),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!("deleted unused configmap {NS}/{}", versions[0])),
+        "{said}"
+    );
+    for (i, name) in versions.iter().enumerate() {
+        assert_eq!(
+            sim.config_map(NS, name).is_some(),
+            i >= 2,
+            "{name}: only the current version and the one rollback needs remain"
+        );
+    }
+    assert!(sim.config_map(NS, &other.name()).is_some());
+    assert!(sim.config_map(NS, "app-config").is_some());
 }
 
 #[tokio::test]

@@ -291,6 +291,7 @@ fn refresh(shared: &Shared, st: &mut State, ns: &str, dep: &mut Value, new_rs: &
         st.ready_at
             .entry(key)
             .or_insert_with(std::time::Instant::now);
+        clean_up_history(shared, st, ns, dep, new_rs);
         let images = template_images(dep);
         st.good_images.insert((
             ns.to_owned(),
@@ -314,6 +315,34 @@ fn refresh(shared: &Shared, st: &mut State, ns: &str, dep: &mut Value, new_rs: &
             "NewReplicaSetAvailable",
             &format!("ReplicaSet \"{new_rs}\" has successfully progressed."),
         );
+    }
+}
+
+/// Like the controller once a rollout is complete: deletes the oldest of the
+/// Deployment's scaled-down ReplicaSets beyond `spec.revisionHistoryLimit` (default 10).
+fn clean_up_history(shared: &Shared, st: &mut State, ns: &str, dep: &Value, new_rs: &str) {
+    let limit = dep["spec"]["revisionHistoryLimit"].as_u64().unwrap_or(10);
+    let uid = dep["metadata"]["uid"].as_str().unwrap_or_default();
+    let mut old: Vec<Value> = owned(st, Kind::ReplicaSet, ns, uid)
+        .into_iter()
+        .filter(|rs| {
+            rs["metadata"]["name"].as_str() != Some(new_rs)
+                && owned(
+                    st,
+                    Kind::Pod,
+                    ns,
+                    rs["metadata"]["uid"].as_str().unwrap_or_default(),
+                )
+                .is_empty()
+        })
+        .collect();
+    old.sort_by_key(revision_of);
+    let excess = old
+        .len()
+        .saturating_sub(usize::try_from(limit).unwrap_or(usize::MAX));
+    for rs in &old[..excess] {
+        let name = rs["metadata"]["name"].as_str().unwrap_or_default();
+        shared.delete(st, Kind::ReplicaSet, ns, name);
     }
 }
 

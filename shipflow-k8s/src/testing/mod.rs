@@ -8,8 +8,9 @@
 //! merges the applied fields and does not track field managers), and
 //! runs a Deployment controller that moves each rollout forward one step at a time as
 //! the deployment's scripted [`Outcome`] says: a new ReplicaSet per pod template with
-//! the next `deployment.kubernetes.io/revision`, new pods, old pods removed, and the
-//! Deployment's status and conditions kept in step.
+//! the next `deployment.kubernetes.io/revision`, new pods, old pods removed, the
+//! Deployment's status and conditions kept in step, and, once a rollout completes,
+//! old ReplicaSets beyond `spec.revisionHistoryLimit` deleted.
 //!
 //! ```no_run
 //! use shipflow_k8s::testing::{Outcome, SimCluster};
@@ -203,6 +204,17 @@ impl SimCluster {
     /// The stored ConfigMap `ns/name`, as JSON.
     pub fn config_map(&self, ns: &str, name: &str) -> Option<Value> {
         self.object(Kind::ConfigMap, ns, name)
+    }
+
+    /// The names of the ReplicaSets stored in `ns`.
+    pub fn replica_set_names(&self, ns: &str) -> Vec<String> {
+        self.shared
+            .lock()
+            .objects
+            .keys()
+            .filter(|(kind, n, _)| *kind == Kind::ReplicaSet && n == ns)
+            .map(|(_, _, name)| name.clone())
+            .collect()
     }
 
     /// The stored Service `ns/name`, as JSON.
