@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
-use serde::Deserialize;
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ObjectMeta, Patch, PatchParams};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use shipflow_core::Context;
 
@@ -45,7 +45,7 @@ impl Default for ApplyOptions {
 }
 
 /// One object applied from a manifest.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Applied {
     /// The file.
     pub path: PathBuf,
@@ -157,6 +157,20 @@ fn manifest(
     })
 }
 
+/// What an apply can change in `object`: everything but its status and the server's
+/// bookkeeping, so a controller's status write between the read and the apply does
+/// not count as a change.
+fn applied_content(object: &DynamicObject) -> (ObjectMeta, Value) {
+    let mut meta = object.metadata.clone();
+    meta.resource_version = None;
+    meta.managed_fields = None;
+    let mut data = object.data.clone();
+    if let Some(fields) = data.as_object_mut() {
+        fields.remove("status");
+    }
+    (meta, data)
+}
+
 impl KubeDeployer {
     /// Applies every manifest in `dir` (files `*.yaml` and `*.yml`, each possibly
     /// several documents) with server-side apply, field manager `shipflow`, in file
@@ -197,10 +211,9 @@ impl KubeDeployer {
                 .run("apply", false, || api.patch(&m.name, &params, &patch))
                 .await
                 .map_err(failed)?;
-            let rv = |o: &Option<DynamicObject>| {
-                o.as_ref().and_then(|o| o.metadata.resource_version.clone())
-            };
-            let changed = rv(&before).is_none() || rv(&before) != rv(&Some(after.clone()));
+            let changed = before
+                .as_ref()
+                .is_none_or(|b| applied_content(b) != applied_content(&after));
             if changed {
                 ctx.message(format!("applied {object}"));
             }

@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, PostParams};
+use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use shipflow_core::Context;
@@ -143,7 +144,7 @@ impl EnvConfigMap {
 }
 
 /// What [`KubeDeployer::deploy_config_map`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ConfigRollout {
     /// The ConfigMap's hashed name.
     pub name: String,
