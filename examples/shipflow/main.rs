@@ -12,11 +12,14 @@
 //! cargo run --example shipflow -- rollback web --to 3 --target docker
 //! cargo run --example shipflow -- history web --target k8s
 //! cargo run --example shipflow -- status --target docker
+//! cargo run --example shipflow -- apply k8s/ --namespace prod
+//! cargo run --example shipflow -- config api-config apps/api/prod.env --dry-run
 //! ```
 //!
-//! Exit codes: 0 shipped (for `plan` and `status`: there is work to ship), 1 failed
-//! (or an error before any app started), 2 bad usage, 3 failed and rolled back,
-//! 4 nothing to do. `--format json` prints the plan, report, history or status as
+//! Exit codes: 0 shipped (for `plan`, `status` and dry runs: there is work to ship),
+//! 1 failed (or an error before any app started), 2 bad usage, 3 failed and rolled
+//! back, 4 nothing to do (for `apply` and `config`: all was already in place).
+//! `--format json` prints the plan, report, history, status or applied objects as
 //! JSON on stdout for CI. Progress bars show on a terminal, plain lines otherwise.
 //! Set `RUST_LOG=shipflow=debug` for tracing.
 
@@ -82,6 +85,12 @@ enum Command {
     History(HistoryArgs),
     /// What runs now for each app, and whether its inputs changed since.
     Status(StatusArgs),
+    /// Kubernetes: server-side apply a directory of manifests, watching the rollouts
+    /// of the Deployments that changed.
+    Apply(ApplyArgs),
+    /// Kubernetes: make a ConfigMap from an env file, named by its content's hash,
+    /// and roll the Deployments that use it; versions no rollback needs are deleted.
+    Config(ConfigArgs),
 }
 
 /// Which apps: what changed between two revisions, filtered.
@@ -143,13 +152,11 @@ struct BuildArgs {
     concurrency: usize,
 }
 
-/// Where workloads run.
+/// Which Kubernetes cluster and namespace.
 #[derive(Args)]
-struct TargetArgs {
-    /// The deploy target.
-    #[arg(long, value_enum)]
-    target: Target,
-    /// The Kubernetes namespace (overrides K8S_NAMESPACE and the workspace's).
+struct ClusterArgs {
+    /// The Kubernetes namespace (overrides K8S_NAMESPACE, the workspace's and the
+    /// kubeconfig context's).
     #[arg(long)]
     namespace: Option<String>,
     /// The kubeconfig file (default: KUBECONFIG, ~/.kube/config, in-cluster).
@@ -158,6 +165,35 @@ struct TargetArgs {
     /// The kubeconfig context (default: its current context).
     #[arg(long)]
     context: Option<String>,
+}
+
+impl ClusterArgs {
+    /// The client, and the namespace: `--namespace`, else K8S_NAMESPACE, else the
+    /// kubeconfig context's.
+    async fn client(&self) -> anyhow::Result<(kube::Client, String)> {
+        let client =
+            parts::kube_client(self.kubeconfig.as_deref(), self.context.as_deref()).await?;
+        let namespace = self
+            .namespace
+            .clone()
+            .or_else(|| {
+                std::env::var("K8S_NAMESPACE")
+                    .ok()
+                    .filter(|n| !n.is_empty())
+            })
+            .unwrap_or_else(|| client.default_namespace().to_owned());
+        Ok((client, namespace))
+    }
+}
+
+/// Where workloads run.
+#[derive(Args)]
+struct TargetArgs {
+    /// The deploy target.
+    #[arg(long, value_enum)]
+    target: Target,
+    #[command(flatten)]
+    cluster: ClusterArgs,
     /// The Docker or Podman API (`unix:///run/podman/podman.sock`, `tcp://host:2375`).
     #[arg(long, env = "DOCKER_HOST")]
     docker_host: Option<String>,
@@ -167,12 +203,39 @@ impl TargetArgs {
     async fn deployer(&self) -> anyhow::Result<Arc<dyn shipflow::core::Deployer>> {
         parts::deployer(
             self.target,
-            self.kubeconfig.as_deref(),
-            self.context.as_deref(),
+            self.cluster.kubeconfig.as_deref(),
+            self.cluster.context.as_deref(),
             self.docker_host.as_deref(),
         )
         .await
     }
+}
+
+#[derive(Args)]
+struct ApplyArgs {
+    /// The directory of manifests (`*.yaml`, `*.yml`).
+    dir: PathBuf,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    /// Take over fields another field manager owns (`kubectl apply --force-conflicts`).
+    #[arg(long)]
+    force_conflicts: bool,
+    /// Ask the API server to check everything; write nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Args)]
+struct ConfigArgs {
+    /// The ConfigMap's name as the Deployments refer to it (before the hash suffix).
+    name: String,
+    /// The env file: `KEY=VALUE` lines, `#` comments.
+    env_file: PathBuf,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    /// Say what would be created and rolled; write nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Args)]
@@ -274,6 +337,8 @@ async fn run_cli(cli: Cli) -> anyhow::Result<Exit> {
         Command::Rollback(args) => rollback(&out, args).await,
         Command::History(args) => history(&out, args).await,
         Command::Status(args) => status(&out, args).await,
+        Command::Apply(args) => apply(&out, args).await,
+        Command::Config(args) => config(&out, args).await,
     }
 }
 
@@ -408,7 +473,7 @@ async fn run(
     skip_build: bool,
     rollback: bool,
 ) -> anyhow::Result<Exit> {
-    let namespace = target.as_ref().and_then(|t| t.namespace.clone());
+    let namespace = target.as_ref().and_then(|t| t.cluster.namespace.clone());
     let workspace = parts::workspace(&out.config, args.registry.clone(), namespace)?;
     let detector = parts::detector(&workspace, args.changes.worktree)?;
     let base = base(&args.changes, &detector)?;
@@ -455,7 +520,7 @@ async fn app_and_deployer(
     app: &str,
     target: &TargetArgs,
 ) -> anyhow::Result<(App, Arc<dyn shipflow::core::Deployer>)> {
-    let workspace = parts::workspace(&out.config, None, target.namespace.clone())?;
+    let workspace = parts::workspace(&out.config, None, target.cluster.namespace.clone())?;
     let app = known_app(&workspace, app)?.clone();
     let deployer = target.deployer().await?;
     Ok((app, deployer))
@@ -516,7 +581,7 @@ struct AppStatus {
 }
 
 async fn status(out: &Output, args: StatusArgs) -> anyhow::Result<Exit> {
-    let workspace = parts::workspace(&out.config, None, args.target.namespace.clone())?;
+    let workspace = parts::workspace(&out.config, None, args.target.cluster.namespace.clone())?;
     let detector = parts::detector(&workspace, false)?;
     let deployer = args.target.deployer().await?;
     let ctx = Context::new();
@@ -572,5 +637,45 @@ async fn status(out: &Output, args: StatusArgs) -> anyhow::Result<Exit> {
         Exit::NothingToDo
     } else {
         Exit::Shipped
+    })
+}
+
+async fn apply(out: &Output, args: ApplyArgs) -> anyhow::Result<Exit> {
+    let (client, namespace) = args.cluster.client().await?;
+    let deployer = shipflow::k8s::KubeDeployer::new(client);
+    let options = shipflow::k8s::ApplyOptions {
+        namespace,
+        force: args.force_conflicts,
+    };
+    let ctx = Context::new()
+        .with_dry_run(args.dry_run)
+        .with_events(Progress::messages(out.progress()));
+    let applied = deployer.apply_dir(&args.dir, &options, &ctx).await?;
+    out.print(&applied, |applied| render::applied(applied, args.dry_run))?;
+    Ok(if applied.iter().any(|a| a.changed) {
+        Exit::Shipped
+    } else {
+        Exit::NothingToDo
+    })
+}
+
+async fn config(out: &Output, args: ConfigArgs) -> anyhow::Result<Exit> {
+    let config = shipflow::k8s::EnvConfigMap::from_env_file(&args.name, &args.env_file)?;
+    let (client, namespace) = args.cluster.client().await?;
+    let deployer = shipflow::k8s::KubeDeployer::new(client);
+    let ctx = Context::new()
+        .with_dry_run(args.dry_run)
+        .with_events(Progress::messages(out.progress()));
+    let rollout = deployer
+        .deploy_config_map(&namespace, &config, &ctx)
+        .await?;
+    out.print(&rollout, |r| {
+        render::config_rollout(&namespace, r, args.dry_run)
+    })?;
+    // As for `plan`, a dry run exits 0 when there is work to do.
+    Ok(if rollout.created || !rollout.rolled.is_empty() {
+        Exit::Shipped
+    } else {
+        Exit::NothingToDo
     })
 }

@@ -155,8 +155,7 @@ pub(crate) fn builder(
     Ok(Arc::new(builder))
 }
 
-/// The deployer for `target`. For Kubernetes: `kubeconfig` (else KUBECONFIG,
-/// `~/.kube/config` or in-cluster) and its `context` (else the current one). For
+/// The deployer for `target`. For Kubernetes: the client of [`kube_client`]. For
 /// Docker or Podman: the API at `docker_host`, else the default socket.
 pub(crate) async fn deployer(
     target: Target,
@@ -166,27 +165,10 @@ pub(crate) async fn deployer(
 ) -> anyhow::Result<Arc<dyn Deployer>> {
     match target {
         Target::K8s => {
-            let options = kube::config::KubeConfigOptions {
-                context: context.map(str::to_owned),
-                ..Default::default()
-            };
-            let config = match (kubeconfig, context) {
-                (Some(path), _) => {
-                    let file = kube::config::Kubeconfig::read_from(path)
-                        .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
-                    kube::Config::from_custom_kubeconfig(file, &options).await?
-                }
-                (None, Some(context)) => kube::Config::from_kubeconfig(&options)
-                    .await
-                    .with_context(|| format!("kubeconfig context {context}"))?,
-                (None, None) => kube::Config::infer().await.context(
-                    "no Kubernetes configuration: set KUBECONFIG, write ~/.kube/config, or run in a cluster",
-                )?,
-            };
-            let client = kube::Client::try_from(config)?;
             // One pipeline per app at a time: a Lease that a second run waits for.
-            let deployer = shipflow::k8s::KubeDeployer::new(client)
-                .deploy_lock(shipflow::k8s::LockOptions::default());
+            let deployer =
+                shipflow::k8s::KubeDeployer::new(kube_client(kubeconfig, context).await?)
+                    .deploy_lock(shipflow::k8s::LockOptions::default());
             Ok(Arc::new(deployer))
         }
         Target::Docker => {
@@ -207,6 +189,32 @@ pub(crate) async fn deployer(
             Ok(Arc::new(deployer.build()))
         }
     }
+}
+
+/// A Kubernetes client: `kubeconfig` (else KUBECONFIG, `~/.kube/config` or
+/// in-cluster) and its `context` (else the current one).
+pub(crate) async fn kube_client(
+    kubeconfig: Option<&Path>,
+    context: Option<&str>,
+) -> anyhow::Result<kube::Client> {
+    let options = kube::config::KubeConfigOptions {
+        context: context.map(str::to_owned),
+        ..Default::default()
+    };
+    let config = match (kubeconfig, context) {
+        (Some(path), _) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &options).await?
+        }
+        (None, Some(context)) => kube::Config::from_kubeconfig(&options)
+            .await
+            .with_context(|| format!("kubeconfig context {context}"))?,
+        (None, None) => kube::Config::infer().await.context(
+            "no Kubernetes configuration: set KUBECONFIG, write ~/.kube/config, or run in a cluster",
+        )?,
+    };
+    Ok(kube::Client::try_from(config)?)
 }
 
 /// The local OCI layout store, used as the registry by `build`.

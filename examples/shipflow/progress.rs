@@ -44,6 +44,19 @@ impl Progress {
         EventSink::new(move |event| progress.show(event))
     }
 
+    /// An event sink for one-off cluster commands (`apply`, `config`): their
+    /// messages as lines on stderr, unless `mode` is quiet.
+    pub(crate) fn messages(mode: Mode) -> EventSink {
+        if mode == Mode::Quiet {
+            return EventSink::default();
+        }
+        EventSink::new(|event| {
+            if let EventKind::Message { text } = &event.kind {
+                eprintln!("{text}");
+            }
+        })
+    }
+
     fn show(&self, event: &Event) {
         let app = event.app.clone().unwrap_or_else(|| "workspace".into());
         if !self.terminal {

@@ -149,3 +149,52 @@ pub(crate) fn bytes(n: u64) -> String {
 fn seconds(ms: u64) -> String {
     format!("{:.1}s", ms as f64 / 1000.0)
 }
+
+/// What `apply` did: one line per object.
+pub(crate) fn applied(applied: &[shipflow::k8s::Applied], dry_run: bool) -> String {
+    let mut out = String::new();
+    for a in applied {
+        let what = match (a.changed, dry_run) {
+            (false, _) => "unchanged",
+            (true, false) => "configured",
+            (true, true) => "would be configured",
+        };
+        let _ = writeln!(
+            out,
+            "{} {}/{} {what}  ({} #{})",
+            a.kind.to_lowercase(),
+            a.namespace,
+            a.name,
+            a.path.display(),
+            a.document
+        );
+    }
+    if applied.is_empty() {
+        out.push_str("no manifests\n");
+    }
+    out
+}
+
+/// What `config` did (or, for a dry run, would do): the ConfigMap, the Deployments
+/// rolled, the versions deleted.
+pub(crate) fn config_rollout(
+    namespace: &str,
+    r: &shipflow::k8s::ConfigRollout,
+    dry_run: bool,
+) -> String {
+    let state = match (dry_run, r.created) {
+        (true, _) => "(dry run: nothing written)",
+        (false, true) => "created",
+        (false, false) => "already there",
+    };
+    let mut out = format!("configmap {namespace}/{} {state}\n", r.name);
+    let _ = match (r.rolled.as_slice(), dry_run) {
+        ([], _) => writeln!(out, "no deployment needs a change"),
+        (rolled, false) => writeln!(out, "rolled: {}", rolled.join(", ")),
+        (rolled, true) => writeln!(out, "would roll: {}", rolled.join(", ")),
+    };
+    if !r.pruned.is_empty() {
+        let _ = writeln!(out, "deleted unused versions: {}", r.pruned.join(", "));
+    }
+    out
+}

@@ -60,8 +60,10 @@ impl Setup {
             "--kubeconfig",
             self.path(&self.kubeconfig),
         ];
-        if matches!(args[0], "deploy" | "rollback" | "history" | "status") {
-            line.extend_from_slice(&k8s);
+        match args[0] {
+            "deploy" | "rollback" | "history" | "status" => line.extend_from_slice(&k8s),
+            "apply" | "config" => line.extend_from_slice(&k8s[2..]),
+            _ => {}
         }
         let cli = Cli::try_parse_from(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
         run_cli(cli)
@@ -158,6 +160,56 @@ async fn a_failed_rollout_exits_3_when_rolled_back_and_1_when_not() {
             ])
             .await,
         Exit::Failed
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_and_config_through_the_cli() {
+    let setup = Setup::new().await;
+    let dir = setup.repo.path().join("deploy");
+    std::fs::create_dir_all(&dir).expect("manifest dir");
+    std::fs::write(
+        dir.join("worker.yaml"),
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: worker}\n\
+         spec:\n  replicas: 1\n  selector: {matchLabels: {app: worker}}\n  template:\n    \
+         metadata: {labels: {app: worker}}\n    spec:\n      containers:\n      \
+         - {name: worker, image: registry.local/worker:v1, envFrom: [{configMapRef: {name: app-config}}]}\n",
+    )
+    .expect("manifest");
+    let dir = setup.path(&dir);
+    assert_eq!(setup.run(&["apply", dir]).await, Exit::Shipped);
+    assert!(setup.cluster.deployment("default", "worker").is_some());
+    assert_eq!(setup.run(&["apply", dir]).await, Exit::NothingToDo);
+
+    let env = setup.repo.path().join("worker.env");
+    std::fs::write(&env, "MODE=fast\n").expect("env file");
+    let name = shipflow::k8s::EnvConfigMap::from_env_file("app-config", &env)
+        .expect("valid")
+        .name();
+    let env = setup.path(&env);
+    let refs = || {
+        setup
+            .cluster
+            .deployment("default", "worker")
+            .expect("worker")["spec"]["template"]
+            .to_string()
+    };
+    assert_eq!(
+        setup.run(&["config", "app-config", env, "--dry-run"]).await,
+        Exit::Shipped,
+        "there is work to do"
+    );
+    assert!(setup.cluster.config_map("default", &name).is_none());
+    assert!(!refs().contains(&name), "a dry run writes nothing");
+    assert_eq!(
+        setup.run(&["config", "app-config", env]).await,
+        Exit::Shipped
+    );
+    assert!(setup.cluster.config_map("default", &name).is_some());
+    assert!(refs().contains(&name), "worker rolled to the new name");
+    assert_eq!(
+        setup.run(&["config", "app-config", env]).await,
+        Exit::NothingToDo
     );
 }
 
