@@ -12,8 +12,9 @@
 //! Everything is real and embedded: change detection is `GitChangeDetector` (gix),
 //! images are built by the daemonless `NativeBuilder` into reproducible OCI layers,
 //! and the registry is `LayoutRegistry`, a directory of OCI layouts that skopeo and
-//! podman read. With no cluster or engine to deploy to, the deploy stage is printed
-//! as a plan; `examples/shipflow.rs deploy --target docker|k8s` does it for real.
+//! podman read. It deploys nothing (the sample apps are files, not servers): the
+//! deploy stage is printed as a plan; `examples/shipflow deploy --target docker|k8s`
+//! does it for real.
 
 use std::path::Path;
 use std::process::Command;
@@ -120,7 +121,7 @@ async fn main() -> anyhow::Result<()> {
         "expected web's code layer and config to move and its package layer to stay, got {push:?}"
     );
 
-    println!("\n5. The deploy plan (no cluster or engine here):");
+    println!("\n5. The deploy plan (the sample apps are files, not servers: nothing is started):");
     for app in &second.apps {
         if let Some(image) = &app.image {
             println!("   {}: roll its workload to {image}", app.app);
