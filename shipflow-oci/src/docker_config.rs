@@ -108,11 +108,22 @@ impl DockerConfig {
     }
 
     fn from_json_at(text: &str, path: Option<&Path>) -> Result<Self, OciError> {
-        // serde_json's message names line and column, never the content.
+        // Only the kind of error and where: serde_json's message can quote a value,
+        // and a value here may be a base64 `user:password`.
         serde_json::from_str(text).map_err(|e| OciError::DockerConfig {
             path: path.map_or_else(|| PathBuf::from("config.json"), Path::to_path_buf),
             registry: None,
-            reason: format!("invalid JSON: {e}"),
+            reason: format!(
+                "invalid {} at line {} column {}",
+                match e.classify() {
+                    serde_json::error::Category::Io => "file",
+                    serde_json::error::Category::Syntax | serde_json::error::Category::Eof =>
+                        "JSON",
+                    serde_json::error::Category::Data => "content (not the config.json layout)",
+                },
+                e.line(),
+                e.column()
+            ),
         })
     }
 
@@ -286,6 +297,23 @@ mod tests {
                 .is_none()
         );
         assert!(!format!("{config:?}").contains(&auth));
+    }
+
+    #[test]
+    fn a_malformed_file_is_an_error_without_its_values() {
+        for text in [
+            r#"{"auths": {"reg": "Y2k6czNjcmV0LXBhc3M="}}"#,
+            r#"{"auths": {"reg": {"auth": 123456789}}}"#,
+        ] {
+            let err = DockerConfig::from_json(text).expect_err("not the layout");
+            let text = err.to_string();
+            assert!(
+                text.contains("line 1 column")
+                    && !text.contains("Y2k6")
+                    && !text.contains("123456789"),
+                "{text}"
+            );
+        }
     }
 
     #[test]
