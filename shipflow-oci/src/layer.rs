@@ -66,6 +66,16 @@ pub(crate) struct WrittenLayer {
 /// directory's names sorted bytewise. Honours `<source>/.dockerignore`.
 pub(crate) fn list_entries(app: &str, source: &Path, dest: &str) -> Result<Vec<Entry>, BuildError> {
     let meta = fs::symlink_metadata(source).map_err(|e| BuildError::io(app, "read", source, e))?;
+    // A layer's root that is a link to a directory means that directory's content
+    // (`from = "apps/web/current"` with `current -> build-42`); links inside stay links.
+    let resolved;
+    let (source, meta) = if meta.is_symlink() && source.is_dir() {
+        resolved = fs::canonicalize(source).map_err(|e| BuildError::io(app, "read", source, e))?;
+        let meta = fs::metadata(&resolved).map_err(|e| BuildError::io(app, "read", source, e))?;
+        (resolved.as_path(), meta)
+    } else {
+        (source, meta)
+    };
     let mut entries = Vec::new();
     if meta.is_dir() {
         let dest = clean_dest(dest);

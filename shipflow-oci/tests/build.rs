@@ -260,6 +260,32 @@ async fn symlinks_are_kept_and_links_out_of_the_context_are_refused() {
 }
 
 #[tokio::test]
+async fn a_layer_whose_source_is_a_link_to_a_directory_takes_its_content() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("repo");
+    write(&root.join("site/build-42/index.html"), "v42");
+    std::os::unix::fs::symlink("bin", root.join("site/build-42/link")).expect("symlink");
+    std::os::unix::fs::symlink("build-42", root.join("site/current")).expect("symlink");
+    let builder = NativeBuilder::new(dir.path().join("images"));
+    let layers = r#"layers = [{ from = "site/current", to = "/www" }]"#;
+    let image = build(&builder, &app(&root, layers), &root, "v1").await;
+    let layout = OciLayout::open(builder.layout_path("api")).expect("layout");
+    let listed: Vec<(String, char)> = entries(&layout, &image, 0)
+        .into_iter()
+        .map(|e| (e.0, e.1))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("www/".to_owned(), 'd'),
+            ("www/index.html".to_owned(), 'f'),
+            ("www/link".to_owned(), 'l'),
+        ],
+        "the directory's content; links inside it stay links"
+    );
+}
+
+#[tokio::test]
 async fn errors_name_the_app_and_the_path() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path().join("repo");
