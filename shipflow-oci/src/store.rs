@@ -66,7 +66,10 @@ impl LayoutRegistry {
 /// Copies `from` to `to` (a hard link when possible), through a temporary name so a
 /// reader never sees a partial blob.
 fn copy_blob(from: &Path, to: &Path) -> std::io::Result<()> {
-    let tmp = to.with_extension(format!("tmp-{}", std::process::id()));
+    // Unique per call: the pipeline may copy the same blob into one repository twice at once.
+    static COPIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COPIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = to.with_extension(format!("tmp-{}-{n}", std::process::id()));
     let _ = fs::remove_file(&tmp);
     if fs::hard_link(from, &tmp).is_err() {
         fs::copy(from, &tmp)?;
