@@ -158,7 +158,12 @@ impl EngineDeployer {
         EngineDeployerBuilder {
             deployer: EngineDeployer {
                 engine,
-                http: reqwest::Client::new(),
+                // A health probe judges the app's own answer: a redirect (say, to
+                // HTTPS) is that answer, not something to follow.
+                http: reqwest::Client::builder()
+                    .redirect(reqwest::redirect::Policy::none())
+                    .build()
+                    .unwrap_or_default(),
                 credentials: None,
                 state_dir,
                 lock_wait: Duration::from_secs(300),
