@@ -12,11 +12,22 @@ pub struct Deployed {
     pub image: String,
     /// The platform's revision number, when it keeps one.
     pub revision: Option<u64>,
-    /// The fingerprint shipflow stamped on the workload.
+    /// The fingerprint shipflow stamped on the workload, once its rollout has
+    /// completed: a rollout still under way, or one that failed and was left in
+    /// place, reports none, so the pipeline deploys (and so checks) it again rather
+    /// than skipping it as unchanged.
     pub fingerprint: Option<Fingerprint>,
     /// The git commit shipflow stamped on the workload.
     pub git_sha: Option<String>,
 }
+
+/// The cause an adapter puts in a failed deploy's error chain when it has itself
+/// brought back what ran before (say, restarted the old container after the new one
+/// failed its health check). The pipeline then reports the app rolled back and does
+/// not roll it back again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("what ran before runs again")]
+pub struct Restored;
 
 /// What a deploy stamps on the workload besides the image.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

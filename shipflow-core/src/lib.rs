@@ -67,7 +67,7 @@ pub use build::{
     Blob, BuildRequest, BuilderBySpec, ImageBuilder, ImageLocation, LocalImage, NoBuilder,
 };
 pub use context::{Cancelled, Context, Event, EventKind, EventSink, Stage};
-pub use deploy::{DeployMeta, Deployed, Deployer, Revision, RollbackTarget, Rollout};
+pub use deploy::{DeployMeta, Deployed, Deployer, Restored, Revision, RollbackTarget, Rollout};
 pub use detect::{
     AppInputs, ChangeDetector, ChangeKind, ChangedPath, ChangedPaths, Fingerprint, RevisionInfo,
 };

@@ -1,5 +1,6 @@
 //! [`Pipeline`]: plan, then build → push → deploy each changed app, and report.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -12,7 +13,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::{
     App, BoxError, BuildRequest, ChangeDetector, Context, DeployMeta, Deployer, EventKind,
-    EventSink, Fingerprint, ImageBuilder, PushReport, Reason, Registry, RevisionInfo,
+    EventSink, Fingerprint, ImageBuilder, PushReport, Reason, Registry, Restored, RevisionInfo,
     RollbackTarget, Rollout, Selection, Stage, TagValues, TemplateError, UnknownApp, Workspace,
     analyze,
 };
@@ -558,31 +559,55 @@ impl Pipeline {
     /// Carries out a plan made by [`Pipeline::plan`].
     pub async fn execute(&self, plan: Plan) -> Result<Report, PipelineError> {
         self.check_parts()?;
+        // A plan made elsewhere (or for an older workspace) may name apps this one lacks.
+        if let Some(unknown) = plan
+            .apps
+            .iter()
+            .find(|p| self.inner.workspace.app(&p.app).is_none())
+        {
+            let known: Vec<&str> = self
+                .inner
+                .workspace
+                .apps()
+                .map(|a| a.name.as_str())
+                .collect();
+            return Err(UnknownApp {
+                app: unknown.app.clone(),
+                known: known.join(", "),
+            }
+            .into());
+        }
         let started = Instant::now();
         let settings = &self.inner.settings;
         let permits = Arc::new(Semaphore::new(settings.concurrency));
         let stop = Arc::new(AtomicBool::new(false));
         let mut tasks = JoinSet::new();
+        // Which app each task works on, and in which stage, for a task that panics.
+        let mut running = HashMap::new();
         for planned in plan.apps.clone() {
             let this = self.clone();
             let permits = permits.clone();
             let stop = stop.clone();
             let revision = plan.revision.clone();
             let span = info_span!("app", app = %planned.app);
-            tasks.spawn(
+            let stage = StageCell::default();
+            let task_stage = stage.clone();
+            let task_planned = planned.clone();
+            let handle = tasks.spawn(
                 async move {
                     let _permit = permits
                         .acquire_owned()
                         .await
                         .expect("semaphore is never closed");
-                    let mut report = AppReport::new(&planned);
+                    let mut report = AppReport::new(&task_planned);
                     if this.inner.settings.cancel.is_cancelled() {
                         report.outcome = Outcome::Cancelled;
                     } else if stop.load(Ordering::SeqCst) {
                         report.outcome = Outcome::Skipped;
                         report.note = Some("not started: another app failed (fail-fast)".into());
                     } else {
-                        this.run_app(&planned, &revision, &mut report).await;
+                        this.run_app(&task_planned, &revision, &mut report, &task_stage)
+                            .await;
                         if report.outcome.is_failure()
                             && this.inner.settings.failure_policy == FailurePolicy::FailFast
                         {
@@ -593,13 +618,26 @@ impl Pipeline {
                 }
                 .instrument(span),
             );
+            running.insert(handle.id(), (planned, stage));
         }
         let mut apps = Vec::with_capacity(plan.apps.len());
         while let Some(joined) = tasks.join_next().await {
             match joined {
                 Ok(report) => apps.push(report),
-                // A panicking adapter is a bug; it must not take the report down with it.
-                Err(e) => warn!("an app task panicked: {e}"),
+                // A panicking adapter is a bug; the app still shows, failed, in the report.
+                Err(e) => {
+                    warn!("an app task panicked: {e}");
+                    if let Some((planned, stage)) = running.remove(&e.id()) {
+                        let mut report = AppReport::new(&planned);
+                        let stage = stage.get();
+                        report.outcome = Outcome::Failed { stage };
+                        report.error = Some(format!(
+                            "{}: {stage} failed: the adapter panicked",
+                            planned.app
+                        ));
+                        apps.push(report);
+                    }
+                }
             }
         }
         apps.sort_by(|a, b| a.app.cmp(&b.app));
@@ -610,13 +648,19 @@ impl Pipeline {
         })
     }
 
-    async fn run_app(&self, planned: &PlannedApp, revision: &RevisionInfo, report: &mut AppReport) {
+    async fn run_app(
+        &self,
+        planned: &PlannedApp,
+        revision: &RevisionInfo,
+        report: &mut AppReport,
+        stage: &StageCell,
+    ) {
         let inner = &self.inner;
         let s = &inner.settings;
-        let app = inner
-            .workspace
-            .app(&planned.app)
-            .expect("planned apps are workspace apps");
+        let Some(app) = inner.workspace.app(&planned.app) else {
+            // `execute` checked the plan's apps; nothing to do for one it lacks.
+            return;
+        };
         let ctx = self.context();
         let target = match app.image.with_tag(&report.tag) {
             Ok(t) => t,
@@ -629,6 +673,7 @@ impl Pipeline {
         let before = match (&inner.deployer, s.skip_deploy) {
             (Some(deployer), false) => {
                 let ctx = ctx.scoped(Some(&app.name), Stage::Deploy);
+                stage.set(Stage::Deploy);
                 match deployer.current(app, &ctx).await {
                     Ok(before) => before,
                     Err(e) => return report.fail(Stage::Deploy, e.as_ref()),
@@ -650,6 +695,7 @@ impl Pipeline {
         // Build and push, or find the image already pushed.
         let digest = if s.skip_build || self.uses_fingerprint_tag() {
             let ctx = ctx.scoped(Some(&app.name), Stage::Push);
+            stage.set(Stage::Push);
             match registry.resolve(&target, &ctx).await {
                 Ok(found) => found,
                 Err(e) => return report.fail(Stage::Push, e.as_ref()),
@@ -670,7 +716,7 @@ impl Pipeline {
                 return;
             }
             (None, false) => match self
-                .build_and_push(app, planned, revision, &target, report)
+                .build_and_push(app, planned, revision, &target, report, stage)
                 .await
             {
                 Some(digest) => digest,
@@ -702,6 +748,7 @@ impl Pipeline {
         let dctx = ctx.scoped(Some(&app.name), Stage::Deploy);
         let t = Instant::now();
         dctx.emit(EventKind::Started);
+        stage.set(Stage::Deploy);
         let result = deployer.deploy(app, &pinned, &meta, &dctx).await;
         report.timings.deploy_ms = millis(t);
         dctx.emit(EventKind::Finished { ok: result.is_ok() });
@@ -717,21 +764,52 @@ impl Pipeline {
             }
             Err(e) => {
                 report.fail(Stage::Deploy, e.as_ref());
-                if s.rollback_on_failure {
+                if caused_by::<Restored>(e.as_ref()) {
+                    if let Outcome::Failed { stage } = report.outcome {
+                        report.outcome = Outcome::RolledBack { stage };
+                    }
+                    report.note = Some("the deployer brought back what ran before".into());
+                } else if !s.rollback_on_failure {
+                    report.note = Some(
+                        "automatic rollback is off; the failed rollout was left as it is".into(),
+                    );
+                } else if self.runs(app, &pinned, report).await {
                     self.roll_back(
                         app,
                         before.as_ref().and_then(|b| b.revision),
                         before.is_some(),
                         report,
+                        stage,
                     )
                     .await;
-                } else {
-                    report.note = Some(
-                        "automatic rollback is off; the failed rollout was left as it is".into(),
-                    );
                 }
             }
         }
+    }
+
+    /// Whether `app` runs `pinned` after its deploy failed, so a rollback would undo
+    /// this run's change and nothing else. When it does not (the deploy failed before
+    /// changing anything, say waiting for another pipeline's lock, or another deploy
+    /// came since), the note says what runs and there is nothing of ours to undo.
+    async fn runs(&self, app: &App, pinned: &crate::ImageRef, report: &mut AppReport) -> bool {
+        let Some(deployer) = self.inner.deployer.as_ref() else {
+            return false;
+        };
+        let ctx = Context::new().scoped(Some(&app.name), Stage::Rollback);
+        let note = match deployer.current(app, &ctx).await {
+            Ok(Some(now)) if now.image == pinned.to_string() => return true,
+            Ok(Some(now)) => format!(
+                "not rolled back: the deploy left no change of this run in place ({} runs)",
+                now.image
+            ),
+            Ok(None) => "not rolled back: nothing runs".to_owned(),
+            Err(e) => format!(
+                "not rolled back: cannot tell what runs now: {}",
+                error_chain(e.as_ref())
+            ),
+        };
+        report.note = Some(note);
+        false
     }
 
     fn uses_fingerprint_tag(&self) -> bool {
@@ -749,6 +827,7 @@ impl Pipeline {
         revision: &RevisionInfo,
         target: &crate::ImageRef,
         report: &mut AppReport,
+        stage: &StageCell,
     ) -> Option<crate::Digest> {
         let inner = &self.inner;
         let builder = inner.builder.as_ref().expect("checked by the builder");
@@ -775,6 +854,7 @@ impl Pipeline {
         let bctx = ctx.scoped(Some(&app.name), Stage::Build);
         let t = Instant::now();
         bctx.emit(EventKind::Started);
+        stage.set(Stage::Build);
         let built = builder.build(app, &request, &bctx).await;
         report.timings.build_ms = millis(t);
         bctx.emit(EventKind::Finished { ok: built.is_ok() });
@@ -792,6 +872,7 @@ impl Pipeline {
         let pctx = ctx.scoped(Some(&app.name), Stage::Push);
         let t = Instant::now();
         pctx.emit(EventKind::Started);
+        stage.set(Stage::Push);
         let pushed = registry.push(&image, target, &pctx).await;
         report.timings.push_ms = millis(t);
         pctx.emit(EventKind::Finished { ok: pushed.is_ok() });
@@ -814,6 +895,7 @@ impl Pipeline {
         to: Option<u64>,
         had_previous: bool,
         report: &mut AppReport,
+        stage: &StageCell,
     ) {
         if !had_previous {
             report.note = Some(
@@ -834,6 +916,7 @@ impl Pipeline {
         let target = to.map_or(RollbackTarget::Previous, RollbackTarget::Revision);
         let t = Instant::now();
         ctx.emit(EventKind::Started);
+        stage.set(Stage::Rollback);
         let result = deployer.rollback(app, target, &ctx).await;
         report.timings.rollback_ms = millis(t);
         ctx.emit(EventKind::Finished { ok: result.is_ok() });
@@ -874,9 +957,7 @@ impl AppReport {
 
     fn fail(&mut self, stage: Stage, error: &(dyn std::error::Error + 'static)) {
         warn!(app = %self.app, %stage, "failed: {}", error_chain(error));
-        let cancelled =
-            std::iter::successors(Some(error), |e| e.source()).any(|e| e.is::<crate::Cancelled>());
-        self.outcome = if cancelled {
+        self.outcome = if caused_by::<crate::Cancelled>(error) {
             Outcome::Cancelled
         } else {
             Outcome::Failed { stage }
@@ -887,6 +968,37 @@ impl AppReport {
             error_chain(error)
         ));
     }
+}
+
+/// The stage an app's task is in, so the report can say where an adapter panicked.
+#[derive(Clone)]
+struct StageCell(Arc<std::sync::Mutex<Stage>>);
+
+impl Default for StageCell {
+    fn default() -> Self {
+        Self(Arc::new(std::sync::Mutex::new(Stage::Build)))
+    }
+}
+
+impl StageCell {
+    fn set(&self, stage: Stage) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = stage;
+    }
+
+    fn get(&self) -> Stage {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Whether `error` or one of its causes is an `E`.
+fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(error), |e| e.source()).any(|e| e.is::<E>())
 }
 
 /// An error and its causes on one line, `error: cause: cause`, skipping causes

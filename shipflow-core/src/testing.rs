@@ -365,6 +365,7 @@ type FakeRevision = (Revision, Option<Fingerprint>);
 #[derive(Debug, Default)]
 pub struct FakeDeployer {
     fail: Mutex<BTreeSet<String>>,
+    refuse: Mutex<BTreeSet<String>>,
     delay: Duration,
     state: Mutex<BTreeMap<String, Vec<FakeRevision>>>,
     calls: Mutex<Vec<String>>,
@@ -390,6 +391,17 @@ impl FakeDeployer {
             fail.insert(app.into());
         } else {
             fail.remove(app);
+        }
+    }
+
+    /// From now on, deploys of `app` fail before changing anything (as when another
+    /// pipeline holds the app's deploy lock), or go ahead again.
+    pub fn set_refusing(&self, app: &str, refusing: bool) {
+        let mut refuse = lock(&self.refuse);
+        if refusing {
+            refuse.insert(app.into());
+        } else {
+            refuse.remove(app);
         }
     }
 
@@ -467,6 +479,13 @@ impl Deployer for FakeDeployer {
             tokio::time::sleep(self.delay).await;
         }
         ctx.check_cancelled()?;
+        if lock(&self.refuse).contains(&app.name) {
+            return Err(Box::new(FakeError {
+                app: app.name.clone(),
+                step: Stage::Deploy,
+                message: "scripted refusal before any change (locked by another pipeline)".into(),
+            }));
+        }
         let image = image.to_string();
         let number = {
             let mut state = lock(&self.state);
@@ -474,6 +493,17 @@ impl Deployer for FakeDeployer {
             if let Some((current, _)) = revisions.iter().find(|(r, _)| r.current)
                 && current.image == image
             {
+                // Like a platform checking the rollout already there.
+                if lock(&self.fail).contains(&app.name) {
+                    return Err(Box::new(FakeError {
+                        app: app.name.clone(),
+                        step: Stage::Deploy,
+                        message: format!(
+                            "revision {}: scripted rollout failure (CrashLoopBackOff)",
+                            current.number
+                        ),
+                    }));
+                }
                 return Ok(Rollout {
                     image,
                     revision: Some(current.number),
@@ -497,6 +527,13 @@ impl Deployer for FakeDeployer {
         };
         ctx.progress(1, Some(1), "replicas");
         if lock(&self.fail).contains(&app.name) {
+            // A failed rollout left in place carries no fingerprint (see `Deployed`).
+            if let Some((_, fingerprint)) = lock(&self.state)
+                .get_mut(&app.name)
+                .and_then(|revs| revs.last_mut())
+            {
+                *fingerprint = None;
+            }
             return Err(Box::new(FakeError {
                 app: app.name.clone(),
                 step: Stage::Deploy,

@@ -356,6 +356,66 @@ async fn rollback_is_not_attempted_when_switched_off() {
     assert_eq!(parts.deployer.calls(), ["deploy web"]);
 }
 
+#[tokio::test]
+async fn a_deploy_that_failed_before_changing_anything_is_not_rolled_back() {
+    let parts = Parts::new(FakeBuilder::new(), FakeDeployer::new());
+    let v1 = ScriptedDetector::new().with_change("apps/web/a.ts");
+    let good = build_and_ship(parts.pipeline(v1)).await;
+    let good_image = good.apps[0].image.clone().expect("image");
+
+    // Another pipeline holds the lock: the deploy gives up before any change, and a
+    // rollback now could undo what that pipeline deploys meanwhile.
+    parts.deployer.set_refusing("web", true);
+    let v2 = ScriptedDetector::new()
+        .with_change("apps/web/a.ts")
+        .with_file("apps/web/a.ts", "v2");
+    let report = build_and_ship(parts.pipeline(v2)).await;
+    let web = &report.apps[0];
+    assert_eq!(
+        web.outcome,
+        Outcome::Failed {
+            stage: Stage::Deploy
+        }
+    );
+    assert_eq!(parts.deployer.calls(), ["deploy web", "deploy web"]);
+    assert!(
+        web.note
+            .as_deref()
+            .is_some_and(|n| n.starts_with("not rolled back") && n.contains(&good_image)),
+        "{web:?}"
+    );
+    assert_eq!(report.status(), RunStatus::Failed);
+}
+
+#[tokio::test]
+async fn a_failed_rollout_left_in_place_is_checked_again_not_skipped_as_unchanged() {
+    let parts = Parts::new(FakeBuilder::new(), FakeDeployer::new());
+    let v1 = ScriptedDetector::new().with_change("apps/web/a.ts");
+    build_and_ship(parts.pipeline(v1)).await;
+    parts.deployer.set_failing("web", true);
+    let v2 = || {
+        ScriptedDetector::new()
+            .with_change("apps/web/a.ts")
+            .with_file("apps/web/a.ts", "v2")
+    };
+    let failed = build_and_ship(parts.pipeline(v2()).rollback_on_failure(false)).await;
+    assert!(failed.apps[0].outcome.is_failure(), "{failed:?}");
+
+    // Same inputs again: the broken rollout still runs and must not pass as unchanged.
+    let again = build_and_ship(parts.pipeline(v2()).rollback_on_failure(false)).await;
+    assert_eq!(
+        again.apps[0].outcome,
+        Outcome::Failed {
+            stage: Stage::Deploy
+        },
+        "{again:?}"
+    );
+    assert_eq!(
+        parts.deployer.calls(),
+        ["deploy web", "deploy web", "deploy web"]
+    );
+}
+
 #[rstest]
 #[case(1)]
 #[case(2)]
@@ -603,4 +663,92 @@ async fn a_shared_file_s_content_is_part_of_every_app_s_fingerprint() {
         assert_ne!(a.fingerprint, b.fingerprint, "{}", a.app);
     }
     assert_eq!(v1.apps.len(), 4);
+}
+
+/// A deployer with a bug: it panics when asked to deploy `api`.
+struct PanicsOnApi(FakeDeployer);
+
+#[async_trait::async_trait]
+impl shipflow_core::Deployer for PanicsOnApi {
+    async fn current(
+        &self,
+        app: &shipflow_core::App,
+        ctx: &shipflow_core::Context,
+    ) -> Result<Option<shipflow_core::Deployed>, shipflow_core::BoxError> {
+        self.0.current(app, ctx).await
+    }
+
+    async fn deploy(
+        &self,
+        app: &shipflow_core::App,
+        image: &shipflow_core::ImageRef,
+        meta: &shipflow_core::DeployMeta,
+        ctx: &shipflow_core::Context,
+    ) -> Result<shipflow_core::Rollout, shipflow_core::BoxError> {
+        assert_ne!(app.name, "api", "a bug in the adapter");
+        self.0.deploy(app, image, meta, ctx).await
+    }
+
+    async fn rollback(
+        &self,
+        app: &shipflow_core::App,
+        to: shipflow_core::RollbackTarget,
+        ctx: &shipflow_core::Context,
+    ) -> Result<shipflow_core::Rollout, shipflow_core::BoxError> {
+        self.0.rollback(app, to, ctx).await
+    }
+
+    async fn history(
+        &self,
+        app: &shipflow_core::App,
+        ctx: &shipflow_core::Context,
+    ) -> Result<Vec<shipflow_core::Revision>, shipflow_core::BoxError> {
+        self.0.history(app, ctx).await
+    }
+}
+
+#[tokio::test]
+async fn an_app_whose_adapter_panics_is_reported_failed_not_dropped() {
+    let parts = Parts::new(FakeBuilder::new(), FakeDeployer::new());
+    let report = build_and_ship(
+        parts
+            .pipeline(ScriptedDetector::new().with_change("packages/db/x.sql"))
+            .deployer(Arc::new(PanicsOnApi(FakeDeployer::new())))
+            .failure_policy(FailurePolicy::Continue),
+    )
+    .await;
+    assert_eq!(names(&report), ["api", "worker"]);
+    let api = &report.apps[0];
+    assert_eq!(
+        api.outcome,
+        Outcome::Failed {
+            stage: Stage::Deploy
+        }
+    );
+    assert!(
+        api.error.as_deref().is_some_and(|e| e.contains("panicked")),
+        "{api:?}"
+    );
+    assert_eq!(report.apps[1].outcome, Outcome::Deployed);
+    assert_eq!(report.status(), RunStatus::Failed);
+}
+
+#[tokio::test]
+async fn a_plan_naming_an_app_the_workspace_lacks_is_refused() {
+    let parts = Parts::new(FakeBuilder::new(), FakeDeployer::new());
+    let pipeline = parts
+        .pipeline(ScriptedDetector::new().with_change("apps/web/a.ts"))
+        .build()
+        .expect("pipeline");
+    let mut plan = pipeline
+        .plan(Some("main"), "HEAD", &Selection::default())
+        .await
+        .expect("plan");
+    plan.apps[0].app = "gone".into();
+    let err = pipeline.execute(plan).await.expect_err("unknown app");
+    assert!(
+        matches!(err, PipelineError::UnknownApp(ref u) if u.app == "gone"),
+        "{err}"
+    );
+    assert!(parts.deployer.calls().is_empty());
 }
