@@ -276,7 +276,11 @@ impl ImageRef {
             Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
             _ => &self.registry,
         };
-        host == "localhost" || host.starts_with("127.") || host == "[::1]"
+        host == "localhost"
+            || host == "[::1]"
+            || host
+                .parse::<std::net::Ipv4Addr>()
+                .is_ok_and(|ip| ip.is_loopback())
     }
 }
 
@@ -437,8 +441,10 @@ pub fn is_valid_tag(tag: &str) -> bool {
 }
 
 /// Turns any string into a valid tag: characters a tag cannot hold become `-`,
-/// leading `.` and `-` are dropped, and the result is cut to 128 characters.
-/// Returns `None` when nothing usable is left.
+/// leading `.` and `-` are dropped, and a result longer than 128 characters is cut
+/// to 119 and ends in `-` and 8 hex digits of a hash of the whole, so two long tags
+/// that differ only past the cut (a long branch name, then `${FINGERPRINT}`) stay
+/// different. Returns `None` when nothing usable is left.
 ///
 /// ```
 /// assert_eq!(shipflow_core::sanitize_tag("feature/x").as_deref(), Some("feature-x"));
@@ -452,8 +458,13 @@ pub fn sanitize_tag(raw: &str) -> Option<String> {
         })
         .collect();
     let trimmed = mapped.trim_start_matches(['.', '-']);
-    let cut: String = trimmed.chars().take(MAX_TAG_LEN).collect();
-    (!cut.is_empty()).then_some(cut)
+    if trimmed.len() <= MAX_TAG_LEN {
+        return (!trimmed.is_empty()).then(|| trimmed.to_owned());
+    }
+    let hash = Sha256::digest(trimmed.as_bytes());
+    let hex: String = hash[..4].iter().map(|b| format!("{b:02x}")).collect();
+    // Every character is ASCII here, so byte and character counts agree.
+    Some(format!("{}-{hex}", &trimmed[..MAX_TAG_LEN - 9]))
 }
 
 impl fmt::Display for ImageRef {
@@ -711,8 +722,31 @@ mod tests {
     }
 
     #[test]
-    fn sanitized_tags_are_cut_to_128() {
+    fn long_tags_are_cut_to_128_and_stay_distinct() {
         let tag = sanitize_tag(&"x".repeat(300)).expect("tag");
         assert_eq!(tag.len(), 128);
+        assert!(is_valid_tag(&tag), "{tag}");
+        let branch = "feature/".to_owned() + &"long-name-".repeat(13);
+        let a = sanitize_tag(&format!("{branch}-fp0123")).expect("tag");
+        let b = sanitize_tag(&format!("{branch}-fp4567")).expect("tag");
+        assert_ne!(a, b, "the part past the cut still tells them apart");
+        assert_eq!(a.len(), 128);
+        assert_eq!(
+            sanitize_tag(&"y".repeat(128)).expect("tag"),
+            "y".repeat(128)
+        );
+    }
+
+    #[rstest]
+    #[case("localhost:5000/a", true)]
+    #[case("127.0.0.1:5000/a", true)]
+    #[case("127.1.2.3/a", true)]
+    #[case("[::1]:5000/a", true)]
+    #[case("127.mycorp.net/a", false)]
+    #[case("127.0.0.1.nip.io/a", false)]
+    #[case("registry.local:5000/a", false)]
+    fn loopback_means_a_loopback_address(#[case] reference: &str, #[case] loopback: bool) {
+        let r: ImageRef = reference.parse().expect("valid");
+        assert_eq!(r.is_loopback(), loopback, "{reference}");
     }
 }
