@@ -20,7 +20,7 @@ use std::future::Future;
 use crate::FailedPod;
 use crate::KubeError;
 use crate::lock::{self, DeployLock, LockOptions};
-use crate::retry::RetryPolicy;
+use crate::retry::{RetryPolicy, transient};
 use crate::status::{HASH_LABEL, Progress, assess, pod_failure, revision, waiting_for};
 
 /// The annotation with the app's input fingerprint.
@@ -33,6 +33,8 @@ pub const CHANGE_CAUSE_ANNOTATION: &str = "kubernetes.io/change-cause";
 const FIELD_MANAGER: &str = "shipflow";
 /// How long one watch request lasts before it is renewed.
 const WATCH_SECONDS: u32 = 290;
+/// The pause before watching again after a watch broke mid-stream.
+const REWATCH_PAUSE: Duration = Duration::from_millis(200);
 
 /// Rolls an app's Kubernetes Deployment to a pinned image and watches the rollout
 /// until it succeeds, fails (progress deadline, or a new pod that cannot pull its image,
@@ -47,6 +49,7 @@ pub struct KubeDeployer {
     restart_budget: u32,
     pub(crate) retry: RetryPolicy,
     lock: Option<LockOptions>,
+    held_locks: lock::HeldLocks,
     pub(crate) keep_config_maps: usize,
 }
 
@@ -72,6 +75,7 @@ impl KubeDeployer {
             restart_budget: 2,
             retry: RetryPolicy::default(),
             lock: None,
+            held_locks: lock::HeldLocks::default(),
             keep_config_maps: 3,
         }
     }
@@ -129,6 +133,7 @@ impl KubeDeployer {
         lock::acquire(
             &self.client,
             &self.retry,
+            &self.held_locks,
             &t.app,
             &t.namespace,
             &options,
@@ -465,6 +470,22 @@ impl KubeDeployer {
             .boxed())
     }
 
+    async fn watch_deployment(
+        &self,
+        t: &Target,
+        api: &Api<Deployment>,
+        wp: &WatchParams,
+        rv: &str,
+        step: &'static str,
+    ) -> Result<BoxStream<'static, kube::Result<WatchEvent<Deployment>>>, KubeError> {
+        Ok(self
+            .retry
+            .run(step, false, || api.watch(wp, rv))
+            .await
+            .map_err(t.api_error(step))?
+            .boxed())
+    }
+
     /// Watches the Deployment (and, once it exists, the new ReplicaSet's pods) until
     /// generation `generation` is rolled out, or fails. `fresh`: `start` is the answer
     /// to the write that changed the pod template, so every new pod is younger than it.
@@ -488,12 +509,7 @@ impl KubeDeployer {
             .timeout(WATCH_SECONDS);
         let mut rv = start.metadata.resource_version.clone().unwrap_or_default();
         let mut dep = start;
-        let mut stream = self
-            .retry
-            .run(step, false, || api.watch(&wp, &rv))
-            .await
-            .map_err(t.api_error(step))?
-            .boxed();
+        let mut stream = self.watch_deployment(t, &api, &wp, &rv, step).await?;
         let mut pods: Option<PodWatch> = None;
         let mut reported = None;
         let mut said = None;
@@ -568,7 +584,13 @@ impl KubeDeployer {
                     // The server ended the watch: resume where it stopped.
                     None => {
                         tracing::debug!(app = %t.app, %rv, "deployment watch ended; watching again");
-                        stream = api.watch(&wp, &rv).await.map_err(t.api_error(step))?.boxed();
+                        stream = self.watch_deployment(t, &api, &wp, &rv, step).await?;
+                    }
+                    // A broken connection mid-watch: watch again from where it stopped.
+                    Some(Err(e)) if transient(&e, false) => {
+                        tracing::debug!(app = %t.app, %rv, error = %e, "deployment watch broke; watching again");
+                        tokio::time::sleep(REWATCH_PAUSE).await;
+                        stream = self.watch_deployment(t, &api, &wp, &rv, step).await?;
                     }
                     Some(Err(e)) => return Err(t.api_error(step)(e)),
                     Some(Ok(WatchEvent::Added(d) | WatchEvent::Modified(d))) => {
@@ -581,7 +603,7 @@ impl KubeDeployer {
                         // Too old a resource version: read the Deployment again, watch from there.
                         dep = self.get(t, step).await?;
                         rv = dep.metadata.resource_version.clone().unwrap_or_default();
-                        stream = api.watch(&wp, &rv).await.map_err(t.api_error(step))?.boxed();
+                        stream = self.watch_deployment(t, &api, &wp, &rv, step).await?;
                     }
                     Some(Ok(WatchEvent::Error(status))) => {
                         return Err(t.api_error(step)(kube::Error::Api(status)));
@@ -591,6 +613,12 @@ impl KubeDeployer {
                     let Some(w) = pods.as_mut() else { continue };
                     match event {
                         None => {
+                            w.stream = self
+                                .watch_pods(t, &pod_api, &w.selector, &w.resource_version, step)
+                                .await?;
+                        }
+                        Some(Err(e)) if transient(&e, false) => {
+                            tokio::time::sleep(REWATCH_PAUSE).await;
                             w.stream = self
                                 .watch_pods(t, &pod_api, &w.selector, &w.resource_version, step)
                                 .await?;
@@ -647,10 +675,15 @@ impl Deployer for KubeDeployer {
             return Ok(None);
         };
         let image = t.image_in(dep.spec.as_ref().map(|s| &s.template), step)?;
+        // The fingerprint counts once its rollout completed: a failed one left in
+        // place must be deployed (and so checked) again, not skipped as unchanged.
+        let complete = assess(&dep, dep.metadata.generation.unwrap_or(0)) == Progress::Complete;
         Ok(Some(Deployed {
             image,
             revision: revision(&dep.metadata),
-            fingerprint: annotation(&dep.metadata, FINGERPRINT_ANNOTATION).map(Fingerprint),
+            fingerprint: annotation(&dep.metadata, FINGERPRINT_ANNOTATION)
+                .filter(|_| complete)
+                .map(Fingerprint),
             git_sha: annotation(&dep.metadata, GIT_SHA_ANNOTATION),
         }))
     }

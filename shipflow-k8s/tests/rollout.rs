@@ -578,6 +578,70 @@ async fn a_watch_the_server_ends_is_resumed() {
 }
 
 #[tokio::test]
+async fn a_failed_renewal_of_the_watch_is_retried() {
+    let sim = sim(3).await;
+    sim.limit_watches(Duration::from_millis(30));
+    let ws = workspace();
+    let deployer = KubeDeployer::new(sim.client());
+    let (image, meta, ctx) = (pinned("78"), DeployMeta::default(), Context::new());
+    let deploy = deployer.deploy(app(&ws), &image, &meta, &ctx);
+    // Once the first watch runs, its renewal (30 ms later) gets a 500.
+    let inject = async {
+        while sim.request_count("WATCH") == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        sim.fail_next(
+            "WATCH",
+            &format!("/apis/apps/v1/namespaces/{NS}/deployments"),
+            500,
+        );
+    };
+    let (rollout, ()) = tokio::join!(deploy, inject);
+    let rollout = rollout.expect("a passing 500 on a renewed watch does not fail the rollout");
+    assert_eq!(rollout.revision, Some(2));
+}
+
+#[tokio::test]
+async fn a_failed_rollout_left_in_place_reports_no_fingerprint() {
+    let sim = sim(2).await;
+    sim.set_outcome(NS, "api", Outcome::ImagePullFailure);
+    let ws = workspace();
+    let deployer = KubeDeployer::new(sim.client());
+    let meta = DeployMeta {
+        fingerprint: Some(Fingerprint("fp-v2".into())),
+        ..DeployMeta::default()
+    };
+    deployer
+        .deploy(app(&ws), &pinned("79"), &meta, &Context::new())
+        .await
+        .expect_err("the image cannot be pulled");
+    let now = deployer
+        .current(app(&ws), &Context::new())
+        .await
+        .expect("current")
+        .expect("deployed");
+    assert_eq!(now.image, pinned("79").to_string(), "left in place");
+    assert_eq!(now.fingerprint, None, "not a completed deploy of fp-v2");
+
+    // Once a rollout of it completes, the fingerprint counts.
+    sim.set_outcome(NS, "api", Outcome::Healthy);
+    let meta = DeployMeta {
+        fingerprint: Some(Fingerprint("fp-v3".into())),
+        ..DeployMeta::default()
+    };
+    deployer
+        .deploy(app(&ws), &pinned("80"), &meta, &Context::new())
+        .await
+        .expect("healthy");
+    let now = deployer
+        .current(app(&ws), &Context::new())
+        .await
+        .expect("current")
+        .expect("deployed");
+    assert_eq!(now.fingerprint, Some(Fingerprint("fp-v3".into())));
+}
+
+#[tokio::test]
 async fn a_rollout_costs_a_handful_of_requests() {
     let sim = sim(5).await;
     let ws = workspace();
