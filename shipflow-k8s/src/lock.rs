@@ -8,6 +8,7 @@
 //! [`LockOptions::wait`]. While held, a background task renews it every third of the
 //! lease duration. Releasing deletes it, guarded by its resourceVersion.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::Api;
 use kube::api::{DeleteParams, PostParams, Preconditions, WatchEvent, WatchParams};
+use sha2::{Digest, Sha256};
 use shipflow_core::{Cancelled, Context};
 use tokio::sync::oneshot;
 
@@ -25,6 +27,36 @@ use crate::retry::RetryPolicy;
 
 /// The prefix of a deploy lock's Lease name; the app's name follows.
 pub const LOCK_PREFIX: &str = "shipflow-lock-";
+
+/// The Lease name of `app`'s deploy lock: `shipflow-lock-<app>`. App names may hold
+/// `_` and end in `-` or `_`, which Kubernetes names may not: those become `-` and a
+/// hash of the app's name follows, so `my_app` and `my-app` keep separate locks.
+pub(crate) fn lease_name(app: &str) -> String {
+    let clean: String = app
+        .chars()
+        .map(|c| if c == '_' { '-' } else { c })
+        .collect();
+    if clean == app && !app.ends_with('-') {
+        return format!("{LOCK_PREFIX}{app}");
+    }
+    let hash = Sha256::digest(app.as_bytes());
+    let hex: String = hash[..4].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{LOCK_PREFIX}{}-{hex}", clean.trim_end_matches('-'))
+}
+
+/// The locks a deployer (and its clones) holds, as `namespace/name/identity`, so a
+/// lock taken again inside one is known to be nested from here rather than from the
+/// holder the server shows: a create whose answer was lost shows this identity too.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct HeldLocks(Arc<std::sync::Mutex<BTreeSet<String>>>);
+
+impl HeldLocks {
+    fn set(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
 
 /// How a [`KubeDeployer`](crate::KubeDeployer) takes an app's deploy lock.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +105,7 @@ pub struct DeployLock {
     identity: String,
     /// Already ours when taken (a nested lock): releasing leaves it to the outer one.
     nested: bool,
+    held: HeldLocks,
     stop: Option<oneshot::Sender<()>>,
     renewer: Option<tokio::task::JoinHandle<Option<String>>>,
 }
@@ -81,6 +114,9 @@ impl Drop for DeployLock {
     fn drop(&mut self) {
         if let Some(renewer) = &self.renewer {
             renewer.abort();
+        }
+        if !self.nested {
+            self.held.set().remove(&self.key());
         }
     }
 }
@@ -94,6 +130,10 @@ impl DeployLock {
     /// Who holds it: this lock's identity.
     pub fn holder(&self) -> &str {
         &self.identity
+    }
+
+    fn key(&self) -> String {
+        format!("{}/{}/{}", self.namespace, self.name, self.identity)
     }
 
     /// Stops renewing and deletes the Lease (if it is still this holder's).
@@ -162,13 +202,15 @@ fn duration_seconds(d: Duration) -> i32 {
 pub(crate) async fn acquire(
     client: &kube::Client,
     retry: &RetryPolicy,
+    held_locks: &HeldLocks,
     app: &str,
     namespace: &str,
     options: &LockOptions,
     ctx: &Context,
 ) -> Result<DeployLock, KubeError> {
     let api: Api<Lease> = Api::namespaced(client.clone(), namespace);
-    let name = format!("{LOCK_PREFIX}{app}");
+    let name = lease_name(app);
+    let key = format!("{namespace}/{name}/{}", options.identity);
     let lease_name = format!("{namespace}/{name}");
     let step = "take deploy lock";
     let err = |e| lock_error(app, &lease_name, step, e);
@@ -209,7 +251,7 @@ pub(crate) async fn acquire(
                 let held = expiry(&existing);
                 let ours = held.as_ref().is_some_and(|(h, _)| *h == options.identity);
                 let free = held.as_ref().is_none_or(|(_, until)| *until < now);
-                if ours && !free {
+                if ours && !free && held_locks.set().contains(&key) {
                     // Held by this identity already (an outer lock): it renews and
                     // releases; this one only says so.
                     return Ok(DeployLock {
@@ -219,11 +261,14 @@ pub(crate) async fn acquire(
                         name,
                         identity: options.identity.clone(),
                         nested: true,
+                        held: held_locks.clone(),
                         stop: None,
                         renewer: None,
                     });
                 }
-                if free {
+                // Ours on the server but not held here: our create landed and its
+                // answer was lost. Take it as a fresh lock, renewed and released.
+                if free || ours {
                     let transitions = existing
                         .spec
                         .as_ref()
@@ -233,10 +278,12 @@ pub(crate) async fn acquire(
                     takeover.spec = Some(mine(transitions + 1));
                     match api.replace(&name, &PostParams::default(), &takeover).await {
                         Ok(lease) => {
-                            ctx.message(format!(
-                                "took over deploy lock {lease_name} from {} (expired)",
-                                held.map(|(h, _)| h).unwrap_or_default()
-                            ));
+                            if !ours {
+                                ctx.message(format!(
+                                    "took over deploy lock {lease_name} from {} (expired)",
+                                    held.map(|(h, _)| h).unwrap_or_default()
+                                ));
+                            }
                             lease
                         }
                         // Another contender was quicker: look again.
@@ -284,6 +331,7 @@ pub(crate) async fn acquire(
             Err(e) => return Err(err(e)),
         };
         tracing::debug!(%app, lease = %lease_name, holder = %options.identity, "deploy lock taken");
+        held_locks.set().insert(key);
         let rv = taken.metadata.resource_version.clone().unwrap_or_default();
         let (stop, stopped) = oneshot::channel();
         let renewer = tokio::spawn(renew(
@@ -300,6 +348,7 @@ pub(crate) async fn acquire(
             name,
             identity: options.identity.clone(),
             nested: false,
+            held: held_locks.clone(),
             stop: Some(stop),
             renewer: Some(renewer),
         });
@@ -369,6 +418,37 @@ async fn renew(
             Err(e) => {
                 tracing::warn!(lease = %name, error = %e, "renewing the deploy lock failed; trying again");
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_names_are_valid_kubernetes_names_and_distinct() {
+        assert_eq!(lease_name("api"), "shipflow-lock-api");
+        let (a, b, c) = (
+            lease_name("my_app"),
+            lease_name("my-app"),
+            lease_name("app_"),
+        );
+        assert_eq!(b, "shipflow-lock-my-app");
+        assert!(
+            a.starts_with("shipflow-lock-my-app-") && a.len() == b.len() + 9,
+            "{a}"
+        );
+        assert!(
+            c.starts_with("shipflow-lock-app-") && !c.ends_with('-'),
+            "{c}"
+        );
+        for name in [a, b, c] {
+            assert!(
+                name.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
+                "{name}"
+            );
         }
     }
 }

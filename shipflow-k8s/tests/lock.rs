@@ -231,3 +231,42 @@ async fn a_held_lock_is_renewed() {
     held.release().await.expect("released");
     assert!(sim.lease(NS, LEASE).is_none());
 }
+
+#[tokio::test]
+async fn a_lease_showing_our_identity_that_we_do_not_hold_is_taken_fresh() {
+    // As when our create reached the server but its answer was lost: the Lease
+    // names us, yet no lock of ours holds it. Taking it must renew and release it,
+    // not treat it as an outer lock that would.
+    let sim = sim(2).await;
+    sim.seed_object(
+        "Lease",
+        NS,
+        json!({
+            "metadata": {"name": LEASE},
+            "spec": {
+                "holderIdentity": "pipeline-1",
+                "leaseDurationSeconds": 15,
+                "renewTime": k8s_openapi::jiff::Timestamp::now().to_string(),
+            },
+        }),
+    );
+    let ws = workspace();
+    let deployer =
+        KubeDeployer::new(sim.client()).deploy_lock(options("pipeline-1", Duration::from_secs(1)));
+    let held = deployer
+        .lock(app(&ws), &Context::new())
+        .await
+        .expect("ours");
+    // A lock taken inside it is nested: releasing that one keeps the Lease.
+    let inner = deployer
+        .lock(app(&ws), &Context::new())
+        .await
+        .expect("nested");
+    inner.release().await.expect("released");
+    assert!(
+        sim.lease(NS, LEASE).is_some(),
+        "the outer lock still holds it"
+    );
+    held.release().await.expect("released");
+    assert!(sim.lease(NS, LEASE).is_none(), "the Lease is deleted");
+}
