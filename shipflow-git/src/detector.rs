@@ -82,19 +82,45 @@ impl GitChangeDetector {
     pub fn changed(&self, base: &str, head: &str) -> Result<ChangedPaths, GitError> {
         let repo = self.repo();
         let mut changed = diff::changed(&repo, base, head)?;
-        if self.include_worktree
-            && self.inner.workdir.is_some()
-            && revision::head_commit(&repo)? == Some(revision::resolve_commit(&repo, head)?)
-        {
+        if self.worktree_counts(&repo, head)?.is_some() {
             let worktree = worktree::changes(&repo)?;
             changed.paths = worktree::merge(std::mem::take(&mut changed.paths), worktree);
         }
         Ok(changed)
     }
 
-    /// The fingerprint of `inputs` at `rev`: equal content, equal fingerprint.
+    /// The fingerprint of `inputs` at `rev`: equal content, equal fingerprint. With
+    /// [`include_worktree`](Self::include_worktree) on and `rev` at `HEAD`'s commit,
+    /// uncommitted changes to the inputs count too.
     pub fn fingerprint_at(&self, rev: &str, inputs: &AppInputs) -> Result<Fingerprint, GitError> {
-        fingerprint::fingerprint(&self.repo(), rev, inputs)
+        let repo = self.repo();
+        let clean = fingerprint::fingerprint(&repo, rev, inputs)?;
+        match self.worktree_counts(&repo, rev)? {
+            Some(workdir) => {
+                let changes = worktree::changes(&repo)?;
+                fingerprint::with_worktree(clean, workdir, &changes, inputs)
+            }
+            None => Ok(clean),
+        }
+    }
+
+    /// The work tree, when its changes count for `rev`: the option is on, there is a
+    /// work tree, and `rev` is `HEAD`'s commit.
+    fn worktree_counts(
+        &self,
+        repo: &gix::Repository,
+        rev: &str,
+    ) -> Result<Option<&Path>, GitError> {
+        match self.inner.workdir.as_deref() {
+            Some(workdir)
+                if self.include_worktree
+                    && revision::head_commit(repo)?
+                        == Some(revision::resolve_commit(repo, rev)?) =>
+            {
+                Ok(Some(workdir))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// Commit id, branch, exact tag and commit time of `rev`. `dirty` is set when `rev` is

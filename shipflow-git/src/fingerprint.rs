@@ -7,7 +7,9 @@
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use sha2::{Digest, Sha256};
-use shipflow_core::{AppInputs, Fingerprint};
+use std::path::Path;
+
+use shipflow_core::{AppInputs, ChangedPath, Fingerprint};
 
 use gix::ObjectId;
 use gix::object::tree::EntryMode;
@@ -70,6 +72,79 @@ pub(crate) fn fingerprint(
     Ok(Fingerprint(
         digest.iter().map(|byte| format!("{byte:02x}")).collect(),
     ))
+}
+
+/// Mixes the work tree's uncommitted changes to `inputs` into `clean`, the fingerprint
+/// of `HEAD`: each changed input path with a hash of its content in the work tree (or
+/// its absence). An untouched work tree keeps `clean`; an edit gets a fingerprint of
+/// its own (the same edit, the same one), so it is neither skipped as deployed nor
+/// mistaken later for the committed content.
+pub(crate) fn with_worktree(
+    clean: Fingerprint,
+    workdir: &Path,
+    changes: &[ChangedPath],
+    inputs: &AppInputs,
+) -> Result<Fingerprint, GitError> {
+    let paths: Vec<&str> = inputs.paths.iter().map(|path| normalize(path)).collect();
+    let globs = glob_set(&inputs.globs)?;
+    let touched: Vec<&ChangedPath> = changes
+        .iter()
+        .filter(|c| {
+            paths.iter().any(|p| {
+                p.is_empty()
+                    || c.path == *p
+                    || c.path
+                        .strip_prefix(p)
+                        .is_some_and(|rest| rest.starts_with('/'))
+            }) || globs.is_match(&c.path)
+        })
+        .collect();
+    if touched.is_empty() {
+        return Ok(clean);
+    }
+    let mut hasher = Sha256::new();
+    hasher.update(VERSION);
+    hasher.update(b"worktree over\0");
+    hasher.update(clean.0.as_bytes());
+    for change in touched {
+        hasher.update(b"\nchanged\0");
+        hasher.update(change.path.as_bytes());
+        let file = workdir.join(&change.path);
+        match std::fs::symlink_metadata(&file) {
+            Ok(meta) if meta.is_symlink() => {
+                let target = std::fs::read_link(&file)
+                    .map_err(|err| GitError::git("reading a changed link", err))?;
+                hasher.update(b"\0link\0");
+                hasher.update(target.as_os_str().as_encoded_bytes());
+            }
+            Ok(meta) if meta.is_file() => {
+                let content = std::fs::read(&file)
+                    .map_err(|err| GitError::git("reading a changed file", err))?;
+                hasher.update(format!("\0file {:o}\0", executable(&meta)));
+                hasher.update(Sha256::digest(&content));
+            }
+            Ok(_) => hasher.update(b"\0other"),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                hasher.update(b"\0absent");
+            }
+            Err(err) => return Err(GitError::git("reading a changed file", err)),
+        }
+    }
+    let digest = hasher.finalize();
+    Ok(Fingerprint(
+        digest.iter().map(|byte| format!("{byte:02x}")).collect(),
+    ))
+}
+
+#[cfg(unix)]
+fn executable(meta: &std::fs::Metadata) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    meta.permissions().mode() & 0o111
+}
+
+#[cfg(not(unix))]
+fn executable(_: &std::fs::Metadata) -> u32 {
+    0
 }
 
 /// The mode and id of the entry at `path` in `tree`, or `None` when there is none. A path
