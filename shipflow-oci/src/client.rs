@@ -191,7 +191,7 @@ struct Inner {
     found_credentials: Mutex<HashMap<String, Option<Credentials>>>,
     /// Per registry: how it wants requests authenticated.
     schemes: Mutex<HashMap<String, Scheme>>,
-    /// Per (registry, scope): a bearer token. `Token`'s Debug redacts it.
+    /// Per (registry, scopes joined by spaces): a bearer token. `Token`'s Debug redacts it.
     tokens: Mutex<HashMap<(String, String), Token>>,
 }
 
@@ -223,13 +223,37 @@ enum Body {
 struct Call<'a> {
     reference: &'a ImageRef,
     push: bool,
+    /// The repository (same registry) a blob mount reads from: it needs pull there too.
+    mount_from: Option<&'a str>,
     requests: &'a AtomicU32,
     ctx: &'a Context,
 }
 
-impl Call<'_> {
+impl<'a> Call<'a> {
     fn name(&self) -> String {
         self.reference.to_string()
+    }
+
+    /// This call, for a blob mount from `from`.
+    fn mounting(&self, from: &'a str) -> Self {
+        Call {
+            mount_from: Some(from),
+            ..*self
+        }
+    }
+
+    /// The token scopes the call needs: its repository's, plus pull on the mount
+    /// source (Distribution checks both on `POST …/blobs/uploads/?mount=…&from=…`).
+    fn scopes(&self) -> Vec<String> {
+        let actions = if self.push { "pull,push" } else { "pull" };
+        let mut scopes = vec![format!(
+            "repository:{}:{actions}",
+            self.reference.repository()
+        )];
+        if let Some(from) = self.mount_from {
+            scopes.push(format!("repository:{from}:pull"));
+        }
+        scopes
     }
 }
 
@@ -453,15 +477,16 @@ impl RegistryClient {
                 None => request,
             }),
             Scheme::Bearer { realm, service, .. } => {
-                let actions = if call.push { "pull,push" } else { "pull" };
-                let scope = format!("repository:{}:{actions}", call.reference.repository());
-                let key = (call.reference.registry().to_owned(), scope.clone());
+                let scopes = call.scopes();
+                // One token per set of scopes: a mount's token (which also reads
+                // the source) is not the plain push token of the target.
+                let key = (call.reference.registry().to_owned(), scopes.join(" "));
                 let cached = lock(&self.inner.tokens).get(&key).cloned();
                 let token = match cached {
                     Some(token) => token,
                     None => {
                         let token = self
-                            .fetch_token(call, &realm, service.as_deref(), &scope)
+                            .fetch_token(call, &realm, service.as_deref(), &scopes)
                             .await?;
                         lock(&self.inner.tokens).insert(key, token.clone());
                         token
@@ -477,7 +502,7 @@ impl RegistryClient {
         call: &Call<'_>,
         realm: &str,
         service: Option<&str>,
-        scope: &str,
+        scopes: &[String],
     ) -> Result<Token, OciError> {
         let protocol = |reason: String| OciError::Protocol {
             reference: call.name(),
@@ -491,7 +516,10 @@ impl RegistryClient {
             if let Some(service) = service {
                 query.append_pair("service", service);
             }
-            query.append_pair("scope", scope);
+            // One `scope` parameter per scope, as Docker sends them.
+            for scope in scopes {
+                query.append_pair("scope", scope);
+            }
         }
         let mut request = self.inner.http.get(url);
         if let Some(c) = self.credentials_for(call.reference.registry())? {
@@ -562,6 +590,7 @@ impl RegistryClient {
         let call = Call {
             reference,
             push: false,
+            mount_from: None,
             requests: &requests,
             ctx,
         };
@@ -579,6 +608,7 @@ impl RegistryClient {
         let call = Call {
             reference,
             push: false,
+            mount_from: None,
             requests: &requests,
             ctx,
         };
@@ -611,6 +641,7 @@ impl RegistryClient {
         let call = Call {
             reference,
             push: false,
+            mount_from: None,
             requests: &requests,
             ctx,
         };
@@ -665,6 +696,7 @@ impl RegistryClient {
         let call = Call {
             reference,
             push: false,
+            mount_from: None,
             requests: &requests,
             ctx,
         };
@@ -786,7 +818,7 @@ impl RegistryClient {
             .append_pair("from", from);
         let response = self
             .send(
-                call,
+                &call.mounting(from),
                 Step::BlobMount,
                 Method::POST,
                 url,
@@ -1242,6 +1274,7 @@ impl RegistryClient {
         let call = Call {
             reference: target,
             push: true,
+            mount_from: None,
             requests: &requests,
             ctx,
         };
@@ -1300,6 +1333,7 @@ impl RegistryClient {
                 let call = Call {
                     reference: &target,
                     push: true,
+                    mount_from: None,
                     requests: &requests,
                     ctx: &ctx,
                 };
@@ -1512,6 +1546,7 @@ impl Registry for RegistryClient {
         let call = Call {
             reference,
             push: false,
+            mount_from: None,
             requests: &requests,
             ctx,
         };
@@ -1534,6 +1569,7 @@ impl Registry for RegistryClient {
         let call = Call {
             reference: target,
             push: true,
+            mount_from: None,
             requests: &requests,
             ctx,
         };
