@@ -1,7 +1,7 @@
 //! [`RegistryClient`]: a native client of the OCI distribution API that pushes only
 //! the blobs a registry lacks.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -115,7 +115,9 @@ impl RegistryClientBuilder {
     }
 
     /// Repositories of the same registry to mount missing blobs from before
-    /// uploading them (cross-repository blob mount).
+    /// uploading them (cross-repository blob mount). Mounting needs pull on the
+    /// source: where the registry refuses it, the blobs are uploaded instead, and
+    /// this client does not ask again for that source and target.
     pub fn mount_from(mut self, repositories: impl IntoIterator<Item = impl Into<String>>) -> Self {
         self.mount_from = repositories.into_iter().map(Into::into).collect();
         self
@@ -167,6 +169,7 @@ impl RegistryClientBuilder {
                 config: self,
                 schemes: Mutex::default(),
                 tokens: Mutex::default(),
+                refused_mounts: Mutex::default(),
             }),
         })
     }
@@ -193,6 +196,9 @@ struct Inner {
     schemes: Mutex<HashMap<String, Scheme>>,
     /// Per (registry, scopes joined by spaces): a bearer token. `Token`'s Debug redacts it.
     tokens: Mutex<HashMap<(String, String), Token>>,
+    /// (registry, target repository, source repository) whose mounts were refused
+    /// (401/403): blobs go there by upload, without asking again.
+    refused_mounts: Mutex<HashSet<(String, String, String)>>,
 }
 
 #[derive(Clone)]
@@ -806,6 +812,8 @@ impl RegistryClient {
     }
 
     /// Tries to mount `digest` from `from` (same registry). Returns whether it did.
+    /// A mount the registry or its token service refuses (401/403: the credentials
+    /// may not pull from `from`) is not an error: the blob is uploaded instead.
     async fn mount_blob(
         &self,
         call: &Call<'_>,
@@ -816,7 +824,7 @@ impl RegistryClient {
         url.query_pairs_mut()
             .append_pair("mount", &digest.to_string())
             .append_pair("from", from);
-        let response = self
+        let sent = self
             .send(
                 &call.mounting(from),
                 Step::BlobMount,
@@ -825,13 +833,43 @@ impl RegistryClient {
                 HeaderMap::new(),
                 Body::Empty,
             )
-            .await?;
+            .await;
+        let response = match sent {
+            Ok(response) => response,
+            // The token service would not grant pull on `from`. (Bad credentials
+            // failed earlier, at the blob's HEAD with the target's token.)
+            Err(refusal @ OciError::Unauthorized { .. }) => {
+                self.mount_refused(call, digest, from, &refusal);
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        };
         match response.status() {
             StatusCode::CREATED => Ok(true),
             // 202: the registry opened an ordinary upload instead; we start our own.
             s if s.is_success() => Ok(false),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                let refusal = self.failure(call, Step::BlobMount, response).await;
+                self.mount_refused(call, digest, from, &refusal);
+                Ok(false)
+            }
             _ => Err(self.failure(call, Step::BlobMount, response).await),
         }
+    }
+
+    /// Remembers that mounts from `from` into the call's repository are refused.
+    fn mount_refused(&self, call: &Call<'_>, digest: &Digest, from: &str, refusal: &OciError) {
+        // The error names the user, never a password or token.
+        tracing::debug!(reference = %call.reference, %digest, from, error = %refusal, "blob mount refused, uploading instead");
+        lock(&self.inner.refused_mounts).insert(Self::mount_key(call, from));
+    }
+
+    fn mount_key(call: &Call<'_>, from: &str) -> (String, String, String) {
+        (
+            call.reference.registry().to_owned(),
+            call.reference.repository().to_owned(),
+            from.to_owned(),
+        )
     }
 
     /// Uploads the blob file at `path` monolithically: `POST` an upload, then one `PUT`
@@ -1228,6 +1266,7 @@ impl RegistryClient {
             .chain(self.inner.config.mount_from.iter().map(String::as_str));
         for from in mount_from {
             if from != call.reference.repository()
+                && !lock(&self.inner.refused_mounts).contains(&Self::mount_key(call, from))
                 && self.mount_blob(call, &blob.digest, from).await?
             {
                 progress.add(blob.size);
