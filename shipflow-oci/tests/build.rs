@@ -535,12 +535,17 @@ async fn a_base_image_on_a_token_registry_has_its_layers_mounted() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path().join("repo");
     sample_repo(&root);
+    let base_readable = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let readable = base_readable.clone();
     let tokens = common::TokenService::start_with_rule(
         "ci",
         "build-pass-7730",
         common::Refusal::Narrow,
-        |repo| match repo {
-            "base/runtime" | "acme/api" => vec!["pull", "push"],
+        move |repo| match repo {
+            "base/runtime" if readable.load(std::sync::atomic::Ordering::SeqCst) => {
+                vec!["pull", "push"]
+            }
+            "acme/api" | "acme/worker" => vec!["pull", "push"],
             _ => Vec::new(),
         },
     );
@@ -588,6 +593,29 @@ async fn a_base_image_on_a_token_registry_has_its_layers_mounted() {
         .await
         .expect("the base layer reads back from acme/api");
     assert_eq!(layer.len() as u64, base.layers[0].size);
+
+    // Without pull on the base, its layers can be neither mounted nor uploaded
+    // (they were never downloaded): the error says so, not "401 at blob mount".
+    base_readable.store(false, std::sync::atomic::Ordering::SeqCst);
+    let err = client
+        .push(
+            &image,
+            &registry.reference("acme/worker:v1"),
+            &Context::new(),
+        )
+        .await
+        .expect_err("the base layer cannot reach acme/worker");
+    let err = err
+        .downcast::<shipflow_oci::OciError>()
+        .expect("an OciError");
+    assert!(
+        matches!(*err, shipflow_oci::OciError::BaseLayerMissing { .. }),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("the credentials may not pull it"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
