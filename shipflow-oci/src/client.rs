@@ -1,7 +1,7 @@
 //! [`RegistryClient`]: a native client of the OCI distribution API that pushes only
 //! the blobs a registry lacks.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -115,7 +115,9 @@ impl RegistryClientBuilder {
     }
 
     /// Repositories of the same registry to mount missing blobs from before
-    /// uploading them (cross-repository blob mount).
+    /// uploading them (cross-repository blob mount). Mounting needs pull on the
+    /// source: where the registry refuses it, the blobs are uploaded instead, and
+    /// this client does not ask again for that source and target.
     pub fn mount_from(mut self, repositories: impl IntoIterator<Item = impl Into<String>>) -> Self {
         self.mount_from = repositories.into_iter().map(Into::into).collect();
         self
@@ -167,6 +169,7 @@ impl RegistryClientBuilder {
                 config: self,
                 schemes: Mutex::default(),
                 tokens: Mutex::default(),
+                refused_mounts: Mutex::default(),
             }),
         })
     }
@@ -191,8 +194,11 @@ struct Inner {
     found_credentials: Mutex<HashMap<String, Option<Credentials>>>,
     /// Per registry: how it wants requests authenticated.
     schemes: Mutex<HashMap<String, Scheme>>,
-    /// Per (registry, scope): a bearer token. `Token`'s Debug redacts it.
+    /// Per (registry, scopes joined by spaces): a bearer token. `Token`'s Debug redacts it.
     tokens: Mutex<HashMap<(String, String), Token>>,
+    /// (registry, target repository, source repository) whose mounts were refused
+    /// (401/403): blobs go there by upload, without asking again.
+    refused_mounts: Mutex<HashSet<(String, String, String)>>,
 }
 
 #[derive(Clone)]
@@ -223,13 +229,37 @@ enum Body {
 struct Call<'a> {
     reference: &'a ImageRef,
     push: bool,
+    /// The repository (same registry) a blob mount reads from: it needs pull there too.
+    mount_from: Option<&'a str>,
     requests: &'a AtomicU32,
     ctx: &'a Context,
 }
 
-impl Call<'_> {
+impl<'a> Call<'a> {
     fn name(&self) -> String {
         self.reference.to_string()
+    }
+
+    /// This call, for a blob mount from `from`.
+    fn mounting(&self, from: &'a str) -> Self {
+        Call {
+            mount_from: Some(from),
+            ..*self
+        }
+    }
+
+    /// The token scopes the call needs: its repository's, plus pull on the mount
+    /// source (Distribution checks both on `POST …/blobs/uploads/?mount=…&from=…`).
+    fn scopes(&self) -> Vec<String> {
+        let actions = if self.push { "pull,push" } else { "pull" };
+        let mut scopes = vec![format!(
+            "repository:{}:{actions}",
+            self.reference.repository()
+        )];
+        if let Some(from) = self.mount_from {
+            scopes.push(format!("repository:{from}:pull"));
+        }
+        scopes
     }
 }
 
@@ -453,15 +483,16 @@ impl RegistryClient {
                 None => request,
             }),
             Scheme::Bearer { realm, service, .. } => {
-                let actions = if call.push { "pull,push" } else { "pull" };
-                let scope = format!("repository:{}:{actions}", call.reference.repository());
-                let key = (call.reference.registry().to_owned(), scope.clone());
+                let scopes = call.scopes();
+                // One token per set of scopes: a mount's token (which also reads
+                // the source) is not the plain push token of the target.
+                let key = (call.reference.registry().to_owned(), scopes.join(" "));
                 let cached = lock(&self.inner.tokens).get(&key).cloned();
                 let token = match cached {
                     Some(token) => token,
                     None => {
                         let token = self
-                            .fetch_token(call, &realm, service.as_deref(), &scope)
+                            .fetch_token(call, &realm, service.as_deref(), &scopes)
                             .await?;
                         lock(&self.inner.tokens).insert(key, token.clone());
                         token
@@ -477,7 +508,7 @@ impl RegistryClient {
         call: &Call<'_>,
         realm: &str,
         service: Option<&str>,
-        scope: &str,
+        scopes: &[String],
     ) -> Result<Token, OciError> {
         let protocol = |reason: String| OciError::Protocol {
             reference: call.name(),
@@ -491,7 +522,10 @@ impl RegistryClient {
             if let Some(service) = service {
                 query.append_pair("service", service);
             }
-            query.append_pair("scope", scope);
+            // One `scope` parameter per scope, as Docker sends them.
+            for scope in scopes {
+                query.append_pair("scope", scope);
+            }
         }
         let mut request = self.inner.http.get(url);
         if let Some(c) = self.credentials_for(call.reference.registry())? {
@@ -562,6 +596,7 @@ impl RegistryClient {
         let call = Call {
             reference,
             push: false,
+            mount_from: None,
             requests: &requests,
             ctx,
         };
@@ -579,6 +614,7 @@ impl RegistryClient {
         let call = Call {
             reference,
             push: false,
+            mount_from: None,
             requests: &requests,
             ctx,
         };
@@ -611,6 +647,7 @@ impl RegistryClient {
         let call = Call {
             reference,
             push: false,
+            mount_from: None,
             requests: &requests,
             ctx,
         };
@@ -665,6 +702,7 @@ impl RegistryClient {
         let call = Call {
             reference,
             push: false,
+            mount_from: None,
             requests: &requests,
             ctx,
         };
@@ -774,6 +812,8 @@ impl RegistryClient {
     }
 
     /// Tries to mount `digest` from `from` (same registry). Returns whether it did.
+    /// A mount the registry or its token service refuses (401/403: the credentials
+    /// may not pull from `from`) is not an error: the blob is uploaded instead.
     async fn mount_blob(
         &self,
         call: &Call<'_>,
@@ -784,22 +824,52 @@ impl RegistryClient {
         url.query_pairs_mut()
             .append_pair("mount", &digest.to_string())
             .append_pair("from", from);
-        let response = self
+        let sent = self
             .send(
-                call,
+                &call.mounting(from),
                 Step::BlobMount,
                 Method::POST,
                 url,
                 HeaderMap::new(),
                 Body::Empty,
             )
-            .await?;
+            .await;
+        let response = match sent {
+            Ok(response) => response,
+            // The token service would not grant pull on `from`. (Bad credentials
+            // failed earlier, at the blob's HEAD with the target's token.)
+            Err(refusal @ OciError::Unauthorized { .. }) => {
+                self.mount_refused(call, digest, from, &refusal);
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        };
         match response.status() {
             StatusCode::CREATED => Ok(true),
             // 202: the registry opened an ordinary upload instead; we start our own.
             s if s.is_success() => Ok(false),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                let refusal = self.failure(call, Step::BlobMount, response).await;
+                self.mount_refused(call, digest, from, &refusal);
+                Ok(false)
+            }
             _ => Err(self.failure(call, Step::BlobMount, response).await),
         }
+    }
+
+    /// Remembers that mounts from `from` into the call's repository are refused.
+    fn mount_refused(&self, call: &Call<'_>, digest: &Digest, from: &str, refusal: &OciError) {
+        // The error names the user, never a password or token.
+        tracing::debug!(reference = %call.reference, %digest, from, error = %refusal, "blob mount refused, uploading instead");
+        lock(&self.inner.refused_mounts).insert(Self::mount_key(call, from));
+    }
+
+    fn mount_key(call: &Call<'_>, from: &str) -> (String, String, String) {
+        (
+            call.reference.registry().to_owned(),
+            call.reference.repository().to_owned(),
+            from.to_owned(),
+        )
     }
 
     /// Uploads the blob file at `path` monolithically: `POST` an upload, then one `PUT`
@@ -1196,6 +1266,7 @@ impl RegistryClient {
             .chain(self.inner.config.mount_from.iter().map(String::as_str));
         for from in mount_from {
             if from != call.reference.repository()
+                && !lock(&self.inner.refused_mounts).contains(&Self::mount_key(call, from))
                 && self.mount_blob(call, &blob.digest, from).await?
             {
                 progress.add(blob.size);
@@ -1242,6 +1313,7 @@ impl RegistryClient {
         let call = Call {
             reference: target,
             push: true,
+            mount_from: None,
             requests: &requests,
             ctx,
         };
@@ -1300,6 +1372,7 @@ impl RegistryClient {
                 let call = Call {
                     reference: &target,
                     push: true,
+                    mount_from: None,
                     requests: &requests,
                     ctx: &ctx,
                 };
@@ -1512,6 +1585,7 @@ impl Registry for RegistryClient {
         let call = Call {
             reference,
             push: false,
+            mount_from: None,
             requests: &requests,
             ctx,
         };
@@ -1534,6 +1608,7 @@ impl Registry for RegistryClient {
         let call = Call {
             reference: target,
             push: true,
+            mount_from: None,
             requests: &requests,
             ctx,
         };

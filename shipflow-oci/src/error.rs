@@ -161,7 +161,7 @@ pub enum OciError {
     /// mountable there, and was never downloaded (the native builder references
     /// base layers, it does not copy them).
     #[error(
-        "{reference}: blob upload failed: layer {digest} of base image {base} is not on the target registry; push the base image there first (e.g. skopeo copy), or use a base image from the target registry"
+        "{reference}: blob upload failed: layer {digest} of base image {base} cannot be mounted into the target repository (the base is not on the target registry, or the credentials may not pull it); push the base image there first (e.g. skopeo copy), or use credentials that can pull it, or a base image from the target registry"
     )]
     BaseLayerMissing {
         /// The image reference.

@@ -531,6 +531,94 @@ async fn a_base_image_is_referenced_and_its_layers_are_mounted_not_copied() {
 }
 
 #[tokio::test]
+async fn a_base_image_on_a_token_registry_has_its_layers_mounted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("repo");
+    sample_repo(&root);
+    let base_readable = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let readable = base_readable.clone();
+    let tokens = common::TokenService::start_with_rule(
+        "ci",
+        "build-pass-7730",
+        common::Refusal::Narrow,
+        move |repo| match repo {
+            "base/runtime" if readable.load(std::sync::atomic::Ordering::SeqCst) => {
+                vec!["pull", "push"]
+            }
+            "acme/api" | "acme/worker" => vec!["pull", "push"],
+            _ => Vec::new(),
+        },
+    );
+    let registry = TestRegistry::start_with_token_auth(&tokens);
+    let client = RegistryClient::builder()
+        .credentials(shipflow_oci::Credentials::basic("ci", "build-pass-7730"))
+        .without_docker_config()
+        .build()
+        .expect("client");
+
+    let base_builder = NativeBuilder::new(dir.path().join("base-images"));
+    let base_app = app(&root, r#"layers = [{ from = "deps", to = "/opt/deps" }]"#);
+    let base = build(&base_builder, &base_app, &root, "1").await;
+    client
+        .push(
+            &base,
+            &registry.reference("base/runtime:1"),
+            &Context::new(),
+        )
+        .await
+        .expect("push base");
+
+    let builder = NativeBuilder::new(dir.path().join("images")).registry_client(client.clone());
+    let layers = format!(
+        r#"base = "{}/base/runtime:1", layers = [{{ from = "src", to = "/app" }}]"#,
+        registry.host()
+    );
+    let image = build(&builder, &app(&root, &layers), &root, "v1").await;
+    // The base layer is not in the local layout: only a mount can put it in acme/api.
+    let report = client
+        .push(&image, &registry.reference("acme/api:v1"), &Context::new())
+        .await
+        .unwrap_or_else(|e| panic!("push: {e}\nregistry log:\n{}", registry.log()));
+    assert_eq!(
+        (report.blobs_mounted, report.blobs_uploaded),
+        (1, 2),
+        "{report:?}"
+    );
+    let layer = client
+        .fetch_blob(
+            &registry.reference("acme/api:v1"),
+            &base.layers[0].digest,
+            &Context::new(),
+        )
+        .await
+        .expect("the base layer reads back from acme/api");
+    assert_eq!(layer.len() as u64, base.layers[0].size);
+
+    // Without pull on the base, its layers can be neither mounted nor uploaded
+    // (they were never downloaded): the error says so, not "401 at blob mount".
+    base_readable.store(false, std::sync::atomic::Ordering::SeqCst);
+    let err = client
+        .push(
+            &image,
+            &registry.reference("acme/worker:v1"),
+            &Context::new(),
+        )
+        .await
+        .expect_err("the base layer cannot reach acme/worker");
+    let err = err
+        .downcast::<shipflow_oci::OciError>()
+        .expect("an OciError");
+    assert!(
+        matches!(*err, shipflow_oci::OciError::BaseLayerMissing { .. }),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("the credentials may not pull it"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
 async fn a_file_layer_lands_at_its_destination_and_cancellation_stops_the_build() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path().join("repo");

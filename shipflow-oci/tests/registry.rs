@@ -408,6 +408,199 @@ async fn bearer_tokens_are_fetched_once_per_scope_and_bad_credentials_fail_clear
     assert!(!err.to_string().contains("nope-8812") && !format!("{err:?}").contains("nope-8812"));
 }
 
+const TOKEN_PASSWORD: &str = "mount-pass-5120";
+
+/// Two images sharing their first two layers: `team/base`'s, and `team/api`'s with
+/// one layer of its own on top (and its own config).
+fn base_and_api(
+    layout: &shipflow_oci::OciLayout,
+) -> (shipflow_core::LocalImage, shipflow_core::LocalImage) {
+    let shared = three_layers("mount-shared");
+    let base = write_image(layout, "base", "v1", &shared[..2]);
+    let mut own = shared[..2].to_vec();
+    own.push(common::noise("mount-api-own", 150_000));
+    let api = write_image(layout, "api", "v1", &own);
+    (base, api)
+}
+
+fn token_client() -> RegistryClient {
+    RegistryClient::builder()
+        .credentials(Credentials::basic("ci", TOKEN_PASSWORD))
+        .mount_from(["team/base"])
+        .without_docker_config()
+        .build()
+        .expect("client")
+}
+
+#[tokio::test]
+async fn on_a_token_registry_a_mount_asks_for_pull_on_its_source_too() {
+    let tokens = common::TokenService::start_with_rule(
+        "ci",
+        TOKEN_PASSWORD,
+        common::Refusal::Narrow,
+        |repo| match repo {
+            "team/base" | "team/api" => vec!["pull", "push"],
+            _ => Vec::new(),
+        },
+    );
+    let registry = TestRegistry::start_with_token_auth(&tokens);
+    let (_dir, layout) = temp_layout();
+    let (base, api) = base_and_api(&layout);
+    let client = token_client();
+    let ctx = Context::new();
+    client
+        .push(&base, &registry.reference("team/base:v1"), &ctx)
+        .await
+        .expect("push team/base");
+
+    let before = tokens.scopes().len();
+    let target = registry.reference("team/api:v1");
+    let report = client.push(&api, &target, &ctx).await.unwrap_or_else(|e| {
+        panic!(
+            "push team/api mounting from team/base: {e}\nregistry log:\n{}",
+            registry.log()
+        )
+    });
+    assert_eq!(
+        (
+            report.blobs_mounted,
+            report.blobs_uploaded,
+            report.blobs_skipped
+        ),
+        (2, 2, 0),
+        "the two shared layers mounted; the own layer and the config uploaded: {report:?}"
+    );
+    assert_eq!(
+        report.bytes_uploaded,
+        api.layers[2].size + api.config.size + api.manifest_size
+    );
+    // The token service grants exactly what is asked: the registry accepted the
+    // mounts, so their token held pull on team/base; it was asked for as two scopes.
+    let scopes = tokens.scopes().split_off(before);
+    let target_scope = vec!["repository:team/api:pull,push".to_owned()];
+    let mount_scopes = vec![
+        target_scope[0].clone(),
+        "repository:team/base:pull".to_owned(),
+    ];
+    assert!(scopes.contains(&mount_scopes), "{scopes:?}");
+    assert!(
+        scopes
+            .iter()
+            .all(|s| *s == mount_scopes || *s == target_scope),
+        "{scopes:?}"
+    );
+    for layer in &api.layers {
+        let bytes = client
+            .fetch_blob(&target, &layer.digest, &ctx)
+            .await
+            .expect("the layer reads back from team/api");
+        assert_eq!(Digest::sha256(&bytes), layer.digest);
+    }
+    assert_eq!(
+        client.resolve(&target, &ctx).await.expect("resolve"),
+        Some(api.digest.clone())
+    );
+}
+
+/// Pushes `team/base`, then takes pull on it away from the user (as `refusal`
+/// says) and pushes `team/api` mounting from it.
+async fn push_with_pull_on_the_source_refused(refusal: common::Refusal) {
+    let base_readable = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let readable = base_readable.clone();
+    let tokens = common::TokenService::start_with_rule(
+        "ci",
+        TOKEN_PASSWORD,
+        refusal,
+        move |repo| match repo {
+            "team/api" => vec!["pull", "push"],
+            "team/base" if readable.load(std::sync::atomic::Ordering::SeqCst) => {
+                vec!["pull", "push"]
+            }
+            _ => Vec::new(),
+        },
+    );
+    let registry = TestRegistry::start_with_token_auth(&tokens);
+    let (_dir, layout) = temp_layout();
+    let (base, api) = base_and_api(&layout);
+    let ctx = Context::new();
+    token_client()
+        .push(&base, &registry.reference("team/base:v1"), &ctx)
+        .await
+        .expect("push team/base");
+    base_readable.store(false, std::sync::atomic::Ordering::SeqCst);
+
+    let before = tokens.scopes().len();
+    let client = token_client();
+    let target = registry.reference("team/api:v1");
+    let report = client.push(&api, &target, &ctx).await.unwrap_or_else(|e| {
+        panic!(
+            "{refusal:?}: a refused mount must not fail the push: {e}\nregistry log:\n{}",
+            registry.log()
+        )
+    });
+    assert_eq!(
+        (
+            report.blobs_mounted,
+            report.blobs_uploaded,
+            report.blobs_skipped
+        ),
+        (0, 4, 0),
+        "{refusal:?}: every blob uploaded: {report:?}"
+    );
+    assert_eq!(report.bytes_uploaded, api.size() + api.manifest_size);
+    assert!(report.manifest_written);
+    let mount_scopes = vec![
+        "repository:team/api:pull,push".to_owned(),
+        "repository:team/base:pull".to_owned(),
+    ];
+    let scopes = tokens.scopes().split_off(before);
+    assert!(
+        scopes.contains(&mount_scopes),
+        "{refusal:?}: the mount was tried: {scopes:?}"
+    );
+    for layer in &api.layers {
+        let bytes = client
+            .fetch_blob(&target, &layer.digest, &ctx)
+            .await
+            .expect("the layer reads back from team/api");
+        assert_eq!(Digest::sha256(&bytes), layer.digest);
+    }
+    assert_eq!(
+        client.resolve(&target, &ctx).await.expect("resolve"),
+        Some(api.digest.clone())
+    );
+
+    // The refusal is remembered: a second image from the same base tries no mount.
+    let mut layers = three_layers("mount-shared")[..2].to_vec();
+    layers.push(common::noise("mount-api-v2", 90_000));
+    let v2 = write_image(&layout, "api", "v2", &layers);
+    let before = tokens.scopes().len();
+    let again = client
+        .push(&v2, &registry.reference("team/api:v2"), &ctx)
+        .await
+        .expect("push v2");
+    assert_eq!(
+        (again.blobs_mounted, again.blobs_uploaded),
+        (0, 2),
+        "{again:?}"
+    );
+    assert_eq!(
+        tokens.scopes().len(),
+        before,
+        "{refusal:?}: no token asked for a mount known to be refused"
+    );
+}
+
+#[tokio::test]
+async fn a_mount_whose_token_leaves_out_the_source_uploads_instead() {
+    push_with_pull_on_the_source_refused(common::Refusal::Narrow).await;
+}
+
+#[tokio::test]
+async fn a_mount_whose_token_is_refused_uploads_instead() {
+    push_with_pull_on_the_source_refused(common::Refusal::Forbid).await;
+}
+
 const UNAVAILABLE: &str =
     r#"{"errors":[{"code":"UNAVAILABLE","message":"registry is warming up"}]}"#;
 

@@ -150,13 +150,29 @@ pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 temp path")
 }
 
+/// What a [`TokenService`] does with a request for actions its rule does not grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Leaves them out of the token and grants the rest, as Docker's token spec
+    /// says a token server does (and Docker Hub does).
+    Narrow,
+    /// Answers 403 Forbidden and grants nothing, as some token servers do.
+    Forbid,
+}
+
+/// Which actions (`pull`, `push`) the user may take on a repository.
+type Rule = Box<dyn Fn(&str) -> Vec<&'static str> + Send>;
+
 /// A bearer-token service for a registry: a self-signed RSA certificate (made with
-/// the `openssl` CLI) whose key signs one JWT granting pull and push on `repository`;
-/// a loopback HTTP server hands that token to clients with the right basic credentials.
+/// the `openssl` CLI) whose key signs a JWT per request, granting the actions the
+/// request's scopes ask for as far as a rule allows; a loopback HTTP server hands
+/// those tokens to clients with the right basic credentials. Nothing it handles is
+/// printed: neither the credentials nor the tokens.
 pub struct TokenService {
     pub realm: String,
     pub cert: PathBuf,
-    /// The query strings of the token requests served (with and without valid credentials).
+    /// The query strings of the token requests served (with and without valid
+    /// credentials). They hold no secret: credentials travel in a header.
     pub requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     _dir: tempfile::TempDir,
 }
@@ -165,7 +181,27 @@ pub const TOKEN_SERVICE: &str = "shipflow-registry";
 pub const TOKEN_ISSUER: &str = "shipflow-test-issuer";
 
 impl TokenService {
+    /// Grants pull and push on `repository`, nothing elsewhere.
     pub fn start(user: &str, password: &str, repository: &str) -> Self {
+        let repository = repository.to_owned();
+        Self::start_with_rule(user, password, Refusal::Narrow, move |name| {
+            if name == repository {
+                vec!["pull", "push"]
+            } else {
+                Vec::new()
+            }
+        })
+    }
+
+    /// Grants, for each repository a request's scopes name, the requested actions
+    /// that `rule(repository)` allows; what it does not allow is handled as `refusal` says.
+    pub fn start_with_rule(
+        user: &str,
+        password: &str,
+        refusal: Refusal,
+        rule: impl Fn(&str) -> Vec<&'static str> + Send + 'static,
+    ) -> Self {
+        let rule: Rule = Box::new(rule);
         let dir = tempfile::tempdir().expect("temp dir for the token service");
         let key = dir.path().join("key.pem");
         let cert = dir.path().join("cert.pem");
@@ -201,39 +237,12 @@ impl TokenService {
             ],
         );
         let der = std::fs::read(&der).expect("cert der");
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock after 1970")
-            .as_secs();
-        let header =
-            serde_json::json!({"typ": "JWT", "alg": "RS256", "x5c": [base64(&der, STANDARD)]});
-        let claims = serde_json::json!({
-            "iss": TOKEN_ISSUER, "sub": user, "aud": TOKEN_SERVICE,
-            "exp": now + 3600, "nbf": now - 60, "iat": now - 60, "jti": "shipflow-test",
-            "access": [{"type": "repository", "name": repository, "actions": ["pull", "push"]}],
-        });
-        let signing_input = format!(
-            "{}.{}",
-            base64(header.to_string().as_bytes(), URL_SAFE),
-            base64(claims.to_string().as_bytes(), URL_SAFE)
-        );
-        let input = dir.path().join("input");
-        std::fs::write(&input, &signing_input).expect("write signing input");
-        let sig = dir.path().join("sig");
-        run(
-            "openssl",
-            &[
-                "dgst",
-                "-sha256",
-                "-sign",
-                path_str(&key),
-                "-out",
-                path_str(&sig),
-                path_str(&input),
-            ],
-        );
-        let sig = std::fs::read(&sig).expect("signature");
-        let token = format!("{signing_input}.{}", base64(&sig, URL_SAFE));
+        let signer = Signer {
+            key,
+            header: serde_json::json!({"typ": "JWT", "alg": "RS256", "x5c": [base64(&der, STANDARD)]}),
+            user: user.to_owned(),
+            issued: std::collections::HashMap::new(),
+        };
 
         let expected_auth = format!(
             "basic {}",
@@ -244,6 +253,7 @@ impl TokenService {
         let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let seen = requests.clone();
         std::thread::spawn(move || {
+            let mut signer = signer;
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { continue };
                 let mut buf = Vec::new();
@@ -262,18 +272,37 @@ impl TokenService {
                             .map(|(_, v)| v.trim().to_ascii_lowercase())
                             == Some(expected_auth.to_ascii_lowercase())
                 });
-                seen.lock().expect("lock").push(target);
-                let (status, body) = if authorized {
-                    (
-                        "200 OK",
-                        serde_json::json!({"token": token, "expires_in": 3600}).to_string(),
-                    )
-                } else {
+                if let Ok(mut seen) = seen.lock() {
+                    seen.push(target.clone());
+                }
+                let (status, body) = if !authorized {
                     (
                         "401 Unauthorized",
                         r#"{"errors":[{"code":"UNAUTHORIZED","message":"bad credentials"}]}"#
                             .to_owned(),
                     )
+                } else {
+                    let requested = requested_access(&target);
+                    let granted = grant(&requested, &rule);
+                    if refusal == Refusal::Forbid && granted != requested {
+                        (
+                            "403 Forbidden",
+                            r#"{"errors":[{"code":"DENIED","message":"requested access is not granted"}]}"#
+                                .to_owned(),
+                        )
+                    } else {
+                        match signer.token(&granted) {
+                            Some(token) => (
+                                "200 OK",
+                                serde_json::json!({"token": token, "expires_in": 3600}).to_string(),
+                            ),
+                            None => (
+                                "500 Internal Server Error",
+                                r#"{"errors":[{"code":"UNKNOWN","message":"signing failed"}]}"#
+                                    .to_owned(),
+                            ),
+                        }
+                    }
                 };
                 let _ = write!(
                     stream,
@@ -288,6 +317,130 @@ impl TokenService {
             requests,
             _dir: dir,
         }
+    }
+
+    /// The scopes of each token request served, in order, decoded
+    /// (e.g. `["repository:team/api:pull,push", "repository:team/base:pull"]`).
+    pub fn scopes(&self) -> Vec<Vec<String>> {
+        self.requests
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|target| {
+                query_pairs(target)
+                    .into_iter()
+                    .filter(|(k, _)| k == "scope")
+                    .map(|(_, v)| v)
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+/// Repository → actions, sorted, so that two grants compare equal when they grant the same.
+type Access = std::collections::BTreeMap<String, std::collections::BTreeSet<String>>;
+
+/// The decoded query parameters of a request target such as `/token?scope=…`.
+fn query_pairs(target: &str) -> Vec<(String, String)> {
+    reqwest::Url::parse(&format!("http://token.invalid{target}"))
+        .map(|url| url.query_pairs().into_owned().collect())
+        .unwrap_or_default()
+}
+
+/// The repository access a token request's `scope` parameters ask for (each may hold
+/// several space-separated scopes; scopes of other resource types are ignored).
+fn requested_access(target: &str) -> Access {
+    let mut access = Access::new();
+    for (_, scope) in query_pairs(target)
+        .into_iter()
+        .filter(|(k, _)| k == "scope")
+    {
+        for one in scope.split_whitespace() {
+            let Some(("repository", rest)) = one.split_once(':') else {
+                continue;
+            };
+            let Some((name, actions)) = rest.rsplit_once(':') else {
+                continue;
+            };
+            access
+                .entry(name.to_owned())
+                .or_default()
+                .extend(actions.split(',').map(str::to_owned));
+        }
+    }
+    access
+}
+
+/// What of `requested` the rule allows.
+fn grant(requested: &Access, rule: &Rule) -> Access {
+    requested
+        .iter()
+        .filter_map(|(name, actions)| {
+            let allowed = rule(name);
+            let granted: std::collections::BTreeSet<String> = actions
+                .iter()
+                .filter(|a| allowed.contains(&a.as_str()))
+                .cloned()
+                .collect();
+            (!granted.is_empty()).then(|| (name.clone(), granted))
+        })
+        .collect()
+}
+
+/// Signs JWTs for the token service with the `openssl` CLI (one per distinct grant).
+struct Signer {
+    key: PathBuf,
+    header: serde_json::Value,
+    user: String,
+    issued: std::collections::HashMap<Access, String>,
+}
+
+impl Signer {
+    /// A token granting `access`, or `None` when `openssl` fails.
+    fn token(&mut self, access: &Access) -> Option<String> {
+        if let Some(token) = self.issued.get(access) {
+            return Some(token.clone());
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_secs();
+        let access_claim: Vec<_> = access
+            .iter()
+            .map(|(name, actions)| {
+                serde_json::json!({"type": "repository", "name": name, "actions": actions})
+            })
+            .collect();
+        let claims = serde_json::json!({
+            "iss": TOKEN_ISSUER, "sub": self.user, "aud": TOKEN_SERVICE,
+            "exp": now + 3600, "nbf": now - 60, "iat": now - 60,
+            "jti": format!("shipflow-test-{}", self.issued.len()),
+            "access": access_claim,
+        });
+        let signing_input = format!(
+            "{}.{}",
+            base64(self.header.to_string().as_bytes(), URL_SAFE),
+            base64(claims.to_string().as_bytes(), URL_SAFE)
+        );
+        let mut child = Command::new("openssl")
+            .args(["dgst", "-sha256", "-sign", path_str(&self.key)])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        child
+            .stdin
+            .take()?
+            .write_all(signing_input.as_bytes())
+            .ok()?;
+        let out = child.wait_with_output().ok()?;
+        if !out.status.success() || out.stdout.is_empty() {
+            return None;
+        }
+        let token = format!("{signing_input}.{}", base64(&out.stdout, URL_SAFE));
+        self.issued.insert(access.clone(), token.clone());
+        Some(token)
     }
 }
 
