@@ -193,7 +193,8 @@ impl DockerConfig {
         })
     }
 
-    /// `docker-credential-<helper> get` with the server on stdin.
+    /// `docker-credential-<helper> get` with the server on stdin, for at most
+    /// [`HELPER_TIMEOUT`].
     fn run_helper(
         &self,
         helper: &str,
@@ -218,9 +219,17 @@ impl DockerConfig {
         if let Some(mut stdin) = child.stdin.take() {
             let _ = stdin.write_all(server.as_bytes());
         }
-        let out = child
-            .wait_with_output()
-            .map_err(|e| self.error(registry, format!("{program} get failed: {e}")))?;
+        let out = wait_at_most(child, HELPER_TIMEOUT)
+            .map_err(|e| self.error(registry, format!("{program} get failed: {e}")))?
+            .ok_or_else(|| {
+                self.error(
+                    registry,
+                    format!(
+                        "{program} get did not answer within {}s (is it waiting for a passphrase or a desktop prompt?); unlock it first or use explicit credentials",
+                        HELPER_TIMEOUT.as_secs()
+                    ),
+                )
+            })?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         if !out.status.success() {
             // The protocol's answer for an unknown server; anything else is a failure.
@@ -266,6 +275,46 @@ fn same_registry(key: &str, registry: &str) -> bool {
     host == registry || (is_docker_hub(host) && is_docker_hub(registry))
 }
 
+/// How long a credential helper may take: one that waits for a passphrase or a
+/// desktop prompt nobody sees must not hang the push.
+const HELPER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Waits for `child` and collects its output, killing it after `limit`: `None` then.
+fn wait_at_most(
+    mut child: std::process::Child,
+    limit: std::time::Duration,
+) -> std::io::Result<Option<std::process::Output>> {
+    let read = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = read(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = read(child.stderr.take().map(|p| Box::new(p) as _));
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            // The readers are left to finish on their own: a grandchild may hold the pipes.
+            return Ok(None);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    Ok(Some(std::process::Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -297,6 +346,32 @@ mod tests {
                 .is_none()
         );
         assert!(!format!("{config:?}").contains(&auth));
+    }
+
+    #[test]
+    fn a_helper_that_never_answers_is_stopped() {
+        let started = std::time::Instant::now();
+        let child = Command::new("sleep")
+            .arg("30")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("sleep runs");
+        let out = wait_at_most(child, std::time::Duration::from_millis(200)).expect("waited");
+        assert!(out.is_none());
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+
+        let child = Command::new("echo")
+            .arg("answer")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("echo runs");
+        let out = wait_at_most(child, std::time::Duration::from_secs(10))
+            .expect("waited")
+            .expect("answered");
+        assert!(out.status.success());
+        assert_eq!(out.stdout, b"answer\n");
     }
 
     #[test]
