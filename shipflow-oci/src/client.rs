@@ -108,7 +108,9 @@ impl RegistryClientBuilder {
         self
     }
 
-    /// A timeout for each HTTP request (default: none).
+    /// A timeout for each whole HTTP request (default: none, as a layer upload may
+    /// take long). Whatever this says, a connection attempt gives up after 30 s and
+    /// a response that sends nothing for 60 s fails; both are retried.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
@@ -151,7 +153,10 @@ impl RegistryClientBuilder {
     pub fn build(self) -> Result<RegistryClient, OciError> {
         let mut http = reqwest::Client::builder()
             .user_agent(concat!("shipflow-oci/", env!("CARGO_PKG_VERSION")))
-            .redirect(reqwest::redirect::Policy::limited(5));
+            .redirect(reqwest::redirect::Policy::limited(5))
+            // A registry or token service that stops answering must not hang the push.
+            .connect_timeout(Duration::from_secs(30))
+            .read_timeout(Duration::from_secs(60));
         if let Some(timeout) = self.timeout {
             http = http.timeout(timeout);
         }
