@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::time::{Duration, Instant};
+
 use common::{Harness, free_port, get};
 use shipflow_core::{Context, DeployMeta, Deployer, Fingerprint, RollbackTarget};
 use shipflow_docker::{DockerError, EngineKind};
@@ -248,5 +250,81 @@ async fn cancelling_during_the_health_check_brings_the_old_one_back() {
     assert_eq!(
         get(&reqwest::Client::new(), port).await.as_deref(),
         Ok("v1")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_exec_probe_fails_at_the_health_timeout_or_on_cancel() {
+    let h = Harness::start();
+    let port = free_port();
+    let docker = |timeout: u32| {
+        format!(
+            "ports = [\"127.0.0.1:{port}:80\"]\nhealth = {{ cmd = [\"/bin/busybox\", \"sleep\", \"3600\"], timeout = {timeout} }}"
+        )
+    };
+    let v1 = h.web_image("exec-web", "v1", "v1");
+    let v2 = h.web_image("exec-web", "v2", "v2");
+    let deployer = h.deployer().await;
+    let limit = Duration::from_secs(60);
+
+    // The probe never returns (the image has busybox only, no `sleep` link): the
+    // deploy fails at its 2 s health timeout.
+    let app = h.app("exec-web", &docker(2));
+    let (meta, ctx) = (DeployMeta::default(), Context::new());
+    let started = Instant::now();
+    let err = tokio::time::timeout(limit, deployer.deploy(&app, &v1, &meta, &ctx))
+        .await
+        .expect("the deploy ends although the probe hangs")
+        .expect_err("never healthy");
+    let elapsed = started.elapsed();
+    let text = err.to_string();
+    assert!(
+        matches!(
+            err.downcast_ref::<DockerError>(),
+            Some(DockerError::Unhealthy { .. })
+        ),
+        "{text}"
+    );
+    assert!(text.contains("not healthy within 2s"), "{text}");
+    assert!(text.contains("did not finish within"), "{text}");
+    // Pull, create, start, 2 s of probing, stop: far from the hour `sleep` asks for.
+    assert!(
+        elapsed < Duration::from_secs(20),
+        "took {elapsed:?}: {text}"
+    );
+
+    // With a long health timeout, cancelling ends the hanging probe at once.
+    let app = h.app("exec-web", &docker(600));
+    let token = shipflow_core::CancellationToken::new();
+    let ctx = Context::new().with_cancellation(token.clone());
+    let deploy = deployer.deploy(&app, &v2, &meta, &ctx);
+    let cancel = async {
+        while !h
+            .containers("exec-web")
+            .contains(&("exec-web--r2".into(), "running".into()))
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Let the probe start and hang.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        token.cancel();
+        Instant::now()
+    };
+    let (result, cancelled_at) =
+        tokio::time::timeout(limit, async { tokio::join!(deploy, cancel) })
+            .await
+            .expect("the deploy ends although the probe hangs");
+    let err = result.expect_err("cancelled");
+    assert!(
+        matches!(
+            err.downcast_ref::<DockerError>(),
+            Some(DockerError::Cancelled { .. })
+        ),
+        "{err}"
+    );
+    let after = cancelled_at.elapsed();
+    assert!(
+        after < Duration::from_secs(5),
+        "ended {after:?} after the cancel"
     );
 }

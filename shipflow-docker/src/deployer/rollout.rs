@@ -50,12 +50,19 @@ impl EngineDeployer {
             let mut keep = running[0];
             for c in &running {
                 if probe
-                    .wait_healthy_once(self.engine.client(), &self.http, &c.id)
+                    .wait_healthy_once(self.engine.client(), &self.http, &c.id, ctx)
                     .await
                 {
                     keep = c;
                     break;
                 }
+            }
+            // A cancelled probe says nothing about health: change nothing.
+            if ctx.cancelled() {
+                return Err(DockerError::Cancelled {
+                    app: app.name.clone(),
+                    step: "repair".into(),
+                });
             }
             if let Some(switch) = self.switch(target) {
                 self.switch_to(app, switch.as_ref(), &keep.name).await?;
