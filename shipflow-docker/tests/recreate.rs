@@ -328,3 +328,50 @@ async fn a_hanging_exec_probe_fails_at_the_health_timeout_or_on_cancel() {
         "ended {after:?} after the cancel"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_old_container_comes_back_even_when_stopping_the_new_one_fails() {
+    let h = Harness::start();
+    let port = free_port();
+    let app = h.app(
+        "undo-web",
+        &format!("ports = [\"127.0.0.1:{port}:80\"]\nhealth = {{ http = \"/\", timeout = 60 }}"),
+    );
+    let v1 = h.web_image("undo-web", "v1", "v1");
+    let bad = h.image("undo-web", "bad", "bad", "exec sleep 600");
+    let deployer = h.deployer().await;
+    let (meta, ctx) = (DeployMeta::default(), Context::new());
+    deployer
+        .deploy(&app, &v1, &meta, &ctx)
+        .await
+        .expect("deploy v1");
+
+    // The new container disappears during its health check (someone removed it): the
+    // check fails, and so does stopping it; r1 must serve again all the same.
+    let deploy = deployer.deploy(&app, &bad, &meta, &ctx);
+    let remove = async {
+        while !h
+            .containers("undo-web")
+            .contains(&("undo-web--r2".into(), "running".into()))
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        h.podman_cli(&["rm", "-f", "-t", "0", "undo-web--r2"]);
+    };
+    let (result, ()) = tokio::join!(deploy, remove);
+    let err = result.expect_err("r3 is gone");
+    let text = err.to_string();
+    assert!(
+        matches!(
+            err.downcast_ref::<DockerError>(),
+            Some(DockerError::NotRestored { .. })
+        ),
+        "{text}"
+    );
+    assert!(text.contains("stopping undo-web--r2 failed"), "{text}");
+    assert!(text.contains("revision 1"), "{text}");
+    assert_eq!(
+        get(&reqwest::Client::new(), port).await.as_deref(),
+        Ok("v1")
+    );
+}

@@ -196,7 +196,11 @@ impl EngineDeployer {
             }
             Err(cause) => {
                 let logs = self.last_logs(&new.name).await;
-                self.stop(app, &new.name).await?;
+                // Whatever fails from here on, the old container is brought back.
+                let mut failures = Vec::new();
+                if let Err(e) = self.stop(app, &new.name).await {
+                    failures.push(format!("stopping {} failed: {}", new.name, cause_of(&e)));
+                }
                 let mut container = new.name.clone();
                 if new.fresh {
                     let failed = state::failed_name(&new.name);
@@ -219,10 +223,17 @@ impl EngineDeployer {
                     Some(old) if switch.is_some() => {
                         format!("revision {} kept serving", old.revision)
                     }
-                    Some(old) => {
-                        self.start(app, &old.id).await?;
+                    Some(old) => match self.start(app, &old.id).await {
+                        Err(e) => {
+                            failures.push(format!(
+                                "starting {} again failed: {}",
+                                old.name,
+                                cause_of(&e)
+                            ));
+                            format!("revision {} does not run either", old.revision)
+                        }
                         // Bringing the old one back is not cancellable.
-                        match probe
+                        Ok(()) => match probe
                             .wait_healthy(
                                 self.engine.client(),
                                 &self.http,
@@ -238,9 +249,18 @@ impl EngineDeployer {
                                 "revision {} was started again but is not healthy either: {e}",
                                 old.revision
                             ),
-                        }
-                    }
+                        },
+                    },
                 };
+                if !failures.is_empty() {
+                    return Err(DockerError::NotRestored {
+                        app: app.name.clone(),
+                        container,
+                        cause,
+                        restored: format!("{restored}, but {}", failures.join("; ")),
+                        logs,
+                    });
+                }
                 if ctx.cancelled() {
                     return Err(DockerError::Cancelled {
                         app: app.name.clone(),
@@ -288,5 +308,13 @@ impl EngineDeployer {
             let _ = timed(&app.name, "remove image", remove).await;
         }
         Ok(())
+    }
+}
+
+/// What went wrong in an engine call, without the app (the error it goes in names it).
+fn cause_of(error: &DockerError) -> String {
+    match error {
+        DockerError::Engine { source, .. } => source.to_string(),
+        other => other.to_string(),
     }
 }
