@@ -130,7 +130,8 @@ async fn upgrades_rolls_back_unhealthy_and_to_revision() {
         .await;
     assert!(missing.is_err_and(|e| e.to_string().contains("revision 9 is not kept")));
 
-    // Only `keep = 2` stopped containers stay after the next deploy.
+    // After the next deploy, the `keep = 2` newest healthy stopped containers stay,
+    // and the failed one (the newest failed: its logs explain the failure).
     let v4 = h.web_image("rec-web", "v4", "v4");
     let r4 = deployer
         .deploy(&app, &v4, &meta("ddd"), &ctx)
@@ -143,7 +144,15 @@ async fn upgrades_rolls_back_unhealthy_and_to_revision() {
         .into_iter()
         .map(|(n, _)| n)
         .collect();
-    assert_eq!(names, ["rec-web--r2", "rec-web--r3--failed", "rec-web--r4"]);
+    assert_eq!(
+        names,
+        [
+            "rec-web--r1",
+            "rec-web--r2",
+            "rec-web--r3--failed",
+            "rec-web--r4"
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -370,6 +379,63 @@ async fn the_old_container_comes_back_even_when_stopping_the_new_one_fails() {
     );
     assert!(text.contains("stopping undo-web--r2 failed"), "{text}");
     assert!(text.contains("revision 1"), "{text}");
+    assert_eq!(
+        get(&reqwest::Client::new(), port).await.as_deref(),
+        Ok("v1")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_deploys_never_prune_the_last_good_revision() {
+    let h = Harness::start();
+    let port = free_port();
+    let app = h.app(
+        "keep-web",
+        &format!(
+            "ports = [\"127.0.0.1:{port}:80\"]\nkeep = 3\nhealth = {{ http = \"/\", timeout = 2 }}"
+        ),
+    );
+    let v1 = h.web_image("keep-web", "v1", "v1");
+    let v2 = h.web_image("keep-web", "v2", "v2");
+    // Runs without serving HTTP, and exits on SIGTERM.
+    let broken = h.image(
+        "keep-web",
+        "broken",
+        "broken",
+        "echo broken >&2; trap 'exit 1' TERM; while :; do sleep 1; done",
+    );
+    let deployer = h.deployer().await;
+    let (meta, ctx) = (DeployMeta::default(), Context::new());
+    deployer
+        .deploy(&app, &v1, &meta, &ctx)
+        .await
+        .expect("deploy v1");
+    for _ in 2..=4 {
+        deployer
+            .deploy(&app, &broken, &meta, &ctx)
+            .await
+            .expect_err("broken never answers");
+    }
+    let r5 = deployer
+        .deploy(&app, &v2, &meta, &ctx)
+        .await
+        .expect("deploy v2");
+    assert_eq!(r5.revision, Some(5));
+
+    // r1, the only good revision before r5, stays; of the failed ones the newest.
+    let names: Vec<String> = h
+        .containers("keep-web")
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(
+        names,
+        ["keep-web--r1", "keep-web--r4--failed", "keep-web--r5"]
+    );
+    deployer
+        .rollback(&app, RollbackTarget::Previous, &ctx)
+        .await
+        .expect("roll back to r1");
     assert_eq!(
         get(&reqwest::Client::new(), port).await.as_deref(),
         Ok("v1")

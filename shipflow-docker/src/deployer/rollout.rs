@@ -278,9 +278,12 @@ impl EngineDeployer {
         }
     }
 
-    /// Removes stopped containers beyond the newest `keep` after a successful roll:
-    /// those of `before` (the state the roll started from) and `old`, which the roll
-    /// stopped. Read from what is known, so no second list of the engine.
+    /// Removes stopped containers after a successful roll: healthy ones beyond the
+    /// newest `keep` (rollback targets), and failed ones but the newest (its logs
+    /// explain the last failure). A run of failed deploys thus never pushes out the
+    /// last good revision. Candidates are those of `before` (the state the roll
+    /// started from) and `old`, which the roll stopped: read from what is known, so no
+    /// second list of the engine.
     pub(super) async fn prune(
         &self,
         app: &App,
@@ -296,9 +299,17 @@ impl EngineDeployer {
             .filter(|c| c.phase == Phase::Stopped)
             .chain(old)
             .collect();
-        stopped.sort_by_key(|c| std::cmp::Reverse((c.revision, c.failed)));
-        for c in stopped.iter().skip(keep) {
-            ctx.message(format!("removing {} (beyond keep = {keep})", c.name));
+        stopped.sort_by_key(|c| std::cmp::Reverse(c.revision));
+        let (failed, healthy): (Vec<_>, Vec<_>) = stopped.into_iter().partition(|c| c.failed);
+        let beyond_keep = healthy.iter().skip(keep);
+        let older_failed = failed.iter().skip(1);
+        for c in beyond_keep.chain(older_failed) {
+            let why = if c.failed {
+                "failed, and a newer one failed too".to_owned()
+            } else {
+                format!("beyond keep = {keep}")
+            };
+            ctx.message(format!("removing {} ({why})", c.name));
             self.remove(app, &c.id).await?;
             // The engine refuses while another container uses the image: then it stays.
             let remove =
