@@ -112,14 +112,14 @@ pub enum DockerError {
     },
     /// Another deployer holds the app's host lock.
     #[error(
-        "app {app}: another deploy holds the lock {path} ({holder}); waited {waited:?}; retry when it finishes, or remove the file if that process is gone"
+        "app {app}: another deploy holds the lock {path} ({holder}); waited {waited:?}; retry when it finishes (the lock goes with its process; do not remove the file)"
     )]
     Locked {
         /// The app.
         app: String,
         /// The lock file.
         path: String,
-        /// Who holds it: pid, host, since when.
+        /// Who holds it: pid, host, since when (as the holder wrote it).
         holder: String,
         /// How long this deployer waited.
         waited: Duration,
