@@ -18,7 +18,8 @@ impl EngineDeployer {
     /// Repairs what a deployer that died mid-way left: containers created but never
     /// started are removed; of several running containers the newest healthy one
     /// stays (and gets the proxy); when none runs although a healthy revision is
-    /// kept, the newest kept one is started again and waited for until healthy.
+    /// kept, the newest kept one is started again and waited for until healthy. When
+    /// one runs behind a proxy, the proxy is pointed at where it listens now.
     pub(super) async fn repair(
         &self,
         app: &App,
@@ -92,6 +93,9 @@ impl EngineDeployer {
                 self.switch_to(app, switch.as_ref(), &kept.name).await?;
             }
             repaired = true;
+        } else if let ([current], Some(switch)) = (running.as_slice(), self.switch(target)) {
+            self.resync_switch(app, switch.as_ref(), current, ctx)
+                .await?;
         }
         if repaired {
             self.state(app).await
@@ -107,6 +111,48 @@ impl EngineDeployer {
         switch: &dyn TrafficSwitch,
         name: &str,
     ) -> Result<(), DockerError> {
+        let upstream = self.upstream_of(app, name).await?;
+        switch_upstream(app, switch, upstream).await
+    }
+
+    /// Points the proxy at the one running container `current` again if it dials
+    /// something else: a container that was restarted (restart policy, engine
+    /// restart, reboot) may have got another loopback port than the one it was
+    /// switched to.
+    async fn resync_switch(
+        &self,
+        app: &App,
+        switch: &dyn TrafficSwitch,
+        current: &AppContainer,
+        ctx: &Context,
+    ) -> Result<(), DockerError> {
+        let upstream = match self.upstream_of(app, &current.name).await {
+            Ok(upstream) => upstream,
+            // Restarting, say: the deploy goes on, and switches to its new container.
+            Err(e) => {
+                ctx.message(format!(
+                    "repair: where {} listens is not known: {e}",
+                    current.name
+                ));
+                return Ok(());
+            }
+        };
+        let dialled = match switch.upstream().await {
+            Ok(Some(dialled)) if dialled == upstream => return Ok(()),
+            Ok(Some(dialled)) => dialled,
+            Ok(None) => "something unknown".to_owned(),
+            Err(e) => format!("something unknown ({e})"),
+        };
+        ctx.message(format!(
+            "repair: proxy route {} dials {dialled}, but {} listens on {upstream}; switching",
+            switch.route(),
+            current.name
+        ));
+        switch_upstream(app, switch, upstream).await
+    }
+
+    /// Where the service port of container `name` is published.
+    async fn upstream_of(&self, app: &App, name: &str) -> Result<String, DockerError> {
         let target = self.target(app)?;
         let port = service_port(target)
             .map_err(|reason| config_err(app, reason))?
@@ -122,21 +168,12 @@ impl EngineDeployer {
             .inspect_container(name, None::<InspectContainerOptions>)
             .await
             .map_err(Self::engine_err(app, format!("inspect {name}")))?;
-        let upstream = published_addr(&inspect, port).ok_or_else(|| {
+        published_addr(&inspect, port).ok_or_else(|| {
             config_err(
                 app,
                 format!("container port {port} of {name} is not published"),
             )
-        })?;
-        switch
-            .switch_to(&upstream)
-            .await
-            .map_err(|cause| DockerError::Switch {
-                app: app.name.clone(),
-                route: switch.route().to_owned(),
-                upstream,
-                cause,
-            })
+        })
     }
 
     /// Switches from `old` to `new` with the target's strategy; on an unhealthy new
@@ -320,6 +357,23 @@ impl EngineDeployer {
         }
         Ok(())
     }
+}
+
+/// Points the proxy at `upstream`.
+async fn switch_upstream(
+    app: &App,
+    switch: &dyn TrafficSwitch,
+    upstream: String,
+) -> Result<(), DockerError> {
+    switch
+        .switch_to(&upstream)
+        .await
+        .map_err(|cause| DockerError::Switch {
+            app: app.name.clone(),
+            route: switch.route().to_owned(),
+            upstream,
+            cause,
+        })
 }
 
 /// What went wrong in an engine call, without the app (the error it goes in names it).
