@@ -56,7 +56,6 @@ pub struct EngineDeployer {
     credentials: Option<RegistryCredentials>,
     state_dir: PathBuf,
     lock_wait: Duration,
-    lock_ttl: Duration,
     probe_interval: Option<Duration>,
     drain: Duration,
     stop_timeout: i32,
@@ -98,9 +97,11 @@ impl EngineDeployerBuilder {
         self
     }
 
-    /// How long a lock lives at most if its holder never releases it; default 30 minutes.
-    pub fn lock_ttl(mut self, ttl: Duration) -> Self {
-        self.deployer.lock_ttl = ttl;
+    /// Formerly how long a lock lived at most; now ignored. The host lock is an OS
+    /// lock that the kernel releases when its holder's process ends, so a crashed
+    /// deployer blocks no one, and a live one is never overtaken.
+    #[deprecated(note = "ignored: the host lock is released when its holder's process ends")]
+    pub fn lock_ttl(self, _ttl: Duration) -> Self {
         self
     }
 
@@ -167,7 +168,6 @@ impl EngineDeployer {
                 credentials: None,
                 state_dir,
                 lock_wait: Duration::from_secs(300),
-                lock_ttl: Duration::from_secs(1800),
                 probe_interval: None,
                 drain: Duration::from_secs(2),
                 stop_timeout: 10,
@@ -210,7 +210,7 @@ impl EngineDeployer {
     }
 
     async fn lock(&self, app: &App) -> Result<HostLock, DockerError> {
-        let acquire = HostLock::acquire(&self.state_dir, &app.name, self.lock_wait, self.lock_ttl);
+        let acquire = HostLock::acquire(&self.state_dir, &app.name, self.lock_wait);
         timed(&app.name, "lock", acquire).await
     }
 

@@ -84,6 +84,24 @@ pub enum DockerError {
         /// The container's last log lines.
         logs: String,
     },
+    /// The new container was unhealthy, and stopping it or starting the previous one
+    /// again failed too: what runs now needs a look.
+    #[error(
+        "app {app}: container {container} is unhealthy: {cause}; {restored}; check what runs with `podman ps -a` (or `docker ps -a`); last log lines of {container}:\n{logs}"
+    )]
+    NotRestored {
+        /// The app.
+        app: String,
+        /// The failed container's name.
+        container: String,
+        /// Why it is deemed unhealthy.
+        cause: String,
+        /// What serves now as far as known, and which steps of bringing the old
+        /// container back failed, with their causes.
+        restored: String,
+        /// The container's last log lines.
+        logs: String,
+    },
     /// A rollback target does not exist (any more).
     #[error("app {app}: cannot roll back: {reason}")]
     Rollback {
@@ -94,14 +112,14 @@ pub enum DockerError {
     },
     /// Another deployer holds the app's host lock.
     #[error(
-        "app {app}: another deploy holds the lock {path} ({holder}); waited {waited:?}; retry when it finishes, or remove the file if that process is gone"
+        "app {app}: another deploy holds the lock {path} ({holder}); waited {waited:?}; retry when it finishes (the lock goes with its process; do not remove the file)"
     )]
     Locked {
         /// The app.
         app: String,
         /// The lock file.
         path: String,
-        /// Who holds it: pid, host, since when.
+        /// Who holds it: pid, host, since when (as the holder wrote it).
         holder: String,
         /// How long this deployer waited.
         waited: Duration,

@@ -14,6 +14,12 @@ use tokio::time::Instant;
 use crate::spec::PortSpec;
 use crate::timing::timed;
 
+/// The longest one exec probe may run, however much of the health timeout is left:
+/// a command that hangs once (a `curl` against an app that accepts but does not
+/// answer yet) leaves time for the next probes. Longer than the HTTP probe's 2 s, as
+/// an exec starts a process through the runtime first.
+const EXEC_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How a container's health is probed, resolved from the target.
 #[derive(Debug, Clone)]
 pub(crate) struct Probe {
@@ -77,6 +83,7 @@ impl Probe {
         docker: &Docker,
         http: &reqwest::Client,
         container: &str,
+        ctx: &Context,
     ) -> bool {
         let Ok(inspect) = docker
             .inspect_container(
@@ -89,7 +96,9 @@ impl Probe {
         };
         match &self.kind {
             ProbeKind::Http { path, port } => probe_http(http, &inspect, *port, path).await.is_ok(),
-            ProbeKind::Exec(cmd) => probe_exec(docker, container, cmd).await.is_ok(),
+            ProbeKind::Exec(cmd) => probe_exec(docker, container, cmd, EXEC_PROBE_TIMEOUT, ctx)
+                .await
+                .is_ok(),
             ProbeKind::Running => inspect.state.and_then(|s| s.running) == Some(true),
         }
     }
@@ -132,7 +141,12 @@ impl Probe {
                     )
                     .await
                 }
-                ProbeKind::Exec(cmd) => probe_exec(docker, container, cmd).await,
+                ProbeKind::Exec(cmd) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let exec =
+                        probe_exec(docker, container, cmd, left.min(EXEC_PROBE_TIMEOUT), ctx);
+                    timed(container, "probe: exec", exec).await
+                }
                 ProbeKind::Running if checks > 0 => Ok(()),
                 ProbeKind::Running => Err("just started".into()),
             };
@@ -144,7 +158,11 @@ impl Probe {
             if Instant::now() + self.interval > deadline {
                 return Err(format!("not healthy within {:?}: {last}", self.timeout));
             }
-            tokio::time::sleep(self.interval).await;
+            // Cancelled while waiting: the loop's first check says so.
+            tokio::select! {
+                () = tokio::time::sleep(self.interval) => {}
+                () = ctx.cancellation().cancelled() => {}
+            }
         }
     }
 }
@@ -205,7 +223,26 @@ async fn probe_http(
     }
 }
 
-async fn probe_exec(docker: &Docker, container: &str, cmd: &[String]) -> Result<(), String> {
+/// Runs `cmd` in the container for at most `limit`, or until `ctx` is cancelled.
+/// The engine API cannot kill an exec: one that timed out runs on in the container
+/// (an unhealthy container is stopped, which ends it).
+async fn probe_exec(
+    docker: &Docker,
+    container: &str,
+    cmd: &[String],
+    limit: Duration,
+    ctx: &Context,
+) -> Result<(), String> {
+    let run = tokio::time::timeout(limit, run_exec(docker, container, cmd));
+    tokio::select! {
+        outcome = run => outcome.unwrap_or_else(|_| {
+            Err(format!("{cmd:?} did not finish within {} ms", limit.as_millis()))
+        }),
+        () = ctx.cancellation().cancelled() => Err("cancelled".into()),
+    }
+}
+
+async fn run_exec(docker: &Docker, container: &str, cmd: &[String]) -> Result<(), String> {
     let exec = docker
         .create_exec(
             container,

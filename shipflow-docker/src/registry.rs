@@ -4,24 +4,24 @@ use async_trait::async_trait;
 use bollard::auth::DockerCredentials;
 use bollard::query_parameters::{PushImageOptions, TagImageOptions};
 use futures_util::StreamExt;
-use reqwest::StatusCode;
 use shipflow_core::{
     BoxError, Context, Digest, ImageLocation, ImageRef, LocalImage, PushReport, Registry,
 };
+use shipflow_oci::{Credentials, RegistryClient};
 
 use crate::{DockerError, Engine, RegistryCredentials};
 
-const MANIFEST_TYPES: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json";
-
 /// A [`Registry`] for images in the engine's store ([`ImageLocation::Engine`]): a
 /// push tags the image and lets the engine push it, which checks each layer first
-/// and uploads only those the registry lacks. `resolve` and `tag` talk to the
-/// registry's HTTP API directly (plain HTTP for loopback registries).
+/// and uploads only those the registry lacks. `resolve` and `tag` go to the
+/// registry through [`shipflow_oci::RegistryClient`]: basic or bearer-token auth,
+/// Docker Hub at `registry-1.docker.io`, plain HTTP for loopback registries.
 #[derive(Debug, Clone)]
 pub struct EngineRegistry {
     engine: Engine,
     credentials: Option<RegistryCredentials>,
-    http: reqwest::Client,
+    /// The registry client, or why it could not be built (said by each call).
+    client: Result<RegistryClient, String>,
 }
 
 impl EngineRegistry {
@@ -30,63 +30,27 @@ impl EngineRegistry {
         Self {
             engine,
             credentials: None,
-            http: reqwest::Client::new(),
+            client: client_with(None),
         }
     }
 
     /// Credentials for the registry.
     pub fn with_credentials(mut self, credentials: RegistryCredentials) -> Self {
+        self.client = client_with(Some(&credentials));
         self.credentials = Some(credentials);
         self
     }
 
-    fn manifest_url(reference: &ImageRef, tag_or_digest: &str) -> String {
-        let scheme = if reference.is_loopback() {
-            "http"
-        } else {
-            "https"
-        };
-        format!(
-            "{scheme}://{}/v2/{}/manifests/{tag_or_digest}",
-            reference.registry(),
-            reference.repository()
-        )
-    }
-
-    fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
-        let request = self.http.request(method, url);
-        match &self.credentials {
-            Some(c) => request.basic_auth(&c.username, Some(&c.password)),
-            None => request,
-        }
+    fn client(&self, reference: &ImageRef) -> Result<&RegistryClient, DockerError> {
+        self.client
+            .as_ref()
+            .map_err(|e| Self::push_err(reference, format!("registry client: {e}")))
     }
 
     fn push_err(target: &ImageRef, cause: impl Into<String>) -> DockerError {
         DockerError::Push {
             image: target.to_string(),
             cause: cause.into(),
-        }
-    }
-
-    async fn resolve_inner(&self, reference: &ImageRef) -> Result<Option<Digest>, DockerError> {
-        let wanted = reference.manifest_reference();
-        let url = Self::manifest_url(reference, &wanted);
-        let response = self
-            .request(reqwest::Method::HEAD, &url)
-            .header("Accept", MANIFEST_TYPES)
-            .send()
-            .await
-            .map_err(|e| Self::push_err(reference, format!("HEAD {url}: {e}")))?;
-        match response.status() {
-            StatusCode::NOT_FOUND => Ok(None),
-            s if s.is_success() => response
-                .headers()
-                .get("Docker-Content-Digest")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok())
-                .map(Some)
-                .ok_or_else(|| Self::push_err(reference, format!("HEAD {url}: no digest header"))),
-            s => Err(Self::push_err(reference, format!("HEAD {url}: HTTP {s}"))),
         }
     }
 
@@ -153,43 +117,14 @@ impl EngineRegistry {
             }
         }
         if report.digest.is_none() {
-            report.digest = self.resolve_inner(target).await?;
+            report.digest = self
+                .client(target)?
+                .resolve(target, ctx)
+                .await
+                .map_err(|e| Self::push_err(target, e.to_string()))?;
         }
         report.manifest_written = true;
         Ok(report)
-    }
-
-    async fn tag_inner(&self, digest: &Digest, target: &ImageRef) -> Result<(), DockerError> {
-        let tag = target
-            .tag()
-            .ok_or_else(|| Self::push_err(target, "no tag to point at the digest"))?;
-        let url = Self::manifest_url(target, &digest.to_string());
-        let response = self
-            .request(reqwest::Method::GET, &url)
-            .header("Accept", MANIFEST_TYPES)
-            .send()
-            .await
-            .and_then(|r| r.error_for_status())
-            .map_err(|e| Self::push_err(target, format!("GET {url}: {e}")))?;
-        let media_type = response
-            .headers()
-            .get("Content-Type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("application/vnd.oci.image.manifest.v1+json")
-            .to_owned();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| Self::push_err(target, format!("GET {url}: {e}")))?;
-        let url = Self::manifest_url(target, tag);
-        self.request(reqwest::Method::PUT, &url)
-            .header("Content-Type", media_type)
-            .body(body)
-            .send()
-            .await
-            .and_then(|r| r.error_for_status())
-            .map_err(|e| Self::push_err(target, format!("PUT {url}: {e}")))?;
-        Ok(())
     }
 }
 
@@ -198,9 +133,9 @@ impl Registry for EngineRegistry {
     async fn resolve(
         &self,
         reference: &ImageRef,
-        _ctx: &Context,
+        ctx: &Context,
     ) -> Result<Option<Digest>, BoxError> {
-        Ok(self.resolve_inner(reference).await?)
+        self.client(reference)?.resolve(reference, ctx).await
     }
 
     async fn push(
@@ -212,12 +147,17 @@ impl Registry for EngineRegistry {
         Ok(self.push_inner(image, target, ctx).await?)
     }
 
-    async fn tag(
-        &self,
-        digest: &Digest,
-        target: &ImageRef,
-        _ctx: &Context,
-    ) -> Result<(), BoxError> {
-        Ok(self.tag_inner(digest, target).await?)
+    async fn tag(&self, digest: &Digest, target: &ImageRef, ctx: &Context) -> Result<(), BoxError> {
+        self.client(target)?.tag(digest, target, ctx).await
     }
+}
+
+/// A registry client with `credentials` only: like the engine's push, it reads no
+/// docker config.
+fn client_with(credentials: Option<&RegistryCredentials>) -> Result<RegistryClient, String> {
+    let mut builder = RegistryClient::builder().without_docker_config();
+    if let Some(c) = credentials {
+        builder = builder.credentials(Credentials::basic(&c.username, &c.password));
+    }
+    builder.build().map_err(|e| e.to_string())
 }

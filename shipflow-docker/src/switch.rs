@@ -12,6 +12,13 @@ pub trait TrafficSwitch: Send + Sync {
 
     /// The route switched, for messages.
     fn route(&self) -> &str;
+
+    /// The one upstream the proxy sends traffic to now, to tell whether it needs
+    /// switching; `None` when the proxy cannot tell (the default) or has other than
+    /// one, and it is switched anyway.
+    async fn upstream(&self) -> Result<Option<String>, String> {
+        Ok(None)
+    }
 }
 
 /// Caddy's admin API: `PATCH /id/<route>/handle/0/upstreams`, applied without a
@@ -38,12 +45,16 @@ impl CaddySwitch {
     pub fn for_target(proxy: &ProxyTarget) -> Self {
         Self::new(&proxy.caddy_admin, &proxy.route)
     }
+
+    fn upstreams_url(&self) -> String {
+        format!("{}/id/{}/handle/0/upstreams", self.admin, self.route)
+    }
 }
 
 #[async_trait]
 impl TrafficSwitch for CaddySwitch {
     async fn switch_to(&self, upstream: &str) -> Result<(), String> {
-        let url = format!("{}/id/{}/handle/0/upstreams", self.admin, self.route);
+        let url = self.upstreams_url();
         let response = self
             .http
             .patch(&url)
@@ -62,5 +73,24 @@ impl TrafficSwitch for CaddySwitch {
 
     fn route(&self) -> &str {
         &self.route
+    }
+
+    async fn upstream(&self) -> Result<Option<String>, String> {
+        let url = self.upstreams_url();
+        let response = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| format!("GET {url}: {e}"))?;
+        let upstreams: Vec<serde_json::Value> = response
+            .json()
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?;
+        Ok(match upstreams.as_slice() {
+            [one] => one["dial"].as_str().map(str::to_owned),
+            _ => None,
+        })
     }
 }

@@ -1,15 +1,15 @@
 //! `EngineBuilder` and `EngineRegistry` against real Podman and docker-registry:
 //! a Dockerfile build with `.dockerignore`, build args, a target stage and labels;
 //! a push through the engine that uploads only the layers the registry lacks; the
-//! pushed image deployed and served.
+//! pushed image deployed and served; `resolve` and `tag` on a bearer-token registry.
 
 mod common;
 
 use common::{HTTPD, Harness, free_port, get_path};
 use shipflow_core::{
-    BuildRequest, Context, DeployMeta, Deployer, ImageBuilder, ImageLocation, Registry,
+    BuildRequest, Context, DeployMeta, Deployer, ImageBuilder, ImageLocation, ImageRef, Registry,
 };
-use shipflow_docker::{EngineBuilder, EngineRegistry};
+use shipflow_docker::{EngineBuilder, EngineRegistry, RegistryCredentials};
 
 fn blob_uploads(log: &str, repo: &str) -> usize {
     log.matches(&format!("\"PUT /v2/{repo}/blobs/uploads/"))
@@ -144,5 +144,55 @@ async fn builds_pushes_only_missing_layers_and_deploys() {
     assert!(
         get_path(&http, port, "/secret.txt").await.is_err(),
         ".dockerignore honoured"
+    );
+}
+
+/// Docker Hub, GHCR and Harbor want bearer tokens: `resolve` and `tag` get one from
+/// the registry's token service with the credentials, as the engine does for a push.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolves_and_tags_on_a_bearer_token_registry() {
+    let h = Harness::start_with_token_auth("ci", "tok-pass-8812", "tok-web");
+    let pushed = h.web_image("tok-web", "v1", "v1");
+    let digest = pushed.digest().cloned().expect("pinned");
+    let v1: ImageRef = format!("{}/tok-web:v1", h.registry)
+        .parse()
+        .expect("reference");
+    let stable = v1.with_tag("stable").expect("tag");
+    let ctx = Context::new();
+
+    let anonymous = EngineRegistry::new(h.engine().await);
+    let err = anonymous
+        .resolve(&v1, &ctx)
+        .await
+        .expect_err("the registry wants a token");
+    assert!(err.to_string().contains("tok-web"), "{err}");
+
+    let registry = EngineRegistry::new(h.engine().await).with_credentials(RegistryCredentials {
+        username: "ci".into(),
+        password: "tok-pass-8812".into(),
+    });
+    assert_eq!(
+        registry.resolve(&v1, &ctx).await.expect("resolve"),
+        Some(digest.clone())
+    );
+    registry
+        .tag(&digest, &stable, &ctx)
+        .await
+        .expect("tag stable");
+    assert_eq!(
+        registry
+            .resolve(&stable, &ctx)
+            .await
+            .expect("resolve stable"),
+        Some(digest)
+    );
+    let tokens = h.tokens.as_ref().expect("token service");
+    let requests = tokens.requests.lock().expect("lock").clone();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.contains("scope=repository%3Atok-web")
+                || r.contains("scope=repository:tok-web")),
+        "tokens came from the token service: {requests:?}"
     );
 }

@@ -28,7 +28,6 @@ async fn concurrent_deploy_waits_or_fails_naming_the_holder() {
         .await
         .expect("deploy v1");
 
-    let lock_file = h.dir.path().join("state/lock-web.lock");
     let slow = tokio::spawn({
         let app = app.clone();
         async move {
@@ -38,11 +37,17 @@ async fn concurrent_deploy_waits_or_fails_naming_the_holder() {
                 .map_err(|e| e.to_string())
         }
     });
+    // The lock file stays between deploys: that the slow deploy created its
+    // container says it holds the lock (it takes the lock first).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !lock_file.exists() {
+    while !h
+        .containers("lock-web")
+        .iter()
+        .any(|(name, _)| name == "lock-web--r2")
+    {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the slow deploy never took the lock"
+            "the slow deploy never created its container"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -104,7 +109,8 @@ async fn a_run_after_a_crash_repairs_and_converges() {
         .expect("deploy v1");
 
     // A deployer died mid-recreate: it had stopped r1, created r2 and not started
-    // it, and its lock file names a process that is gone.
+    // it, and its lock file (in the format of before the lock was an OS lock) names
+    // a process that is gone.
     h.podman_cli(&["stop", "-t", "2", "crash-web--r1"]);
     let v2_ref = v2.to_string();
     h.podman_cli(&["pull", "-q", "--tls-verify=false", &v2_ref]);
@@ -134,7 +140,7 @@ async fn a_run_after_a_crash_repairs_and_converges() {
     .expect("stale lock");
     assert_eq!(deployer.current(&app, &ctx).await.expect("current"), None);
 
-    // The next run takes over the dead holder's lock, removes the never-started
+    // The next run is not blocked by the dead holder's lock, removes the never-started
     // container, and converges on v2.
     let rollout = deployer
         .deploy(&app, &v2, &DeployMeta::default(), &ctx)

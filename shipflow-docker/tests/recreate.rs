@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::time::{Duration, Instant};
+
 use common::{Harness, free_port, get};
 use shipflow_core::{Context, DeployMeta, Deployer, Fingerprint, RollbackTarget};
 use shipflow_docker::{DockerError, EngineKind};
@@ -128,7 +130,8 @@ async fn upgrades_rolls_back_unhealthy_and_to_revision() {
         .await;
     assert!(missing.is_err_and(|e| e.to_string().contains("revision 9 is not kept")));
 
-    // Only `keep = 2` stopped containers stay after the next deploy.
+    // After the next deploy, the `keep = 2` newest healthy stopped containers stay,
+    // and the failed one (the newest failed: its logs explain the failure).
     let v4 = h.web_image("rec-web", "v4", "v4");
     let r4 = deployer
         .deploy(&app, &v4, &meta("ddd"), &ctx)
@@ -141,7 +144,15 @@ async fn upgrades_rolls_back_unhealthy_and_to_revision() {
         .into_iter()
         .map(|(n, _)| n)
         .collect();
-    assert_eq!(names, ["rec-web--r2", "rec-web--r3--failed", "rec-web--r4"]);
+    assert_eq!(
+        names,
+        [
+            "rec-web--r1",
+            "rec-web--r2",
+            "rec-web--r3--failed",
+            "rec-web--r4"
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -245,6 +256,186 @@ async fn cancelling_during_the_health_check_brings_the_old_one_back() {
         "{err}"
     );
     assert!(err.to_string().contains("revision 1"), "{err}");
+    assert_eq!(
+        get(&reqwest::Client::new(), port).await.as_deref(),
+        Ok("v1")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_exec_probe_fails_at_the_health_timeout_or_on_cancel() {
+    let h = Harness::start();
+    let port = free_port();
+    let docker = |timeout: u32| {
+        format!(
+            "ports = [\"127.0.0.1:{port}:80\"]\nhealth = {{ cmd = [\"/bin/busybox\", \"sleep\", \"3600\"], timeout = {timeout} }}"
+        )
+    };
+    let v1 = h.web_image("exec-web", "v1", "v1");
+    let v2 = h.web_image("exec-web", "v2", "v2");
+    let deployer = h.deployer().await;
+    let limit = Duration::from_secs(60);
+
+    // The probe never returns (the image has busybox only, no `sleep` link): the
+    // deploy fails at its 2 s health timeout.
+    let app = h.app("exec-web", &docker(2));
+    let (meta, ctx) = (DeployMeta::default(), Context::new());
+    let started = Instant::now();
+    let err = tokio::time::timeout(limit, deployer.deploy(&app, &v1, &meta, &ctx))
+        .await
+        .expect("the deploy ends although the probe hangs")
+        .expect_err("never healthy");
+    let elapsed = started.elapsed();
+    let text = err.to_string();
+    assert!(
+        matches!(
+            err.downcast_ref::<DockerError>(),
+            Some(DockerError::Unhealthy { .. })
+        ),
+        "{text}"
+    );
+    assert!(text.contains("not healthy within 2s"), "{text}");
+    assert!(text.contains("did not finish within"), "{text}");
+    // Pull, create, start, 2 s of probing, stop: far from the hour `sleep` asks for.
+    assert!(
+        elapsed < Duration::from_secs(20),
+        "took {elapsed:?}: {text}"
+    );
+
+    // With a long health timeout, cancelling ends the hanging probe at once.
+    let app = h.app("exec-web", &docker(600));
+    let token = shipflow_core::CancellationToken::new();
+    let ctx = Context::new().with_cancellation(token.clone());
+    let deploy = deployer.deploy(&app, &v2, &meta, &ctx);
+    let cancel = async {
+        while !h
+            .containers("exec-web")
+            .contains(&("exec-web--r2".into(), "running".into()))
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Let the probe start and hang.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        token.cancel();
+        Instant::now()
+    };
+    let (result, cancelled_at) =
+        tokio::time::timeout(limit, async { tokio::join!(deploy, cancel) })
+            .await
+            .expect("the deploy ends although the probe hangs");
+    let err = result.expect_err("cancelled");
+    assert!(
+        matches!(
+            err.downcast_ref::<DockerError>(),
+            Some(DockerError::Cancelled { .. })
+        ),
+        "{err}"
+    );
+    let after = cancelled_at.elapsed();
+    assert!(
+        after < Duration::from_secs(5),
+        "ended {after:?} after the cancel"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_old_container_comes_back_even_when_stopping_the_new_one_fails() {
+    let h = Harness::start();
+    let port = free_port();
+    let app = h.app(
+        "undo-web",
+        &format!("ports = [\"127.0.0.1:{port}:80\"]\nhealth = {{ http = \"/\", timeout = 60 }}"),
+    );
+    let v1 = h.web_image("undo-web", "v1", "v1");
+    let bad = h.image("undo-web", "bad", "bad", "exec sleep 600");
+    let deployer = h.deployer().await;
+    let (meta, ctx) = (DeployMeta::default(), Context::new());
+    deployer
+        .deploy(&app, &v1, &meta, &ctx)
+        .await
+        .expect("deploy v1");
+
+    // The new container disappears during its health check (someone removed it): the
+    // check fails, and so does stopping it; r1 must serve again all the same.
+    let deploy = deployer.deploy(&app, &bad, &meta, &ctx);
+    let remove = async {
+        while !h
+            .containers("undo-web")
+            .contains(&("undo-web--r2".into(), "running".into()))
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        h.podman_cli(&["rm", "-f", "-t", "0", "undo-web--r2"]);
+    };
+    let (result, ()) = tokio::join!(deploy, remove);
+    let err = result.expect_err("r3 is gone");
+    let text = err.to_string();
+    assert!(
+        matches!(
+            err.downcast_ref::<DockerError>(),
+            Some(DockerError::NotRestored { .. })
+        ),
+        "{text}"
+    );
+    assert!(text.contains("stopping undo-web--r2 failed"), "{text}");
+    assert!(text.contains("revision 1"), "{text}");
+    assert_eq!(
+        get(&reqwest::Client::new(), port).await.as_deref(),
+        Ok("v1")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_deploys_never_prune_the_last_good_revision() {
+    let h = Harness::start();
+    let port = free_port();
+    let app = h.app(
+        "keep-web",
+        &format!(
+            "ports = [\"127.0.0.1:{port}:80\"]\nkeep = 3\nhealth = {{ http = \"/\", timeout = 2 }}"
+        ),
+    );
+    let v1 = h.web_image("keep-web", "v1", "v1");
+    let v2 = h.web_image("keep-web", "v2", "v2");
+    // Runs without serving HTTP, and exits on SIGTERM.
+    let broken = h.image(
+        "keep-web",
+        "broken",
+        "broken",
+        "echo broken >&2; trap 'exit 1' TERM; while :; do sleep 1; done",
+    );
+    let deployer = h.deployer().await;
+    let (meta, ctx) = (DeployMeta::default(), Context::new());
+    deployer
+        .deploy(&app, &v1, &meta, &ctx)
+        .await
+        .expect("deploy v1");
+    for _ in 2..=4 {
+        deployer
+            .deploy(&app, &broken, &meta, &ctx)
+            .await
+            .expect_err("broken never answers");
+    }
+    let r5 = deployer
+        .deploy(&app, &v2, &meta, &ctx)
+        .await
+        .expect("deploy v2");
+    assert_eq!(r5.revision, Some(5));
+
+    // r1, the only good revision before r5, stays; of the failed ones the newest.
+    let names: Vec<String> = h
+        .containers("keep-web")
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(
+        names,
+        ["keep-web--r1", "keep-web--r4--failed", "keep-web--r5"]
+    );
+    deployer
+        .rollback(&app, RollbackTarget::Previous, &ctx)
+        .await
+        .expect("roll back to r1");
     assert_eq!(
         get(&reqwest::Client::new(), port).await.as_deref(),
         Ok("v1")

@@ -1,5 +1,6 @@
 //! `start-first` behind a real Caddy: a client polling through the proxy every
-//! 50 ms during an upgrade sees no failed request.
+//! 50 ms during an upgrade sees no failed request, and a proxy that dials the
+//! wrong port is pointed back by the next run.
 
 mod common;
 
@@ -9,6 +10,7 @@ use std::time::Duration;
 
 use common::{Harness, free_port, get};
 use shipflow_core::{Context, DeployMeta, Deployer, RollbackTarget};
+use shipflow_docker::{CaddySwitch, TrafficSwitch};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrade_behind_caddy_drops_no_request() {
@@ -111,5 +113,50 @@ async fn upgrade_behind_caddy_drops_no_request() {
         .rollback(&app, RollbackTarget::Previous, &ctx)
         .await
         .expect("rollback");
+    assert_eq!(get(&http, public).await.as_deref(), Ok("v1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repair_points_the_proxy_at_where_the_container_listens_now() {
+    let mut h = Harness::start();
+    let public = free_port();
+    let admin = h.start_caddy(public, "sfr-web-route");
+    let app = h.app(
+        "sfr-web",
+        &format!(
+            "ports = [\"80\"]\nstrategy = \"start-first\"\nhealth = {{ http = \"/\", timeout = 5 }}\nproxy = {{ caddy_admin = \"{admin}\", route = \"sfr-web-route\" }}"
+        ),
+    );
+    let v1 = h.web_image("sfr-web", "v1", "v1");
+    let deployer = h.deployer().await;
+    let ctx = Context::new();
+    let http = reqwest::Client::new();
+    deployer
+        .deploy(&app, &v1, &DeployMeta::default(), &ctx)
+        .await
+        .expect("deploy v1");
+    assert_eq!(get(&http, public).await.as_deref(), Ok("v1"));
+    let listens = h
+        .podman_cli(&["port", "sfr-web--r1", "80"])
+        .trim()
+        .to_owned();
+    let caddy = CaddySwitch::new(&admin, "sfr-web-route");
+    assert_eq!(caddy.upstream().await, Ok(Some(listens.clone())));
+
+    // The container came back on another port (Docker picks a new one when a
+    // restart policy or a reboot starts it again): the proxy dials a dead port.
+    caddy
+        .switch_to("127.0.0.1:9")
+        .await
+        .expect("point caddy away");
+    assert!(get(&http, public).await.is_err());
+
+    // The next run sees it and switches back, even with nothing to deploy.
+    let again = deployer
+        .deploy(&app, &v1, &DeployMeta::default(), &ctx)
+        .await
+        .expect("repairing run");
+    assert!(!again.changed);
+    assert_eq!(caddy.upstream().await, Ok(Some(listens)));
     assert_eq!(get(&http, public).await.as_deref(), Ok("v1"));
 }

@@ -18,7 +18,8 @@ impl EngineDeployer {
     /// Repairs what a deployer that died mid-way left: containers created but never
     /// started are removed; of several running containers the newest healthy one
     /// stays (and gets the proxy); when none runs although a healthy revision is
-    /// kept, the newest kept one is started again and waited for until healthy.
+    /// kept, the newest kept one is started again and waited for until healthy. When
+    /// one runs behind a proxy, the proxy is pointed at where it listens now.
     pub(super) async fn repair(
         &self,
         app: &App,
@@ -50,12 +51,19 @@ impl EngineDeployer {
             let mut keep = running[0];
             for c in &running {
                 if probe
-                    .wait_healthy_once(self.engine.client(), &self.http, &c.id)
+                    .wait_healthy_once(self.engine.client(), &self.http, &c.id, ctx)
                     .await
                 {
                     keep = c;
                     break;
                 }
+            }
+            // A cancelled probe says nothing about health: change nothing.
+            if ctx.cancelled() {
+                return Err(DockerError::Cancelled {
+                    app: app.name.clone(),
+                    step: "repair".into(),
+                });
             }
             if let Some(switch) = self.switch(target) {
                 self.switch_to(app, switch.as_ref(), &keep.name).await?;
@@ -85,6 +93,9 @@ impl EngineDeployer {
                 self.switch_to(app, switch.as_ref(), &kept.name).await?;
             }
             repaired = true;
+        } else if let ([current], Some(switch)) = (running.as_slice(), self.switch(target)) {
+            self.resync_switch(app, switch.as_ref(), current, ctx)
+                .await?;
         }
         if repaired {
             self.state(app).await
@@ -100,6 +111,48 @@ impl EngineDeployer {
         switch: &dyn TrafficSwitch,
         name: &str,
     ) -> Result<(), DockerError> {
+        let upstream = self.upstream_of(app, name).await?;
+        switch_upstream(app, switch, upstream).await
+    }
+
+    /// Points the proxy at the one running container `current` again if it dials
+    /// something else: a container that was restarted (restart policy, engine
+    /// restart, reboot) may have got another loopback port than the one it was
+    /// switched to.
+    async fn resync_switch(
+        &self,
+        app: &App,
+        switch: &dyn TrafficSwitch,
+        current: &AppContainer,
+        ctx: &Context,
+    ) -> Result<(), DockerError> {
+        let upstream = match self.upstream_of(app, &current.name).await {
+            Ok(upstream) => upstream,
+            // Restarting, say: the deploy goes on, and switches to its new container.
+            Err(e) => {
+                ctx.message(format!(
+                    "repair: where {} listens is not known: {e}",
+                    current.name
+                ));
+                return Ok(());
+            }
+        };
+        let dialled = match switch.upstream().await {
+            Ok(Some(dialled)) if dialled == upstream => return Ok(()),
+            Ok(Some(dialled)) => dialled,
+            Ok(None) => "something unknown".to_owned(),
+            Err(e) => format!("something unknown ({e})"),
+        };
+        ctx.message(format!(
+            "repair: proxy route {} dials {dialled}, but {} listens on {upstream}; switching",
+            switch.route(),
+            current.name
+        ));
+        switch_upstream(app, switch, upstream).await
+    }
+
+    /// Where the service port of container `name` is published.
+    async fn upstream_of(&self, app: &App, name: &str) -> Result<String, DockerError> {
         let target = self.target(app)?;
         let port = service_port(target)
             .map_err(|reason| config_err(app, reason))?
@@ -115,21 +168,12 @@ impl EngineDeployer {
             .inspect_container(name, None::<InspectContainerOptions>)
             .await
             .map_err(Self::engine_err(app, format!("inspect {name}")))?;
-        let upstream = published_addr(&inspect, port).ok_or_else(|| {
+        published_addr(&inspect, port).ok_or_else(|| {
             config_err(
                 app,
                 format!("container port {port} of {name} is not published"),
             )
-        })?;
-        switch
-            .switch_to(&upstream)
-            .await
-            .map_err(|cause| DockerError::Switch {
-                app: app.name.clone(),
-                route: switch.route().to_owned(),
-                upstream,
-                cause,
-            })
+        })
     }
 
     /// Switches from `old` to `new` with the target's strategy; on an unhealthy new
@@ -189,7 +233,11 @@ impl EngineDeployer {
             }
             Err(cause) => {
                 let logs = self.last_logs(&new.name).await;
-                self.stop(app, &new.name).await?;
+                // Whatever fails from here on, the old container is brought back.
+                let mut failures = Vec::new();
+                if let Err(e) = self.stop(app, &new.name).await {
+                    failures.push(format!("stopping {} failed: {}", new.name, cause_of(&e)));
+                }
                 let mut container = new.name.clone();
                 if new.fresh {
                     let failed = state::failed_name(&new.name);
@@ -212,10 +260,17 @@ impl EngineDeployer {
                     Some(old) if switch.is_some() => {
                         format!("revision {} kept serving", old.revision)
                     }
-                    Some(old) => {
-                        self.start(app, &old.id).await?;
+                    Some(old) => match self.start(app, &old.id).await {
+                        Err(e) => {
+                            failures.push(format!(
+                                "starting {} again failed: {}",
+                                old.name,
+                                cause_of(&e)
+                            ));
+                            format!("revision {} does not run either", old.revision)
+                        }
                         // Bringing the old one back is not cancellable.
-                        match probe
+                        Ok(()) => match probe
                             .wait_healthy(
                                 self.engine.client(),
                                 &self.http,
@@ -231,9 +286,18 @@ impl EngineDeployer {
                                 "revision {} was started again but is not healthy either: {e}",
                                 old.revision
                             ),
-                        }
-                    }
+                        },
+                    },
                 };
+                if !failures.is_empty() {
+                    return Err(DockerError::NotRestored {
+                        app: app.name.clone(),
+                        container,
+                        cause,
+                        restored: format!("{restored}, but {}", failures.join("; ")),
+                        logs,
+                    });
+                }
                 if ctx.cancelled() {
                     return Err(DockerError::Cancelled {
                         app: app.name.clone(),
@@ -251,9 +315,12 @@ impl EngineDeployer {
         }
     }
 
-    /// Removes stopped containers beyond the newest `keep` after a successful roll:
-    /// those of `before` (the state the roll started from) and `old`, which the roll
-    /// stopped. Read from what is known, so no second list of the engine.
+    /// Removes stopped containers after a successful roll: healthy ones beyond the
+    /// newest `keep` (rollback targets), and failed ones but the newest (its logs
+    /// explain the last failure). A run of failed deploys thus never pushes out the
+    /// last good revision. Candidates are those of `before` (the state the roll
+    /// started from) and `old`, which the roll stopped: read from what is known, so no
+    /// second list of the engine.
     pub(super) async fn prune(
         &self,
         app: &App,
@@ -269,9 +336,17 @@ impl EngineDeployer {
             .filter(|c| c.phase == Phase::Stopped)
             .chain(old)
             .collect();
-        stopped.sort_by_key(|c| std::cmp::Reverse((c.revision, c.failed)));
-        for c in stopped.iter().skip(keep) {
-            ctx.message(format!("removing {} (beyond keep = {keep})", c.name));
+        stopped.sort_by_key(|c| std::cmp::Reverse(c.revision));
+        let (failed, healthy): (Vec<_>, Vec<_>) = stopped.into_iter().partition(|c| c.failed);
+        let beyond_keep = healthy.iter().skip(keep);
+        let older_failed = failed.iter().skip(1);
+        for c in beyond_keep.chain(older_failed) {
+            let why = if c.failed {
+                "failed, and a newer one failed too".to_owned()
+            } else {
+                format!("beyond keep = {keep}")
+            };
+            ctx.message(format!("removing {} ({why})", c.name));
             self.remove(app, &c.id).await?;
             // The engine refuses while another container uses the image: then it stays.
             let remove =
@@ -281,5 +356,30 @@ impl EngineDeployer {
             let _ = timed(&app.name, "remove image", remove).await;
         }
         Ok(())
+    }
+}
+
+/// Points the proxy at `upstream`.
+async fn switch_upstream(
+    app: &App,
+    switch: &dyn TrafficSwitch,
+    upstream: String,
+) -> Result<(), DockerError> {
+    switch
+        .switch_to(&upstream)
+        .await
+        .map_err(|cause| DockerError::Switch {
+            app: app.name.clone(),
+            route: switch.route().to_owned(),
+            upstream,
+            cause,
+        })
+}
+
+/// What went wrong in an engine call, without the app (the error it goes in names it).
+fn cause_of(error: &DockerError) -> String {
+    match error {
+        DockerError::Engine { source, .. } => source.to_string(),
+        other => other.to_string(),
     }
 }

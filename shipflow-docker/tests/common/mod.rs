@@ -8,6 +8,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod token;
+
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -78,19 +80,28 @@ pub struct Harness {
     caddy: Option<Service>,
     pub caddy_admin: Option<String>,
     creds: Option<(String, String)>,
+    /// The bearer-token service of a token-auth registry.
+    pub tokens: Option<token::TokenService>,
 }
 
 impl Harness {
     pub fn start() -> Self {
-        Self::start_with(None)
+        Self::start_with(None, None)
     }
 
     /// A harness whose registry requires basic auth for `user` / `password`.
     pub fn start_with_basic_auth(user: &str, password: &str) -> Self {
-        Self::start_with(Some((user.to_owned(), password.to_owned())))
+        Self::start_with(Some((user.to_owned(), password.to_owned())), None)
     }
 
-    fn start_with(creds: Option<(String, String)>) -> Self {
+    /// A harness whose registry wants bearer tokens, which a token service gives
+    /// `user` / `password` for `repository`.
+    pub fn start_with_token_auth(user: &str, password: &str, repository: &str) -> Self {
+        let tokens = token::TokenService::start(user, password, repository);
+        Self::start_with(Some((user.to_owned(), password.to_owned())), Some(tokens))
+    }
+
+    fn start_with(creds: Option<(String, String)>, tokens: Option<token::TokenService>) -> Self {
         let registry_bin = require("docker-registry", "docker-registry");
         require("busybox", "busybox-static");
         let dir = tempfile::tempdir().expect("temp dir");
@@ -98,8 +109,9 @@ impl Harness {
 
         let reg_port = free_port();
         let registry = format!("127.0.0.1:{reg_port}");
-        let auth = match &creds {
-            Some((user, password)) => {
+        let auth = match (&creds, &tokens) {
+            (_, Some(tokens)) => tokens.registry_auth(),
+            (Some((user, password)), None) => {
                 let hash = bcrypt::hash(password, 4).expect("bcrypt");
                 std::fs::write(d.join("htpasswd"), format!("{user}:{hash}\n")).expect("htpasswd");
                 format!(
@@ -107,7 +119,7 @@ impl Harness {
                     d.join("htpasswd").display()
                 )
             }
-            None => String::new(),
+            (None, None) => String::new(),
         };
         std::fs::write(
             d.join("registry.yml"),
@@ -133,6 +145,7 @@ impl Harness {
             caddy: None,
             caddy_admin: None,
             creds,
+            tokens,
         }
     }
 
