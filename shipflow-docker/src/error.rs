@@ -83,6 +83,10 @@ pub enum DockerError {
         restored: String,
         /// The container's last log lines.
         logs: String,
+        /// Set when the revision that ran before serves again, so the pipeline
+        /// reports the app rolled back without rolling back again.
+        #[source]
+        previous: Option<shipflow_core::Restored>,
     },
     /// The new container was unhealthy, and stopping it or starting the previous one
     /// again failed too: what runs now needs a look.

@@ -5,7 +5,7 @@
 use bollard::query_parameters::{
     InspectContainerOptions, RemoveImageOptions, RenameContainerOptions,
 };
-use shipflow_core::{App, Context, DockerTarget};
+use shipflow_core::{App, Context, DockerTarget, Restored};
 
 use super::{Candidate, DEFAULT_KEEP, EngineDeployer, config_err};
 use crate::DockerError;
@@ -255,9 +255,12 @@ impl EngineDeployer {
                         container = failed;
                     }
                 }
+                // Whether what ran before runs again: the pipeline then need not roll back.
+                let mut back = false;
                 let restored = match old {
                     None => "nothing ran before".to_owned(),
                     Some(old) if switch.is_some() => {
+                        back = true;
                         format!("revision {} kept serving", old.revision)
                     }
                     Some(old) => match self.start(app, &old.id).await {
@@ -280,6 +283,7 @@ impl EngineDeployer {
                             .await
                         {
                             Ok(()) => {
+                                back = true;
                                 format!("revision {} ({}) serves again", old.revision, old.image)
                             }
                             Err(e) => format!(
@@ -310,6 +314,7 @@ impl EngineDeployer {
                     cause,
                     restored,
                     logs,
+                    previous: back.then_some(Restored),
                 })
             }
         }
