@@ -450,3 +450,31 @@ async fn failed_deploys_never_prune_the_last_good_revision() {
         Ok("v1")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_that_exits_at_once_is_reported_as_exited() {
+    let h = Harness::start();
+    let port = free_port();
+    let app = h.app(
+        "exit-web",
+        &format!("ports = [\"127.0.0.1:{port}:80\"]\nhealth = {{ http = \"/\", timeout = 5 }}"),
+    );
+    let crashing = h.image(
+        "exit-web",
+        "v1",
+        "v1",
+        "echo crashed on start >&2; sleep 1; exit 3",
+    );
+    let deployer = h.deployer().await;
+    let err = deployer
+        .deploy(&app, &crashing, &DeployMeta::default(), &Context::new())
+        .await
+        .expect_err("it exits");
+    let text = err.to_string();
+    assert!(text.contains("exited"), "{text}");
+    assert!(!text.contains("deserialize"), "{text}");
+    assert!(
+        text.contains("crashed on start"),
+        "the last log lines: {text}"
+    );
+}
