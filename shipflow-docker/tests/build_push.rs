@@ -187,7 +187,7 @@ async fn resolves_and_tags_on_a_bearer_token_registry() {
         Some(digest)
     );
     let tokens = h.tokens.as_ref().expect("token service");
-    let requests = tokens.requests.lock().expect("lock").clone();
+    let requests = tokens.requests();
     assert!(
         requests
             .iter()

@@ -1,7 +1,9 @@
 //! A real registry for tests: [`TestRegistry`] runs CNCF Distribution's
 //! `docker-registry` on a free loopback port with its own storage, and stops it on
-//! drop. Behind the `testing` feature, for shipflow's tests and for users testing
-//! their own pipelines against a real registry.
+//! drop; [`TokenService`] hands out the bearer tokens of a registry started with
+//! [`TestRegistry::start_with_token_auth`]. Behind the `testing` feature, for
+//! shipflow's tests and for users testing their own pipelines against a real
+//! registry.
 //!
 //! ```no_run
 //! use shipflow_oci::testing::TestRegistry;
@@ -19,6 +21,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use shipflow_core::ImageRef;
+
+mod token;
+
+pub use token::{Refusal, TOKEN_ISSUER, TOKEN_SERVICE, TokenService};
 
 const BINARY: &str = "docker-registry";
 
@@ -69,6 +75,12 @@ impl TestRegistry {
         let mut registry = Self { child, port, dir };
         registry.wait_ready()?;
         Ok(registry)
+    }
+
+    /// Starts a registry that wants bearer tokens from `tokens` (its config's
+    /// `auth:` section is [`TokenService::registry_auth`]).
+    pub fn start_with_token_auth(tokens: &TokenService) -> io::Result<Self> {
+        Self::start_with(&tokens.registry_auth())
     }
 
     fn wait_ready(&mut self) -> io::Result<()> {

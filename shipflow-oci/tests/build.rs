@@ -13,6 +13,7 @@ use shipflow_core::{
     App, BuildRequest, Context, EnvOverrides, ImageBuilder, LocalImage, Registry, RevisionInfo,
     Workspace,
 };
+use shipflow_oci::testing::{Refusal, TokenService};
 use shipflow_oci::{BuildError, NativeBuilder, OciLayout, RegistryClient};
 
 /// The app `api` of a workspace at `root`, built natively with `build` (a TOML table body).
@@ -537,18 +538,17 @@ async fn a_base_image_on_a_token_registry_has_its_layers_mounted() {
     sample_repo(&root);
     let base_readable = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let readable = base_readable.clone();
-    let tokens = common::TokenService::start_with_rule(
-        "ci",
-        "build-pass-7730",
-        common::Refusal::Narrow,
-        move |repo| match repo {
-            "base/runtime" if readable.load(std::sync::atomic::Ordering::SeqCst) => {
-                vec!["pull", "push"]
+    let tokens =
+        TokenService::start_with_rule("ci", "build-pass-7730", Refusal::Narrow, move |repo| {
+            match repo {
+                "base/runtime" if readable.load(std::sync::atomic::Ordering::SeqCst) => {
+                    vec!["pull", "push"]
+                }
+                "acme/api" | "acme/worker" => vec!["pull", "push"],
+                _ => Vec::new(),
             }
-            "acme/api" | "acme/worker" => vec!["pull", "push"],
-            _ => Vec::new(),
-        },
-    );
+        })
+        .expect("the token service starts");
     let registry = TestRegistry::start_with_token_auth(&tokens);
     let client = RegistryClient::builder()
         .credentials(shipflow_oci::Credentials::basic("ci", "build-pass-7730"))

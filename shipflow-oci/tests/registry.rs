@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use common::{TestRegistry, run, temp_layout, three_layers, write_image};
 use shipflow_core::{Context, Digest, EventKind, EventSink, Registry};
+use shipflow_oci::testing::{Refusal, TokenService};
 use shipflow_oci::{Credentials, OciError, RegistryClient};
 
 fn client() -> RegistryClient {
@@ -333,7 +334,8 @@ async fn skopeo_reads_what_we_pushed() {
 
 #[tokio::test]
 async fn bearer_tokens_are_fetched_once_per_scope_and_bad_credentials_fail_clearly() {
-    let tokens = common::TokenService::start("ci", "token-pass-4471", "team/api");
+    let tokens =
+        TokenService::start("ci", "token-pass-4471", "team/api").expect("the token service starts");
     let registry = TestRegistry::start_with_token_auth(&tokens);
     let (_dir, layout) = temp_layout();
     let image = write_image(&layout, "api", "v1", &three_layers("t"));
@@ -355,7 +357,7 @@ async fn bearer_tokens_are_fetched_once_per_scope_and_bad_credentials_fail_clear
     assert_eq!(report.blobs_uploaded, 4);
     assert!(report.manifest_written);
     {
-        let requests = tokens.requests.lock().expect("lock");
+        let requests = tokens.requests();
         assert_eq!(
             requests.len(),
             1,
@@ -375,11 +377,7 @@ async fn bearer_tokens_are_fetched_once_per_scope_and_bad_credentials_fail_clear
         .await
         .expect("re-push");
     assert_eq!(again.blobs_uploaded, 0);
-    assert_eq!(
-        tokens.requests.lock().expect("lock").len(),
-        1,
-        "token reused"
-    );
+    assert_eq!(tokens.requests().len(), 1, "token reused");
     assert_eq!(
         client
             .resolve(&target, &Context::new())
@@ -388,7 +386,7 @@ async fn bearer_tokens_are_fetched_once_per_scope_and_bad_credentials_fail_clear
         Some(image.digest.clone())
     );
     assert_eq!(
-        tokens.requests.lock().expect("lock").len(),
+        tokens.requests().len(),
         2,
         "a pull-only scope gets its own token"
     );
@@ -434,15 +432,12 @@ fn token_client() -> RegistryClient {
 
 #[tokio::test]
 async fn on_a_token_registry_a_mount_asks_for_pull_on_its_source_too() {
-    let tokens = common::TokenService::start_with_rule(
-        "ci",
-        TOKEN_PASSWORD,
-        common::Refusal::Narrow,
-        |repo| match repo {
+    let tokens =
+        TokenService::start_with_rule("ci", TOKEN_PASSWORD, Refusal::Narrow, |repo| match repo {
             "team/base" | "team/api" => vec!["pull", "push"],
             _ => Vec::new(),
-        },
-    );
+        })
+        .expect("the token service starts");
     let registry = TestRegistry::start_with_token_auth(&tokens);
     let (_dir, layout) = temp_layout();
     let (base, api) = base_and_api(&layout);
@@ -504,21 +499,18 @@ async fn on_a_token_registry_a_mount_asks_for_pull_on_its_source_too() {
 
 /// Pushes `team/base`, then takes pull on it away from the user (as `refusal`
 /// says) and pushes `team/api` mounting from it.
-async fn push_with_pull_on_the_source_refused(refusal: common::Refusal) {
+async fn push_with_pull_on_the_source_refused(refusal: Refusal) {
     let base_readable = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let readable = base_readable.clone();
-    let tokens = common::TokenService::start_with_rule(
-        "ci",
-        TOKEN_PASSWORD,
-        refusal,
-        move |repo| match repo {
+    let tokens =
+        TokenService::start_with_rule("ci", TOKEN_PASSWORD, refusal, move |repo| match repo {
             "team/api" => vec!["pull", "push"],
             "team/base" if readable.load(std::sync::atomic::Ordering::SeqCst) => {
                 vec!["pull", "push"]
             }
             _ => Vec::new(),
-        },
-    );
+        })
+        .expect("the token service starts");
     let registry = TestRegistry::start_with_token_auth(&tokens);
     let (_dir, layout) = temp_layout();
     let (base, api) = base_and_api(&layout);
@@ -593,12 +585,12 @@ async fn push_with_pull_on_the_source_refused(refusal: common::Refusal) {
 
 #[tokio::test]
 async fn a_mount_whose_token_leaves_out_the_source_uploads_instead() {
-    push_with_pull_on_the_source_refused(common::Refusal::Narrow).await;
+    push_with_pull_on_the_source_refused(Refusal::Narrow).await;
 }
 
 #[tokio::test]
 async fn a_mount_whose_token_is_refused_uploads_instead() {
-    push_with_pull_on_the_source_refused(common::Refusal::Forbid).await;
+    push_with_pull_on_the_source_refused(Refusal::Forbid).await;
 }
 
 const UNAVAILABLE: &str =

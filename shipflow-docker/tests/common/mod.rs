@@ -8,8 +8,6 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-pub mod token;
-
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -18,6 +16,7 @@ use std::time::{Duration, Instant};
 use shipflow_core::{App, Digest, EnvOverrides, ImageRef, Workspace};
 use shipflow_docker::testing::TestPodman;
 use shipflow_docker::{Engine, EngineDeployer};
+use shipflow_oci::testing::TokenService;
 
 /// Panics with an install hint when `binary` is not installed.
 pub fn require(binary: &str, package: &str) -> PathBuf {
@@ -81,7 +80,7 @@ pub struct Harness {
     pub caddy_admin: Option<String>,
     creds: Option<(String, String)>,
     /// The bearer-token service of a token-auth registry.
-    pub tokens: Option<token::TokenService>,
+    pub tokens: Option<TokenService>,
 }
 
 impl Harness {
@@ -97,11 +96,12 @@ impl Harness {
     /// A harness whose registry wants bearer tokens, which a token service gives
     /// `user` / `password` for `repository`.
     pub fn start_with_token_auth(user: &str, password: &str, repository: &str) -> Self {
-        let tokens = token::TokenService::start(user, password, repository);
+        let tokens = TokenService::start(user, password, repository)
+            .unwrap_or_else(|e| panic!("the token service does not start: {e}"));
         Self::start_with(Some((user.to_owned(), password.to_owned())), Some(tokens))
     }
 
-    fn start_with(creds: Option<(String, String)>, tokens: Option<token::TokenService>) -> Self {
+    fn start_with(creds: Option<(String, String)>, tokens: Option<TokenService>) -> Self {
         let registry_bin = require("docker-registry", "docker-registry");
         require("busybox", "busybox-static");
         let dir = tempfile::tempdir().expect("temp dir");
