@@ -704,67 +704,37 @@ fn edit_sibling_prefix(repo: &Repo) {
 #[case::unrelated_app(edit_unrelated_app, false)]
 #[case::glob_does_not_cross_slash(edit_nested_lock, false)]
 #[case::sibling_with_same_prefix(edit_sibling_prefix, false)]
-fn fingerprint_follows_the_inputs(#[case] change: fn(&Repo), #[case] should_change: bool) {
-    let (repo, _) = base_repo();
-    repo.write("Cargo.lock", "lock\n");
-    repo.write("apps/web/yarn.lock", "yarn\n");
-    let before_commit = repo.commit("locks");
-    change(&repo);
-    let after_commit = repo.commit("change");
-    let detector = repo.detector();
-    let before = detector
-        .fingerprint_at(&before_commit, &api_inputs())
-        .expect("fp");
-    let after = detector
-        .fingerprint_at(&after_commit, &api_inputs())
-        .expect("fp");
-    assert_eq!(before != after, should_change, "{before} vs {after}");
-}
-
-#[rstest]
-#[case::dependency_path(edit_dependency, true)]
-#[case::own_file(edit_own_file, true)]
-#[case::own_new_file(add_own_file, true)]
-#[case::own_mode(chmod_own_file, true)]
-#[case::matching_glob(edit_root_lock, true)]
-#[case::unrelated_app(edit_unrelated_app, false)]
-#[case::glob_does_not_cross_slash(edit_nested_lock, false)]
-#[case::sibling_with_same_prefix(edit_sibling_prefix, false)]
-fn with_the_worktree_uncommitted_edits_count_in_the_fingerprint(
+fn fingerprint_follows_the_inputs(
     #[case] change: fn(&Repo),
     #[case] should_change: bool,
+    #[values(false, true)] uncommitted: bool,
 ) {
     let (repo, _) = base_repo();
     repo.write("Cargo.lock", "lock\n");
     repo.write("apps/web/yarn.lock", "yarn\n");
     repo.commit("locks");
-    let committed = repo
-        .detector()
-        .fingerprint_at("HEAD", &api_inputs())
-        .expect("fp");
-    let detector = repo.detector().include_worktree(true);
-    let clean = detector.fingerprint_at("HEAD", &api_inputs()).expect("fp");
-    assert_eq!(clean, committed, "an untouched work tree changes nothing");
-
+    let fingerprint =
+        |detector: &GitChangeDetector| detector.fingerprint_at("HEAD", &api_inputs()).expect("fp");
+    let before = fingerprint(&repo.detector());
     change(&repo);
-    let dirty = detector.fingerprint_at("HEAD", &api_inputs()).expect("fp");
-    assert_eq!(dirty != clean, should_change, "{clean} vs {dirty}");
-    assert_eq!(
-        detector.fingerprint_at("HEAD", &api_inputs()).expect("fp"),
-        dirty,
-        "the same edit, the same fingerprint"
-    );
-    // Without the option, or at another revision, the work tree does not count.
-    assert_eq!(
-        repo.detector()
-            .fingerprint_at("HEAD", &api_inputs())
-            .expect("fp"),
-        committed
-    );
+    if !uncommitted {
+        repo.commit("change");
+        let after = fingerprint(&repo.detector());
+        assert_eq!(before != after, should_change, "{before} vs {after}");
+        return;
+    }
+    // With the work tree on, an uncommitted edit counts as if committed, and the
+    // same edit gives the same fingerprint; without it, the work tree does not count.
+    let with_worktree = repo.detector().include_worktree(true);
+    let dirty = fingerprint(&with_worktree);
+    assert_eq!(before != dirty, should_change, "{before} vs {dirty}");
+    assert_eq!(fingerprint(&with_worktree), dirty);
+    assert_eq!(fingerprint(&repo.detector()), before);
     repo.git(&["stash", "-u", "-q"]);
     assert_eq!(
-        detector.fingerprint_at("HEAD", &api_inputs()).expect("fp"),
-        clean
+        fingerprint(&with_worktree),
+        before,
+        "an untouched work tree counts for nothing"
     );
 }
 
