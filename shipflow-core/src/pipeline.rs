@@ -305,7 +305,11 @@ impl PipelineBuilder {
         self
     }
 
-    /// Roll a failed rollout back to what ran before; default on.
+    /// Roll a failed rollout back to what ran before; default on. Only this run's own
+    /// change is undone: when the workload does not run this run's image after the
+    /// failure (the deploy gave up before changing anything), nothing is rolled back,
+    /// and a deployer that restored the old version itself ([`Restored`]) is not
+    /// asked to roll back again.
     pub fn rollback_on_failure(mut self, rollback: bool) -> Self {
         self.settings.rollback_on_failure = rollback;
         self
