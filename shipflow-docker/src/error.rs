@@ -88,17 +88,17 @@ pub enum DockerError {
         #[source]
         previous: Option<shipflow_core::Restored>,
     },
-    /// The new container was unhealthy, and stopping it or starting the previous one
-    /// again failed too: what runs now needs a look.
+    /// The new container was unhealthy (or could not be created), and stopping it or
+    /// starting the previous one again failed too: what runs now needs a look.
     #[error(
-        "app {app}: container {container} is unhealthy: {cause}; {restored}; check what runs with `podman ps -a` (or `docker ps -a`); last log lines of {container}:\n{logs}"
+        "app {app}: container {container} failed: {cause}; {restored}; check what runs with `podman ps -a` (or `docker ps -a`); last log lines of {container}:\n{logs}"
     )]
     NotRestored {
         /// The app.
         app: String,
         /// The failed container's name.
         container: String,
-        /// Why it is deemed unhealthy.
+        /// Why it failed: unhealthy, or not created.
         cause: String,
         /// What serves now as far as known, and which steps of bringing the old
         /// container back failed, with their causes.

@@ -201,8 +201,22 @@ impl EngineDeployer {
         };
         let (created, stopped) = tokio::join!(create, stop_old);
         if let Err(e) = created {
-            if let Ok(Some(old)) = stopped {
-                self.start(app, &old.id).await?;
+            if let Ok(Some(old)) = stopped
+                && let Err(again) = self.start(app, &old.id).await
+            {
+                // Both matter: why the new one is missing, and that the old one is down.
+                return Err(DockerError::NotRestored {
+                    app: app.name.clone(),
+                    container: new.name.clone(),
+                    cause: format!("it could not be created: {}", cause_of(&e)),
+                    restored: format!(
+                        "revision {} does not run either: starting {} again failed: {}",
+                        old.revision,
+                        old.name,
+                        cause_of(&again)
+                    ),
+                    logs: String::new(),
+                });
             }
             return Err(e);
         }
