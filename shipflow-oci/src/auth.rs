@@ -15,6 +15,8 @@ use std::fmt;
 pub struct Credentials {
     username: String,
     password: String,
+    /// The password is an identity (OAuth2 refresh) token.
+    identity_token: bool,
 }
 
 impl Credentials {
@@ -24,7 +26,29 @@ impl Credentials {
         Self {
             username: username.into(),
             password: password.into(),
+            identity_token: false,
         }
+    }
+
+    /// An identity token, as `az acr login` and other OAuth2 registries leave in
+    /// `config.json` (`identitytoken`): exchanged for bearer tokens with the OAuth2
+    /// refresh-token grant, never sent as a password.
+    ///
+    /// ```
+    /// let c = shipflow_oci::Credentials::identity_token("eyJhbGciOi…");
+    /// assert!(!format!("{c:?}").contains("eyJ"));
+    /// ```
+    pub fn identity_token(token: impl Into<String>) -> Self {
+        Self {
+            username: "<token>".into(),
+            password: token.into(),
+            identity_token: true,
+        }
+    }
+
+    /// The identity token, when these credentials are one.
+    pub(crate) fn refresh_token(&self) -> Option<&str> {
+        self.identity_token.then_some(self.password.as_str())
     }
 
     /// The username.
@@ -42,6 +66,7 @@ impl fmt::Debug for Credentials {
         f.debug_struct("Credentials")
             .field("username", &self.username)
             .field("password", &"<redacted>")
+            .field("identity_token", &self.identity_token)
             .finish()
     }
 }

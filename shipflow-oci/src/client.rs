@@ -532,10 +532,36 @@ impl RegistryClient {
                 query.append_pair("scope", scope);
             }
         }
-        let mut request = self.inner.http.get(url);
-        if let Some(c) = self.credentials_for(call.reference.registry())? {
-            request = request.basic_auth(c.username(), Some(c.password()));
-        }
+        let credentials = self.credentials_for(call.reference.registry())?;
+        let request = match credentials.as_ref().and_then(|c| c.refresh_token()) {
+            // OAuth2: the identity token is exchanged in a form POST, never sent as a
+            // password (Docker does the same).
+            Some(refresh_token) => {
+                let mut form = Url::parse("form:").map_err(|e| protocol(e.to_string()))?;
+                form.query_pairs_mut()
+                    .append_pair("grant_type", "refresh_token")
+                    .append_pair("client_id", "shipflow")
+                    .append_pair("refresh_token", refresh_token)
+                    .append_pair("service", service.unwrap_or_default())
+                    .append_pair("scope", &scopes.join(" "));
+                url.set_query(None);
+                self.inner
+                    .http
+                    .post(url)
+                    .header(
+                        reqwest::header::CONTENT_TYPE,
+                        "application/x-www-form-urlencoded",
+                    )
+                    .body(form.query().unwrap_or_default().to_owned())
+            }
+            None => {
+                let mut request = self.inner.http.get(url);
+                if let Some(c) = &credentials {
+                    request = request.basic_auth(c.username(), Some(c.password()));
+                }
+                request
+            }
+        };
         call.requests.fetch_add(1, Ordering::Relaxed);
         let response = request.send().await.map_err(|source| OciError::Connect {
             reference: call.name(),

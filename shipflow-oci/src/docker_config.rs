@@ -51,6 +51,8 @@ struct AuthEntry {
     username: Option<String>,
     #[serde(default)]
     password: Option<String>,
+    #[serde(default)]
+    identitytoken: Option<String>,
 }
 
 impl fmt::Debug for DockerConfig {
@@ -171,6 +173,10 @@ impl DockerConfig {
     }
 
     fn decode(&self, entry: &AuthEntry, registry: &str) -> Result<Option<Credentials>, OciError> {
+        // An identity token wins: `auth` then only holds a placeholder user.
+        if let Some(token) = entry.identitytoken.as_deref().filter(|t| !t.is_empty()) {
+            return Ok(Some(Credentials::identity_token(token)));
+        }
         if let Some(auth) = entry.auth.as_deref().filter(|a| !a.is_empty()) {
             let decoded = base64::engine::general_purpose::STANDARD
                 .decode(auth.trim())
@@ -253,6 +259,10 @@ impl DockerConfig {
                 format!("{program} get did not answer {{\"Username\", \"Secret\"}} JSON"),
             )
         })?;
+        // The helpers' convention for an identity token.
+        if answer.username == "<token>" {
+            return Ok(Some(Credentials::identity_token(answer.secret)));
+        }
         Ok(Some(Credentials::basic(answer.username, answer.secret)))
     }
 }
@@ -346,6 +356,25 @@ mod tests {
                 .is_none()
         );
         assert!(!format!("{config:?}").contains(&auth));
+    }
+
+    #[test]
+    fn an_identity_token_wins_over_the_placeholder_auth() {
+        let config = DockerConfig::from_json(
+            r#"{"auths": {"reg.azurecr.io": {"auth": "MDAwMDAwMDAtMDAwMDo=", "identitytoken": "rt-1"}, "plain": {"username": "u", "password": "p"}}}"#,
+        )
+        .expect("valid");
+        let token = config
+            .credentials("reg.azurecr.io")
+            .expect("readable")
+            .expect("known");
+        assert_eq!(token.refresh_token(), Some("rt-1"));
+        assert!(!format!("{token:?}").contains("rt-1"));
+        let plain = config
+            .credentials("plain")
+            .expect("readable")
+            .expect("known");
+        assert_eq!(plain.refresh_token(), None);
     }
 
     #[test]

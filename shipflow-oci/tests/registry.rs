@@ -796,3 +796,66 @@ async fn tag_lists_follow_link_pages() {
     whole.sort();
     assert_eq!(whole, expected);
 }
+
+#[tokio::test]
+async fn an_identity_token_from_the_docker_config_is_exchanged_not_sent_as_a_password() {
+    // What `az acr login` leaves in config.json: a placeholder user in `auth` and an
+    // OAuth2 refresh token in `identitytoken`.
+    let secret = "refresh-7730-do-not-log";
+    let tokens = TokenService::start("00000000-0000-0000-0000-000000000000", secret, "team/api")
+        .expect("the token service starts");
+    let registry = TestRegistry::start_with_token_auth(&tokens);
+    let (_dir, layout) = temp_layout();
+    let image = write_image(&layout, "api", "v1", &three_layers("idt"));
+    let target = registry.reference("team/api:v1");
+    let placeholder = base64_of("00000000-0000-0000-0000-000000000000:");
+    let config = shipflow_oci::DockerConfig::from_json(&format!(
+        r#"{{"auths": {{"{}": {{"auth": "{placeholder}", "identitytoken": "{secret}"}}}}}}"#,
+        registry.host()
+    ))
+    .expect("valid config");
+    let client = RegistryClient::builder()
+        .docker_config(config)
+        .build()
+        .expect("client");
+    let report = client
+        .push(&image, &target, &Context::new())
+        .await
+        .unwrap_or_else(|e| panic!("push with an identity token: {e}"));
+    assert_eq!(report.blobs_uploaded, 4);
+    let requests = tokens.requests();
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.contains("grant_type=refresh_token") && r.contains("scope=repository")),
+        "every token came from the refresh-token grant: {requests:?}"
+    );
+    assert!(!format!("{client:?}{requests:?}").contains(secret));
+
+    // A wrong identity token is refused at the token service.
+    let config = shipflow_oci::DockerConfig::from_json(&format!(
+        r#"{{"auths": {{"{}": {{"identitytoken": "stale"}}}}}}"#,
+        registry.host()
+    ))
+    .expect("valid config");
+    let client = RegistryClient::builder()
+        .docker_config(config)
+        .build()
+        .expect("client");
+    let err = client
+        .push(&image, &target, &Context::new())
+        .await
+        .expect_err("a stale token");
+    assert!(
+        matches!(
+            err.downcast_ref::<OciError>(),
+            Some(OciError::Unauthorized { .. })
+        ),
+        "{err}"
+    );
+}
+
+fn base64_of(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}

@@ -41,8 +41,10 @@ type Access = BTreeMap<String, BTreeSet<String>>;
 /// the `openssl` CLI) whose key signs a JWT per request, granting the actions the
 /// request's scopes ask for as far as a rule allows; a loopback HTTP server hands
 /// those tokens to clients with the right basic credentials, and answers others
-/// 401. Nothing it handles is printed or logged: neither the credentials nor the
-/// tokens.
+/// 401. It also takes the OAuth2 form that identity tokens use (`az acr login`
+/// writes one): a `POST` with `grant_type=refresh_token` whose `refresh_token` is
+/// the password, answered with an `access_token`. Nothing it handles is printed or
+/// logged: neither the credentials nor the tokens.
 ///
 /// Start a registry that wants its tokens with
 /// [`TestRegistry::start_with_token_auth`](super::TestRegistry::start_with_token_auth),
@@ -134,13 +136,24 @@ impl TokenService {
         };
 
         let expected_auth = format!("basic {}", STANDARD.encode(format!("{user}:{password}")));
+        let password = password.to_owned();
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let port = listener.local_addr()?.port();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let seen = requests.clone();
         std::thread::Builder::new()
             .name("token-service".to_owned())
-            .spawn(move || serve(&listener, &expected_auth, refusal, &rule, signer, &seen))?;
+            .spawn(move || {
+                serve(
+                    &listener,
+                    &expected_auth,
+                    &password,
+                    refusal,
+                    &rule,
+                    signer,
+                    &seen,
+                )
+            })?;
         Ok(Self {
             realm: format!("http://127.0.0.1:{port}/token"),
             cert,
@@ -217,6 +230,7 @@ fn run(command: &mut Command) -> io::Result<()> {
 fn serve(
     listener: &TcpListener,
     expected_auth: &str,
+    password: &str,
     refusal: Refusal,
     rule: &Rule,
     mut signer: Signer,
@@ -232,14 +246,49 @@ fn serve(
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
         }
-        let head = String::from_utf8_lossy(&buf).to_string();
-        let target = head.split_whitespace().nth(1).unwrap_or("").to_owned();
-        let authorized = head.lines().any(|l| {
+        let end = buf
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(buf.len(), |i| i + 4);
+        let head = String::from_utf8_lossy(&buf[..end]).to_string();
+        let mut target = head.split_whitespace().nth(1).unwrap_or("").to_owned();
+        let mut authorized = head.lines().any(|l| {
             l.to_ascii_lowercase().starts_with("authorization:")
                 && l.split_once(':')
                     .map(|(_, v)| v.trim().to_ascii_lowercase())
                     == Some(expected_auth.to_ascii_lowercase())
         });
+        let mut oauth = false;
+        if head.starts_with("POST ") {
+            // The OAuth2 refresh-token grant: the form in the body, the token the
+            // password. The log keeps the form without the token.
+            let body = read_body(&mut stream, &head, buf[end..].to_vec());
+            let form: Vec<(String, String)> = form_pairs(&body);
+            let token = form
+                .iter()
+                .find(|(k, _)| k == "refresh_token")
+                .map(|(_, v)| v.as_str());
+            oauth = form
+                .iter()
+                .any(|(k, v)| k == "grant_type" && v == "refresh_token");
+            authorized = oauth && token == Some(password);
+            if let Ok(mut kept) = reqwest::Url::parse("http://token.invalid/token") {
+                kept.query_pairs_mut().extend_pairs(
+                    form.iter()
+                        .filter(|(k, _)| k != "refresh_token")
+                        .flat_map(|(k, v)| {
+                            // A POST form carries all scopes space-separated in one field.
+                            let values: Vec<&str> = if k == "scope" {
+                                v.split_whitespace().collect()
+                            } else {
+                                vec![v.as_str()]
+                            };
+                            values.into_iter().map(move |v| (k.as_str(), v))
+                        }),
+                );
+                target = format!("/token?{}", kept.query().unwrap_or_default());
+            }
+        }
         seen.lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(target.clone());
@@ -259,6 +308,10 @@ fn serve(
                 )
             } else {
                 match signer.token(&granted) {
+                    Some(token) if oauth => (
+                        "200 OK",
+                        serde_json::json!({"access_token": token, "expires_in": 3600}).to_string(),
+                    ),
                     Some(token) => (
                         "200 OK",
                         serde_json::json!({"token": token, "expires_in": 3600}).to_string(),
@@ -276,6 +329,33 @@ fn serve(
             body.len()
         );
     }
+}
+
+/// The rest of a request's body after `start` (what came with the head), as its
+/// `Content-Length` says.
+fn read_body(stream: &mut std::net::TcpStream, head: &str, mut body: Vec<u8>) -> String {
+    let length = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse::<usize>().ok())
+                .flatten()
+        })
+        .unwrap_or(0);
+    let mut chunk = [0u8; 4096];
+    while body.len() < length {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => body.extend_from_slice(&chunk[..n]),
+        }
+    }
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// The decoded pairs of an `application/x-www-form-urlencoded` body.
+fn form_pairs(body: &str) -> Vec<(String, String)> {
+    query_pairs(&format!("/?{body}"))
 }
 
 /// The decoded query parameters of a request target such as `/token?scope=…`.
