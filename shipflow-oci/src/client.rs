@@ -241,6 +241,18 @@ struct Call<'a> {
 }
 
 impl<'a> Call<'a> {
+    /// A call on `reference`, pulling or (with `push`) pushing, counting its requests
+    /// in `requests`.
+    fn new(reference: &'a ImageRef, push: bool, requests: &'a AtomicU32, ctx: &'a Context) -> Self {
+        Call {
+            reference,
+            push,
+            mount_from: None,
+            requests,
+            ctx,
+        }
+    }
+
     fn name(&self) -> String {
         self.reference.to_string()
     }
@@ -624,13 +636,7 @@ impl RegistryClient {
     /// it wants requests authenticated.
     pub async fn ping(&self, reference: &ImageRef, ctx: &Context) -> Result<(), OciError> {
         let requests = AtomicU32::new(0);
-        let call = Call {
-            reference,
-            push: false,
-            mount_from: None,
-            requests: &requests,
-            ctx,
-        };
+        let call = Call::new(reference, false, &requests, ctx);
         self.ping_call(&call).await
     }
 
@@ -642,13 +648,7 @@ impl RegistryClient {
         ctx: &Context,
     ) -> Result<(Vec<u8>, String, Digest), OciError> {
         let requests = AtomicU32::new(0);
-        let call = Call {
-            reference,
-            push: false,
-            mount_from: None,
-            requests: &requests,
-            ctx,
-        };
+        let call = Call::new(reference, false, &requests, ctx);
         self.ensure_pinged(&call).await?;
         let by = reference.manifest_reference();
         let (bytes, media_type) = self.get_manifest(&call, &by).await?;
@@ -675,13 +675,7 @@ impl RegistryClient {
         ctx: &Context,
     ) -> Result<Vec<u8>, OciError> {
         let requests = AtomicU32::new(0);
-        let call = Call {
-            reference,
-            push: false,
-            mount_from: None,
-            requests: &requests,
-            ctx,
-        };
+        let call = Call::new(reference, false, &requests, ctx);
         self.ensure_pinged(&call).await?;
         let url = self.url(reference, &format!("blobs/{digest}"))?;
         let response = self
@@ -730,13 +724,7 @@ impl RegistryClient {
             tags: Option<Vec<String>>,
         }
         let requests = AtomicU32::new(0);
-        let call = Call {
-            reference,
-            push: false,
-            mount_from: None,
-            requests: &requests,
-            ctx,
-        };
+        let call = Call::new(reference, false, &requests, ctx);
         self.ensure_pinged(&call).await?;
         let mut url = self.url(reference, "tags/list")?;
         if let Some(n) = page_size {
@@ -1341,13 +1329,7 @@ impl RegistryClient {
         let layout = OciLayout::open(path).map_err(layout_error)?;
         let manifest = layout.read_blob(&image.digest).map_err(layout_error)?;
         let requests = Arc::new(AtomicU32::new(0));
-        let call = Call {
-            reference: target,
-            push: true,
-            mount_from: None,
-            requests: &requests,
-            ctx,
-        };
+        let call = Call::new(target, true, &requests, ctx);
         self.ensure_pinged(&call).await?;
         let base = base_image(&manifest);
 
@@ -1400,13 +1382,7 @@ impl RegistryClient {
                         reference: target.to_string(),
                         step: Step::BlobUpload,
                     })?;
-                let call = Call {
-                    reference: &target,
-                    push: true,
-                    mount_from: None,
-                    requests: &requests,
-                    ctx: &ctx,
-                };
+                let call = Call::new(&target, true, &requests, &ctx);
                 let outcome = client
                     .sync_blob(&call, &blob, path, &progress, base.as_ref())
                     .await?;
@@ -1613,13 +1589,7 @@ impl Registry for RegistryClient {
         ctx: &Context,
     ) -> Result<Option<Digest>, BoxError> {
         let requests = AtomicU32::new(0);
-        let call = Call {
-            reference,
-            push: false,
-            mount_from: None,
-            requests: &requests,
-            ctx,
-        };
+        let call = Call::new(reference, false, &requests, ctx);
         self.ensure_pinged(&call).await?;
         let by = reference.manifest_reference();
         Ok(self.manifest_digest(&call, &by).await?)
@@ -1636,13 +1606,7 @@ impl Registry for RegistryClient {
 
     async fn tag(&self, digest: &Digest, target: &ImageRef, ctx: &Context) -> Result<(), BoxError> {
         let requests = AtomicU32::new(0);
-        let call = Call {
-            reference: target,
-            push: true,
-            mount_from: None,
-            requests: &requests,
-            ctx,
-        };
+        let call = Call::new(target, true, &requests, ctx);
         self.ensure_pinged(&call).await?;
         let (bytes, media_type) = self.get_manifest(&call, &digest.to_string()).await?;
         let actual = Digest::sha256(&bytes);
