@@ -83,7 +83,7 @@ impl GitChangeDetector {
         let repo = self.repo();
         let mut changed = diff::changed(&repo, base, head)?;
         if self.worktree_counts(&repo, head)?.is_some() {
-            let worktree = worktree::changes(&repo)?;
+            let worktree = worktree::changes(&repo, &[])?;
             changed.paths = worktree::merge(std::mem::take(&mut changed.paths), worktree);
         }
         Ok(changed)
@@ -97,7 +97,18 @@ impl GitChangeDetector {
         let clean = fingerprint::fingerprint(&repo, rev, inputs)?;
         match self.worktree_counts(&repo, rev)? {
             Some(workdir) => {
-                let changes = worktree::changes(&repo)?;
+                // Only the app's own paths are walked, unless a glob may match anywhere.
+                let within: Vec<&str> = if inputs.globs.is_empty() {
+                    inputs
+                        .paths
+                        .iter()
+                        .map(|p| fingerprint::normalize(p))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                let whole = within.iter().any(|p| p.is_empty());
+                let changes = worktree::changes(&repo, if whole { &[] } else { &within })?;
                 fingerprint::with_worktree(clean, workdir, &changes, inputs)
             }
             None => Ok(clean),

@@ -175,7 +175,7 @@ fn lookup(
 }
 
 /// `./apps/api/` and `apps/api` name the same input; `.` and `` name the root.
-fn normalize(path: &str) -> &str {
+pub(crate) fn normalize(path: &str) -> &str {
     let path = path.trim_start_matches("./").trim_matches('/');
     if path == "." { "" } else { path }
 }

@@ -23,7 +23,13 @@ struct Sides {
 ///
 /// A path changed in the index and changed back in the work tree is still reported as
 /// modified: shipflow rather rebuilds once too often than misses a change.
-pub(crate) fn changes(repo: &gix::Repository) -> Result<Vec<ChangedPath>, GitError> {
+///
+/// `within` limits the walk to those paths (files or directories, as git pathspecs);
+/// empty means the whole work tree.
+pub(crate) fn changes(
+    repo: &gix::Repository,
+    within: &[&str],
+) -> Result<Vec<ChangedPath>, GitError> {
     let step = "reading the work tree's status";
     let status = repo
         .status(gix::progress::Discard)
@@ -33,7 +39,7 @@ pub(crate) fn changes(repo: &gix::Repository) -> Result<Vec<ChangedPath>, GitErr
         .dirwalk_options(|options| options.empty_patterns_match_prefix(false))
         .index_worktree_rewrites(None)
         .tree_index_track_renames(gix::status::tree_index::TrackRenames::Disabled)
-        .into_iter(Vec::<gix::bstr::BString>::new())
+        .into_iter(within.iter().map(|p| gix::bstr::BString::from(*p)))
         .map_err(|err| GitError::git(step, err))?;
     let mut sides: BTreeMap<String, Sides> = BTreeMap::new();
     for item in status {

@@ -738,6 +738,31 @@ fn fingerprint_follows_the_inputs(
     );
 }
 
+#[rstest]
+#[case::own_file(edit_own_file, true)]
+#[case::own_new_file(add_own_file, true)]
+#[case::dependency_path(edit_dependency, true)]
+#[case::unrelated_app(edit_unrelated_app, false)]
+#[case::sibling_with_same_prefix(edit_sibling_prefix, false)]
+#[case::outside_every_input(edit_root_lock, false)]
+fn with_only_paths_as_inputs_the_work_tree_is_read_within_them(
+    #[case] change: fn(&Repo),
+    #[case] should_change: bool,
+) {
+    // No glob: only the inputs' own paths are walked for uncommitted changes.
+    let inputs = AppInputs {
+        app: "api".into(),
+        paths: vec!["apps/api".into(), "libs/common/".into()],
+        globs: vec![],
+    };
+    let (repo, _) = base_repo();
+    let detector = repo.detector().include_worktree(true);
+    let before = detector.fingerprint_at("HEAD", &inputs).expect("fp");
+    change(&repo);
+    let after = detector.fingerprint_at("HEAD", &inputs).expect("fp");
+    assert_eq!(before != after, should_change, "{before} vs {after}");
+}
+
 #[test]
 fn fingerprint_of_a_missing_path_is_stable_until_it_appears() {
     let (repo, base) = base_repo();
