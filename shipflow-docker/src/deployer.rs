@@ -97,14 +97,6 @@ impl EngineDeployerBuilder {
         self
     }
 
-    /// Formerly how long a lock lived at most; now ignored. The host lock is an OS
-    /// lock that the kernel releases when its holder's process ends, so a crashed
-    /// deployer blocks no one, and a live one is never overtaken.
-    #[deprecated(note = "ignored: the host lock is released when its holder's process ends")]
-    pub fn lock_ttl(self, _ttl: Duration) -> Self {
-        self
-    }
-
     /// Overrides every target's health probe interval.
     pub fn probe_interval(mut self, interval: Duration) -> Self {
         self.deployer.probe_interval = Some(interval);
