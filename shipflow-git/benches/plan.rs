@@ -1,0 +1,600 @@
+//! `plan` on a generated package.json-workspaces monorepo against a spawned
+//! `git diff --name-only` on the same commits.
+//!
+//! Run with `cargo bench -p shipflow-git --bench plan` (both scales) or
+//! `cargo bench -p shipflow-git --bench plan -- small` (300 apps only). `SHIPFLOW_BENCH_ROUNDS`
+//! sets the rounds (default 7, at least 5).
+//!
+//! Each scale is a repository written with `git fast-import` and checked out: apps under
+//! `apps/`, packages under `packages/`, each with a `package.json` naming its workspace
+//! dependencies, a `shipflow.toml` whose `depends_on` lists the same dependencies (with the
+//! packages' own dependencies, since a package path does not pull in others), a shared
+//! lockfile glob, and a history of small commits with edits, additions, deletions and
+//! renames. The last commit edits three apps and one package with about thirty dependents,
+//! at both scales, so one commit back is the same change on a repository ten times larger.
+//! Repositories are cached under the target directory (`shipflow-bench/`) between runs.
+//!
+//! Each round opens a `GitChangeDetector` and runs `Pipeline::plan`, which is the work of
+//! the CLI's `plan` once the configuration is loaded (loading is timed apart), and spawns
+//! `git diff --name-only` on the same revisions. The affected apps are checked against a
+//! set computed here from `git diff --no-renames --name-only` and the `package.json`
+//! dependency lists.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shipflow_core::{Pipeline, Selection, Workspace};
+use shipflow_git::GitChangeDetector;
+
+/// Bumped whenever the generated repository changes, so a stale cache is never used.
+const GENERATOR_VERSION: u32 = 1;
+const LOCKFILE: &str = "package-lock.json";
+
+/// The size of one generated monorepo.
+#[derive(Debug, Clone, Copy)]
+struct Scale {
+    apps: usize,
+    packages: usize,
+    files: usize,
+    commits: usize,
+}
+
+const SMALL: Scale = Scale {
+    apps: 300,
+    packages: 30,
+    files: 50_000,
+    commits: 150,
+};
+
+const LARGE: Scale = Scale {
+    apps: 3_000,
+    packages: 300,
+    files: 500_000,
+    commits: 150,
+};
+
+/// The median time of each measured operation at one scale.
+struct Figures {
+    one_back: Duration,
+    one_app: Duration,
+    hundred_back: Duration,
+}
+
+fn main() {
+    let small_only = std::env::args().skip(1).any(|arg| arg == "small");
+    let rounds = std::env::var("SHIPFLOW_BENCH_ROUNDS")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(7usize)
+        .max(5);
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+
+    let small = bench(&runtime, SMALL, rounds);
+    if small_only {
+        return;
+    }
+    let large = bench(&runtime, LARGE, rounds);
+    let ratio = |large: Duration, small: Duration| large.as_secs_f64() / small.as_secs_f64();
+    println!("\nlarge / small (goal for one commit back: at most 1.5)");
+    println!(
+        "  one commit back {:.2}, one app selected {:.2}, 100 commits back {:.2}",
+        ratio(large.one_back, small.one_back),
+        ratio(large.one_app, small.one_app),
+        ratio(large.hundred_back, small.hundred_back),
+    );
+}
+
+fn bench(runtime: &tokio::runtime::Runtime, scale: Scale, rounds: usize) -> Figures {
+    let model = Model::new(scale);
+    let root = cached_repository(&model);
+    println!(
+        "\n{} apps, {} packages, {} files, {} commits: {}",
+        scale.apps,
+        scale.packages,
+        scale.files,
+        scale.commits,
+        root.display()
+    );
+
+    let config = root.join("shipflow.toml");
+    let load = median(rounds, || {
+        Workspace::load(&config).expect("load shipflow.toml");
+    });
+    let workspace = Workspace::load(&config).expect("load shipflow.toml");
+    println!("  load shipflow.toml: {load:.2?} (median of {rounds})");
+
+    let plan = |base: &str, selection: &Selection| {
+        let detector = GitChangeDetector::open(&root).expect("open the generated repository");
+        let pipeline = Pipeline::builder(workspace.clone())
+            .detector(Arc::new(detector))
+            .build()
+            .expect("a pipeline");
+        runtime
+            .block_on(pipeline.plan(Some(base), "HEAD", selection))
+            .expect("plan")
+    };
+
+    let everything = Selection::default();
+    let one_app = Selection {
+        all: false,
+        apps: vec![model.last_commit_apps[0].clone()],
+    };
+    let mut figures = Vec::new();
+    for (label, base, selection) in [
+        ("one commit back", "HEAD~1", &everything),
+        ("one commit back, one app selected", "HEAD~1", &one_app),
+        ("100 commits back", "HEAD~100", &everything),
+    ] {
+        // The same answer as the diff and the dependency lists give.
+        let planned = plan(base, selection);
+        let expected = model.affected(&git(
+            &root,
+            &["diff", "--no-renames", "--name-only", base, "HEAD"],
+        ));
+        let expected: BTreeSet<String> = expected
+            .into_iter()
+            .filter(|app| selection.apps.is_empty() || selection.apps.contains(app))
+            .collect();
+        let got: BTreeSet<String> = planned.apps.iter().map(|a| a.app.clone()).collect();
+        assert_eq!(
+            got, expected,
+            "{label}: plan and the independent computation disagree"
+        );
+        let listed = git(&root, &["diff", "--name-only", base, "HEAD"])
+            .lines()
+            .count();
+        assert_eq!(
+            planned.changed_paths, listed,
+            "{label}: changed paths differ from git diff"
+        );
+
+        // Interleaved, so a burst of load hits both sides alike.
+        let mut plan_times = Vec::with_capacity(rounds);
+        let mut git_times = Vec::with_capacity(rounds);
+        for _ in 0..rounds {
+            plan_times.push(timed(|| {
+                plan(base, selection);
+            }));
+            git_times.push(timed(|| {
+                git(&root, &["diff", "--name-only", base, "HEAD"]);
+            }));
+        }
+        let (plan_median, git_median) = (middle(plan_times), middle(git_times));
+        println!(
+            "  {label}: {} paths, {} apps affected; plan {plan_median:.2?}, git diff --name-only {git_median:.2?}, plan/git = {:.1} (median of {rounds})",
+            listed,
+            got.len(),
+            plan_median.as_secs_f64() / git_median.as_secs_f64()
+        );
+        figures.push(plan_median);
+    }
+    Figures {
+        one_back: figures[0],
+        one_app: figures[1],
+        hundred_back: figures[2],
+    }
+}
+
+fn timed(f: impl FnOnce()) -> Duration {
+    let started = Instant::now();
+    f();
+    started.elapsed()
+}
+
+fn middle(mut times: Vec<Duration>) -> Duration {
+    times.sort();
+    times[times.len() / 2]
+}
+
+fn median(rounds: usize, mut f: impl FnMut()) -> Duration {
+    middle((0..rounds).map(|_| timed(&mut f)).collect())
+}
+
+fn git(repo: &Path, args: &[&str]) -> String {
+    let out = git_command(repo, args).output().expect("the git CLI");
+    assert!(
+        out.status.success(),
+        "git {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn git_command(repo: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new("git");
+    command
+        .args(args)
+        .current_dir(repo)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1");
+    command
+}
+
+/// A deterministic xorshift generator: the same repository on every run.
+struct Random(u64);
+
+impl Random {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// An app or a package: its directory, its files, its direct workspace dependencies.
+struct Project {
+    name: String,
+    dir: String,
+    /// Indices into `Model::packages`.
+    deps: Vec<usize>,
+    files: Vec<String>,
+}
+
+impl Project {
+    fn package_json(&self, packages: &[Project]) -> String {
+        let deps: Vec<String> = self
+            .deps
+            .iter()
+            .map(|&p| format!("    \"@acme/{}\": \"*\"", packages[p].name))
+            .collect();
+        format!(
+            "{{\n  \"name\": \"@acme/{}\",\n  \"private\": true,\n  \"dependencies\": {{\n{}\n  }}\n}}\n",
+            self.name,
+            deps.join(",\n")
+        )
+    }
+}
+
+/// One change of a commit.
+enum Edit {
+    Modify(String),
+    Add(String),
+    Delete(String),
+    Rename(String, String),
+}
+
+/// The repository's content and history, computed before anything is written.
+struct Model {
+    scale: Scale,
+    apps: Vec<Project>,
+    packages: Vec<Project>,
+    /// Files outside apps and packages.
+    docs: Vec<String>,
+    /// Commits after the first, oldest first.
+    history: Vec<Vec<Edit>>,
+    /// The apps whose own files the last commit edits.
+    last_commit_apps: Vec<String>,
+}
+
+impl Model {
+    fn new(scale: Scale) -> Self {
+        let mut random = Random(0x2545_f491_4f6c_dd1d);
+        let projects = scale.apps + scale.packages;
+        let per_project = scale.files / projects - 1;
+        // Packages in groups of ten: the first five depend on nothing, the other five on
+        // one or two of the first five, like ui kits over utilities.
+        let packages: Vec<Project> = (0..scale.packages)
+            .map(|i| {
+                let group = i - i % 10;
+                let deps = if i % 10 < 5 {
+                    Vec::new()
+                } else {
+                    let mut deps = vec![group + random.below(5)];
+                    deps.push(group + random.below(5));
+                    deps.truncate(1 + random.below(2));
+                    deps.sort_unstable();
+                    deps.dedup();
+                    deps.retain(|&d| d < scale.packages);
+                    deps
+                };
+                project(format!("pkg-{i:03}"), "packages", deps, per_project)
+            })
+            .collect();
+        let apps: Vec<Project> = (0..scale.apps)
+            .map(|i| {
+                let mut deps: Vec<usize> = (0..1 + random.below(3))
+                    .map(|_| random.below(scale.packages))
+                    .collect();
+                deps.sort_unstable();
+                deps.dedup();
+                project(format!("app-{i:04}"), "apps", deps, per_project)
+            })
+            .collect();
+        let docs_count = scale.files - projects * (per_project + 1) - 3;
+        let docs = (0..docs_count)
+            .map(|i| format!("docs/d{:02}/page-{i}.md", i % 20))
+            .collect();
+        let mut model = Self {
+            scale,
+            apps,
+            packages,
+            docs,
+            history: Vec::new(),
+            last_commit_apps: Vec::new(),
+        };
+        model.make_history(&mut random);
+        model
+    }
+
+    /// Small commits: edits of three files, every tenth adds one, every tenth (offset five)
+    /// deletes one, every 25th renames a file from one app to another, some touch docs.
+    /// The last edits three apps and the package whose dependents are closest to thirty.
+    /// `self`'s file lists stay those of the first commit.
+    fn make_history(&mut self, random: &mut Random) {
+        let apps = self.apps.len();
+        // Every project's files as the history goes: apps first, then packages.
+        let mut live: Vec<Vec<String>> = self
+            .apps
+            .iter()
+            .chain(&self.packages)
+            .map(|p| p.files.clone())
+            .collect();
+        for n in 0..self.scale.commits - 1 {
+            let mut edits = Vec::new();
+            for _ in 0..3 {
+                let files = &live[random.below(live.len())];
+                edits.push(Edit::Modify(files[random.below(files.len())].clone()));
+            }
+            match n % 10 {
+                0 => {
+                    let app = random.below(apps);
+                    let path = format!("{}/src/new/n{n}.ts", self.apps[app].dir);
+                    live[app].push(path.clone());
+                    edits.push(Edit::Add(path));
+                }
+                5 => {
+                    // Never the package.json, which comes first.
+                    let files = &mut live[random.below(apps)];
+                    let file = 1 + random.below(files.len() - 1);
+                    edits.push(Edit::Delete(files.remove(file)));
+                }
+                _ => {}
+            }
+            if n % 25 == 12 {
+                let (from, to) = (random.below(apps), random.below(apps));
+                let file = 1 + random.below(live[from].len() - 1);
+                let old = live[from].remove(file);
+                let new = format!("{}/src/moved/r{n}.ts", self.apps[to].dir);
+                live[to].push(new.clone());
+                edits.push(Edit::Rename(old, new));
+            }
+            if n % 7 == 3 {
+                edits.push(Edit::Modify(
+                    self.docs[random.below(self.docs.len())].clone(),
+                ));
+            }
+            self.history.push(edits);
+        }
+
+        let dependents = self.dependents();
+        let package = (0..self.packages.len())
+            .min_by_key(|p| dependents[*p].len().abs_diff(30))
+            .expect("at least one package");
+        let mut edits = vec![Edit::Modify(self.packages[package].files[1].clone())];
+        for _ in 0..3 {
+            let app = random.below(apps);
+            edits.push(Edit::Modify(live[app][1].clone()));
+            self.last_commit_apps.push(self.apps[app].name.clone());
+        }
+        self.history.push(edits);
+    }
+
+    /// For each package, the apps that use it, directly or through other packages: a walk
+    /// up the reverse `package.json` edges.
+    fn dependents(&self) -> Vec<BTreeSet<String>> {
+        let mut used_by_packages: Vec<Vec<usize>> = vec![Vec::new(); self.packages.len()];
+        let mut used_by_apps: Vec<Vec<usize>> = vec![Vec::new(); self.packages.len()];
+        for (p, package) in self.packages.iter().enumerate() {
+            for &dep in &package.deps {
+                used_by_packages[dep].push(p);
+            }
+        }
+        for (a, app) in self.apps.iter().enumerate() {
+            for &dep in &app.deps {
+                used_by_apps[dep].push(a);
+            }
+        }
+        (0..self.packages.len())
+            .map(|start| {
+                let mut apps = BTreeSet::new();
+                let mut seen = BTreeSet::from([start]);
+                let mut queue = vec![start];
+                while let Some(p) = queue.pop() {
+                    apps.extend(used_by_apps[p].iter().map(|&a| self.apps[a].name.clone()));
+                    for &up in &used_by_packages[p] {
+                        if seen.insert(up) {
+                            queue.push(up);
+                        }
+                    }
+                }
+                apps
+            })
+            .collect()
+    }
+
+    /// The apps that `git diff --no-renames --name-only` output touches: their own
+    /// files, the packages they use, or the shared lockfile.
+    fn affected(&self, diff: &str) -> BTreeSet<String> {
+        let dependents = self.dependents();
+        let package_index: BTreeMap<&str, usize> = self
+            .packages
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.name.as_str(), i))
+            .collect();
+        let mut affected = BTreeSet::new();
+        for path in diff.lines() {
+            let mut parts = path.splitn(3, '/');
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some(LOCKFILE), None, None) => {
+                    return self.apps.iter().map(|a| a.name.clone()).collect();
+                }
+                (Some("apps"), Some(app), Some(_)) => {
+                    affected.insert(app.to_owned());
+                }
+                (Some("packages"), Some(package), Some(_)) => {
+                    affected.extend(dependents[package_index[package]].iter().cloned());
+                }
+                _ => {}
+            }
+        }
+        affected
+    }
+
+    /// `shipflow.toml`: each app with the packages it uses, the packages' own included.
+    fn shipflow_toml(&self) -> String {
+        let mut toml = format!(
+            "[workspace]\nregistry = \"registry.example.com/acme\"\nshared = [\"{LOCKFILE}\"]\n"
+        );
+        for app in &self.apps {
+            let mut uses = BTreeSet::new();
+            let mut stack = app.deps.clone();
+            while let Some(p) = stack.pop() {
+                if uses.insert(p) {
+                    stack.extend(&self.packages[p].deps);
+                }
+            }
+            let deps: Vec<String> = uses
+                .iter()
+                .map(|&p| format!("\"{}\"", self.packages[p].dir))
+                .collect();
+            toml.push_str(&format!(
+                "\n[apps.{}]\ndepends_on = [{}]\n",
+                app.name,
+                deps.join(", ")
+            ));
+        }
+        toml
+    }
+
+    /// The first commit: every file.
+    fn first_commit(&self, out: &mut impl Write) -> std::io::Result<()> {
+        let root_json = "{\n  \"name\": \"acme\",\n  \"private\": true,\n  \"workspaces\": [\"apps/*\", \"packages/*\"]\n}\n";
+        inline(out, "package.json", root_json)?;
+        inline(out, LOCKFILE, "{ \"lockfileVersion\": 3 }\n")?;
+        inline(out, "shipflow.toml", &self.shipflow_toml())?;
+        for project in self.packages.iter().chain(&self.apps) {
+            let (manifest, sources) = project.files.split_first().expect("a package.json");
+            inline(out, manifest, &project.package_json(&self.packages))?;
+            for file in sources {
+                inline(out, file, &format!("export const id = \"{file}\";\n"))?;
+            }
+        }
+        for file in &self.docs {
+            inline(out, file, &format!("# {file}\n"))?;
+        }
+        Ok(())
+    }
+}
+
+fn project(name: String, parent: &str, deps: Vec<usize>, sources: usize) -> Project {
+    let dir = format!("{parent}/{name}");
+    let mut files = vec![format!("{dir}/package.json")];
+    files.extend((0..sources).map(|i| format!("{dir}/src/m{:02}/f{:02}.ts", i / 10, i % 10)));
+    Project {
+        name,
+        dir,
+        deps,
+        files,
+    }
+}
+
+fn inline(out: &mut impl Write, path: &str, content: &str) -> std::io::Result<()> {
+    write!(
+        out,
+        "M 100644 inline {path}\ndata {}\n{content}\n",
+        content.len()
+    )
+}
+
+/// The generated repository for `model`, from the cache when it is there.
+fn cached_repository(model: &Model) -> PathBuf {
+    let s = model.scale;
+    let name = format!(
+        "plan-v{GENERATOR_VERSION}-{}apps-{}packages-{}files-{}commits",
+        s.apps, s.packages, s.files, s.commits
+    );
+    let cache = cache_dir();
+    let root = cache.join(&name);
+    let done = root.join(".git/shipflow-bench-complete");
+    if done.exists() {
+        return root;
+    }
+    let partial = cache.join(format!("{name}.partial"));
+    if partial.exists() {
+        std::fs::remove_dir_all(&partial).expect("remove a half-generated repository");
+    }
+    std::fs::create_dir_all(&partial).expect("create the cache directory");
+    let started = Instant::now();
+    generate(&partial, model);
+    std::fs::write(partial.join(".git/shipflow-bench-complete"), "").expect("mark complete");
+    if root.exists() {
+        std::fs::remove_dir_all(&root).expect("remove a stale repository");
+    }
+    std::fs::rename(&partial, &root).expect("move the repository into the cache");
+    println!("generated {} in {:.1?}", root.display(), started.elapsed());
+    root
+}
+
+/// `shipflow-bench/` in the target directory this bench was built in, else in the temp dir.
+fn cache_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the bench's path");
+    // <target>/release/deps/plan-<hash>
+    match exe.ancestors().nth(3) {
+        Some(target) if target.join("release").is_dir() => target.join("shipflow-bench"),
+        _ => std::env::temp_dir().join("shipflow-bench"),
+    }
+}
+
+/// Writes the history with one `git fast-import` stream, then checks out `main`.
+fn generate(repo: &Path, model: &Model) {
+    git(repo, &["init", "-q", "-b", "main"]);
+    let mut child = git_command(repo, &["fast-import", "--quiet"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("git fast-import");
+    let stdin = child.stdin.take().expect("piped stdin");
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, stdin);
+    let mut time = 1_700_000_000u64;
+    let mut header = |out: &mut std::io::BufWriter<_>, message: &str| {
+        time += 60;
+        write!(
+            out,
+            "commit refs/heads/main\ncommitter Bench <bench@example.com> {time} +0000\ndata {}\n{message}\n",
+            message.len() + 1
+        )
+    };
+    header(&mut out, "first").expect("write to fast-import");
+    model.first_commit(&mut out).expect("write to fast-import");
+    for (n, edits) in model.history.iter().enumerate() {
+        header(&mut out, &format!("change {n}")).expect("write to fast-import");
+        for edit in edits {
+            match edit {
+                Edit::Modify(path) | Edit::Add(path) => inline(
+                    &mut out,
+                    path,
+                    &format!("export const id = \"{path} {n}\";\n"),
+                ),
+                Edit::Delete(path) => writeln!(out, "D {path}"),
+                Edit::Rename(from, to) => writeln!(out, "R {from} {to}"),
+            }
+            .expect("write to fast-import");
+        }
+        writeln!(out).expect("write to fast-import");
+    }
+    drop(out);
+    let status = child.wait().expect("wait for fast-import");
+    assert!(status.success(), "git fast-import failed");
+    // A real clone has its files checked out and an index: the work tree is there to be
+    // (not) looked at.
+    git(repo, &["reset", "-q", "--hard", "main"]);
+}
