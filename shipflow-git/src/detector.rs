@@ -8,15 +8,25 @@ use shipflow_core::{
     AppInputs, BoxError, ChangeDetector, ChangedPaths, Context, Fingerprint, RevisionInfo,
 };
 
+use tracing::debug;
+
+use crate::revision::RevisionOptions;
 use crate::{GitError, diff, fingerprint, revision, worktree};
 
 /// Finds changed paths and fingerprints in a git repository, with gix (no `git` process).
 ///
 /// Cheap to clone; the trait methods run on tokio's blocking pool.
+///
+/// It reads no environment variable: what CI knows (the branch of a detached `HEAD`) is
+/// passed in with [`detached_head_branch`](Self::detached_head_branch). The work tree and
+/// the index are read only with [`include_worktree`](Self::include_worktree) on; without
+/// it, everything comes from the commits' trees, at a cost that follows the change rather
+/// than the repository's size.
 #[derive(Clone)]
 pub struct GitChangeDetector {
     inner: Arc<Inner>,
     include_worktree: bool,
+    detached_head_branch: Option<String>,
 }
 
 struct Inner {
@@ -30,6 +40,7 @@ impl std::fmt::Debug for GitChangeDetector {
             .field("git_dir", &self.inner.repo.git_dir())
             .field("workdir", &self.inner.workdir)
             .field("include_worktree", &self.include_worktree)
+            .field("detached_head_branch", &self.detached_head_branch)
             .finish()
     }
 }
@@ -42,12 +53,14 @@ impl GitChangeDetector {
             path: path.to_path_buf(),
         })?;
         let workdir = repo.workdir().map(Path::to_path_buf);
+        debug!(git_dir = %repo.git_dir().display(), workdir = ?workdir, "opened repository");
         Ok(Self {
             inner: Arc::new(Inner {
                 repo: repo.into_sync(),
                 workdir,
             }),
             include_worktree: false,
+            detached_head_branch: None,
         })
     }
 
@@ -56,9 +69,19 @@ impl GitChangeDetector {
     /// ignored (for local runs before committing). Off by default.
     ///
     /// The work tree only counts when `head` resolves to `HEAD`'s commit (and the repository
-    /// is not bare); for any other head revision it is ignored.
+    /// is not bare); for any other head revision it is ignored. It is also what makes
+    /// [`revision_info`](Self::revision_info) look for uncommitted changes (`dirty`).
     pub fn include_worktree(mut self, include: bool) -> Self {
         self.include_worktree = include;
+        self
+    }
+
+    /// The branch to report when `HEAD` is detached, as CI checkouts leave it; `None` (the
+    /// default) or an empty name reports no branch. The caller says where it comes from:
+    /// GitHub Actions names it in `GITHUB_HEAD_REF` (pull requests) or `GITHUB_REF_NAME`,
+    /// GitLab in `CI_COMMIT_REF_NAME`. An attached `HEAD` reports its own branch.
+    pub fn detached_head_branch(mut self, branch: Option<String>) -> Self {
+        self.detached_head_branch = branch.filter(|name| !name.is_empty());
         self
     }
 
@@ -85,6 +108,10 @@ impl GitChangeDetector {
         if self.worktree_counts(&repo, head)?.is_some() {
             let worktree = worktree::changes(&repo, &[])?;
             changed.paths = worktree::merge(std::mem::take(&mut changed.paths), worktree);
+            debug!(
+                paths = changed.paths.len(),
+                "merged the work tree's changes"
+            );
         }
         Ok(changed)
     }
@@ -109,7 +136,9 @@ impl GitChangeDetector {
                 };
                 let whole = within.iter().any(|p| p.is_empty());
                 let changes = worktree::changes(&repo, if whole { &[] } else { &within })?;
-                fingerprint::with_worktree(clean, workdir, &changes, inputs)
+                let fingerprint = fingerprint::with_worktree(clean, workdir, &changes, inputs)?;
+                debug!(app = %inputs.app, rev, fingerprint = %fingerprint.short(), "fingerprint with the work tree");
+                Ok(fingerprint)
             }
             None => Ok(clean),
         }
@@ -122,23 +151,37 @@ impl GitChangeDetector {
         repo: &gix::Repository,
         rev: &str,
     ) -> Result<Option<&Path>, GitError> {
-        match self.inner.workdir.as_deref() {
-            Some(workdir)
-                if self.include_worktree
-                    && revision::head_commit(repo)?
-                        == Some(revision::resolve_commit(repo, rev)?) =>
-            {
-                Ok(Some(workdir))
-            }
-            _ => Ok(None),
+        if !self.include_worktree {
+            return Ok(None);
         }
+        let Some(workdir) = self.inner.workdir.as_deref() else {
+            debug!("a bare repository: no work tree to include");
+            return Ok(None);
+        };
+        let head = revision::head_commit(repo)?;
+        if head != Some(revision::resolve_commit(repo, rev)?) {
+            debug!(
+                rev,
+                "the work tree does not count: {rev} is not HEAD's commit"
+            );
+            return Ok(None);
+        }
+        Ok(Some(workdir))
     }
 
-    /// Commit id, branch, exact tag and commit time of `rev`. `dirty` is set when `rev` is
-    /// `HEAD` and tracked files in the work tree or index differ from it (untracked files
-    /// do not count).
+    /// Commit id, branch, exact tag and commit time of `rev`. The branch of a detached
+    /// `HEAD` is the one given to [`detached_head_branch`](Self::detached_head_branch).
+    ///
+    /// `dirty` is only looked for with [`include_worktree`](Self::include_worktree) on,
+    /// because it reads the whole index and work tree (as `git status` does); it is then set
+    /// when `rev` is `HEAD` and tracked files in the work tree or index differ from it
+    /// (untracked files do not count). With the option off it is `false`.
     pub fn revision_info(&self, rev: &str) -> Result<RevisionInfo, GitError> {
-        revision::revision_info(&self.repo(), rev)
+        let options = RevisionOptions {
+            detached_head_branch: self.detached_head_branch.as_deref(),
+            check_dirty: self.include_worktree,
+        };
+        revision::revision_info(&self.repo(), rev, options)
     }
 
     fn repo(&self) -> gix::Repository {

@@ -7,6 +7,8 @@ use gix::objs::TreeRefIter;
 use gix::worktree::stack::state::attributes::Source as AttributeSource;
 use shipflow_core::{ChangeKind, ChangedPath, ChangedPaths};
 
+use tracing::debug;
+
 use crate::GitError;
 use crate::revision::{resolve_base, resolve_commit};
 
@@ -19,6 +21,7 @@ pub(crate) fn changed(
     let base_id = resolve_base(repo, base)?;
     let head_id = resolve_commit(repo, head)?;
     let paths = changed_between(repo, base_id, head_id)?;
+    debug!(base, head, %base_id, %head_id, paths = paths.len(), "diffed the commits' trees");
     Ok(ChangedPaths {
         base: Some(base_id.to_string()),
         head: head_id.to_string(),

@@ -3,11 +3,9 @@
 
 use gix::ObjectId;
 use shipflow_core::RevisionInfo;
+use tracing::debug;
 
 use crate::GitError;
-
-/// The CI variables that name the branch when `HEAD` is detached, in order of preference.
-const CI_BRANCH_VARIABLES: [&str; 3] = ["GITHUB_HEAD_REF", "GITHUB_REF_NAME", "CI_COMMIT_REF_NAME"];
 
 /// Resolves `rev` to a commit id, peeling annotated tags.
 pub(crate) fn resolve_commit(repo: &gix::Repository, rev: &str) -> Result<ObjectId, GitError> {
@@ -16,7 +14,10 @@ pub(crate) fn resolve_commit(repo: &gix::Repository, rev: &str) -> Result<Object
         Err(_) => return Err(unresolved(repo, rev)),
     };
     match id.object().and_then(|object| object.peel_to_commit()) {
-        Ok(commit) => Ok(commit.id),
+        Ok(commit) => {
+            debug!(rev, commit = %commit.id, "resolved revision");
+            Ok(commit.id)
+        }
         Err(_) => Err(unresolved(repo, rev)),
     }
 }
@@ -35,7 +36,10 @@ pub(crate) fn resolve_base(repo: &gix::Repository, base: &str) -> Result<ObjectI
         rev: format!("the merge base of {left} and {right}"),
     };
     match repo.merge_base(one, two) {
-        Ok(Some(id)) => Ok(id.detach()),
+        Ok(Some(id)) => {
+            debug!(left, right, merge_base = %id, "resolved base");
+            Ok(id.detach())
+        }
         Ok(None) if is_shallow(repo) => Err(shallow()),
         Ok(None) => Err(GitError::NoMergeBase {
             base: left.to_owned(),
@@ -93,19 +97,37 @@ pub(crate) fn default_base(repo: &gix::Repository) -> Result<Option<String>, Git
         "main",
         "master",
     ] {
-        if let Ok(id) = resolve_commit(repo, candidate)
-            && id != head
-        {
-            return Ok(Some(format!("{candidate}...HEAD")));
+        match resolve_commit(repo, candidate) {
+            Ok(id) if id != head => {
+                debug!(candidate, "default base: an upstream other than HEAD");
+                return Ok(Some(format!("{candidate}...HEAD")));
+            }
+            Ok(_) => debug!(candidate, "default base: skipped, it is HEAD's commit"),
+            Err(_) => debug!(candidate, "default base: skipped, it does not resolve"),
         }
     }
-    Ok(resolve_commit(repo, "HEAD~1")
+    let parent = resolve_commit(repo, "HEAD~1")
         .ok()
-        .map(|_| "HEAD~1".to_owned()))
+        .map(|_| "HEAD~1".to_owned());
+    debug!(base = ?parent, "default base: no upstream, HEAD's parent if any");
+    Ok(parent)
+}
+
+/// What [`revision_info`] may use besides the repository.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct RevisionOptions<'a> {
+    /// The branch to report when `HEAD` is detached, as the caller knows it.
+    pub(crate) detached_head_branch: Option<&'a str>,
+    /// Whether to read the index and work tree for `dirty`.
+    pub(crate) check_dirty: bool,
 }
 
 /// Facts about `rev` for tag templates.
-pub(crate) fn revision_info(repo: &gix::Repository, rev: &str) -> Result<RevisionInfo, GitError> {
+pub(crate) fn revision_info(
+    repo: &gix::Repository,
+    rev: &str,
+    options: RevisionOptions<'_>,
+) -> Result<RevisionInfo, GitError> {
     let id = resolve_commit(repo, rev)?;
     let commit = repo
         .find_commit(id)
@@ -113,14 +135,24 @@ pub(crate) fn revision_info(repo: &gix::Repository, rev: &str) -> Result<Revisio
     let committed_at = commit.time().ok().map(|time| time.seconds);
     let sha = id.to_string();
     let short_sha = sha[..7].to_owned();
-    Ok(RevisionInfo {
-        branch: branch(repo, rev)?,
+    let info = RevisionInfo {
+        branch: branch(repo, rev, options.detached_head_branch)?,
         tag: exact_tag(repo, id)?,
         sha,
         short_sha,
-        dirty: is_dirty(repo, rev)?,
+        dirty: options.check_dirty && is_dirty(repo, rev)?,
         committed_at,
-    })
+    };
+    debug!(
+        rev,
+        sha = %info.sha,
+        branch = ?info.branch,
+        tag = ?info.tag,
+        dirty = info.dirty,
+        dirty_checked = options.check_dirty,
+        "revision facts"
+    );
+    Ok(info)
 }
 
 /// Whether the work tree or index differ from `HEAD` (untracked files do not count).
@@ -129,6 +161,7 @@ fn is_dirty(repo: &gix::Repository, rev: &str) -> Result<bool, GitError> {
     if !is_head(rev) || repo.workdir().is_none() {
         return Ok(false);
     }
+    debug!("reading the index and work tree for uncommitted changes");
     repo.is_dirty()
         .map_err(|err| GitError::git("checking the work tree for changes", err))
 }
@@ -138,8 +171,12 @@ fn is_head(rev: &str) -> bool {
 }
 
 /// The branch `rev` is on: `HEAD`'s branch when attached, the branch itself when `rev` names
-/// a local branch, the CI's variables when `HEAD` is detached.
-fn branch(repo: &gix::Repository, rev: &str) -> Result<Option<String>, GitError> {
+/// a local branch, the caller's `detached` (from CI) when `HEAD` is detached.
+fn branch(
+    repo: &gix::Repository,
+    rev: &str,
+    detached: Option<&str>,
+) -> Result<Option<String>, GitError> {
     if is_head(rev) {
         let head = repo
             .head()
@@ -147,10 +184,8 @@ fn branch(repo: &gix::Repository, rev: &str) -> Result<Option<String>, GitError>
         if let Some(name) = head.referent_name() {
             return Ok(Some(name.shorten().to_string()));
         }
-        return Ok(CI_BRANCH_VARIABLES
-            .iter()
-            .filter_map(|name| std::env::var(name).ok())
-            .find(|value| !value.is_empty()));
+        debug!(branch = ?detached, "HEAD is detached: the branch is the caller's");
+        return Ok(detached.map(str::to_owned));
     }
     let local = format!("refs/heads/{rev}");
     Ok(repo

@@ -7,6 +7,8 @@ use gix::status::index_worktree::Item as WorktreeItem;
 use gix::status::plumbing::index_as_worktree::{Change as WorktreeChange, EntryStatus};
 use shipflow_core::{ChangeKind, ChangedPath};
 
+use tracing::debug;
+
 use crate::GitError;
 
 /// What is known about one path on each side: `None` means "same as the next side in".
@@ -46,6 +48,7 @@ pub(crate) fn changes(
         let item = item.map_err(|err| GitError::git(step, err))?;
         record(&mut sides, item);
     }
+    debug!(within = ?within, paths = sides.len(), "read the index and work tree");
     Ok(sides
         .into_iter()
         .filter_map(|(path, sides)| {

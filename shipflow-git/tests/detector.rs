@@ -600,23 +600,82 @@ fn dirty_matches_git_status(#[case] change: fn(&Repo), #[case] dirty: bool) {
     change(&repo);
     let porcelain = repo.git(&["status", "--porcelain", "--untracked-files=no"]);
     assert_eq!(!porcelain.is_empty(), dirty, "git status says: {porcelain}");
-    let detector = repo.detector();
+    let detector = repo.detector().include_worktree(true);
     assert_eq!(detector.revision_info("HEAD").expect("info").dirty, dirty);
     // Only HEAD has a work tree.
     assert!(!detector.revision_info("HEAD~1").expect("info").dirty);
+    // Without the work tree option, the work tree is not looked at.
+    assert!(!repo.detector().revision_info("HEAD").expect("info").dirty);
 }
 
 #[test]
-fn detached_head_falls_back_to_ci_variables() {
+fn without_the_worktree_option_neither_index_nor_work_tree_is_read() {
+    let repo = history();
+    let inputs = AppInputs {
+        app: "api".into(),
+        paths: vec!["a.txt".into()],
+        globs: vec!["*.txt".into()],
+    };
+    let detector = repo.detector();
+    let read = |detector: &GitChangeDetector| {
+        (
+            detector.changed("HEAD~2", "HEAD").expect("diff"),
+            detector.revision_info("HEAD").expect("info"),
+            detector.fingerprint_at("HEAD", &inputs).expect("fp"),
+        )
+    };
+    let before = read(&detector);
+    // An index git itself cannot read, and every tracked file deleted: `git status` fails,
+    // the detector answers as before.
+    std::fs::write(repo.path(".git/index"), "not an index").expect("write the index");
+    for entry in std::fs::read_dir(&repo.root).expect("list the work tree") {
+        let path = entry.expect("an entry").path();
+        if path.file_name() != Some(".git".as_ref()) {
+            std::fs::remove_dir_all(&path)
+                .or_else(|_| std::fs::remove_file(&path))
+                .expect("remove from the work tree");
+        }
+    }
+    assert!(repo.try_git(&["status", "--porcelain"]).is_err());
+    assert_eq!(read(&detector), before);
+    assert_eq!(read(&repo.detector()), before);
+    // The work tree option does read them, and says so.
+    let err = repo
+        .detector()
+        .include_worktree(true)
+        .revision_info("HEAD")
+        .expect_err("a broken index");
+    assert!(err.to_string().contains("work tree"), "{err}");
+}
+
+#[test]
+fn detached_head_reports_the_branch_the_caller_gives() {
     let repo = history();
     repo.git(&["checkout", "-q", "--detach", "HEAD~1"]);
+    // No environment variable is read (in CI, GITHUB_REF_NAME and the like are set).
     let info = repo.detector().revision_info("HEAD").expect("info");
-    let from_ci = ["GITHUB_HEAD_REF", "GITHUB_REF_NAME", "CI_COMMIT_REF_NAME"]
-        .iter()
-        .filter_map(|name| std::env::var(name).ok())
-        .find(|value| !value.is_empty());
-    assert_eq!(info.branch, from_ci);
+    assert_eq!(info.branch, None);
     assert_eq!(info.sha, repo.rev("HEAD"));
+    let given = repo
+        .detector()
+        .detached_head_branch(Some("feature/x".into()))
+        .revision_info("HEAD")
+        .expect("info");
+    assert_eq!(given.branch.as_deref(), Some("feature/x"));
+    let empty = repo
+        .detector()
+        .detached_head_branch(Some(String::new()))
+        .revision_info("HEAD")
+        .expect("info");
+    assert_eq!(empty.branch, None, "an empty name is no name");
+    // An attached HEAD reports its own branch.
+    repo.git(&["checkout", "-q", "main"]);
+    let attached = repo
+        .detector()
+        .detached_head_branch(Some("feature/x".into()))
+        .revision_info("HEAD")
+        .expect("info");
+    assert_eq!(attached.branch.as_deref(), Some("main"));
 }
 
 fn api_inputs() -> AppInputs {
@@ -819,6 +878,58 @@ fn fingerprint_treats_paths_through_files_and_submodules_as_absent() {
     // `./apps/api/` and `apps/api` are the same input; `.` is the whole tree.
     assert_eq!(fp(&["./apps/api/"]), fp(&["apps/api"]));
     assert_ne!(fp(&["."]), fp(&["apps/api"]));
+}
+
+/// A glob input covers the committed files `git ls-files ':(glob)…'` matches: a file is
+/// covered when editing it alone changes the fingerprint.
+#[rstest]
+#[case::root_file("package-lock.json")]
+#[case::root_wildcard("*.lock")]
+#[case::one_level_below("proto/*/*.proto")]
+#[case::everything_under("packages/common/**")]
+#[case::at_any_depth("**/*.lock")]
+#[case::bracket_class("apps/[ab]pi/*.txt")]
+#[case::deep_file("apps/api/Dockerfile")]
+fn a_glob_input_covers_the_files_git_matches(#[case] glob: &str) {
+    let files = [
+        "package-lock.json",
+        "Cargo.lock",
+        "apps/web/yarn.lock",
+        "proto/v1/a.proto",
+        "proto/v1/old/b.proto",
+        "proto/c.proto",
+        "packages/common/src/deep/x.ts",
+        "packages/common/y.ts",
+        "packages/commons/z.ts",
+        "apps/api/Dockerfile",
+        "apps/api/src/Dockerfile",
+        "apps/api/x.txt",
+        "apps/bpi/y.txt",
+        "apps/cpi/z.txt",
+        "docs/package-lock.json",
+    ];
+    let repo = Repo::new();
+    for file in files {
+        repo.write(file, "v1\n");
+    }
+    let base = repo.commit("all");
+    let listed = repo.git(&["ls-files", &format!(":(glob){glob}")]);
+    let expected: Vec<&str> = listed.lines().collect();
+    assert!(!expected.is_empty(), "git matches nothing for {glob}");
+    let inputs = AppInputs {
+        app: "x".into(),
+        paths: vec![],
+        globs: vec![glob.into()],
+    };
+    let detector = repo.detector();
+    let at_base = detector.fingerprint_at(&base, &inputs).expect("fp");
+    for file in files {
+        repo.git(&["checkout", "-q", "--detach", &base]);
+        repo.write(file, "v2\n");
+        let edited = repo.commit(file);
+        let covered = detector.fingerprint_at(&edited, &inputs).expect("fp") != at_base;
+        assert_eq!(covered, expected.contains(&file), "{glob} and {file}");
+    }
 }
 
 #[test]
@@ -1123,4 +1234,61 @@ fn committed_rename_then_worktree_change(#[case] change: fn(&Repo), #[case] expe
         .changed(&base, "HEAD")
         .expect("changed with work tree");
     assert_eq!(result.paths, vec![expected]);
+}
+
+/// A log sink for one test: what a `fmt` subscriber writes, kept in memory.
+#[derive(Clone, Default)]
+struct LogBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .expect("the log buffer's lock")
+            .extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn rust_log_shipflow_debug_shows_what_detection_did() {
+    let repo = history();
+    let buffer = LogBuffer::default();
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("shipflow=debug"))
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        let detector = repo.detector();
+        detector.default_base().expect("a default base");
+        detector.changed("HEAD~1", "HEAD").expect("diff");
+        detector.revision_info("HEAD").expect("info");
+        detector.fingerprint_at("HEAD", &api_inputs()).expect("fp");
+    });
+    let log = String::from_utf8(buffer.0.lock().expect("the lock").clone()).expect("utf-8");
+    let head = repo.rev("HEAD");
+    for expected in [
+        "opened repository",
+        "default base: skipped, it does not resolve candidate=\"origin/HEAD\"",
+        "default base: an upstream other than HEAD candidate=\"origin/main\"",
+        &format!("resolved revision rev=\"HEAD\" commit={head}"),
+        "diffed the commits' trees base=\"HEAD~1\" head=\"HEAD\"",
+        "paths=2",
+        "revision facts rev=\"HEAD\"",
+        "dirty_checked=false",
+        "walked the tree for globs",
+        "fingerprint app=api",
+    ] {
+        assert!(log.contains(expected), "no {expected:?} in the log:\n{log}");
+    }
+    assert!(
+        log.lines().all(|line| line.contains("DEBUG shipflow_git")),
+        "{log}"
+    );
 }
