@@ -1,7 +1,7 @@
 //! [`GitChangeDetector`]: the [`ChangeDetector`] of a git repository.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use shipflow_core::{
@@ -11,6 +11,7 @@ use shipflow_core::{
 use tracing::debug;
 
 use crate::revision::RevisionOptions;
+use crate::trees::Trees;
 use crate::{GitError, diff, fingerprint, revision, worktree};
 
 /// Finds changed paths and fingerprints in a git repository, with gix (no `git` process).
@@ -32,7 +33,16 @@ pub struct GitChangeDetector {
 struct Inner {
     repo: gix::ThreadSafeRepository,
     workdir: Option<PathBuf>,
+    /// Handles between calls. Each keeps its object cache, so the trees that every
+    /// fingerprint passes through (the root, `apps/`) are inflated once per detector, not
+    /// once per app: on a large repository that was most of a plan's time.
+    idle: Mutex<Vec<gix::Repository>>,
+    /// The directories and glob matches fingerprints read, by tree id.
+    trees: Trees,
 }
+
+/// How many idle handles [`Inner::idle`] keeps: one per call that ran at the same time.
+const IDLE_HANDLES: usize = 8;
 
 impl std::fmt::Debug for GitChangeDetector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -58,6 +68,8 @@ impl GitChangeDetector {
             inner: Arc::new(Inner {
                 repo: repo.into_sync(),
                 workdir,
+                idle: Mutex::new(Vec::new()),
+                trees: Trees::default(),
             }),
             include_worktree: false,
             detached_head_branch: None,
@@ -94,7 +106,7 @@ impl GitChangeDetector {
     /// `origin/main`, `origin/master`, `main`, `master` that resolves to a commit other than
     /// `HEAD`'s, as `<name>...HEAD` (changes since the merge base); else `HEAD~1`; else `None`.
     pub fn default_base(&self) -> Result<Option<String>, GitError> {
-        revision::default_base(&self.repo())
+        self.with_repo(revision::default_base)
     }
 
     /// The paths that differ between `base` and `head`, sorted by path.
@@ -103,45 +115,48 @@ impl GitChangeDetector {
     /// With [`include_worktree`](Self::include_worktree) on and `head` at `HEAD`'s commit,
     /// the work tree's changes are merged in (`head` in the result stays the commit id).
     pub fn changed(&self, base: &str, head: &str) -> Result<ChangedPaths, GitError> {
-        let repo = self.repo();
-        let mut changed = diff::changed(&repo, base, head)?;
-        if self.worktree_counts(&repo, head)?.is_some() {
-            let worktree = worktree::changes(&repo, &[])?;
-            changed.paths = worktree::merge(std::mem::take(&mut changed.paths), worktree);
-            debug!(
-                paths = changed.paths.len(),
-                "merged the work tree's changes"
-            );
-        }
-        Ok(changed)
+        self.with_repo(|repo| {
+            let mut changed = diff::changed(repo, base, head)?;
+            if self.worktree_counts(repo, head)?.is_some() {
+                let worktree = worktree::changes(repo, &[])?;
+                changed.paths = worktree::merge(std::mem::take(&mut changed.paths), worktree);
+                debug!(
+                    paths = changed.paths.len(),
+                    "merged the work tree's changes"
+                );
+            }
+            Ok(changed)
+        })
     }
 
     /// The fingerprint of `inputs` at `rev`: equal content, equal fingerprint. With
     /// [`include_worktree`](Self::include_worktree) on and `rev` at `HEAD`'s commit,
     /// uncommitted changes to the inputs count too.
     pub fn fingerprint_at(&self, rev: &str, inputs: &AppInputs) -> Result<Fingerprint, GitError> {
-        let repo = self.repo();
-        let clean = fingerprint::fingerprint(&repo, rev, inputs)?;
-        match self.worktree_counts(&repo, rev)? {
-            Some(workdir) => {
-                // Only the app's own paths are walked, unless a glob may match anywhere.
-                let within: Vec<&str> = if inputs.globs.is_empty() {
-                    inputs
-                        .paths
-                        .iter()
-                        .map(|p| fingerprint::normalize(p))
-                        .collect()
-                } else {
-                    Vec::new()
-                };
-                let whole = within.iter().any(|p| p.is_empty());
-                let changes = worktree::changes(&repo, if whole { &[] } else { &within })?;
-                let fingerprint = fingerprint::with_worktree(clean, workdir, &changes, inputs)?;
-                debug!(app = %inputs.app, rev, fingerprint = %fingerprint.short(), "fingerprint with the work tree");
-                Ok(fingerprint)
+        self.with_repo(|repo| {
+            let clean = fingerprint::fingerprint(repo, &self.inner.trees, rev, inputs)?;
+            match self.worktree_counts(repo, rev)? {
+                Some(workdir) => {
+                    // Only the app's own paths are walked, unless a glob may match anywhere.
+                    let within: Vec<&str> = if inputs.globs.is_empty() {
+                        inputs
+                            .paths
+                            .iter()
+                            .map(|p| fingerprint::normalize(p))
+                            .collect()
+                    } else {
+                        Vec::new()
+                    };
+                    let whole = within.iter().any(|p| p.is_empty());
+                    let changes = worktree::changes(repo, if whole { &[] } else { &within })?;
+                    let fingerprint = fingerprint::with_worktree(clean, workdir, &changes, inputs)?;
+                    let short = fingerprint.short();
+                    debug!(app = %inputs.app, rev, fingerprint = short, "with the work tree");
+                    Ok(fingerprint)
+                }
+                None => Ok(clean),
             }
-            None => Ok(clean),
-        }
+        })
     }
 
     /// The work tree, when its changes count for `rev`: the option is on, there is a
@@ -181,13 +196,25 @@ impl GitChangeDetector {
             detached_head_branch: self.detached_head_branch.as_deref(),
             check_dirty: self.include_worktree,
         };
-        revision::revision_info(&self.repo(), rev, options)
+        self.with_repo(|repo| revision::revision_info(repo, rev, options))
     }
 
-    fn repo(&self) -> gix::Repository {
-        let mut repo = self.inner.repo.to_thread_local();
-        repo.object_cache_size_if_unset(16 * 1024 * 1024);
-        repo
+    /// Runs `f` with an idle repository handle (or a new one), then keeps the handle for
+    /// the next call.
+    fn with_repo<T>(&self, f: impl FnOnce(&gix::Repository) -> T) -> T {
+        let idle = self.inner.idle.lock().ok().and_then(|mut idle| idle.pop());
+        let repo = idle.unwrap_or_else(|| {
+            let mut repo = self.inner.repo.to_thread_local();
+            repo.object_cache_size_if_unset(16 * 1024 * 1024);
+            repo
+        });
+        let result = f(&repo);
+        if let Ok(mut idle) = self.inner.idle.lock()
+            && idle.len() < IDLE_HANDLES
+        {
+            idle.push(repo);
+        }
+        result
     }
 
     /// Runs `f` on a clone of `self` on the blocking pool, unless the run was cancelled.

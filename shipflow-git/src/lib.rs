@@ -32,6 +32,7 @@ mod diff;
 mod error;
 mod fingerprint;
 mod revision;
+mod trees;
 mod worktree;
 
 pub use detector::GitChangeDetector;

@@ -933,6 +933,23 @@ fn a_glob_input_covers_the_files_git_matches(#[case] glob: &str) {
 }
 
 #[test]
+fn overlapping_globs_count_each_file_once() {
+    let (repo, base) = base_repo();
+    let inputs = |globs: &[&str]| AppInputs {
+        app: "api".into(),
+        paths: vec!["apps/api".into()],
+        globs: globs.iter().map(|glob| glob.to_string()).collect(),
+    };
+    repo.write("Cargo.lock", "lock\n");
+    let head = repo.commit("lock");
+    let detector = repo.detector();
+    let fp = |rev: &str, globs: &[&str]| detector.fingerprint_at(rev, &inputs(globs)).expect("fp");
+    assert_eq!(fp(&head, &["*.lock", "Cargo.lock"]), fp(&head, &["*.lock"]));
+    assert_eq!(fp(&head, &["Cargo.lock", "*.lock"]), fp(&head, &["*.lock"]));
+    assert_ne!(fp(&head, &["*.lock"]), fp(&base, &["*.lock"]));
+}
+
+#[test]
 fn fingerprint_rejects_a_bad_glob() {
     let (repo, base) = base_repo();
     let inputs = AppInputs {
@@ -1282,7 +1299,7 @@ fn rust_log_shipflow_debug_shows_what_detection_did() {
         "paths=2",
         "revision facts rev=\"HEAD\"",
         "dirty_checked=false",
-        "walked the tree for globs",
+        "walked the tree for a glob glob=\"*.lock\" trees=1",
         "fingerprint app=api",
     ] {
         assert!(log.contains(expected), "no {expected:?} in the log:\n{log}");
