@@ -9,8 +9,8 @@
 //! `apps/`, packages under `packages/`, each with a `package.json` naming its workspace
 //! dependencies, a `shipflow.toml` whose `depends_on` lists the same dependencies (with the
 //! packages' own dependencies, since a package path does not pull in others), a shared
-//! lockfile glob, and a history of small commits with edits, additions, deletions and
-//! renames. The last commit edits three apps and one package with about thirty dependents,
+//! lockfile glob, a history of small commits with edits, additions, deletions and
+//! renames, and two release tags per app. The last commit edits three apps and one package with about thirty dependents,
 //! at both scales, so one commit back is the same change on a repository ten times larger.
 //! Repositories are cached under the target directory (`shipflow-bench/`) between runs.
 //!
@@ -31,7 +31,7 @@ use shipflow_core::{Pipeline, Selection, Workspace};
 use shipflow_git::GitChangeDetector;
 
 /// Bumped whenever the generated repository changes, so a stale cache is never used.
-const GENERATOR_VERSION: u32 = 1;
+const GENERATOR_VERSION: u32 = 2;
 const LOCKFILE: &str = "package-lock.json";
 
 /// The size of one generated monorepo.
@@ -568,11 +568,13 @@ fn generate(repo: &Path, model: &Model) {
     let stdin = child.stdin.take().expect("piped stdin");
     let mut out = std::io::BufWriter::with_capacity(1 << 20, stdin);
     let mut time = 1_700_000_000u64;
+    let mut mark = 0usize;
     let mut header = |out: &mut std::io::BufWriter<_>, message: &str| {
         time += 60;
+        mark += 1;
         write!(
             out,
-            "commit refs/heads/main\ncommitter Bench <bench@example.com> {time} +0000\ndata {}\n{message}\n",
+            "commit refs/heads/main\nmark :{mark}\ncommitter Bench <bench@example.com> {time} +0000\ndata {}\n{message}\n",
             message.len() + 1
         )
     };
@@ -594,10 +596,28 @@ fn generate(repo: &Path, model: &Model) {
         }
         writeln!(out).expect("write to fast-import");
     }
+    // Release tags, as a monorepo that ships apps has: two per app on older commits, one
+    // annotated and one not (the last commit, the head, has none).
+    let mut random = Random(0x9e37_79b9_7f4a_7c15);
+    for app in &model.apps {
+        let commit = 1 + random.below(model.history.len());
+        let message = format!("release {} v1", app.name);
+        write!(
+            out,
+            "tag {}/v1\nfrom :{commit}\ntagger Bench <bench@example.com> 1700000000 +0000\ndata {}\n{message}\n",
+            app.name,
+            message.len() + 1
+        )
+        .expect("write to fast-import");
+        let commit = 1 + random.below(model.history.len());
+        writeln!(out, "reset refs/tags/{}/v2\nfrom :{commit}\n", app.name)
+            .expect("write to fast-import");
+    }
     drop(out);
     let status = child.wait().expect("wait for fast-import");
     assert!(status.success(), "git fast-import failed");
-    // A real clone has its files checked out and an index: the work tree is there to be
-    // (not) looked at.
+    // A clone has its refs packed, its files checked out and an index: the work tree is
+    // there to be (not) looked at.
+    git(repo, &["pack-refs", "--all"]);
     git(repo, &["reset", "-q", "--hard", "main"]);
 }

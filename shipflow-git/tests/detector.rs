@@ -587,6 +587,78 @@ fn revision_info_matches_git() {
     assert_eq!(info.tag, None);
 }
 
+/// How the tags of [`exact_tag_matches_git_tag_points_at`] are stored.
+#[derive(Debug, Clone, Copy)]
+enum TagRefs {
+    /// One file per tag, as `git tag` leaves them.
+    Loose,
+    /// In `packed-refs`, as a clone has them.
+    Packed,
+    /// Packed, then one tag moved and one added as loose files, which win.
+    PackedThenLoose,
+    /// Packed by an older writer: no peeled commits, no `fully-peeled`.
+    PackedUnpeeled,
+}
+
+#[rstest]
+fn exact_tag_matches_git_tag_points_at(
+    #[values(
+        TagRefs::Loose,
+        TagRefs::Packed,
+        TagRefs::PackedThenLoose,
+        TagRefs::PackedUnpeeled
+    )]
+    refs: TagRefs,
+) {
+    let repo = history();
+    // Several tags on one commit (the first by name wins), lightweight, annotated and
+    // symbolic, a tag of a tag, and a tag of a tree.
+    repo.git(&["tag", "z-light"]);
+    repo.git(&["symbolic-ref", "refs/tags/0-symbolic", "refs/tags/z-light"]);
+    repo.git(&["tag", "-a", "m-annotated", "-m", "m"]);
+    repo.git(&["tag", "-a", "c-annotated", "-m", "c", "HEAD~1"]);
+    repo.git(&["tag", "-a", "b-tag-of-tag", "-m", "b", "v1"]);
+    repo.git(&["tag", "a-tree", "HEAD^{tree}"]);
+    match refs {
+        TagRefs::Loose => {}
+        TagRefs::Packed => {
+            repo.git(&["pack-refs", "--all"]);
+        }
+        TagRefs::PackedThenLoose => {
+            repo.git(&["pack-refs", "--all"]);
+            repo.git(&["tag", "-f", "-a", "m-annotated", "-m", "moved", "HEAD~2"]);
+            repo.git(&["tag", "a-loose", "HEAD~1"]);
+        }
+        TagRefs::PackedUnpeeled => {
+            repo.git(&["pack-refs", "--all"]);
+            let path = repo.path(".git/packed-refs");
+            let packed = std::fs::read_to_string(&path).expect("read packed-refs");
+            let old: String = packed
+                .lines()
+                .filter(|line| !line.starts_with('^'))
+                .map(|line| match line.starts_with("# pack-refs with:") {
+                    true => "# pack-refs with: sorted \n".to_owned(),
+                    false => format!("{line}\n"),
+                })
+                .collect();
+            std::fs::write(&path, old).expect("write packed-refs");
+        }
+    }
+    let detector = repo.detector();
+    for rev in ["HEAD", "HEAD~1", "HEAD~2", "v1", "feature"] {
+        let sha = repo.rev(rev);
+        let listed = repo.git(&["tag", "--points-at", &sha]);
+        let mut from_git: Vec<&str> = listed.lines().collect();
+        from_git.sort();
+        let info = detector.revision_info(&sha).expect("info");
+        assert_eq!(
+            info.tag.as_deref(),
+            from_git.first().copied(),
+            "{rev}: {listed}"
+        );
+    }
+}
+
 #[rstest]
 #[case::clean(|_: &Repo| {}, false)]
 #[case::untracked_file(|repo: &Repo| repo.write("untracked.txt", "x\n"), false)]
