@@ -31,7 +31,7 @@ use shipflow_core::{Pipeline, Selection, Workspace};
 use shipflow_git::GitChangeDetector;
 
 /// Bumped whenever the generated repository changes, so a stale cache is never used.
-const GENERATOR_VERSION: u32 = 2;
+const GENERATOR_VERSION: u32 = 3;
 const LOCKFILE: &str = "package-lock.json";
 
 /// The size of one generated monorepo.
@@ -616,8 +616,10 @@ fn generate(repo: &Path, model: &Model) {
     drop(out);
     let status = child.wait().expect("wait for fast-import");
     assert!(status.success(), "git fast-import failed");
-    // A clone has its refs packed, its files checked out and an index: the work tree is
-    // there to be (not) looked at.
+    // As a clone has it: objects packed with fresh deltas (fast-import's own chains end at
+    // the newest trees, where a server's pack starts from them), refs packed, files checked
+    // out and an index, so the work tree is there to be (not) looked at.
+    git(repo, &["repack", "-adfq"]);
     git(repo, &["pack-refs", "--all"]);
     git(repo, &["reset", "-q", "--hard", "main"]);
 }

@@ -41,8 +41,13 @@ struct Inner {
     trees: Trees,
 }
 
-/// How many idle handles [`Inner::idle`] keeps: one per call that ran at the same time.
-const IDLE_HANDLES: usize = 8;
+/// How many idle handles [`Inner::idle`] keeps, each with an object cache of up to
+/// [`OBJECT_CACHE_BYTES`]: calls mostly come one at a time (a plan's fingerprints), and a
+/// handle made for a call beyond these is dropped after it.
+const IDLE_HANDLES: usize = 2;
+
+/// The object cache of each repository handle.
+const OBJECT_CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 impl std::fmt::Debug for GitChangeDetector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -205,7 +210,7 @@ impl GitChangeDetector {
         let idle = self.inner.idle.lock().ok().and_then(|mut idle| idle.pop());
         let repo = idle.unwrap_or_else(|| {
             let mut repo = self.inner.repo.to_thread_local();
-            repo.object_cache_size_if_unset(16 * 1024 * 1024);
+            repo.object_cache_size_if_unset(OBJECT_CACHE_BYTES);
             repo
         });
         let result = f(&repo);

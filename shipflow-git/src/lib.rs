@@ -25,13 +25,21 @@
 //! tags, `HEAD~3`); a base of `A...B` means the merge base of `A` and `B`. Renames are tracked
 //! like `git diff -M`. A shallow clone that lacks the history a revision needs is reported as
 //! [`GitError::ShallowHistory`], never guessed around. For local runs,
-//! [`GitChangeDetector::include_worktree`] adds uncommitted and untracked changes.
+//! [`GitChangeDetector::include_worktree`] adds uncommitted and untracked changes; without it
+//! neither the index nor the work tree is read, and a plan costs about what the change
+//! touches, not what the repository holds.
+//!
+//! The crate reads no environment variable: what CI knows (the branch of a detached `HEAD`)
+//! comes from the caller, through [`GitChangeDetector::detached_head_branch`]. Every decision
+//! and lookup is logged with `tracing` at debug level, under the `shipflow_git` target
+//! (`RUST_LOG=shipflow=debug` with `tracing-subscriber`'s `EnvFilter`).
 
 mod detector;
 mod diff;
 mod error;
 mod fingerprint;
 mod revision;
+mod tags;
 mod trees;
 mod worktree;
 

@@ -5,7 +5,7 @@ use gix::ObjectId;
 use shipflow_core::RevisionInfo;
 use tracing::debug;
 
-use crate::GitError;
+use crate::{GitError, tags};
 
 /// Resolves `rev` to a commit id, peeling annotated tags.
 pub(crate) fn resolve_commit(repo: &gix::Repository, rev: &str) -> Result<ObjectId, GitError> {
@@ -137,7 +137,7 @@ pub(crate) fn revision_info(
     let short_sha = sha[..7].to_owned();
     let info = RevisionInfo {
         branch: branch(repo, rev, options.detached_head_branch)?,
-        tag: exact_tag(repo, id)?,
+        tag: tags::exact_tag(repo, id)?,
         sha,
         short_sha,
         dirty: options.check_dirty && is_dirty(repo, rev)?,
@@ -193,99 +193,4 @@ fn branch(
         .ok()
         .flatten()
         .map(|_| rev.to_owned()))
-}
-
-/// A tag pointing exactly at commit `id` (the first by name when several do).
-///
-/// Most tags are settled without reading an object, as git itself does: a packed annotated
-/// tag carries the commit it peels to, a tag naming `id` itself points at it, and in a
-/// `packed-refs` file written `fully-peeled` (as git writes it) a tag without a peeled
-/// commit is no annotated tag. Any other tag costs a header lookup, and a peel only when
-/// it names an annotated tag. Loose tags (one file each) win over packed ones.
-fn exact_tag(repo: &gix::Repository, id: ObjectId) -> Result<Option<String>, GitError> {
-    let step = "listing tags";
-    let hex = id.to_string();
-    let mut tags = Vec::new();
-    let mut looked_up = 0usize;
-    let mut peels_to_id = |target: ObjectId| {
-        looked_up += 1;
-        let is_tag_object = repo
-            .find_header(target)
-            .is_ok_and(|header| header.kind() == gix::object::Kind::Tag);
-        is_tag_object
-            && repo
-                .find_object(target)
-                .and_then(|object| object.peel_to_commit())
-                .is_ok_and(|commit| commit.id == id)
-    };
-
-    let prefix = "refs/tags/"
-        .try_into()
-        .map_err(|err| GitError::git(step, err))?;
-    let mut loose = std::collections::HashSet::new();
-    for reference in repo
-        .refs
-        .loose_iter_prefixed(prefix)
-        .map_err(|err| GitError::git(step, err))?
-    {
-        let Ok(reference) = reference else {
-            continue;
-        };
-        let points_at_id = match reference.target.try_id() {
-            Some(target) => target == id || peels_to_id(target.to_owned()),
-            // A symbolic tag: follow it.
-            None => repo
-                .find_reference(reference.name.as_ref())
-                .ok()
-                .and_then(|mut tag| tag.peel_to_commit().ok())
-                .is_some_and(|commit| commit.id == id),
-        };
-        if points_at_id {
-            tags.push(reference.name.as_ref().shorten().to_string());
-        }
-        loose.insert(reference.name);
-    }
-
-    let packed = repo
-        .refs
-        .cached_packed_buffer()
-        .map_err(|err| GitError::git(step, err))?;
-    if let Some(packed) = packed {
-        let fully_peeled = is_fully_peeled(&repo.refs.packed_refs_path());
-        let entries = packed
-            .iter_prefixed("refs/tags/".into())
-            .map_err(|err| GitError::git(step, err))?;
-        for entry in entries {
-            let Ok(entry) = entry else {
-                continue;
-            };
-            let points_at_id = match entry.object {
-                Some(peeled) => peeled == hex.as_str(),
-                None if entry.target == hex.as_str() => true,
-                None => !fully_peeled && peels_to_id(entry.target()),
-            };
-            if points_at_id && !loose.contains(entry.name) {
-                tags.push(entry.name.shorten().to_string());
-            }
-        }
-    }
-    tags.sort();
-    debug!(commit = %id, tags = ?tags, headers_read = looked_up, "tags at the commit");
-    Ok(tags.into_iter().next())
-}
-
-/// Whether the `packed-refs` file at `path` says every annotated tag in it has its peeled
-/// commit written after it (git's `fully-peeled` trait).
-fn is_fully_peeled(path: &std::path::Path) -> bool {
-    use std::io::{BufRead, Read};
-    let Ok(file) = std::fs::File::open(path) else {
-        return false;
-    };
-    let mut header = Vec::new();
-    let read = std::io::BufReader::new(file.take(512)).read_until(b'\n', &mut header);
-    read.is_ok()
-        && header.starts_with(b"# pack-refs with:")
-        && header
-            .split(|byte| byte.is_ascii_whitespace())
-            .any(|word| word == b"fully-peeled")
 }

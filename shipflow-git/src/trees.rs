@@ -25,8 +25,9 @@ type Directory = HashMap<BString, (EntryMode, ObjectId)>;
 /// A file a glob matched: its path from the root, mode and id.
 pub(crate) type GlobMatch = (BString, EntryMode, ObjectId);
 
-/// How many directory entries and glob matches are kept; past that, the memo starts over.
-const BUDGET: usize = 200_000;
+/// How many directory entries (or glob matches) a memo keeps, about 10 MB; past that, it
+/// starts over.
+const BUDGET: usize = 100_000;
 
 /// Directories and glob matches of commit trees, shared by every call of a detector.
 #[derive(Default)]
@@ -239,8 +240,31 @@ impl<'a> Reach<'a> {
 
 #[cfg(test)]
 mod tests {
-    use super::Reach;
+    use std::sync::{Arc, Mutex};
+
+    use super::{BUDGET, GlobMatch, Memo, Reach, recall, remember};
+    use gix::ObjectId;
     use gix::bstr::BStr;
+    use gix::object::tree::EntryMode;
+
+    #[test]
+    fn a_memo_over_its_budget_starts_over() {
+        let files = |n: usize| -> Arc<Vec<GlobMatch>> {
+            let file = (
+                "a".into(),
+                EntryMode::from(gix::object::tree::EntryKind::Blob),
+                ObjectId::null(gix::hash::Kind::Sha1),
+            );
+            Arc::new(vec![file; n])
+        };
+        let memo: Mutex<Memo<&str, Vec<GlobMatch>>> = Mutex::default();
+        remember(&memo, "first", files(BUDGET / 2));
+        remember(&memo, "second", files(BUDGET / 2));
+        assert!(recall(&memo, &"first").is_some() && recall(&memo, &"second").is_some());
+        remember(&memo, "third", files(1));
+        assert!(recall(&memo, &"first").is_none() && recall(&memo, &"second").is_none());
+        assert_eq!(recall(&memo, &"third").map(|files| files.len()), Some(1));
+    }
 
     fn reach(dir: &[&'static str], depth: Option<usize>) -> Reach<'static> {
         Reach {

@@ -619,6 +619,9 @@ fn exact_tag_matches_git_tag_points_at(
     repo.git(&["tag", "-a", "c-annotated", "-m", "c", "HEAD~1"]);
     repo.git(&["tag", "-a", "b-tag-of-tag", "-m", "b", "v1"]);
     repo.git(&["tag", "a-tree", "HEAD^{tree}"]);
+    // A name that contains another commit's id, first by name there if it counted.
+    let name = format!("0-deploy-{}", repo.rev("HEAD"));
+    repo.git(&["tag", &name, "HEAD~2"]);
     match refs {
         TagRefs::Loose => {}
         TagRefs::Packed => {
