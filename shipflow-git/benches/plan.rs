@@ -27,7 +27,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shipflow_core::{Pipeline, Selection, Workspace};
+use shipflow_core::{Pipeline, Plan, Selection, Workspace, analyze};
 use shipflow_git::GitChangeDetector;
 
 /// Bumped whenever the generated repository changes, so a stale cache is never used.
@@ -57,12 +57,56 @@ const LARGE: Scale = Scale {
     commits: 150,
 };
 
-/// The median time of each measured operation at one scale.
-struct Figures {
-    one_back: Duration,
-    one_app: Duration,
-    hundred_back: Duration,
+/// One generated repository, ready to plan on.
+struct Subject {
+    model: Model,
+    root: PathBuf,
+    workspace: Workspace,
 }
+
+/// What is planned: a base revision and which apps are asked for.
+#[derive(Clone, Copy)]
+enum Case {
+    OneBack,
+    OneBackOneApp,
+    HundredBack,
+}
+
+impl Case {
+    const ALL: [Case; 3] = [Case::OneBack, Case::OneBackOneApp, Case::HundredBack];
+
+    fn label(self) -> &'static str {
+        match self {
+            Case::OneBack => "one commit back",
+            Case::OneBackOneApp => "one commit back, one app selected",
+            Case::HundredBack => "100 commits back",
+        }
+    }
+
+    fn base(self) -> &'static str {
+        match self {
+            Case::OneBack | Case::OneBackOneApp => "HEAD~1",
+            Case::HundredBack => "HEAD~100",
+        }
+    }
+
+    fn selection(self, model: &Model) -> Selection {
+        let apps = match self {
+            Case::OneBackOneApp => vec![model.last_commit_apps[0].clone()],
+            Case::OneBack | Case::HundredBack => Vec::new(),
+        };
+        Selection { all: false, apps }
+    }
+}
+
+/// The steps of a plan one commit back, timed one by one.
+const STEPS: [&str; 5] = [
+    "open",
+    "revision",
+    "diff",
+    "impact analysis (core)",
+    "fingerprints",
+];
 
 fn main() {
     let small_only = std::env::args().skip(1).any(|arg| arg == "small");
@@ -72,114 +116,189 @@ fn main() {
         .unwrap_or(7usize)
         .max(5);
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
-
-    let small = bench(&runtime, SMALL, rounds);
-    if small_only {
-        return;
-    }
-    let large = bench(&runtime, LARGE, rounds);
+    let scales: &[Scale] = if small_only {
+        &[SMALL]
+    } else {
+        &[SMALL, LARGE]
+    };
+    let subjects: Vec<Subject> = scales.iter().map(|scale| prepare(*scale, rounds)).collect();
     let ratio = |large: Duration, small: Duration| large.as_secs_f64() / small.as_secs_f64();
-    println!("\nlarge / small (goal for one commit back: at most 1.5)");
+
+    // Each round plans on every scale in turn, and spawns git there, so a burst of load
+    // from elsewhere hits every figure alike.
     println!(
-        "  one commit back {:.2}, one app selected {:.2}, 100 commits back {:.2}",
-        ratio(large.one_back, small.one_back),
-        ratio(large.one_app, small.one_app),
-        ratio(large.hundred_back, small.hundred_back),
+        "
+medians of {rounds} rounds"
     );
+    for case in Case::ALL {
+        println!("{}:", case.label());
+        let mut plans = vec![Vec::new(); subjects.len()];
+        let mut diffs = vec![Vec::new(); subjects.len()];
+        for subject in &subjects {
+            check(&runtime, subject, case);
+        }
+        for _ in 0..rounds {
+            for (i, subject) in subjects.iter().enumerate() {
+                plans[i].push(plan(&runtime, subject, case).1);
+                diffs[i].push(timed(|| {
+                    git(&subject.root, &["diff", "--name-only", case.base(), "HEAD"]);
+                }));
+            }
+        }
+        let plans: Vec<Duration> = plans.into_iter().map(middle).collect();
+        let diffs: Vec<Duration> = diffs.into_iter().map(middle).collect();
+        for (i, subject) in subjects.iter().enumerate() {
+            let diff = diffs[i];
+            println!(
+                "  {:>5} apps: plan {:.2?}, git diff --name-only {diff:.2?}, plan/git = {:.2}",
+                subject.model.scale.apps,
+                plans[i],
+                ratio(plans[i], diff),
+            );
+        }
+        if let ([small, large], [small_diff, large_diff]) = (&plans[..], &diffs[..]) {
+            println!(
+                "  large/small: plan {:.2}, git diff {:.2}",
+                ratio(*large, *small),
+                ratio(*large_diff, *small_diff)
+            );
+        }
+    }
+
+    println!("one commit back, where the time goes:");
+    let mut steps = vec![vec![Vec::new(); STEPS.len()]; subjects.len()];
+    for _ in 0..rounds {
+        for (i, subject) in subjects.iter().enumerate() {
+            for (step, time) in time_steps(subject).into_iter().enumerate() {
+                steps[i][step].push(time);
+            }
+        }
+    }
+    let steps: Vec<Vec<Duration>> = steps
+        .into_iter()
+        .map(|times| times.into_iter().map(middle).collect())
+        .collect();
+    for (subject, times) in subjects.iter().zip(&steps) {
+        let listed: Vec<String> = STEPS
+            .iter()
+            .zip(times)
+            .map(|(step, time)| format!("{step} {time:.2?}"))
+            .collect();
+        println!(
+            "  {:>5} apps: {}",
+            subject.model.scale.apps,
+            listed.join(", ")
+        );
+    }
+    if let [small, large] = &steps[..] {
+        let listed: Vec<String> = STEPS
+            .iter()
+            .zip(large.iter().zip(small))
+            .map(|(step, (large, small))| format!("{step} {:.2}", ratio(*large, *small)))
+            .collect();
+        println!("  large/small: {}", listed.join(", "));
+    }
 }
 
-fn bench(runtime: &tokio::runtime::Runtime, scale: Scale, rounds: usize) -> Figures {
+/// Generates (or finds) the repository for `scale` and loads its `shipflow.toml`.
+fn prepare(scale: Scale, rounds: usize) -> Subject {
     let model = Model::new(scale);
     let root = cached_repository(&model);
+    let config = root.join("shipflow.toml");
+    let load = median(rounds, || {
+        Workspace::load(&config).expect("load shipflow.toml");
+    });
+    let workspace = Workspace::load(&config).expect("load shipflow.toml");
     println!(
-        "\n{} apps, {} packages, {} files, {} commits: {}",
+        "{} apps, {} packages, {} files, {} commits in {}; loading shipflow.toml: {load:.2?}",
         scale.apps,
         scale.packages,
         scale.files,
         scale.commits,
         root.display()
     );
-
-    let config = root.join("shipflow.toml");
-    let load = median(rounds, || {
-        Workspace::load(&config).expect("load shipflow.toml");
-    });
-    let workspace = Workspace::load(&config).expect("load shipflow.toml");
-    println!("  load shipflow.toml: {load:.2?} (median of {rounds})");
-
-    // One round: what the CLI's `plan` does once its configuration is loaded (the clone of
-    // the loaded workspace is not timed).
-    let plan = |base: &str, selection: &Selection| {
-        let workspace = workspace.clone();
-        let started = Instant::now();
-        let detector = GitChangeDetector::open(&root).expect("open the generated repository");
-        let pipeline = Pipeline::builder(workspace)
-            .detector(Arc::new(detector))
-            .build()
-            .expect("a pipeline");
-        let plan = runtime
-            .block_on(pipeline.plan(Some(base), "HEAD", selection))
-            .expect("plan");
-        (plan, started.elapsed())
-    };
-
-    let everything = Selection::default();
-    let one_app = Selection {
-        all: false,
-        apps: vec![model.last_commit_apps[0].clone()],
-    };
-    let mut figures = Vec::new();
-    for (label, base, selection) in [
-        ("one commit back", "HEAD~1", &everything),
-        ("one commit back, one app selected", "HEAD~1", &one_app),
-        ("100 commits back", "HEAD~100", &everything),
-    ] {
-        // The same answer as the diff and the dependency lists give.
-        let (planned, _) = plan(base, selection);
-        let expected = model.affected(&git(
-            &root,
-            &["diff", "--no-renames", "--name-only", base, "HEAD"],
-        ));
-        let expected: BTreeSet<String> = expected
-            .into_iter()
-            .filter(|app| selection.apps.is_empty() || selection.apps.contains(app))
-            .collect();
-        let got: BTreeSet<String> = planned.apps.iter().map(|a| a.app.clone()).collect();
-        assert_eq!(
-            got, expected,
-            "{label}: plan and the independent computation disagree"
-        );
-        let listed = git(&root, &["diff", "--name-only", base, "HEAD"])
-            .lines()
-            .count();
-        assert_eq!(
-            planned.changed_paths, listed,
-            "{label}: changed paths differ from git diff"
-        );
-
-        // Interleaved, so a burst of load hits both sides alike.
-        let mut plan_times = Vec::with_capacity(rounds);
-        let mut git_times = Vec::with_capacity(rounds);
-        for _ in 0..rounds {
-            plan_times.push(plan(base, selection).1);
-            git_times.push(timed(|| {
-                git(&root, &["diff", "--name-only", base, "HEAD"]);
-            }));
-        }
-        let (plan_median, git_median) = (middle(plan_times), middle(git_times));
-        println!(
-            "  {label}: {} paths, {} apps affected; plan {plan_median:.2?}, git diff --name-only {git_median:.2?}, plan/git = {:.1} (median of {rounds})",
-            listed,
-            got.len(),
-            plan_median.as_secs_f64() / git_median.as_secs_f64()
-        );
-        figures.push(plan_median);
+    Subject {
+        model,
+        root,
+        workspace,
     }
-    Figures {
-        one_back: figures[0],
-        one_app: figures[1],
-        hundred_back: figures[2],
+}
+
+/// One round: what the CLI's `plan` does once its configuration is loaded (the clone of
+/// the loaded workspace is not timed), and its time.
+fn plan(runtime: &tokio::runtime::Runtime, subject: &Subject, case: Case) -> (Plan, Duration) {
+    let workspace = subject.workspace.clone();
+    let selection = case.selection(&subject.model);
+    let started = Instant::now();
+    let detector = GitChangeDetector::open(&subject.root).expect("open the generated repository");
+    let pipeline = Pipeline::builder(workspace)
+        .detector(Arc::new(detector))
+        .build()
+        .expect("a pipeline");
+    let plan = runtime
+        .block_on(pipeline.plan(Some(case.base()), "HEAD", &selection))
+        .expect("plan");
+    (plan, started.elapsed())
+}
+
+/// The plan names the apps that the diff and the dependency lists give, and as many
+/// changed paths as `git diff` lists.
+fn check(runtime: &tokio::runtime::Runtime, subject: &Subject, case: Case) {
+    let (planned, _) = plan(runtime, subject, case);
+    let both_sides = ["diff", "--no-renames", "--name-only", case.base(), "HEAD"];
+    let selection = case.selection(&subject.model);
+    let expected: BTreeSet<String> = subject
+        .model
+        .affected(&git(&subject.root, &both_sides))
+        .into_iter()
+        .filter(|app| selection.apps.is_empty() || selection.apps.contains(app))
+        .collect();
+    let got: BTreeSet<String> = planned.apps.iter().map(|a| a.app.clone()).collect();
+    let label = case.label();
+    let apps = subject.model.scale.apps;
+    assert_eq!(
+        got, expected,
+        "{apps} apps, {label}: plan and the independent computation disagree"
+    );
+    let listed = git(&subject.root, &["diff", "--name-only", case.base(), "HEAD"])
+        .lines()
+        .count();
+    assert_eq!(
+        planned.changed_paths, listed,
+        "{apps} apps, {label}: changed paths differ from git diff"
+    );
+    println!(
+        "{apps} apps, {label}: {listed} paths changed, {} apps affected (as computed from git diff and package.json)",
+        got.len()
+    );
+}
+
+/// The time of each of [`STEPS`], called directly rather than through the pipeline (which
+/// adds a trip to the blocking pool per call).
+fn time_steps(subject: &Subject) -> Vec<Duration> {
+    let workspace = &subject.workspace;
+    let mut times = Vec::with_capacity(STEPS.len());
+    let started = Instant::now();
+    let detector = GitChangeDetector::open(&subject.root).expect("open the generated repository");
+    times.push(started.elapsed());
+    let started = Instant::now();
+    detector.revision_info("HEAD").expect("revision");
+    times.push(started.elapsed());
+    let started = Instant::now();
+    let changes = detector.changed("HEAD~1", "HEAD").expect("diff");
+    times.push(started.elapsed());
+    let started = Instant::now();
+    let set = analyze(workspace, &changes.paths, &Selection::default()).expect("analyze");
+    times.push(started.elapsed());
+    let started = Instant::now();
+    for app in set.apps.keys() {
+        let app = workspace.app(app).expect("an app of the workspace");
+        detector
+            .fingerprint_at("HEAD", &workspace.inputs(app))
+            .expect("fingerprint");
     }
+    times.push(started.elapsed());
+    times
 }
 
 fn timed(f: impl FnOnce()) -> Duration {
