@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
 use gix::ObjectId;
@@ -19,8 +20,49 @@ use tracing::debug;
 
 use crate::{GitError, fingerprint};
 
-/// A directory's entries by name.
-type Directory = HashMap<BString, (EntryMode, ObjectId)>;
+/// A directory's entries, sorted by name for binary search; the names share one buffer, so
+/// a directory of thousands of entries is two allocations.
+struct Directory {
+    names: Vec<u8>,
+    entries: Vec<Entry>,
+}
+
+/// One entry of a [`Directory`]: its name as a range of the directory's names.
+struct Entry {
+    name: Range<usize>,
+    mode: EntryMode,
+    id: ObjectId,
+}
+
+impl Directory {
+    fn read(repo: &gix::Repository, id: ObjectId) -> Result<Self, GitError> {
+        let step = "looking up an input path";
+        let tree = repo.find_tree(id).map_err(|err| GitError::git(step, err))?;
+        let (mut names, mut entries) = (Vec::new(), Vec::new());
+        for entry in tree.iter() {
+            let entry = entry.map_err(|err| GitError::git(step, err))?;
+            let start = names.len();
+            names.extend_from_slice(entry.filename());
+            entries.push(Entry {
+                name: start..names.len(),
+                mode: entry.mode(),
+                id: entry.object_id(),
+            });
+        }
+        // Git orders a directory `name/` after `name.txt`; plain byte order is searched here.
+        entries.sort_by(|a, b| names[a.name.clone()].cmp(&names[b.name.clone()]));
+        Ok(Directory { names, entries })
+    }
+
+    fn get(&self, name: &[u8]) -> Option<(EntryMode, ObjectId)> {
+        let found = self
+            .entries
+            .binary_search_by(|entry| self.names[entry.name.clone()].cmp(name))
+            .ok()?;
+        let entry = &self.entries[found];
+        Some((entry.mode, entry.id))
+    }
+}
 
 /// A file a glob matched: its path from the root, mode and id.
 pub(crate) type GlobMatch = (BString, EntryMode, ObjectId);
@@ -49,8 +91,7 @@ impl Trees {
         let mut components = path.split('/').filter(|c| !c.is_empty()).peekable();
         let mut dir = root;
         while let Some(name) = components.next() {
-            let entries = self.directory(repo, dir)?;
-            let Some(&(mode, id)) = entries.get(name.as_bytes().as_bstr()) else {
+            let Some((mode, id)) = self.directory(repo, dir)?.get(name.as_bytes()) else {
                 return Ok(None);
             };
             if components.peek().is_none() {
@@ -88,22 +129,12 @@ impl Trees {
     }
 
     fn directory(&self, repo: &gix::Repository, id: ObjectId) -> Result<Arc<Directory>, GitError> {
-        if let Some(entries) = recall(&self.directories, &id) {
-            return Ok(entries);
+        if let Some(directory) = recall(&self.directories, &id) {
+            return Ok(directory);
         }
-        let step = "looking up an input path";
-        let tree = repo.find_tree(id).map_err(|err| GitError::git(step, err))?;
-        let mut entries = Directory::new();
-        for entry in tree.iter() {
-            let entry = entry.map_err(|err| GitError::git(step, err))?;
-            entries.insert(
-                entry.filename().to_owned(),
-                (entry.mode(), entry.object_id()),
-            );
-        }
-        let entries = Arc::new(entries);
-        remember(&self.directories, id, entries.clone());
-        Ok(entries)
+        let directory = Arc::new(Directory::read(repo, id)?);
+        remember(&self.directories, id, directory.clone());
+        Ok(directory)
     }
 }
 
@@ -129,7 +160,7 @@ trait Weight {
 
 impl Weight for Directory {
     fn weight(&self) -> usize {
-        self.len().max(1)
+        self.entries.len().max(1)
     }
 }
 
