@@ -22,12 +22,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::Monorepo;
-use shipflow::core::{BuilderBySpec, Outcome, Pipeline, RunStatus, Selection, Workspace};
-use shipflow::docker::EngineDeployer;
-use shipflow::docker::testing::TestPodman;
-use shipflow::git::GitChangeDetector;
-use shipflow::oci::testing::TestRegistry;
-use shipflow::oci::{NativeBuilder, RegistryClient};
+use shipflow_kit::docker::EngineDeployer;
+use shipflow_kit::docker::testing::TestPodman;
+use shipflow_kit::git::GitChangeDetector;
+use shipflow_kit::oci::testing::TestRegistry;
+use shipflow_kit::oci::{NativeBuilder, RegistryClient};
+use shipflow_kit::{BuilderBySpec, Outcome, Pipeline, RunStatus, Selection, Workspace};
 
 const APPS: usize = 20;
 

@@ -11,7 +11,7 @@
 //! cargo run --example custom_pipeline
 //! ```
 //!
-//! Change detection, build and registry use `shipflow::core::testing` here so the
+//! Change detection, build and registry use `shipflow_kit::testing` here so the
 //! program needs nothing installed; swap in `GitChangeDetector`, `NativeBuilder` and
 //! `RegistryClient` for real work.
 
@@ -21,8 +21,8 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::ensure;
 use async_trait::async_trait;
-use shipflow::core::testing::{FakeBuilder, MemoryRegistry, ScriptedDetector};
-use shipflow::core::{
+use shipflow_kit::testing::{FakeBuilder, MemoryRegistry, ScriptedDetector};
+use shipflow_kit::{
     App, BoxError, Context, DeployMeta, Deployed, Deployer, EnvOverrides, EventKind, EventSink,
     ImageRef, Outcome, Pipeline, Revision, RollbackTarget, Rollout, Selection, Workspace,
 };
@@ -41,7 +41,7 @@ struct ReleaseDirDeployer {
 struct Release {
     number: u64,
     image: String,
-    fingerprint: Option<shipflow::core::Fingerprint>,
+    fingerprint: Option<shipflow_kit::Fingerprint>,
     git_sha: Option<String>,
     change_cause: String,
 }
@@ -324,7 +324,7 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_outcomes(report: &shipflow::core::Report) {
+fn print_outcomes(report: &shipflow_kit::Report) {
     for app in &report.apps {
         let release = app
             .rollout

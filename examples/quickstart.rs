@@ -21,9 +21,9 @@ use std::process::Command;
 use std::sync::Arc;
 
 use anyhow::{Context as _, ensure};
-use shipflow::core::{BuilderBySpec, Outcome, Pipeline, Report, Selection, Workspace};
-use shipflow::git::GitChangeDetector;
-use shipflow::oci::{LayoutRegistry, NativeBuilder};
+use shipflow_kit::git::GitChangeDetector;
+use shipflow_kit::oci::{LayoutRegistry, NativeBuilder};
+use shipflow_kit::{BuilderBySpec, Outcome, Pipeline, Report, Selection, Workspace};
 
 const SHIPFLOW_TOML: &str = r#"# The sample monorepo's workspace.
 [workspace]
@@ -127,7 +127,7 @@ async fn main() -> anyhow::Result<()> {
             println!("   {}: roll its workload to {image}", app.app);
         }
     }
-    let web_ref: shipflow::core::ImageRef = web.image.as_deref().unwrap_or_default().parse()?;
+    let web_ref: shipflow_kit::ImageRef = web.image.as_deref().unwrap_or_default().parse()?;
     println!(
         "\nDone: 1 of 3 apps rebuilt; {} bytes stored this time, {} the first time.",
         second.bytes_pushed(),

@@ -8,14 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Monorepo, outcome};
-use shipflow::core::{
+use shipflow_kit::docker::EngineDeployer;
+use shipflow_kit::docker::testing::TestPodman;
+use shipflow_kit::git::GitChangeDetector;
+use shipflow_kit::oci::testing::TestRegistry;
+use shipflow_kit::oci::{NativeBuilder, RegistryClient};
+use shipflow_kit::{
     BuilderBySpec, FailurePolicy, Outcome, Pipeline, Report, RunStatus, Selection, Workspace,
 };
-use shipflow::docker::EngineDeployer;
-use shipflow::docker::testing::TestPodman;
-use shipflow::git::GitChangeDetector;
-use shipflow::oci::testing::TestRegistry;
-use shipflow::oci::{NativeBuilder, RegistryClient};
 
 const APPS: [&str; 3] = ["api", "web", "worker"];
 

@@ -37,7 +37,7 @@ use std::sync::Arc;
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
-use shipflow::core::{
+use shipflow_kit::{
     App, CONFIG_FILE, ChangeDetector, Context, Deployed, FailurePolicy, Pipeline, RollbackTarget,
     RunStatus, Selection, Workspace, error_chain,
 };
@@ -200,7 +200,7 @@ struct TargetArgs {
 }
 
 impl TargetArgs {
-    async fn deployer(&self) -> anyhow::Result<Arc<dyn shipflow::core::Deployer>> {
+    async fn deployer(&self) -> anyhow::Result<Arc<dyn shipflow_kit::Deployer>> {
         parts::deployer(
             self.target,
             self.cluster.kubeconfig.as_deref(),
@@ -377,7 +377,7 @@ impl Output {
 /// (said on stderr, so the user knows what was compared).
 fn base(
     changes: &Changes,
-    detector: &shipflow::git::GitChangeDetector,
+    detector: &shipflow_kit::git::GitChangeDetector,
 ) -> anyhow::Result<Option<String>> {
     Ok(match &changes.base {
         Some(base) => Some(base.clone()),
@@ -519,7 +519,7 @@ async fn app_and_deployer(
     out: &Output,
     app: &str,
     target: &TargetArgs,
-) -> anyhow::Result<(App, Arc<dyn shipflow::core::Deployer>)> {
+) -> anyhow::Result<(App, Arc<dyn shipflow_kit::Deployer>)> {
     let workspace = parts::workspace(&out.config, None, target.cluster.namespace.clone())?;
     let app = known_app(&workspace, app)?.clone();
     let deployer = target.deployer().await?;
@@ -642,8 +642,8 @@ async fn status(out: &Output, args: StatusArgs) -> anyhow::Result<Exit> {
 
 async fn apply(out: &Output, args: ApplyArgs) -> anyhow::Result<Exit> {
     let (client, namespace) = args.cluster.client().await?;
-    let deployer = shipflow::k8s::KubeDeployer::new(client);
-    let options = shipflow::k8s::ApplyOptions {
+    let deployer = shipflow_kit::k8s::KubeDeployer::new(client);
+    let options = shipflow_kit::k8s::ApplyOptions {
         namespace,
         force: args.force_conflicts,
     };
@@ -660,9 +660,9 @@ async fn apply(out: &Output, args: ApplyArgs) -> anyhow::Result<Exit> {
 }
 
 async fn config(out: &Output, args: ConfigArgs) -> anyhow::Result<Exit> {
-    let config = shipflow::k8s::EnvConfigMap::from_env_file(&args.name, &args.env_file)?;
+    let config = shipflow_kit::k8s::EnvConfigMap::from_env_file(&args.name, &args.env_file)?;
     let (client, namespace) = args.cluster.client().await?;
-    let deployer = shipflow::k8s::KubeDeployer::new(client);
+    let deployer = shipflow_kit::k8s::KubeDeployer::new(client);
     let ctx = Context::new()
         .with_dry_run(args.dry_run)
         .with_events(Progress::messages(out.progress()));

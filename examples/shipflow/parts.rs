@@ -5,15 +5,15 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use clap::ValueEnum;
-use shipflow::core::{
+use shipflow_kit::docker::{
+    Endpoint, Engine, EngineBuilder, EngineDeployer, EngineRegistry, RegistryCredentials,
+};
+use shipflow_kit::git::GitChangeDetector;
+use shipflow_kit::oci::{Credentials, LayoutRegistry, NativeBuilder, RegistryClient};
+use shipflow_kit::{
     BuildSpec, BuilderBySpec, CONFIG_FILE, Deployer, EnvOverrides, ImageBuilder, Registry,
     RegistryByLocation, Workspace,
 };
-use shipflow::docker::{
-    Endpoint, Engine, EngineBuilder, EngineDeployer, EngineRegistry, RegistryCredentials,
-};
-use shipflow::git::GitChangeDetector;
-use shipflow::oci::{Credentials, LayoutRegistry, NativeBuilder, RegistryClient};
 
 /// Where apps are deployed.
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -167,8 +167,8 @@ pub(crate) async fn deployer(
         Target::K8s => {
             // One pipeline per app at a time: a Lease that a second run waits for.
             let deployer =
-                shipflow::k8s::KubeDeployer::new(kube_client(kubeconfig, context).await?)
-                    .deploy_lock(shipflow::k8s::LockOptions::default());
+                shipflow_kit::k8s::KubeDeployer::new(kube_client(kubeconfig, context).await?)
+                    .deploy_lock(shipflow_kit::k8s::LockOptions::default());
             Ok(Arc::new(deployer))
         }
         Target::Docker => {
