@@ -12,8 +12,8 @@
 //! | [`Registry`] | push what is missing, resolve, tag | `shipflow-oci` |
 //! | [`Deployer`] | roll, watch, roll back, history | `shipflow-k8s`, `shipflow-docker` |
 //!
-//! [`testing`] holds in-memory implementations of all four, for tests of your own
-//! pipelines. This example runs the whole flow on them:
+//! `testing` (feature `testing`) holds in-memory implementations of all four, for
+//! tests of your own pipelines. This example runs the whole flow on them:
 //!
 //! ```
 //! use std::sync::Arc;
@@ -60,6 +60,7 @@ mod pipeline;
 mod reference;
 mod registry;
 mod tag;
+#[cfg(feature = "testing")]
 pub mod testing;
 mod workspace;
 

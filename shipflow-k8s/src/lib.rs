@@ -14,7 +14,7 @@
 //! - applies a directory of manifests with server-side apply ([`KubeDeployer::apply_dir`]);
 //! - retries requests that failed for a passing reason ([`RetryPolicy`]).
 //!
-//! This example rolls an app on the simulated API server of [`testing`] (feature
+//! This example rolls an app on the simulated API server of `testing` (feature
 //! `testing`), through the real [`kube::Client`]; with a real cluster, use
 //! [`KubeDeployer::try_default`] instead.
 //!
