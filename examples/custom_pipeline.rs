@@ -23,8 +23,8 @@ use anyhow::ensure;
 use async_trait::async_trait;
 use shipflow_kit::testing::{FakeBuilder, MemoryRegistry, ScriptedDetector};
 use shipflow_kit::{
-    App, BoxError, Context, DeployMeta, Deployed, Deployer, EnvOverrides, EventKind, EventSink,
-    ImageRef, Outcome, Pipeline, Revision, RollbackTarget, Rollout, Selection, Workspace,
+    App, BoxError, Context, DeployMeta, Deployed, Deployer, EventKind, EventSink, ImageRef,
+    Outcome, Pipeline, Revision, RollbackTarget, Rollout, Selection, Workspace,
 };
 
 /// The user's deployer: one JSON file per release in `<dir>/<app>/`, and a `current`
@@ -252,7 +252,7 @@ async fn main() -> anyhow::Result<()> {
     });
     let registry = Arc::new(MemoryRegistry::new());
     let builder = Arc::new(FakeBuilder::new());
-    let workspace = Workspace::from_toml(SHIPFLOW_TOML, ".", &EnvOverrides::default())?;
+    let workspace = Workspace::from_toml(SHIPFLOW_TOML, ".")?;
     // Progress for people: every event the pipeline and the adapters emit.
     let events = EventSink::new(|event| {
         if let (Some(app), EventKind::Message { text }) = (&event.app, &event.kind) {

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use anyhow::{Context as _, ensure};
 use shipflow_kit::git::GitChangeDetector;
 use shipflow_kit::oci::{LayoutRegistry, NativeBuilder};
-use shipflow_kit::{BuilderBySpec, Outcome, Pipeline, Report, Selection, Workspace};
+use shipflow_kit::{BuilderByType, Outcome, Pipeline, Report, Selection, Workspace};
 
 const SHIPFLOW_TOML: &str = r#"# The sample monorepo's workspace.
 [workspace]
@@ -79,7 +79,10 @@ async fn main() -> anyhow::Result<()> {
     // The embedded defaults: images built into OCI layouts, pushed into a local store.
     let builds = dir.path().join("build");
     let store = LayoutRegistry::new(dir.path().join("store"));
-    let builder = BuilderBySpec::new().native(Arc::new(NativeBuilder::new(&builds)));
+    let builder = BuilderByType::new().route(
+        shipflow_kit::oci::NATIVE_BUILD_TYPE,
+        Arc::new(NativeBuilder::new(&builds)),
+    );
     let pipeline = || -> anyhow::Result<Pipeline> {
         let workspace = Workspace::load(repo.join("shipflow.toml"))?;
         Ok(Pipeline::builder(workspace)

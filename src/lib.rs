@@ -6,12 +6,11 @@
 //! bring your own adapters.
 //!
 //! ```
-//! use shipflow_kit::{EnvOverrides, Workspace};
+//! use shipflow_kit::Workspace;
 //!
 //! let ws = Workspace::from_toml(
 //!     "[workspace]\nregistry = \"127.0.0.1:5000/acme\"\n[apps.api]",
-//!     ".",
-//!     &EnvOverrides::default(),
+//!     "."
 //! )?;
 //! assert_eq!(ws.apps().len(), 1);
 //! # Ok::<(), shipflow_kit::ConfigError>(())

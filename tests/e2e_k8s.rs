@@ -13,7 +13,7 @@ use shipflow_kit::k8s::testing::{Outcome as Rollout, SimCluster};
 use shipflow_kit::oci::testing::TestRegistry;
 use shipflow_kit::oci::{NativeBuilder, RegistryClient};
 use shipflow_kit::{
-    BuilderBySpec, FailurePolicy, Outcome, Pipeline, Registry as _, Selection, Workspace,
+    BuilderByType, FailurePolicy, Outcome, Pipeline, Registry as _, Selection, Workspace,
 };
 
 const APPS: [&str; 3] = ["api", "web", "worker"];
@@ -52,7 +52,9 @@ impl Setup {
             .detector(Arc::new(
                 GitChangeDetector::open(self.repo.path()).expect("repository"),
             ))
-            .builder(Arc::new(BuilderBySpec::new().native(Arc::new(native))))
+            .builder(Arc::new(
+                BuilderByType::new().route(shipflow_kit::oci::NATIVE_BUILD_TYPE, Arc::new(native)),
+            ))
             .registry(Arc::new(RegistryClient::builder().build().expect("client")))
             .deployer(Arc::new(KubeDeployer::new(self.cluster.client())))
             .failure_policy(FailurePolicy::Continue)

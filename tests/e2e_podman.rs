@@ -14,7 +14,7 @@ use shipflow_kit::git::GitChangeDetector;
 use shipflow_kit::oci::testing::TestRegistry;
 use shipflow_kit::oci::{NativeBuilder, RegistryClient};
 use shipflow_kit::{
-    BuilderBySpec, FailurePolicy, Outcome, Pipeline, Report, RunStatus, Selection, Workspace,
+    BuilderByType, FailurePolicy, Outcome, Pipeline, Report, RunStatus, Selection, Workspace,
 };
 
 const APPS: [&str; 3] = ["api", "web", "worker"];
@@ -64,9 +64,10 @@ impl Setup {
             .detector(Arc::new(
                 GitChangeDetector::open(self.repo.path()).expect("repository"),
             ))
-            .builder(Arc::new(
-                BuilderBySpec::new().native(Arc::new(NativeBuilder::new(self.builds.path()))),
-            ))
+            .builder(Arc::new(BuilderByType::new().route(
+                shipflow_kit::oci::NATIVE_BUILD_TYPE,
+                Arc::new(NativeBuilder::new(self.builds.path())),
+            )))
             .registry(Arc::new(RegistryClient::builder().build().expect("client")))
             .deployer(Arc::new(deployer))
             .failure_policy(FailurePolicy::Continue)
