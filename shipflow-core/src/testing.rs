@@ -578,4 +578,8 @@ impl Deployer for FakeDeployer {
             .map(|revs| revs.iter().map(|(r, _)| r.clone()).collect())
             .unwrap_or_default())
     }
+
+    fn target(&self) -> Option<&str> {
+        Some("fake")
+    }
 }
