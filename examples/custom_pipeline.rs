@@ -1,11 +1,13 @@
 //! Composing a pipeline in Rust with a `Deployer` of your own.
 //!
 //! shipflow's four parts are traits; this program brings its own deployer, one that
-//! "deploys" an app by writing a release file into a directory and keeps every
-//! release for rollback (a stand-in for whatever your platform is: systemd units, a
-//! PaaS API, an edge config). The pipeline around it is shipflow's: change impact,
-//! concurrency, events, the report, and automatic rollback when your deployer says
-//! a rollout failed.
+//! "deploys" an app by writing a release file into a directory and keeps the last
+//! releases for rollback (a stand-in for whatever your platform is: systemd units, a
+//! PaaS API, an edge config). It is configured like the built-in ones, from its own
+//! section of `shipflow.toml`, `[apps.<app>.deploy.releases]`, checked when the
+//! workspace loads. The pipeline around it is shipflow's: change impact,
+//! concurrency, events, hooks, the report, and automatic rollback when your
+//! deployer says a rollout failed.
 //!
 //! ```text
 //! cargo run --example custom_pipeline
@@ -23,9 +25,45 @@ use anyhow::ensure;
 use async_trait::async_trait;
 use shipflow_kit::testing::{FakeBuilder, MemoryRegistry, ScriptedDetector};
 use shipflow_kit::{
-    App, BoxError, Context, DeployMeta, Deployed, Deployer, EventKind, EventSink, ImageRef,
-    Outcome, Pipeline, Revision, RollbackTarget, Rollout, Selection, Workspace,
+    App, BoxError, ConfigSection, Context, DeployMeta, Deployed, Deployer, EventKind, EventSink,
+    ImageRef, Outcome, Pipeline, Revision, RollbackTarget, Rollout, Schema, SectionContext,
+    SectionError, Selection, Workspace,
 };
+
+/// The deployer's own section: `[apps.<app>.deploy.releases]`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Releases {
+    /// The release channel written into each release.
+    #[serde(default = "stable")]
+    channel: String,
+    /// How many releases to keep for rollback.
+    #[serde(default = "five")]
+    keep: usize,
+}
+
+fn stable() -> String {
+    "stable".into()
+}
+
+fn five() -> usize {
+    5
+}
+
+impl ConfigSection for Releases {
+    fn validate(&mut self, _ctx: &SectionContext<'_>) -> Result<(), SectionError> {
+        if !(1..=100).contains(&self.keep) {
+            return Err(SectionError::new("keep", "keep 1 to 100 releases"));
+        }
+        if self.channel.is_empty() || !self.channel.bytes().all(|b| b.is_ascii_lowercase()) {
+            return Err(SectionError::new(
+                "channel",
+                "a channel is lowercase letters",
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// The user's deployer: one JSON file per release in `<dir>/<app>/`, and a `current`
 /// file naming the live one.
@@ -44,6 +82,7 @@ struct Release {
     fingerprint: Option<shipflow_kit::Fingerprint>,
     git_sha: Option<String>,
     change_cause: String,
+    channel: String,
 }
 
 /// The deployer's errors name the app and the step, like shipflow's own.
@@ -59,6 +98,8 @@ enum ReleaseError {
     Unhealthy { app: String, number: u64 },
     #[error("{app}: rollback: no release {number} (see history)")]
     NoSuchRelease { app: String, number: u64 },
+    #[error("{app}: deploy: no [apps.{app}.deploy.releases] section")]
+    NoSection { app: String },
 }
 
 impl ReleaseDirDeployer {
@@ -145,15 +186,33 @@ impl Deployer for ReleaseDirDeployer {
         {
             return Ok(Rollout::new(image, workload, false).with_revision(Some(live.number)));
         }
+        let settings =
+            app.deploy_target::<Releases>("releases")?
+                .ok_or_else(|| ReleaseError::NoSection {
+                    app: app.name.clone(),
+                })?;
         let number = releases.last().map_or(1, |r| r.number + 1);
-        ctx.message(format!("writing release {number}"));
+        ctx.message(format!("writing release {number} to {}", settings.channel));
         let release = Release {
             number,
             image: image.clone(),
             fingerprint: meta.fingerprint.clone(),
             git_sha: meta.git_sha.clone(),
             change_cause: meta.change_cause.clone(),
+            channel: settings.channel.clone(),
         };
+        // Keep the newest `keep` releases, this one included.
+        for old in releases.iter().rev().skip(settings.keep.saturating_sub(1)) {
+            let path = self
+                .dir
+                .join(&app.name)
+                .join(format!("{}.json", old.number));
+            std::fs::remove_file(&path).map_err(|source| ReleaseError::Io {
+                app: app.name.clone(),
+                step: "prune releases",
+                source,
+            })?;
+        }
         let path = self.dir.join(&app.name).join(format!("{number}.json"));
         let json = serde_json::to_string_pretty(&release)?;
         write(&path, &json).map_err(|source| ReleaseError::Io {
@@ -226,9 +285,12 @@ const SHIPFLOW_TOML: &str = r#"
 [workspace]
 registry = "registry.example.com/shop"
 shared = ["packages/**"]
+hooks = { post_deploy = "echo released $SHIPFLOW_APP as $SHIPFLOW_IMAGE" }
 
 [apps.cart]
+deploy.releases = { channel = "beta", keep = 2 }
 [apps.checkout]
+deploy.releases = {}
 "#;
 
 #[tokio::main(flavor = "current_thread")]
@@ -240,7 +302,19 @@ async fn main() -> anyhow::Result<()> {
     });
     let registry = Arc::new(MemoryRegistry::new());
     let builder = Arc::new(FakeBuilder::new());
-    let workspace = Workspace::from_toml(SHIPFLOW_TOML, ".")?;
+    // The deployer's section is read like the built-in ones: a bad value is refused
+    // when the workspace loads, naming the key and its line.
+    let schema = Schema::new().deploy_target::<Releases>("releases");
+    let bad = SHIPFLOW_TOML.replace("keep = 2", "keep = 0");
+    let refused = Workspace::loader()
+        .schema(schema.clone())
+        .from_toml(&bad, ".")
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("keep = 0 must be refused"))?;
+    println!("0. A bad setting is refused before anything runs:\n  {refused}\n");
+    let workspace = Workspace::loader()
+        .schema(schema)
+        .from_toml(SHIPFLOW_TOML, ".")?;
     // Progress for people: every event the pipeline and the adapters emit.
     let events = EventSink::new(|event| {
         if let (Some(app), EventKind::Message { text }) = (&event.app, &event.kind) {

@@ -141,11 +141,22 @@ async fn main() -> anyhow::Result<()> {
         store.layout_dir(&web_ref).display(),
         web.tag
     );
+    let cli = |repo: &Path| {
+        format!(
+            "cd {} && cargo run --manifest-path {}/Cargo.toml --features cli --example shipflow -- plan --base HEAD~1",
+            repo.display(),
+            env!("CARGO_MANIFEST_DIR")
+        )
+    };
     if keep {
         let kept = dir.keep();
         println!("Kept in {}; look inside: {inspect}", kept.display());
+        println!("Try the CLI on it:\n  {}", cli(&kept.join("monorepo")));
     } else {
-        println!("Run with -- --keep to keep the repository and the store, then: {inspect}");
+        println!(
+            "Run with -- --keep to keep the repository and the store, then look inside ({inspect})\nand try the CLI on it ({})",
+            cli(Path::new("<kept dir>/monorepo"))
+        );
     }
     Ok(())
 }

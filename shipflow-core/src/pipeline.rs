@@ -1029,6 +1029,12 @@ impl Pipeline {
                 }
                 report.rollback = Some(rollout);
             }
+            Err(e) if caused_by::<crate::Unsupported>(e.as_ref()) => {
+                report.note = Some(
+                    "not rolled back: the deployer offers no rollback; the failed rollout was left as it is"
+                        .into(),
+                );
+            }
             Err(e) => {
                 report.note = Some(format!(
                     "rollback failed too, the app may be half-deployed: {}",
