@@ -1,0 +1,232 @@
+//! Auth and tokens: the ping that learns a registry's scheme, the challenges of
+//! its 401s, the `Authorization` of each request, bearer tokens, credentials.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use reqwest::header::{HeaderMap, WWW_AUTHENTICATE};
+use reqwest::{Method, StatusCode, Url};
+use shipflow_core::{Context, ImageRef};
+
+use super::transport::{Body, Call, lock, registry_error};
+use super::{RegistryClient, Token};
+use crate::auth::{Credentials, Scheme, TokenResponse, parse_challenge};
+use crate::error::{OciError, Step};
+
+impl RegistryClient {
+    /// `GET /v2/`: checks the registry answers the distribution API and learns how
+    /// it wants requests authenticated.
+    pub async fn ping(&self, reference: &ImageRef, ctx: &Context) -> Result<(), OciError> {
+        let requests = AtomicU32::new(0);
+        let call = Call::new(reference, false, &requests, ctx);
+        self.ping_call(&call).await
+    }
+
+    /// Records the scheme a 401's challenge asks for. Returns whether a retry can
+    /// do better (the scheme changed, or a token can be fetched).
+    pub(super) fn learn_challenge(&self, reference: &ImageRef, headers: &HeaderMap) -> bool {
+        let Some(scheme) = headers
+            .get(WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_challenge)
+        else {
+            return false;
+        };
+        let registry = reference.registry().to_owned();
+        let can_retry = match &scheme {
+            Scheme::Basic => matches!(self.credentials_for(reference.registry()), Ok(Some(_))),
+            Scheme::Bearer { .. } => true,
+            Scheme::Anonymous => false,
+        };
+        // A fresh challenge invalidates the tokens we hold for this registry.
+        lock(&self.inner.tokens).retain(|(r, _), _| r != &registry);
+        lock(&self.inner.schemes).insert(registry, scheme);
+        can_retry
+    }
+
+    /// Adds the Authorization header the registry's scheme asks for.
+    pub(super) async fn authorize(
+        &self,
+        call: &Call<'_>,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::RequestBuilder, OciError> {
+        let scheme = lock(&self.inner.schemes)
+            .get(call.reference.registry())
+            .cloned()
+            .unwrap_or(Scheme::Anonymous);
+        match scheme {
+            Scheme::Anonymous => Ok(request),
+            Scheme::Basic => Ok(match self.credentials_for(call.reference.registry())? {
+                Some(c) => request.basic_auth(c.username(), Some(c.password())),
+                None => request,
+            }),
+            Scheme::Bearer { realm, service, .. } => {
+                let scopes = call.scopes();
+                // One token per set of scopes: a mount's token (which also reads
+                // the source) is not the plain push token of the target.
+                let key = (call.reference.registry().to_owned(), scopes.join(" "));
+                let cached = lock(&self.inner.tokens).get(&key).cloned();
+                let token = match cached {
+                    Some(token) => token,
+                    None => {
+                        let token = self
+                            .fetch_token(call, &realm, service.as_deref(), &scopes)
+                            .await?;
+                        lock(&self.inner.tokens).insert(key, token.clone());
+                        token
+                    }
+                };
+                Ok(request.bearer_auth(&token.0))
+            }
+        }
+    }
+
+    pub(super) async fn fetch_token(
+        &self,
+        call: &Call<'_>,
+        realm: &str,
+        service: Option<&str>,
+        scopes: &[String],
+    ) -> Result<Token, OciError> {
+        let protocol = |reason: String| OciError::Protocol {
+            reference: call.name(),
+            step: Step::Auth,
+            reason,
+        };
+        let mut url =
+            Url::parse(realm).map_err(|e| protocol(format!("token realm {realm:?}: {e}")))?;
+        {
+            let mut query = url.query_pairs_mut();
+            if let Some(service) = service {
+                query.append_pair("service", service);
+            }
+            // One `scope` parameter per scope, as Docker sends them.
+            for scope in scopes {
+                query.append_pair("scope", scope);
+            }
+        }
+        let credentials = self.credentials_for(call.reference.registry())?;
+        let request = match credentials.as_ref().and_then(|c| c.refresh_token()) {
+            // OAuth2: the identity token is exchanged in a form POST, never sent as a
+            // password (Docker does the same).
+            Some(refresh_token) => {
+                let mut form = Url::parse("form:").map_err(|e| protocol(e.to_string()))?;
+                form.query_pairs_mut()
+                    .append_pair("grant_type", "refresh_token")
+                    .append_pair("client_id", "shipflow")
+                    .append_pair("refresh_token", refresh_token)
+                    .append_pair("service", service.unwrap_or_default())
+                    .append_pair("scope", &scopes.join(" "));
+                url.set_query(None);
+                self.inner
+                    .http
+                    .post(url)
+                    .header(
+                        reqwest::header::CONTENT_TYPE,
+                        "application/x-www-form-urlencoded",
+                    )
+                    .body(form.query().unwrap_or_default().to_owned())
+            }
+            None => {
+                let mut request = self.inner.http.get(url);
+                if let Some(c) = &credentials {
+                    request = request.basic_auth(c.username(), Some(c.password()));
+                }
+                request
+            }
+        };
+        call.requests.fetch_add(1, Ordering::Relaxed);
+        let response = request.send().await.map_err(|source| OciError::Connect {
+            reference: call.name(),
+            step: Step::Auth,
+            attempts: 1,
+            source: source.without_url(),
+        })?;
+        if response.status() == StatusCode::UNAUTHORIZED
+            || response.status() == StatusCode::FORBIDDEN
+        {
+            let (code, message) = registry_error(response).await;
+            return Err(OciError::Unauthorized {
+                reference: call.name(),
+                step: Step::Auth,
+                username: self.username(call.reference.registry()),
+                code,
+                message,
+            });
+        }
+        if !response.status().is_success() {
+            return Err(self.failure(call, Step::Auth, response).await);
+        }
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| protocol(format!("token response: {}", e.without_url())))?;
+        let body: TokenResponse =
+            serde_json::from_slice(&bytes).map_err(|e| protocol(format!("token response: {e}")))?;
+        body.token
+            .or(body.access_token)
+            .map(Token)
+            .ok_or_else(|| protocol("token response has neither token nor access_token".into()))
+    }
+
+    pub(super) fn username(&self, registry: &str) -> Option<String> {
+        self.credentials_for(registry)
+            .ok()
+            .flatten()
+            .map(|c| c.username().to_owned())
+    }
+
+    /// The credentials for `registry`: the explicit ones, else the docker config's
+    /// (looked up once per registry; a credential helper runs at most once).
+    pub(super) fn credentials_for(&self, registry: &str) -> Result<Option<Credentials>, OciError> {
+        if let Some(explicit) = &self.inner.config.credentials {
+            return Ok(Some(explicit.clone()));
+        }
+        let Some(config) = &self.inner.docker_config else {
+            return Ok(None);
+        };
+        if let Some(found) = lock(&self.inner.found_credentials).get(registry) {
+            return Ok(found.clone());
+        }
+        let found = config.credentials(registry)?;
+        lock(&self.inner.found_credentials).insert(registry.to_owned(), found.clone());
+        Ok(found)
+    }
+
+    pub(super) async fn ping_call(&self, call: &Call<'_>) -> Result<(), OciError> {
+        let url = Url::parse(&format!("{}/v2/", self.base_url(call.reference))).map_err(|e| {
+            OciError::Protocol {
+                reference: call.name(),
+                step: Step::Ping,
+                reason: e.to_string(),
+            }
+        })?;
+        let response = self
+            .send(
+                call,
+                Step::Ping,
+                Method::GET,
+                url,
+                HeaderMap::new(),
+                Body::Empty,
+            )
+            .await?;
+        match response.status() {
+            s if s.is_success() => {
+                lock(&self.inner.schemes)
+                    .entry(call.reference.registry().to_owned())
+                    .or_insert(Scheme::Anonymous);
+                Ok(())
+            }
+            _ => Err(self.failure(call, Step::Ping, response).await),
+        }
+    }
+
+    /// Pings the registry once per client, so that the first real request already
+    /// carries the right auth.
+    pub(super) async fn ensure_pinged(&self, call: &Call<'_>) -> Result<(), OciError> {
+        if lock(&self.inner.schemes).contains_key(call.reference.registry()) {
+            return Ok(());
+        }
+        self.ping_call(call).await
+    }
+}

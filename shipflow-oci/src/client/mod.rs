@@ -1,0 +1,348 @@
+//! [`RegistryClient`]: a native client of the OCI distribution API that pushes only
+//! the blobs a registry lacks.
+//!
+//! One module per concern: `transport` (URLs, a request with auth and retries),
+//! `auth` (ping, challenges, tokens, credentials), `blobs` (checks, mounts,
+//! uploads), `manifests` (manifests and tags) and `push` (orchestration).
+
+mod auth;
+mod blobs;
+mod manifests;
+mod push;
+mod transport;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::AtomicU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use shipflow_core::{BoxError, Context, Digest, ImageRef, LocalImage, PushReport, Registry};
+
+use self::blobs::DEFAULT_CHUNK;
+use self::transport::Call;
+use crate::auth::{Credentials, Scheme};
+use crate::docker_config::DockerConfig;
+use crate::error::{OciError, Step};
+
+/// Builds a [`RegistryClient`].
+#[derive(Debug, Clone)]
+pub struct RegistryClientBuilder {
+    insecure: bool,
+    credentials: Option<Credentials>,
+    max_concurrent_uploads: usize,
+    max_attempts: u32,
+    base_delay: Duration,
+    max_delay: Duration,
+    timeout: Option<Duration>,
+    mount_from: Vec<String>,
+    chunk_threshold: u64,
+    chunk_size: u64,
+    docker_config: DockerConfigSource,
+}
+
+/// Where credentials come from when none are given explicitly.
+#[derive(Debug, Clone)]
+enum DockerConfigSource {
+    /// `$DOCKER_CONFIG/config.json` or `~/.docker/config.json`, read at build.
+    Environment,
+    /// This config.
+    Given(DockerConfig),
+    /// None: anonymous unless credentials are given.
+    Disabled,
+}
+
+impl Default for RegistryClientBuilder {
+    fn default() -> Self {
+        Self {
+            insecure: false,
+            credentials: None,
+            max_concurrent_uploads: 4,
+            max_attempts: 4,
+            base_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(10),
+            timeout: None,
+            mount_from: Vec::new(),
+            chunk_threshold: DEFAULT_CHUNK,
+            chunk_size: DEFAULT_CHUNK,
+            docker_config: DockerConfigSource::Environment,
+        }
+    }
+}
+
+impl RegistryClientBuilder {
+    /// Talks plain HTTP to every registry. Without it, only loopback registries
+    /// (`127.0.0.1`, `localhost`, `[::1]`) are spoken to over HTTP; all others use HTTPS.
+    pub fn insecure(mut self, insecure: bool) -> Self {
+        self.insecure = insecure;
+        self
+    }
+
+    /// Authenticates with `credentials`: as HTTP basic auth, or to obtain bearer
+    /// tokens when the registry asks for them. Explicit credentials win over any
+    /// docker config.
+    pub fn credentials(mut self, credentials: Credentials) -> Self {
+        self.credentials = Some(credentials);
+        self
+    }
+
+    /// How many blobs are checked and uploaded at once (default 4, at least 1).
+    pub fn max_concurrent_uploads(mut self, n: usize) -> Self {
+        self.max_concurrent_uploads = n.max(1);
+        self
+    }
+
+    /// How many times a request is tried on connection errors, 5xx and 429
+    /// (default 4, at least 1), and the first backoff delay (default 200 ms,
+    /// doubled each attempt, with jitter, capped at 10 s).
+    pub fn retries(mut self, max_attempts: u32, base_delay: Duration) -> Self {
+        self.max_attempts = max_attempts.max(1);
+        self.base_delay = base_delay;
+        self
+    }
+
+    /// A timeout for each whole HTTP request (default: none, as a layer upload may
+    /// take long). Whatever this says, a connection attempt gives up after 30 s and
+    /// a response that sends nothing for 60 s fails; both are retried.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Repositories of the same registry to mount missing blobs from before
+    /// uploading them (cross-repository blob mount). Mounting needs pull on the
+    /// source: where the registry refuses it, the blobs are uploaded instead, and
+    /// this client does not ask again for that source and target.
+    pub fn mount_from(mut self, repositories: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.mount_from = repositories.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Blobs larger than `threshold` bytes are uploaded in `PATCH` chunks of
+    /// `chunk_size` bytes (defaults 8 MiB and 8 MiB), each streamed from the file;
+    /// an interrupted chunk resumes from the range the registry reports. Smaller
+    /// blobs go in one `PUT`.
+    pub fn chunked_uploads(mut self, threshold: u64, chunk_size: u64) -> Self {
+        self.chunk_threshold = threshold;
+        self.chunk_size = chunk_size.max(1);
+        self
+    }
+
+    /// Looks credentials up in `config` (per registry) instead of the docker config
+    /// found through `DOCKER_CONFIG` or `~/.docker/config.json`, which is the default.
+    pub fn docker_config(mut self, config: DockerConfig) -> Self {
+        self.docker_config = DockerConfigSource::Given(config);
+        self
+    }
+
+    /// Reads no docker config: requests are anonymous unless
+    /// [`Self::credentials`] are given.
+    pub fn without_docker_config(mut self) -> Self {
+        self.docker_config = DockerConfigSource::Disabled;
+        self
+    }
+
+    /// Builds the client. Fails if the docker config exists but cannot be read.
+    pub fn build(self) -> Result<RegistryClient, OciError> {
+        let mut http = reqwest::Client::builder()
+            .user_agent(concat!("shipflow-oci/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::limited(5))
+            // A registry or token service that stops answering must not hang the push.
+            .connect_timeout(Duration::from_secs(30))
+            .read_timeout(Duration::from_secs(60));
+        if let Some(timeout) = self.timeout {
+            http = http.timeout(timeout);
+        }
+        let http = http.build().map_err(OciError::Client)?;
+        let docker_config = match &self.docker_config {
+            DockerConfigSource::Environment => DockerConfig::load()?,
+            DockerConfigSource::Given(config) => Some(config.clone()),
+            DockerConfigSource::Disabled => None,
+        };
+        Ok(RegistryClient {
+            inner: Arc::new(Inner {
+                http,
+                docker_config,
+                found_credentials: Mutex::default(),
+                config: self,
+                schemes: Mutex::default(),
+                tokens: Mutex::default(),
+                refused_mounts: Mutex::default(),
+            }),
+        })
+    }
+}
+
+/// A native OCI distribution client, and a [`Registry`] for shipflow's pipeline.
+///
+/// Cheap to clone: clones share the HTTP connection pool, the learned auth
+/// schemes and the token cache.
+#[derive(Debug, Clone)]
+pub struct RegistryClient {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    http: reqwest::Client,
+    config: RegistryClientBuilder,
+    /// The docker config credentials are looked up in, when none are explicit.
+    docker_config: Option<DockerConfig>,
+    /// Per registry: what the docker config gave (looked up once).
+    found_credentials: Mutex<HashMap<String, Option<Credentials>>>,
+    /// Per registry: how it wants requests authenticated.
+    schemes: Mutex<HashMap<String, Scheme>>,
+    /// Per (registry, scopes joined by spaces): a bearer token. `Token`'s Debug redacts it.
+    tokens: Mutex<HashMap<(String, String), Token>>,
+    /// (registry, target repository, source repository) whose mounts were refused
+    /// (401/403): blobs go there by upload, without asking again.
+    refused_mounts: Mutex<HashSet<(String, String, String)>>,
+}
+
+#[derive(Clone)]
+struct Token(String);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+impl RegistryClient {
+    /// A builder with the defaults: HTTPS except on loopback, anonymous, 4 uploads
+    /// at once, 4 attempts per request.
+    pub fn builder() -> RegistryClientBuilder {
+        RegistryClientBuilder::default()
+    }
+}
+
+#[async_trait]
+impl Registry for RegistryClient {
+    async fn resolve(
+        &self,
+        reference: &ImageRef,
+        ctx: &Context,
+    ) -> Result<Option<Digest>, BoxError> {
+        let requests = AtomicU32::new(0);
+        let call = Call::new(reference, false, &requests, ctx);
+        self.ensure_pinged(&call).await?;
+        let by = reference.manifest_reference();
+        Ok(self.manifest_digest(&call, &by).await?)
+    }
+
+    async fn push(
+        &self,
+        image: &LocalImage,
+        target: &ImageRef,
+        ctx: &Context,
+    ) -> Result<PushReport, BoxError> {
+        Ok(self.push_image(image, target, ctx).await?)
+    }
+
+    async fn tag(&self, digest: &Digest, target: &ImageRef, ctx: &Context) -> Result<(), BoxError> {
+        let requests = AtomicU32::new(0);
+        let call = Call::new(target, true, &requests, ctx);
+        self.ensure_pinged(&call).await?;
+        let (bytes, media_type) = self.get_manifest(&call, &digest.to_string()).await?;
+        let actual = Digest::sha256(&bytes);
+        if &actual != digest {
+            return Err(OciError::DigestMismatch {
+                reference: target.to_string(),
+                step: Step::ManifestGet,
+                expected: digest.clone(),
+                actual,
+            }
+            .into());
+        }
+        if ctx.dry_run() {
+            return Ok(());
+        }
+        let tag = target.tag().ok_or_else(|| OciError::Protocol {
+            reference: target.to_string(),
+            step: Step::ManifestPut,
+            reason: "the target has no tag to point at the manifest".into(),
+        })?;
+        self.put_manifest(&call, tag, bytes, &media_type, digest)
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use reqwest::header::{HeaderMap, RANGE};
+
+    use super::blobs::upload_range_end;
+    use super::manifests::next_page;
+    use super::*;
+
+    fn url_of(client: &RegistryClient, reference: &str) -> String {
+        let reference: ImageRef = reference.parse().expect("valid reference");
+        client
+            .url(&reference, "blobs/uploads/")
+            .expect("url")
+            .to_string()
+    }
+
+    #[test]
+    fn plain_http_only_on_loopback_or_when_insecure() {
+        let client = RegistryClient::builder().build().expect("client");
+        assert_eq!(
+            url_of(&client, "127.0.0.1:5000/team/api:v1"),
+            "http://127.0.0.1:5000/v2/team/api/blobs/uploads/"
+        );
+        assert_eq!(
+            url_of(&client, "localhost:5000/api"),
+            "http://localhost:5000/v2/api/blobs/uploads/"
+        );
+        assert_eq!(
+            url_of(&client, "registry.example.com/team/api"),
+            "https://registry.example.com/v2/team/api/blobs/uploads/"
+        );
+        assert_eq!(
+            url_of(&client, "nginx"),
+            "https://registry-1.docker.io/v2/library/nginx/blobs/uploads/"
+        );
+        let insecure = RegistryClient::builder()
+            .insecure(true)
+            .build()
+            .expect("client");
+        assert_eq!(
+            url_of(&insecure, "registry.lan:5000/api"),
+            "http://registry.lan:5000/v2/api/blobs/uploads/"
+        );
+    }
+
+    #[test]
+    fn upload_ranges_and_next_links_parse() {
+        let mut headers = HeaderMap::new();
+        headers.insert(RANGE, "0-1048575".parse().expect("header"));
+        assert_eq!(upload_range_end(&headers), Some(1_048_576));
+        headers.insert(RANGE, "0-0".parse().expect("header"));
+        assert_eq!(upload_range_end(&headers), Some(0));
+        headers.insert(
+            reqwest::header::LINK,
+            r#"</v2/team/api/tags/list?last=t2&n=3>; rel="next""#
+                .parse()
+                .expect("header"),
+        );
+        assert_eq!(
+            next_page(&headers).as_deref(),
+            Some("/v2/team/api/tags/list?last=t2&n=3")
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_within_jitter_and_is_capped() {
+        let client = RegistryClient::builder()
+            .retries(10, Duration::from_millis(100))
+            .build()
+            .expect("client");
+        for attempt in 1..=4u32 {
+            let d = client.backoff(attempt);
+            let full = Duration::from_millis(100 * 2u64.pow(attempt - 1));
+            assert!(d >= full / 2 && d <= full, "attempt {attempt}: {d:?}");
+        }
+        assert!(client.backoff(30) <= Duration::from_secs(10));
+    }
+}

@@ -1,0 +1,327 @@
+//! Transport: URLs, one request with auth, retries and cancellation, and the
+//! error a step makes of a response it did not expect.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use reqwest::header::{CONTENT_LENGTH, HeaderMap, RETRY_AFTER};
+use reqwest::{Method, StatusCode, Url};
+use shipflow_core::{Context, ImageRef};
+use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
+
+use super::RegistryClient;
+use crate::error::{OciError, Step};
+use crate::progress::BlobProgress;
+
+/// What a request body is made of; rebuilt for every attempt.
+#[derive(Debug, Clone)]
+pub(super) enum Body {
+    Empty,
+    Bytes(Vec<u8>),
+    /// `len` bytes of the file at `path` from `offset`, streamed.
+    File {
+        path: PathBuf,
+        offset: u64,
+        len: u64,
+        progress: BlobProgress,
+    },
+}
+
+/// One conversation's fixed facts: which reference, what access it needs, and the
+/// request counter it adds to.
+pub(super) struct Call<'a> {
+    pub(super) reference: &'a ImageRef,
+    push: bool,
+    /// The repository (same registry) a blob mount reads from: it needs pull there too.
+    mount_from: Option<&'a str>,
+    pub(super) requests: &'a AtomicU32,
+    pub(super) ctx: &'a Context,
+}
+
+impl<'a> Call<'a> {
+    /// A call on `reference`, pulling or (with `push`) pushing, counting its requests
+    /// in `requests`.
+    pub(super) fn new(
+        reference: &'a ImageRef,
+        push: bool,
+        requests: &'a AtomicU32,
+        ctx: &'a Context,
+    ) -> Self {
+        Call {
+            reference,
+            push,
+            mount_from: None,
+            requests,
+            ctx,
+        }
+    }
+
+    pub(super) fn name(&self) -> String {
+        self.reference.to_string()
+    }
+
+    /// This call, for a blob mount from `from`.
+    pub(super) fn mounting(&self, from: &'a str) -> Self {
+        Call {
+            mount_from: Some(from),
+            ..*self
+        }
+    }
+
+    /// The token scopes the call needs: its repository's, plus pull on the mount
+    /// source (Distribution checks both on `POST …/blobs/uploads/?mount=…&from=…`).
+    pub(super) fn scopes(&self) -> Vec<String> {
+        let actions = if self.push { "pull,push" } else { "pull" };
+        let mut scopes = vec![format!(
+            "repository:{}:{actions}",
+            self.reference.repository()
+        )];
+        if let Some(from) = self.mount_from {
+            scopes.push(format!("repository:{from}:pull"));
+        }
+        scopes
+    }
+}
+
+impl RegistryClient {
+    pub(super) fn base_url(&self, reference: &ImageRef) -> String {
+        let scheme = if self.inner.config.insecure || reference.is_loopback() {
+            "http"
+        } else {
+            "https"
+        };
+        let host = match reference.registry() {
+            "docker.io" => "registry-1.docker.io",
+            other => other,
+        };
+        format!("{scheme}://{host}")
+    }
+
+    pub(super) fn url(&self, reference: &ImageRef, path: &str) -> Result<Url, OciError> {
+        let raw = format!(
+            "{}/v2/{}/{path}",
+            self.base_url(reference),
+            reference.repository()
+        );
+        Url::parse(&raw).map_err(|e| OciError::Protocol {
+            reference: reference.to_string(),
+            step: Step::Ping,
+            reason: format!("invalid URL {raw}: {e}"),
+        })
+    }
+
+    /// Sends one request with auth, retries and cancellation. Returns any response
+    /// that is not a retryable failure; callers map statuses to errors.
+    pub(super) async fn send(
+        &self,
+        call: &Call<'_>,
+        step: Step,
+        method: Method,
+        url: Url,
+        headers: HeaderMap,
+        body: Body,
+    ) -> Result<reqwest::Response, OciError> {
+        let attempts = self.inner.config.max_attempts;
+        self.send_with(call, step, method, url, headers, body, attempts)
+            .await
+    }
+
+    /// [`Self::send`] with at most `max_attempts` attempts (1: no retry, for requests
+    /// that must not be repeated blindly, such as a chunk `PATCH`).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn send_with(
+        &self,
+        call: &Call<'_>,
+        step: Step,
+        method: Method,
+        url: Url,
+        headers: HeaderMap,
+        body: Body,
+        max_attempts: u32,
+    ) -> Result<reqwest::Response, OciError> {
+        let config = &self.inner.config;
+        let mut attempt = 0u32;
+        let mut reauthenticated = false;
+        loop {
+            attempt += 1;
+            if call.ctx.cancelled() {
+                return Err(OciError::Cancelled {
+                    reference: call.name(),
+                    step,
+                });
+            }
+            let mut request = self
+                .inner
+                .http
+                .request(method.clone(), url.clone())
+                .headers(headers.clone());
+            request = match &body {
+                Body::Empty => request,
+                Body::Bytes(bytes) => request.body(bytes.clone()),
+                Body::File {
+                    path,
+                    offset,
+                    len,
+                    progress,
+                } => {
+                    let read_err = |source| OciError::ReadBlob {
+                        reference: call.name(),
+                        path: path.clone(),
+                        source,
+                    };
+                    let mut file = tokio::fs::File::open(path).await.map_err(read_err)?;
+                    if *offset > 0 {
+                        file.seek(std::io::SeekFrom::Start(*offset))
+                            .await
+                            .map_err(read_err)?;
+                    }
+                    request
+                        .header(CONTENT_LENGTH, *len)
+                        .body(reqwest::Body::wrap_stream(
+                            tokio_util::io::ReaderStream::with_capacity(
+                                progress.reader(file.take(*len)),
+                                256 * 1024,
+                            ),
+                        ))
+                }
+            };
+            request = self.authorize(call, request).await?;
+            call.requests.fetch_add(1, Ordering::Relaxed);
+            let sent = tokio::select! {
+                sent = request.send() => sent,
+                () = call.ctx.cancellation().cancelled() => {
+                    return Err(OciError::Cancelled { reference: call.name(), step });
+                }
+            };
+            let delay = match sent {
+                Err(source) => {
+                    if attempt >= max_attempts
+                        || !(source.is_connect() || source.is_timeout() || source.is_request())
+                    {
+                        return Err(OciError::Connect {
+                            reference: call.name(),
+                            step,
+                            attempts: attempt,
+                            source: source.without_url(),
+                        });
+                    }
+                    tracing::debug!(reference = %call.reference, %step, attempt, error = %source, "retrying after transport error");
+                    self.backoff(attempt)
+                }
+                Ok(response)
+                    if response.status() == StatusCode::UNAUTHORIZED && !reauthenticated =>
+                {
+                    reauthenticated = true;
+                    if self.learn_challenge(call.reference, response.headers()) {
+                        attempt -= 1;
+                        continue;
+                    }
+                    return Ok(response);
+                }
+                Ok(response)
+                    if (response.status() == StatusCode::TOO_MANY_REQUESTS
+                        || response.status().is_server_error())
+                        && attempt < max_attempts =>
+                {
+                    let retry_after = response
+                        .headers()
+                        .get(RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .map(|s| Duration::from_secs(s).min(config.max_delay));
+                    tracing::debug!(reference = %call.reference, %step, attempt, status = %response.status(), "retrying");
+                    retry_after.unwrap_or_else(|| self.backoff(attempt))
+                }
+                Ok(response) => return Ok(response),
+            };
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = call.ctx.cancellation().cancelled() => {
+                    return Err(OciError::Cancelled { reference: call.name(), step });
+                }
+            }
+        }
+    }
+
+    /// Exponential backoff with jitter: a delay in [d/2, d), where d starts at the base
+    /// delay, doubles each attempt and is capped at the maximum delay.
+    pub(super) fn backoff(&self, attempt: u32) -> Duration {
+        let config = &self.inner.config;
+        let exp = config
+            .base_delay
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+            .min(config.max_delay);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let jitter = f64::from(nanos % 1000) / 1000.0;
+        exp.mul_f64(0.5 + jitter / 2.0)
+    }
+
+    /// The error for a response a step did not expect: `Unauthorized` on 401 (its
+    /// message says which user to check), else `Status`; both carry the registry's
+    /// own error code and message.
+    pub(super) async fn failure(
+        &self,
+        call: &Call<'_>,
+        step: Step,
+        response: reqwest::Response,
+    ) -> OciError {
+        let status = response.status();
+        let (code, message) = registry_error(response).await;
+        let reference = call.name();
+        if status == StatusCode::UNAUTHORIZED {
+            OciError::Unauthorized {
+                reference,
+                step,
+                username: self.username(call.reference.registry()),
+                code,
+                message,
+            }
+        } else {
+            OciError::Status {
+                reference,
+                step,
+                status: status.as_u16(),
+                code,
+                message,
+            }
+        }
+    }
+}
+
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves a plain map behind: still usable.
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The first `{code, message}` of a distribution-spec error body.
+pub(super) async fn registry_error(
+    response: reqwest::Response,
+) -> (Option<String>, Option<String>) {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        #[serde(default)]
+        errors: Vec<Entry>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        code: Option<String>,
+        message: Option<String>,
+    }
+    let Ok(bytes) = response.bytes().await else {
+        return (None, None);
+    };
+    match serde_json::from_slice::<Body>(&bytes) {
+        Ok(body) => body
+            .errors
+            .into_iter()
+            .next()
+            .map_or((None, None), |e| (e.code, e.message)),
+        Err(_) => (None, None),
+    }
+}
