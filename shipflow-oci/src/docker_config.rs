@@ -274,6 +274,20 @@ fn is_docker_hub(registry: &str) -> bool {
     )
 }
 
+/// `registry` as explicit credentials are keyed: Docker Hub's names as `docker.io`.
+pub(crate) fn canonical_registry(registry: &str) -> String {
+    let registry = registry.trim().trim_end_matches('/');
+    let host = registry
+        .strip_prefix("https://")
+        .or_else(|| registry.strip_prefix("http://"))
+        .unwrap_or(registry);
+    if is_docker_hub(host) {
+        "docker.io".to_owned()
+    } else {
+        host.to_owned()
+    }
+}
+
 /// Whether a config key (`https://host:port/v1/`, `host:port`, …) names `registry`.
 fn same_registry(key: &str, registry: &str) -> bool {
     let host = key

@@ -74,6 +74,6 @@ pub use auth::Credentials;
 pub use builder::{BuildError, NativeBuilder};
 pub use client::{RegistryClient, RegistryClientBuilder};
 pub use docker_config::DockerConfig;
-pub use error::{OciError, Step};
+pub use error::{CertificateProblem, ConnectFailure, OciError, Step};
 pub use layout::{LayoutError, OCI_MANIFEST_MEDIA_TYPE, OciLayout, REF_NAME_ANNOTATION};
 pub use store::LayoutRegistry;

@@ -551,7 +551,10 @@ async fn a_base_image_on_a_token_registry_has_its_layers_mounted() {
         .expect("the token service starts");
     let registry = TestRegistry::start_with_token_auth(&tokens);
     let client = RegistryClient::builder()
-        .credentials(shipflow_oci::Credentials::basic("ci", "build-pass-7730"))
+        .credentials(
+            registry.host(),
+            shipflow_oci::Credentials::basic("ci", "build-pass-7730"),
+        )
         .without_docker_config()
         .build()
         .expect("client");

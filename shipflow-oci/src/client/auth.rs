@@ -7,7 +7,10 @@ use reqwest::header::{HeaderMap, WWW_AUTHENTICATE};
 use reqwest::{Method, StatusCode, Url};
 use shipflow_core::{Context, ImageRef};
 
-use super::transport::{Body, Call, lock, registry_error};
+use super::transport::{
+    Body, Call, DOCUMENT_LIMIT, classify, connect_error, lock, read_limited, redacted,
+    registry_error,
+};
 use super::{RegistryClient, Token};
 use crate::auth::{Credentials, Scheme, TokenResponse, parse_challenge};
 use crate::error::{OciError, Step};
@@ -32,6 +35,19 @@ impl RegistryClient {
             return false;
         };
         let registry = reference.registry().to_owned();
+        // Once a registry asked for bearer tokens, a later Basic challenge does not
+        // make this client send the password on every request (as containerd's
+        // authorizer keeps the strongest scheme a host offered).
+        if scheme == Scheme::Basic
+            && matches!(
+                lock(&self.inner.schemes).get(&registry),
+                Some(Scheme::Bearer { .. })
+            )
+        {
+            tracing::debug!(%registry, "ignoring a Basic challenge from a registry that asked for bearer tokens");
+            return false;
+        }
+        tracing::debug!(%registry, ?scheme, "learnt the registry's auth scheme");
         let can_retry = match &scheme {
             Scheme::Basic => matches!(self.credentials_for(reference.registry()), Ok(Some(_))),
             Scheme::Bearer { .. } => true,
@@ -94,6 +110,9 @@ impl RegistryClient {
         };
         let mut url =
             Url::parse(realm).map_err(|e| protocol(format!("token realm {realm:?}: {e}")))?;
+        // The credentials go to the realm the registry named, never over plain
+        // HTTP when the registry itself is on HTTPS.
+        self.check_no_downgrade(call, Step::Auth, &url)?;
         {
             let mut query = url.query_pairs_mut();
             if let Some(service) = service {
@@ -105,6 +124,7 @@ impl RegistryClient {
             }
         }
         let credentials = self.credentials_for(call.reference.registry())?;
+        tracing::debug!(reference = %call.reference, realm = %redacted(&url), ?scopes, with_credentials = credentials.is_some(), "fetching a bearer token");
         let request = match credentials.as_ref().and_then(|c| c.refresh_token()) {
             // OAuth2: the identity token is exchanged in a form POST, never sent as a
             // password (Docker does the same).
@@ -135,12 +155,13 @@ impl RegistryClient {
             }
         };
         call.requests.fetch_add(1, Ordering::Relaxed);
-        let response = request.send().await.map_err(|source| OciError::Connect {
-            reference: call.name(),
-            step: Step::Auth,
-            attempts: 1,
-            source: source.without_url(),
-        })?;
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(source) => {
+                let failure = classify(&source);
+                return Err(connect_error(call, Step::Auth, 1, failure, source).await);
+            }
+        };
         if response.status() == StatusCode::UNAUTHORIZED
             || response.status() == StatusCode::FORBIDDEN
         {
@@ -156,10 +177,8 @@ impl RegistryClient {
         if !response.status().is_success() {
             return Err(self.failure(call, Step::Auth, response).await);
         }
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| protocol(format!("token response: {}", e.without_url())))?;
+        let bytes =
+            read_limited(call, Step::Auth, "token answer", response, DOCUMENT_LIMIT).await?;
         let body: TokenResponse =
             serde_json::from_slice(&bytes).map_err(|e| protocol(format!("token response: {e}")))?;
         body.token
@@ -178,7 +197,8 @@ impl RegistryClient {
     /// The credentials for `registry`: the explicit ones, else the docker config's
     /// (looked up once per registry; a credential helper runs at most once).
     pub(super) fn credentials_for(&self, registry: &str) -> Result<Option<Credentials>, OciError> {
-        if let Some(explicit) = &self.inner.config.credentials {
+        let canonical = crate::docker_config::canonical_registry(registry);
+        if let Some(explicit) = self.inner.config.credentials.get(&canonical) {
             return Ok(Some(explicit.clone()));
         }
         let Some(config) = &self.inner.docker_config else {

@@ -9,9 +9,13 @@ use reqwest::{Method, StatusCode, Url};
 use shipflow_core::{Blob, Context, Digest, ImageRef};
 
 use super::RegistryClient;
-use super::transport::{Body, Call, lock};
+use super::transport::{Body, Call, lock, read_limited};
 use crate::error::{OciError, Step};
 use crate::progress::BlobProgress;
+
+/// The largest blob [`RegistryClient::fetch_blob`] reads (it is meant for
+/// image configs, which are kilobytes).
+pub(super) const FETCH_BLOB_LIMIT: usize = 16 * 1024 * 1024;
 
 /// Default chunk threshold and chunk size of blob uploads.
 pub(super) const DEFAULT_CHUNK: u64 = 8 * 1024 * 1024;
@@ -42,12 +46,7 @@ impl RegistryClient {
         if !response.status().is_success() {
             return Err(self.failure(&call, Step::BlobGet, response).await);
         }
-        let bytes = response.bytes().await.map_err(|source| OciError::Connect {
-            reference: call.name(),
-            step: Step::BlobGet,
-            attempts: 1,
-            source: source.without_url(),
-        })?;
+        let bytes = read_limited(&call, Step::BlobGet, "blob", response, FETCH_BLOB_LIMIT).await?;
         let actual = Digest::sha256(&bytes);
         if &actual != digest {
             return Err(OciError::DigestMismatch {
@@ -267,7 +266,7 @@ impl RegistryClient {
                     .await;
                 let interrupted = match sent {
                     Ok(response) if response.status() == StatusCode::ACCEPTED => {
-                        location = next_location(call, &location, response.headers())?;
+                        location = self.next_location(call, &location, response.headers())?;
                         offset = match upload_range_end(response.headers()) {
                             Some(received) if received > offset && received <= end => received,
                             _ => end,
@@ -353,7 +352,7 @@ impl RegistryClient {
             .await?;
         match response.status() {
             StatusCode::NO_CONTENT | StatusCode::OK | StatusCode::ACCEPTED => {
-                let at = next_location(call, location, response.headers())?;
+                let at = self.next_location(call, location, response.headers())?;
                 Ok(Some((
                     at,
                     upload_range_end(response.headers()).unwrap_or(0),
@@ -382,29 +381,36 @@ impl RegistryClient {
         if response.status() != StatusCode::ACCEPTED {
             return Err(self.failure(call, Step::BlobUpload, response).await);
         }
-        next_location(call, &url, response.headers())
+        self.next_location(call, &url, response.headers())
     }
 }
 
-/// The session URL from a response's `Location` (relative to `base`).
-pub(super) fn next_location(
-    call: &Call<'_>,
-    base: &Url,
-    headers: &HeaderMap,
-) -> Result<Url, OciError> {
-    let location = headers
-        .get(LOCATION)
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| OciError::Protocol {
+impl RegistryClient {
+    /// The session URL from a response's `Location` (relative to `base`). It may
+    /// name another host (a storage backend): requests there carry no credentials.
+    /// One that leaves HTTPS is refused.
+    pub(super) fn next_location(
+        &self,
+        call: &Call<'_>,
+        base: &Url,
+        headers: &HeaderMap,
+    ) -> Result<Url, OciError> {
+        let location = headers
+            .get(LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| OciError::Protocol {
+                reference: call.name(),
+                step: Step::BlobUpload,
+                reason: "the upload answer has no Location header".into(),
+            })?;
+        let url = base.join(location).map_err(|e| OciError::Protocol {
             reference: call.name(),
             step: Step::BlobUpload,
-            reason: "the upload answer has no Location header".into(),
+            reason: format!("upload Location {location:?}: {e}"),
         })?;
-    base.join(location).map_err(|e| OciError::Protocol {
-        reference: call.name(),
-        step: Step::BlobUpload,
-        reason: format!("upload Location {location:?}: {e}"),
-    })
+        self.check_no_downgrade(call, Step::BlobUpload, &url)?;
+        Ok(url)
+    }
 }
 
 /// How many bytes an upload holds, from `Range: 0-<last>`. Distribution writes

@@ -1,5 +1,6 @@
 //! Manifests and tags: `HEAD`, `GET` and `PUT` of manifests, and the tag list.
 
+use std::collections::HashSet;
 use std::sync::atomic::AtomicU32;
 
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap};
@@ -7,12 +8,15 @@ use reqwest::{Method, StatusCode};
 use shipflow_core::{Context, Digest, ImageRef};
 
 use super::RegistryClient;
-use super::transport::{Body, Call};
+use super::transport::{Body, Call, DOCUMENT_LIMIT, read_limited};
 use crate::error::{OciError, Step};
 
 /// The manifest media types this client asks for.
 const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json";
 const DIGEST_HEADER: &str = "docker-content-digest";
+/// The most tag list pages [`RegistryClient::list_tags`] follows (a million tags at
+/// Distribution's default page size of 100).
+const MAX_TAG_PAGES: usize = 10_000;
 
 impl RegistryClient {
     /// `GET` the manifest of `reference` (by digest, else tag, else `latest`): its
@@ -63,7 +67,28 @@ impl RegistryClient {
             url.query_pairs_mut().append_pair("n", &n.to_string());
         }
         let mut tags = Vec::new();
+        // A registry whose `Link`s loop, or never end, must not keep the client
+        // paging: each page is fetched once, and at most MAX_TAG_PAGES of them.
+        let mut visited = HashSet::new();
         loop {
+            if !visited.insert(url.clone()) {
+                return Err(OciError::Protocol {
+                    reference: call.name(),
+                    step: Step::TagList,
+                    reason: format!(
+                        "its Link headers loop back to page {} after {} page(s)",
+                        super::transport::redacted(&url),
+                        visited.len()
+                    ),
+                });
+            }
+            if visited.len() > MAX_TAG_PAGES {
+                return Err(OciError::Protocol {
+                    reference: call.name(),
+                    step: Step::TagList,
+                    reason: format!("the tag list goes on past {MAX_TAG_PAGES} pages"),
+                });
+            }
             let response = self
                 .send(
                     &call,
@@ -85,12 +110,14 @@ impl RegistryClient {
                     step: Step::TagList,
                     reason: format!("Link header: {e}"),
                 })?;
-            let bytes = response.bytes().await.map_err(|source| OciError::Connect {
-                reference: call.name(),
-                step: Step::TagList,
-                attempts: 1,
-                source: source.without_url(),
-            })?;
+            let bytes = read_limited(
+                &call,
+                Step::TagList,
+                "tag list page",
+                response,
+                DOCUMENT_LIMIT,
+            )
+            .await?;
             let page: Page = serde_json::from_slice(&bytes).map_err(|e| OciError::Protocol {
                 reference: call.name(),
                 step: Step::TagList,
@@ -98,8 +125,13 @@ impl RegistryClient {
             })?;
             tags.extend(page.tags.unwrap_or_default());
             match next {
-                Some(next) if next != url => url = next,
-                _ => return Ok(tags),
+                Some(next) => {
+                    // The next page may be on another host (it gets no
+                    // credentials), but never off HTTPS.
+                    self.check_no_downgrade(&call, Step::TagList, &next)?;
+                    url = next;
+                }
+                None => return Ok(tags),
             }
         }
     }
@@ -161,13 +193,15 @@ impl RegistryClient {
             .and_then(|v| v.to_str().ok())
             .unwrap_or(crate::layout::OCI_MANIFEST_MEDIA_TYPE)
             .to_owned();
-        let bytes = response.bytes().await.map_err(|source| OciError::Connect {
-            reference: call.name(),
-            step: Step::ManifestGet,
-            attempts: 1,
-            source: source.without_url(),
-        })?;
-        Ok((bytes.to_vec(), media_type))
+        let bytes = read_limited(
+            call,
+            Step::ManifestGet,
+            "manifest",
+            response,
+            DOCUMENT_LIMIT,
+        )
+        .await?;
+        Ok((bytes, media_type))
     }
 
     pub(super) async fn put_manifest(

@@ -29,7 +29,8 @@ use crate::error::{OciError, Step};
 #[derive(Debug, Clone)]
 pub struct RegistryClientBuilder {
     insecure: bool,
-    credentials: Option<Credentials>,
+    /// Explicit credentials, per registry (`host[:port]`, Docker Hub as `docker.io`).
+    credentials: HashMap<String, Credentials>,
     max_concurrent_uploads: usize,
     max_attempts: u32,
     base_delay: Duration,
@@ -56,7 +57,7 @@ impl Default for RegistryClientBuilder {
     fn default() -> Self {
         Self {
             insecure: false,
-            credentials: None,
+            credentials: HashMap::new(),
             max_concurrent_uploads: 4,
             max_attempts: 4,
             base_delay: Duration::from_millis(200),
@@ -78,11 +79,26 @@ impl RegistryClientBuilder {
         self
     }
 
-    /// Authenticates with `credentials`: as HTTP basic auth, or to obtain bearer
-    /// tokens when the registry asks for them. Explicit credentials win over any
-    /// docker config.
-    pub fn credentials(mut self, credentials: Credentials) -> Self {
-        self.credentials = Some(credentials);
+    /// Authenticates to `registry` (`host[:port]` as in image references, e.g.
+    /// `registry.example.com` or `127.0.0.1:5000`; `docker.io` for Docker Hub) with
+    /// `credentials`: as HTTP basic auth, or to obtain bearer tokens when the
+    /// registry asks for them. They win over any docker config for that registry,
+    /// and go nowhere else: an image on another registry is pushed with that
+    /// registry's own credentials (or none), as `docker login <registry>` binds
+    /// a login to one registry. Call once per registry.
+    ///
+    /// ```
+    /// use shipflow_oci::{Credentials, RegistryClient};
+    /// let client = RegistryClient::builder()
+    ///     .credentials("registry.example.com", Credentials::basic("ci", "s3cret"))
+    ///     .build()?;
+    /// # Ok::<(), shipflow_oci::OciError>(())
+    /// ```
+    pub fn credentials(mut self, registry: impl Into<String>, credentials: Credentials) -> Self {
+        self.credentials.insert(
+            crate::docker_config::canonical_registry(&registry.into()),
+            credentials,
+        );
         self
     }
 
@@ -146,14 +162,17 @@ impl RegistryClientBuilder {
     pub fn build(self) -> Result<RegistryClient, OciError> {
         let mut http = reqwest::Client::builder()
             .user_agent(concat!("shipflow-oci/", env!("CARGO_PKG_VERSION")))
-            .redirect(reqwest::redirect::Policy::limited(5))
+            .redirect(redirect_policy())
             // A registry or token service that stops answering must not hang the push.
             .connect_timeout(Duration::from_secs(30))
             .read_timeout(Duration::from_secs(60));
         if let Some(timeout) = self.timeout {
             http = http.timeout(timeout);
         }
-        let http = http.build().map_err(OciError::Client)?;
+        let http = http.build().map_err(|e| OciError::Client {
+            reason: "the HTTP client cannot be built".into(),
+            source: Some(Box::new(e)),
+        })?;
         let docker_config = match &self.docker_config {
             DockerConfigSource::Environment => DockerConfig::load()?,
             DockerConfigSource::Given(config) => Some(config.clone()),
@@ -171,6 +190,24 @@ impl RegistryClientBuilder {
             }),
         })
     }
+}
+
+/// Follows at most 5 redirects, none from HTTPS to plain HTTP. (reqwest already
+/// drops `Authorization` on a redirect to another scheme, host or port.)
+fn redirect_policy() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let downgrade = attempt
+            .previous()
+            .last()
+            .is_some_and(|from| from.scheme() == "https" && attempt.url().scheme() != "https");
+        if downgrade {
+            attempt.error("a redirect from HTTPS to plain HTTP was refused")
+        } else if attempt.previous().len() > 5 {
+            attempt.error("more than 5 redirects")
+        } else {
+            attempt.follow()
+        }
+    })
 }
 
 /// A native OCI distribution client, and a [`Registry`] for shipflow's pipeline.
@@ -282,6 +319,30 @@ mod tests {
             .url(&reference, "blobs/uploads/")
             .expect("url")
             .to_string()
+    }
+
+    #[test]
+    fn an_upload_location_off_https_is_refused() {
+        let client = RegistryClient::builder().build().expect("client");
+        let reference: ImageRef = "registry.example.com/team/api:v1".parse().expect("ref");
+        let requests = AtomicU32::new(0);
+        let ctx = Context::new();
+        let call = Call::new(&reference, true, &requests, &ctx);
+        let base = client.url(&reference, "blobs/uploads/").expect("url");
+        let mut headers = HeaderMap::new();
+        for (location, ok) in [
+            ("/v2/team/api/blobs/uploads/1", true),
+            ("https://storage.example.com/upload/1", true),
+            (
+                "http://registry.example.com/v2/team/api/blobs/uploads/1",
+                false,
+            ),
+            ("http://storage.example.com/upload/1", false),
+        ] {
+            headers.insert(reqwest::header::LOCATION, location.parse().expect("header"));
+            let next = client.next_location(&call, &base, &headers);
+            assert_eq!(next.is_ok(), ok, "{location}: {next:?}");
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@ use shipflow_core::{Context, ImageRef};
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 
 use super::RegistryClient;
-use crate::error::{OciError, Step};
+use crate::error::{ConnectFailure, OciError, Step};
 use crate::progress::BlobProgress;
 
 /// What a request body is made of; rebuilt for every attempt.
@@ -112,6 +112,40 @@ impl RegistryClient {
         })
     }
 
+    /// The registry's own origin (scheme, host and port): the only place its
+    /// credentials and tokens are sent, and the only one whose challenges count.
+    pub(super) fn origin(&self, reference: &ImageRef) -> Result<Url, OciError> {
+        let raw = self.base_url(reference);
+        Url::parse(&raw).map_err(|e| OciError::Protocol {
+            reference: reference.to_string(),
+            step: Step::Ping,
+            reason: format!("invalid registry URL {raw}: {e}"),
+        })
+    }
+
+    /// Checks that `url`, which the registry named (an upload `Location`, a tag
+    /// list `Link`), keeps HTTPS when the registry uses it.
+    pub(super) fn check_no_downgrade(
+        &self,
+        call: &Call<'_>,
+        step: Step,
+        url: &Url,
+    ) -> Result<(), OciError> {
+        let origin = self.origin(call.reference)?;
+        if origin.scheme() == "https" && url.scheme() != "https" {
+            return Err(OciError::Protocol {
+                reference: call.name(),
+                step,
+                reason: format!(
+                    "the registry sent this client to {}://{}, off HTTPS; refusing to downgrade",
+                    url.scheme(),
+                    url.host_str().unwrap_or_default()
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// Sends one request with auth, retries and cancellation. Returns any response
     /// that is not a retryable failure; callers map statuses to errors.
     pub(super) async fn send(
@@ -142,6 +176,8 @@ impl RegistryClient {
         max_attempts: u32,
     ) -> Result<reqwest::Response, OciError> {
         let config = &self.inner.config;
+        let origin = self.origin(call.reference)?;
+        self.check_no_downgrade(call, step, &url)?;
         let mut attempt = 0u32;
         let mut reauthenticated = false;
         loop {
@@ -187,7 +223,13 @@ impl RegistryClient {
                         ))
                 }
             };
-            request = self.authorize(call, request).await?;
+            // Credentials go to the registry's own origin only: never to an upload
+            // host, a storage backend or a link it names elsewhere.
+            let own_origin = same_origin(&url, &origin);
+            if own_origin {
+                request = self.authorize(call, request).await?;
+            }
+            tracing::debug!(reference = %call.reference, %step, %method, url = %redacted(&url), attempt, authorized = own_origin, "request");
             call.requests.fetch_add(1, Ordering::Relaxed);
             let sent = tokio::select! {
                 sent = request.send() => sent,
@@ -197,15 +239,11 @@ impl RegistryClient {
             };
             let delay = match sent {
                 Err(source) => {
-                    if attempt >= max_attempts
-                        || !(source.is_connect() || source.is_timeout() || source.is_request())
-                    {
-                        return Err(OciError::Connect {
-                            reference: call.name(),
-                            step,
-                            attempts: attempt,
-                            source: source.without_url(),
-                        });
+                    let failure = classify(&source);
+                    let retryable =
+                        source.is_connect() || source.is_timeout() || source.is_request();
+                    if attempt >= max_attempts || !retryable {
+                        return Err(connect_error(call, step, attempt, failure, source).await);
                     }
                     tracing::debug!(reference = %call.reference, %step, attempt, error = %source, "retrying after transport error");
                     self.backoff(attempt)
@@ -214,7 +252,11 @@ impl RegistryClient {
                     if response.status() == StatusCode::UNAUTHORIZED && !reauthenticated =>
                 {
                     reauthenticated = true;
-                    if self.learn_challenge(call.reference, response.headers()) {
+                    // Only the registry's own answers say how it wants auth: a 401
+                    // from a redirect target or an upload host teaches nothing.
+                    if same_origin(response.url(), &origin)
+                        && self.learn_challenge(call.reference, response.headers())
+                    {
                         attempt -= 1;
                         continue;
                     }
@@ -292,6 +334,146 @@ impl RegistryClient {
     }
 }
 
+/// What kind of transport failure `error` is, as far as its sources tell (a
+/// failed name lookup is told apart by [`connect_error`]).
+pub(super) fn classify(error: &reqwest::Error) -> ConnectFailure {
+    if error.is_timeout() {
+        return ConnectFailure::Timeout;
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(cause) = source {
+        if cause.downcast_ref::<rustls::Error>().is_some() {
+            return ConnectFailure::Tls;
+        }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => return ConnectFailure::Refused,
+                std::io::ErrorKind::TimedOut => return ConnectFailure::Timeout,
+                _ => {}
+            }
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+            {
+                return ConnectFailure::Tls;
+            }
+        }
+        source = cause.source();
+    }
+    ConnectFailure::Other
+}
+
+/// The [`OciError::Connect`] for a transport error. A connection that failed for
+/// no reason its sources name is checked for a host name that does not resolve,
+/// so that the message can say so.
+pub(super) async fn connect_error(
+    call: &Call<'_>,
+    step: Step,
+    attempts: u32,
+    mut failure: ConnectFailure,
+    source: reqwest::Error,
+) -> OciError {
+    let registry = call.reference.registry().to_owned();
+    if failure == ConnectFailure::Other && source.is_connect() {
+        let host = source
+            .url()
+            .and_then(|u| Some((u.host_str()?.to_owned(), u.port_or_known_default()?)));
+        if let Some((host, port)) = host
+            && tokio::net::lookup_host((host.trim_matches(['[', ']']), port))
+                .await
+                .is_err()
+        {
+            failure = ConnectFailure::Dns;
+        }
+    }
+    OciError::Connect {
+        reference: call.name(),
+        registry,
+        step,
+        failure,
+        attempts,
+        source: Box::new(source.without_url()),
+    }
+}
+
+/// Whether `a` and `b` have the same scheme, host and port.
+pub(super) fn same_origin(a: &Url, b: &Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host_str() == b.host_str()
+        && a.port_or_known_default() == b.port_or_known_default()
+}
+
+/// `url` without its query, which may carry upload state or tokens of another host.
+pub(super) fn redacted(url: &Url) -> String {
+    let mut url = url.clone();
+    url.set_query(None);
+    let _ = url.set_password(None);
+    url.to_string()
+}
+
+/// At most this much of an error body is read: enough for the registry's message.
+pub(super) const ERROR_BODY_LIMIT: usize = 64 * 1024;
+/// At most this much of a manifest, index, token answer or tag page is read (as
+/// containerd limits manifests).
+pub(super) const DOCUMENT_LIMIT: usize = 4 * 1024 * 1024;
+
+/// Reads `response`'s body, failing once it passes `limit` bytes: a registry
+/// cannot make this client hold more than that.
+pub(super) async fn read_limited(
+    call: &Call<'_>,
+    step: Step,
+    what: &'static str,
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, OciError> {
+    let too_large = || OciError::TooLarge {
+        reference: call.name(),
+        step,
+        what,
+        limit: limit as u64,
+    };
+    if response
+        .content_length()
+        .is_some_and(|len| len > limit as u64)
+    {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    loop {
+        let chunk = tokio::select! {
+            chunk = response.chunk() => chunk,
+            () = call.ctx.cancellation().cancelled() => {
+                return Err(OciError::Cancelled { reference: call.name(), step });
+            }
+        };
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(source) => {
+                let failure = classify(&source);
+                return Err(connect_error(call, step, 1, failure, source).await);
+            }
+        };
+        match chunk {
+            Some(chunk) if body.len() + chunk.len() > limit => return Err(too_large()),
+            Some(chunk) => body.extend_from_slice(&chunk),
+            None => return Ok(body),
+        }
+    }
+}
+
+/// The first bytes of `response`'s body, at most `limit`; the rest is left unread.
+async fn read_prefix(mut response: reqwest::Response, limit: usize) -> Vec<u8> {
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        let room = limit - body.len();
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() >= limit {
+            break;
+        }
+    }
+    body
+}
+
 pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding one of these locks leaves a plain map behind: still usable.
     mutex
@@ -313,9 +495,9 @@ pub(super) async fn registry_error(
         code: Option<String>,
         message: Option<String>,
     }
-    let Ok(bytes) = response.bytes().await else {
-        return (None, None);
-    };
+    // An error body is read only so far: a registry sending gigabytes of it
+    // cannot make the client hold them.
+    let bytes = read_prefix(response, ERROR_BODY_LIMIT).await;
     match serde_json::from_slice::<Body>(&bytes) {
         Ok(body) => body
             .errors

@@ -14,6 +14,8 @@ use shipflow_core::{ImageRef, LocalImage};
 use shipflow_oci::OciLayout;
 use shipflow_oci::testing::TokenService;
 
+pub mod hostile;
+
 /// A running `docker-registry` (the crate's `testing::TestRegistry`), with the auth
 /// files it reads kept alive beside it.
 pub struct TestRegistry {
