@@ -272,6 +272,9 @@ pub enum ConnectFailure {
     /// The TLS handshake failed for a reason other than an untrusted certificate
     /// (those are [`OciError::Certificate`]).
     Tls,
+    /// The registry refused the TLS session for want of a client certificate it
+    /// trusts (mutual TLS).
+    ClientCertificate,
     /// The registry did not answer in time.
     Timeout,
     /// The connection broke for another reason (reset, closed early).
@@ -284,6 +287,9 @@ impl ConnectFailure {
             Self::Refused => format!("nothing listens at {registry} (connection refused)"),
             Self::Dns => format!("the registry host name of {registry} does not resolve"),
             Self::Tls => format!("the TLS handshake with {registry} failed"),
+            Self::ClientCertificate => format!(
+                "registry {registry} asks for a client certificate (mutual TLS) and did not accept this client's"
+            ),
             Self::Timeout => format!("{registry} did not answer in time"),
             Self::Other => format!("the connection to {registry} broke"),
         }
@@ -295,6 +301,9 @@ impl ConnectFailure {
             Self::Dns => "check the host name (a typo? a name only your VPN or /etc/hosts knows?)",
             Self::Tls => {
                 "check that the registry speaks HTTPS on that port (a plain-HTTP registry needs insecure(true), the CLI's --insecure-registry)"
+            }
+            Self::ClientCertificate => {
+                "put the client certificate and key it trusts in certs.d/<host:port>/ as client.cert and client.key (under /etc/docker/certs.d, /etc/containers/certs.d or ~/.config/containers/certs.d), or give them to the client (client_identity)"
             }
             Self::Timeout | Self::Other => {
                 "check the network between here and the registry, and that the registry is healthy"

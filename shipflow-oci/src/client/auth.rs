@@ -8,12 +8,11 @@ use reqwest::{Method, StatusCode, Url};
 use shipflow_core::{Context, ImageRef};
 
 use super::transport::{
-    Body, Call, DOCUMENT_LIMIT, classify, connect_error, lock, read_limited, redacted,
-    registry_error,
+    Body, Call, DOCUMENT_LIMIT, classify, lock, read_limited, redacted, registry_error,
 };
 use super::{RegistryClient, Token};
 use crate::auth::{Credentials, Scheme, TokenResponse, parse_challenge};
-use crate::error::{OciError, Step};
+use crate::error::{ConnectFailure, OciError, Step};
 
 impl RegistryClient {
     /// `GET /v2/`: checks the registry answers the distribution API and learns how
@@ -124,6 +123,7 @@ impl RegistryClient {
             }
         }
         let credentials = self.credentials_for(call.reference.registry())?;
+        let http = self.endpoint(call.reference.registry())?.http;
         tracing::debug!(reference = %call.reference, realm = %redacted(&url), ?scopes, with_credentials = credentials.is_some(), "fetching a bearer token");
         let request = match credentials.as_ref().and_then(|c| c.refresh_token()) {
             // OAuth2: the identity token is exchanged in a form POST, never sent as a
@@ -137,9 +137,7 @@ impl RegistryClient {
                     .append_pair("service", service.unwrap_or_default())
                     .append_pair("scope", &scopes.join(" "));
                 url.set_query(None);
-                self.inner
-                    .http
-                    .post(url)
+                http.post(url)
                     .header(
                         reqwest::header::CONTENT_TYPE,
                         "application/x-www-form-urlencoded",
@@ -147,7 +145,7 @@ impl RegistryClient {
                     .body(form.query().unwrap_or_default().to_owned())
             }
             None => {
-                let mut request = self.inner.http.get(url);
+                let mut request = http.get(url);
                 if let Some(c) = &credentials {
                     request = request.basic_auth(c.username(), Some(c.password()));
                 }
@@ -159,7 +157,9 @@ impl RegistryClient {
             Ok(response) => response,
             Err(source) => {
                 let failure = classify(&source);
-                return Err(connect_error(call, Step::Auth, 1, failure, source).await);
+                return Err(self
+                    .connect_error(call, Step::Auth, 1, failure, source)
+                    .await);
             }
         };
         if response.status() == StatusCode::UNAUTHORIZED
@@ -213,15 +213,18 @@ impl RegistryClient {
     }
 
     pub(super) async fn ping_call(&self, call: &Call<'_>) -> Result<(), OciError> {
-        let url = Url::parse(&format!("{}/v2/", self.base_url(call.reference))).map_err(|e| {
-            OciError::Protocol {
-                reference: call.name(),
-                step: Step::Ping,
-                reason: e.to_string(),
-            }
-        })?;
-        let response = self
-            .send(
+        let registry = call.reference.registry();
+        let ping_url = |client: &Self| {
+            Url::parse(&format!("{}/v2/", client.base_url(call.reference))).map_err(|e| {
+                OciError::Protocol {
+                    reference: call.name(),
+                    step: Step::Ping,
+                    reason: e.to_string(),
+                }
+            })
+        };
+        let get = |url| {
+            self.send(
                 call,
                 Step::Ping,
                 Method::GET,
@@ -229,7 +232,29 @@ impl RegistryClient {
                 HeaderMap::new(),
                 Body::Empty,
             )
-            .await?;
+        };
+        let probe = self.may_use_plain_http(call.reference) && !self.endpoint(registry)?.plain_http;
+        let response = if probe {
+            // HTTPS first, once; plain HTTP only when the registry does not speak
+            // TLS (as Docker does for its insecure registries, loopback included).
+            // A certificate the trust rejects is reported, not stepped around.
+            match get(ping_url(self)?).await {
+                Err(OciError::Connect {
+                    failure: ConnectFailure::Tls | ConnectFailure::Other,
+                    attempts,
+                    ..
+                }) => {
+                    tracing::debug!(%registry, "the registry does not speak TLS: using plain HTTP");
+                    // The attempts never became HTTP requests.
+                    call.requests.fetch_sub(attempts, Ordering::Relaxed);
+                    self.use_plain_http(registry);
+                    get(ping_url(self)?).await?
+                }
+                other => other?,
+            }
+        } else {
+            get(ping_url(self)?).await?
+        };
         match response.status() {
             s if s.is_success() => {
                 lock(&self.inner.schemes)

@@ -9,9 +9,11 @@ mod auth;
 mod blobs;
 mod manifests;
 mod push;
+mod tls;
 mod transport;
 
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -40,6 +42,9 @@ pub struct RegistryClientBuilder {
     chunk_threshold: u64,
     chunk_size: u64,
     docker_config: DockerConfigSource,
+    tls: tls::TlsSettings,
+    /// CA files to read at build, into `tls.cas`.
+    ca_files: Vec<PathBuf>,
 }
 
 /// Where credentials come from when none are given explicitly.
@@ -67,15 +72,63 @@ impl Default for RegistryClientBuilder {
             chunk_threshold: DEFAULT_CHUNK,
             chunk_size: DEFAULT_CHUNK,
             docker_config: DockerConfigSource::Environment,
+            tls: tls::TlsSettings {
+                certs_dirs: tls::default_certs_dirs(),
+                ..tls::TlsSettings::default()
+            },
+            ca_files: Vec::new(),
         }
     }
 }
 
 impl RegistryClientBuilder {
-    /// Talks plain HTTP to every registry. Without it, only loopback registries
-    /// (`127.0.0.1`, `localhost`, `[::1]`) are spoken to over HTTP; all others use HTTPS.
+    /// Treats every registry as Docker treats its `insecure-registries`: HTTPS
+    /// without verifying the certificate, and plain HTTP when the registry does
+    /// not speak TLS; a warning says so once per registry. Without it, loopback
+    /// registries (`127.0.0.0/8`, `localhost`, `[::1]`) are tried over verified
+    /// HTTPS and then plain HTTP, and all others must pass HTTPS verification.
     pub fn insecure(mut self, insecure: bool) -> Self {
         self.insecure = insecure;
+        self
+    }
+
+    /// The certs.d roots searched for `<host[:port]>/` directories: `*.crt` files
+    /// there are CAs trusted for that registry (besides the system's), and a
+    /// `*.cert` with the `*.key` of the same name is a client certificate for it.
+    /// Default, as Docker and Podman: `/etc/docker/certs.d`,
+    /// `/etc/containers/certs.d`, `~/.config/containers/certs.d`.
+    pub fn certs_dirs(mut self, roots: impl IntoIterator<Item = impl Into<PathBuf>>) -> Self {
+        self.tls.certs_dirs = roots.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Trusts the CA certificates in `pem` (one or more PEM certificates) for
+    /// every registry, besides the system's and those of certs.d.
+    pub fn ca_certificates(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        let n = self.tls.cas.len() + 1;
+        self.tls
+            .cas
+            .push((format!("CA certificates #{n}"), pem.into()));
+        self
+    }
+
+    /// Trusts the CA certificates of the PEM file at `path` for every registry
+    /// (read at [`Self::build`], whose error names the file): what a CLI's
+    /// `--registry-ca FILE` passes.
+    pub fn ca_certificate_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.ca_files.push(path.into());
+        self
+    }
+
+    /// Presents this client certificate chain and private key (PEM) to every
+    /// registry that asks for one (mutual TLS). Without it, a certs.d client
+    /// certificate of the registry is used.
+    pub fn client_identity(
+        mut self,
+        certificate_chain_pem: impl Into<Vec<u8>>,
+        private_key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.tls.identity = Some((certificate_chain_pem.into(), private_key_pem.into()));
         self
     }
 
@@ -158,21 +211,19 @@ impl RegistryClientBuilder {
         self
     }
 
-    /// Builds the client. Fails if the docker config exists but cannot be read.
-    pub fn build(self) -> Result<RegistryClient, OciError> {
-        let mut http = reqwest::Client::builder()
-            .user_agent(concat!("shipflow-oci/", env!("CARGO_PKG_VERSION")))
-            .redirect(redirect_policy())
-            // A registry or token service that stops answering must not hang the push.
-            .connect_timeout(Duration::from_secs(30))
-            .read_timeout(Duration::from_secs(60));
-        if let Some(timeout) = self.timeout {
-            http = http.timeout(timeout);
+    /// Builds the client. Fails if the docker config exists but cannot be read,
+    /// or a CA file given here cannot be read.
+    pub fn build(mut self) -> Result<RegistryClient, OciError> {
+        for path in std::mem::take(&mut self.ca_files) {
+            let pem = std::fs::read(&path).map_err(|e| OciError::Client {
+                reason: format!("cannot read the CA file {}", path.display()),
+                source: Some(Box::new(e)),
+            })?;
+            self.tls.cas.push((path.display().to_string(), pem));
         }
-        let http = http.build().map_err(|e| OciError::Client {
-            reason: "the HTTP client cannot be built".into(),
-            source: Some(Box::new(e)),
-        })?;
+        // Fail now, not at the first push, on CAs or a client identity that do
+        // not parse.
+        tls::client_config(&self.tls, "", true, &tls::Rejected::default())?;
         let docker_config = match &self.docker_config {
             DockerConfigSource::Environment => DockerConfig::load()?,
             DockerConfigSource::Given(config) => Some(config.clone()),
@@ -180,7 +231,7 @@ impl RegistryClientBuilder {
         };
         Ok(RegistryClient {
             inner: Arc::new(Inner {
-                http,
+                endpoints: Mutex::default(),
                 docker_config,
                 found_credentials: Mutex::default(),
                 config: self,
@@ -190,6 +241,39 @@ impl RegistryClientBuilder {
             }),
         })
     }
+
+    /// An HTTP client for `registry`, with its TLS configuration.
+    fn http_client(
+        &self,
+        registry: &str,
+        rejected: &tls::Rejected,
+    ) -> Result<reqwest::Client, OciError> {
+        let tls = tls::client_config(&self.tls, registry, !self.insecure, rejected)?;
+        let mut http = reqwest::Client::builder()
+            .user_agent(concat!("shipflow-oci/", env!("CARGO_PKG_VERSION")))
+            .redirect(redirect_policy())
+            .tls_backend_preconfigured(tls)
+            // A registry or token service that stops answering must not hang the push.
+            .connect_timeout(Duration::from_secs(30))
+            .read_timeout(Duration::from_secs(60));
+        if let Some(timeout) = self.timeout {
+            http = http.timeout(timeout);
+        }
+        http.build().map_err(|e| OciError::Client {
+            reason: format!("the HTTP client for {registry} cannot be built"),
+            source: Some(Box::new(e)),
+        })
+    }
+}
+
+/// How this client talks to one registry.
+#[derive(Debug, Clone)]
+struct Endpoint {
+    http: reqwest::Client,
+    /// The certificate the registry last presented and the verifier rejected.
+    rejected: tls::Rejected,
+    /// Plain HTTP: a loopback or insecure registry that does not speak TLS.
+    plain_http: bool,
 }
 
 /// Follows at most 5 redirects, none from HTTPS to plain HTTP. (reqwest already
@@ -221,7 +305,8 @@ pub struct RegistryClient {
 
 #[derive(Debug)]
 struct Inner {
-    http: reqwest::Client,
+    /// Per registry: its HTTP client (with the registry's TLS trust) and scheme.
+    endpoints: Mutex<HashMap<String, Endpoint>>,
     config: RegistryClientBuilder,
     /// The docker config credentials are looked up in, when none are explicit.
     docker_config: Option<DockerConfig>,
@@ -346,32 +431,31 @@ mod tests {
     }
 
     #[test]
-    fn plain_http_only_on_loopback_or_when_insecure() {
+    fn https_first_and_plain_http_only_where_allowed() {
         let client = RegistryClient::builder().build().expect("client");
         assert_eq!(
             url_of(&client, "127.0.0.1:5000/team/api:v1"),
-            "http://127.0.0.1:5000/v2/team/api/blobs/uploads/"
-        );
-        assert_eq!(
-            url_of(&client, "localhost:5000/api"),
-            "http://localhost:5000/v2/api/blobs/uploads/"
-        );
-        assert_eq!(
-            url_of(&client, "registry.example.com/team/api"),
-            "https://registry.example.com/v2/team/api/blobs/uploads/"
+            "https://127.0.0.1:5000/v2/team/api/blobs/uploads/"
         );
         assert_eq!(
             url_of(&client, "nginx"),
             "https://registry-1.docker.io/v2/library/nginx/blobs/uploads/"
         );
+        let loopback: ImageRef = "localhost:5000/api".parse().expect("ref");
+        let remote: ImageRef = "registry.lan:5000/api".parse().expect("ref");
+        assert!(client.may_use_plain_http(&loopback));
+        assert!(!client.may_use_plain_http(&remote));
+        client.endpoint("localhost:5000").expect("endpoint");
+        client.use_plain_http("localhost:5000");
+        assert_eq!(
+            url_of(&client, "localhost:5000/api"),
+            "http://localhost:5000/v2/api/blobs/uploads/"
+        );
         let insecure = RegistryClient::builder()
             .insecure(true)
             .build()
             .expect("client");
-        assert_eq!(
-            url_of(&insecure, "registry.lan:5000/api"),
-            "http://registry.lan:5000/v2/api/blobs/uploads/"
-        );
+        assert!(insecure.may_use_plain_http(&remote));
     }
 
     #[test]

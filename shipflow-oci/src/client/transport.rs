@@ -11,7 +11,7 @@ use reqwest::{Method, StatusCode, Url};
 use shipflow_core::{Context, ImageRef};
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 
-use super::RegistryClient;
+use super::{Endpoint, RegistryClient};
 use crate::error::{ConnectFailure, OciError, Step};
 use crate::progress::BlobProgress;
 
@@ -86,12 +86,13 @@ impl<'a> Call<'a> {
 }
 
 impl RegistryClient {
+    /// `https://<host>`, or `http://<host>` once a loopback or insecure registry
+    /// was found not to speak TLS.
     pub(super) fn base_url(&self, reference: &ImageRef) -> String {
-        let scheme = if self.inner.config.insecure || reference.is_loopback() {
-            "http"
-        } else {
-            "https"
-        };
+        let plain = lock(&self.inner.endpoints)
+            .get(reference.registry())
+            .is_some_and(|e| e.plain_http);
+        let scheme = if plain { "http" } else { "https" };
         let host = match reference.registry() {
             "docker.io" => "registry-1.docker.io",
             other => other,
@@ -110,6 +111,70 @@ impl RegistryClient {
             step: Step::Ping,
             reason: format!("invalid URL {raw}: {e}"),
         })
+    }
+
+    /// Whether the registry may be spoken to over plain HTTP when it does not
+    /// speak TLS: loopback registries, and all of them when insecure.
+    pub(super) fn may_use_plain_http(&self, reference: &ImageRef) -> bool {
+        self.inner.config.insecure || reference.is_loopback()
+    }
+
+    /// How this client talks to `registry`, set up at first use.
+    pub(super) fn endpoint(&self, registry: &str) -> Result<Endpoint, OciError> {
+        if let Some(endpoint) = lock(&self.inner.endpoints).get(registry) {
+            return Ok(endpoint.clone());
+        }
+        let rejected = super::tls::Rejected::default();
+        let http = self.inner.config.http_client(registry, &rejected)?;
+        if self.inner.config.insecure {
+            tracing::warn!(%registry, "TLS certificate verification is off for this registry (insecure)");
+        }
+        let endpoint = Endpoint {
+            http,
+            rejected,
+            plain_http: false,
+        };
+        Ok(lock(&self.inner.endpoints)
+            .entry(registry.to_owned())
+            .or_insert(endpoint)
+            .clone())
+    }
+
+    /// Speaks plain HTTP to `registry` from now on.
+    pub(super) fn use_plain_http(&self, registry: &str) {
+        if let Some(endpoint) = lock(&self.inner.endpoints).get_mut(registry) {
+            endpoint.plain_http = true;
+        }
+    }
+
+    /// The [`OciError::Connect`] (or, for a certificate the registry's trust
+    /// rejects, [`OciError::Certificate`]) for a transport error. A connection
+    /// that failed for no reason its sources name is checked for a host name that
+    /// does not resolve, so that the message can say so.
+    pub(super) async fn connect_error(
+        &self,
+        call: &Call<'_>,
+        step: Step,
+        attempts: u32,
+        failure: ConnectFailure,
+        source: reqwest::Error,
+    ) -> OciError {
+        if let Some(problem) = find_rustls_error(&source).and_then(super::tls::certificate_problem)
+        {
+            let certificate = lock(&self.inner.endpoints)
+                .get(call.reference.registry())
+                .and_then(|e| lock(&e.rejected).clone())
+                .and_then(|der| super::tls::describe(&der));
+            return OciError::Certificate {
+                reference: call.name(),
+                registry: call.reference.registry().to_owned(),
+                step,
+                problem,
+                certificate,
+                source: Box::new(source.without_url()),
+            };
+        }
+        connect_error(call, step, attempts, failure, source).await
     }
 
     /// The registry's own origin (scheme, host and port): the only place its
@@ -176,6 +241,7 @@ impl RegistryClient {
         max_attempts: u32,
     ) -> Result<reqwest::Response, OciError> {
         let config = &self.inner.config;
+        let http = self.endpoint(call.reference.registry())?.http;
         let origin = self.origin(call.reference)?;
         self.check_no_downgrade(call, step, &url)?;
         let mut attempt = 0u32;
@@ -188,9 +254,7 @@ impl RegistryClient {
                     step,
                 });
             }
-            let mut request = self
-                .inner
-                .http
+            let mut request = http
                 .request(method.clone(), url.clone())
                 .headers(headers.clone());
             request = match &body {
@@ -240,10 +304,18 @@ impl RegistryClient {
             let delay = match sent {
                 Err(source) => {
                     let failure = classify(&source);
+                    // A TLS failure (an untrusted certificate above all) is the same
+                    // on every attempt: it is reported at once.
                     let retryable =
-                        source.is_connect() || source.is_timeout() || source.is_request();
+                        (source.is_connect() || source.is_timeout() || source.is_request())
+                            && !matches!(
+                                failure,
+                                ConnectFailure::Tls | ConnectFailure::ClientCertificate
+                            );
                     if attempt >= max_attempts || !retryable {
-                        return Err(connect_error(call, step, attempt, failure, source).await);
+                        return Err(self
+                            .connect_error(call, step, attempt, failure, source)
+                            .await);
                     }
                     tracing::debug!(reference = %call.reference, %step, attempt, error = %source, "retrying after transport error");
                     self.backoff(attempt)
@@ -340,22 +412,22 @@ pub(super) fn classify(error: &reqwest::Error) -> ConnectFailure {
     if error.is_timeout() {
         return ConnectFailure::Timeout;
     }
+    match find_rustls_error(error) {
+        Some(rustls::Error::AlertReceived(
+            rustls::AlertDescription::CertificateRequired
+            | rustls::AlertDescription::BadCertificate
+            | rustls::AlertDescription::UnknownCA,
+        )) => return ConnectFailure::ClientCertificate,
+        Some(_) => return ConnectFailure::Tls,
+        None => {}
+    }
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(cause) = source {
-        if cause.downcast_ref::<rustls::Error>().is_some() {
-            return ConnectFailure::Tls;
-        }
         if let Some(io) = cause.downcast_ref::<std::io::Error>() {
             match io.kind() {
                 std::io::ErrorKind::ConnectionRefused => return ConnectFailure::Refused,
                 std::io::ErrorKind::TimedOut => return ConnectFailure::Timeout,
                 _ => {}
-            }
-            if io
-                .get_ref()
-                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
-            {
-                return ConnectFailure::Tls;
             }
         }
         source = cause.source();
@@ -363,10 +435,30 @@ pub(super) fn classify(error: &reqwest::Error) -> ConnectFailure {
     ConnectFailure::Other
 }
 
+/// The rustls error among `error`'s sources. (An `io::Error` wrapping another
+/// error hands on that error's source, not the error itself: each is unwrapped.)
+fn find_rustls_error(error: &reqwest::Error) -> Option<&rustls::Error> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(cause) = source {
+        let mut inner = Some(cause);
+        while let Some(candidate) = inner {
+            if let Some(tls) = candidate.downcast_ref::<rustls::Error>() {
+                return Some(tls);
+            }
+            inner = candidate
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .map(|e| e as &(dyn std::error::Error + 'static));
+        }
+        source = cause.source();
+    }
+    None
+}
+
 /// The [`OciError::Connect`] for a transport error. A connection that failed for
 /// no reason its sources name is checked for a host name that does not resolve,
 /// so that the message can say so.
-pub(super) async fn connect_error(
+async fn connect_error(
     call: &Call<'_>,
     step: Step,
     attempts: u32,
