@@ -201,13 +201,18 @@ impl RegistryClient {
         if let Some(explicit) = self.inner.config.credentials.get(&canonical) {
             return Ok(Some(explicit.clone()));
         }
-        let Some(config) = &self.inner.docker_config else {
-            return Ok(None);
-        };
         if let Some(found) = lock(&self.inner.found_credentials).get(registry) {
             return Ok(found.clone());
         }
-        let found = config.credentials(registry)?;
+        // The first file that knows the registry gives its credentials.
+        let mut found = None;
+        for config in &self.inner.docker_configs {
+            found = config.credentials(registry)?;
+            if found.is_some() {
+                tracing::debug!(%registry, file = ?config.path(), "credentials from a credential file");
+                break;
+            }
+        }
         lock(&self.inner.found_credentials).insert(registry.to_owned(), found.clone());
         Ok(found)
     }

@@ -50,8 +50,11 @@ pub struct RegistryClientBuilder {
 /// Where credentials come from when none are given explicitly.
 #[derive(Debug, Clone)]
 enum DockerConfigSource {
-    /// `$DOCKER_CONFIG/config.json` or `~/.docker/config.json`, read at build.
+    /// The files [`DockerConfig::search_paths`] finds in the process environment:
+    /// Podman's `auth.json`, then Docker's `config.json`; read at build.
     Environment,
+    /// These files, in order (those that do not exist are skipped).
+    Files(Vec<PathBuf>),
     /// This config.
     Given(DockerConfig),
     /// None: anonymous unless credentials are given.
@@ -197,10 +200,20 @@ impl RegistryClientBuilder {
         self
     }
 
-    /// Looks credentials up in `config` (per registry) instead of the docker config
-    /// found through `DOCKER_CONFIG` or `~/.docker/config.json`, which is the default.
+    /// Looks credentials up in `config` (per registry) instead of the files found
+    /// in the environment (the default: see [`DockerConfig::search_paths`]).
     pub fn docker_config(mut self, config: DockerConfig) -> Self {
         self.docker_config = DockerConfigSource::Given(config);
+        self
+    }
+
+    /// Looks credentials up in these credential files (Podman `auth.json` or
+    /// Docker `config.json`, the same format), in order: the first that knows a
+    /// registry gives its credentials. Files that do not exist are skipped. A
+    /// program that takes its settings from its caller passes
+    /// `DockerConfig::search_paths(its_environment)` here.
+    pub fn auth_files(mut self, paths: impl IntoIterator<Item = impl Into<PathBuf>>) -> Self {
+        self.docker_config = DockerConfigSource::Files(paths.into_iter().map(Into::into).collect());
         self
     }
 
@@ -224,15 +237,20 @@ impl RegistryClientBuilder {
         // Fail now, not at the first push, on CAs or a client identity that do
         // not parse.
         tls::client_config(&self.tls, "", true, &tls::Rejected::default())?;
-        let docker_config = match &self.docker_config {
-            DockerConfigSource::Environment => DockerConfig::load()?,
-            DockerConfigSource::Given(config) => Some(config.clone()),
-            DockerConfigSource::Disabled => None,
+        let docker_configs = match &self.docker_config {
+            DockerConfigSource::Environment => {
+                DockerConfig::load_files(&DockerConfig::search_paths(|name| {
+                    std::env::var_os(name)
+                }))?
+            }
+            DockerConfigSource::Files(paths) => DockerConfig::load_files(paths)?,
+            DockerConfigSource::Given(config) => vec![config.clone()],
+            DockerConfigSource::Disabled => Vec::new(),
         };
         Ok(RegistryClient {
             inner: Arc::new(Inner {
                 endpoints: Mutex::default(),
-                docker_config,
+                docker_configs,
                 found_credentials: Mutex::default(),
                 config: self,
                 schemes: Mutex::default(),
@@ -309,7 +327,7 @@ struct Inner {
     endpoints: Mutex<HashMap<String, Endpoint>>,
     config: RegistryClientBuilder,
     /// The docker config credentials are looked up in, when none are explicit.
-    docker_config: Option<DockerConfig>,
+    docker_configs: Vec<DockerConfig>,
     /// Per registry: what the docker config gave (looked up once).
     found_credentials: Mutex<HashMap<String, Option<Credentials>>>,
     /// Per registry: how it wants requests authenticated.

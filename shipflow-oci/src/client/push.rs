@@ -28,10 +28,12 @@ impl RegistryClient {
     ) -> Result<BlobOutcome, OciError> {
         if self.blob_exists(call, &blob.digest).await? {
             progress.add(blob.size);
+            tracing::debug!(reference = %call.reference, digest = %blob.digest, "blob already in the registry: skipped");
             return Ok(BlobOutcome::Skipped);
         }
         if call.ctx.dry_run() {
             progress.add(blob.size);
+            tracing::debug!(reference = %call.reference, digest = %blob.digest, "dry run: the blob would be uploaded");
             return Ok(BlobOutcome::Uploaded);
         }
         let base_repository = base
@@ -46,6 +48,7 @@ impl RegistryClient {
                 && self.mount_blob(call, &blob.digest, from).await?
             {
                 progress.add(blob.size);
+                tracing::debug!(reference = %call.reference, digest = %blob.digest, from, "blob mounted");
                 return Ok(BlobOutcome::Mounted);
             }
         }
@@ -62,6 +65,7 @@ impl RegistryClient {
         // The upload's reader counts the bytes as they stream.
         self.upload_blob(call, blob, path, &BlobProgress::new(progress.clone()))
             .await?;
+        tracing::debug!(reference = %call.reference, digest = %blob.digest, size = blob.size, "blob uploaded");
         Ok(BlobOutcome::Uploaded)
     }
 
@@ -98,6 +102,7 @@ impl RegistryClient {
             .unwrap_or_else(|| image.digest.to_string());
         let current = self.manifest_digest(&call, &tag).await?;
         if current.as_ref() == Some(&image.digest) {
+            tracing::debug!(reference = %target, digest = %image.digest, "the tag already names this manifest: nothing to push");
             let distinct: BTreeSet<&Digest> = std::iter::once(&image.config.digest)
                 .chain(image.layers.iter().map(|l| &l.digest))
                 .collect();

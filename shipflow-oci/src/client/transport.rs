@@ -348,7 +348,10 @@ impl RegistryClient {
                     tracing::debug!(reference = %call.reference, %step, attempt, status = %response.status(), "retrying");
                     retry_after.unwrap_or_else(|| self.backoff(attempt))
                 }
-                Ok(response) => return Ok(response),
+                Ok(response) => {
+                    tracing::debug!(reference = %call.reference, %step, status = %response.status(), "response");
+                    return Ok(response);
+                }
             };
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
