@@ -36,7 +36,7 @@
 //! the tag (when it already names the manifest, that one request is the whole
 //! push), `HEAD` each blob, mount missing blobs from the repositories given to
 //! [`RegistryClientBuilder::mount_from`] (and from the base image's repository) or
-//! upload them a few at once, then `PUT` the manifest. Blobs up to 8 MiB go in one
+//! upload them a few at once, then `PUT` the manifest. Blobs up to 64 MiB go in one
 //! streamed `PUT`; larger ones in streamed `PATCH` chunks, and a chunk cut off by a
 //! connection reset or a 5xx resumes from the range the registry reports (or, when
 //! the registry refuses the session, starts that blob over). Connection errors, 5xx

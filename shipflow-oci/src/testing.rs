@@ -142,6 +142,11 @@ impl TestRegistry {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// The process id of the `docker-registry` process (to read its CPU time, say).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The port it listens on.
     pub fn port(&self) -> u16 {
         self.port

@@ -17,8 +17,11 @@ use crate::progress::BlobProgress;
 /// image configs, which are kilobytes).
 pub(super) const FETCH_BLOB_LIMIT: usize = 16 * 1024 * 1024;
 
-/// Default chunk threshold and chunk size of blob uploads.
-pub(super) const DEFAULT_CHUNK: u64 = 8 * 1024 * 1024;
+/// Default chunk threshold and chunk size of blob uploads: 64 MiB, where the push
+/// bench measured a cold 100 MB push at 0.40 of skopeo's time against 0.52 with
+/// 8 MiB chunks (each chunk is a round trip the registry finishes before the
+/// next); an interrupted chunk resends at most this much.
+pub(super) const DEFAULT_CHUNK: u64 = 64 * 1024 * 1024;
 
 impl RegistryClient {
     /// `GET` the blob `digest` of the repository of `reference`, whole, verified

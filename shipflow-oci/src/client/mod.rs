@@ -191,7 +191,7 @@ impl RegistryClientBuilder {
     }
 
     /// Blobs larger than `threshold` bytes are uploaded in `PATCH` chunks of
-    /// `chunk_size` bytes (defaults 8 MiB and 8 MiB), each streamed from the file;
+    /// `chunk_size` bytes (defaults 64 MiB and 64 MiB), each streamed from the file;
     /// an interrupted chunk resumes from the range the registry reports. Smaller
     /// blobs go in one `PUT`.
     pub fn chunked_uploads(mut self, threshold: u64, chunk_size: u64) -> Self {
