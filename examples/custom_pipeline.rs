@@ -11,7 +11,7 @@
 //! cargo run --example custom_pipeline
 //! ```
 //!
-//! Change detection, build and registry use `shipflow::core::testing` here so the
+//! Change detection, build and registry use `shipflow_kit::testing` here so the
 //! program needs nothing installed; swap in `GitChangeDetector`, `NativeBuilder` and
 //! `RegistryClient` for real work.
 
@@ -21,10 +21,10 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::ensure;
 use async_trait::async_trait;
-use shipflow::core::testing::{FakeBuilder, MemoryRegistry, ScriptedDetector};
-use shipflow::core::{
-    App, BoxError, Context, DeployMeta, Deployed, Deployer, EnvOverrides, EventKind, EventSink,
-    ImageRef, Outcome, Pipeline, Revision, RollbackTarget, Rollout, Selection, Workspace,
+use shipflow_kit::testing::{FakeBuilder, MemoryRegistry, ScriptedDetector};
+use shipflow_kit::{
+    App, BoxError, Context, DeployMeta, Deployed, Deployer, EventKind, EventSink, ImageRef,
+    Outcome, Pipeline, Revision, RollbackTarget, Rollout, Selection, Workspace,
 };
 
 /// The user's deployer: one JSON file per release in `<dir>/<app>/`, and a `current`
@@ -41,7 +41,7 @@ struct ReleaseDirDeployer {
 struct Release {
     number: u64,
     image: String,
-    fingerprint: Option<shipflow::core::Fingerprint>,
+    fingerprint: Option<shipflow_kit::Fingerprint>,
     git_sha: Option<String>,
     change_cause: String,
 }
@@ -252,7 +252,7 @@ async fn main() -> anyhow::Result<()> {
     });
     let registry = Arc::new(MemoryRegistry::new());
     let builder = Arc::new(FakeBuilder::new());
-    let workspace = Workspace::from_toml(SHIPFLOW_TOML, ".", &EnvOverrides::default())?;
+    let workspace = Workspace::from_toml(SHIPFLOW_TOML, ".")?;
     // Progress for people: every event the pipeline and the adapters emit.
     let events = EventSink::new(|event| {
         if let (Some(app), EventKind::Message { text }) = (&event.app, &event.kind) {
@@ -324,7 +324,7 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_outcomes(report: &shipflow::core::Report) {
+fn print_outcomes(report: &shipflow_kit::Report) {
     for app in &report.apps {
         let release = app
             .rollout

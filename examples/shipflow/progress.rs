@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use shipflow::core::{Event, EventKind, EventSink, Stage};
+use shipflow_kit::{Event, EventKind, EventSink, Stage};
 
 /// How progress is shown.
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -12,13 +12,13 @@
 //! | [`Registry`] | push what is missing, resolve, tag | `shipflow-oci` |
 //! | [`Deployer`] | roll, watch, roll back, history | `shipflow-k8s`, `shipflow-docker` |
 //!
-//! [`testing`] holds in-memory implementations of all four, for tests of your own
-//! pipelines. This example runs the whole flow on them:
+//! `testing` (feature `testing`) holds in-memory implementations of all four, for
+//! tests of your own pipelines. This example runs the whole flow on them:
 //!
 //! ```
 //! use std::sync::Arc;
 //! use shipflow_core::testing::{FakeBuilder, FakeDeployer, MemoryRegistry, ScriptedDetector};
-//! use shipflow_core::{EnvOverrides, Pipeline, Outcome, Selection, Workspace};
+//! use shipflow_core::{Pipeline, Outcome, Selection, Workspace};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -29,8 +29,7 @@
 //!     [apps.api]
 //!     [apps.web]
 //!     "#,
-//!     ".",
-//!     &EnvOverrides::default(),
+//!     "."
 //! )?;
 //! let detector = ScriptedDetector::new().with_change("apps/api/src/main.rs");
 //! let registry = Arc::new(MemoryRegistry::new());
@@ -55,22 +54,27 @@ mod build;
 mod context;
 mod deploy;
 mod detect;
+mod hooks;
 mod impact;
+mod paths;
 mod pipeline;
 mod reference;
 mod registry;
+pub mod section;
 mod tag;
+#[cfg(feature = "testing")]
 pub mod testing;
 mod workspace;
 
 pub use build::{
-    Blob, BuildRequest, BuilderBySpec, ImageBuilder, ImageLocation, LocalImage, NoBuilder,
+    Blob, BuildRequest, BuilderByType, ImageBuilder, ImageLocation, LocalImage, NoBuilder,
 };
 pub use context::{Cancelled, Context, Event, EventKind, EventSink, Stage};
 pub use deploy::{DeployMeta, Deployed, Deployer, Restored, Revision, RollbackTarget, Rollout};
 pub use detect::{
     AppInputs, ChangeDetector, ChangeKind, ChangedPath, ChangedPaths, Fingerprint, RevisionInfo,
 };
+pub use hooks::{DEFAULT_HOOK_TIMEOUT_SECS, HookCommand, HookPoint, Hooks};
 pub use impact::{ChangeSet, Reason, Selection, UnknownApp, analyze};
 pub use pipeline::{
     AppReport, FailurePolicy, Outcome, Pipeline, PipelineBuilder, PipelineError, Plan, PlannedApp,
@@ -78,13 +82,12 @@ pub use pipeline::{
 };
 pub use reference::{DOCKER_HUB, Digest, ImageRef, ReferenceError, is_valid_tag, sanitize_tag};
 pub use registry::{PushReport, Registry, RegistryByLocation};
+pub use section::{ConfigSection, Schema, Section, SectionContext, SectionError};
 pub use tag::{
     TAG_VARIABLES, TagTemplate, TagValues, TemplateError, rfc3339_timestamp, sortable_timestamp,
 };
 pub use workspace::{
-    App, AppSection, BuildSpec, CONFIG_FILE, Config, ConfigError, Dependency, DeployTargets,
-    DockerTarget, EnvOverrides, HealthCheck, KubernetesTarget, LayerSpec, NativeBuild, ProxyTarget,
-    Strategy, Workspace, WorkspaceSection,
+    App, CONFIG_FILE, ConfigError, DEFAULT_BUILD_TYPE, Dependency, Workspace, WorkspaceLoader,
 };
 
 /// The error type adapters return through the traits: their own typed error, boxed.

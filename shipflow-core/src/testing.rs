@@ -13,7 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sha2::{Digest as _, Sha256};
 
-use crate::workspace::is_under;
+use crate::paths::is_under;
 use crate::{
     App, AppInputs, Blob, BoxError, BuildRequest, ChangeDetector, ChangeKind, ChangedPath,
     ChangedPaths, Context, DeployMeta, Deployed, Deployer, Digest, Fingerprint, ImageBuilder,

@@ -6,9 +6,8 @@ use std::time::Duration;
 use rstest::rstest;
 use shipflow_core::testing::{FakeBuilder, FakeDeployer, MemoryRegistry, ScriptedDetector};
 use shipflow_core::{
-    CancellationToken, ChangedPath, EnvOverrides, Event, EventKind, EventSink, FailurePolicy,
-    Outcome, Pipeline, PipelineBuilder, PipelineError, Reason, Report, RunStatus, Selection, Stage,
-    Workspace,
+    CancellationToken, ChangedPath, Event, EventKind, EventSink, FailurePolicy, Outcome, Pipeline,
+    PipelineBuilder, PipelineError, Reason, Report, RunStatus, Selection, Stage, Workspace,
 };
 
 const WORKSPACE: &str = r#"
@@ -26,7 +25,7 @@ depends_on = ["packages/db"]
 "#;
 
 fn workspace() -> Workspace {
-    Workspace::from_toml(WORKSPACE, ".", &EnvOverrides::default()).expect("valid workspace")
+    Workspace::from_toml(WORKSPACE, ".").expect("valid workspace")
 }
 
 struct Parts {

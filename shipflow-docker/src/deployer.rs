@@ -8,13 +8,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use bollard::query_parameters::CreateContainerOptions;
 use shipflow_core::{
-    App, BoxError, Context, DeployMeta, Deployed, Deployer, DockerTarget, ImageRef, Revision,
-    RollbackTarget, Rollout, Strategy,
+    App, BoxError, Context, DeployMeta, Deployed, Deployer, ImageRef, Revision, RollbackTarget,
+    Rollout,
 };
 
 mod ops;
 mod rollout;
 
+use crate::config::{DOCKER_TARGET, DockerTarget, Strategy};
 use crate::health::Probe;
 use crate::lock::HostLock;
 use crate::spec::{Publish, container_body};
@@ -173,10 +174,12 @@ impl EngineDeployer {
         &self.engine
     }
 
-    fn target<'a>(&self, app: &'a App) -> Result<&'a DockerTarget, DockerError> {
-        app.deploy
-            .docker
-            .as_ref()
+    fn target(&self, app: &App) -> Result<Arc<DockerTarget>, DockerError> {
+        app.deploy_target::<DockerTarget>(DOCKER_TARGET)
+            .map_err(|source| DockerError::Settings {
+                app: app.name.clone(),
+                source,
+            })?
             .ok_or_else(|| DockerError::NoTarget {
                 app: app.name.clone(),
             })
@@ -234,7 +237,7 @@ impl EngineDeployer {
         meta: &DeployMeta,
         ctx: &Context,
     ) -> Result<Rollout, DockerError> {
-        let target = self.target(app)?;
+        let target = &*self.target(app)?;
         if image.digest().is_none() {
             return Err(DockerError::NotPinned {
                 app: app.name.clone(),
@@ -303,7 +306,7 @@ impl EngineDeployer {
         to: RollbackTarget,
         ctx: &Context,
     ) -> Result<Rollout, DockerError> {
-        let target = self.target(app)?;
+        let target = &*self.target(app)?;
         self.check(app, target, "rollback", ctx)?;
         let probe = self.probe(app, target)?;
         let _lock = self.lock(app).await?;

@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 
 use bollard::models::{ContainerSummary, ContainerSummaryStateEnum};
-use shipflow_core::{App, DeployMeta, Deployed, DockerTarget, Fingerprint, ImageRef, Revision};
+use shipflow_core::{App, DeployMeta, Deployed, Fingerprint, ImageRef, Revision};
+
+use crate::config::DockerTarget;
 
 /// The label naming the app.
 pub(crate) const APP: &str = "dev.shipflow.app";

@@ -21,6 +21,7 @@ use crate::FailedPod;
 use crate::KubeError;
 use crate::lock::{self, DeployLock, LockOptions};
 use crate::retry::{RetryPolicy, transient};
+use crate::spec::{KUBERNETES_TARGET, KubernetesTarget};
 use crate::status::{HASH_LABEL, Progress, assess, pod_failure, revision, waiting_for};
 
 /// The annotation with the app's input fingerprint.
@@ -51,6 +52,7 @@ pub struct KubeDeployer {
     lock: Option<LockOptions>,
     held_locks: lock::HeldLocks,
     pub(crate) keep_config_maps: usize,
+    namespace: Option<String>,
 }
 
 impl std::fmt::Debug for KubeDeployer {
@@ -61,6 +63,7 @@ impl std::fmt::Debug for KubeDeployer {
             .field("retry", &self.retry)
             .field("lock", &self.lock)
             .field("keep_config_maps", &self.keep_config_maps)
+            .field("namespace", &self.namespace)
             .finish_non_exhaustive()
     }
 }
@@ -77,7 +80,19 @@ impl KubeDeployer {
             lock: None,
             held_locks: lock::HeldLocks::default(),
             keep_config_maps: 3,
+            namespace: None,
         }
+    }
+
+    /// The namespace of apps whose `deploy.kubernetes` names none, before the
+    /// workspace's `namespace` (the CLI passes `--namespace` or `K8S_NAMESPACE`).
+    pub fn namespace(mut self, namespace: Option<String>) -> Self {
+        self.namespace = namespace.filter(|n| !n.trim().is_empty());
+        self
+    }
+
+    pub(crate) fn target(&self, app: &App) -> Result<Target, KubeError> {
+        Target::of(app, self.namespace.as_deref())
     }
 
     /// A deployer with the configuration `kubectl` would use (kubeconfig, or in-cluster).
@@ -128,7 +143,7 @@ impl KubeDeployer {
     /// and [`release`](DeployLock::release) it at the end, also on failure; a
     /// deploy with the same identity inside it does not take it again.
     pub async fn lock(&self, app: &App, ctx: &Context) -> Result<DeployLock, KubeError> {
-        let t = Target::of(app)?;
+        let t = self.target(app)?;
         let options = self.lock.clone().unwrap_or_default();
         lock::acquire(
             &self.client,
@@ -176,17 +191,27 @@ pub(crate) struct Target {
 }
 
 impl Target {
-    pub(crate) fn of(app: &App) -> Result<Self, KubeError> {
+    /// Where `app` deploys to: its `deploy.kubernetes`, the namespace defaulting to
+    /// `namespace` (the deployer's), then the workspace's, then `default`.
+    pub(crate) fn of(app: &App, namespace: Option<&str>) -> Result<Self, KubeError> {
         let k8s = app
-            .deploy
-            .kubernetes
-            .as_ref()
+            .deploy_target::<KubernetesTarget>(KUBERNETES_TARGET)
+            .map_err(|source| KubeError::Settings {
+                app: app.name.clone(),
+                source,
+            })?
             .ok_or_else(|| KubeError::NoTarget {
                 app: app.name.clone(),
             })?;
         Ok(Self {
             app: app.name.clone(),
-            namespace: k8s.namespace.clone().unwrap_or_else(|| "default".into()),
+            namespace: k8s
+                .namespace
+                .as_deref()
+                .or(namespace)
+                .or(k8s.workspace_namespace.as_deref())
+                .unwrap_or("default")
+                .to_owned(),
             deployment: k8s.deployment.clone().unwrap_or_else(|| app.name.clone()),
             container: k8s.container.clone().unwrap_or_else(|| app.name.clone()),
         })
@@ -663,7 +688,7 @@ impl KubeDeployer {
 #[async_trait]
 impl Deployer for KubeDeployer {
     async fn current(&self, app: &App, _ctx: &Context) -> Result<Option<Deployed>, BoxError> {
-        let t = Target::of(app)?;
+        let t = self.target(app)?;
         let step = "read deployment";
         let api = self.deployments(&t);
         let Some(dep) = self
@@ -721,7 +746,7 @@ impl KubeDeployer {
         meta: &DeployMeta,
         ctx: &Context,
     ) -> Result<Rollout, BoxError> {
-        let t = Target::of(app)?;
+        let t = self.target(app)?;
         let dep = self.get(&t, "read deployment").await?;
         let running = t.image_in(dep.spec.as_ref().map(|s| &s.template), "read deployment")?;
         let wanted = image.to_string();
@@ -803,7 +828,7 @@ impl KubeDeployer {
         to: RollbackTarget,
         ctx: &Context,
     ) -> Result<Rollout, BoxError> {
-        let t = Target::of(app)?;
+        let t = self.target(app)?;
         let step = "rollback";
         let dep = self.get(&t, step).await?;
         let current = revision(&dep.metadata);
@@ -898,7 +923,7 @@ impl KubeDeployer {
     }
 
     async fn revisions(&self, app: &App, _ctx: &Context) -> Result<Vec<Revision>, BoxError> {
-        let t = Target::of(app)?;
+        let t = self.target(app)?;
         let step = "history";
         let dep = self.get(&t, step).await?;
         let current = revision(&dep.metadata);

@@ -25,7 +25,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use shipflow_core::{BuildRequest, Context, EnvOverrides, ImageBuilder, Registry, Workspace};
+use shipflow_core::{BuildRequest, Context, ImageBuilder, Registry, Workspace};
 use shipflow_oci::{NativeBuilder, RegistryClient};
 
 const RUNS: usize = 5;
@@ -57,8 +57,7 @@ fn main() {
         type = "native"
         layers = [{ from = "deps", to = "/deps" }, { from = "lib", to = "/lib" }, { from = "app", to = "/app" }]
         "#,
-        &root,
-        &EnvOverrides::default(),
+        &root
     )
     .expect("workspace");
     let app = workspace.app("app").expect("app").clone();

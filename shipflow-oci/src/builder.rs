@@ -8,13 +8,13 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 use shipflow_core::{
-    App, BoxError, BuildRequest, BuildSpec, Context, Digest, ImageBuilder, ImageRef, LocalImage,
-    NativeBuild,
+    App, BoxError, BuildRequest, Context, Digest, ImageBuilder, ImageRef, LocalImage,
 };
 
 use crate::layer::{self, Compression, WrittenLayer};
 use crate::layer_cache::LayerCache;
 use crate::layout::{LayoutError, OCI_MANIFEST_MEDIA_TYPE, OciLayout};
+use crate::spec::{NATIVE_BUILD_TYPE, NativeBuild, exposed_port};
 use crate::{OciError, RegistryClient};
 
 const DEFAULT_LEVEL: u32 = NativeBuilder::DEFAULT_LEVEL;
@@ -501,13 +501,14 @@ impl ImageBuilder for NativeBuilder {
         request: &BuildRequest,
         ctx: &Context,
     ) -> Result<LocalImage, BoxError> {
-        let BuildSpec::Native(spec) = &app.build else {
+        if app.build_type() != NATIVE_BUILD_TYPE {
             return Err(BuildError::NotNative {
                 app: app.name.clone(),
             }
             .into());
-        };
-        Ok(self.build_native(app, spec, request, ctx).await?)
+        }
+        let spec = app.build_spec::<NativeBuild>()?;
+        Ok(self.build_native(app, &spec, request, ctx).await?)
     }
 }
 
@@ -571,7 +572,12 @@ fn image_config(
             .cloned()
             .unwrap_or_default();
         for port in &spec.expose {
-            ports.insert(exposed_port(app, port)?, json!({}));
+            let port = exposed_port(port).map_err(|reason| BuildError::InvalidConfig {
+                app: app.into(),
+                key: "expose",
+                reason,
+            })?;
+            ports.insert(port, json!({}));
         }
         config.insert("ExposedPorts".into(), Value::Object(ports));
     }
@@ -614,20 +620,6 @@ fn image_config(
     Ok(Value::Object(Map::from_iter(root)))
 }
 
-/// `8080` → `8080/tcp`; checks the port number and protocol.
-fn exposed_port(app: &str, port: &str) -> Result<String, BuildError> {
-    let (number, proto) = port.split_once('/').unwrap_or((port, "tcp"));
-    let valid_number = number.parse::<u16>().is_ok_and(|n| n > 0);
-    if !valid_number || !matches!(proto, "tcp" | "udp" | "sctp") {
-        return Err(BuildError::InvalidConfig {
-            app: app.into(),
-            key: "expose",
-            reason: format!("{port:?} is not a port like \"8080\" or \"53/udp\""),
-        });
-    }
-    Ok(format!("{number}/{proto}"))
-}
-
 /// The OS and architecture of this machine, in Go's names.
 fn host_platform() -> (&'static str, &'static str) {
     let arch = match std::env::consts::ARCH {
@@ -653,13 +645,5 @@ mod tests {
     fn created_is_rfc3339() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
-    }
-
-    #[test]
-    fn ports_default_to_tcp_and_are_checked() {
-        assert_eq!(exposed_port("api", "8080").expect("valid"), "8080/tcp");
-        assert_eq!(exposed_port("api", "53/udp").expect("valid"), "53/udp");
-        let err = exposed_port("api", "http").expect_err("invalid");
-        assert!(err.to_string().contains("app api"), "{err}");
     }
 }

@@ -84,6 +84,7 @@ mod layer;
 mod layer_cache;
 mod layout;
 mod progress;
+mod spec;
 mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -94,4 +95,5 @@ pub use client::{RegistryClient, RegistryClientBuilder};
 pub use docker_config::DockerConfig;
 pub use error::{CertificateProblem, ConnectFailure, OciError, Step};
 pub use layout::{LayoutError, OCI_MANIFEST_MEDIA_TYPE, OciLayout, REF_NAME_ANNOTATION};
+pub use spec::{LayerSpec, NATIVE_BUILD_TYPE, NativeBuild, schema};
 pub use store::LayoutRegistry;

@@ -10,8 +10,7 @@ use std::path::Path;
 
 use common::{TestRegistry, path_str, run};
 use shipflow_core::{
-    App, BuildRequest, Context, EnvOverrides, ImageBuilder, LocalImage, Registry, RevisionInfo,
-    Workspace,
+    App, BuildRequest, Context, ImageBuilder, LocalImage, Registry, RevisionInfo, Workspace,
 };
 use shipflow_oci::testing::{Refusal, TokenService};
 use shipflow_oci::{BuildError, NativeBuilder, OciLayout, RegistryClient};
@@ -21,8 +20,7 @@ fn app(root: &Path, build: &str) -> App {
     let toml = format!(
         "[workspace]\nregistry = \"127.0.0.1:5000/acme\"\n[apps.api]\nbuild = {{ type = \"native\", {build} }}\n"
     );
-    let workspace =
-        Workspace::from_toml(&toml, root, &EnvOverrides::default()).expect("valid workspace");
+    let workspace = Workspace::from_toml(&toml, root).expect("valid workspace");
     workspace.app("api").expect("app api").clone()
 }
 
@@ -314,8 +312,23 @@ async fn errors_name_the_app_and_the_path() {
     assert!(matches!(err, BuildError::BadIgnorePattern { .. }), "{err}");
     assert!(err.to_string().contains("[broken"), "{err}");
 
-    let err = build_err(&builder, &app(&root, r#"expose = ["http"]"#), &root).await;
-    assert!(err.to_string().contains("apps.api.build.expose"), "{err}");
+    // A bad setting is the workspace's error, named by its key.
+    let err = builder
+        .build(
+            &app(&root, r#"expose = ["http"]"#),
+            &request(&root, "v1"),
+            &Context::new(),
+        )
+        .await
+        .expect_err("the build must fail");
+    let err = err
+        .downcast::<shipflow_core::ConfigError>()
+        .expect("a ConfigError");
+    assert!(
+        err.to_string()
+            .starts_with("apps.api.build.expose[0]: \"http\""),
+        "{err}"
+    );
 }
 
 #[tokio::test]
