@@ -436,6 +436,7 @@ impl NativeBuilder {
                 .and_then(|m| m.get("digest").and_then(Value::as_str))
                 .ok_or_else(|| bad(format!("the index has no {os}/{arch} image")))?;
             let chosen: Digest = chosen.parse().map_err(|e| bad(format!("{e}")))?;
+            tracing::debug!(%app, %base, %os, %arch, digest = %chosen, "base image index: picked this platform's manifest");
             let pinned = reference.pinned(chosen);
             (bytes, _, digest) = client
                 .fetch_manifest(&pinned, ctx)
@@ -455,6 +456,7 @@ impl NativeBuilder {
             .map_err(fetch_err)?;
         let config: Value =
             serde_json::from_slice(&config_bytes).map_err(|e| bad(format!("config: {e}")))?;
+        tracing::debug!(%app, %base, %digest, "base image read (manifest and config; its layers stay in the registry)");
         let layers = manifest
             .get("layers")
             .and_then(Value::as_array)
