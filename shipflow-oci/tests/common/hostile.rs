@@ -134,6 +134,14 @@ impl Hostile {
 }
 
 fn serve(stream: TcpStream, handler: &Handler, seen: &Mutex<Vec<Seen>>, streamed: &AtomicU64) {
+    // A TLS hello (clients try HTTPS first on loopback): answered as a plain
+    // HTTP server answers it, and not recorded as a request.
+    let mut first = [0u8; 1];
+    if matches!(stream.peek(&mut first), Ok(1) if first[0] == 0x16) {
+        let mut out = stream;
+        let _ = out.write_all(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n");
+        return;
+    }
     let mut reader = BufReader::new(match stream.try_clone() {
         Ok(s) => s,
         Err(_) => return,
