@@ -120,11 +120,11 @@ impl Deployer for ReleaseDirDeployer {
             .releases(&app.name)?
             .into_iter()
             .find(|r| Some(r.number) == live);
-        Ok(release.map(|r| Deployed {
-            image: r.image,
-            revision: Some(r.number),
-            fingerprint: r.fingerprint,
-            git_sha: r.git_sha,
+        Ok(release.map(|r| {
+            Deployed::new(r.image)
+                .with_revision(Some(r.number))
+                .with_fingerprint(r.fingerprint)
+                .with_git_sha(r.git_sha)
         }))
     }
 
@@ -143,12 +143,7 @@ impl Deployer for ReleaseDirDeployer {
             .find(|r| Some(r.number) == self.live(&app.name))
             && live.image == image
         {
-            return Ok(Rollout {
-                image,
-                revision: Some(live.number),
-                changed: false,
-                workload,
-            });
+            return Ok(Rollout::new(image, workload, false).with_revision(Some(live.number)));
         }
         let number = releases.last().map_or(1, |r| r.number + 1);
         ctx.message(format!("writing release {number}"));
@@ -178,12 +173,7 @@ impl Deployer for ReleaseDirDeployer {
             }
             .into());
         }
-        Ok(Rollout {
-            image,
-            revision: Some(number),
-            changed: true,
-            workload,
-        })
+        Ok(Rollout::new(image, workload, true).with_revision(Some(number)))
     }
 
     async fn rollback(
@@ -210,12 +200,12 @@ impl Deployer for ReleaseDirDeployer {
             .into());
         };
         self.activate(&app.name, target.number)?;
-        Ok(Rollout {
-            image: target.image.clone(),
-            revision: Some(target.number),
-            changed: true,
-            workload: format!("release dir {}", self.dir.join(&app.name).display()),
-        })
+        Ok(Rollout::new(
+            target.image.clone(),
+            format!("release dir {}", self.dir.join(&app.name).display()),
+            true,
+        )
+        .with_revision(Some(target.number)))
     }
 
     async fn history(&self, app: &App, _ctx: &Context) -> Result<Vec<Revision>, BoxError> {
@@ -223,12 +213,10 @@ impl Deployer for ReleaseDirDeployer {
         Ok(self
             .releases(&app.name)?
             .into_iter()
-            .map(|r| Revision {
-                current: Some(r.number) == live,
-                number: r.number,
-                image: r.image,
-                change_cause: Some(r.change_cause),
-                created_at: None,
+            .map(|r| {
+                Revision::new(r.number, r.image)
+                    .with_change_cause(Some(r.change_cause))
+                    .with_current(Some(r.number) == live)
             })
             .collect())
     }

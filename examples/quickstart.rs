@@ -130,7 +130,7 @@ async fn main() -> anyhow::Result<()> {
             println!("   {}: roll its workload to {image}", app.app);
         }
     }
-    let web_ref: shipflow_kit::ImageRef = web.image.as_deref().unwrap_or_default().parse()?;
+    let web_ref = web.image.clone().context("web has an image")?;
     println!(
         "\nDone: 1 of 3 apps rebuilt; {} bytes stored this time, {} the first time.",
         second.bytes_pushed(),

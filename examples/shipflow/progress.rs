@@ -70,7 +70,7 @@ impl Progress {
                     )
                 }
                 EventKind::Message { text } => eprintln!("{app}: {}: {text}", event.stage),
-                EventKind::Progress { .. } => {}
+                _ => {}
             }
             return;
         }
@@ -108,6 +108,7 @@ impl Progress {
                     bar.finish_with_message(if *ok { "✓" } else { "✗ failed" });
                 }
             }
+            _ => {}
         }
     }
 }

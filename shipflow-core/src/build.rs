@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::{App, BoxError, Context, Digest, Fingerprint, RevisionInfo};
+use crate::{App, BoxError, Context, Digest, Fingerprint, Reason, RevisionInfo};
 
 /// A blob of an image (config or layer) by digest and size.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -79,6 +79,9 @@ pub struct BuildRequest {
     pub fingerprint: Option<Fingerprint>,
     /// Labels to add to the image config (OCI annotations go to the manifest).
     pub labels: BTreeMap<String, String>,
+    /// Why the app is in the run, for hooks and records.
+    #[serde(default)]
+    pub reasons: Vec<Reason>,
 }
 
 /// Builds images. Adapters: `shipflow_oci::NativeBuilder` (daemonless, reproducible)
@@ -160,6 +163,18 @@ impl BuilderByType {
     /// Whether apps of `build_type` have a builder.
     pub fn handles(&self, build_type: &str) -> bool {
         self.builders.contains_key(build_type)
+    }
+}
+
+#[async_trait]
+impl<B: ImageBuilder + ?Sized> ImageBuilder for Arc<B> {
+    async fn build(
+        &self,
+        app: &App,
+        request: &BuildRequest,
+        ctx: &Context,
+    ) -> Result<LocalImage, BoxError> {
+        (**self).build(app, request, ctx).await
     }
 }
 

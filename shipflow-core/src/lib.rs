@@ -45,17 +45,20 @@
 //!
 //! let report = pipeline.run(Some("main"), "HEAD", &Selection::default()).await?;
 //! assert_eq!(report.apps[0].outcome, Outcome::Deployed);
-//! assert!(report.apps[0].image.as_deref().unwrap().contains("@sha256:"));
+//! assert!(report.apps[0].image.as_ref().unwrap().digest().is_some()); // deployed by digest
 //! # Ok(())
 //! # }
 //! ```
 
+mod backoff;
 mod build;
 mod context;
 mod deploy;
 mod detect;
 mod hooks;
 mod impact;
+mod layer;
+mod markers;
 mod paths;
 mod pipeline;
 mod reference;
@@ -66,16 +69,21 @@ mod tag;
 pub mod testing;
 mod workspace;
 
+pub use backoff::Backoff;
 pub use build::{
     Blob, BuildRequest, BuilderByType, ImageBuilder, ImageLocation, LocalImage, NoBuilder,
 };
 pub use context::{Cancelled, Context, Event, EventKind, EventSink, Stage};
-pub use deploy::{DeployMeta, Deployed, Deployer, Restored, Revision, RollbackTarget, Rollout};
+pub use deploy::{DeployMeta, Deployed, Deployer, Revision, RollbackTarget, Rollout};
 pub use detect::{
     AppInputs, ChangeDetector, ChangeKind, ChangedPath, ChangedPaths, Fingerprint, RevisionInfo,
 };
-pub use hooks::{DEFAULT_HOOK_TIMEOUT_SECS, HookCommand, HookPoint, Hooks};
+pub use hooks::{
+    CommandHooks, DEFAULT_HOOK_TIMEOUT_SECS, HookCommand, HookError, HookEvent, HookPoint, Hooks,
+};
 pub use impact::{ChangeSet, Reason, Selection, UnknownApp, analyze};
+pub use layer::{Hook, HookAlsoFailed, Hooked, Retry};
+pub use markers::{Marked, Restored, Transient, Unsupported, caused_by};
 pub use pipeline::{
     AppReport, FailurePolicy, Outcome, Pipeline, PipelineBuilder, PipelineError, Plan, PlannedApp,
     Report, RunStatus, StageTimings, error_chain,
@@ -96,3 +104,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Re-exported so adapters and users share one cancellation token type.
 pub use tokio_util::sync::CancellationToken;
+
+/// Re-exported so that implementing a trait needs no dependency of your own:
+/// `#[shipflow_core::async_trait] impl Deployer for Mine { … }`.
+pub use async_trait::async_trait;

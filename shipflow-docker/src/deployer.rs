@@ -252,12 +252,10 @@ impl EngineDeployer {
         let reference = image.to_string();
         let current = state.current();
         if let Some(current) = current.filter(|c| c.image == reference) {
-            return Ok(Rollout {
-                image: reference,
-                revision: Some(current.revision),
-                changed: false,
-                workload: format!("container {}", current.name),
-            });
+            return Ok(
+                Rollout::new(reference, format!("container {}", current.name), false)
+                    .with_revision(Some(current.revision)),
+            );
         }
         self.ensure_image(app, &reference, ctx).await?;
         self.check(app, target, "deploy", ctx)?;
@@ -292,12 +290,8 @@ impl EngineDeployer {
             .await?;
         let prune = self.prune(app, target, &state, current, ctx);
         timed(&app.name, "prune", prune).await?;
-        Ok(Rollout {
-            image: new.image,
-            revision: Some(new.revision),
-            changed: true,
-            workload: format!("container {name}"),
-        })
+        Ok(Rollout::new(new.image, format!("container {name}"), true)
+            .with_revision(Some(new.revision)))
     }
 
     async fn rollback_inner(
@@ -340,12 +334,12 @@ impl EngineDeployer {
             });
         };
         if current.is_some_and(|c| c.id == wanted.id) {
-            return Ok(Rollout {
-                image: wanted.image.clone(),
-                revision: Some(wanted.revision),
-                changed: false,
-                workload: format!("container {}", wanted.name),
-            });
+            return Ok(Rollout::new(
+                wanted.image.clone(),
+                format!("container {}", wanted.name),
+                false,
+            )
+            .with_revision(Some(wanted.revision)));
         }
         let candidate = Candidate {
             name: wanted.name.clone(),
@@ -356,12 +350,12 @@ impl EngineDeployer {
         let kept = async { Ok(()) };
         self.roll(app, target, &probe, current, (&candidate, kept), ctx)
             .await?;
-        Ok(Rollout {
-            image: candidate.image,
-            revision: Some(candidate.revision),
-            changed: true,
-            workload: format!("container {}", candidate.name),
-        })
+        Ok(Rollout::new(
+            candidate.image,
+            format!("container {}", candidate.name),
+            true,
+        )
+        .with_revision(Some(candidate.revision)))
     }
 }
 

@@ -140,30 +140,25 @@ impl AppContainer {
     }
 
     pub(crate) fn deployed(&self) -> Deployed {
-        Deployed {
-            image: self.image.clone(),
-            revision: Some(self.revision),
-            fingerprint: self.fingerprint.clone().map(Fingerprint),
-            git_sha: self.git_sha.clone(),
-        }
+        Deployed::new(self.image.clone())
+            .with_revision(Some(self.revision))
+            .with_fingerprint(self.fingerprint.clone().map(Fingerprint))
+            .with_git_sha(self.git_sha.clone())
     }
 
     pub(crate) fn revision(&self, current: bool) -> Revision {
         let cause = self.change_cause.clone();
-        Revision {
-            number: self.revision,
-            image: self.image.clone(),
-            change_cause: if self.failed {
+        Revision::new(self.revision, self.image.clone())
+            .with_change_cause(if self.failed {
                 Some(format!(
                     "{} (failed its health check)",
                     cause.unwrap_or_default()
                 ))
             } else {
                 cause
-            },
-            created_at: self.created.clone(),
-            current,
-        }
+            })
+            .with_created_at(self.created.clone())
+            .with_current(current)
     }
 }
 

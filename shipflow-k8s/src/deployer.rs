@@ -703,14 +703,16 @@ impl Deployer for KubeDeployer {
         // The fingerprint counts once its rollout completed: a failed one left in
         // place must be deployed (and so checked) again, not skipped as unchanged.
         let complete = assess(&dep, dep.metadata.generation.unwrap_or(0)) == Progress::Complete;
-        Ok(Some(Deployed {
-            image,
-            revision: revision(&dep.metadata),
-            fingerprint: annotation(&dep.metadata, FINGERPRINT_ANNOTATION)
-                .filter(|_| complete)
-                .map(Fingerprint),
-            git_sha: annotation(&dep.metadata, GIT_SHA_ANNOTATION),
-        }))
+        Ok(Some(
+            Deployed::new(image)
+                .with_revision(revision(&dep.metadata))
+                .with_fingerprint(
+                    annotation(&dep.metadata, FINGERPRINT_ANNOTATION)
+                        .filter(|_| complete)
+                        .map(Fingerprint),
+                )
+                .with_git_sha(annotation(&dep.metadata, GIT_SHA_ANNOTATION)),
+        ))
     }
 
     async fn deploy(
@@ -765,24 +767,16 @@ impl KubeDeployer {
                     .await?
             };
             tracing::debug!(app = %t.app, image = %wanted, "already running");
-            return Ok(Rollout {
-                image: wanted,
-                revision: revision(&dep.metadata),
-                changed: false,
-                workload: t.describe(),
-            });
+            return Ok(
+                Rollout::new(wanted, t.describe(), false).with_revision(revision(&dep.metadata))
+            );
         }
         if ctx.dry_run() {
             ctx.message(format!(
                 "would roll {} from {running} to {wanted}",
                 t.describe()
             ));
-            return Ok(Rollout {
-                image: wanted,
-                revision: None,
-                changed: true,
-                workload: t.describe(),
-            });
+            return Ok(Rollout::new(wanted, t.describe(), true));
         }
         t.check_cancelled(ctx, "patch image")?;
         ctx.message(format!(
@@ -814,12 +808,7 @@ impl KubeDeployer {
         let done = self
             .wait_for_rollout(&t, patched, true, "watch rollout", ctx)
             .await?;
-        Ok(Rollout {
-            image: wanted,
-            revision: revision(&done.metadata),
-            changed: true,
-            workload: t.describe(),
-        })
+        Ok(Rollout::new(wanted, t.describe(), true).with_revision(revision(&done.metadata)))
     }
 
     async fn roll_back(
@@ -867,12 +856,7 @@ impl KubeDeployer {
         }
         let now = serde_json::to_value(dep.spec.as_ref().map(|s| &s.template))?;
         if now == template {
-            return Ok(Rollout {
-                image,
-                revision: current,
-                changed: false,
-                workload: t.describe(),
-            });
+            return Ok(Rollout::new(image, t.describe(), false).with_revision(current));
         }
         if ctx.dry_run() {
             ctx.message(format!(
@@ -880,12 +864,7 @@ impl KubeDeployer {
                 t.describe(),
                 target_rev.unwrap_or(0)
             ));
-            return Ok(Rollout {
-                image,
-                revision: target_rev,
-                changed: true,
-                workload: t.describe(),
-            });
+            return Ok(Rollout::new(image, t.describe(), true).with_revision(target_rev));
         }
         t.check_cancelled(ctx, step)?;
         ctx.message(format!(
@@ -914,12 +893,7 @@ impl KubeDeployer {
             .map_err(t.api_error(step))?;
         // Not fresh: rolling back may revive a ReplicaSet whose pods already exist.
         let done = self.wait_for_rollout(&t, patched, false, step, ctx).await?;
-        Ok(Rollout {
-            image,
-            revision: revision(&done.metadata),
-            changed: true,
-            workload: t.describe(),
-        })
+        Ok(Rollout::new(image, t.describe(), true).with_revision(revision(&done.metadata)))
     }
 
     async fn revisions(&self, app: &App, _ctx: &Context) -> Result<Vec<Revision>, BoxError> {
@@ -933,17 +907,17 @@ impl KubeDeployer {
             .filter_map(|rs| {
                 let number = revision(&rs.metadata)?;
                 let template = rs.spec.as_ref().and_then(|s| s.template.as_ref());
-                Some(Revision {
-                    number,
-                    image: t.image_in(template, step).unwrap_or_default(),
-                    change_cause: annotation(&rs.metadata, CHANGE_CAUSE_ANNOTATION),
-                    created_at: rs
-                        .metadata
-                        .creation_timestamp
-                        .as_ref()
-                        .map(|c| c.0.to_string()),
-                    current: Some(number) == current,
-                })
+                Some(
+                    Revision::new(number, t.image_in(template, step).unwrap_or_default())
+                        .with_change_cause(annotation(&rs.metadata, CHANGE_CAUSE_ANNOTATION))
+                        .with_created_at(
+                            rs.metadata
+                                .creation_timestamp
+                                .as_ref()
+                                .map(|c| c.0.to_string()),
+                        )
+                        .with_current(Some(number) == current),
+                )
             })
             .collect())
     }

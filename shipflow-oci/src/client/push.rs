@@ -106,11 +106,12 @@ impl RegistryClient {
             let distinct: BTreeSet<&Digest> = std::iter::once(&image.config.digest)
                 .chain(image.layers.iter().map(|l| &l.digest))
                 .collect();
-            return Ok(PushReport {
-                digest: Some(image.digest.clone()),
-                blobs_skipped: distinct.len() as u32,
-                requests: requests.load(Ordering::Relaxed),
-                ..PushReport::default()
+            return Ok({
+                let mut report = PushReport::default();
+                report.digest = Some(image.digest.clone());
+                report.blobs_skipped = distinct.len() as u32;
+                report.requests = requests.load(Ordering::Relaxed);
+                report
             });
         }
 
@@ -156,9 +157,10 @@ impl RegistryClient {
                 Ok::<_, OciError>(outcome)
             });
         }
-        let mut report = PushReport {
-            digest: Some(image.digest.clone()),
-            ..PushReport::default()
+        let mut report = {
+            let mut report = PushReport::default();
+            report.digest = Some(image.digest.clone());
+            report
         };
         while let Some(joined) = tasks.join_next().await {
             let outcome = match joined {
