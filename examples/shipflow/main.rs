@@ -486,7 +486,7 @@ async fn run(
     };
     let mut pipeline = Pipeline::builder(workspace.clone())
         .detector(Arc::new(detector))
-        .registry(parts::registry(args.insecure, engine.as_ref())?)
+        .registry(parts::registry(&workspace, args.insecure, engine.as_ref())?)
         .concurrency(args.concurrency)
         .dry_run(args.dry_run)
         .build_number(args.build_number.clone())

@@ -90,12 +90,25 @@ fn credentials() -> Option<(String, String)> {
 /// The registry: the native client, and for images built by an engine, a push
 /// through that engine.
 pub(crate) fn registry(
+    workspace: &Workspace,
     insecure: bool,
     engine: Option<&Engine>,
 ) -> anyhow::Result<Arc<dyn Registry>> {
     let mut client = RegistryClient::builder().insecure(insecure);
     if let Some((user, password)) = credentials() {
-        client = client.credentials(Credentials::basic(user, password));
+        // The credentials belong to one registry: the one the apps' images name.
+        let registries: std::collections::BTreeSet<&str> =
+            workspace.apps().map(|a| a.image.registry()).collect();
+        let mut registries = registries.into_iter();
+        match (registries.next(), registries.next()) {
+            (Some(registry), None) => {
+                client = client.credentials(registry, Credentials::basic(user, password));
+            }
+            (Some(first), Some(second)) => anyhow::bail!(
+                "SHIPFLOW_REGISTRY_USER/PASSWORD are set, but the apps' images are on several registries ({first}, {second}, …): log in to each with `docker login <registry>` instead"
+            ),
+            (None, _) => {}
+        }
     }
     let mut registry = RegistryByLocation::new(Arc::new(client.build()?));
     if let Some(engine) = engine {

@@ -132,6 +132,7 @@ impl Registry for LayoutRegistry {
             let present = destination
                 .as_ref()
                 .is_some_and(|d| d.has_blob(&blob.digest));
+            tracing::debug!(app = %image.app, %target, digest = %blob.digest, present, "local store blob");
             if present {
                 report.blobs_skipped += 1;
             } else {

@@ -564,7 +564,10 @@ async fn a_base_image_on_a_token_registry_has_its_layers_mounted() {
         .expect("the token service starts");
     let registry = TestRegistry::start_with_token_auth(&tokens);
     let client = RegistryClient::builder()
-        .credentials(shipflow_oci::Credentials::basic("ci", "build-pass-7730"))
+        .credentials(
+            registry.host(),
+            shipflow_oci::Credentials::basic("ci", "build-pass-7730"),
+        )
         .without_docker_config()
         .build()
         .expect("client");
@@ -730,4 +733,34 @@ async fn unchanged_layers_are_reused_and_any_change_rebuilds_only_its_layer() {
     let (fifth, said) = build_saying(&builder, &app(&root, TWO_LAYERS), &root, "v5").await;
     assert_eq!(reused(&said), [true, false], "{said:?}");
     assert!(layout.has_blob(&fifth.layers[1].digest));
+}
+
+#[tokio::test]
+async fn a_source_date_epoch_that_is_not_a_number_fails_the_build() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path().join("repo");
+    fs::create_dir_all(root.join("dist")).expect("dist");
+    fs::write(root.join("dist/app"), "binary").expect("file");
+    let app = app(&root, r#"layers = [{ from = "dist", to = "/srv" }]"#);
+    let builder =
+        NativeBuilder::new(dir.path().join("images")).source_date_epoch_value("yesterday");
+    let err = build_err(&builder, &app, &root).await;
+    assert!(
+        matches!(&err, BuildError::SourceDateEpoch { value, .. } if value == "yesterday"),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("SOURCE_DATE_EPOCH=\"yesterday\""),
+        "{err}"
+    );
+
+    let builder =
+        NativeBuilder::new(dir.path().join("images")).source_date_epoch_value("1700000000");
+    let image = build(&builder, &app, &root, "v1").await;
+    let layout = OciLayout::open(dir.path().join("images/api")).expect("layout");
+    assert!(
+        entries(&layout, &image, 0)
+            .iter()
+            .all(|e| e.5 == 1_700_000_000)
+    );
 }
