@@ -55,6 +55,7 @@ mod build;
 mod context;
 mod deploy;
 mod detect;
+mod environment;
 mod hooks;
 mod impact;
 mod layer;
@@ -78,6 +79,7 @@ pub use deploy::{DeployMeta, Deployed, Deployer, Revision, RollbackTarget, Rollo
 pub use detect::{
     AppInputs, ChangeDetector, ChangeKind, ChangedPath, ChangedPaths, Fingerprint, RevisionInfo,
 };
+pub use environment::Environment;
 pub use hooks::{
     CommandHooks, DEFAULT_HOOK_TIMEOUT_SECS, HookCommand, HookError, HookEvent, HookPoint, Hooks,
 };
