@@ -62,6 +62,7 @@ mod layer;
 mod markers;
 mod paths;
 mod pipeline;
+mod promote;
 mod reference;
 mod registry;
 pub mod section;
@@ -90,6 +91,7 @@ pub use pipeline::{
     AppReport, FailurePolicy, Outcome, Pipeline, PipelineBuilder, PipelineError, Plan, PlannedApp,
     Report, RunStatus, StageTimings, error_chain,
 };
+pub use promote::{PromoteError, Promotion, Stop, promote};
 pub use reference::{DOCKER_HUB, Digest, ImageRef, ReferenceError, is_valid_tag, sanitize_tag};
 pub use registry::{PushReport, Registry, RegistryByLocation};
 pub use section::{ConfigSection, Schema, Section, SectionContext, SectionError};
