@@ -21,6 +21,7 @@ use crate::FailedPod;
 use crate::KubeError;
 use crate::lock::{self, DeployLock, LockOptions};
 use crate::retry::{RetryPolicy, transient};
+use crate::spec::{KUBERNETES_TARGET, KubernetesTarget};
 use crate::status::{HASH_LABEL, Progress, assess, pod_failure, revision, waiting_for};
 
 /// The annotation with the app's input fingerprint.
@@ -51,6 +52,7 @@ pub struct KubeDeployer {
     lock: Option<LockOptions>,
     held_locks: lock::HeldLocks,
     pub(crate) keep_config_maps: usize,
+    namespace: Option<String>,
 }
 
 impl std::fmt::Debug for KubeDeployer {
@@ -61,6 +63,7 @@ impl std::fmt::Debug for KubeDeployer {
             .field("retry", &self.retry)
             .field("lock", &self.lock)
             .field("keep_config_maps", &self.keep_config_maps)
+            .field("namespace", &self.namespace)
             .finish_non_exhaustive()
     }
 }
@@ -77,7 +80,19 @@ impl KubeDeployer {
             lock: None,
             held_locks: lock::HeldLocks::default(),
             keep_config_maps: 3,
+            namespace: None,
         }
+    }
+
+    /// The namespace of apps whose `deploy.kubernetes` names none, before the
+    /// workspace's `namespace` (the CLI passes `--namespace` or `K8S_NAMESPACE`).
+    pub fn namespace(mut self, namespace: Option<String>) -> Self {
+        self.namespace = namespace.filter(|n| !n.trim().is_empty());
+        self
+    }
+
+    pub(crate) fn target(&self, app: &App) -> Result<Target, KubeError> {
+        Target::of(app, self.namespace.as_deref())
     }
 
     /// A deployer with the configuration `kubectl` would use (kubeconfig, or in-cluster).
@@ -128,7 +143,7 @@ impl KubeDeployer {
     /// and [`release`](DeployLock::release) it at the end, also on failure; a
     /// deploy with the same identity inside it does not take it again.
     pub async fn lock(&self, app: &App, ctx: &Context) -> Result<DeployLock, KubeError> {
-        let t = Target::of(app)?;
+        let t = self.target(app)?;
         let options = self.lock.clone().unwrap_or_default();
         lock::acquire(
             &self.client,
@@ -176,17 +191,27 @@ pub(crate) struct Target {
 }
 
 impl Target {
-    pub(crate) fn of(app: &App) -> Result<Self, KubeError> {
+    /// Where `app` deploys to: its `deploy.kubernetes`, the namespace defaulting to
+    /// `namespace` (the deployer's), then the workspace's, then `default`.
+    pub(crate) fn of(app: &App, namespace: Option<&str>) -> Result<Self, KubeError> {
         let k8s = app
-            .deploy
-            .kubernetes
-            .as_ref()
+            .deploy_target::<KubernetesTarget>(KUBERNETES_TARGET)
+            .map_err(|source| KubeError::Settings {
+                app: app.name.clone(),
+                source,
+            })?
             .ok_or_else(|| KubeError::NoTarget {
                 app: app.name.clone(),
             })?;
         Ok(Self {
             app: app.name.clone(),
-            namespace: k8s.namespace.clone().unwrap_or_else(|| "default".into()),
+            namespace: k8s
+                .namespace
+                .as_deref()
+                .or(namespace)
+                .or(k8s.workspace_namespace.as_deref())
+                .unwrap_or("default")
+                .to_owned(),
             deployment: k8s.deployment.clone().unwrap_or_else(|| app.name.clone()),
             container: k8s.container.clone().unwrap_or_else(|| app.name.clone()),
         })
@@ -663,7 +688,7 @@ impl KubeDeployer {
 #[async_trait]
 impl Deployer for KubeDeployer {
     async fn current(&self, app: &App, _ctx: &Context) -> Result<Option<Deployed>, BoxError> {
-        let t = Target::of(app)?;
+        let t = self.target(app)?;
         let step = "read deployment";
         let api = self.deployments(&t);
         let Some(dep) = self
@@ -678,14 +703,16 @@ impl Deployer for KubeDeployer {
         // The fingerprint counts once its rollout completed: a failed one left in
         // place must be deployed (and so checked) again, not skipped as unchanged.
         let complete = assess(&dep, dep.metadata.generation.unwrap_or(0)) == Progress::Complete;
-        Ok(Some(Deployed {
-            image,
-            revision: revision(&dep.metadata),
-            fingerprint: annotation(&dep.metadata, FINGERPRINT_ANNOTATION)
-                .filter(|_| complete)
-                .map(Fingerprint),
-            git_sha: annotation(&dep.metadata, GIT_SHA_ANNOTATION),
-        }))
+        Ok(Some(
+            Deployed::new(image)
+                .with_revision(revision(&dep.metadata))
+                .with_fingerprint(
+                    annotation(&dep.metadata, FINGERPRINT_ANNOTATION)
+                        .filter(|_| complete)
+                        .map(Fingerprint),
+                )
+                .with_git_sha(annotation(&dep.metadata, GIT_SHA_ANNOTATION)),
+        ))
     }
 
     async fn deploy(
@@ -721,7 +748,7 @@ impl KubeDeployer {
         meta: &DeployMeta,
         ctx: &Context,
     ) -> Result<Rollout, BoxError> {
-        let t = Target::of(app)?;
+        let t = self.target(app)?;
         let dep = self.get(&t, "read deployment").await?;
         let running = t.image_in(dep.spec.as_ref().map(|s| &s.template), "read deployment")?;
         let wanted = image.to_string();
@@ -740,24 +767,16 @@ impl KubeDeployer {
                     .await?
             };
             tracing::debug!(app = %t.app, image = %wanted, "already running");
-            return Ok(Rollout {
-                image: wanted,
-                revision: revision(&dep.metadata),
-                changed: false,
-                workload: t.describe(),
-            });
+            return Ok(
+                Rollout::new(wanted, t.describe(), false).with_revision(revision(&dep.metadata))
+            );
         }
         if ctx.dry_run() {
             ctx.message(format!(
                 "would roll {} from {running} to {wanted}",
                 t.describe()
             ));
-            return Ok(Rollout {
-                image: wanted,
-                revision: None,
-                changed: true,
-                workload: t.describe(),
-            });
+            return Ok(Rollout::new(wanted, t.describe(), true));
         }
         t.check_cancelled(ctx, "patch image")?;
         ctx.message(format!(
@@ -789,12 +808,7 @@ impl KubeDeployer {
         let done = self
             .wait_for_rollout(&t, patched, true, "watch rollout", ctx)
             .await?;
-        Ok(Rollout {
-            image: wanted,
-            revision: revision(&done.metadata),
-            changed: true,
-            workload: t.describe(),
-        })
+        Ok(Rollout::new(wanted, t.describe(), true).with_revision(revision(&done.metadata)))
     }
 
     async fn roll_back(
@@ -803,7 +817,7 @@ impl KubeDeployer {
         to: RollbackTarget,
         ctx: &Context,
     ) -> Result<Rollout, BoxError> {
-        let t = Target::of(app)?;
+        let t = self.target(app)?;
         let step = "rollback";
         let dep = self.get(&t, step).await?;
         let current = revision(&dep.metadata);
@@ -842,12 +856,7 @@ impl KubeDeployer {
         }
         let now = serde_json::to_value(dep.spec.as_ref().map(|s| &s.template))?;
         if now == template {
-            return Ok(Rollout {
-                image,
-                revision: current,
-                changed: false,
-                workload: t.describe(),
-            });
+            return Ok(Rollout::new(image, t.describe(), false).with_revision(current));
         }
         if ctx.dry_run() {
             ctx.message(format!(
@@ -855,12 +864,7 @@ impl KubeDeployer {
                 t.describe(),
                 target_rev.unwrap_or(0)
             ));
-            return Ok(Rollout {
-                image,
-                revision: target_rev,
-                changed: true,
-                workload: t.describe(),
-            });
+            return Ok(Rollout::new(image, t.describe(), true).with_revision(target_rev));
         }
         t.check_cancelled(ctx, step)?;
         ctx.message(format!(
@@ -889,16 +893,11 @@ impl KubeDeployer {
             .map_err(t.api_error(step))?;
         // Not fresh: rolling back may revive a ReplicaSet whose pods already exist.
         let done = self.wait_for_rollout(&t, patched, false, step, ctx).await?;
-        Ok(Rollout {
-            image,
-            revision: revision(&done.metadata),
-            changed: true,
-            workload: t.describe(),
-        })
+        Ok(Rollout::new(image, t.describe(), true).with_revision(revision(&done.metadata)))
     }
 
     async fn revisions(&self, app: &App, _ctx: &Context) -> Result<Vec<Revision>, BoxError> {
-        let t = Target::of(app)?;
+        let t = self.target(app)?;
         let step = "history";
         let dep = self.get(&t, step).await?;
         let current = revision(&dep.metadata);
@@ -908,17 +907,17 @@ impl KubeDeployer {
             .filter_map(|rs| {
                 let number = revision(&rs.metadata)?;
                 let template = rs.spec.as_ref().and_then(|s| s.template.as_ref());
-                Some(Revision {
-                    number,
-                    image: t.image_in(template, step).unwrap_or_default(),
-                    change_cause: annotation(&rs.metadata, CHANGE_CAUSE_ANNOTATION),
-                    created_at: rs
-                        .metadata
-                        .creation_timestamp
-                        .as_ref()
-                        .map(|c| c.0.to_string()),
-                    current: Some(number) == current,
-                })
+                Some(
+                    Revision::new(number, t.image_in(template, step).unwrap_or_default())
+                        .with_change_cause(annotation(&rs.metadata, CHANGE_CAUSE_ANNOTATION))
+                        .with_created_at(
+                            rs.metadata
+                                .creation_timestamp
+                                .as_ref()
+                                .map(|c| c.0.to_string()),
+                        )
+                        .with_current(Some(number) == current),
+                )
             })
             .collect())
     }

@@ -14,12 +14,12 @@
 //! - applies a directory of manifests with server-side apply ([`KubeDeployer::apply_dir`]);
 //! - retries requests that failed for a passing reason ([`RetryPolicy`]).
 //!
-//! This example rolls an app on the simulated API server of [`testing`] (feature
+//! This example rolls an app on the simulated API server of `testing` (feature
 //! `testing`), through the real [`kube::Client`]; with a real cluster, use
 //! [`KubeDeployer::try_default`] instead.
 //!
 //! ```
-//! use shipflow_core::{Context, DeployMeta, Deployer, EnvOverrides, Workspace};
+//! use shipflow_core::{Context, DeployMeta, Deployer, Workspace};
 //! use shipflow_k8s::KubeDeployer;
 //! use shipflow_k8s::testing::SimCluster;
 //!
@@ -30,8 +30,7 @@
 //!
 //! let workspace = Workspace::from_toml(
 //!     "[workspace]\nregistry = \"registry.local\"\n[apps.api]\ndeploy.kubernetes = {}\n",
-//!     ".",
-//!     &EnvOverrides::default(),
+//!     "."
 //! )?;
 //! let app = workspace.app("api").expect("declared above");
 //! let image = format!("registry.local/api@sha256:{}", "ab".repeat(32)).parse()?;
@@ -51,6 +50,7 @@ mod deployer;
 mod error;
 mod lock;
 mod retry;
+mod spec;
 mod status;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -63,3 +63,4 @@ pub use deployer::{
 pub use error::{FailedPod, KubeError};
 pub use lock::{DeployLock, LOCK_PREFIX, LockOptions};
 pub use retry::RetryPolicy;
+pub use spec::{KUBERNETES_TARGET, KubernetesTarget, NAMESPACE_KEY, Namespace, schema};

@@ -3,7 +3,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-use shipflow_core::{App, BoxError, EnvOverrides, ImageRef, Workspace};
+use shipflow_core::{App, BoxError, ImageRef, Workspace};
 use shipflow_k8s::KubeError;
 use shipflow_k8s::testing::SimCluster;
 
@@ -14,7 +14,6 @@ pub fn workspace() -> Workspace {
     Workspace::from_toml(
         "[workspace]\nregistry = \"registry.local\"\n[apps.api]\ndeploy.kubernetes = {}\n",
         ".",
-        &EnvOverrides::default(),
     )
     .expect("valid workspace")
 }
@@ -34,7 +33,7 @@ pub fn many_apps(count: usize) -> Workspace {
             "[apps.{app}]\ndeploy.kubernetes = {{ namespace = \"{app}\" }}\n"
         ));
     }
-    Workspace::from_toml(&toml, ".", &EnvOverrides::default()).expect("valid workspace")
+    Workspace::from_toml(&toml, ".").expect("valid workspace")
 }
 
 pub fn app(ws: &Workspace) -> &App {
