@@ -1,24 +1,38 @@
 //! `plan` on a generated package.json-workspaces monorepo against a spawned
-//! `git diff --name-only` on the same commits.
+//! `git diff --name-only` on the same commits, at 300 apps and at 3,000.
 //!
 //! Run with `cargo bench -p shipflow-git --bench plan` (both scales) or
 //! `cargo bench -p shipflow-git --bench plan -- small` (300 apps only). `SHIPFLOW_BENCH_ROUNDS`
-//! sets the rounds (default 7, at least 5).
+//! sets the rounds (default 7, at least 5). The repositories are generated once and kept under
+//! the target directory (`shipflow-bench/`, 0.2 GB and 2.3 GB); the large one takes about 40 s
+//! to generate.
 //!
-//! Each scale is a repository written with `git fast-import` and checked out: apps under
-//! `apps/`, packages under `packages/`, each with a `package.json` naming its workspace
-//! dependencies, a `shipflow.toml` whose `depends_on` lists the same dependencies (with the
-//! packages' own dependencies, since a package path does not pull in others), a shared
-//! lockfile glob, a history of small commits with edits, additions, deletions and
-//! renames, and two release tags per app. The last commit edits three apps and one package with about thirty dependents,
-//! at both scales, so one commit back is the same change on a repository ten times larger.
-//! Repositories are cached under the target directory (`shipflow-bench/`) between runs.
+//! Each scale is a repository written with `git fast-import`, repacked and checked out like a
+//! clone: apps under `apps/`, packages under `packages/` (one per ten apps), each with a
+//! `package.json` naming its workspace dependencies, a `shipflow.toml` whose `depends_on`
+//! lists the same dependencies (with the packages' own, since a package path does not pull
+//! in others), a shared lockfile glob, a history of small commits with edits, additions,
+//! deletions and renames, and two release tags per app. The last commit edits three apps and
+//! one package with about thirty dependents at both scales, so one commit back is the same
+//! change on a repository ten times larger.
 //!
-//! Each round opens a `GitChangeDetector` and runs `Pipeline::plan`, which is the work of
-//! the CLI's `plan` once the configuration is loaded (loading is timed apart), and spawns
-//! `git diff --name-only` on the same revisions. The affected apps are checked against a
-//! set computed here from `git diff --no-renames --name-only` and the `package.json`
-//! dependency lists.
+//! A round opens a `GitChangeDetector` and runs `Pipeline::plan`, the work of the CLI's
+//! `plan` once the configuration is loaded (loading is timed apart), then spawns
+//! `git diff --name-only` on the same revisions; rounds alternate between the scales, so load
+//! from elsewhere hits both alike. The affected apps are checked against a set computed here
+//! from `git diff --no-renames --name-only` and the `package.json` dependency lists.
+//!
+//! Measured on the 2-core project machine on 2026-12-02 while others built (load 3–9, so the
+//! figures moved between runs; four runs, medians of 7 or 9 rounds), one commit back:
+//! 300 apps 2.0–6.7 ms against git diff's 2.2–3.8 ms (plan/git 0.7–1.9); 3,000 apps
+//! 5.4–20 ms against 3.1–8.3 ms; 3,000/300 = 1.9–3.9 for plan and 1.4–3.1 for git diff
+//! itself. Instructions per plan under callgrind (load-free): 9.0 M at 300 apps, 30 M at
+//! 3,000. Of the growth, the core's impact analysis (every app against every changed path)
+//! is 11 M, the tree diff 7.6 M (it reads `apps/`, a 105 KB tree of 3,000 entries, on both
+//! sides, as git does), and gix's pack-index open 2.8 M (it checks the whole offset table of
+//! 500,000 objects). Before this bench existed, plan at 300 apps took 800 ms (127 ms for one
+//! app): every fingerprint walked the whole tree for the lockfile glob, and the dirty flag
+//! read the index and the work tree.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
