@@ -26,7 +26,7 @@
 //! figures moved between runs; four runs, medians of 7 or 9 rounds), one commit back:
 //! 300 apps 2.0–6.7 ms against git diff's 2.2–3.8 ms (plan/git 0.7–1.9); 3,000 apps
 //! 5.4–20 ms against 3.1–8.3 ms; 3,000/300 = 1.9–3.9 for plan and 1.4–3.1 for git diff
-//! itself. Instructions per plan under callgrind (load-free): 9.0 M at 300 apps, 30 M at
+//! itself. Instructions per plan under callgrind (load-free): 8.2 M at 300 apps, 31 M at
 //! 3,000. Of the growth, the core's impact analysis (every app against every changed path)
 //! is 11 M, the tree diff 7.6 M (it reads `apps/`, a 105 KB tree of 3,000 entries, on both
 //! sides, as git does), and gix's pack-index open 2.8 M (it checks the whole offset table of
