@@ -64,8 +64,14 @@ pub(crate) fn assess(dep: &Deployment, generation: i64) -> Progress {
             return Progress::Complete;
         }
     }
+    // Available new replicas: all available ones but the old ones, at most.
+    let old = count(status.replicas).saturating_sub(updated);
     Progress::Rolling {
-        ready: if observed { updated.min(available) } else { 0 },
+        ready: if observed {
+            available.saturating_sub(old).min(updated)
+        } else {
+            0
+        },
         desired,
     }
 }
@@ -184,9 +190,10 @@ mod tests {
         assert_eq!(
             assess(&dep(old_left), 2),
             Progress::Rolling {
-                ready: 2,
+                ready: 1,
                 desired: 2
-            }
+            },
+            "one of the two available replicas may be the old one"
         );
     }
 
