@@ -124,8 +124,8 @@ pub enum Outcome {
     /// The first pull fails for a passing reason (the registry answers 429), the
     /// retry after the back-off succeeds and the container runs.
     PullRetried,
-    /// The container exits with `panic: boom` a step after it starts, and is
-    /// restarted after a growing back-off (`CrashLoopBackOff`).
+    /// The container exits with `panic: boom` while it starts (it is never ready),
+    /// and is restarted after a growing back-off (`CrashLoopBackOff`).
     CrashLoop,
     /// The container runs but its readiness never passes.
     NeverReady,

@@ -561,8 +561,10 @@ fn missing_config(st: &State, ns: &str, spec: &Value, name: &str) -> Option<Stri
 
 fn container_ready(c: &Run, tick: u64) -> bool {
     match c.state {
+        // A crash-looping container dies while starting: never seen ready.
         Phase::Running { since, .. } => {
-            c.behaviour != Outcome::NeverReady && tick >= since + c.ready_after
+            !matches!(c.behaviour, Outcome::NeverReady | Outcome::CrashLoop)
+                && tick >= since + c.ready_after
         }
         _ => false,
     }
