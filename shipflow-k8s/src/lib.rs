@@ -50,7 +50,9 @@ mod configmap;
 mod deployer;
 mod error;
 mod lock;
+mod pods;
 mod retry;
+mod rollout;
 mod status;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -9,10 +9,9 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 use shipflow_core::{Context, DeployMeta, Deployer, Fingerprint, RollbackTarget};
-use shipflow_k8s::KubeDeployer;
 use shipflow_k8s::testing::{Outcome, SimCluster};
 
-use common::{V1, app, pinned, sim, workspace};
+use common::{V1, app, deployer, pinned, sim, workspace};
 
 /// `kubectl` configured for one simulated cluster.
 struct Kubectl {
@@ -144,7 +143,7 @@ async fn a_rollout_shipflow_reports_complete_is_complete_for_kubectl() {
     let k = Kubectl::new(&sim);
     let ws = workspace();
     let image = pinned("ab");
-    KubeDeployer::new(sim.client())
+    deployer(&sim)
         .deploy(app(&ws), &image, &meta("ab"), &Context::new())
         .await
         .expect("rolls");
@@ -178,7 +177,7 @@ async fn kubectl_rollout_history_shows_shipflows_change_cause() {
     let sim = sim(1).await;
     let k = Kubectl::new(&sim);
     let ws = workspace();
-    let deployer = KubeDeployer::new(sim.client());
+    let deployer = deployer(&sim);
     for sha in ["aa", "bb"] {
         deployer
             .deploy(app(&ws), &pinned(sha), &meta(sha), &Context::new())
@@ -206,7 +205,7 @@ async fn a_kubectl_undo_is_seen_by_shipflow() {
     let sim = sim(2).await;
     let k = Kubectl::new(&sim);
     let ws = workspace();
-    let deployer = KubeDeployer::new(sim.client());
+    let deployer = deployer(&sim);
     for sha in ["aa", "bb"] {
         deployer
             .deploy(app(&ws), &pinned(sha), &meta(sha), &Context::new())
@@ -255,7 +254,7 @@ async fn shipflows_rollback_is_seen_by_kubectl() {
     let sim = sim(2).await;
     let k = Kubectl::new(&sim);
     let ws = workspace();
-    let deployer = KubeDeployer::new(sim.client());
+    let deployer = deployer(&sim);
     for sha in ["aa", "bb"] {
         deployer
             .deploy(app(&ws), &pinned(sha), &meta(sha), &Context::new())
@@ -301,7 +300,7 @@ async fn kubectl_set_image_and_scale_are_seen_by_shipflow() {
     let sim = sim(1).await;
     let k = Kubectl::new(&sim);
     let ws = workspace();
-    let deployer = KubeDeployer::new(sim.client());
+    let deployer = deployer(&sim);
     let image = pinned("d1").to_string();
     k.ok(&["set", "image", "deployment/api", &format!("api={image}")])
         .await;
@@ -430,7 +429,7 @@ async fn server_side_apply_services_and_secrets_through_kubectl() {
     let image = format!("registry.local/web@sha256:{}", "0e".repeat(32))
         .parse()
         .expect("pinned");
-    KubeDeployer::new(sim.client())
+    deployer(&sim)
         .deploy(web, &image, &DeployMeta::default(), &Context::new())
         .await
         .expect("rolls");
@@ -465,7 +464,7 @@ async fn kubectl_logs_and_describe_show_what_failed() {
         &image.to_string(),
         &["starting", "config: DATABASE_URL is not set", "panic: boom"],
     );
-    let err = KubeDeployer::new(sim.client())
+    let err = deployer(&sim)
         .restart_budget(1)
         .deploy(app(&ws), &image, &DeployMeta::default(), &Context::new())
         .await
@@ -502,7 +501,7 @@ async fn kubectl_logs_and_describe_show_what_failed() {
 async fn every_object_stays_within_the_schema() {
     let sim = sim(2).await;
     let ws = workspace();
-    let deployer = KubeDeployer::new(sim.client());
+    let deployer = deployer(&sim);
     deployer
         .deploy(app(&ws), &pinned("aa"), &meta("aa"), &Context::new())
         .await

@@ -38,6 +38,9 @@ fn sync(shared: &Shared, st: &mut State, rs: &Value) {
             match create_pod(shared, st, rs) {
                 Ok(pod) => pods.push(pod),
                 Err(message) => {
+                    // A failed sync is retried (the controller requeues it).
+                    let next = st.tick + 1;
+                    st.wake(&ns, next);
                     events::record(
                         shared,
                         st,
