@@ -547,3 +547,41 @@ async fn every_object_stays_within_the_schema() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_logs_of_a_pod_that_cannot_pull_says_why() {
+    let sim = sim(1).await;
+    let k = Kubectl::new(&sim);
+    let ws = workspace();
+    let image = pinned("e4");
+    sim.set_image(&image.to_string(), Outcome::ImagePullFailure);
+    let err = deployer(&sim)
+        .deploy(app(&ws), &image, &DeployMeta::default(), &Context::new())
+        .await
+        .expect_err("cannot pull");
+    assert!(
+        err.to_string().contains("not found"),
+        "the kubelet's reason: {err}"
+    );
+    let pods = k.json(&["get", "pods", "-l", "app=api"]).await;
+    let name = pods["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|p| p["spec"]["containers"][0]["image"] == image.to_string())
+        .and_then(|p| p["metadata"]["name"].as_str())
+        .expect("the new pod")
+        .to_owned();
+    let logs = k.run(&["logs", &name]).await;
+    assert!(!logs.ok);
+    assert!(
+        logs.stderr.contains("is waiting to start"),
+        "{}",
+        logs.stderr
+    );
+    let table = k.ok(&["get", "pod", &name]).await;
+    assert!(
+        table.contains("ErrImagePull") || table.contains("ImagePullBackOff"),
+        "{table}"
+    );
+}

@@ -725,15 +725,17 @@ pub(crate) fn logs(
             format!("previous terminated container \"{container}\" in pod \"{pod}\" not found")
         });
     }
+    // As the kubelet: a running or finished container's own log; while waiting, the
+    // last terminated run's; never started, why not.
     match &c.state {
-        Phase::Waiting { reason, .. } if c.logs.is_empty() => Err(format!(
-            "container \"{container}\" in pod \"{pod}\" is waiting to start: {}",
-            match reason.as_str() {
-                "ErrImagePull" | "ImagePullBackOff" => "trying and failing to pull image",
-                "CreateContainerConfigError" => "CreateContainerConfigError",
-                _ => "ContainerCreating",
-            }
-        )),
+        Phase::Waiting { reason, .. } => c.previous.clone().ok_or_else(|| {
+            let why = match reason.as_str() {
+                "ErrImagePull" => "image can't be pulled",
+                "ImagePullBackOff" => "trying and failing to pull image",
+                other => other,
+            };
+            format!("container \"{container}\" in pod \"{pod}\" is waiting to start: {why}")
+        }),
         _ => Ok(c.logs.clone()),
     }
 }
