@@ -16,6 +16,7 @@ use crate::KubeDeployer;
 use crate::KubeError;
 use crate::deployer::Target;
 use crate::retry::Failure;
+use crate::status::Expected;
 
 /// The kinds [`KubeDeployer::apply_dir`] applies: `(apiVersion, kind, plural)`.
 pub const APPLY_KINDS: &[(&str, &str, &str)] = &[
@@ -258,7 +259,8 @@ impl KubeDeployer {
                             e,
                         )))
                     })?;
-                self.wait_for_rollout(&t, dep, "watch applied rollout", ctx, None)
+                let expected = Expected::after_write(&dep);
+                self.wait_for_rollout(&t, dep, expected, "watch applied rollout", ctx, None)
                     .await
                     .map(drop)
             });

@@ -20,6 +20,7 @@ use crate::KubeDeployer;
 use crate::KubeError;
 use crate::deployer::Target;
 use crate::retry::Failure;
+use crate::status::Expected;
 
 /// The label shipflow puts on the ConfigMaps it generates, with the base name.
 pub const CONFIG_MAP_LABEL: &str = "shipflow.dev/config-map";
@@ -332,7 +333,8 @@ impl KubeDeployer {
             ));
             rolled.push(dep_name);
             waits.push(async move {
-                self.wait_for_rollout(&t, updated, "watch config rollout", ctx, None)
+                let expected = Expected::after_write(&updated);
+                self.wait_for_rollout(&t, updated, expected, "watch config rollout", ctx, None)
                     .await
             });
         }

@@ -409,7 +409,7 @@ impl Deployer for KubeDeployer {
         let image = t.image_in(dep.spec.as_ref().map(|s| &s.template), step)?;
         // The fingerprint counts once its rollout completed: a failed one left in
         // place must be deployed (and so checked) again, not skipped as unchanged.
-        let complete = judge(&dep, &Expected::from(&dep)) == Verdict::Complete;
+        let complete = judge(&dep, &Expected::current(&dep)) == Verdict::Complete;
         Ok(Some(Deployed {
             image,
             revision: revision(&dep.metadata),
@@ -468,14 +468,15 @@ impl KubeDeployer {
         if running == wanted {
             // Already in the spec. If an earlier rollout of it has not finished (or
             // failed), say so rather than report a broken workload as unchanged.
-            let dep = if judge(&dep, &Expected::from(&dep)) == Verdict::Complete || ctx.dry_run() {
+            let expected = Expected::current(&dep);
+            let dep = if judge(&dep, &expected) == Verdict::Complete || ctx.dry_run() {
                 dep
             } else {
                 ctx.message(format!(
                     "{wanted} is already in {}; waiting for its rollout",
                     t.describe()
                 ));
-                self.wait_for_rollout(&t, dep, "watch rollout", ctx, lock.as_ref())
+                self.wait_for_rollout(&t, dep, expected, "watch rollout", ctx, lock.as_ref())
                     .await?
             };
             tracing::debug!(app = %t.app, image = %wanted, "already running");
@@ -529,8 +530,9 @@ impl KubeDeployer {
             .await
             .map_err(t.failed(step))?;
         tracing::debug!(app = %t.app, workload = %t.workload(), generation = ?patched.metadata.generation, "patched image");
+        let expected = Expected::after_write(&patched);
         let done = self
-            .wait_for_rollout(&t, patched, "watch rollout", ctx, lock.as_ref())
+            .wait_for_rollout(&t, patched, expected, "watch rollout", ctx, lock.as_ref())
             .await?;
         Ok(Rollout {
             image: wanted,
@@ -642,8 +644,9 @@ impl KubeDeployer {
             })
             .await
             .map_err(t.failed(step))?;
+        let expected = Expected::after_write(&patched);
         let done = self
-            .wait_for_rollout(&t, patched, step, ctx, lock.as_ref())
+            .wait_for_rollout(&t, patched, expected, step, ctx, lock.as_ref())
             .await?;
         Ok(Rollout {
             image,

@@ -50,20 +50,20 @@ fn images(dep: &Deployment) -> String {
 }
 
 impl KubeDeployer {
-    /// Waits until the rollout that `start` began (the answer to the write that
-    /// started it, or the Deployment as found) completes as `kubectl rollout status`
-    /// says, or fails: a new pod that failed for good, the progress deadline (not one
+    /// Waits until the rollout toward `expected` completes, from `start` (the answer to
+    /// the write that started it, or the Deployment as found), as `kubectl rollout
+    /// status` says, or fails: a new pod that failed for good, the progress deadline (not one
     /// left from before), a pod-creation failure that lasts, a paused Deployment,
     /// someone else's template, a lost deploy lock, the timeout, or cancellation.
     pub(crate) async fn wait_for_rollout(
         &self,
         t: &Target,
         start: Deployment,
+        expected: Expected,
         step: &'static str,
         ctx: &Context,
         lock: Option<&LockGuard>,
     ) -> Result<Deployment, KubeError> {
-        let expected = Expected::from(&start);
         let deadline = Instant::now() + self.timeout;
         let api: Api<Deployment> = Api::namespaced(self.client.clone(), &t.namespace);
         let config = watcher::Config::default()
@@ -232,5 +232,5 @@ fn retryable(e: &watcher::Error) -> bool {
     }
 }
 
-/// Used by the doc of [`KubeDeployer::failure_window`]: the default.
+/// The default of [`KubeDeployer::failure_window`].
 pub(crate) const DEFAULT_FAILURE_WINDOW: Duration = Duration::from_secs(30);

@@ -47,12 +47,22 @@ pub(crate) struct Expected {
 }
 
 impl Expected {
-    /// What the rollout that `start` (the answer to the write that started it, or
-    /// the Deployment as found) began is expected to end in.
-    pub(crate) fn from(start: &Deployment) -> Self {
+    /// What the rollout a write started is expected to end in; `written` is the
+    /// write's answer, whose progress-deadline condition (if any) is an earlier
+    /// rollout's.
+    pub(crate) fn after_write(written: &Deployment) -> Self {
         Self {
-            template: template_of(start),
-            stale_deadline: deadline_condition(start).cloned(),
+            template: template_of(written),
+            stale_deadline: deadline_condition(written).cloned(),
+        }
+    }
+
+    /// What the rollout under way in `dep` is expected to end in: its own template,
+    /// whose deadline condition is its own.
+    pub(crate) fn current(dep: &Deployment) -> Self {
+        Self {
+            template: template_of(dep),
+            stale_deadline: None,
         }
     }
 
@@ -167,7 +177,7 @@ mod tests {
     }
 
     fn expect(d: &Deployment) -> Expected {
-        Expected::from(d)
+        Expected::after_write(d)
     }
 
     #[test]

@@ -710,7 +710,9 @@ async fn a_failed_rollout_left_in_place_reports_no_fingerprint() {
 async fn a_rollout_costs_a_handful_of_requests() {
     let sim = sim(5).await;
     let ws = workspace();
-    let deployer = deployer(&sim);
+    // The default failure window: the pods are looked at after 3 s of quiet, which
+    // a healthy rollout (a step every 20 ms) never has, even on a loaded machine.
+    let deployer = shipflow_k8s::KubeDeployer::new(sim.client());
 
     deployer
         .deploy(
@@ -763,6 +765,46 @@ async fn deploying_a_digest_whose_rollout_failed_fails_again() {
         "{err}"
     );
     assert_eq!(sim.request_count("PATCH"), 1, "no second patch");
+}
+
+#[tokio::test]
+async fn deploying_a_digest_whose_rollout_timed_out_fails_again_at_once() {
+    let sim = sim(1).await;
+    let api: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
+        kube::Api::namespaced(sim.client(), NS);
+    let deadline = serde_json::json!({"spec": {"progressDeadlineSeconds": 10}});
+    api.patch(
+        "api",
+        &Default::default(),
+        &kube::api::Patch::Merge(&deadline),
+    )
+    .await
+    .expect("patched");
+    let image = pinned("e2");
+    sim.set_image(&image.to_string(), Outcome::NeverReady);
+    let ws = workspace();
+    let deployer = deployer(&sim).timeout(Duration::from_secs(30));
+    let err = deployer
+        .deploy(app(&ws), &image, &DeployMeta::default(), &Context::new())
+        .await
+        .expect_err("never ready");
+    assert!(
+        matches!(kube_error(&err), KubeError::DeadlineExceeded { .. }),
+        "{err}"
+    );
+    // The spec names the digest and its own rollout's deadline passed: that
+    // condition is this rollout's, not one left from before.
+    let started = Instant::now();
+    let err = deployer
+        .deploy(app(&ws), &image, &DeployMeta::default(), &Context::new())
+        .await
+        .expect_err("still never ready");
+    assert!(
+        matches!(kube_error(&err), KubeError::DeadlineExceeded { .. }),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5), "at once");
+    assert_eq!(sim.request_count("PATCH"), 2, "the deadline and one deploy");
 }
 
 #[tokio::test]
