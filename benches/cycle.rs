@@ -22,12 +22,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::Monorepo;
-use shipflow::core::{BuilderBySpec, Outcome, Pipeline, RunStatus, Selection, Workspace};
-use shipflow::docker::EngineDeployer;
-use shipflow::docker::testing::TestPodman;
-use shipflow::git::GitChangeDetector;
-use shipflow::oci::testing::TestRegistry;
-use shipflow::oci::{NativeBuilder, RegistryClient};
+use shipflow_kit::docker::EngineDeployer;
+use shipflow_kit::docker::testing::TestPodman;
+use shipflow_kit::git::GitChangeDetector;
+use shipflow_kit::oci::testing::TestRegistry;
+use shipflow_kit::oci::{NativeBuilder, RegistryClient};
+use shipflow_kit::{BuilderByType, Outcome, Pipeline, RunStatus, Selection, Workspace};
 
 const APPS: usize = 20;
 
@@ -79,9 +79,10 @@ async fn bench(cycles: usize) {
             .detector(Arc::new(
                 GitChangeDetector::open(repo.path()).expect("repository"),
             ))
-            .builder(Arc::new(
-                BuilderBySpec::new().native(Arc::new(NativeBuilder::new(builds.path()))),
-            ))
+            .builder(Arc::new(BuilderByType::new().route(
+                shipflow_kit::oci::NATIVE_BUILD_TYPE,
+                Arc::new(NativeBuilder::new(builds.path())),
+            )))
             .registry(Arc::new(RegistryClient::builder().build().expect("client")))
             .deployer(Arc::new(deployer))
             .build()

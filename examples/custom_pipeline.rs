@@ -1,17 +1,19 @@
 //! Composing a pipeline in Rust with a `Deployer` of your own.
 //!
 //! shipflow's four parts are traits; this program brings its own deployer, one that
-//! "deploys" an app by writing a release file into a directory and keeps every
-//! release for rollback (a stand-in for whatever your platform is: systemd units, a
-//! PaaS API, an edge config). The pipeline around it is shipflow's: change impact,
-//! concurrency, events, the report, and automatic rollback when your deployer says
-//! a rollout failed.
+//! "deploys" an app by writing a release file into a directory and keeps the last
+//! releases for rollback (a stand-in for whatever your platform is: systemd units, a
+//! PaaS API, an edge config). It is configured like the built-in ones, from its own
+//! section of `shipflow.toml`, `[apps.<app>.deploy.releases]`, checked when the
+//! workspace loads. The pipeline around it is shipflow's: change impact,
+//! concurrency, events, hooks, the report, and automatic rollback when your
+//! deployer says a rollout failed.
 //!
 //! ```text
 //! cargo run --example custom_pipeline
 //! ```
 //!
-//! Change detection, build and registry use `shipflow::core::testing` here so the
+//! Change detection, build and registry use `shipflow_kit::testing` here so the
 //! program needs nothing installed; swap in `GitChangeDetector`, `NativeBuilder` and
 //! `RegistryClient` for real work.
 
@@ -21,11 +23,47 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::ensure;
 use async_trait::async_trait;
-use shipflow::core::testing::{FakeBuilder, MemoryRegistry, ScriptedDetector};
-use shipflow::core::{
-    App, BoxError, Context, DeployMeta, Deployed, Deployer, EnvOverrides, EventKind, EventSink,
-    ImageRef, Outcome, Pipeline, Revision, RollbackTarget, Rollout, Selection, Workspace,
+use shipflow_kit::testing::{FakeBuilder, MemoryRegistry, ScriptedDetector};
+use shipflow_kit::{
+    App, BoxError, ConfigSection, Context, DeployMeta, Deployed, Deployer, EventKind, EventSink,
+    ImageRef, Outcome, Pipeline, Revision, RollbackTarget, Rollout, Schema, SectionContext,
+    SectionError, Selection, Workspace,
 };
+
+/// The deployer's own section: `[apps.<app>.deploy.releases]`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Releases {
+    /// The release channel written into each release.
+    #[serde(default = "stable")]
+    channel: String,
+    /// How many releases to keep for rollback.
+    #[serde(default = "five")]
+    keep: usize,
+}
+
+fn stable() -> String {
+    "stable".into()
+}
+
+fn five() -> usize {
+    5
+}
+
+impl ConfigSection for Releases {
+    fn validate(&mut self, _ctx: &SectionContext<'_>) -> Result<(), SectionError> {
+        if !(1..=100).contains(&self.keep) {
+            return Err(SectionError::new("keep", "keep 1 to 100 releases"));
+        }
+        if self.channel.is_empty() || !self.channel.bytes().all(|b| b.is_ascii_lowercase()) {
+            return Err(SectionError::new(
+                "channel",
+                "a channel is lowercase letters",
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// The user's deployer: one JSON file per release in `<dir>/<app>/`, and a `current`
 /// file naming the live one.
@@ -41,9 +79,10 @@ struct ReleaseDirDeployer {
 struct Release {
     number: u64,
     image: String,
-    fingerprint: Option<shipflow::core::Fingerprint>,
+    fingerprint: Option<shipflow_kit::Fingerprint>,
     git_sha: Option<String>,
     change_cause: String,
+    channel: String,
 }
 
 /// The deployer's errors name the app and the step, like shipflow's own.
@@ -59,6 +98,8 @@ enum ReleaseError {
     Unhealthy { app: String, number: u64 },
     #[error("{app}: rollback: no release {number} (see history)")]
     NoSuchRelease { app: String, number: u64 },
+    #[error("{app}: deploy: no [apps.{app}.deploy.releases] section")]
+    NoSection { app: String },
 }
 
 impl ReleaseDirDeployer {
@@ -120,11 +161,11 @@ impl Deployer for ReleaseDirDeployer {
             .releases(&app.name)?
             .into_iter()
             .find(|r| Some(r.number) == live);
-        Ok(release.map(|r| Deployed {
-            image: r.image,
-            revision: Some(r.number),
-            fingerprint: r.fingerprint,
-            git_sha: r.git_sha,
+        Ok(release.map(|r| {
+            Deployed::new(r.image)
+                .with_revision(Some(r.number))
+                .with_fingerprint(r.fingerprint)
+                .with_git_sha(r.git_sha)
         }))
     }
 
@@ -143,22 +184,35 @@ impl Deployer for ReleaseDirDeployer {
             .find(|r| Some(r.number) == self.live(&app.name))
             && live.image == image
         {
-            return Ok(Rollout {
-                image,
-                revision: Some(live.number),
-                changed: false,
-                workload,
-            });
+            return Ok(Rollout::new(image, workload, false).with_revision(Some(live.number)));
         }
+        let settings =
+            app.deploy_target::<Releases>("releases")?
+                .ok_or_else(|| ReleaseError::NoSection {
+                    app: app.name.clone(),
+                })?;
         let number = releases.last().map_or(1, |r| r.number + 1);
-        ctx.message(format!("writing release {number}"));
+        ctx.message(format!("writing release {number} to {}", settings.channel));
         let release = Release {
             number,
             image: image.clone(),
             fingerprint: meta.fingerprint.clone(),
             git_sha: meta.git_sha.clone(),
             change_cause: meta.change_cause.clone(),
+            channel: settings.channel.clone(),
         };
+        // Keep the newest `keep` releases, this one included.
+        for old in releases.iter().rev().skip(settings.keep.saturating_sub(1)) {
+            let path = self
+                .dir
+                .join(&app.name)
+                .join(format!("{}.json", old.number));
+            std::fs::remove_file(&path).map_err(|source| ReleaseError::Io {
+                app: app.name.clone(),
+                step: "prune releases",
+                source,
+            })?;
+        }
         let path = self.dir.join(&app.name).join(format!("{number}.json"));
         let json = serde_json::to_string_pretty(&release)?;
         write(&path, &json).map_err(|source| ReleaseError::Io {
@@ -178,12 +232,7 @@ impl Deployer for ReleaseDirDeployer {
             }
             .into());
         }
-        Ok(Rollout {
-            image,
-            revision: Some(number),
-            changed: true,
-            workload,
-        })
+        Ok(Rollout::new(image, workload, true).with_revision(Some(number)))
     }
 
     async fn rollback(
@@ -210,12 +259,12 @@ impl Deployer for ReleaseDirDeployer {
             .into());
         };
         self.activate(&app.name, target.number)?;
-        Ok(Rollout {
-            image: target.image.clone(),
-            revision: Some(target.number),
-            changed: true,
-            workload: format!("release dir {}", self.dir.join(&app.name).display()),
-        })
+        Ok(Rollout::new(
+            target.image.clone(),
+            format!("release dir {}", self.dir.join(&app.name).display()),
+            true,
+        )
+        .with_revision(Some(target.number)))
     }
 
     async fn history(&self, app: &App, _ctx: &Context) -> Result<Vec<Revision>, BoxError> {
@@ -223,12 +272,10 @@ impl Deployer for ReleaseDirDeployer {
         Ok(self
             .releases(&app.name)?
             .into_iter()
-            .map(|r| Revision {
-                current: Some(r.number) == live,
-                number: r.number,
-                image: r.image,
-                change_cause: Some(r.change_cause),
-                created_at: None,
+            .map(|r| {
+                Revision::new(r.number, r.image)
+                    .with_change_cause(Some(r.change_cause))
+                    .with_current(Some(r.number) == live)
             })
             .collect())
     }
@@ -238,9 +285,12 @@ const SHIPFLOW_TOML: &str = r#"
 [workspace]
 registry = "registry.example.com/shop"
 shared = ["packages/**"]
+hooks = { post_deploy = "echo released $SHIPFLOW_APP as $SHIPFLOW_IMAGE" }
 
 [apps.cart]
+deploy.releases = { channel = "beta", keep = 2 }
 [apps.checkout]
+deploy.releases = {}
 "#;
 
 #[tokio::main(flavor = "current_thread")]
@@ -252,7 +302,19 @@ async fn main() -> anyhow::Result<()> {
     });
     let registry = Arc::new(MemoryRegistry::new());
     let builder = Arc::new(FakeBuilder::new());
-    let workspace = Workspace::from_toml(SHIPFLOW_TOML, ".", &EnvOverrides::default())?;
+    // The deployer's section is read like the built-in ones: a bad value is refused
+    // when the workspace loads, naming the key and its line.
+    let schema = Schema::new().deploy_target::<Releases>("releases");
+    let bad = SHIPFLOW_TOML.replace("keep = 2", "keep = 0");
+    let refused = Workspace::loader()
+        .schema(schema.clone())
+        .from_toml(&bad, ".")
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("keep = 0 must be refused"))?;
+    println!("0. A bad setting is refused before anything runs:\n  {refused}\n");
+    let workspace = Workspace::loader()
+        .schema(schema)
+        .from_toml(SHIPFLOW_TOML, ".")?;
     // Progress for people: every event the pipeline and the adapters emit.
     let events = EventSink::new(|event| {
         if let (Some(app), EventKind::Message { text }) = (&event.app, &event.kind) {
@@ -324,7 +386,7 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_outcomes(report: &shipflow::core::Report) {
+fn print_outcomes(report: &shipflow_kit::Report) {
     for app in &report.apps {
         let release = app
             .rollout

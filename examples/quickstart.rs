@@ -21,9 +21,9 @@ use std::process::Command;
 use std::sync::Arc;
 
 use anyhow::{Context as _, ensure};
-use shipflow::core::{BuilderBySpec, Outcome, Pipeline, Report, Selection, Workspace};
-use shipflow::git::GitChangeDetector;
-use shipflow::oci::{LayoutRegistry, NativeBuilder};
+use shipflow_kit::git::GitChangeDetector;
+use shipflow_kit::oci::{LayoutRegistry, NativeBuilder};
+use shipflow_kit::{BuilderByType, Outcome, Pipeline, Report, Selection, Workspace};
 
 const SHIPFLOW_TOML: &str = r#"# The sample monorepo's workspace.
 [workspace]
@@ -79,7 +79,10 @@ async fn main() -> anyhow::Result<()> {
     // The embedded defaults: images built into OCI layouts, pushed into a local store.
     let builds = dir.path().join("build");
     let store = LayoutRegistry::new(dir.path().join("store"));
-    let builder = BuilderBySpec::new().native(Arc::new(NativeBuilder::new(&builds)));
+    let builder = BuilderByType::new().route(
+        shipflow_kit::oci::NATIVE_BUILD_TYPE,
+        Arc::new(NativeBuilder::new(&builds)),
+    );
     let pipeline = || -> anyhow::Result<Pipeline> {
         let workspace = Workspace::load(repo.join("shipflow.toml"))?;
         Ok(Pipeline::builder(workspace)
@@ -127,7 +130,7 @@ async fn main() -> anyhow::Result<()> {
             println!("   {}: roll its workload to {image}", app.app);
         }
     }
-    let web_ref: shipflow::core::ImageRef = web.image.as_deref().unwrap_or_default().parse()?;
+    let web_ref = web.image.clone().context("web has an image")?;
     println!(
         "\nDone: 1 of 3 apps rebuilt; {} bytes stored this time, {} the first time.",
         second.bytes_pushed(),
@@ -138,11 +141,22 @@ async fn main() -> anyhow::Result<()> {
         store.layout_dir(&web_ref).display(),
         web.tag
     );
+    let cli = |repo: &Path| {
+        format!(
+            "cd {} && cargo run --manifest-path {}/Cargo.toml --features cli --example shipflow -- plan --base HEAD~1",
+            repo.display(),
+            env!("CARGO_MANIFEST_DIR")
+        )
+    };
     if keep {
         let kept = dir.keep();
         println!("Kept in {}; look inside: {inspect}", kept.display());
+        println!("Try the CLI on it:\n  {}", cli(&kept.join("monorepo")));
     } else {
-        println!("Run with -- --keep to keep the repository and the store, then: {inspect}");
+        println!(
+            "Run with -- --keep to keep the repository and the store, then look inside ({inspect})\nand try the CLI on it ({})",
+            cli(Path::new("<kept dir>/monorepo"))
+        );
     }
     Ok(())
 }

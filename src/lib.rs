@@ -1,25 +1,25 @@
 //! shipflow: incremental build and deploy of monorepo apps.
 //!
 //! This facade re-exports the crates of the workspace behind features (all on by
-//! default): [`core`] always, and the adapters `git`, `oci`, `k8s` and `docker`.
-//! Depend on `shipflow-core` alone when you bring your own adapters.
+//! default): everything of `shipflow-core` at the top level, and the adapters as
+//! [`git`], [`oci`], [`k8s`] and [`docker`]. Depend on `shipflow-core` alone when you
+//! bring your own adapters.
 //!
 //! ```
-//! use shipflow::core::{EnvOverrides, Workspace};
+//! use shipflow_kit::Workspace;
 //!
 //! let ws = Workspace::from_toml(
 //!     "[workspace]\nregistry = \"127.0.0.1:5000/acme\"\n[apps.api]",
-//!     ".",
-//!     &EnvOverrides::default(),
+//!     "."
 //! )?;
 //! assert_eq!(ws.apps().len(), 1);
-//! # Ok::<(), shipflow::core::ConfigError>(())
+//! # Ok::<(), shipflow_kit::ConfigError>(())
 //! ```
 //!
-//! The reference command-line program is `examples/shipflow.rs`; `examples/README.md`
+//! The reference command-line program is `examples/shipflow/`; `examples/README.md`
 //! lists the others.
 
-pub use shipflow_core as core;
+pub use shipflow_core::*;
 #[cfg(feature = "docker")]
 pub use shipflow_docker as docker;
 #[cfg(feature = "git")]

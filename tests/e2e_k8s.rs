@@ -7,14 +7,14 @@ mod common;
 use std::sync::Arc;
 
 use common::{Monorepo, outcome};
-use shipflow::core::{
-    BuilderBySpec, FailurePolicy, Outcome, Pipeline, Registry as _, Selection, Workspace,
+use shipflow_kit::git::GitChangeDetector;
+use shipflow_kit::k8s::KubeDeployer;
+use shipflow_kit::k8s::testing::{Outcome as Rollout, SimCluster};
+use shipflow_kit::oci::testing::TestRegistry;
+use shipflow_kit::oci::{NativeBuilder, RegistryClient};
+use shipflow_kit::{
+    BuilderByType, FailurePolicy, Outcome, Pipeline, Registry as _, Selection, Workspace,
 };
-use shipflow::git::GitChangeDetector;
-use shipflow::k8s::KubeDeployer;
-use shipflow::k8s::testing::{Outcome as Rollout, SimCluster};
-use shipflow::oci::testing::TestRegistry;
-use shipflow::oci::{NativeBuilder, RegistryClient};
 
 const APPS: [&str; 3] = ["api", "web", "worker"];
 
@@ -52,7 +52,9 @@ impl Setup {
             .detector(Arc::new(
                 GitChangeDetector::open(self.repo.path()).expect("repository"),
             ))
-            .builder(Arc::new(BuilderBySpec::new().native(Arc::new(native))))
+            .builder(Arc::new(
+                BuilderByType::new().route(shipflow_kit::oci::NATIVE_BUILD_TYPE, Arc::new(native)),
+            ))
             .registry(Arc::new(RegistryClient::builder().build().expect("client")))
             .deployer(Arc::new(KubeDeployer::new(self.cluster.client())))
             .failure_policy(FailurePolicy::Continue)
@@ -89,7 +91,7 @@ async fn only_the_edited_app_is_rebuilt_pushed_and_rolled() {
         );
         // What runs is in the registry, under that digest.
         let pinned = running.parse().expect("a pinned reference");
-        let ctx = shipflow::core::Context::new();
+        let ctx = shipflow_kit::Context::new();
         let client = RegistryClient::builder().build().expect("client");
         assert!(
             client
@@ -161,5 +163,5 @@ async fn a_crash_looping_app_is_rolled_back_while_the_others_deploy() {
         assert_eq!(outcome(&report, app), &Outcome::Deployed);
         assert_ne!(setup.running(app), before[i], "{app} moved on");
     }
-    assert_eq!(report.status(), shipflow::core::RunStatus::RolledBack);
+    assert_eq!(report.status(), shipflow_kit::RunStatus::RolledBack);
 }

@@ -8,14 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Monorepo, outcome};
-use shipflow::core::{
-    BuilderBySpec, FailurePolicy, Outcome, Pipeline, Report, RunStatus, Selection, Workspace,
+use shipflow_kit::docker::EngineDeployer;
+use shipflow_kit::docker::testing::TestPodman;
+use shipflow_kit::git::GitChangeDetector;
+use shipflow_kit::oci::testing::TestRegistry;
+use shipflow_kit::oci::{NativeBuilder, RegistryClient};
+use shipflow_kit::{
+    BuilderByType, FailurePolicy, Outcome, Pipeline, Report, RunStatus, Selection, Workspace,
 };
-use shipflow::docker::EngineDeployer;
-use shipflow::docker::testing::TestPodman;
-use shipflow::git::GitChangeDetector;
-use shipflow::oci::testing::TestRegistry;
-use shipflow::oci::{NativeBuilder, RegistryClient};
 
 const APPS: [&str; 3] = ["api", "web", "worker"];
 
@@ -64,9 +64,10 @@ impl Setup {
             .detector(Arc::new(
                 GitChangeDetector::open(self.repo.path()).expect("repository"),
             ))
-            .builder(Arc::new(
-                BuilderBySpec::new().native(Arc::new(NativeBuilder::new(self.builds.path()))),
-            ))
+            .builder(Arc::new(BuilderByType::new().route(
+                shipflow_kit::oci::NATIVE_BUILD_TYPE,
+                Arc::new(NativeBuilder::new(self.builds.path())),
+            )))
             .registry(Arc::new(RegistryClient::builder().build().expect("client")))
             .deployer(Arc::new(deployer))
             .failure_policy(FailurePolicy::Continue)

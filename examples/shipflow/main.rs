@@ -37,7 +37,7 @@ use std::sync::Arc;
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
-use shipflow::core::{
+use shipflow_kit::{
     App, CONFIG_FILE, ChangeDetector, Context, Deployed, FailurePolicy, Pipeline, RollbackTarget,
     RunStatus, Selection, Workspace, error_chain,
 };
@@ -155,8 +155,8 @@ struct BuildArgs {
 /// Which Kubernetes cluster and namespace.
 #[derive(Args)]
 struct ClusterArgs {
-    /// The Kubernetes namespace (overrides K8S_NAMESPACE, the workspace's and the
-    /// kubeconfig context's).
+    /// The Kubernetes namespace of apps whose deploy.kubernetes names none (overrides
+    /// K8S_NAMESPACE and the workspace's namespace).
     #[arg(long)]
     namespace: Option<String>,
     /// The kubeconfig file (default: KUBECONFIG, ~/.kube/config, in-cluster).
@@ -168,19 +168,22 @@ struct ClusterArgs {
 }
 
 impl ClusterArgs {
+    /// `--namespace`, else K8S_NAMESPACE.
+    fn namespace(&self) -> Option<String> {
+        self.namespace.clone().or_else(|| {
+            std::env::var("K8S_NAMESPACE")
+                .ok()
+                .filter(|n| !n.is_empty())
+        })
+    }
+
     /// The client, and the namespace: `--namespace`, else K8S_NAMESPACE, else the
     /// kubeconfig context's.
     async fn client(&self) -> anyhow::Result<(kube::Client, String)> {
         let client =
             parts::kube_client(self.kubeconfig.as_deref(), self.context.as_deref()).await?;
         let namespace = self
-            .namespace
-            .clone()
-            .or_else(|| {
-                std::env::var("K8S_NAMESPACE")
-                    .ok()
-                    .filter(|n| !n.is_empty())
-            })
+            .namespace()
             .unwrap_or_else(|| client.default_namespace().to_owned());
         Ok((client, namespace))
     }
@@ -200,11 +203,12 @@ struct TargetArgs {
 }
 
 impl TargetArgs {
-    async fn deployer(&self) -> anyhow::Result<Arc<dyn shipflow::core::Deployer>> {
+    async fn deployer(&self) -> anyhow::Result<Arc<dyn shipflow_kit::Deployer>> {
         parts::deployer(
             self.target,
             self.cluster.kubeconfig.as_deref(),
             self.cluster.context.as_deref(),
+            self.cluster.namespace(),
             self.docker_host.as_deref(),
         )
         .await
@@ -377,7 +381,7 @@ impl Output {
 /// (said on stderr, so the user knows what was compared).
 fn base(
     changes: &Changes,
-    detector: &shipflow::git::GitChangeDetector,
+    detector: &shipflow_kit::git::GitChangeDetector,
 ) -> anyhow::Result<Option<String>> {
     Ok(match &changes.base {
         Some(base) => Some(base.clone()),
@@ -401,7 +405,7 @@ fn selection(changes: &Changes) -> Selection {
 }
 
 async fn plan(out: &Output, changes: Changes) -> anyhow::Result<Exit> {
-    let workspace = parts::workspace(&out.config, None, None)?;
+    let workspace = parts::workspace(&out.config, None)?;
     let detector = parts::detector(&workspace, changes.worktree)?;
     let base = base(&changes, &detector)?;
     let pipeline = Pipeline::builder(workspace)
@@ -419,7 +423,7 @@ async fn plan(out: &Output, changes: Changes) -> anyhow::Result<Exit> {
 }
 
 async fn build(out: &Output, args: BuildArgs) -> anyhow::Result<Exit> {
-    let workspace = parts::workspace(&out.config, None, None)?;
+    let workspace = parts::workspace(&out.config, None)?;
     let detector = parts::detector(&workspace, args.changes.worktree)?;
     let base = base(&args.changes, &detector)?;
     let store = match args.store {
@@ -473,8 +477,7 @@ async fn run(
     skip_build: bool,
     rollback: bool,
 ) -> anyhow::Result<Exit> {
-    let namespace = target.as_ref().and_then(|t| t.cluster.namespace.clone());
-    let workspace = parts::workspace(&out.config, args.registry.clone(), namespace)?;
+    let workspace = parts::workspace(&out.config, args.registry.clone())?;
     let detector = parts::detector(&workspace, args.changes.worktree)?;
     let base = base(&args.changes, &detector)?;
     let engine = match skip_build {
@@ -483,7 +486,7 @@ async fn run(
     };
     let mut pipeline = Pipeline::builder(workspace.clone())
         .detector(Arc::new(detector))
-        .registry(parts::registry(args.insecure, engine.as_ref())?)
+        .registry(parts::registry(&workspace, args.insecure, engine.as_ref())?)
         .concurrency(args.concurrency)
         .dry_run(args.dry_run)
         .build_number(args.build_number.clone())
@@ -519,8 +522,8 @@ async fn app_and_deployer(
     out: &Output,
     app: &str,
     target: &TargetArgs,
-) -> anyhow::Result<(App, Arc<dyn shipflow::core::Deployer>)> {
-    let workspace = parts::workspace(&out.config, None, target.cluster.namespace.clone())?;
+) -> anyhow::Result<(App, Arc<dyn shipflow_kit::Deployer>)> {
+    let workspace = parts::workspace(&out.config, None)?;
     let app = known_app(&workspace, app)?.clone();
     let deployer = target.deployer().await?;
     Ok((app, deployer))
@@ -581,7 +584,7 @@ struct AppStatus {
 }
 
 async fn status(out: &Output, args: StatusArgs) -> anyhow::Result<Exit> {
-    let workspace = parts::workspace(&out.config, None, args.target.cluster.namespace.clone())?;
+    let workspace = parts::workspace(&out.config, None)?;
     let detector = parts::detector(&workspace, false)?;
     let deployer = args.target.deployer().await?;
     let ctx = Context::new();
@@ -642,8 +645,8 @@ async fn status(out: &Output, args: StatusArgs) -> anyhow::Result<Exit> {
 
 async fn apply(out: &Output, args: ApplyArgs) -> anyhow::Result<Exit> {
     let (client, namespace) = args.cluster.client().await?;
-    let deployer = shipflow::k8s::KubeDeployer::new(client);
-    let options = shipflow::k8s::ApplyOptions {
+    let deployer = shipflow_kit::k8s::KubeDeployer::new(client);
+    let options = shipflow_kit::k8s::ApplyOptions {
         namespace,
         force: args.force_conflicts,
     };
@@ -660,9 +663,9 @@ async fn apply(out: &Output, args: ApplyArgs) -> anyhow::Result<Exit> {
 }
 
 async fn config(out: &Output, args: ConfigArgs) -> anyhow::Result<Exit> {
-    let config = shipflow::k8s::EnvConfigMap::from_env_file(&args.name, &args.env_file)?;
+    let config = shipflow_kit::k8s::EnvConfigMap::from_env_file(&args.name, &args.env_file)?;
     let (client, namespace) = args.cluster.client().await?;
-    let deployer = shipflow::k8s::KubeDeployer::new(client);
+    let deployer = shipflow_kit::k8s::KubeDeployer::new(client);
     let ctx = Context::new()
         .with_dry_run(args.dry_run)
         .with_events(Progress::messages(out.progress()));

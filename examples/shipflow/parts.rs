@@ -5,15 +5,15 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use clap::ValueEnum;
-use shipflow::core::{
-    BuildSpec, BuilderBySpec, CONFIG_FILE, Deployer, EnvOverrides, ImageBuilder, Registry,
-    RegistryByLocation, Workspace,
-};
-use shipflow::docker::{
+use shipflow_kit::docker::{
     Endpoint, Engine, EngineBuilder, EngineDeployer, EngineRegistry, RegistryCredentials,
 };
-use shipflow::git::GitChangeDetector;
-use shipflow::oci::{Credentials, LayoutRegistry, NativeBuilder, RegistryClient};
+use shipflow_kit::git::GitChangeDetector;
+use shipflow_kit::oci::{Credentials, LayoutRegistry, NativeBuilder, RegistryClient};
+use shipflow_kit::{
+    BuilderByType, CONFIG_FILE, Deployer, ImageBuilder, Registry, RegistryByLocation, Schema,
+    Workspace,
+};
 
 /// Where apps are deployed.
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -24,30 +24,31 @@ pub(crate) enum Target {
     Docker,
 }
 
-/// Reads the workspace at `config`, with the command line's overrides over the
-/// environment's (`SHIPFLOW_REGISTRY`, `K8S_NAMESPACE`, `GIT_SHA`).
-pub(crate) fn workspace(
-    config: &Path,
-    registry: Option<String>,
-    namespace: Option<String>,
-) -> anyhow::Result<Workspace> {
+/// Every section the CLI's adapters read, so a bad setting fails before any work.
+pub(crate) fn schema() -> Schema {
+    shipflow_kit::oci::schema()
+        .merge(shipflow_kit::docker::schema())
+        .merge(shipflow_kit::k8s::schema())
+}
+
+/// Reads the workspace at `config`, with `--registry` over `SHIPFLOW_REGISTRY` (or
+/// `PRIVATE_REGISTRY`), and `GIT_SHA` as the commit in tags.
+pub(crate) fn workspace(config: &Path, registry: Option<String>) -> anyhow::Result<Workspace> {
     if !config.exists() {
         bail!(
             "no {} here: run shipflow from the repository root, or pass --config PATH",
             config.display()
         );
     }
-    let text = std::fs::read_to_string(config)
-        .with_context(|| format!("cannot read {}", config.display()))?;
-    let root = match config.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    let mut env = EnvOverrides::from_env();
-    env.registry = registry.or(env.registry);
-    env.namespace = namespace.or(env.namespace);
-    let parsed = Workspace::parse(&text, config)?;
-    Ok(Workspace::new(parsed, root, &env)?)
+    let env = |key: &str| std::env::var(key).ok().filter(|v| !v.trim().is_empty());
+    let registry = registry
+        .or_else(|| env("SHIPFLOW_REGISTRY"))
+        .or_else(|| env("PRIVATE_REGISTRY"));
+    Ok(Workspace::loader()
+        .schema(schema())
+        .registry(registry)
+        .git_sha(env("GIT_SHA"))
+        .load(config)?)
 }
 
 /// Opens the git repository the workspace lives in, which must have the workspace
@@ -89,12 +90,25 @@ fn credentials() -> Option<(String, String)> {
 /// The registry: the native client, and for images built by an engine, a push
 /// through that engine.
 pub(crate) fn registry(
+    workspace: &Workspace,
     insecure: bool,
     engine: Option<&Engine>,
 ) -> anyhow::Result<Arc<dyn Registry>> {
     let mut client = RegistryClient::builder().insecure(insecure);
     if let Some((user, password)) = credentials() {
-        client = client.credentials(Credentials::basic(user, password));
+        // The credentials belong to one registry: the one the apps' images name.
+        let registries: std::collections::BTreeSet<&str> =
+            workspace.apps().map(|a| a.image.registry()).collect();
+        let mut registries = registries.into_iter();
+        match (registries.next(), registries.next()) {
+            (Some(registry), None) => {
+                client = client.credentials(registry, Credentials::basic(user, password));
+            }
+            (Some(first), Some(second)) => anyhow::bail!(
+                "SHIPFLOW_REGISTRY_USER/PASSWORD are set, but the apps' images are on several registries ({first}, {second}, …): log in to each with `docker login <registry>` instead"
+            ),
+            (None, _) => {}
+        }
     }
     let mut registry = RegistryByLocation::new(Arc::new(client.build()?));
     if let Some(engine) = engine {
@@ -113,7 +127,7 @@ pub(crate) fn registry(
 pub(crate) async fn dockerfile_engine(workspace: &Workspace) -> anyhow::Result<Option<Engine>> {
     let dockerfiles: Vec<&str> = workspace
         .apps()
-        .filter(|a| matches!(a.build, BuildSpec::Dockerfile { .. }))
+        .filter(|a| a.build_type() == shipflow_kit::docker::DOCKERFILE_BUILD_TYPE)
         .map(|a| a.name.as_str())
         .collect();
     if dockerfiles.is_empty() {
@@ -148,9 +162,13 @@ pub(crate) fn builder(
     engine: Option<&Engine>,
 ) -> anyhow::Result<Arc<dyn ImageBuilder>> {
     let native = NativeBuilder::new(state_dir(workspace)?.join("build"));
-    let mut builder = BuilderBySpec::new().native(Arc::new(native));
+    let mut builder =
+        BuilderByType::new().route(shipflow_kit::oci::NATIVE_BUILD_TYPE, Arc::new(native));
     if let Some(engine) = engine {
-        builder = builder.dockerfile(Arc::new(EngineBuilder::new(engine.clone())));
+        builder = builder.route(
+            shipflow_kit::docker::DOCKERFILE_BUILD_TYPE,
+            Arc::new(EngineBuilder::new(engine.clone())),
+        );
     }
     Ok(Arc::new(builder))
 }
@@ -161,14 +179,16 @@ pub(crate) async fn deployer(
     target: Target,
     kubeconfig: Option<&Path>,
     context: Option<&str>,
+    namespace: Option<String>,
     docker_host: Option<&str>,
 ) -> anyhow::Result<Arc<dyn Deployer>> {
     match target {
         Target::K8s => {
             // One pipeline per app at a time: a Lease that a second run waits for.
             let deployer =
-                shipflow::k8s::KubeDeployer::new(kube_client(kubeconfig, context).await?)
-                    .deploy_lock(shipflow::k8s::LockOptions::default());
+                shipflow_kit::k8s::KubeDeployer::new(kube_client(kubeconfig, context).await?)
+                    .namespace(namespace)
+                    .deploy_lock(shipflow_kit::k8s::LockOptions::default());
             Ok(Arc::new(deployer))
         }
         Target::Docker => {

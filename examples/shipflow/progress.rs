@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use shipflow::core::{Event, EventKind, EventSink, Stage};
+use shipflow_kit::{Event, EventKind, EventSink, Stage};
 
 /// How progress is shown.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -70,7 +70,7 @@ impl Progress {
                     )
                 }
                 EventKind::Message { text } => eprintln!("{app}: {}: {text}", event.stage),
-                EventKind::Progress { .. } => {}
+                _ => {}
             }
             return;
         }
@@ -108,6 +108,7 @@ impl Progress {
                     bar.finish_with_message(if *ok { "✓" } else { "✗ failed" });
                 }
             }
+            _ => {}
         }
     }
 }

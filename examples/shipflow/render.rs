@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use shipflow::core::{Outcome, Plan, Report, Revision, Stage};
+use shipflow_kit::{Outcome, Plan, Report, Revision, Stage};
 
 /// The plan for people: one block per app with its image, stages and reasons.
 pub(crate) fn plan(plan: &Plan) -> String {
@@ -151,7 +151,7 @@ fn seconds(ms: u64) -> String {
 }
 
 /// What `apply` did: one line per object.
-pub(crate) fn applied(applied: &[shipflow::k8s::Applied], dry_run: bool) -> String {
+pub(crate) fn applied(applied: &[shipflow_kit::k8s::Applied], dry_run: bool) -> String {
     let mut out = String::new();
     for a in applied {
         let what = match (a.changed, dry_run) {
@@ -179,7 +179,7 @@ pub(crate) fn applied(applied: &[shipflow::k8s::Applied], dry_run: bool) -> Stri
 /// rolled, the versions deleted.
 pub(crate) fn config_rollout(
     namespace: &str,
-    r: &shipflow::k8s::ConfigRollout,
+    r: &shipflow_kit::k8s::ConfigRollout,
     dry_run: bool,
 ) -> String {
     let state = match (dry_run, r.created) {

@@ -5,8 +5,8 @@
 mod common;
 
 use clap::Parser;
-use shipflow::k8s::testing::{Outcome, SimCluster};
-use shipflow::oci::testing::TestRegistry;
+use shipflow_kit::k8s::testing::{Outcome, SimCluster};
+use shipflow_kit::oci::testing::TestRegistry;
 
 use super::{Cli, Exit, run_cli};
 use common::Monorepo;
@@ -183,7 +183,7 @@ async fn apply_and_config_through_the_cli() {
 
     let env = setup.repo.path().join("worker.env");
     std::fs::write(&env, "MODE=fast\n").expect("env file");
-    let name = shipflow::k8s::EnvConfigMap::from_env_file("app-config", &env)
+    let name = shipflow_kit::k8s::EnvConfigMap::from_env_file("app-config", &env)
         .expect("valid")
         .name();
     let env = setup.path(&env);
@@ -216,7 +216,7 @@ async fn apply_and_config_through_the_cli() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_history_and_rollback_on_podman_through_the_cli() {
     let registry = TestRegistry::start().expect("docker-registry starts");
-    let podman = shipflow::docker::testing::TestPodman::start(&[&registry.host()])
+    let podman = shipflow_kit::docker::testing::TestPodman::start(&[&registry.host()])
         .expect("podman service starts");
     let port = common::free_port();
     let repo = Monorepo::create(&registry.host(), &["web"], |app, _| {

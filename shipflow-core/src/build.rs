@@ -2,11 +2,12 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::{App, BoxError, Context, Digest, Fingerprint, RevisionInfo};
+use crate::{App, BoxError, Context, Digest, Fingerprint, Reason, RevisionInfo};
 
 /// A blob of an image (config or layer) by digest and size.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -78,6 +79,9 @@ pub struct BuildRequest {
     pub fingerprint: Option<Fingerprint>,
     /// Labels to add to the image config (OCI annotations go to the manifest).
     pub labels: BTreeMap<String, String>,
+    /// Why the app is in the run, for hooks and records.
+    #[serde(default)]
+    pub reasons: Vec<Reason>,
 }
 
 /// Builds images. Adapters: `shipflow_oci::NativeBuilder` (daemonless, reproducible)
@@ -93,90 +97,105 @@ pub trait ImageBuilder: Send + Sync {
     ) -> Result<LocalImage, BoxError>;
 }
 
-/// An [`ImageBuilder`] that hands each app to the builder for its kind of build:
-/// `type = "native"` apps to one (e.g. `shipflow_oci::NativeBuilder`), Dockerfile
-/// apps to another (e.g. `shipflow_docker::EngineBuilder`). A workspace can mix both.
+/// An [`ImageBuilder`] that hands each app to the builder for its build type (the
+/// `type` of its `build` table): `"native"` apps to one (e.g.
+/// `shipflow_oci::NativeBuilder`), `"dockerfile"` apps to another (e.g.
+/// `shipflow_docker::EngineBuilder`), any type of your own to yours. A workspace can
+/// mix them.
 ///
 /// ```
 /// use std::sync::Arc;
-/// use shipflow_core::{BuilderBySpec, testing::FakeBuilder};
+/// use shipflow_core::{BuilderByType, testing::FakeBuilder};
 ///
-/// let builder = BuilderBySpec::new().native(Arc::new(FakeBuilder::new()));
-/// // Dockerfile apps fail with a message saying an engine builder is needed.
+/// let builder = BuilderByType::new().route("native", Arc::new(FakeBuilder::new()));
+/// // Apps of another build type fail with a message naming the types it knows.
 /// # let _ = builder;
 /// ```
 #[derive(Clone, Default)]
-pub struct BuilderBySpec {
-    native: Option<std::sync::Arc<dyn ImageBuilder>>,
-    dockerfile: Option<std::sync::Arc<dyn ImageBuilder>>,
+pub struct BuilderByType {
+    builders: BTreeMap<String, Arc<dyn ImageBuilder>>,
 }
 
-impl std::fmt::Debug for BuilderBySpec {
+impl std::fmt::Debug for BuilderByType {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BuilderBySpec")
-            .field("native", &self.native.is_some())
-            .field("dockerfile", &self.dockerfile.is_some())
+        f.debug_struct("BuilderByType")
+            .field("types", &self.builders.keys().collect::<Vec<_>>())
             .finish()
     }
 }
 
-/// An app's build needs a builder that was not given to [`BuilderBySpec`].
+/// An app's build type has no builder in [`BuilderByType`].
 #[derive(Debug, thiserror::Error)]
-#[error("{app}: build: it is a {kind} build, and no {kind} builder is configured; {hint}")]
+#[error(
+    "{app}: build: no builder for build type {build_type:?} (builders: {known}); {}",
+    hint(build_type)
+)]
 pub struct NoBuilder {
     /// The app.
     pub app: String,
-    /// `native` or `Dockerfile`.
-    pub kind: &'static str,
-    /// What to do about it.
-    pub hint: &'static str,
+    /// Its build type.
+    pub build_type: String,
+    /// The build types that have a builder, comma separated.
+    pub known: String,
 }
 
-impl BuilderBySpec {
+fn hint(build_type: &str) -> &'static str {
+    match build_type {
+        "dockerfile" => {
+            "start a Docker or Podman engine (DOCKER_HOST), or switch the app to `type = \"native\"`"
+        }
+        _ => "give the pipeline a builder for it",
+    }
+}
+
+impl BuilderByType {
     /// A dispatcher with no builders yet.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// The builder for `type = "native"` apps.
-    pub fn native(mut self, builder: std::sync::Arc<dyn ImageBuilder>) -> Self {
-        self.native = Some(builder);
+    /// Apps whose build type is `build_type` go to `builder`.
+    pub fn route(mut self, build_type: &str, builder: Arc<dyn ImageBuilder>) -> Self {
+        self.builders.insert(build_type.to_owned(), builder);
         self
     }
 
-    /// The builder for Dockerfile apps.
-    pub fn dockerfile(mut self, builder: std::sync::Arc<dyn ImageBuilder>) -> Self {
-        self.dockerfile = Some(builder);
-        self
+    /// Whether apps of `build_type` have a builder.
+    pub fn handles(&self, build_type: &str) -> bool {
+        self.builders.contains_key(build_type)
     }
 }
 
 #[async_trait]
-impl ImageBuilder for BuilderBySpec {
+impl<B: ImageBuilder + ?Sized> ImageBuilder for Arc<B> {
     async fn build(
         &self,
         app: &App,
         request: &BuildRequest,
         ctx: &Context,
     ) -> Result<LocalImage, BoxError> {
-        let (builder, kind, hint) = match app.build {
-            crate::BuildSpec::Native(_) => (
-                &self.native,
-                "native",
-                "use the native builder (shipflow_oci::NativeBuilder)",
-            ),
-            crate::BuildSpec::Dockerfile { .. } => (
-                &self.dockerfile,
-                "Dockerfile",
-                "start a Docker or Podman engine (DOCKER_HOST), or switch the app to `type = \"native\"`",
-            ),
-        };
-        match builder {
+        (**self).build(app, request, ctx).await
+    }
+}
+
+#[async_trait]
+impl ImageBuilder for BuilderByType {
+    async fn build(
+        &self,
+        app: &App,
+        request: &BuildRequest,
+        ctx: &Context,
+    ) -> Result<LocalImage, BoxError> {
+        match self.builders.get(app.build_type()) {
             Some(builder) => builder.build(app, request, ctx).await,
             None => Err(NoBuilder {
                 app: app.name.clone(),
-                kind,
-                hint,
+                build_type: app.build_type().to_owned(),
+                known: if self.builders.is_empty() {
+                    "none".to_owned()
+                } else {
+                    self.builders.keys().cloned().collect::<Vec<_>>().join(", ")
+                },
             }
             .into()),
         }
@@ -185,11 +204,9 @@ impl ImageBuilder for BuilderBySpec {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
+    use crate::Workspace;
     use crate::testing::FakeBuilder;
-    use crate::{EnvOverrides, Workspace};
 
     #[tokio::test]
     async fn each_app_goes_to_the_builder_for_its_kind_of_build() {
@@ -198,11 +215,10 @@ mod tests {
              [apps.api]\nbuild = { type = \"native\" }\n\
              [apps.web]\nbuild = { type = \"dockerfile\" }\n",
             ".",
-            &EnvOverrides::default(),
         )
         .expect("workspace");
         let native = Arc::new(FakeBuilder::new());
-        let builder = BuilderBySpec::new().native(native.clone());
+        let builder = BuilderByType::new().route("native", native.clone());
         let (api, web) = (ws.app("api").expect("api"), ws.app("web").expect("web"));
         let request = BuildRequest::default();
         let ctx = Context::new();
@@ -219,7 +235,7 @@ mod tests {
         assert!(err.is::<NoBuilder>());
         assert!(
             err.to_string()
-                .starts_with("web: build: it is a Dockerfile build, and no Dockerfile builder"),
+                .starts_with("web: build: no builder for build type \"dockerfile\" (builders: native); start a Docker"),
             "{err}"
         );
         assert_eq!(native.builds(), ["api"], "the native builder never saw web");

@@ -37,6 +37,7 @@ impl fmt::Display for Stage {
 /// What a stage reports about itself while it runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum EventKind {
     /// The stage started.
     Started,
@@ -63,6 +64,7 @@ pub enum EventKind {
 
 /// A progress event: which app, which stage, what happened.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Event {
     /// The app the event is about; `None` for workspace-wide work such as change detection.
     pub app: Option<String>,

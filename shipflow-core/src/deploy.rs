@@ -3,10 +3,13 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::{App, BoxError, Context, Fingerprint, ImageRef};
+use std::sync::Arc;
+
+use crate::{App, BoxError, Context, Fingerprint, ImageRef, Reason, Unsupported};
 
 /// What runs now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Deployed {
     /// The image reference the workload runs, as the platform reports it.
     pub image: String,
@@ -21,13 +24,35 @@ pub struct Deployed {
     pub git_sha: Option<String>,
 }
 
-/// The cause an adapter puts in a failed deploy's error chain when it has itself
-/// brought back what ran before (say, restarted the old container after the new one
-/// failed its health check). The pipeline then reports the app rolled back and does
-/// not roll it back again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("what ran before runs again")]
-pub struct Restored;
+impl Deployed {
+    /// `image` runs, with no revision, fingerprint or commit known yet.
+    pub fn new(image: impl Into<String>) -> Self {
+        Self {
+            image: image.into(),
+            revision: None,
+            fingerprint: None,
+            git_sha: None,
+        }
+    }
+
+    /// The platform's revision number.
+    pub fn with_revision(mut self, revision: Option<u64>) -> Self {
+        self.revision = revision;
+        self
+    }
+
+    /// The fingerprint stamped on the workload (only once its rollout completed).
+    pub fn with_fingerprint(mut self, fingerprint: Option<Fingerprint>) -> Self {
+        self.fingerprint = fingerprint;
+        self
+    }
+
+    /// The commit stamped on the workload.
+    pub fn with_git_sha(mut self, git_sha: Option<String>) -> Self {
+        self.git_sha = git_sha;
+        self
+    }
+}
 
 /// What a deploy stamps on the workload besides the image.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,10 +63,14 @@ pub struct DeployMeta {
     pub git_sha: Option<String>,
     /// Why, for people (`kubernetes.io/change-cause`).
     pub change_cause: String,
+    /// Why the app is in the run, for hooks and records.
+    #[serde(default)]
+    pub reasons: Vec<Reason>,
 }
 
 /// The result of a deploy or rollback that succeeded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Rollout {
     /// The image now running.
     pub image: String,
@@ -51,6 +80,24 @@ pub struct Rollout {
     pub changed: bool,
     /// The workload, for people: `deployment prod/api`, `container api`.
     pub workload: String,
+}
+
+impl Rollout {
+    /// `workload` now runs `image`; `changed` is false when it already did.
+    pub fn new(image: impl Into<String>, workload: impl Into<String>, changed: bool) -> Self {
+        Self {
+            image: image.into(),
+            revision: None,
+            changed,
+            workload: workload.into(),
+        }
+    }
+
+    /// The revision now running.
+    pub fn with_revision(mut self, revision: Option<u64>) -> Self {
+        self.revision = revision;
+        self
+    }
 }
 
 /// Where a rollback goes.
@@ -65,6 +112,7 @@ pub enum RollbackTarget {
 
 /// A revision of a workload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Revision {
     /// The revision number.
     pub number: u64,
@@ -78,8 +126,44 @@ pub struct Revision {
     pub current: bool,
 }
 
+impl Revision {
+    /// Revision `number` of `image`, not running, with no cause or time known.
+    pub fn new(number: u64, image: impl Into<String>) -> Self {
+        Self {
+            number,
+            image: image.into(),
+            change_cause: None,
+            created_at: None,
+            current: false,
+        }
+    }
+
+    /// Why it was made.
+    pub fn with_change_cause(mut self, cause: Option<String>) -> Self {
+        self.change_cause = cause;
+        self
+    }
+
+    /// When it was made, as RFC 3339.
+    pub fn with_created_at(mut self, created_at: Option<String>) -> Self {
+        self.created_at = created_at;
+        self
+    }
+
+    /// Whether it runs now.
+    pub fn with_current(mut self, current: bool) -> Self {
+        self.current = current;
+        self
+    }
+}
+
 /// Rolls workloads. Adapters: `shipflow_k8s::KubeDeployer` and
 /// `shipflow_docker::EngineDeployer`.
+///
+/// A minimal deployer implements [`current`](Deployer::current) and
+/// [`deploy`](Deployer::deploy); [`rollback`](Deployer::rollback) and
+/// [`history`](Deployer::history) default to an [`Unsupported`] error (the pipeline
+/// then reports that no rollback could run).
 #[async_trait]
 pub trait Deployer: Send + Sync {
     /// What runs now for `app`, or `None` when it was never deployed.
@@ -101,8 +185,54 @@ pub trait Deployer: Send + Sync {
         app: &App,
         to: RollbackTarget,
         ctx: &Context,
-    ) -> Result<Rollout, BoxError>;
+    ) -> Result<Rollout, BoxError> {
+        let _ = (to, ctx);
+        Err(Unsupported::new(app.name.as_str(), "rollback").into())
+    }
 
     /// The revisions of `app`, oldest first.
-    async fn history(&self, app: &App, ctx: &Context) -> Result<Vec<Revision>, BoxError>;
+    async fn history(&self, app: &App, ctx: &Context) -> Result<Vec<Revision>, BoxError> {
+        let _ = ctx;
+        Err(Unsupported::new(app.name.as_str(), "history").into())
+    }
+
+    /// The deploy target this deployer serves: the `<target>` of the
+    /// `deploy.<target>` section it reads (`kubernetes`, `docker`), if it has one.
+    fn target(&self) -> Option<&str> {
+        None
+    }
+}
+
+#[async_trait]
+impl<D: Deployer + ?Sized> Deployer for Arc<D> {
+    async fn current(&self, app: &App, ctx: &Context) -> Result<Option<Deployed>, BoxError> {
+        (**self).current(app, ctx).await
+    }
+
+    async fn deploy(
+        &self,
+        app: &App,
+        image: &ImageRef,
+        meta: &DeployMeta,
+        ctx: &Context,
+    ) -> Result<Rollout, BoxError> {
+        (**self).deploy(app, image, meta, ctx).await
+    }
+
+    async fn rollback(
+        &self,
+        app: &App,
+        to: RollbackTarget,
+        ctx: &Context,
+    ) -> Result<Rollout, BoxError> {
+        (**self).rollback(app, to, ctx).await
+    }
+
+    async fn history(&self, app: &App, ctx: &Context) -> Result<Vec<Revision>, BoxError> {
+        (**self).history(app, ctx).await
+    }
+
+    fn target(&self) -> Option<&str> {
+        (**self).target()
+    }
 }

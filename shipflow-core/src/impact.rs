@@ -5,7 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::workspace::is_under;
+use crate::paths::is_under;
 use crate::{ChangedPath, Workspace};
 
 /// Why an app is in a [`ChangeSet`].
@@ -112,11 +112,11 @@ pub struct UnknownApp {
 /// depends on a changed app is changed too.
 ///
 /// ```
-/// use shipflow_core::{analyze, ChangeKind, ChangedPath, EnvOverrides, Selection, Workspace};
+/// use shipflow_core::{analyze, ChangeKind, ChangedPath, Selection, Workspace};
 ///
 /// let ws = Workspace::from_toml(
 ///     "[workspace]\nregistry = \"r.io\"\n[apps.api]\n[apps.web]",
-///     ".", &EnvOverrides::default())?;
+///     ".")?;
 /// let changes = [ChangedPath::new("apps/api/main.rs", ChangeKind::Modified)];
 /// let set = analyze(&ws, &changes, &Selection::default())?;
 /// assert!(set.contains("api") && !set.contains("web"));
@@ -208,7 +208,7 @@ pub fn analyze(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{ChangeKind, EnvOverrides};
+    use crate::ChangeKind;
     use rstest::{fixture, rstest};
 
     #[fixture]
@@ -229,7 +229,6 @@ mod tests {
             depends_on = ["web"]
             "#,
             ".",
-            &EnvOverrides::default(),
         )
         .expect("valid workspace")
     }

@@ -1,6 +1,7 @@
 //! [`Pipeline`]: plan, then build → push → deploy each changed app, and report.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -12,10 +13,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::{
-    App, BoxError, BuildRequest, ChangeDetector, Context, DeployMeta, Deployer, EventKind,
-    EventSink, Fingerprint, ImageBuilder, PushReport, Reason, Registry, Restored, RevisionInfo,
-    RollbackTarget, Rollout, Selection, Stage, TagValues, TemplateError, UnknownApp, Workspace,
-    analyze,
+    App, BoxError, BuildRequest, ChangeDetector, CommandHooks, Context, DeployMeta, Deployed,
+    Deployer, Digest, EventKind, EventSink, Fingerprint, Hooked, ImageBuilder, ImageRef,
+    PushReport, Reason, Registry, Restored, RevisionInfo, RollbackTarget, Rollout, Selection,
+    Stage, TagValues, TemplateError, UnknownApp, Workspace, analyze, caused_by,
 };
 
 /// What happens to the other apps when one fails.
@@ -32,6 +33,7 @@ pub enum FailurePolicy {
 
 /// Why a pipeline could not be built, planned or run.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PipelineError {
     /// A part the configuration needs was not given to the builder.
     #[error("pipeline has no {part}: {hint}")]
@@ -69,6 +71,15 @@ pub enum PipelineError {
         #[source]
         source: TemplateError,
     },
+    /// An app's image and tag do not make a reference.
+    #[error("{app}: tag: {source}")]
+    Image {
+        /// The app.
+        app: String,
+        /// Why.
+        #[source]
+        source: crate::ReferenceError,
+    },
     /// The app filter names an unknown app.
     #[error(transparent)]
     UnknownApp(#[from] UnknownApp),
@@ -76,6 +87,7 @@ pub enum PipelineError {
 
 /// One app of a [`Plan`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct PlannedApp {
     /// The app.
     pub app: String,
@@ -85,14 +97,18 @@ pub struct PlannedApp {
     pub fingerprint: Fingerprint,
     /// The tag it will be pushed under.
     pub tag: String,
+    /// Further tags moved to the pushed image (`tags = [...]` past the first).
+    #[serde(default)]
+    pub extra_tags: Vec<String>,
     /// The image it will be pushed as, `repository:tag`.
-    pub image: String,
+    pub image: ImageRef,
     /// The stages that will run.
     pub stages: Vec<Stage>,
 }
 
 /// What a run would do, with no side effects: printable, serialisable.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Plan {
     /// The base revision as given, if any.
     pub base: Option<String>,
@@ -146,6 +162,7 @@ impl Outcome {
 
 /// Milliseconds spent per stage.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct StageTimings {
     /// Build.
     pub build_ms: u64,
@@ -159,6 +176,7 @@ pub struct StageTimings {
 
 /// What happened to one app.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct AppReport {
     /// The app.
     pub app: String,
@@ -170,8 +188,11 @@ pub struct AppReport {
     pub fingerprint: Fingerprint,
     /// The tag pushed.
     pub tag: String,
+    /// Further tags moved to the image, by manifest only.
+    #[serde(default)]
+    pub extra_tags: Vec<String>,
     /// The digest-pinned image, `repository@sha256:…`, once known.
-    pub image: Option<String>,
+    pub image: Option<ImageRef>,
     /// What the push did.
     pub push: Option<PushReport>,
     /// What the rollout did.
@@ -188,6 +209,7 @@ pub struct AppReport {
 
 /// What a run did, per app, and in all.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Report {
     /// The plan the run carried out.
     pub plan: Plan,
@@ -361,13 +383,25 @@ impl PipelineBuilder {
             part: "change detector",
             hint: "call .detector(…), e.g. with shipflow_git::GitChangeDetector",
         })?;
+        // The hooks of shipflow.toml run around whatever builder and deployer were given.
+        let hooks = Arc::new(CommandHooks::new(&self.workspace));
+        let (builder, deployer) = if hooks.any(self.workspace.apps()) {
+            (
+                self.builder
+                    .map(|b| Arc::new(Hooked::new(b, hooks.clone())) as Arc<dyn ImageBuilder>),
+                self.deployer
+                    .map(|d| Arc::new(Hooked::new(d, hooks.clone())) as Arc<dyn Deployer>),
+            )
+        } else {
+            (self.builder, self.deployer)
+        };
         Ok(Pipeline {
             inner: Arc::new(Inner {
                 workspace: self.workspace,
                 detector,
-                builder: self.builder,
+                builder,
                 registry: self.registry,
-                deployer: self.deployer,
+                deployer,
                 settings: self.settings,
             }),
         })
@@ -487,14 +521,22 @@ impl Pipeline {
                 Some(&fingerprint),
                 inner.settings.build_number.clone(),
             );
-            let tag = inner
-                .workspace
-                .tag_template()
-                .render(&values)
-                .map_err(|source| PipelineError::Tag {
-                    app: name.clone(),
-                    source,
-                })?;
+            let render = |template: &crate::TagTemplate| {
+                template
+                    .render(&values)
+                    .map_err(|source| PipelineError::Tag {
+                        app: name.clone(),
+                        source,
+                    })
+            };
+            let tag = render(inner.workspace.tag_template())?;
+            let mut extra_tags = Vec::new();
+            for template in inner.workspace.extra_tag_templates() {
+                let extra = render(template)?;
+                if extra != tag && !extra_tags.contains(&extra) {
+                    extra_tags.push(extra);
+                }
+            }
             let mut stages = Vec::new();
             if !inner.settings.skip_build {
                 stages.extend([Stage::Build, Stage::Push]);
@@ -502,8 +544,16 @@ impl Pipeline {
             if !inner.settings.skip_deploy {
                 stages.push(Stage::Deploy);
             }
+            let image = app
+                .image
+                .with_tag(&tag)
+                .map_err(|source| PipelineError::Image {
+                    app: name.clone(),
+                    source,
+                })?;
             apps.push(PlannedApp {
-                image: format!("{}:{tag}", app.image),
+                extra_tags,
+                image,
                 tag,
                 app: name,
                 reasons,
@@ -657,84 +707,97 @@ impl Pipeline {
         planned: &PlannedApp,
         revision: &RevisionInfo,
         report: &mut AppReport,
-        stage: &StageCell,
+        cell: &StageCell,
     ) {
-        let inner = &self.inner;
-        let s = &inner.settings;
-        let Some(app) = inner.workspace.app(&planned.app) else {
+        let Some(app) = self.inner.workspace.app(&planned.app) else {
             // `execute` checked the plan's apps; nothing to do for one it lacks.
             return;
         };
-        let ctx = self.context();
+        let mut before = None;
+        let ending = self
+            .ship(app, planned, revision, report, cell, &mut before)
+            .await;
+        self.settle(app, ending, before, report, cell).await;
+    }
+
+    /// Runs one stage of `app`: the stage is recorded (for a panic), announced
+    /// with started and finished events, and timed.
+    async fn stage<T, F, Fut>(
+        &self,
+        app: &App,
+        stage: Stage,
+        cell: &StageCell,
+        f: F,
+    ) -> (Result<T, BoxError>, u64)
+    where
+        F: FnOnce(Context) -> Fut,
+        Fut: Future<Output = Result<T, BoxError>>,
+    {
+        let ctx = self.context().scoped(Some(&app.name), stage);
+        cell.set(stage);
+        let started = Instant::now();
+        ctx.emit(EventKind::Started);
+        let result = f(ctx.clone()).await;
+        ctx.emit(EventKind::Finished { ok: result.is_ok() });
+        (result, millis(started))
+    }
+
+    /// Build, push and deploy `app`, as far as its plan and the settings go. What
+    /// ran before is left in `before`, for a rollback.
+    async fn ship(
+        &self,
+        app: &App,
+        planned: &PlannedApp,
+        revision: &RevisionInfo,
+        report: &mut AppReport,
+        cell: &StageCell,
+        before: &mut Option<Deployed>,
+    ) -> Ending {
+        let inner = &self.inner;
+        let s = &inner.settings;
+        let failed = |stage, error| Ending::Failed { stage, error };
         let target = match app.image.with_tag(&report.tag) {
             Ok(t) => t,
-            Err(e) => return report.fail(Stage::Push, &e),
+            Err(e) => return failed(Stage::Push, e.into()),
         };
-        let registry = inner.registry.as_ref().expect("checked by the builder");
         let forced = planned.reasons.contains(&Reason::All);
+        let deployer = self.deployer();
 
         // What runs now: to skip an unchanged app, and to roll back exactly.
-        let before = match (&inner.deployer, s.skip_deploy) {
-            (Some(deployer), false) => {
-                let ctx = ctx.scoped(Some(&app.name), Stage::Deploy);
-                stage.set(Stage::Deploy);
-                match deployer.current(app, &ctx).await {
-                    Ok(before) => before,
-                    Err(e) => return report.fail(Stage::Deploy, e.as_ref()),
-                }
+        if let (Some(deployer), false) = (&deployer, s.skip_deploy) {
+            cell.set(Stage::Deploy);
+            let ctx = self.context().scoped(Some(&app.name), Stage::Deploy);
+            match deployer.current(app, &ctx).await {
+                Ok(now) => *before = now,
+                Err(e) => return failed(Stage::Deploy, e),
             }
-            _ => None,
-        };
-        if let Some(before) = &before
-            && before.fingerprint.as_ref() == Some(&planned.fingerprint)
+        }
+        if let Some(now) = before.as_ref()
+            && now.fingerprint.as_ref() == Some(&planned.fingerprint)
             && !forced
         {
-            report.outcome = Outcome::Unchanged;
-            report.image = Some(before.image.clone());
-            report.note =
-                Some("inputs unchanged since the running deploy (same fingerprint)".into());
-            return;
+            report.image = now.image.parse().ok();
+            return Ending::Unchanged {
+                note: "inputs unchanged since the running deploy (same fingerprint)",
+            };
         }
 
-        // Build and push, or find the image already pushed.
-        let digest = if s.skip_build || self.uses_fingerprint_tag() {
-            let ctx = ctx.scoped(Some(&app.name), Stage::Push);
-            stage.set(Stage::Push);
-            match registry.resolve(&target, &ctx).await {
-                Ok(found) => found,
-                Err(e) => return report.fail(Stage::Push, e.as_ref()),
-            }
-        } else {
-            None
+        let digest = match self
+            .image(app, planned, revision, &target, report, cell)
+            .await
+        {
+            Ok(digest) => digest,
+            Err(ending) => return ending,
         };
-        let digest = match (digest, s.skip_build) {
-            (Some(digest), _) => digest,
-            (None, true) => {
-                report.outcome = Outcome::Failed {
-                    stage: Stage::Build,
-                };
-                report.error = Some(format!(
-                    "{}: build skipped, but {target} is not in the registry; build it first or drop --skip-build",
-                    app.name
-                ));
-                return;
-            }
-            (None, false) => match self
-                .build_and_push(app, planned, revision, &target, report, stage)
-                .await
-            {
-                Some(digest) => digest,
-                None => return,
-            },
-        };
+        if let Err(error) = self.move_tags(app, planned, &digest, report, cell).await {
+            return failed(Stage::Push, error);
+        }
         let pinned = app.image.pinned(digest);
-        report.image = Some(pinned.to_string());
-        if s.skip_deploy {
-            report.outcome = Outcome::Pushed;
-            return;
-        }
+        report.image = Some(pinned.clone());
+        let Some(deployer) = deployer.filter(|_| !s.skip_deploy) else {
+            return Ending::Pushed;
+        };
 
-        let deployer = inner.deployer.as_ref().expect("checked by the builder");
         let meta = DeployMeta {
             fingerprint: Some(planned.fingerprint.clone()),
             git_sha: (!revision.sha.is_empty()).then(|| revision.sha.clone()),
@@ -748,55 +811,201 @@ impl Pipeline {
                     .map(ToString::to_string)
                     .unwrap_or_default()
             ),
+            reasons: planned.reasons.clone(),
         };
-        let dctx = ctx.scoped(Some(&app.name), Stage::Deploy);
-        let t = Instant::now();
-        dctx.emit(EventKind::Started);
-        stage.set(Stage::Deploy);
-        let result = deployer.deploy(app, &pinned, &meta, &dctx).await;
-        report.timings.deploy_ms = millis(t);
-        dctx.emit(EventKind::Finished { ok: result.is_ok() });
+        let (result, ms) = self
+            .stage(app, Stage::Deploy, cell, |ctx| async move {
+                deployer.deploy(app, &pinned, &meta, &ctx).await
+            })
+            .await;
+        report.timings.deploy_ms = ms;
         match result {
-            Ok(rollout) => {
+            Ok(rollout) => Ending::Deployed(rollout),
+            Err(error) => failed(Stage::Deploy, error),
+        }
+    }
+
+    /// Points the plan's further tags (`latest`, say) at `digest`, by manifest only.
+    async fn move_tags(
+        &self,
+        app: &App,
+        planned: &PlannedApp,
+        digest: &Digest,
+        report: &mut AppReport,
+        cell: &StageCell,
+    ) -> Result<(), BoxError> {
+        if planned.extra_tags.is_empty() {
+            return Ok(());
+        }
+        cell.set(Stage::Push);
+        let ctx = self.context().scoped(Some(&app.name), Stage::Push);
+        for tag in &planned.extra_tags {
+            let target = app.image.with_tag(tag)?;
+            self.registry().tag(digest, &target, &ctx).await?;
+            ctx.message(format!("tagged {target}"));
+            report.extra_tags.push(tag.clone());
+        }
+        Ok(())
+    }
+
+    /// The digest to deploy: found in the registry (a fingerprint tag, or
+    /// `skip_build`), else built and pushed.
+    async fn image(
+        &self,
+        app: &App,
+        planned: &PlannedApp,
+        revision: &RevisionInfo,
+        target: &ImageRef,
+        report: &mut AppReport,
+        cell: &StageCell,
+    ) -> Result<Digest, Ending> {
+        let s = &self.inner.settings;
+        let registry = self.registry();
+        let failed = |stage, error| Ending::Failed { stage, error };
+        if s.skip_build || self.uses_fingerprint_tag() {
+            cell.set(Stage::Push);
+            let ctx = self.context().scoped(Some(&app.name), Stage::Push);
+            match registry.resolve(target, &ctx).await {
+                Ok(Some(digest)) => return Ok(digest),
+                Ok(None) if s.skip_build => {
+                    return Err(failed(
+                        Stage::Build,
+                        format!("{target} is not in the registry and builds are skipped; build it first or drop --skip-build").into(),
+                    ));
+                }
+                Ok(None) => {}
+                Err(e) => return Err(failed(Stage::Push, e)),
+            }
+        }
+        let builder = self.image_builder().ok_or_else(|| {
+            failed(
+                Stage::Build,
+                "no image builder (checked when the run started)".into(),
+            )
+        })?;
+        let request = BuildRequest {
+            root: self.inner.workspace.root().to_owned(),
+            tag: report.tag.clone(),
+            revision: revision.clone(),
+            fingerprint: Some(planned.fingerprint.clone()),
+            labels: [
+                (
+                    "org.opencontainers.image.revision".to_owned(),
+                    revision.sha.clone(),
+                ),
+                ("dev.shipflow.app".to_owned(), app.name.clone()),
+                (
+                    "dev.shipflow.fingerprint".to_owned(),
+                    planned.fingerprint.0.clone(),
+                ),
+            ]
+            .into(),
+            reasons: planned.reasons.clone(),
+        };
+        let (built, ms) = self
+            .stage(app, Stage::Build, cell, |ctx| async move {
+                builder.build(app, &request, &ctx).await
+            })
+            .await;
+        report.timings.build_ms = ms;
+        let image = built.map_err(|e| failed(Stage::Build, e))?;
+        if self.context().cancelled() {
+            return Err(failed(Stage::Build, Box::new(crate::Cancelled)));
+        }
+        let (pushed, ms) = self
+            .stage(app, Stage::Push, cell, |ctx| async move {
+                registry
+                    .push(&image, target, &ctx)
+                    .await
+                    .map(|push| (push, image.digest))
+            })
+            .await;
+        report.timings.push_ms = ms;
+        let (push, built_digest) = pushed.map_err(|e| failed(Stage::Push, e))?;
+        let digest = push.digest.clone().unwrap_or(built_digest);
+        report.push = Some(push);
+        Ok(digest)
+    }
+
+    /// The one place an app's ending becomes its outcome: a failed deploy is rolled
+    /// back here when that undoes this run's change and nothing else.
+    async fn settle(
+        &self,
+        app: &App,
+        ending: Ending,
+        before: Option<Deployed>,
+        report: &mut AppReport,
+        cell: &StageCell,
+    ) {
+        let (stage, error) = match ending {
+            Ending::Deployed(rollout) => {
                 report.outcome = if rollout.changed {
                     Outcome::Deployed
                 } else {
                     Outcome::Unchanged
                 };
-                info!(image = %pinned, "deployed");
-                report.rollout = Some(rollout);
-            }
-            Err(e) => {
-                report.fail(Stage::Deploy, e.as_ref());
-                if caused_by::<Restored>(e.as_ref()) {
-                    if let Outcome::Failed { stage } = report.outcome {
-                        report.outcome = Outcome::RolledBack { stage };
-                    }
-                    report.note = Some("the deployer brought back what ran before".into());
-                } else if !s.rollback_on_failure {
-                    report.note = Some(
-                        "automatic rollback is off; the failed rollout was left as it is".into(),
-                    );
-                } else if self.runs(app, &pinned, report).await {
-                    self.roll_back(
-                        app,
-                        before.as_ref().and_then(|b| b.revision),
-                        before.is_some(),
-                        report,
-                        stage,
-                    )
-                    .await;
+                if let Some(image) = &report.image {
+                    info!(image = %image, "deployed");
                 }
+                report.rollout = Some(rollout);
+                return;
             }
+            Ending::Unchanged { note } => {
+                report.outcome = Outcome::Unchanged;
+                report.note = Some(note.into());
+                return;
+            }
+            Ending::Pushed => {
+                report.outcome = Outcome::Pushed;
+                return;
+            }
+            Ending::Failed { stage, error } => (stage, error),
+        };
+        let text = error_chain(error.as_ref());
+        warn!(app = %app.name, %stage, "failed: {text}");
+        report.error = Some(format!("{}: {stage} failed: {text}", app.name));
+        if caused_by::<crate::Cancelled>(error.as_ref()) && !caused_by::<Restored>(error.as_ref()) {
+            report.outcome = Outcome::Cancelled;
+            return;
         }
+        report.outcome = Outcome::Failed { stage };
+        if stage != Stage::Deploy {
+            return;
+        }
+        if caused_by::<Restored>(error.as_ref()) {
+            report.outcome = Outcome::RolledBack { stage };
+            report.note = Some("the deployer brought back what ran before".into());
+        } else if !self.inner.settings.rollback_on_failure {
+            report.note =
+                Some("automatic rollback is off; the failed rollout was left as it is".into());
+        } else if let Some(pinned) = report.image.clone()
+            && self.runs(app, &pinned, report).await
+        {
+            self.roll_back(app, before, report, cell).await;
+        }
+    }
+
+    fn registry(&self) -> &Arc<dyn Registry> {
+        self.inner
+            .registry
+            .as_ref()
+            .expect("checked when the run started")
+    }
+
+    fn image_builder(&self) -> Option<&Arc<dyn ImageBuilder>> {
+        self.inner.builder.as_ref()
+    }
+
+    fn deployer(&self) -> Option<&Arc<dyn Deployer>> {
+        self.inner.deployer.as_ref()
     }
 
     /// Whether `app` runs `pinned` after its deploy failed, so a rollback would undo
     /// this run's change and nothing else. When it does not (the deploy failed before
     /// changing anything, say waiting for another pipeline's lock, or another deploy
     /// came since), the note says what runs and there is nothing of ours to undo.
-    async fn runs(&self, app: &App, pinned: &crate::ImageRef, report: &mut AppReport) -> bool {
-        let Some(deployer) = self.inner.deployer.as_ref() else {
+    async fn runs(&self, app: &App, pinned: &ImageRef, report: &mut AppReport) -> bool {
+        let Some(deployer) = self.deployer() else {
             return false;
         };
         let ctx = Context::new().scoped(Some(&app.name), Stage::Rollback);
@@ -824,103 +1033,33 @@ impl Pipeline {
             .any(|v| v == "FINGERPRINT")
     }
 
-    async fn build_and_push(
-        &self,
-        app: &App,
-        planned: &PlannedApp,
-        revision: &RevisionInfo,
-        target: &crate::ImageRef,
-        report: &mut AppReport,
-        stage: &StageCell,
-    ) -> Option<crate::Digest> {
-        let inner = &self.inner;
-        let builder = inner.builder.as_ref().expect("checked by the builder");
-        let registry = inner.registry.as_ref().expect("checked by the builder");
-        let ctx = self.context();
-        let request = BuildRequest {
-            root: inner.workspace.root().to_owned(),
-            tag: report.tag.clone(),
-            revision: revision.clone(),
-            fingerprint: Some(planned.fingerprint.clone()),
-            labels: [
-                (
-                    "org.opencontainers.image.revision".to_owned(),
-                    revision.sha.clone(),
-                ),
-                ("dev.shipflow.app".to_owned(), app.name.clone()),
-                (
-                    "dev.shipflow.fingerprint".to_owned(),
-                    planned.fingerprint.0.clone(),
-                ),
-            ]
-            .into(),
-        };
-        let bctx = ctx.scoped(Some(&app.name), Stage::Build);
-        let t = Instant::now();
-        bctx.emit(EventKind::Started);
-        stage.set(Stage::Build);
-        let built = builder.build(app, &request, &bctx).await;
-        report.timings.build_ms = millis(t);
-        bctx.emit(EventKind::Finished { ok: built.is_ok() });
-        let image = match built {
-            Ok(image) => image,
-            Err(e) => {
-                report.fail(Stage::Build, e.as_ref());
-                return None;
-            }
-        };
-        if ctx.cancelled() {
-            report.outcome = Outcome::Cancelled;
-            return None;
-        }
-        let pctx = ctx.scoped(Some(&app.name), Stage::Push);
-        let t = Instant::now();
-        pctx.emit(EventKind::Started);
-        stage.set(Stage::Push);
-        let pushed = registry.push(&image, target, &pctx).await;
-        report.timings.push_ms = millis(t);
-        pctx.emit(EventKind::Finished { ok: pushed.is_ok() });
-        match pushed {
-            Ok(push) => {
-                let digest = push.digest.clone().unwrap_or_else(|| image.digest.clone());
-                report.push = Some(push);
-                Some(digest)
-            }
-            Err(e) => {
-                report.fail(Stage::Push, e.as_ref());
-                None
-            }
-        }
-    }
-
     async fn roll_back(
         &self,
         app: &App,
-        to: Option<u64>,
-        had_previous: bool,
+        before: Option<Deployed>,
         report: &mut AppReport,
-        stage: &StageCell,
+        cell: &StageCell,
     ) {
-        if !had_previous {
+        let Some(before) = before else {
             report.note = Some(
                 "first deploy of this app: there is no earlier revision to roll back to".into(),
             );
             return;
-        }
-        let deployer = self
-            .inner
-            .deployer
-            .as_ref()
-            .expect("checked by the builder");
+        };
+        let Some(deployer) = self.deployer() else {
+            return;
+        };
         // Rollback runs even when the run was cancelled: it restores what ran before.
         let ctx = Context::new()
             .with_events(self.inner.settings.events.clone())
             .with_dry_run(self.inner.settings.dry_run)
             .scoped(Some(&app.name), Stage::Rollback);
-        let target = to.map_or(RollbackTarget::Previous, RollbackTarget::Revision);
+        let target = before
+            .revision
+            .map_or(RollbackTarget::Previous, RollbackTarget::Revision);
         let t = Instant::now();
         ctx.emit(EventKind::Started);
-        stage.set(Stage::Rollback);
+        cell.set(Stage::Rollback);
         let result = deployer.rollback(app, target, &ctx).await;
         report.timings.rollback_ms = millis(t);
         ctx.emit(EventKind::Finished { ok: result.is_ok() });
@@ -930,6 +1069,12 @@ impl Pipeline {
                     report.outcome = Outcome::RolledBack { stage };
                 }
                 report.rollback = Some(rollout);
+            }
+            Err(e) if caused_by::<crate::Unsupported>(e.as_ref()) => {
+                report.note = Some(
+                    "not rolled back: the deployer offers no rollback; the failed rollout was left as it is"
+                        .into(),
+                );
             }
             Err(e) => {
                 report.note = Some(format!(
@@ -941,6 +1086,18 @@ impl Pipeline {
     }
 }
 
+/// How one app's run ended, before [`Pipeline::settle`] writes it into the report.
+enum Ending {
+    /// The deployer rolled (or found the digest already running).
+    Deployed(Rollout),
+    /// Skipped: what runs already has these inputs.
+    Unchanged { note: &'static str },
+    /// Built and pushed; deploys are off.
+    Pushed,
+    /// A stage failed.
+    Failed { stage: Stage, error: BoxError },
+}
+
 impl AppReport {
     fn new(planned: &PlannedApp) -> Self {
         Self {
@@ -949,6 +1106,7 @@ impl AppReport {
             outcome: Outcome::Skipped,
             fingerprint: planned.fingerprint.clone(),
             tag: planned.tag.clone(),
+            extra_tags: Vec::new(),
             image: None,
             push: None,
             rollout: None,
@@ -957,20 +1115,6 @@ impl AppReport {
             error: None,
             note: None,
         }
-    }
-
-    fn fail(&mut self, stage: Stage, error: &(dyn std::error::Error + 'static)) {
-        warn!(app = %self.app, %stage, "failed: {}", error_chain(error));
-        self.outcome = if caused_by::<crate::Cancelled>(error) {
-            Outcome::Cancelled
-        } else {
-            Outcome::Failed { stage }
-        };
-        self.error = Some(format!(
-            "{}: {stage} failed: {}",
-            self.app,
-            error_chain(error)
-        ));
     }
 }
 
@@ -998,11 +1142,6 @@ impl StageCell {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
-}
-
-/// Whether `error` or one of its causes is an `E`.
-fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
-    std::iter::successors(Some(error), |e| e.source()).any(|e| e.is::<E>())
 }
 
 /// An error and its causes on one line, `error: cause: cause`, skipping causes

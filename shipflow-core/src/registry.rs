@@ -3,10 +3,12 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::{BoxError, Context, Digest, ImageRef, LocalImage};
+use crate::{BoxError, Context, Digest, ImageRef, LocalImage, Unsupported};
 
-/// What a push did.
+/// What a push did. Adapters start from `PushReport::default()` and set what they
+/// counted.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct PushReport {
     /// The manifest digest the tag now points at.
     pub digest: Option<Digest>,
@@ -45,8 +47,58 @@ pub trait Registry: Send + Sync {
     ) -> Result<PushReport, BoxError>;
 
     /// Points `target`'s tag at the manifest `digest` of the same repository,
-    /// moving no blobs.
-    async fn tag(&self, digest: &Digest, target: &ImageRef, ctx: &Context) -> Result<(), BoxError>;
+    /// moving no blobs. Defaults to an [`Unsupported`] error.
+    async fn tag(&self, digest: &Digest, target: &ImageRef, ctx: &Context) -> Result<(), BoxError> {
+        let _ = (digest, ctx);
+        Err(Unsupported::new(target.to_string(), "tag").into())
+    }
+
+    /// Copies the image `source` (pinned by digest) to `target`'s repository (tag
+    /// or digest), moving only the blobs the target lacks; returns the digest there,
+    /// which is the source's. Used to promote an image between environments whose
+    /// registries differ. Defaults to an [`Unsupported`] error.
+    async fn copy(
+        &self,
+        source: &ImageRef,
+        target: &ImageRef,
+        ctx: &Context,
+    ) -> Result<Digest, BoxError> {
+        let _ = (source, ctx);
+        Err(Unsupported::new(target.to_string(), "copy").into())
+    }
+}
+
+#[async_trait]
+impl<R: Registry + ?Sized> Registry for std::sync::Arc<R> {
+    async fn resolve(
+        &self,
+        reference: &ImageRef,
+        ctx: &Context,
+    ) -> Result<Option<Digest>, BoxError> {
+        (**self).resolve(reference, ctx).await
+    }
+
+    async fn push(
+        &self,
+        image: &LocalImage,
+        target: &ImageRef,
+        ctx: &Context,
+    ) -> Result<PushReport, BoxError> {
+        (**self).push(image, target, ctx).await
+    }
+
+    async fn tag(&self, digest: &Digest, target: &ImageRef, ctx: &Context) -> Result<(), BoxError> {
+        (**self).tag(digest, target, ctx).await
+    }
+
+    async fn copy(
+        &self,
+        source: &ImageRef,
+        target: &ImageRef,
+        ctx: &Context,
+    ) -> Result<Digest, BoxError> {
+        (**self).copy(source, target, ctx).await
+    }
 }
 
 /// A [`Registry`] that pushes each image the way its location needs: images in a
@@ -108,6 +160,15 @@ impl Registry for RegistryByLocation {
 
     async fn tag(&self, digest: &Digest, target: &ImageRef, ctx: &Context) -> Result<(), BoxError> {
         self.main.tag(digest, target, ctx).await
+    }
+
+    async fn copy(
+        &self,
+        source: &ImageRef,
+        target: &ImageRef,
+        ctx: &Context,
+    ) -> Result<Digest, BoxError> {
+        self.main.copy(source, target, ctx).await
     }
 }
 

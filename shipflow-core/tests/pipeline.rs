@@ -6,9 +6,8 @@ use std::time::Duration;
 use rstest::rstest;
 use shipflow_core::testing::{FakeBuilder, FakeDeployer, MemoryRegistry, ScriptedDetector};
 use shipflow_core::{
-    CancellationToken, ChangedPath, EnvOverrides, Event, EventKind, EventSink, FailurePolicy,
-    Outcome, Pipeline, PipelineBuilder, PipelineError, Reason, Report, RunStatus, Selection, Stage,
-    Workspace,
+    CancellationToken, ChangedPath, Event, EventKind, EventSink, FailurePolicy, Outcome, Pipeline,
+    PipelineBuilder, PipelineError, Reason, Report, RunStatus, Selection, Stage, Workspace,
 };
 
 const WORKSPACE: &str = r#"
@@ -26,7 +25,7 @@ depends_on = ["packages/db"]
 "#;
 
 fn workspace() -> Workspace {
-    Workspace::from_toml(WORKSPACE, ".", &EnvOverrides::default()).expect("valid workspace")
+    Workspace::from_toml(WORKSPACE, ".").expect("valid workspace")
 }
 
 struct Parts {
@@ -89,12 +88,15 @@ async fn shared_path_change_ships_every_app() {
             }]
         );
         assert_eq!(app.tag, "main-0123456");
-        let image = app.image.as_deref().expect("pinned image");
+        let image = app.image.as_ref().expect("pinned image").to_string();
         assert!(
             image.starts_with(&format!("127.0.0.1:5000/acme/{}@sha256:", app.app)),
             "{image}"
         );
-        assert_eq!(parts.deployer.running(&app.app).as_deref(), Some(image));
+        assert_eq!(
+            parts.deployer.running(&app.app).as_deref(),
+            Some(image.as_str())
+        );
     }
     assert_eq!(report.status(), RunStatus::Succeeded);
     assert_eq!(parts.builder.builds().len(), 4);
@@ -152,7 +154,10 @@ async fn plan_has_no_side_effects() {
         .await
         .expect("plan");
     assert_eq!(plan.apps.len(), 4);
-    assert_eq!(plan.apps[0].image, "127.0.0.1:5000/acme/api:main-0123456");
+    assert_eq!(
+        plan.apps[0].image.to_string(),
+        "127.0.0.1:5000/acme/api:main-0123456"
+    );
     assert_eq!(
         plan.apps[0].stages,
         [Stage::Build, Stage::Push, Stage::Deploy]
@@ -218,7 +223,7 @@ async fn skip_build_deploys_what_the_registry_has_and_explains_when_it_has_nothi
     assert_eq!(
         missing.apps[0].error.as_deref(),
         Some(
-            "web: build skipped, but 127.0.0.1:5000/acme/web:main-0123456 is not in the registry; build it first or drop --skip-build"
+            "web: build failed: 127.0.0.1:5000/acme/web:main-0123456 is not in the registry and builds are skipped; build it first or drop --skip-build"
         )
     );
 
@@ -285,7 +290,7 @@ async fn failed_rollout_is_rolled_back_to_the_revision_that_ran_before() {
     let parts = Parts::new(FakeBuilder::new(), FakeDeployer::new());
     let v1 = ScriptedDetector::new().with_change("apps/web/a.ts");
     let good = build_and_ship(parts.pipeline(v1)).await;
-    let good_image = good.apps[0].image.clone().expect("image");
+    let good_image = good.apps[0].image.clone().expect("image").to_string();
 
     parts.deployer.set_failing("web", true);
     let v2 = ScriptedDetector::new()
@@ -361,7 +366,7 @@ async fn a_deploy_that_failed_before_changing_anything_is_not_rolled_back() {
     let parts = Parts::new(FakeBuilder::new(), FakeDeployer::new());
     let v1 = ScriptedDetector::new().with_change("apps/web/a.ts");
     let good = build_and_ship(parts.pipeline(v1)).await;
-    let good_image = good.apps[0].image.clone().expect("image");
+    let good_image = good.apps[0].image.clone().expect("image").to_string();
 
     // Another pipeline holds the lock: the deploy gives up before any change, and a
     // rollback now could undo what that pipeline deploys meanwhile.
@@ -751,4 +756,46 @@ async fn a_plan_naming_an_app_the_workspace_lacks_is_refused() {
         "{err}"
     );
     assert!(parts.deployer.calls().is_empty());
+}
+
+#[tokio::test]
+async fn further_tags_follow_the_pushed_image_by_manifest_only() {
+    let ws = Workspace::from_toml(
+        "[workspace]\nregistry = \"127.0.0.1:5000/acme\"\ntags = [\"${SHORT_SHA}\", \"latest\", \"stable\"]\n[apps.api]\n",
+        ".",
+    )
+    .expect("valid");
+    let registry = Arc::new(MemoryRegistry::new());
+    let report = Pipeline::builder(ws)
+        .detector(Arc::new(
+            ScriptedDetector::new().with_change("apps/api/x.rs"),
+        ))
+        .builder(Arc::new(FakeBuilder::new()))
+        .registry(registry.clone())
+        .skip_deploy(true)
+        .build()
+        .expect("pipeline")
+        .run(Some("main"), "HEAD", &Selection::default())
+        .await
+        .expect("run");
+    let api = &report.apps[0];
+    assert_eq!(api.outcome, Outcome::Pushed);
+    assert_eq!(api.extra_tags, ["latest", "stable"]);
+    let pushed = api
+        .image
+        .as_ref()
+        .and_then(|i| i.digest())
+        .expect("digest")
+        .clone();
+    for tag in ["latest", "stable", "0123456"] {
+        let reference = format!("127.0.0.1:5000/acme/api:{tag}")
+            .parse()
+            .expect("ref");
+        assert_eq!(
+            registry.tag_digest(&reference),
+            Some(pushed.clone()),
+            "{tag}"
+        );
+    }
+    assert_eq!(report.plan.apps[0].extra_tags, ["latest", "stable"]);
 }

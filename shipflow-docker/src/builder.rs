@@ -6,10 +6,10 @@ use async_trait::async_trait;
 use bollard::query_parameters::BuildImageOptions;
 use futures_util::StreamExt;
 use shipflow_core::{
-    App, Blob, BoxError, BuildRequest, BuildSpec, Context, Digest, ImageBuilder, ImageLocation,
-    LocalImage,
+    App, Blob, BoxError, BuildRequest, Context, Digest, ImageBuilder, ImageLocation, LocalImage,
 };
 
+use crate::config::{DOCKERFILE_BUILD_TYPE, DockerfileBuild};
 use crate::{DockerError, Engine, context};
 
 /// How many lines of build output a failure carries.
@@ -62,18 +62,25 @@ impl EngineBuilder {
         request: &BuildRequest,
         ctx: &Context,
     ) -> Result<LocalImage, DockerError> {
-        let BuildSpec::Dockerfile {
-            dockerfile,
-            context: context_dir,
-            target,
-            args,
-        } = &app.build
-        else {
+        if app.build_type() != DOCKERFILE_BUILD_TYPE {
             return Err(build_err(
                 app,
                 "EngineBuilder builds only `type = \"dockerfile\"` apps; use shipflow_oci's native builder for the others",
             ));
-        };
+        }
+        let spec = app
+            .build_spec::<DockerfileBuild>()
+            .map_err(|source| DockerError::Settings {
+                app: app.name.clone(),
+                source,
+            })?;
+        let DockerfileBuild {
+            dockerfile,
+            context: context_dir,
+            target,
+            args,
+            ..
+        } = spec.as_ref();
         let dir = request.root.join(context_dir.as_deref().unwrap_or(""));
         let dockerfile = request.root.join(
             dockerfile

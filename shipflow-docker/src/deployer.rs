@@ -8,13 +8,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use bollard::query_parameters::CreateContainerOptions;
 use shipflow_core::{
-    App, BoxError, Context, DeployMeta, Deployed, Deployer, DockerTarget, ImageRef, Revision,
-    RollbackTarget, Rollout, Strategy,
+    App, BoxError, Context, DeployMeta, Deployed, Deployer, ImageRef, Revision, RollbackTarget,
+    Rollout,
 };
 
 mod ops;
 mod rollout;
 
+use crate::config::{DOCKER_TARGET, DockerTarget, Strategy};
 use crate::health::Probe;
 use crate::lock::HostLock;
 use crate::spec::{Publish, container_body};
@@ -173,10 +174,12 @@ impl EngineDeployer {
         &self.engine
     }
 
-    fn target<'a>(&self, app: &'a App) -> Result<&'a DockerTarget, DockerError> {
-        app.deploy
-            .docker
-            .as_ref()
+    fn target(&self, app: &App) -> Result<Arc<DockerTarget>, DockerError> {
+        app.deploy_target::<DockerTarget>(DOCKER_TARGET)
+            .map_err(|source| DockerError::Settings {
+                app: app.name.clone(),
+                source,
+            })?
             .ok_or_else(|| DockerError::NoTarget {
                 app: app.name.clone(),
             })
@@ -234,7 +237,7 @@ impl EngineDeployer {
         meta: &DeployMeta,
         ctx: &Context,
     ) -> Result<Rollout, DockerError> {
-        let target = self.target(app)?;
+        let target = &*self.target(app)?;
         if image.digest().is_none() {
             return Err(DockerError::NotPinned {
                 app: app.name.clone(),
@@ -249,12 +252,10 @@ impl EngineDeployer {
         let reference = image.to_string();
         let current = state.current();
         if let Some(current) = current.filter(|c| c.image == reference) {
-            return Ok(Rollout {
-                image: reference,
-                revision: Some(current.revision),
-                changed: false,
-                workload: format!("container {}", current.name),
-            });
+            return Ok(
+                Rollout::new(reference, format!("container {}", current.name), false)
+                    .with_revision(Some(current.revision)),
+            );
         }
         self.ensure_image(app, &reference, ctx).await?;
         self.check(app, target, "deploy", ctx)?;
@@ -289,12 +290,8 @@ impl EngineDeployer {
             .await?;
         let prune = self.prune(app, target, &state, current, ctx);
         timed(&app.name, "prune", prune).await?;
-        Ok(Rollout {
-            image: new.image,
-            revision: Some(new.revision),
-            changed: true,
-            workload: format!("container {name}"),
-        })
+        Ok(Rollout::new(new.image, format!("container {name}"), true)
+            .with_revision(Some(new.revision)))
     }
 
     async fn rollback_inner(
@@ -303,7 +300,7 @@ impl EngineDeployer {
         to: RollbackTarget,
         ctx: &Context,
     ) -> Result<Rollout, DockerError> {
-        let target = self.target(app)?;
+        let target = &*self.target(app)?;
         self.check(app, target, "rollback", ctx)?;
         let probe = self.probe(app, target)?;
         let _lock = self.lock(app).await?;
@@ -337,12 +334,12 @@ impl EngineDeployer {
             });
         };
         if current.is_some_and(|c| c.id == wanted.id) {
-            return Ok(Rollout {
-                image: wanted.image.clone(),
-                revision: Some(wanted.revision),
-                changed: false,
-                workload: format!("container {}", wanted.name),
-            });
+            return Ok(Rollout::new(
+                wanted.image.clone(),
+                format!("container {}", wanted.name),
+                false,
+            )
+            .with_revision(Some(wanted.revision)));
         }
         let candidate = Candidate {
             name: wanted.name.clone(),
@@ -353,12 +350,12 @@ impl EngineDeployer {
         let kept = async { Ok(()) };
         self.roll(app, target, &probe, current, (&candidate, kept), ctx)
             .await?;
-        Ok(Rollout {
-            image: candidate.image,
-            revision: Some(candidate.revision),
-            changed: true,
-            workload: format!("container {}", candidate.name),
-        })
+        Ok(Rollout::new(
+            candidate.image,
+            format!("container {}", candidate.name),
+            true,
+        )
+        .with_revision(Some(candidate.revision)))
     }
 }
 

@@ -36,6 +36,15 @@ pub enum DockerError {
         #[source]
         source: bollard::errors::Error,
     },
+    /// The app's `deploy.docker` section or Dockerfile build has a bad value.
+    #[error("app {app}: {source}")]
+    Settings {
+        /// The app.
+        app: String,
+        /// What is wrong, with the key and line.
+        #[source]
+        source: shipflow_core::ConfigError,
+    },
     /// The app has no `[apps.<name>.deploy.docker]` section.
     #[error("app {app}: no docker deploy target; add [apps.{app}.deploy.docker] to shipflow.toml")]
     NoTarget {

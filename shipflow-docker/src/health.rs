@@ -8,7 +8,9 @@ use bollard::Docker;
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::ContainerInspectResponse;
 use futures_util::StreamExt;
-use shipflow_core::{Context, DockerTarget, HealthCheck};
+use shipflow_core::Context;
+
+use crate::config::{DockerTarget, HealthCheck};
 use tokio::time::Instant;
 
 use crate::spec::PortSpec;
@@ -64,7 +66,9 @@ impl Probe {
         };
         Ok(Self {
             kind,
-            interval: Duration::from_millis(interval.map_or(1000, |s| s * 1000).max(100)),
+            interval: Duration::from_millis(
+                interval.map_or(1000, |s| s.saturating_mul(1000)).max(100),
+            ),
             timeout: Duration::from_secs(timeout.unwrap_or(30)),
         })
     }
@@ -111,7 +115,10 @@ impl Probe {
         container: &str,
         ctx: &Context,
     ) -> Result<(), String> {
-        let deadline = Instant::now() + self.timeout;
+        // The timeout was range-checked at load; never overflow the clock anyway.
+        let deadline = Instant::now()
+            .checked_add(self.timeout)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
         let mut checks = 0u32;
         loop {
             if ctx.cancelled() {

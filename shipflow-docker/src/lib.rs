@@ -18,7 +18,7 @@
 //!   through the engine, which uploads only the layers the registry lacks.
 //!
 //! ```no_run
-//! use shipflow_core::{Context, DeployMeta, Deployer, EnvOverrides, Workspace};
+//! use shipflow_core::{Context, DeployMeta, Deployer, Workspace};
 //! use shipflow_docker::{Engine, EngineDeployer};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -31,8 +31,7 @@
 //!     ports = ["8080:80"]
 //!     health = { http = "/" }
 //!     "#,
-//!     ".",
-//!     &EnvOverrides::default(),
+//!     "."
 //! )?;
 //! let app = workspace.app("web").expect("declared above");
 //! let engine = Engine::from_env().await?; // DOCKER_HOST=unix:///run/podman/podman.sock
@@ -46,6 +45,7 @@
 //! ```
 
 mod builder;
+mod config;
 mod context;
 mod deployer;
 mod engine;
@@ -61,6 +61,10 @@ pub mod testing;
 mod timing;
 
 pub use builder::EngineBuilder;
+pub use config::{
+    DOCKER_TARGET, DOCKERFILE_BUILD_TYPE, DockerTarget, DockerfileBuild, HealthCheck, ProxyTarget,
+    Strategy, schema,
+};
 pub use deployer::{EngineDeployer, EngineDeployerBuilder, RegistryCredentials};
 pub use engine::{Endpoint, Engine, EngineKind};
 pub use error::DockerError;

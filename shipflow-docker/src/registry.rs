@@ -20,8 +20,6 @@ use crate::{DockerError, Engine, RegistryCredentials};
 pub struct EngineRegistry {
     engine: Engine,
     credentials: Option<RegistryCredentials>,
-    /// The registry client, or why it could not be built (said by each call).
-    client: Result<RegistryClient, String>,
 }
 
 impl EngineRegistry {
@@ -30,20 +28,18 @@ impl EngineRegistry {
         Self {
             engine,
             credentials: None,
-            client: client_with(None),
         }
     }
 
     /// Credentials for the registry.
     pub fn with_credentials(mut self, credentials: RegistryCredentials) -> Self {
-        self.client = client_with(Some(&credentials));
         self.credentials = Some(credentials);
         self
     }
 
-    fn client(&self, reference: &ImageRef) -> Result<&RegistryClient, DockerError> {
-        self.client
-            .as_ref()
+    /// A registry client for `reference`'s registry, the credentials bound to it.
+    fn client(&self, reference: &ImageRef) -> Result<RegistryClient, DockerError> {
+        client_with(self.credentials.as_ref(), reference.registry())
             .map_err(|e| Self::push_err(reference, format!("registry client: {e}")))
     }
 
@@ -154,10 +150,13 @@ impl Registry for EngineRegistry {
 
 /// A registry client with `credentials` only: like the engine's push, it reads no
 /// docker config.
-fn client_with(credentials: Option<&RegistryCredentials>) -> Result<RegistryClient, String> {
+fn client_with(
+    credentials: Option<&RegistryCredentials>,
+    registry: &str,
+) -> Result<RegistryClient, String> {
     let mut builder = RegistryClient::builder().without_docker_config();
     if let Some(c) = credentials {
-        builder = builder.credentials(Credentials::basic(&c.username, &c.password));
+        builder = builder.credentials(registry, Credentials::basic(&c.username, &c.password));
     }
     builder.build().map_err(|e| e.to_string())
 }

@@ -2,10 +2,10 @@
 
 use std::collections::HashMap;
 
+use crate::config::DockerTarget;
 use bollard::models::{
     ContainerCreateBody, HostConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
 };
-use shipflow_core::DockerTarget;
 
 /// A published port: `[ip:][host:]container[/proto]`.
 #[derive(Debug, Clone, PartialEq, Eq)]

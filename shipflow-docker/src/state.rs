@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 
 use bollard::models::{ContainerSummary, ContainerSummaryStateEnum};
-use shipflow_core::{App, DeployMeta, Deployed, DockerTarget, Fingerprint, ImageRef, Revision};
+use shipflow_core::{App, DeployMeta, Deployed, Fingerprint, ImageRef, Revision};
+
+use crate::config::DockerTarget;
 
 /// The label naming the app.
 pub(crate) const APP: &str = "dev.shipflow.app";
@@ -138,30 +140,25 @@ impl AppContainer {
     }
 
     pub(crate) fn deployed(&self) -> Deployed {
-        Deployed {
-            image: self.image.clone(),
-            revision: Some(self.revision),
-            fingerprint: self.fingerprint.clone().map(Fingerprint),
-            git_sha: self.git_sha.clone(),
-        }
+        Deployed::new(self.image.clone())
+            .with_revision(Some(self.revision))
+            .with_fingerprint(self.fingerprint.clone().map(Fingerprint))
+            .with_git_sha(self.git_sha.clone())
     }
 
     pub(crate) fn revision(&self, current: bool) -> Revision {
         let cause = self.change_cause.clone();
-        Revision {
-            number: self.revision,
-            image: self.image.clone(),
-            change_cause: if self.failed {
+        Revision::new(self.revision, self.image.clone())
+            .with_change_cause(if self.failed {
                 Some(format!(
                     "{} (failed its health check)",
                     cause.unwrap_or_default()
                 ))
             } else {
                 cause
-            },
-            created_at: self.created.clone(),
-            current,
-        }
+            })
+            .with_created_at(self.created.clone())
+            .with_current(current)
     }
 }
 

@@ -1,7 +1,7 @@
 //! Switching a reverse proxy's traffic from one container to another.
 
+use crate::config::ProxyTarget;
 use async_trait::async_trait;
-use shipflow_core::ProxyTarget;
 
 /// A reverse proxy in front of an app whose upstream can be switched at once.
 #[async_trait]

@@ -43,6 +43,7 @@ async fn upgrades_rolls_back_unhealthy_and_to_revision() {
         fingerprint: Some(Fingerprint(format!("fp-{sha}"))),
         git_sha: Some(sha.to_owned()),
         change_cause: format!("deploy {sha}"),
+        ..DeployMeta::default()
     };
 
     assert_eq!(deployer.current(&app, &ctx).await.expect("current"), None);

@@ -20,6 +20,7 @@ use crate::lock::{self, DeployLock, LockGuard, LockOptions};
 use crate::pods::{controlled_by, selector_query, template_without_hash};
 use crate::retry::{Failure, RetryPolicy};
 use crate::rollout::DEFAULT_FAILURE_WINDOW;
+use crate::spec::{KUBERNETES_TARGET, KubernetesTarget};
 use crate::status::{Expected, Verdict, judge, revision};
 
 /// The annotation with the app's input fingerprint.
@@ -61,6 +62,7 @@ pub struct KubeDeployer {
     lock: Option<LockOptions>,
     held_locks: lock::HeldLocks,
     pub(crate) keep_config_maps: usize,
+    namespace: Option<String>,
 }
 
 impl std::fmt::Debug for KubeDeployer {
@@ -72,6 +74,7 @@ impl std::fmt::Debug for KubeDeployer {
             .field("retry", &self.retry)
             .field("lock", &self.lock)
             .field("keep_config_maps", &self.keep_config_maps)
+            .field("namespace", &self.namespace)
             .finish_non_exhaustive()
     }
 }
@@ -90,7 +93,19 @@ impl KubeDeployer {
             lock: None,
             held_locks: lock::HeldLocks::default(),
             keep_config_maps: 3,
+            namespace: None,
         }
+    }
+
+    /// The namespace of apps whose `deploy.kubernetes` names none, before the
+    /// workspace's `namespace` (the CLI passes `--namespace` or `K8S_NAMESPACE`).
+    pub fn namespace(mut self, namespace: Option<String>) -> Self {
+        self.namespace = namespace.filter(|n| !n.trim().is_empty());
+        self
+    }
+
+    pub(crate) fn target(&self, app: &App) -> Result<Target, KubeError> {
+        Target::of(app, self.namespace.as_deref())
     }
 
     /// A deployer with the configuration `kubectl` would use (kubeconfig, or in-cluster).
@@ -154,7 +169,7 @@ impl KubeDeployer {
     /// and [`release`](DeployLock::release) it at the end, also on failure; a
     /// deploy with the same identity inside it does not take it again.
     pub async fn lock(&self, app: &App, ctx: &Context) -> Result<DeployLock, KubeError> {
-        let t = Target::of(app)?;
+        let t = self.target(app)?;
         let options = self.lock.clone().unwrap_or_default();
         lock::acquire(
             &self.client,
@@ -204,17 +219,27 @@ pub(crate) struct Target {
 }
 
 impl Target {
-    pub(crate) fn of(app: &App) -> Result<Self, KubeError> {
+    /// Where `app` deploys to: its `deploy.kubernetes`, the namespace defaulting to
+    /// `namespace` (the deployer's), then the workspace's, then `default`.
+    pub(crate) fn of(app: &App, namespace: Option<&str>) -> Result<Self, KubeError> {
         let k8s = app
-            .deploy
-            .kubernetes
-            .as_ref()
+            .deploy_target::<KubernetesTarget>(KUBERNETES_TARGET)
+            .map_err(|source| KubeError::Settings {
+                app: app.name.clone(),
+                source,
+            })?
             .ok_or_else(|| KubeError::NoTarget {
                 app: app.name.clone(),
             })?;
         Ok(Self {
             app: app.name.clone(),
-            namespace: k8s.namespace.clone().unwrap_or_else(|| "default".into()),
+            namespace: k8s
+                .namespace
+                .as_deref()
+                .or(namespace)
+                .or(k8s.workspace_namespace.as_deref())
+                .unwrap_or("default")
+                .to_owned(),
             deployment: k8s.deployment.clone().unwrap_or_else(|| app.name.clone()),
             container: k8s.container.clone().unwrap_or_else(|| app.name.clone()),
         })
@@ -393,7 +418,7 @@ impl KubeDeployer {
 #[async_trait]
 impl Deployer for KubeDeployer {
     async fn current(&self, app: &App, ctx: &Context) -> Result<Option<Deployed>, BoxError> {
-        let t = Target::of(app)?;
+        let t = self.target(app)?;
         let step = "read deployment";
         let api = self.deployments(&t);
         let Some(dep) = self
@@ -410,14 +435,16 @@ impl Deployer for KubeDeployer {
         // The fingerprint counts once its rollout completed: a failed one left in
         // place must be deployed (and so checked) again, not skipped as unchanged.
         let complete = judge(&dep, &Expected::current(&dep)) == Verdict::Complete;
-        Ok(Some(Deployed {
-            image,
-            revision: revision(&dep.metadata),
-            fingerprint: annotation(&dep.metadata, FINGERPRINT_ANNOTATION)
-                .filter(|_| complete)
-                .map(Fingerprint),
-            git_sha: annotation(&dep.metadata, GIT_SHA_ANNOTATION),
-        }))
+        Ok(Some(
+            Deployed::new(image)
+                .with_revision(revision(&dep.metadata))
+                .with_fingerprint(
+                    annotation(&dep.metadata, FINGERPRINT_ANNOTATION)
+                        .filter(|_| complete)
+                        .map(Fingerprint),
+                )
+                .with_git_sha(annotation(&dep.metadata, GIT_SHA_ANNOTATION)),
+        ))
     }
 
     async fn deploy(
@@ -457,7 +484,7 @@ impl KubeDeployer {
         ctx: &Context,
         lock: Option<LockGuard>,
     ) -> Result<Rollout, BoxError> {
-        let t = Target::of(app)?;
+        let t = self.target(app)?;
         let step = "read deployment";
         let dep = self.get(&t, step, ctx).await?;
         if paused(&dep) {
@@ -480,24 +507,16 @@ impl KubeDeployer {
                     .await?
             };
             tracing::debug!(app = %t.app, image = %wanted, "already running");
-            return Ok(Rollout {
-                image: wanted,
-                revision: revision(&dep.metadata),
-                changed: false,
-                workload: t.describe(),
-            });
+            return Ok(
+                Rollout::new(wanted, t.describe(), false).with_revision(revision(&dep.metadata))
+            );
         }
         if ctx.dry_run() {
             ctx.message(format!(
                 "would roll {} from {running} to {wanted}",
                 t.describe()
             ));
-            return Ok(Rollout {
-                image: wanted,
-                revision: None,
-                changed: true,
-                workload: t.describe(),
-            });
+            return Ok(Rollout::new(wanted, t.describe(), true));
         }
         let step = "patch image";
         t.check_cancelled(ctx, step)?;
@@ -534,12 +553,7 @@ impl KubeDeployer {
         let done = self
             .wait_for_rollout(&t, patched, expected, "watch rollout", ctx, lock.as_ref())
             .await?;
-        Ok(Rollout {
-            image: wanted,
-            revision: revision(&done.metadata),
-            changed: true,
-            workload: t.describe(),
-        })
+        Ok(Rollout::new(wanted, t.describe(), true).with_revision(revision(&done.metadata)))
     }
 
     async fn roll_back(
@@ -549,7 +563,7 @@ impl KubeDeployer {
         ctx: &Context,
         lock: Option<LockGuard>,
     ) -> Result<Rollout, BoxError> {
-        let t = Target::of(app)?;
+        let t = self.target(app)?;
         let step = "rollback";
         let dep = self.get(&t, step, ctx).await?;
         if paused(&dep) {
@@ -586,12 +600,7 @@ impl KubeDeployer {
         let template = template_without_hash(rs);
         let now = serde_json::to_value(dep.spec.as_ref().map(|s| &s.template))?;
         if now == template {
-            return Ok(Rollout {
-                image,
-                revision: current,
-                changed: false,
-                workload: t.describe(),
-            });
+            return Ok(Rollout::new(image, t.describe(), false).with_revision(current));
         }
         if ctx.dry_run() {
             ctx.message(format!(
@@ -599,12 +608,7 @@ impl KubeDeployer {
                 t.describe(),
                 target_rev.unwrap_or(0)
             ));
-            return Ok(Rollout {
-                image,
-                revision: target_rev,
-                changed: true,
-                workload: t.describe(),
-            });
+            return Ok(Rollout::new(image, t.describe(), true).with_revision(target_rev));
         }
         t.check_cancelled(ctx, step)?;
         if let Some(lock) = &lock {
@@ -648,16 +652,11 @@ impl KubeDeployer {
         let done = self
             .wait_for_rollout(&t, patched, expected, step, ctx, lock.as_ref())
             .await?;
-        Ok(Rollout {
-            image,
-            revision: revision(&done.metadata),
-            changed: true,
-            workload: t.describe(),
-        })
+        Ok(Rollout::new(image, t.describe(), true).with_revision(revision(&done.metadata)))
     }
 
     async fn revisions(&self, app: &App, ctx: &Context) -> Result<Vec<Revision>, BoxError> {
-        let t = Target::of(app)?;
+        let t = self.target(app)?;
         let step = "history";
         let dep = self.get(&t, step, ctx).await?;
         let current = revision(&dep.metadata);
@@ -667,17 +666,17 @@ impl KubeDeployer {
             .filter_map(|rs| {
                 let number = revision(&rs.metadata)?;
                 let template = rs.spec.as_ref().and_then(|s| s.template.as_ref());
-                Some(Revision {
-                    number,
-                    image: t.image_in(template, step).unwrap_or_default(),
-                    change_cause: annotation(&rs.metadata, CHANGE_CAUSE_ANNOTATION),
-                    created_at: rs
-                        .metadata
-                        .creation_timestamp
-                        .as_ref()
-                        .map(|c| c.0.to_string()),
-                    current: Some(number) == current,
-                })
+                Some(
+                    Revision::new(number, t.image_in(template, step).unwrap_or_default())
+                        .with_change_cause(annotation(&rs.metadata, CHANGE_CAUSE_ANNOTATION))
+                        .with_created_at(
+                            rs.metadata
+                                .creation_timestamp
+                                .as_ref()
+                                .map(|c| c.0.to_string()),
+                        )
+                        .with_current(Some(number) == current),
+                )
             })
             .collect())
     }

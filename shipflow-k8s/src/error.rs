@@ -21,6 +21,16 @@ pub enum KubeError {
         source: BoxError,
     },
 
+    /// The app's `deploy.kubernetes` section has a bad value.
+    #[error("app {app}: {source}")]
+    Settings {
+        /// The app.
+        app: String,
+        /// What is wrong, with the key and line.
+        #[source]
+        source: shipflow_core::ConfigError,
+    },
+
     /// The app has no `deploy.kubernetes` section.
     #[error(
         "app {app}: no Kubernetes target; add `deploy.kubernetes = {{}}` to [apps.{app}] in shipflow.toml"

@@ -23,12 +23,12 @@
 //! a simulated API server and control plane that the real `kube` client and the real
 //! `kubectl` both use; its docs list what it models and what not.
 //!
-//! This example rolls an app on the simulated API server of [`testing`] (feature
+//! This example rolls an app on the simulated API server of `testing` (feature
 //! `testing`), through the real [`kube::Client`]; with a real cluster, use
 //! [`KubeDeployer::try_default`] instead.
 //!
 //! ```
-//! use shipflow_core::{Context, DeployMeta, Deployer, EnvOverrides, Workspace};
+//! use shipflow_core::{Context, DeployMeta, Deployer, Workspace};
 //! use shipflow_k8s::KubeDeployer;
 //! use shipflow_k8s::testing::SimCluster;
 //!
@@ -39,8 +39,7 @@
 //!
 //! let workspace = Workspace::from_toml(
 //!     "[workspace]\nregistry = \"registry.local\"\n[apps.api]\ndeploy.kubernetes = {}\n",
-//!     ".",
-//!     &EnvOverrides::default(),
+//!     "."
 //! )?;
 //! let app = workspace.app("api").expect("declared above");
 //! let image = format!("registry.local/api@sha256:{}", "ab".repeat(32)).parse()?;
@@ -62,6 +61,7 @@ mod lock;
 mod pods;
 mod retry;
 mod rollout;
+mod spec;
 mod status;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -74,3 +74,4 @@ pub use deployer::{
 pub use error::{FailedPod, KubeError};
 pub use lock::{DeployLock, LOCK_PREFIX, LockOptions};
 pub use retry::RetryPolicy;
+pub use spec::{KUBERNETES_TARGET, KubernetesTarget, NAMESPACE_KEY, Namespace, schema};

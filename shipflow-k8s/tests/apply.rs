@@ -205,9 +205,7 @@ async fn applying_after_a_deploy_conflicts_on_the_image_until_forced() {
         .expect("created");
     let ws = shipflow_core::Workspace::from_toml(
         "[workspace]\nregistry = \"r.local\"\n[apps.api]\ndeploy.kubernetes = { namespace = \"prod\" }\n",
-        ".",
-        &shipflow_core::EnvOverrides::default(),
-    )
+        ".")
     .expect("valid workspace");
     let image: shipflow_core::ImageRef = format!("r.local/api@sha256:{}", "d5".repeat(32))
         .parse()

@@ -23,6 +23,7 @@ fn meta(sha: &str) -> DeployMeta {
         fingerprint: Some(Fingerprint(format!("fp-{sha}"))),
         git_sha: Some(sha.into()),
         change_cause: format!("shipflow: api at {sha}"),
+        ..DeployMeta::default()
     }
 }
 

@@ -89,6 +89,7 @@ fn meta(sha: &str) -> DeployMeta {
         fingerprint: Some(Fingerprint(format!("fp-{sha}"))),
         git_sha: Some(sha.into()),
         change_cause: format!("shipflow: api at {sha}"),
+        ..DeployMeta::default()
     }
 }
 
@@ -422,7 +423,6 @@ async fn server_side_apply_services_and_secrets_through_kubectl() {
     let ws = shipflow_core::Workspace::from_toml(
         "[workspace]\nregistry = \"registry.local\"\n[apps.web]\ndeploy.kubernetes = {}\n",
         ".",
-        &shipflow_core::EnvOverrides::default(),
     )
     .expect("valid workspace");
     let web = ws.app("web").expect("declared");

@@ -22,6 +22,7 @@ fn meta(fingerprint: &str, sha: &str) -> DeployMeta {
         fingerprint: Some(Fingerprint(fingerprint.into())),
         git_sha: Some(sha.into()),
         change_cause: format!("shipflow: api at {sha}"),
+        ..DeployMeta::default()
     }
 }
 

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use shipflow_core::{BuildRequest, Context, EnvOverrides, ImageBuilder, Workspace};
+use shipflow_core::{BuildRequest, Context, ImageBuilder, Workspace};
 use shipflow_oci::NativeBuilder;
 
 const FILES: usize = 400;
@@ -28,8 +28,7 @@ fn main() {
     make_tree(&root.join("app"));
     let workspace = Workspace::from_toml(
         "[workspace]\nregistry = \"127.0.0.1:5000/bench\"\n[apps.app]\nbuild = { type = \"native\", layers = [{ from = \"app\", to = \"/app\" }] }\n",
-        &root,
-        &EnvOverrides::default(),
+        &root
     )
     .expect("workspace");
     let app = workspace.app("app").expect("app").clone();

@@ -8,13 +8,13 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 use shipflow_core::{
-    App, BoxError, BuildRequest, BuildSpec, Context, Digest, ImageBuilder, ImageRef, LocalImage,
-    NativeBuild,
+    App, BoxError, BuildRequest, Context, Digest, ImageBuilder, ImageRef, LocalImage,
 };
 
 use crate::layer::{self, Compression, WrittenLayer};
 use crate::layer_cache::LayerCache;
 use crate::layout::{LayoutError, OCI_MANIFEST_MEDIA_TYPE, OciLayout};
+use crate::spec::{NATIVE_BUILD_TYPE, NativeBuild, exposed_port};
 use crate::{OciError, RegistryClient};
 
 const DEFAULT_LEVEL: u32 = NativeBuilder::DEFAULT_LEVEL;
@@ -31,6 +31,16 @@ const ANNOTATION_BASE_DIGEST: &str = "org.opencontainers.image.base.digest";
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BuildError {
+    /// `SOURCE_DATE_EPOCH` is set but is not a number of seconds.
+    #[error(
+        "app {app}: build failed: SOURCE_DATE_EPOCH={value:?} is not a number of seconds since 1970; set it to one (e.g. `git log -1 --format=%ct`) or unset it"
+    )]
+    SourceDateEpoch {
+        /// The app.
+        app: String,
+        /// The value given.
+        value: String,
+    },
     /// The app is not built `type = "native"`.
     #[error(
         "app {app}: build failed: its build is not native; use the engine builder for Dockerfile builds, or set build = {{ type = \"native\", ... }}"
@@ -188,7 +198,8 @@ impl BuildError {
 pub struct NativeBuilder {
     images: PathBuf,
     registry: Option<RegistryClient>,
-    source_date_epoch: u64,
+    /// Seconds, or the `SOURCE_DATE_EPOCH` value that is not a number.
+    source_date_epoch: Result<u64, String>,
     source: Option<String>,
     compression: Compression,
 }
@@ -200,27 +211,41 @@ impl NativeBuilder {
     pub const DEFAULT_LEVEL: u32 = 5;
 
     /// A builder writing images under `images`, with `SOURCE_DATE_EPOCH` from the
-    /// environment (0 when unset or invalid).
+    /// environment (0 when unset or empty; a value that is not a number fails
+    /// every build with [`BuildError::SourceDateEpoch`]).
     pub fn new(images: impl Into<PathBuf>) -> Self {
-        let epoch = std::env::var("SOURCE_DATE_EPOCH")
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
-        Self {
+        let builder = Self {
             images: images.into(),
             registry: None,
-            source_date_epoch: epoch,
+            source_date_epoch: Ok(0),
             source: None,
             compression: Compression {
                 level: DEFAULT_LEVEL,
                 threads: std::thread::available_parallelism().map_or(1, usize::from),
             },
+        };
+        match std::env::var_os("SOURCE_DATE_EPOCH") {
+            Some(value) => builder.source_date_epoch_value(&value.to_string_lossy()),
+            None => builder,
         }
     }
 
     /// The timestamp (seconds since the epoch) of every file and of the image.
     pub fn source_date_epoch(mut self, seconds: u64) -> Self {
-        self.source_date_epoch = seconds;
+        self.source_date_epoch = Ok(seconds);
+        self
+    }
+
+    /// The timestamp as `SOURCE_DATE_EPOCH` gives it: a number of seconds (empty
+    /// means 0, as unset). Anything else fails each build with
+    /// [`BuildError::SourceDateEpoch`], never a silent 0.
+    pub fn source_date_epoch_value(mut self, value: &str) -> Self {
+        let value = value.trim();
+        self.source_date_epoch = if value.is_empty() {
+            Ok(0)
+        } else {
+            value.parse().map_err(|_| value.to_owned())
+        };
         self
     }
 
@@ -265,6 +290,13 @@ impl NativeBuilder {
         ctx: &Context,
     ) -> Result<LocalImage, BuildError> {
         let name = app.name.as_str();
+        let epoch =
+            self.source_date_epoch
+                .clone()
+                .map_err(|value| BuildError::SourceDateEpoch {
+                    app: name.into(),
+                    value,
+                })?;
         let base = self.base(name, &spec.base, ctx).await?;
         let layout = OciLayout::create(self.layout_path(name))
             .map_err(|source| BuildError::layout(name, source))?;
@@ -277,14 +309,16 @@ impl NativeBuilder {
             let to = layer_spec.to.clone();
             let (app_name, layout, cancel) =
                 (name.to_owned(), layout.clone(), ctx.cancellation().clone());
-            let (mtime, compression) = (self.source_date_epoch, self.compression);
+            let (mtime, compression) = (epoch, self.compression);
             let cache = LayerCache::new(&self.images);
             let layer = tokio::task::spawn_blocking(move || {
                 let entries = layer::list_entries(&app_name, &source, &to)?;
                 let key = LayerCache::key(&entries, mtime, compression.level);
                 if let Some(hit) = key.as_deref().and_then(|k| cache.get(k, &layout)) {
+                    tracing::debug!(app = %app_name, source = %source.display(), digest = %hit.blob.digest, "layer unchanged: reused from the cache");
                     return Ok((hit, true));
                 }
+                tracing::debug!(app = %app_name, source = %source.display(), entries = entries.len(), "writing a layer");
                 let layer =
                     layer::write_layer(&app_name, &layout, &entries, mtime, compression, &cancel)?;
                 if let Some(key) = &key {
@@ -309,7 +343,7 @@ impl NativeBuilder {
             written.push(layer);
         }
 
-        let created = rfc3339(self.source_date_epoch);
+        let created = rfc3339(epoch);
         let config = image_config(name, spec, request, base.as_ref(), &written, &created)?;
         let config_bytes = serde_json::to_vec(&config).map_err(|e| BuildError::InvalidConfig {
             app: name.into(),
@@ -402,6 +436,7 @@ impl NativeBuilder {
                 .and_then(|m| m.get("digest").and_then(Value::as_str))
                 .ok_or_else(|| bad(format!("the index has no {os}/{arch} image")))?;
             let chosen: Digest = chosen.parse().map_err(|e| bad(format!("{e}")))?;
+            tracing::debug!(%app, %base, %os, %arch, digest = %chosen, "base image index: picked this platform's manifest");
             let pinned = reference.pinned(chosen);
             (bytes, _, digest) = client
                 .fetch_manifest(&pinned, ctx)
@@ -421,6 +456,7 @@ impl NativeBuilder {
             .map_err(fetch_err)?;
         let config: Value =
             serde_json::from_slice(&config_bytes).map_err(|e| bad(format!("config: {e}")))?;
+        tracing::debug!(%app, %base, %digest, "base image read (manifest and config; its layers stay in the registry)");
         let layers = manifest
             .get("layers")
             .and_then(Value::as_array)
@@ -467,13 +503,14 @@ impl ImageBuilder for NativeBuilder {
         request: &BuildRequest,
         ctx: &Context,
     ) -> Result<LocalImage, BoxError> {
-        let BuildSpec::Native(spec) = &app.build else {
+        if app.build_type() != NATIVE_BUILD_TYPE {
             return Err(BuildError::NotNative {
                 app: app.name.clone(),
             }
             .into());
-        };
-        Ok(self.build_native(app, spec, request, ctx).await?)
+        }
+        let spec = app.build_spec::<NativeBuild>()?;
+        Ok(self.build_native(app, &spec, request, ctx).await?)
     }
 }
 
@@ -537,7 +574,12 @@ fn image_config(
             .cloned()
             .unwrap_or_default();
         for port in &spec.expose {
-            ports.insert(exposed_port(app, port)?, json!({}));
+            let port = exposed_port(port).map_err(|reason| BuildError::InvalidConfig {
+                app: app.into(),
+                key: "expose",
+                reason,
+            })?;
+            ports.insert(port, json!({}));
         }
         config.insert("ExposedPorts".into(), Value::Object(ports));
     }
@@ -580,20 +622,6 @@ fn image_config(
     Ok(Value::Object(Map::from_iter(root)))
 }
 
-/// `8080` → `8080/tcp`; checks the port number and protocol.
-fn exposed_port(app: &str, port: &str) -> Result<String, BuildError> {
-    let (number, proto) = port.split_once('/').unwrap_or((port, "tcp"));
-    let valid_number = number.parse::<u16>().is_ok_and(|n| n > 0);
-    if !valid_number || !matches!(proto, "tcp" | "udp" | "sctp") {
-        return Err(BuildError::InvalidConfig {
-            app: app.into(),
-            key: "expose",
-            reason: format!("{port:?} is not a port like \"8080\" or \"53/udp\""),
-        });
-    }
-    Ok(format!("{number}/{proto}"))
-}
-
 /// The OS and architecture of this machine, in Go's names.
 fn host_platform() -> (&'static str, &'static str) {
     let arch = match std::env::consts::ARCH {
@@ -619,13 +647,5 @@ mod tests {
     fn created_is_rfc3339() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
-    }
-
-    #[test]
-    fn ports_default_to_tcp_and_are_checked() {
-        assert_eq!(exposed_port("api", "8080").expect("valid"), "8080/tcp");
-        assert_eq!(exposed_port("api", "53/udp").expect("valid"), "53/udp");
-        let err = exposed_port("api", "http").expect_err("invalid");
-        assert!(err.to_string().contains("app api"), "{err}");
     }
 }

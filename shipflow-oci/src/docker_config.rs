@@ -91,6 +91,82 @@ impl DockerConfig {
         Self::from_file(&path).map(Some)
     }
 
+    /// The credential files Docker and Podman read, in the order their credentials
+    /// are looked up, for the environment `env` (a variable's value by name; pass
+    /// `|name| std::env::var_os(name)` for the process's own):
+    ///
+    /// 1. Podman's: `$REGISTRY_AUTH_FILE` when set; else
+    ///    `$XDG_RUNTIME_DIR/containers/auth.json` (without it,
+    ///    `/run/containers/<uid>/auth.json`) and
+    ///    `$XDG_CONFIG_HOME/containers/auth.json` (`~/.config/containers/auth.json`),
+    ///    where `podman login` writes (containers/image reads these before Docker's);
+    /// 2. Docker's: `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`.
+    ///
+    /// ```
+    /// use std::path::PathBuf;
+    /// let env = |name: &str| match name {
+    ///     "HOME" => Some("/home/ci".into()),
+    ///     "XDG_RUNTIME_DIR" => Some("/run/user/1000".into()),
+    ///     _ => None,
+    /// };
+    /// assert_eq!(
+    ///     shipflow_oci::DockerConfig::search_paths(env),
+    ///     [
+    ///         PathBuf::from("/run/user/1000/containers/auth.json"),
+    ///         PathBuf::from("/home/ci/.config/containers/auth.json"),
+    ///         PathBuf::from("/home/ci/.docker/config.json"),
+    ///     ]
+    /// );
+    /// ```
+    pub fn search_paths(env: impl Fn(&str) -> Option<std::ffi::OsString>) -> Vec<PathBuf> {
+        let var = |name: &str| env(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let home = var("HOME");
+        let mut paths = Vec::new();
+        match var("REGISTRY_AUTH_FILE") {
+            Some(file) => paths.push(file),
+            None => {
+                match var("XDG_RUNTIME_DIR") {
+                    Some(run) => paths.push(run.join("containers/auth.json")),
+                    // Where Podman keeps it without XDG_RUNTIME_DIR (root, mostly).
+                    None => {
+                        use std::os::unix::fs::MetadataExt as _;
+                        if let Ok(me) = std::fs::metadata("/proc/self") {
+                            paths.push(PathBuf::from(format!(
+                                "/run/containers/{}/auth.json",
+                                me.uid()
+                            )));
+                        }
+                    }
+                }
+                if let Some(config) =
+                    var("XDG_CONFIG_HOME").or_else(|| home.as_ref().map(|h| h.join(".config")))
+                {
+                    paths.push(config.join("containers/auth.json"));
+                }
+            }
+        }
+        match (var("DOCKER_CONFIG"), home) {
+            (Some(dir), _) => paths.push(dir.join("config.json")),
+            (None, Some(home)) => paths.push(home.join(".docker/config.json")),
+            (None, None) => {}
+        }
+        paths
+    }
+
+    /// Reads each of `paths` that exists, in order.
+    pub fn load_files(paths: &[PathBuf]) -> Result<Vec<Self>, OciError> {
+        paths
+            .iter()
+            .filter(|p| p.is_file())
+            .map(Self::from_file)
+            .collect()
+    }
+
+    /// The file this config was read from, if any.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
     /// Reads the config file at `path`.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, OciError> {
         let path = path.as_ref();
@@ -272,6 +348,20 @@ fn is_docker_hub(registry: &str) -> bool {
         registry,
         "docker.io" | "index.docker.io" | "registry-1.docker.io"
     )
+}
+
+/// `registry` as explicit credentials are keyed: Docker Hub's names as `docker.io`.
+pub(crate) fn canonical_registry(registry: &str) -> String {
+    let registry = registry.trim().trim_end_matches('/');
+    let host = registry
+        .strip_prefix("https://")
+        .or_else(|| registry.strip_prefix("http://"))
+        .unwrap_or(registry);
+    if is_docker_hub(host) {
+        "docker.io".to_owned()
+    } else {
+        host.to_owned()
+    }
 }
 
 /// Whether a config key (`https://host:port/v1/`, `host:port`, …) names `registry`.

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use shipflow_core::Digest;
+use shipflow_core::{BoxError, Digest};
 
 use crate::LayoutError;
 
@@ -59,20 +59,64 @@ impl fmt::Display for Step {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum OciError {
-    /// The registry could not be reached (connection refused, TLS, timeout), after retries.
+    /// The registry could not be reached: nothing listens, its name does not
+    /// resolve, the TLS handshake failed, or it stopped answering; after retries
+    /// where a retry can help.
     #[error(
-        "{reference}: {step} failed: cannot reach the registry after {attempts} attempt(s): {source}; check the registry address and that it is running (plain-http registries off loopback need insecure(true))"
+        "{reference}: {step} failed: {} after {attempts} attempt(s): {source}; {}",
+        failure.what(registry),
+        failure.next_move()
     )]
     Connect {
         /// The image reference being worked on.
         reference: String,
+        /// The registry, `host[:port]`.
+        registry: String,
         /// The step.
         step: Step,
+        /// What kind of failure it was.
+        failure: ConnectFailure,
         /// How many attempts were made.
         attempts: u32,
         /// The last transport error.
         #[source]
-        source: reqwest::Error,
+        source: BoxError,
+    },
+    /// The registry's TLS certificate is not trusted. Never retried: trying again
+    /// cannot change a certificate.
+    #[error(
+        "{reference}: {step} failed: the TLS certificate of registry {registry} is not trusted: {problem}{}; {}",
+        certificate.as_deref().map(|c| format!(" (it presents {c})")).unwrap_or_default(),
+        problem.fix(registry)
+    )]
+    Certificate {
+        /// The image reference being worked on.
+        reference: String,
+        /// The registry, `host[:port]`.
+        registry: String,
+        /// The step.
+        step: Step,
+        /// What is wrong with the certificate.
+        problem: CertificateProblem,
+        /// The certificate the registry presented: subject, issuer, names, validity.
+        certificate: Option<String>,
+        /// The TLS library's error.
+        #[source]
+        source: BoxError,
+    },
+    /// A body the registry sent is larger than this client reads.
+    #[error(
+        "{reference}: {step} failed: the registry's {what} is larger than {limit} bytes; refusing to read it (check the address points at an OCI registry, and no proxy is in the way)"
+    )]
+    TooLarge {
+        /// The image reference being worked on.
+        reference: String,
+        /// The step.
+        step: Step,
+        /// What was being read, e.g. `manifest`.
+        what: &'static str,
+        /// The limit, in bytes.
+        limit: u64,
     },
     /// The registry refused the credentials (HTTP 401).
     #[error(
@@ -205,9 +249,116 @@ pub enum OciError {
         /// What went wrong (never a secret).
         reason: String,
     },
-    /// The HTTP client could not be set up.
-    #[error("cannot set up the HTTP client: {0}; check the TLS configuration")]
-    Client(#[source] reqwest::Error),
+    /// The HTTP client could not be set up (a CA or client certificate file that
+    /// cannot be read or parsed, a TLS setting the TLS library refuses).
+    #[error("cannot set up the registry client: {reason}; check the TLS configuration")]
+    Client {
+        /// What failed, naming the file when a file is at fault.
+        reason: String,
+        /// The cause.
+        #[source]
+        source: Option<BoxError>,
+    },
+}
+
+/// How a connection to a registry failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConnectFailure {
+    /// Nothing listens at the address: connection refused.
+    Refused,
+    /// The registry's host name does not resolve.
+    Dns,
+    /// The TLS handshake failed for a reason other than an untrusted certificate
+    /// (those are [`OciError::Certificate`]).
+    Tls,
+    /// The registry refused the TLS session for want of a client certificate it
+    /// trusts (mutual TLS).
+    ClientCertificate,
+    /// The registry did not answer in time.
+    Timeout,
+    /// The connection broke for another reason (reset, closed early).
+    Other,
+}
+
+impl ConnectFailure {
+    fn what(self, registry: &str) -> String {
+        match self {
+            Self::Refused => format!("nothing listens at {registry} (connection refused)"),
+            Self::Dns => format!("the registry host name of {registry} does not resolve"),
+            Self::Tls => format!("the TLS handshake with {registry} failed"),
+            Self::ClientCertificate => format!(
+                "registry {registry} asks for a client certificate (mutual TLS) and did not accept this client's"
+            ),
+            Self::Timeout => format!("{registry} did not answer in time"),
+            Self::Other => format!("the connection to {registry} broke"),
+        }
+    }
+
+    fn next_move(self) -> &'static str {
+        match self {
+            Self::Refused => "check the registry's address and port, and that it is running",
+            Self::Dns => "check the host name (a typo? a name only your VPN or /etc/hosts knows?)",
+            Self::Tls => {
+                "check that the registry speaks HTTPS on that port (a plain-HTTP registry needs insecure(true), the CLI's --insecure-registry)"
+            }
+            Self::ClientCertificate => {
+                "put the client certificate and key it trusts in certs.d/<host:port>/ as client.cert and client.key (under /etc/docker/certs.d, /etc/containers/certs.d or ~/.config/containers/certs.d), or give them to the client (client_identity)"
+            }
+            Self::Timeout | Self::Other => {
+                "check the network between here and the registry, and that the registry is healthy"
+            }
+        }
+    }
+}
+
+/// What is wrong with a registry's TLS certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CertificateProblem {
+    /// It is signed by a CA this client does not trust.
+    UnknownIssuer,
+    /// It is not valid for the name (or address) the registry was reached by.
+    NameMismatch,
+    /// It has expired.
+    Expired,
+    /// It is not valid yet.
+    NotYetValid,
+    /// Another reason, as the TLS library words it.
+    Other(String),
+}
+
+impl CertificateProblem {
+    /// What to do about it, for `registry` (`host[:port]`): where to put the CA
+    /// that signed it, or what to have renewed or reissued.
+    pub fn fix(&self, registry: &str) -> String {
+        match self {
+            Self::UnknownIssuer | Self::Other(_) => format!(
+                "if the registry's CA is private, put it (PEM) in /etc/docker/certs.d/{registry}/ca.crt, /etc/containers/certs.d/{registry}/ or ~/.config/containers/certs.d/{registry}/ as Docker and Podman read it, or give it to the client (ca_certificates, the CLI's --registry-ca)"
+            ),
+            Self::NameMismatch => format!(
+                "reach the registry by a name its certificate holds, or have the certificate reissued for {}",
+                registry.rsplit_once(':').map_or(registry, |(host, _)| host)
+            ),
+            Self::Expired | Self::NotYetValid => {
+                "have the registry's certificate renewed (or check this machine's clock)".to_owned()
+            }
+        }
+    }
+}
+
+impl fmt::Display for CertificateProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::UnknownIssuer => f.write_str("it is signed by an unknown certificate authority"),
+            Self::NameMismatch => {
+                f.write_str("it is not valid for the name the registry was reached by")
+            }
+            Self::Expired => f.write_str("it has expired"),
+            Self::NotYetValid => f.write_str("it is not valid yet"),
+            Self::Other(reason) => f.write_str(reason),
+        }
+    }
 }
 
 fn registry_says(code: &Option<String>, message: &Option<String>) -> String {

@@ -211,8 +211,33 @@ impl OciLayout {
     pub fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>, LayoutError> {
         let path = self.blob_path(digest);
         let bytes = fs::read(&path).map_err(|e| self.io("read blob", &path, e))?;
-        let actual = Digest::sha256(&bytes);
-        if digest.algorithm() == "sha256" && &actual != digest {
+        let actual = match digest.algorithm() {
+            "sha256" => Digest::sha256(&bytes),
+            "sha512" => {
+                let encoded = sha2::Sha512::digest(&bytes)
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>();
+                format!("sha512:{encoded}")
+                    .parse()
+                    .map_err(|e| LayoutError::Invalid {
+                        root: self.root.clone(),
+                        what: format!("blob {digest}"),
+                        reason: format!("{e}"),
+                    })?
+            }
+            // Content that cannot be checked is not handed out as if it had been.
+            other => {
+                return Err(LayoutError::Invalid {
+                    root: self.root.clone(),
+                    what: format!("blob {digest}"),
+                    reason: format!(
+                        "digest algorithm {other:?} is not supported (sha256 and sha512 are)"
+                    ),
+                });
+            }
+        };
+        if &actual != digest {
             return Err(LayoutError::Corrupt {
                 root: self.root.clone(),
                 expected: digest.clone(),

@@ -36,7 +36,7 @@
 //! the tag (when it already names the manifest, that one request is the whole
 //! push), `HEAD` each blob, mount missing blobs from the repositories given to
 //! [`RegistryClientBuilder::mount_from`] (and from the base image's repository) or
-//! upload them a few at once, then `PUT` the manifest. Blobs up to 8 MiB go in one
+//! upload them a few at once, then `PUT` the manifest. Blobs up to 64 MiB go in one
 //! streamed `PUT`; larger ones in streamed `PATCH` chunks, and a chunk cut off by a
 //! connection reset or a 5xx resumes from the range the registry reports (or, when
 //! the registry refuses the session, starts that blob over). Connection errors, 5xx
@@ -44,10 +44,28 @@
 //! and jitter. In dry-run, only reads are made and the report says what a push
 //! would upload.
 //!
-//! Credentials are the explicit [`Credentials`] if given, else those a docker
-//! `config.json` ([`DockerConfig`]: `$DOCKER_CONFIG` or `~/.docker`) holds for the
-//! registry: `credHelpers`, `auths`, `credsStore`. No password or token ever
-//! appears in `Debug` output, logs or errors.
+//! Credentials are the explicit [`Credentials`] given for the registry
+//! ([`RegistryClientBuilder::credentials`] binds them to one registry), else those
+//! a docker `config.json` ([`DockerConfig`]: `$DOCKER_CONFIG` or `~/.docker`) holds
+//! for it: `credHelpers`, `auths`, `credsStore`. They go to the registry's own
+//! origin (scheme, host and port) only: an upload location, a tag page or a
+//! redirect on another host gets none, and nothing leaves HTTPS for plain HTTP.
+//! No password or token ever appears in `Debug` output, logs or errors. Every
+//! body read from a registry is bounded (error bodies 64 KiB; manifests, tokens
+//! and tag pages 4 MiB).
+//!
+//! TLS is rustls (crypto provider `aws-lc-rs` by default, or `ring` by feature)
+//! with the system's trust store, plus, per registry as Docker and Podman do, the
+//! CAs (`*.crt`) and client certificate (`*.cert` + `*.key`) in
+//! `certs.d/<host[:port]>/` under `/etc/docker/certs.d`, `/etc/containers/certs.d`
+//! and `~/.config/containers/certs.d` ([`RegistryClientBuilder::certs_dirs`]), and
+//! the builder's [`ca_certificates`](RegistryClientBuilder::ca_certificates) and
+//! [`client_identity`](RegistryClientBuilder::client_identity). Loopback
+//! registries are tried over verified HTTPS first and spoken to over plain HTTP
+//! when they do not speak TLS; [`insecure`](RegistryClientBuilder::insecure) does
+//! that for every registry, without verifying certificates. An untrusted
+//! certificate is never retried: [`OciError::Certificate`] says what the
+//! registry presented and where its CA goes.
 //!
 //! [`NativeBuilder`] turns an app built `type = "native"` into an image in
 //! `<images>/<app>`: sorted tar entries with fixed mtimes (`SOURCE_DATE_EPOCH`),
@@ -66,6 +84,7 @@ mod layer;
 mod layer_cache;
 mod layout;
 mod progress;
+mod spec;
 mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -74,6 +93,7 @@ pub use auth::Credentials;
 pub use builder::{BuildError, NativeBuilder};
 pub use client::{RegistryClient, RegistryClientBuilder};
 pub use docker_config::DockerConfig;
-pub use error::{OciError, Step};
+pub use error::{CertificateProblem, ConnectFailure, OciError, Step};
 pub use layout::{LayoutError, OCI_MANIFEST_MEDIA_TYPE, OciLayout, REF_NAME_ANNOTATION};
+pub use spec::{LayerSpec, NATIVE_BUILD_TYPE, NativeBuild, schema};
 pub use store::LayoutRegistry;

@@ -115,9 +115,10 @@ impl Registry for LayoutRegistry {
         let source = source_layout(image)?;
         let tag = target.tag().unwrap_or("latest").to_owned();
         let existing = self.existing(target)?;
-        let mut report = PushReport {
-            digest: Some(image.digest.clone()),
-            ..PushReport::default()
+        let mut report = {
+            let mut report = PushReport::default();
+            report.digest = Some(image.digest.clone());
+            report
         };
         let total = image.size();
         let mut done = 0;
@@ -131,6 +132,7 @@ impl Registry for LayoutRegistry {
             let present = destination
                 .as_ref()
                 .is_some_and(|d| d.has_blob(&blob.digest));
+            tracing::debug!(app = %image.app, %target, digest = %blob.digest, present, "local store blob");
             if present {
                 report.blobs_skipped += 1;
             } else {

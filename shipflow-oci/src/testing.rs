@@ -46,6 +46,30 @@ impl TestRegistry {
     /// e.g. an `auth:` section). Fails, never skips, when `docker-registry` is not
     /// installed.
     pub fn start_with(extra: &str) -> io::Result<Self> {
+        Self::start_serving("", extra)
+    }
+
+    /// Starts an anonymous registry serving HTTPS with `certificate` and `key`
+    /// (PEM files); with `client_cas`, it requires a client certificate signed by
+    /// one of them (mutual TLS).
+    pub fn start_tls(
+        certificate: &Path,
+        key: &Path,
+        client_cas: Option<&Path>,
+    ) -> io::Result<Self> {
+        let mut tls = format!(
+            "  tls:\n    certificate: {}\n    key: {}\n",
+            certificate.display(),
+            key.display()
+        );
+        if let Some(cas) = client_cas {
+            tls.push_str(&format!("    clientcas:\n      - {}\n", cas.display()));
+        }
+        Self::start_serving(&tls, "")
+    }
+
+    /// `http_extra`: lines under `http:` (indented two spaces); `extra`: top-level keys.
+    fn start_serving(http_extra: &str, extra: &str) -> io::Result<Self> {
         let binary = which(BINARY).ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::NotFound,
@@ -59,7 +83,7 @@ impl TestRegistry {
         let port = free_port()?;
         let config = format!(
             "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  \
-             delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{extra}",
+             delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{http_extra}{extra}",
             dir.path().join("data").display()
         );
         let config_path = dir.path().join("config.yml");
@@ -73,7 +97,7 @@ impl TestRegistry {
             .stderr(log)
             .spawn()?;
         let mut registry = Self { child, port, dir };
-        registry.wait_ready()?;
+        registry.wait_ready(!http_extra.is_empty())?;
         Ok(registry)
     }
 
@@ -83,7 +107,8 @@ impl TestRegistry {
         Self::start_with(&tokens.registry_auth())
     }
 
-    fn wait_ready(&mut self) -> io::Result<()> {
+    /// Waits for `GET /v2/` to answer; a TLS registry answers a plain request 400.
+    fn wait_ready(&mut self, tls: bool) -> io::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = self.child.try_wait()? {
@@ -93,8 +118,10 @@ impl TestRegistry {
                 )));
             }
             // 200 when anonymous, 401 when auth is on: either way it answers.
-            if let Some(200 | 401) = http_status(self.port, "/v2/") {
-                return Ok(());
+            match http_status(self.port, "/v2/") {
+                Some(200 | 401) => return Ok(()),
+                Some(400) if tls => return Ok(()),
+                _ => {}
             }
             if Instant::now() > deadline {
                 return Err(io::Error::new(
@@ -113,6 +140,11 @@ impl TestRegistry {
     /// `127.0.0.1:<port>`.
     pub fn host(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The process id of the `docker-registry` process (to read its CPU time, say).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The port it listens on.

@@ -10,8 +10,7 @@ use std::path::Path;
 
 use common::{TestRegistry, path_str, run};
 use shipflow_core::{
-    App, BuildRequest, Context, EnvOverrides, ImageBuilder, LocalImage, Registry, RevisionInfo,
-    Workspace,
+    App, BuildRequest, Context, ImageBuilder, LocalImage, Registry, RevisionInfo, Workspace,
 };
 use shipflow_oci::testing::{Refusal, TokenService};
 use shipflow_oci::{BuildError, NativeBuilder, OciLayout, RegistryClient};
@@ -21,8 +20,7 @@ fn app(root: &Path, build: &str) -> App {
     let toml = format!(
         "[workspace]\nregistry = \"127.0.0.1:5000/acme\"\n[apps.api]\nbuild = {{ type = \"native\", {build} }}\n"
     );
-    let workspace =
-        Workspace::from_toml(&toml, root, &EnvOverrides::default()).expect("valid workspace");
+    let workspace = Workspace::from_toml(&toml, root).expect("valid workspace");
     workspace.app("api").expect("app api").clone()
 }
 
@@ -314,8 +312,23 @@ async fn errors_name_the_app_and_the_path() {
     assert!(matches!(err, BuildError::BadIgnorePattern { .. }), "{err}");
     assert!(err.to_string().contains("[broken"), "{err}");
 
-    let err = build_err(&builder, &app(&root, r#"expose = ["http"]"#), &root).await;
-    assert!(err.to_string().contains("apps.api.build.expose"), "{err}");
+    // A bad setting is the workspace's error, named by its key.
+    let err = builder
+        .build(
+            &app(&root, r#"expose = ["http"]"#),
+            &request(&root, "v1"),
+            &Context::new(),
+        )
+        .await
+        .expect_err("the build must fail");
+    let err = err
+        .downcast::<shipflow_core::ConfigError>()
+        .expect("a ConfigError");
+    assert!(
+        err.to_string()
+            .starts_with("apps.api.build.expose[0]: \"http\""),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -551,7 +564,10 @@ async fn a_base_image_on_a_token_registry_has_its_layers_mounted() {
         .expect("the token service starts");
     let registry = TestRegistry::start_with_token_auth(&tokens);
     let client = RegistryClient::builder()
-        .credentials(shipflow_oci::Credentials::basic("ci", "build-pass-7730"))
+        .credentials(
+            registry.host(),
+            shipflow_oci::Credentials::basic("ci", "build-pass-7730"),
+        )
         .without_docker_config()
         .build()
         .expect("client");
@@ -717,4 +733,34 @@ async fn unchanged_layers_are_reused_and_any_change_rebuilds_only_its_layer() {
     let (fifth, said) = build_saying(&builder, &app(&root, TWO_LAYERS), &root, "v5").await;
     assert_eq!(reused(&said), [true, false], "{said:?}");
     assert!(layout.has_blob(&fifth.layers[1].digest));
+}
+
+#[tokio::test]
+async fn a_source_date_epoch_that_is_not_a_number_fails_the_build() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path().join("repo");
+    fs::create_dir_all(root.join("dist")).expect("dist");
+    fs::write(root.join("dist/app"), "binary").expect("file");
+    let app = app(&root, r#"layers = [{ from = "dist", to = "/srv" }]"#);
+    let builder =
+        NativeBuilder::new(dir.path().join("images")).source_date_epoch_value("yesterday");
+    let err = build_err(&builder, &app, &root).await;
+    assert!(
+        matches!(&err, BuildError::SourceDateEpoch { value, .. } if value == "yesterday"),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("SOURCE_DATE_EPOCH=\"yesterday\""),
+        "{err}"
+    );
+
+    let builder =
+        NativeBuilder::new(dir.path().join("images")).source_date_epoch_value("1700000000");
+    let image = build(&builder, &app, &root, "v1").await;
+    let layout = OciLayout::open(dir.path().join("images/api")).expect("layout");
+    assert!(
+        entries(&layout, &image, 0)
+            .iter()
+            .all(|e| e.5 == 1_700_000_000)
+    );
 }

@@ -164,7 +164,7 @@ async fn explicit_credentials_win_and_no_secret_shows_in_debug_or_errors() {
 
     let explicit = RegistryClient::builder()
         .docker_config(config.clone())
-        .credentials(Credentials::basic(USER, PASSWORD))
+        .credentials(registry.host(), Credentials::basic(USER, PASSWORD))
         .build()
         .expect("client");
     explicit

@@ -146,3 +146,33 @@ fn the_local_store_copies_only_missing_blobs_and_skopeo_reads_it() {
     let json: serde_json::Value = serde_json::from_str(&out).expect("skopeo json");
     assert_eq!(json["Digest"], v2.digest.to_string());
 }
+
+#[test]
+fn read_blob_checks_sha512_and_refuses_algorithms_it_cannot_check() {
+    use sha2::Digest as _;
+    let (_dir, layout) = temp_layout();
+    let content = b"a config named by sha512";
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let good: Digest = format!("sha512:{}", hex(&sha2::Sha512::digest(content)))
+        .parse()
+        .expect("sha512 digest");
+    let bad: Digest = format!("sha512:{}", hex(&sha2::Sha512::digest(b"something else")))
+        .parse()
+        .expect("sha512 digest");
+    let md5: Digest = "md5:0123456789abcdef0123456789abcdef"
+        .parse()
+        .expect("an algorithm the digest grammar allows");
+    for digest in [&good, &bad, &md5] {
+        let path = layout.blob_path(digest);
+        std::fs::create_dir_all(path.parent().expect("blob dir")).expect("blob dir");
+        std::fs::write(&path, content).expect("write blob");
+    }
+    assert_eq!(layout.read_blob(&good).expect("verified"), content);
+    let err = layout.read_blob(&bad).expect_err("content does not match");
+    assert!(
+        matches!(err, shipflow_oci::LayoutError::Corrupt { .. }),
+        "{err:?}"
+    );
+    let err = layout.read_blob(&md5).expect_err("cannot be checked");
+    assert!(err.to_string().contains("not supported"), "{err}");
+}

@@ -224,7 +224,10 @@ async fn basic_auth_pushes_and_a_wrong_password_fails_clearly_without_leaking_it
     let target = registry.reference("team/api:v1");
 
     let good = RegistryClient::builder()
-        .credentials(Credentials::basic("ci", "right-horse-battery"))
+        .credentials(
+            registry.host(),
+            Credentials::basic("ci", "right-horse-battery"),
+        )
         .build()
         .expect("client");
     assert!(!format!("{good:?}").contains("right-horse-battery"));
@@ -242,7 +245,7 @@ async fn basic_auth_pushes_and_a_wrong_password_fails_clearly_without_leaking_it
 
     let secret = "wrong-staple-9931";
     let bad = RegistryClient::builder()
-        .credentials(Credentials::basic("ci", secret))
+        .credentials(registry.host(), Credentials::basic("ci", secret))
         .build()
         .expect("client");
     let err = bad
@@ -289,11 +292,19 @@ async fn an_unreachable_registry_fails_after_bounded_retries() {
         .expect_err("nothing listens");
     let err = err.downcast::<OciError>().expect("an OciError");
     assert!(
-        matches!(*err, OciError::Connect { attempts: 3, .. }),
+        matches!(
+            *err,
+            OciError::Connect {
+                attempts: 3,
+                failure: shipflow_oci::ConnectFailure::Refused,
+                ..
+            }
+        ),
         "{err:?}"
     );
     assert!(
-        err.to_string().contains("cannot reach the registry"),
+        err.to_string().contains("nothing listens at 127.0.0.1:")
+            && err.to_string().contains("connection refused"),
         "{err}"
     );
 }
@@ -342,7 +353,7 @@ async fn bearer_tokens_are_fetched_once_per_scope_and_bad_credentials_fail_clear
     let target = registry.reference("team/api:v1");
 
     let client = RegistryClient::builder()
-        .credentials(Credentials::basic("ci", "token-pass-4471"))
+        .credentials(registry.host(), Credentials::basic("ci", "token-pass-4471"))
         .build()
         .expect("client");
     let report = client
@@ -393,7 +404,7 @@ async fn bearer_tokens_are_fetched_once_per_scope_and_bad_credentials_fail_clear
     assert!(!format!("{client:?}").contains("token-pass-4471"));
 
     let bad = RegistryClient::builder()
-        .credentials(Credentials::basic("ci", "nope-8812"))
+        .credentials(registry.host(), Credentials::basic("ci", "nope-8812"))
         .build()
         .expect("client");
     let err = bad
@@ -421,9 +432,9 @@ fn base_and_api(
     (base, api)
 }
 
-fn token_client() -> RegistryClient {
+fn token_client(registry: &TestRegistry) -> RegistryClient {
     RegistryClient::builder()
-        .credentials(Credentials::basic("ci", TOKEN_PASSWORD))
+        .credentials(registry.host(), Credentials::basic("ci", TOKEN_PASSWORD))
         .mount_from(["team/base"])
         .without_docker_config()
         .build()
@@ -441,7 +452,7 @@ async fn on_a_token_registry_a_mount_asks_for_pull_on_its_source_too() {
     let registry = TestRegistry::start_with_token_auth(&tokens);
     let (_dir, layout) = temp_layout();
     let (base, api) = base_and_api(&layout);
-    let client = token_client();
+    let client = token_client(&registry);
     let ctx = Context::new();
     client
         .push(&base, &registry.reference("team/base:v1"), &ctx)
@@ -515,14 +526,14 @@ async fn push_with_pull_on_the_source_refused(refusal: Refusal) {
     let (_dir, layout) = temp_layout();
     let (base, api) = base_and_api(&layout);
     let ctx = Context::new();
-    token_client()
+    token_client(&registry)
         .push(&base, &registry.reference("team/base:v1"), &ctx)
         .await
         .expect("push team/base");
     base_readable.store(false, std::sync::atomic::Ordering::SeqCst);
 
     let before = tokens.scopes().len();
-    let client = token_client();
+    let client = token_client(&registry);
     let target = registry.reference("team/api:v1");
     let report = client.push(&api, &target, &ctx).await.unwrap_or_else(|e| {
         panic!(

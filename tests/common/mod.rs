@@ -131,7 +131,7 @@ pub fn http_get(port: u16) -> Option<String> {
 }
 
 /// How `app` ended in `report`; panics with the report when it is not there.
-pub fn outcome<'r>(report: &'r shipflow::core::Report, app: &str) -> &'r shipflow::core::Outcome {
+pub fn outcome<'r>(report: &'r shipflow_kit::Report, app: &str) -> &'r shipflow_kit::Outcome {
     &report
         .apps
         .iter()

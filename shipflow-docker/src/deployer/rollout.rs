@@ -5,7 +5,9 @@
 use bollard::query_parameters::{
     InspectContainerOptions, RemoveImageOptions, RenameContainerOptions,
 };
-use shipflow_core::{App, Context, DockerTarget, Restored};
+use shipflow_core::{App, Context, Restored};
+
+use crate::config::DockerTarget;
 
 use super::{Candidate, DEFAULT_KEEP, EngineDeployer, config_err};
 use crate::DockerError;
@@ -153,7 +155,7 @@ impl EngineDeployer {
 
     /// Where the service port of container `name` is published.
     async fn upstream_of(&self, app: &App, name: &str) -> Result<String, DockerError> {
-        let target = self.target(app)?;
+        let target = &*self.target(app)?;
         let port = service_port(target)
             .map_err(|reason| config_err(app, reason))?
             .ok_or_else(|| {

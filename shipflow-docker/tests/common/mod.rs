@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use shipflow_core::{App, Digest, EnvOverrides, ImageRef, Workspace};
+use shipflow_core::{App, Digest, ImageRef, Workspace};
 use shipflow_docker::testing::TestPodman;
 use shipflow_docker::{Engine, EngineDeployer};
 use shipflow_oci::testing::TokenService;
@@ -209,7 +209,7 @@ impl Harness {
     /// The app `name` from a workspace of `apps` (TOML after `[workspace]`).
     pub fn app_toml(&self, name: &str, apps: &str) -> App {
         let toml = format!("[workspace]\nregistry = \"{}\"\n{apps}", self.registry);
-        let ws = Workspace::from_toml(&toml, ".", &EnvOverrides::default()).expect("workspace");
+        let ws = Workspace::from_toml(&toml, ".").expect("workspace");
         ws.app(name).expect("app").clone()
     }
 

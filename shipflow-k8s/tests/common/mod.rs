@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use shipflow_core::{App, BoxError, EnvOverrides, ImageRef, Workspace};
+use shipflow_core::{App, BoxError, ImageRef, Workspace};
 use shipflow_k8s::testing::SimCluster;
 use shipflow_k8s::{KubeDeployer, KubeError};
 
@@ -16,7 +16,6 @@ pub fn workspace() -> Workspace {
     Workspace::from_toml(
         "[workspace]\nregistry = \"registry.local\"\n[apps.api]\ndeploy.kubernetes = {}\n",
         ".",
-        &EnvOverrides::default(),
     )
     .expect("valid workspace")
 }
@@ -36,7 +35,7 @@ pub fn many_apps(count: usize) -> Workspace {
             "[apps.{app}]\ndeploy.kubernetes = {{ namespace = \"{app}\" }}\n"
         ));
     }
-    Workspace::from_toml(&toml, ".", &EnvOverrides::default()).expect("valid workspace")
+    Workspace::from_toml(&toml, ".").expect("valid workspace")
 }
 
 pub fn app(ws: &Workspace) -> &App {

@@ -14,6 +14,8 @@ use shipflow_core::{ImageRef, LocalImage};
 use shipflow_oci::OciLayout;
 use shipflow_oci::testing::TokenService;
 
+pub mod hostile;
+
 /// A running `docker-registry` (the crate's `testing::TestRegistry`), with the auth
 /// files it reads kept alive beside it.
 pub struct TestRegistry {
@@ -183,7 +185,11 @@ impl FaultProxy {
             let mut faults = std::collections::VecDeque::from(faults);
             for client in listener.incoming() {
                 let Ok(mut client) = client else { continue };
-                if let Some((status, headers, body)) = faults.pop_front() {
+                // A TLS hello (the client trying HTTPS first) goes to the plain
+                // registry, which answers it as such: faults are for requests.
+                let mut first = [0u8; 1];
+                let tls_hello = matches!(client.peek(&mut first), Ok(1) if first[0] == 0x16);
+                if !tls_hello && let Some((status, headers, body)) = faults.pop_front() {
                     let mut buf = [0u8; 4096];
                     let _ = client.read(&mut buf);
                     let _ = write!(

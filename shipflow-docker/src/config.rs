@@ -1,0 +1,306 @@
+//! This crate's sections of `shipflow.toml`: `deploy.docker` and
+//! `build = { type = "dockerfile", … }`.
+//!
+//! ```toml
+//! [apps.web]
+//! build = { type = "dockerfile", dockerfile = "apps/web/Dockerfile", context = ".", target = "runtime", args = { PROFILE = "release" } }
+//! deploy.docker = { container = "web", ports = ["8080:8080"], strategy = "start-first", health = { http = "/healthz" }, proxy = { caddy_admin = "http://127.0.0.1:2019", route = "web" } }
+//! ```
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use shipflow_core::{ConfigSection, Schema, SectionContext, SectionError};
+
+use crate::spec::{PortSpec, restart_policy};
+
+/// The deploy target [`DockerTarget`] is read for.
+pub const DOCKER_TARGET: &str = "docker";
+/// The build type [`DockerfileBuild`] is read for.
+pub const DOCKERFILE_BUILD_TYPE: &str = "dockerfile";
+
+/// The longest health-probe interval: an hour.
+const MAX_INTERVAL_SECS: u64 = 3_600;
+/// The longest health timeout: a day.
+const MAX_TIMEOUT_SECS: u64 = 86_400;
+
+/// The sections this crate reads: `deploy.docker` and Dockerfile builds.
+pub fn schema() -> Schema {
+    Schema::new()
+        .deploy_target::<DockerTarget>(DOCKER_TARGET)
+        .build_type::<DockerfileBuild>(DOCKERFILE_BUILD_TYPE)
+}
+
+/// A container on one Docker or Podman host: `[apps.<app>.deploy.docker]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct DockerTarget {
+    /// The container name; default the app's name.
+    pub container: Option<String>,
+    /// Published ports, `[ip:][host:]container[/proto]` (e.g. `8080:80`).
+    #[serde(default)]
+    pub ports: Vec<String>,
+    /// Environment variables.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Volumes, `source:destination[:options]`.
+    #[serde(default)]
+    pub volumes: Vec<String>,
+    /// Restart policy: `no`, `always`, `unless-stopped`, `on-failure`.
+    pub restart: Option<String>,
+    /// How the container's health is checked.
+    pub health: Option<HealthCheck>,
+    /// `recreate` (default) or `start-first`.
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// How many old containers to keep for rollback without a pull; default 3.
+    pub keep: Option<u32>,
+    /// The reverse proxy that `start-first` switches.
+    pub proxy: Option<ProxyTarget>,
+}
+
+/// How a container is replaced.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum Strategy {
+    /// Stop the old container, start the new one.
+    #[default]
+    Recreate,
+    /// Start the new one beside the old, switch the proxy, then stop the old.
+    StartFirst,
+}
+
+/// A health check.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct HealthCheck {
+    /// An HTTP path probed on the container's port, e.g. `/healthz`.
+    pub http: Option<String>,
+    /// A command run in the container instead.
+    #[serde(default)]
+    pub cmd: Vec<String>,
+    /// The container port to probe; default the first published one.
+    pub port: Option<u16>,
+    /// Seconds between probes; default 1, at most 3600.
+    pub interval: Option<u64>,
+    /// Seconds until the container must be healthy; default 30, at most 86400.
+    pub timeout: Option<u64>,
+}
+
+/// A reverse proxy with an admin API.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ProxyTarget {
+    /// Caddy's admin address, e.g. `http://127.0.0.1:2019`.
+    pub caddy_admin: String,
+    /// The `@id` of the route whose upstreams are switched.
+    pub route: String,
+}
+
+/// A Dockerfile build through the engine: `build = { type = "dockerfile", … }`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct DockerfileBuild {
+    /// The Dockerfile, relative to the repository root; default `<app path>/Dockerfile`.
+    pub dockerfile: Option<String>,
+    /// The build context, relative to the repository root; default the root.
+    pub context: Option<String>,
+    /// The target stage.
+    pub target: Option<String>,
+    /// Build arguments.
+    #[serde(default)]
+    pub args: BTreeMap<String, String>,
+}
+
+impl ConfigSection for DockerTarget {
+    fn validate(&mut self, _ctx: &SectionContext<'_>) -> Result<(), SectionError> {
+        if let Some(container) = &self.container {
+            let valid = container
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_alphanumeric())
+                && container
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+            if !valid {
+                return Err(SectionError::new(
+                    "container",
+                    format!(
+                        "{container:?} is not a container name: letters, digits, '_', '.' and '-', starting with a letter or digit"
+                    ),
+                ));
+            }
+        }
+        for (i, port) in self.ports.iter().enumerate() {
+            PortSpec::parse(port).map_err(|why| SectionError::new(format!("ports[{i}]"), why))?;
+        }
+        restart_policy(self.restart.as_deref()).map_err(|why| SectionError::new("restart", why))?;
+        for (i, volume) in self.volumes.iter().enumerate() {
+            if volume.split(':').count() < 2 || volume.split(':').any(str::is_empty) {
+                return Err(SectionError::new(
+                    format!("volumes[{i}]"),
+                    format!(
+                        "{volume:?} is not a volume like \"data:/var/lib/app\" or \"/srv/conf:/etc/app:ro\""
+                    ),
+                ));
+            }
+        }
+        if let Some(health) = &self.health {
+            health.check(self)?;
+        }
+        if let Some(proxy) = &self.proxy
+            && !(proxy.caddy_admin.starts_with("http://")
+                || proxy.caddy_admin.starts_with("https://"))
+        {
+            return Err(SectionError::new(
+                "proxy.caddy_admin",
+                format!(
+                    "{:?} is not an admin URL like \"http://127.0.0.1:2019\"",
+                    proxy.caddy_admin
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl HealthCheck {
+    fn check(&self, target: &DockerTarget) -> Result<(), SectionError> {
+        let in_range = |field: &str, value: Option<u64>, max: u64| match value {
+            Some(v) if !(1..=max).contains(&v) => Err(SectionError::new(
+                format!("health.{field}"),
+                format!("{v} is out of range: give 1 to {max} seconds"),
+            )),
+            _ => Ok(()),
+        };
+        in_range("interval", self.interval, MAX_INTERVAL_SECS)?;
+        in_range("timeout", self.timeout, MAX_TIMEOUT_SECS)?;
+        if self.http.is_some() && !self.cmd.is_empty() {
+            return Err(SectionError::new(
+                "health",
+                "give either http or cmd, not both",
+            ));
+        }
+        if self.http.is_some() && self.port.is_none() && target.ports.is_empty() {
+            return Err(SectionError::new(
+                "health.http",
+                "an HTTP probe needs a port: publish one in ports, or set health.port",
+            ));
+        }
+        if self.port == Some(0) {
+            return Err(SectionError::new("health.port", "0 is not a port"));
+        }
+        Ok(())
+    }
+}
+
+impl ConfigSection for DockerfileBuild {
+    fn validate(&mut self, ctx: &SectionContext<'_>) -> Result<(), SectionError> {
+        let default = format!("{}/Dockerfile", ctx.app_path().unwrap_or_default());
+        let dockerfile = self.dockerfile.as_deref().unwrap_or(&default);
+        self.dockerfile = Some(ctx.repo_path("dockerfile", dockerfile)?);
+        self.context = Some(ctx.repo_path("context", self.context.as_deref().unwrap_or(""))?);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+    use shipflow_core::Workspace;
+
+    fn load(docker: &str) -> Result<Workspace, String> {
+        let toml = format!(
+            "[workspace]\nregistry = \"r.io\"\n[apps.web]\ndeploy.docker = {{ {docker} }}\n"
+        );
+        Workspace::loader()
+            .schema(schema())
+            .from_toml(&toml, "/nonexistent-root")
+            .map_err(|e| e.to_string())
+    }
+
+    #[rstest]
+    #[case::port(
+        "ports = [\"abc:def\"]",
+        "apps.web.deploy.docker.ports[0]: port `abc:def`: `abc` is not a port number"
+    )]
+    #[case::restart(
+        "restart = \"sometimes\"",
+        "apps.web.deploy.docker.restart: restart `sometimes`: use no, always, unless-stopped or on-failure"
+    )]
+    #[case::interval_overflow(
+        "ports = [\"80\"], health = { http = \"/\", interval = 9223372036854775807 }",
+        "apps.web.deploy.docker.health.interval: 9223372036854775807 is out of range: give 1 to 3600 seconds"
+    )]
+    #[case::timeout_zero(
+        "health = { cmd = [\"true\"], timeout = 0 }",
+        "apps.web.deploy.docker.health.timeout: 0 is out of range: give 1 to 86400 seconds"
+    )]
+    #[case::http_without_port(
+        "health = { http = \"/\" }",
+        "apps.web.deploy.docker.health.http: an HTTP probe needs a port"
+    )]
+    #[case::volume(
+        "volumes = [\"data\"]",
+        "apps.web.deploy.docker.volumes[0]: \"data\" is not a volume"
+    )]
+    #[case::container(
+        "container = \"web app\"",
+        "apps.web.deploy.docker.container: \"web app\" is not a container name"
+    )]
+    #[case::strategy(
+        "strategy = \"blue-green\"",
+        "apps.web.deploy.docker: shipflow.toml: TOML parse error at line 4"
+    )]
+    fn bad_settings_are_refused_at_load(#[case] docker: &str, #[case] start: &str) {
+        let err = load(docker).expect_err("refused");
+        assert!(err.starts_with(start), "{err}\n---\n{start}");
+    }
+
+    #[test]
+    fn dockerfile_defaults_follow_the_app() {
+        let toml = "[workspace]\nregistry = \"r.io\"\n[apps.web]\npath = \"web\"\n[apps.api]\nbuild = { type = \"dockerfile\", context = \"./api/\" }\n";
+        let ws = Workspace::loader()
+            .schema(schema())
+            .from_toml(toml, "/nonexistent-root")
+            .expect("valid");
+        let web = ws
+            .app("web")
+            .expect("web")
+            .build_spec::<DockerfileBuild>()
+            .expect("valid");
+        assert_eq!(web.dockerfile.as_deref(), Some("web/Dockerfile"));
+        assert_eq!(web.context.as_deref(), Some(""));
+        let api = ws
+            .app("api")
+            .expect("api")
+            .build_spec::<DockerfileBuild>()
+            .expect("valid");
+        assert_eq!(api.dockerfile.as_deref(), Some("apps/api/Dockerfile"));
+        assert_eq!(api.context.as_deref(), Some("api"));
+    }
+
+    #[test]
+    fn a_dockerfile_link_out_of_the_repository_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("apps/web")).expect("mkdir");
+        std::os::unix::fs::symlink("/etc/passwd", dir.path().join("apps/web/Dockerfile"))
+            .expect("link");
+        let err = Workspace::loader()
+            .schema(schema())
+            .from_toml("[workspace]\nregistry = \"r.io\"\n[apps.web]\n", dir.path())
+            .expect_err("refused");
+        assert!(
+            err.to_string().starts_with(
+                "apps.web.build.dockerfile: \"apps/web/Dockerfile\" is outside the repository"
+            ),
+            "{err}"
+        );
+    }
+}

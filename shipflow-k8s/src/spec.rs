@@ -1,0 +1,160 @@
+//! `deploy.kubernetes`: this crate's section of `shipflow.toml`.
+//!
+//! ```toml
+//! [workspace]
+//! namespace = "prod"                  # the default for apps that name none
+//! [apps.api]
+//! deploy.kubernetes = { namespace = "prod", deployment = "api", container = "api" }
+//! ```
+
+use serde::{Deserialize, Serialize};
+use shipflow_core::{ConfigSection, Schema, SectionContext, SectionError};
+
+/// The deploy target [`KubernetesTarget`] is read for.
+pub const KUBERNETES_TARGET: &str = "kubernetes";
+/// The `[workspace]` key of the default namespace.
+pub const NAMESPACE_KEY: &str = "namespace";
+
+/// The sections this crate reads: `deploy.kubernetes` and `[workspace] namespace`.
+pub fn schema() -> Schema {
+    Schema::new()
+        .deploy_target::<KubernetesTarget>(KUBERNETES_TARGET)
+        .workspace_key::<Namespace>(NAMESPACE_KEY)
+}
+
+/// A Kubernetes Deployment's container: `[apps.<app>.deploy.kubernetes]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct KubernetesTarget {
+    /// The namespace; default the deployer's, then `[workspace] namespace`, then
+    /// `default`.
+    pub namespace: Option<String>,
+    /// The Deployment; default the app's name.
+    pub deployment: Option<String>,
+    /// The container in it; default the app's name.
+    pub container: Option<String>,
+    /// `[workspace] namespace`, filled in at load.
+    #[serde(skip)]
+    pub(crate) workspace_namespace: Option<String>,
+}
+
+impl ConfigSection for KubernetesTarget {
+    fn validate(&mut self, ctx: &SectionContext<'_>) -> Result<(), SectionError> {
+        if let Some(namespace) = &self.namespace {
+            check_name("namespace", namespace, 63)?;
+        }
+        if let Some(deployment) = &self.deployment {
+            check_subdomain("deployment", deployment)?;
+        }
+        if let Some(container) = &self.container {
+            check_name("container", container, 63)?;
+        }
+        self.workspace_namespace = ctx
+            .workspace_section::<Namespace>(NAMESPACE_KEY)?
+            .map(|n| n.0.clone());
+        Ok(())
+    }
+}
+
+/// A namespace name (`[workspace] namespace`), checked to be one Kubernetes accepts.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(transparent)]
+pub struct Namespace(pub String);
+
+impl ConfigSection for Namespace {
+    fn validate(&mut self, _ctx: &SectionContext<'_>) -> Result<(), SectionError> {
+        check_name("", &self.0, 63)
+    }
+}
+
+/// An RFC 1123 label: what Kubernetes accepts for namespace and container names.
+fn check_name(field: &str, name: &str, max: usize) -> Result<(), SectionError> {
+    let valid = !name.is_empty()
+        && name.len() <= max
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if valid {
+        Ok(())
+    } else {
+        Err(SectionError::new(
+            field,
+            format!(
+                "{name:?} is not a valid name: at most {max} lowercase letters, digits and '-', starting and ending with a letter or digit"
+            ),
+        ))
+    }
+}
+
+/// An RFC 1123 subdomain: what Kubernetes accepts for Deployment names.
+fn check_subdomain(field: &str, name: &str) -> Result<(), SectionError> {
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .split('.')
+            .all(|label| check_name(field, label, 63).is_ok());
+    if valid {
+        Ok(())
+    } else {
+        Err(SectionError::new(
+            field,
+            format!(
+                "{name:?} is not a valid name: lowercase letters, digits, '-' and '.', starting and ending with a letter or digit"
+            ),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shipflow_core::Workspace;
+
+    fn load(extra: &str, target: &str) -> Result<Workspace, String> {
+        let toml = format!(
+            "[workspace]\nregistry = \"r.io\"\n{extra}\n[apps.api]\ndeploy.kubernetes = {{ {target} }}\n"
+        );
+        Workspace::loader()
+            .schema(schema())
+            .from_toml(&toml, ".")
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn bad_names_are_refused_at_load() {
+        let err = load("", "namespace = \"Bad_NS!!\"").expect_err("refused");
+        assert!(
+            err.starts_with(
+                "apps.api.deploy.kubernetes.namespace: \"Bad_NS!!\" is not a valid name"
+            ),
+            "{err}"
+        );
+        let err = load("namespace = \"-x\"", "").expect_err("refused");
+        assert!(
+            err.starts_with("workspace.namespace: \"-x\" is not a valid name"),
+            "{err}"
+        );
+        let err = load("", "deployment = \"api..v2\"").expect_err("refused");
+        assert!(
+            err.starts_with("apps.api.deploy.kubernetes.deployment:"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_workspace_namespace_is_the_apps_default() {
+        let ws = load("namespace = \"prod\"", "container = \"web\"").expect("valid");
+        let target = ws
+            .app("api")
+            .expect("api")
+            .deploy_target::<KubernetesTarget>(KUBERNETES_TARGET)
+            .expect("valid")
+            .expect("present");
+        assert_eq!(target.workspace_namespace.as_deref(), Some("prod"));
+        assert_eq!(target.namespace, None);
+        assert_eq!(target.container.as_deref(), Some("web"));
+    }
+}

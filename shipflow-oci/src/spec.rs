@@ -1,0 +1,241 @@
+//! `build = { type = "native", … }`: the native builder's section of `shipflow.toml`.
+//!
+//! ```toml
+//! [apps.web]
+//! build = { type = "native", base = "scratch", layers = [{ from = "apps/web/dist", to = "/srv" }], entrypoint = ["/srv/server"], expose = ["8080/tcp"] }
+//! ```
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use shipflow_core::{ConfigSection, ImageRef, Schema, SectionContext, SectionError};
+
+/// The build type [`NativeBuild`] is read for.
+pub const NATIVE_BUILD_TYPE: &str = "native";
+
+/// The sections this crate reads: `build = { type = "native", … }`.
+pub fn schema() -> Schema {
+    Schema::new().build_type::<NativeBuild>(NATIVE_BUILD_TYPE)
+}
+
+/// A native image: a base and layers made from directories, plus config.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct NativeBuild {
+    /// The base image, or `scratch` (the default).
+    #[serde(default = "scratch")]
+    pub base: String,
+    /// Layers, base-most first (dependencies first, app code last).
+    #[serde(default)]
+    pub layers: Vec<LayerSpec>,
+    /// `ENTRYPOINT`.
+    #[serde(default)]
+    pub entrypoint: Vec<String>,
+    /// `CMD`.
+    #[serde(default)]
+    pub cmd: Vec<String>,
+    /// Environment variables.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// `WORKDIR`.
+    pub workdir: Option<String>,
+    /// Exposed ports, e.g. `8080/tcp`.
+    #[serde(default)]
+    pub expose: Vec<String>,
+    /// `USER`.
+    pub user: Option<String>,
+    /// Image labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+fn scratch() -> String {
+    "scratch".into()
+}
+
+/// A layer of a native image: the files under `from` placed at `to`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct LayerSpec {
+    /// A file or directory, relative to the repository root.
+    pub from: String,
+    /// Where it goes in the image: an absolute path.
+    pub to: String,
+}
+
+impl LayerSpec {
+    /// The files under `from` (relative to the repository root) placed at `to`.
+    pub fn new(from: impl Into<String>, to: impl Into<String>) -> Self {
+        Self {
+            from: from.into(),
+            to: to.into(),
+        }
+    }
+}
+
+impl NativeBuild {
+    /// A build on `base` (`scratch` for none) with no layers yet.
+    pub fn new(base: impl Into<String>) -> Self {
+        Self {
+            base: base.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Adds a layer on top.
+    pub fn layer(mut self, layer: LayerSpec) -> Self {
+        self.layers.push(layer);
+        self
+    }
+}
+
+impl ConfigSection for NativeBuild {
+    fn validate(&mut self, ctx: &SectionContext<'_>) -> Result<(), SectionError> {
+        if self.base != "scratch" {
+            self.base.parse::<ImageRef>().map_err(|e| {
+                SectionError::new(
+                    "base",
+                    format!("{e}; give an image reference or \"scratch\""),
+                )
+            })?;
+        }
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            layer.from = ctx.repo_path(&format!("layers[{i}].from"), &layer.from)?;
+            layer.to = image_path(&layer.to)
+                .map_err(|why| SectionError::new(format!("layers[{i}].to"), why))?;
+        }
+        for (i, port) in self.expose.iter().enumerate() {
+            exposed_port(port).map_err(|why| SectionError::new(format!("expose[{i}]"), why))?;
+        }
+        if let Some(workdir) = &self.workdir
+            && !workdir.starts_with('/')
+        {
+            return Err(SectionError::new(
+                "workdir",
+                format!("{workdir:?} must be an absolute path in the image"),
+            ));
+        }
+        for key in self.env.keys() {
+            if key.is_empty() || key.contains('=') {
+                return Err(SectionError::new(
+                    format!("env.{key}"),
+                    "an environment variable name must be non-empty and without '='",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A path inside the image: absolute, normalised, never climbing above `/`.
+fn image_path(to: &str) -> Result<String, String> {
+    if !to.starts_with('/') {
+        return Err(format!(
+            "{to:?} must be an absolute path in the image, like \"/srv\""
+        ));
+    }
+    let mut parts: Vec<&str> = Vec::new();
+    for part in to.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                if parts.pop().is_none() {
+                    return Err(format!("{to:?} climbs above the image's root"));
+                }
+            }
+            p => parts.push(p),
+        }
+    }
+    // A trailing '/' says "into this directory": keep it.
+    let into = to.ends_with('/') && !parts.is_empty();
+    Ok(format!(
+        "/{}{}",
+        parts.join("/"),
+        if into { "/" } else { "" }
+    ))
+}
+
+/// `8080` → `8080/tcp`; checks the port number and protocol.
+pub(crate) fn exposed_port(port: &str) -> Result<String, String> {
+    let (number, proto) = port.split_once('/').unwrap_or((port, "tcp"));
+    let valid_number = number.parse::<u16>().is_ok_and(|n| n > 0);
+    if !valid_number || !matches!(proto, "tcp" | "udp" | "sctp") {
+        return Err(format!(
+            "{port:?} is not a port like \"8080\" or \"53/udp\""
+        ));
+    }
+    Ok(format!("{number}/{proto}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+    use shipflow_core::Workspace;
+
+    fn load(build: &str) -> Result<NativeBuild, String> {
+        let toml = format!(
+            "[workspace]\nregistry = \"r.io\"\n[apps.web]\nbuild = {{ type = \"native\", {build} }}\n"
+        );
+        Workspace::loader()
+            .schema(schema())
+            .from_toml(&toml, "/nonexistent-root")
+            .and_then(|ws| ws.app("web").expect("web").build_spec::<NativeBuild>())
+            .map(|b| b.as_ref().clone())
+            .map_err(|e| e.to_string())
+    }
+
+    #[rstest]
+    #[case::layer_outside_repo(
+        "layers = [{ from = \"../../secrets\", to = \"/s\" }]",
+        "apps.web.build.layers[0].from: \"../../secrets\" is outside the repository (shipflow.toml, line 4, column 47)"
+    )]
+    #[case::layer_to_climbs(
+        "layers = [{ from = \"dist\", to = \"/../../../etc\" }]",
+        "apps.web.build.layers[0].to: \"/../../../etc\" climbs above the image's root (shipflow.toml, line 4, column 60)"
+    )]
+    #[case::layer_to_relative(
+        "layers = [{ from = \"dist\", to = \"../../../etc\" }]",
+        "apps.web.build.layers[0].to: \"../../../etc\" must be an absolute path in the image, like \"/srv\" (shipflow.toml, line 4, column 60)"
+    )]
+    #[case::bad_expose(
+        "expose = [\"8080\", \"http\"]",
+        "apps.web.build.expose[1]: \"http\" is not a port like \"8080\" or \"53/udp\" (shipflow.toml, line 4, column 46)"
+    )]
+    #[case::bad_base(
+        "base = \"NOT A REF\"",
+        "apps.web.build.base: invalid image reference \"NOT A REF\""
+    )]
+    #[case::relative_workdir(
+        "workdir = \"srv\"",
+        "apps.web.build.workdir: \"srv\" must be an absolute path in the image (shipflow.toml, line 4, column 38)"
+    )]
+    fn bad_settings_are_refused_at_load(#[case] build: &str, #[case] start: &str) {
+        let err = load(build).expect_err("refused");
+        assert!(err.starts_with(start), "{err}\n---\n{start}");
+    }
+
+    #[test]
+    fn ports_default_to_tcp_and_are_checked() {
+        assert_eq!(exposed_port("8080").as_deref(), Ok("8080/tcp"));
+        assert_eq!(exposed_port("53/udp").as_deref(), Ok("53/udp"));
+        assert!(exposed_port("0").is_err());
+        assert!(exposed_port("80/http").is_err());
+    }
+
+    #[test]
+    fn paths_are_normalised() {
+        let build = load("base = \"r.io/base:1\", layers = [{ from = \"./apps/web/dist/\", to = \"/srv/./app\" }, { from = \"a\", to = \"/etc/\" }]")
+            .expect("valid");
+        assert_eq!(
+            build.layers,
+            [
+                LayerSpec::new("apps/web/dist", "/srv/app"),
+                LayerSpec::new("a", "/etc/")
+            ]
+        );
+        assert_eq!(build.base, "r.io/base:1");
+    }
+}
