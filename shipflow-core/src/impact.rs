@@ -1,12 +1,12 @@
 //! Impact analysis: which apps a set of changed paths touches, and why. Pure.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
 use crate::paths::is_under;
-use crate::{ChangedPath, Workspace};
+use crate::{App, ChangedPath, Workspace};
 
 /// Why an app is in a [`ChangeSet`].
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -139,36 +139,55 @@ pub fn analyze(
             });
         }
     }
+    let apps: Vec<&App> = workspace.apps().collect();
+    let index = PathIndex::new(&apps);
     let mut reasons: BTreeMap<String, Vec<Reason>> = BTreeMap::new();
-    for app in workspace.apps() {
-        let mut own = Vec::new();
-        if selection.all {
-            own.push(Reason::All);
+    if selection.all {
+        for app in &apps {
+            reasons.insert(app.name.clone(), vec![Reason::All]);
         }
-        for path in changes.iter().flat_map(ChangedPath::paths) {
-            if let Some(glob) = workspace.matching_shared(path) {
-                own.push(Reason::Shared {
-                    path: path.into(),
-                    glob: glob.into(),
-                });
-            } else if app.owns(path) {
-                own.push(Reason::OwnPath { path: path.into() });
+    }
+    // Each changed path gives each app at most one reason: shared, else its own
+    // path, else a package it depends on, else one of its input globs. Only the
+    // apps whose directories or packages hold the path, or that have input globs,
+    // are looked at: the cost follows the change, not the number of apps.
+    let mut candidates = Vec::new();
+    for path in changes.iter().flat_map(ChangedPath::paths) {
+        if let Some(glob) = workspace.matching_shared(path) {
+            for app in &apps {
+                reasons
+                    .entry(app.name.clone())
+                    .or_default()
+                    .push(Reason::Shared {
+                        path: path.into(),
+                        glob: glob.into(),
+                    });
+            }
+            continue;
+        }
+        index.candidates(path, &mut candidates);
+        for &i in &candidates {
+            let app = apps[i];
+            let reason = if app.owns(path) {
+                Reason::OwnPath { path: path.into() }
             } else if let Some(package) = app.package_paths().find(|p| is_under(path, p)) {
-                own.push(Reason::Package {
+                Reason::Package {
                     path: path.into(),
                     package: package.into(),
-                });
+                }
             } else if let Some(glob) = app.matching_input(path) {
-                own.push(Reason::Input {
+                Reason::Input {
                     path: path.into(),
                     glob: glob.into(),
-                });
-            }
+                }
+            } else {
+                continue;
+            };
+            reasons.entry(app.name.clone()).or_default().push(reason);
         }
-        if !own.is_empty() {
-            own.dedup();
-            reasons.insert(app.name.clone(), own);
-        }
+    }
+    for own in reasons.values_mut() {
+        own.dedup();
     }
     // Propagate through app dependencies until nothing new is added.
     loop {
@@ -203,6 +222,48 @@ pub fn analyze(
         apps: reasons,
         unchanged,
     })
+}
+
+/// Which apps a changed path can concern: those whose directory or package paths
+/// hold it (found by its prefixes), and those with input globs.
+struct PathIndex<'a> {
+    by_dir: HashMap<&'a str, Vec<usize>>,
+    with_inputs: Vec<usize>,
+}
+
+impl<'a> PathIndex<'a> {
+    fn new(apps: &[&'a App]) -> Self {
+        let mut by_dir: HashMap<&str, Vec<usize>> = HashMap::new();
+        let mut with_inputs = Vec::new();
+        for (i, app) in apps.iter().enumerate() {
+            for dir in std::iter::once(app.path.as_str()).chain(app.package_paths()) {
+                by_dir.entry(dir).or_default().push(i);
+            }
+            if !app.inputs.is_empty() {
+                with_inputs.push(i);
+            }
+        }
+        Self {
+            by_dir,
+            with_inputs,
+        }
+    }
+
+    /// Fills `out` with the indices of the apps `path` can concern, each once.
+    fn candidates(&self, path: &str, out: &mut Vec<usize>) {
+        out.clear();
+        out.extend_from_slice(&self.with_inputs);
+        let prefixes = std::iter::once("")
+            .chain(path.match_indices('/').map(|(i, _)| &path[..i]))
+            .chain(std::iter::once(path));
+        for prefix in prefixes {
+            if let Some(apps) = self.by_dir.get(prefix) {
+                out.extend_from_slice(apps);
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+    }
 }
 
 #[cfg(test)]
@@ -387,5 +448,132 @@ mod tests {
             err.to_string(),
             "unknown app \"nope\" in the app filter (known apps: admin, api, web, worker)"
         );
+    }
+
+    /// The first implementation, one app at a time over every path: the oracle the
+    /// indexed one must agree with.
+    fn naive(
+        workspace: &Workspace,
+        changes: &[ChangedPath],
+        all: bool,
+    ) -> BTreeMap<String, Vec<Reason>> {
+        let mut reasons: BTreeMap<String, Vec<Reason>> = BTreeMap::new();
+        for app in workspace.apps() {
+            let mut own = Vec::new();
+            if all {
+                own.push(Reason::All);
+            }
+            for path in changes.iter().flat_map(ChangedPath::paths) {
+                if let Some(glob) = workspace.matching_shared(path) {
+                    own.push(Reason::Shared {
+                        path: path.into(),
+                        glob: glob.into(),
+                    });
+                } else if app.owns(path) {
+                    own.push(Reason::OwnPath { path: path.into() });
+                } else if let Some(package) = app.package_paths().find(|p| is_under(path, p)) {
+                    own.push(Reason::Package {
+                        path: path.into(),
+                        package: package.into(),
+                    });
+                } else if let Some(glob) = app.matching_input(path) {
+                    own.push(Reason::Input {
+                        path: path.into(),
+                        glob: glob.into(),
+                    });
+                }
+            }
+            if !own.is_empty() {
+                own.dedup();
+                reasons.insert(app.name.clone(), own);
+            }
+        }
+        reasons
+    }
+
+    #[test]
+    fn the_index_agrees_with_looking_at_every_app() {
+        // A small deterministic generator: many workspaces and change sets.
+        let mut state: u64 = 0x5eed;
+        let mut next = |n: u64| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) % n
+        };
+        let dirs = [
+            "apps/a",
+            "apps/a/sub",
+            "apps/b",
+            "packages/db",
+            "packages/ui",
+            "libs",
+            "",
+        ];
+        let files = [
+            "x.rs",
+            "proto/m.proto",
+            "Cargo.lock",
+            "a/b.ts",
+            "conf.config.js",
+        ];
+        for round in 0..300 {
+            let mut toml =
+                String::from("[workspace]\nregistry = \"r.io\"\nshared = [\"Cargo.lock\"]\n");
+            let apps = 1 + next(5);
+            for a in 0..apps {
+                let path = dirs[next(dirs.len() as u64) as usize];
+                let path = if path.is_empty() { "." } else { path };
+                toml.push_str(&format!("[apps.app{a}]\npath = \"{path}\"\n"));
+                if next(2) == 0 {
+                    toml.push_str("inputs = [\"proto/**\", \"**/*.config.js\"]\n");
+                }
+                let package = ["packages/db", "packages/ui", "libs/"][next(3) as usize];
+                let upstream = if a > 0 {
+                    format!(", \"app{}\"", next(a))
+                } else {
+                    String::new()
+                };
+                toml.push_str(&format!("depends_on = [\"{package}\"{upstream}]\n"));
+            }
+            let ws = Workspace::from_toml(&toml, "/nonexistent-root").expect("valid");
+            let changes: Vec<ChangedPath> = (0..1 + next(4))
+                .map(|_| {
+                    let dir = dirs[next(dirs.len() as u64) as usize];
+                    let file = files[next(files.len() as u64) as usize];
+                    let path = if dir.is_empty() {
+                        file.to_owned()
+                    } else {
+                        format!("{dir}/{file}")
+                    };
+                    modified(&path)
+                })
+                .collect();
+            let all = next(5) == 0;
+            let selection = Selection {
+                all,
+                apps: Vec::new(),
+            };
+            let fast = analyze(&ws, &changes, &selection).expect("ok");
+            let slow = naive(&ws, &changes, all);
+            for (app, reasons) in &slow {
+                assert_eq!(
+                    fast.apps.get(app).map(|r| &r[..reasons.len()]),
+                    Some(&reasons[..]),
+                    "round {round}, {app}: {toml}\n{changes:?}"
+                );
+            }
+            for (app, reasons) in &fast.apps {
+                let direct: Vec<&Reason> = reasons
+                    .iter()
+                    .filter(|r| !matches!(r, Reason::Upstream { .. }))
+                    .collect();
+                assert_eq!(
+                    direct.len(),
+                    slow.get(app).map_or(0, Vec::len),
+                    "round {round}, {app}"
+                );
+            }
+        }
     }
 }

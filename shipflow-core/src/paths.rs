@@ -17,9 +17,16 @@ pub(crate) fn is_under(path: &str, dir: &str) -> bool {
             .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
+/// The repository root as the kernel resolves it, once per load; a root that cannot
+/// be resolved is taken as it is.
+pub(crate) fn real_root(root: &Path) -> PathBuf {
+    root.canonicalize().unwrap_or_else(|_| root.to_owned())
+}
+
 /// Normalises a repository-relative path (`./apps/x/` → `apps/x`, `.` → ``) and
 /// refuses absolute paths and paths that leave the repository, lexically or through
 /// symbolic links, whether the link's target exists or not. The error says why.
+/// `root` is the repository root as [`real_root`] resolves it.
 pub(crate) fn repo_path(raw: &str, root: &Path) -> Result<String, String> {
     let outside = || format!("{raw:?} is outside the repository");
     let mut parts: Vec<&str> = Vec::new();
@@ -42,12 +49,10 @@ pub(crate) fn repo_path(raw: &str, root: &Path) -> Result<String, String> {
 
 /// Whether `relative`, resolved under `root` the way the kernel resolves it
 /// (symbolic links followed one component at a time, `..` applied to where a link
-/// led), stays inside `root`. A component that does not exist ends the walk: the
-/// rest is lexical and was checked by the caller. A repository root that cannot be
-/// resolved is taken as it is.
+/// led), stays inside `root` (resolved). A component that does not exist ends the
+/// walk: the rest is lexical and was checked by the caller.
 fn stays_inside(root: &Path, relative: &Path) -> bool {
-    let root = root.canonicalize().unwrap_or_else(|_| root.to_owned());
-    let mut current = root.clone();
+    let mut current = root.to_owned();
     let mut pending: VecDeque<OsString> = relative
         .components()
         .map(|c| c.as_os_str().to_owned())
@@ -92,7 +97,7 @@ fn stays_inside(root: &Path, relative: &Path) -> bool {
             }
         }
     }
-    lexically_inside(&current, &root)
+    lexically_inside(&current, root)
 }
 
 /// Whether `path` (absolute, possibly with `..` left after a missing component)
@@ -147,6 +152,10 @@ fn compile_glob(glob: &str) -> Result<Glob, globset::Error> {
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
+
+    fn repo_path(raw: &str, root: &Path) -> Result<String, String> {
+        super::repo_path(raw, &real_root(root))
+    }
 
     fn repo() -> tempfile::TempDir {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -685,7 +685,10 @@ mod tests {
         ));
         let fits = "a".repeat(255 - "docker.io/library/".len());
         let parsed: ImageRef = fits.parse().expect("fits");
-        assert_eq!(parsed.to_string().parse::<ImageRef>().expect("round trip"), parsed);
+        assert_eq!(
+            parsed.to_string().parse::<ImageRef>().expect("round trip"),
+            parsed
+        );
         let tag = "t".repeat(129);
         assert!(matches!(
             format!("r.io/a:{tag}").parse::<ImageRef>(),

@@ -105,7 +105,7 @@ impl SectionContext<'_> {
     /// is absolute or leaves the repository, lexically or through symbolic links
     /// (dangling and chained ones included).
     pub fn repo_path(&self, field: &str, raw: &str) -> Result<String, SectionError> {
-        repo_path(raw, self.root()).map_err(|why| SectionError::new(field, why))
+        repo_path(raw, &self.section.0.doc.real_root).map_err(|why| SectionError::new(field, why))
     }
 
     /// The typed `[workspace]` key `key`, for a workspace-wide default of the
@@ -164,6 +164,8 @@ pub(crate) struct Document {
     pub(crate) file: PathBuf,
     pub(crate) text: String,
     pub(crate) root: PathBuf,
+    /// `root` as the kernel resolves it, for path checks.
+    pub(crate) real_root: PathBuf,
 }
 
 impl Document {
@@ -503,6 +505,7 @@ mod tests {
             file: "shipflow.toml".into(),
             text: "[apps.api]\ndeploy.x = { a = [1, 2] }\n".into(),
             root: ".".into(),
+            real_root: ".".into(),
         };
         let path = [
             Segment::Key("apps".into()),

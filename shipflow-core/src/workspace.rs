@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::environment::{Environment, RawEnvironment, deep_merge, environment_for, environments};
 use crate::hooks::Hooks;
-use crate::paths::{GlobError, glob_set, is_under, repo_path};
+use crate::paths::{GlobError, glob_set, is_under, real_root, repo_path};
 use crate::section::{AppScope, ConfigSection, Document, Schema, Section, Segment};
 use crate::{AppInputs, ImageRef, ReferenceError, RevisionInfo, TagTemplate};
 
@@ -456,7 +456,13 @@ impl WorkspaceLoader {
             lay_over(&mut raw, name)?;
         }
         let source = Arc::new((text.clone(), file.clone(), self.clone()));
-        let doc = Arc::new(Document { file, text, root });
+        let real_root = real_root(&root);
+        let doc = Arc::new(Document {
+            file,
+            text,
+            root,
+            real_root,
+        });
         let ws = raw.workspace;
         check_hooks("workspace.hooks", &ws.hooks, &doc)?;
         let registry = self.registry.clone().or(ws.registry);
@@ -701,7 +707,7 @@ impl AppLoader<'_> {
         if !name_ok {
             return Err(ConfigError::AppName { app: name.into() });
         }
-        let root = &self.doc.root;
+        let root = &self.doc.real_root;
         // The default path is checked too: apps/<name> may be a link out.
         let path = path_in_repo(
             &self.key("path"),
