@@ -73,6 +73,7 @@
 //! leave the context), compressed in parallel in fixed gzip members so that the same
 //! inputs give the same digests on any machine.
 
+mod attest;
 mod auth;
 mod builder;
 mod client;
@@ -83,17 +84,23 @@ mod gzip;
 mod layer;
 mod layer_cache;
 mod layout;
+mod platform;
 mod progress;
 mod spec;
 mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use attest::{PROVENANCE_ARTIFACT_TYPE, SBOM_ARTIFACT_TYPE};
 pub use auth::Credentials;
 pub use builder::{BuildError, NativeBuilder};
 pub use client::{RegistryClient, RegistryClientBuilder};
 pub use docker_config::DockerConfig;
 pub use error::{CertificateProblem, ConnectFailure, OciError, Step};
-pub use layout::{LayoutError, OCI_MANIFEST_MEDIA_TYPE, OciLayout, REF_NAME_ANNOTATION};
+pub use layout::{
+    LayoutError, OCI_INDEX_MEDIA_TYPE, OCI_MANIFEST_MEDIA_TYPE, OciLayout, REF_NAME_ANNOTATION,
+    Referrer, referrers_tag,
+};
+pub use platform::Platform;
 pub use spec::{LayerSpec, NATIVE_BUILD_TYPE, NativeBuild, schema};
 pub use store::LayoutRegistry;
