@@ -86,6 +86,7 @@ mod layer_cache;
 mod layout;
 mod platform;
 mod progress;
+mod sign;
 mod spec;
 mod store;
 #[cfg(feature = "testing")]
@@ -102,5 +103,6 @@ pub use layout::{
     Referrer, referrers_tag,
 };
 pub use platform::Platform;
+pub use sign::{ImageSigner, SIGNATURE_MEDIA_TYPE, signature_tag};
 pub use spec::{LayerSpec, NATIVE_BUILD_TYPE, NativeBuild, schema};
 pub use store::LayoutRegistry;
