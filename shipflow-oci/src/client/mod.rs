@@ -223,6 +223,8 @@ impl RegistryClientBuilder {
     /// (cosign) format: the signature goes to the `sha256-<digest>.sig` tag of
     /// the image's repository, where cosign and containers/image's
     /// `sigstoreSigned` policy (with `use-sigstore-attachments: true`) find it.
+    /// Each platform's manifest of an index is signed too, since a verifier that
+    /// pulls one platform checks that manifest's signature.
     pub fn sign_with(mut self, signer: crate::ImageSigner) -> Self {
         self.signer = Some(signer);
         self

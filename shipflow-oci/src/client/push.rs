@@ -172,6 +172,13 @@ impl RegistryClient {
             );
         }
         if let Some(signer) = signer {
+            // Each platform's manifest is signed too (as `cosign sign --recursive`):
+            // verifiers that pull one platform of an index (skopeo, Podman) check
+            // the signature of that platform's manifest.
+            for child in &plan.children {
+                self.push_signature(&call, &layout, &signer, &child.digest, &requests)
+                    .await?;
+            }
             let signature = self
                 .push_signature(&call, &layout, &signer, &image.digest, &requests)
                 .await?;
