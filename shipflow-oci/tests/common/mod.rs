@@ -411,8 +411,9 @@ impl Podman {
     }
 }
 
-/// The lines of a `docker-registry` log that record a finished request
-/// (`"METHOD /v2/… HTTP/1.1" status`), in order.
+/// The requests a `docker-registry` log records (`"METHOD /v2/… HTTP/1.1"
+/// status`), in order, as `METHOD path status`. The readiness probe of
+/// `TestRegistry` (HTTP/1.0) is left out.
 pub fn access_log(log: &str) -> Vec<String> {
     log.lines()
         .filter_map(|line| {
@@ -423,7 +424,7 @@ pub fn access_log(log: &str) -> Vec<String> {
                 .or_else(|| line.find("\"POST /v2/"))
                 .or_else(|| line.find("\"PATCH /v2/"))?;
             let rest = &line[start + 1..];
-            let end = rest.find(" HTTP/")?;
+            let end = rest.find(" HTTP/1.1\"")?;
             let status = rest[end..].split('"').nth(1)?.split_whitespace().next()?;
             Some(format!("{} {status}", &rest[..end]))
         })
