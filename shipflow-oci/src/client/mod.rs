@@ -7,6 +7,7 @@
 
 mod auth;
 mod blobs;
+mod copy;
 mod manifests;
 mod push;
 mod tls;

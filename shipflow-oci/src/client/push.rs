@@ -65,12 +65,21 @@ impl RegistryClient {
         if let Some(base) = base
             && !path.exists()
         {
-            // A base layer the builder never downloaded, and the target lacks.
-            return Err(OciError::BaseLayerMissing {
-                reference: call.name(),
-                digest: blob.digest.clone(),
-                base: base.name.clone(),
-            });
+            // A base layer the builder never downloaded, and the target lacks:
+            // streamed across from the base's repository.
+            return match self.copy_blob(call, base, blob, progress).await {
+                Ok(()) => {
+                    tracing::debug!(reference = %call.reference, digest = %blob.digest, base = %base.name, "base layer copied from its registry");
+                    Ok(BlobOutcome::Uploaded)
+                }
+                Err(cause @ OciError::Cancelled { .. }) => Err(cause),
+                Err(cause) => Err(OciError::BaseLayerMissing {
+                    reference: call.name(),
+                    digest: blob.digest.clone(),
+                    base: base.name.clone(),
+                    cause: cause.to_string(),
+                }),
+            };
         }
         // The upload's reader counts the bytes as they stream.
         self.upload_blob(call, blob, path, &BlobProgress::new(progress.clone()))
@@ -474,11 +483,11 @@ pub(super) enum BlobOutcome {
 
 /// The base image of a manifest the native builder wrote (its
 /// `org.opencontainers.image.base.name` annotation): its layers are not in the
-/// local layout, and are mounted from its repository when it is on the target's
-/// registry.
+/// local layout: they are mounted from its repository when it is on the
+/// target's registry, else copied from it.
 #[derive(Debug, Clone)]
 pub(super) struct BaseImage {
-    name: String,
+    pub(super) name: String,
     registry: String,
     repository: String,
 }
