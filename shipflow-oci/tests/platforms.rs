@@ -500,3 +500,59 @@ async fn a_platform_the_base_lacks_is_an_error_naming_it_and_attestations_are_no
         "the base's layer and the binary"
     );
 }
+
+#[tokio::test]
+async fn the_layout_store_holds_the_index_its_platforms_and_its_referrers() {
+    let repo = tempfile::tempdir().expect("repo");
+    rust_repo(repo.path());
+    let app = app(repo.path(), "127.0.0.1:5000", TWO_PLATFORMS);
+    let out = tempfile::tempdir().expect("images");
+    let image = build_with_threads(&app, repo.path(), out.path().join("images"), 2).await;
+    let store = shipflow_oci::LayoutRegistry::new(out.path().join("store"));
+    let target: shipflow_core::ImageRef = "localhost/team/api:v1".parse().expect("ref");
+    let report = store
+        .push(&image, &target, &Context::new())
+        .await
+        .expect("push");
+    assert!(report.manifest_written);
+    store
+        .tag(
+            &image.digest,
+            &"localhost/team/api:latest".parse().expect("ref"),
+            &Context::new(),
+        )
+        .await
+        .expect("tag the index");
+    let dir = store.layout_dir(&target);
+    for tag in ["v1", "latest"] {
+        let raw = run(
+            "skopeo",
+            &["inspect", "--raw", &format!("oci:{}:{tag}", path_str(&dir))],
+        );
+        assert_eq!(Digest::sha256(raw.as_bytes()), image.digest, "{tag}");
+    }
+    let copy = out.path().join("arm64");
+    run(
+        "skopeo",
+        &[
+            "--override-arch",
+            "arm64",
+            "copy",
+            &format!("oci:{}:v1", path_str(&dir)),
+            &format!("oci:{}:arm", path_str(&copy)),
+        ],
+    );
+    let copied = shipflow_oci::OciLayout::open(&copy)
+        .expect("copy")
+        .local_image("api", "arm")
+        .expect("image");
+    assert_eq!(copied.digest, image.platforms[1].digest);
+    let stored = shipflow_oci::OciLayout::open(&dir).expect("store layout");
+    let kinds: Vec<String> = stored
+        .referrers(&image.digest)
+        .expect("referrers")
+        .into_iter()
+        .map(|r| r.artifact_type)
+        .collect();
+    assert_eq!(kinds, [SBOM_ARTIFACT_TYPE, PROVENANCE_ARTIFACT_TYPE]);
+}
