@@ -176,6 +176,12 @@ async fn apply_and_config_through_the_cli() {
          - {name: worker, image: registry.local/worker:v1, envFrom: [{configMapRef: {name: app-config}}]}\n",
     )
     .expect("manifest");
+    // Its pods need the ConfigMap before they can start, on a real cluster too.
+    setup.cluster.seed_object(
+        "ConfigMap",
+        "default",
+        serde_json::json!({"metadata": {"name": "app-config"}, "data": {"MODE": "slow"}}),
+    );
     let dir = setup.path(&dir);
     assert_eq!(setup.run(&["apply", dir]).await, Exit::Shipped);
     assert!(setup.cluster.deployment("default", "worker").is_some());

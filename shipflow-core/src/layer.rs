@@ -279,6 +279,17 @@ impl<T: Registry> Registry for Retry<T> {
             .retry(ctx, transient, || self.inner.tag(digest, target, ctx))
             .await
     }
+
+    async fn copy(
+        &self,
+        source: &ImageRef,
+        target: &ImageRef,
+        ctx: &Context,
+    ) -> Result<Digest, BoxError> {
+        self.backoff
+            .retry(ctx, transient, || self.inner.copy(source, target, ctx))
+            .await
+    }
 }
 
 #[async_trait]

@@ -55,12 +55,14 @@ mod build;
 mod context;
 mod deploy;
 mod detect;
+mod environment;
 mod hooks;
 mod impact;
 mod layer;
 mod markers;
 mod paths;
 mod pipeline;
+mod promote;
 mod reference;
 mod registry;
 pub mod section;
@@ -79,6 +81,7 @@ pub use deploy::{DeployMeta, Deployed, Deployer, Revision, RollbackTarget, Rollo
 pub use detect::{
     AppInputs, ChangeDetector, ChangeKind, ChangedPath, ChangedPaths, Fingerprint, RevisionInfo,
 };
+pub use environment::Environment;
 pub use hooks::{
     CommandHooks, DEFAULT_HOOK_TIMEOUT_SECS, HookCommand, HookError, HookEvent, HookPoint, Hooks,
 };
@@ -89,6 +92,7 @@ pub use pipeline::{
     AppReport, FailurePolicy, Outcome, Pipeline, PipelineBuilder, PipelineError, Plan, PlannedApp,
     Report, RunStatus, StageTimings, error_chain,
 };
+pub use promote::{PromoteError, Promotion, Stop, promote};
 pub use reference::{DOCKER_HUB, Digest, ImageRef, ReferenceError, is_valid_tag, sanitize_tag};
 pub use registry::{Attachment, PushReport, Registry, RegistryByLocation};
 pub use section::{ConfigSection, Schema, Section, SectionContext, SectionError};

@@ -97,6 +97,9 @@ pub struct PlannedApp {
     pub fingerprint: Fingerprint,
     /// The tag it will be pushed under.
     pub tag: String,
+    /// Further tags moved to the pushed image (`tags = [...]` past the first).
+    #[serde(default)]
+    pub extra_tags: Vec<String>,
     /// The image it will be pushed as, `repository:tag`.
     pub image: ImageRef,
     /// The stages that will run.
@@ -185,6 +188,9 @@ pub struct AppReport {
     pub fingerprint: Fingerprint,
     /// The tag pushed.
     pub tag: String,
+    /// Further tags moved to the image, by manifest only.
+    #[serde(default)]
+    pub extra_tags: Vec<String>,
     /// The digest-pinned image, `repository@sha256:…`, once known.
     pub image: Option<ImageRef>,
     /// What the push did.
@@ -515,14 +521,22 @@ impl Pipeline {
                 Some(&fingerprint),
                 inner.settings.build_number.clone(),
             );
-            let tag = inner
-                .workspace
-                .tag_template()
-                .render(&values)
-                .map_err(|source| PipelineError::Tag {
-                    app: name.clone(),
-                    source,
-                })?;
+            let render = |template: &crate::TagTemplate| {
+                template
+                    .render(&values)
+                    .map_err(|source| PipelineError::Tag {
+                        app: name.clone(),
+                        source,
+                    })
+            };
+            let tag = render(inner.workspace.tag_template())?;
+            let mut extra_tags = Vec::new();
+            for template in inner.workspace.extra_tag_templates() {
+                let extra = render(template)?;
+                if extra != tag && !extra_tags.contains(&extra) {
+                    extra_tags.push(extra);
+                }
+            }
             let mut stages = Vec::new();
             if !inner.settings.skip_build {
                 stages.extend([Stage::Build, Stage::Push]);
@@ -538,6 +552,7 @@ impl Pipeline {
                     source,
                 })?;
             apps.push(PlannedApp {
+                extra_tags,
                 image,
                 tag,
                 app: name,
@@ -774,6 +789,9 @@ impl Pipeline {
             Ok(digest) => digest,
             Err(ending) => return ending,
         };
+        if let Err(error) = self.move_tags(app, planned, &digest, report, cell).await {
+            return failed(Stage::Push, error);
+        }
         let pinned = app.image.pinned(digest);
         report.image = Some(pinned.clone());
         let Some(deployer) = deployer.filter(|_| !s.skip_deploy) else {
@@ -805,6 +823,29 @@ impl Pipeline {
             Ok(rollout) => Ending::Deployed(rollout),
             Err(error) => failed(Stage::Deploy, error),
         }
+    }
+
+    /// Points the plan's further tags (`latest`, say) at `digest`, by manifest only.
+    async fn move_tags(
+        &self,
+        app: &App,
+        planned: &PlannedApp,
+        digest: &Digest,
+        report: &mut AppReport,
+        cell: &StageCell,
+    ) -> Result<(), BoxError> {
+        if planned.extra_tags.is_empty() {
+            return Ok(());
+        }
+        cell.set(Stage::Push);
+        let ctx = self.context().scoped(Some(&app.name), Stage::Push);
+        for tag in &planned.extra_tags {
+            let target = app.image.with_tag(tag)?;
+            self.registry().tag(digest, &target, &ctx).await?;
+            ctx.message(format!("tagged {target}"));
+            report.extra_tags.push(tag.clone());
+        }
+        Ok(())
     }
 
     /// The digest to deploy: found in the registry (a fingerprint tag, or
@@ -1065,6 +1106,7 @@ impl AppReport {
             outcome: Outcome::Skipped,
             fingerprint: planned.fingerprint.clone(),
             tag: planned.tag.clone(),
+            extra_tags: Vec::new(),
             image: None,
             push: None,
             rollout: None,

@@ -80,6 +80,20 @@ pub trait Registry: Send + Sync {
         let _ = (digest, ctx);
         Err(Unsupported::new(target.to_string(), "tag").into())
     }
+
+    /// Copies the image `source` (pinned by digest) to `target`'s repository (tag
+    /// or digest), moving only the blobs the target lacks; returns the digest there,
+    /// which is the source's. Used to promote an image between environments whose
+    /// registries differ. Defaults to an [`Unsupported`] error.
+    async fn copy(
+        &self,
+        source: &ImageRef,
+        target: &ImageRef,
+        ctx: &Context,
+    ) -> Result<Digest, BoxError> {
+        let _ = (source, ctx);
+        Err(Unsupported::new(target.to_string(), "copy").into())
+    }
 }
 
 #[async_trait]
@@ -103,6 +117,15 @@ impl<R: Registry + ?Sized> Registry for std::sync::Arc<R> {
 
     async fn tag(&self, digest: &Digest, target: &ImageRef, ctx: &Context) -> Result<(), BoxError> {
         (**self).tag(digest, target, ctx).await
+    }
+
+    async fn copy(
+        &self,
+        source: &ImageRef,
+        target: &ImageRef,
+        ctx: &Context,
+    ) -> Result<Digest, BoxError> {
+        (**self).copy(source, target, ctx).await
     }
 }
 
@@ -165,6 +188,15 @@ impl Registry for RegistryByLocation {
 
     async fn tag(&self, digest: &Digest, target: &ImageRef, ctx: &Context) -> Result<(), BoxError> {
         self.main.tag(digest, target, ctx).await
+    }
+
+    async fn copy(
+        &self,
+        source: &ImageRef,
+        target: &ImageRef,
+        ctx: &Context,
+    ) -> Result<Digest, BoxError> {
+        self.main.copy(source, target, ctx).await
     }
 }
 

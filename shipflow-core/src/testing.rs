@@ -353,6 +353,31 @@ impl Registry for MemoryRegistry {
         state.tags.insert(target.to_string(), digest.clone());
         Ok(())
     }
+
+    async fn copy(
+        &self,
+        source: &ImageRef,
+        target: &ImageRef,
+        ctx: &Context,
+    ) -> Result<Digest, BoxError> {
+        let digest = source
+            .digest()
+            .cloned()
+            .ok_or_else(|| format!("{source}: copy: the source must be pinned by digest"))?;
+        if ctx.dry_run() {
+            return Ok(digest);
+        }
+        let mut state = lock(&self.state);
+        if !state.manifests.contains(&(source.name(), digest.clone())) {
+            return Err(format!("{source}: copy: not in the registry").into());
+        }
+        state.writes += 1;
+        state.manifests.insert((target.name(), digest.clone()));
+        if target.tag().is_some() {
+            state.tags.insert(target.to_string(), digest.clone());
+        }
+        Ok(digest)
+    }
 }
 
 /// A revision of the fake deployer and the fingerprint it was deployed with.

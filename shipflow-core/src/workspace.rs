@@ -25,10 +25,11 @@ use std::sync::Arc;
 use globset::GlobSet;
 use serde::{Deserialize, Serialize};
 
+use crate::environment::{Environment, RawEnvironment, deep_merge, environment_for, environments};
 use crate::hooks::Hooks;
 use crate::paths::{GlobError, glob_set, is_under, repo_path};
 use crate::section::{AppScope, ConfigSection, Document, Schema, Section, Segment};
-use crate::{AppInputs, ImageRef, ReferenceError, TagTemplate};
+use crate::{AppInputs, ImageRef, ReferenceError, RevisionInfo, TagTemplate};
 
 /// The file name shipflow looks for.
 pub const CONFIG_FILE: &str = "shipflow.toml";
@@ -161,6 +162,24 @@ pub enum ConfigError {
         /// What is wrong, with the line where it is.
         message: String,
     },
+    /// The environment asked for is not in `[environments]`.
+    #[error("no environment {name:?} (known: {known}); add [environments.{name}] to shipflow.toml")]
+    UnknownEnvironment {
+        /// The name asked for.
+        name: String,
+        /// The known environments, comma separated.
+        known: String,
+    },
+    /// A ref matches the rules of more than one environment.
+    #[error(
+        "{reference} matches the rules of several environments ({environments}); make their branches and tags exclusive"
+    )]
+    AmbiguousEnvironment {
+        /// The tag or branch.
+        reference: String,
+        /// The environments it matches, comma separated.
+        environments: String,
+    },
     /// A deploy target, build type or `[workspace]` key that no adapter in use reads.
     #[error("{key}: unknown {what} {name:?} (known: {known})")]
     UnknownSection {
@@ -183,6 +202,8 @@ struct RawConfig {
     workspace: RawWorkspace,
     #[serde(default)]
     apps: BTreeMap<String, RawApp>,
+    #[serde(default)]
+    environments: BTreeMap<String, RawEnvironment>,
 }
 
 /// `[workspace]`.
@@ -192,6 +213,7 @@ struct RawWorkspace {
     #[serde(default)]
     shared: Vec<String>,
     tag: Option<String>,
+    tags: Option<Vec<String>>,
     #[serde(default)]
     hooks: Hooks,
     /// Keys of adapters (`namespace`, `[workspace.docker]`, …).
@@ -329,6 +351,11 @@ pub struct Workspace {
     shared: Vec<String>,
     shared_globs: GlobSet,
     tag: TagTemplate,
+    extra_tags: Vec<TagTemplate>,
+    environments: BTreeMap<String, Environment>,
+    environment: Option<String>,
+    /// The file and how it was loaded, to load it again for another environment.
+    source: Arc<(String, PathBuf, WorkspaceLoader)>,
     registry: Option<String>,
     git_sha: Option<String>,
     hooks: Hooks,
@@ -356,6 +383,7 @@ pub struct WorkspaceLoader {
     schema: Option<Schema>,
     registry: Option<String>,
     git_sha: Option<String>,
+    environment: Option<String>,
 }
 
 impl WorkspaceLoader {
@@ -378,6 +406,13 @@ impl WorkspaceLoader {
     /// The commit to put in tags instead of the one git reports (the CLI's `GIT_SHA`).
     pub fn git_sha(mut self, sha: Option<String>) -> Self {
         self.git_sha = sha.filter(|s| !s.trim().is_empty());
+        self
+    }
+
+    /// Loads the workspace as it is in `environment` (`[environments.<name>]` laid
+    /// over the file); `None` for the file as written.
+    pub fn environment(mut self, environment: Option<String>) -> Self {
+        self.environment = environment;
         self
     }
 
@@ -406,7 +441,7 @@ impl WorkspaceLoader {
     }
 
     fn build(&self, text: String, file: PathBuf, root: PathBuf) -> Result<Workspace, ConfigError> {
-        let raw: RawConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        let mut raw: RawConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: file.clone(),
             message: e.to_string().trim_end().to_owned(),
         })?;
@@ -415,15 +450,42 @@ impl WorkspaceLoader {
                 path: root.join(CONFIG_FILE),
             });
         }
+        let app_names: Vec<&str> = raw.apps.keys().map(String::as_str).collect();
+        let environments = environments(&raw.environments, &app_names)?;
+        if let Some(name) = &self.environment {
+            lay_over(&mut raw, name)?;
+        }
+        let source = Arc::new((text.clone(), file.clone(), self.clone()));
         let doc = Arc::new(Document { file, text, root });
         let ws = raw.workspace;
         check_hooks("workspace.hooks", &ws.hooks, &doc)?;
         let registry = self.registry.clone().or(ws.registry);
-        let tag = match &ws.tag {
-            Some(t) => t
-                .parse()
-                .map_err(|source| ConfigError::Template { source })?,
-            None => TagTemplate::default(),
+        let templates = match (&ws.tag, &ws.tags) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Section {
+                    key: "workspace.tags".into(),
+                    message: "give tag or tags, not both".into(),
+                });
+            }
+            (Some(t), None) => vec![t.clone()],
+            (None, Some(list)) if list.is_empty() => {
+                return Err(ConfigError::Section {
+                    key: "workspace.tags".into(),
+                    message: "give at least one tag template".into(),
+                });
+            }
+            (None, Some(list)) => list.clone(),
+            (None, None) => Vec::new(),
+        };
+        let mut templates = templates
+            .iter()
+            .map(|t| t.parse::<TagTemplate>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| ConfigError::Template { source })?;
+        let tag = if templates.is_empty() {
+            TagTemplate::default()
+        } else {
+            templates.remove(0)
         };
         let shared_globs = globs("workspace.shared", &ws.shared)?;
 
@@ -476,6 +538,10 @@ impl WorkspaceLoader {
             shared: ws.shared,
             shared_globs,
             tag,
+            extra_tags: templates,
+            environments,
+            environment: self.environment.clone(),
+            source,
             registry,
             git_sha: self.git_sha.clone(),
             hooks: ws.hooks,
@@ -522,6 +588,55 @@ fn check_section(
             })
         }
     }
+}
+
+/// Lays environment `name` over the file as written.
+fn lay_over(raw: &mut RawConfig, name: &str) -> Result<(), ConfigError> {
+    let Some(env) = raw.environments.get(name) else {
+        return Err(ConfigError::UnknownEnvironment {
+            name: name.to_owned(),
+            known: raw
+                .environments
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    };
+    let overlay = env.overlay();
+    if let Some(registry) = overlay.registry {
+        raw.workspace.registry = Some(registry.to_owned());
+    }
+    for (key, value) in overlay.workspace {
+        match raw.workspace.adapters.get_mut(key) {
+            Some(base) => deep_merge(base, value),
+            None => {
+                raw.workspace.adapters.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    for (app, table) in overlay.apps {
+        let Some(raw_app) = raw.apps.get_mut(app) else {
+            continue; // checked by `environments`
+        };
+        if let Some(build) = table.get("build") {
+            match &mut raw_app.build {
+                Some(base) => deep_merge(base, build),
+                None => raw_app.build = Some(build.clone()),
+            }
+        }
+        if let Some(toml::Value::Table(targets)) = table.get("deploy") {
+            for (target, value) in targets {
+                match raw_app.deploy.get_mut(target) {
+                    Some(base) => deep_merge(base, value),
+                    None => {
+                        raw_app.deploy.insert(target.clone(), value.clone());
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn check_hooks(key: &str, hooks: &Hooks, doc: &Document) -> Result<(), ConfigError> {
@@ -760,9 +875,46 @@ impl Workspace {
             .map(|&i| self.shared[i].as_str())
     }
 
-    /// The tag template.
+    /// The tag template: the tag an image is pushed under.
     pub fn tag_template(&self) -> &TagTemplate {
         &self.tag
+    }
+
+    /// The further tags moved to the pushed image (`tags = [...]` past the first,
+    /// such as `latest`).
+    pub fn extra_tag_templates(&self) -> &[TagTemplate] {
+        &self.extra_tags
+    }
+
+    /// The environments of `[environments]`, by name.
+    pub fn environments(&self) -> impl Iterator<Item = &Environment> {
+        self.environments.values()
+    }
+
+    /// The environment this workspace was loaded for, if any.
+    pub fn environment(&self) -> Option<&str> {
+        self.environment.as_deref()
+    }
+
+    /// The environment `revision` ships to by the rules of `[environments]` (a
+    /// tag on it, else its branch); `None` when no rule matches, an error when
+    /// several do.
+    pub fn environment_for(
+        &self,
+        revision: &RevisionInfo,
+    ) -> Result<Option<&Environment>, ConfigError> {
+        environment_for(&self.environments, revision)
+    }
+
+    /// The same file loaded for environment `name`, with the same schema and
+    /// overrides.
+    pub fn for_environment(&self, name: &str) -> Result<Workspace, ConfigError> {
+        let (text, file, loader) = self.source.as_ref();
+        loader.clone().environment(Some(name.to_owned())).build(
+            text.clone(),
+            file.clone(),
+            self.root.clone(),
+        )
     }
 
     /// The commit to put in tags instead of the one git reports, if the caller gave one.
@@ -1183,6 +1335,184 @@ mod tests {
                 "apps.api.deploy.thing: shipflow.toml: TOML parse error at line 4, column 25"
             ),
             "{err}"
+        );
+    }
+
+    const ENVIRONMENTS: &str = r#"
+[workspace]
+registry = "r.io/dev"
+namespace = "dev"
+tags = ["${SHORT_SHA}", "latest"]
+
+[apps.api]
+deploy.thing = { port = 80, names = ["a"] }
+build = { type = "native" }
+[apps.web]
+build = { type = "native" }
+
+[environments.staging]
+branches = ["main"]
+namespace = "staging"
+
+[environments.production]
+tags = ["v*"]
+registry = "r.io/prod"
+namespace = "prod"
+[environments.production.apps.api.deploy.thing]
+port = 443
+[environments.production.apps.web.deploy.thing]
+names = ["b"]
+"#;
+
+    fn revision(branch: Option<&str>, tag: Option<&str>) -> RevisionInfo {
+        RevisionInfo {
+            branch: branch.map(str::to_owned),
+            tag: tag.map(str::to_owned),
+            ..RevisionInfo::default()
+        }
+    }
+
+    #[test]
+    fn refs_map_to_environments_by_their_rules() {
+        let ws = Workspace::loader()
+            .schema(schema())
+            .from_toml(ENVIRONMENTS, ".")
+            .expect("valid");
+        let name = |r: &RevisionInfo| {
+            ws.environment_for(r)
+                .expect("one")
+                .map(|e| e.name().to_owned())
+        };
+        assert_eq!(
+            name(&revision(Some("main"), None)).as_deref(),
+            Some("staging")
+        );
+        assert_eq!(
+            name(&revision(Some("main"), Some("v1.2.0"))).as_deref(),
+            Some("production"),
+            "a tag rule wins over a branch rule"
+        );
+        assert_eq!(
+            name(&revision(None, Some("v1.2.0"))).as_deref(),
+            Some("production")
+        );
+        assert_eq!(name(&revision(Some("feature/x"), None)), None);
+        let twice = ENVIRONMENTS.replace(
+            "branches = [\"main\"]",
+            "branches = [\"main\"]\ntags = [\"v2*\"]",
+        );
+        let ws = Workspace::loader()
+            .schema(schema())
+            .from_toml(&twice, ".")
+            .expect("valid");
+        let err = ws
+            .environment_for(&revision(None, Some("v2.0.0")))
+            .expect_err("v2.0.0 matches two environments");
+        assert_eq!(
+            err.to_string(),
+            "v2.0.0 matches the rules of several environments (production, staging); make their branches and tags exclusive"
+        );
+    }
+
+    #[test]
+    fn an_environment_lays_its_settings_over_the_file() {
+        let ws = Workspace::loader()
+            .schema(schema())
+            .from_toml(ENVIRONMENTS, ".")
+            .expect("valid");
+        assert_eq!(ws.environment(), None);
+        assert_eq!(ws.extra_tag_templates().len(), 1, "latest");
+        let prod = ws.for_environment("production").expect("valid");
+        assert_eq!(prod.environment(), Some("production"));
+        assert_eq!(prod.registry(), Some("r.io/prod"));
+        assert_eq!(
+            prod.app("api").expect("api").image.to_string(),
+            "r.io/prod/api"
+        );
+        let api = prod
+            .app("api")
+            .expect("api")
+            .deploy_target::<Target>("thing")
+            .expect("ok")
+            .expect("some");
+        assert_eq!(
+            (api.port, api.names.as_slice(), api.namespace.as_deref()),
+            (Some(443), ["a".to_owned()].as_slice(), Some("prod"))
+        );
+        let web = prod
+            .app("web")
+            .expect("web")
+            .deploy_target::<Target>("thing")
+            .expect("ok")
+            .expect("added");
+        assert_eq!(web.names, ["b"]);
+        let staging = ws.for_environment("staging").expect("valid");
+        assert_eq!(staging.registry(), Some("r.io/dev"));
+        let api = staging
+            .app("api")
+            .expect("api")
+            .deploy_target::<Target>("thing")
+            .expect("ok")
+            .expect("some");
+        assert_eq!(
+            (api.port, api.namespace.as_deref()),
+            (Some(80), Some("staging"))
+        );
+        let err = ws.for_environment("qa").expect_err("unknown");
+        assert_eq!(
+            err.to_string(),
+            "no environment \"qa\" (known: production, staging); add [environments.qa] to shipflow.toml"
+        );
+    }
+
+    #[rstest]
+    #[case::unknown_app(
+        "[environments.prod.apps.nope.deploy.thing]\nport = 1",
+        "environments.prod.apps.nope: \"nope\" is not an app (known apps: api, web)"
+    )]
+    #[case::core_key(
+        "[environments.prod]\nshared = [\"x\"]",
+        "environments.prod.shared: is the same in every environment; set it in [workspace]"
+    )]
+    #[case::app_key(
+        "[environments.prod.apps.api]\npath = \"x\"",
+        "environments.prod.apps.api.path: an environment overrides only an app's build and deploy tables"
+    )]
+    #[case::bad_override(
+        "[environments.prod.apps.api.deploy.thing]\nnames = [\"\"]",
+        "apps.api.deploy.thing.names[0]: must not be empty"
+    )]
+    fn environment_errors_name_their_key(#[case] env: &str, #[case] start: &str) {
+        let toml = format!(
+            "{HEAD}namespace = \"dev\"\n[apps.api]\n{NATIVE}\n[apps.web]\n{NATIVE}\n{env}\n"
+        );
+        let result = Workspace::loader()
+            .schema(schema())
+            .from_toml(&toml, ".")
+            .and_then(|ws| ws.for_environment("prod"));
+        let err = result.expect_err("refused");
+        assert!(err.to_string().starts_with(start), "{err}\n---\n{start}");
+    }
+
+    #[test]
+    fn tag_and_tags_are_one_or_the_other() {
+        let err =
+            load(&format!("{HEAD}tag = \"a\"\ntags = [\"b\"]\n[apps.api]")).expect_err("both");
+        assert_eq!(
+            err.to_string(),
+            "workspace.tags: give tag or tags, not both"
+        );
+        let ws = load(&format!(
+            "{HEAD}tags = [\"${{BRANCH}}\", \"latest\", \"${{SHORT_SHA}}\"]\n[apps.api]"
+        ))
+        .expect("valid");
+        assert_eq!(ws.tag_template().as_str(), "${BRANCH}");
+        assert_eq!(
+            ws.extra_tag_templates()
+                .iter()
+                .map(|t| t.as_str())
+                .collect::<Vec<_>>(),
+            ["latest", "${SHORT_SHA}"]
         );
     }
 }

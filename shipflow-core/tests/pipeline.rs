@@ -757,3 +757,45 @@ async fn a_plan_naming_an_app_the_workspace_lacks_is_refused() {
     );
     assert!(parts.deployer.calls().is_empty());
 }
+
+#[tokio::test]
+async fn further_tags_follow_the_pushed_image_by_manifest_only() {
+    let ws = Workspace::from_toml(
+        "[workspace]\nregistry = \"127.0.0.1:5000/acme\"\ntags = [\"${SHORT_SHA}\", \"latest\", \"stable\"]\n[apps.api]\n",
+        ".",
+    )
+    .expect("valid");
+    let registry = Arc::new(MemoryRegistry::new());
+    let report = Pipeline::builder(ws)
+        .detector(Arc::new(
+            ScriptedDetector::new().with_change("apps/api/x.rs"),
+        ))
+        .builder(Arc::new(FakeBuilder::new()))
+        .registry(registry.clone())
+        .skip_deploy(true)
+        .build()
+        .expect("pipeline")
+        .run(Some("main"), "HEAD", &Selection::default())
+        .await
+        .expect("run");
+    let api = &report.apps[0];
+    assert_eq!(api.outcome, Outcome::Pushed);
+    assert_eq!(api.extra_tags, ["latest", "stable"]);
+    let pushed = api
+        .image
+        .as_ref()
+        .and_then(|i| i.digest())
+        .expect("digest")
+        .clone();
+    for tag in ["latest", "stable", "0123456"] {
+        let reference = format!("127.0.0.1:5000/acme/api:{tag}")
+            .parse()
+            .expect("ref");
+        assert_eq!(
+            registry.tag_digest(&reference),
+            Some(pushed.clone()),
+            "{tag}"
+        );
+    }
+    assert_eq!(report.plan.apps[0].extra_tags, ["latest", "stable"]);
+}

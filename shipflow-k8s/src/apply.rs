@@ -15,6 +15,8 @@ use shipflow_core::Context;
 use crate::KubeDeployer;
 use crate::KubeError;
 use crate::deployer::Target;
+use crate::retry::Failure;
+use crate::status::Expected;
 
 /// The kinds [`KubeDeployer::apply_dir`] applies: `(apiVersion, kind, plural)`.
 pub const APPLY_KINDS: &[(&str, &str, &str)] = &[
@@ -194,21 +196,27 @@ impl KubeDeployer {
             let api: Api<DynamicObject> =
                 Api::namespaced_with(self.client.clone(), &m.namespace, &m.resource);
             let object = format!("{} {}/{}", m.resource.kind, m.namespace, m.name);
-            let failed = |e| KubeError::Apply {
-                path: m.path.clone(),
-                document: m.document,
-                object: object.clone(),
-                source: Box::new(e),
+            let failed = |e| match e {
+                Failure::Api(e) => KubeError::Apply {
+                    path: m.path.clone(),
+                    document: m.document,
+                    object: object.clone(),
+                    source: Box::new(e),
+                },
+                Failure::Cancelled => Failure::Cancelled.about(&object, &object, "apply"),
             };
+            let cancel = ctx.cancellation();
             let before = self
                 .retry
-                .run("read before apply", false, || api.get_opt(&m.name))
+                .run("read before apply", false, cancel, || api.get_opt(&m.name))
                 .await
                 .map_err(failed)?;
             let patch = Patch::Apply(&m.body);
             let after = self
                 .retry
-                .run("apply", false, || api.patch(&m.name, &params, &patch))
+                .run("apply", false, cancel, || {
+                    api.patch(&m.name, &params, &patch)
+                })
                 .await
                 .map_err(failed)?;
             let changed = before
@@ -247,9 +255,12 @@ impl KubeDeployer {
                 let dep: Deployment = serde_json::to_value(&obj)
                     .and_then(serde_json::from_value)
                     .map_err(|e| {
-                        t.api_error("read applied deployment")(kube::Error::SerdeError(e))
+                        t.failed("read applied deployment")(Failure::Api(kube::Error::SerdeError(
+                            e,
+                        )))
                     })?;
-                self.wait_for_rollout(&t, dep, true, "watch applied rollout", ctx)
+                let expected = Expected::after_write(&dep);
+                self.wait_for_rollout(&t, dep, expected, "watch applied rollout", ctx, None)
                     .await
                     .map(drop)
             });

@@ -19,6 +19,8 @@ use shipflow_core::Context;
 use crate::KubeDeployer;
 use crate::KubeError;
 use crate::deployer::Target;
+use crate::retry::Failure;
+use crate::status::Expected;
 
 /// The label shipflow puts on the ConfigMaps it generates, with the base name.
 pub const CONFIG_MAP_LABEL: &str = "shipflow.dev/config-map";
@@ -57,7 +59,8 @@ impl EnvConfigMap {
         Self::parse(base, path, &text)
     }
 
-    /// Parses the text of an env file; `path` is for error messages.
+    /// Parses the text of an env file; `path` is for error messages, which give a bad
+    /// line's number and never its text (a value may be a secret).
     pub fn parse(base: &str, path: &Path, text: &str) -> Result<Self, KubeError> {
         let bad = |line: usize, message: String| KubeError::EnvFile {
             name: base.to_owned(),
@@ -75,7 +78,7 @@ impl EnvConfigMap {
             }
             let line = line.strip_prefix("export ").unwrap_or(line);
             let Some((key, value)) = line.split_once('=') else {
-                return Err(bad(number, format!("expected KEY=VALUE, got {line:?}")));
+                return Err(bad(number, "expected KEY=VALUE".into()));
             };
             let key = key.trim();
             if key.is_empty()
@@ -85,13 +88,13 @@ impl EnvConfigMap {
             {
                 return Err(bad(
                     number,
-                    format!("invalid key {key:?}: use letters, digits, '-', '_' and '.'"),
+                    "invalid key: a key has letters, digits, '-', '_' and '.'".into(),
                 ));
             }
             if let Some(first) = first_seen.insert(key.to_owned(), number) {
                 return Err(bad(
                     number,
-                    format!("{key} is set again (first on line {first})"),
+                    format!("its key is set again (first on line {first})"),
                 ));
             }
             let value = value.trim();
@@ -239,18 +242,14 @@ impl KubeDeployer {
         let object = format!("configmap {namespace}/{name}");
         let err = |step: &'static str| {
             let object = object.clone();
-            move |e| KubeError::Request {
-                app: config.base.clone(),
-                object,
-                step,
-                source: Box::new(e),
-            }
+            move |e: Failure| e.about(&config.base, &object, step)
         };
+        let cancel = ctx.cancellation();
         let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), namespace);
         let lp = ListParams::default();
         let listed = self
             .retry
-            .run("list deployments", false, || deployments.list(&lp))
+            .run("list deployments", false, cancel, || deployments.list(&lp))
             .await
             .map_err(err("list deployments"))?;
         let mut users = Vec::new();
@@ -304,12 +303,14 @@ impl KubeDeployer {
         let pp = PostParams::default();
         let created = match self
             .retry
-            .run("create config map", false, || maps.create(&pp, &map))
+            .run("create config map", false, cancel, || {
+                maps.create(&pp, &map)
+            })
             .await
         {
             Ok(_) => true,
             // The name is the content's hash: what is there is what we want.
-            Err(kube::Error::Api(s)) if s.code == 409 => false,
+            Err(Failure::Api(kube::Error::Api(s))) if s.code == 409 => false,
             Err(e) => return Err(err("create config map")(e)),
         };
         if created {
@@ -326,13 +327,14 @@ impl KubeDeployer {
                 deployment: dep_name.clone(),
                 container: String::new(),
             };
-            let updated = self.point_at(&t, dep, config, &name).await?;
+            let updated = self.point_at(&t, dep, config, &name, ctx).await?;
             ctx.message(format!(
                 "rolling deployment {namespace}/{dep_name} to config map {name}"
             ));
             rolled.push(dep_name);
             waits.push(async move {
-                self.wait_for_rollout(&t, updated, true, "watch config rollout", ctx)
+                let expected = Expected::after_write(&updated);
+                self.wait_for_rollout(&t, updated, expected, "watch config rollout", ctx, None)
                     .await
             });
         }
@@ -349,7 +351,8 @@ impl KubeDeployer {
     /// Deletes the versions of `config` in `namespace` (ConfigMaps with its
     /// [`CONFIG_MAP_LABEL`]) that no Deployment or ReplicaSet refers to, except
     /// `current` and the newest [`keep_config_maps`](Self::keep_config_maps). Returns
-    /// the names deleted; a failure ends the clean-up with a message through `ctx`.
+    /// the names deleted; a version whose delete is refused stays (said through
+    /// `ctx`), the others still go.
     async fn prune_config_maps(
         &self,
         namespace: &str,
@@ -358,8 +361,8 @@ impl KubeDeployer {
         ctx: &Context,
     ) -> Vec<String> {
         let mut pruned = Vec::new();
-        if let Err(e) = self
-            .prune_unused(namespace, config, current, &mut pruned)
+        if let Err(Failure::Api(e)) = self
+            .prune_unused(namespace, config, current, &mut pruned, ctx)
             .await
         {
             tracing::warn!(config = %config.base, error = %e, "config map clean-up stopped");
@@ -380,7 +383,9 @@ impl KubeDeployer {
         config: &EnvConfigMap,
         current: &str,
         pruned: &mut Vec<String>,
-    ) -> Result<(), kube::Error> {
+        ctx: &Context,
+    ) -> Result<(), Failure> {
+        let cancel = ctx.cancellation();
         let maps: Api<ConfigMap> = Api::namespaced(self.client.clone(), namespace);
         let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), namespace);
         let replica_sets: Api<ReplicaSet> = Api::namespaced(self.client.clone(), namespace);
@@ -389,7 +394,7 @@ impl KubeDeployer {
         let dp = DeleteParams::default();
         let mut versions = self
             .retry
-            .run("list config maps", false, || maps.list(&labelled))
+            .run("list config maps", false, cancel, || maps.list(&labelled))
             .await?
             .items;
         if versions.len() <= self.keep_config_maps {
@@ -398,14 +403,16 @@ impl KubeDeployer {
         let mut used = BTreeSet::from([current.to_owned()]);
         for dep in self
             .retry
-            .run("list deployments", false, || deployments.list(&all))
+            .run("list deployments", false, cancel, || deployments.list(&all))
             .await?
         {
             collect_refs(dep.spec.as_ref().map(|s| &s.template), &mut used);
         }
         for rs in self
             .retry
-            .run("list replica sets", false, || replica_sets.list(&all))
+            .run("list replica sets", false, cancel, || {
+                replica_sets.list(&all)
+            })
             .await?
         {
             collect_refs(
@@ -423,6 +430,8 @@ impl KubeDeployer {
             };
             key(b).cmp(&key(a))
         });
+        // A refused delete leaves that version, not the others.
+        let mut refused = None;
         for map in versions.into_iter().skip(self.keep_config_maps) {
             let Some(name) = map.metadata.name else {
                 continue;
@@ -432,15 +441,20 @@ impl KubeDeployer {
             }
             match self
                 .retry
-                .run("delete config map", false, || maps.delete(&name, &dp))
+                .run("delete config map", false, cancel, || {
+                    maps.delete(&name, &dp)
+                })
                 .await
             {
                 Ok(_) => pruned.push(name),
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(e) => return Err(e),
+                Err(Failure::Api(kube::Error::Api(s))) if s.code == 404 => {}
+                Err(Failure::Cancelled) => return Err(Failure::Cancelled),
+                Err(e) => {
+                    refused.get_or_insert(e);
+                }
             }
         }
-        Ok(())
+        refused.map_or(Ok(()), Err)
     }
 
     /// Replaces the Deployment with its references rewritten to `to`, guarded by its
@@ -451,28 +465,30 @@ impl KubeDeployer {
         mut dep: Deployment,
         config: &EnvConfigMap,
         to: &str,
+        ctx: &Context,
     ) -> Result<Deployment, KubeError> {
         let step = "point deployment at config map";
         let api: Api<Deployment> = Api::namespaced(self.client.clone(), &t.namespace);
+        let serde = |e| t.failed(step)(Failure::Api(kube::Error::SerdeError(e)));
         let mut attempts = self.retry.attempts.max(1);
         loop {
-            let mut value = serde_json::to_value(&dep)
-                .map_err(|e| t.api_error(step)(kube::Error::SerdeError(e)))?;
+            let mut value = serde_json::to_value(&dep).map_err(serde)?;
             rewrite_refs(&mut value["spec"]["template"], config, to);
-            let next: Deployment = serde_json::from_value(value)
-                .map_err(|e| t.api_error(step)(kube::Error::SerdeError(e)))?;
+            let next: Deployment = serde_json::from_value(value).map_err(serde)?;
             let pp = PostParams::default();
             match self
                 .retry
-                .run(step, false, || api.replace(&t.deployment, &pp, &next))
+                .run(step, false, ctx.cancellation(), || {
+                    api.replace(&t.deployment, &pp, &next)
+                })
                 .await
             {
                 Ok(d) => return Ok(d),
-                Err(kube::Error::Api(s)) if s.code == 409 && attempts > 1 => {
+                Err(Failure::Api(kube::Error::Api(s))) if s.code == 409 && attempts > 1 => {
                     attempts -= 1;
-                    dep = self.get(t, step).await?;
+                    dep = self.get(t, step, ctx).await?;
                 }
-                Err(e) => return Err(t.api_error(step)(e)),
+                Err(e) => return Err(t.failed(step)(e)),
             }
         }
     }
@@ -504,16 +520,26 @@ mod tests {
 
     #[test]
     fn bad_lines_name_the_file_and_line() {
-        for (text, line, says) in [
-            ("A=1\nnot a pair\n", 2, "expected KEY=VALUE"),
-            ("A=1\n\n# c\nB C=2\n", 4, "invalid key \"B C\""),
-            ("A=1\nA=2\n", 2, "A is set again (first on line 1)"),
-            ("=x\n", 1, "invalid key \"\""),
+        for (text, line, says, secret) in [
+            ("A=1\nhunter2\n", 2, "expected KEY=VALUE", "hunter2"),
+            ("A=1\n\n# c\ns3cr3t tok=2\n", 4, "invalid key", "s3cr3t"),
+            (
+                "TOKEN=1\nTOKEN=p4ssw0rd\n",
+                2,
+                "its key is set again (first on line 1)",
+                "p4ssw0rd",
+            ),
+            ("=xyzzy\n", 1, "invalid key", "xyzzy"),
         ] {
-            let err = config(text).expect_err("bad line").to_string();
+            let err = config(text).expect_err("bad line");
+            let shown = format!("{err} {err:?}");
             assert!(
-                err.contains(&format!("conf/app.env line {line}: ")) && err.contains(says),
-                "{err}"
+                shown.contains(&format!("conf/app.env line {line}: ")) && shown.contains(says),
+                "{shown}"
+            );
+            assert!(
+                !shown.contains(secret),
+                "the line is never repeated: {shown}"
             );
         }
     }

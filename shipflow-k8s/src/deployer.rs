@@ -3,26 +3,25 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures_util::StreamExt;
-use futures_util::stream::BoxStream;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{ListParams, Patch, PatchParams, WatchEvent, WatchParams};
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::{Map, Value, json};
 use shipflow_core::{
-    App, BoxError, Cancelled, Context, DeployMeta, Deployed, Deployer, Fingerprint, ImageRef,
-    Revision, RollbackTarget, Rollout,
+    App, BoxError, Context, DeployMeta, Deployed, Deployer, Fingerprint, ImageRef, Revision,
+    RollbackTarget, Rollout,
 };
 
 use std::future::Future;
 
 use crate::FailedPod;
 use crate::KubeError;
-use crate::lock::{self, DeployLock, LockOptions};
-use crate::retry::{RetryPolicy, transient};
+use crate::lock::{self, DeployLock, LockGuard, LockOptions};
+use crate::pods::{controlled_by, selector_query, template_without_hash};
+use crate::retry::{Failure, RetryPolicy};
+use crate::rollout::DEFAULT_FAILURE_WINDOW;
 use crate::spec::{KUBERNETES_TARGET, KubernetesTarget};
-use crate::status::{HASH_LABEL, Progress, assess, pod_failure, revision, waiting_for};
+use crate::status::{Expected, Verdict, judge, revision};
 
 /// The annotation with the app's input fingerprint.
 pub const FINGERPRINT_ANNOTATION: &str = "shipflow.dev/fingerprint";
@@ -31,23 +30,34 @@ pub const GIT_SHA_ANNOTATION: &str = "shipflow.dev/git-sha";
 /// The annotation `kubectl rollout history` shows as the change cause.
 pub const CHANGE_CAUSE_ANNOTATION: &str = "kubernetes.io/change-cause";
 
-const FIELD_MANAGER: &str = "shipflow";
-/// How long one watch request lasts before it is renewed.
-const WATCH_SECONDS: u32 = 290;
-/// The pause before watching again after a watch broke mid-stream.
-const REWATCH_PAUSE: Duration = Duration::from_millis(200);
+/// The field manager of shipflow's deploys and rollbacks (server-side apply of
+/// manifests is `shipflow`: a manifest's image and a deploy's are told apart).
+const FIELD_MANAGER: &str = "shipflow-deploy";
+/// Annotations a rollback keeps from the Deployment instead of taking the
+/// revision's, as `kubectl rollout undo` does.
+const KEPT_ON_ROLLBACK: &[&str] = &[
+    "kubectl.kubernetes.io/last-applied-configuration",
+    crate::status::REVISION,
+    "deployment.kubernetes.io/revision-history",
+    "deployment.kubernetes.io/desired-replicas",
+    "deployment.kubernetes.io/max-replicas",
+    "deprecated.deployment.rollback.to",
+];
 
 /// Rolls an app's Kubernetes Deployment to a pinned image and watches the rollout
-/// until it succeeds, fails (progress deadline, or a new pod that cannot pull its image,
-/// cannot start, or crash-loops beyond the restart budget), or times out.
+/// until it succeeds as `kubectl rollout status` judges it, fails (the progress
+/// deadline, a new pod that cannot pull its image, cannot start, or crash-loops
+/// beyond the restart budget, a paused Deployment, someone else's change to the
+/// template), or times out.
 ///
 /// Only the app's container image and a few annotations are patched; everything else
 /// in the Deployment stays as it is. See the [crate docs](crate) for an example.
 #[derive(Clone)]
 pub struct KubeDeployer {
     pub(crate) client: Client,
-    timeout: Duration,
-    restart_budget: u32,
+    pub(crate) timeout: Duration,
+    pub(crate) restart_budget: u32,
+    pub(crate) failure_window: Duration,
     pub(crate) retry: RetryPolicy,
     lock: Option<LockOptions>,
     held_locks: lock::HeldLocks,
@@ -60,6 +70,7 @@ impl std::fmt::Debug for KubeDeployer {
         f.debug_struct("KubeDeployer")
             .field("timeout", &self.timeout)
             .field("restart_budget", &self.restart_budget)
+            .field("failure_window", &self.failure_window)
             .field("retry", &self.retry)
             .field("lock", &self.lock)
             .field("keep_config_maps", &self.keep_config_maps)
@@ -69,13 +80,15 @@ impl std::fmt::Debug for KubeDeployer {
 }
 
 impl KubeDeployer {
-    /// A deployer using `client`; timeout 10 minutes, restart budget 2, the default
-    /// [`RetryPolicy`], no deploy lock, 3 unused ConfigMap versions kept.
+    /// A deployer using `client`; timeout 10 minutes, restart budget 2, failure
+    /// window 30 s, the default [`RetryPolicy`], no deploy lock, 3 unused ConfigMap
+    /// versions kept.
     pub fn new(client: Client) -> Self {
         Self {
             client,
             timeout: Duration::from_secs(600),
             restart_budget: 2,
+            failure_window: DEFAULT_FAILURE_WINDOW,
             retry: RetryPolicy::default(),
             lock: None,
             held_locks: lock::HeldLocks::default(),
@@ -110,8 +123,21 @@ impl KubeDeployer {
         self
     }
 
+    /// How long a new pod's trouble that often heals by itself must last before the
+    /// rollout fails: a pull that failed for another reason than "not found" or
+    /// "denied" (a registry's rate limit, a timeout: the kubelet retries),
+    /// `CreateContainerConfigError` (the ConfigMap or Secret may appear),
+    /// `CreateContainerError`, `RunContainerError`, and the Deployment's
+    /// `ReplicaFailure` (a quota that frees up). The pods are first looked at a tenth
+    /// of it (at most 3 s) after the Deployment last moved.
+    pub fn failure_window(mut self, window: Duration) -> Self {
+        self.failure_window = window;
+        self
+    }
+
     /// How API requests that fail for a passing reason (5xx, 429, a broken
-    /// connection, a 409 on the image patch) are retried.
+    /// connection, a 409 on the image patch) are retried, and how the rollout watch
+    /// backs off.
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.retry = policy;
         self
@@ -157,17 +183,19 @@ impl KubeDeployer {
         .await
     }
 
-    /// Runs `work` holding the app's deploy lock when one is configured; the lock is
-    /// released whether `work` succeeds or fails.
-    async fn locked<T, F>(&self, app: &App, ctx: &Context, work: F) -> Result<T, BoxError>
+    /// Runs `work` holding the app's deploy lock when one is configured (it gets the
+    /// lock's guard, to stop when the lock is lost); the lock is released whether
+    /// `work` succeeds or fails.
+    async fn locked<'a, T, F, Fut>(&self, app: &App, ctx: &Context, work: F) -> Result<T, BoxError>
     where
-        F: Future<Output = Result<T, BoxError>>,
+        F: FnOnce(Option<LockGuard>) -> Fut,
+        Fut: Future<Output = Result<T, BoxError>> + 'a,
     {
         if self.lock.is_none() || ctx.dry_run() {
-            return work.await;
+            return work(None).await;
         }
         let held = self.lock(app, ctx).await?;
-        let result = work.await;
+        let result = work(Some(held.guard())).await;
         let released = held.release().await;
         let value = result?;
         released?;
@@ -218,7 +246,7 @@ impl Target {
     }
 
     /// `namespace/deployment`.
-    fn workload(&self) -> String {
+    pub(crate) fn workload(&self) -> String {
         format!("{}/{}", self.namespace, self.deployment)
     }
 
@@ -230,27 +258,41 @@ impl Target {
         )
     }
 
-    pub(crate) fn api_error(
-        &self,
-        step: &'static str,
-    ) -> impl FnOnce(kube::Error) -> KubeError + '_ {
-        move |source| match &source {
-            kube::Error::Api(status) if status.code == 409 => KubeError::Conflict {
+    /// The error for a failed request: a conflict, a cancellation, or another failure.
+    pub(crate) fn failed(&self, step: &'static str) -> impl FnOnce(Failure) -> KubeError + '_ {
+        move |failure| match failure {
+            Failure::Api(source @ kube::Error::Api(_)) if is_conflict(&source) => {
+                KubeError::Conflict {
+                    app: self.app.clone(),
+                    workload: self.workload(),
+                    step,
+                    source: Box::new(source),
+                }
+            }
+            Failure::Api(source) => KubeError::Api {
                 app: self.app.clone(),
                 workload: self.workload(),
                 step,
                 source: Box::new(source),
             },
-            _ => KubeError::Api {
+            Failure::Cancelled => KubeError::Cancelled {
                 app: self.app.clone(),
                 workload: self.workload(),
                 step,
-                source: Box::new(source),
+                source: shipflow_core::Cancelled,
             },
         }
     }
 
-    fn not_found(&self, step: &'static str) -> KubeError {
+    pub(crate) fn paused(&self, step: &'static str) -> KubeError {
+        KubeError::Paused {
+            app: self.app.clone(),
+            workload: self.workload(),
+            step,
+        }
+    }
+
+    pub(crate) fn not_found(&self, step: &'static str) -> KubeError {
         KubeError::NotFound {
             app: self.app.clone(),
             workload: self.workload(),
@@ -292,80 +334,26 @@ impl Target {
             })
     }
 
-    fn pod_failed(&self, step: &'static str, pod: FailedPod) -> KubeError {
+    pub(crate) fn pod_failed(&self, step: &'static str, pod: Box<FailedPod>) -> KubeError {
         KubeError::PodFailed {
             app: self.app.clone(),
             workload: self.workload(),
             step,
-            pod: Box::new(pod),
+            pod,
         }
     }
+}
+
+fn is_conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 409)
 }
 
 fn annotation(meta: &kube::api::ObjectMeta, key: &str) -> Option<String> {
     meta.annotations.as_ref()?.get(key).cloned()
 }
 
-/// `k=v,k=v` for a Deployment's `matchLabels`.
-fn selector_of(dep: &Deployment) -> String {
-    dep.spec
-        .as_ref()
-        .and_then(|s| s.selector.match_labels.as_ref())
-        .map(|labels| {
-            labels
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-        .unwrap_or_default()
-}
-
-fn owned_by(rs: &ReplicaSet, uid: Option<&str>) -> bool {
-    rs.metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .any(|o| Some(o.uid.as_str()) == uid)
-}
-
-/// An RFC 7386 merge patch that turns `from` into `to`.
-fn merge_diff(from: &Value, to: &Value) -> Value {
-    match (from, to) {
-        (Value::Object(a), Value::Object(b)) => {
-            let mut patch = Map::new();
-            for key in a.keys().filter(|k| !b.contains_key(*k)) {
-                patch.insert(key.clone(), Value::Null);
-            }
-            for (key, value) in b {
-                match a.get(key) {
-                    Some(old) if old == value => {}
-                    Some(old) => {
-                        patch.insert(key.clone(), merge_diff(old, value));
-                    }
-                    None => {
-                        patch.insert(key.clone(), value.clone());
-                    }
-                }
-            }
-            Value::Object(patch)
-        }
-        _ => to.clone(),
-    }
-}
-
-/// The watch on a rollout's new pods.
-struct PodWatch {
-    selector: String,
-    resource_version: String,
-    stream: BoxStream<'static, kube::Result<WatchEvent<Pod>>>,
-}
-
-async fn next_pod_event(pods: &mut Option<PodWatch>) -> Option<kube::Result<WatchEvent<Pod>>> {
-    match pods {
-        Some(w) => w.stream.next().await,
-        None => std::future::pending().await,
-    }
+fn paused(dep: &Deployment) -> bool {
+    dep.spec.as_ref().and_then(|s| s.paused) == Some(true)
 }
 
 impl KubeDeployer {
@@ -377,304 +365,46 @@ impl KubeDeployer {
         &self,
         t: &Target,
         step: &'static str,
+        ctx: &Context,
     ) -> Result<Deployment, KubeError> {
         let api = self.deployments(t);
         self.retry
-            .run(step, false, || api.get_opt(&t.deployment))
+            .run(step, false, ctx.cancellation(), || {
+                api.get_opt(&t.deployment)
+            })
             .await
-            .map_err(t.api_error(step))?
+            .map_err(t.failed(step))?
             .ok_or_else(|| t.not_found(step))
     }
 
-    /// The ReplicaSets the Deployment owns, oldest revision first.
+    /// The ReplicaSets the Deployment controls, oldest revision first.
     async fn replica_sets(
         &self,
         t: &Target,
         dep: &Deployment,
         step: &'static str,
+        ctx: &Context,
     ) -> Result<Vec<ReplicaSet>, KubeError> {
         let api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), &t.namespace);
-        let lp = ListParams::default().labels(&selector_of(dep));
+        let selector = dep
+            .spec
+            .as_ref()
+            .map(|s| selector_query(&s.selector))
+            .unwrap_or_default();
+        let lp = ListParams::default().labels(&selector);
         let list = self
             .retry
-            .run(step, false, || api.list(&lp))
+            .run(step, false, ctx.cancellation(), || api.list(&lp))
             .await
-            .map_err(t.api_error(step))?;
+            .map_err(t.failed(step))?;
         let uid = dep.metadata.uid.as_deref();
         let mut sets: Vec<ReplicaSet> = list
             .items
             .into_iter()
-            .filter(|rs| owned_by(rs, uid))
+            .filter(|rs| controlled_by(&rs.metadata, uid))
             .collect();
         sets.sort_by_key(|rs| revision(&rs.metadata).unwrap_or(0));
         Ok(sets)
-    }
-
-    /// Once the controller has made the new ReplicaSet: watches its pods. With `since`
-    /// (the resourceVersion of the write that started the rollout, before which none
-    /// of its pods can exist) the watch starts there; without, the pods are listed
-    /// first (failing at once if one already failed).
-    async fn watch_new_pods(
-        &self,
-        t: &Target,
-        dep: &Deployment,
-        since: Option<&str>,
-        step: &'static str,
-    ) -> Result<Option<PodWatch>, KubeError> {
-        let Some(rev) = revision(&dep.metadata) else {
-            return Ok(None);
-        };
-        let sets = self.replica_sets(t, dep, step).await?;
-        let Some(hash) = sets
-            .iter()
-            .find(|rs| revision(&rs.metadata) == Some(rev))
-            .and_then(|rs| rs.metadata.labels.as_ref()?.get(HASH_LABEL).cloned())
-        else {
-            return Ok(None);
-        };
-        let base = selector_of(dep);
-        let selector = if base.is_empty() {
-            format!("{HASH_LABEL}={hash}")
-        } else {
-            format!("{base},{HASH_LABEL}={hash}")
-        };
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), &t.namespace);
-        let (resource_version, stream) = match since {
-            Some(rv) => (
-                rv.to_owned(),
-                self.watch_pods(t, &api, &selector, rv, step).await?,
-            ),
-            None => self.list_and_watch_pods(t, &api, &selector, step).await?,
-        };
-        Ok(Some(PodWatch {
-            selector,
-            resource_version,
-            stream,
-        }))
-    }
-
-    async fn list_and_watch_pods(
-        &self,
-        t: &Target,
-        api: &Api<Pod>,
-        selector: &str,
-        step: &'static str,
-    ) -> Result<(String, BoxStream<'static, kube::Result<WatchEvent<Pod>>>), KubeError> {
-        let lp = ListParams::default().labels(selector);
-        let pods = self
-            .retry
-            .run(step, false, || api.list(&lp))
-            .await
-            .map_err(t.api_error(step))?;
-        for pod in &pods.items {
-            if let Some(f) = pod_failure(pod, self.restart_budget) {
-                return Err(t.pod_failed(step, f));
-            }
-        }
-        let rv = pods.metadata.resource_version.unwrap_or_default();
-        let stream = self.watch_pods(t, api, selector, &rv, step).await?;
-        Ok((rv, stream))
-    }
-
-    async fn watch_pods(
-        &self,
-        t: &Target,
-        api: &Api<Pod>,
-        selector: &str,
-        rv: &str,
-        step: &'static str,
-    ) -> Result<BoxStream<'static, kube::Result<WatchEvent<Pod>>>, KubeError> {
-        let wp = WatchParams::default()
-            .labels(selector)
-            .timeout(WATCH_SECONDS);
-        Ok(self
-            .retry
-            .run(step, false, || api.watch(&wp, rv))
-            .await
-            .map_err(t.api_error(step))?
-            .boxed())
-    }
-
-    async fn watch_deployment(
-        &self,
-        t: &Target,
-        api: &Api<Deployment>,
-        wp: &WatchParams,
-        rv: &str,
-        step: &'static str,
-    ) -> Result<BoxStream<'static, kube::Result<WatchEvent<Deployment>>>, KubeError> {
-        Ok(self
-            .retry
-            .run(step, false, || api.watch(wp, rv))
-            .await
-            .map_err(t.api_error(step))?
-            .boxed())
-    }
-
-    /// Watches the Deployment (and, once it exists, the new ReplicaSet's pods) until
-    /// generation `generation` is rolled out, or fails. `fresh`: `start` is the answer
-    /// to the write that changed the pod template, so every new pod is younger than it.
-    pub(crate) async fn wait_for_rollout(
-        &self,
-        t: &Target,
-        start: Deployment,
-        fresh: bool,
-        step: &'static str,
-        ctx: &Context,
-    ) -> Result<Deployment, KubeError> {
-        let generation = start.metadata.generation.unwrap_or(0);
-        let since = fresh
-            .then(|| start.metadata.resource_version.clone())
-            .flatten();
-        let deadline = tokio::time::Instant::now() + self.timeout;
-        let api = self.deployments(t);
-        let pod_api: Api<Pod> = Api::namespaced(self.client.clone(), &t.namespace);
-        let wp = WatchParams::default()
-            .fields(&format!("metadata.name={}", t.deployment))
-            .timeout(WATCH_SECONDS);
-        let mut rv = start.metadata.resource_version.clone().unwrap_or_default();
-        let mut dep = start;
-        let mut stream = self.watch_deployment(t, &api, &wp, &rv, step).await?;
-        let mut pods: Option<PodWatch> = None;
-        let mut reported = None;
-        let mut said = None;
-        loop {
-            let (ready, desired) = match assess(&dep, generation) {
-                Progress::Complete => {
-                    tracing::debug!(app = %t.app, workload = %t.workload(), "rollout complete");
-                    if let Some(desired) = dep.spec.as_ref().and_then(|s| s.replicas) {
-                        let desired = u64::try_from(desired).unwrap_or(0);
-                        ctx.progress(desired, Some(desired), "replicas");
-                    }
-                    return Ok(dep);
-                }
-                Progress::DeadlineExceeded(message) => {
-                    return Err(KubeError::DeadlineExceeded {
-                        app: t.app.clone(),
-                        workload: t.workload(),
-                        step,
-                        message,
-                    });
-                }
-                Progress::ReplicaFailure(message) => {
-                    return Err(KubeError::ReplicaFailure {
-                        app: t.app.clone(),
-                        workload: t.workload(),
-                        step,
-                        message,
-                    });
-                }
-                Progress::Rolling { ready, desired } => (ready, desired),
-            };
-            if reported != Some((ready, desired)) {
-                ctx.progress(ready, Some(desired), "replicas");
-                reported = Some((ready, desired));
-            }
-            let line = waiting_for(&dep, generation);
-            if line != said {
-                if let Some(text) = &line {
-                    ctx.message(text.clone());
-                }
-                said = line;
-            }
-            let observed = dep
-                .status
-                .as_ref()
-                .and_then(|s| s.observed_generation)
-                .unwrap_or(0)
-                >= generation;
-            if pods.is_none() && observed {
-                pods = self.watch_new_pods(t, &dep, since.as_deref(), step).await?;
-            }
-            tokio::select! {
-                () = ctx.cancellation().cancelled() => {
-                    return Err(KubeError::Cancelled {
-                        app: t.app.clone(),
-                        workload: t.workload(),
-                        step,
-                        source: Cancelled,
-                    });
-                }
-                () = tokio::time::sleep_until(deadline) => {
-                    return Err(KubeError::Timeout {
-                        app: t.app.clone(),
-                        workload: t.workload(),
-                        step,
-                        waited: self.timeout,
-                        ready,
-                        desired,
-                    });
-                }
-                event = stream.next() => match event {
-                    // The server ended the watch: resume where it stopped.
-                    None => {
-                        tracing::debug!(app = %t.app, %rv, "deployment watch ended; watching again");
-                        stream = self.watch_deployment(t, &api, &wp, &rv, step).await?;
-                    }
-                    // A broken connection mid-watch: watch again from where it stopped.
-                    Some(Err(e)) if transient(&e, false) => {
-                        tracing::debug!(app = %t.app, %rv, error = %e, "deployment watch broke; watching again");
-                        tokio::time::sleep(REWATCH_PAUSE).await;
-                        stream = self.watch_deployment(t, &api, &wp, &rv, step).await?;
-                    }
-                    Some(Err(e)) => return Err(t.api_error(step)(e)),
-                    Some(Ok(WatchEvent::Added(d) | WatchEvent::Modified(d))) => {
-                        rv = d.metadata.resource_version.clone().unwrap_or(rv);
-                        dep = d;
-                    }
-                    Some(Ok(WatchEvent::Deleted(_))) => return Err(t.not_found(step)),
-                    Some(Ok(WatchEvent::Bookmark(b))) => rv = b.metadata.resource_version,
-                    Some(Ok(WatchEvent::Error(status))) if status.code == 410 => {
-                        // Too old a resource version: read the Deployment again, watch from there.
-                        dep = self.get(t, step).await?;
-                        rv = dep.metadata.resource_version.clone().unwrap_or_default();
-                        stream = self.watch_deployment(t, &api, &wp, &rv, step).await?;
-                    }
-                    Some(Ok(WatchEvent::Error(status))) => {
-                        return Err(t.api_error(step)(kube::Error::Api(status)));
-                    }
-                },
-                event = next_pod_event(&mut pods) => {
-                    let Some(w) = pods.as_mut() else { continue };
-                    match event {
-                        None => {
-                            w.stream = self
-                                .watch_pods(t, &pod_api, &w.selector, &w.resource_version, step)
-                                .await?;
-                        }
-                        Some(Err(e)) if transient(&e, false) => {
-                            tokio::time::sleep(REWATCH_PAUSE).await;
-                            w.stream = self
-                                .watch_pods(t, &pod_api, &w.selector, &w.resource_version, step)
-                                .await?;
-                        }
-                        Some(Err(e)) => return Err(t.api_error(step)(e)),
-                        Some(Ok(WatchEvent::Added(p) | WatchEvent::Modified(p))) => {
-                            if let Some(rv) = p.metadata.resource_version.clone() {
-                                w.resource_version = rv;
-                            }
-                            if let Some(f) = pod_failure(&p, self.restart_budget) {
-                                return Err(t.pod_failed(step, f));
-                            }
-                        }
-                        Some(Ok(WatchEvent::Deleted(_))) => {}
-                        Some(Ok(WatchEvent::Bookmark(b))) => {
-                            w.resource_version = b.metadata.resource_version;
-                        }
-                        Some(Ok(WatchEvent::Error(status))) if status.code == 410 => {
-                            let (rv, s) = self
-                                .list_and_watch_pods(t, &pod_api, &w.selector, step)
-                                .await?;
-                            w.resource_version = rv;
-                            w.stream = s;
-                        }
-                        Some(Ok(WatchEvent::Error(status))) => {
-                            return Err(t.api_error(step)(kube::Error::Api(status)));
-                        }
-                    }
-                }
-            }
-        }
     }
 
     fn params() -> PatchParams {
@@ -687,22 +417,24 @@ impl KubeDeployer {
 
 #[async_trait]
 impl Deployer for KubeDeployer {
-    async fn current(&self, app: &App, _ctx: &Context) -> Result<Option<Deployed>, BoxError> {
+    async fn current(&self, app: &App, ctx: &Context) -> Result<Option<Deployed>, BoxError> {
         let t = self.target(app)?;
         let step = "read deployment";
         let api = self.deployments(&t);
         let Some(dep) = self
             .retry
-            .run(step, false, || api.get_opt(&t.deployment))
+            .run(step, false, ctx.cancellation(), || {
+                api.get_opt(&t.deployment)
+            })
             .await
-            .map_err(t.api_error(step))?
+            .map_err(t.failed(step))?
         else {
             return Ok(None);
         };
         let image = t.image_in(dep.spec.as_ref().map(|s| &s.template), step)?;
         // The fingerprint counts once its rollout completed: a failed one left in
         // place must be deployed (and so checked) again, not skipped as unchanged.
-        let complete = assess(&dep, dep.metadata.generation.unwrap_or(0)) == Progress::Complete;
+        let complete = judge(&dep, &Expected::current(&dep)) == Verdict::Complete;
         Ok(Some(
             Deployed::new(image)
                 .with_revision(revision(&dep.metadata))
@@ -722,8 +454,10 @@ impl Deployer for KubeDeployer {
         meta: &DeployMeta,
         ctx: &Context,
     ) -> Result<Rollout, BoxError> {
-        self.locked(app, ctx, self.deploy_image(app, image, meta, ctx))
-            .await
+        self.locked(app, ctx, |lock| {
+            self.deploy_image(app, image, meta, ctx, lock)
+        })
+        .await
     }
 
     async fn rollback(
@@ -732,7 +466,8 @@ impl Deployer for KubeDeployer {
         to: RollbackTarget,
         ctx: &Context,
     ) -> Result<Rollout, BoxError> {
-        self.locked(app, ctx, self.roll_back(app, to, ctx)).await
+        self.locked(app, ctx, |lock| self.roll_back(app, to, ctx, lock))
+            .await
     }
 
     async fn history(&self, app: &App, ctx: &Context) -> Result<Vec<Revision>, BoxError> {
@@ -747,23 +482,28 @@ impl KubeDeployer {
         image: &ImageRef,
         meta: &DeployMeta,
         ctx: &Context,
+        lock: Option<LockGuard>,
     ) -> Result<Rollout, BoxError> {
         let t = self.target(app)?;
-        let dep = self.get(&t, "read deployment").await?;
-        let running = t.image_in(dep.spec.as_ref().map(|s| &s.template), "read deployment")?;
+        let step = "read deployment";
+        let dep = self.get(&t, step, ctx).await?;
+        if paused(&dep) {
+            return Err(t.paused("deploy").into());
+        }
+        let running = t.image_in(dep.spec.as_ref().map(|s| &s.template), step)?;
         let wanted = image.to_string();
         if running == wanted {
             // Already in the spec. If an earlier rollout of it has not finished (or
             // failed), say so rather than report a broken workload as unchanged.
-            let generation = dep.metadata.generation.unwrap_or(0);
-            let dep = if assess(&dep, generation) == Progress::Complete || ctx.dry_run() {
+            let expected = Expected::current(&dep);
+            let dep = if judge(&dep, &expected) == Verdict::Complete || ctx.dry_run() {
                 dep
             } else {
                 ctx.message(format!(
                     "{wanted} is already in {}; waiting for its rollout",
                     t.describe()
                 ));
-                self.wait_for_rollout(&t, dep, false, "watch rollout", ctx)
+                self.wait_for_rollout(&t, dep, expected, "watch rollout", ctx, lock.as_ref())
                     .await?
             };
             tracing::debug!(app = %t.app, image = %wanted, "already running");
@@ -778,7 +518,11 @@ impl KubeDeployer {
             ));
             return Ok(Rollout::new(wanted, t.describe(), true));
         }
-        t.check_cancelled(ctx, "patch image")?;
+        let step = "patch image";
+        t.check_cancelled(ctx, step)?;
+        if let Some(lock) = &lock {
+            lock.check(step)?;
+        }
         ctx.message(format!(
             "rolling {} from {running} to {wanted}",
             t.describe()
@@ -799,14 +543,15 @@ impl KubeDeployer {
         let patch = Patch::Strategic(&patch);
         let patched = self
             .retry
-            .run("patch image", true, || {
+            .run(step, true, ctx.cancellation(), || {
                 api.patch(&t.deployment, &params, &patch)
             })
             .await
-            .map_err(t.api_error("patch image"))?;
+            .map_err(t.failed(step))?;
         tracing::debug!(app = %t.app, workload = %t.workload(), generation = ?patched.metadata.generation, "patched image");
+        let expected = Expected::after_write(&patched);
         let done = self
-            .wait_for_rollout(&t, patched, true, "watch rollout", ctx)
+            .wait_for_rollout(&t, patched, expected, "watch rollout", ctx, lock.as_ref())
             .await?;
         Ok(Rollout::new(wanted, t.describe(), true).with_revision(revision(&done.metadata)))
     }
@@ -816,12 +561,17 @@ impl KubeDeployer {
         app: &App,
         to: RollbackTarget,
         ctx: &Context,
+        lock: Option<LockGuard>,
     ) -> Result<Rollout, BoxError> {
         let t = self.target(app)?;
         let step = "rollback";
-        let dep = self.get(&t, step).await?;
+        let dep = self.get(&t, step, ctx).await?;
+        if paused(&dep) {
+            // As kubectl: a paused Deployment would queue the rollback, not roll it.
+            return Err(t.paused(step).into());
+        }
         let current = revision(&dep.metadata);
-        let sets = self.replica_sets(&t, &dep, step).await?;
+        let sets = self.replica_sets(&t, &dep, step, ctx).await?;
         let found = match to {
             RollbackTarget::Previous => sets
                 .iter()
@@ -847,13 +597,7 @@ impl KubeDeployer {
         let target_rev = revision(&rs.metadata);
         let rs_template = rs.spec.as_ref().and_then(|s| s.template.as_ref());
         let image = t.image_in(rs_template, step)?;
-        let mut template = serde_json::to_value(rs_template)?;
-        if let Some(labels) = template
-            .pointer_mut("/metadata/labels")
-            .and_then(Value::as_object_mut)
-        {
-            labels.remove(HASH_LABEL);
-        }
+        let template = template_without_hash(rs);
         let now = serde_json::to_value(dep.spec.as_ref().map(|s| &s.template))?;
         if now == template {
             return Ok(Rollout::new(image, t.describe(), false).with_revision(current));
@@ -867,41 +611,56 @@ impl KubeDeployer {
             return Ok(Rollout::new(image, t.describe(), true).with_revision(target_rev));
         }
         t.check_cancelled(ctx, step)?;
+        if let Some(lock) = &lock {
+            lock.check(step)?;
+        }
         ctx.message(format!(
             "rolling {} back to revision {} ({image})",
             t.describe(),
             target_rev.unwrap_or(0)
         ));
-        // Like `kubectl rollout undo`: the Deployment's template becomes the
-        // ReplicaSet's, and so do the annotations that describe it. The resource
-        // version makes it fail rather than undo a change made meanwhile.
-        let patch = json!({
-            "metadata": {
-                "resourceVersion": dep.metadata.resource_version,
-                "annotations": {
-                    CHANGE_CAUSE_ANNOTATION: annotation(&rs.metadata, CHANGE_CAUSE_ANNOTATION),
-                    FINGERPRINT_ANNOTATION: annotation(&rs.metadata, FINGERPRINT_ANNOTATION),
-                    GIT_SHA_ANNOTATION: annotation(&rs.metadata, GIT_SHA_ANNOTATION),
-                },
-            },
-            "spec": {"template": merge_diff(&now, &template)},
-        });
+        // As `kubectl rollout undo`: the template becomes the ReplicaSet's, and the
+        // annotations become the ReplicaSet's but for those that describe the
+        // Deployment itself. The resourceVersion makes the patch fail rather than
+        // undo a change made meanwhile.
+        let mut annotations = Map::new();
+        for (k, v) in dep.metadata.annotations.iter().flatten() {
+            if KEPT_ON_ROLLBACK.contains(&k.as_str()) {
+                annotations.insert(k.clone(), Value::from(v.clone()));
+            }
+        }
+        for (k, v) in rs.metadata.annotations.iter().flatten() {
+            if !KEPT_ON_ROLLBACK.contains(&k.as_str()) {
+                annotations.insert(k.clone(), Value::from(v.clone()));
+            }
+        }
+        let ops = json!([
+            {"op": "replace", "path": "/metadata/resourceVersion", "value": dep.metadata.resource_version},
+            {"op": "replace", "path": "/spec/template", "value": template},
+            {"op": "add", "path": "/metadata/annotations", "value": annotations},
+        ]);
+        let patch: Patch<()> = Patch::Json(serde_json::from_value(ops)?);
+        let (api, params) = (self.deployments(&t), Self::params());
         let patched = self
-            .deployments(&t)
-            .patch(&t.deployment, &Self::params(), &Patch::Merge(&patch))
+            .retry
+            .run(step, false, ctx.cancellation(), || {
+                api.patch(&t.deployment, &params, &patch)
+            })
             .await
-            .map_err(t.api_error(step))?;
-        // Not fresh: rolling back may revive a ReplicaSet whose pods already exist.
-        let done = self.wait_for_rollout(&t, patched, false, step, ctx).await?;
+            .map_err(t.failed(step))?;
+        let expected = Expected::after_write(&patched);
+        let done = self
+            .wait_for_rollout(&t, patched, expected, step, ctx, lock.as_ref())
+            .await?;
         Ok(Rollout::new(image, t.describe(), true).with_revision(revision(&done.metadata)))
     }
 
-    async fn revisions(&self, app: &App, _ctx: &Context) -> Result<Vec<Revision>, BoxError> {
+    async fn revisions(&self, app: &App, ctx: &Context) -> Result<Vec<Revision>, BoxError> {
         let t = self.target(app)?;
         let step = "history";
-        let dep = self.get(&t, step).await?;
+        let dep = self.get(&t, step, ctx).await?;
         let current = revision(&dep.metadata);
-        let sets = self.replica_sets(&t, &dep, step).await?;
+        let sets = self.replica_sets(&t, &dep, step, ctx).await?;
         Ok(sets
             .iter()
             .filter_map(|rs| {
@@ -920,20 +679,5 @@ impl KubeDeployer {
                 )
             })
             .collect())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn merge_diff_replaces_exactly() {
-        let from = json!({"a": {"x": 1, "y": 2}, "b": [1, 2], "c": 3});
-        let to = json!({"a": {"x": 1, "z": 3}, "b": [1]});
-        assert_eq!(
-            merge_diff(&from, &to),
-            json!({"a": {"y": null, "z": 3}, "b": [1], "c": null})
-        );
     }
 }

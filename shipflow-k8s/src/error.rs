@@ -2,10 +2,12 @@
 
 use std::time::Duration;
 
-use shipflow_core::Cancelled;
+use shipflow_core::{BoxError, Cancelled};
 
 /// Why a [`KubeDeployer`](crate::KubeDeployer) call failed. Every variant names the app,
-/// the workload (`namespace/deployment`), the step, the cause and the next move.
+/// the workload (`namespace/deployment`), the step, the cause and the next move. The
+/// client library's errors are kept as boxed sources: no type of `kube` is part of
+/// this one.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum KubeError {
@@ -16,7 +18,7 @@ pub enum KubeError {
     Config {
         /// The cause.
         #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        source: BoxError,
     },
 
     /// The app's `deploy.kubernetes` section has a bad value.
@@ -81,7 +83,7 @@ pub enum KubeError {
         step: &'static str,
         /// The client's error.
         #[source]
-        source: Box<kube::Error>,
+        source: BoxError,
     },
 
     /// The Deployment changed between reading it and patching it.
@@ -97,7 +99,42 @@ pub enum KubeError {
         step: &'static str,
         /// The API server's answer.
         #[source]
-        source: Box<kube::Error>,
+        source: BoxError,
+    },
+
+    /// The Deployment is paused: its controller rolls nothing until it is resumed.
+    #[error(
+        "app {app}: {step}: deployment {workload} is paused, so nothing would roll; resume it (kubectl -n {namespace} rollout resume deployment/{deployment}) or leave it to whoever paused it",
+        namespace = workload.split('/').next().unwrap_or_default(),
+        deployment = workload.split('/').nth(1).unwrap_or_default()
+    )]
+    Paused {
+        /// The app.
+        app: String,
+        /// `namespace/deployment`.
+        workload: String,
+        /// The step.
+        step: &'static str,
+    },
+
+    /// Someone else changed the Deployment's pod template while shipflow waited for
+    /// its rollout: what rolls out now is not what shipflow deployed.
+    #[error(
+        "app {app}: {step}: deployment {workload} was changed by someone else during the rollout (generation {generation}, container images {images}); shipflow's change is no longer what rolls out: look at `kubectl -n {namespace} rollout history deployment/{deployment}` and deploy again",
+        namespace = workload.split('/').next().unwrap_or_default(),
+        deployment = workload.split('/').nth(1).unwrap_or_default()
+    )]
+    Superseded {
+        /// The app.
+        app: String,
+        /// `namespace/deployment`.
+        workload: String,
+        /// The step.
+        step: &'static str,
+        /// The Deployment's generation now.
+        generation: i64,
+        /// The images its template names now, comma-separated.
+        images: String,
     },
 
     /// A new pod failed in a way that will not heal by waiting.
@@ -112,15 +149,16 @@ pub enum KubeError {
         workload: String,
         /// The step.
         step: &'static str,
-        /// The pod, its container and why.
+        /// The pod, its container, why, and its last log lines.
         pod: Box<FailedPod>,
     },
 
     /// The Deployment's progress deadline passed.
     #[error(
-        "app {app}: {step}: deployment {workload}: progress deadline exceeded: {message}; look at `kubectl -n {namespace} describe deployment {deployment}` and the new pods' events",
+        "app {app}: {step}: deployment {workload}: progress deadline exceeded: {message}{why}; look at `kubectl -n {namespace} describe deployment {deployment}` and the new pods' events",
         namespace = workload.split('/').next().unwrap_or_default(),
-        deployment = workload.split('/').nth(1).unwrap_or_default()
+        deployment = workload.split('/').nth(1).unwrap_or_default(),
+        why = pod.as_ref().map(|p| format!("; {p}")).unwrap_or_default()
     )]
     DeadlineExceeded {
         /// The app.
@@ -131,9 +169,12 @@ pub enum KubeError {
         step: &'static str,
         /// The condition's message.
         message: String,
+        /// A new pod that is not ready, and why, if there is one.
+        pod: Option<Box<FailedPod>>,
     },
 
-    /// The Deployment's controller could not create pods (condition `ReplicaFailure`).
+    /// The Deployment's controller could not create pods (condition `ReplicaFailure`)
+    /// for longer than [`KubeDeployer::failure_window`](crate::KubeDeployer::failure_window).
     #[error(
         "app {app}: {step}: deployment {workload}: the controller cannot create pods: {message}; check quotas, limits and admission policies"
     )]
@@ -150,7 +191,8 @@ pub enum KubeError {
 
     /// shipflow's own wait ran out before the rollout finished.
     #[error(
-        "app {app}: {step}: deployment {workload}: still rolling after {waited:?} ({ready}/{desired} replicas ready and updated); raise KubeDeployer::timeout or check the pods"
+        "app {app}: {step}: deployment {workload}: still rolling after {waited:?} ({ready}/{desired} new replicas available){why}; raise KubeDeployer::timeout or check the pods",
+        why = pod.as_ref().map(|p| format!("; {p}")).unwrap_or_default()
     )]
     Timeout {
         /// The app.
@@ -161,10 +203,12 @@ pub enum KubeError {
         step: &'static str,
         /// How long shipflow waited.
         waited: Duration,
-        /// Updated replicas that were available.
+        /// New replicas that were available.
         ready: u64,
         /// Replicas wanted.
         desired: u64,
+        /// A new pod that is not ready, and why, if there is one.
+        pod: Option<Box<FailedPod>>,
     },
 
     /// The revision to roll back to does not exist.
@@ -196,12 +240,12 @@ pub enum KubeError {
         step: &'static str,
         /// The client's error.
         #[source]
-        source: Box<kube::Error>,
+        source: BoxError,
     },
 
     /// Another pipeline held the app's deploy lock for longer than shipflow would wait.
     #[error(
-        "app {app}: take deploy lock: lease {lease} is held by {holder} until {expires} (waited {waited:?}); wait for that pipeline to finish, or if it died, delete the lease (kubectl -n {namespace} delete lease {name}) or let it expire",
+        "app {app}: take deploy lock: lease {lease} is held by {holder} (seen unchanged for {unchanged:?} of its {duration:?}; waited {waited:?}); wait for that pipeline to finish, or if it died, delete the lease (kubectl -n {namespace} delete lease {name}) or let it expire",
         namespace = lease.split('/').next().unwrap_or_default(),
         name = lease.split('/').nth(1).unwrap_or_default()
     )]
@@ -212,13 +256,32 @@ pub enum KubeError {
         lease: String,
         /// Its holder's identity.
         holder: String,
-        /// When it expires unless renewed (RFC 3339).
-        expires: String,
+        /// How long shipflow saw the lease without a renewal.
+        unchanged: Duration,
+        /// The lease duration its holder set.
+        duration: Duration,
         /// How long shipflow waited.
-        waited: std::time::Duration,
+        waited: Duration,
     },
 
-    /// An env file could not be read or has a line that is not `KEY=VALUE`.
+    /// The deploy lock was lost while held (another holder took it over, or it could
+    /// not be renewed in time): shipflow stopped before changing anything more.
+    #[error(
+        "app {app}: {step}: deploy lock {lease} was lost ({why}); another pipeline may be rolling this app: nothing more was changed, check `shipflow history` and run again"
+    )]
+    LockLost {
+        /// The app.
+        app: String,
+        /// The Lease, `namespace/name`.
+        lease: String,
+        /// The step that noticed.
+        step: &'static str,
+        /// How it was lost.
+        why: String,
+    },
+
+    /// An env file could not be read or has a line that is not `KEY=VALUE`. The
+    /// line's text is never repeated (it may hold a secret): only its number.
     #[error("config map {name}: read {path}{at}: {message}; fix the file", at = line.map(|l| format!(" line {l}")).unwrap_or_default())]
     EnvFile {
         /// The ConfigMap's base name.
@@ -255,17 +318,17 @@ pub enum KubeError {
         object: String,
         /// The client's error.
         #[source]
-        source: Box<kube::Error>,
+        source: BoxError,
     },
 
     /// The run was cancelled while waiting.
     #[error(
-        "app {app}: {step}: deployment {workload}: cancelled; the rollout continues in the cluster, check it with `kubectl rollout status`"
+        "app {app}: {step}: {workload}: cancelled; what was started continues in the cluster, check it with `kubectl rollout status`"
     )]
     Cancelled {
         /// The app.
         app: String,
-        /// `namespace/deployment`.
+        /// `namespace/deployment`, or the object waited for.
         workload: String,
         /// The step.
         step: &'static str,
@@ -275,8 +338,10 @@ pub enum KubeError {
     },
 }
 
-/// A new pod's container that failed for good.
+/// A new pod's container that failed for good, or (for a deadline or a timeout)
+/// one that is not ready.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct FailedPod {
     /// The pod.
     pub pod: String,
@@ -290,20 +355,56 @@ pub struct FailedPod {
     pub last_termination: Option<String>,
     /// How often the container restarted.
     pub restarts: u32,
+    /// The last lines (at most 20) of the container's log: of its previous run when it
+    /// crashed and was restarted. Empty when it never ran or the log could not be read.
+    pub logs: Vec<String>,
+    /// Whether [`logs`](Self::logs) are of the previous run.
+    pub previous_logs: bool,
+}
+
+impl FailedPod {
+    /// A failure of `container` in `pod`.
+    pub fn new(pod: &str, container: &str, reason: &str, message: &str) -> Self {
+        Self {
+            pod: pod.to_owned(),
+            container: container.to_owned(),
+            reason: reason.to_owned(),
+            message: message.to_owned(),
+            last_termination: None,
+            restarts: 0,
+            logs: Vec::new(),
+            previous_logs: false,
+        }
+    }
 }
 
 impl std::fmt::Display for FailedPod {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "pod {} container {}: {}: {}",
-            self.pod, self.container, self.reason, self.message
+            "pod {} container {}: {}",
+            self.pod, self.container, self.reason
         )?;
+        if !self.message.is_empty() {
+            write!(f, ": {}", self.message)?;
+        }
         if self.restarts > 0 {
             write!(f, " ({} restarts)", self.restarts)?;
         }
         if let Some(last) = &self.last_termination {
             write!(f, "; last termination: {last}")?;
+        }
+        if !self.logs.is_empty() {
+            let which = if self.previous_logs {
+                "previous run's "
+            } else {
+                ""
+            };
+            write!(f, "; last lines of its {which}log:")?;
+            for line in &self.logs {
+                write!(f, "\n    {line}")?;
+            }
+            writeln!(f)?;
         }
         Ok(())
     }
@@ -311,10 +412,13 @@ impl std::fmt::Display for FailedPod {
 
 fn next_move(reason: &str) -> &'static str {
     match reason {
-        "ErrImagePull" | "ImagePullBackOff" | "InvalidImageName" => {
+        "ErrImagePull" | "ImagePullBackOff" | "InvalidImageName" | "ErrImageNeverPull" => {
             "check that the image was pushed and the cluster can pull it (imagePullSecrets)"
         }
         "CreateContainerConfigError" => "check the ConfigMaps and Secrets the pod references",
+        "CreateContainerError" | "RunContainerError" => {
+            "check the container's command, mounts and security settings (kubectl describe pod)"
+        }
         _ => "read the container's logs (kubectl logs --previous) and fix the app",
     }
 }

@@ -1,18 +1,27 @@
 //! Kubernetes rollouts for shipflow: [`KubeDeployer`] patches an app's Deployment to a
-//! digest-pinned image, watches the rollout through the watch API, fails early when a
-//! new pod cannot pull its image, cannot start or crash-loops, rolls back the way
-//! `kubectl rollout undo` does, and lists the revision history.
+//! digest-pinned image and waits until `kubectl rollout status` would call the rollout
+//! complete, with one watch on the Deployment. It fails early when a new pod cannot
+//! pull its image (the registry refused it), crash-loops beyond the restart budget, or
+//! cannot start for longer than the failure window, with the pod's reason and the last
+//! lines of its log; it fails at once on a paused Deployment and when someone else
+//! changes the pod template mid-rollout. It rolls back the way `kubectl rollout undo`
+//! does and lists the revision history.
 //!
 //! Beyond [`Deployer`](shipflow_core::Deployer)'s `current`, `deploy`, `rollback` and
 //! `history`, a [`KubeDeployer`] also
 //! - holds a deploy lock per app, a `coordination.k8s.io` Lease, while it deploys or
 //!   rolls back ([`KubeDeployer::deploy_lock`]), or for as long as a caller wants
-//!   ([`KubeDeployer::lock`]); a second pipeline waits, then fails naming the holder;
+//!   ([`KubeDeployer::lock`]); a second pipeline waits, then fails naming the holder; a
+//!   lock lost while held stops the deploy before its next change;
 //! - generates ConfigMaps from env files under a content-hash name ([`EnvConfigMap`])
 //!   and rolls exactly the Deployments that use them
 //!   ([`KubeDeployer::deploy_config_map`]);
 //! - applies a directory of manifests with server-side apply ([`KubeDeployer::apply_dir`]);
 //! - retries requests that failed for a passing reason ([`RetryPolicy`]).
+//!
+//! Its tests meet Kubernetes only through `testing::SimCluster` (feature `testing`),
+//! a simulated API server and control plane that the real `kube` client and the real
+//! `kubectl` both use; its docs list what it models and what not.
 //!
 //! This example rolls an app on the simulated API server of `testing` (feature
 //! `testing`), through the real [`kube::Client`]; with a real cluster, use
@@ -49,7 +58,9 @@ mod configmap;
 mod deployer;
 mod error;
 mod lock;
+mod pods;
 mod retry;
+mod rollout;
 mod spec;
 mod status;
 #[cfg(feature = "testing")]

@@ -2,28 +2,36 @@
 //! `shipflow-lock-<app>` in the app's namespace, so that two pipelines never roll the
 //! same app at once.
 //!
-//! Taking it: create the Lease; if it exists and its holder let it expire, take it
-//! over with a resourceVersion-guarded replace (so only one of several contenders
-//! wins); otherwise watch it until it is released or expires, up to
-//! [`LockOptions::wait`]. While held, a background task renews it every third of the
-//! lease duration. Releasing deletes it, guarded by its resourceVersion.
+//! Taking it: create the Lease; if another holder has it, watch it. As client-go's
+//! leader election does, a lease is judged by this client's own clock only: it has
+//! expired once this client has seen it unchanged (not renewed) for its whole
+//! duration, whatever its `renewTime` says (the holder's clock may be far off). An
+//! expired lease is taken over with a resourceVersion-guarded replace, so only one
+//! of several contenders wins; waiting stops after [`LockOptions::wait`].
+//!
+//! Holding it: a background task renews it every third of the lease duration. When
+//! the renewal finds the lease taken over (a 409 or 404), or cannot renew it for two
+//! thirds of its duration, the lock is lost: the holder's work stops before its next
+//! change ([`KubeError::LockLost`]). Releasing deletes the Lease, guarded by its
+//! resourceVersion.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::{DeleteParams, PostParams, Preconditions, WatchEvent, WatchParams};
 use sha2::{Digest, Sha256};
 use shipflow_core::{Cancelled, Context};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
 
 use crate::KubeError;
-use crate::retry::RetryPolicy;
+use crate::retry::{Failure, RetryPolicy};
 
 /// The prefix of a deploy lock's Lease name; the app's name follows.
 pub const LOCK_PREFIX: &str = "shipflow-lock-";
@@ -44,14 +52,18 @@ pub(crate) fn lease_name(app: &str) -> String {
     format!("{LOCK_PREFIX}{}-{hex}", clean.trim_end_matches('-'))
 }
 
-/// The locks a deployer (and its clones) holds, as `namespace/name/identity`, so a
-/// lock taken again inside one is known to be nested from here rather than from the
-/// holder the server shows: a create whose answer was lost shows this identity too.
+/// Whether a held lock is still held: `None` while it is, why it was lost after.
+pub(crate) type Held = watch::Receiver<Option<String>>;
+
+/// The locks a deployer (and its clones) holds, by `namespace/name/identity`, each
+/// with its lost-or-held signal, so a lock taken again inside one is known to be
+/// nested from here rather than from the holder the server shows (a create whose
+/// answer was lost shows this identity too), and learns when the outer one is lost.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct HeldLocks(Arc<std::sync::Mutex<BTreeSet<String>>>);
+pub(crate) struct HeldLocks(Arc<std::sync::Mutex<BTreeMap<String, Held>>>);
 
 impl HeldLocks {
-    fn set(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Held>> {
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -65,7 +77,8 @@ pub struct LockOptions {
     /// and where (default: host name, process id and a random part).
     pub identity: String,
     /// How long the lease lasts without being renewed; a pipeline that dies holds
-    /// the app for at most this long (whole seconds, at least 1; default 30 s).
+    /// the app for at most this long after another one first sees its lease
+    /// (whole seconds, at least 1; default 30 s).
     pub lease_duration: Duration,
     /// How long to wait for a lock another pipeline holds before failing (default 5 min).
     pub wait: Duration,
@@ -106,6 +119,7 @@ pub struct DeployLock {
     /// Already ours when taken (a nested lock): releasing leaves it to the outer one.
     nested: bool,
     held: HeldLocks,
+    still: Held,
     stop: Option<oneshot::Sender<()>>,
     renewer: Option<tokio::task::JoinHandle<Option<String>>>,
 }
@@ -116,7 +130,7 @@ impl Drop for DeployLock {
             renewer.abort();
         }
         if !self.nested {
-            self.held.set().remove(&self.key());
+            self.held.map().remove(&self.key());
         }
     }
 }
@@ -130,6 +144,20 @@ impl DeployLock {
     /// Who holds it: this lock's identity.
     pub fn holder(&self) -> &str {
         &self.identity
+    }
+
+    /// Whether it is still held: `Err` says why it was lost (taken over by another
+    /// holder, or not renewed in time).
+    pub fn check(&self) -> Result<(), KubeError> {
+        self.guard().check("check deploy lock")
+    }
+
+    pub(crate) fn guard(&self) -> LockGuard {
+        LockGuard {
+            app: self.app.clone(),
+            lease: self.lease(),
+            still: self.still.clone(),
+        }
     }
 
     fn key(&self) -> String {
@@ -167,35 +195,93 @@ impl DeployLock {
                 &self.app,
                 &self.lease(),
                 "release deploy lock",
-                e,
+                Failure::Api(e),
             )),
         }
     }
 }
 
-fn lock_error(app: &str, lease: &str, step: &'static str, e: kube::Error) -> KubeError {
-    KubeError::Request {
-        app: app.to_owned(),
-        object: format!("lease {lease}"),
-        step,
-        source: Box::new(e),
+/// What a deploy holds while it works: it tells whether the lock is still held.
+#[derive(Debug, Clone)]
+pub(crate) struct LockGuard {
+    app: String,
+    lease: String,
+    still: Held,
+}
+
+impl LockGuard {
+    /// `Err(LockLost)` once the lock is lost.
+    pub(crate) fn check(&self, step: &'static str) -> Result<(), KubeError> {
+        match self.still.borrow().as_ref() {
+            None => Ok(()),
+            Some(why) => Err(self.lost_error(step, why)),
+        }
+    }
+
+    fn lost_error(&self, step: &'static str, why: &str) -> KubeError {
+        KubeError::LockLost {
+            app: self.app.clone(),
+            lease: self.lease.clone(),
+            step,
+            why: why.to_owned(),
+        }
+    }
+
+    /// Resolves with the error once the lock is lost; never while it is held.
+    pub(crate) async fn lost(&self, step: &'static str) -> KubeError {
+        let mut still = self.still.clone();
+        let why = match still.wait_for(Option::is_some).await {
+            Ok(why) => why.clone().unwrap_or_default(),
+            // The renewer is gone without saying why: the lease is no longer renewed.
+            Err(_) => "its renewal stopped".to_owned(),
+        };
+        self.lost_error(step, &why)
     }
 }
 
-/// When `lease` expires, if it has a holder.
-fn expiry(lease: &Lease) -> Option<(String, Timestamp)> {
-    let spec = lease.spec.as_ref()?;
-    let holder = spec.holder_identity.clone().filter(|h| !h.is_empty())?;
-    let renewed = spec.renew_time.as_ref().or(spec.acquire_time.as_ref())?.0;
-    let seconds = spec.lease_duration_seconds.unwrap_or(0);
-    Some((
-        holder,
-        renewed + SignedDuration::from_secs(i64::from(seconds)),
-    ))
+fn lock_error(app: &str, lease: &str, step: &'static str, e: Failure) -> KubeError {
+    match e {
+        Failure::Api(e) => KubeError::Request {
+            app: app.to_owned(),
+            object: format!("lease {lease}"),
+            step,
+            source: Box::new(e),
+        },
+        Failure::Cancelled => KubeError::Cancelled {
+            app: app.to_owned(),
+            workload: format!("lease {lease}"),
+            step,
+            source: Cancelled,
+        },
+    }
+}
+
+fn holder(lease: &Lease) -> Option<String> {
+    lease
+        .spec
+        .as_ref()?
+        .holder_identity
+        .clone()
+        .filter(|h| !h.is_empty())
+}
+
+fn lease_duration(lease: &Lease) -> Duration {
+    let seconds = lease
+        .spec
+        .as_ref()
+        .and_then(|s| s.lease_duration_seconds)
+        .unwrap_or(0);
+    Duration::from_secs(u64::try_from(seconds).unwrap_or(0))
 }
 
 fn duration_seconds(d: Duration) -> i32 {
     i32::try_from(d.as_secs().max(1)).unwrap_or(i32::MAX)
+}
+
+/// A lease as this client saw it: the version it saw, and when it first saw it.
+struct Observed {
+    rv: String,
+    since: Instant,
 }
 
 /// Takes the deploy lock of `app` (Lease `namespace/shipflow-lock-<app>`).
@@ -214,7 +300,8 @@ pub(crate) async fn acquire(
     let lease_name = format!("{namespace}/{name}");
     let step = "take deploy lock";
     let err = |e| lock_error(app, &lease_name, step, e);
-    let started = tokio::time::Instant::now();
+    let cancel = ctx.cancellation();
+    let started = Instant::now();
     let deadline = started + options.wait;
     let duration = duration_seconds(options.lease_duration);
     let mine = |transitions: i32| LeaseSpec {
@@ -226,6 +313,7 @@ pub(crate) async fn acquire(
         ..LeaseSpec::default()
     };
     let mut said = false;
+    let mut observed: Option<Observed> = None;
     loop {
         let fresh = Lease {
             metadata: ObjectMeta {
@@ -236,39 +324,55 @@ pub(crate) async fn acquire(
             spec: Some(mine(0)),
         };
         let pp = PostParams::default();
-        let created = retry.run(step, false, || api.create(&pp, &fresh)).await;
+        let created = retry
+            .run(step, false, cancel, || api.create(&pp, &fresh))
+            .await;
         let taken = match created {
             Ok(lease) => lease,
-            Err(kube::Error::Api(s)) if s.code == 409 => {
+            Err(Failure::Api(kube::Error::Api(s))) if s.code == 409 => {
                 let Some(existing) = retry
-                    .run(step, false, || api.get_opt(&name))
+                    .run(step, false, cancel, || api.get_opt(&name))
                     .await
                     .map_err(err)?
                 else {
                     continue; // released meanwhile: create again
                 };
-                let now = Timestamp::now();
-                let held = expiry(&existing);
-                let ours = held.as_ref().is_some_and(|(h, _)| *h == options.identity);
-                let free = held.as_ref().is_none_or(|(_, until)| *until < now);
-                if ours && !free && held_locks.set().contains(&key) {
-                    // Held by this identity already (an outer lock): it renews and
-                    // releases; this one only says so.
-                    return Ok(DeployLock {
-                        app: app.to_owned(),
-                        api,
-                        namespace: namespace.to_owned(),
-                        name,
-                        identity: options.identity.clone(),
-                        nested: true,
-                        held: held_locks.clone(),
-                        stop: None,
-                        renewer: None,
-                    });
+                let rv = existing
+                    .metadata
+                    .resource_version
+                    .clone()
+                    .unwrap_or_default();
+                let since = match &observed {
+                    Some(o) if o.rv == rv => o.since,
+                    _ => Instant::now(),
+                };
+                observed = Some(Observed { rv, since });
+                let who = holder(&existing);
+                let ours = who.as_deref() == Some(options.identity.as_str());
+                let valid_for = lease_duration(&existing);
+                let expired = who.is_none() || since.elapsed() >= valid_for;
+                if ours {
+                    let outer = held_locks.map().get(&key).cloned();
+                    if let Some(still) = outer.filter(|s| s.borrow().is_none()) {
+                        // Held by this identity already (an outer lock): it renews and
+                        // releases; this one only shares its fate.
+                        return Ok(DeployLock {
+                            app: app.to_owned(),
+                            api,
+                            namespace: namespace.to_owned(),
+                            name,
+                            identity: options.identity.clone(),
+                            nested: true,
+                            held: held_locks.clone(),
+                            still,
+                            stop: None,
+                            renewer: None,
+                        });
+                    }
                 }
                 // Ours on the server but not held here: our create landed and its
                 // answer was lost. Take it as a fresh lock, renewed and released.
-                if free || ours {
+                if expired || ours {
                     let transitions = existing
                         .spec
                         .as_ref()
@@ -280,50 +384,42 @@ pub(crate) async fn acquire(
                         Ok(lease) => {
                             if !ours {
                                 ctx.message(format!(
-                                    "took over deploy lock {lease_name} from {} (expired)",
-                                    held.map(|(h, _)| h).unwrap_or_default()
+                                    "took over deploy lock {lease_name} from {} (not renewed for {:?})",
+                                    who.unwrap_or_default(),
+                                    since.elapsed()
                                 ));
                             }
                             lease
                         }
                         // Another contender was quicker: look again.
                         Err(kube::Error::Api(s)) if s.code == 409 => continue,
-                        Err(e) => return Err(err(e)),
+                        Err(e) => return Err(err(Failure::Api(e))),
                     }
                 } else {
-                    let (holder, until) = held.unwrap_or_default();
-                    if tokio::time::Instant::now() >= deadline {
+                    let holder = who.unwrap_or_default();
+                    if Instant::now() >= deadline {
                         return Err(KubeError::Locked {
                             app: app.to_owned(),
                             lease: lease_name.clone(),
                             holder,
-                            expires: until.to_string(),
+                            unchanged: since.elapsed(),
+                            duration: valid_for,
                             waited: started.elapsed(),
                         });
                     }
                     if !said {
                         ctx.message(format!(
-                            "waiting for deploy lock {lease_name}: held by {holder} until {until}"
+                            "waiting for deploy lock {lease_name}: held by {holder} (lease of {valid_for:?})"
                         ));
                         said = true;
                     }
+                    let wake = deadline.min(since + valid_for + Duration::from_millis(10));
                     let rv = existing.metadata.resource_version.unwrap_or_default();
-                    let left = until.duration_since(now);
-                    let wake = deadline.min(
-                        tokio::time::Instant::now()
-                            + Duration::try_from(left).unwrap_or_default()
-                            + Duration::from_millis(10),
-                    );
                     wait_for_change(&api, &name, &rv, wake, ctx)
                         .await
                         .map_err(|e| match e {
-                            Waited::Cancelled => KubeError::Cancelled {
-                                app: app.to_owned(),
-                                workload: lease_name.clone(),
-                                step,
-                                source: Cancelled,
-                            },
-                            Waited::Api(e) => err(e),
+                            Waited::Cancelled => err(Failure::Cancelled),
+                            Waited::Api(e) => err(Failure::Api(e)),
                         })?;
                     continue;
                 }
@@ -331,15 +427,17 @@ pub(crate) async fn acquire(
             Err(e) => return Err(err(e)),
         };
         tracing::debug!(%app, lease = %lease_name, holder = %options.identity, "deploy lock taken");
-        held_locks.set().insert(key);
+        let (tell, still) = watch::channel(None);
+        held_locks.map().insert(key, still.clone());
         let rv = taken.metadata.resource_version.clone().unwrap_or_default();
         let (stop, stopped) = oneshot::channel();
         let renewer = tokio::spawn(renew(
             api.clone(),
             Arc::new(taken),
             rv,
-            options.lease_duration.max(Duration::from_secs(1)) / 3,
+            options.lease_duration.max(Duration::from_secs(1)),
             stopped,
+            tell,
         ));
         return Ok(DeployLock {
             app: app.to_owned(),
@@ -349,6 +447,7 @@ pub(crate) async fn acquire(
             identity: options.identity.clone(),
             nested: false,
             held: held_locks.clone(),
+            still,
             stop: Some(stop),
             renewer: Some(renewer),
         });
@@ -365,13 +464,10 @@ async fn wait_for_change(
     api: &Api<Lease>,
     name: &str,
     rv: &str,
-    wake: tokio::time::Instant,
+    wake: Instant,
     ctx: &Context,
 ) -> Result<(), Waited> {
-    let seconds = wake
-        .saturating_duration_since(tokio::time::Instant::now())
-        .as_secs()
-        + 1;
+    let seconds = wake.saturating_duration_since(Instant::now()).as_secs() + 1;
     let wp = WatchParams::default()
         .fields(&format!("metadata.name={name}"))
         .timeout(u32::try_from(seconds).unwrap_or(u32::MAX));
@@ -387,36 +483,55 @@ async fn wait_for_change(
     }
 }
 
-/// Renews the lease every `every` until told to stop; returns the last
-/// resourceVersion it wrote, or `None` when the lease was lost to someone else.
+/// Renews the lease every third of `duration` until told to stop; returns the last
+/// resourceVersion it wrote, or `None` when the lease was lost. A lost lease is
+/// told through `tell`: taken over (409, 404), or not renewed within two thirds of
+/// `duration` (as client-go's renew deadline).
 async fn renew(
     api: Api<Lease>,
     lease: Arc<Lease>,
     mut rv: String,
-    every: Duration,
+    duration: Duration,
     mut stop: oneshot::Receiver<()>,
+    tell: watch::Sender<Option<String>>,
 ) -> Option<String> {
     let name = lease.metadata.name.clone().unwrap_or_default();
     let mut lease = (*lease).clone();
+    let every = duration / 3;
+    let renew_deadline = duration * 2 / 3;
+    let mut renewed = Instant::now();
+    let mut wait = every;
     loop {
         tokio::select! {
             _ = &mut stop => return Some(rv),
-            () = tokio::time::sleep(every) => {}
+            () = tokio::time::sleep(wait) => {}
         }
         lease.metadata.resource_version = Some(rv.clone());
         if let Some(spec) = lease.spec.as_mut() {
             spec.renew_time = Some(MicroTime(Timestamp::now()));
         }
         match api.replace(&name, &PostParams::default(), &lease).await {
-            Ok(renewed) => {
-                rv = renewed.metadata.resource_version.unwrap_or(rv);
+            Ok(next) => {
+                rv = next.metadata.resource_version.unwrap_or(rv);
+                renewed = Instant::now();
+                wait = every;
             }
             Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {
                 tracing::warn!(lease = %name, "deploy lock lost: another holder took it over");
+                let _ = tell.send(Some("another holder took the lease over".into()));
+                return None;
+            }
+            Err(e) if renewed.elapsed() >= renew_deadline => {
+                tracing::warn!(lease = %name, error = %e, "deploy lock lost: not renewed in time");
+                let _ = tell.send(Some(format!(
+                    "not renewed for {:?} of its {duration:?}: {e}",
+                    renewed.elapsed()
+                )));
                 return None;
             }
             Err(e) => {
                 tracing::warn!(lease = %name, error = %e, "renewing the deploy lock failed; trying again");
+                wait = (every / 4).max(Duration::from_millis(50));
             }
         }
     }

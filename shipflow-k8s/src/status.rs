@@ -1,10 +1,9 @@
-//! Reading rollout state: is a Deployment done, failed, or still going, and has a new
-//! pod failed in a way that waiting will not fix. Pure functions over API objects.
+//! Reading rollout state from a Deployment, as `kubectl rollout status` does, plus
+//! what kubectl does not check: whose template is rolling, a paused Deployment, and
+//! a progress-deadline condition left over from an earlier rollout. Pure functions.
 
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Pod;
-
-use crate::FailedPod;
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentCondition};
+use serde_json::Value;
 
 /// The annotation the Deployment controller keeps the revision in.
 pub(crate) const REVISION: &str = "deployment.kubernetes.io/revision";
@@ -13,12 +12,16 @@ pub(crate) const HASH_LABEL: &str = "pod-template-hash";
 
 /// Where a Deployment's rollout stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Progress {
-    /// Still going: `ready` of `desired` new replicas are available.
+pub(crate) enum Verdict {
+    /// Still going: about `ready` of `desired` new replicas are available.
     Rolling { ready: u64, desired: u64 },
-    /// Every replica runs the new template and is available; no old replica is left.
+    /// Every replica runs the expected template and is available, as kubectl judges.
     Complete,
-    /// `Progressing=False` with `ProgressDeadlineExceeded`.
+    /// `spec.paused`: the controller rolls nothing.
+    Paused,
+    /// The pod template is no longer the expected one: someone else changed it.
+    Superseded,
+    /// `Progressing=False` with `ProgressDeadlineExceeded`, set for this rollout.
     DeadlineExceeded(String),
     /// `ReplicaFailure=True`.
     ReplicaFailure(String),
@@ -35,46 +38,106 @@ pub(crate) fn revision(
     meta.annotations.as_ref()?.get(REVISION)?.parse().ok()
 }
 
-/// Judges `dep`'s rollout of generation `generation`, as `kubectl rollout status` does.
-pub(crate) fn assess(dep: &Deployment, generation: i64) -> Progress {
-    let desired = count(dep.spec.as_ref().and_then(|s| s.replicas).or(Some(1)));
-    let Some(status) = &dep.status else {
-        return Progress::Rolling { ready: 0, desired };
-    };
-    let observed = status.observed_generation.unwrap_or(0) >= generation;
-    let updated = count(status.updated_replicas);
-    let available = count(status.available_replicas);
-    if observed {
-        for c in status.conditions.iter().flatten() {
-            if c.type_ == "Progressing"
-                && c.status == "False"
-                && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
-            {
-                return Progress::DeadlineExceeded(c.message.clone().unwrap_or_default());
-            }
-            if c.type_ == "ReplicaFailure" && c.status == "True" {
-                return Progress::ReplicaFailure(c.message.clone().unwrap_or_default());
-            }
-        }
-        if updated == desired
-            && count(status.ready_replicas) >= desired
-            && available >= desired
-            && count(status.replicas) == updated
-        {
-            return Progress::Complete;
+/// What a rollout is expected to end in: the pod template it rolls, and the
+/// progress-deadline condition that was there before it (which says nothing about it).
+#[derive(Debug, Clone)]
+pub(crate) struct Expected {
+    template: Value,
+    stale_deadline: Option<DeploymentCondition>,
+}
+
+impl Expected {
+    /// What the rollout a write started is expected to end in; `written` is the
+    /// write's answer, whose progress-deadline condition (if any) is an earlier
+    /// rollout's.
+    pub(crate) fn after_write(written: &Deployment) -> Self {
+        Self {
+            template: template_of(written),
+            stale_deadline: deadline_condition(written).cloned(),
         }
     }
-    Progress::Rolling {
-        ready: if observed { updated.min(available) } else { 0 },
+
+    /// What the rollout under way in `dep` is expected to end in: its own template,
+    /// whose deadline condition is its own.
+    pub(crate) fn current(dep: &Deployment) -> Self {
+        Self {
+            template: template_of(dep),
+            stale_deadline: None,
+        }
+    }
+
+    /// The expected pod template, as JSON.
+    pub(crate) fn template(&self) -> &Value {
+        &self.template
+    }
+}
+
+/// A Deployment's pod template, as JSON.
+pub(crate) fn template_of(dep: &Deployment) -> Value {
+    dep.spec
+        .as_ref()
+        .and_then(|s| serde_json::to_value(&s.template).ok())
+        .unwrap_or(Value::Null)
+}
+
+fn deadline_condition(dep: &Deployment) -> Option<&DeploymentCondition> {
+    dep.status.as_ref()?.conditions.iter().flatten().find(|c| {
+        c.type_ == "Progressing"
+            && c.status == "False"
+            && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+    })
+}
+
+/// Judges `dep`'s rollout toward `expected`. Complete means what `kubectl rollout
+/// status` calls complete (the current generation observed, every replica updated
+/// and available, no old one left), and with the expected template.
+pub(crate) fn judge(dep: &Deployment, expected: &Expected) -> Verdict {
+    let spec = dep.spec.as_ref();
+    let desired = count(spec.and_then(|s| s.replicas).or(Some(1)));
+    if spec.and_then(|s| s.paused) == Some(true) {
+        return Verdict::Paused;
+    }
+    if template_of(dep) != expected.template {
+        return Verdict::Superseded;
+    }
+    let Some(status) = &dep.status else {
+        return Verdict::Rolling { ready: 0, desired };
+    };
+    if status.observed_generation.unwrap_or(0) < dep.metadata.generation.unwrap_or(0) {
+        return Verdict::Rolling { ready: 0, desired };
+    }
+    if let Some(c) = deadline_condition(dep)
+        && expected.stale_deadline.as_ref() != Some(c)
+    {
+        return Verdict::DeadlineExceeded(c.message.clone().unwrap_or_default());
+    }
+    if let Some(c) = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "ReplicaFailure" && c.status == "True")
+    {
+        return Verdict::ReplicaFailure(c.message.clone().unwrap_or_default());
+    }
+    let updated = count(status.updated_replicas);
+    let total = count(status.replicas);
+    let available = count(status.available_replicas);
+    if updated >= desired && total <= updated && available >= updated {
+        return Verdict::Complete;
+    }
+    // Available new replicas: all available ones but the old ones, at most.
+    let old = total.saturating_sub(updated);
+    Verdict::Rolling {
+        ready: available.saturating_sub(old).min(updated),
         desired,
     }
 }
 
 /// What a rollout waits for, in `kubectl rollout status` words; `None` when it waits
-/// for nothing (done, or the controller has not seen the new generation yet).
-pub(crate) fn waiting_for(dep: &Deployment, generation: i64) -> Option<String> {
+/// for nothing (done).
+pub(crate) fn waiting_for(dep: &Deployment) -> Option<String> {
     let status = dep.status.as_ref()?;
-    if status.observed_generation.unwrap_or(0) < generation {
+    if status.observed_generation.unwrap_or(0) < dep.metadata.generation.unwrap_or(0) {
         return Some("waiting for the deployment controller to see the new spec".into());
     }
     let desired = count(dep.spec.as_ref().and_then(|s| s.replicas).or(Some(1)));
@@ -99,64 +162,12 @@ pub(crate) fn waiting_for(dep: &Deployment, generation: i64) -> Option<String> {
     }
 }
 
-/// Waiting reasons that do not heal by waiting.
-const FATAL: &[&str] = &[
-    "ErrImagePull",
-    "ImagePullBackOff",
-    "CreateContainerConfigError",
-    "InvalidImageName",
-];
-
-/// The first container of `pod` that failed for good: a fatal waiting reason, or
-/// `CrashLoopBackOff` after more than `restart_budget` restarts.
-pub(crate) fn pod_failure(pod: &Pod, restart_budget: u32) -> Option<FailedPod> {
-    let name = pod.metadata.name.clone().unwrap_or_default();
-    let status = pod.status.as_ref()?;
-    let containers = status
-        .init_container_statuses
-        .iter()
-        .flatten()
-        .chain(status.container_statuses.iter().flatten());
-    for c in containers {
-        let Some(waiting) = c.state.as_ref().and_then(|s| s.waiting.as_ref()) else {
-            continue;
-        };
-        let reason = waiting.reason.clone().unwrap_or_default();
-        let restarts = u32::try_from(c.restart_count).unwrap_or(0);
-        let fatal = FATAL.contains(&reason.as_str())
-            || (reason == "CrashLoopBackOff" && restarts > restart_budget);
-        if fatal {
-            let last_termination = c
-                .last_state
-                .as_ref()
-                .and_then(|s| s.terminated.as_ref())
-                .map(|t| {
-                    let text = t
-                        .message
-                        .clone()
-                        .or_else(|| t.reason.clone())
-                        .unwrap_or_default();
-                    format!("exit code {}: {text}", t.exit_code)
-                });
-            return Some(FailedPod {
-                pod: name,
-                container: c.name.clone(),
-                reason,
-                message: waiting.message.clone().unwrap_or_default(),
-                last_termination,
-                restarts,
-            });
-        }
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
 
-    fn dep(status: serde_json::Value) -> Deployment {
+    fn dep(status: Value) -> Deployment {
         serde_json::from_value(json!({
             "metadata": {"name": "api", "generation": 2},
             "spec": {"replicas": 2, "selector": {}, "template": {}},
@@ -165,34 +176,82 @@ mod tests {
         .expect("valid deployment")
     }
 
+    fn expect(d: &Deployment) -> Expected {
+        Expected::after_write(d)
+    }
+
     #[test]
-    fn complete_needs_the_new_generation_and_no_old_replicas() {
+    fn complete_as_kubectl_says_it() {
         let done = json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2,
             "readyReplicas": 2, "availableReplicas": 2});
-        assert_eq!(assess(&dep(done.clone()), 2), Progress::Complete);
+        let d = dep(done.clone());
+        assert_eq!(judge(&d, &expect(&d)), Verdict::Complete);
         let mut stale = done.clone();
         stale["observedGeneration"] = json!(1);
+        let d = dep(stale);
         assert_eq!(
-            assess(&dep(stale), 2),
-            Progress::Rolling {
+            judge(&d, &expect(&d)),
+            Verdict::Rolling {
                 ready: 0,
                 desired: 2
             }
         );
         let mut old_left = done;
         old_left["replicas"] = json!(3);
+        let d = dep(old_left);
         assert_eq!(
-            assess(&dep(old_left), 2),
-            Progress::Rolling {
-                ready: 2,
+            judge(&d, &expect(&d)),
+            Verdict::Rolling {
+                ready: 1,
                 desired: 2
-            }
+            },
+            "one of the two available replicas may be the old one"
+        );
+    }
+
+    #[test]
+    fn someone_elses_template_is_not_ours() {
+        let d = dep(
+            json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 2}),
+        );
+        let expected = expect(&d);
+        let mut theirs = d.clone();
+        theirs.spec.as_mut().expect("spec").template.metadata = Some(Default::default());
+        theirs.spec.as_mut().expect("spec").template.spec = Some(Default::default());
+        assert_eq!(judge(&theirs, &expected), Verdict::Superseded);
+        let mut paused = d;
+        paused.spec.as_mut().expect("spec").paused = Some(true);
+        assert_eq!(judge(&paused, &expected), Verdict::Paused);
+    }
+
+    #[test]
+    fn a_deadline_condition_from_before_the_rollout_is_not_its_failure() {
+        let timed_out = json!({"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+            "message": "ReplicaSet \"api-old\" has timed out progressing.", "lastUpdateTime": "2026-01-01T00:00:00Z"});
+        let before = dep(json!({"observedGeneration": 1, "conditions": [timed_out.clone()]}));
+        let expected = expect(&before);
+        let observed = dep(
+            json!({"observedGeneration": 2, "replicas": 3, "updatedReplicas": 0,
+            "availableReplicas": 2, "conditions": [timed_out]}),
+        );
+        assert!(matches!(
+            judge(&observed, &expected),
+            Verdict::Rolling { .. }
+        ));
+        let fresh = dep(
+            json!({"observedGeneration": 2, "conditions": [{"type": "Progressing", "status": "False",
+            "reason": "ProgressDeadlineExceeded", "message": "ReplicaSet \"api-new\" has timed out progressing.",
+            "lastUpdateTime": "2026-01-01T00:10:00Z"}]}),
+        );
+        assert_eq!(
+            judge(&fresh, &expected),
+            Verdict::DeadlineExceeded("ReplicaSet \"api-new\" has timed out progressing.".into())
         );
     }
 
     #[test]
     fn waiting_for_speaks_like_kubectl() {
-        let at = |status: serde_json::Value| waiting_for(&dep(status), 2);
+        let at = |status: Value| waiting_for(&dep(status));
         assert_eq!(
             at(json!({"observedGeneration": 1})).as_deref(),
             Some("waiting for the deployment controller to see the new spec")
@@ -219,27 +278,6 @@ mod tests {
                 "availableReplicas": 2})
             ),
             None
-        );
-    }
-
-    #[test]
-    fn crash_loop_within_budget_is_not_yet_a_failure() {
-        let pod = |restarts: i32| -> Pod {
-            serde_json::from_value(json!({
-                "metadata": {"name": "api-1"},
-                "status": {"containerStatuses": [{"name": "api", "image": "x", "imageID": "",
-                    "ready": false, "restartCount": restarts,
-                    "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off"}},
-                    "lastState": {"terminated": {"exitCode": 2, "message": "panic: boom"}}}]}
-            }))
-            .expect("valid pod")
-        };
-        assert_eq!(pod_failure(&pod(2), 2), None);
-        let failure = pod_failure(&pod(3), 2).expect("over budget");
-        assert_eq!(failure.reason, "CrashLoopBackOff");
-        assert_eq!(
-            failure.last_termination.as_deref(),
-            Some("exit code 2: panic: boom")
         );
     }
 }

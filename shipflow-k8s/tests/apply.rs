@@ -185,3 +185,116 @@ async fn a_dry_run_applies_nothing() {
     assert!(sim.deployment("prod", "api").is_none());
     assert!(sim.service("prod", "api").is_none());
 }
+
+fn no_force() -> ApplyOptions {
+    ApplyOptions {
+        namespace: "prod".into(),
+        force: false,
+    }
+}
+
+#[tokio::test]
+async fn applying_after_a_deploy_conflicts_on_the_image_until_forced() {
+    let sim = SimCluster::start().await.expect("sim starts");
+    let dir = tempfile::tempdir().expect("temp dir");
+    write(dir.path(), "api.yaml", DEPLOY_AND_SERVICE);
+    let deployer = KubeDeployer::new(sim.client());
+    deployer
+        .apply_dir(dir.path(), &no_force(), &Context::new())
+        .await
+        .expect("created");
+    let ws = shipflow_core::Workspace::from_toml(
+        "[workspace]\nregistry = \"r.local\"\n[apps.api]\ndeploy.kubernetes = { namespace = \"prod\" }\n",
+        ".")
+    .expect("valid workspace");
+    let image: shipflow_core::ImageRef = format!("r.local/api@sha256:{}", "d5".repeat(32))
+        .parse()
+        .expect("pinned");
+    shipflow_core::Deployer::deploy(
+        &deployer,
+        ws.app("api").expect("declared"),
+        &image,
+        &shipflow_core::DeployMeta::default(),
+        &Context::new(),
+    )
+    .await
+    .expect("rolls");
+
+    // The manifest still names r.local/api:v1: the image is the deploy's now.
+    let err = deployer
+        .apply_dir(dir.path(), &no_force(), &Context::new())
+        .await
+        .expect_err("a conflict with the deploy's image");
+    assert!(matches!(err, KubeError::Apply { document: 0, .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains(".spec.template.spec.containers[name=\"api\"].image")
+            && text.contains("shipflow-deploy"),
+        "names the field and its manager: {text}"
+    );
+    let applied = deployer
+        .apply_dir(dir.path(), &options(), &Context::new())
+        .await
+        .expect("forced");
+    assert!(applied[0].changed);
+    let dep = sim.deployment("prod", "api").expect("exists");
+    assert_eq!(
+        dep["spec"]["template"]["spec"]["containers"][0]["image"],
+        "r.local/api:v1"
+    );
+}
+
+#[tokio::test]
+async fn a_field_dropped_from_a_manifest_is_removed() {
+    let sim = SimCluster::start().await.expect("sim starts");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let with_env = DEPLOY_AND_SERVICE.replace(
+        "          ports: [{containerPort: 8080}]",
+        "          ports: [{containerPort: 8080}]\n          env: [{name: MODE, value: fast}, {name: DEBUG, value: \"1\"}]",
+    );
+    write(dir.path(), "api.yaml", &with_env);
+    let deployer = KubeDeployer::new(sim.client());
+    deployer
+        .apply_dir(dir.path(), &no_force(), &Context::new())
+        .await
+        .expect("created");
+    let without_debug = with_env.replace(", {name: DEBUG, value: \"1\"}", "");
+    write(dir.path(), "api.yaml", &without_debug);
+    let applied = deployer
+        .apply_dir(dir.path(), &no_force(), &Context::new())
+        .await
+        .expect("applied");
+    assert!(applied[0].changed);
+    let dep = sim.deployment("prod", "api").expect("exists");
+    assert_eq!(
+        dep["spec"]["template"]["spec"]["containers"][0]["env"],
+        serde_json::json!([{"name": "MODE", "value": "fast"}]),
+        "DEBUG is gone, as on a real cluster"
+    );
+}
+
+#[tokio::test]
+async fn a_replicas_only_apply_rolls_out() {
+    let sim = SimCluster::start().await.expect("sim starts");
+    let dir = tempfile::tempdir().expect("temp dir");
+    write(dir.path(), "api.yaml", DEPLOY_AND_SERVICE);
+    let deployer = KubeDeployer::new(sim.client()).timeout(std::time::Duration::from_secs(20));
+    deployer
+        .apply_dir(dir.path(), &no_force(), &Context::new())
+        .await
+        .expect("created");
+    write(
+        dir.path(),
+        "api.yaml",
+        &DEPLOY_AND_SERVICE.replace("replicas: 2", "replicas: 3"),
+    );
+    deployer
+        .apply_dir(dir.path(), &no_force(), &Context::new())
+        .await
+        .expect("scaled and waited for");
+    let dep = sim.deployment("prod", "api").expect("exists");
+    assert_eq!(dep["metadata"]["generation"], 2);
+    assert_eq!(dep["status"]["observedGeneration"], 2);
+    assert_eq!(dep["status"]["availableReplicas"], 3);
+    assert_eq!(dep["status"]["updatedReplicas"], 3);
+}

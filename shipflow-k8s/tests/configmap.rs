@@ -175,7 +175,9 @@ async fn versions_go_once_no_replica_set_can_roll_back_to_them() {
         );
     }
     let dir = tempfile::tempdir().expect("temp dir");
-    let deployer = KubeDeployer::new(sim.client()).keep_config_maps(1);
+    // Keep no spare version: ties in creation times (whole seconds) would make which
+    // is "newest" a matter of names.
+    let deployer = KubeDeployer::new(sim.client()).keep_config_maps(0);
     let replica_sets = || {
         sim.replica_set_names(NS)
             .into_iter()
@@ -191,30 +193,84 @@ async fn versions_go_once_no_replica_set_can_roll_back_to_them() {
         }
     }));
 
-    // Each deploy drops the version whose ReplicaSet the controller just deleted,
-    // except the third, whose delete is refused: that version goes with the fourth.
+    // The config versions any Deployment or ReplicaSet refers to now.
+    let in_use = || -> Vec<String> {
+        let mut names: Vec<String> = ["Deployment", "ReplicaSet"]
+            .iter()
+            .flat_map(|k| sim.list(k, NS))
+            .filter_map(|o| {
+                let template = o["spec"]["template"].clone();
+                let refs =
+                    template["spec"]["containers"][0]["envFrom"][0]["configMapRef"]["name"].clone();
+                refs.as_str().map(str::to_owned)
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    };
+    let exists = |name: &str| sim.config_map(NS, name).is_some();
+    // The controller deletes what revisionHistoryLimit does not keep once a rollout
+    // completed: between two CI runs, it has.
+    let settle = || async {
+        let settled = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while replica_sets() != 2 {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        });
+        settled.await.expect("the new ReplicaSet and 1 old one");
+    };
+
     let mut versions: Vec<String> = Vec::new();
-    for mode in ["a", "b", "c", "d"] {
+    for mode in ["a", "b", "c", "d", "e"] {
         let config = write(dir.path(), &format!("MODE={mode}\n"));
-        if mode == "c" {
-            let path = format!("/api/v1/namespaces/{NS}/configmaps/{}", versions[0]);
+        // d finds a version another pipeline left (nothing uses it) and may not
+        // delete it.
+        let refused = "app-config-00000000d0";
+        if mode == "d" {
+            sim.seed_object(
+                "ConfigMap",
+                NS,
+                json!({"metadata": {"name": refused,
+                    "labels": {shipflow_k8s::CONFIG_MAP_LABEL: "app-config"}}, "data": {}}),
+            );
+            versions.push(refused.to_owned());
+            let path = format!("/api/v1/namespaces/{NS}/configmaps/{refused}");
             sim.fail_next("DELETE", &path, 403);
         }
+        // What nothing refers to any more before this deploy.
+        let unused: Vec<String> = versions
+            .iter()
+            .filter(|v| exists(v) && !in_use().contains(v))
+            .cloned()
+            .collect();
         let out = deployer
             .deploy_config_map(NS, &config, &ctx)
             .await
             .expect("a failed clean-up does not fail the rollout");
         assert_eq!(out.rolled, ["web"]);
-        let expected: &[&String] = match mode {
-            "d" => &[&versions[1], &versions[0]],
-            _ => &[],
-        };
-        assert_eq!(
-            out.pruned.iter().collect::<Vec<_>>(),
-            expected,
-            "deploy {mode}"
-        );
-        assert_eq!(replica_sets(), 2, "the new ReplicaSet and 1 old one");
+        // Never a version something may roll back to.
+        for name in in_use() {
+            assert!(
+                name == "app-config" || exists(&name),
+                "deploy {mode}: {name} is in use"
+            );
+        }
+        for name in &out.pruned {
+            assert!(
+                !exists(name) && !in_use().contains(name),
+                "deploy {mode}: {name}"
+            );
+        }
+        // Every version unused before the deploy went, but the refused one.
+        for name in &unused {
+            assert_eq!(
+                exists(name),
+                mode == "d" && name == refused,
+                "deploy {mode}: {name}"
+            );
+        }
+        settle().await;
         versions.push(config.name());
     }
     let said = said.lock().expect("not poisoned").join("\n");
@@ -222,17 +278,14 @@ async fn versions_go_once_no_replica_set_can_roll_back_to_them() {
         said.contains("left unused versions of app-config in place: "),
         "{said}"
     );
-    assert!(
-        said.contains(&format!("deleted unused configmap {NS}/{}", versions[0])),
-        "{said}"
-    );
-    for (i, name) in versions.iter().enumerate() {
-        assert_eq!(
-            sim.config_map(NS, name).is_some(),
-            i >= 2,
-            "{name}: only the current version and the one rollback needs remain"
+    assert!(said.contains("deleted unused configmap"), "{said}");
+    for name in &versions[..2] {
+        assert!(
+            !exists(name),
+            "{name}: long unused, deleted by the last deploy at the latest"
         );
     }
+    assert!(exists(&versions[4]), "the current version");
     assert!(sim.config_map(NS, &other.name()).is_some());
     assert!(sim.config_map(NS, "app-config").is_some());
 }

@@ -6,9 +6,9 @@ mod common;
 use std::time::Duration;
 
 use shipflow_core::{Context, DeployMeta, Deployer};
-use shipflow_k8s::{KubeDeployer, KubeError, RetryPolicy};
+use shipflow_k8s::{KubeError, RetryPolicy};
 
-use common::{app, pinned, sim, workspace};
+use common::{app, deployer, pinned, sim, workspace};
 
 const DEPLOYMENT: &str = "/apis/apps/v1/namespaces/default/deployments/api";
 
@@ -26,7 +26,7 @@ async fn a_conflict_on_the_image_patch_is_retried() {
     let ws = workspace();
     sim.fail_next("PATCH", DEPLOYMENT, 409);
     sim.fail_next("PATCH", DEPLOYMENT, 409);
-    let rollout = KubeDeployer::new(sim.client())
+    let rollout = deployer(&sim)
         .retry(quick())
         .deploy(
             app(&ws),
@@ -50,7 +50,7 @@ async fn server_errors_and_broken_connections_are_retried() {
     sim.drop_next("WATCH", "/apis/apps/v1/namespaces/default/deployments");
     sim.fail_next("GET", "/api/v1/namespaces/default/pods", 500);
 
-    let rollout = KubeDeployer::new(sim.client())
+    let rollout = deployer(&sim)
         .retry(quick())
         .deploy(
             app(&ws),
@@ -77,7 +77,7 @@ async fn retries_are_bounded() {
     for _ in 0..5 {
         sim.fail_next("GET", DEPLOYMENT, 500);
     }
-    let err = KubeDeployer::new(sim.client())
+    let err = deployer(&sim)
         .retry(quick())
         .current(app(&ws), &Context::new())
         .await
@@ -99,7 +99,7 @@ async fn retries_are_bounded() {
 async fn a_guarded_write_that_conflicts_is_not_retried() {
     let sim = sim(1).await;
     let ws = workspace();
-    let deployer = KubeDeployer::new(sim.client()).retry(quick());
+    let deployer = deployer(&sim).retry(quick());
     deployer
         .deploy(
             app(&ws),

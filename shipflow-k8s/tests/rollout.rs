@@ -11,9 +11,9 @@ use shipflow_core::{
     RollbackTarget,
 };
 use shipflow_k8s::testing::{Outcome, SimCluster};
-use shipflow_k8s::{KubeDeployer, KubeError, RetryPolicy};
+use shipflow_k8s::{KubeError, RetryPolicy};
 
-use common::{V1, app, kube_error, pinned, sim, workspace};
+use common::{V1, app, deployer, kube_error, pinned, sim, workspace};
 
 const NS: &str = "default";
 
@@ -51,7 +51,7 @@ fn recording() -> (Context, Seen, Said) {
 async fn healthy_rollout_runs_the_pinned_image() {
     let sim = sim(3).await;
     let ws = workspace();
-    let deployer = KubeDeployer::new(sim.client());
+    let deployer = deployer(&sim);
     let image = pinned("ab");
     let (ctx, progress, messages) = recording();
 
@@ -121,7 +121,7 @@ async fn the_running_digest_is_not_rolled_again() {
     let sim = SimCluster::start().await.expect("sim starts");
     sim.seed_deployment(NS, "api", "api", &image.to_string(), 2);
     let ws = workspace();
-    let deployer = KubeDeployer::new(sim.client());
+    let deployer = deployer(&sim);
 
     let rollout = deployer
         .deploy(app(&ws), &image, &meta("fp", "sha"), &Context::new())
@@ -138,19 +138,17 @@ async fn the_running_digest_is_not_rolled_again() {
 async fn only_the_apps_container_image_is_patched() {
     let sim = sim(1).await;
     let ws = workspace();
-    let deployer = KubeDeployer::new(sim.client());
+    let deployer = deployer(&sim);
     let image = pinned("12");
+    let before = sim.deployment(NS, "api").expect("exists");
     deployer
         .deploy(app(&ws), &image, &DeployMeta::default(), &Context::new())
         .await
         .expect("rolls");
     let dep = sim.deployment(NS, "api").expect("exists");
-    assert_eq!(
-        dep["spec"]["template"]["spec"]["containers"],
-        serde_json::json!([{"name": "api", "image": image.to_string()}])
-    );
-    assert_eq!(dep["spec"]["replicas"], 1);
-    assert_eq!(dep["spec"]["progressDeadlineSeconds"], 600);
+    let mut expected = before["spec"].clone();
+    expected["template"]["spec"]["containers"][0]["image"] = image.to_string().into();
+    assert_eq!(dep["spec"], expected, "only the image changed in the spec");
     assert_eq!(dep["metadata"]["generation"], 2);
 }
 
@@ -158,7 +156,7 @@ async fn only_the_apps_container_image_is_patched() {
 async fn dry_run_reports_and_changes_nothing() {
     let sim = sim(1).await;
     let ws = workspace();
-    let deployer = KubeDeployer::new(sim.client());
+    let deployer = deployer(&sim);
     let messages = Arc::new(Mutex::new(Vec::new()));
     let sink = messages.clone();
     let ctx = Context::new()
@@ -196,7 +194,7 @@ async fn image_pull_failure_fails_long_before_the_deadline() {
     let sim = sim(2).await;
     sim.set_outcome(NS, "api", Outcome::ImagePullFailure);
     let ws = workspace();
-    let deployer = KubeDeployer::new(sim.client()).timeout(Duration::from_secs(30));
+    let deployer = deployer(&sim).timeout(Duration::from_secs(30));
     let started = Instant::now();
 
     let err = deployer
@@ -235,7 +233,7 @@ async fn crash_loop_fails_with_the_termination_message() {
     let sim = sim(2).await;
     sim.set_outcome(NS, "api", Outcome::CrashLoop);
     let ws = workspace();
-    let deployer = KubeDeployer::new(sim.client())
+    let deployer = deployer(&sim)
         .timeout(Duration::from_secs(30))
         .restart_budget(2);
 
@@ -258,15 +256,60 @@ async fn crash_loop_fails_with_the_termination_message() {
         pod.last_termination.as_deref(),
         Some("exit code 2: panic: boom")
     );
-    assert!(err.to_string().contains("panic: boom"), "{err}");
+    // The last lines of the crashed run's log come with it.
+    assert!(pod.previous_logs);
+    assert_eq!(
+        pod.logs,
+        [
+            format!("starting {} (run 3)", pinned("02")),
+            "loading configuration".to_owned(),
+            "panic: boom".to_owned()
+        ]
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("last lines of its previous run's log:\n    starting"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_failure_carries_at_most_the_last_20_log_lines() {
+    let sim = sim(1).await;
+    let image = pinned("2a");
+    let lines: Vec<String> = (1..=30).map(|i| format!("line {i}")).collect();
+    let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+    sim.set_image(&image.to_string(), Outcome::CrashLoop);
+    sim.set_logs(&image.to_string(), &refs);
+    let ws = workspace();
+    let err = deployer(&sim)
+        .restart_budget(0)
+        .deploy(app(&ws), &image, &DeployMeta::default(), &Context::new())
+        .await
+        .expect_err("crashes");
+    let KubeError::PodFailed { pod, .. } = kube_error(&err) else {
+        panic!("expected PodFailed, got {err}");
+    };
+    assert_eq!(pod.logs, lines[10..], "the last 20 of 30");
 }
 
 #[tokio::test]
 async fn progress_deadline_exceeded_fails() {
     let sim = sim(1).await;
-    sim.set_outcome(NS, "api", Outcome::DeadlineExceeded);
+    // A deadline of 10 steps (10 cluster seconds, 200 ms).
+    let api: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
+        kube::Api::namespaced(sim.client(), NS);
+    let deadline = serde_json::json!({"spec": {"progressDeadlineSeconds": 10}});
+    api.patch(
+        "api",
+        &Default::default(),
+        &kube::api::Patch::Merge(&deadline),
+    )
+    .await
+    .expect("patched");
+    sim.set_outcome(NS, "api", Outcome::NeverReady);
     let ws = workspace();
-    let deployer = KubeDeployer::new(sim.client()).timeout(Duration::from_secs(30));
+    let deployer = deployer(&sim).timeout(Duration::from_secs(30));
 
     let err = deployer
         .deploy(
@@ -278,11 +321,24 @@ async fn progress_deadline_exceeded_fails() {
         .await
         .expect_err("the deadline passes");
 
-    let KubeError::DeadlineExceeded { message, step, .. } = kube_error(&err) else {
+    let KubeError::DeadlineExceeded {
+        message, step, pod, ..
+    } = kube_error(&err)
+    else {
         panic!("expected DeadlineExceeded, got {err}");
     };
     assert_eq!(*step, "watch rollout");
     assert!(message.contains("has timed out progressing"), "{message}");
+    let pod = pod.as_ref().expect("the unready new pod explains it");
+    assert_eq!(pod.reason, "NotReady");
+    assert_eq!(
+        pod.logs,
+        [
+            format!("starting {} (run 1)", pinned("03")),
+            "waiting for the database at db:5432".to_owned()
+        ],
+        "its log"
+    );
     assert!(
         err.to_string()
             .contains("kubectl -n default describe deployment api"),
@@ -293,9 +349,9 @@ async fn progress_deadline_exceeded_fails() {
 #[tokio::test]
 async fn a_stuck_rollout_times_out() {
     let sim = sim(2).await;
-    sim.set_outcome(NS, "api", Outcome::Stuck);
+    sim.set_outcome(NS, "api", Outcome::Unschedulable);
     let ws = workspace();
-    let deployer = KubeDeployer::new(sim.client()).timeout(Duration::from_millis(400));
+    let deployer = deployer(&sim).timeout(Duration::from_millis(400));
 
     let err = deployer
         .deploy(
@@ -307,18 +363,27 @@ async fn a_stuck_rollout_times_out() {
         .await
         .expect_err("nothing moves");
 
-    let KubeError::Timeout { ready, desired, .. } = kube_error(&err) else {
+    let KubeError::Timeout {
+        ready,
+        desired,
+        pod,
+        ..
+    } = kube_error(&err)
+    else {
         panic!("expected Timeout, got {err}");
     };
     assert_eq!((*ready, *desired), (0, 2));
+    let pod = pod.as_ref().expect("the pending new pod explains it");
+    assert_eq!(pod.reason, "Unschedulable");
+    assert!(err.to_string().contains("Insufficient cpu"), "{err}");
 }
 
 #[tokio::test]
 async fn cancellation_stops_the_wait() {
     let sim = sim(1).await;
-    sim.set_outcome(NS, "api", Outcome::Stuck);
+    sim.set_outcome(NS, "api", Outcome::Unschedulable);
     let ws = workspace();
-    let deployer = KubeDeployer::new(sim.client()).timeout(Duration::from_secs(30));
+    let deployer = deployer(&sim).timeout(Duration::from_secs(30));
     let token = CancellationToken::new();
     let ctx = Context::new().with_cancellation(token.clone());
     let cancel = tokio::spawn(async move {
@@ -348,7 +413,7 @@ async fn cancellation_stops_the_wait() {
 async fn rollback_to_previous_restores_the_old_image() {
     let sim = sim(2).await;
     let ws = workspace();
-    let deployer = KubeDeployer::new(sim.client());
+    let deployer = deployer(&sim);
     deployer
         .deploy(app(&ws), &pinned("aa"), &meta("fp-a", "a"), &Context::new())
         .await
@@ -387,7 +452,7 @@ async fn rollback_to_previous_restores_the_old_image() {
 async fn rollback_to_a_given_revision() {
     let sim = sim(1).await;
     let ws = workspace();
-    let deployer = KubeDeployer::new(sim.client());
+    let deployer = deployer(&sim);
     for (byte, fp) in [("aa", "fp-a"), ("bb", "fp-b")] {
         deployer
             .deploy(app(&ws), &pinned(byte), &meta(fp, byte), &Context::new())
@@ -416,7 +481,7 @@ async fn rollback_to_a_given_revision() {
 async fn rollback_to_a_missing_revision_names_the_existing_ones() {
     let sim = sim(1).await;
     let ws = workspace();
-    let deployer = KubeDeployer::new(sim.client());
+    let deployer = deployer(&sim);
 
     let err = deployer
         .rollback(app(&ws), RollbackTarget::Revision(7), &Context::new())
@@ -443,7 +508,7 @@ async fn a_failed_rollout_can_be_rolled_back_to_the_revision_before_it() {
     let sim = sim(2).await;
     sim.set_outcome(NS, "api", Outcome::ImagePullFailure);
     let ws = workspace();
-    let deployer = KubeDeployer::new(sim.client()).timeout(Duration::from_secs(30));
+    let deployer = deployer(&sim).timeout(Duration::from_secs(30));
     let before = deployer
         .current(app(&ws), &Context::new())
         .await
@@ -479,7 +544,7 @@ async fn a_failed_rollout_can_be_rolled_back_to_the_revision_before_it() {
 async fn history_lists_revisions_oldest_first() {
     let sim = sim(1).await;
     let ws = workspace();
-    let deployer = KubeDeployer::new(sim.client());
+    let deployer = deployer(&sim);
     for byte in ["aa", "bb"] {
         deployer
             .deploy(app(&ws), &pinned(byte), &meta("fp", byte), &Context::new())
@@ -525,7 +590,7 @@ async fn history_lists_revisions_oldest_first() {
 async fn a_missing_deployment_is_none_for_current_and_an_error_for_deploy() {
     let sim = SimCluster::start().await.expect("sim starts");
     let ws = workspace();
-    let deployer = KubeDeployer::new(sim.client());
+    let deployer = deployer(&sim);
 
     let now = deployer
         .current(app(&ws), &Context::new())
@@ -555,7 +620,7 @@ async fn a_watch_the_server_ends_is_resumed() {
     // Every watch ends after 30 ms, while the rollout takes several 20 ms steps.
     sim.limit_watches(Duration::from_millis(30));
     let ws = workspace();
-    let deployer = KubeDeployer::new(sim.client());
+    let deployer = deployer(&sim);
 
     let rollout = deployer
         .deploy(
@@ -583,7 +648,7 @@ async fn a_failed_renewal_of_the_watch_is_retried() {
     let sim = sim(3).await;
     sim.limit_watches(Duration::from_millis(30));
     let ws = workspace();
-    let deployer = KubeDeployer::new(sim.client());
+    let deployer = deployer(&sim);
     let (image, meta, ctx) = (pinned("78"), DeployMeta::default(), Context::new());
     let deploy = deployer.deploy(app(&ws), &image, &meta, &ctx);
     // Once the first watch runs, its renewal (30 ms later) gets a 500.
@@ -607,7 +672,7 @@ async fn a_failed_rollout_left_in_place_reports_no_fingerprint() {
     let sim = sim(2).await;
     sim.set_outcome(NS, "api", Outcome::ImagePullFailure);
     let ws = workspace();
-    let deployer = KubeDeployer::new(sim.client());
+    let deployer = deployer(&sim);
     let meta = DeployMeta {
         fingerprint: Some(Fingerprint("fp-v2".into())),
         ..DeployMeta::default()
@@ -646,7 +711,9 @@ async fn a_failed_rollout_left_in_place_reports_no_fingerprint() {
 async fn a_rollout_costs_a_handful_of_requests() {
     let sim = sim(5).await;
     let ws = workspace();
-    let deployer = KubeDeployer::new(sim.client());
+    // The default failure window: the pods are looked at after 3 s of quiet, which
+    // a healthy rollout (a step every 20 ms) never has, even on a loaded machine.
+    let deployer = shipflow_k8s::KubeDeployer::new(sim.client());
 
     deployer
         .deploy(
@@ -658,16 +725,15 @@ async fn a_rollout_costs_a_handful_of_requests() {
         .await
         .expect("rolls");
 
-    // Read, patch, watch the Deployment; list the new ReplicaSet and watch its pods
-    // from the patch on (no pod of it is older). No polling: the count does not grow
-    // with the rollout's length.
+    // Read and patch the Deployment, then list and watch it. The pods are only
+    // looked at when the Deployment stays quiet, which a healthy rollout never does:
+    // the count does not grow with the rollout's length.
     let requests = sim.requests();
     let expected = [
         ("GET /apis/apps/v1/namespaces/default/deployments/api", 1),
         ("PATCH /apis/apps/v1/namespaces/default/deployments/api", 1),
+        ("GET /apis/apps/v1/namespaces/default/deployments", 1),
         ("WATCH /apis/apps/v1/namespaces/default/deployments", 1),
-        ("GET /apis/apps/v1/namespaces/default/replicasets", 1),
-        ("WATCH /api/v1/namespaces/default/pods", 1),
     ];
     assert_eq!(
         requests,
@@ -683,7 +749,7 @@ async fn deploying_a_digest_whose_rollout_failed_fails_again() {
     let sim = sim(1).await;
     sim.set_outcome(NS, "api", Outcome::ImagePullFailure);
     let ws = workspace();
-    let deployer = KubeDeployer::new(sim.client()).timeout(Duration::from_secs(30));
+    let deployer = deployer(&sim).timeout(Duration::from_secs(30));
     let image = pinned("e1");
     deployer
         .deploy(app(&ws), &image, &DeployMeta::default(), &Context::new())
@@ -703,10 +769,50 @@ async fn deploying_a_digest_whose_rollout_failed_fails_again() {
 }
 
 #[tokio::test]
+async fn deploying_a_digest_whose_rollout_timed_out_fails_again_at_once() {
+    let sim = sim(1).await;
+    let api: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
+        kube::Api::namespaced(sim.client(), NS);
+    let deadline = serde_json::json!({"spec": {"progressDeadlineSeconds": 10}});
+    api.patch(
+        "api",
+        &Default::default(),
+        &kube::api::Patch::Merge(&deadline),
+    )
+    .await
+    .expect("patched");
+    let image = pinned("e2");
+    sim.set_image(&image.to_string(), Outcome::NeverReady);
+    let ws = workspace();
+    let deployer = deployer(&sim).timeout(Duration::from_secs(30));
+    let err = deployer
+        .deploy(app(&ws), &image, &DeployMeta::default(), &Context::new())
+        .await
+        .expect_err("never ready");
+    assert!(
+        matches!(kube_error(&err), KubeError::DeadlineExceeded { .. }),
+        "{err}"
+    );
+    // The spec names the digest and its own rollout's deadline passed: that
+    // condition is this rollout's, not one left from before.
+    let started = Instant::now();
+    let err = deployer
+        .deploy(app(&ws), &image, &DeployMeta::default(), &Context::new())
+        .await
+        .expect_err("still never ready");
+    assert!(
+        matches!(kube_error(&err), KubeError::DeadlineExceeded { .. }),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5), "at once");
+    assert_eq!(sim.request_count("PATCH"), 2, "the deadline and one deploy");
+}
+
+#[tokio::test]
 async fn a_cancelled_run_patches_nothing() {
     let sim = sim(1).await;
     let ws = workspace();
-    let deployer = KubeDeployer::new(sim.client());
+    let deployer = deployer(&sim);
     deployer
         .deploy(
             app(&ws),
@@ -743,7 +849,7 @@ async fn a_cancelled_run_patches_nothing() {
 async fn rolling_back_to_the_current_revision_changes_nothing() {
     let sim = sim(1).await;
     let ws = workspace();
-    let deployer = KubeDeployer::new(sim.client());
+    let deployer = deployer(&sim);
 
     let rollout = deployer
         .rollback(app(&ws), RollbackTarget::Revision(1), &Context::new())
@@ -760,7 +866,7 @@ async fn rolling_back_to_the_current_revision_changes_nothing() {
 async fn a_conflicting_change_during_rollback_is_reported_as_such() {
     let sim = sim(1).await;
     let ws = workspace();
-    let deployer = KubeDeployer::new(sim.client());
+    let deployer = deployer(&sim);
     deployer
         .deploy(
             app(&ws),
@@ -800,7 +906,7 @@ async fn a_conflicting_change_during_rollback_is_reported_as_such() {
 async fn a_server_error_names_the_step() {
     let sim = sim(1).await;
     let ws = workspace();
-    let deployer = KubeDeployer::new(sim.client()).retry(RetryPolicy::none());
+    let deployer = deployer(&sim).retry(RetryPolicy::none());
     sim.fail_next(
         "GET",
         "/apis/apps/v1/namespaces/default/deployments/api",

@@ -237,3 +237,219 @@ async fn apply_creates_then_changes_nothing_for_the_same_manifest() {
     );
     assert_eq!(third.data.expect("data")["A"], "2");
 }
+
+/// Every Deployment event of `ns/name` from `rv` until `done` says stop (or 10 s).
+async fn watch_until(
+    sim: &SimCluster,
+    ns: &str,
+    rv: &str,
+    mut done: impl FnMut(&Deployment) -> bool,
+) -> Vec<Deployment> {
+    let api: Api<Deployment> = Api::namespaced(sim.client(), ns);
+    let wp = WatchParams::default()
+        .fields("metadata.name=api")
+        .timeout(10);
+    let mut stream = api.watch(&wp, rv).await.expect("watch").boxed();
+    let mut seen = Vec::new();
+    while let Some(event) = stream.next().await {
+        if let WatchEvent::Modified(d) = event.expect("event") {
+            let stop = done(&d);
+            seen.push(d);
+            if stop {
+                break;
+            }
+        }
+    }
+    seen
+}
+
+fn complete(d: &Deployment) -> bool {
+    let s = d.status.clone().unwrap_or_default();
+    let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    s.observed_generation == d.metadata.generation
+        && s.updated_replicas == Some(want)
+        && s.replicas == Some(want)
+        && s.available_replicas == Some(want)
+}
+
+async fn set_image(sim: &SimCluster, ns: &str, image: &str) -> Deployment {
+    let api: Api<Deployment> = Api::namespaced(sim.client(), ns);
+    let patch =
+        json!({"spec": {"template": {"spec": {"containers": [{"name": "api", "image": image}]}}}});
+    api.patch("api", &PatchParams::default(), &Patch::Strategic(&patch))
+        .await
+        .expect("patched")
+}
+
+#[tokio::test]
+async fn recreate_observes_the_new_generation_before_any_new_replica_set() {
+    let sim = SimCluster::start().await.expect("sim starts");
+    sim.seed_deployment_json(
+        "prod",
+        json!({"metadata": {"name": "api"}, "spec": {"replicas": 2, "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": {"app": "api"}},
+            "template": {"metadata": {"labels": {"app": "api"}},
+                "spec": {"containers": [{"name": "api", "image": "r.local/api:v1"}]}}}}),
+    );
+    let patched = set_image(&sim, "prod", "r.local/api:v2").await;
+    let rv = patched.metadata.resource_version.clone().expect("rv");
+    let seen = watch_until(&sim, "prod", &rv, complete).await;
+    // As recreate.go: the old ReplicaSet goes to zero first, the status says so with
+    // the new generation observed, and the revision still names revision 1.
+    let first_observed = seen
+        .iter()
+        .find(|d| d.status.as_ref().and_then(|s| s.observed_generation) == Some(2))
+        .expect("observed");
+    assert_eq!(
+        first_observed
+            .metadata
+            .annotations
+            .as_ref()
+            .expect("annotated")["deployment.kubernetes.io/revision"],
+        "1"
+    );
+    assert_eq!(
+        first_observed
+            .status
+            .as_ref()
+            .and_then(|s| s.updated_replicas),
+        None
+    );
+    // Never an old and a new pod at once.
+    for d in &seen {
+        let s = d.status.clone().unwrap_or_default();
+        let old = s.replicas.unwrap_or(0) - s.updated_replicas.unwrap_or(0);
+        assert!(old == 0 || s.updated_replicas.unwrap_or(0) == 0, "{s:?}");
+    }
+    assert!(complete(seen.last().expect("done")));
+}
+
+#[tokio::test]
+async fn a_rolling_update_stays_within_max_surge_and_max_unavailable() {
+    let sim = SimCluster::start().await.expect("sim starts");
+    sim.seed_deployment("prod", "api", "api", "r.local/api:v1", 4);
+    // 4 replicas: maxSurge 25% = 1 pod up, maxUnavailable 25% = 1 pod down.
+    let patched = set_image(&sim, "prod", "r.local/api:v2").await;
+    let rv = patched.metadata.resource_version.clone().expect("rv");
+    let seen = watch_until(&sim, "prod", &rv, complete).await;
+    for d in &seen {
+        let s = d.status.clone().unwrap_or_default();
+        assert!(s.replicas.unwrap_or(0) <= 5, "at most 4 + 1 pods: {s:?}");
+        assert!(
+            s.available_replicas.unwrap_or(0) >= 3,
+            "at least 4 - 1 available: {s:?}"
+        );
+    }
+    assert!(complete(seen.last().expect("done")));
+}
+
+#[tokio::test]
+async fn availability_lags_readiness_by_min_ready_seconds() {
+    let sim = SimCluster::start().await.expect("sim starts");
+    sim.seed_deployment_json(
+        "prod",
+        json!({"metadata": {"name": "api"}, "spec": {"replicas": 1, "minReadySeconds": 5,
+            "selector": {"matchLabels": {"app": "api"}},
+            "template": {"metadata": {"labels": {"app": "api"}},
+                "spec": {"containers": [{"name": "api", "image": "r.local/api:v1"}]}}}}),
+    );
+    let patched = set_image(&sim, "prod", "r.local/api:v2").await;
+    let rv = patched.metadata.resource_version.clone().expect("rv");
+    let seen = watch_until(&sim, "prod", &rv, complete).await;
+    assert!(
+        seen.iter().any(|d| {
+            let s = d.status.clone().unwrap_or_default();
+            s.ready_replicas.unwrap_or(0) > s.available_replicas.unwrap_or(0)
+        }),
+        "a new pod was ready before it counted as available"
+    );
+}
+
+#[tokio::test]
+async fn a_paused_deployment_rolls_nothing_until_resumed() {
+    let sim = SimCluster::start().await.expect("sim starts");
+    sim.seed_deployment("prod", "api", "api", "r.local/api:v1", 1);
+    let api: Api<Deployment> = Api::namespaced(sim.client(), "prod");
+    api.patch(
+        "api",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"spec": {"paused": true}})),
+    )
+    .await
+    .expect("paused");
+    set_image(&sim, "prod", "r.local/api:v2").await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(
+        sim.replica_set_names("prod").len(),
+        1,
+        "no new ReplicaSet while paused"
+    );
+    let dep = api.get("api").await.expect("get");
+    let progressing = dep.status.expect("status").conditions.expect("conditions");
+    assert!(
+        progressing
+            .iter()
+            .any(|c| c.reason.as_deref() == Some("DeploymentPaused"))
+    );
+    let resumed = api
+        .patch(
+            "api",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"paused": false}})),
+        )
+        .await
+        .expect("resumed");
+    let rv = resumed.metadata.resource_version.clone().expect("rv");
+    let seen = watch_until(&sim, "prod", &rv, complete).await;
+    assert!(complete(seen.last().expect("done")));
+    assert_eq!(sim.replica_set_names("prod").len(), 2);
+}
+
+#[tokio::test]
+async fn watches_resume_within_the_history_and_get_410_beyond_it() {
+    let sim = SimCluster::start().await.expect("sim starts");
+    sim.seed_deployment("prod", "api", "api", "r.local/api:v1", 1);
+    sim.watch_history(2, 1);
+    let api: Api<Deployment> = Api::namespaced(sim.client(), "prod");
+    let old = api
+        .get("api")
+        .await
+        .expect("get")
+        .metadata
+        .resource_version
+        .expect("rv");
+    set_image(&sim, "prod", "r.local/api:v2").await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let wp = WatchParams::default()
+        .fields("metadata.name=api")
+        .timeout(5);
+    let mut stream = api.watch(&wp, &old).await.expect("watch").boxed();
+    match stream.next().await.expect("an event").expect("an event") {
+        WatchEvent::Error(status) => assert_eq!(status.code, 410),
+        other => panic!("expected 410 Gone, got {other:?}"),
+    }
+    // From the list's resourceVersion, a watch asking for bookmarks gets one.
+    let list = api.list(&ListParams::default()).await.expect("list");
+    let rv = list.metadata.resource_version.expect("rv");
+    // kube asks for bookmarks by default.
+    let wp = WatchParams::default()
+        .fields("metadata.name=api")
+        .timeout(5);
+    let mut stream = api.watch(&wp, &rv).await.expect("watch").boxed();
+    set_image(&sim, "prod", "r.local/api:v3").await;
+    let mut bookmarked = false;
+    while let Some(event) = stream.next().await {
+        if let WatchEvent::Bookmark(b) = event.expect("event") {
+            assert!(
+                b.metadata
+                    .resource_version
+                    .parse::<u64>()
+                    .expect("a number")
+                    > rv.parse::<u64>().expect("a number")
+            );
+            bookmarked = true;
+            break;
+        }
+    }
+    assert!(bookmarked);
+}

@@ -222,18 +222,25 @@ impl DockerConfig {
         {
             return self.run_helper(helper, registry, server);
         }
-        if let Some(entry) = self
-            .auths
-            .iter()
-            .find(|(key, _)| same_registry(key, registry))
-            .map(|(_, entry)| entry)
-            && let Some(credentials) = self.decode(entry, registry)?
-        {
+        if let Some(credentials) = self.auths_credentials(registry)? {
             return Ok(Some(credentials));
         }
         match &self.creds_store {
             Some(store) if !store.is_empty() => self.run_helper(store, registry, server),
             _ => Ok(None),
+        }
+    }
+
+    /// The credentials of `registry`'s `auths` entry, decoded; no helper is run.
+    pub(crate) fn auths_credentials(&self, registry: &str) -> Result<Option<Credentials>, OciError> {
+        match self
+            .auths
+            .iter()
+            .find(|(key, _)| same_registry(key, registry))
+            .map(|(_, entry)| entry)
+        {
+            Some(entry) => self.decode(entry, registry),
+            None => Ok(None),
         }
     }
 
@@ -283,6 +290,19 @@ impl DockerConfig {
         registry: &str,
         server: &str,
     ) -> Result<Option<Credentials>, OciError> {
+        // A helper is a program found on PATH by name, as Docker runs it: a name
+        // that is a path (or empty) would run whatever file it points at.
+        let plain = !helper.is_empty()
+            && helper
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            && !helper.starts_with('.');
+        if !plain {
+            return Err(self.error(
+                registry,
+                format!("credential helper {helper:?} is not a helper name (letters, digits, '-', '_', '.')"),
+            ));
+        }
         let program = format!("docker-credential-{helper}");
         let mut child = Command::new(&program)
             .arg("get")
@@ -520,5 +540,17 @@ mod tests {
             text.contains("reg") && !text.contains("nocolon") && !text.contains("bm9jb2xvbg"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_helper_name_that_is_a_path_is_refused_not_run() {
+        let config = DockerConfig::from_json(
+            r#"{"credHelpers": {"r.io": "../../../tmp/evil"}, "credsStore": "/bin/sh"}"#,
+        )
+        .expect("parses");
+        let err = config.credentials("r.io").expect_err("refused");
+        assert!(err.to_string().contains("is not a helper name"), "{err}");
+        let err = config.credentials("other.io").expect_err("refused");
+        assert!(err.to_string().contains("\"/bin/sh\" is not a helper name"), "{err}");
     }
 }

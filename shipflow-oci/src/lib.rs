@@ -106,3 +106,31 @@ pub use platform::Platform;
 pub use sign::{ImageSigner, SIGNATURE_MEDIA_TYPE, signature_tag};
 pub use spec::{LayerSpec, NATIVE_BUILD_TYPE, NativeBuild, schema};
 pub use store::LayoutRegistry;
+
+/// Entry points for the fuzz targets in the repository's `fuzz/` directory
+/// (feature `fuzzing`): internal parsers, reachable from outside. Not an API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Parses a `WWW-Authenticate` header value; whether it named a scheme.
+    pub fn www_authenticate(header: &str) -> bool {
+        crate::auth::parse_challenge(header).is_some()
+    }
+
+    /// Parses a Docker `config.json` and decodes `registry`'s `auths` entry (no
+    /// credential helper is run).
+    pub fn docker_config(json: &str, registry: &str) {
+        if let Ok(config) = crate::DockerConfig::from_json(json) {
+            let _ = config.auths_credentials(registry);
+        }
+    }
+
+    /// Parses `.dockerignore` text and matches each of `paths` against it.
+    pub fn dockerignore(text: &str, paths: &[&str]) {
+        if let Ok(rules) = crate::dockerignore::IgnoreRules::parse(text) {
+            for path in paths {
+                let _ = rules.excludes(path);
+            }
+        }
+    }
+}

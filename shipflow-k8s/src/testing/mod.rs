@@ -1,16 +1,76 @@
-//! A simulated Kubernetes API server for tests, reached through the real [`kube::Client`]
-//! over HTTP (feature `testing`).
+//! A simulated Kubernetes API server for tests (feature `testing`), reached over HTTP
+//! through the real [`kube::Client`] or the real `kubectl`.
 //!
-//! It serves `apps/v1` Deployments and ReplicaSets, `v1` Pods, ConfigMaps and Services
-//! and `coordination.k8s.io/v1` Leases (GET, LIST and WATCH with label and field
-//! selectors, POST, PUT and DELETE with resourceVersion preconditions, and
-//! strategic-merge, JSON-merge or server-side-apply PATCH; apply is simplified: it
-//! merges the applied fields and does not track field managers), and
-//! runs a Deployment controller that moves each rollout forward one step at a time as
-//! the deployment's scripted [`Outcome`] says: a new ReplicaSet per pod template with
-//! the next `deployment.kubernetes.io/revision`, new pods, old pods removed, the
-//! Deployment's status and conditions kept in step, and, once a rollout completes,
-//! old ReplicaSets beyond `spec.revisionHistoryLimit` deleted.
+//! [`SimCluster`] serves `apps/v1` Deployments and ReplicaSets, `v1` Pods, ConfigMaps,
+//! Secrets, Services, Endpoints and Events, `discovery.k8s.io/v1` EndpointSlices and
+//! `coordination.k8s.io/v1` Leases, and runs the controllers that make a cluster move.
+//! A client sees what a real API server would show it; where the two disagree, the
+//! simulator is wrong.
+//!
+//! # What it models
+//!
+//! - **Discovery**: `/version`, aggregated discovery (`apidiscovery.k8s.io/v2`, what
+//!   `kubectl` asks for first), the legacy `/api`, `/apis` and group-version
+//!   documents, and OpenAPI v3 documents with each operation's query parameters.
+//! - **The API**: GET, LIST and WATCH with label selectors (set-based too) and field
+//!   selectors; POST, PUT, DELETE with resourceVersion and uid preconditions; PATCH
+//!   as JSON merge, strategic merge (lists merge by their keys, with the `$patch`,
+//!   `$retainKeys`, `$setElementOrder` and `$deleteFromPrimitiveList` directives),
+//!   JSON patch and server-side apply; a resourceVersion in any write is a
+//!   precondition; `dryRun=All`; the `status` and `scale` subresources and
+//!   `pods/log`; `meta.k8s.io/v1` Tables for `kubectl get`.
+//! - **What the API server does to a write**: defaults (a Deployment's strategy,
+//!   revision history limit and progress deadline, a pod spec's restart policy and
+//!   pull policies, a Service's cluster IP, a Secret's `stringData`), `generation`
+//!   raised by any spec change, status kept out of writes to the main resource,
+//!   strict schema checking against the Kubernetes OpenAPI types (a field the
+//!   schema does not have is refused, as `fieldValidation=Strict` refuses it, whatever
+//!   the request asks: a client bug fails the test instead of being dropped), and
+//!   validation of names, labels, a Deployment's selector against its template, an
+//!   immutable selector and immutable ConfigMaps and Secrets.
+//! - **Server-side apply**: `metadata.managedFields` per manager and operation; a
+//!   field another manager set to another value is a 409 conflict naming the field
+//!   unless forced; fields a manager stops applying are removed.
+//! - **Watches**: resume from a resourceVersion within the history window (75 steps
+//!   by default, [`watch_history`](SimCluster::watch_history)); older is `410 Gone`.
+//!   Bookmarks every 60 steps to watches that ask for them. The server may end a
+//!   watch early ([`limit_watches`](SimCluster::limit_watches)).
+//! - **The Deployment controller**, after pkg/controller/deployment: the new
+//!   ReplicaSet is the one whose template equals the Deployment's; rolling back to an
+//!   existing one raises its revision in one write while the Deployment's revision
+//!   annotation follows in a later sync (after `observedGeneration`); maxSurge and
+//!   maxUnavailable; Recreate (old ReplicaSets to zero, then wait for their pods,
+//!   then the new one); paused Deployments only scale; scaling events and
+//!   proportional scaling; `progressDeadlineSeconds` (the condition stays
+//!   `ProgressDeadlineExceeded` until the rollout progresses again); a ReplicaSet's
+//!   `ReplicaFailure` copied while it lasts; `revisionHistoryLimit`.
+//! - **The ReplicaSet controller**: creates and deletes pods (unready and young
+//!   first), availability after `minReadySeconds`, `ReplicaFailure` while pod
+//!   creations are refused ([`refuse_pods`](SimCluster::refuse_pods)).
+//! - **A kubelet**: one node; pulls (failing and backing off as scripted: 10, 20, 40
+//!   … up to 300 steps), `CreateContainerConfigError` while a ConfigMap, Secret or key
+//!   a container's environment needs is missing, init containers before the others,
+//!   crash loops with back-off and restart counts, readiness (probes'
+//!   `initialDelaySeconds`), graceful deletion, logs per container run
+//!   ([`set_logs`](SimCluster::set_logs)); how each image behaves is scripted with
+//!   [`Outcome`].
+//! - **Endpoints and EndpointSlices** that follow pod readiness and termination, and
+//!   **Events** as controllers and the kubelet record them.
+//! - **Garbage collection** of ReplicaSets, pods and slices whose owner is gone.
+//!
+//! Each controller step stands for one second of cluster time (every 20 ms by
+//! default): timers such as `progressDeadlineSeconds`, `minReadySeconds` and
+//! back-offs count steps. Timestamps in objects are wall-clock time.
+//!
+//! # What it does not model
+//!
+//! Authentication and authorisation, admission webhooks and quotas (but see
+//! [`refuse_pods`](SimCluster::refuse_pods)), namespaces as objects, other kinds
+//! (StatefulSets, Jobs, CRDs, ...), protobuf, paging (`limit` is ignored: lists are
+//! whole), `resourceVersionMatch`, more than one node or scheduling constraints,
+//! liveness probes, pod disruption, node failures, `kubectl exec`/`port-forward`,
+//! followed logs, field ownership of status writes, and OpenAPI schemas (the
+//! documents list operations only).
 //!
 //! ```no_run
 //! use shipflow_k8s::testing::{Outcome, SimCluster};
@@ -29,8 +89,15 @@
 //! ```
 
 mod controller;
+mod discovery;
+mod fields;
+mod patch;
+mod resources;
+mod schema;
+mod selector;
 mod server;
 mod store;
+mod table;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -41,47 +108,54 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
-use store::{Kind, Shared};
+use resources::Kind;
+use store::Shared;
 
-/// How the simulated controller plays a Deployment's next rollouts.
+/// How the containers of a scripted image (or of a Deployment's next rollouts) behave.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Outcome {
-    /// New pods become ready one by one, old ones go, the rollout completes.
+    /// Pulled, started and ready at once.
     #[default]
     Healthy,
-    /// The new pod cannot pull its image: `ErrImagePull`, then `ImagePullBackOff`.
+    /// The image is not in the registry: `ErrImagePull` (a NotFound), then
+    /// `ImagePullBackOff`, retried with back-off, for ever.
     ImagePullFailure,
-    /// The new pod's container exits with `panic: boom` and restarts in
-    /// `CrashLoopBackOff`, its restart count growing each step.
+    /// The first pull fails for a passing reason (the registry answers 429), the
+    /// retry after the back-off succeeds and the container runs.
+    PullRetried,
+    /// The container exits with `panic: boom` while it starts (it is never ready),
+    /// and is restarted after a growing back-off (`CrashLoopBackOff`).
     CrashLoop,
-    /// The new pod runs but never becomes ready; after a few steps the Deployment's
-    /// `Progressing` condition turns `False` with `ProgressDeadlineExceeded`.
-    DeadlineExceeded,
-    /// Nothing happens after the new ReplicaSet is created.
-    Stuck,
+    /// The container runs but its readiness never passes.
+    NeverReady,
+    /// The pod is never scheduled (no node has room): it stays `Pending`.
+    Unschedulable,
 }
 
-/// A running simulated API server. Dropping it stops the server.
+/// A running simulated API server. Dropping it stops the server and its controllers.
 #[derive(Debug)]
 pub struct SimCluster {
     addr: SocketAddr,
     shared: Arc<Shared>,
     server: tokio::task::JoinHandle<()>,
+    controllers: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for SimCluster {
     fn drop(&mut self) {
         self.server.abort();
+        self.controllers.abort();
     }
 }
 
 impl SimCluster {
-    /// Starts a server on `127.0.0.1:0` whose controller takes a step every 20 ms.
+    /// Starts a server on `127.0.0.1:0` whose controllers take a step every 20 ms.
     pub async fn start() -> std::io::Result<Self> {
         Self::with_step(Duration::from_millis(20)).await
     }
 
-    /// Starts a server whose controller takes a step every `step`.
+    /// Starts a server whose controllers take a step every `step`.
     pub async fn with_step(step: Duration) -> std::io::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -93,9 +167,11 @@ impl SimCluster {
                     continue;
                 };
                 let shared = serving.clone();
+                let host = addr.to_string();
                 tokio::spawn(async move {
-                    let service =
-                        hyper::service::service_fn(move |req| server::handle(shared.clone(), req));
+                    let service = hyper::service::service_fn(move |req| {
+                        server::handle(shared.clone(), host.clone(), req)
+                    });
                     // A client hanging up mid-request is not the server's problem.
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -103,10 +179,12 @@ impl SimCluster {
                 });
             }
         });
+        let controllers = tokio::spawn(controller::run(shared.clone()));
         Ok(Self {
             addr,
             shared,
             server,
+            controllers,
         })
     }
 
@@ -125,8 +203,19 @@ impl SimCluster {
             .expect("a plain-HTTP config needs no TLS and always builds")
     }
 
-    /// Creates a Deployment `ns/name` with one container running `image`, already rolled
-    /// out: ReplicaSet revision 1 and `replicas` ready pods. The pods carry the label
+    /// A kubeconfig (YAML) whose current context points at this server, for `kubectl
+    /// --kubeconfig` or `KUBECONFIG`.
+    pub fn kubeconfig(&self) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: sim\n  cluster:\n    server: {}\n\
+             users:\n- name: sim\n  user: {{}}\ncontexts:\n- name: sim\n  context:\n    cluster: sim\n    \
+             user: sim\n    namespace: default\ncurrent-context: sim\n",
+            self.url()
+        )
+    }
+
+    /// Creates a Deployment `ns/name` with one container running `image`, already
+    /// rolled out: ReplicaSet revision 1 and `replicas` ready pods, labelled
     /// `app=<name>`.
     pub fn seed_deployment(
         &self,
@@ -136,41 +225,153 @@ impl SimCluster {
         image: &str,
         replicas: u32,
     ) {
-        let dep = json!({
-            "metadata": {
-                "name": name,
-                "generation": 1,
-                "labels": {"app": name},
-                "annotations": {"kubernetes.io/change-cause": format!("seeded with {image}")},
-            },
-            "spec": {
-                "replicas": replicas,
-                "progressDeadlineSeconds": 600,
-                "selector": {"matchLabels": {"app": name}},
-                "template": {
-                    "metadata": {"labels": {"app": name}},
-                    "spec": {"containers": [{"name": container, "image": image}]},
+        self.seed_deployment_json(
+            ns,
+            json!({
+                "metadata": {
+                    "name": name,
+                    "labels": {"app": name},
+                    "annotations": {"kubernetes.io/change-cause": format!("seeded with {image}")},
                 },
-            },
-        });
-        let mut st = self.shared.lock();
-        controller::seed(&self.shared, &mut st, ns, name, dep);
+                "spec": {
+                    "replicas": replicas,
+                    "selector": {"matchLabels": {"app": name}},
+                    "template": {
+                        "metadata": {"labels": {"app": name}},
+                        "spec": {"containers": [{"name": container, "image": image}]},
+                    },
+                },
+            }),
+        );
     }
 
-    /// Sets how the controller plays the next rollouts of `ns/name`. A rollout to
-    /// images the Deployment already rolled out with succeeds whatever this says,
-    /// as a rollback to a known-good image does on a real cluster.
+    /// Creates a Deployment from its JSON (`metadata.name`, `spec` with `replicas`,
+    /// `selector` and `template`), as `kubectl create` would, and runs the controllers
+    /// until it is rolled out (or 200 steps passed: a seeded image scripted to fail
+    /// stays failing).
+    ///
+    /// # Panics
+    /// If the API server would refuse the object.
+    pub fn seed_deployment_json(&self, ns: &str, dep: Value) {
+        let name = dep["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        self.seed(Kind::Deployment, ns, dep);
+        let mut st = self.shared.lock();
+        for _ in 0..200 {
+            controller::step(&self.shared, &mut st);
+            let Some(d) = st.get(Kind::Deployment, ns, &name) else {
+                break;
+            };
+            let want = d["spec"]["replicas"].as_i64().unwrap_or(1);
+            let s = &d["status"];
+            let count = |f: &str| s[f].as_i64().unwrap_or(0);
+            if s["observedGeneration"] == d["metadata"]["generation"]
+                && count("updatedReplicas") == want
+                && count("availableReplicas") == want
+                && count("replicas") == want
+            {
+                break;
+            }
+        }
+    }
+
+    /// Stores `object` (a ConfigMap, Secret, Service, Lease, Pod, ReplicaSet, ... as
+    /// JSON with `metadata.name`) as if created through the API: defaulted, checked
+    /// against the schema, validated. Deployments are better seeded with
+    /// [`seed_deployment_json`](Self::seed_deployment_json), which also rolls them out.
+    ///
+    /// # Panics
+    /// If `kind` is not one the server serves, or the API server would refuse the object.
+    pub fn seed_object(&self, kind: &str, ns: &str, object: Value) {
+        let kind = Kind::from_name(kind)
+            .unwrap_or_else(|| panic!("the simulated server does not serve {kind}"));
+        self.seed(kind, ns, object);
+    }
+
+    fn seed(&self, kind: Kind, ns: &str, mut object: Value) {
+        let mut st = self.shared.lock();
+        let name = object["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        schema::default(&mut st, kind, &mut object);
+        if matches!(kind, Kind::Deployment | Kind::ReplicaSet) {
+            object["metadata"]["generation"] = 1.into();
+        }
+        object["apiVersion"] = kind.api_version().into();
+        object["kind"] = kind.name().into();
+        if let Err(e) = schema::check_schema(kind, &object) {
+            panic!(
+                "the API server would refuse {} {ns}/{name}: {e}",
+                kind.name()
+            );
+        }
+        let errors = schema::validate(kind, &object, None);
+        assert!(
+            errors.is_empty(),
+            "the API server would refuse {} {ns}/{name}: {errors:?}",
+            kind.name()
+        );
+        self.shared.put(&mut st, kind, ns, object);
+    }
+
+    /// Sets how the pods of `ns/name`'s next rollouts behave. Pods of a template the
+    /// Deployment has already completed a rollout with stay healthy whatever this
+    /// says, as a rollback to a known-good image does on a real cluster;
+    /// [`set_image`](Self::set_image) scripts an image whatever its history.
     pub fn set_outcome(&self, ns: &str, name: &str, outcome: Outcome) {
         self.shared
             .lock()
-            .outcomes
+            .scripts
+            .deployments
             .insert((ns.to_owned(), name.to_owned()), outcome);
+    }
+
+    /// Sets how every container started from now on with `image` behaves (init
+    /// containers too), wherever it runs.
+    pub fn set_image(&self, image: &str, outcome: Outcome) {
+        self.shared
+            .lock()
+            .scripts
+            .images
+            .insert(image.to_owned(), outcome);
+    }
+
+    /// Sets the log lines containers of `image` print each time they start.
+    pub fn set_logs(&self, image: &str, lines: &[&str]) {
+        self.shared.lock().scripts.logs.insert(
+            image.to_owned(),
+            lines.iter().map(|l| (*l).to_owned()).collect(),
+        );
+    }
+
+    /// Refuses the next `count` pod creations in `ns`, as a full resource quota does:
+    /// the ReplicaSet gets `ReplicaFailure` (reason `FailedCreate`) until a creation
+    /// succeeds again.
+    pub fn refuse_pods(&self, ns: &str, count: u32) {
+        self.shared
+            .lock()
+            .scripts
+            .refuse_pods
+            .insert(ns.to_owned(), count);
     }
 
     /// Ends every watch after `limit`, as API servers do at their own discretion; a
     /// client must then watch again from the last resource version it saw.
     pub fn limit_watches(&self, limit: Duration) {
         self.shared.lock().watch_limit = Some(limit);
+    }
+
+    /// Keeps `steps` controller steps of changes for watches to resume from (default
+    /// 75, about what a real API server keeps); a watch from an older
+    /// resourceVersion gets `410 Gone`. `bookmark_every` steps a watch that allows
+    /// bookmarks gets one (default 60).
+    pub fn watch_history(&self, steps: u64, bookmark_every: u64) {
+        let mut st = self.shared.lock();
+        st.history = steps;
+        st.bookmark_every = bookmark_every.max(1);
     }
 
     /// Answers the next request `verb path` (e.g. `"PATCH"`,
@@ -192,7 +393,7 @@ impl SimCluster {
     }
 
     /// When the controller finished rolling out generation `generation` of the
-    /// Deployment `ns/name` (every replica new and ready, no old one left).
+    /// Deployment `ns/name` (every replica new and available, no old one left).
     pub fn ready_at(&self, ns: &str, name: &str, generation: u64) -> Option<std::time::Instant> {
         self.shared
             .lock()
@@ -201,75 +402,57 @@ impl SimCluster {
             .copied()
     }
 
-    /// The stored ConfigMap `ns/name`, as JSON.
-    pub fn config_map(&self, ns: &str, name: &str) -> Option<Value> {
-        self.object(Kind::ConfigMap, ns, name)
+    /// The stored object `kind` (e.g. `"Deployment"`) `ns/name`, as JSON.
+    pub fn get(&self, kind: &str, ns: &str, name: &str) -> Option<Value> {
+        let kind = Kind::from_name(kind)?;
+        self.shared.lock().get(kind, ns, name).cloned()
     }
 
-    /// The names of the ReplicaSets stored in `ns`.
-    pub fn replica_set_names(&self, ns: &str) -> Vec<String> {
-        self.shared
-            .lock()
-            .objects
-            .keys()
-            .filter(|(kind, n, _)| *kind == Kind::ReplicaSet && n == ns)
-            .map(|(_, _, name)| name.clone())
-            .collect()
-    }
-
-    /// The stored Service `ns/name`, as JSON.
-    pub fn service(&self, ns: &str, name: &str) -> Option<Value> {
-        self.object(Kind::Service, ns, name)
-    }
-
-    /// The stored Lease `ns/name`, as JSON.
-    pub fn lease(&self, ns: &str, name: &str) -> Option<Value> {
-        self.object(Kind::Lease, ns, name)
-    }
-
-    /// Stores `object` (a ConfigMap, Service, Lease, Pod or ReplicaSet as JSON, with
-    /// `metadata.name`) as if created through the API; Deployments use
-    /// [`seed_deployment`](Self::seed_deployment) or [`seed_deployment_json`](Self::seed_deployment_json).
-    ///
-    /// # Panics
-    /// If `kind` is not one the server serves.
-    pub fn seed_object(&self, kind: &str, ns: &str, object: Value) {
-        let kind = match kind {
-            "ConfigMap" => Kind::ConfigMap,
-            "Service" => Kind::Service,
-            "Lease" => Kind::Lease,
-            "Pod" => Kind::Pod,
-            "ReplicaSet" => Kind::ReplicaSet,
-            other => panic!("the simulated server does not serve {other}"),
-        };
-        let mut st = self.shared.lock();
-        self.shared.put(&mut st, kind, ns, object);
-    }
-
-    /// Creates a Deployment from its JSON (`metadata.name`, `spec` with `replicas`,
-    /// `selector` and `template`), already rolled out like
-    /// [`seed_deployment`](Self::seed_deployment).
-    pub fn seed_deployment_json(&self, ns: &str, mut dep: Value) {
-        let name = dep["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        dep["metadata"]["generation"] = 1.into();
-        let mut st = self.shared.lock();
-        controller::seed(&self.shared, &mut st, ns, &name, dep);
+    /// The stored objects of `kind` in `ns`, as JSON, by name.
+    pub fn list(&self, kind: &str, ns: &str) -> Vec<Value> {
+        Kind::from_name(kind).map_or_else(Vec::new, |k| self.shared.lock().list(k, ns))
     }
 
     /// The stored Deployment `ns/name`, as JSON.
     pub fn deployment(&self, ns: &str, name: &str) -> Option<Value> {
-        self.object(Kind::Deployment, ns, name)
+        self.get("Deployment", ns, name)
     }
 
-    fn object(&self, kind: Kind, ns: &str, name: &str) -> Option<Value> {
-        self.shared
-            .lock()
-            .objects
-            .get(&(kind, ns.to_owned(), name.to_owned()))
-            .cloned()
+    /// The stored ConfigMap `ns/name`, as JSON.
+    pub fn config_map(&self, ns: &str, name: &str) -> Option<Value> {
+        self.get("ConfigMap", ns, name)
+    }
+
+    /// The stored Service `ns/name`, as JSON.
+    pub fn service(&self, ns: &str, name: &str) -> Option<Value> {
+        self.get("Service", ns, name)
+    }
+
+    /// The stored Lease `ns/name`, as JSON.
+    pub fn lease(&self, ns: &str, name: &str) -> Option<Value> {
+        self.get("Lease", ns, name)
+    }
+
+    /// The names of the ReplicaSets stored in `ns`.
+    pub fn replica_set_names(&self, ns: &str) -> Vec<String> {
+        self.list("ReplicaSet", ns)
+            .iter()
+            .filter_map(|rs| rs["metadata"]["name"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    /// Every stored object that does not pass the schema check the server applies to
+    /// writes, as `"Kind ns/name: why"`: the simulator's own writes included.
+    pub fn schema_violations(&self) -> Vec<String> {
+        let st = self.shared.lock();
+        st.objects
+            .iter()
+            .filter_map(|((kind, ns, name), object)| {
+                schema::check_schema(*kind, object)
+                    .err()
+                    .map(|e| format!("{} {ns}/{name}: {e}", kind.name()))
+            })
+            .collect()
     }
 
     /// How many requests each `"VERB /path"` received; list requests count as `GET`

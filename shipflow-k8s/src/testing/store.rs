@@ -1,69 +1,15 @@
-//! The simulated API server's object store: objects, resource versions, the event log
-//! that watches replay, and the JSON merge rules of PATCH.
+//! The simulated API server's object store: objects, resource versions, the bounded
+//! event history that watches replay, and the cluster clock the controllers keep.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use tokio::sync::broadcast;
 
 use super::Outcome;
-
-/// The resource kinds the simulated server serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(crate) enum Kind {
-    Deployment,
-    ReplicaSet,
-    Pod,
-    ConfigMap,
-    Service,
-    Lease,
-}
-
-impl Kind {
-    pub(crate) fn from_plural(plural: &str) -> Option<Self> {
-        match plural {
-            "deployments" => Some(Kind::Deployment),
-            "replicasets" => Some(Kind::ReplicaSet),
-            "pods" => Some(Kind::Pod),
-            "configmaps" => Some(Kind::ConfigMap),
-            "services" => Some(Kind::Service),
-            "leases" => Some(Kind::Lease),
-            _ => None,
-        }
-    }
-
-    pub(crate) fn api_version(self) -> &'static str {
-        match self {
-            Kind::Deployment | Kind::ReplicaSet => "apps/v1",
-            Kind::Pod | Kind::ConfigMap | Kind::Service => "v1",
-            Kind::Lease => "coordination.k8s.io/v1",
-        }
-    }
-
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Kind::Deployment => "Deployment",
-            Kind::ReplicaSet => "ReplicaSet",
-            Kind::Pod => "Pod",
-            Kind::ConfigMap => "ConfigMap",
-            Kind::Service => "Service",
-            Kind::Lease => "Lease",
-        }
-    }
-
-    pub(crate) fn resource(self) -> &'static str {
-        match self {
-            Kind::Deployment => "deployments.apps",
-            Kind::ReplicaSet => "replicasets.apps",
-            Kind::Pod => "pods",
-            Kind::ConfigMap => "configmaps",
-            Kind::Service => "services",
-            Kind::Lease => "leases.coordination.k8s.io",
-        }
-    }
-}
+use super::resources::Kind;
 
 /// One change, as a watch reports it.
 #[derive(Debug)]
@@ -71,25 +17,45 @@ pub(crate) struct Change {
     pub(crate) rv: u64,
     pub(crate) kind: Kind,
     pub(crate) namespace: String,
-    pub(crate) kind_of_event: &'static str,
+    pub(crate) event: &'static str,
     pub(crate) object: Value,
+    /// The controller step it happened in, for trimming the history.
+    pub(crate) tick: u64,
 }
 
 /// Object key: kind, namespace, name.
 pub(crate) type Key = (Kind, String, String);
+
+/// The scripted behaviour: how images and pod creations fail.
+#[derive(Debug, Default)]
+pub(crate) struct Scripts {
+    /// Per Deployment: how pods of templates it never completed a rollout with behave.
+    pub(crate) deployments: HashMap<(String, String), Outcome>,
+    /// Per image: how every container running it behaves (wins over the above).
+    pub(crate) images: HashMap<String, Outcome>,
+    /// Per image: the log lines its containers print.
+    pub(crate) logs: HashMap<String, Vec<String>>,
+    /// The container images each Deployment completed a rollout with.
+    pub(crate) good: HashSet<(String, String, String)>,
+    /// Pod creations still to refuse per namespace (a quota that is full).
+    pub(crate) refuse_pods: HashMap<String, u32>,
+}
 
 /// Everything behind the lock.
 #[derive(Debug, Default)]
 pub(crate) struct State {
     pub(crate) rv: u64,
     uid: u64,
+    ip: u32,
     pub(crate) objects: BTreeMap<Key, Value>,
-    pub(crate) log: Vec<Arc<Change>>,
-    pub(crate) outcomes: HashMap<(String, String), Outcome>,
-    /// The container images each Deployment has completed a rollout with: a
-    /// rollout back to them succeeds whatever the scripted outcome (an image that
-    /// ran healthy runs healthy again, as a rollback to it does on a real cluster).
-    pub(crate) good_images: std::collections::HashSet<(String, String, String)>,
+    pub(crate) log: VecDeque<Arc<Change>>,
+    /// Controller steps taken: the cluster clock, one step standing for one second.
+    pub(crate) tick: u64,
+    /// How many steps of changes watches can resume from (older: 410 Gone).
+    pub(crate) history: u64,
+    /// Every how many steps a watch that asked for bookmarks gets one.
+    pub(crate) bookmark_every: u64,
+    pub(crate) scripts: Scripts,
     pub(crate) requests: BTreeMap<String, u64>,
     /// The longest a watch may last, whatever the client asked for.
     pub(crate) watch_limit: Option<Duration>,
@@ -97,9 +63,85 @@ pub(crate) struct State {
     pub(crate) faults: Vec<(String, u16)>,
     /// When each Deployment generation's rollout became complete: `(ns, name, generation)`.
     pub(crate) ready_at: HashMap<(String, String, u64), std::time::Instant>,
+    /// The kubelet's private state per pod uid.
+    pub(crate) pods: HashMap<String, super::controller::kubelet::PodRun>,
+    /// Namespaces with changes the controllers have not looked at yet.
+    pub(crate) dirty: std::collections::BTreeSet<String>,
+    /// Steps at which a namespace needs a look even without changes (a timer ends).
+    pub(crate) wakes: std::collections::BTreeSet<(u64, String)>,
+    /// Per Deployment uid: the step of the last `Progressing` condition update, which
+    /// the progress deadline counts from (the condition's own time has only whole
+    /// seconds of wall time).
+    pub(crate) progress_at: HashMap<String, u64>,
 }
 
-/// The store shared by the HTTP server and the controller.
+impl State {
+    /// A fresh uid.
+    pub(crate) fn next_uid(&mut self) -> String {
+        self.uid += 1;
+        format!("00000000-0000-4000-8000-{:012x}", self.uid)
+    }
+
+    /// A fresh IPv4 address in `prefix` (e.g. `10.244`).
+    pub(crate) fn next_ip(&mut self, prefix: &str) -> String {
+        self.ip += 1;
+        format!(
+            "{prefix}.{}.{}",
+            (self.ip >> 8) & 0xff,
+            (self.ip & 0xff).max(1)
+        )
+    }
+
+    pub(crate) fn get(&self, kind: Kind, ns: &str, name: &str) -> Option<&Value> {
+        self.objects.get(&(kind, ns.to_owned(), name.to_owned()))
+    }
+
+    /// The objects of `kind` in `ns`.
+    pub(crate) fn iter<'a>(
+        &'a self,
+        kind: Kind,
+        ns: &'a str,
+    ) -> impl Iterator<Item = &'a Value> + 'a {
+        self.objects
+            .range((kind, ns.to_owned(), String::new())..)
+            .take_while(move |((k, n, _), _)| *k == kind && n == ns)
+            .map(|(_, v)| v)
+    }
+
+    /// The objects of `kind` in `ns`, cloned.
+    pub(crate) fn list(&self, kind: Kind, ns: &str) -> Vec<Value> {
+        self.iter(kind, ns).cloned().collect()
+    }
+
+    /// The objects of `kind` in every namespace.
+    pub(crate) fn list_all(&self, kind: Kind) -> Vec<Value> {
+        self.objects
+            .iter()
+            .filter(|((k, _, _), _)| *k == kind)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// The oldest resource version a watch can start from without missing a change.
+    pub(crate) fn history_floor(&self) -> u64 {
+        self.log.front().map_or(self.rv, |c| c.rv - 1)
+    }
+
+    /// Makes the controllers look at `ns` at step `tick`.
+    pub(crate) fn wake(&mut self, ns: &str, tick: u64) {
+        self.wakes.insert((tick, ns.to_owned()));
+    }
+
+    /// Forgets the changes older than the history window.
+    pub(crate) fn trim_history(&mut self) {
+        let keep_from = self.tick.saturating_sub(self.history);
+        while self.log.front().is_some_and(|c| c.tick < keep_from) {
+            self.log.pop_front();
+        }
+    }
+}
+
+/// The store shared by the HTTP server and the controllers.
 #[derive(Debug)]
 pub(crate) struct Shared {
     state: Mutex<State>,
@@ -109,9 +151,13 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn new(step: Duration) -> Self {
-        let (changes, _) = broadcast::channel(4096);
+        let (changes, _) = broadcast::channel(1 << 16);
         Self {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                history: 75,
+                bookmark_every: 60,
+                ..State::default()
+            }),
             changes,
             step,
         }
@@ -124,27 +170,45 @@ impl Shared {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Stores `object` (stamping kind, resourceVersion and, on create, uid and
-    /// creationTimestamp) and tells the watchers.
+    /// Stores `object` (stamping kind, namespace, resourceVersion and, on create, uid
+    /// and creationTimestamp) and tells the watchers. Returns what was stored.
     pub(crate) fn put(&self, st: &mut State, kind: Kind, ns: &str, mut object: Value) -> Value {
-        st.rv += 1;
         let name = object["metadata"]["name"]
             .as_str()
             .unwrap_or_default()
             .to_owned();
         let key = (kind, ns.to_owned(), name);
-        let created = !st.objects.contains_key(&key);
+        let existing = st.objects.get(&key);
+        let created = existing.is_none();
         if let Some(obj) = object.as_object_mut() {
             obj.insert("apiVersion".into(), kind.api_version().into());
             obj.insert("kind".into(), kind.name().into());
         }
+        let identity = existing.map(|e| {
+            (
+                e["metadata"]["uid"].clone(),
+                e["metadata"]["creationTimestamp"].clone(),
+            )
+        });
+        st.rv += 1;
+        let rv = st.rv;
+        let uid = match &identity {
+            Some((uid, _)) => uid.clone(),
+            None => st.next_uid().into(),
+        };
         let meta = ensure_object(&mut object["metadata"]);
-        meta.insert("namespace".into(), ns.into());
-        meta.insert("resourceVersion".into(), st.rv.to_string().into());
-        if created {
-            st.uid += 1;
-            meta.insert("uid".into(), format!("uid-{:08}", st.uid).into());
-            meta.insert("creationTimestamp".into(), timestamp(st.rv).into());
+        if kind != Kind::Event || !ns.is_empty() {
+            meta.insert("namespace".into(), ns.into());
+        }
+        meta.insert("resourceVersion".into(), rv.to_string().into());
+        meta.insert("uid".into(), uid);
+        match identity {
+            Some((_, created_at)) => {
+                meta.insert("creationTimestamp".into(), created_at);
+            }
+            None => {
+                meta.insert("creationTimestamp".into(), now().into());
+            }
         }
         st.objects.insert(key, object.clone());
         self.record(
@@ -157,35 +221,43 @@ impl Shared {
         object
     }
 
-    /// Deletes an object and tells the watchers.
-    pub(crate) fn delete(&self, st: &mut State, kind: Kind, ns: &str, name: &str) {
-        if let Some(mut object) = st.objects.remove(&(kind, ns.to_owned(), name.to_owned())) {
-            st.rv += 1;
-            object["metadata"]["resourceVersion"] = st.rv.to_string().into();
-            self.record(st, kind, ns, "DELETED", object);
-        }
+    /// Deletes an object and tells the watchers; returns it.
+    pub(crate) fn delete(&self, st: &mut State, kind: Kind, ns: &str, name: &str) -> Option<Value> {
+        let mut object = st.objects.remove(&(kind, ns.to_owned(), name.to_owned()))?;
+        st.rv += 1;
+        object["metadata"]["resourceVersion"] = st.rv.to_string().into();
+        self.record(st, kind, ns, "DELETED", object.clone());
+        Some(object)
     }
 
-    fn record(&self, st: &mut State, kind: Kind, ns: &str, ty: &'static str, object: Value) {
+    fn record(&self, st: &mut State, kind: Kind, ns: &str, event: &'static str, object: Value) {
+        if kind != Kind::Event && !st.dirty.contains(ns) {
+            st.dirty.insert(ns.to_owned());
+        }
         let change = Arc::new(Change {
             rv: st.rv,
             kind,
             namespace: ns.to_owned(),
-            kind_of_event: ty,
+            event,
             object,
+            tick: st.tick,
         });
-        st.log.push(change.clone());
+        st.log.push_back(change.clone());
         // No receiver is fine: nobody watches.
         let _ = self.changes.send(change);
     }
 }
 
-/// A deterministic creation time: one second per resource version after a fixed epoch.
-fn timestamp(rv: u64) -> String {
-    let secs = rv % 60;
-    let mins = (rv / 60) % 60;
-    let hours = (rv / 3600) % 24;
-    format!("2026-01-01T{hours:02}:{mins:02}:{secs:02}Z")
+/// The wall-clock time as the API server writes it (RFC 3339, whole seconds).
+pub(crate) fn now() -> String {
+    let now = k8s_openapi::jiff::Timestamp::now();
+    format!("{}Z", now.strftime("%Y-%m-%dT%H:%M:%S"))
+}
+
+/// The wall-clock time with microseconds, as `MicroTime` fields carry it.
+pub(crate) fn now_micro() -> String {
+    let now = k8s_openapi::jiff::Timestamp::now();
+    format!("{}Z", now.strftime("%Y-%m-%dT%H:%M:%S%.6f"))
 }
 
 /// `value` as an object, replacing anything else with `{}`.
@@ -193,127 +265,21 @@ pub(crate) fn ensure_object(value: &mut Value) -> &mut Map<String, Value> {
     if !value.is_object() {
         *value = Value::Object(Map::new());
     }
-    value.as_object_mut().expect("just made an object")
-}
-
-/// Merges `patch` into `target`: RFC 7386 JSON merge patch, and with `strategic` the
-/// strategic-merge rule that lists of containers merge by `name`.
-pub(crate) fn merge(target: &mut Value, patch: &Value, strategic: bool) {
-    let Some(patch) = patch.as_object() else {
-        *target = patch.clone();
-        return;
-    };
-    let target = ensure_object(target);
-    for (key, value) in patch {
-        if value.is_null() {
-            target.remove(key);
-        } else if strategic
-            && matches!(key.as_str(), "containers" | "initContainers")
-            && value.is_array()
-        {
-            let list = target.entry(key.clone()).or_insert_with(|| json!([]));
-            merge_by_name(list, value);
-        } else {
-            merge(
-                target.entry(key.clone()).or_insert(Value::Null),
-                value,
-                strategic,
-            );
-        }
+    match value {
+        Value::Object(map) => map,
+        _ => unreachable!("just made an object"),
     }
 }
 
-fn merge_by_name(target: &mut Value, patch: &Value) {
-    if !target.is_array() {
-        *target = json!([]);
-    }
-    let items = target.as_array_mut().expect("just made an array");
-    for item in patch.as_array().into_iter().flatten() {
-        let name = item.get("name");
-        match items.iter_mut().find(|t| t.get("name") == name) {
-            Some(existing) => merge(existing, item, true),
-            None => {
-                let mut fresh = Value::Null;
-                merge(&mut fresh, item, true);
-                items.push(fresh);
-            }
-        }
-    }
+/// A string field of `object` at `pointer`, or `""`.
+pub(crate) fn str_at<'a>(object: &'a Value, pointer: &str) -> &'a str {
+    object
+        .pointer(pointer)
+        .and_then(Value::as_str)
+        .unwrap_or("")
 }
 
-/// Whether `labels` satisfy a label selector (`a=b,c!=d,e`).
-pub(crate) fn labels_match(labels: &Value, selector: &str) -> bool {
-    selector
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .all(|term| {
-            if let Some((k, v)) = term.split_once("!=") {
-                labels.get(k.trim()).and_then(Value::as_str) != Some(v.trim())
-            } else if let Some((k, v)) = term.split_once('=') {
-                let v = v.trim_start_matches('=');
-                labels.get(k.trim()).and_then(Value::as_str) == Some(v.trim())
-            } else {
-                labels.get(term).is_some()
-            }
-        })
-}
-
-/// Whether `object` satisfies a field selector; only `metadata.name` and
-/// `metadata.namespace` are known.
-pub(crate) fn fields_match(object: &Value, selector: &str) -> bool {
-    selector
-        .split(',')
-        .filter(|s| !s.is_empty())
-        .all(|term| match term.split_once('=') {
-            Some((path, want)) => {
-                let want = want.trim_start_matches('=');
-                let got = match path {
-                    "metadata.name" => &object["metadata"]["name"],
-                    "metadata.namespace" => &object["metadata"]["namespace"],
-                    _ => return false,
-                };
-                got.as_str() == Some(want)
-            }
-            None => false,
-        })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn strategic_merge_replaces_one_containers_image() {
-        let mut target = json!({"spec": {"containers": [
-            {"name": "a", "image": "a:1", "env": [{"name": "X", "value": "1"}]},
-            {"name": "b", "image": "b:1"}
-        ]}, "metadata": {"annotations": {"keep": "1", "drop": "1"}}});
-        let patch = json!({"spec": {"containers": [{"name": "b", "image": "b:2"}]},
-            "metadata": {"annotations": {"drop": null, "new": "x"}}});
-        merge(&mut target, &patch, true);
-        assert_eq!(
-            target,
-            json!({"spec": {"containers": [
-                {"name": "a", "image": "a:1", "env": [{"name": "X", "value": "1"}]},
-                {"name": "b", "image": "b:2"}
-            ]}, "metadata": {"annotations": {"keep": "1", "new": "x"}}})
-        );
-        // A plain merge patch replaces the list.
-        merge(&mut target, &patch, false);
-        assert_eq!(target["spec"]["containers"], patch["spec"]["containers"]);
-    }
-
-    #[test]
-    fn selectors() {
-        let labels = json!({"app": "api", "pod-template-hash": "abc"});
-        assert!(labels_match(&labels, "app=api,pod-template-hash=abc"));
-        assert!(labels_match(&labels, "app==api"));
-        assert!(!labels_match(&labels, "app=web"));
-        assert!(labels_match(&labels, "app!=web,app"));
-        assert!(fields_match(
-            &json!({"metadata": {"name": "api"}}),
-            "metadata.name=api"
-        ));
-    }
+/// An integer field of `object` at `pointer`.
+pub(crate) fn int_at(object: &Value, pointer: &str) -> Option<i64> {
+    object.pointer(pointer).and_then(Value::as_i64)
 }

@@ -3,9 +3,11 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+use std::time::Duration;
+
 use shipflow_core::{App, BoxError, ImageRef, Workspace};
-use shipflow_k8s::KubeError;
 use shipflow_k8s::testing::SimCluster;
+use shipflow_k8s::{KubeDeployer, KubeError};
 
 /// The image `default/api` runs when the simulator starts.
 pub const V1: &str = "registry.local/api:v1";
@@ -52,6 +54,12 @@ pub async fn sim(replicas: u32) -> SimCluster {
     let sim = SimCluster::start().await.expect("sim starts");
     sim.seed_deployment("default", "api", "api", V1, replicas);
     sim
+}
+
+/// A deployer for the simulator, whose clock runs one cluster second per step (20
+/// ms): the default 30 s failure window is 600 ms there.
+pub fn deployer(sim: &SimCluster) -> KubeDeployer {
+    KubeDeployer::new(sim.client()).failure_window(Duration::from_millis(600))
 }
 
 pub fn kube_error(err: &BoxError) -> &KubeError {

@@ -1,0 +1,754 @@
+//! The simulated kubelet (and scheduler): it places pods on one node and moves each
+//! container through pulling, starting, running and back-off as its image's scripted
+//! [`Outcome`] says, checks the ConfigMaps and Secrets a container refers to, runs
+//! init containers first, keeps each container's logs, and finishes deleted pods.
+
+use serde_json::{Value, json};
+
+use super::events::{self, Type};
+use crate::testing::Outcome;
+use crate::testing::resources::Kind;
+use crate::testing::store::{Shared, State, ensure_object, now, str_at};
+
+/// The node every pod runs on.
+pub(crate) const NODE: &str = "sim-node";
+/// The first crash or pull back-off, in steps; it doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: u64 = 10;
+const MAX_BACKOFF: u64 = 300;
+
+/// The kubelet's state of one pod.
+#[derive(Debug, Clone)]
+pub(crate) struct PodRun {
+    containers: Vec<Run>,
+    scheduled: bool,
+    /// The step the pod became ready in, while it is.
+    pub(crate) ready_since: Option<u64>,
+    /// Whether its containers were stopped after it was deleted.
+    stopped: bool,
+}
+
+/// The kubelet's state of one container.
+#[derive(Debug, Clone)]
+struct Run {
+    name: String,
+    image: String,
+    init: bool,
+    behaviour: Outcome,
+    state: Phase,
+    restarts: u32,
+    last: Option<Value>,
+    pulled: bool,
+    pull_failures: u32,
+    backoff: u64,
+    /// Steps after starting before the readiness probe first passes.
+    ready_after: u64,
+    logs: Vec<String>,
+    previous: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Phase {
+    Waiting {
+        reason: String,
+        message: String,
+        until: u64,
+    },
+    Running {
+        since: u64,
+        started_at: String,
+    },
+    Terminated {
+        exit: i32,
+        reason: String,
+        message: String,
+        started_at: String,
+        finished_at: String,
+    },
+}
+
+impl Phase {
+    fn waiting(reason: &str, message: impl Into<String>, until: u64) -> Self {
+        Self::Waiting {
+            reason: reason.into(),
+            message: message.into(),
+            until,
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        match self {
+            Self::Waiting {
+                reason, message, ..
+            } if message.is_empty() => {
+                json!({"waiting": {"reason": reason}})
+            }
+            Self::Waiting {
+                reason, message, ..
+            } => {
+                json!({"waiting": {"reason": reason, "message": message}})
+            }
+            Self::Running { started_at, .. } => json!({"running": {"startedAt": started_at}}),
+            Self::Terminated {
+                exit,
+                reason,
+                message,
+                started_at,
+                finished_at,
+            } => {
+                let mut t = json!({"exitCode": exit, "reason": reason, "startedAt": started_at,
+                    "finishedAt": finished_at, "containerID": format!("containerd://{:064x}", exit)});
+                if !message.is_empty() {
+                    t["message"] = message.clone().into();
+                }
+                json!({"terminated": t})
+            }
+        }
+    }
+}
+
+/// What the scripts say containers running `image` in a pod of `pod` do.
+fn behaviour(st: &State, pod: &Value, image: &str, init: bool, template_images: &str) -> Outcome {
+    if let Some(o) = st.scripts.images.get(image) {
+        return *o;
+    }
+    if init {
+        return Outcome::Healthy;
+    }
+    let ns = str_at(pod, "/metadata/namespace");
+    let Some(deployment) = deployment_of(st, pod) else {
+        return Outcome::Healthy;
+    };
+    let key = (
+        ns.to_owned(),
+        deployment.clone(),
+        template_images.to_owned(),
+    );
+    if st.scripts.good.contains(&key) {
+        return Outcome::Healthy;
+    }
+    st.scripts
+        .deployments
+        .get(&(ns.to_owned(), deployment))
+        .copied()
+        .unwrap_or_default()
+}
+
+/// The Deployment that owns the pod's ReplicaSet.
+fn deployment_of(st: &State, pod: &Value) -> Option<String> {
+    let (kind, rs, _) = super::controller_of(pod)?;
+    if kind != "ReplicaSet" {
+        return None;
+    }
+    let rs = st.get(Kind::ReplicaSet, str_at(pod, "/metadata/namespace"), rs)?;
+    let (kind, dep, _) = super::controller_of(rs)?;
+    (kind == "Deployment").then(|| dep.to_owned())
+}
+
+/// The images of a pod spec's app containers, in order, as one key.
+pub(crate) fn images_key(spec: &Value) -> String {
+    spec["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| str_at(c, "/image"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+impl PodRun {
+    /// When this pod next changes without anything else changing: a back-off ends,
+    /// a container starts, crashes, completes or gets ready; `None` when it is settled.
+    fn next_wake(&self, tick: u64) -> Option<u64> {
+        if self.stopped || !self.scheduled {
+            return (!self
+                .containers
+                .iter()
+                .any(|c| c.behaviour == Outcome::Unschedulable))
+            .then_some(tick + 1);
+        }
+        self.containers
+            .iter()
+            .filter_map(|c| match &c.state {
+                Phase::Waiting { until, reason, .. } if *until > tick => Some(*until),
+                Phase::Waiting { reason, .. } if reason == "CreateContainerConfigError" => None,
+                Phase::Waiting { .. } => Some(tick + 1),
+                Phase::Running { .. } if c.init || c.behaviour == Outcome::CrashLoop => {
+                    Some(tick + 1)
+                }
+                Phase::Running { since, .. }
+                    if c.behaviour != Outcome::NeverReady && tick < since + c.ready_after =>
+                {
+                    Some(since + c.ready_after)
+                }
+                _ => None,
+            })
+            .min()
+    }
+
+    fn new(st: &State, pod: &Value) -> Self {
+        let spec = &pod["spec"];
+        let key = images_key(spec);
+        let mut containers = Vec::new();
+        for (list, init) in [("initContainers", true), ("containers", false)] {
+            for c in spec[list].as_array().into_iter().flatten() {
+                let image = str_at(c, "/image").to_owned();
+                containers.push(Run {
+                    name: str_at(c, "/name").to_owned(),
+                    behaviour: behaviour(st, pod, &image, init, &key),
+                    image,
+                    init,
+                    state: Phase::waiting("ContainerCreating", "", 0),
+                    restarts: 0,
+                    last: None,
+                    pulled: false,
+                    pull_failures: 0,
+                    backoff: FIRST_BACKOFF,
+                    ready_after: c["readinessProbe"]["initialDelaySeconds"]
+                        .as_u64()
+                        .unwrap_or(0),
+                    logs: Vec::new(),
+                    previous: None,
+                });
+            }
+        }
+        Self {
+            containers,
+            scheduled: false,
+            ready_since: None,
+            stopped: false,
+        }
+    }
+}
+
+/// The log lines a container of `image` prints when it starts.
+fn log_lines(st: &State, image: &str, behaviour: Outcome, restarts: u32) -> Vec<String> {
+    if let Some(lines) = st.scripts.logs.get(image) {
+        return lines.clone();
+    }
+    let mut lines = vec![format!("starting {image} (run {})", restarts + 1)];
+    match behaviour {
+        Outcome::CrashLoop => {
+            lines.extend(["loading configuration".to_owned(), "panic: boom".to_owned()])
+        }
+        Outcome::NeverReady => lines.push("waiting for the database at db:5432".to_owned()),
+        _ => lines.push("listening on :8080".to_owned()),
+    }
+    lines
+}
+
+/// Deletes a pod gracefully: it gets a deletion timestamp; the kubelet stops its
+/// containers at its next step and removes it at the one after.
+pub(crate) fn terminate(shared: &Shared, st: &mut State, ns: &str, name: &str) {
+    let Some(mut pod) = st.get(Kind::Pod, ns, name).cloned() else {
+        return;
+    };
+    if pod["metadata"].get("deletionTimestamp").is_some() {
+        return;
+    }
+    pod["metadata"]["deletionTimestamp"] = now().into();
+    pod["metadata"]["deletionGracePeriodSeconds"] =
+        pod["spec"]["terminationGracePeriodSeconds"].clone();
+    shared.put(st, Kind::Pod, ns, pod);
+}
+
+/// Moves every pod in `ns` one step forward.
+pub(crate) fn step(shared: &Shared, st: &mut State, ns: &str) {
+    let names: Vec<String> = st
+        .iter(Kind::Pod, ns)
+        .map(|p| str_at(p, "/metadata/name").to_owned())
+        .collect();
+    for name in names {
+        let Some(pod) = st.get(Kind::Pod, ns, &name).cloned() else {
+            continue;
+        };
+        let uid = str_at(&pod, "/metadata/uid").to_owned();
+        let run = match st.pods.get(&uid) {
+            Some(run) => run.clone(),
+            None => PodRun::new(st, &pod),
+        };
+        match advance(shared, st, &pod, run) {
+            Some(run) => {
+                if let Some(at) = run.next_wake(st.tick) {
+                    st.wake(ns, at);
+                }
+                st.pods.insert(uid, run);
+            }
+            None => {
+                st.pods.remove(&uid);
+            }
+        }
+    }
+}
+
+/// One step of one pod; `None` once it is gone.
+fn advance(shared: &Shared, st: &mut State, pod: &Value, mut run: PodRun) -> Option<PodRun> {
+    let ns = str_at(pod, "/metadata/namespace").to_owned();
+    let name = str_at(pod, "/metadata/name").to_owned();
+    let tick = st.tick;
+    if pod["metadata"].get("deletionTimestamp").is_some() {
+        if run.stopped || !run.scheduled {
+            shared.delete(st, Kind::Pod, &ns, &name);
+            return None;
+        }
+        for c in &mut run.containers {
+            if let Phase::Running { started_at, .. } = &c.state {
+                c.state = Phase::Terminated {
+                    exit: 0,
+                    reason: "Completed".into(),
+                    message: String::new(),
+                    started_at: started_at.clone(),
+                    finished_at: now(),
+                };
+            }
+        }
+        run.stopped = true;
+        run.ready_since = None;
+        events::record(
+            shared,
+            st,
+            pod,
+            Type::Normal,
+            "Killing",
+            "Stopping container",
+            "kubelet",
+        );
+        write_status(shared, st, pod, &run);
+        return Some(run);
+    }
+    if !run.scheduled {
+        if run
+            .containers
+            .iter()
+            .any(|c| c.behaviour == Outcome::Unschedulable)
+        {
+            let mut next = pod.clone();
+            next["status"] = json!({"phase": "Pending", "conditions": [{"type": "PodScheduled",
+                "status": "False", "reason": "Unschedulable", "lastTransitionTime": now(),
+                "message": "0/1 nodes are available: 1 Insufficient cpu. preemption: 0/1 nodes are available: 1 No preemption victims found for incoming pod."}]});
+            if next != *pod {
+                shared.put(st, Kind::Pod, &ns, next.clone());
+                events::record(
+                    shared,
+                    st,
+                    &next,
+                    Type::Warning,
+                    "FailedScheduling",
+                    "0/1 nodes are available: 1 Insufficient cpu.",
+                    "default-scheduler",
+                );
+            }
+            return Some(run);
+        }
+        run.scheduled = true;
+        let mut placed = pod.clone();
+        placed["spec"]["nodeName"] = NODE.into();
+        let ip = st.next_ip("10.244");
+        placed["status"] = json!({"phase": "Pending", "hostIP": "172.18.0.2", "podIP": ip,
+            "podIPs": [{"ip": ip}], "startTime": now(), "qosClass": "BestEffort"});
+        let placed = shared.put(st, Kind::Pod, &ns, placed);
+        events::record(
+            shared,
+            st,
+            &placed,
+            Type::Normal,
+            "Scheduled",
+            &format!("Successfully assigned {ns}/{name} to {NODE}"),
+            "default-scheduler",
+        );
+        write_status(shared, st, &placed, &run);
+        return Some(run);
+    }
+    let first_pending_init = run
+        .containers
+        .iter()
+        .position(|c| c.init && !matches!(c.state, Phase::Terminated { exit: 0, .. }));
+    let mut said: Vec<(Type, String, String)> = Vec::new();
+    for i in 0..run.containers.len() {
+        let c = &run.containers[i];
+        let blocked = first_pending_init.is_some_and(|first| i != first);
+        if blocked {
+            continue;
+        }
+        let missing = missing_config(st, &ns, &pod["spec"], &c.name);
+        let c = &mut run.containers[i];
+        let mut next = c.state.clone();
+        match &c.state {
+            Phase::Waiting { reason, until, .. } => {
+                if *until > tick {
+                    // Backing off.
+                } else if reason == "CrashLoopBackOff" {
+                    next = start(st, c, tick, &mut said);
+                } else if let Some(message) = missing {
+                    if !matches!(&c.state, Phase::Waiting { reason, .. } if reason == "CreateContainerConfigError")
+                    {
+                        said.push((Type::Warning, "Failed".into(), format!("Error: {message}")));
+                    }
+                    next = Phase::waiting("CreateContainerConfigError", message, 0);
+                } else if reason == "ErrImagePull" {
+                    // A failed pull is retried after a back-off.
+                    next = Phase::waiting(
+                        "ImagePullBackOff",
+                        format!("Back-off pulling image \"{}\"", c.image),
+                        tick + c.backoff,
+                    );
+                    said.push((
+                        Type::Normal,
+                        "BackOff".into(),
+                        format!("Back-off pulling image \"{}\"", c.image),
+                    ));
+                    c.backoff = (c.backoff * 2).min(MAX_BACKOFF);
+                } else if !c.pulled && pull_fails(c) {
+                    c.pull_failures += 1;
+                    let message = pull_error(c);
+                    said.push((
+                        Type::Warning,
+                        "Failed".into(),
+                        format!("Failed to pull image \"{}\": {message}", c.image),
+                    ));
+                    next = Phase::waiting("ErrImagePull", message, 0);
+                } else {
+                    if !c.pulled {
+                        c.pulled = true;
+                        c.backoff = FIRST_BACKOFF;
+                        said.push((
+                            Type::Normal,
+                            "Pulled".into(),
+                            format!("Successfully pulled image \"{}\"", c.image),
+                        ));
+                    }
+                    next = start(st, c, tick, &mut said);
+                }
+            }
+            Phase::Running { since, started_at } => {
+                if tick > *since && c.behaviour == Outcome::CrashLoop {
+                    c.restarts += 1;
+                    c.last = Some(json!({"terminated": {"exitCode": 2, "reason": "Error",
+                        "message": "panic: boom", "startedAt": started_at, "finishedAt": now(),
+                        "containerID": format!("containerd://{:064x}", c.restarts)}}));
+                    c.previous = Some(std::mem::take(&mut c.logs));
+                    next = Phase::waiting(
+                        "CrashLoopBackOff",
+                        format!(
+                            "back-off {}s restarting failed container={} pod={name}",
+                            c.backoff, c.name
+                        ),
+                        tick + c.backoff,
+                    );
+                    said.push((
+                        Type::Warning,
+                        "BackOff".into(),
+                        "Back-off restarting failed container".into(),
+                    ));
+                    c.backoff = (c.backoff * 2).min(MAX_BACKOFF);
+                } else if tick > *since && c.init {
+                    next = Phase::Terminated {
+                        exit: 0,
+                        reason: "Completed".into(),
+                        message: String::new(),
+                        started_at: started_at.clone(),
+                        finished_at: now(),
+                    };
+                }
+            }
+            Phase::Terminated { .. } => {}
+        }
+        c.state = next;
+    }
+    for (ty, reason, message) in said {
+        events::record(shared, st, pod, ty, &reason, &message, "kubelet");
+    }
+    let ready = pod_ready(&run, tick);
+    match (ready, run.ready_since) {
+        (true, None) => run.ready_since = Some(tick),
+        (false, Some(_)) => run.ready_since = None,
+        _ => {}
+    }
+    write_status(shared, st, pod, &run);
+    Some(run)
+}
+
+fn start(st: &State, c: &mut Run, tick: u64, said: &mut Vec<(Type, String, String)>) -> Phase {
+    c.logs = log_lines(st, &c.image, c.behaviour, c.restarts);
+    said.push((
+        Type::Normal,
+        "Created".into(),
+        format!("Created container: {}", c.name),
+    ));
+    said.push((
+        Type::Normal,
+        "Started".into(),
+        format!("Started container {}", c.name),
+    ));
+    Phase::Running {
+        since: tick,
+        started_at: now(),
+    }
+}
+
+fn pull_fails(c: &Run) -> bool {
+    match c.behaviour {
+        Outcome::ImagePullFailure => true,
+        Outcome::PullRetried => c.pull_failures < 1,
+        _ => false,
+    }
+}
+
+fn pull_error(c: &Run) -> String {
+    match c.behaviour {
+        Outcome::PullRetried => format!(
+            "failed to pull and unpack image \"{}\": failed to copy: httpReadSeeker: failed open: unexpected status code 429 Too Many Requests",
+            c.image
+        ),
+        _ => format!(
+            "rpc error: code = NotFound desc = failed to pull and unpack image \"{0}\": failed to resolve reference \"{0}\": {0}: not found",
+            c.image
+        ),
+    }
+}
+
+/// Why the container `name` of `spec` cannot be created: a ConfigMap, Secret or key
+/// it needs (and does not mark optional) is missing.
+fn missing_config(st: &State, ns: &str, spec: &Value, name: &str) -> Option<String> {
+    let container = ["initContainers", "containers"]
+        .iter()
+        .flat_map(|l| spec[*l].as_array().into_iter().flatten())
+        .find(|c| c["name"] == name)?;
+    let lookup = |kind: Kind, object: &str, key: Option<&str>, optional: bool| -> Option<String> {
+        if optional {
+            return None;
+        }
+        let what = if kind == Kind::Secret {
+            "secret"
+        } else {
+            "configmap"
+        };
+        let Some(found) = st.get(kind, ns, object) else {
+            return Some(format!("{what} \"{object}\" not found"));
+        };
+        let key = key?;
+        let has = found["data"].get(key).is_some() || found["binaryData"].get(key).is_some();
+        (!has).then(|| format!("couldn't find key {key} in {} {ns}/{object}", kind.name()))
+    };
+    for from in container["envFrom"].as_array().into_iter().flatten() {
+        for (field, kind) in [
+            ("configMapRef", Kind::ConfigMap),
+            ("secretRef", Kind::Secret),
+        ] {
+            if let Some(r) = from.get(field) {
+                let optional = r["optional"] == true;
+                if let Some(m) = lookup(kind, str_at(r, "/name"), None, optional) {
+                    return Some(m);
+                }
+            }
+        }
+    }
+    for env in container["env"].as_array().into_iter().flatten() {
+        for (field, kind) in [
+            ("configMapKeyRef", Kind::ConfigMap),
+            ("secretKeyRef", Kind::Secret),
+        ] {
+            if let Some(r) = env["valueFrom"].get(field) {
+                let optional = r["optional"] == true;
+                if let Some(m) = lookup(kind, str_at(r, "/name"), Some(str_at(r, "/key")), optional)
+                {
+                    return Some(m);
+                }
+            }
+        }
+    }
+    None
+}
+
+fn container_ready(c: &Run, tick: u64) -> bool {
+    match c.state {
+        // A crash-looping container dies while starting: never seen ready.
+        Phase::Running { since, .. } => {
+            !matches!(c.behaviour, Outcome::NeverReady | Outcome::CrashLoop)
+                && tick >= since + c.ready_after
+        }
+        _ => false,
+    }
+}
+
+fn pod_ready(run: &PodRun, tick: u64) -> bool {
+    !run.stopped
+        && run
+            .containers
+            .iter()
+            .filter(|c| !c.init)
+            .all(|c| container_ready(c, tick))
+}
+
+fn status_of(c: &Run, tick: u64) -> Value {
+    let mut s = json!({"name": c.name, "image": c.image, "imageID": "",
+        "ready": container_ready(c, tick), "restartCount": c.restarts,
+        "started": matches!(c.state, Phase::Running { .. }),
+        "state": c.state.to_json(), "lastState": c.last.clone().unwrap_or(json!({}))});
+    if c.pulled {
+        s["imageID"] = format!(
+            "{}@sha256:{:064x}",
+            c.image.split('@').next().unwrap_or_default(),
+            c.image.len()
+        )
+        .into();
+    }
+    if !matches!(c.state, Phase::Waiting { .. }) || c.restarts > 0 {
+        s["containerID"] = format!("containerd://{:032x}{:032x}", c.restarts, c.name.len()).into();
+    }
+    s
+}
+
+/// Writes the pod's status from the kubelet's view (only when it changed).
+fn write_status(shared: &Shared, st: &mut State, pod: &Value, run: &PodRun) {
+    let Some(current) = st
+        .get(
+            Kind::Pod,
+            str_at(pod, "/metadata/namespace"),
+            str_at(pod, "/metadata/name"),
+        )
+        .cloned()
+    else {
+        return;
+    };
+    let tick = st.tick;
+    let init_done = run
+        .containers
+        .iter()
+        .filter(|c| c.init)
+        .all(|c| matches!(c.state, Phase::Terminated { exit: 0, .. }));
+    let ready = pod_ready(run, tick);
+    let any_running = run
+        .containers
+        .iter()
+        .any(|c| !c.init && (matches!(c.state, Phase::Running { .. }) || c.restarts > 0));
+    let phase = if run.stopped || (init_done && any_running) {
+        "Running"
+    } else {
+        "Pending"
+    };
+    let old = &current["status"];
+    let condition = |ty: &str, ok: bool| {
+        let status = if ok { "True" } else { "False" };
+        let since = old["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == ty && c["status"] == status)
+            .map(|c| c["lastTransitionTime"].clone())
+            .unwrap_or_else(|| now().into());
+        let mut c = json!({"type": ty, "status": status, "lastTransitionTime": since, "lastProbeTime": null});
+        if !ok && (ty == "Ready" || ty == "ContainersReady") {
+            let waiting: Vec<&str> = run
+                .containers
+                .iter()
+                .filter(|c| !c.init && !container_ready(c, tick))
+                .map(|c| c.name.as_str())
+                .collect();
+            c["reason"] = "ContainersNotReady".into();
+            c["message"] =
+                format!("containers with unready status: [{}]", waiting.join(" ")).into();
+        }
+        if !ok && ty == "Initialized" {
+            c["reason"] = "ContainersNotInitialized".into();
+        }
+        c
+    };
+    let mut status = ensure_object(&mut old.clone()).clone();
+    status.insert("phase".into(), phase.into());
+    status.insert(
+        "conditions".into(),
+        json!([
+            condition("PodReadyToStartContainers", true),
+            condition("Initialized", init_done),
+            condition("Ready", ready),
+            condition("ContainersReady", ready),
+            condition("PodScheduled", true),
+        ]),
+    );
+    let inits: Vec<Value> = run
+        .containers
+        .iter()
+        .filter(|c| c.init)
+        .map(|c| status_of(c, tick))
+        .collect();
+    if !inits.is_empty() {
+        status.insert("initContainerStatuses".into(), inits.into());
+    }
+    status.insert(
+        "containerStatuses".into(),
+        run.containers
+            .iter()
+            .filter(|c| !c.init)
+            .map(|c| status_of(c, tick))
+            .collect::<Vec<_>>()
+            .into(),
+    );
+    let status = Value::Object(status);
+    if strip_times(&status) != strip_times(old) {
+        let mut next = current.clone();
+        next["status"] = status;
+        shared.put(st, Kind::Pod, str_at(pod, "/metadata/namespace"), next);
+    }
+}
+
+/// `status` without the volatile timestamps of conditions, for change detection.
+fn strip_times(status: &Value) -> Value {
+    let mut s = status.clone();
+    for c in s["conditions"].as_array_mut().into_iter().flatten() {
+        if let Some(c) = c.as_object_mut() {
+            c.remove("lastTransitionTime");
+        }
+    }
+    s
+}
+
+/// The log of container `container` of pod `uid` (`previous`: of its last terminated
+/// run), or why there is none.
+pub(crate) fn logs(
+    st: &State,
+    uid: &str,
+    pod: &str,
+    container: &str,
+    previous: bool,
+) -> Result<Vec<String>, String> {
+    let run = st
+        .pods
+        .get(uid)
+        .ok_or_else(|| format!("pod \"{pod}\" is not running yet"))?;
+    let c = run
+        .containers
+        .iter()
+        .find(|c| c.name == container)
+        .ok_or_else(|| format!("container \"{container}\" is not valid for pod \"{pod}\""))?;
+    if previous {
+        return c.previous.clone().ok_or_else(|| {
+            format!("previous terminated container \"{container}\" in pod \"{pod}\" not found")
+        });
+    }
+    // As the kubelet: a running or finished container's own log; while waiting, the
+    // last terminated run's; never started, why not.
+    match &c.state {
+        Phase::Waiting { reason, .. } => c.previous.clone().ok_or_else(|| {
+            let why = match reason.as_str() {
+                "ErrImagePull" => "image can't be pulled",
+                "ImagePullBackOff" => "trying and failing to pull image",
+                other => other,
+            };
+            format!("container \"{container}\" in pod \"{pod}\" is waiting to start: {why}")
+        }),
+        _ => Ok(c.logs.clone()),
+    }
+}
+
+/// The step the pod with `uid` became ready in, while it is.
+pub(crate) fn ready_since(st: &State, uid: &str) -> Option<u64> {
+    st.pods.get(uid).and_then(|r| r.ready_since)
+}
+
+/// The readiness of the pod with `uid` for `min_ready` steps: (ready, available).
+pub(crate) fn readiness(st: &State, uid: &str, min_ready: u64) -> (bool, bool) {
+    match st.pods.get(uid).and_then(|r| r.ready_since) {
+        Some(since) => (true, st.tick >= since + min_ready),
+        None => (false, false),
+    }
+}
