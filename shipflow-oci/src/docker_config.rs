@@ -232,7 +232,10 @@ impl DockerConfig {
     }
 
     /// The credentials of `registry`'s `auths` entry, decoded; no helper is run.
-    pub(crate) fn auths_credentials(&self, registry: &str) -> Result<Option<Credentials>, OciError> {
+    pub(crate) fn auths_credentials(
+        &self,
+        registry: &str,
+    ) -> Result<Option<Credentials>, OciError> {
         match self
             .auths
             .iter()
@@ -551,6 +554,9 @@ mod tests {
         let err = config.credentials("r.io").expect_err("refused");
         assert!(err.to_string().contains("is not a helper name"), "{err}");
         let err = config.credentials("other.io").expect_err("refused");
-        assert!(err.to_string().contains("\"/bin/sh\" is not a helper name"), "{err}");
+        assert!(
+            err.to_string().contains("\"/bin/sh\" is not a helper name"),
+            "{err}"
+        );
     }
 }

@@ -347,9 +347,47 @@ mod tests {
         "workdir = \"srv\"",
         "apps.web.build.workdir: \"srv\" must be an absolute path in the image (shipflow.toml, line 4, column 38)"
     )]
+    #[case::unknown_layer_variable(
+        "platforms = [\"linux/amd64\"], layers = [{ from = \"target/${TRIPLE}/app\", to = \"/bin/\" }]",
+        "apps.web.build.layers[0].from: ${TRIPLE} is not a layer variable (known: ${OS}, ${ARCH}, ${VARIANT}, ${TARGET_TRIPLE})"
+    )]
+    #[case::no_default_triple(
+        "platforms = [\"linux/mips64le\"], layers = [{ from = \"target/${TARGET_TRIPLE}/app\", to = \"/bin/\" }]",
+        "apps.web.build.layers[0].from: ${TARGET_TRIPLE} has no default for linux/mips64le; give it in target_triples"
+    )]
+    #[case::bad_platform(
+        "platforms = [\"linux\"]",
+        "apps.web.build: shipflow.toml: TOML parse error at line 4, column 40"
+    )]
+    #[case::platform_twice(
+        "platforms = [\"linux/amd64\", \"linux/amd64\"]",
+        "apps.web.build.platforms[1]: linux/amd64 is listed twice"
+    )]
     fn bad_settings_are_refused_at_load(#[case] build: &str, #[case] start: &str) {
         let err = load(build).expect_err("refused");
         assert!(err.starts_with(start), "{err}\n---\n{start}");
+    }
+
+    #[test]
+    fn layer_sources_name_each_platform() {
+        let build = load(
+            "platforms = [\"linux/amd64\", \"linux/arm64\", \"linux/arm/v7\"], target_triples = { \"linux/arm64\" = \"aarch64-unknown-linux-musl\" }, layers = [{ from = \"./target/${TARGET_TRIPLE}/release/${OS}-${ARCH}${VARIANT}\", to = \"/bin/\" }]",
+        )
+        .expect("valid");
+        let sources: Vec<String> = build
+            .platforms
+            .iter()
+            .map(|p| build.layer_source(&build.layers[0], p).expect("source"))
+            .collect();
+        assert_eq!(
+            sources,
+            [
+                "target/x86_64-unknown-linux-gnu/release/linux-amd64",
+                "target/aarch64-unknown-linux-musl/release/linux-arm64",
+                "target/armv7-unknown-linux-gnueabihf/release/linux-armv7",
+            ]
+        );
+        assert!(build.sbom && build.provenance, "on by default");
     }
 
     #[test]
