@@ -40,11 +40,39 @@ pub enum ImageLocation {
 }
 
 /// An image built locally: its manifest digest and the blobs it is made of.
+///
+/// A multi-platform image is an image index: `digest`, `media_type` and
+/// `manifest_size` are the index's, `platforms` lists its manifests, and `config`
+/// and `layers` are those of its first platform, so that code that knows only
+/// single-platform images still sees a runnable one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LocalImage {
     /// The app it was built for.
     pub app: String,
-    /// The manifest's digest: the image's identity.
+    /// The manifest's (or image index's) digest: the image's identity.
+    pub digest: Digest,
+    /// The manifest's (or image index's) media type.
+    pub media_type: String,
+    /// The manifest's (or image index's) size in bytes.
+    pub manifest_size: u64,
+    /// The config blob.
+    pub config: Blob,
+    /// The layers, base first.
+    pub layers: Vec<Blob>,
+    /// Where it is stored.
+    pub location: ImageLocation,
+    /// The manifest of each platform when the image is an image index; empty for
+    /// a single manifest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub platforms: Vec<PlatformImage>,
+}
+
+/// One platform's manifest of a multi-platform [`LocalImage`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlatformImage {
+    /// The platform, `os/architecture[/variant]`, e.g. `linux/arm64`.
+    pub platform: String,
+    /// The manifest's digest.
     pub digest: Digest,
     /// The manifest's media type.
     pub media_type: String,
@@ -54,14 +82,31 @@ pub struct LocalImage {
     pub config: Blob,
     /// The layers, base first.
     pub layers: Vec<Blob>,
-    /// Where it is stored.
-    pub location: ImageLocation,
 }
 
 impl LocalImage {
-    /// The total size of config and layers.
+    /// Whether the image is an image index of several platforms' manifests.
+    pub fn is_index(&self) -> bool {
+        !self.platforms.is_empty()
+    }
+
+    /// Every config and layer blob of the image, each digest once (a layer
+    /// several platforms share is listed once).
+    pub fn blobs(&self) -> Vec<&Blob> {
+        let mut seen = std::collections::BTreeSet::new();
+        let own = std::iter::once(&self.config).chain(&self.layers);
+        let platforms = self
+            .platforms
+            .iter()
+            .flat_map(|p| std::iter::once(&p.config).chain(&p.layers));
+        own.chain(platforms)
+            .filter(|b| seen.insert(&b.digest))
+            .collect()
+    }
+
+    /// The total size of config and layers (of every platform, each blob once).
     pub fn size(&self) -> u64 {
-        self.config.size + self.layers.iter().map(|l| l.size).sum::<u64>()
+        self.blobs().iter().map(|b| b.size).sum()
     }
 }
 

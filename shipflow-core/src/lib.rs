@@ -74,6 +74,7 @@ mod workspace;
 pub use backoff::Backoff;
 pub use build::{
     Blob, BuildRequest, BuilderByType, ImageBuilder, ImageLocation, LocalImage, NoBuilder,
+    PlatformImage,
 };
 pub use context::{Cancelled, Context, Event, EventKind, EventSink, Stage};
 pub use deploy::{DeployMeta, Deployed, Deployer, Revision, RollbackTarget, Rollout};
@@ -93,7 +94,7 @@ pub use pipeline::{
 };
 pub use promote::{PromoteError, Promotion, Stop, promote};
 pub use reference::{DOCKER_HUB, Digest, ImageRef, ReferenceError, is_valid_tag, sanitize_tag};
-pub use registry::{PushReport, Registry, RegistryByLocation};
+pub use registry::{Attachment, PushReport, Registry, RegistryByLocation};
 pub use section::{ConfigSection, Schema, Section, SectionContext, SectionError};
 pub use tag::{
     TAG_VARIABLES, TagTemplate, TagValues, TemplateError, rfc3339_timestamp, sortable_timestamp,

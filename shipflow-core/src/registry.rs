@@ -24,6 +24,34 @@ pub struct PushReport {
     pub requests: u32,
     /// Whether the manifest was written; false when the tag already pointed at it.
     pub manifest_written: bool,
+    /// What was attached to the image in the registry: its SBOM, provenance and
+    /// signature, each by the digest of the manifest that holds it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment>,
+}
+
+/// A manifest attached to a pushed image: an SBOM, a provenance statement, a
+/// signature (OCI referrers, or cosign's signature tag).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Attachment {
+    /// What it is: `sbom`, `provenance`, `signature`, or an adapter's own kind.
+    pub kind: String,
+    /// Its artifact type, e.g. `application/vnd.cyclonedx+json`.
+    pub artifact_type: String,
+    /// The digest of the manifest that holds it.
+    pub digest: Digest,
+}
+
+impl Attachment {
+    /// An attachment of `kind` and `artifact_type`, held by the manifest `digest`.
+    pub fn new(kind: impl Into<String>, artifact_type: impl Into<String>, digest: Digest) -> Self {
+        Self {
+            kind: kind.into(),
+            artifact_type: artifact_type.into(),
+            digest,
+        }
+    }
 }
 
 /// A registry. The native client is `shipflow_oci::RegistryClient`; the OCI layout
@@ -194,6 +222,7 @@ mod tests {
             config: blob(b"config"),
             layers: vec![blob(b"layer")],
             location,
+            platforms: Vec::new(),
         }
     }
 

@@ -250,6 +250,7 @@ impl ImageBuilder for FakeBuilder {
             config,
             layers: vec![layer],
             location: ImageLocation::Memory,
+            platforms: Vec::new(),
         })
     }
 }
@@ -320,7 +321,7 @@ impl Registry for MemoryRegistry {
         }
         let mut state = lock(&self.state);
         state.writes += 1;
-        for blob in image.layers.iter().chain([&image.config]) {
+        for blob in image.blobs() {
             if state.blobs.insert(blob.digest.clone()) {
                 report.blobs_uploaded += 1;
                 report.bytes_uploaded += blob.size;

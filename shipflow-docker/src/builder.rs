@@ -178,6 +178,7 @@ impl EngineBuilder {
             },
             layers,
             location: ImageLocation::Engine { id: id.to_string() },
+            platforms: Vec::new(),
         })
     }
 }

@@ -202,10 +202,10 @@ pub enum OciError {
         source: std::io::Error,
     },
     /// A layer of the image's base is neither in the target repository nor
-    /// mountable there, and was never downloaded (the native builder references
-    /// base layers, it does not copy them).
+    /// mountable there, and could not be copied from the base's registry (the
+    /// native builder references base layers, it does not download them).
     #[error(
-        "{reference}: blob upload failed: layer {digest} of base image {base} cannot be mounted into the target repository (the base is not on the target registry, or the credentials may not pull it); push the base image there first (e.g. skopeo copy), or use credentials that can pull it, or a base image from the target registry"
+        "{reference}: blob upload failed: layer {digest} of base image {base} is not in the target repository and could be neither mounted nor copied from the base ({cause}); the credentials may not pull it from the base's registry: use credentials that can, or push the base image to the target registry first (e.g. skopeo copy)"
     )]
     BaseLayerMissing {
         /// The image reference.
@@ -214,6 +214,8 @@ pub enum OciError {
         digest: Digest,
         /// The base image, `registry/repository`.
         base: String,
+        /// Why the copy from the base's registry failed.
+        cause: String,
     },
     /// The image is not stored where this client can read it.
     #[error(

@@ -6,6 +6,8 @@ use std::fs;
 use std::io::{self, BufReader, Read};
 use std::path::{Component, Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
 use shipflow_core::{Blob, CancellationToken, Digest};
 
 use crate::builder::BuildError;
@@ -54,11 +56,24 @@ pub(crate) enum EntryKind {
     },
 }
 
-/// A layer written into the layout: its blob and the digest of its uncompressed tar.
+/// A layer written into the layout: its blob, the digest of its uncompressed tar,
+/// and (when asked for, for the SBOM) its regular files.
 #[derive(Debug, Clone)]
 pub(crate) struct WrittenLayer {
     pub(crate) blob: Blob,
     pub(crate) diff_id: Digest,
+    pub(crate) files: Option<Vec<LayerFile>>,
+}
+
+/// A regular file of a layer: where it is in the image, its size and content hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct LayerFile {
+    /// The path in the image, relative, `/`-separated.
+    pub(crate) path: String,
+    /// Its size in bytes.
+    pub(crate) size: u64,
+    /// The sha256 of its content, lowercase hex.
+    pub(crate) sha256: String,
 }
 
 /// Lists the entries of the layer that puts `source` at `dest` (an image path), in
@@ -127,17 +142,20 @@ pub(crate) fn list_entries(app: &str, source: &Path, dest: &str) -> Result<Vec<E
 
 /// Writes `entries` as a gzip layer into `layout` in one pass, with every mtime set to
 /// `mtime` and owners 0. Nothing is held in memory beyond a few compression chunks.
+/// With `list_files`, each regular file's sha256 is taken on the way (for the SBOM).
 pub(crate) fn write_layer(
     app: &str,
     layout: &OciLayout,
     entries: &[Entry],
     mtime: u64,
     compression: Compression,
+    list_files: bool,
     cancel: &CancellationToken,
 ) -> Result<WrittenLayer, BuildError> {
     let mut file = layout
         .blob_writer()
         .map_err(|source| BuildError::layout(app, source))?;
+    let mut files = list_files.then(Vec::new);
     let compressed = gzip::compress(
         file.as_write(),
         compression.threads,
@@ -148,7 +166,16 @@ pub(crate) fn write_layer(
                 if cancel.is_cancelled() {
                     return Err(BuildError::Cancelled { app: app.into() });
                 }
-                append(app, &mut tar, entry, mtime)?;
+                let hash = append(app, &mut tar, entry, mtime, files.is_some())?;
+                if let (Some(files), Some(sha256), EntryKind::File { size, .. }) =
+                    (&mut files, hash, &entry.kind)
+                {
+                    files.push(LayerFile {
+                        path: entry.path.clone(),
+                        size: *size,
+                        sha256,
+                    });
+                }
             }
             tar.finish()
                 .map_err(|e| BuildError::io(app, "write layer", layout.root(), e))
@@ -165,15 +192,19 @@ pub(crate) fn write_layer(
     Ok(WrittenLayer {
         blob,
         diff_id: Digest::from_sha256_hasher(compressed.diff_id),
+        files,
     })
 }
 
+/// Appends `entry`; returns the sha256 (hex) of a regular file's content when
+/// `hash` is set.
 fn append(
     app: &str,
     tar: &mut tar::Builder<&mut dyn io::Write>,
     entry: &Entry,
     mtime: u64,
-) -> Result<(), BuildError> {
+    hash: bool,
+) -> Result<Option<String>, BuildError> {
     let mut header = tar::Header::new_gnu();
     header.set_mtime(mtime);
     header.set_uid(0);
@@ -185,26 +216,53 @@ fn append(
             header.set_entry_type(tar::EntryType::Directory);
             header.set_size(0);
             tar.append_data(&mut header, format!("{}/", entry.path), io::empty())
-                .map_err(write_err)
+                .map_err(write_err)?;
+            Ok(None)
         }
         EntryKind::File { source, size } => {
             header.set_entry_type(tar::EntryType::Regular);
             header.set_size(*size);
             let file =
                 fs::File::open(source).map_err(|e| BuildError::io(app, "read", source, e))?;
-            let reader = ExactReader {
-                inner: BufReader::with_capacity(256 * 1024, file).take(*size),
-                left: *size,
+            let mut reader = HashingReader {
+                inner: ExactReader {
+                    inner: BufReader::with_capacity(256 * 1024, file).take(*size),
+                    left: *size,
+                },
+                hash: hash.then(Sha256::new),
             };
-            tar.append_data(&mut header, &entry.path, reader)
-                .map_err(|e| BuildError::io(app, "read", source, e))
+            tar.append_data(&mut header, &entry.path, &mut reader)
+                .map_err(|e| BuildError::io(app, "read", source, e))?;
+            Ok(reader.hash.map(|h| {
+                h.finalize()
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+            }))
         }
         EntryKind::Symlink { target } => {
             header.set_entry_type(tar::EntryType::Symlink);
             header.set_size(0);
             tar.append_link(&mut header, &entry.path, target)
-                .map_err(write_err)
+                .map_err(write_err)?;
+            Ok(None)
         }
+    }
+}
+
+/// Hashes what passes through, when asked to.
+struct HashingReader<R> {
+    inner: R,
+    hash: Option<Sha256>,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(hash) = &mut self.hash {
+            hash.update(&buf[..n]);
+        }
+        Ok(n)
     }
 }
 

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use shipflow_core::{Blob, Digest};
 
-use crate::layer::{Entry, EntryKind, WrittenLayer};
+use crate::layer::{Entry, EntryKind, LayerFile, WrittenLayer};
 use crate::layout::OciLayout;
 
 /// What a cache entry remembers of a written layer.
@@ -26,6 +26,9 @@ struct Cached {
     digest: Digest,
     size: u64,
     diff_id: Digest,
+    /// The layer's files with their hashes, when they were listed (for an SBOM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    files: Option<Vec<LayerFile>>,
 }
 
 /// The cache under a builder's images directory.
@@ -70,11 +73,17 @@ impl LayerCache {
         Some(Digest::from_sha256_hasher(hash).encoded().to_owned())
     }
 
-    /// The layer stored under `key`, if its blob is still in `layout`.
-    pub(crate) fn get(&self, key: &str, layout: &OciLayout) -> Option<WrittenLayer> {
+    /// The layer stored under `key`, if its blob is still in `layout` (and, with
+    /// `need_files`, its file list was kept).
+    pub(crate) fn get(
+        &self,
+        key: &str,
+        layout: &OciLayout,
+        need_files: bool,
+    ) -> Option<WrittenLayer> {
         let text = fs::read(self.dir.join(key)).ok()?;
         let cached: Cached = serde_json::from_slice(&text).ok()?;
-        if !layout.has_blob(&cached.digest) {
+        if !layout.has_blob(&cached.digest) || (need_files && cached.files.is_none()) {
             return None;
         }
         Some(WrittenLayer {
@@ -84,6 +93,7 @@ impl LayerCache {
                 size: cached.size,
             },
             diff_id: cached.diff_id,
+            files: cached.files,
         })
     }
 
@@ -94,6 +104,7 @@ impl LayerCache {
             digest: layer.blob.digest.clone(),
             size: layer.blob.size,
             diff_id: layer.diff_id.clone(),
+            files: layer.files.clone(),
         };
         let Ok(json) = serde_json::to_vec(&cached) else {
             return;

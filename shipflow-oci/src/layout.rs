@@ -10,14 +10,84 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use oci_spec::image::{Descriptor, ImageIndex, ImageManifest, MediaType};
+use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
-use shipflow_core::{Blob, Digest, ImageLocation, LocalImage};
+use shipflow_core::{Blob, Digest, ImageLocation, LocalImage, PlatformImage};
 
 /// The `org.opencontainers.image.ref.name` annotation that names a manifest in `index.json`.
 pub const REF_NAME_ANNOTATION: &str = oci_spec::image::ANNOTATION_REF_NAME;
 
 /// The media type of an OCI image manifest, used when a manifest does not name its own.
 pub const OCI_MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// The media type of an OCI image index.
+pub const OCI_INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
+
+/// A manifest that refers to another (an SBOM, a provenance statement) as its
+/// `subject`: what a referrers list says of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Referrer {
+    /// The referrer manifest's digest.
+    pub digest: Digest,
+    /// Its media type.
+    pub media_type: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its `artifactType`, e.g. `application/vnd.cyclonedx+json`.
+    pub artifact_type: String,
+}
+
+impl Referrer {
+    /// Its descriptor in a referrers index.
+    pub(crate) fn descriptor(&self) -> Value {
+        json!({
+            "mediaType": self.media_type,
+            "digest": self.digest.to_string(),
+            "size": self.size,
+            "artifactType": self.artifact_type,
+        })
+    }
+
+    /// The referrers an image index (the referrers API's answer, or the
+    /// referrers tag schema's index) lists; entries it cannot read are left out.
+    pub(crate) fn list(index: &Value) -> Vec<Referrer> {
+        index
+            .get("manifests")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|d| {
+                Some(Referrer {
+                    digest: d.get("digest")?.as_str()?.parse().ok()?,
+                    media_type: d.get("mediaType")?.as_str()?.to_owned(),
+                    size: d.get("size")?.as_u64()?,
+                    artifact_type: d
+                        .get("artifactType")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned(),
+                })
+            })
+            .collect()
+    }
+
+    /// The referrers index listing `referrers`, as the referrers API and its
+    /// tag-schema fallback hold it.
+    pub(crate) fn index(referrers: &[Referrer]) -> Vec<u8> {
+        let index = json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX_MEDIA_TYPE,
+            "manifests": referrers.iter().map(Referrer::descriptor).collect::<Vec<_>>(),
+        });
+        serde_json::to_vec(&index).unwrap_or_default()
+    }
+}
+
+/// The tag the referrers tag schema keeps the referrers of `subject` under:
+/// `<algorithm>-<encoded>`.
+pub fn referrers_tag(subject: &Digest) -> String {
+    format!("{}-{}", subject.algorithm(), subject.encoded())
+}
 
 const LAYOUT_FILE: &str = "oci-layout";
 const LAYOUT_VERSION_JSON: &str = r#"{"imageLayoutVersion":"1.0.0"}"#;
@@ -247,22 +317,44 @@ impl OciLayout {
         Ok(bytes)
     }
 
-    /// Stores the manifest `bytes` and records it in `index.json` under `tag`
-    /// (the `org.opencontainers.image.ref.name` annotation), replacing the entry
-    /// that had the tag before. Returns the manifest's digest.
+    /// Stores the manifest or image index `bytes` and records it in `index.json`
+    /// under `tag` (the `org.opencontainers.image.ref.name` annotation), replacing
+    /// the entry that had the tag before. Returns its digest.
     ///
-    /// `bytes` must be an image manifest (not an image index); they are stored as
-    /// given, so the digest is that of these exact bytes.
+    /// The bytes are stored as given, so the digest is that of these exact bytes.
+    /// An index's manifests must be in the layout already.
     pub fn put_manifest(&self, bytes: &[u8], tag: &str) -> Result<Digest, LayoutError> {
-        let manifest = ImageManifest::from_reader(bytes).map_err(|e| LayoutError::Invalid {
-            root: self.root.clone(),
-            what: "manifest".into(),
-            reason: e.to_string(),
-        })?;
-        let media_type = manifest
-            .media_type()
-            .clone()
-            .unwrap_or(MediaType::ImageManifest);
+        let media_type = if is_index(bytes) {
+            let index = ImageIndex::from_reader(bytes).map_err(|e| LayoutError::Invalid {
+                root: self.root.clone(),
+                what: "image index".into(),
+                reason: e.to_string(),
+            })?;
+            let absent = |d: &&Descriptor| {
+                !d.digest()
+                    .to_string()
+                    .parse::<Digest>()
+                    .is_ok_and(|digest| self.has_blob(&digest))
+            };
+            if let Some(missing) = index.manifests().iter().find(absent) {
+                return Err(LayoutError::Invalid {
+                    root: self.root.clone(),
+                    what: "image index".into(),
+                    reason: format!("its manifest {} is not in the layout", missing.digest()),
+                });
+            }
+            index.media_type().clone().unwrap_or(MediaType::ImageIndex)
+        } else {
+            let manifest = ImageManifest::from_reader(bytes).map_err(|e| LayoutError::Invalid {
+                root: self.root.clone(),
+                what: "manifest".into(),
+                reason: e.to_string(),
+            })?;
+            manifest
+                .media_type()
+                .clone()
+                .unwrap_or(MediaType::ImageManifest)
+        };
         let blob = self.write_blob(bytes, media_type.as_ref())?;
         let oci_digest: oci_spec::image::Digest =
             blob.digest
@@ -312,13 +404,103 @@ impl OciLayout {
         self.local_image_by_digest(app, &digest)
     }
 
-    /// The image whose manifest is `digest`, described for `app`.
+    /// The image whose manifest (or image index) is `digest`, described for `app`.
     pub fn local_image_by_digest(
         &self,
         app: &str,
         digest: &Digest,
     ) -> Result<LocalImage, LayoutError> {
         let bytes = self.read_blob(digest)?;
+        if !is_index(&bytes) {
+            return self.single_image(app, digest, bytes);
+        }
+        let invalid = |reason: String| LayoutError::Invalid {
+            root: self.root.clone(),
+            what: format!("image index {digest}"),
+            reason,
+        };
+        let index: Value = serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
+        let mut platforms = Vec::new();
+        for entry in index
+            .get("manifests")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let child: Digest = entry
+                .get("digest")
+                .and_then(Value::as_str)
+                .ok_or_else(|| invalid("an entry has no digest".into()))?
+                .parse()
+                .map_err(|e: shipflow_core::ReferenceError| invalid(e.to_string()))?;
+            let platform = entry
+                .get("platform")
+                .and_then(crate::Platform::from_json)
+                .ok_or_else(|| invalid(format!("entry {child} names no platform")))?;
+            let image = self.single_image(app, &child, self.read_blob(&child)?)?;
+            platforms.push(PlatformImage {
+                platform: platform.to_string(),
+                digest: image.digest,
+                media_type: image.media_type,
+                manifest_size: image.manifest_size,
+                config: image.config,
+                layers: image.layers,
+            });
+        }
+        let first = platforms
+            .first()
+            .ok_or_else(|| invalid("it lists no manifest".into()))?;
+        Ok(LocalImage {
+            app: app.to_owned(),
+            digest: digest.clone(),
+            media_type: index
+                .get("mediaType")
+                .and_then(Value::as_str)
+                .unwrap_or(OCI_INDEX_MEDIA_TYPE)
+                .to_owned(),
+            manifest_size: bytes.len() as u64,
+            config: first.config.clone(),
+            layers: first.layers.clone(),
+            location: ImageLocation::OciLayout {
+                path: self.root.clone(),
+            },
+            platforms,
+        })
+    }
+
+    /// Records `referrer` (stored in the layout already) as a referrer of
+    /// `subject`, in the layout's referrers index under [`referrers_tag`]; one
+    /// of the same artifact type is replaced.
+    pub fn add_referrer(&self, subject: &Digest, referrer: &Referrer) -> Result<(), LayoutError> {
+        let mut referrers = self.referrers(subject)?;
+        referrers.retain(|r| r.artifact_type != referrer.artifact_type);
+        referrers.push(referrer.clone());
+        referrers.sort_by(|a, b| a.artifact_type.cmp(&b.artifact_type));
+        self.put_manifest(&Referrer::index(&referrers), &referrers_tag(subject))?;
+        Ok(())
+    }
+
+    /// The referrers of `subject` the layout holds (an SBOM, a provenance
+    /// statement), in artifact type order.
+    pub fn referrers(&self, subject: &Digest) -> Result<Vec<Referrer>, LayoutError> {
+        let Some(index) = self.resolve(&referrers_tag(subject))? else {
+            return Ok(Vec::new());
+        };
+        let bytes = self.read_blob(&index)?;
+        let index: Value = serde_json::from_slice(&bytes).map_err(|e| LayoutError::Invalid {
+            root: self.root.clone(),
+            what: format!("referrers index {index}"),
+            reason: e.to_string(),
+        })?;
+        Ok(Referrer::list(&index))
+    }
+
+    fn single_image(
+        &self,
+        app: &str,
+        digest: &Digest,
+        bytes: Vec<u8>,
+    ) -> Result<LocalImage, LayoutError> {
         let invalid = |reason: String| LayoutError::Invalid {
             root: self.root.clone(),
             what: format!("manifest {digest}"),
@@ -354,6 +536,7 @@ impl OciLayout {
             location: ImageLocation::OciLayout {
                 path: self.root.clone(),
             },
+            platforms: Vec::new(),
         })
     }
 
@@ -456,6 +639,24 @@ impl Drop for BlobWriter {
         }
     }
 }
+
+/// Whether manifest `bytes` are an image index (by media type, else by shape).
+pub(crate) fn is_index(bytes: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        #[serde(rename = "mediaType")]
+        media_type: Option<String>,
+        manifests: Option<serde::de::IgnoredAny>,
+    }
+    serde_json::from_slice::<Probe>(bytes).is_ok_and(|p| match p.media_type.as_deref() {
+        Some(m) => m == OCI_INDEX_MEDIA_TYPE || m == DOCKER_LIST_MEDIA_TYPE,
+        None => p.manifests.is_some(),
+    })
+}
+
+/// Docker's name for an image index.
+pub(crate) const DOCKER_LIST_MEDIA_TYPE: &str =
+    "application/vnd.docker.distribution.manifest.list.v2+json";
 
 fn ref_name(descriptor: &Descriptor) -> Option<&str> {
     descriptor

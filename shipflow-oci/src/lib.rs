@@ -36,7 +36,15 @@
 //! the tag (when it already names the manifest, that one request is the whole
 //! push), `HEAD` each blob, mount missing blobs from the repositories given to
 //! [`RegistryClientBuilder::mount_from`] (and from the base image's repository) or
-//! upload them a few at once, then `PUT` the manifest. Blobs up to 64 MiB go in one
+//! upload them a few at once, then `PUT` the manifest. A base layer the target
+//! cannot mount (the base is on another registry) is streamed from the base's
+//! registry into the target, with each registry's own credentials. An image index
+//! goes up as its platforms' manifests, then the index; a blob several platforms
+//! share is checked and uploaded once. The image's referrers in the layout (its
+//! SBOM and provenance) follow, listed in the referrers tag schema's index where
+//! the registry has no referrers API; with [`RegistryClientBuilder::sign_with`],
+//! an [`ImageSigner`] signs the image (and each platform's manifest) in the
+//! cosign format; the tag is written last. Blobs up to 64 MiB go in one
 //! streamed `PUT`; larger ones in streamed `PATCH` chunks, and a chunk cut off by a
 //! connection reset or a 5xx resumes from the range the registry reports (or, when
 //! the registry refuses the session, starts that blob over). Connection errors, 5xx
@@ -71,8 +79,15 @@
 //! `<images>/<app>`: sorted tar entries with fixed mtimes (`SOURCE_DATE_EPOCH`),
 //! owners and modes, `.dockerignore` applied, symlinks kept (and refused when they
 //! leave the context), compressed in parallel in fixed gzip members so that the same
-//! inputs give the same digests on any machine.
+//! inputs give the same digests on any machine. With `platforms`, the image is an
+//! OCI image index, one manifest per [`Platform`] (layers whose `from` names the
+//! platform, as `target/${TARGET_TRIPLE}/release/app`, are built per platform, the
+//! others once); its digest too depends on the inputs only. Each image gets a
+//! CycloneDX 1.5 SBOM (every file of each layer with its sha256, the packages of
+//! the app's `Cargo.lock` or `package-lock.json`) and an in-toto SLSA v1
+//! provenance statement, stored as OCI referrers of the image.
 
+mod attest;
 mod auth;
 mod builder;
 mod client;
@@ -83,18 +98,26 @@ mod gzip;
 mod layer;
 mod layer_cache;
 mod layout;
+mod platform;
 mod progress;
+mod sign;
 mod spec;
 mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use attest::{PROVENANCE_ARTIFACT_TYPE, SBOM_ARTIFACT_TYPE};
 pub use auth::Credentials;
 pub use builder::{BuildError, NativeBuilder};
 pub use client::{RegistryClient, RegistryClientBuilder};
 pub use docker_config::DockerConfig;
 pub use error::{CertificateProblem, ConnectFailure, OciError, Step};
-pub use layout::{LayoutError, OCI_MANIFEST_MEDIA_TYPE, OciLayout, REF_NAME_ANNOTATION};
+pub use layout::{
+    LayoutError, OCI_INDEX_MEDIA_TYPE, OCI_MANIFEST_MEDIA_TYPE, OciLayout, REF_NAME_ANNOTATION,
+    Referrer, referrers_tag,
+};
+pub use platform::Platform;
+pub use sign::{ImageSigner, SIGNATURE_MEDIA_TYPE, signature_tag};
 pub use spec::{LayerSpec, NATIVE_BUILD_TYPE, NativeBuild, schema};
 pub use store::LayoutRegistry;
 

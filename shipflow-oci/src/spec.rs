@@ -3,12 +3,24 @@
 //! ```toml
 //! [apps.web]
 //! build = { type = "native", base = "scratch", layers = [{ from = "apps/web/dist", to = "/srv" }], entrypoint = ["/srv/server"], expose = ["8080/tcp"] }
+//!
+//! [apps.api]   # one image index for two platforms, from cross-compiled binaries
+//! build = { type = "native", platforms = ["linux/amd64", "linux/arm64"], layers = [
+//!     { from = "apps/api/static", to = "/srv/static" },                   # built once, shared
+//!     { from = "target/${TARGET_TRIPLE}/release/api", to = "/usr/bin/" }, # one per platform
+//! ], entrypoint = ["/usr/bin/api"] }
 //! ```
+//!
+//! A layer's `from` may name the platform: `${OS}`, `${ARCH}`, `${VARIANT}` (empty
+//! when the platform has none) and `${TARGET_TRIPLE}` (the Rust target triple,
+//! GNU libc by default, or the platform's entry in `target_triples`).
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use shipflow_core::{ConfigSection, ImageRef, Schema, SectionContext, SectionError};
+
+use crate::Platform;
 
 /// The build type [`NativeBuild`] is read for.
 pub const NATIVE_BUILD_TYPE: &str = "native";
@@ -19,7 +31,7 @@ pub fn schema() -> Schema {
 }
 
 /// A native image: a base and layers made from directories, plus config.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct NativeBuild {
@@ -48,11 +60,35 @@ pub struct NativeBuild {
     /// Image labels.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The platforms to build, e.g. `["linux/amd64", "linux/arm64"]`: the image is
+    /// then an image index with one manifest each. Empty (the default): one
+    /// manifest, for the base's platform or this machine's.
+    #[serde(default)]
+    pub platforms: Vec<Platform>,
+    /// `${TARGET_TRIPLE}` per platform where the default (GNU libc) is not the
+    /// one, e.g. `{ "linux/arm64" = "aarch64-unknown-linux-musl" }`.
+    #[serde(default)]
+    pub target_triples: BTreeMap<String, String>,
+    /// Whether to attach an SBOM (CycloneDX 1.5: every file of every layer, and
+    /// the packages of the app's `Cargo.lock` or `package-lock.json`); default true.
+    #[serde(default = "yes")]
+    pub sbom: bool,
+    /// Whether to attach a provenance statement (in-toto v1, SLSA provenance
+    /// v1); default true.
+    #[serde(default = "yes")]
+    pub provenance: bool,
 }
 
 fn scratch() -> String {
     "scratch".into()
 }
+
+fn yes() -> bool {
+    true
+}
+
+/// The variables a layer's `from` may use.
+const PLATFORM_VARIABLES: [&str; 4] = ["OS", "ARCH", "VARIANT", "TARGET_TRIPLE"];
 
 /// A layer of a native image: the files under `from` placed at `to`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -75,6 +111,26 @@ impl LayerSpec {
     }
 }
 
+impl Default for NativeBuild {
+    fn default() -> Self {
+        Self {
+            base: scratch(),
+            layers: Vec::new(),
+            entrypoint: Vec::new(),
+            cmd: Vec::new(),
+            env: BTreeMap::new(),
+            workdir: None,
+            expose: Vec::new(),
+            user: None,
+            labels: BTreeMap::new(),
+            platforms: Vec::new(),
+            target_triples: BTreeMap::new(),
+            sbom: true,
+            provenance: true,
+        }
+    }
+}
+
 impl NativeBuild {
     /// A build on `base` (`scratch` for none) with no layers yet.
     pub fn new(base: impl Into<String>) -> Self {
@@ -82,6 +138,38 @@ impl NativeBuild {
             base: base.into(),
             ..Self::default()
         }
+    }
+
+    /// Builds for `platforms`, into an image index.
+    pub fn platforms(mut self, platforms: impl IntoIterator<Item = Platform>) -> Self {
+        self.platforms = platforms.into_iter().collect();
+        self
+    }
+
+    /// `from` of `layer` with the variables of `platform` filled in.
+    pub fn layer_source(&self, layer: &LayerSpec, platform: &Platform) -> Result<String, String> {
+        expand(&layer.from, |name| match name {
+            "OS" => Ok(platform.os.clone()),
+            "ARCH" => Ok(platform.architecture.clone()),
+            "VARIANT" => Ok(platform.variant.clone().unwrap_or_default()),
+            "TARGET_TRIPLE" => self.target_triple(platform),
+            other => Err(format!(
+                "${{{other}}} is not a layer variable (known: {})",
+                PLATFORM_VARIABLES.map(|v| format!("${{{v}}}")).join(", ")
+            )),
+        })
+    }
+
+    fn target_triple(&self, platform: &Platform) -> Result<String, String> {
+        self.target_triples
+            .get(&platform.to_string())
+            .cloned()
+            .or_else(|| platform.rust_target_triple().map(str::to_owned))
+            .ok_or_else(|| {
+                format!(
+                    "${{TARGET_TRIPLE}} has no default for {platform}; give it in target_triples = {{ \"{platform}\" = \"…\" }}"
+                )
+            })
     }
 
     /// Adds a layer on top.
@@ -101,8 +189,35 @@ impl ConfigSection for NativeBuild {
                 )
             })?;
         }
-        for (i, layer) in self.layers.iter_mut().enumerate() {
-            layer.from = ctx.repo_path(&format!("layers[{i}].from"), &layer.from)?;
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, platform) in self.platforms.iter().enumerate() {
+            if !seen.insert(platform.to_string()) {
+                return Err(SectionError::new(
+                    format!("platforms[{i}]"),
+                    format!("{platform} is listed twice"),
+                ));
+            }
+        }
+        for key in self.target_triples.keys() {
+            key.parse::<Platform>()
+                .map_err(|why| SectionError::new(format!("target_triples.{key}"), why))?;
+        }
+        let platforms = if self.platforms.is_empty() {
+            vec![Platform::host()]
+        } else {
+            self.platforms.clone()
+        };
+        for i in 0..self.layers.len() {
+            let field = format!("layers[{i}].from");
+            self.layers[i].from = ctx.repo_path(&field, &self.layers[i].from)?;
+            // Every platform's source must be a path in the repository too.
+            for platform in &platforms {
+                let source = self
+                    .layer_source(&self.layers[i], platform)
+                    .map_err(|why| SectionError::new(&field, why))?;
+                ctx.repo_path(&field, &source)?;
+            }
+            let layer = &mut self.layers[i];
             layer.to = image_path(&layer.to)
                 .map_err(|why| SectionError::new(format!("layers[{i}].to"), why))?;
         }
@@ -127,6 +242,26 @@ impl ConfigSection for NativeBuild {
         }
         Ok(())
     }
+}
+
+/// `template` with each `${NAME}` replaced by `value(NAME)`.
+fn expand(
+    template: &str,
+    value: impl Fn(&str) -> Result<String, String>,
+) -> Result<String, String> {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("{template:?}: a ${{ is not closed"))?;
+        out.push_str(&value(&after[..end])?);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 /// A path inside the image: absolute, normalised, never climbing above `/`.
@@ -212,9 +347,47 @@ mod tests {
         "workdir = \"srv\"",
         "apps.web.build.workdir: \"srv\" must be an absolute path in the image (shipflow.toml, line 4, column 38)"
     )]
+    #[case::unknown_layer_variable(
+        "platforms = [\"linux/amd64\"], layers = [{ from = \"target/${TRIPLE}/app\", to = \"/bin/\" }]",
+        "apps.web.build.layers[0].from: ${TRIPLE} is not a layer variable (known: ${OS}, ${ARCH}, ${VARIANT}, ${TARGET_TRIPLE})"
+    )]
+    #[case::no_default_triple(
+        "platforms = [\"linux/mips64le\"], layers = [{ from = \"target/${TARGET_TRIPLE}/app\", to = \"/bin/\" }]",
+        "apps.web.build.layers[0].from: ${TARGET_TRIPLE} has no default for linux/mips64le; give it in target_triples"
+    )]
+    #[case::bad_platform(
+        "platforms = [\"linux\"]",
+        "apps.web.build: shipflow.toml: TOML parse error at line 4, column 40"
+    )]
+    #[case::platform_twice(
+        "platforms = [\"linux/amd64\", \"linux/amd64\"]",
+        "apps.web.build.platforms[1]: linux/amd64 is listed twice"
+    )]
     fn bad_settings_are_refused_at_load(#[case] build: &str, #[case] start: &str) {
         let err = load(build).expect_err("refused");
         assert!(err.starts_with(start), "{err}\n---\n{start}");
+    }
+
+    #[test]
+    fn layer_sources_name_each_platform() {
+        let build = load(
+            "platforms = [\"linux/amd64\", \"linux/arm64\", \"linux/arm/v7\"], target_triples = { \"linux/arm64\" = \"aarch64-unknown-linux-musl\" }, layers = [{ from = \"./target/${TARGET_TRIPLE}/release/${OS}-${ARCH}${VARIANT}\", to = \"/bin/\" }]",
+        )
+        .expect("valid");
+        let sources: Vec<String> = build
+            .platforms
+            .iter()
+            .map(|p| build.layer_source(&build.layers[0], p).expect("source"))
+            .collect();
+        assert_eq!(
+            sources,
+            [
+                "target/x86_64-unknown-linux-gnu/release/linux-amd64",
+                "target/aarch64-unknown-linux-musl/release/linux-arm64",
+                "target/armv7-unknown-linux-gnueabihf/release/linux-armv7",
+            ]
+        );
+        assert!(build.sbom && build.provenance, "on by default");
     }
 
     #[test]

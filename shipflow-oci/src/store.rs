@@ -120,14 +120,36 @@ impl Registry for LayoutRegistry {
             report.digest = Some(image.digest.clone());
             report
         };
-        let total = image.size();
         let mut done = 0;
         let destination = match (&existing, ctx.dry_run()) {
             (Some(layout), _) => Some(layout.clone()),
             (None, true) => None,
             (None, false) => Some(OciLayout::create(self.layout_dir(target))?),
         };
-        for blob in std::iter::once(&image.config).chain(&image.layers) {
+        // Every blob of every platform, the platforms' manifests, and the
+        // image's referrers (SBOM, provenance) with their blobs.
+        let referrers = source.referrers(&image.digest)?;
+        let mut blobs: Vec<shipflow_core::Blob> = image.blobs().into_iter().cloned().collect();
+        for platform in &image.platforms {
+            blobs.push(shipflow_core::Blob {
+                media_type: platform.media_type.clone(),
+                digest: platform.digest.clone(),
+                size: platform.manifest_size,
+            });
+        }
+        for referrer in &referrers {
+            let artifact = source.local_image_by_digest(&image.app, &referrer.digest)?;
+            blobs.extend(artifact.blobs().into_iter().cloned());
+            blobs.push(shipflow_core::Blob {
+                media_type: referrer.media_type.clone(),
+                digest: referrer.digest.clone(),
+                size: referrer.size,
+            });
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        blobs.retain(|b| seen.insert(b.digest.clone()));
+        let total: u64 = blobs.iter().map(|b| b.size).sum();
+        for blob in &blobs {
             ctx.check_cancelled()?;
             let present = destination
                 .as_ref()
@@ -161,6 +183,9 @@ impl Registry for LayoutRegistry {
             report.manifest_written = true;
             report.bytes_uploaded += image.manifest_size;
             if let (Some(destination), false) = (&destination, ctx.dry_run()) {
+                for referrer in &referrers {
+                    destination.add_referrer(&image.digest, referrer)?;
+                }
                 destination.put_manifest(&source.read_blob(&image.digest)?, &tag)?;
             }
         }

@@ -404,7 +404,9 @@ async fn skopeo_reads_the_layout_and_a_pushed_build_copies_back() {
         .push(&image, &target, &Context::new())
         .await
         .expect("push");
-    assert_eq!(report.blobs_uploaded, 3);
+    // Two layers and the config; the SBOM, the provenance and their empty config.
+    assert_eq!(report.blobs_uploaded, 6);
+    assert_eq!(report.attachments.len(), 2);
     let copy = dir.path().join("copy");
     run(
         "skopeo",
@@ -509,9 +511,11 @@ async fn a_base_image_is_referenced_and_its_layers_are_mounted_not_copied() {
         .push(&image, &registry.reference("acme/api:v1"), &Context::new())
         .await
         .expect("push");
+    // The base layer mounted; the app's layer and config uploaded, and the
+    // SBOM, the provenance and their empty config.
     assert_eq!(
         (report.blobs_mounted, report.blobs_uploaded),
-        (1, 2),
+        (1, 5),
         "{report:?}"
     );
     let copy = dir.path().join("copy");
@@ -530,18 +534,28 @@ async fn a_base_image_is_referenced_and_its_layers_are_mounted_not_copied() {
         .expect("image");
     assert_eq!(copied.digest, image.digest);
 
-    // Another registry has no base layers to mount: a clear error, nothing pushed.
+    // Another registry has no base layers to mount: they are copied from the
+    // base's registry instead.
     let other = TestRegistry::start();
-    let err = client
+    let report = client
         .push(&image, &other.reference("acme/api:v1"), &Context::new())
         .await
-        .expect_err("the base is not on the other registry");
-    let text = err.to_string();
-    assert!(
-        text.contains(&format!("base image {}/base/runtime", registry.host()))
-            && text.contains("push the base image there first"),
-        "{text}"
+        .expect("the base layer is copied across");
+    assert_eq!(
+        (report.blobs_mounted, report.blobs_uploaded),
+        (0, 6),
+        "{report:?}"
     );
+    let base_layer = &image.layers[0];
+    let copied = client
+        .fetch_blob(
+            &other.reference("acme/api:v1"),
+            &base_layer.digest,
+            &Context::new(),
+        )
+        .await
+        .expect("the base layer is on the other registry");
+    assert_eq!(copied.len() as u64, base_layer.size);
 }
 
 #[tokio::test]
@@ -595,9 +609,11 @@ async fn a_base_image_on_a_token_registry_has_its_layers_mounted() {
         .push(&image, &registry.reference("acme/api:v1"), &Context::new())
         .await
         .unwrap_or_else(|e| panic!("push: {e}\nregistry log:\n{}", registry.log()));
+    // The base layer mounted; the app's layer and config uploaded, and the
+    // SBOM, the provenance and their empty config.
     assert_eq!(
         (report.blobs_mounted, report.blobs_uploaded),
-        (1, 2),
+        (1, 5),
         "{report:?}"
     );
     let layer = client

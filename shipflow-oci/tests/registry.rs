@@ -870,3 +870,61 @@ fn base64_of(text: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(text)
 }
+
+#[tokio::test]
+async fn a_push_then_two_more_tags_costs_two_manifest_requests_per_tag_and_no_blob_traffic() {
+    let registry = TestRegistry::start();
+    let (_dir, layout) = temp_layout();
+    let image = write_image(&layout, "api", "v1", &three_layers("three-tags"));
+    let client = client();
+    let report = client
+        .push(
+            &image,
+            &registry.reference("team/api:main-1a2b3c4"),
+            &Context::new(),
+        )
+        .await
+        .expect("push");
+    let pushed = common::access_log(&registry.log());
+    // The registry saw exactly the requests the report counts.
+    assert_eq!(pushed.len() as u32, report.requests, "{pushed:#?}");
+    assert_eq!(
+        report.requests,
+        1 + 4 * 3 + 2,
+        "ping, 4 × (HEAD, POST, PUT), HEAD + PUT of the manifest"
+    );
+
+    for tag in ["latest", "stable"] {
+        client
+            .tag(
+                &image.digest,
+                &registry.reference(&format!("team/api:{tag}")),
+                &Context::new(),
+            )
+            .await
+            .expect("tag");
+    }
+    let log = common::access_log(&registry.log());
+    let tagging: Vec<&str> = log[pushed.len()..].iter().map(String::as_str).collect();
+    let digest = &image.digest;
+    assert_eq!(
+        tagging,
+        [
+            format!("GET /v2/team/api/manifests/{digest} 200").as_str(),
+            "PUT /v2/team/api/manifests/latest 201",
+            format!("GET /v2/team/api/manifests/{digest} 200").as_str(),
+            "PUT /v2/team/api/manifests/stable 201",
+        ],
+        "each extra tag is one manifest read and one manifest write, no blob"
+    );
+    for tag in ["main-1a2b3c4", "latest", "stable"] {
+        let resolved = client
+            .resolve(
+                &registry.reference(&format!("team/api:{tag}")),
+                &Context::new(),
+            )
+            .await
+            .expect("resolve");
+        assert_eq!(resolved.as_ref(), Some(&image.digest), "{tag}");
+    }
+}

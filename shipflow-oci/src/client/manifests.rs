@@ -166,6 +166,40 @@ impl RegistryClient {
         Ok(Some(Digest::sha256(&bytes)))
     }
 
+    /// `GET` the manifest `reference`, or `None` when the registry has none
+    /// (404).
+    pub(super) async fn find_manifest(
+        &self,
+        call: &Call<'_>,
+        reference: &str,
+    ) -> Result<Option<Vec<u8>>, OciError> {
+        let url = self.url(call.reference, &format!("manifests/{reference}"))?;
+        let response = self
+            .send(
+                call,
+                Step::ManifestGet,
+                Method::GET,
+                url,
+                accept_manifests(),
+                Body::Empty,
+            )
+            .await?;
+        match response.status() {
+            s if s.is_success() => {}
+            StatusCode::NOT_FOUND => return Ok(None),
+            _ => return Err(self.failure(call, Step::ManifestGet, response).await),
+        }
+        read_limited(
+            call,
+            Step::ManifestGet,
+            "manifest",
+            response,
+            DOCUMENT_LIMIT,
+        )
+        .await
+        .map(Some)
+    }
+
     /// `GET` the manifest `reference`: its bytes and media type.
     pub(super) async fn get_manifest(
         &self,
@@ -204,6 +238,9 @@ impl RegistryClient {
         Ok((bytes, media_type))
     }
 
+    /// `PUT` the manifest `bytes` under `reference` (a tag or its digest).
+    /// Returns whether the registry said it indexed the manifest's `subject`
+    /// (the `OCI-Subject` header of registries with the referrers API).
     pub(super) async fn put_manifest(
         &self,
         call: &Call<'_>,
@@ -211,7 +248,7 @@ impl RegistryClient {
         bytes: Vec<u8>,
         media_type: &str,
         expected: &Digest,
-    ) -> Result<(), OciError> {
+    ) -> Result<bool, OciError> {
         let url = self.url(call.reference, &format!("manifests/{reference}"))?;
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -243,7 +280,7 @@ impl RegistryClient {
                 expected: expected.clone(),
                 actual,
             }),
-            _ => Ok(()),
+            _ => Ok(response.headers().contains_key("oci-subject")),
         }
     }
 }

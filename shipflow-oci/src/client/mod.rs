@@ -7,6 +7,7 @@
 
 mod auth;
 mod blobs;
+mod copy;
 mod manifests;
 mod push;
 mod tls;
@@ -45,6 +46,7 @@ pub struct RegistryClientBuilder {
     tls: tls::TlsSettings,
     /// CA files to read at build, into `tls.cas`.
     ca_files: Vec<PathBuf>,
+    signer: Option<crate::ImageSigner>,
 }
 
 /// Where credentials come from when none are given explicitly.
@@ -80,6 +82,7 @@ impl Default for RegistryClientBuilder {
                 ..tls::TlsSettings::default()
             },
             ca_files: Vec::new(),
+            signer: None,
         }
     }
 }
@@ -214,6 +217,17 @@ impl RegistryClientBuilder {
     /// `DockerConfig::search_paths(its_environment)` here.
     pub fn auth_files(mut self, paths: impl IntoIterator<Item = impl Into<PathBuf>>) -> Self {
         self.docker_config = DockerConfigSource::Files(paths.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Signs every image this client pushes with `signer`, in the sigstore
+    /// (cosign) format: the signature goes to the `sha256-<digest>.sig` tag of
+    /// the image's repository, where cosign and containers/image's
+    /// `sigstoreSigned` policy (with `use-sigstore-attachments: true`) find it.
+    /// Each platform's manifest of an index is signed too, since a verifier that
+    /// pulls one platform checks that manifest's signature.
+    pub fn sign_with(mut self, signer: crate::ImageSigner) -> Self {
+        self.signer = Some(signer);
         self
     }
 
@@ -404,6 +418,7 @@ impl Registry for RegistryClient {
         })?;
         self.put_manifest(&call, tag, bytes, &media_type, digest)
             .await?;
+        tracing::debug!(reference = %target, %digest, requests = requests.load(std::sync::atomic::Ordering::Relaxed), "tag moved by manifest only");
         Ok(())
     }
 }

@@ -1,20 +1,30 @@
 //! Push orchestration: skip what the registry holds, mount or upload the rest a
 //! few at once, then write the manifest.
 
-use std::collections::BTreeSet;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use shipflow_core::{Blob, Context, Digest, ImageLocation, ImageRef, LocalImage, PushReport};
+use serde_json::json;
+use shipflow_core::{
+    Attachment, Blob, Context, Digest, ImageLocation, ImageRef, LocalImage, PushReport,
+};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::RegistryClient;
 use super::transport::{Call, lock};
 use crate::error::{OciError, Step};
-use crate::layout::OciLayout;
+use crate::layout::{
+    LayoutError, OCI_INDEX_MEDIA_TYPE, OCI_MANIFEST_MEDIA_TYPE, OciLayout, Referrer, referrers_tag,
+};
 use crate::progress::{BlobProgress, Progress};
+use crate::sign::{
+    ImageSigner, SIGNATURE_ANNOTATION, SIGNATURE_MEDIA_TYPE, signature_config, signature_tag,
+};
+
+const CONFIG_MEDIA_TYPE: &str = "application/vnd.oci.image.config.v1+json";
 
 impl RegistryClient {
     /// Checks one blob and uploads (or mounts) it when the registry lacks it.
@@ -55,12 +65,21 @@ impl RegistryClient {
         if let Some(base) = base
             && !path.exists()
         {
-            // A base layer the builder never downloaded, and the target lacks.
-            return Err(OciError::BaseLayerMissing {
-                reference: call.name(),
-                digest: blob.digest.clone(),
-                base: base.name.clone(),
-            });
+            // A base layer the builder never downloaded, and the target lacks:
+            // streamed across from the base's repository.
+            return match self.copy_blob(call, base, blob, progress).await {
+                Ok(()) => {
+                    tracing::debug!(reference = %call.reference, digest = %blob.digest, base = %base.name, "base layer copied from its registry");
+                    Ok(BlobOutcome::Uploaded)
+                }
+                Err(cause @ OciError::Cancelled { .. }) => Err(cause),
+                Err(cause) => Err(OciError::BaseLayerMissing {
+                    reference: call.name(),
+                    digest: blob.digest.clone(),
+                    base: base.name.clone(),
+                    cause: cause.to_string(),
+                }),
+            };
         }
         // The upload's reader counts the bytes as they stream.
         self.upload_blob(call, blob, path, &BlobProgress::new(progress.clone()))
@@ -92,10 +111,10 @@ impl RegistryClient {
         let requests = Arc::new(AtomicU32::new(0));
         let call = Call::new(target, true, &requests, ctx);
         self.ensure_pinged(&call).await?;
-        let base = base_image(&manifest);
 
         // A tag that already names this manifest means the registry holds every
-        // blob (it checks them when a manifest is written): one request, done.
+        // blob (it checks them when a manifest is written) and, since the tag is
+        // written last, the attachments: one request, done.
         let tag = target
             .tag()
             .map(str::to_owned)
@@ -103,31 +122,105 @@ impl RegistryClient {
         let current = self.manifest_digest(&call, &tag).await?;
         if current.as_ref() == Some(&image.digest) {
             tracing::debug!(reference = %target, digest = %image.digest, "the tag already names this manifest: nothing to push");
-            let distinct: BTreeSet<&Digest> = std::iter::once(&image.config.digest)
-                .chain(image.layers.iter().map(|l| &l.digest))
-                .collect();
             return Ok({
                 let mut report = PushReport::default();
                 report.digest = Some(image.digest.clone());
-                report.blobs_skipped = distinct.len() as u32;
+                report.blobs_skipped = image.blobs().len() as u32;
                 report.requests = requests.load(Ordering::Relaxed);
                 report
             });
         }
 
-        // Config and layers, each digest once.
-        let mut seen = BTreeSet::new();
-        let blobs: Vec<Blob> = std::iter::once(&image.config)
-            .chain(&image.layers)
-            .filter(|b| seen.insert(b.digest.clone()))
-            .cloned()
-            .collect();
-        let total: u64 = blobs.iter().map(|b| b.size).sum();
+        let plan = Plan::read(&layout, image, &manifest).map_err(layout_error)?;
+        let mut report = self
+            .sync_blobs(target, &layout, &plan, &requests, ctx)
+            .await?;
+        report.digest = Some(image.digest.clone());
+
+        // The platforms' manifests before the index that lists them.
+        for child in &plan.children {
+            report.bytes_uploaded += child.bytes.len() as u64;
+            if !ctx.dry_run() {
+                self.put_manifest(
+                    &call,
+                    &child.digest.to_string(),
+                    child.bytes.clone(),
+                    &child.media_type,
+                    &child.digest,
+                )
+                .await?;
+            }
+        }
+        report.manifest_written = true;
+        report.bytes_uploaded += image.manifest_size;
+        let signer = self.inner.config.signer.clone();
+        let tag_last = !plan.referrers.is_empty() || signer.is_some();
+        if ctx.dry_run() {
+            report.requests = requests.load(Ordering::Relaxed);
+            return Ok(report);
+        }
+        // With attachments, the image goes up by digest and the tag moves last, so
+        // that a tag naming the image means everything is there.
+        let first_reference = if tag_last {
+            image.digest.to_string()
+        } else {
+            tag.clone()
+        };
+        self.put_manifest(
+            &call,
+            &first_reference,
+            manifest.clone(),
+            &image.media_type,
+            &image.digest,
+        )
+        .await?;
+        if !plan.referrers.is_empty() {
+            report.attachments.extend(
+                self.push_referrers(&call, &image.digest, &plan.referrers)
+                    .await?,
+            );
+        }
+        if let Some(signer) = signer {
+            // Each platform's manifest is signed too (as `cosign sign --recursive`):
+            // verifiers that pull one platform of an index (skopeo, Podman) check
+            // the signature of that platform's manifest.
+            for child in &plan.children {
+                self.push_signature(&call, &layout, &signer, &child.digest, &requests)
+                    .await?;
+            }
+            let signature = self
+                .push_signature(&call, &layout, &signer, &image.digest, &requests)
+                .await?;
+            report.attachments.push(Attachment::new(
+                "signature",
+                SIGNATURE_MEDIA_TYPE,
+                signature,
+            ));
+        }
+        if tag_last && tag != first_reference {
+            self.put_manifest(&call, &tag, manifest, &image.media_type, &image.digest)
+                .await?;
+        }
+        report.requests = requests.load(Ordering::Relaxed);
+        Ok(report)
+    }
+
+    /// Checks every blob of the plan once and mounts, copies or uploads those the
+    /// registry lacks, a few at once.
+    async fn sync_blobs(
+        &self,
+        target: &ImageRef,
+        layout: &OciLayout,
+        plan: &Plan,
+        requests: &Arc<AtomicU32>,
+        ctx: &Context,
+    ) -> Result<PushReport, OciError> {
+        let total: u64 = plan.blobs.iter().map(|b| b.size).sum();
         let progress = Arc::new(Progress::new(ctx.clone(), total));
         let uploaded_bytes = Arc::new(AtomicU64::new(0));
         let permits = Arc::new(Semaphore::new(self.inner.config.max_concurrent_uploads));
         let mut tasks = JoinSet::new();
-        for blob in blobs {
+        for blob in plan.blobs.iter().cloned() {
             let client = self.clone();
             let target = target.clone();
             let ctx = ctx.clone();
@@ -136,7 +229,7 @@ impl RegistryClient {
             let requests = requests.clone();
             let progress = progress.clone();
             let uploaded_bytes = uploaded_bytes.clone();
-            let base = base.clone();
+            let base = plan.bases.get(&blob.digest).cloned();
             tasks.spawn(async move {
                 let _permit = permits
                     .acquire_owned()
@@ -157,11 +250,7 @@ impl RegistryClient {
                 Ok::<_, OciError>(outcome)
             });
         }
-        let mut report = {
-            let mut report = PushReport::default();
-            report.digest = Some(image.digest.clone());
-            report
-        };
+        let mut report = PushReport::default();
         while let Some(joined) = tasks.join_next().await {
             let outcome = match joined {
                 Ok(Ok(outcome)) => outcome,
@@ -187,17 +276,201 @@ impl RegistryClient {
             }
         }
         report.bytes_uploaded = uploaded_bytes.load(Ordering::Relaxed);
+        Ok(report)
+    }
 
-        {
-            report.manifest_written = true;
-            report.bytes_uploaded += image.manifest_size;
-            if !ctx.dry_run() {
-                self.put_manifest(&call, &tag, manifest, &image.media_type, &image.digest)
-                    .await?;
+    /// Writes the referrer manifests (their blobs are up already) and, where the
+    /// registry does not index subjects itself (no referrers API, as in
+    /// Distribution 2.8), adds them to the referrers tag schema's index.
+    async fn push_referrers(
+        &self,
+        call: &Call<'_>,
+        subject: &Digest,
+        referrers: &[(Referrer, Vec<u8>)],
+    ) -> Result<Vec<Attachment>, OciError> {
+        let mut unindexed = Vec::new();
+        let mut attachments = Vec::new();
+        for (referrer, bytes) in referrers {
+            let indexed = self
+                .put_manifest(
+                    call,
+                    &referrer.digest.to_string(),
+                    bytes.clone(),
+                    &referrer.media_type,
+                    &referrer.digest,
+                )
+                .await?;
+            if !indexed {
+                unindexed.push(referrer.clone());
+            }
+            let kind = match referrer.artifact_type.as_str() {
+                crate::SBOM_ARTIFACT_TYPE => "sbom",
+                crate::PROVENANCE_ARTIFACT_TYPE => "provenance",
+                other => other,
+            };
+            attachments.push(Attachment::new(
+                kind,
+                referrer.artifact_type.clone(),
+                referrer.digest.clone(),
+            ));
+        }
+        if unindexed.is_empty() {
+            return Ok(attachments);
+        }
+        let tag = referrers_tag(subject);
+        let mut listed = match self.find_manifest(call, &tag).await? {
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(|index| Referrer::list(&index))
+                .map_err(|e| OciError::Protocol {
+                    reference: call.name(),
+                    step: Step::ManifestGet,
+                    reason: format!("the referrers index {tag} is not JSON: {e}"),
+                })?,
+            None => Vec::new(),
+        };
+        let before = listed.len();
+        for referrer in unindexed {
+            if !listed.iter().any(|r| r.digest == referrer.digest) {
+                listed.push(referrer);
             }
         }
-        report.requests = requests.load(Ordering::Relaxed);
-        Ok(report)
+        if listed.len() != before {
+            let index = Referrer::index(&listed);
+            let digest = Digest::sha256(&index);
+            self.put_manifest(call, &tag, index, OCI_INDEX_MEDIA_TYPE, &digest)
+                .await?;
+            tracing::debug!(reference = %call.reference, %subject, %tag, referrers = listed.len(), "referrers tag schema index updated");
+        }
+        Ok(attachments)
+    }
+
+    /// Signs `digest` and adds the signature to the `sha256-<hex>.sig` manifest
+    /// (keeping the signatures already there). Returns that manifest's digest.
+    async fn push_signature(
+        &self,
+        call: &Call<'_>,
+        layout: &OciLayout,
+        signer: &ImageSigner,
+        digest: &Digest,
+        requests: &Arc<AtomicU32>,
+    ) -> Result<Digest, OciError> {
+        let layout_error = |source| OciError::Layout {
+            reference: call.name(),
+            step: Step::ReadLocal,
+            source: Box::new(source),
+        };
+        let (payload, signature) = signer.sign(call.reference, digest);
+        let payload = layout
+            .write_blob(&payload, SIGNATURE_MEDIA_TYPE)
+            .map_err(layout_error)?;
+        let tag = signature_tag(digest);
+        let mut layers: Vec<serde_json::Value> = match self.find_manifest(call, &tag).await? {
+            Some(bytes) => serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|m| m.get("layers").and_then(|l| l.as_array()).cloned())
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let layer = json!({
+            "mediaType": SIGNATURE_MEDIA_TYPE,
+            "digest": payload.digest.to_string(),
+            "size": payload.size,
+            "annotations": {SIGNATURE_ANNOTATION: signature},
+        });
+        if layers.contains(&layer) {
+            tracing::debug!(reference = %call.reference, %digest, "the image already carries this signature");
+        } else {
+            layers.push(layer);
+        }
+        let payloads: Vec<Digest> = layers
+            .iter()
+            .filter_map(|l| l.get("digest")?.as_str()?.parse().ok())
+            .collect();
+        let config = layout
+            .write_blob(&signature_config(&payloads), CONFIG_MEDIA_TYPE)
+            .map_err(layout_error)?;
+        let progress = Arc::new(Progress::new(call.ctx.clone(), payload.size + config.size));
+        for blob in [&payload, &config] {
+            let path = layout.blob_path(&blob.digest);
+            let own = Call::new(call.reference, true, requests, call.ctx);
+            self.sync_blob(&own, blob, path, &progress, None).await?;
+        }
+        let manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST_MEDIA_TYPE,
+            "config": {"mediaType": CONFIG_MEDIA_TYPE, "digest": config.digest.to_string(), "size": config.size},
+            "layers": layers,
+        });
+        let bytes = serde_json::to_vec(&manifest).unwrap_or_default();
+        let manifest_digest = Digest::sha256(&bytes);
+        self.put_manifest(call, &tag, bytes, OCI_MANIFEST_MEDIA_TYPE, &manifest_digest)
+            .await?;
+        tracing::debug!(reference = %call.reference, %digest, signature = %manifest_digest, "image signed");
+        Ok(manifest_digest)
+    }
+}
+
+/// What a push sends besides the top manifest: the platforms' manifests of an
+/// index, the image's referrers in the layout, and every blob of them all.
+struct Plan {
+    children: Vec<Child>,
+    referrers: Vec<(Referrer, Vec<u8>)>,
+    /// Each digest once: configs, layers, referrers' blobs.
+    blobs: Vec<Blob>,
+    /// The base image each base layer (not in the layout) belongs to.
+    bases: HashMap<Digest, BaseImage>,
+}
+
+struct Child {
+    digest: Digest,
+    media_type: String,
+    bytes: Vec<u8>,
+}
+
+impl Plan {
+    fn read(layout: &OciLayout, image: &LocalImage, manifest: &[u8]) -> Result<Self, LayoutError> {
+        let mut children = Vec::new();
+        let mut bases = HashMap::new();
+        let mut note_base = |bytes: &[u8], layers: &[Blob]| {
+            if let Some(base) = base_image(bytes) {
+                for layer in layers {
+                    if !layout.has_blob(&layer.digest) {
+                        bases.insert(layer.digest.clone(), base.clone());
+                    }
+                }
+            }
+        };
+        if image.is_index() {
+            for platform in &image.platforms {
+                let bytes = layout.read_blob(&platform.digest)?;
+                note_base(&bytes, &platform.layers);
+                children.push(Child {
+                    digest: platform.digest.clone(),
+                    media_type: platform.media_type.clone(),
+                    bytes,
+                });
+            }
+        } else {
+            note_base(manifest, &image.layers);
+        }
+        let mut blobs: Vec<Blob> = image.blobs().into_iter().cloned().collect();
+        let mut referrers = Vec::new();
+        for referrer in layout.referrers(&image.digest)? {
+            let bytes = layout.read_blob(&referrer.digest)?;
+            let artifact = layout.local_image_by_digest(&image.app, &referrer.digest)?;
+            for blob in artifact.blobs() {
+                if !blobs.iter().any(|b| b.digest == blob.digest) {
+                    blobs.push(blob.clone());
+                }
+            }
+            referrers.push((referrer, bytes));
+        }
+        Ok(Self {
+            children,
+            referrers,
+            blobs,
+            bases,
+        })
     }
 }
 
@@ -210,11 +483,11 @@ pub(super) enum BlobOutcome {
 
 /// The base image of a manifest the native builder wrote (its
 /// `org.opencontainers.image.base.name` annotation): its layers are not in the
-/// local layout, and are mounted from its repository when it is on the target's
-/// registry.
+/// local layout: they are mounted from its repository when it is on the
+/// target's registry, else copied from it.
 #[derive(Debug, Clone)]
 pub(super) struct BaseImage {
-    name: String,
+    pub(super) name: String,
     registry: String,
     repository: String,
 }

@@ -2,8 +2,8 @@
 //! error a step makes of a response it did not expect.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use reqwest::header::{CONTENT_LENGTH, HeaderMap, RETRY_AFTER};
@@ -27,6 +27,9 @@ pub(super) enum Body {
         len: u64,
         progress: BlobProgress,
     },
+    /// A stream that can be sent once (a blob copied from another registry):
+    /// a second attempt fails, and the caller starts the copy over.
+    Once(Arc<Mutex<Option<reqwest::Body>>>),
 }
 
 /// One conversation's fixed facts: which reference, what access it needs, and the
@@ -259,6 +262,18 @@ impl RegistryClient {
                 .headers(headers.clone());
             request = match &body {
                 Body::Empty => request,
+                Body::Once(slot) => match lock(slot).take() {
+                    Some(stream) => request.body(stream),
+                    None => {
+                        return Err(OciError::Protocol {
+                            reference: call.name(),
+                            step,
+                            reason:
+                                "a streamed body cannot be sent twice (the request was retried)"
+                                    .into(),
+                        });
+                    }
+                },
                 Body::Bytes(bytes) => request.body(bytes.clone()),
                 Body::File {
                     path,

@@ -340,3 +340,93 @@ impl ResetProxy {
             .expect("valid test reference")
     }
 }
+
+/// Runs `program args` with `envs`, returning (success, stdout, stderr).
+pub fn run_with(program: &str, args: &[&str], envs: &[(&str, &Path)]) -> (bool, String, String) {
+    let path = which(program).unwrap_or_else(|| {
+        panic!("`{program}` is not installed (not on PATH): this test needs it; apt-get install -y {program}")
+    });
+    let out = Command::new(path)
+        .args(args)
+        .envs(envs.iter().map(|(k, v)| (*k, *v)))
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The `podman` command line with storage and configuration of its own in a temp
+/// dir (runtime runc, no default ulimits, the loopback registry `registry`
+/// trusted over plain HTTP), so tests never share images.
+pub struct Podman {
+    dir: tempfile::TempDir,
+}
+
+impl Podman {
+    pub fn new(registry: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let d = dir.path();
+        std::fs::write(
+            d.join("containers.conf"),
+            "[containers]\ndefault_ulimits = []\n[engine]\nruntime = \"runc\"\n",
+        )
+        .expect("containers.conf");
+        std::fs::write(
+            d.join("registries.conf"),
+            format!("[[registry]]\nlocation = \"{registry}\"\ninsecure = true\n"),
+        )
+        .expect("registries.conf");
+        std::fs::write(
+            d.join("storage.conf"),
+            format!(
+                "[storage]\ndriver = \"vfs\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n",
+                d.join("storage").display(),
+                d.join("run").display()
+            ),
+        )
+        .expect("storage.conf");
+        Self { dir }
+    }
+
+    /// Runs podman with `args`: (success, stdout, stderr).
+    pub fn run(&self, args: &[&str]) -> (bool, String, String) {
+        let d = self.dir.path();
+        let (conf, registries, storage) = (
+            d.join("containers.conf"),
+            d.join("registries.conf"),
+            d.join("storage.conf"),
+        );
+        run_with(
+            "podman",
+            args,
+            &[
+                ("CONTAINERS_CONF", conf.as_path()),
+                ("CONTAINERS_REGISTRIES_CONF", registries.as_path()),
+                ("CONTAINERS_STORAGE_CONF", storage.as_path()),
+            ],
+        )
+    }
+}
+
+/// The requests a `docker-registry` log records (`"METHOD /v2/… HTTP/1.1"
+/// status`), in order, as `METHOD path status`. The readiness probe of
+/// `TestRegistry` (HTTP/1.0) is left out.
+pub fn access_log(log: &str) -> Vec<String> {
+    log.lines()
+        .filter_map(|line| {
+            let start = line
+                .find("\"GET /v2/")
+                .or_else(|| line.find("\"HEAD /v2/"))
+                .or_else(|| line.find("\"PUT /v2/"))
+                .or_else(|| line.find("\"POST /v2/"))
+                .or_else(|| line.find("\"PATCH /v2/"))?;
+            let rest = &line[start + 1..];
+            let end = rest.find(" HTTP/1.1\"")?;
+            let status = rest[end..].split('"').nth(1)?.split_whitespace().next()?;
+            Some(format!("{} {status}", &rest[..end]))
+        })
+        .collect()
+}
