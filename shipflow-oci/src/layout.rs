@@ -38,6 +38,15 @@ pub struct Referrer {
 }
 
 impl Referrer {
+    /// What it is, for reports: `sbom`, `provenance`, or its artifact type.
+    pub fn kind(&self) -> &str {
+        match self.artifact_type.as_str() {
+            crate::SBOM_ARTIFACT_TYPE => "sbom",
+            crate::PROVENANCE_ARTIFACT_TYPE => "provenance",
+            other => other,
+        }
+    }
+
     /// Its descriptor in a referrers index.
     pub(crate) fn descriptor(&self) -> Value {
         json!({

@@ -148,6 +148,12 @@ impl Registry for LayoutRegistry {
         }
         let mut seen = std::collections::BTreeSet::new();
         blobs.retain(|b| seen.insert(b.digest.clone()));
+        // The report counts the image's own blobs; the rest count in the bytes.
+        let own: std::collections::BTreeSet<Digest> = image
+            .blobs()
+            .into_iter()
+            .map(|b| b.digest.clone())
+            .collect();
         let total: u64 = blobs.iter().map(|b| b.size).sum();
         for blob in &blobs {
             ctx.check_cancelled()?;
@@ -155,10 +161,11 @@ impl Registry for LayoutRegistry {
                 .as_ref()
                 .is_some_and(|d| d.has_blob(&blob.digest));
             tracing::debug!(app = %image.app, %target, digest = %blob.digest, present, "local store blob");
+            let counted = own.contains(&blob.digest);
             if present {
-                report.blobs_skipped += 1;
+                report.blobs_skipped += u32::from(counted);
             } else {
-                report.blobs_uploaded += 1;
+                report.blobs_uploaded += u32::from(counted);
                 report.bytes_uploaded += blob.size;
                 if let (Some(destination), false) = (&destination, ctx.dry_run()) {
                     let to = destination.blob_path(&blob.digest);
@@ -179,6 +186,12 @@ impl Registry for LayoutRegistry {
             Some(d) => d.resolve(&tag)?,
             None => None,
         };
+        report.attachments = referrers
+            .iter()
+            .map(|r| {
+                shipflow_core::Attachment::new(r.kind(), r.artifact_type.clone(), r.digest.clone())
+            })
+            .collect();
         if current.as_ref() != Some(&image.digest) {
             report.manifest_written = true;
             report.bytes_uploaded += image.manifest_size;

@@ -133,7 +133,7 @@ impl RegistryClient {
 
         let plan = Plan::read(&layout, image, &manifest).map_err(layout_error)?;
         let mut report = self
-            .sync_blobs(target, &layout, &plan, &requests, ctx)
+            .sync_blobs(target, &layout, image, &plan, &requests, ctx)
             .await?;
         report.digest = Some(image.digest.clone());
 
@@ -207,10 +207,13 @@ impl RegistryClient {
 
     /// Checks every blob of the plan once and mounts, copies or uploads those the
     /// registry lacks, a few at once.
+    /// The report counts the image's own blobs (config and layers of every
+    /// platform); its attachments' blobs count in the bytes, not in the blobs.
     async fn sync_blobs(
         &self,
         target: &ImageRef,
         layout: &OciLayout,
+        image: &LocalImage,
         plan: &Plan,
         requests: &Arc<AtomicU32>,
         ctx: &Context,
@@ -247,12 +250,14 @@ impl RegistryClient {
                 }
                 // One event per finished blob, besides those while bytes stream.
                 progress.emit();
-                Ok::<_, OciError>(outcome)
+                Ok::<_, OciError>((blob.digest, outcome))
             });
         }
+        let own: std::collections::HashSet<&Digest> =
+            image.blobs().into_iter().map(|b| &b.digest).collect();
         let mut report = PushReport::default();
         while let Some(joined) = tasks.join_next().await {
-            let outcome = match joined {
+            let (digest, outcome) = match joined {
                 Ok(Ok(outcome)) => outcome,
                 Ok(Err(e)) => {
                     tasks.abort_all();
@@ -269,6 +274,9 @@ impl RegistryClient {
                     });
                 }
             };
+            if !own.contains(&digest) {
+                continue;
+            }
             match outcome {
                 BlobOutcome::Skipped => report.blobs_skipped += 1,
                 BlobOutcome::Mounted => report.blobs_mounted += 1,
@@ -303,13 +311,8 @@ impl RegistryClient {
             if !indexed {
                 unindexed.push(referrer.clone());
             }
-            let kind = match referrer.artifact_type.as_str() {
-                crate::SBOM_ARTIFACT_TYPE => "sbom",
-                crate::PROVENANCE_ARTIFACT_TYPE => "provenance",
-                other => other,
-            };
             attachments.push(Attachment::new(
-                kind,
+                referrer.kind(),
                 referrer.artifact_type.clone(),
                 referrer.digest.clone(),
             ));
