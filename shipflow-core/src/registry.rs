@@ -133,7 +133,7 @@ impl<R: Registry + ?Sized> Registry for std::sync::Arc<R> {
 /// container engine's store through one registry (e.g.
 /// `shipflow_docker::EngineRegistry`, which pushes through the engine), every other
 /// image through the main one (e.g. `shipflow_oci::RegistryClient`). Lookups and
-/// tags go to the main one. Pairs with [`crate::BuilderBySpec`] for workspaces that
+/// tags go to the main one. Pairs with [`crate::BuilderByType`] for workspaces that
 /// mix native and Dockerfile apps.
 #[derive(Clone)]
 pub struct RegistryByLocation {
