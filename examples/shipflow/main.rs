@@ -305,7 +305,7 @@ impl From<RunStatus> for Exit {
             RunStatus::Succeeded => Exit::Shipped,
             RunStatus::NothingToDo => Exit::NothingToDo,
             RunStatus::RolledBack => Exit::RolledBack,
-            RunStatus::Failed => Exit::Failed,
+            RunStatus::Failed | RunStatus::Cancelled => Exit::Failed,
         }
     }
 }

@@ -50,7 +50,18 @@ pub(crate) fn report(report: &Report) -> String {
             Outcome::RolledBack { stage } => format!("{stage} failed, rolled back"),
             Outcome::Failed { stage } => format!("{stage} failed"),
             Outcome::Skipped => "skipped".to_owned(),
-            Outcome::Cancelled => "cancelled".to_owned(),
+            Outcome::Cancelled { stage: None, .. } => "cancelled before it started".to_owned(),
+            Outcome::Cancelled {
+                stage: Some(stage),
+                restored,
+            } => format!(
+                "cancelled during {stage}{}",
+                if *restored {
+                    ", what ran before runs again"
+                } else {
+                    ""
+                }
+            ),
         };
         let _ = writeln!(out, "{:width$}  {outcome}", app.app);
         if let Some(image) = &app.image {
@@ -104,7 +115,7 @@ pub(crate) fn report(report: &Report) -> String {
         count(|o| matches!(o, Outcome::RolledBack { .. })),
         count(|o| matches!(
             o,
-            Outcome::Failed { .. } | Outcome::Cancelled | Outcome::Skipped
+            Outcome::Failed { .. } | Outcome::Cancelled { .. } | Outcome::Skipped
         )),
         bytes(report.bytes_pushed()),
         seconds(report.duration_ms),

@@ -147,7 +147,16 @@ pub enum Outcome {
     /// Not started, because another app failed under [`FailurePolicy::FailFast`].
     Skipped,
     /// Not started or stopped early, because the run was cancelled.
-    Cancelled,
+    Cancelled {
+        /// The stage under way when the cancel came; `None` when the app had not
+        /// started.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stage: Option<Stage>,
+        /// Whether what ran before runs again: the deployer restored it, or the
+        /// pipeline rolled the cancelled deploy back.
+        #[serde(default)]
+        restored: bool,
+    },
 }
 
 impl Outcome {
@@ -155,7 +164,7 @@ impl Outcome {
     pub fn is_failure(&self) -> bool {
         matches!(
             self,
-            Outcome::RolledBack { .. } | Outcome::Failed { .. } | Outcome::Cancelled
+            Outcome::RolledBack { .. } | Outcome::Failed { .. } | Outcome::Cancelled { .. }
         )
     }
 }
@@ -231,13 +240,22 @@ pub enum RunStatus {
     RolledBack,
     /// Some app failed and was not rolled back.
     Failed,
+    /// The run was cancelled before every app finished (see each app's outcome for
+    /// what was stopped and what restored).
+    Cancelled,
 }
 
 impl Report {
     /// The run's summary: failures first, then rollbacks, then success.
     pub fn status(&self) -> RunStatus {
-        let failed = |o: &Outcome| matches!(o, Outcome::Failed { .. } | Outcome::Cancelled);
-        if self.apps.iter().any(|a| failed(&a.outcome)) {
+        let cancelled = |o: &Outcome| matches!(o, Outcome::Cancelled { .. });
+        if self.apps.iter().any(|a| cancelled(&a.outcome)) {
+            RunStatus::Cancelled
+        } else if self
+            .apps
+            .iter()
+            .any(|a| matches!(a.outcome, Outcome::Failed { .. }))
+        {
             RunStatus::Failed
         } else if self
             .apps
@@ -655,7 +673,10 @@ impl Pipeline {
                         .expect("semaphore is never closed");
                     let mut report = AppReport::new(&task_planned);
                     if this.inner.settings.cancel.is_cancelled() {
-                        report.outcome = Outcome::Cancelled;
+                        report.outcome = Outcome::Cancelled {
+                            stage: None,
+                            restored: false,
+                        };
                     } else if stop.load(Ordering::SeqCst) {
                         report.outcome = Outcome::Skipped;
                         report.note = Some("not started: another app failed (fail-fast)".into());
@@ -927,7 +948,7 @@ impl Pipeline {
         Ok(digest)
     }
 
-    /// The one place an app's ending becomes its outcome: a failed deploy is rolled
+    /// The one place an app's ending becomes its outcome: a failed or cancelled deploy is rolled
     /// back here when that undoes this run's change and nothing else.
     async fn settle(
         &self,
@@ -964,20 +985,25 @@ impl Pipeline {
         let text = error_chain(error.as_ref());
         warn!(app = %app.name, %stage, "failed: {text}");
         report.error = Some(format!("{}: {stage} failed: {text}", app.name));
-        if caused_by::<crate::Cancelled>(error.as_ref()) && !caused_by::<Restored>(error.as_ref()) {
-            report.outcome = Outcome::Cancelled;
-            return;
-        }
-        report.outcome = Outcome::Failed { stage };
+        let restored = caused_by::<Restored>(error.as_ref());
+        report.outcome = if caused_by::<crate::Cancelled>(error.as_ref()) {
+            Outcome::Cancelled {
+                stage: Some(stage),
+                restored,
+            }
+        } else {
+            Outcome::Failed { stage }
+        };
         if stage != Stage::Deploy {
             return;
         }
-        if caused_by::<Restored>(error.as_ref()) {
-            report.outcome = Outcome::RolledBack { stage };
+        if restored {
+            if let Outcome::Failed { stage } = report.outcome {
+                report.outcome = Outcome::RolledBack { stage };
+            }
             report.note = Some("the deployer brought back what ran before".into());
         } else if !self.inner.settings.rollback_on_failure {
-            report.note =
-                Some("automatic rollback is off; the failed rollout was left as it is".into());
+            report.note = Some("automatic rollback is off; the rollout was left as it is".into());
         } else if let Some(pinned) = report.image.clone()
             && self.runs(app, &pinned, report).await
         {
@@ -1065,8 +1091,12 @@ impl Pipeline {
         ctx.emit(EventKind::Finished { ok: result.is_ok() });
         match result {
             Ok(rollout) => {
-                if let Outcome::Failed { stage } = report.outcome {
-                    report.outcome = Outcome::RolledBack { stage };
+                match &mut report.outcome {
+                    Outcome::Failed { stage } => {
+                        report.outcome = Outcome::RolledBack { stage: *stage };
+                    }
+                    Outcome::Cancelled { restored, .. } => *restored = true,
+                    _ => {}
                 }
                 report.rollback = Some(rollout);
             }

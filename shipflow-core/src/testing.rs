@@ -392,6 +392,7 @@ type FakeRevision = (Revision, Option<Fingerprint>);
 pub struct FakeDeployer {
     fail: Mutex<BTreeSet<String>>,
     refuse: Mutex<BTreeSet<String>>,
+    stuck: Mutex<BTreeSet<String>>,
     delay: Duration,
     state: Mutex<BTreeMap<String, Vec<FakeRevision>>>,
     calls: Mutex<Vec<String>>,
@@ -435,6 +436,18 @@ impl FakeDeployer {
     pub fn with_delay(mut self, delay: Duration) -> Self {
         self.delay = delay;
         self
+    }
+
+    /// From now on, rollouts of `app` change the workload and then never finish
+    /// (as a new revision that never becomes ready): the deploy returns only when
+    /// the run is cancelled.
+    pub fn set_stuck(&self, app: &str, stuck: bool) {
+        let mut set = lock(&self.stuck);
+        if stuck {
+            set.insert(app.into());
+        } else {
+            set.remove(app);
+        }
     }
 
     /// The calls with side effects so far, e.g. `deploy api`, `rollback api to 1`.
@@ -551,6 +564,11 @@ impl Deployer for FakeDeployer {
             ));
             number
         };
+        ctx.progress(0, Some(1), "replicas");
+        if lock(&self.stuck).contains(&app.name) {
+            ctx.cancellation().cancelled().await;
+            return Err(Box::new(crate::Cancelled));
+        }
         ctx.progress(1, Some(1), "replicas");
         if lock(&self.fail).contains(&app.name) {
             // A failed rollout left in place carries no fingerprint (see `Deployed`).

@@ -322,6 +322,74 @@ async fn failed_rollout_is_rolled_back_to_the_revision_that_ran_before() {
     assert_eq!(report.status(), RunStatus::RolledBack);
 }
 
+/// A deploy whose rollout never finishes, cancelled mid-watch: with automatic
+/// rollback the pipeline brings back what ran before and says the app was cancelled
+/// and restored; without it the rollout is left as it is.
+#[rstest]
+#[case::rolled_back(true)]
+#[case::left_alone(false)]
+#[tokio::test]
+async fn a_cancelled_deploy_is_rolled_back_by_the_rollback_policy(#[case] rollback: bool) {
+    let parts = Parts::new(FakeBuilder::new(), FakeDeployer::new());
+    let v1 = ScriptedDetector::new().with_change("apps/web/a.ts");
+    let good = build_and_ship(parts.pipeline(v1)).await;
+    let good_image = good.apps[0].image.clone().expect("image").to_string();
+
+    parts.deployer.set_stuck("web", true);
+    let token = CancellationToken::new();
+    let v2 = ScriptedDetector::new()
+        .with_change("apps/web/a.ts")
+        .with_file("apps/web/a.ts", "v2");
+    let pipeline = parts
+        .pipeline(v2)
+        .rollback_on_failure(rollback)
+        .cancellation(token.clone())
+        .build()
+        .expect("pipeline");
+    let run = tokio::spawn(async move { ship(&pipeline).await });
+    // The deploy has changed the workload and waits on its rollout when cancelled.
+    while parts.deployer.calls().len() < 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    token.cancel();
+    let report = tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .expect("a cancelled run ends at once")
+        .expect("joined");
+    let web = &report.apps[0];
+    assert_eq!(
+        web.outcome,
+        Outcome::Cancelled {
+            stage: Some(Stage::Deploy),
+            restored: rollback
+        },
+        "{web:?}"
+    );
+    assert_eq!(report.status(), RunStatus::Cancelled);
+    if rollback {
+        assert_eq!(
+            parts.deployer.calls(),
+            ["deploy web", "deploy web", "rollback web to 1"]
+        );
+        assert_eq!(
+            parts.deployer.running("web").as_deref(),
+            Some(good_image.as_str())
+        );
+    } else {
+        assert_eq!(parts.deployer.calls(), ["deploy web", "deploy web"]);
+        assert_ne!(
+            parts.deployer.running("web").as_deref(),
+            Some(good_image.as_str())
+        );
+        assert!(
+            web.note
+                .as_deref()
+                .is_some_and(|n| n.contains("left as it is")),
+            "{web:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn failed_first_rollout_has_nothing_to_roll_back_to() {
     let parts = Parts::new(FakeBuilder::new(), FakeDeployer::new().failing_for("web"));
@@ -467,10 +535,22 @@ async fn cancellation_stops_apps_not_yet_started() {
     tokio::time::sleep(Duration::from_millis(20)).await;
     token.cancel();
     let report = run.await.expect("joined");
+    let outcomes: Vec<_> = report.apps.iter().map(|a| a.outcome.clone()).collect();
+    assert_eq!(
+        outcomes[0],
+        Outcome::Cancelled {
+            stage: Some(Stage::Build),
+            restored: false
+        },
+        "the app under way was stopped in its build"
+    );
     assert!(
-        report.apps.iter().all(|a| a.outcome == Outcome::Cancelled),
-        "{:?}",
-        report.apps
+        outcomes[1..].iter().all(|o| *o
+            == Outcome::Cancelled {
+                stage: None,
+                restored: false
+            }),
+        "{outcomes:?}"
     );
     assert_eq!(
         parts.builder.builds().len(),
@@ -478,7 +558,7 @@ async fn cancellation_stops_apps_not_yet_started() {
         "only the app under way had started"
     );
     assert!(parts.deployer.calls().is_empty());
-    assert_eq!(report.status(), RunStatus::Failed);
+    assert_eq!(report.status(), RunStatus::Cancelled);
 }
 
 #[tokio::test]

@@ -323,7 +323,7 @@ pub enum KubeError {
 
     /// The run was cancelled while waiting.
     #[error(
-        "app {app}: {step}: {workload}: cancelled; what was started continues in the cluster, check it with `kubectl rollout status`"
+        "app {app}: {step}: {workload}: cancelled while under way (a pipeline rolls it back by its rollback policy; otherwise check it with `kubectl rollout status`)"
     )]
     Cancelled {
         /// The app.

@@ -236,6 +236,9 @@ pub enum OciError {
         reference: String,
         /// The step.
         step: Step,
+        /// Always [`shipflow_core::Cancelled`], so the pipeline sees a cancellation.
+        #[source]
+        source: shipflow_core::Cancelled,
     },
     /// A docker `config.json` or a credential helper could not give credentials.
     #[error(

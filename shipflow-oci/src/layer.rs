@@ -164,7 +164,10 @@ pub(crate) fn write_layer(
             let mut tar = tar::Builder::new(out);
             for entry in entries {
                 if cancel.is_cancelled() {
-                    return Err(BuildError::Cancelled { app: app.into() });
+                    return Err(BuildError::Cancelled {
+                        app: app.into(),
+                        source: shipflow_core::Cancelled,
+                    });
                 }
                 let hash = append(app, &mut tar, entry, mtime, files.is_some())?;
                 if let (Some(files), Some(sha256), EntryKind::File { size, .. }) =

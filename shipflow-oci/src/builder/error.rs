@@ -159,6 +159,9 @@ pub enum BuildError {
     Cancelled {
         /// The app.
         app: String,
+        /// Always [`shipflow_core::Cancelled`], so the pipeline sees a cancellation.
+        #[source]
+        source: shipflow_core::Cancelled,
     },
 }
 

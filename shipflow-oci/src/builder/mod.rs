@@ -280,10 +280,14 @@ impl NativeBuilder {
                 .map_err(|source| BuildError::layout(name, source))?;
             (digest, OCI_INDEX_MEDIA_TYPE, bytes.len() as u64)
         } else {
-            let (digest, size) = manifests
-                .first()
-                .cloned()
-                .ok_or_else(|| BuildError::Cancelled { app: name.into() })?;
+            let (digest, size) =
+                manifests
+                    .first()
+                    .cloned()
+                    .ok_or_else(|| BuildError::Cancelled {
+                        app: name.into(),
+                        source: shipflow_core::Cancelled,
+                    })?;
             let bytes = layout
                 .read_blob(&digest)
                 .map_err(|source| BuildError::layout(name, source))?;
@@ -353,7 +357,10 @@ impl NativeBuilder {
         ctx: &Context,
     ) -> Result<WrittenLayer, BuildError> {
         if ctx.cancelled() {
-            return Err(BuildError::Cancelled { app: app.into() });
+            return Err(BuildError::Cancelled {
+                app: app.into(),
+                source: shipflow_core::Cancelled,
+            });
         }
         let source = request.root.join(from);
         let (app_name, layout_c, cancel) =
@@ -382,7 +389,7 @@ impl NativeBuilder {
         .await
         .unwrap_or_else(|join| match join.try_into_panic() {
             Ok(panic) => std::panic::resume_unwind(panic),
-            Err(_) => Err(BuildError::Cancelled { app: app.into() }),
+            Err(_) => Err(BuildError::Cancelled { app: app.into(), source: shipflow_core::Cancelled }),
         })?;
         ctx.message(format!(
             "layer {from} → {to}: {} ({} bytes{})",

@@ -240,6 +240,7 @@ impl RegistryClient {
                     .map_err(|_| OciError::Cancelled {
                         reference: target.to_string(),
                         step: Step::BlobUpload,
+                        source: shipflow_core::Cancelled,
                     })?;
                 let call = Call::new(&target, true, &requests, &ctx);
                 let outcome = client
@@ -271,6 +272,7 @@ impl RegistryClient {
                     return Err(OciError::Cancelled {
                         reference: target.to_string(),
                         step: Step::BlobUpload,
+                        source: shipflow_core::Cancelled,
                     });
                 }
             };

@@ -255,6 +255,7 @@ impl RegistryClient {
                 return Err(OciError::Cancelled {
                     reference: call.name(),
                     step,
+                    source: shipflow_core::Cancelled,
                 });
             }
             let mut request = http
@@ -313,7 +314,7 @@ impl RegistryClient {
             let sent = tokio::select! {
                 sent = request.send() => sent,
                 () = call.ctx.cancellation().cancelled() => {
-                    return Err(OciError::Cancelled { reference: call.name(), step });
+                    return Err(OciError::Cancelled { reference: call.name(), step, source: shipflow_core::Cancelled });
                 }
             };
             let delay = match sent {
@@ -371,7 +372,7 @@ impl RegistryClient {
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 () = call.ctx.cancellation().cancelled() => {
-                    return Err(OciError::Cancelled { reference: call.name(), step });
+                    return Err(OciError::Cancelled { reference: call.name(), step, source: shipflow_core::Cancelled });
                 }
             }
         }
@@ -553,7 +554,7 @@ pub(super) async fn read_limited(
         let chunk = tokio::select! {
             chunk = response.chunk() => chunk,
             () = call.ctx.cancellation().cancelled() => {
-                return Err(OciError::Cancelled { reference: call.name(), step });
+                return Err(OciError::Cancelled { reference: call.name(), step, source: shipflow_core::Cancelled });
             }
         };
         let chunk = match chunk {
