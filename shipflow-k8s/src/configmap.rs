@@ -2,6 +2,7 @@
 //! kustomize's `configMapGenerator`), and rolled into the Deployments that use them:
 //! a config change becomes a new ConfigMap name in the pod template, so the pods roll.
 
+use crate::compat::Field;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -406,7 +407,7 @@ impl KubeDeployer {
             .run("list deployments", false, cancel, || deployments.list(&all))
             .await?
         {
-            collect_refs(dep.spec.as_ref().map(|s| &s.template), &mut used);
+            collect_refs(dep.spec.opt().map(|s| &s.template), &mut used);
         }
         for rs in self
             .retry
@@ -415,10 +416,7 @@ impl KubeDeployer {
             })
             .await?
         {
-            collect_refs(
-                rs.spec.as_ref().and_then(|s| s.template.as_ref()),
-                &mut used,
-            );
+            collect_refs(rs.spec.opt().and_then(|s| s.template.as_ref()), &mut used);
         }
         // Newest first: by creation time, then name for a stable order.
         versions.sort_by(|a, b| {

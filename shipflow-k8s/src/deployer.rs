@@ -1,5 +1,6 @@
 //! [`KubeDeployer`]: the [`Deployer`] for Kubernetes Deployments.
 
+use crate::compat::Field;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -353,7 +354,7 @@ fn annotation(meta: &kube::api::ObjectMeta, key: &str) -> Option<String> {
 }
 
 fn paused(dep: &Deployment) -> bool {
-    dep.spec.as_ref().and_then(|s| s.paused) == Some(true)
+    dep.spec.opt().and_then(|s| s.paused) == Some(true)
 }
 
 impl KubeDeployer {
@@ -388,7 +389,7 @@ impl KubeDeployer {
         let api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), &t.namespace);
         let selector = dep
             .spec
-            .as_ref()
+            .opt()
             .map(|s| selector_query(&s.selector))
             .unwrap_or_default();
         let lp = ListParams::default().labels(&selector);
@@ -431,7 +432,7 @@ impl Deployer for KubeDeployer {
         else {
             return Ok(None);
         };
-        let image = t.image_in(dep.spec.as_ref().map(|s| &s.template), step)?;
+        let image = t.image_in(dep.spec.opt().map(|s| &s.template), step)?;
         // The fingerprint counts once its rollout completed: a failed one left in
         // place must be deployed (and so checked) again, not skipped as unchanged.
         let complete = judge(&dep, &Expected::current(&dep)) == Verdict::Complete;
@@ -490,7 +491,7 @@ impl KubeDeployer {
         if paused(&dep) {
             return Err(t.paused("deploy").into());
         }
-        let running = t.image_in(dep.spec.as_ref().map(|s| &s.template), step)?;
+        let running = t.image_in(dep.spec.opt().map(|s| &s.template), step)?;
         let wanted = image.to_string();
         if running == wanted {
             // Already in the spec. If an earlier rollout of it has not finished (or
@@ -595,10 +596,10 @@ impl KubeDeployer {
             .into());
         };
         let target_rev = revision(&rs.metadata);
-        let rs_template = rs.spec.as_ref().and_then(|s| s.template.as_ref());
+        let rs_template = rs.spec.opt().and_then(|s| s.template.as_ref());
         let image = t.image_in(rs_template, step)?;
         let template = template_without_hash(rs);
-        let now = serde_json::to_value(dep.spec.as_ref().map(|s| &s.template))?;
+        let now = serde_json::to_value(dep.spec.opt().map(|s| &s.template))?;
         if now == template {
             return Ok(Rollout::new(image, t.describe(), false).with_revision(current));
         }
@@ -665,7 +666,7 @@ impl KubeDeployer {
             .iter()
             .filter_map(|rs| {
                 let number = revision(&rs.metadata)?;
-                let template = rs.spec.as_ref().and_then(|s| s.template.as_ref());
+                let template = rs.spec.opt().and_then(|s| s.template.as_ref());
                 Some(
                     Revision::new(number, t.image_in(template, step).unwrap_or_default())
                         .with_change_cause(annotation(&rs.metadata, CHANGE_CAUSE_ANNOTATION))

@@ -54,6 +54,7 @@
 //! ```
 
 mod apply;
+mod compat;
 mod configmap;
 mod deployer;
 mod error;

@@ -10,6 +10,7 @@
 //! `RunContainerError`) often do heal (the registry's rate limit passes, the Secret
 //! appears) and fail a rollout only when they last for the failure window.
 
+use crate::compat::Field;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -210,7 +211,7 @@ pub(crate) fn controlled_by(meta: &ObjectMeta, uid: Option<&str>) -> bool {
 
 /// A ReplicaSet's pod template without the controller's hash label, as JSON.
 pub(crate) fn template_without_hash(rs: &ReplicaSet) -> Value {
-    let template = rs.spec.as_ref().and_then(|s| s.template.as_ref());
+    let template = rs.spec.opt().and_then(|s| s.template.as_ref());
     let mut value = serde_json::to_value(template).unwrap_or(Value::Null);
     if let Some(labels) = value
         .pointer_mut("/metadata/labels")
@@ -296,7 +297,7 @@ impl PodCheck {
             let api: Api<ReplicaSet> = Api::namespaced(client.clone(), ns);
             let selector = dep
                 .spec
-                .as_ref()
+                .opt()
                 .map(|s| selector_query(&s.selector))
                 .unwrap_or_default();
             let sets = api
@@ -305,7 +306,7 @@ impl PodCheck {
                 .items;
             self.new_rs = new_replica_set(&sets, dep, expected).and_then(|rs| {
                 let uid = rs.metadata.uid.clone()?;
-                let selector = rs.spec.as_ref().map(|s| selector_query(&s.selector))?;
+                let selector = rs.spec.opt().map(|s| selector_query(&s.selector))?;
                 Some((uid, selector))
             });
         }
@@ -452,7 +453,7 @@ async fn pull_error(client: &kube::Client, dep: &Deployment, f: &mut Finding, re
 /// The image of the finding's container in the Deployment's template.
 fn image_of(f: &Finding, dep: &Deployment) -> String {
     dep.spec
-        .as_ref()
+        .opt()
         .and_then(|s| s.template.spec.as_ref())
         .and_then(|p| {
             p.containers

@@ -3,6 +3,7 @@
 //! status` judges it; the new pods are looked at only when the Deployment has been
 //! quiet for a while, so a healthy rollout costs a read, a write, a list and a watch.
 
+use crate::compat::Field;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -37,7 +38,7 @@ fn counts(dep: &Deployment) -> [Option<i64>; 6] {
 
 fn images(dep: &Deployment) -> String {
     dep.spec
-        .as_ref()
+        .opt()
         .and_then(|s| s.template.spec.as_ref())
         .map(|p| {
             p.containers
@@ -86,7 +87,7 @@ impl KubeDeployer {
             let (ready, desired) = match judge(&dep, &expected) {
                 Verdict::Complete => {
                     tracing::debug!(app = %t.app, workload = %t.workload(), "rollout complete");
-                    let desired = dep.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+                    let desired = dep.spec.opt().and_then(|s| s.replicas).unwrap_or(1);
                     let desired = u64::try_from(desired).unwrap_or(0);
                     ctx.progress(desired, Some(desired), "replicas");
                     return Ok(dep);
@@ -127,7 +128,7 @@ impl KubeDeployer {
                     }
                     (
                         0,
-                        u64::try_from(dep.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1))
+                        u64::try_from(dep.spec.opt().and_then(|s| s.replicas).unwrap_or(1))
                             .unwrap_or(0),
                     )
                 }

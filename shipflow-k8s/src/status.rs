@@ -2,6 +2,7 @@
 //! what kubectl does not check: whose template is rolling, a paused Deployment, and
 //! a progress-deadline condition left over from an earlier rollout. Pure functions.
 
+use crate::compat::{Field, is};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentCondition};
 use serde_json::Value;
 
@@ -75,15 +76,15 @@ impl Expected {
 /// A Deployment's pod template, as JSON.
 pub(crate) fn template_of(dep: &Deployment) -> Value {
     dep.spec
-        .as_ref()
+        .opt()
         .and_then(|s| serde_json::to_value(&s.template).ok())
         .unwrap_or(Value::Null)
 }
 
 fn deadline_condition(dep: &Deployment) -> Option<&DeploymentCondition> {
     dep.status.as_ref()?.conditions.iter().flatten().find(|c| {
-        c.type_ == "Progressing"
-            && c.status == "False"
+        is(&c.type_, "Progressing")
+            && is(&c.status, "False")
             && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
     })
 }
@@ -92,7 +93,7 @@ fn deadline_condition(dep: &Deployment) -> Option<&DeploymentCondition> {
 /// status` calls complete (the current generation observed, every replica updated
 /// and available, no old one left), and with the expected template.
 pub(crate) fn judge(dep: &Deployment, expected: &Expected) -> Verdict {
-    let spec = dep.spec.as_ref();
+    let spec = dep.spec.opt();
     let desired = count(spec.and_then(|s| s.replicas).or(Some(1)));
     if spec.and_then(|s| s.paused) == Some(true) {
         return Verdict::Paused;
@@ -115,7 +116,7 @@ pub(crate) fn judge(dep: &Deployment, expected: &Expected) -> Verdict {
         .conditions
         .iter()
         .flatten()
-        .find(|c| c.type_ == "ReplicaFailure" && c.status == "True")
+        .find(|c| is(&c.type_, "ReplicaFailure") && is(&c.status, "True"))
     {
         return Verdict::ReplicaFailure(c.message.clone().unwrap_or_default());
     }
@@ -140,7 +141,7 @@ pub(crate) fn waiting_for(dep: &Deployment) -> Option<String> {
     if status.observed_generation.unwrap_or(0) < dep.metadata.generation.unwrap_or(0) {
         return Some("waiting for the deployment controller to see the new spec".into());
     }
-    let desired = count(dep.spec.as_ref().and_then(|s| s.replicas).or(Some(1)));
+    let desired = count(dep.spec.opt().and_then(|s| s.replicas).or(Some(1)));
     let updated = count(status.updated_replicas);
     let total = count(status.replicas);
     let available = count(status.available_replicas);
