@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ObjectMeta, Patch, PatchParams};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 use shipflow_core::Context;
 
@@ -100,13 +100,11 @@ fn read_manifests(dir: &Path, options: &ApplyOptions) -> Result<Vec<Manifest>, K
             document,
             message,
         };
-        let text = std::fs::read_to_string(&path).map_err(|e| bad(0, e.to_string()))?;
-        for (document, de) in serde_yaml::Deserializer::from_str(&text).enumerate() {
-            let body =
-                Value::deserialize(de).map_err(|e| bad(document, format!("invalid YAML: {e}")))?;
-            if body.is_null() {
-                continue; // an empty document, e.g. after a trailing `---`
-            }
+        let mut file = std::fs::File::open(&path).map_err(|e| bad(0, e.to_string()))?;
+        // Empty documents (after a trailing `---`, say) yield nothing and are not
+        // counted; the parser's limits bound what a hostile file can cost.
+        for (document, body) in serde_saphyr::read::<_, Value>(&mut file).enumerate() {
+            let body = body.map_err(|e| bad(document, format!("invalid YAML: {e}")))?;
             out.push(manifest(&path, document, body, options).map_err(|m| bad(document, m))?);
         }
     }

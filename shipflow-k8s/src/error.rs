@@ -299,7 +299,7 @@ pub enum KubeError {
     Manifest {
         /// The file.
         path: std::path::PathBuf,
-        /// The 0-based index of the YAML document in the file.
+        /// The 0-based index of the YAML document among the file's non-empty ones.
         document: usize,
         /// What is wrong.
         message: String,

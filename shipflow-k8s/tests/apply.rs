@@ -149,6 +149,9 @@ async fn a_bad_manifest_names_the_file_and_document_and_applies_nothing() {
             "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ok}\n---\nkind: [unclosed\n",
             "invalid YAML",
         ),
+        // Aliases that expand to 10^9 nodes ("billion laughs"): refused by the
+        // parser's limits, quickly, instead of exhausting memory.
+        (&billion_laughs(), "invalid YAML"),
     ] {
         let dir = tempfile::tempdir().expect("temp dir");
         write(dir.path(), "a-good.yaml", CONFIG);
@@ -297,4 +300,16 @@ async fn a_replicas_only_apply_rolls_out() {
     assert_eq!(dep["status"]["observedGeneration"], 2);
     assert_eq!(dep["status"]["availableReplicas"], 3);
     assert_eq!(dep["status"]["updatedReplicas"], 3);
+}
+
+/// A second document whose aliases expand to 10^9 scalars.
+fn billion_laughs() -> String {
+    let mut text =
+        String::from("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ok}\n---\na0: &a0 [lol]\n");
+    for i in 1..=9 {
+        let prev = format!("*a{}", i - 1);
+        let list = vec![prev.as_str(); 10].join(", ");
+        text.push_str(&format!("a{i}: &a{i} [{list}]\n"));
+    }
+    text
 }

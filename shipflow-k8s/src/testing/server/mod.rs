@@ -218,7 +218,7 @@ impl Call {
     /// A JSON or YAML body (apply patches are YAML, of which JSON is a part).
     pub(super) fn json_or_yaml(&self) -> Result<Value, Refusal> {
         serde_json::from_slice(&self.body).or_else(|_| {
-            serde_yaml::from_slice(&self.body).map_err(|e| {
+            serde_saphyr::from_slice::<Value>(&self.body).map_err(|e| {
                 status(
                     StatusCode::BAD_REQUEST,
                     "BadRequest",
