@@ -32,8 +32,8 @@ pub const CONFIG_MAP_LABEL: &str = "shipflow.dev/config-map";
 /// ```
 /// use shipflow_k8s::EnvConfigMap;
 ///
-/// let config = EnvConfigMap::parse("api-config", "api.env".as_ref(), "# db\nDB_HOST=db\nexport MODE=\"fast\"\n")?;
-/// assert_eq!(config.data["MODE"], "fast");
+/// let config = EnvConfigMap::parse("api-config", "api.env".as_ref(), "# db\nDB_HOST=db\nMODE=\"fast\"\n")?;
+/// assert_eq!(config.data["MODE"], "\"fast\"", "values are literal, as kubectl reads them");
 /// assert!(config.name().starts_with("api-config-"));
 /// let err = EnvConfigMap::parse("api-config", "api.env".as_ref(), "OK=1\noops\n").expect_err("no =");
 /// assert!(err.to_string().contains("api.env line 2"));
@@ -47,49 +47,100 @@ pub struct EnvConfigMap {
     pub data: BTreeMap<String, String>,
 }
 
+/// Where a bare `KEY` line of an env file takes its value from: the variable's
+/// value, or `None` when it is not set.
+pub type EnvLookup = dyn Fn(&str) -> Option<String>;
+
 impl EnvConfigMap {
-    /// Reads `path`: `KEY=VALUE` lines (an `export ` prefix and matching quotes around
-    /// the value are dropped), `#` comments and blank lines.
+    /// Reads `path`, an env file in `kubectl create configmap --from-env-file`'s
+    /// dialect (see [`parse`](Self::parse)). A line with a bare key (no `=`) is an
+    /// error here; [`from_env_file_with_env`](Self::from_env_file_with_env) gives
+    /// it its value from an environment, as kubectl does.
     pub fn from_env_file(base: &str, path: &Path) -> Result<Self, KubeError> {
-        let text = std::fs::read_to_string(path).map_err(|e| KubeError::EnvFile {
+        Self::from_env_file_with_env(base, path, |_| None)
+    }
+
+    /// Reads `path` like [`from_env_file`](Self::from_env_file); a bare `KEY` line
+    /// takes its value from `env(KEY)` (empty when `env` has none, as kubectl's
+    /// `os.Getenv`). The library never reads the process environment itself: a
+    /// program passes `|k| std::env::var(k).ok()` when it wants kubectl's behaviour.
+    pub fn from_env_file_with_env(
+        base: &str,
+        path: &Path,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, KubeError> {
+        let bytes = std::fs::read(path).map_err(|e| KubeError::EnvFile {
             name: base.to_owned(),
             path: path.to_owned(),
             line: None,
             message: e.to_string(),
         })?;
-        Self::parse(base, path, &text)
+        let text = String::from_utf8(bytes).map_err(|e| {
+            let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+            KubeError::EnvFile {
+                name: base.to_owned(),
+                path: path.to_owned(),
+                line: Some(valid.iter().filter(|&&b| b == b'\n').count() + 1),
+                message: "invalid UTF-8".into(),
+            }
+        })?;
+        Self::parse_with_env(base, path, &text, Some(&env))
     }
 
-    /// Parses the text of an env file; `path` is for error messages, which give a bad
-    /// line's number and never its text (a value may be a secret).
+    /// Parses the text of an env file, by kubectl's `--from-env-file` rules:
+    /// leading whitespace is dropped; blank lines and lines starting with `#` are
+    /// skipped; `KEY=VALUE` splits at the first `=`, and the value is taken
+    /// literally (quotes, spaces and further `=` are kept, there is no `export`);
+    /// a key has letters, digits, `-`, `_` and `.` and does not start with a digit;
+    /// a key set twice is an error; a UTF-8 byte-order mark and CRLF line ends are
+    /// accepted. A bare `KEY` line is an error here (see
+    /// [`parse_with_env`](Self::parse_with_env)).
+    ///
+    /// `path` is for error messages, which give a bad line's number and never its
+    /// value (a value may be a secret).
     pub fn parse(base: &str, path: &Path, text: &str) -> Result<Self, KubeError> {
+        Self::parse_with_env(base, path, text, None)
+    }
+
+    /// Parses like [`parse`](Self::parse); with `env`, a bare `KEY` line takes its
+    /// value from `env(KEY)`, or is empty when that has none (kubectl's rule).
+    pub fn parse_with_env(
+        base: &str,
+        path: &Path,
+        text: &str,
+        env: Option<&EnvLookup>,
+    ) -> Result<Self, KubeError> {
         let bad = |line: usize, message: String| KubeError::EnvFile {
             name: base.to_owned(),
             path: PathBuf::from(path),
             line: Some(line),
             message,
         };
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let mut data = BTreeMap::new();
         let mut first_seen = BTreeMap::new();
         for (i, raw) in text.lines().enumerate() {
             let number = i + 1;
-            let line = raw.trim();
+            let line = raw.trim_start();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let line = line.strip_prefix("export ").unwrap_or(line);
-            let Some((key, value)) = line.split_once('=') else {
-                return Err(bad(number, "expected KEY=VALUE".into()));
+            let (key, value) = match line.split_once('=') {
+                Some((key, value)) => (key, value.to_owned()),
+                None => match env {
+                    Some(env) => (line, env(line).unwrap_or_default()),
+                    None => {
+                        return Err(bad(
+                            number,
+                            "expected KEY=VALUE (a bare key takes its value from the environment only where the caller gives one)".into(),
+                        ));
+                    }
+                },
             };
-            let key = key.trim();
-            if key.is_empty()
-                || !key
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-            {
+            if !is_env_var_name(key) {
                 return Err(bad(
                     number,
-                    "invalid key: a key has letters, digits, '-', '_' and '.'".into(),
+                    "invalid key: a key has letters, digits, '-', '_' and '.', and does not start with a digit".into(),
                 ));
             }
             if let Some(first) = first_seen.insert(key.to_owned(), number) {
@@ -98,16 +149,7 @@ impl EnvConfigMap {
                     format!("its key is set again (first on line {first})"),
                 ));
             }
-            let value = value.trim();
-            let value = [('"', '"'), ('\'', '\'')]
-                .iter()
-                .find_map(|(open, close)| {
-                    value
-                        .strip_prefix(*open)
-                        .and_then(|v| v.strip_suffix(*close))
-                })
-                .unwrap_or(value);
-            data.insert(key.to_owned(), value.to_owned());
+            data.insert(key.to_owned(), value);
         }
         Ok(Self {
             base: base.to_owned(),
@@ -492,6 +534,16 @@ impl KubeDeployer {
     }
 }
 
+/// Kubernetes' rule for an environment variable's name (and so a key of kubectl's
+/// env files): `[-._a-zA-Z][-._a-zA-Z0-9]*`.
+fn is_env_var_name(key: &str) -> bool {
+    let mut chars = key.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || matches!(c, '-' | '_' | '.'))
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -502,16 +554,41 @@ mod tests {
     }
 
     #[test]
-    fn env_files_parse_with_comments_quotes_and_export() {
-        let c =
-            config("# comment\n\nA=1\n  export B = \"two words\" \nC='x=y'\nD=\n").expect("valid");
+    fn env_files_parse_by_kubectl_rules() {
+        let c = config(
+            "\u{feff}# comment\n\nA=1\r\n  B = \"two words\" \nC='x=y'\nD=\nexport_E=\"q\"\n",
+        );
+        assert!(c.is_err(), "'B ' is not a valid key, as in kubectl");
+        let c = config("\u{feff}# comment\n\nA=1\r\n  B= \"two words\" \nC='x=y'\nD=\n.e-f_9=#\n")
+            .expect("valid");
         assert_eq!(
             c.data,
             BTreeMap::from([
                 ("A".into(), "1".into()),
-                ("B".into(), "two words".into()),
-                ("C".into(), "x=y".into()),
+                ("B".into(), " \"two words\" ".into()),
+                ("C".into(), "'x=y'".into()),
                 ("D".into(), String::new()),
+                (".e-f_9".into(), "#".into()),
+            ])
+        );
+    }
+
+    #[test]
+    fn a_bare_key_takes_its_value_from_the_given_environment() {
+        let env = |k: &str| (k == "FROM_ENV").then(|| "v".to_owned());
+        let c = EnvConfigMap::parse_with_env(
+            "app-config",
+            Path::new("conf/app.env"),
+            "FROM_ENV\nUNSET\nA=1\n",
+            Some(&env),
+        )
+        .expect("valid");
+        assert_eq!(
+            c.data,
+            BTreeMap::from([
+                ("A".into(), "1".into()),
+                ("FROM_ENV".into(), "v".into()),
+                ("UNSET".into(), String::new()),
             ])
         );
     }
@@ -521,6 +598,12 @@ mod tests {
         for (text, line, says, secret) in [
             ("A=1\nhunter2\n", 2, "expected KEY=VALUE", "hunter2"),
             ("A=1\n\n# c\ns3cr3t tok=2\n", 4, "invalid key", "s3cr3t"),
+            (
+                "A=1\n9lives=xyzzy\n",
+                2,
+                "does not start with a digit",
+                "xyzzy",
+            ),
             (
                 "TOKEN=1\nTOKEN=p4ssw0rd\n",
                 2,

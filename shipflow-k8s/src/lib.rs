@@ -68,7 +68,7 @@ mod status;
 pub mod testing;
 
 pub use apply::{APPLY_KINDS, Applied, ApplyOptions};
-pub use configmap::{CONFIG_MAP_LABEL, ConfigRollout, EnvConfigMap};
+pub use configmap::{CONFIG_MAP_LABEL, ConfigRollout, EnvConfigMap, EnvLookup};
 pub use deployer::{
     CHANGE_CAUSE_ANNOTATION, FINGERPRINT_ANNOTATION, GIT_SHA_ANNOTATION, KubeDeployer,
 };

@@ -548,6 +548,38 @@ async fn every_object_stays_within_the_schema() {
     );
 }
 
+/// The env-file dialect is kubectl's: the same file gives the same data to
+/// `kubectl create configmap --from-env-file` and to `EnvConfigMap`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn env_files_read_as_kubectl_reads_them() {
+    let sim = sim(1).await;
+    let k = Kubectl::new(&sim);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("app.env");
+    std::fs::write(
+        &path,
+        "\u{feff}# comment\n\n   MODE=fast\r\nQUOTED=\"two words\" \nSINGLE='x=y'\nEMPTY=\n.dotted-key_9=#not a comment\nSHIPFLOW_SURELY_UNSET_VAR\n",
+    )
+    .expect("env file");
+    let path_arg = format!("--from-env-file={}", path.display());
+    let json = k
+        .ok(&[
+            "create",
+            "configmap",
+            "x",
+            &path_arg,
+            "--dry-run=client",
+            "-o",
+            "json",
+        ])
+        .await;
+    let theirs: serde_json::Value = serde_json::from_str(&json).expect("kubectl's JSON");
+    let ours =
+        shipflow_k8s::EnvConfigMap::from_env_file_with_env("x", &path, |_| None).expect("env file");
+    assert_eq!(theirs["data"], json!(ours.data), "{json}");
+    assert_eq!(ours.data["QUOTED"], "\"two words\" ");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_logs_of_a_pod_that_cannot_pull_says_why() {
     let sim = sim(1).await;
