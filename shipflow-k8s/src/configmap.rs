@@ -49,7 +49,7 @@ pub struct EnvConfigMap {
 
 /// Where a bare `KEY` line of an env file takes its value from: the variable's
 /// value, or `None` when it is not set.
-pub type EnvLookup = dyn Fn(&str) -> Option<String>;
+pub type EnvLookup<'a> = dyn Fn(&str) -> Option<String> + 'a;
 
 impl EnvConfigMap {
     /// Reads `path`, an env file in `kubectl create configmap --from-env-file`'s
@@ -108,7 +108,7 @@ impl EnvConfigMap {
         base: &str,
         path: &Path,
         text: &str,
-        env: Option<&EnvLookup>,
+        env: Option<&EnvLookup<'_>>,
     ) -> Result<Self, KubeError> {
         let bad = |line: usize, message: String| KubeError::EnvFile {
             name: base.to_owned(),

@@ -308,7 +308,7 @@ fn billion_laughs() -> String {
         String::from("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ok}\n---\na0: &a0 [lol]\n");
     for i in 1..=9 {
         let prev = format!("*a{}", i - 1);
-        let list = vec![prev.as_str(); 10].join(", ");
+        let list = [prev.as_str(); 10].join(", ");
         text.push_str(&format!("a{i}: &a{i} [{list}]\n"));
     }
     text
