@@ -22,7 +22,7 @@ pub(crate) fn cut<S: AsRef<str>>(names: &[S]) -> String {
     }
 }
 
-/// The names in `known` closest to `name`, best first; none when nothing is close:
+/// The names in `known` closest to `name`, by name; none when nothing is close:
 /// a typo or two away (by Damerau-Levenshtein distance), or sharing most of a
 /// prefix (Jaro-Winkler, as clap's "a similar argument exists").
 pub(crate) fn closest<'k>(name: &str, known: impl Iterator<Item = &'k str>) -> Vec<&'k str> {
@@ -32,7 +32,13 @@ pub(crate) fn closest<'k>(name: &str, known: impl Iterator<Item = &'k str>) -> V
         .filter(|(distance, k)| *distance <= typos || strsim::jaro_winkler(name, k) >= 0.85)
         .collect();
     near.sort();
-    near.into_iter().take(SHOWN).map(|(_, k)| k).collect()
+    // Only the nearest: one typo away beats two.
+    let best = near.first().map_or(0, |(distance, _)| *distance);
+    near.into_iter()
+        .take_while(|(distance, _)| *distance == best)
+        .take(SHOWN)
+        .map(|(_, k)| k)
+        .collect()
 }
 
 /// Every name in `names` is an app of `workspace`; else a usage error suggesting
