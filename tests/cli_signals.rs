@@ -167,44 +167,102 @@ fn assert_success(out: &Output) {
     );
 }
 
+/// web deployed as v1 on real Podman, and v2 committed: v2 serves no
+/// `/health.txt`, so its health check fails for 30 s.
+struct NeverHealthy {
+    repo: Monorepo,
+    port: u16,
+    container: String,
+    prefix: String,
+    host: String,
+    state: PathBuf,
+    podman: TestPodman,
+    // Last: the registry outlives the engine's pulls.
+    _registry: TestRegistry,
+}
+
+impl NeverHealthy {
+    fn new() -> Self {
+        let registry = TestRegistry::start().expect("docker-registry starts");
+        let podman = TestPodman::start(&[&registry.host()]).expect("podman service starts");
+        let port = common::free_port();
+        let container = format!("sig{port}-web");
+        let repo = Monorepo::create(&registry.host(), &["web"], |app, _| {
+            format!(
+                "[apps.{app}.deploy.docker]\ncontainer = \"{container}\"\n\
+                 ports = [\"127.0.0.1:{port}:8080\"]\n\
+                 health = {{ http = \"/health.txt\", timeout = 30 }}\n"
+            )
+        });
+        repo.edit("apps/web/health.txt", "ok\n");
+        let setup = NeverHealthy {
+            port,
+            container,
+            prefix: format!("{}/e2e", registry.host()),
+            host: podman.docker_host(),
+            state: podman.dir().join("state"),
+            repo,
+            podman,
+            _registry: registry,
+        };
+        // The target is docker, the only one web configures.
+        assert_success(&setup.run(&["deploy", "--all"]));
+        assert_eq!(setup.served().as_deref(), Some("<h1>web v1</h1>\n"));
+        std::fs::remove_file(setup.repo.path().join("apps/web/health.txt")).expect("rm");
+        setup.repo.edit("apps/web/index.html", "<h1>web v2</h1>\n");
+        setup
+    }
+
+    fn env(&self) -> [(&str, &str); 2] {
+        [
+            ("XDG_STATE_HOME", self.state.to_str().expect("utf-8")),
+            ("DOCKER_HOST", self.host.as_str()),
+        ]
+    }
+
+    fn args<'a>(&'a self, args: &[&'a str]) -> Vec<&'a str> {
+        let mut all = args.to_vec();
+        all.extend(["--registry", &self.prefix]);
+        all
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        run(self.repo.path(), &self.args(args), &self.env())
+    }
+
+    /// The deploy of v2, two seconds into its health check.
+    fn deploying_v2(&self) -> Run {
+        let args = self.args(&["deploy", "--base", "HEAD~1"]);
+        let mut deploy = Run::start(self.repo.path(), &args, &self.env());
+        deploy.wait_for("web: deploy started", Duration::from_secs(60));
+        std::thread::sleep(Duration::from_secs(2));
+        deploy
+    }
+
+    fn served(&self) -> Option<String> {
+        common::http_get(self.port)
+    }
+
+    /// `name state` of web's containers.
+    fn containers(&self) -> Vec<String> {
+        let ps = self
+            .podman
+            .command()
+            .args(["ps", "-a", "--format", "{{.Names}} {{.State}}"])
+            .output()
+            .expect("podman ps");
+        String::from_utf8_lossy(&ps.stdout)
+            .lines()
+            .filter(|l| l.contains(&self.container))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
 #[test]
 fn sigint_during_a_deploy_that_never_gets_healthy_restores_v1_at_once() {
-    let registry = TestRegistry::start().expect("docker-registry starts");
-    let podman = TestPodman::start(&[&registry.host()]).expect("podman service starts");
-    let port = common::free_port();
-    let container = format!("sig{port}-web");
-    let repo = Monorepo::create(&registry.host(), &["web"], |app, _| {
-        format!(
-            "[apps.{app}.deploy.docker]\ncontainer = \"{container}\"\n\
-             ports = [\"127.0.0.1:{port}:8080\"]\n\
-             health = {{ http = \"/health.txt\", timeout = 30 }}\n"
-        )
-    });
-    repo.edit("apps/web/health.txt", "ok\n");
-    let dir = repo.path();
-    let host = podman.docker_host();
-    let state = podman.dir().join("state");
-    let env = [
-        ("XDG_STATE_HOME", state.to_str().expect("utf-8")),
-        ("DOCKER_HOST", host.as_str()),
-    ];
-    let prefix = format!("{}/e2e", registry.host());
-
-    // The target is docker, the only one web configures.
-    let v1 = run(dir, &["deploy", "--all", "--registry", &prefix], &env);
-    assert_success(&v1);
-    assert_eq!(common::http_get(port).as_deref(), Some("<h1>web v1</h1>\n"));
-
-    // v2 serves no /health.txt: its health check fails for 30 s.
-    std::fs::remove_file(dir.join("apps/web/health.txt")).expect("rm");
-    repo.edit("apps/web/index.html", "<h1>web v2</h1>\n");
-    let mut deploy = Run::start(
-        dir,
-        &["deploy", "--base", "HEAD~1", "--registry", &prefix],
-        &env,
-    );
-    deploy.wait_for("web: deploy started", Duration::from_secs(60));
-    std::thread::sleep(Duration::from_secs(2));
+    let setup = NeverHealthy::new();
+    let deploy = setup.deploying_v2();
     deploy.signal("INT");
     let (status, took, stdout, stderr) = deploy.finish(Duration::from_secs(5));
 
@@ -220,24 +278,45 @@ fn sigint_during_a_deploy_that_never_gets_healthy_restores_v1_at_once() {
         "the report: {stdout}"
     );
     assert_eq!(
-        common::http_get(port).as_deref(),
+        setup.served().as_deref(),
         Some("<h1>web v1</h1>\n"),
         "v1 answers again"
     );
     // The new revision's container is kept, stopped, for its logs.
-    let ps = podman
-        .command()
-        .args(["ps", "-a", "--format", "{{.Names}} {{.State}}"])
-        .output()
-        .expect("podman ps");
-    let ps = String::from_utf8_lossy(&ps.stdout);
-    let ours: Vec<&str> = ps.lines().filter(|l| l.contains(&container)).collect();
-    assert_eq!(
-        ours.iter().filter(|l| l.contains(" Up ")).count(),
-        1,
-        "only v1 runs: {ps}"
+    let containers = setup.containers();
+    let running = containers.iter().filter(|c| c.contains(" Up ")).count();
+    assert_eq!(running, 1, "only v1 runs: {containers:?}");
+    assert!(
+        containers.len() >= 2,
+        "v2's container is kept: {containers:?}"
     );
-    assert!(ours.len() >= 2, "v2's container is kept: {ps}");
+}
+
+#[test]
+fn a_second_sigint_exits_at_once_and_the_next_deploy_repairs() {
+    let setup = NeverHealthy::new();
+    let deploy = setup.deploying_v2();
+    deploy.signal("INT");
+    std::thread::sleep(Duration::from_millis(50));
+    deploy.signal("INT");
+    let (status, took, stdout, stderr) = deploy.finish(Duration::from_secs(1));
+
+    assert_eq!(status.code(), Some(130), "{stdout}\n{stderr}");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    assert!(
+        stderr.contains("SIGINT again: exiting now")
+            && stderr.contains("web: stopped mid-deploy")
+            && stderr.contains("crash repair"),
+        "{stderr}"
+    );
+
+    // Back to v1's files: the next deploy repairs what was left and serves v1.
+    setup.repo.git(&["revert", "--no-edit", "HEAD"]);
+    assert_success(&setup.run(&["deploy", "--all"]));
+    assert_eq!(setup.served().as_deref(), Some("<h1>web v1</h1>\n"));
+    let containers = setup.containers();
+    let running = containers.iter().filter(|c| c.contains(" Up ")).count();
+    assert_eq!(running, 1, "one revision runs: {containers:?}");
 }
 
 /// `GET http://host/path` on a loopback registry: the status line and body.
