@@ -24,14 +24,10 @@ fn binary() -> &'static Path {
         let mut cargo = Command::new(env!("CARGO"));
         cargo
             .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args([
-                "build",
-                "--quiet",
-                "--example",
-                "shipflow",
-                "--features",
-                "cli",
-            ])
+            // The feature set of CI's `cargo test --workspace --all-features`, so
+            // that the build there reuses what it compiled.
+            .args(["build", "--quiet", "--workspace", "--all-features"])
+            .args(["--example", "shipflow"])
             .env("CARGO_TARGET_DIR", target);
         if profile.file_name().is_some_and(|p| p == "release") {
             cargo.arg("--release");
@@ -344,4 +340,20 @@ fn ci_branch_variables_name_the_branch_of_a_detached_head() {
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     let tag = doc["apps"][0]["tag"].as_str().expect("a tag");
     assert!(tag.starts_with("release-7-"), "{doc}");
+}
+
+#[test]
+fn verbose_logs_shipflow_at_debug_without_colour_codes_in_a_log() {
+    let repo = native_repo(&["web"]);
+    let quiet = shipflow(repo.path(), &["plan", "--all"]);
+    assert_exit(&quiet, 0);
+    assert!(!stderr(&quiet).contains("DEBUG"), "{}", stderr(&quiet));
+    let verbose = shipflow(repo.path(), &["-v", "plan", "--all"]);
+    assert_exit(&verbose, 0);
+    let log = stderr(&verbose);
+    assert!(log.contains(" DEBUG shipflow_"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "no ANSI codes when stderr is no terminal: {log}"
+    );
 }

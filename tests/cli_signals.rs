@@ -30,14 +30,10 @@ fn binary() -> &'static Path {
         let mut cargo = Command::new(env!("CARGO"));
         cargo
             .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args([
-                "build",
-                "--quiet",
-                "--example",
-                "shipflow",
-                "--features",
-                "cli",
-            ])
+            // The feature set of CI's `cargo test --workspace --all-features`, so
+            // that the build there reuses what it compiled.
+            .args(["build", "--quiet", "--workspace", "--all-features"])
+            .args(["--example", "shipflow"])
             .env("CARGO_TARGET_DIR", target);
         if profile.file_name().is_some_and(|p| p == "release") {
             cargo.arg("--release");

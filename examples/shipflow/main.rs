@@ -33,7 +33,7 @@ mod signals;
 #[cfg(test)]
 mod tests;
 
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -111,6 +111,8 @@ fn init_tracing(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes are for terminals, not CI logs.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 
