@@ -166,7 +166,7 @@ async fn a_failed_rollout_exits_3_when_rolled_back_and_1_when_not() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn apply_and_config_through_the_cli() {
+async fn apply_and_configmap_through_the_cli() {
     let setup = Setup::new().await;
     let dir = setup.repo.path().join("deploy");
     std::fs::create_dir_all(&dir).expect("manifest dir");
