@@ -60,10 +60,7 @@ fn main() {
     let mut samples: BTreeMap<usize, Vec<Sample>> = BTreeMap::new();
     for round in 0..rounds {
         for &limit in &limits {
-            repo.edit(
-                "packages/common/version.txt",
-                &format!("{round}-{limit}\n"),
-            );
+            repo.edit("packages/common/version.txt", &format!("{round}-{limit}\n"));
             let sample = runtime.block_on(run(&repo, builds.path(), Some("HEAD~1"), limit));
             assert!(
                 sample.max_in_flight <= limit,
@@ -147,8 +144,7 @@ async fn run(
     let wall = started.elapsed();
     let cpu = cpu_time().saturating_sub(cpu);
     assert!(
-        !report.apps.is_empty()
-            && report.apps.iter().all(|a| a.outcome == Outcome::Pushed),
+        !report.apps.is_empty() && report.apps.iter().all(|a| a.outcome == Outcome::Pushed),
         "every app built and pushed: {:?}",
         report
             .apps
@@ -206,8 +202,8 @@ fn cpu_time() -> Duration {
     // The command name, field 2, may hold spaces: count fields after its ')'.
     let rest = &stat[stat.rfind(')').expect("a command name") + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>().expect("utime")
-        + fields[12].parse::<u64>().expect("stime");
+    let ticks: u64 =
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
     Duration::from_millis(ticks * 10)
 }
 

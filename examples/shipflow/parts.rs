@@ -1,5 +1,6 @@
 //! Picks and configures the pipeline's parts from the command line and the workspace.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -11,17 +12,74 @@ use shipflow_kit::docker::{
 use shipflow_kit::git::GitChangeDetector;
 use shipflow_kit::oci::{Credentials, LayoutRegistry, NativeBuilder, RegistryClient};
 use shipflow_kit::{
-    BuilderByType, CONFIG_FILE, Deployer, ImageBuilder, Registry, RegistryByLocation, Schema,
+    App, BuilderByType, CONFIG_FILE, Deployer, ImageBuilder, Registry, RegistryByLocation, Schema,
     Workspace,
 };
 
+use crate::exit::UsageError;
+use crate::progress::Progress;
+
 /// Where apps are deployed.
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
 pub(crate) enum Target {
     /// Kubernetes Deployments, with kube's inferred config (kubeconfig or in-cluster).
+    #[value(alias = "kubernetes")]
     K8s,
     /// Containers on one Docker or Podman host (`DOCKER_HOST`).
     Docker,
+}
+
+impl Target {
+    /// The target of an app's `deploy.<section>` table, if the CLI knows it.
+    fn of_section(section: &str) -> Option<Self> {
+        match section {
+            shipflow_kit::k8s::KUBERNETES_TARGET => Some(Target::K8s),
+            shipflow_kit::docker::DOCKER_TARGET => Some(Target::Docker),
+            _ => None,
+        }
+    }
+
+    fn flag(self) -> &'static str {
+        match self {
+            Target::K8s => "--target k8s",
+            Target::Docker => "--target docker",
+        }
+    }
+}
+
+/// `--target` as given, else the one deploy target `apps` configure; a usage error
+/// naming the targets (and their apps) when they configure several, or none.
+pub(crate) fn infer_target(given: Option<Target>, apps: &[&App]) -> Result<Target, UsageError> {
+    if let Some(target) = given {
+        return Ok(target);
+    }
+    let mut found: BTreeMap<Target, Vec<&str>> = BTreeMap::new();
+    for app in apps {
+        for target in app.deploy_targets().filter_map(Target::of_section) {
+            found.entry(target).or_default().push(&app.name);
+        }
+    }
+    let mut targets = found.iter();
+    match (targets.next(), targets.next()) {
+        (Some((target, _)), None) => Ok(*target),
+        (None, _) => {
+            let names: Vec<&str> = apps.iter().map(|a| a.name.as_str()).collect();
+            Err(UsageError(format!(
+                "no deploy target configured for {}: pass --target docker or --target k8s, or add [apps.<app>.deploy.docker] or [apps.<app>.deploy.kubernetes] to {CONFIG_FILE}",
+                crate::names::cut(&names)
+            )))
+        }
+        _ => {
+            let each: Vec<String> = found
+                .iter()
+                .map(|(target, apps)| format!("{} ({})", target.flag(), crate::names::cut(apps)))
+                .collect();
+            Err(UsageError(format!(
+                "the apps configure several deploy targets: pass one of {}; or pick apps with --apps",
+                each.join(", ")
+            )))
+        }
+    }
 }
 
 /// Every section the CLI's adapters read, so a bad setting fails before any work.
@@ -51,10 +109,32 @@ pub(crate) fn workspace(config: &Path, registry: Option<String>) -> anyhow::Resu
         .load(config)?)
 }
 
+/// The CI variables that name the branch of a detached `HEAD`, first set first:
+/// GitHub (a pull request's source branch, else the ref), GitLab (a merge
+/// request's source branch, else the ref), Buildkite, CircleCI, Jenkins.
+pub(crate) const BRANCH_VARIABLES: [&str; 7] = [
+    "GITHUB_HEAD_REF",
+    "GITHUB_REF_NAME",
+    "CI_MERGE_REQUEST_SOURCE_BRANCH_NAME",
+    "CI_COMMIT_REF_NAME",
+    "BUILDKITE_BRANCH",
+    "CIRCLE_BRANCH",
+    "BRANCH_NAME",
+];
+
+/// The branch CI checked out, from the first of [`BRANCH_VARIABLES`] set.
+fn ci_branch() -> Option<String> {
+    BRANCH_VARIABLES
+        .iter()
+        .find_map(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
+}
+
 /// Opens the git repository the workspace lives in, which must have the workspace
 /// file at its root (app paths are relative to it).
 pub(crate) fn detector(workspace: &Workspace, worktree: bool) -> anyhow::Result<GitChangeDetector> {
-    let detector = GitChangeDetector::open(workspace.root())?.include_worktree(worktree);
+    let detector = GitChangeDetector::open(workspace.root())?
+        .include_worktree(worktree)
+        .detached_head_branch(ci_branch());
     let root = canonical(workspace.root())?;
     match detector.workdir().map(canonical).transpose()? {
         Some(workdir) if workdir == root => Ok(detector),
@@ -122,11 +202,11 @@ pub(crate) fn registry(
     Ok(Arc::new(registry))
 }
 
-/// The engine that builds the workspace's Dockerfile apps, when it has any
-/// (`DOCKER_HOST`, or the default socket).
-pub(crate) async fn dockerfile_engine(workspace: &Workspace) -> anyhow::Result<Option<Engine>> {
-    let dockerfiles: Vec<&str> = workspace
-        .apps()
+/// The engine that builds the Dockerfile apps among `apps` (those a run builds),
+/// when there are any (`DOCKER_HOST`, or the default socket).
+pub(crate) async fn dockerfile_engine(apps: &[&App]) -> anyhow::Result<Option<Engine>> {
+    let dockerfiles: Vec<&str> = apps
+        .iter()
         .filter(|a| a.build_type() == shipflow_kit::docker::DOCKERFILE_BUILD_TYPE)
         .map(|a| a.name.as_str())
         .collect();
@@ -136,7 +216,7 @@ pub(crate) async fn dockerfile_engine(workspace: &Workspace) -> anyhow::Result<O
     let engine = Engine::from_env().await.with_context(|| {
         format!(
             "{} build from a Dockerfile, through a Docker or Podman engine: set DOCKER_HOST, or make them `type = \"native\"`",
-            dockerfiles.join(", ")
+            crate::names::cut(&dockerfiles)
         )
     })?;
     Ok(Some(engine))
@@ -181,6 +261,7 @@ pub(crate) async fn deployer(
     context: Option<&str>,
     namespace: Option<String>,
     docker_host: Option<&str>,
+    progress: &Progress,
 ) -> anyhow::Result<Arc<dyn Deployer>> {
     match target {
         Target::K8s => {
@@ -196,12 +277,12 @@ pub(crate) async fn deployer(
                 Some(host) => Engine::connect(Endpoint::parse(host)?).await?,
                 None => Engine::from_env().await?,
             };
-            eprintln!(
+            progress.note(&format!(
                 "engine: {} {} at {}",
                 engine.kind(),
                 engine.version(),
                 engine.endpoint()
-            );
+            ));
             let mut deployer = EngineDeployer::builder(engine);
             if let Some((username, password)) = credentials() {
                 deployer = deployer.credentials(RegistryCredentials { username, password });

@@ -1,9 +1,10 @@
 //! Progress for people: one bar per app and stage on a terminal (bytes for pushes,
 //! replicas for rollouts), plain lines when stderr is a log, nothing for `--quiet`.
+//! It also keeps what is in flight, for what a cancelled run waits for.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::IsTerminal;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -14,47 +15,106 @@ use shipflow_kit::{Event, EventKind, EventSink, Stage};
 pub(crate) enum Mode {
     /// Bars on a terminal, lines otherwise.
     Auto,
-    /// Nothing (`--format json` keeps stderr for errors only).
+    /// Nothing but what must be said (`--quiet`, and `-o json` keeps stderr for errors).
     Quiet,
 }
 
-/// Turns pipeline events into bars or lines on stderr.
+/// Turns pipeline events into bars or lines on stderr, and tracks which app is in
+/// which stage.
 pub(crate) struct Progress {
+    mode: Mode,
     bars: MultiProgress,
     open: Mutex<HashMap<(String, Stage), ProgressBar>>,
+    in_flight: Mutex<HashSet<(String, Stage)>>,
     terminal: bool,
 }
 
 impl Progress {
-    /// An event sink that shows progress in `mode`.
-    pub(crate) fn sink(mode: Mode) -> EventSink {
-        if mode == Mode::Quiet {
-            return EventSink::default();
-        }
-        let terminal = std::io::stderr().is_terminal();
-        let progress = Arc::new(Progress {
+    /// Progress shown in `mode`.
+    pub(crate) fn new(mode: Mode) -> Arc<Self> {
+        let terminal = mode == Mode::Auto && std::io::stderr().is_terminal();
+        Arc::new(Progress {
+            mode,
             bars: MultiProgress::with_draw_target(if terminal {
                 ProgressDrawTarget::stderr()
             } else {
                 ProgressDrawTarget::hidden()
             }),
             open: Mutex::default(),
+            in_flight: Mutex::default(),
             terminal,
-        });
-        EventSink::new(move |event| progress.show(event))
+        })
     }
 
-    /// An event sink for one-off cluster commands (`apply`, `config`): their
-    /// messages as lines on stderr, unless `mode` is quiet.
-    pub(crate) fn messages(mode: Mode) -> EventSink {
-        if mode == Mode::Quiet {
-            return EventSink::default();
-        }
-        EventSink::new(|event| {
-            if let EventKind::Message { text } = &event.kind {
-                eprintln!("{text}");
+    /// An event sink for pipeline runs: bars or lines, and the in-flight stages.
+    pub(crate) fn sink(self: &Arc<Self>) -> EventSink {
+        let progress = self.clone();
+        EventSink::new(move |event| {
+            progress.track(event);
+            // Change detection takes milliseconds: no line of its own.
+            if progress.mode == Mode::Auto && event.stage != Stage::Detect {
+                progress.show(event);
             }
         })
+    }
+
+    /// An event sink for one-off commands (`apply`, `configmap`, `rollback`): their
+    /// messages as lines on stderr, unless quiet.
+    pub(crate) fn messages(self: &Arc<Self>) -> EventSink {
+        let progress = self.clone();
+        EventSink::new(move |event| {
+            progress.track(event);
+            if let EventKind::Message { text } = &event.kind {
+                progress.note(text);
+            }
+        })
+    }
+
+    /// A line for people on stderr, unless quiet (above the bars on a terminal).
+    pub(crate) fn note(&self, text: &str) {
+        if self.mode == Mode::Auto {
+            self.say(text);
+        }
+    }
+
+    /// A line on stderr even when quiet: what a signal did.
+    pub(crate) fn say(&self, text: &str) {
+        if self.terminal {
+            let _ = self.bars.println(text);
+        } else {
+            eprintln!("{text}");
+        }
+    }
+
+    /// The stages running now, per app, in name order.
+    pub(crate) fn in_flight(&self) -> Vec<(String, Stage)> {
+        let set = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut stages: Vec<(String, Stage)> = set.iter().cloned().collect();
+        stages.sort_by_key(|(app, stage)| (app.clone(), *stage as u8));
+        stages
+    }
+
+    fn track(&self, event: &Event) {
+        let key = (
+            event.app.clone().unwrap_or_else(|| "workspace".into()),
+            event.stage,
+        );
+        let mut set = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match &event.kind {
+            EventKind::Started => {
+                set.insert(key);
+            }
+            EventKind::Finished { .. } => {
+                set.remove(&key);
+            }
+            _ => {}
+        }
     }
 
     fn show(&self, event: &Event) {
@@ -74,9 +134,7 @@ impl Progress {
             }
             return;
         }
-        let Ok(mut open) = self.open.lock() else {
-            return;
-        };
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         let key = (app.clone(), event.stage);
         match &event.kind {
             EventKind::Started => {

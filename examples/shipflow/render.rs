@@ -2,6 +2,7 @@
 
 use std::fmt::Write;
 
+use indicatif::HumanBytes;
 use shipflow_kit::{Outcome, Plan, Report, Revision, Stage};
 
 /// The plan for people: one block per app with its image, stages and reasons.
@@ -38,14 +39,31 @@ pub(crate) fn plan(plan: &Plan) -> String {
     out
 }
 
+/// Where a run's images went: the registry, or the local store of `build`.
+#[derive(Clone, Copy)]
+pub(crate) enum Destination<'a> {
+    /// Pushed to a registry.
+    Registry,
+    /// Written to the local OCI layout store at this path.
+    Store(&'a std::path::Path),
+}
+
 /// The report for people: one line per app with its outcome, then a summary.
-pub(crate) fn report(report: &Report) -> String {
+pub(crate) fn report(report: &Report, to: Destination<'_>) -> String {
     let mut out = String::new();
     let width = report.apps.iter().map(|a| a.app.len()).max().unwrap_or(0);
+    let pushed = match to {
+        Destination::Registry => "pushed".to_owned(),
+        Destination::Store(path) => format!("stored in {}", path.display()),
+    };
+    let upload = |bytes| match to {
+        Destination::Registry => format!("push: {} uploaded", HumanBytes(bytes)),
+        Destination::Store(_) => format!("store: {} written", HumanBytes(bytes)),
+    };
     for app in &report.apps {
         let outcome = match &app.outcome {
             Outcome::Deployed => "deployed".to_owned(),
-            Outcome::Pushed => "pushed".to_owned(),
+            Outcome::Pushed => pushed.clone(),
             Outcome::Unchanged => "unchanged".to_owned(),
             Outcome::RolledBack { stage } => format!("{stage} failed, rolled back"),
             Outcome::Failed { stage } => format!("{stage} failed"),
@@ -53,15 +71,12 @@ pub(crate) fn report(report: &Report) -> String {
             Outcome::Cancelled { stage: None, .. } => "cancelled before it started".to_owned(),
             Outcome::Cancelled {
                 stage: Some(stage),
-                restored,
-            } => format!(
-                "cancelled during {stage}{}",
-                if *restored {
-                    ", what ran before runs again"
-                } else {
-                    ""
-                }
-            ),
+                restored: true,
+            } => format!("cancelled during {stage}, what ran before was restored"),
+            Outcome::Cancelled {
+                stage: Some(stage),
+                restored: false,
+            } => format!("cancelled during {stage}"),
         };
         let _ = writeln!(out, "{:width$}  {outcome}", app.app);
         if let Some(image) = &app.image {
@@ -70,9 +85,9 @@ pub(crate) fn report(report: &Report) -> String {
         if let Some(push) = &app.push {
             let _ = writeln!(
                 out,
-                "{:width$}  push: {} uploaded in {} blobs, {} already there, {} mounted",
+                "{:width$}  {} in {} blobs, {} already there, {} mounted",
                 "",
-                bytes(push.bytes_uploaded),
+                upload(push.bytes_uploaded),
                 push.blobs_uploaded,
                 push.blobs_skipped,
                 push.blobs_mounted
@@ -107,20 +122,47 @@ pub(crate) fn report(report: &Report) -> String {
         }
     }
     let count = |f: fn(&Outcome) -> bool| report.apps.iter().filter(|a| f(&a.outcome)).count();
-    let _ = writeln!(
-        out,
-        "\n{} shipped, {} unchanged, {} rolled back, {} failed; {} pushed in {}",
-        count(|o| matches!(o, Outcome::Deployed | Outcome::Pushed)),
-        count(|o| matches!(o, Outcome::Unchanged)) + report.plan.unchanged.len(),
-        count(|o| matches!(o, Outcome::RolledBack { .. })),
-        count(|o| matches!(
-            o,
-            Outcome::Failed { .. } | Outcome::Cancelled { .. } | Outcome::Skipped
-        )),
-        bytes(report.bytes_pushed()),
-        seconds(report.duration_ms),
-    );
+    let shipped = count(|o| matches!(o, Outcome::Deployed | Outcome::Pushed));
+    let unchanged = count(|o| matches!(o, Outcome::Unchanged)) + report.plan.unchanged.len();
+    let rolled_back = count(|o| matches!(o, Outcome::RolledBack { .. }));
+    let failed = count(|o| matches!(o, Outcome::Failed { .. } | Outcome::Skipped));
+    let cancelled_apps = count(|o| matches!(o, Outcome::Cancelled { .. }));
+    let bytes = HumanBytes(report.bytes_pushed());
+    let took = seconds(report.duration_ms);
+    let _ = match to {
+        Destination::Registry => writeln!(
+            out,
+            "\n{shipped} shipped, {unchanged} unchanged, {rolled_back} rolled back, {failed} failed, {cancelled_apps} cancelled; {bytes} pushed in {took}"
+        ),
+        Destination::Store(path) => writeln!(
+            out,
+            "\n{shipped} stored in {}, {unchanged} unchanged, {failed} failed, {cancelled_apps} cancelled; {bytes} written in {took}",
+            path.display()
+        ),
+    };
     out
+}
+
+/// What runs for each app, and whether it is behind `head`.
+pub(crate) fn status(rows: &[crate::AppStatus], head: &str) -> String {
+    let width = rows.iter().map(|r| r.app.len()).max().unwrap_or(0);
+    let mut text = String::new();
+    for row in rows {
+        let state = match (&row.running, row.up_to_date) {
+            (None, _) => "never deployed".to_owned(),
+            (Some(_), true) => "up to date".to_owned(),
+            (Some(_), false) => format!("behind {head}: inputs changed"),
+        };
+        let _ = writeln!(text, "{:width$}  {state}", row.app);
+        if let Some(running) = &row.running {
+            let revision = running
+                .revision
+                .map(|n| format!(" (revision {n})"))
+                .unwrap_or_default();
+            let _ = writeln!(text, "{:width$}  runs {}{revision}", "", running.image);
+        }
+    }
+    text
 }
 
 /// An app's revisions, oldest first, the live one marked.
@@ -139,22 +181,6 @@ pub(crate) fn history(app: &str, revisions: &[Revision]) -> String {
         }
     }
     out
-}
-
-/// A byte count for people.
-pub(crate) fn bytes(n: u64) -> String {
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
 }
 
 fn seconds(ms: u64) -> String {
@@ -186,7 +212,7 @@ pub(crate) fn applied(applied: &[shipflow_kit::k8s::Applied], dry_run: bool) -> 
     out
 }
 
-/// What `config` did (or, for a dry run, would do): the ConfigMap, the Deployments
+/// What `configmap` did (or, for a dry run, would do): the ConfigMap, the Deployments
 /// rolled, the versions deleted.
 pub(crate) fn config_rollout(
     namespace: &str,

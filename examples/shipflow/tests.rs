@@ -8,6 +8,8 @@ use clap::Parser;
 use shipflow_kit::k8s::testing::{Outcome, SimCluster};
 use shipflow_kit::oci::testing::TestRegistry;
 
+use super::progress::{Mode, Progress};
+use super::signals::Signals;
 use super::{Cli, Exit, run_cli};
 use common::Monorepo;
 
@@ -62,11 +64,11 @@ impl Setup {
         ];
         match args[0] {
             "deploy" | "rollback" | "history" | "status" => line.extend_from_slice(&k8s),
-            "apply" | "config" => line.extend_from_slice(&k8s[2..]),
+            "apply" | "configmap" => line.extend_from_slice(&k8s[2..]),
             _ => {}
         }
         let cli = Cli::try_parse_from(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
-        run_cli(cli)
+        run_cli(cli, Progress::new(Mode::Quiet), Signals::inert())
             .await
             .unwrap_or_else(|e| panic!("{line:?} failed: {e:#}"))
     }
@@ -164,7 +166,7 @@ async fn a_failed_rollout_exits_3_when_rolled_back_and_1_when_not() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn apply_and_config_through_the_cli() {
+async fn apply_and_configmap_through_the_cli() {
     let setup = Setup::new().await;
     let dir = setup.repo.path().join("deploy");
     std::fs::create_dir_all(&dir).expect("manifest dir");
@@ -201,20 +203,22 @@ async fn apply_and_config_through_the_cli() {
             .to_string()
     };
     assert_eq!(
-        setup.run(&["config", "app-config", env, "--dry-run"]).await,
+        setup
+            .run(&["configmap", "app-config", env, "--dry-run"])
+            .await,
         Exit::Shipped,
         "there is work to do"
     );
     assert!(setup.cluster.config_map("default", &name).is_none());
     assert!(!refs().contains(&name), "a dry run writes nothing");
     assert_eq!(
-        setup.run(&["config", "app-config", env]).await,
+        setup.run(&["configmap", "app-config", env]).await,
         Exit::Shipped
     );
     assert!(setup.cluster.config_map("default", &name).is_some());
     assert!(refs().contains(&name), "worker rolled to the new name");
     assert_eq!(
-        setup.run(&["config", "app-config", env]).await,
+        setup.run(&["configmap", "app-config", env]).await,
         Exit::NothingToDo
     );
 }
@@ -240,7 +244,7 @@ async fn deploy_history_and_rollback_on_podman_through_the_cli() {
         line.extend_from_slice(&["--target", "docker", "--docker-host", &host]);
         let cli = Cli::try_parse_from(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
         async move {
-            run_cli(cli)
+            run_cli(cli, Progress::new(Mode::Quiet), Signals::inert())
                 .await
                 .unwrap_or_else(|e| panic!("failed: {e:#}"))
         }
