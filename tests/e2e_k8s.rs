@@ -9,11 +9,13 @@ use std::sync::Arc;
 use common::{Monorepo, outcome};
 use shipflow_kit::git::GitChangeDetector;
 use shipflow_kit::k8s::KubeDeployer;
+use shipflow_kit::k8s::LockOptions;
 use shipflow_kit::k8s::testing::{Outcome as Rollout, SimCluster};
 use shipflow_kit::oci::testing::TestRegistry;
 use shipflow_kit::oci::{NativeBuilder, RegistryClient};
 use shipflow_kit::{
-    BuilderByType, FailurePolicy, Outcome, Pipeline, Registry as _, Selection, Workspace,
+    BuilderByType, CancellationToken, FailurePolicy, Outcome, Pipeline, Registry as _, RunStatus,
+    Selection, Stage, Workspace,
 };
 
 const APPS: [&str; 3] = ["api", "web", "worker"];
@@ -46,6 +48,11 @@ impl Setup {
     }
 
     fn pipeline(&self) -> Pipeline {
+        self.pipeline_with(CancellationToken::new())
+    }
+
+    /// The pipeline, with each deploy holding the app's Lease, cancelled by `cancel`.
+    fn pipeline_with(&self, cancel: CancellationToken) -> Pipeline {
         let workspace = Workspace::load(self.repo.config()).expect("workspace");
         let native = NativeBuilder::new(self.builds.path());
         Pipeline::builder(workspace)
@@ -56,8 +63,11 @@ impl Setup {
                 BuilderByType::new().route(shipflow_kit::oci::NATIVE_BUILD_TYPE, Arc::new(native)),
             ))
             .registry(Arc::new(RegistryClient::builder().build().expect("client")))
-            .deployer(Arc::new(KubeDeployer::new(self.cluster.client())))
+            .deployer(Arc::new(
+                KubeDeployer::new(self.cluster.client()).deploy_lock(LockOptions::default()),
+            ))
             .failure_policy(FailurePolicy::Continue)
+            .cancellation(cancel)
             .build()
             .expect("pipeline")
     }
@@ -164,4 +174,66 @@ async fn a_crash_looping_app_is_rolled_back_while_the_others_deploy() {
         assert_ne!(setup.running(app), before[i], "{app} moved on");
     }
     assert_eq!(report.status(), shipflow_kit::RunStatus::RolledBack);
+}
+
+/// Ctrl-C during a rollout that never becomes ready (what the CLI's signal handler
+/// does: cancel the run's token): the run ends within seconds, the Deployment is
+/// back on what ran before, the app's Lease is released, and the report says the
+/// deploy was cancelled and restored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_stuck_rollout_is_rolled_back_and_its_lease_released() {
+    let setup = Setup::new().await;
+    setup
+        .pipeline()
+        .run(None, "HEAD", &Selection::default())
+        .await
+        .expect("first run");
+    let before = setup.running("web");
+
+    setup
+        .cluster
+        .set_outcome("default", "web", Rollout::NeverReady);
+    setup.repo.edit("apps/web/index.html", "<h1>web v2</h1>\n");
+    let cancel = CancellationToken::new();
+    let pipeline = setup.pipeline_with(cancel.clone());
+    let run = tokio::spawn(async move {
+        pipeline
+            .run(Some("HEAD~1"), "HEAD", &Selection::default())
+            .await
+            .expect("run")
+    });
+    // Cancel once the new template is in place and the rollout is being watched.
+    let started = std::time::Instant::now();
+    while setup.running("web") == before {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "the deploy never patched the Deployment"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let cancelled_at = std::time::Instant::now();
+    cancel.cancel();
+    let report = tokio::time::timeout(std::time::Duration::from_secs(5), run)
+        .await
+        .expect("the cancelled run ends within 5 s")
+        .expect("joined");
+    assert!(cancelled_at.elapsed() < std::time::Duration::from_secs(5));
+    assert_eq!(
+        outcome(&report, "web"),
+        &Outcome::Cancelled {
+            stage: Some(Stage::Deploy),
+            restored: true
+        },
+        "{report:#?}"
+    );
+    assert_eq!(report.status(), RunStatus::Cancelled);
+    assert_eq!(setup.running("web"), before, "web runs what it ran before");
+    assert!(
+        setup
+            .cluster
+            .lease("default", "shipflow-lock-web")
+            .is_none(),
+        "the deploy lock is released"
+    );
 }
