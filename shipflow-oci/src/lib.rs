@@ -99,6 +99,7 @@ mod layer;
 mod layer_cache;
 mod layout;
 mod platform;
+mod policy;
 mod progress;
 mod sign;
 mod spec;
@@ -117,6 +118,7 @@ pub use layout::{
     Referrer, referrers_tag,
 };
 pub use platform::Platform;
+pub use policy::{ImagePolicy, PolicyError, PolicyRule, Resolution, SortOrder, TagCache};
 pub use sign::{ImageSigner, SIGNATURE_MEDIA_TYPE, signature_tag};
 pub use spec::{LayerSpec, NATIVE_BUILD_TYPE, NativeBuild, schema};
 pub use store::LayoutRegistry;
