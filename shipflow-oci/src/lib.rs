@@ -86,6 +86,11 @@
 //! CycloneDX 1.5 SBOM (every file of each layer with its sha256, the packages of
 //! the app's `Cargo.lock` or `package-lock.json`) and an in-toto SLSA v1
 //! provenance statement, stored as OCI referrers of the image.
+//!
+//! [`ImagePolicy`] chooses a tag of a repository as Flux's image policies do (a
+//! semver range, numerical or alphabetical order, a filter extracting the value
+//! to order by from the tag), and [`TagCache`] resolves many policies per poll
+//! with one tag list per repository.
 
 mod attest;
 mod auth;
@@ -99,6 +104,7 @@ mod layer;
 mod layer_cache;
 mod layout;
 mod platform;
+mod policy;
 mod progress;
 mod sign;
 mod spec;
@@ -117,6 +123,7 @@ pub use layout::{
     Referrer, referrers_tag,
 };
 pub use platform::Platform;
+pub use policy::{ImagePolicy, PolicyError, PolicyRule, Resolution, SortOrder, TagCache};
 pub use sign::{ImageSigner, SIGNATURE_MEDIA_TYPE, signature_tag};
 pub use spec::{LayerSpec, NATIVE_BUILD_TYPE, NativeBuild, schema};
 pub use store::LayoutRegistry;
