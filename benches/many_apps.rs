@@ -130,6 +130,7 @@ async fn run(
             Arc::new(NativeBuilder::new(builds)),
         )))
         .registry(Arc::new(RegistryClient::builder().build().expect("client")))
+        .skip_deploy(true)
         .concurrency(limit)
         .events(sink)
         .build()

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::Monorepo;
 use shipflow_kit::docker::testing::TestPodman;
+use shipflow_kit::k8s::testing::{Outcome as Rollout, SimCluster};
 use shipflow_kit::oci::testing::TestRegistry;
 
 /// The CLI binary, built once per test process (examples have no
@@ -376,4 +377,85 @@ fn sigterm_during_a_large_push_exits_at_once_and_the_next_push_completes() {
     assert_success(&again);
     let tags = http_get(&registry.host(), "/v2/e2e/big/tags/list");
     assert!(tags.contains(&format!("\"{tag}\"")), "{tags}");
+}
+
+/// The same on Kubernetes (the simulated API server): SIGINT while a rollout that
+/// never becomes ready is watched. Exit 130 within 5 s, the Deployment back on the
+/// revision that ran before, and the app's deploy-lock Lease released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_during_a_stuck_kubernetes_rollout_rolls_it_back_and_releases_the_lease() {
+    let registry = TestRegistry::start().expect("docker-registry starts");
+    let sim = SimCluster::start().await.expect("simulated API server");
+    sim.seed_deployment("default", "web", "web", "registry.local/placeholder:v0", 2);
+    let repo = Monorepo::create(&registry.host(), &["web"], |_, _| {
+        "deploy.kubernetes = {}".into()
+    });
+    let kubeconfig = repo.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, sim.kubeconfig()).expect("kubeconfig");
+    let kubeconfig = kubeconfig.to_str().expect("utf-8").to_owned();
+    let prefix = format!("{}/e2e", registry.host());
+    let dir = repo.path().to_owned();
+    let image = || -> String {
+        sim.deployment("default", "web").expect("web")["spec"]["template"]["spec"]["containers"]
+            [0]["image"]
+            .as_str()
+            .expect("an image")
+            .to_owned()
+    };
+
+    let first = {
+        let (dir, kubeconfig, prefix) = (dir.clone(), kubeconfig.clone(), prefix.clone());
+        tokio::task::spawn_blocking(move || {
+            run(
+                &dir,
+                &["deploy", "--all", "--registry", &prefix, "--kubeconfig", &kubeconfig],
+                &[],
+            )
+        })
+        .await
+        .expect("joined")
+    };
+    assert_success(&first);
+    let v1 = image();
+    assert!(v1.contains("@sha256:"), "{v1}");
+
+    sim.set_outcome("default", "web", Rollout::NeverReady);
+    repo.edit("apps/web/index.html", "<h1>web v2</h1>\n");
+    let mut deploy = {
+        let (dir, kubeconfig, prefix) = (dir.clone(), kubeconfig.clone(), prefix.clone());
+        tokio::task::spawn_blocking(move || {
+            let args = [
+                "deploy", "--base", "HEAD~1", "--registry", &prefix, "--kubeconfig", &kubeconfig,
+            ];
+            let mut deploy = Run::start(&dir, &args, &[]);
+            deploy.wait_for("web: deploy started", Duration::from_secs(60));
+            deploy
+        })
+        .await
+        .expect("joined")
+    };
+    // Wait until the new template is in place, then a little into the watch.
+    let started = Instant::now();
+    while image() == v1 {
+        assert!(started.elapsed() < Duration::from_secs(30), "never patched");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    deploy.signal("INT");
+    let (status, took, stdout, stderr) =
+        tokio::task::spawn_blocking(move || deploy.finish(Duration::from_secs(5)))
+            .await
+            .expect("joined");
+
+    assert_eq!(status.code(), Some(130), "{stdout}\n{stderr}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert!(
+        stdout.contains("cancelled during deploy, what ran before was restored"),
+        "the report: {stdout}"
+    );
+    assert_eq!(image(), v1, "the Deployment runs what it ran before");
+    assert!(
+        sim.lease("default", "shipflow-lock-web").is_none(),
+        "the deploy lock is released"
+    );
 }
