@@ -100,6 +100,15 @@ impl Engine {
             }
         }
         .map_err(connect_err)?;
+        // bollard speaks API 1.49; Docker Engine 20.10 refuses anything above 1.41.
+        let docker = docker
+            .negotiate_version()
+            .await
+            .map_err(|source| DockerError::Connect {
+                endpoint: endpoint.to_string(),
+                step: "GET /version (API version negotiation)",
+                source,
+            })?;
         let answer = docker
             .version()
             .await

@@ -14,6 +14,7 @@ use crate::config::{DockerTarget, HealthCheck};
 use tokio::time::Instant;
 
 use crate::spec::PortSpec;
+use crate::states;
 use crate::timing::timed;
 
 /// The longest one exec probe may run, however much of the health timeout is left:
@@ -89,13 +90,7 @@ impl Probe {
         container: &str,
         ctx: &Context,
     ) -> bool {
-        let Ok(inspect) = docker
-            .inspect_container(
-                container,
-                None::<bollard::query_parameters::InspectContainerOptions>,
-            )
-            .await
-        else {
+        let Ok(inspect) = states::inspect(docker, container).await else {
             return false;
         };
         match &self.kind {
@@ -124,10 +119,7 @@ impl Probe {
             if ctx.cancelled() {
                 return Err("cancelled".into());
             }
-            let inspect = docker.inspect_container(
-                container,
-                None::<bollard::query_parameters::InspectContainerOptions>,
-            );
+            let inspect = states::inspect(docker, container);
             let inspect = timed(container, "probe: inspect", inspect)
                 .await
                 .map_err(|e| format!("inspect: {e}"))?;

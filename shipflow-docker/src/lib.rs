@@ -55,6 +55,7 @@ mod lock;
 mod registry;
 mod spec;
 mod state;
+mod states;
 mod switch;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -7,12 +7,16 @@ mod common;
 use std::time::Duration;
 
 use common::{Harness, free_port, get};
+use rstest::rstest;
 use shipflow_core::{Context, DeployMeta, Deployer};
-use shipflow_docker::{DockerError, EngineDeployer};
+use shipflow_docker::{DockerError, EngineDeployer, EngineKind};
 
+#[rstest]
+#[case::docker(EngineKind::Docker)]
+#[case::podman(EngineKind::Podman)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_deploy_waits_or_fails_naming_the_holder() {
-    let h = Harness::start();
+async fn concurrent_deploy_waits_or_fails_naming_the_holder(#[case] kind: EngineKind) {
+    let h = Harness::start(kind);
     let port = free_port();
     let app = h.app(
         "lock-web",
@@ -41,9 +45,9 @@ async fn concurrent_deploy_waits_or_fails_naming_the_holder() {
     // container says it holds the lock (it takes the lock first).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while !h
-        .containers("lock-web")
+        .containers(&app.name)
         .iter()
-        .any(|(name, _)| name == "lock-web--r2")
+        .any(|(name, _)| *name == format!("{}--r2", app.name))
     {
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -91,9 +95,12 @@ async fn concurrent_deploy_waits_or_fails_naming_the_holder() {
     );
 }
 
+#[rstest]
+#[case::docker(EngineKind::Docker)]
+#[case::podman(EngineKind::Podman)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_run_after_a_crash_repairs_and_converges() {
-    let h = Harness::start();
+async fn a_run_after_a_crash_repairs_and_converges(#[case] kind: EngineKind) {
+    let h = Harness::start(kind);
     let port = free_port();
     let app = h.app(
         "crash-web",
@@ -111,15 +118,15 @@ async fn a_run_after_a_crash_repairs_and_converges() {
     // A deployer died mid-recreate: it had stopped r1, created r2 and not started
     // it, and its lock file (in the format of before the lock was an OS lock) names
     // a process that is gone.
-    h.podman_cli(&["stop", "-t", "2", "crash-web--r1"]);
+    h.cli_run(&["stop", "-t", "2", &format!("{}--r1", app.name)]);
     let v2_ref = v2.to_string();
-    h.podman_cli(&["pull", "-q", "--tls-verify=false", &v2_ref]);
-    h.podman_cli(&[
+    h.pull(&v2_ref);
+    h.cli_run(&[
         "create",
         "--name",
-        "crash-web--r2",
+        &format!("{}--r2", app.name),
         "--label",
-        "dev.shipflow.app=crash-web",
+        &format!("dev.shipflow.app={}", app.name),
         "--label",
         "dev.shipflow.revision=2",
         "--label",
@@ -131,7 +138,7 @@ async fn a_run_after_a_crash_repairs_and_converges() {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
     std::fs::create_dir_all(h.dir.path().join("state")).expect("state dir");
     std::fs::write(
-        h.dir.path().join("state/crash-web.lock"),
+        h.dir.path().join(format!("state/{}.lock", app.name)),
         format!(
             r#"{{"pid":4194303,"host":"{}","since":1,"expires":99999999999}}"#,
             host.trim()
@@ -152,10 +159,10 @@ async fn a_run_after_a_crash_repairs_and_converges() {
         Ok("v2")
     );
     assert_eq!(
-        h.containers("crash-web"),
+        h.containers(&app.name),
         [
-            ("crash-web--r1".to_owned(), "exited".to_owned()),
-            ("crash-web--r2".to_owned(), "running".to_owned())
+            (format!("{}--r1", app.name).to_owned(), "exited".to_owned()),
+            (format!("{}--r2", app.name).to_owned(), "running".to_owned())
         ]
     );
     let current = deployer
@@ -166,9 +173,12 @@ async fn a_run_after_a_crash_repairs_and_converges() {
     assert_eq!(current.image, v2_ref);
 }
 
+#[rstest]
+#[case::docker(EngineKind::Docker)]
+#[case::podman(EngineKind::Podman)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crash_that_left_nothing_running_starts_the_last_good_revision() {
-    let h = Harness::start();
+async fn a_crash_that_left_nothing_running_starts_the_last_good_revision(#[case] kind: EngineKind) {
+    let h = Harness::start(kind);
     let port = free_port();
     let app = h.app(
         "crash2-web",
@@ -181,7 +191,7 @@ async fn a_crash_that_left_nothing_running_starts_the_last_good_revision() {
         .deploy(&app, &v1, &DeployMeta::default(), &ctx)
         .await
         .expect("deploy v1");
-    h.podman_cli(&["stop", "-t", "2", "crash2-web--r1"]);
+    h.cli_run(&["stop", "-t", "2", &format!("{}--r1", app.name)]);
 
     // Deploying the same image again repairs (r1 starts) and then has nothing to do.
     let rollout = deployer

@@ -13,6 +13,7 @@ use shipflow_core::{App, Context};
 use super::{EngineDeployer, LOG_LINES};
 use crate::DockerError;
 use crate::state::{self, AppContainer, AppState};
+use crate::states;
 use crate::timing::timed;
 
 impl EngineDeployer {
@@ -40,7 +41,7 @@ impl EngineDeployer {
         let list = timed(
             &app.name,
             "list containers",
-            self.engine.client().list_containers(Some(options)),
+            states::list(self.engine.client(), options),
         )
         .await
         .map_err(Self::engine_err(app, "list containers"))?;

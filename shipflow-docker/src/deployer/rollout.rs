@@ -2,9 +2,7 @@
 //! the old one back when the new one is unhealthy, repairing what a crashed run
 //! left, and pruning old revisions.
 
-use bollard::query_parameters::{
-    InspectContainerOptions, RemoveImageOptions, RenameContainerOptions,
-};
+use bollard::query_parameters::{RemoveImageOptions, RenameContainerOptions};
 use shipflow_core::{App, Context, Restored};
 
 use crate::config::DockerTarget;
@@ -13,6 +11,7 @@ use super::{Candidate, DEFAULT_KEEP, EngineDeployer, config_err};
 use crate::DockerError;
 use crate::health::{Probe, published_addr, service_port};
 use crate::state::{self, AppContainer, AppState, Phase};
+use crate::states;
 use crate::switch::TrafficSwitch;
 use crate::timing::timed;
 
@@ -164,10 +163,7 @@ impl EngineDeployer {
                     "start-first needs a port (ports or health.port)".into(),
                 )
             })?;
-        let inspect = self
-            .engine
-            .client()
-            .inspect_container(name, None::<InspectContainerOptions>)
+        let inspect = states::inspect(self.engine.client(), name)
             .await
             .map_err(Self::engine_err(app, format!("inspect {name}")))?;
         published_addr(&inspect, port).ok_or_else(|| {
