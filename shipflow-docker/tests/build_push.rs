@@ -34,11 +34,12 @@ async fn builds_pushes_only_missing_layers_and_deploys(#[case] kind: EngineKind)
     std::fs::write(
         web.join("Dockerfile"),
         format!(
-            "FROM scratch AS base\nCOPY busybox /bin/busybox\n\
+            "FROM scratch AS base\n{}COPY busybox /bin/busybox\n\
              FROM base AS web\nARG GREETING=none\nCOPY www /www\n\
              RUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo $GREETING > /www/greeting.txt\"]\n\
              CMD [\"/bin/busybox\", \"sh\", \"-c\", {}]\n\
              FROM base AS other\nCMD [\"/bin/busybox\", \"false\"]\n",
+            h.own_chain(),
             serde_json::to_string(HTTPD).expect("json")
         ),
     )

@@ -161,8 +161,8 @@ async fn a_run_after_a_crash_repairs_and_converges(#[case] kind: EngineKind) {
     assert_eq!(
         h.containers(&app.name),
         [
-            (format!("{}--r1", app.name).to_owned(), "exited".to_owned()),
-            (format!("{}--r2", app.name).to_owned(), "running".to_owned())
+            (format!("{}--r1", app.name), "exited".to_owned()),
+            (format!("{}--r2", app.name), "running".to_owned())
         ]
     );
     let current = deployer

@@ -113,7 +113,7 @@ async fn upgrades_rolls_back_unhealthy_and_to_revision(#[case] kind: EngineKind)
     assert_eq!(get(&http, port).await.as_deref(), Ok("v2"));
     assert!(
         h.containers(&app.name)
-            .contains(&(format!("{}--r3--failed", app.name).into(), "exited".into())),
+            .contains(&(format!("{}--r3--failed", app.name), "exited".into())),
         "{:?}",
         h.containers(&app.name)
     );
@@ -271,7 +271,7 @@ async fn cancelling_during_the_health_check_brings_the_old_one_back(#[case] kind
         // Cancel once the new container runs (its health check never passes).
         while !h
             .containers(&app.name)
-            .contains(&(format!("{}--r2", app.name).into(), "running".into()))
+            .contains(&(format!("{}--r2", app.name), "running".into()))
         {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
@@ -344,7 +344,7 @@ async fn a_hanging_exec_probe_fails_at_the_health_timeout_or_on_cancel(#[case] k
     let cancel = async {
         while !h
             .containers(&app.name)
-            .contains(&(format!("{}--r2", app.name).into(), "running".into()))
+            .contains(&(format!("{}--r2", app.name), "running".into()))
         {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -400,7 +400,7 @@ async fn the_old_container_comes_back_even_when_stopping_the_new_one_fails(
     let remove = async {
         while !h
             .containers(&app.name)
-            .contains(&(format!("{}--r2", app.name).into(), "running".into()))
+            .contains(&(format!("{}--r2", app.name), "running".into()))
         {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -79,8 +79,8 @@ async fn upgrade_behind_caddy_drops_no_request(#[case] kind: EngineKind) {
     assert_eq!(
         h.containers(&app.name),
         [
-            (format!("{}--r1", app.name).to_owned(), "exited".to_owned()),
-            (format!("{}--r2", app.name).to_owned(), "running".to_owned())
+            (format!("{}--r1", app.name), "exited".to_owned()),
+            (format!("{}--r2", app.name), "running".to_owned())
         ]
     );
 
@@ -96,8 +96,8 @@ async fn upgrade_behind_caddy_drops_no_request(#[case] kind: EngineKind) {
     assert_eq!(
         h.containers(&app.name),
         [
-            (format!("{}--r1", app.name).to_owned(), "exited".to_owned()),
-            (format!("{}--r2", app.name).to_owned(), "running".to_owned())
+            (format!("{}--r1", app.name), "exited".to_owned()),
+            (format!("{}--r2", app.name), "running".to_owned())
         ]
     );
     assert_eq!(get(&http, public).await.as_deref(), Ok("v2"));

@@ -275,7 +275,8 @@ impl Harness {
         std::fs::write(
             ctx.join("Dockerfile"),
             format!(
-                "FROM scratch\nCOPY busybox /bin/busybox\nCOPY www /www\nCMD [\"/bin/busybox\", \"sh\", \"-c\", {}]\n",
+                "FROM scratch\n{}COPY busybox /bin/busybox\nCOPY www /www\nCMD [\"/bin/busybox\", \"sh\", \"-c\", {}]\n",
+                self.own_chain(),
                 serde_json::to_string(cmd).expect("json")
             ),
         )
@@ -286,6 +287,15 @@ impl Harness {
         self.run(self.cli().args(["rmi", &reference]));
         let image: ImageRef = reference.parse().expect("reference");
         image.pinned(digest)
+    }
+
+    /// A Dockerfile line that starts this harness's own chain of build-cache images.
+    /// Docker's classic builder reuses any image of the daemon as a cache step, and
+    /// removing an image removes its untagged parents: a build sharing a cached
+    /// `COPY busybox` step with another test fails ("unknown parent image ID") when
+    /// that test removes its images meanwhile.
+    pub fn own_chain(&self) -> String {
+        format!("LABEL dev.shipflow.test=\"{}\"\n", self.engine.prefix())
     }
 
     /// Pushes `reference` with the engine's command line; its manifest digest.
