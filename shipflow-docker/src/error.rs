@@ -178,12 +178,32 @@ pub enum DockerError {
         /// The engine's message.
         cause: String,
     },
-    /// The operation was cancelled.
+    /// The operation was cancelled. Its source is [`shipflow_core::Cancelled`], so
+    /// the pipeline reports the app cancelled, not failed.
     #[error("app {app}: cancelled during {step}")]
     Cancelled {
         /// The app.
         app: String,
-        /// The step.
+        /// The step, and what runs now when a switch was under way.
         step: String,
+        /// Whether the revision that ran before serves again (a cancelled switch
+        /// brings it back). An error chain ends in one marker, and this one's is
+        /// [`shipflow_core::Cancelled`]: read this field for the other.
+        restored: bool,
+        /// Always [`shipflow_core::Cancelled`].
+        #[source]
+        source: shipflow_core::Cancelled,
     },
+}
+
+impl DockerError {
+    /// `app` was cancelled during `step`; `restored` when what ran before serves again.
+    pub(crate) fn cancelled(app: &str, step: impl Into<String>, restored: bool) -> Self {
+        Self::Cancelled {
+            app: app.to_owned(),
+            step: step.into(),
+            restored,
+            source: shipflow_core::Cancelled,
+        }
+    }
 }

@@ -82,6 +82,12 @@ impl Probe {
         self
     }
 
+    /// The same probe, waiting at most `limit`.
+    pub(crate) fn bounded(mut self, limit: Duration) -> Self {
+        self.timeout = self.timeout.min(limit);
+        self
+    }
+
     /// Whether one probe of a running container succeeds now (crash repair).
     pub(crate) async fn wait_healthy_once(
         &self,

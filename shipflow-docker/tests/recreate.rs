@@ -521,3 +521,72 @@ async fn a_container_that_exits_at_once_is_reported_as_exited(#[case] kind: Engi
         "the last log lines: {text}"
     );
 }
+
+/// A cancel (Ctrl-C, a CI timeout) 2 s into a deploy whose new revision never gets
+/// healthy ends the deploy within seconds, whatever the health timeout (60 s) and
+/// stop timeout (30 s): the new container is stopped at once and kept for its
+/// logs, v1 serves again, and the error says cancelled (for the pipeline's report)
+/// and restored.
+#[rstest]
+#[case::docker(EngineKind::Docker)]
+#[case::podman(EngineKind::Podman)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_restores_v1_within_seconds_whatever_the_timeouts(#[case] kind: EngineKind) {
+    let h = Harness::start(kind);
+    let port = free_port();
+    let app = h.app(
+        "ctrlc-web",
+        &format!("ports = [\"127.0.0.1:{port}:80\"]\nhealth = {{ http = \"/\", timeout = 60 }}"),
+    );
+    let v1 = h.web_image("ctrlc-web", "v1", "v1");
+    // PID 1 without a TERM handler: only SIGKILL stops it.
+    let never = h.image("ctrlc-web", "never", "never", "exec sleep 600");
+    let deployer = shipflow_docker::EngineDeployer::builder(h.engine().await)
+        .state_dir(h.dir.path().join("state"))
+        .probe_interval(Duration::from_millis(100))
+        .stop_timeout(30)
+        .build();
+    let meta = DeployMeta::default();
+    deployer
+        .deploy(&app, &v1, &meta, &Context::new())
+        .await
+        .expect("deploy v1");
+
+    let token = shipflow_core::CancellationToken::new();
+    let ctx = Context::new().with_cancellation(token.clone());
+    let cancel = async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        token.cancel();
+        Instant::now()
+    };
+    let (result, cancelled_at) = tokio::join!(deployer.deploy(&app, &never, &meta, &ctx), cancel);
+    let after = cancelled_at.elapsed();
+    eprintln!("{kind}: the deploy ended {after:?} after the cancel");
+    let err = result.expect_err("cancelled");
+    assert!(
+        after < Duration::from_secs(5),
+        "ended {after:?} after the cancel: {err}"
+    );
+    assert!(
+        shipflow_core::caused_by::<shipflow_core::Cancelled>(err.as_ref()),
+        "{err}"
+    );
+    assert!(
+        matches!(
+            err.downcast_ref::<DockerError>(),
+            Some(DockerError::Cancelled { restored: true, .. })
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("revision 1"), "{err}");
+    assert_eq!(
+        get(&reqwest::Client::new(), port).await.as_deref(),
+        Ok("v1")
+    );
+    assert!(
+        h.containers(&app.name)
+            .contains(&(format!("{}--r2--failed", app.name), "exited".into())),
+        "{:?}",
+        h.containers(&app.name)
+    );
+}

@@ -65,8 +65,18 @@ impl EngineDeployer {
     }
 
     pub(super) async fn stop(&self, app: &App, name: &str) -> Result<(), DockerError> {
+        self.stop_within(app, name, self.stop_timeout).await
+    }
+
+    /// Stops `name`, killing it after `grace` seconds.
+    pub(super) async fn stop_within(
+        &self,
+        app: &App,
+        name: &str,
+        grace: i32,
+    ) -> Result<(), DockerError> {
         let options = StopContainerOptions {
-            t: Some(self.stop_timeout),
+            t: Some(grace),
             signal: None,
         };
         let stop = self.engine.client().stop_container(name, Some(options));
@@ -150,6 +160,12 @@ impl EngineDeployer {
             }
             Ok(())
         };
-        timed(&app.name, "pull", pull).await
+        // Dropping the request on cancel ends the pull.
+        tokio::select! {
+            pulled = timed(&app.name, "pull", pull) => pulled,
+            () = ctx.cancellation().cancelled() => {
+                Err(DockerError::cancelled(&app.name, format!("pull {image}"), false))
+            }
+        }
     }
 }
