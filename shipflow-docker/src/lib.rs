@@ -48,6 +48,7 @@ mod builder;
 mod config;
 mod context;
 mod deployer;
+mod endpoint;
 mod engine;
 mod error;
 mod health;
@@ -67,7 +68,8 @@ pub use config::{
     Strategy, schema,
 };
 pub use deployer::{EngineDeployer, EngineDeployerBuilder, RegistryCredentials};
-pub use engine::{Endpoint, Engine, EngineKind};
+pub use endpoint::Endpoint;
+pub use engine::{Engine, EngineKind};
 pub use error::DockerError;
 pub use registry::EngineRegistry;
 pub use switch::{CaddySwitch, TrafficSwitch};
