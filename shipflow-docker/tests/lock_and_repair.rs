@@ -204,3 +204,53 @@ async fn a_crash_that_left_nothing_running_starts_the_last_good_revision(#[case]
         Ok("v1")
     );
 }
+
+/// Two workspaces on one host (two checkouts, two teams) with an app named alike:
+/// their own container names keep each deployer to its own containers.
+#[rstest]
+#[case::docker(EngineKind::Docker)]
+#[case::podman(EngineKind::Podman)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apps_named_alike_in_two_workspaces_never_touch_each_other(#[case] kind: EngineKind) {
+    let h = Harness::start(kind);
+    let name = h.name("twin");
+    let (port_a, port_b) = (free_port(), free_port());
+    let app_in = |container: &str, port: u16| {
+        h.app_toml(
+            &name,
+            &format!(
+                "[apps.{name}.deploy.docker]\ncontainer = \"{}\"\nports = [\"127.0.0.1:{port}:80\"]\nhealth = {{ http = \"/\" }}\n",
+                h.name(container)
+            ),
+        )
+    };
+    let (a, b) = (app_in("team-a", port_a), app_in("team-b", port_b));
+    let a1 = h.web_image("twin", "a1", "a1");
+    let a2 = h.web_image("twin", "a2", "a2");
+    let b1 = h.web_image("twin", "b1", "b1");
+    // Separate state dirs: two checkouts do not share their locks.
+    let deployer = h.deployer().await;
+    let other = EngineDeployer::builder(h.engine().await)
+        .state_dir(h.dir.path().join("state-b"))
+        .probe_interval(Duration::from_millis(100))
+        .build();
+    let (meta, ctx) = (DeployMeta::default(), Context::new());
+    deployer.deploy(&a, &a1, &meta, &ctx).await.expect("a1");
+    other.deploy(&b, &b1, &meta, &ctx).await.expect("b1");
+    deployer.deploy(&a, &a2, &meta, &ctx).await.expect("a2");
+
+    let http = reqwest::Client::new();
+    assert_eq!(get(&http, port_a).await.as_deref(), Ok("a2"));
+    assert_eq!(get(&http, port_b).await.as_deref(), Ok("b1"), "b untouched");
+    let history = |revisions: Vec<shipflow_core::Revision>| -> Vec<String> {
+        revisions.into_iter().map(|r| r.image).collect()
+    };
+    assert_eq!(
+        history(deployer.history(&a, &ctx).await.expect("history a")),
+        [a1.to_string(), a2.to_string()]
+    );
+    assert_eq!(
+        history(other.history(&b, &ctx).await.expect("history b")),
+        [b1.to_string()]
+    );
+}

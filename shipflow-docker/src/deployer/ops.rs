@@ -26,8 +26,10 @@ impl EngineDeployer {
         move |source| DockerError::Engine { app, step, source }
     }
 
-    /// The app's containers, as the engine lists them now.
+    /// The app's containers, as the engine lists them now: labelled with the app's
+    /// name and named after its base name.
     pub(super) async fn state(&self, app: &App) -> Result<AppState, DockerError> {
+        let base = state::base_name(app, &*self.target(app)?);
         let filters = [(
             "label".to_owned(),
             vec![format!("{}={}", state::APP, app.name)],
@@ -46,7 +48,10 @@ impl EngineDeployer {
         .await
         .map_err(Self::engine_err(app, "list containers"))?;
         Ok(AppState::new(
-            list.iter().filter_map(AppContainer::from_summary).collect(),
+            list.iter()
+                .filter_map(AppContainer::from_summary)
+                .filter(|c| state::is_revision_of(&c.name, &base))
+                .collect(),
         ))
     }
 
