@@ -86,6 +86,16 @@ impl TestEngine {
         }
     }
 
+    /// The environment that points the engine's command line (or a script running
+    /// it) at it: `DOCKER_HOST` and `DOCKER_CONFIG`, or Podman's configuration and
+    /// storage.
+    pub fn env(&self) -> Vec<(&'static str, PathBuf)> {
+        match self {
+            Self::Docker(docker) => docker.env().to_vec(),
+            Self::Podman(podman) => podman.env().to_vec(),
+        }
+    }
+
     /// The engine's own command line (`docker` or `podman`) pointed at it.
     pub fn command(&self) -> Command {
         match self {
