@@ -246,8 +246,15 @@ fn dockerfile_app(
     std::fs::create_dir_all(root.join("www")).expect("app dir");
     std::fs::copy("/bin/busybox", root.join("busybox")).expect("busybox-static");
     std::fs::write(root.join("www/index.html"), "v1").expect("index");
-    // Its own cache chain on the shared Docker Engine (see `Harness::own_chain`).
-    let dockerfile = dockerfile.replacen('\n', &format!("\n{}", h.own_chain()), 1);
+    // Each stage its own cache chain on the shared Docker Engine
+    // (see `Harness::own_chain`).
+    let dockerfile: String = dockerfile
+        .lines()
+        .map(|line| match line.starts_with("FROM ") {
+            true => format!("{line}\n{}", h.own_chain()),
+            false => format!("{line}\n"),
+        })
+        .collect();
     std::fs::write(root.join("Dockerfile"), dockerfile).expect("Dockerfile");
     let app = with_build(h, &name, "");
     (root, app)

@@ -11,6 +11,8 @@ use crate::{DockerError, Endpoint, Engine};
 
 /// Docker's default socket.
 const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
+/// The image label naming the instance whose test built the image.
+const TEST_LABEL: &str = "dev.shipflow.test";
 
 /// The machine's Docker Engine for a test. Unlike [`super::TestPodman`], its
 /// containers and images are shared with everything else on the machine, other
@@ -150,8 +152,20 @@ impl TestDocker {
         }
     }
 
+    /// A Dockerfile line (`LABEL dev.shipflow.test="<prefix>"`, newline included)
+    /// that gives the build steps after it a build-cache chain of this instance's
+    /// own. Docker's classic builder reuses any image of the daemon as a cache
+    /// step, and removing an image removes its untagged parents: a build sharing a
+    /// cached step with another test fails ("unknown parent image ID") when that
+    /// test removes its images meanwhile. The untagged images of the stages of such
+    /// builds are removed on drop.
+    pub fn dockerfile_label(&self) -> String {
+        format!("LABEL {TEST_LABEL}=\"{}\"\n", self.prefix)
+    }
+
     /// Removes the images of this instance's registries, by name (an image that
-    /// another test tagged too keeps that tag).
+    /// another test tagged too keeps that tag), and the untagged ones its builds
+    /// left (see [`dockerfile_label`](Self::dockerfile_label)).
     fn remove_images(&self) {
         let mut list = self.command();
         list.args([
@@ -179,6 +193,13 @@ impl TestDocker {
             .collect();
         if !names.is_empty() {
             let _ = self.command().arg("rmi").args(&names).output();
+        }
+        let mut stages = self.command();
+        stages.args(["images", "-q", "--filter", "dangling=true", "--filter"]);
+        stages.arg(format!("label={TEST_LABEL}={}", self.prefix));
+        let ids = ids_of(stages);
+        if !ids.is_empty() {
+            let _ = self.command().arg("rmi").args(&ids).output();
         }
     }
 }

@@ -113,6 +113,17 @@ impl TestEngine {
         }
     }
 
+    /// A Dockerfile line to put after a test's first `FROM`, so that its build
+    /// steps never share Docker's build cache with other tests (see
+    /// [`TestDocker::dockerfile_label`]); empty on Podman, whose storage is the
+    /// instance's own.
+    pub fn dockerfile_label(&self) -> String {
+        match self {
+            Self::Docker(docker) => docker.dockerfile_label(),
+            Self::Podman(_) => String::new(),
+        }
+    }
+
     /// Removes every container whose name starts with `prefix` (best effort).
     pub fn remove_containers(&self, prefix: &str) {
         match self {

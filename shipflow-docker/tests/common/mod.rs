@@ -289,13 +289,10 @@ impl Harness {
         image.pinned(digest)
     }
 
-    /// A Dockerfile line that starts this harness's own chain of build-cache images.
-    /// Docker's classic builder reuses any image of the daemon as a cache step, and
-    /// removing an image removes its untagged parents: a build sharing a cached
-    /// `COPY busybox` step with another test fails ("unknown parent image ID") when
-    /// that test removes its images meanwhile.
+    /// A Dockerfile line that starts this harness's own chain of build-cache images
+    /// on the shared Docker Engine ([`TestEngine::dockerfile_label`]).
     pub fn own_chain(&self) -> String {
-        format!("LABEL dev.shipflow.test=\"{}\"\n", self.engine.prefix())
+        self.engine.dockerfile_label()
     }
 
     /// Pushes `reference` with the engine's command line; its manifest digest.
