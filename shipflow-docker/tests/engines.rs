@@ -321,3 +321,52 @@ async fn files_of(engine: &shipflow_docker::Engine, id: &str) -> BTreeSet<String
     }
     files
 }
+
+/// The engine is found as the command lines find it: nothing set is Docker's
+/// socket; Podman's `CONTAINER_HOST`, or a Docker context made with `docker context
+/// create`, points at a Podman service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engine_is_found_from_the_variables_given() {
+    let docker = shipflow_docker::Engine::from_vars(|_| None)
+        .await
+        .expect("Docker Engine on /var/run/docker.sock");
+    assert_eq!(docker.kind(), EngineKind::Docker);
+
+    let podman = shipflow_docker::testing::TestPodman::start(&[]).expect("podman service");
+    let host = podman.docker_host();
+    let engine =
+        shipflow_docker::Engine::from_vars(|k| (k == "CONTAINER_HOST").then(|| host.clone()))
+            .await
+            .expect("Podman from CONTAINER_HOST");
+    assert_eq!(engine.kind(), EngineKind::Podman);
+
+    // `docker context create` writes the context's meta.json; `DOCKER_CONTEXT` picks it.
+    let config = tempfile::tempdir().expect("config dir");
+    let docker_cli = shipflow_docker::testing::require("docker", "docker.io").expect("docker CLI");
+    let out = std::process::Command::new(docker_cli)
+        .env("DOCKER_CONFIG", config.path())
+        .args([
+            "context",
+            "create",
+            "podman-test",
+            "--docker",
+            &format!("host={host}"),
+        ])
+        .output()
+        .expect("docker context create");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = config.path().to_str().expect("utf-8").to_owned();
+    let vars = |k: &str| match k {
+        "DOCKER_CONFIG" => Some(dir.clone()),
+        "DOCKER_CONTEXT" => Some("podman-test".to_owned()),
+        _ => None,
+    };
+    let engine = shipflow_docker::Engine::from_vars(vars)
+        .await
+        .expect("Podman from the Docker context");
+    assert_eq!(engine.kind(), EngineKind::Podman);
+}
