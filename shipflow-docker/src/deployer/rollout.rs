@@ -237,7 +237,11 @@ impl EngineDeployer {
             Ok(()) => {
                 if let (Some(old), Some(_)) = (old, &switch) {
                     ctx.message(format!("draining {} for {:?}", old.name, self.drain));
-                    tokio::time::sleep(self.drain).await;
+                    // A cancel cuts the drain short: the switch is done either way.
+                    tokio::select! {
+                        () = tokio::time::sleep(self.drain) => {}
+                        () = ctx.cancellation().cancelled() => {}
+                    }
                     self.stop(app, &old.id).await?;
                 }
                 Ok(())
