@@ -19,7 +19,11 @@ sha=$(git rev-parse --short HEAD)
 for app in $apps; do
     image="$registry/seed/$app:$sha"
     name="${prefix}seed-$app"
-    "$engine" build -q -f "apps/$app/Dockerfile" -t "$image" . >/dev/null
+    # Quiet unless it fails (Docker's CLI warns that its legacy builder is deprecated).
+    if ! out=$("$engine" build -q -f "apps/$app/Dockerfile" -t "$image" . 2>&1); then
+        echo "$out" >&2
+        exit 1
+    fi
     if [ "$engine" = podman ]; then
         podman push -q --tls-verify=false "$image"
         podman rm -f -t 0 "$name" >/dev/null 2>&1 || true
