@@ -1,18 +1,21 @@
 //! The headline benchmark: the incremental cycle of a 20-app monorepo where one file
-//! of one app changed (detect → build → push → deploy on Podman), shipflow against
-//! the seeds' shell script (`benches/seed-deploy.sh`: `git diff` + `podman build` +
-//! `podman push` + `podman run` per changed app), in the same run on the same
-//! commits, registry and engine.
+//! of one app changed (detect → build → push → deploy), on Docker Engine and on
+//! Podman, shipflow against the seeds' shell script (`benches/seed-deploy.sh`:
+//! `git diff` + `docker build` + `docker push` + `docker run` per changed app, or
+//! the same with `podman`), in the same run on the same commits, registry and
+//! engine.
 //!
 //! ```text
-//! cargo bench --bench cycle                      # 7 cycles
+//! cargo bench --bench cycle                      # 7 cycles per engine
 //! SHIPFLOW_BENCH_CYCLES=15 cargo bench --bench cycle
+//! SHIPFLOW_BENCH_ENGINES=podman cargo bench --bench cycle
 //! ```
 //!
-//! Needs podman, runc, docker-registry, busybox-static, curl and git (`.ci/run`
-//! installs them). Both sides get a warm start: every app deployed once by each, so
-//! podman's build cache and the registry hold the unchanged layers. Each side waits
-//! until its new container answers HTTP, and both are checked to serve the new page.
+//! Needs the Docker Engine, podman, runc, docker-registry, busybox-static, curl and
+//! git (`.ci/run` installs them). Both sides get a warm start: every app deployed
+//! once by each, so the engine's build cache and the registry hold the unchanged
+//! layers. Each side waits until its new container answers HTTP, and both are
+//! checked to serve the new page.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -22,8 +25,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::Monorepo;
-use shipflow_kit::docker::EngineDeployer;
-use shipflow_kit::docker::testing::TestPodman;
+use shipflow_kit::docker::testing::TestEngine;
+use shipflow_kit::docker::{EngineDeployer, EngineKind};
 use shipflow_kit::git::GitChangeDetector;
 use shipflow_kit::oci::testing::TestRegistry;
 use shipflow_kit::oci::{NativeBuilder, RegistryClient};
@@ -41,24 +44,34 @@ fn main() {
         .enable_all()
         .build()
         .expect("a runtime");
-    runtime.block_on(bench(cycles));
+    let engines =
+        std::env::var("SHIPFLOW_BENCH_ENGINES").unwrap_or_else(|_| "docker,podman".into());
+    for kind in [EngineKind::Docker, EngineKind::Podman] {
+        if engines.split(',').any(|e| e.trim() == kind.to_string()) {
+            println!("== {kind}");
+            runtime.block_on(bench(kind, cycles));
+        }
+    }
 }
 
-async fn bench(cycles: usize) {
+async fn bench(kind: EngineKind, cycles: usize) {
     let registry = TestRegistry::start().expect("docker-registry starts");
-    let podman = TestPodman::start(&[&registry.host()]).expect("podman service starts");
+    let engine = TestEngine::start(kind, &[&registry.host()])
+        .unwrap_or_else(|e| panic!("the {kind} engine is needed: {e}"));
+    let prefix = engine.prefix().to_owned();
     let apps: Vec<String> = (0..APPS).map(|i| format!("app{i:02}")).collect();
     let names: Vec<&str> = apps.iter().map(String::as_str).collect();
     let ours: Vec<u16> = apps.iter().map(|_| common::free_port()).collect();
     let theirs: Vec<u16> = apps.iter().map(|_| common::free_port()).collect();
     let repo = Monorepo::create(&registry.host(), &names, |app, i| {
         format!(
-            "[apps.{app}.deploy.docker]\ncontainer = \"bench-{app}\"\n\
+            "[apps.{app}.deploy.docker]\ncontainer = \"{prefix}bench-{app}\"\n\
              ports = [\"127.0.0.1:{}:8080\"]\nhealth = {{ http = \"/\" }}\n",
             ours[i]
         )
     });
-    let ports_file = podman.dir().join("seed-ports");
+    let builds = tempfile::tempdir().expect("build dir");
+    let ports_file = builds.path().join("seed-ports");
     let ports: String = apps
         .iter()
         .zip(&theirs)
@@ -66,13 +79,12 @@ async fn bench(cycles: usize) {
         .collect();
     std::fs::write(&ports_file, ports).expect("ports file");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/seed-deploy.sh");
-    let builds = tempfile::tempdir().expect("build dir");
-    let cleanup = Cleanup(&podman);
+    let cleanup = Cleanup(&engine);
 
     let pipeline = || async {
         let workspace = Workspace::load(repo.config()).expect("workspace");
-        let deployer = EngineDeployer::builder(podman.engine().await.expect("engine"))
-            .state_dir(podman.dir().join("state"))
+        let deployer = EngineDeployer::builder(engine.engine().await.expect("engine"))
+            .state_dir(builds.path().join("state"))
             .probe_interval(Duration::from_millis(50))
             .build();
         Pipeline::builder(workspace)
@@ -94,7 +106,9 @@ async fn bench(cycles: usize) {
             .current_dir(repo.path())
             .arg(&script)
             .args([base, &registry.host(), ports_file.to_str().expect("utf-8")])
-            .envs(podman.env())
+            .envs(engine.env())
+            .env("SEED_ENGINE", kind.to_string())
+            .env("SEED_PREFIX", &prefix)
             .status()
             .expect("bash runs the script");
         assert!(status.success(), "the seed script failed");
@@ -193,11 +207,10 @@ fn median(values: &mut [f64]) -> f64 {
 }
 
 /// Removes both sides' containers when the benchmark ends.
-struct Cleanup<'a>(&'a TestPodman);
+struct Cleanup<'a>(&'a TestEngine);
 
 impl Drop for Cleanup<'_> {
     fn drop(&mut self) {
-        self.0.remove_containers("bench-");
-        self.0.remove_containers("seed-");
+        self.0.remove_containers(self.0.prefix());
     }
 }

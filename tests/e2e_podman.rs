@@ -1,6 +1,6 @@
-//! End to end on one host: a real git monorepo → native builds → a real registry
-//! (`docker-registry`) → containers on real Podman through its Docker-compatible API,
-//! answering HTTP on their published ports.
+//! End to end on one host, on Docker Engine and on Podman: a real git monorepo →
+//! native builds → a real registry (`docker-registry`) → containers on the engine
+//! through the Docker Engine API, answering HTTP on their published ports.
 
 mod common;
 
@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Monorepo, outcome};
-use shipflow_kit::docker::EngineDeployer;
-use shipflow_kit::docker::testing::TestPodman;
+use rstest::rstest;
+use shipflow_kit::docker::testing::TestEngine;
+use shipflow_kit::docker::{EngineDeployer, EngineKind};
 use shipflow_kit::git::GitChangeDetector;
 use shipflow_kit::oci::testing::TestRegistry;
 use shipflow_kit::oci::{NativeBuilder, RegistryClient};
@@ -21,7 +22,7 @@ const APPS: [&str; 3] = ["api", "web", "worker"];
 
 struct Setup {
     repo: Monorepo,
-    podman: TestPodman,
+    engine: TestEngine,
     builds: tempfile::TempDir,
     ports: Vec<u16>,
     prefix: String,
@@ -30,12 +31,14 @@ struct Setup {
 }
 
 impl Setup {
-    fn new() -> Self {
+    fn new(kind: EngineKind) -> Self {
         let registry = TestRegistry::start().expect("docker-registry starts");
-        let podman = TestPodman::start(&[&registry.host()]).expect("podman service starts");
+        let engine = TestEngine::start(kind, &[&registry.host()])
+            .unwrap_or_else(|e| panic!("the {kind} engine is needed: {e}"));
         let ports: Vec<u16> = APPS.iter().map(|_| common::free_port()).collect();
-        // Container names unique to this test process, so parallel tests never meet.
-        let prefix = format!("e2e{}-", std::process::id() % 100_000 + u32::from(ports[0]));
+        // Container names in the engine instance's namespace, so tests on the shared
+        // Docker Engine never meet.
+        let prefix = engine.prefix().to_owned();
         let repo = Monorepo::create(&registry.host(), &APPS, |app, i| {
             format!(
                 "[apps.{app}.deploy.docker]\ncontainer = \"{prefix}{app}\"\n\
@@ -45,7 +48,7 @@ impl Setup {
         });
         Self {
             repo,
-            podman,
+            engine,
             builds: tempfile::tempdir().expect("build dir"),
             ports,
             prefix,
@@ -55,8 +58,8 @@ impl Setup {
 
     async fn pipeline(&self) -> Pipeline {
         let workspace = Workspace::load(self.repo.config()).expect("workspace");
-        let deployer = EngineDeployer::builder(self.podman.engine().await.expect("engine"))
-            .state_dir(self.podman.dir().join("state"))
+        let deployer = EngineDeployer::builder(self.engine.engine().await.expect("engine"))
+            .state_dir(self.builds.path().join("state"))
             .probe_interval(Duration::from_millis(100))
             .stop_timeout(2)
             .build();
@@ -96,13 +99,18 @@ impl Setup {
 
 impl Drop for Setup {
     fn drop(&mut self) {
-        self.podman.remove_containers(&self.prefix);
+        self.engine.remove_containers(&self.prefix);
     }
 }
 
+#[rstest]
+#[case::docker(EngineKind::Docker)]
+#[case::podman(EngineKind::Podman)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_the_edited_app_moves_and_a_broken_one_is_rolled_back_while_others_deploy() {
-    let setup = Setup::new();
+async fn only_the_edited_app_moves_and_a_broken_one_is_rolled_back_while_others_deploy(
+    #[case] kind: EngineKind,
+) {
+    let setup = Setup::new(kind);
     let first = setup.run(None).await;
     assert_eq!(first.status(), RunStatus::Succeeded, "{first:#?}");
     for app in APPS {

@@ -1,12 +1,13 @@
-//! One-app redeploy with the image already in the registry (not in the engine):
-//! `EngineDeployer::deploy` (pull, create, stop old, start, HTTP health gate)
-//! against the podman commands `pull && stop && rm && run -d`, in the same run,
-//! alternating which goes first. Both are timed until the published port serves
-//! the new version; the deployer's step timings (`shipflow_docker::timing`) are
-//! collected and their medians printed per step. Needs podman, runc,
-//! docker-registry and busybox-static.
+//! One-app redeploy with the image already in the registry (not in the engine),
+//! on Docker Engine and on Podman: `EngineDeployer::deploy` (pull, create, stop old,
+//! start, HTTP health gate) against the engine's own commands `pull && stop && rm &&
+//! run -d`, in the same run, alternating which goes first. Both are timed until the
+//! published port serves the new version; the deployer's step timings
+//! (`shipflow_docker::timing`) are collected and their medians printed per step.
+//! Needs the Docker Engine, podman, runc, docker-registry and busybox-static.
 //!
-//! `cargo bench -p shipflow-docker --bench redeploy` (`SHIPFLOW_BENCH_ROUNDS=12` for more rounds)
+//! `cargo bench -p shipflow-docker --bench redeploy` (`SHIPFLOW_BENCH_ROUNDS=12` for
+//! more rounds; `SHIPFLOW_BENCH_ENGINES=podman` for one engine)
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use common::{Harness, free_port, get};
 use shipflow_core::{Context, DeployMeta, Deployer, ImageRef};
+use shipflow_docker::EngineKind;
 use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::SubscriberExt;
 
@@ -105,7 +107,18 @@ async fn main() {
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(ROUNDS);
-    let h = Harness::start();
+    let engines =
+        std::env::var("SHIPFLOW_BENCH_ENGINES").unwrap_or_else(|_| "docker,podman".into());
+    for kind in [EngineKind::Docker, EngineKind::Podman] {
+        if engines.split(',').any(|e| e.trim() == kind.to_string()) {
+            println!("== {kind}");
+            bench(kind, rounds, &steps).await;
+        }
+    }
+}
+
+async fn bench(kind: EngineKind, rounds: usize, steps: &Steps) {
+    let h = Harness::start(kind);
     let (port_sf, port_cli) = (free_port(), free_port());
     let app = h.app(
         "bench-web",
@@ -159,9 +172,9 @@ async fn main() {
     let (s, c) = (median(shipflow.clone()), median(cli.clone()));
     println!("rounds: {rounds}");
     println!("shipflow EngineDeployer::deploy  median {s:?}  all {shipflow:?}");
-    println!("podman pull && stop && rm && run median {c:?}  all {cli:?}");
+    println!("{kind} pull && stop && rm && run median {c:?}  all {cli:?}");
     println!(
-        "ratio shipflow / podman commands: {:.2}",
+        "ratio shipflow / {kind} commands: {:.2}",
         s.as_secs_f64() / c.as_secs_f64()
     );
     print_steps(&timings);
@@ -175,21 +188,23 @@ async fn common_deployer(h: &Harness) -> shipflow_docker::EngineDeployer {
         .build()
 }
 
-/// `podman pull && podman stop && podman rm && podman run -d`, as a user would type it.
+/// `docker pull && docker stop && docker rm && docker run -d` (or `podman …`), as a
+/// user would type it.
 fn cli_redeploy(h: &Harness, image: &ImageRef, port: u16, replace: bool) {
     let image = image.to_string();
-    h.podman_cli(&["pull", "-q", "--tls-verify=false", &image]);
+    let name = h.name("bench-cli");
+    h.pull(&image);
     if replace {
-        h.podman_cli(&["stop", "bench-cli"]);
-        h.podman_cli(&["rm", "bench-cli"]);
+        h.cli_run(&["stop", &name]);
+        h.cli_run(&["rm", &name]);
     }
-    h.podman_cli(&[
+    h.cli_run(&[
         "run",
         "-d",
         "--name",
-        "bench-cli",
+        &name,
         "--label",
-        "dev.shipflow.app=bench-cli",
+        &format!("dev.shipflow.app={name}"),
         "-p",
         &format!("127.0.0.1:{port}:80"),
         &image,

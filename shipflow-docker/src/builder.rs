@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use bollard::query_parameters::BuildImageOptions;
+use bollard::query_parameters::{BuildImageOptions, BuilderVersion};
 use futures_util::StreamExt;
 use shipflow_core::{
     App, Blob, BoxError, BuildRequest, Context, Digest, ImageBuilder, ImageLocation, LocalImage,
@@ -18,6 +18,9 @@ const OUTPUT_LINES: usize = 30;
 /// Builds `type = "dockerfile"` apps through the engine: the context directory is
 /// sent as a tar without what `.dockerignore` excludes, with the app's build args
 /// and target stage, and the request's labels (plus the revision and fingerprint).
+/// Docker Engine builds with its classic builder (not BuildKit: no `RUN --mount`,
+/// heredocs or `# syntax=` frontends); Podman with Buildah. Both give the same files
+/// from the same Dockerfile (a test compares them).
 /// The image is tagged `<app image>:<request tag>` in the engine; push it with
 /// [`crate::EngineRegistry`].
 ///
@@ -122,6 +125,9 @@ impl EngineBuilder {
             buildargs: Some(args.clone().into_iter().collect()),
             labels: Some(labels),
             target: target.clone().unwrap_or_default(),
+            // The classic builder: BuildKit through the API needs a gRPC session
+            // (bollard's `buildkit` feature) that this crate does not open.
+            version: BuilderVersion::BuilderV1,
             ..Default::default()
         };
         let docker = self.engine.client();

@@ -28,6 +28,12 @@ use crate::{DockerError, Engine};
 const DEFAULT_KEEP: u32 = 3;
 /// How many log lines a failure report carries.
 const LOG_LINES: &str = "20";
+/// Seconds a new container gets between SIGTERM and SIGKILL when its switch is
+/// cancelled: a cancel ends the run at once, whatever `stop_timeout` says.
+const CANCEL_STOP_SECS: i32 = 1;
+/// How long a cancelled switch waits for the revision it brought back to be healthy,
+/// whatever the health timeout.
+const RESTORE_AFTER_CANCEL: Duration = Duration::from_secs(3);
 
 /// Registry credentials for pulls. `Debug` never shows the password.
 #[derive(Clone)]
@@ -204,9 +210,15 @@ impl EngineDeployer {
         })
     }
 
-    async fn lock(&self, app: &App) -> Result<HostLock, DockerError> {
+    /// The app's host lock; waiting for it ends on cancel.
+    async fn lock(&self, app: &App, ctx: &Context) -> Result<HostLock, DockerError> {
         let acquire = HostLock::acquire(&self.state_dir, &app.name, self.lock_wait);
-        timed(&app.name, "lock", acquire).await
+        tokio::select! {
+            lock = timed(&app.name, "lock", acquire) => lock,
+            () = ctx.cancellation().cancelled() => {
+                Err(DockerError::cancelled(&app.name, "waiting for the host lock", false))
+            }
+        }
     }
 
     fn check(
@@ -222,10 +234,7 @@ impl EngineDeployer {
             });
         }
         if ctx.cancelled() {
-            return Err(DockerError::Cancelled {
-                app: app.name.clone(),
-                step: step.to_owned(),
-            });
+            return Err(DockerError::cancelled(&app.name, step, false));
         }
         Ok(())
     }
@@ -246,7 +255,7 @@ impl EngineDeployer {
         }
         self.check(app, target, "deploy", ctx)?;
         let probe = self.probe(app, target)?;
-        let _lock = self.lock(app).await?;
+        let _lock = self.lock(app, ctx).await?;
         let repair = self.repair(app, target, &probe, ctx);
         let state = timed(&app.name, "repair", repair).await?;
         let reference = image.to_string();
@@ -303,7 +312,7 @@ impl EngineDeployer {
         let target = &*self.target(app)?;
         self.check(app, target, "rollback", ctx)?;
         let probe = self.probe(app, target)?;
-        let _lock = self.lock(app).await?;
+        let _lock = self.lock(app, ctx).await?;
         let state = self.repair(app, target, &probe, ctx).await?;
         let current = state.current();
         let wanted = match to {

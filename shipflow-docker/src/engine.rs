@@ -1,58 +1,13 @@
 //! The connection to a Docker Engine or Podman through the Docker Engine API.
 
 use std::fmt;
-use std::path::PathBuf;
 
 use bollard::{API_DEFAULT_VERSION, Docker};
 use serde::Serialize;
 
-use crate::DockerError;
+use crate::{DockerError, Endpoint};
 
 const TIMEOUT_SECS: u64 = 300;
-
-/// Where the engine listens.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Endpoint {
-    /// A unix socket, e.g. `/run/podman/podman.sock`.
-    Unix(PathBuf),
-    /// A plain-HTTP TCP address, e.g. `127.0.0.1:2375`.
-    Tcp(String),
-}
-
-impl Endpoint {
-    /// Parses `unix:///path`, `tcp://host:port`, `http://host:port` or a bare socket path.
-    pub fn parse(value: &str) -> Result<Self, DockerError> {
-        if let Some(path) = value.strip_prefix("unix://") {
-            Ok(Self::Unix(PathBuf::from(path)))
-        } else if let Some(addr) = value
-            .strip_prefix("tcp://")
-            .or_else(|| value.strip_prefix("http://"))
-        {
-            Ok(Self::Tcp(addr.trim_end_matches('/').to_owned()))
-        } else if value.starts_with('/') {
-            Ok(Self::Unix(PathBuf::from(value)))
-        } else {
-            Err(DockerError::Endpoint(value.to_owned()))
-        }
-    }
-
-    /// `DOCKER_HOST`, else Docker's default socket `/var/run/docker.sock`.
-    pub fn from_env() -> Result<Self, DockerError> {
-        match std::env::var("DOCKER_HOST") {
-            Ok(host) if !host.trim().is_empty() => Self::parse(host.trim()),
-            _ => Ok(Self::Unix(PathBuf::from("/var/run/docker.sock"))),
-        }
-    }
-}
-
-impl fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Unix(path) => write!(f, "unix://{}", path.display()),
-            Self::Tcp(addr) => write!(f, "tcp://{addr}"),
-        }
-    }
-}
 
 /// Which engine answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -90,16 +45,16 @@ impl Engine {
             step: "connect",
             source,
         };
-        let docker = match &endpoint {
-            Endpoint::Unix(path) => {
-                let path = path.to_string_lossy();
-                Docker::connect_with_unix(&path, TIMEOUT_SECS, API_DEFAULT_VERSION)
-            }
-            Endpoint::Tcp(addr) => {
-                Docker::connect_with_http(addr, TIMEOUT_SECS, API_DEFAULT_VERSION)
-            }
-        }
-        .map_err(connect_err)?;
+        let docker = client(&endpoint)?.map_err(connect_err)?;
+        // bollard speaks API 1.49; Docker Engine 20.10 refuses anything above 1.41.
+        let docker = docker
+            .negotiate_version()
+            .await
+            .map_err(|source| DockerError::Connect {
+                endpoint: endpoint.to_string(),
+                step: "GET /version (API version negotiation)",
+                source,
+            })?;
         let answer = docker
             .version()
             .await
@@ -125,7 +80,13 @@ impl Engine {
         })
     }
 
-    /// Connects to `DOCKER_HOST` (or Docker's default socket).
+    /// Connects to the endpoint the environment variables `var` gives name, as
+    /// [`Endpoint::from_vars`] finds it.
+    pub async fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self, DockerError> {
+        Self::connect(Endpoint::from_vars(var)?).await
+    }
+
+    /// [`from_vars`](Self::from_vars) with the process environment: for programs.
     pub async fn from_env() -> Result<Self, DockerError> {
         Self::connect(Endpoint::from_env()?).await
     }
@@ -151,26 +112,42 @@ impl Engine {
     }
 }
 
+/// The API client for `endpoint`; the outer error when this build cannot reach it.
+fn client(endpoint: &Endpoint) -> Result<Result<Docker, bollard::errors::Error>, DockerError> {
+    // Unused when both features are on.
+    #[allow(unused_variables)]
+    let needs = |feature| DockerError::NeedsFeature {
+        endpoint: endpoint.to_string(),
+        feature,
+    };
+    Ok(match endpoint {
+        Endpoint::Unix(path) => {
+            Docker::connect_with_unix(&path.to_string_lossy(), TIMEOUT_SECS, API_DEFAULT_VERSION)
+        }
+        Endpoint::Tcp(addr) => Docker::connect_with_http(addr, TIMEOUT_SECS, API_DEFAULT_VERSION),
+        #[cfg(feature = "tls")]
+        Endpoint::Tls { addr, certs } => Docker::connect_with_ssl(
+            addr,
+            &certs.join("key.pem"),
+            &certs.join("cert.pem"),
+            &certs.join("ca.pem"),
+            TIMEOUT_SECS,
+            API_DEFAULT_VERSION,
+        ),
+        #[cfg(not(feature = "tls"))]
+        Endpoint::Tls { .. } => return Err(needs("tls")),
+        #[cfg(feature = "ssh")]
+        Endpoint::Ssh(dest) => {
+            Docker::connect_with_ssh(&format!("ssh://{dest}"), TIMEOUT_SECS, API_DEFAULT_VERSION)
+        }
+        #[cfg(not(feature = "ssh"))]
+        Endpoint::Ssh(_) => return Err(needs("ssh")),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_endpoints() {
-        assert_eq!(
-            Endpoint::parse("unix:///run/podman/podman.sock").expect("unix"),
-            Endpoint::Unix("/run/podman/podman.sock".into())
-        );
-        assert_eq!(
-            Endpoint::parse("tcp://127.0.0.1:2375").expect("tcp"),
-            Endpoint::Tcp("127.0.0.1:2375".into())
-        );
-        assert_eq!(
-            Endpoint::parse("/var/run/docker.sock").expect("path"),
-            Endpoint::Unix("/var/run/docker.sock".into())
-        );
-        assert!(Endpoint::parse("ssh://host").is_err());
-    }
 
     #[tokio::test]
     async fn a_missing_socket_is_a_clear_error() {
@@ -182,5 +159,40 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains(&socket.display().to_string()), "{text}");
         assert!(text.contains("DOCKER_HOST"), "{text}");
+    }
+
+    /// `ssh://` goes through the `ssh` command: a host where nothing answers is a
+    /// connect error naming the endpoint, not a hang or a panic.
+    #[cfg(feature = "ssh")]
+    #[tokio::test]
+    async fn an_unreachable_ssh_host_is_a_clear_error() {
+        let endpoint = Endpoint::parse("ssh://nobody@127.0.0.1:1").expect("ssh");
+        let connect = Engine::connect(endpoint);
+        let err = tokio::time::timeout(std::time::Duration::from_secs(30), connect)
+            .await
+            .expect("fails within 30 s")
+            .expect_err("nothing listens on port 1");
+        assert!(
+            err.to_string().contains("ssh://nobody@127.0.0.1:1"),
+            "{err}"
+        );
+    }
+
+    /// TLS reads the client certificate from the directory given: missing files
+    /// are a connect error naming the endpoint and the directory.
+    #[cfg(feature = "tls")]
+    #[tokio::test]
+    async fn tls_without_certificates_is_a_clear_error() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let endpoint = Endpoint::Tls {
+            addr: "127.0.0.1:1".into(),
+            certs: dir.path().to_owned(),
+        };
+        let err = Engine::connect(endpoint)
+            .await
+            .expect_err("no certificates");
+        let text = err.to_string();
+        assert!(text.contains("tcp://127.0.0.1:1 (TLS"), "{text}");
+        assert!(text.contains(&dir.path().display().to_string()), "{text}");
     }
 }

@@ -22,9 +22,31 @@ pub enum DockerError {
     },
     /// `DOCKER_HOST` or an explicit endpoint could not be understood.
     #[error(
-        "engine endpoint `{0}` is neither unix://, tcp:// nor http://; set DOCKER_HOST to one of these"
+        "engine endpoint `{0}` is none of unix:///path, tcp://host:port, http://host:port, ssh://[user@]host[:port]; set DOCKER_HOST (or CONTAINER_HOST) to one of these"
     )]
     Endpoint(String),
+    /// The Docker context to use could not be read.
+    #[error(
+        "docker context `{name}`: {path}: {reason}; check `docker context ls`, or unset DOCKER_CONTEXT (or `docker context use default`)"
+    )]
+    DockerContext {
+        /// The context's name.
+        name: String,
+        /// Its `meta.json`.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The endpoint needs a feature this build of the crate lacks.
+    #[error(
+        "engine endpoint {endpoint} needs shipflow-docker's `{feature}` feature: enable it in Cargo.toml (features = [\"{feature}\"])"
+    )]
+    NeedsFeature {
+        /// The endpoint.
+        endpoint: String,
+        /// The cargo feature: `ssh` or `tls`.
+        feature: &'static str,
+    },
     /// An engine call for an app failed.
     #[error("app {app}: {step}: {source}")]
     Engine {
@@ -178,12 +200,32 @@ pub enum DockerError {
         /// The engine's message.
         cause: String,
     },
-    /// The operation was cancelled.
+    /// The operation was cancelled. Its source is [`shipflow_core::Cancelled`], so
+    /// the pipeline reports the app cancelled, not failed.
     #[error("app {app}: cancelled during {step}")]
     Cancelled {
         /// The app.
         app: String,
-        /// The step.
+        /// The step, and what runs now when a switch was under way.
         step: String,
+        /// Whether the revision that ran before serves again (a cancelled switch
+        /// brings it back). An error chain ends in one marker, and this one's is
+        /// [`shipflow_core::Cancelled`]: read this field for the other.
+        restored: bool,
+        /// Always [`shipflow_core::Cancelled`].
+        #[source]
+        source: shipflow_core::Cancelled,
     },
+}
+
+impl DockerError {
+    /// `app` was cancelled during `step`; `restored` when what ran before serves again.
+    pub(crate) fn cancelled(app: &str, step: impl Into<String>, restored: bool) -> Self {
+        Self::Cancelled {
+            app: app.to_owned(),
+            step: step.into(),
+            restored,
+            source: shipflow_core::Cancelled,
+        }
+    }
 }

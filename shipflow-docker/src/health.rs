@@ -14,6 +14,7 @@ use crate::config::{DockerTarget, HealthCheck};
 use tokio::time::Instant;
 
 use crate::spec::PortSpec;
+use crate::states;
 use crate::timing::timed;
 
 /// The longest one exec probe may run, however much of the health timeout is left:
@@ -81,6 +82,12 @@ impl Probe {
         self
     }
 
+    /// The same probe, waiting at most `limit`.
+    pub(crate) fn bounded(mut self, limit: Duration) -> Self {
+        self.timeout = self.timeout.min(limit);
+        self
+    }
+
     /// Whether one probe of a running container succeeds now (crash repair).
     pub(crate) async fn wait_healthy_once(
         &self,
@@ -89,13 +96,7 @@ impl Probe {
         container: &str,
         ctx: &Context,
     ) -> bool {
-        let Ok(inspect) = docker
-            .inspect_container(
-                container,
-                None::<bollard::query_parameters::InspectContainerOptions>,
-            )
-            .await
-        else {
+        let Ok(inspect) = states::inspect(docker, container).await else {
             return false;
         };
         match &self.kind {
@@ -124,10 +125,7 @@ impl Probe {
             if ctx.cancelled() {
                 return Err("cancelled".into());
             }
-            let inspect = docker.inspect_container(
-                container,
-                None::<bollard::query_parameters::InspectContainerOptions>,
-            );
+            let inspect = states::inspect(docker, container);
             let inspect = timed(container, "probe: inspect", inspect)
                 .await
                 .map_err(|e| format!("inspect: {e}"))?;

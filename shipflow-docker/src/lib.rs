@@ -1,8 +1,11 @@
 //! Single-host deploys to Docker or Podman for shipflow, through the Docker Engine
 //! API (which Podman serves too).
 //!
-//! - [`Engine`] connects from `DOCKER_HOST` or an explicit socket and tells Docker
-//!   from Podman.
+//! - [`Endpoint::from_vars`] finds the engine as `docker` and `podman` do
+//!   (`DOCKER_HOST` with `DOCKER_TLS_VERIFY`, `CONTAINER_HOST`, Docker contexts, the
+//!   local and rootless Podman sockets) from variables the program passes in;
+//!   [`Engine`] connects, negotiates the API version and tells Docker from Podman.
+//!   `ssh://` and TLS endpoints need the `ssh` and `tls` features.
 //! - [`EngineDeployer`] is the [`shipflow_core::Deployer`]: it pulls the
 //!   digest-pinned image, runs one labelled container per revision, switches to it
 //!   health-gated (`recreate`, or `start-first` behind a [`TrafficSwitch`] such as
@@ -16,6 +19,10 @@
 //!   (context honouring `.dockerignore`, build args, target stage, labels), and
 //!   [`EngineRegistry`] a [`shipflow_core::Registry`] that pushes those images
 //!   through the engine, which uploads only the layers the registry lacks.
+//!
+//! Tested on Docker Engine 20.10.24 (API 1.41, classic builder) and Podman 4.3.1
+//! (its Docker-compatible API): every engine test is one body run on both. The
+//! README lists where the two differ and what the crate does about each.
 //!
 //! ```no_run
 //! use shipflow_core::{Context, DeployMeta, Deployer, Workspace};
@@ -34,7 +41,8 @@
 //!     "."
 //! )?;
 //! let app = workspace.app("web").expect("declared above");
-//! let engine = Engine::from_env().await?; // DOCKER_HOST=unix:///run/podman/podman.sock
+//! // DOCKER_HOST=unix:///run/podman/podman.sock, a Docker context, or the local socket.
+//! let engine = Engine::from_vars(|key| std::env::var(key).ok()).await?;
 //! println!("deploying to {} {}", engine.kind(), engine.version());
 //! let deployer = EngineDeployer::new(engine);
 //! let image = "127.0.0.1:5000/web@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef".parse()?;
@@ -48,6 +56,7 @@ mod builder;
 mod config;
 mod context;
 mod deployer;
+mod endpoint;
 mod engine;
 mod error;
 mod health;
@@ -55,6 +64,7 @@ mod lock;
 mod registry;
 mod spec;
 mod state;
+mod states;
 mod switch;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -66,7 +76,8 @@ pub use config::{
     Strategy, schema,
 };
 pub use deployer::{EngineDeployer, EngineDeployerBuilder, RegistryCredentials};
-pub use engine::{Endpoint, Engine, EngineKind};
+pub use endpoint::Endpoint;
+pub use engine::{Engine, EngineKind};
 pub use error::DockerError;
 pub use registry::EngineRegistry;
 pub use switch::{CaddySwitch, TrafficSwitch};

@@ -39,6 +39,17 @@ pub(crate) fn container_name(base: &str, number: u64) -> String {
     format!("{base}--r{number}")
 }
 
+/// Whether `name` is a revision's container of base name `base`: `<base>--r<N>`,
+/// or `<base>--r<N>--failed`. Two workspaces on one host may name an app alike;
+/// their containers' names (`container = …`) tell them apart.
+pub(crate) fn is_revision_of(name: &str, base: &str) -> bool {
+    let Some(rest) = name.strip_prefix(base).and_then(|r| r.strip_prefix("--r")) else {
+        return false;
+    };
+    let number = rest.strip_suffix(FAILED_SUFFIX).unwrap_or(rest);
+    !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit())
+}
+
 /// The name a failed container is renamed to.
 pub(crate) fn failed_name(name: &str) -> String {
     format!("{name}{FAILED_SUFFIX}")
@@ -204,5 +215,19 @@ impl AppState {
             .rev()
             .filter(|c| !c.failed && c.phase == Phase::Stopped)
             .find(|c| current.is_none_or(|n| c.revision < n))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn revisions_are_told_apart_by_base_name() {
+        use super::is_revision_of;
+        assert!(is_revision_of("web--r12", "web"));
+        assert!(is_revision_of("web--r3--failed", "web"));
+        assert!(!is_revision_of("web--r3--failed", "we"));
+        assert!(!is_revision_of("web-blue--r1", "web"));
+        assert!(!is_revision_of("web--r", "web"));
+        assert!(!is_revision_of("web--rx", "web"));
     }
 }

@@ -6,19 +6,23 @@
 mod common;
 
 use common::{HTTPD, Harness, free_port, get_path};
+use rstest::rstest;
 use shipflow_core::{
     BuildRequest, Context, DeployMeta, Deployer, ImageBuilder, ImageLocation, ImageRef, Registry,
 };
-use shipflow_docker::{EngineBuilder, EngineRegistry, RegistryCredentials};
+use shipflow_docker::{EngineBuilder, EngineKind, EngineRegistry, RegistryCredentials};
 
 fn blob_uploads(log: &str, repo: &str) -> usize {
     log.matches(&format!("\"PUT /v2/{repo}/blobs/uploads/"))
         .count()
 }
 
+#[rstest]
+#[case::docker(EngineKind::Docker)]
+#[case::podman(EngineKind::Podman)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn builds_pushes_only_missing_layers_and_deploys() {
-    let h = Harness::start();
+async fn builds_pushes_only_missing_layers_and_deploys(#[case] kind: EngineKind) {
+    let h = Harness::start(kind);
     let root = h.dir.path().join("repo");
     let web = root.join("apps/bp-web");
     std::fs::create_dir_all(web.join("www")).expect("app dir");
@@ -30,22 +34,24 @@ async fn builds_pushes_only_missing_layers_and_deploys() {
     std::fs::write(
         web.join("Dockerfile"),
         format!(
-            "FROM scratch AS base\nCOPY busybox /bin/busybox\n\
+            "FROM scratch AS base\n{}COPY busybox /bin/busybox\n\
              FROM base AS web\nARG GREETING=none\nCOPY www /www\n\
              RUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo $GREETING > /www/greeting.txt\"]\n\
              CMD [\"/bin/busybox\", \"sh\", \"-c\", {}]\n\
              FROM base AS other\nCMD [\"/bin/busybox\", \"false\"]\n",
+            h.own_chain(),
             serde_json::to_string(HTTPD).expect("json")
         ),
     )
     .expect("Dockerfile");
     let port = free_port();
+    let name = h.name("bp-web");
     let app = h.app_toml(
-        "bp-web",
+        &name,
         &format!(
-            "[apps.bp-web]\npath = \"apps/bp-web\"\n\
+            "[apps.{name}]\npath = \"apps/bp-web\"\n\
              build = {{ type = \"dockerfile\", context = \"apps/bp-web\", target = \"web\", args = {{ GREETING = \"hello\" }} }}\n\
-             [apps.bp-web.deploy.docker]\nports = [\"127.0.0.1:{port}:80\"]\nhealth = {{ http = \"/\" }}\n"
+             [apps.{name}.deploy.docker]\nports = [\"127.0.0.1:{port}:80\"]\nhealth = {{ http = \"/\" }}\n"
         ),
     );
     let engine = h.engine().await;
@@ -65,17 +71,17 @@ async fn builds_pushes_only_missing_layers_and_deploys() {
         .expect("build v1");
     assert!(matches!(v1.location, ImageLocation::Engine { .. }));
     assert_eq!(v1.layers.len(), 3, "busybox, www, RUN: {:?}", v1.layers);
-    let labels = h.podman_cli(&[
+    let labels = h.cli_run(&[
         "image",
         "inspect",
         "--format",
-        "{{index .Labels \"team\"}}",
-        &format!("{}/bp-web:v1", h.registry),
+        "{{index .Config.Labels \"team\"}}",
+        &format!("{}/{name}:v1", h.registry),
     ]);
     assert_eq!(labels.trim(), "web");
 
     let target = app.image.with_tag("v1").expect("tag");
-    let before = blob_uploads(&h.registry_log(), "bp-web");
+    let before = blob_uploads(&h.registry_log(), &name);
     let pushed = registry.push(&v1, &target, &ctx).await.expect("push v1");
     let digest = pushed.digest.clone().expect("manifest digest");
     assert_eq!(
@@ -83,7 +89,7 @@ async fn builds_pushes_only_missing_layers_and_deploys() {
         Some(digest.clone())
     );
     assert_eq!(
-        blob_uploads(&h.registry_log(), "bp-web") - before,
+        blob_uploads(&h.registry_log(), &name) - before,
         4,
         "3 layers and the config"
     );
@@ -94,12 +100,12 @@ async fn builds_pushes_only_missing_layers_and_deploys() {
         .build(&app, &request("v2"), &ctx)
         .await
         .expect("build v2");
-    let before = blob_uploads(&h.registry_log(), "bp-web");
+    let before = blob_uploads(&h.registry_log(), &name);
     let pushed2 = registry
         .push(&v2, &app.image.with_tag("v2").expect("tag"), &ctx)
         .await
         .expect("push v2");
-    let uploads = blob_uploads(&h.registry_log(), "bp-web") - before;
+    let uploads = blob_uploads(&h.registry_log(), &name) - before;
     // The www layer and the config; the RUN layer too unless both builds wrote its
     // file in the same second (same tar, same digest). Never the busybox layer.
     assert!(
@@ -149,9 +155,12 @@ async fn builds_pushes_only_missing_layers_and_deploys() {
 
 /// Docker Hub, GHCR and Harbor want bearer tokens: `resolve` and `tag` get one from
 /// the registry's token service with the credentials, as the engine does for a push.
+#[rstest]
+#[case::docker(EngineKind::Docker)]
+#[case::podman(EngineKind::Podman)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resolves_and_tags_on_a_bearer_token_registry() {
-    let h = Harness::start_with_token_auth("ci", "tok-pass-8812", "tok-web");
+async fn resolves_and_tags_on_a_bearer_token_registry(#[case] kind: EngineKind) {
+    let h = Harness::start_with_token_auth(kind, "ci", "tok-pass-8812", "tok-web");
     let pushed = h.web_image("tok-web", "v1", "v1");
     let digest = pushed.digest().cloned().expect("pinned");
     let v1: ImageRef = format!("{}/tok-web:v1", h.registry)

@@ -7,12 +7,16 @@ mod common;
 use std::time::Duration;
 
 use common::{Harness, free_port, get};
+use rstest::rstest;
 use shipflow_core::{Context, DeployMeta, Deployer};
-use shipflow_docker::{DockerError, EngineDeployer};
+use shipflow_docker::{DockerError, EngineDeployer, EngineKind};
 
+#[rstest]
+#[case::docker(EngineKind::Docker)]
+#[case::podman(EngineKind::Podman)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_deploy_waits_or_fails_naming_the_holder() {
-    let h = Harness::start();
+async fn concurrent_deploy_waits_or_fails_naming_the_holder(#[case] kind: EngineKind) {
+    let h = Harness::start(kind);
     let port = free_port();
     let app = h.app(
         "lock-web",
@@ -41,9 +45,9 @@ async fn concurrent_deploy_waits_or_fails_naming_the_holder() {
     // container says it holds the lock (it takes the lock first).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while !h
-        .containers("lock-web")
+        .containers(&app.name)
         .iter()
-        .any(|(name, _)| name == "lock-web--r2")
+        .any(|(name, _)| *name == format!("{}--r2", app.name))
     {
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -91,9 +95,12 @@ async fn concurrent_deploy_waits_or_fails_naming_the_holder() {
     );
 }
 
+#[rstest]
+#[case::docker(EngineKind::Docker)]
+#[case::podman(EngineKind::Podman)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_run_after_a_crash_repairs_and_converges() {
-    let h = Harness::start();
+async fn a_run_after_a_crash_repairs_and_converges(#[case] kind: EngineKind) {
+    let h = Harness::start(kind);
     let port = free_port();
     let app = h.app(
         "crash-web",
@@ -111,15 +118,15 @@ async fn a_run_after_a_crash_repairs_and_converges() {
     // A deployer died mid-recreate: it had stopped r1, created r2 and not started
     // it, and its lock file (in the format of before the lock was an OS lock) names
     // a process that is gone.
-    h.podman_cli(&["stop", "-t", "2", "crash-web--r1"]);
+    h.cli_run(&["stop", "-t", "2", &format!("{}--r1", app.name)]);
     let v2_ref = v2.to_string();
-    h.podman_cli(&["pull", "-q", "--tls-verify=false", &v2_ref]);
-    h.podman_cli(&[
+    h.pull(&v2_ref);
+    h.cli_run(&[
         "create",
         "--name",
-        "crash-web--r2",
+        &format!("{}--r2", app.name),
         "--label",
-        "dev.shipflow.app=crash-web",
+        &format!("dev.shipflow.app={}", app.name),
         "--label",
         "dev.shipflow.revision=2",
         "--label",
@@ -131,7 +138,7 @@ async fn a_run_after_a_crash_repairs_and_converges() {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
     std::fs::create_dir_all(h.dir.path().join("state")).expect("state dir");
     std::fs::write(
-        h.dir.path().join("state/crash-web.lock"),
+        h.dir.path().join(format!("state/{}.lock", app.name)),
         format!(
             r#"{{"pid":4194303,"host":"{}","since":1,"expires":99999999999}}"#,
             host.trim()
@@ -152,10 +159,10 @@ async fn a_run_after_a_crash_repairs_and_converges() {
         Ok("v2")
     );
     assert_eq!(
-        h.containers("crash-web"),
+        h.containers(&app.name),
         [
-            ("crash-web--r1".to_owned(), "exited".to_owned()),
-            ("crash-web--r2".to_owned(), "running".to_owned())
+            (format!("{}--r1", app.name), "exited".to_owned()),
+            (format!("{}--r2", app.name), "running".to_owned())
         ]
     );
     let current = deployer
@@ -166,9 +173,12 @@ async fn a_run_after_a_crash_repairs_and_converges() {
     assert_eq!(current.image, v2_ref);
 }
 
+#[rstest]
+#[case::docker(EngineKind::Docker)]
+#[case::podman(EngineKind::Podman)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crash_that_left_nothing_running_starts_the_last_good_revision() {
-    let h = Harness::start();
+async fn a_crash_that_left_nothing_running_starts_the_last_good_revision(#[case] kind: EngineKind) {
+    let h = Harness::start(kind);
     let port = free_port();
     let app = h.app(
         "crash2-web",
@@ -181,7 +191,7 @@ async fn a_crash_that_left_nothing_running_starts_the_last_good_revision() {
         .deploy(&app, &v1, &DeployMeta::default(), &ctx)
         .await
         .expect("deploy v1");
-    h.podman_cli(&["stop", "-t", "2", "crash2-web--r1"]);
+    h.cli_run(&["stop", "-t", "2", &format!("{}--r1", app.name)]);
 
     // Deploying the same image again repairs (r1 starts) and then has nothing to do.
     let rollout = deployer
@@ -192,5 +202,55 @@ async fn a_crash_that_left_nothing_running_starts_the_last_good_revision() {
     assert_eq!(
         get(&reqwest::Client::new(), port).await.as_deref(),
         Ok("v1")
+    );
+}
+
+/// Two workspaces on one host (two checkouts, two teams) with an app named alike:
+/// their own container names keep each deployer to its own containers.
+#[rstest]
+#[case::docker(EngineKind::Docker)]
+#[case::podman(EngineKind::Podman)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apps_named_alike_in_two_workspaces_never_touch_each_other(#[case] kind: EngineKind) {
+    let h = Harness::start(kind);
+    let name = h.name("twin");
+    let (port_a, port_b) = (free_port(), free_port());
+    let app_in = |container: &str, port: u16| {
+        h.app_toml(
+            &name,
+            &format!(
+                "[apps.{name}.deploy.docker]\ncontainer = \"{}\"\nports = [\"127.0.0.1:{port}:80\"]\nhealth = {{ http = \"/\" }}\n",
+                h.name(container)
+            ),
+        )
+    };
+    let (a, b) = (app_in("team-a", port_a), app_in("team-b", port_b));
+    let a1 = h.web_image("twin", "a1", "a1");
+    let a2 = h.web_image("twin", "a2", "a2");
+    let b1 = h.web_image("twin", "b1", "b1");
+    // Separate state dirs: two checkouts do not share their locks.
+    let deployer = h.deployer().await;
+    let other = EngineDeployer::builder(h.engine().await)
+        .state_dir(h.dir.path().join("state-b"))
+        .probe_interval(Duration::from_millis(100))
+        .build();
+    let (meta, ctx) = (DeployMeta::default(), Context::new());
+    deployer.deploy(&a, &a1, &meta, &ctx).await.expect("a1");
+    other.deploy(&b, &b1, &meta, &ctx).await.expect("b1");
+    deployer.deploy(&a, &a2, &meta, &ctx).await.expect("a2");
+
+    let http = reqwest::Client::new();
+    assert_eq!(get(&http, port_a).await.as_deref(), Ok("a2"));
+    assert_eq!(get(&http, port_b).await.as_deref(), Ok("b1"), "b untouched");
+    let history = |revisions: Vec<shipflow_core::Revision>| -> Vec<String> {
+        revisions.into_iter().map(|r| r.image).collect()
+    };
+    assert_eq!(
+        history(deployer.history(&a, &ctx).await.expect("history a")),
+        [a1.to_string(), a2.to_string()]
+    );
+    assert_eq!(
+        history(other.history(&b, &ctx).await.expect("history b")),
+        [b1.to_string()]
     );
 }

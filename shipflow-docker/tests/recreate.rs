@@ -7,20 +7,32 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Harness, free_port, get};
+use rstest::rstest;
 use shipflow_core::{Context, DeployMeta, Deployer, Fingerprint, RollbackTarget};
 use shipflow_docker::{DockerError, EngineKind};
 
+#[rstest]
+#[case::docker(EngineKind::Docker)]
+#[case::podman(EngineKind::Podman)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn detects_podman() {
-    let h = Harness::start();
+async fn detects_the_engine(#[case] kind: EngineKind) {
+    let h = Harness::start(kind);
     let engine = h.engine().await;
-    assert_eq!(engine.kind(), EngineKind::Podman);
-    assert!(engine.version().starts_with('4'), "{}", engine.version());
+    assert_eq!(engine.kind(), kind);
+    // Debian 12's packages: Docker Engine 20.10, Podman 4.3.
+    let major = match kind {
+        EngineKind::Docker => "20.",
+        EngineKind::Podman => "4.",
+    };
+    assert!(engine.version().starts_with(major), "{}", engine.version());
 }
 
+#[rstest]
+#[case::docker(EngineKind::Docker)]
+#[case::podman(EngineKind::Podman)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn upgrades_rolls_back_unhealthy_and_to_revision() {
-    let h = Harness::start();
+async fn upgrades_rolls_back_unhealthy_and_to_revision(#[case] kind: EngineKind) {
+    let h = Harness::start(kind);
     let port = free_port();
     let app = h.app(
         "rec-web",
@@ -100,10 +112,10 @@ async fn upgrades_rolls_back_unhealthy_and_to_revision() {
     assert!(text.contains("revision 2"), "{text}");
     assert_eq!(get(&http, port).await.as_deref(), Ok("v2"));
     assert!(
-        h.containers("rec-web")
-            .contains(&("rec-web--r3--failed".into(), "exited".into())),
+        h.containers(&app.name)
+            .contains(&(format!("{}--r3--failed", app.name), "exited".into())),
         "{:?}",
-        h.containers("rec-web")
+        h.containers(&app.name)
     );
 
     let history = deployer.history(&app, &ctx).await.expect("history");
@@ -150,24 +162,27 @@ async fn upgrades_rolls_back_unhealthy_and_to_revision() {
     assert_eq!(r4.revision, Some(4));
     assert_eq!(get(&http, port).await.as_deref(), Ok("v4"));
     let names: Vec<String> = h
-        .containers("rec-web")
+        .containers(&app.name)
         .into_iter()
         .map(|(n, _)| n)
         .collect();
     assert_eq!(
         names,
         [
-            "rec-web--r1",
-            "rec-web--r2",
-            "rec-web--r3--failed",
-            "rec-web--r4"
+            format!("{}--r1", app.name),
+            format!("{}--r2", app.name),
+            format!("{}--r3--failed", app.name),
+            format!("{}--r4", app.name)
         ]
     );
 }
 
+#[rstest]
+#[case::docker(EngineKind::Docker)]
+#[case::podman(EngineKind::Podman)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn start_first_without_a_proxy_is_refused() {
-    let h = Harness::start();
+async fn start_first_without_a_proxy_is_refused(#[case] kind: EngineKind) {
+    let h = Harness::start(kind);
     let app = h.app("sf-noproxy", "ports = [\"80\"]\nstrategy = \"start-first\"");
     let image = format!("{}/x@sha256:{}", h.registry, "0".repeat(64))
         .parse()
@@ -184,9 +199,12 @@ async fn start_first_without_a_proxy_is_refused() {
     );
 }
 
+#[rstest]
+#[case::docker(EngineKind::Docker)]
+#[case::podman(EngineKind::Podman)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pulls_with_credentials_from_an_auth_registry() {
-    let h = Harness::start_with_basic_auth("deployer", "s3cret-pw");
+async fn pulls_with_credentials_from_an_auth_registry(#[case] kind: EngineKind) {
+    let h = Harness::start_with_basic_auth(kind, "deployer", "s3cret-pw");
     let port = free_port();
     let app = h.app(
         "auth-web",
@@ -201,7 +219,7 @@ async fn pulls_with_credentials_from_an_auth_registry() {
         .await
         .expect_err("the registry wants credentials");
     let text = err.to_string();
-    assert!(text.contains("app auth-web: pull"), "{text}");
+    assert!(text.contains(&format!("app {}: pull", app.name)), "{text}");
 
     let credentials = shipflow_docker::RegistryCredentials {
         username: "deployer".into(),
@@ -226,9 +244,12 @@ async fn pulls_with_credentials_from_an_auth_registry() {
     );
 }
 
+#[rstest]
+#[case::docker(EngineKind::Docker)]
+#[case::podman(EngineKind::Podman)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancelling_during_the_health_check_brings_the_old_one_back() {
-    let h = Harness::start();
+async fn cancelling_during_the_health_check_brings_the_old_one_back(#[case] kind: EngineKind) {
+    let h = Harness::start(kind);
     let port = free_port();
     let app = h.app(
         "cancel-web",
@@ -249,8 +270,8 @@ async fn cancelling_during_the_health_check_brings_the_old_one_back() {
     let cancel = async {
         // Cancel once the new container runs (its health check never passes).
         while !h
-            .containers("cancel-web")
-            .contains(&("cancel-web--r2".into(), "running".into()))
+            .containers(&app.name)
+            .contains(&(format!("{}--r2", app.name), "running".into()))
         {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
@@ -272,9 +293,12 @@ async fn cancelling_during_the_health_check_brings_the_old_one_back() {
     );
 }
 
+#[rstest]
+#[case::docker(EngineKind::Docker)]
+#[case::podman(EngineKind::Podman)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hanging_exec_probe_fails_at_the_health_timeout_or_on_cancel() {
-    let h = Harness::start();
+async fn a_hanging_exec_probe_fails_at_the_health_timeout_or_on_cancel(#[case] kind: EngineKind) {
+    let h = Harness::start(kind);
     let port = free_port();
     let docker = |timeout: u32| {
         format!(
@@ -319,8 +343,8 @@ async fn a_hanging_exec_probe_fails_at_the_health_timeout_or_on_cancel() {
     let deploy = deployer.deploy(&app, &v2, &meta, &ctx);
     let cancel = async {
         while !h
-            .containers("exec-web")
-            .contains(&("exec-web--r2".into(), "running".into()))
+            .containers(&app.name)
+            .contains(&(format!("{}--r2", app.name), "running".into()))
         {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -348,9 +372,14 @@ async fn a_hanging_exec_probe_fails_at_the_health_timeout_or_on_cancel() {
     );
 }
 
+#[rstest]
+#[case::docker(EngineKind::Docker)]
+#[case::podman(EngineKind::Podman)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_old_container_comes_back_even_when_stopping_the_new_one_fails() {
-    let h = Harness::start();
+async fn the_old_container_comes_back_even_when_stopping_the_new_one_fails(
+    #[case] kind: EngineKind,
+) {
+    let h = Harness::start(kind);
     let port = free_port();
     let app = h.app(
         "undo-web",
@@ -370,12 +399,12 @@ async fn the_old_container_comes_back_even_when_stopping_the_new_one_fails() {
     let deploy = deployer.deploy(&app, &bad, &meta, &ctx);
     let remove = async {
         while !h
-            .containers("undo-web")
-            .contains(&("undo-web--r2".into(), "running".into()))
+            .containers(&app.name)
+            .contains(&(format!("{}--r2", app.name), "running".into()))
         {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        h.podman_cli(&["rm", "-f", "-t", "0", "undo-web--r2"]);
+        h.remove_now(&format!("{}--r2", app.name));
     };
     let (result, ()) = tokio::join!(deploy, remove);
     let err = result.expect_err("r3 is gone");
@@ -387,7 +416,10 @@ async fn the_old_container_comes_back_even_when_stopping_the_new_one_fails() {
         ),
         "{text}"
     );
-    assert!(text.contains("stopping undo-web--r2 failed"), "{text}");
+    assert!(
+        text.contains(&format!("stopping {}--r2 failed", app.name)),
+        "{text}"
+    );
     assert!(text.contains("revision 1"), "{text}");
     assert_eq!(
         get(&reqwest::Client::new(), port).await.as_deref(),
@@ -395,9 +427,12 @@ async fn the_old_container_comes_back_even_when_stopping_the_new_one_fails() {
     );
 }
 
+#[rstest]
+#[case::docker(EngineKind::Docker)]
+#[case::podman(EngineKind::Podman)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failed_deploys_never_prune_the_last_good_revision() {
-    let h = Harness::start();
+async fn failed_deploys_never_prune_the_last_good_revision(#[case] kind: EngineKind) {
+    let h = Harness::start(kind);
     let port = free_port();
     let app = h.app(
         "keep-web",
@@ -434,13 +469,17 @@ async fn failed_deploys_never_prune_the_last_good_revision() {
 
     // r1, the only good revision before r5, stays; of the failed ones the newest.
     let names: Vec<String> = h
-        .containers("keep-web")
+        .containers(&app.name)
         .into_iter()
         .map(|(n, _)| n)
         .collect();
     assert_eq!(
         names,
-        ["keep-web--r1", "keep-web--r4--failed", "keep-web--r5"]
+        [
+            format!("{}--r1", app.name),
+            format!("{}--r4--failed", app.name),
+            format!("{}--r5", app.name)
+        ]
     );
     deployer
         .rollback(&app, RollbackTarget::Previous, &ctx)
@@ -452,9 +491,12 @@ async fn failed_deploys_never_prune_the_last_good_revision() {
     );
 }
 
+#[rstest]
+#[case::docker(EngineKind::Docker)]
+#[case::podman(EngineKind::Podman)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_container_that_exits_at_once_is_reported_as_exited() {
-    let h = Harness::start();
+async fn a_container_that_exits_at_once_is_reported_as_exited(#[case] kind: EngineKind) {
+    let h = Harness::start(kind);
     let port = free_port();
     let app = h.app(
         "exit-web",
@@ -477,5 +519,74 @@ async fn a_container_that_exits_at_once_is_reported_as_exited() {
     assert!(
         text.contains("crashed on start"),
         "the last log lines: {text}"
+    );
+}
+
+/// A cancel (Ctrl-C, a CI timeout) 2 s into a deploy whose new revision never gets
+/// healthy ends the deploy within seconds, whatever the health timeout (60 s) and
+/// stop timeout (30 s): the new container is stopped at once and kept for its
+/// logs, v1 serves again, and the error says cancelled (for the pipeline's report)
+/// and restored.
+#[rstest]
+#[case::docker(EngineKind::Docker)]
+#[case::podman(EngineKind::Podman)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_restores_v1_within_seconds_whatever_the_timeouts(#[case] kind: EngineKind) {
+    let h = Harness::start(kind);
+    let port = free_port();
+    let app = h.app(
+        "ctrlc-web",
+        &format!("ports = [\"127.0.0.1:{port}:80\"]\nhealth = {{ http = \"/\", timeout = 60 }}"),
+    );
+    let v1 = h.web_image("ctrlc-web", "v1", "v1");
+    // PID 1 without a TERM handler: only SIGKILL stops it.
+    let never = h.image("ctrlc-web", "never", "never", "exec sleep 600");
+    let deployer = shipflow_docker::EngineDeployer::builder(h.engine().await)
+        .state_dir(h.dir.path().join("state"))
+        .probe_interval(Duration::from_millis(100))
+        .stop_timeout(30)
+        .build();
+    let meta = DeployMeta::default();
+    deployer
+        .deploy(&app, &v1, &meta, &Context::new())
+        .await
+        .expect("deploy v1");
+
+    let token = shipflow_core::CancellationToken::new();
+    let ctx = Context::new().with_cancellation(token.clone());
+    let cancel = async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        token.cancel();
+        Instant::now()
+    };
+    let (result, cancelled_at) = tokio::join!(deployer.deploy(&app, &never, &meta, &ctx), cancel);
+    let after = cancelled_at.elapsed();
+    eprintln!("{kind}: the deploy ended {after:?} after the cancel");
+    let err = result.expect_err("cancelled");
+    assert!(
+        after < Duration::from_secs(5),
+        "ended {after:?} after the cancel: {err}"
+    );
+    assert!(
+        shipflow_core::caused_by::<shipflow_core::Cancelled>(err.as_ref()),
+        "{err}"
+    );
+    assert!(
+        matches!(
+            err.downcast_ref::<DockerError>(),
+            Some(DockerError::Cancelled { restored: true, .. })
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("revision 1"), "{err}");
+    assert_eq!(
+        get(&reqwest::Client::new(), port).await.as_deref(),
+        Ok("v1")
+    );
+    assert!(
+        h.containers(&app.name)
+            .contains(&(format!("{}--r2--failed", app.name), "exited".into())),
+        "{:?}",
+        h.containers(&app.name)
     );
 }

@@ -9,12 +9,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::{Harness, free_port, get};
+use rstest::rstest;
 use shipflow_core::{Context, DeployMeta, Deployer, RollbackTarget};
-use shipflow_docker::{CaddySwitch, TrafficSwitch};
+use shipflow_docker::{CaddySwitch, EngineKind, TrafficSwitch};
 
+#[rstest]
+#[case::docker(EngineKind::Docker)]
+#[case::podman(EngineKind::Podman)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn upgrade_behind_caddy_drops_no_request() {
-    let mut h = Harness::start();
+async fn upgrade_behind_caddy_drops_no_request(#[case] kind: EngineKind) {
+    let mut h = Harness::start(kind);
     let public = free_port();
     let admin = h.start_caddy(public, "sf-web-route");
     let app = h.app(
@@ -73,27 +77,27 @@ async fn upgrade_behind_caddy_drops_no_request() {
     assert_eq!(answers.first().and_then(|a| a.as_deref().ok()), Some("v1"));
     assert_eq!(answers.last().and_then(|a| a.as_deref().ok()), Some("v2"));
     assert_eq!(
-        h.containers("sf-web"),
+        h.containers(&app.name),
         [
-            ("sf-web--r1".to_owned(), "exited".to_owned()),
-            ("sf-web--r2".to_owned(), "running".to_owned())
+            (format!("{}--r1", app.name), "exited".to_owned()),
+            (format!("{}--r2", app.name), "running".to_owned())
         ]
     );
 
     // A deployer that died between starting a new container and switching leaves
     // two running; the next run keeps the newest healthy one, points the proxy at
     // it and stops the other.
-    h.podman_cli(&["start", "sf-web--r1"]);
+    h.cli_run(&["start", &format!("{}--r1", app.name)]);
     let again = deployer
         .deploy(&app, &v2, &DeployMeta::default(), &ctx)
         .await
         .expect("repairing run");
     assert!(!again.changed);
     assert_eq!(
-        h.containers("sf-web"),
+        h.containers(&app.name),
         [
-            ("sf-web--r1".to_owned(), "exited".to_owned()),
-            ("sf-web--r2".to_owned(), "running".to_owned())
+            (format!("{}--r1", app.name), "exited".to_owned()),
+            (format!("{}--r2", app.name), "running".to_owned())
         ]
     );
     assert_eq!(get(&http, public).await.as_deref(), Ok("v2"));
@@ -116,9 +120,12 @@ async fn upgrade_behind_caddy_drops_no_request() {
     assert_eq!(get(&http, public).await.as_deref(), Ok("v1"));
 }
 
+#[rstest]
+#[case::docker(EngineKind::Docker)]
+#[case::podman(EngineKind::Podman)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn repair_points_the_proxy_at_where_the_container_listens_now() {
-    let mut h = Harness::start();
+async fn repair_points_the_proxy_at_where_the_container_listens_now(#[case] kind: EngineKind) {
+    let mut h = Harness::start(kind);
     let public = free_port();
     let admin = h.start_caddy(public, "sfr-web-route");
     let app = h.app(
@@ -137,7 +144,7 @@ async fn repair_points_the_proxy_at_where_the_container_listens_now() {
         .expect("deploy v1");
     assert_eq!(get(&http, public).await.as_deref(), Ok("v1"));
     let listens = h
-        .podman_cli(&["port", "sfr-web--r1", "80"])
+        .cli_run(&["port", &format!("{}--r1", app.name), "80"])
         .trim()
         .to_owned();
     let caddy = CaddySwitch::new(&admin, "sfr-web-route");

@@ -13,6 +13,7 @@ use shipflow_core::{App, Context};
 use super::{EngineDeployer, LOG_LINES};
 use crate::DockerError;
 use crate::state::{self, AppContainer, AppState};
+use crate::states;
 use crate::timing::timed;
 
 impl EngineDeployer {
@@ -25,8 +26,10 @@ impl EngineDeployer {
         move |source| DockerError::Engine { app, step, source }
     }
 
-    /// The app's containers, as the engine lists them now.
+    /// The app's containers, as the engine lists them now: labelled with the app's
+    /// name and named after its base name.
     pub(super) async fn state(&self, app: &App) -> Result<AppState, DockerError> {
+        let base = state::base_name(app, &*self.target(app)?);
         let filters = [(
             "label".to_owned(),
             vec![format!("{}={}", state::APP, app.name)],
@@ -40,12 +43,15 @@ impl EngineDeployer {
         let list = timed(
             &app.name,
             "list containers",
-            self.engine.client().list_containers(Some(options)),
+            states::list(self.engine.client(), options),
         )
         .await
         .map_err(Self::engine_err(app, "list containers"))?;
         Ok(AppState::new(
-            list.iter().filter_map(AppContainer::from_summary).collect(),
+            list.iter()
+                .filter_map(AppContainer::from_summary)
+                .filter(|c| state::is_revision_of(&c.name, &base))
+                .collect(),
         ))
     }
 
@@ -64,8 +70,18 @@ impl EngineDeployer {
     }
 
     pub(super) async fn stop(&self, app: &App, name: &str) -> Result<(), DockerError> {
+        self.stop_within(app, name, self.stop_timeout).await
+    }
+
+    /// Stops `name`, killing it after `grace` seconds.
+    pub(super) async fn stop_within(
+        &self,
+        app: &App,
+        name: &str,
+        grace: i32,
+    ) -> Result<(), DockerError> {
         let options = StopContainerOptions {
-            t: Some(self.stop_timeout),
+            t: Some(grace),
             signal: None,
         };
         let stop = self.engine.client().stop_container(name, Some(options));
@@ -149,6 +165,12 @@ impl EngineDeployer {
             }
             Ok(())
         };
-        timed(&app.name, "pull", pull).await
+        // Dropping the request on cancel ends the pull.
+        tokio::select! {
+            pulled = timed(&app.name, "pull", pull) => pulled,
+            () = ctx.cancellation().cancelled() => {
+                Err(DockerError::cancelled(&app.name, format!("pull {image}"), false))
+            }
+        }
     }
 }

@@ -2,17 +2,18 @@
 //! the old one back when the new one is unhealthy, repairing what a crashed run
 //! left, and pruning old revisions.
 
-use bollard::query_parameters::{
-    InspectContainerOptions, RemoveImageOptions, RenameContainerOptions,
-};
+use bollard::query_parameters::{RemoveImageOptions, RenameContainerOptions};
 use shipflow_core::{App, Context, Restored};
 
 use crate::config::DockerTarget;
 
-use super::{Candidate, DEFAULT_KEEP, EngineDeployer, config_err};
+use super::{
+    CANCEL_STOP_SECS, Candidate, DEFAULT_KEEP, EngineDeployer, RESTORE_AFTER_CANCEL, config_err,
+};
 use crate::DockerError;
 use crate::health::{Probe, published_addr, service_port};
 use crate::state::{self, AppContainer, AppState, Phase};
+use crate::states;
 use crate::switch::TrafficSwitch;
 use crate::timing::timed;
 
@@ -62,10 +63,7 @@ impl EngineDeployer {
             }
             // A cancelled probe says nothing about health: change nothing.
             if ctx.cancelled() {
-                return Err(DockerError::Cancelled {
-                    app: app.name.clone(),
-                    step: "repair".into(),
-                });
+                return Err(DockerError::cancelled(&app.name, "repair", false));
             }
             if let Some(switch) = self.switch(target) {
                 self.switch_to(app, switch.as_ref(), &keep.name).await?;
@@ -164,10 +162,7 @@ impl EngineDeployer {
                     "start-first needs a port (ports or health.port)".into(),
                 )
             })?;
-        let inspect = self
-            .engine
-            .client()
-            .inspect_container(name, None::<InspectContainerOptions>)
+        let inspect = states::inspect(self.engine.client(), name)
             .await
             .map_err(Self::engine_err(app, format!("inspect {name}")))?;
         published_addr(&inspect, port).ok_or_else(|| {
@@ -242,16 +237,26 @@ impl EngineDeployer {
             Ok(()) => {
                 if let (Some(old), Some(_)) = (old, &switch) {
                     ctx.message(format!("draining {} for {:?}", old.name, self.drain));
-                    tokio::time::sleep(self.drain).await;
+                    // A cancel cuts the drain short: the switch is done either way.
+                    tokio::select! {
+                        () = tokio::time::sleep(self.drain) => {}
+                        () = ctx.cancellation().cancelled() => {}
+                    }
                     self.stop(app, &old.id).await?;
                 }
                 Ok(())
             }
             Err(cause) => {
                 let logs = self.last_logs(&new.name).await;
-                // Whatever fails from here on, the old container is brought back.
+                // Whatever fails from here on, the old container is brought back. A
+                // cancelled run stops the new one at once.
                 let mut failures = Vec::new();
-                if let Err(e) = self.stop(app, &new.name).await {
+                let grace = if ctx.cancelled() {
+                    CANCEL_STOP_SECS
+                } else {
+                    self.stop_timeout
+                };
+                if let Err(e) = self.stop_within(app, &new.name, grace).await {
                     failures.push(format!("stopping {} failed: {}", new.name, cause_of(&e)));
                 }
                 let mut container = new.name.clone();
@@ -288,16 +293,7 @@ impl EngineDeployer {
                             ));
                             format!("revision {} does not run either", old.revision)
                         }
-                        // Bringing the old one back is not cancellable.
-                        Ok(()) => match probe
-                            .wait_healthy(
-                                self.engine.client(),
-                                &self.http,
-                                &old.id,
-                                &Context::new(),
-                            )
-                            .await
-                        {
+                        Ok(()) => match self.wait_restored(app, probe, &old.id, ctx).await {
                             Ok(()) => {
                                 back = true;
                                 format!("revision {} ({}) serves again", old.revision, old.image)
@@ -319,10 +315,11 @@ impl EngineDeployer {
                     });
                 }
                 if ctx.cancelled() {
-                    return Err(DockerError::Cancelled {
-                        app: app.name.clone(),
-                        step: format!("the health check of {container} ({restored})"),
-                    });
+                    return Err(DockerError::cancelled(
+                        &app.name,
+                        format!("the health check of {container} ({restored})"),
+                        back,
+                    ));
                 }
                 Err(DockerError::Unhealthy {
                     app: app.name.clone(),
@@ -334,6 +331,30 @@ impl EngineDeployer {
                 })
             }
         }
+    }
+
+    /// Waits until the old container, started again, is healthy. Bringing it back
+    /// goes on after a cancel, but for at most [`RESTORE_AFTER_CANCEL`]: a cancelled
+    /// run ends within seconds whatever the health timeout.
+    async fn wait_restored(
+        &self,
+        app: &App,
+        probe: &Probe,
+        old: &str,
+        ctx: &Context,
+    ) -> Result<(), String> {
+        let client = self.engine.client();
+        if !ctx.cancelled() {
+            let wait = probe.wait_healthy(client, &self.http, old, ctx);
+            match timed(&app.name, "health", wait).await {
+                Err(_) if ctx.cancelled() => {}
+                done => return done,
+            }
+        }
+        let bounded = probe.clone().bounded(RESTORE_AFTER_CANCEL);
+        let uncancelled = Context::new();
+        let wait = bounded.wait_healthy(client, &self.http, old, &uncancelled);
+        timed(&app.name, "health", wait).await
     }
 
     /// Removes stopped containers after a successful roll: healthy ones beyond the

@@ -1,10 +1,12 @@
-//! Test harness: a real Podman API service ([`TestPodman`]: own socket, own
-//! configuration and own image storage, so tests running at once never see each
-//! other's images or containers), a real `docker-registry` and, on demand, a real
-//! Caddy, each on free loopback ports in a temp dir; images built `FROM scratch` with
-//! busybox-static. Binaries that are missing make the tests fail, not skip. The
-//! service removes its containers when the harness is dropped, and its storage goes
-//! with its temp dir.
+//! Test harness: a real engine ([`TestEngine`]: the machine's Docker Engine, or a
+//! Podman API service with its own socket, configuration and storage), a real
+//! `docker-registry` and, on demand, a real Caddy, each on free loopback ports in a
+//! temp dir; images built `FROM scratch` with busybox-static by the engine's own
+//! command line. Every app's name starts with the engine instance's prefix, so tests
+//! running at once on the shared Docker Engine never see each other's containers.
+//! Binaries or engines that are missing make the tests fail, not skip. The engine
+//! instance removes its containers (and, on Docker, the registry's images) when the
+//! harness is dropped.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -14,8 +16,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use shipflow_core::{App, Digest, ImageRef, Workspace};
-use shipflow_docker::testing::TestPodman;
-use shipflow_docker::{Engine, EngineDeployer};
+use shipflow_docker::testing::TestEngine;
+use shipflow_docker::{Engine, EngineDeployer, EngineKind};
 use shipflow_oci::testing::TokenService;
 
 /// Panics with an install hint when `binary` is not installed.
@@ -70,11 +72,11 @@ fn spawn(mut command: Command, log: &Path) -> Service {
     )
 }
 
-/// Podman's API service with its own storage, a registry, and on demand Caddy.
+/// An engine, a registry, and on demand Caddy.
 pub struct Harness {
     pub dir: tempfile::TempDir,
     pub registry: String,
-    podman: TestPodman,
+    engine: TestEngine,
     _registry: Service,
     caddy: Option<Service>,
     pub caddy_admin: Option<String>,
@@ -84,24 +86,37 @@ pub struct Harness {
 }
 
 impl Harness {
-    pub fn start() -> Self {
-        Self::start_with(None, None)
+    pub fn start(kind: EngineKind) -> Self {
+        Self::start_with(kind, None, None)
     }
 
     /// A harness whose registry requires basic auth for `user` / `password`.
-    pub fn start_with_basic_auth(user: &str, password: &str) -> Self {
-        Self::start_with(Some((user.to_owned(), password.to_owned())), None)
+    pub fn start_with_basic_auth(kind: EngineKind, user: &str, password: &str) -> Self {
+        Self::start_with(kind, Some((user.to_owned(), password.to_owned())), None)
     }
 
     /// A harness whose registry wants bearer tokens, which a token service gives
     /// `user` / `password` for `repository`.
-    pub fn start_with_token_auth(user: &str, password: &str, repository: &str) -> Self {
+    pub fn start_with_token_auth(
+        kind: EngineKind,
+        user: &str,
+        password: &str,
+        repository: &str,
+    ) -> Self {
         let tokens = TokenService::start(user, password, repository)
             .unwrap_or_else(|e| panic!("the token service does not start: {e}"));
-        Self::start_with(Some((user.to_owned(), password.to_owned())), Some(tokens))
+        Self::start_with(
+            kind,
+            Some((user.to_owned(), password.to_owned())),
+            Some(tokens),
+        )
     }
 
-    fn start_with(creds: Option<(String, String)>, tokens: Option<TokenService>) -> Self {
+    fn start_with(
+        kind: EngineKind,
+        creds: Option<(String, String)>,
+        tokens: Option<TokenService>,
+    ) -> Self {
         let registry_bin = require("docker-registry", "docker-registry");
         require("busybox", "busybox-static");
         let dir = tempfile::tempdir().expect("temp dir");
@@ -133,20 +148,38 @@ impl Harness {
         cmd.arg("serve").arg(d.join("registry.yml"));
         let registry_service = spawn(cmd, &d.join("registry.log"));
 
-        let podman = TestPodman::start(&[&registry]).expect("podman system service starts");
+        let engine = TestEngine::start(kind, &[&registry])
+            .unwrap_or_else(|e| panic!("the {kind} engine is needed: {e}"));
         wait_until("docker-registry", Duration::from_secs(20), || {
             TcpStream::connect(&registry).is_ok()
         });
-        Self {
+        let harness = Self {
             dir,
             registry,
-            podman,
+            engine,
             _registry: registry_service,
             caddy: None,
             caddy_admin: None,
             creds,
             tokens,
+        };
+        if let (EngineKind::Docker, Some((user, password))) = (kind, &harness.creds) {
+            // Docker's command line has no `--creds`: log in, in the test's own config.
+            let mut login = harness.cli();
+            login.args(["login", "-u", user, "-p", password, &harness.registry]);
+            harness.run(&mut login);
         }
+        harness
+    }
+
+    /// Docker or Podman.
+    pub fn kind(&self) -> EngineKind {
+        self.engine.kind()
+    }
+
+    /// `base` in the engine instance's namespace: the name of an app or container.
+    pub fn name(&self, base: &str) -> String {
+        format!("{}{base}", self.engine.prefix())
     }
 
     /// Starts Caddy listening on `listen_port` with route `@id` `route` proxying to
@@ -184,10 +217,15 @@ impl Harness {
     }
 
     pub async fn engine(&self) -> Engine {
-        self.podman
+        self.engine
             .engine()
             .await
-            .expect("connect to the podman service")
+            .unwrap_or_else(|e| panic!("connect to {}: {e}", self.kind()))
+    }
+
+    /// The test engine (its socket, command line, namespace).
+    pub fn test_engine(&self) -> &TestEngine {
+        &self.engine
     }
 
     /// A deployer with a short probe interval and its own lock dir.
@@ -200,10 +238,11 @@ impl Harness {
             .build()
     }
 
-    /// The app `name` from a workspace whose `[apps.<name>.deploy.docker]` is `docker`
-    /// (TOML).
-    pub fn app(&self, name: &str, docker: &str) -> App {
-        self.app_toml(name, &format!("[apps.{name}.deploy.docker]\n{docker}\n"))
+    /// The app [`name`](Self::name)`(base)` from a workspace whose
+    /// `[apps.<name>.deploy.docker]` is `docker` (TOML).
+    pub fn app(&self, base: &str, docker: &str) -> App {
+        let name = self.name(base);
+        self.app_toml(&name, &format!("[apps.{name}.deploy.docker]\n{docker}\n"))
     }
 
     /// The app `name` from a workspace of `apps` (TOML after `[workspace]`).
@@ -213,8 +252,9 @@ impl Harness {
         ws.app(name).expect("app").clone()
     }
 
-    fn podman(&self) -> Command {
-        self.podman.command()
+    /// The engine's command line (`docker` or `podman`), pointed at it.
+    pub fn cli(&self) -> Command {
+        self.engine.command()
     }
 
     /// Builds an image `FROM scratch` with busybox whose command is `cmd` (a shell
@@ -235,36 +275,53 @@ impl Harness {
         std::fs::write(
             ctx.join("Dockerfile"),
             format!(
-                "FROM scratch\nCOPY busybox /bin/busybox\nCOPY www /www\nCMD [\"/bin/busybox\", \"sh\", \"-c\", {}]\n",
+                "FROM scratch\n{}COPY busybox /bin/busybox\nCOPY www /www\nCMD [\"/bin/busybox\", \"sh\", \"-c\", {}]\n",
+                self.own_chain(),
                 serde_json::to_string(cmd).expect("json")
             ),
         )
         .expect("Dockerfile");
         let reference = format!("{}/{repo}:{tag}", self.registry);
-        self.run(
-            self.podman()
-                .args(["build", "-q", "-t", &reference])
-                .arg(&ctx),
-        );
-        let digest_file = ctx.join("digest");
-        let mut push = self.podman();
-        push.arg("push");
-        if let Some((user, password)) = &self.creds {
-            push.arg("--creds").arg(format!("{user}:{password}"));
-        }
-        self.run(
-            push.args(["-q", "--tls-verify=false", "--digestfile"])
-                .arg(&digest_file)
-                .arg(&reference),
-        );
-        self.run(self.podman().args(["rmi", &reference]));
-        let digest: Digest = std::fs::read_to_string(&digest_file)
-            .expect("digest file")
-            .trim()
-            .parse()
-            .expect("digest");
+        self.run(self.cli().args(["build", "-q", "-t", &reference]).arg(&ctx));
+        let digest = self.push(&reference, &ctx.join("digest"));
+        self.run(self.cli().args(["rmi", &reference]));
         let image: ImageRef = reference.parse().expect("reference");
         image.pinned(digest)
+    }
+
+    /// A Dockerfile line that starts this harness's own chain of build-cache images
+    /// on the shared Docker Engine ([`TestEngine::dockerfile_label`]).
+    pub fn own_chain(&self) -> String {
+        self.engine.dockerfile_label()
+    }
+
+    /// Pushes `reference` with the engine's command line; its manifest digest.
+    fn push(&self, reference: &str, digest_file: &Path) -> Digest {
+        let mut push = self.cli();
+        push.arg("push");
+        let text = match self.kind() {
+            EngineKind::Podman => {
+                if let Some((user, password)) = &self.creds {
+                    push.arg("--creds").arg(format!("{user}:{password}"));
+                }
+                self.run(
+                    push.args(["-q", "--tls-verify=false", "--digestfile"])
+                        .arg(digest_file)
+                        .arg(reference),
+                );
+                std::fs::read_to_string(digest_file).expect("digest file")
+            }
+            // `<tag>: digest: sha256:… size: 527`
+            EngineKind::Docker => {
+                let out = self.run(push.arg(reference));
+                out.split("digest: ")
+                    .nth(1)
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .unwrap_or_else(|| panic!("no digest in `docker push` output: {out}"))
+                    .to_owned()
+            }
+        };
+        text.trim().parse().expect("digest")
     }
 
     /// An image serving `body` with busybox httpd on port 80.
@@ -282,10 +339,10 @@ impl Harness {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// `podman ps -a` names of the app's containers with their state (`running`,
-    /// `exited`, `created`).
+    /// `docker ps -a` (or `podman ps -a`) names of the app's containers with their
+    /// state (`running`, `exited`, `created`).
     pub fn containers(&self, app: &str) -> Vec<(String, String)> {
-        let out = self.run(self.podman().args([
+        let out = self.run(self.cli().args([
             "ps",
             "-a",
             "--filter",
@@ -297,7 +354,8 @@ impl Harness {
             .lines()
             .filter_map(|l| l.split_once(' '))
             .map(|(n, s)| {
-                // Podman 4.3 prints `Up 3 seconds`, `Exited (0) …`, `Created`.
+                // Docker prints `running`, `exited`, `created`; Podman 4.3 prints
+                // `Up 3 seconds`, `Exited (0) …`, `Created`.
                 let state = match s.split_whitespace().next().unwrap_or_default() {
                     "Up" => "running".to_owned(),
                     other => other.to_ascii_lowercase(),
@@ -314,9 +372,26 @@ impl Harness {
         std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
     }
 
-    /// Runs the podman CLI with the harness's configuration.
-    pub fn podman_cli(&self, args: &[&str]) -> String {
-        self.run(self.podman().args(args))
+    /// Runs the engine's command line with `args` (those both `docker` and `podman`
+    /// take); its output.
+    pub fn cli_run(&self, args: &[&str]) -> String {
+        self.run(self.cli().args(args))
+    }
+
+    /// Removes container `name` at once, whatever its state.
+    pub fn remove_now(&self, name: &str) {
+        match self.kind() {
+            EngineKind::Docker => self.cli_run(&["rm", "-f", name]),
+            EngineKind::Podman => self.cli_run(&["rm", "-f", "-t", "0", name]),
+        };
+    }
+
+    /// Pulls `reference` from the harness's plain-HTTP registry.
+    pub fn pull(&self, reference: &str) {
+        match self.kind() {
+            EngineKind::Docker => self.cli_run(&["pull", "-q", reference]),
+            EngineKind::Podman => self.cli_run(&["pull", "-q", "--tls-verify=false", reference]),
+        };
     }
 }
 

@@ -1,36 +1,25 @@
-//! A real container engine for tests: [`TestPodman`] runs Podman's Docker-compatible
-//! API service on its own socket, with its own image and container storage (so tests
-//! running at once never see each other's images), its own `containers.conf`
-//! (runtime `runc`, no default ulimits: what works on sandboxed machines) and
-//! `registries.conf` (the loopback registries it may pull from over plain HTTP). Behind the `testing`
-//! feature, for shipflow's tests and for users testing their own pipelines.
-//!
-//! ```no_run
-//! use shipflow_docker::testing::TestPodman;
-//!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-//! let podman = TestPodman::start(&["127.0.0.1:5000"])?;
-//! let engine = podman.engine().await?;
-//! println!("{} {}", engine.kind(), engine.version());
-//! # Ok(())
-//! # }
-//! ```
+//! [`TestPodman`]: Podman's Docker-compatible API service on its own socket.
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::{require, unique_prefix};
 use crate::{DockerError, Endpoint, Engine};
 
-/// A running `podman system service`. On drop, its containers are removed and the
+/// A running `podman system service` with its own socket, configuration and image
+/// and container storage (so services running at once never see each other's
+/// images), its own `containers.conf` (runtime `runc`, no default ulimits: what
+/// works on sandboxed machines) and `registries.conf` (the loopback registries it
+/// may pull from over plain HTTP). On drop, its containers are removed and the
 /// service is stopped.
 #[derive(Debug)]
 pub struct TestPodman {
     dir: tempfile::TempDir,
     socket: PathBuf,
     child: Child,
+    prefix: String,
 }
 
 impl TestPodman {
@@ -68,7 +57,12 @@ impl TestPodman {
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;
-        let mut podman = Self { dir, socket, child };
+        let mut podman = Self {
+            dir,
+            socket,
+            child,
+            prefix: unique_prefix('p'),
+        };
         podman.wait_ready()?;
         Ok(podman)
     }
@@ -101,6 +95,12 @@ impl TestPodman {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The namespace of names for this service's containers and images, e.g.
+    /// `p1a2b3-`: unique to this instance, as [`super::TestDocker::prefix`] is.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     /// The API socket.
@@ -166,21 +166,4 @@ impl Drop for TestPodman {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The path of `binary` (searched on PATH, then `/usr/sbin` and `/sbin`, where
-/// Debian puts runc), or an error naming the Debian package to install.
-pub fn require(binary: &str, package: &str) -> io::Result<PathBuf> {
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
-        .map(|d| d.join(binary))
-        .find(|p| p.is_file())
-        .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("`{binary}` is not installed: apt-get install -y {package}"),
-            )
-        })
 }
