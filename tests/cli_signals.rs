@@ -396,8 +396,8 @@ async fn sigint_during_a_stuck_kubernetes_rollout_rolls_it_back_and_releases_the
     let prefix = format!("{}/e2e", registry.host());
     let dir = repo.path().to_owned();
     let image = || -> String {
-        sim.deployment("default", "web").expect("web")["spec"]["template"]["spec"]["containers"]
-            [0]["image"]
+        sim.deployment("default", "web").expect("web")["spec"]["template"]["spec"]["containers"][0]
+            ["image"]
             .as_str()
             .expect("an image")
             .to_owned()
@@ -408,7 +408,14 @@ async fn sigint_during_a_stuck_kubernetes_rollout_rolls_it_back_and_releases_the
         tokio::task::spawn_blocking(move || {
             run(
                 &dir,
-                &["deploy", "--all", "--registry", &prefix, "--kubeconfig", &kubeconfig],
+                &[
+                    "deploy",
+                    "--all",
+                    "--registry",
+                    &prefix,
+                    "--kubeconfig",
+                    &kubeconfig,
+                ],
                 &[],
             )
         })
@@ -421,11 +428,17 @@ async fn sigint_during_a_stuck_kubernetes_rollout_rolls_it_back_and_releases_the
 
     sim.set_outcome("default", "web", Rollout::NeverReady);
     repo.edit("apps/web/index.html", "<h1>web v2</h1>\n");
-    let mut deploy = {
+    let deploy = {
         let (dir, kubeconfig, prefix) = (dir.clone(), kubeconfig.clone(), prefix.clone());
         tokio::task::spawn_blocking(move || {
             let args = [
-                "deploy", "--base", "HEAD~1", "--registry", &prefix, "--kubeconfig", &kubeconfig,
+                "deploy",
+                "--base",
+                "HEAD~1",
+                "--registry",
+                &prefix,
+                "--kubeconfig",
+                &kubeconfig,
             ];
             let mut deploy = Run::start(&dir, &args, &[]);
             deploy.wait_for("web: deploy started", Duration::from_secs(60));

@@ -3,13 +3,36 @@
 
 use std::error::Error;
 
+use crate::Cancelled;
+
 /// The cause an adapter puts in a failed deploy's error chain when it has itself
 /// brought back what ran before (say, restarted the old container after the new one
 /// failed its health check). The pipeline then reports the app rolled back and does
 /// not roll it back again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+///
+/// When the deploy stopped because the run was cancelled, [`Restored::after_cancel`]
+/// carries [`Cancelled`] as its source, so one error chain holds both markers and the
+/// pipeline reports the app cancelled and restored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, thiserror::Error)]
 #[error("what ran before runs again")]
-pub struct Restored;
+pub struct Restored {
+    #[source]
+    cancelled: Option<Cancelled>,
+}
+
+impl Restored {
+    /// What ran before runs again, after a failure.
+    pub const fn new() -> Self {
+        Self { cancelled: None }
+    }
+
+    /// What ran before runs again, after the run was cancelled mid-deploy.
+    pub const fn after_cancel() -> Self {
+        Self {
+            cancelled: Some(Cancelled),
+        }
+    }
+}
 
 /// The cause an adapter puts in an error's chain when the failure may pass on its
 /// own (a connection reset, a 503, a 429): a retry may succeed. The retry layer
@@ -75,5 +98,13 @@ mod tests {
         assert!(caused_by::<Transient>(&marked));
         assert!(!caused_by::<Restored>(&marked));
         assert_eq!(marked.to_string(), "registry answered 503");
+    }
+
+    #[test]
+    fn restored_after_a_cancel_carries_both_markers() {
+        let both = Restored::after_cancel();
+        assert!(caused_by::<Restored>(&both) && caused_by::<Cancelled>(&both));
+        let plain = Restored::new();
+        assert!(caused_by::<Restored>(&plain) && !caused_by::<Cancelled>(&plain));
     }
 }

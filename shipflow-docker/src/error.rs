@@ -209,12 +209,12 @@ pub enum DockerError {
         /// The step, and what runs now when a switch was under way.
         step: String,
         /// Whether the revision that ran before serves again (a cancelled switch
-        /// brings it back). An error chain ends in one marker, and this one's is
-        /// [`shipflow_core::Cancelled`]: read this field for the other.
+        /// brings it back).
         restored: bool,
-        /// Always [`shipflow_core::Cancelled`].
+        /// [`shipflow_core::Cancelled`], carried by [`shipflow_core::Restored`] when
+        /// `restored`, so the pipeline sees both.
         #[source]
-        source: shipflow_core::Cancelled,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 
@@ -225,7 +225,11 @@ impl DockerError {
             app: app.to_owned(),
             step: step.into(),
             restored,
-            source: shipflow_core::Cancelled,
+            source: if restored {
+                Box::new(shipflow_core::Restored::after_cancel())
+            } else {
+                Box::new(shipflow_core::Cancelled)
+            },
         }
     }
 }

@@ -327,7 +327,7 @@ impl EngineDeployer {
                     cause,
                     restored,
                     logs,
-                    previous: back.then_some(Restored),
+                    previous: back.then_some(Restored::new()),
                 })
             }
         }
