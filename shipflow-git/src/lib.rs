@@ -38,6 +38,7 @@ mod detector;
 mod diff;
 mod error;
 mod fingerprint;
+pub mod gitops;
 mod revision;
 mod tags;
 mod trees;
@@ -45,3 +46,4 @@ mod worktree;
 
 pub use detector::GitChangeDetector;
 pub use error::GitError;
+pub use gitops::{GitOpsDeployer, GitOpsError};
