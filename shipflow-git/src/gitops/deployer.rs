@@ -714,13 +714,15 @@ impl Inner {
     }
 
     fn message_for(&self, live: &[Live], changed: &[usize]) -> String {
+        let mut changed = changed.to_vec();
+        changed.sort_by(|a, b| live[*a].job.app.cmp(&live[*b].job.app));
         let apps: Vec<&str> = changed.iter().map(|i| live[*i].job.app.as_str()).collect();
         let mut message = self
             .message
             .replace("{apps}", &apps.join(", "))
             .replace("{count}", &apps.len().to_string());
         message.push_str("\n\n");
-        for i in changed {
+        for i in &changed {
             let l = &live[*i];
             message.push_str(&format!("- {}: {} -> {}", l.job.app, l.before, l.after));
             if !l.job.why.is_empty() {
