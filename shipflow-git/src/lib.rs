@@ -1,5 +1,6 @@
-//! Change detection for shipflow on [gix](https://docs.rs/gix): which paths changed between two
-//! revisions, and what an app's inputs hash to at a revision. No `git` process is spawned.
+//! Git for shipflow on [gix](https://docs.rs/gix): change detection (which paths changed between
+//! two revisions, and what an app's inputs hash to at a revision; no `git` process is spawned),
+//! and [`gitops`], a deployer that commits image digests to a config repository.
 //!
 //! ```no_run
 //! use shipflow_core::AppInputs;

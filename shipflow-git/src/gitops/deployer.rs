@@ -309,7 +309,18 @@ impl GitOpsDeployer {
     /// files already name it). Nothing is written to the remote.
     pub async fn preview(&self, app: &App, image: &ImageRef) -> Result<String, GitOpsError> {
         let target = self.target_for(app)?;
-        let mut edits = Self::edits(&target, &ImageParts::from_ref(image));
+        self.diff_for(app, &target, &ImageParts::from_ref(image))
+            .await
+    }
+
+    /// The diff writing `parts` for `app` would make on the branch's tip.
+    async fn diff_for(
+        &self,
+        app: &App,
+        target: &GitOpsTarget,
+        parts: &ImageParts,
+    ) -> Result<String, GitOpsError> {
+        let mut edits = Self::edits(target, parts);
         let inner = self.inner.clone();
         let name = app.name.clone();
         let _guard = self.inner.lock.lock().await;
@@ -368,25 +379,7 @@ impl GitOpsDeployer {
         ctx: &Context,
     ) -> Result<Rollout, GitOpsError> {
         if ctx.dry_run() {
-            let mut edits = Self::edits(target, &parts);
-            let inner = self.inner.clone();
-            let name = app.name.clone();
-            let _guard = self.inner.lock.lock().await;
-            let diff = blocking(move || {
-                let tip = inner.clone.fetch()?;
-                let repo = inner.clone.open()?;
-                let mut texts = Texts::default();
-                apply_job(
-                    &repo,
-                    tip,
-                    &inner.clone.branch,
-                    &name,
-                    &mut edits,
-                    &mut texts,
-                )?;
-                Ok(texts.diff())
-            })
-            .await?;
+            let diff = self.diff_for(app, target, &parts).await?;
             let changed = !diff.is_empty();
             if changed {
                 ctx.message(format!("would commit:\n{diff}"));
