@@ -661,7 +661,7 @@ async fn a_pipeline_run_deploys_every_changed_app_in_one_commit() {
     let ws = workspace();
     let deployer = GitOpsDeployer::builder(&fleet.url)
         .cache_dir(fleet.dir.path().join("cache"))
-        .linger(Duration::from_millis(200))
+        .linger(Duration::from_secs(1))
         .build();
     let detector = ScriptedDetector::new()
         .with_change("apps/api/main.rs")
@@ -767,4 +767,50 @@ async fn deploys_through_git_daemon_on_loopback() {
             .show("main", "deploy/api.yaml")
             .contains(&format!("api:v3@{}", digest(3)))
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_cancelled_while_queued_writes_nothing() {
+    let fleet = Fleet::standard();
+    let ws = workspace();
+    let deployer = GitOpsDeployer::builder(&fleet.url)
+        .cache_dir(fleet.dir.path().join("cache"))
+        .linger(Duration::from_secs(5))
+        .build();
+    let ctx = Context::new();
+    let cancel = ctx.cancellation().clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        cancel.cancel();
+    });
+    let started = std::time::Instant::now();
+    let err = deployer
+        .deploy(
+            app(&ws, "api"),
+            &image("api", "v2", 2),
+            &DeployMeta::default(),
+            &ctx,
+        )
+        .await
+        .expect_err("cancelled");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the cancel ended the wait"
+    );
+    assert!(
+        shipflow_core::caused_by::<shipflow_core::Cancelled>(err.as_ref()),
+        "{err}"
+    );
+    assert_eq!(fleet.commits(), 1);
+    // The withdrawn edit does not ride along with the next deploy.
+    deployer
+        .deploy(
+            app(&ws, "web"),
+            &image("web", "v2", 3),
+            &DeployMeta::default(),
+            &Context::new(),
+        )
+        .await
+        .expect("deploys");
+    assert_eq!(fleet.show("main", "deploy/api.yaml"), API);
 }

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,7 +37,8 @@ const DEFAULT_HISTORY_DEPTH: usize = 10_000;
 /// and one push. Deploys that finish while a push is under way (or within
 /// [`linger`](GitOpsDeployerBuilder::linger) of each other) share a commit; a run
 /// whose apps finish far apart makes more than one. Each deploy returns only once its
-/// commit is on the remote.
+/// commit is on the remote. A deploy cancelled while its edit is still queued
+/// withdraws it (nothing is written); once its commit is under way, it is waited for.
 ///
 /// **Races.** A rejected push fetches, applies the queued edits again on the new tip
 /// (by locating the fields anew, not by rebasing text) and retries with the
@@ -180,13 +182,17 @@ impl GitOpsDeployerBuilder {
 /// One app's queued edit, and where its result goes.
 #[derive(Debug)]
 struct Job {
+    id: u64,
     app: String,
     image: String,
     fallback_name: String,
     why: String,
     edits: Vec<(String, FileEdit)>,
-    done: oneshot::Sender<Result<Done, GitOpsError>>,
+    done: Option<oneshot::Sender<Result<Done, GitOpsError>>>,
 }
+
+/// Numbers jobs, to withdraw a cancelled one from the queue.
+static NEXT_JOB: AtomicU64 = AtomicU64::new(0);
 
 /// What became of a job.
 #[derive(Debug, Clone)]
@@ -341,18 +347,40 @@ impl GitOpsDeployer {
         .await
     }
 
-    /// Queues a job and waits until a commit holding it is pushed (or it failed).
-    async fn submit(
-        &self,
-        job: Job,
-        rx: oneshot::Receiver<Result<Done, GitOpsError>>,
-    ) -> Result<Done, GitOpsError> {
-        let mut rx = rx;
-        lock(&self.inner.pending).push(job);
+    /// Queues a job and waits until a commit holding it is pushed (or it failed). A
+    /// cancel while the job is still queued withdraws it; once a commit holding it is
+    /// under way, that commit is waited for.
+    async fn submit(&self, job: Job, ctx: &Context) -> Result<Done, GitOpsError> {
+        let (tx, mut rx) = oneshot::channel();
+        let (id, app) = (job.id, job.app.clone());
+        lock(&self.inner.pending).push(Job {
+            done: Some(tx),
+            ..job
+        });
+        let withdraw = || {
+            let mut pending = lock(&self.inner.pending);
+            let queued = pending.iter().position(|j| j.id == id);
+            queued.map(|at| pending.remove(at)).is_some()
+        };
+        let cancelled = || GitOpsError::Cancelled {
+            app: app.clone(),
+            source: shipflow_core::Cancelled,
+        };
         if !self.inner.linger.is_zero() {
-            tokio::time::sleep(self.inner.linger).await;
+            tokio::select! {
+                () = tokio::time::sleep(self.inner.linger) => {}
+                () = ctx.cancellation().cancelled() => if withdraw() { return Err(cancelled()) },
+            }
         }
-        let guard = self.inner.lock.lock().await;
+        let guard = tokio::select! {
+            guard = self.inner.lock.lock() => guard,
+            () = ctx.cancellation().cancelled() => {
+                if withdraw() {
+                    return Err(cancelled());
+                }
+                self.inner.lock.lock().await
+            }
+        };
         if let Ok(done) = rx.try_recv() {
             return done;
         }
@@ -386,16 +414,16 @@ impl GitOpsDeployer {
             }
             return Ok(Rollout::new(image, self.workload(), changed));
         }
-        let (tx, rx) = oneshot::channel();
         let job = Job {
+            id: NEXT_JOB.fetch_add(1, Ordering::Relaxed),
             app: app.name.clone(),
             image: image.clone(),
             fallback_name: app.image.name(),
             why,
             edits: Self::edits(target, &parts),
-            done: tx,
+            done: None,
         };
-        let done = self.submit(job, rx).await?;
+        let done = self.submit(job, ctx).await?;
         if let Some(commit) = done.commit {
             ctx.message(format!("committed {commit} to {}", self.workload()));
         }
@@ -597,10 +625,12 @@ impl Inner {
                         after: String::new(),
                     },
                 );
-                let _ = replaced.job.done.send(Err(GitOpsError::Superseded {
-                    app: replaced.job.app.clone(),
-                    image: earlier.job.image.clone(),
-                }));
+                let _ = replaced.job.done.map(|d| {
+                    d.send(Err(GitOpsError::Superseded {
+                        app: replaced.job.app.clone(),
+                        image: earlier.job.image.clone(),
+                    }))
+                });
             } else {
                 live.push(Live {
                     job,
@@ -641,7 +671,9 @@ impl Inner {
                     reason: last_reason.clone(),
                 })
             });
-            let _ = l.job.done.send(result);
+            if let Some(done) = l.job.done {
+                let _ = done.send(result);
+            }
         }
     }
 

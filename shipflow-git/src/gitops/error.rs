@@ -84,6 +84,15 @@ pub enum GitOpsError {
         /// How many revisions there are.
         have: usize,
     },
+    /// The run was cancelled before the app's edit was committed; nothing was written.
+    #[error("{app}: gitops: cancelled before the commit; nothing was written")]
+    Cancelled {
+        /// The app.
+        app: String,
+        /// The marker core recognises.
+        #[source]
+        source: shipflow_core::Cancelled,
+    },
     /// The local clone could not be read or written.
     #[error("gitops: git failed while {step}: {message}")]
     Git {
