@@ -1,5 +1,6 @@
-//! Change detection for shipflow on [gix](https://docs.rs/gix): which paths changed between two
-//! revisions, and what an app's inputs hash to at a revision. No `git` process is spawned.
+//! Git for shipflow on [gix](https://docs.rs/gix): change detection (which paths changed between
+//! two revisions, and what an app's inputs hash to at a revision; no `git` process is spawned),
+//! and [`gitops`], a deployer that commits image digests to a config repository.
 //!
 //! ```no_run
 //! use shipflow_core::AppInputs;
@@ -38,6 +39,7 @@ mod detector;
 mod diff;
 mod error;
 mod fingerprint;
+pub mod gitops;
 mod revision;
 mod tags;
 mod trees;
@@ -45,3 +47,4 @@ mod worktree;
 
 pub use detector::GitChangeDetector;
 pub use error::GitError;
+pub use gitops::{GitOpsDeployer, GitOpsError};
