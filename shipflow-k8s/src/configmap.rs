@@ -57,7 +57,7 @@ impl EnvConfigMap {
     /// error here; [`from_env_file_with_env`](Self::from_env_file_with_env) gives
     /// it its value from an environment, as kubectl does.
     pub fn from_env_file(base: &str, path: &Path) -> Result<Self, KubeError> {
-        Self::from_env_file_with_env(base, path, |_| None)
+        Self::parse_with_env(base, path, &read_env_file(base, path)?, None)
     }
 
     /// Reads `path` like [`from_env_file`](Self::from_env_file); a bare `KEY` line
@@ -69,22 +69,7 @@ impl EnvConfigMap {
         path: &Path,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, KubeError> {
-        let bytes = std::fs::read(path).map_err(|e| KubeError::EnvFile {
-            name: base.to_owned(),
-            path: path.to_owned(),
-            line: None,
-            message: e.to_string(),
-        })?;
-        let text = String::from_utf8(bytes).map_err(|e| {
-            let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
-            KubeError::EnvFile {
-                name: base.to_owned(),
-                path: path.to_owned(),
-                line: Some(valid.iter().filter(|&&b| b == b'\n').count() + 1),
-                message: "invalid UTF-8".into(),
-            }
-        })?;
-        Self::parse_with_env(base, path, &text, Some(&env))
+        Self::parse_with_env(base, path, &read_env_file(base, path)?, Some(&env))
     }
 
     /// Parses the text of an env file, by kubectl's `--from-env-file` rules:
@@ -532,6 +517,25 @@ impl KubeDeployer {
             }
         }
     }
+}
+
+/// The text of the env file at `path`; a line that is not UTF-8 is named by number.
+fn read_env_file(base: &str, path: &Path) -> Result<String, KubeError> {
+    let bytes = std::fs::read(path).map_err(|e| KubeError::EnvFile {
+        name: base.to_owned(),
+        path: path.to_owned(),
+        line: None,
+        message: e.to_string(),
+    })?;
+    String::from_utf8(bytes).map_err(|e| {
+        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        KubeError::EnvFile {
+            name: base.to_owned(),
+            path: path.to_owned(),
+            line: Some(valid.iter().filter(|&&b| b == b'\n').count() + 1),
+            message: "invalid UTF-8".into(),
+        }
+    })
 }
 
 /// Kubernetes' rule for an environment variable's name (and so a key of kubectl's

@@ -294,7 +294,8 @@ async fn versions_go_once_no_replica_set_can_roll_back_to_them() {
 async fn a_bad_env_file_names_the_file_and_line() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("app.env");
-    std::fs::write(&path, "A=1\n# ok\nexport B=2\nthis is wrong\n").expect("write");
+    // kubectl's dialect: no `export`, and a bare key needs an environment.
+    std::fs::write(&path, "A=1\n# ok\nB=2\nthis is wrong\n").expect("write");
     let err = EnvConfigMap::from_env_file("app-config", &path).expect_err("bad line 4");
     assert!(
         matches!(err, KubeError::EnvFile { line: Some(4), .. }),

