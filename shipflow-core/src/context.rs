@@ -203,9 +203,13 @@ impl Context {
         });
     }
 
-    /// Emits a message for people.
+    /// Emits a message for people, and logs it at debug level (target
+    /// `shipflow_core::context`), so an adapter's step-by-step decisions show with
+    /// `RUST_LOG=shipflow=debug` even where no event sink listens.
     pub fn message(&self, text: impl Into<String>) {
-        self.emit(EventKind::Message { text: text.into() });
+        let text = text.into();
+        tracing::debug!(app = self.app.as_deref().unwrap_or(""), stage = ?self.stage, "{text}");
+        self.emit(EventKind::Message { text });
     }
 }
 

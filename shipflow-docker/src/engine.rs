@@ -72,6 +72,7 @@ impl Engine {
             Some(component) => (EngineKind::Podman, component.version.clone()),
             None => (EngineKind::Docker, answer.version.unwrap_or_default()),
         };
+        tracing::debug!(%endpoint, ?kind, %version, "connected to the engine");
         Ok(Self {
             docker,
             endpoint,

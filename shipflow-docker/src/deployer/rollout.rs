@@ -235,6 +235,7 @@ impl EngineDeployer {
         };
         match healthy {
             Ok(()) => {
+                tracing::debug!(app = %app.name, container = %new.name, "the new revision is healthy");
                 if let (Some(old), Some(_)) = (old, &switch) {
                     ctx.message(format!("draining {} for {:?}", old.name, self.drain));
                     // A cancel cuts the drain short: the switch is done either way.
@@ -247,6 +248,13 @@ impl EngineDeployer {
                 Ok(())
             }
             Err(cause) => {
+                tracing::debug!(
+                    app = %app.name,
+                    container = %new.name,
+                    cancelled = ctx.cancelled(),
+                    %cause,
+                    "the new revision is not healthy; bringing back what ran before"
+                );
                 let logs = self.last_logs(&new.name).await;
                 // Whatever fails from here on, the old container is brought back. A
                 // cancelled run stops the new one at once.
