@@ -40,10 +40,10 @@ pub struct Engine {
 impl Engine {
     /// Connects to `endpoint` and asks the engine what it is.
     pub async fn connect(endpoint: Endpoint) -> Result<Self, DockerError> {
-        let connect_err = |source| DockerError::Connect {
+        let connect_err = |source: bollard::errors::Error| DockerError::Connect {
             endpoint: endpoint.to_string(),
             step: "connect",
-            source,
+            source: Box::new(source),
         };
         let docker = client(&endpoint)?.map_err(connect_err)?;
         // bollard speaks API 1.49; Docker Engine 20.10 refuses anything above 1.41.
@@ -53,7 +53,7 @@ impl Engine {
             .map_err(|source| DockerError::Connect {
                 endpoint: endpoint.to_string(),
                 step: "GET /version (API version negotiation)",
-                source,
+                source: Box::new(source),
             })?;
         let answer = docker
             .version()
@@ -61,7 +61,7 @@ impl Engine {
             .map_err(|source| DockerError::Connect {
                 endpoint: endpoint.to_string(),
                 step: "GET /version",
-                source,
+                source: Box::new(source),
             })?;
         let podman = answer
             .components

@@ -16,9 +16,9 @@ pub enum DockerError {
         endpoint: String,
         /// What was being done.
         step: &'static str,
-        /// The engine client's error.
+        /// The engine client's error (boxed: the client is an implementation detail).
         #[source]
-        source: bollard::errors::Error,
+        source: shipflow_core::BoxError,
     },
     /// `DOCKER_HOST` or an explicit endpoint could not be understood.
     #[error(
@@ -54,9 +54,9 @@ pub enum DockerError {
         app: String,
         /// What was being done, e.g. `pull 127.0.0.1:5000/web@sha256:…`.
         step: String,
-        /// The engine client's error.
+        /// The engine client's error (boxed: the client is an implementation detail).
         #[source]
-        source: bollard::errors::Error,
+        source: shipflow_core::BoxError,
     },
     /// The app's `deploy.docker` section or Dockerfile build has a bad value.
     #[error("app {app}: {source}")]

@@ -23,7 +23,11 @@ impl EngineDeployer {
     ) -> impl FnOnce(EngineError) -> DockerError {
         let app = app.name.clone();
         let step = step.into();
-        move |source| DockerError::Engine { app, step, source }
+        move |source| DockerError::Engine {
+            app,
+            step,
+            source: Box::new(source),
+        }
     }
 
     /// The app's containers, as the engine lists them now: labelled with the app's
