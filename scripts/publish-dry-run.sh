@@ -9,6 +9,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export K8S_OPENAPI_ENABLED_VERSION="${K8S_OPENAPI_ENABLED_VERSION:-1.33}"
-# Verification reuses an earlier dry run's extraction of the same version: drop it.
-rm -rf "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/shipflow-*
+# Verification reuses an earlier run's extraction and builds of the same version: drop them.
+rm -rf "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/shipflow-* target/package
 cargo publish --workspace --dry-run "$@"
