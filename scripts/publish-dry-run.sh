@@ -10,5 +10,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export K8S_OPENAPI_ENABLED_VERSION="${K8S_OPENAPI_ENABLED_VERSION:-1.33}"
 # Verification reuses an earlier run's extraction and builds of the same version: drop them.
-rm -rf "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/shipflow-* target/package
+rm -rf "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/shipflow-* target/package \
+    target/debug/.fingerprint/shipflow-*
 cargo publish --workspace --dry-run "$@"
