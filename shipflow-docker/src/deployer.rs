@@ -91,8 +91,8 @@ impl EngineDeployerBuilder {
         self
     }
 
-    /// Where host locks live; default `$XDG_STATE_HOME/shipflow/docker`, else
-    /// `/tmp/shipflow-docker`.
+    /// Where host locks live (created `0700`; refused if another user owns it);
+    /// default `$XDG_STATE_HOME/shipflow/docker`, else `~/.local/state/shipflow/docker`.
     pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.deployer.state_dir = dir.into();
         self
@@ -152,9 +152,7 @@ impl EngineDeployer {
 
     /// A builder for a deployer on `engine`.
     pub fn builder(engine: Engine) -> EngineDeployerBuilder {
-        let state_dir = std::env::var_os("XDG_STATE_HOME")
-            .map(|d| PathBuf::from(d).join("shipflow/docker"))
-            .unwrap_or_else(|| PathBuf::from("/tmp/shipflow-docker"));
+        let state_dir = crate::lock::default_state_dir();
         EngineDeployerBuilder {
             deployer: EngineDeployer {
                 engine,

@@ -4,16 +4,70 @@
 //! lock to detect or take over. The file stays for good: removing a lock file while
 //! its lock is held would let a second deployer lock a new file of the same name.
 //! The holder writes who it is into the file, for the message of those who wait.
+//!
+//! The state directory is created `0700` and refused when someone else owns it or
+//! it is group- or world-writable; the lock file is opened in it without following
+//! a symlink, so a link planted at the lock's name is refused, never written through.
 
-use std::fs::{File, OpenOptions, TryLockError};
+use std::fs::{File, TryLockError};
 use std::io::Write;
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use rustix::fs::{AtFlags, Mode, OFlags};
 use serde::{Deserialize, Serialize};
 
 use crate::DockerError;
+
+/// The default state directory: `$XDG_STATE_HOME/shipflow/docker`, else
+/// `~/.local/state/shipflow/docker`, else (no `HOME`) `<temp>/shipflow-<uid>/docker`,
+/// which [`HostLock::acquire`] refuses should another user have made it first.
+pub(crate) fn default_state_dir() -> PathBuf {
+    // The XDG base directory spec: a relative value is ignored.
+    let var = |key| {
+        std::env::var_os(key)
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+    };
+    var("XDG_STATE_HOME")
+        .or_else(|| var("HOME").map(|home| home.join(".local/state")))
+        .map(|base| base.join("shipflow/docker"))
+        .unwrap_or_else(|| {
+            let uid = rustix::process::geteuid().as_raw();
+            std::env::temp_dir().join(format!("shipflow-{uid}/docker"))
+        })
+}
+
+/// Creates `dir` (and its missing parents) `0700` and opens it, refusing a directory
+/// that another user owns or that others may write to: they could swap the lock file.
+fn open_state_dir(dir: &Path) -> std::io::Result<OwnedFd> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let fd = rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let stat = rustix::fs::fstat(&fd)?;
+    let me = rustix::process::geteuid().as_raw();
+    if stat.st_uid != me {
+        return Err(std::io::Error::other(format!(
+            "the state directory is owned by uid {}, not by this user (uid {me}); use a directory of your own",
+            stat.st_uid
+        )));
+    }
+    if stat.st_mode & 0o022 != 0 {
+        return Err(std::io::Error::other(format!(
+            "the state directory has mode {:o}: others may write to it; `chmod 700` it",
+            stat.st_mode & 0o7777
+        )));
+    }
+    Ok(fd)
+}
 
 /// How often a waiting deployer tries the lock again.
 const RETRY: Duration = Duration::from_millis(100);
@@ -65,25 +119,32 @@ impl HostLock {
         app: &str,
         wait: Duration,
     ) -> Result<Self, DockerError> {
-        let path = dir.join(format!("{app}.lock"));
+        let name = format!("{app}.lock");
+        let path = dir.join(&name);
         let io_err = |source| DockerError::LockIo {
             app: app.to_owned(),
             path: path.display().to_string(),
             source,
         };
-        std::fs::create_dir_all(dir).map_err(io_err)?;
+        let dir_fd = open_state_dir(dir).map_err(|source| DockerError::LockIo {
+            app: app.to_owned(),
+            path: dir.display().to_string(),
+            source,
+        })?;
         let started = tokio::time::Instant::now();
         loop {
             // Opened anew each time: a file removed by hand since is not locked again.
-            let mut file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)
-                .map_err(io_err)?;
+            // Never through a symlink (ELOOP): one planted there is refused.
+            let fd = rustix::fs::openat(
+                &dir_fd,
+                &name,
+                OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )
+            .map_err(|e| io_err(e.into()))?;
+            let mut file = File::from(fd);
             match file.try_lock() {
-                Ok(()) if still_at(&file, &path) => {
+                Ok(()) if still_at(&file, &dir_fd, &name) => {
                     // Should this fail, the lock is released with the file on return,
                     // and what the file says does not matter to the next one.
                     let holder = Holder {
@@ -102,9 +163,7 @@ impl HostLock {
                 Err(TryLockError::Error(e)) => return Err(io_err(e)),
             }
             if started.elapsed() >= wait {
-                let holder: Option<Holder> = std::fs::read(&path)
-                    .ok()
-                    .and_then(|b| serde_json::from_slice(&b).ok());
+                let holder = read_holder(&dir_fd, &name);
                 return Err(DockerError::Locked {
                     app: app.to_owned(),
                     path: path.display().to_string(),
@@ -118,10 +177,27 @@ impl HostLock {
     }
 }
 
-/// Whether `path` still names the open `file`.
-fn still_at(file: &File, path: &Path) -> bool {
-    match (file.metadata(), std::fs::metadata(path)) {
-        (Ok(open), Ok(named)) => open.dev() == named.dev() && open.ino() == named.ino(),
+/// Who the lock file `name` in `dir` names, if it names anyone (not through a link).
+fn read_holder(dir: &OwnedFd, name: &str) -> Option<Holder> {
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    let mut body = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(File::from(fd), 4096), &mut body).ok()?;
+    serde_json::from_slice(&body).ok()
+}
+
+/// Whether `name` in `dir` still names the open `file`.
+fn still_at(file: &File, dir: &OwnedFd, name: &str) -> bool {
+    match (
+        rustix::fs::fstat(file),
+        rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW),
+    ) {
+        (Ok(open), Ok(named)) => open.st_dev == named.st_dev && open.st_ino == named.st_ino,
         _ => false,
     }
 }
@@ -258,5 +334,76 @@ mod tests {
         take(dir.path(), Duration::ZERO)
             .await
             .expect("the kernel released the dead holder's lock");
+    }
+
+    #[tokio::test]
+    async fn a_symlink_planted_at_the_lock_path_is_refused_and_its_target_untouched() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").expect("write the victim");
+        let state = dir.path().join("state");
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&state)
+            .expect("state dir");
+        std::os::unix::fs::symlink(&victim, state.join("web.lock")).expect("plant the link");
+        let err = take(&state, Duration::ZERO).await.expect_err("a link");
+        assert!(matches!(err, DockerError::LockIo { .. }), "{err}");
+        assert!(err.to_string().contains("web.lock"), "{err}");
+        assert_eq!(
+            std::fs::read_to_string(&victim).expect("victim"),
+            "precious",
+            "written through the link"
+        );
+        // A dangling link is not followed to create its target either.
+        let missing = dir.path().join("missing");
+        std::fs::remove_file(state.join("web.lock")).expect("unlink");
+        std::os::unix::fs::symlink(&missing, state.join("web.lock")).expect("plant the link");
+        take(&state, Duration::ZERO)
+            .await
+            .expect_err("a dangling link");
+        assert!(!missing.exists(), "created through the link");
+    }
+
+    #[tokio::test]
+    async fn the_state_directory_is_made_0700_and_refused_when_others_may_write_to_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let state = dir.path().join("a/b/state");
+        take(&state, Duration::ZERO).await.expect("a new directory");
+        let mode = std::fs::metadata(&state)
+            .expect("made")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        let err = take(&state, Duration::ZERO)
+            .await
+            .expect_err("world-writable");
+        let text = err.to_string();
+        assert!(text.contains(&state.display().to_string()), "{text}");
+        assert!(text.contains("chmod 700"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_state_directory_owned_by_someone_else_is_refused() {
+        // Another user's directory: `/` when not root; as root, one given to nobody.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let theirs = if rustix::process::geteuid().is_root() {
+            let theirs = dir.path().join("theirs");
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&theirs)
+                .expect("mkdir");
+            std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).expect("chown");
+            theirs
+        } else {
+            PathBuf::from("/")
+        };
+        let err = take(&theirs, Duration::ZERO).await.expect_err("not ours");
+        let text = err.to_string();
+        assert!(text.contains("owned by uid"), "{text}");
+        assert!(text.contains(&theirs.display().to_string()), "{text}");
+        assert!(!theirs.join("web.lock").exists(), "no lock file made there");
     }
 }
