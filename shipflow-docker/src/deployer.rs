@@ -17,7 +17,7 @@ mod rollout;
 
 use crate::config::{DOCKER_TARGET, DockerTarget, Strategy};
 use crate::health::Probe;
-use crate::lock::HostLock;
+use crate::lock::DeployLock;
 use crate::spec::{Publish, container_body};
 use crate::state::{self, AppContainer};
 use crate::switch::{CaddySwitch, TrafficSwitch};
@@ -209,8 +209,8 @@ impl EngineDeployer {
     }
 
     /// The app's host lock; waiting for it ends on cancel.
-    async fn lock(&self, app: &App, ctx: &Context) -> Result<HostLock, DockerError> {
-        let acquire = HostLock::acquire(&self.state_dir, &app.name, self.lock_wait);
+    async fn lock(&self, app: &App, ctx: &Context) -> Result<DeployLock, DockerError> {
+        let acquire = DeployLock::acquire(&self.engine, &self.state_dir, &app.name, self.lock_wait);
         tokio::select! {
             lock = timed(&app.name, "lock", acquire) => lock,
             () = ctx.cancellation().cancelled() => {

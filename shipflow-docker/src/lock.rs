@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rustix::fs::{AtFlags, Mode, OFlags};
 use serde::{Deserialize, Serialize};
 
-use crate::DockerError;
+use crate::{DockerError, Engine};
 
 /// The default state directory: `$XDG_STATE_HOME/shipflow/docker`, else
 /// `~/.local/state/shipflow/docker`, else (no `HOME`) `<temp>/shipflow-<uid>/docker`,
@@ -200,6 +200,360 @@ fn still_at(file: &File, dir: &OwnedFd, name: &str) -> bool {
         (Ok(open), Ok(named)) => open.st_dev == named.st_dev && open.st_ino == named.st_ino,
         _ => false,
     }
+}
+
+/// The image of engine lock sentinels: an empty file system, imported on first use.
+const SENTINEL_IMAGE: &str = "localhost/shipflow-lock:1";
+/// The label a sentinel carries: the app it locks.
+const SENTINEL_LABEL: &str = "dev.shipflow.lock";
+/// How long a sentinel whose lease nobody renews stays held, as its waiters see it.
+const LEASE: Duration = Duration::from_secs(20);
+/// How often a holder renews its lease.
+const HEARTBEAT: Duration = Duration::from_secs(4);
+/// The longest pause between two tries of a held engine lock.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// The app's lock: the host's [`HostLock`], then the engine's [`EngineLock`].
+#[derive(Debug)]
+pub(crate) struct DeployLock {
+    _engine: EngineLock,
+    _host: HostLock,
+}
+
+impl DeployLock {
+    /// Takes the host lock of `app` under `dir`, then its lock on `engine`; both
+    /// waits together end after `wait`.
+    pub(crate) async fn acquire(
+        engine: &Engine,
+        dir: &Path,
+        app: &str,
+        wait: Duration,
+    ) -> Result<Self, DockerError> {
+        let started = tokio::time::Instant::now();
+        let host = HostLock::acquire(dir, app, wait).await?;
+        let engine =
+            EngineLock::acquire(engine, app, wait.saturating_sub(started.elapsed()), LEASE).await?;
+        Ok(Self {
+            _engine: engine,
+            _host: host,
+        })
+    }
+}
+
+/// A lock on the engine itself, for runners on other machines that share it
+/// (`DOCKER_HOST=ssh://…`): a sentinel container `<app>--lock`, created by name,
+/// which the engine does atomically (409 to all but one). Never started: its image
+/// is empty. The holder renews a lease by writing a counter into it every few
+/// seconds; a waiter that sees neither the sentinel nor its lease change for the
+/// lease's length, by its own clock (as client-go's leader election does, so
+/// clocks need not agree), removes it by id and tries again. Released when
+/// dropped; a holder that crashed leaves a sentinel that expires.
+#[derive(Debug)]
+pub(crate) struct EngineLock {
+    engine: Engine,
+    id: String,
+    heartbeat: tokio::task::JoinHandle<()>,
+}
+
+/// What a waiter saw of a held sentinel.
+#[derive(Debug, PartialEq, Eq)]
+struct Seen {
+    id: String,
+    lease: Option<Vec<u8>>,
+}
+
+fn sentinel_name(app: &str) -> String {
+    format!("{app}--lock")
+}
+
+fn status(e: &bollard::errors::Error) -> Option<u16> {
+    match e {
+        bollard::errors::Error::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
+}
+
+/// Whether creating a container failed because its name is taken: 409 (Docker,
+/// newer Podman), or 500 "… is already in use" (Podman 4.3).
+fn name_taken(e: &bollard::errors::Error) -> bool {
+    match e {
+        bollard::errors::Error::DockerResponseServerError {
+            status_code,
+            message,
+        } => *status_code == 409 || (*status_code == 500 && message.contains("already in use")),
+        _ => false,
+    }
+}
+
+impl EngineLock {
+    /// Takes the engine lock of `app`, trying again with backoff until `wait` has
+    /// passed; then fails naming the holder. A sentinel whose lease did not change
+    /// for `lease` is taken over.
+    pub(crate) async fn acquire(
+        engine: &Engine,
+        app: &str,
+        wait: Duration,
+        lease: Duration,
+    ) -> Result<Self, DockerError> {
+        let name = sentinel_name(app);
+        let engine_err = |step: &str, source| DockerError::Engine {
+            app: app.to_owned(),
+            step: format!("{step} the engine lock {name}"),
+            source,
+        };
+        let holder = Holder {
+            pid: std::process::id(),
+            host: hostname(),
+            since: now(),
+        };
+        let docker = engine.client();
+        let started = tokio::time::Instant::now();
+        let mut backoff = Duration::from_millis(100);
+        let mut last: Option<(Seen, tokio::time::Instant)> = None;
+        let mut imported = false;
+        loop {
+            let config = bollard::models::ContainerCreateBody {
+                image: Some(SENTINEL_IMAGE.to_owned()),
+                cmd: Some(vec!["lock".into()]),
+                labels: Some(
+                    [
+                        (SENTINEL_LABEL.to_owned(), app.to_owned()),
+                        (
+                            format!("{SENTINEL_LABEL}.holder"),
+                            serde_json::to_string(&holder).unwrap_or_default(),
+                        ),
+                    ]
+                    .into(),
+                ),
+                host_config: Some(bollard::models::HostConfig {
+                    network_mode: Some("none".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let options = bollard::query_parameters::CreateContainerOptions {
+                name: Some(name.clone()),
+                ..Default::default()
+            };
+            match docker.create_container(Some(options), config).await {
+                Ok(created) => {
+                    let id = created.id;
+                    let beat = renew(engine.clone(), id.clone(), holder.clone(), app.to_owned());
+                    return Ok(Self {
+                        engine: engine.clone(),
+                        id,
+                        heartbeat: tokio::spawn(beat),
+                    });
+                }
+                Err(e) if status(&e) == Some(404) && !imported => {
+                    imported = true;
+                    import_sentinel_image(engine)
+                        .await
+                        .map_err(|e| engine_err("import the image of", e))?;
+                    continue;
+                }
+                Err(e) if name_taken(&e) => {}
+                Err(e) => return Err(engine_err("create", e)),
+            }
+            let seen = observe(engine, &name)
+                .await
+                .map_err(|e| engine_err("read", e))?;
+            let Some(seen) = seen else {
+                // Released meanwhile.
+                continue;
+            };
+            match &last {
+                Some((before, since)) if *before == seen => {
+                    if since.elapsed() >= lease {
+                        tracing::warn!(
+                            app,
+                            sentinel = %name,
+                            "the engine lock's lease was not renewed for {lease:?}: taking it over"
+                        );
+                        let remove = bollard::query_parameters::RemoveContainerOptions {
+                            force: true,
+                            ..Default::default()
+                        };
+                        match docker.remove_container(&seen.id, Some(remove)).await {
+                            Ok(()) => {}
+                            // Another waiter took it over first.
+                            Err(e) if status(&e) == Some(404) => {}
+                            Err(e) => return Err(engine_err("remove the expired", e)),
+                        }
+                        last = None;
+                        continue;
+                    }
+                }
+                _ => last = Some((seen, tokio::time::Instant::now())),
+            }
+            if started.elapsed() >= wait {
+                let holder = last
+                    .as_ref()
+                    .and_then(|(seen, _)| seen.lease.as_deref())
+                    .and_then(|body| serde_json::from_slice::<Lease>(body).ok())
+                    .map_or_else(
+                        || "it names no holder yet".into(),
+                        |lease| lease.holder.describe(),
+                    );
+                return Err(DockerError::EngineLocked {
+                    app: app.to_owned(),
+                    container: name,
+                    holder,
+                    waited: started.elapsed(),
+                });
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+}
+
+impl Drop for EngineLock {
+    fn drop(&mut self) {
+        self.heartbeat.abort();
+        let (engine, id) = (self.engine.clone(), self.id.clone());
+        // Without a runtime (the process is ending), the lease expires instead.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let remove = bollard::query_parameters::RemoveContainerOptions {
+                    force: true,
+                    ..Default::default()
+                };
+                if let Err(e) = engine.client().remove_container(&id, Some(remove)).await {
+                    tracing::warn!(sentinel = %id, "releasing the engine lock: {e}; it expires unrenewed");
+                }
+            });
+        }
+    }
+}
+
+/// What a holder writes into its sentinel, `/lease`: who, and a counter that
+/// changes with every renewal.
+#[derive(Debug, Serialize, Deserialize)]
+struct Lease {
+    holder: Holder,
+    beat: u64,
+}
+
+/// Renews the lease of sentinel `id` every [`HEARTBEAT`] until aborted.
+async fn renew(engine: Engine, id: String, holder: Holder, app: String) {
+    let mut lease = Lease { holder, beat: 0 };
+    loop {
+        let body = serde_json::to_vec(&lease).unwrap_or_default();
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(body.len() as u64);
+        header.set_mode(0o644);
+        header.set_mtime(now());
+        header.set_cksum();
+        let written = tar
+            .append_data(&mut header, "lease", body.as_slice())
+            .and_then(|()| tar.into_inner());
+        if let Ok(tar) = written {
+            let options = bollard::query_parameters::UploadToContainerOptions {
+                path: "/".into(),
+                ..Default::default()
+            };
+            match engine
+                .client()
+                .upload_to_container(&id, Some(options), bollard::body_full(tar.into()))
+                .await
+            {
+                Ok(()) => {}
+                Err(e) if status(&e) == Some(404) => {
+                    tracing::error!(
+                        app,
+                        "the engine lock was taken over: its lease was not renewed in time"
+                    );
+                    return;
+                }
+                Err(e) => tracing::warn!(app, "renewing the engine lock: {e}"),
+            }
+        }
+        lease.beat += 1;
+        tokio::time::sleep(HEARTBEAT).await;
+    }
+}
+
+/// The sentinel `name` as it is now: its id and lease; `None` once it is gone.
+async fn observe(engine: &Engine, name: &str) -> Result<Option<Seen>, bollard::errors::Error> {
+    use futures_util::StreamExt;
+    let docker = engine.client();
+    let id = match docker
+        .inspect_container(
+            name,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+    {
+        Ok(inspect) => inspect.id.unwrap_or_default(),
+        Err(e) if status(&e) == Some(404) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let options = bollard::query_parameters::DownloadFromContainerOptions {
+        path: "/lease".into(),
+    };
+    let mut stream = docker.download_from_container(&id, Some(options));
+    let mut tar = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(chunk) if tar.len() < 64 * 1024 => tar.extend_from_slice(&chunk),
+            Ok(_) => break,
+            // Not renewed yet, or the sentinel went meanwhile (seen next time).
+            Err(e) if status(&e) == Some(404) => return Ok(Some(Seen { id, lease: None })),
+            Err(e) => return Err(e),
+        }
+    }
+    let lease = tar::Archive::new(tar.as_slice())
+        .entries()
+        .ok()
+        .and_then(|mut entries| entries.next())
+        .and_then(Result::ok)
+        .and_then(|mut entry| {
+            let mut body = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut body).ok()?;
+            Some(body)
+        });
+    Ok(Some(Seen { id, lease }))
+}
+
+/// Imports [`SENTINEL_IMAGE`], an empty file system, into the engine.
+async fn import_sentinel_image(engine: &Engine) -> Result<(), bollard::errors::Error> {
+    use futures_util::StreamExt;
+    let empty = tar::Builder::new(Vec::new())
+        .into_inner()
+        .unwrap_or_else(|_| vec![0; 1024]);
+    let (repo, tag) = SENTINEL_IMAGE
+        .split_once(':')
+        .unwrap_or((SENTINEL_IMAGE, "1"));
+    let options = bollard::query_parameters::CreateImageOptions {
+        from_src: Some("-".into()),
+        repo: Some(repo.into()),
+        tag: Some(tag.into()),
+        changes: vec![format!("LABEL {SENTINEL_LABEL}=sentinel")],
+        ..Default::default()
+    };
+    let mut stream =
+        engine
+            .client()
+            .create_image(Some(options), Some(bollard::body_full(empty.into())), None);
+    let mut id = None;
+    while let Some(item) = stream.next().await {
+        id = item?.id.or(id);
+    }
+    // Podman (4.3) names an image imported through its Docker API by neither `repo`
+    // nor `tag`: tag it by id.
+    if let Some(id) = id {
+        let (repo, tag) = SENTINEL_IMAGE
+            .split_once(':')
+            .unwrap_or((SENTINEL_IMAGE, "1"));
+        let options = bollard::query_parameters::TagImageOptions {
+            repo: Some(repo.into()),
+            tag: Some(tag.into()),
+        };
+        engine.client().tag_image(&id, Some(options)).await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

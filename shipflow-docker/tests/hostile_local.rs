@@ -1,16 +1,18 @@
 //! Local files a deploy must not leak or trust, and runners that share an engine,
 //! against real Docker and Podman: the build context leaves out `.shipflow/` and
-//! (unless asked) `.git/`, and is streamed, not held in memory.
+//! (unless asked) `.git/`, and is streamed, not held in memory; two deployers with
+//! state directories of their own (two machines) exclude each other on one engine.
 
 mod common;
 
 use std::path::Path;
+use std::time::Duration;
 
-use common::Harness;
+use common::{Harness, free_port, get};
 use futures_util::StreamExt;
 use rstest::rstest;
-use shipflow_core::{App, BuildRequest, Context, ImageBuilder};
-use shipflow_docker::{EngineBuilder, EngineKind};
+use shipflow_core::{App, BuildRequest, Context, DeployMeta, Deployer, ImageBuilder};
+use shipflow_docker::{DockerError, EngineBuilder, EngineDeployer, EngineKind};
 
 /// A fake CI token, as `actions/checkout` leaves one in `.git/config`.
 const TOKEN: &str = "ghs_FAKEFAKEFAKEFAKEFAKEFAKEFAKE";
@@ -182,4 +184,154 @@ async fn a_large_context_is_streamed_not_held_in_memory(#[case] kind: EngineKind
         grew >> 20,
         BIG >> 20
     );
+}
+
+/// A deployer as on another machine: a state directory (host locks) of its own.
+async fn machine(h: &Harness, state: &str, wait: Duration) -> EngineDeployer {
+    EngineDeployer::builder(h.engine().await)
+        .state_dir(h.dir.path().join(state))
+        .probe_interval(Duration::from_millis(100))
+        .stop_timeout(2)
+        .lock_wait(wait)
+        .build()
+}
+
+fn engine_locked(err: &shipflow_core::BoxError) -> bool {
+    matches!(
+        err.downcast_ref::<DockerError>(),
+        Some(DockerError::EngineLocked { .. })
+    )
+}
+
+#[rstest]
+#[case::docker(EngineKind::Docker)]
+#[case::podman(EngineKind::Podman)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployers_on_two_machines_exclude_each_other_on_one_engine(#[case] kind: EngineKind) {
+    let h = Harness::start(kind);
+    let port = free_port();
+    let app = h.app(
+        "two-hosts",
+        &format!("ports = [\"127.0.0.1:{port}:80\"]\nhealth = {{ http = \"/\", timeout = 4 }}"),
+    );
+    let v1 = h.web_image("two-hosts", "v1", "v1");
+    let v2 = h.web_image("two-hosts", "v2", "v2");
+    let bad = h.image("two-hosts", "bad", "bad", "exec sleep 600");
+    let (meta, ctx) = (DeployMeta::default(), Context::new());
+    let a = machine(&h, "state-a", Duration::from_secs(60)).await;
+    a.deploy(&app, &v1, &meta, &ctx).await.expect("deploy v1");
+
+    // Machine A deploys a revision that never turns healthy: it holds the lock for
+    // its health timeout.
+    let slow = tokio::spawn({
+        let app = app.clone();
+        async move {
+            a.deploy(&app, &bad, &DeployMeta::default(), &Context::new())
+                .await
+                .map_err(|e| e.to_string())
+        }
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !h
+        .containers(&app.name)
+        .iter()
+        .any(|(name, _)| *name == format!("{}--r2", app.name))
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "machine A never created its container"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Machine B shares no host lock with A: the engine's lock stops it.
+    let impatient = machine(&h, "state-b", Duration::from_millis(500)).await;
+    let err = impatient
+        .deploy(&app, &v2, &meta, &ctx)
+        .await
+        .expect_err("locked on the engine");
+    let text = err.to_string();
+    assert!(engine_locked(&err), "{text}");
+    assert!(
+        text.contains(&format!("pid {}", std::process::id())),
+        "names the holder: {text}"
+    );
+
+    let patient = machine(&h, "state-c", Duration::from_secs(60)).await;
+    let rollout = patient
+        .deploy(&app, &v2, &meta, &ctx)
+        .await
+        .expect("waits for the engine lock, then deploys");
+    let slow = slow.await.expect("machine A's task");
+    assert!(slow.is_err_and(|e| e.contains("unhealthy")));
+    assert_eq!(rollout.revision, Some(3), "after r1 and A's failed r2");
+    assert_eq!(
+        get(&reqwest::Client::new(), port).await.as_deref(),
+        Ok("v2")
+    );
+    // Released: nothing named after the lock is left.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !h.containers(&app.name)
+            .iter()
+            .any(|(name, _)| name.ends_with("--lock")),
+        "{:?}",
+        h.containers(&app.name)
+    );
+}
+
+#[rstest]
+#[case::docker(EngineKind::Docker)]
+#[case::podman(EngineKind::Podman)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_lock_nobody_renews_is_taken_over_after_its_lease(#[case] kind: EngineKind) {
+    let h = Harness::start(kind);
+    let port = free_port();
+    let app = h.app(
+        "stale-lock",
+        &format!("ports = [\"127.0.0.1:{port}:80\"]\nhealth = {{ http = \"/\" }}"),
+    );
+    let v1 = h.web_image("stale-lock", "v1", "v1");
+    let (meta, ctx) = (DeployMeta::default(), Context::new());
+    // A runner that crashed while holding the engine lock: its sentinel stays and
+    // is never renewed (the first deploy imports the sentinel's image).
+    let a = machine(&h, "state-a", Duration::from_secs(60)).await;
+    a.deploy(&app, &v1, &meta, &ctx).await.expect("deploy v1");
+    let sentinel = format!("{}--lock", app.name);
+    // The deploy's own sentinel goes just after it returns.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let planted = h
+            .cli()
+            .args(["create", "--name", &sentinel, "--label"])
+            .arg(format!("dev.shipflow.lock={}", app.name))
+            .args(["localhost/shipflow-lock:1", "lock"])
+            .output()
+            .expect("the engine's command line");
+        if planted.status.success() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            String::from_utf8_lossy(&planted.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let impatient = machine(&h, "state-b", Duration::from_secs(2)).await;
+    let err = impatient
+        .deploy(&app, &v1, &meta, &ctx)
+        .await
+        .expect_err("held until its lease ends");
+    assert!(engine_locked(&err), "{err}");
+
+    let started = std::time::Instant::now();
+    let b = machine(&h, "state-c", Duration::from_secs(90)).await;
+    b.deploy(&app, &v1, &meta, &ctx)
+        .await
+        .expect("takes over the expired lock");
+    let waited = started.elapsed();
+    eprintln!("took over an unrenewed engine lock after {waited:?}");
+    assert!(waited >= Duration::from_secs(15), "{waited:?}");
 }
