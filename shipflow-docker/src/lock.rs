@@ -210,6 +210,8 @@ const SENTINEL_LABEL: &str = "dev.shipflow.lock";
 const LEASE: Duration = Duration::from_secs(20);
 /// How often a holder renews its lease.
 const HEARTBEAT: Duration = Duration::from_secs(4);
+/// How long reading a held sentinel may take.
+const OBSERVE: Duration = Duration::from_secs(3);
 /// The longest pause between two tries of a held engine lock.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -355,9 +357,19 @@ impl EngineLock {
                 Err(e) if name_taken(&e) => {}
                 Err(e) => return Err(engine_err("create", e)),
             }
-            let seen = observe(engine, &name)
-                .await
-                .map_err(|e| engine_err("read", e))?;
+            // Bounded: Podman 4.3 never ends reading a container removed meanwhile.
+            let seen = match tokio::time::timeout(OBSERVE, observe(engine, &name)).await {
+                Ok(seen) => seen.map_err(|e| engine_err("read", e))?,
+                Err(_) if started.elapsed() < wait => continue,
+                Err(_) => {
+                    return Err(DockerError::EngineLocked {
+                        app: app.to_owned(),
+                        container: name,
+                        holder: "the sentinel did not answer".into(),
+                        waited: started.elapsed(),
+                    });
+                }
+            };
             let Some(seen) = seen else {
                 // Released meanwhile.
                 continue;

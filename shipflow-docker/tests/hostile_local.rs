@@ -231,7 +231,8 @@ async fn deployers_on_two_machines_exclude_each_other_on_one_engine(#[case] kind
                 .map_err(|e| e.to_string())
         }
     });
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let started = tokio::time::Instant::now();
+    let deadline = started + Duration::from_secs(60);
     while !h
         .containers(&app.name)
         .iter()
@@ -244,6 +245,10 @@ async fn deployers_on_two_machines_exclude_each_other_on_one_engine(#[case] kind
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
+    eprintln!(
+        "machine A created its container after {:?}",
+        started.elapsed()
+    );
     // Machine B shares no host lock with A: the engine's lock stops it.
     let impatient = machine(&h, "state-b", Duration::from_millis(500)).await;
     let err = impatient
