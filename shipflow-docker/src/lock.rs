@@ -359,9 +359,14 @@ impl EngineLock {
             }
             // Bounded: Podman 4.3 never ends reading a container removed meanwhile.
             let seen = match tokio::time::timeout(OBSERVE, observe(engine, &name)).await {
-                Ok(seen) => seen.map_err(|e| engine_err("read", e))?,
-                Err(_) if started.elapsed() < wait => continue,
-                Err(_) => {
+                Ok(Ok(seen)) => seen,
+                // Gone while read (Podman: 500 "does not exist in database"), or
+                // no answer: tried again.
+                Ok(Err(_)) | Err(_) if started.elapsed() < wait => {
+                    tokio::time::sleep(backoff).await;
+                    continue;
+                }
+                Ok(Err(_)) | Err(_) => {
                     return Err(DockerError::EngineLocked {
                         app: app.to_owned(),
                         container: name,
@@ -423,18 +428,40 @@ impl EngineLock {
 impl Drop for EngineLock {
     fn drop(&mut self) {
         self.heartbeat.abort();
-        let (engine, id) = (self.engine.clone(), self.id.clone());
-        // Without a runtime (the process is ending), the lease expires instead.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                let remove = bollard::query_parameters::RemoveContainerOptions {
-                    force: true,
-                    ..Default::default()
+        // Removed from a thread of its own, on a connection of its own: a task
+        // spawned on the caller's runtime may wait behind work that blocks it, and
+        // the next deploy would wait for the lease. Should the process end first,
+        // the lease expires instead.
+        let (endpoint, id) = (self.engine.endpoint().clone(), self.id.clone());
+        let released = std::thread::Builder::new()
+            .name("shipflow-unlock".into())
+            .spawn(move || {
+                let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return;
                 };
-                if let Err(e) = engine.client().remove_container(&id, Some(remove)).await {
-                    tracing::warn!(sentinel = %id, "releasing the engine lock: {e}; it expires unrenewed");
-                }
+                runtime.block_on(async move {
+                    let remove = bollard::query_parameters::RemoveContainerOptions {
+                        force: true,
+                        ..Default::default()
+                    };
+                    let removed = match Engine::connect(endpoint).await {
+                        Ok(engine) => engine
+                            .client()
+                            .remove_container(&id, Some(remove))
+                            .await
+                            .map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    if let Err(e) = removed {
+                        tracing::warn!(sentinel = %id, "releasing the engine lock: {e}; it expires unrenewed");
+                    }
+                });
             });
+        if let Err(e) = released {
+            tracing::warn!(sentinel = %self.id, "releasing the engine lock: {e}; it expires unrenewed");
         }
     }
 }
