@@ -213,7 +213,7 @@ const HEARTBEAT: Duration = Duration::from_secs(4);
 /// How long reading a held sentinel may take.
 const OBSERVE: Duration = Duration::from_secs(3);
 /// The longest pause between two tries of a held engine lock.
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
+const MAX_BACKOFF: Duration = Duration::from_millis(500);
 
 /// The app's lock: the host's [`HostLock`], then the engine's [`EngineLock`].
 #[derive(Debug)]
@@ -310,7 +310,7 @@ impl EngineLock {
         };
         let docker = engine.client();
         let started = tokio::time::Instant::now();
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Duration::from_millis(50);
         let mut last: Option<(Seen, tokio::time::Instant)> = None;
         let mut imported = false;
         loop {
@@ -428,10 +428,30 @@ impl EngineLock {
 impl Drop for EngineLock {
     fn drop(&mut self) {
         self.heartbeat.abort();
-        // Removed from a thread of its own, on a connection of its own: a task
-        // spawned on the caller's runtime may wait behind work that blocks it, and
-        // the next deploy would wait for the lease. Should the process end first,
-        // the lease expires instead.
+        let remove = || bollard::query_parameters::RemoveContainerOptions {
+            force: true,
+            ..Default::default()
+        };
+        // On a multi-thread runtime, released before the deploy returns, so the
+        // next one finds it free.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current()
+            && runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+        {
+            let removed = tokio::task::block_in_place(|| {
+                runtime.block_on(
+                    self.engine
+                        .client()
+                        .remove_container(&self.id, Some(remove())),
+                )
+            });
+            if let Err(e) = removed {
+                tracing::warn!(sentinel = %self.id, "releasing the engine lock: {e}; it expires unrenewed");
+            }
+            return;
+        }
+        // Otherwise from a thread and connection of its own: a task spawned on the
+        // caller's runtime may wait behind work that blocks it. Should the process
+        // end first, the lease expires instead.
         let (endpoint, id) = (self.engine.endpoint().clone(), self.id.clone());
         let released = std::thread::Builder::new()
             .name("shipflow-unlock".into())
@@ -443,14 +463,10 @@ impl Drop for EngineLock {
                     return;
                 };
                 runtime.block_on(async move {
-                    let remove = bollard::query_parameters::RemoveContainerOptions {
-                        force: true,
-                        ..Default::default()
-                    };
                     let removed = match Engine::connect(endpoint).await {
                         Ok(engine) => engine
                             .client()
-                            .remove_container(&id, Some(remove))
+                            .remove_container(&id, Some(remove()))
                             .await
                             .map_err(|e| e.to_string()),
                         Err(e) => Err(e.to_string()),
