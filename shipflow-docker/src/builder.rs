@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use bollard::query_parameters::{BuildImageOptions, BuilderVersion};
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use shipflow_core::{
     App, Blob, BoxError, BuildRequest, Context, Digest, ImageBuilder, ImageLocation, LocalImage,
 };
@@ -16,7 +16,8 @@ use crate::{DockerError, Engine, context};
 const OUTPUT_LINES: usize = 30;
 
 /// Builds `type = "dockerfile"` apps through the engine: the context directory is
-/// sent as a tar without what `.dockerignore` excludes, with the app's build args
+/// streamed as a tar without what `.dockerignore` excludes, without `.shipflow/`
+/// and, unless `include_git = true`, without `.git/`, with the app's build args
 /// and target stage, and the request's labels (plus the revision and fingerprint).
 /// Docker Engine builds with its classic builder (not BuildKit: no `RUN --mount`,
 /// heredocs or `# syntax=` frontends); Podman with Buildah. Both give the same files
@@ -44,6 +45,33 @@ fn build_err(app: &App, cause: impl Into<String>) -> DockerError {
         app: app.name.clone(),
         cause: cause.into(),
     }
+}
+
+/// Follows a build's output to its end: the error with the last lines of output.
+async fn stream_build(
+    mut stream: impl futures_util::Stream<
+        Item = Result<bollard::models::BuildInfo, bollard::errors::Error>,
+    > + Unpin,
+) -> Result<(), String> {
+    let mut output: Vec<String> = Vec::new();
+    while let Some(item) = stream.next().await {
+        let info = item.map_err(|e| format!("{e}\n{}", output.join("\n")))?;
+        if let Some(line) = info
+            .stream
+            .as_deref()
+            .map(str::trim_end)
+            .filter(|l| !l.is_empty())
+        {
+            output.push(line.to_owned());
+            if output.len() > OUTPUT_LINES {
+                output.remove(0);
+            }
+        }
+        if let Some(error) = info.error.or(info.error_detail.and_then(|d| d.message)) {
+            return Err(format!("{error}\n{}", output.join("\n")));
+        }
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -82,6 +110,7 @@ impl EngineBuilder {
             context: context_dir,
             target,
             args,
+            include_git,
             ..
         } = spec.as_ref();
         let dir = request.root.join(context_dir.as_deref().unwrap_or(""));
@@ -90,14 +119,18 @@ impl EngineBuilder {
                 .clone()
                 .unwrap_or_else(|| format!("{}/Dockerfile", app.path)),
         );
-        let (tar, dockerfile_name) = {
-            let (from, dockerfile) = (dir.clone(), dockerfile.clone());
-            tokio::task::spawn_blocking(move || context::pack(&from, &dockerfile))
-                .await
-                .map_err(|e| build_err(app, format!("pack the context: {e}")))?
-                .map_err(|e| build_err(app, format!("context {}: {e}", dir.display())))?
+        let context = {
+            let (from, dockerfile, git) = (dir.clone(), dockerfile.clone(), *include_git);
+            tokio::task::spawn_blocking(move || {
+                context::BuildContext::scan(&from, &dockerfile, git)
+            })
+            .await
+            .map_err(|e| build_err(app, format!("scan the context: {e}")))?
+            .map_err(|e| build_err(app, format!("context {}: {e}", dir.display())))?
         };
-        ctx.message(format!("sending a {} byte context", tar.len()));
+        let (files, bytes) = context.size();
+        ctx.message(format!("sending a context of {files} files, {bytes} bytes"));
+        let dockerfile_name = context.dockerfile_name().to_owned();
         let tag = if request.tag.is_empty() {
             "latest"
         } else {
@@ -131,25 +164,18 @@ impl EngineBuilder {
             ..Default::default()
         };
         let docker = self.engine.client();
-        let mut stream = docker.build_image(options, None, Some(bollard::body_full(tar.into())));
-        let mut output: Vec<String> = Vec::new();
-        while let Some(item) = stream.next().await {
-            let info = item.map_err(|e| build_err(app, format!("{e}\n{}", output.join("\n"))))?;
-            if let Some(line) = info
-                .stream
-                .as_deref()
-                .map(str::trim_end)
-                .filter(|l| !l.is_empty())
-            {
-                output.push(line.to_owned());
-                if output.len() > OUTPUT_LINES {
-                    output.remove(0);
-                }
+        let (body, packing) = context.stream();
+        let body = bollard::body_try_stream(body.map_ok(Into::into));
+        let built = stream_build(docker.build_image(options, None, Some(body))).await;
+        // A context that could not be read says why, rather than the broken upload.
+        match packing.await {
+            Ok(Err(e)) if !e.contains("stopped reading") => {
+                return Err(build_err(app, format!("context {}: {e}", dir.display())));
             }
-            if let Some(error) = info.error.or(info.error_detail.and_then(|d| d.message)) {
-                return Err(build_err(app, format!("{error}\n{}", output.join("\n"))));
-            }
+            Err(e) => return Err(build_err(app, format!("send the context: {e}"))),
+            Ok(_) => {}
         }
+        built.map_err(|e| build_err(app, e))?;
         let inspect = docker
             .inspect_image(&reference)
             .await

@@ -115,6 +115,10 @@ pub struct DockerfileBuild {
     /// Build arguments.
     #[serde(default)]
     pub args: BTreeMap<String, String>,
+    /// Whether the context sends `.git/` (default no: `.git/config` may hold CI
+    /// tokens). `.shipflow/` is never sent.
+    #[serde(default)]
+    pub include_git: bool,
 }
 
 impl ConfigSection for DockerTarget {

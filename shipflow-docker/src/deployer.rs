@@ -17,7 +17,7 @@ mod rollout;
 
 use crate::config::{DOCKER_TARGET, DockerTarget, Strategy};
 use crate::health::Probe;
-use crate::lock::HostLock;
+use crate::lock::DeployLock;
 use crate::spec::{Publish, container_body};
 use crate::state::{self, AppContainer};
 use crate::switch::{CaddySwitch, TrafficSwitch};
@@ -91,8 +91,8 @@ impl EngineDeployerBuilder {
         self
     }
 
-    /// Where host locks live; default `$XDG_STATE_HOME/shipflow/docker`, else
-    /// `/tmp/shipflow-docker`.
+    /// Where host locks live (created `0700`; refused if another user owns it);
+    /// default `$XDG_STATE_HOME/shipflow/docker`, else `~/.local/state/shipflow/docker`.
     pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.deployer.state_dir = dir.into();
         self
@@ -152,9 +152,7 @@ impl EngineDeployer {
 
     /// A builder for a deployer on `engine`.
     pub fn builder(engine: Engine) -> EngineDeployerBuilder {
-        let state_dir = std::env::var_os("XDG_STATE_HOME")
-            .map(|d| PathBuf::from(d).join("shipflow/docker"))
-            .unwrap_or_else(|| PathBuf::from("/tmp/shipflow-docker"));
+        let state_dir = crate::lock::default_state_dir();
         EngineDeployerBuilder {
             deployer: EngineDeployer {
                 engine,
@@ -211,8 +209,8 @@ impl EngineDeployer {
     }
 
     /// The app's host lock; waiting for it ends on cancel.
-    async fn lock(&self, app: &App, ctx: &Context) -> Result<HostLock, DockerError> {
-        let acquire = HostLock::acquire(&self.state_dir, &app.name, self.lock_wait);
+    async fn lock(&self, app: &App, ctx: &Context) -> Result<DeployLock, DockerError> {
+        let acquire = DeployLock::acquire(&self.engine, &self.state_dir, &app.name, self.lock_wait);
         tokio::select! {
             lock = timed(&app.name, "lock", acquire) => lock,
             () = ctx.cancellation().cancelled() => {

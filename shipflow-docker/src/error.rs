@@ -159,6 +159,20 @@ pub enum DockerError {
         /// How long this deployer waited.
         waited: Duration,
     },
+    /// A deployer on another machine holds the app's lock on the engine.
+    #[error(
+        "app {app}: another deploy holds the engine lock, container {container} ({holder}); waited {waited:?}; retry when it finishes (a holder that stops renewing it loses it)"
+    )]
+    EngineLocked {
+        /// The app.
+        app: String,
+        /// The sentinel container.
+        container: String,
+        /// Who holds it, as the holder wrote it.
+        holder: String,
+        /// How long this deployer waited.
+        waited: Duration,
+    },
     /// The lock file could not be read or written.
     #[error("app {app}: lock {path}: {source}")]
     LockIo {

@@ -4,16 +4,70 @@
 //! lock to detect or take over. The file stays for good: removing a lock file while
 //! its lock is held would let a second deployer lock a new file of the same name.
 //! The holder writes who it is into the file, for the message of those who wait.
+//!
+//! The state directory is created `0700` and refused when someone else owns it or
+//! it is group- or world-writable; the lock file is opened in it without following
+//! a symlink, so a link planted at the lock's name is refused, never written through.
 
-use std::fs::{File, OpenOptions, TryLockError};
+use std::fs::{File, TryLockError};
 use std::io::Write;
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use rustix::fs::{AtFlags, Mode, OFlags};
 use serde::{Deserialize, Serialize};
 
-use crate::DockerError;
+use crate::{DockerError, Engine};
+
+/// The default state directory: `$XDG_STATE_HOME/shipflow/docker`, else
+/// `~/.local/state/shipflow/docker`, else (no `HOME`) `<temp>/shipflow-<uid>/docker`,
+/// which [`HostLock::acquire`] refuses should another user have made it first.
+pub(crate) fn default_state_dir() -> PathBuf {
+    // The XDG base directory spec: a relative value is ignored.
+    let var = |key| {
+        std::env::var_os(key)
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+    };
+    var("XDG_STATE_HOME")
+        .or_else(|| var("HOME").map(|home| home.join(".local/state")))
+        .map(|base| base.join("shipflow/docker"))
+        .unwrap_or_else(|| {
+            let uid = rustix::process::geteuid().as_raw();
+            std::env::temp_dir().join(format!("shipflow-{uid}/docker"))
+        })
+}
+
+/// Creates `dir` (and its missing parents) `0700` and opens it, refusing a directory
+/// that another user owns or that others may write to: they could swap the lock file.
+fn open_state_dir(dir: &Path) -> std::io::Result<OwnedFd> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let fd = rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let stat = rustix::fs::fstat(&fd)?;
+    let me = rustix::process::geteuid().as_raw();
+    if stat.st_uid != me {
+        return Err(std::io::Error::other(format!(
+            "the state directory is owned by uid {}, not by this user (uid {me}); use a directory of your own",
+            stat.st_uid
+        )));
+    }
+    if stat.st_mode & 0o022 != 0 {
+        return Err(std::io::Error::other(format!(
+            "the state directory has mode {:o}: others may write to it; `chmod 700` it",
+            stat.st_mode & 0o7777
+        )));
+    }
+    Ok(fd)
+}
 
 /// How often a waiting deployer tries the lock again.
 const RETRY: Duration = Duration::from_millis(100);
@@ -65,25 +119,32 @@ impl HostLock {
         app: &str,
         wait: Duration,
     ) -> Result<Self, DockerError> {
-        let path = dir.join(format!("{app}.lock"));
+        let name = format!("{app}.lock");
+        let path = dir.join(&name);
         let io_err = |source| DockerError::LockIo {
             app: app.to_owned(),
             path: path.display().to_string(),
             source,
         };
-        std::fs::create_dir_all(dir).map_err(io_err)?;
+        let dir_fd = open_state_dir(dir).map_err(|source| DockerError::LockIo {
+            app: app.to_owned(),
+            path: dir.display().to_string(),
+            source,
+        })?;
         let started = tokio::time::Instant::now();
         loop {
             // Opened anew each time: a file removed by hand since is not locked again.
-            let mut file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)
-                .map_err(io_err)?;
+            // Never through a symlink (ELOOP): one planted there is refused.
+            let fd = rustix::fs::openat(
+                &dir_fd,
+                &name,
+                OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )
+            .map_err(|e| io_err(e.into()))?;
+            let mut file = File::from(fd);
             match file.try_lock() {
-                Ok(()) if still_at(&file, &path) => {
+                Ok(()) if still_at(&file, &dir_fd, &name) => {
                     // Should this fail, the lock is released with the file on return,
                     // and what the file says does not matter to the next one.
                     let holder = Holder {
@@ -102,9 +163,7 @@ impl HostLock {
                 Err(TryLockError::Error(e)) => return Err(io_err(e)),
             }
             if started.elapsed() >= wait {
-                let holder: Option<Holder> = std::fs::read(&path)
-                    .ok()
-                    .and_then(|b| serde_json::from_slice(&b).ok());
+                let holder = read_holder(&dir_fd, &name);
                 return Err(DockerError::Locked {
                     app: app.to_owned(),
                     path: path.display().to_string(),
@@ -118,12 +177,438 @@ impl HostLock {
     }
 }
 
-/// Whether `path` still names the open `file`.
-fn still_at(file: &File, path: &Path) -> bool {
-    match (file.metadata(), std::fs::metadata(path)) {
-        (Ok(open), Ok(named)) => open.dev() == named.dev() && open.ino() == named.ino(),
+/// Who the lock file `name` in `dir` names, if it names anyone (not through a link).
+fn read_holder(dir: &OwnedFd, name: &str) -> Option<Holder> {
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    let mut body = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(File::from(fd), 4096), &mut body).ok()?;
+    serde_json::from_slice(&body).ok()
+}
+
+/// Whether `name` in `dir` still names the open `file`.
+fn still_at(file: &File, dir: &OwnedFd, name: &str) -> bool {
+    match (
+        rustix::fs::fstat(file),
+        rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW),
+    ) {
+        (Ok(open), Ok(named)) => open.st_dev == named.st_dev && open.st_ino == named.st_ino,
         _ => false,
     }
+}
+
+/// The image of engine lock sentinels: an empty file system, imported on first use.
+const SENTINEL_IMAGE: &str = "localhost/shipflow-lock:1";
+/// The label a sentinel carries: the app it locks.
+const SENTINEL_LABEL: &str = "dev.shipflow.lock";
+/// How long a sentinel whose lease nobody renews stays held, as its waiters see it.
+const LEASE: Duration = Duration::from_secs(20);
+/// How often a holder renews its lease.
+const HEARTBEAT: Duration = Duration::from_secs(4);
+/// How long reading a held sentinel may take.
+const OBSERVE: Duration = Duration::from_secs(3);
+/// The longest pause between two tries of a held engine lock.
+const MAX_BACKOFF: Duration = Duration::from_millis(500);
+
+/// The app's lock: the host's [`HostLock`], then the engine's [`EngineLock`].
+#[derive(Debug)]
+pub(crate) struct DeployLock {
+    _engine: EngineLock,
+    _host: HostLock,
+}
+
+impl DeployLock {
+    /// Takes the host lock of `app` under `dir`, then its lock on `engine`; both
+    /// waits together end after `wait`.
+    pub(crate) async fn acquire(
+        engine: &Engine,
+        dir: &Path,
+        app: &str,
+        wait: Duration,
+    ) -> Result<Self, DockerError> {
+        let started = tokio::time::Instant::now();
+        let host = HostLock::acquire(dir, app, wait).await?;
+        let engine =
+            EngineLock::acquire(engine, app, wait.saturating_sub(started.elapsed()), LEASE).await?;
+        Ok(Self {
+            _engine: engine,
+            _host: host,
+        })
+    }
+}
+
+/// A lock on the engine itself, for runners on other machines that share it
+/// (`DOCKER_HOST=ssh://…`): a sentinel container `<app>--lock`, created by name,
+/// which the engine does atomically (409 to all but one). Never started: its image
+/// is empty. The holder renews a lease by writing a counter into it every few
+/// seconds; a waiter that sees neither the sentinel nor its lease change for the
+/// lease's length, by its own clock (as client-go's leader election does, so
+/// clocks need not agree), removes it by id and tries again. Released when
+/// dropped; a holder that crashed leaves a sentinel that expires.
+#[derive(Debug)]
+pub(crate) struct EngineLock {
+    engine: Engine,
+    id: String,
+    heartbeat: tokio::task::JoinHandle<()>,
+}
+
+/// What a waiter saw of a held sentinel.
+#[derive(Debug, PartialEq, Eq)]
+struct Seen {
+    id: String,
+    lease: Option<Vec<u8>>,
+}
+
+fn sentinel_name(app: &str) -> String {
+    format!("{app}--lock")
+}
+
+fn status(e: &bollard::errors::Error) -> Option<u16> {
+    match e {
+        bollard::errors::Error::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
+}
+
+/// Whether creating a container failed because its name is taken: 409 (Docker,
+/// newer Podman), or 500 "… is already in use" (Podman 4.3).
+fn name_taken(e: &bollard::errors::Error) -> bool {
+    match e {
+        bollard::errors::Error::DockerResponseServerError {
+            status_code,
+            message,
+        } => *status_code == 409 || (*status_code == 500 && message.contains("already in use")),
+        _ => false,
+    }
+}
+
+impl EngineLock {
+    /// Takes the engine lock of `app`, trying again with backoff until `wait` has
+    /// passed; then fails naming the holder. A sentinel whose lease did not change
+    /// for `lease` is taken over.
+    pub(crate) async fn acquire(
+        engine: &Engine,
+        app: &str,
+        wait: Duration,
+        lease: Duration,
+    ) -> Result<Self, DockerError> {
+        let name = sentinel_name(app);
+        let engine_err = |step: &str, source| DockerError::Engine {
+            app: app.to_owned(),
+            step: format!("{step} the engine lock {name}"),
+            source,
+        };
+        let holder = Holder {
+            pid: std::process::id(),
+            host: hostname(),
+            since: now(),
+        };
+        let docker = engine.client();
+        let started = tokio::time::Instant::now();
+        let mut backoff = Duration::from_millis(50);
+        let mut last: Option<(Seen, tokio::time::Instant)> = None;
+        let mut imported = false;
+        loop {
+            let config = bollard::models::ContainerCreateBody {
+                image: Some(SENTINEL_IMAGE.to_owned()),
+                cmd: Some(vec!["lock".into()]),
+                labels: Some(
+                    [
+                        (SENTINEL_LABEL.to_owned(), app.to_owned()),
+                        (
+                            format!("{SENTINEL_LABEL}.holder"),
+                            serde_json::to_string(&holder).unwrap_or_default(),
+                        ),
+                    ]
+                    .into(),
+                ),
+                host_config: Some(bollard::models::HostConfig {
+                    network_mode: Some("none".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let options = bollard::query_parameters::CreateContainerOptions {
+                name: Some(name.clone()),
+                ..Default::default()
+            };
+            match docker.create_container(Some(options), config).await {
+                Ok(created) => {
+                    let id = created.id;
+                    let beat = renew(engine.clone(), id.clone(), holder.clone(), app.to_owned());
+                    return Ok(Self {
+                        engine: engine.clone(),
+                        id,
+                        heartbeat: tokio::spawn(beat),
+                    });
+                }
+                Err(e) if status(&e) == Some(404) && !imported => {
+                    imported = true;
+                    import_sentinel_image(engine)
+                        .await
+                        .map_err(|e| engine_err("import the image of", e))?;
+                    continue;
+                }
+                Err(e) if name_taken(&e) => {}
+                Err(e) => return Err(engine_err("create", e)),
+            }
+            // Bounded: Podman 4.3 never ends reading a container removed meanwhile.
+            let seen = match tokio::time::timeout(OBSERVE, observe(engine, &name)).await {
+                Ok(Ok(seen)) => seen,
+                // Gone while read (Podman: 500 "does not exist in database"), or
+                // no answer: tried again.
+                Ok(Err(_)) | Err(_) if started.elapsed() < wait => {
+                    tokio::time::sleep(backoff).await;
+                    continue;
+                }
+                Ok(Err(_)) | Err(_) => {
+                    return Err(DockerError::EngineLocked {
+                        app: app.to_owned(),
+                        container: name,
+                        holder: "the sentinel did not answer".into(),
+                        waited: started.elapsed(),
+                    });
+                }
+            };
+            let Some(seen) = seen else {
+                // Released meanwhile.
+                continue;
+            };
+            match &last {
+                Some((before, since)) if *before == seen => {
+                    if since.elapsed() >= lease {
+                        tracing::warn!(
+                            app,
+                            sentinel = %name,
+                            "the engine lock's lease was not renewed for {lease:?}: taking it over"
+                        );
+                        let remove = bollard::query_parameters::RemoveContainerOptions {
+                            force: true,
+                            ..Default::default()
+                        };
+                        match docker.remove_container(&seen.id, Some(remove)).await {
+                            Ok(()) => {}
+                            // Another waiter took it over first.
+                            Err(e) if status(&e) == Some(404) => {}
+                            Err(e) => return Err(engine_err("remove the expired", e)),
+                        }
+                        last = None;
+                        continue;
+                    }
+                }
+                _ => last = Some((seen, tokio::time::Instant::now())),
+            }
+            if started.elapsed() >= wait {
+                let holder = last
+                    .as_ref()
+                    .and_then(|(seen, _)| seen.lease.as_deref())
+                    .and_then(|body| serde_json::from_slice::<Lease>(body).ok())
+                    .map_or_else(
+                        || "it names no holder yet".into(),
+                        |lease| lease.holder.describe(),
+                    );
+                return Err(DockerError::EngineLocked {
+                    app: app.to_owned(),
+                    container: name,
+                    holder,
+                    waited: started.elapsed(),
+                });
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+}
+
+impl Drop for EngineLock {
+    fn drop(&mut self) {
+        self.heartbeat.abort();
+        let remove = || bollard::query_parameters::RemoveContainerOptions {
+            force: true,
+            ..Default::default()
+        };
+        // On a multi-thread runtime, released before the deploy returns, so the
+        // next one finds it free.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current()
+            && runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+        {
+            let removed = tokio::task::block_in_place(|| {
+                runtime.block_on(
+                    self.engine
+                        .client()
+                        .remove_container(&self.id, Some(remove())),
+                )
+            });
+            if let Err(e) = removed {
+                tracing::warn!(sentinel = %self.id, "releasing the engine lock: {e}; it expires unrenewed");
+            }
+            return;
+        }
+        // Otherwise from a thread and connection of its own: a task spawned on the
+        // caller's runtime may wait behind work that blocks it. Should the process
+        // end first, the lease expires instead.
+        let (endpoint, id) = (self.engine.endpoint().clone(), self.id.clone());
+        let released = std::thread::Builder::new()
+            .name("shipflow-unlock".into())
+            .spawn(move || {
+                let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return;
+                };
+                runtime.block_on(async move {
+                    let removed = match Engine::connect(endpoint).await {
+                        Ok(engine) => engine
+                            .client()
+                            .remove_container(&id, Some(remove()))
+                            .await
+                            .map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    if let Err(e) = removed {
+                        tracing::warn!(sentinel = %id, "releasing the engine lock: {e}; it expires unrenewed");
+                    }
+                });
+            });
+        if let Err(e) = released {
+            tracing::warn!(sentinel = %self.id, "releasing the engine lock: {e}; it expires unrenewed");
+        }
+    }
+}
+
+/// What a holder writes into its sentinel, `/lease`: who, and a counter that
+/// changes with every renewal.
+#[derive(Debug, Serialize, Deserialize)]
+struct Lease {
+    holder: Holder,
+    beat: u64,
+}
+
+/// Renews the lease of sentinel `id` every [`HEARTBEAT`] until aborted.
+async fn renew(engine: Engine, id: String, holder: Holder, app: String) {
+    let mut lease = Lease { holder, beat: 0 };
+    loop {
+        let body = serde_json::to_vec(&lease).unwrap_or_default();
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(body.len() as u64);
+        header.set_mode(0o644);
+        header.set_mtime(now());
+        header.set_cksum();
+        let written = tar
+            .append_data(&mut header, "lease", body.as_slice())
+            .and_then(|()| tar.into_inner());
+        if let Ok(tar) = written {
+            let options = bollard::query_parameters::UploadToContainerOptions {
+                path: "/".into(),
+                ..Default::default()
+            };
+            match engine
+                .client()
+                .upload_to_container(&id, Some(options), bollard::body_full(tar.into()))
+                .await
+            {
+                Ok(()) => {}
+                Err(e) if status(&e) == Some(404) => {
+                    tracing::error!(
+                        app,
+                        "the engine lock was taken over: its lease was not renewed in time"
+                    );
+                    return;
+                }
+                Err(e) => tracing::warn!(app, "renewing the engine lock: {e}"),
+            }
+        }
+        lease.beat += 1;
+        tokio::time::sleep(HEARTBEAT).await;
+    }
+}
+
+/// The sentinel `name` as it is now: its id and lease; `None` once it is gone.
+async fn observe(engine: &Engine, name: &str) -> Result<Option<Seen>, bollard::errors::Error> {
+    use futures_util::StreamExt;
+    let docker = engine.client();
+    let id = match docker
+        .inspect_container(
+            name,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+    {
+        Ok(inspect) => inspect.id.unwrap_or_default(),
+        Err(e) if status(&e) == Some(404) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let options = bollard::query_parameters::DownloadFromContainerOptions {
+        path: "/lease".into(),
+    };
+    let mut stream = docker.download_from_container(&id, Some(options));
+    let mut tar = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(chunk) if tar.len() < 64 * 1024 => tar.extend_from_slice(&chunk),
+            Ok(_) => break,
+            // Not renewed yet, or the sentinel went meanwhile (seen next time).
+            Err(e) if status(&e) == Some(404) => return Ok(Some(Seen { id, lease: None })),
+            Err(e) => return Err(e),
+        }
+    }
+    let lease = tar::Archive::new(tar.as_slice())
+        .entries()
+        .ok()
+        .and_then(|mut entries| entries.next())
+        .and_then(Result::ok)
+        .and_then(|mut entry| {
+            let mut body = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut body).ok()?;
+            Some(body)
+        });
+    Ok(Some(Seen { id, lease }))
+}
+
+/// Imports [`SENTINEL_IMAGE`], an empty file system, into the engine.
+async fn import_sentinel_image(engine: &Engine) -> Result<(), bollard::errors::Error> {
+    use futures_util::StreamExt;
+    let empty = tar::Builder::new(Vec::new())
+        .into_inner()
+        .unwrap_or_else(|_| vec![0; 1024]);
+    let (repo, tag) = SENTINEL_IMAGE
+        .split_once(':')
+        .unwrap_or((SENTINEL_IMAGE, "1"));
+    let options = bollard::query_parameters::CreateImageOptions {
+        from_src: Some("-".into()),
+        repo: Some(repo.into()),
+        tag: Some(tag.into()),
+        changes: vec![format!("LABEL {SENTINEL_LABEL}=sentinel")],
+        ..Default::default()
+    };
+    let mut stream =
+        engine
+            .client()
+            .create_image(Some(options), Some(bollard::body_full(empty.into())), None);
+    let mut id = None;
+    while let Some(item) = stream.next().await {
+        id = item?.id.or(id);
+    }
+    // Podman (4.3) names an image imported through its Docker API by neither `repo`
+    // nor `tag`: tag it by id.
+    if let Some(id) = id {
+        let (repo, tag) = SENTINEL_IMAGE
+            .split_once(':')
+            .unwrap_or((SENTINEL_IMAGE, "1"));
+        let options = bollard::query_parameters::TagImageOptions {
+            repo: Some(repo.into()),
+            tag: Some(tag.into()),
+        };
+        engine.client().tag_image(&id, Some(options)).await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -258,5 +743,76 @@ mod tests {
         take(dir.path(), Duration::ZERO)
             .await
             .expect("the kernel released the dead holder's lock");
+    }
+
+    #[tokio::test]
+    async fn a_symlink_planted_at_the_lock_path_is_refused_and_its_target_untouched() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").expect("write the victim");
+        let state = dir.path().join("state");
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&state)
+            .expect("state dir");
+        std::os::unix::fs::symlink(&victim, state.join("web.lock")).expect("plant the link");
+        let err = take(&state, Duration::ZERO).await.expect_err("a link");
+        assert!(matches!(err, DockerError::LockIo { .. }), "{err}");
+        assert!(err.to_string().contains("web.lock"), "{err}");
+        assert_eq!(
+            std::fs::read_to_string(&victim).expect("victim"),
+            "precious",
+            "written through the link"
+        );
+        // A dangling link is not followed to create its target either.
+        let missing = dir.path().join("missing");
+        std::fs::remove_file(state.join("web.lock")).expect("unlink");
+        std::os::unix::fs::symlink(&missing, state.join("web.lock")).expect("plant the link");
+        take(&state, Duration::ZERO)
+            .await
+            .expect_err("a dangling link");
+        assert!(!missing.exists(), "created through the link");
+    }
+
+    #[tokio::test]
+    async fn the_state_directory_is_made_0700_and_refused_when_others_may_write_to_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let state = dir.path().join("a/b/state");
+        take(&state, Duration::ZERO).await.expect("a new directory");
+        let mode = std::fs::metadata(&state)
+            .expect("made")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        let err = take(&state, Duration::ZERO)
+            .await
+            .expect_err("world-writable");
+        let text = err.to_string();
+        assert!(text.contains(&state.display().to_string()), "{text}");
+        assert!(text.contains("chmod 700"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_state_directory_owned_by_someone_else_is_refused() {
+        // Another user's directory: `/` when not root; as root, one given to nobody.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let theirs = if rustix::process::geteuid().is_root() {
+            let theirs = dir.path().join("theirs");
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&theirs)
+                .expect("mkdir");
+            std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).expect("chown");
+            theirs
+        } else {
+            PathBuf::from("/")
+        };
+        let err = take(&theirs, Duration::ZERO).await.expect_err("not ours");
+        let text = err.to_string();
+        assert!(text.contains("owned by uid"), "{text}");
+        assert!(text.contains(&theirs.display().to_string()), "{text}");
+        assert!(!theirs.join("web.lock").exists(), "no lock file made there");
     }
 }
