@@ -298,10 +298,10 @@ impl EngineLock {
         lease: Duration,
     ) -> Result<Self, DockerError> {
         let name = sentinel_name(app);
-        let engine_err = |step: &str, source| DockerError::Engine {
+        let engine_err = |step: &str, source: bollard::errors::Error| DockerError::Engine {
             app: app.to_owned(),
             step: format!("{step} the engine lock {name}"),
-            source,
+            source: Box::new(source),
         };
         let holder = Holder {
             pid: std::process::id(),
