@@ -1,6 +1,7 @@
 //! `GitOpsDeployer` against real bare git repositories, over `file://` and through
 //! `git daemon` on loopback, cross-checked with the git command.
 
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
@@ -721,7 +722,11 @@ async fn deploys_through_git_daemon_on_loopback() {
         .local_addr()
         .expect("addr")
         .port();
-    let mut daemon = Command::new("git")
+    // `git daemon` serves from a child process of its own: it runs in a process
+    // group of its own, killed whole when the test ends (also on a panic), and
+    // with no inherited stdout or stderr, which would keep the test runner's
+    // output pipe open after the test.
+    let daemon = Command::new("git")
         .args([
             "daemon",
             "--reuseaddr",
@@ -731,8 +736,13 @@ async fn deploys_through_git_daemon_on_loopback() {
             &format!("--base-path={}", fleet.dir.path().display()),
         ])
         .arg(fleet.dir.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
         .spawn()
         .expect("git daemon runs (install git-daemon-sysvinit or git's daemon)");
+    let _daemon = GroupKill(daemon);
     let url = format!("git://127.0.0.1:{port}/fleet.git");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while Command::new("git")
@@ -759,8 +769,6 @@ async fn deploys_through_git_daemon_on_loopback() {
             &Context::new(),
         )
         .await;
-    let _ = daemon.kill();
-    let _ = daemon.wait();
     assert!(result.expect("deploys").changed);
     assert!(
         fleet
@@ -813,4 +821,16 @@ async fn a_deploy_cancelled_while_queued_writes_nothing() {
         .await
         .expect("deploys");
     assert_eq!(fleet.show("main", "deploy/api.yaml"), API);
+}
+
+/// Kills a child's whole process group when dropped.
+struct GroupKill(std::process::Child);
+
+impl Drop for GroupKill {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", "--", &format!("-{}", self.0.id())])
+            .status();
+        let _ = self.0.wait();
+    }
 }
