@@ -3,44 +3,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
 use common::Monorepo;
 
-/// The CLI binary, built once per test process (examples have no
-/// `CARGO_BIN_EXE_…`): `target/<profile>/examples/shipflow`, beside this test's
-/// `target/<profile>/deps/`.
-fn binary() -> &'static Path {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        let exe = std::env::current_exe().expect("the test's own path");
-        let profile = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target/<profile>/deps/<test>");
-        let target = profile.parent().expect("the target dir");
-        let mut cargo = Command::new(env!("CARGO"));
-        cargo
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            // The feature set of CI's `cargo test --workspace --all-features`, so
-            // that the build there reuses what it compiled.
-            .args(["build", "--quiet", "--workspace", "--all-features"])
-            .args(["--example", "shipflow"])
-            .env("CARGO_TARGET_DIR", target);
-        if profile.file_name().is_some_and(|p| p == "release") {
-            cargo.arg("--release");
-        }
-        let status = cargo.status().expect("cargo runs");
-        assert!(status.success(), "cargo build --example shipflow failed");
-        profile.join("examples/shipflow")
-    })
-}
-
 /// `shipflow args…` in `dir`, with no CI variable or engine of the caller's.
 fn shipflow(dir: &Path, args: &[&str]) -> Output {
-    Command::new(binary())
+    Command::new(common::cli_binary())
         .current_dir(dir)
         .args(args)
         .env_remove("RUST_LOG")
@@ -225,7 +195,7 @@ fn at_300_apps_messages_name_only_the_apps_concerned() {
     let dir = repo.path();
     let nowhere = "unix:///nonexistent/docker.sock";
     let build = |args: &[&str]| {
-        Command::new(binary())
+        Command::new(common::cli_binary())
             .current_dir(dir)
             .args(args)
             .env("DOCKER_HOST", nowhere)
@@ -282,7 +252,7 @@ fn the_target_is_the_one_the_apps_configure() {
     let dir = repo.path();
 
     // web configures docker only: its history is asked of the Docker Engine.
-    let out = Command::new(binary())
+    let out = Command::new(common::cli_binary())
         .current_dir(dir)
         .args(["history", "web"])
         .env("DOCKER_HOST", "unix:///var/run/docker.sock")
@@ -329,7 +299,7 @@ fn ci_branch_variables_name_the_branch_of_a_detached_head() {
         toml.replace("tag = \"${SHORT_SHA}\"", "tag = \"${BRANCH}-${SHORT_SHA}\""),
     )
     .expect("write");
-    let out = Command::new(binary())
+    let out = Command::new(common::cli_binary())
         .current_dir(dir)
         .args(["plan", "--all", "-o", "json"])
         .env("GITHUB_REF_NAME", "release-7")

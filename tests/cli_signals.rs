@@ -7,7 +7,6 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::OnceLock;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -15,35 +14,6 @@ use common::Monorepo;
 use shipflow_kit::docker::testing::TestPodman;
 use shipflow_kit::k8s::testing::{Outcome as Rollout, SimCluster};
 use shipflow_kit::oci::testing::TestRegistry;
-
-/// The CLI binary, built once per test process (examples have no
-/// `CARGO_BIN_EXE_…`): `target/<profile>/examples/shipflow`, beside this test's
-/// `target/<profile>/deps/`.
-fn binary() -> &'static Path {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        let exe = std::env::current_exe().expect("the test's own path");
-        let profile = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target/<profile>/deps/<test>");
-        let target = profile.parent().expect("the target dir");
-        let mut cargo = Command::new(env!("CARGO"));
-        cargo
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            // The feature set of CI's `cargo test --workspace --all-features`, so
-            // that the build there reuses what it compiled.
-            .args(["build", "--quiet", "--workspace", "--all-features"])
-            .args(["--example", "shipflow"])
-            .env("CARGO_TARGET_DIR", target);
-        if profile.file_name().is_some_and(|p| p == "release") {
-            cargo.arg("--release");
-        }
-        let status = cargo.status().expect("cargo runs");
-        assert!(status.success(), "cargo build --example shipflow failed");
-        profile.join("examples/shipflow")
-    })
-}
 
 /// `shipflow args…` in `dir` with `env`, its stderr read line by line.
 struct Run {
@@ -54,7 +24,7 @@ struct Run {
 
 impl Run {
     fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(binary())
+        let mut child = Command::new(common::cli_binary())
             .current_dir(dir)
             .args(args)
             .envs(env.iter().copied())
@@ -144,7 +114,7 @@ impl Run {
 }
 
 fn run(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    Command::new(binary())
+    Command::new(common::cli_binary())
         .current_dir(dir)
         .args(args)
         .envs(env.iter().copied())

@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 /// Where Debian's busybox-static puts its binary.
 pub const BUSYBOX: &str = "/bin/busybox";
@@ -146,4 +147,33 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port()
+}
+
+/// The CLI binary, built once per test process (examples have no
+/// `CARGO_BIN_EXE_…`): `target/<profile>/examples/shipflow`, beside this test's
+/// `target/<profile>/deps/`.
+pub fn cli_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        let exe = std::env::current_exe().expect("the test's own path");
+        let profile = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>/deps/<test>");
+        let target = profile.parent().expect("the target dir");
+        let mut cargo = Command::new(env!("CARGO"));
+        cargo
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            // The feature set of CI's `cargo test --workspace --all-features`, so
+            // that the build there reuses what it compiled.
+            .args(["build", "--quiet", "--workspace", "--all-features"])
+            .args(["--example", "shipflow"])
+            .env("CARGO_TARGET_DIR", target);
+        if profile.file_name().is_some_and(|p| p == "release") {
+            cargo.arg("--release");
+        }
+        let status = cargo.status().expect("cargo runs");
+        assert!(status.success(), "cargo build --example shipflow failed");
+        profile.join("examples/shipflow")
+    })
 }
