@@ -22,7 +22,7 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -164,7 +164,8 @@ async fn run(
 /// Which apps have started and not yet finished their last stage (the push).
 #[derive(Default)]
 struct Flight {
-    state: Mutex<(BTreeMap<String, ()>, usize)>,
+    /// The apps in flight now, and the most there were at once.
+    state: Mutex<(BTreeSet<String>, usize)>,
 }
 
 impl Flight {
@@ -173,7 +174,7 @@ impl Flight {
         let mut state = self.state.lock().expect("not poisoned");
         match (&event.stage, &event.kind) {
             (Stage::Build, EventKind::Started) => {
-                state.0.insert(app.clone(), ());
+                state.0.insert(app.clone());
                 state.1 = state.1.max(state.0.len());
             }
             (Stage::Push, EventKind::Finished { .. })
