@@ -9,7 +9,13 @@
 //! cargo bench --bench cycle                      # 7 cycles per engine
 //! SHIPFLOW_BENCH_CYCLES=15 cargo bench --bench cycle
 //! SHIPFLOW_BENCH_ENGINES=podman cargo bench --bench cycle
+//! SHIPFLOW_BENCH_STABLE_FOR_MS=5000 cargo bench --bench cycle   # with the default window
 //! ```
+//!
+//! The deployer's stabilization window (`health.stable_for`, 5 s by default: the new
+//! container must stay healthy that long before it is called deployed) is off here
+//! unless `SHIPFLOW_BENCH_STABLE_FOR_MS` sets it, as the script watches nothing after
+//! the first answer; with it on, each cycle takes the window's length longer.
 //!
 //! Needs the Docker Engine, podman, runc, docker-registry, busybox-static, curl and
 //! git (`.ci/run` installs them). Both sides get a warm start: every app deployed
@@ -81,11 +87,19 @@ async fn bench(kind: EngineKind, cycles: usize) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/seed-deploy.sh");
     let cleanup = Cleanup(&engine);
 
+    let stable_for = Duration::from_millis(
+        std::env::var("SHIPFLOW_BENCH_STABLE_FOR_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    );
+    println!("stabilization window: {stable_for:?}");
     let pipeline = || async {
         let workspace = Workspace::load(repo.config()).expect("workspace");
         let deployer = EngineDeployer::builder(engine.engine().await.expect("engine"))
             .state_dir(builds.path().join("state"))
             .probe_interval(Duration::from_millis(50))
+            .stable_for(stable_for)
             .build();
         Pipeline::builder(workspace)
             .detector(Arc::new(

@@ -184,6 +184,8 @@ async fn common_deployer(h: &Harness) -> shipflow_docker::EngineDeployer {
     shipflow_docker::EngineDeployer::builder(h.engine().await)
         .state_dir(h.dir.path().join("state"))
         .probe_interval(Duration::from_millis(50))
+        // Like the commands, which watch nothing after the container started.
+        .stable_for(Duration::ZERO)
         .stop_timeout(10)
         .build()
 }

@@ -88,6 +88,12 @@ pub struct HealthCheck {
     pub interval: Option<u64>,
     /// Seconds until the container must be healthy; default 30, at most 86400.
     pub timeout: Option<u64>,
+    /// Seconds the container must stay healthy after its first passing probe
+    /// (running, not restarted, every probe passing) before the deploy calls it
+    /// healthy and stops what ran before; like Kubernetes' `minReadySeconds`.
+    /// Default the deployer's (5, as Swarm's update monitor), 0 turns it off, at
+    /// most 3600.
+    pub stable_for: Option<u64>,
 }
 
 /// A reverse proxy with an admin API.
@@ -184,6 +190,12 @@ impl HealthCheck {
         };
         in_range("interval", self.interval, MAX_INTERVAL_SECS)?;
         in_range("timeout", self.timeout, MAX_TIMEOUT_SECS)?;
+        if let Some(v) = self.stable_for.filter(|v| *v > MAX_INTERVAL_SECS) {
+            return Err(SectionError::new(
+                "health.stable_for",
+                format!("{v} is out of range: give 0 to {MAX_INTERVAL_SECS} seconds"),
+            ));
+        }
         if self.http.is_some() && !self.cmd.is_empty() {
             return Err(SectionError::new(
                 "health",
@@ -245,6 +257,10 @@ mod tests {
     #[case::timeout_zero(
         "health = { cmd = [\"true\"], timeout = 0 }",
         "apps.web.deploy.docker.health.timeout: 0 is out of range: give 1 to 86400 seconds"
+    )]
+    #[case::stable_for_too_long(
+        "health = { cmd = [\"true\"], stable_for = 3601 }",
+        "apps.web.deploy.docker.health.stable_for: 3601 is out of range: give 0 to 3600 seconds"
     )]
     #[case::http_without_port(
         "health = { http = \"/\" }",

@@ -34,6 +34,9 @@ const CANCEL_STOP_SECS: i32 = 1;
 /// How long a cancelled switch waits for the revision it brought back to be healthy,
 /// whatever the health timeout.
 const RESTORE_AFTER_CANCEL: Duration = Duration::from_secs(3);
+/// How long a new revision must stay healthy after its first passing probe, unless
+/// the app says (`health.stable_for`): Swarm's update monitor waits as long.
+const DEFAULT_STABLE_FOR: Duration = Duration::from_secs(5);
 
 /// Registry credentials for pulls. `Debug` never shows the password.
 #[derive(Clone)]
@@ -65,6 +68,7 @@ pub struct EngineDeployer {
     lock_wait: Duration,
     probe_interval: Option<Duration>,
     drain: Duration,
+    stable_for: Duration,
     stop_timeout: i32,
     switch: Option<Arc<dyn TrafficSwitch>>,
 }
@@ -114,6 +118,15 @@ impl EngineDeployerBuilder {
     /// switch, to finish requests in flight; default 2 s.
     pub fn drain(mut self, drain: Duration) -> Self {
         self.deployer.drain = drain;
+        self
+    }
+
+    /// How long a new revision must stay healthy after its first passing probe
+    /// before it replaces the old one for good, for apps whose `health.stable_for`
+    /// does not say; default 5 s, zero turns it off. During it the old revision
+    /// stays ready to serve again at once.
+    pub fn stable_for(mut self, window: Duration) -> Self {
+        self.deployer.stable_for = window;
         self
     }
 
@@ -167,6 +180,7 @@ impl EngineDeployer {
                 lock_wait: Duration::from_secs(300),
                 probe_interval: None,
                 drain: Duration::from_secs(2),
+                stable_for: DEFAULT_STABLE_FOR,
                 stop_timeout: 10,
                 switch: None,
             },
@@ -268,7 +282,7 @@ impl EngineDeployer {
         self.check(app, target, "deploy", ctx)?;
         let number = state.next_revision();
         let base = state::base_name(app, target);
-        let name = state::container_name(&base, number);
+        let name = state::unchecked_name(&base, number);
         let labels = state::labels(app, number, image, meta, &rfc3339_now());
         let publish = match target.strategy {
             Strategy::Recreate => Publish::AsConfigured,
@@ -293,7 +307,8 @@ impl EngineDeployer {
             image: reference.clone(),
             fresh: true,
         };
-        self.roll(app, target, &probe, current, (&new, create), ctx)
+        let name = self
+            .roll(app, target, &probe, current, (&new, create), ctx)
             .await?;
         let prune = self.prune(app, target, &state, current, ctx);
         timed(&app.name, "prune", prune).await?;
@@ -321,7 +336,7 @@ impl EngineDeployer {
             let kept: Vec<String> = state
                 .containers
                 .iter()
-                .filter(|c| !c.failed)
+                .filter(|c| c.passed())
                 .map(|c| c.revision.to_string())
                 .collect();
             return Err(DockerError::Rollback {

@@ -22,6 +22,8 @@ use crate::timing::timed;
 /// answer yet) leaves time for the next probes. Longer than the HTTP probe's 2 s, as
 /// an exec starts a process through the runtime first.
 const EXEC_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How much of an exec probe's output a failure report keeps.
+const EXEC_OUTPUT_LIMIT: usize = 4 * 1024;
 
 /// How a container's health is probed, resolved from the target.
 #[derive(Debug, Clone)]
@@ -29,6 +31,9 @@ pub(crate) struct Probe {
     kind: ProbeKind,
     interval: Duration,
     timeout: Duration,
+    /// How long the container must stay healthy after its first passing probe;
+    /// `None` leaves it to the deployer's default.
+    stable_for: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -47,6 +52,7 @@ impl Probe {
             port,
             interval,
             timeout,
+            stable_for,
         } = check;
         let kind = match (http, cmd.is_empty()) {
             (Some(path), _) => {
@@ -71,6 +77,7 @@ impl Probe {
                 interval.map_or(1000, |s| s.saturating_mul(1000)).max(100),
             ),
             timeout: Duration::from_secs(timeout.unwrap_or(30)),
+            stable_for: stable_for.map(Duration::from_secs),
         })
     }
 
@@ -99,12 +106,34 @@ impl Probe {
         let Ok(inspect) = states::inspect(docker, container).await else {
             return false;
         };
+        if inspect.state.as_ref().and_then(|s| s.running) != Some(true) {
+            return false;
+        }
+        self.check(docker, http, (container, &inspect), EXEC_PROBE_TIMEOUT, ctx)
+            .await
+            .is_ok()
+    }
+
+    /// One probe of a container that runs: its HTTP answer or its command's exit
+    /// status (a `Running` probe has nothing more to check).
+    async fn check(
+        &self,
+        docker: &Docker,
+        http: &reqwest::Client,
+        (container, inspect): (&str, &ContainerInspectResponse),
+        exec_limit: Duration,
+        ctx: &Context,
+    ) -> Result<(), String> {
         match &self.kind {
-            ProbeKind::Http { path, port } => probe_http(http, &inspect, *port, path).await.is_ok(),
-            ProbeKind::Exec(cmd) => probe_exec(docker, container, cmd, EXEC_PROBE_TIMEOUT, ctx)
-                .await
-                .is_ok(),
-            ProbeKind::Running => inspect.state.and_then(|s| s.running) == Some(true),
+            ProbeKind::Http { path, port } => {
+                let probe = probe_http(http, inspect, *port, path);
+                timed(container, "probe: http", probe).await
+            }
+            ProbeKind::Exec(cmd) => {
+                let exec = probe_exec(docker, container, cmd, exec_limit, ctx);
+                timed(container, "probe: exec", exec).await
+            }
+            ProbeKind::Running => Ok(()),
         }
     }
 
@@ -138,22 +167,14 @@ impl Probe {
                 ));
             }
             let outcome = match &self.kind {
-                ProbeKind::Http { path, port } => {
-                    timed(
-                        container,
-                        "probe: http",
-                        probe_http(http, &inspect, *port, path),
-                    )
-                    .await
-                }
-                ProbeKind::Exec(cmd) => {
+                // Running once says little: it must still run one interval later.
+                ProbeKind::Running if checks == 0 => Err("just started".into()),
+                _ => {
                     let left = deadline.saturating_duration_since(Instant::now());
-                    let exec =
-                        probe_exec(docker, container, cmd, left.min(EXEC_PROBE_TIMEOUT), ctx);
-                    timed(container, "probe: exec", exec).await
+                    let limit = left.min(EXEC_PROBE_TIMEOUT);
+                    self.check(docker, http, (container, &inspect), limit, ctx)
+                        .await
                 }
-                ProbeKind::Running if checks > 0 => Ok(()),
-                ProbeKind::Running => Err("just started".into()),
             };
             checks += 1;
             let last = match outcome {
@@ -168,6 +189,76 @@ impl Probe {
                 () = tokio::time::sleep(self.interval) => {}
                 () = ctx.cancellation().cancelled() => {}
             }
+        }
+    }
+
+    /// How long a container must stay healthy after its first passing probe: the
+    /// app's `health.stable_for`, else `default`.
+    pub(crate) fn stable_for(&self, default: Duration) -> Duration {
+        self.stable_for.unwrap_or(default)
+    }
+
+    /// Watches a container that passed its health gate for `window`, the idea of
+    /// Kubernetes' `minReadySeconds` and of Swarm's update monitor: it must keep
+    /// running, not restart (a restart policy hides a crash otherwise), and pass
+    /// every probe, one per interval, until the window ends. A revision that answers
+    /// once and dies seconds later fails here instead of being called deployed.
+    pub(crate) async fn watch_stable(
+        &self,
+        docker: &Docker,
+        http: &reqwest::Client,
+        container: &str,
+        window: Duration,
+        ctx: &Context,
+    ) -> Result<(), String> {
+        if window.is_zero() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let deadline = started
+            .checked_add(window)
+            .unwrap_or_else(|| started + Duration::from_secs(86_400));
+        let first = states::inspect(docker, container)
+            .await
+            .map_err(|e| format!("inspect: {e}"))?;
+        let baseline = (first.restart_count, first.state.and_then(|s| s.started_at));
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(());
+            }
+            tokio::select! {
+                () = tokio::time::sleep(self.interval.min(left)) => {}
+                () = ctx.cancellation().cancelled() => return Err("cancelled".into()),
+            }
+            let since = started.elapsed();
+            let inspect = states::inspect(docker, container);
+            let inspect = timed(container, "stable: inspect", inspect)
+                .await
+                .map_err(|e| format!("inspect: {e}"))?;
+            let state = inspect.state.clone().unwrap_or_default();
+            if state.running != Some(true) {
+                return Err(format!(
+                    "the container exited (code {}) {} ms after passing its health check",
+                    state.exit_code.unwrap_or_default(),
+                    since.as_millis()
+                ));
+            }
+            if (inspect.restart_count, state.started_at) != baseline {
+                return Err(format!(
+                    "the container restarted {} ms after passing its health check",
+                    since.as_millis()
+                ));
+            }
+            let limit = left.clamp(Duration::from_secs(1), EXEC_PROBE_TIMEOUT);
+            self.check(docker, http, (container, &inspect), limit, ctx)
+                .await
+                .map_err(|cause| {
+                    format!(
+                        "a probe failed {} ms after passing its health check: {cause}",
+                        since.as_millis()
+                    )
+                })?;
         }
     }
 }
@@ -247,6 +338,18 @@ async fn probe_exec(
     }
 }
 
+/// Appends what fits of `text` to `kept` below `limit` bytes (on a character
+/// boundary) and returns how many bytes were left out.
+fn keep_bounded(kept: &mut String, text: &str, limit: usize) -> usize {
+    let room = limit.saturating_sub(kept.len());
+    let mut end = room.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    kept.push_str(&text[..end]);
+    text.len() - end
+}
+
 async fn run_exec(docker: &Docker, container: &str, cmd: &[String]) -> Result<(), String> {
     let exec = docker
         .create_exec(
@@ -268,8 +371,13 @@ async fn run_exec(docker: &Docker, container: &str, cmd: &[String]) -> Result<()
         .await
         .map_err(|e| format!("exec {cmd:?}: {e}"))?
     {
+        // Read to the end (the exec finishes), keep only the start.
+        let mut dropped = 0usize;
         while let Some(Ok(chunk)) = stream.next().await {
-            output.push_str(&chunk.to_string());
+            dropped += keep_bounded(&mut output, &chunk.to_string(), EXEC_OUTPUT_LIMIT);
+        }
+        if dropped > 0 {
+            output.push_str(&format!("… ({dropped} more bytes)"));
         }
     }
     let inspect = docker
@@ -283,5 +391,22 @@ async fn run_exec(docker: &Docker, container: &str, cmd: &[String]) -> Result<()
             code.unwrap_or(-1),
             output.trim()
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::keep_bounded;
+
+    #[test]
+    fn exec_output_is_kept_up_to_the_limit_on_a_character_boundary() {
+        let mut kept = String::new();
+        assert_eq!(keep_bounded(&mut kept, "abc", 5), 0);
+        assert_eq!(keep_bounded(&mut kept, "déf", 5), 3);
+        assert_eq!(kept, "abcd");
+        assert_eq!(keep_bounded(&mut kept, "more", 5), 3);
+        assert_eq!(kept, "abcdm");
+        assert_eq!(keep_bounded(&mut kept, "full", 5), 4);
+        assert_eq!(kept, "abcdm");
     }
 }

@@ -27,7 +27,12 @@ pub(crate) const CHANGE_CAUSE: &str = "dev.shipflow.change-cause";
 pub(crate) const CREATED: &str = "dev.shipflow.created";
 
 /// The suffix a container's name gets when it failed its health check.
+/// The name suffix of a revision that failed its health check.
 const FAILED_SUFFIX: &str = "--failed";
+/// The name suffix of a revision whose health check has not passed yet: a deploy
+/// creates it so, and renames it only once it passed. A run that dies before leaves
+/// it so, and nothing then takes it for a good revision.
+const UNCHECKED_SUFFIX: &str = "--unchecked";
 
 /// The container name base of an app: `container`, else the app's name.
 pub(crate) fn base_name(app: &App, target: &DockerTarget) -> String {
@@ -46,13 +51,26 @@ pub(crate) fn is_revision_of(name: &str, base: &str) -> bool {
     let Some(rest) = name.strip_prefix(base).and_then(|r| r.strip_prefix("--r")) else {
         return false;
     };
-    let number = rest.strip_suffix(FAILED_SUFFIX).unwrap_or(rest);
+    let number = rest
+        .strip_suffix(FAILED_SUFFIX)
+        .or_else(|| rest.strip_suffix(UNCHECKED_SUFFIX))
+        .unwrap_or(rest);
     !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// The name a failed container is renamed to.
 pub(crate) fn failed_name(name: &str) -> String {
-    format!("{name}{FAILED_SUFFIX}")
+    format!("{}{FAILED_SUFFIX}", passed_name(name))
+}
+
+/// The name a new revision is created with, until it passed its health check.
+pub(crate) fn unchecked_name(base: &str, number: u64) -> String {
+    format!("{}{UNCHECKED_SUFFIX}", container_name(base, number))
+}
+
+/// The name of revision `name` once it passed its health check.
+pub(crate) fn passed_name(name: &str) -> &str {
+    name.strip_suffix(UNCHECKED_SUFFIX).unwrap_or(name)
 }
 
 /// The labels of a new revision's container.
@@ -85,6 +103,29 @@ pub(crate) fn labels(
 }
 
 /// Where a container is in its life.
+/// What is known of a revision's health, read from its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Verdict {
+    /// Passed its health check and stayed healthy (a plain revision name).
+    Passed,
+    /// Not checked to the end: being deployed, or left by a run that died.
+    Unchecked,
+    /// Failed its health check.
+    Failed,
+}
+
+impl Verdict {
+    fn of(name: &str) -> Self {
+        if name.ends_with(FAILED_SUFFIX) {
+            Self::Failed
+        } else if name.ends_with(UNCHECKED_SUFFIX) {
+            Self::Unchecked
+        } else {
+            Self::Passed
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Phase {
     /// Created and never started: a deploy that stopped half-way.
@@ -108,7 +149,7 @@ pub(crate) struct AppContainer {
     pub(crate) created: Option<String>,
     pub(crate) phase: Phase,
     /// Renamed `…--failed` after failing its health check.
-    pub(crate) failed: bool,
+    pub(crate) verdict: Verdict,
 }
 
 impl AppContainer {
@@ -130,7 +171,7 @@ impl AppContainer {
         };
         Some(Self {
             id: summary.id.clone()?,
-            failed: name.ends_with(FAILED_SUFFIX),
+            verdict: Verdict::of(&name),
             name,
             revision,
             image: labels
@@ -150,6 +191,12 @@ impl AppContainer {
         self.phase == Phase::Running
     }
 
+    /// Whether this revision passed its health check: only such a one serves as
+    /// the current revision or a rollback target.
+    pub(crate) fn passed(&self) -> bool {
+        self.verdict == Verdict::Passed
+    }
+
     pub(crate) fn deployed(&self) -> Deployed {
         Deployed::new(self.image.clone())
             .with_revision(Some(self.revision))
@@ -160,13 +207,16 @@ impl AppContainer {
     pub(crate) fn revision(&self, current: bool) -> Revision {
         let cause = self.change_cause.clone();
         Revision::new(self.revision, self.image.clone())
-            .with_change_cause(if self.failed {
-                Some(format!(
+            .with_change_cause(match self.verdict {
+                Verdict::Passed => cause,
+                Verdict::Failed => Some(format!(
                     "{} (failed its health check)",
                     cause.unwrap_or_default()
-                ))
-            } else {
-                cause
+                )),
+                Verdict::Unchecked => Some(format!(
+                    "{} (health not checked yet)",
+                    cause.unwrap_or_default()
+                )),
             })
             .with_created_at(self.created.clone())
             .with_current(current)
@@ -181,13 +231,16 @@ pub(crate) struct AppState {
 
 impl AppState {
     pub(crate) fn new(mut containers: Vec<AppContainer>) -> Self {
-        containers.sort_by_key(|c| (c.revision, c.failed));
+        containers.sort_by_key(|c| (c.revision, c.verdict));
         Self { containers }
     }
 
-    /// The running container with the highest revision.
+    /// The running container with the highest revision that passed its health check.
     pub(crate) fn current(&self) -> Option<&AppContainer> {
-        self.containers.iter().rev().find(|c| c.running())
+        self.containers
+            .iter()
+            .rev()
+            .find(|c| c.running() && c.passed())
     }
 
     /// The next revision number.
@@ -204,7 +257,7 @@ impl AppState {
     pub(crate) fn revision(&self, number: u64) -> Option<&AppContainer> {
         self.containers
             .iter()
-            .find(|c| c.revision == number && !c.failed)
+            .find(|c| c.revision == number && c.passed())
     }
 
     /// The healthy container before `current` (by revision), or the newest healthy one
@@ -213,7 +266,7 @@ impl AppState {
         self.containers
             .iter()
             .rev()
-            .filter(|c| !c.failed && c.phase == Phase::Stopped)
+            .filter(|c| c.passed() && c.phase == Phase::Stopped)
             .find(|c| current.is_none_or(|n| c.revision < n))
     }
 }
@@ -225,9 +278,23 @@ mod tests {
         use super::is_revision_of;
         assert!(is_revision_of("web--r12", "web"));
         assert!(is_revision_of("web--r3--failed", "web"));
+        assert!(is_revision_of("web--r3--unchecked", "web"));
+        assert!(!is_revision_of("web--r3--unchecked--failed", "web"));
         assert!(!is_revision_of("web--r3--failed", "we"));
         assert!(!is_revision_of("web-blue--r1", "web"));
         assert!(!is_revision_of("web--r", "web"));
         assert!(!is_revision_of("web--rx", "web"));
+    }
+
+    #[test]
+    fn a_revision_passes_by_losing_its_unchecked_suffix() {
+        use super::{Verdict, failed_name, passed_name, unchecked_name};
+        let new = unchecked_name("web", 4);
+        assert_eq!(new, "web--r4--unchecked");
+        assert_eq!(Verdict::of(&new), Verdict::Unchecked);
+        assert_eq!(passed_name(&new), "web--r4");
+        assert_eq!(Verdict::of(passed_name(&new)), Verdict::Passed);
+        assert_eq!(failed_name(&new), "web--r4--failed");
+        assert_eq!(Verdict::of(&failed_name(&new)), Verdict::Failed);
     }
 }

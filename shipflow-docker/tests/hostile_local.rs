@@ -191,6 +191,7 @@ async fn machine(h: &Harness, state: &str, wait: Duration) -> EngineDeployer {
     EngineDeployer::builder(h.engine().await)
         .state_dir(h.dir.path().join(state))
         .probe_interval(Duration::from_millis(100))
+        .stable_for(Duration::from_millis(300))
         .stop_timeout(2)
         .lock_wait(wait)
         .build()
@@ -236,7 +237,7 @@ async fn deployers_on_two_machines_exclude_each_other_on_one_engine(#[case] kind
     while !h
         .containers(&app.name)
         .iter()
-        .any(|(name, _)| *name == format!("{}--r2", app.name))
+        .any(|(name, _)| *name == format!("{}--r2--unchecked", app.name))
     {
         assert!(
             tokio::time::Instant::now() < deadline,

@@ -47,7 +47,7 @@ async fn concurrent_deploy_waits_or_fails_naming_the_holder(#[case] kind: Engine
     while !h
         .containers(&app.name)
         .iter()
-        .any(|(name, _)| *name == format!("{}--r2", app.name))
+        .any(|(name, _)| *name == format!("{}--r2--unchecked", app.name))
     {
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -124,7 +124,7 @@ async fn a_run_after_a_crash_repairs_and_converges(#[case] kind: EngineKind) {
     h.cli_run(&[
         "create",
         "--name",
-        &format!("{}--r2", app.name),
+        &format!("{}--r2--unchecked", app.name),
         "--label",
         &format!("dev.shipflow.app={}", app.name),
         "--label",

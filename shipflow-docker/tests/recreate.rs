@@ -271,7 +271,7 @@ async fn cancelling_during_the_health_check_brings_the_old_one_back(#[case] kind
         // Cancel once the new container runs (its health check never passes).
         while !h
             .containers(&app.name)
-            .contains(&(format!("{}--r2", app.name), "running".into()))
+            .contains(&(format!("{}--r2--unchecked", app.name), "running".into()))
         {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
@@ -344,7 +344,7 @@ async fn a_hanging_exec_probe_fails_at_the_health_timeout_or_on_cancel(#[case] k
     let cancel = async {
         while !h
             .containers(&app.name)
-            .contains(&(format!("{}--r2", app.name), "running".into()))
+            .contains(&(format!("{}--r2--unchecked", app.name), "running".into()))
         {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -400,11 +400,11 @@ async fn the_old_container_comes_back_even_when_stopping_the_new_one_fails(
     let remove = async {
         while !h
             .containers(&app.name)
-            .contains(&(format!("{}--r2", app.name), "running".into()))
+            .contains(&(format!("{}--r2--unchecked", app.name), "running".into()))
         {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        h.remove_now(&format!("{}--r2", app.name));
+        h.remove_now(&format!("{}--r2--unchecked", app.name));
     };
     let (result, ()) = tokio::join!(deploy, remove);
     let err = result.expect_err("r3 is gone");
@@ -417,7 +417,7 @@ async fn the_old_container_comes_back_even_when_stopping_the_new_one_fails(
         "{text}"
     );
     assert!(
-        text.contains(&format!("stopping {}--r2 failed", app.name)),
+        text.contains(&format!("stopping {}--r2--unchecked failed", app.name)),
         "{text}"
     );
     assert!(text.contains("revision 1"), "{text}");

@@ -5,7 +5,7 @@ use bollard::auth::DockerCredentials;
 use bollard::errors::Error as EngineError;
 use bollard::query_parameters::{
     CreateImageOptions, ListContainersOptions, LogsOptions, RemoveContainerOptions,
-    StartContainerOptions, StopContainerOptions,
+    RenameContainerOptions, StartContainerOptions, StopContainerOptions,
 };
 use futures_util::StreamExt;
 use shipflow_core::{App, Context};
@@ -96,6 +96,17 @@ impl EngineDeployer {
             }) => Ok(()),
             Err(e) => Err(Self::engine_err(app, format!("stop {name}"))(e)),
         }
+    }
+
+    /// Renames container `name` (by name or id) to `to`.
+    pub(super) async fn rename(&self, app: &App, name: &str, to: &str) -> Result<(), DockerError> {
+        let options = RenameContainerOptions {
+            name: to.to_owned(),
+        };
+        let rename = self.engine.client().rename_container(name, options);
+        timed(&app.name, "rename", rename)
+            .await
+            .map_err(Self::engine_err(app, format!("rename {name} to {to}")))
     }
 
     pub(super) async fn remove(&self, app: &App, name: &str) -> Result<(), DockerError> {

@@ -2,7 +2,7 @@
 //! the old one back when the new one is unhealthy, repairing what a crashed run
 //! left, and pruning old revisions.
 
-use bollard::query_parameters::{RemoveImageOptions, RenameContainerOptions};
+use bollard::query_parameters::RemoveImageOptions;
 use shipflow_core::{App, Context, Restored};
 
 use crate::config::DockerTarget;
@@ -12,7 +12,7 @@ use super::{
 };
 use crate::DockerError;
 use crate::health::{Probe, published_addr, service_port};
-use crate::state::{self, AppContainer, AppState, Phase};
+use crate::state::{self, AppContainer, AppState, Phase, Verdict};
 use crate::states;
 use crate::switch::TrafficSwitch;
 use crate::timing::timed;
@@ -30,7 +30,7 @@ impl EngineDeployer {
         probe: &Probe,
         ctx: &Context,
     ) -> Result<AppState, DockerError> {
-        let state = self.state(app).await?;
+        let mut state = self.state(app).await?;
         let mut repaired = false;
         for c in state
             .containers
@@ -43,6 +43,27 @@ impl EngineDeployer {
             ));
             self.remove(app, &c.id).await?;
             repaired = true;
+        }
+        // A revision whose run died before its health check passed (or during its
+        // stabilization window) is not trusted: it never serves again by itself.
+        let unchecked: Vec<&AppContainer> = state
+            .containers
+            .iter()
+            .filter(|c| c.verdict == Verdict::Unchecked && c.phase != Phase::Created)
+            .collect();
+        if !unchecked.is_empty() {
+            for c in unchecked {
+                ctx.message(format!(
+                    "repair: {} never passed its health check (the run that started it ended first); keeping it as failed",
+                    c.name
+                ));
+                if c.running() {
+                    self.stop(app, &c.id).await?;
+                }
+                self.rename(app, &c.id, &state::failed_name(&c.name))
+                    .await?;
+            }
+            state = self.state(app).await?;
         }
         let running: Vec<&AppContainer> = state
             .containers
@@ -102,6 +123,15 @@ impl EngineDeployer {
         } else {
             Ok(state)
         }
+    }
+
+    /// Renames a fresh revision that passed its health check and its stabilization
+    /// window from its unchecked name to its plain one: from now on it is a good
+    /// revision, to serve and to roll back to.
+    async fn mark_passed(&self, app: &App, unchecked: &str) -> Result<String, DockerError> {
+        let passed = state::passed_name(unchecked).to_owned();
+        self.rename(app, unchecked, &passed).await?;
+        Ok(passed)
     }
 
     /// Points the proxy at container `name`'s service port.
@@ -177,6 +207,12 @@ impl EngineDeployer {
     /// container, the old one serves again and the new one is kept stopped. `create`
     /// makes the new container (a no-op for kept ones); with `recreate` it runs while
     /// the old one stops, and when it fails the old one is started again.
+    ///
+    /// The new one counts as healthy once it passed its health gate and then stayed
+    /// healthy for the stabilization window (`health.stable_for`); until then the old
+    /// one stays ready to serve again at once (running behind the proxy with
+    /// `start-first`, stopped but kept with `recreate`). Only then is a fresh
+    /// revision renamed from its unchecked name. Returns the name it runs under.
     pub(super) async fn roll(
         &self,
         app: &App,
@@ -185,7 +221,7 @@ impl EngineDeployer {
         old: Option<&AppContainer>,
         (new, create): (&Candidate, impl Future<Output = Result<(), DockerError>>),
         ctx: &Context,
-    ) -> Result<(), DockerError> {
+    ) -> Result<String, DockerError> {
         let switch = self.switch(target);
         let stop_old = async {
             match old {
@@ -226,26 +262,52 @@ impl EngineDeployer {
             }
             Err(e) => Err(e.to_string()),
         };
+        let mut switched = false;
         let healthy = match (healthy, &switch) {
-            (Ok(()), Some(switch)) => self
-                .switch_to(app, switch.as_ref(), &new.name)
-                .await
-                .map_err(|e| e.to_string()),
+            (Ok(()), Some(switch)) => {
+                let to_new = self.switch_to(app, switch.as_ref(), &new.name).await;
+                switched = to_new.is_ok();
+                to_new.map_err(|e| e.to_string())
+            }
             (result, _) => result,
+        };
+        // The old one stops taking new requests at the switch: its drain starts there.
+        let drained = tokio::time::Instant::now() + self.drain;
+        let healthy = match healthy {
+            Ok(()) => {
+                let window = probe.stable_for(self.stable_for);
+                if !window.is_zero() {
+                    ctx.message(format!(
+                        "watching {} for {window:?} before calling it healthy",
+                        new.name
+                    ));
+                }
+                let client = self.engine.client();
+                let watch = probe.watch_stable(client, &self.http, &new.name, window, ctx);
+                timed(&app.name, "stable", watch).await
+            }
+            failed => failed,
         };
         match healthy {
             Ok(()) => {
                 tracing::debug!(app = %app.name, container = %new.name, "the new revision is healthy");
+                let name = if new.fresh {
+                    self.mark_passed(app, &new.name).await?
+                } else {
+                    new.name.clone()
+                };
                 if let (Some(old), Some(_)) = (old, &switch) {
-                    ctx.message(format!("draining {} for {:?}", old.name, self.drain));
-                    // A cancel cuts the drain short: the switch is done either way.
-                    tokio::select! {
-                        () = tokio::time::sleep(self.drain) => {}
-                        () = ctx.cancellation().cancelled() => {}
+                    if tokio::time::Instant::now() < drained {
+                        ctx.message(format!("draining {}", old.name));
+                        // A cancel cuts the drain short: the switch is done either way.
+                        tokio::select! {
+                            () = tokio::time::sleep_until(drained) => {}
+                            () = ctx.cancellation().cancelled() => {}
+                        }
                     }
                     self.stop(app, &old.id).await?;
                 }
-                Ok(())
+                Ok(name)
             }
             Err(cause) => {
                 tracing::debug!(
@@ -259,6 +321,12 @@ impl EngineDeployer {
                 // Whatever fails from here on, the old container is brought back. A
                 // cancelled run stops the new one at once.
                 let mut failures = Vec::new();
+                // Traffic first goes back to what still runs, then the new one stops.
+                if let (true, Some(switch), Some(old)) = (switched, &switch, old)
+                    && let Err(e) = self.switch_to(app, switch.as_ref(), &old.name).await
+                {
+                    failures.push(format!("switching back to {} failed: {e}", old.name));
+                }
                 let grace = if ctx.cancelled() {
                     CANCEL_STOP_SECS
                 } else {
@@ -270,17 +338,7 @@ impl EngineDeployer {
                 let mut container = new.name.clone();
                 if new.fresh {
                     let failed = state::failed_name(&new.name);
-                    let renamed = self
-                        .engine
-                        .client()
-                        .rename_container(
-                            &new.name,
-                            RenameContainerOptions {
-                                name: failed.clone(),
-                            },
-                        )
-                        .await;
-                    if renamed.is_ok() {
+                    if self.rename(app, &new.name, &failed).await.is_ok() {
                         container = failed;
                     }
                 }
@@ -290,7 +348,11 @@ impl EngineDeployer {
                     None => "nothing ran before".to_owned(),
                     Some(old) if switch.is_some() => {
                         back = true;
-                        format!("revision {} kept serving", old.revision)
+                        if switched {
+                            format!("traffic went back to revision {}", old.revision)
+                        } else {
+                            format!("revision {} kept serving", old.revision)
+                        }
                     }
                     Some(old) => match self.start(app, &old.id).await {
                         Err(e) => {
@@ -387,11 +449,11 @@ impl EngineDeployer {
             .chain(old)
             .collect();
         stopped.sort_by_key(|c| std::cmp::Reverse(c.revision));
-        let (failed, healthy): (Vec<_>, Vec<_>) = stopped.into_iter().partition(|c| c.failed);
+        let (healthy, failed): (Vec<_>, Vec<_>) = stopped.into_iter().partition(|c| c.passed());
         let beyond_keep = healthy.iter().skip(keep);
         let older_failed = failed.iter().skip(1);
         for c in beyond_keep.chain(older_failed) {
-            let why = if c.failed {
+            let why = if !c.passed() {
                 "failed, and a newer one failed too".to_owned()
             } else {
                 format!("beyond keep = {keep}")

@@ -228,12 +228,14 @@ impl Harness {
         &self.engine
     }
 
-    /// A deployer with a short probe interval and its own lock dir.
+    /// A deployer with a short probe interval, drain and stabilization window (apps
+    /// that test the window set their own), and its own lock dir.
     pub async fn deployer(&self) -> EngineDeployer {
         EngineDeployer::builder(self.engine().await)
             .state_dir(self.dir.path().join("state"))
             .probe_interval(Duration::from_millis(100))
             .drain(Duration::from_millis(300))
+            .stable_for(Duration::from_millis(300))
             .stop_timeout(2)
             .build()
     }
