@@ -20,7 +20,7 @@ use crate::KubeError;
 use crate::lock::{self, DeployLock, LockGuard, LockOptions};
 use crate::pods::{controlled_by, selector_query, template_without_hash};
 use crate::retry::{Failure, RetryPolicy};
-use crate::rollout::DEFAULT_FAILURE_WINDOW;
+use crate::rollout::{DEFAULT_FAILURE_WINDOW, DEFAULT_STABLE_FOR};
 use crate::spec::{KUBERNETES_TARGET, KubernetesTarget};
 use crate::status::{Expected, Verdict, judge, revision};
 
@@ -59,6 +59,7 @@ pub struct KubeDeployer {
     pub(crate) timeout: Duration,
     pub(crate) restart_budget: u32,
     pub(crate) failure_window: Duration,
+    pub(crate) stable_for: Duration,
     pub(crate) retry: RetryPolicy,
     lock: Option<LockOptions>,
     held_locks: lock::HeldLocks,
@@ -72,6 +73,7 @@ impl std::fmt::Debug for KubeDeployer {
             .field("timeout", &self.timeout)
             .field("restart_budget", &self.restart_budget)
             .field("failure_window", &self.failure_window)
+            .field("stable_for", &self.stable_for)
             .field("retry", &self.retry)
             .field("lock", &self.lock)
             .field("keep_config_maps", &self.keep_config_maps)
@@ -82,14 +84,15 @@ impl std::fmt::Debug for KubeDeployer {
 
 impl KubeDeployer {
     /// A deployer using `client`; timeout 10 minutes, restart budget 2, failure
-    /// window 30 s, the default [`RetryPolicy`], no deploy lock, 3 unused ConfigMap
-    /// versions kept.
+    /// window 30 s, stabilization window 5 s, the default [`RetryPolicy`], no deploy
+    /// lock, 3 unused ConfigMap versions kept.
     pub fn new(client: Client) -> Self {
         Self {
             client,
             timeout: Duration::from_secs(600),
             restart_budget: 2,
             failure_window: DEFAULT_FAILURE_WINDOW,
+            stable_for: DEFAULT_STABLE_FOR,
             retry: RetryPolicy::default(),
             lock: None,
             held_locks: lock::HeldLocks::default(),
@@ -133,6 +136,19 @@ impl KubeDeployer {
     /// of it (at most 3 s) after the Deployment last moved.
     pub fn failure_window(mut self, window: Duration) -> Self {
         self.failure_window = window;
+        self
+    }
+
+    /// How long the new pods must stay healthy after the rollout completed (as
+    /// `kubectl rollout status` judges it) before the deploy succeeds: none of them
+    /// may turn unready or restart in it, or the deploy fails with
+    /// [`KubeError::Unstable`](crate::KubeError::Unstable) and the pipeline rolls back.
+    /// This catches a revision that passes its readiness probe once and crashes
+    /// seconds later, which `minReadySeconds` alone lets through once it has passed.
+    /// Default 5 s (Swarm's update monitor waits as long); zero turns it off. It costs
+    /// the window's time and two pod lists per rollout.
+    pub fn stable_for(mut self, window: Duration) -> Self {
+        self.stable_for = window;
         self
     }
 

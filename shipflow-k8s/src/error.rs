@@ -189,6 +189,28 @@ pub enum KubeError {
         message: String,
     },
 
+    /// The rollout completed, but its new pods did not stay healthy through the
+    /// stabilization window ([`KubeDeployer::stable_for`](crate::KubeDeployer::stable_for)):
+    /// one turned unready or restarted.
+    #[error(
+        "app {app}: {step}: deployment {workload}: the rollout completed but did not stay healthy: {reason}{why}; roll back, or look at `kubectl -n {namespace} describe deployment {deployment}`",
+        namespace = workload.split('/').next().unwrap_or_default(),
+        deployment = workload.split('/').nth(1).unwrap_or_default(),
+        why = pod.as_ref().map(|p| format!("; {p}")).unwrap_or_default()
+    )]
+    Unstable {
+        /// The app.
+        app: String,
+        /// `namespace/deployment`.
+        workload: String,
+        /// The step.
+        step: &'static str,
+        /// What went wrong, and how long after the rollout completed.
+        reason: String,
+        /// A new pod that failed or is not ready, and why, if there is one.
+        pod: Option<Box<FailedPod>>,
+    },
+
     /// shipflow's own wait ran out before the rollout finished.
     #[error(
         "app {app}: {step}: deployment {workload}: still rolling after {waited:?} ({ready}/{desired} new replicas available){why}; raise KubeDeployer::timeout or check the pods",

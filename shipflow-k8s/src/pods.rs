@@ -387,6 +387,30 @@ impl PodCheck {
         Ok(Look::Fine)
     }
 
+    /// How many times the containers of the new pods have restarted in all; `None`
+    /// when they cannot be read (the watch of the Deployment still sees unreadiness).
+    pub(crate) async fn restarts(
+        &mut self,
+        client: &kube::Client,
+        dep: &Deployment,
+        expected: &Expected,
+    ) -> Option<u64> {
+        let pods = match self.pods(client, dep, expected).await {
+            Ok(pods) => pods,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot count the new pods' restarts");
+                return None;
+            }
+        };
+        let count = pods
+            .iter()
+            .filter_map(|p| p.status.as_ref()?.container_statuses.as_ref())
+            .flatten()
+            .map(|c| u64::try_from(c.restart_count).unwrap_or(0))
+            .sum();
+        Some(count)
+    }
+
     /// Why the rollout does not finish: its first failing or unready new pod, with
     /// its log; `None` when there is none or the pods cannot be read.
     pub(crate) async fn explain(

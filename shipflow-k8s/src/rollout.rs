@@ -53,9 +53,11 @@ fn images(dep: &Deployment) -> String {
 impl KubeDeployer {
     /// Waits until the rollout toward `expected` completes, from `start` (the answer to
     /// the write that started it, or the Deployment as found), as `kubectl rollout
-    /// status` says, or fails: a new pod that failed for good, the progress deadline (not one
-    /// left from before), a pod-creation failure that lasts, a paused Deployment,
-    /// someone else's template, a lost deploy lock, the timeout, or cancellation.
+    /// status` says, and then stays so for the stabilization window, or fails: a new
+    /// pod that failed for good, the progress deadline (not one left from before), a
+    /// pod-creation failure that lasts, a paused Deployment, someone else's template,
+    /// a lost deploy lock, the timeout, cancellation, or new pods that turn unready
+    /// or restart inside the window.
     pub(crate) async fn wait_for_rollout(
         &self,
         t: &Target,
@@ -65,7 +67,8 @@ impl KubeDeployer {
         ctx: &Context,
         lock: Option<&LockGuard>,
     ) -> Result<Deployment, KubeError> {
-        let deadline = Instant::now() + self.timeout;
+        let mut deadline = Instant::now() + self.timeout;
+        let mut window: Option<Window> = None;
         let api: Api<Deployment> = Api::namespaced(self.client.clone(), &t.namespace);
         let config = watcher::Config::default()
             .fields(&format!("metadata.name={}", t.deployment))
@@ -86,11 +89,62 @@ impl KubeDeployer {
         loop {
             let (ready, desired) = match judge(&dep, &expected) {
                 Verdict::Complete => {
-                    tracing::debug!(app = %t.app, workload = %t.workload(), "rollout complete");
                     let desired = dep.spec.opt().and_then(|s| s.replicas).unwrap_or(1);
                     let desired = u64::try_from(desired).unwrap_or(0);
-                    ctx.progress(desired, Some(desired), "replicas");
-                    return Ok(dep);
+                    match window {
+                        _ if self.stable_for.is_zero() => {}
+                        None => {
+                            tracing::debug!(app = %t.app, workload = %t.workload(), "rollout complete; watching it");
+                            ctx.progress(desired, Some(desired), "replicas");
+                            ctx.message(format!(
+                                "watching {} for {:?} before calling it healthy",
+                                t.workload(),
+                                self.stable_for
+                            ));
+                            let restarts = pods.restarts(&self.client, &dep, &expected).await;
+                            let since = Instant::now();
+                            let until = since + self.stable_for;
+                            // The window is the deploy's own time, not the rollout's.
+                            deadline = deadline.max(until + Duration::from_secs(5));
+                            window = Some(Window {
+                                since,
+                                until,
+                                restarts,
+                            });
+                            reported = Some((desired, desired));
+                        }
+                        Some(w) if Instant::now() < w.until => {}
+                        Some(w) => {
+                            let restarts = pods.restarts(&self.client, &dep, &expected).await;
+                            if let (Some(before), Some(after)) = (w.restarts, restarts)
+                                && after > before
+                            {
+                                let reason = format!(
+                                    "its new pods' containers restarted {} time(s) within {:?} after it completed",
+                                    after - before,
+                                    self.stable_for
+                                );
+                                return Err(self
+                                    .unstable(t, step, reason, &mut pods, &dep, &expected)
+                                    .await);
+                            }
+                        }
+                    }
+                    if window.is_none_or(|w| Instant::now() >= w.until) {
+                        tracing::debug!(app = %t.app, workload = %t.workload(), "rollout complete");
+                        ctx.progress(desired, Some(desired), "replicas");
+                        return Ok(dep);
+                    }
+                    (desired, desired)
+                }
+                Verdict::Rolling { ready, desired } if let Some(w) = window => {
+                    let reason = format!(
+                        "{ready} of {desired} new replicas were available {} ms after it completed",
+                        w.since.elapsed().as_millis()
+                    );
+                    return Err(self
+                        .unstable(t, step, reason, &mut pods, &dep, &expected)
+                        .await);
                 }
                 Verdict::Paused => return Err(t.paused(step)),
                 Verdict::Superseded => {
@@ -148,10 +202,14 @@ impl KubeDeployer {
                 }
                 said = line;
             }
-            let check_at = match failing_since {
-                Some(since) => pods.next_at.min(since + self.failure_window),
-                None => pods.next_at,
+            // Inside the window the watch sees unreadiness and the window's end counts
+            // restarts: no looks at the pods in between.
+            let check_at = match (window, failing_since) {
+                (Some(_), _) => deadline,
+                (None, Some(since)) => pods.next_at.min(since + self.failure_window),
+                (None, None) => pods.next_at,
             };
+            let window_ends = window.map_or(deadline, |w| w.until);
             tokio::select! {
                 () = ctx.cancellation().cancelled() => {
                     return Err(KubeError::Cancelled {
@@ -174,6 +232,8 @@ impl KubeDeployer {
                         pod,
                     });
                 }
+                // The window ended: the loop judges once more, and checks restarts.
+                () = tokio::time::sleep_until(window_ends), if window.is_some() => {}
                 () = tokio::time::sleep_until(check_at) => {
                     match pods.look(&self.client, &dep, &expected, self.restart_budget).await {
                         Ok(Look::Failed(pod)) => return Err(t.pod_failed(step, pod)),
@@ -214,6 +274,29 @@ impl KubeDeployer {
             }
         }
     }
+
+    /// The error of a rollout that did not stay healthy, with a new pod that
+    /// explains it when one does.
+    async fn unstable(
+        &self,
+        t: &Target,
+        step: &'static str,
+        reason: String,
+        pods: &mut PodCheck,
+        dep: &Deployment,
+        expected: &Expected,
+    ) -> KubeError {
+        let pod = pods
+            .explain(&self.client, dep, expected, self.restart_budget)
+            .await;
+        KubeError::Unstable {
+            app: t.app.clone(),
+            workload: t.workload(),
+            step,
+            reason,
+            pod,
+        }
+    }
 }
 
 /// A watch error that is part of normal operation: `410 Gone` (the watcher lists
@@ -235,3 +318,16 @@ fn retryable(e: &watcher::Error) -> bool {
 
 /// The default of [`KubeDeployer::failure_window`].
 pub(crate) const DEFAULT_FAILURE_WINDOW: Duration = Duration::from_secs(30);
+
+/// The default of [`KubeDeployer::stable_for`].
+pub(crate) const DEFAULT_STABLE_FOR: Duration = Duration::from_secs(5);
+
+/// The stabilization window a completed rollout is in: when it ends, and how many
+/// times the new pods' containers had restarted when it began.
+#[derive(Clone, Copy)]
+struct Window {
+    since: Instant,
+    until: Instant,
+    /// `None` when the pods could not be read: then only readiness is watched.
+    restarts: Option<u64>,
+}

@@ -273,6 +273,77 @@ async fn crash_loop_fails_with_the_termination_message() {
     );
 }
 
+/// A revision whose pods get ready and crash a little later (60 cluster seconds,
+/// 1.2 s here) completes its rollout as kubectl judges it; the stabilization window
+/// catches the crash and fails the deploy, naming the pod and its last words.
+#[tokio::test]
+async fn pods_that_crash_soon_after_the_rollout_completed_fail_the_deploy() {
+    let sim = sim(2).await;
+    let image = pinned("5c");
+    sim.set_image(&image.to_string(), Outcome::CrashesAfter { seconds: 60 });
+    let ws = workspace();
+    let started = Instant::now();
+    let err = deployer(&sim)
+        .stable_for(Duration::from_secs(4))
+        .deploy(app(&ws), &image, &DeployMeta::default(), &Context::new())
+        .await
+        .expect_err("the new pods crash inside the window");
+    let KubeError::Unstable { reason, pod, .. } = kube_error(&err) else {
+        panic!("expected Unstable, got {err}");
+    };
+    assert!(
+        reason.contains("new replicas were available") || reason.contains("restarted"),
+        "{reason}"
+    );
+    let pod = pod.as_ref().expect("a pod explains it");
+    assert!(
+        pod.logs.iter().any(|l| l == "panic: lost the database"),
+        "{pod}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "failed at the crash, not at the window's end: {:?}",
+        started.elapsed()
+    );
+
+    // The same rollout without a window is called complete: what the window adds.
+    sim.set_image(
+        &pinned("5d").to_string(),
+        Outcome::CrashesAfter { seconds: 60 },
+    );
+    let rollout = deployer(&sim)
+        .stable_for(Duration::ZERO)
+        .deploy(
+            app(&ws),
+            &pinned("5d"),
+            &DeployMeta::default(),
+            &Context::new(),
+        )
+        .await
+        .expect("complete as kubectl judges it");
+    assert!(rollout.changed);
+}
+
+/// A healthy revision passes the window, and the deploy takes the window's time.
+#[tokio::test]
+async fn a_healthy_rollout_passes_the_stabilization_window() {
+    let sim = sim(2).await;
+    let ws = workspace();
+    let started = Instant::now();
+    let rollout = deployer(&sim)
+        .stable_for(Duration::from_secs(1))
+        .deploy(
+            app(&ws),
+            &pinned("5e"),
+            &DeployMeta::default(),
+            &Context::new(),
+        )
+        .await
+        .expect("healthy");
+    assert!(rollout.changed);
+    assert!(started.elapsed() >= Duration::from_secs(1));
+}
+
 #[tokio::test]
 async fn a_failure_carries_at_most_the_last_20_log_lines() {
     let sim = sim(1).await;
@@ -727,13 +798,17 @@ async fn a_rollout_costs_a_handful_of_requests() {
 
     // Read and patch the Deployment, then list and watch it. The pods are only
     // looked at when the Deployment stays quiet, which a healthy rollout never does:
-    // the count does not grow with the rollout's length.
+    // the count does not grow with the rollout's length. The stabilization window
+    // (5 s by default) adds the new ReplicaSet's lookup and two pod lists, to count
+    // restarts at its start and its end.
     let requests = sim.requests();
     let expected = [
         ("GET /apis/apps/v1/namespaces/default/deployments/api", 1),
         ("PATCH /apis/apps/v1/namespaces/default/deployments/api", 1),
         ("GET /apis/apps/v1/namespaces/default/deployments", 1),
         ("WATCH /apis/apps/v1/namespaces/default/deployments", 1),
+        ("GET /apis/apps/v1/namespaces/default/replicasets", 1),
+        ("GET /api/v1/namespaces/default/pods", 2),
     ];
     assert_eq!(
         requests,

@@ -129,6 +129,14 @@ pub enum Outcome {
     CrashLoop,
     /// The container runs but its readiness never passes.
     NeverReady,
+    /// The container starts and gets ready like a healthy one, then exits with
+    /// `panic: lost the database` `seconds` cluster seconds (steps) after it
+    /// started, and so on after every restart (`CrashLoopBackOff` in between): a
+    /// revision that passes its first probes and dies soon after.
+    CrashesAfter {
+        /// Cluster seconds from a start to the crash.
+        seconds: u64,
+    },
     /// The pod is never scheduled (no node has room): it stays `Pending`.
     Unschedulable,
 }

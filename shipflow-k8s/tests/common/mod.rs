@@ -57,9 +57,12 @@ pub async fn sim(replicas: u32) -> SimCluster {
 }
 
 /// A deployer for the simulator, whose clock runs one cluster second per step (20
-/// ms): the default 30 s failure window is 600 ms there.
+/// ms): the default 30 s failure window is 600 ms there, and the 5 s stabilization
+/// window 100 ms.
 pub fn deployer(sim: &SimCluster) -> KubeDeployer {
-    KubeDeployer::new(sim.client()).failure_window(Duration::from_millis(600))
+    KubeDeployer::new(sim.client())
+        .failure_window(Duration::from_millis(600))
+        .stable_for(Duration::from_millis(100))
 }
 
 pub fn kube_error(err: &BoxError) -> &KubeError {

@@ -176,6 +176,17 @@ impl PodRun {
                     Some(tick + 1)
                 }
                 Phase::Running { since, .. }
+                    if let Outcome::CrashesAfter { seconds } = c.behaviour =>
+                {
+                    let ready = since + c.ready_after;
+                    let crash = since + seconds.max(1);
+                    Some(if tick < ready {
+                        ready.min(crash)
+                    } else {
+                        crash
+                    })
+                }
+                Phase::Running { since, .. }
                     if c.behaviour != Outcome::NeverReady && tick < since + c.ready_after =>
                 {
                     Some(since + c.ready_after)
@@ -420,10 +431,17 @@ fn advance(shared: &Shared, st: &mut State, pod: &Value, mut run: PodRun) -> Opt
                 }
             }
             Phase::Running { since, started_at } => {
-                if tick > *since && c.behaviour == Outcome::CrashLoop {
+                if crashes(c, *since, tick) {
+                    let message = match c.behaviour {
+                        Outcome::CrashesAfter { .. } => {
+                            c.logs.push("panic: lost the database".to_owned());
+                            "panic: lost the database"
+                        }
+                        _ => "panic: boom",
+                    };
                     c.restarts += 1;
                     c.last = Some(json!({"terminated": {"exitCode": 2, "reason": "Error",
-                        "message": "panic: boom", "startedAt": started_at, "finishedAt": now(),
+                        "message": message, "startedAt": started_at, "finishedAt": now(),
                         "containerID": format!("containerd://{:064x}", c.restarts)}}));
                     c.previous = Some(std::mem::take(&mut c.logs));
                     next = Phase::waiting(
@@ -557,6 +575,15 @@ fn missing_config(st: &State, ns: &str, spec: &Value, name: &str) -> Option<Stri
         }
     }
     None
+}
+
+/// Whether a container running since step `since` crashes at step `tick`.
+fn crashes(c: &Run, since: u64, tick: u64) -> bool {
+    match c.behaviour {
+        Outcome::CrashLoop => tick > since,
+        Outcome::CrashesAfter { seconds } => tick >= since + seconds.max(1),
+        _ => false,
+    }
 }
 
 fn container_ready(c: &Run, tick: u64) -> bool {
