@@ -262,6 +262,8 @@ pub(crate) struct EngineLock {
 struct Seen {
     id: String,
     lease: Option<Vec<u8>>,
+    /// The holder its creator labelled it with: known before the first lease lands.
+    holder: Option<String>,
 }
 
 fn sentinel_name(app: &str) -> String {
@@ -404,14 +406,17 @@ impl EngineLock {
                 _ => last = Some((seen, tokio::time::Instant::now())),
             }
             if started.elapsed() >= wait {
-                let holder = last
-                    .as_ref()
-                    .and_then(|(seen, _)| seen.lease.as_deref())
+                let seen = last.as_ref().map(|(seen, _)| seen);
+                let from_lease = seen
+                    .and_then(|seen| seen.lease.as_deref())
                     .and_then(|body| serde_json::from_slice::<Lease>(body).ok())
-                    .map_or_else(
-                        || "it names no holder yet".into(),
-                        |lease| lease.holder.describe(),
-                    );
+                    .map(|lease| lease.holder);
+                let from_label = seen
+                    .and_then(|seen| seen.holder.as_deref())
+                    .and_then(|label| serde_json::from_str::<Holder>(label).ok());
+                let holder = from_lease
+                    .or(from_label)
+                    .map_or_else(|| "it names no holder".into(), |holder| holder.describe());
                 return Err(DockerError::EngineLocked {
                     app: app.to_owned(),
                     container: name,
@@ -534,14 +539,20 @@ async fn renew(engine: Engine, id: String, holder: Holder, app: String) {
 async fn observe(engine: &Engine, name: &str) -> Result<Option<Seen>, bollard::errors::Error> {
     use futures_util::StreamExt;
     let docker = engine.client();
-    let id = match docker
+    let (id, holder) = match docker
         .inspect_container(
             name,
             None::<bollard::query_parameters::InspectContainerOptions>,
         )
         .await
     {
-        Ok(inspect) => inspect.id.unwrap_or_default(),
+        Ok(inspect) => {
+            let holder = inspect
+                .config
+                .and_then(|c| c.labels)
+                .and_then(|mut labels| labels.remove(&format!("{SENTINEL_LABEL}.holder")));
+            (inspect.id.unwrap_or_default(), holder)
+        }
         Err(e) if status(&e) == Some(404) => return Ok(None),
         Err(e) => return Err(e),
     };
@@ -555,7 +566,13 @@ async fn observe(engine: &Engine, name: &str) -> Result<Option<Seen>, bollard::e
             Ok(chunk) if tar.len() < 64 * 1024 => tar.extend_from_slice(&chunk),
             Ok(_) => break,
             // Not renewed yet, or the sentinel went meanwhile (seen next time).
-            Err(e) if status(&e) == Some(404) => return Ok(Some(Seen { id, lease: None })),
+            Err(e) if status(&e) == Some(404) => {
+                return Ok(Some(Seen {
+                    id,
+                    lease: None,
+                    holder,
+                }));
+            }
             Err(e) => return Err(e),
         }
     }
@@ -569,7 +586,7 @@ async fn observe(engine: &Engine, name: &str) -> Result<Option<Seen>, bollard::e
             std::io::Read::read_to_end(&mut entry, &mut body).ok()?;
             Some(body)
         });
-    Ok(Some(Seen { id, lease }))
+    Ok(Some(Seen { id, lease, holder }))
 }
 
 /// Imports [`SENTINEL_IMAGE`], an empty file system, into the engine.
