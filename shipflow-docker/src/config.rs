@@ -96,15 +96,117 @@ pub struct HealthCheck {
     pub stable_for: Option<u64>,
 }
 
-/// A reverse proxy with an admin API.
+/// The reverse proxy `start-first` switches: HAProxy through its runtime API
+/// (`haproxy_admin`, `backend`, `servers`), or Caddy through its admin API
+/// (`caddy_admin`, `route`).
+///
+/// ```toml
+/// proxy = { haproxy_admin = "/run/haproxy/admin.sock", backend = "web", servers = ["blue", "green"] }
+/// proxy = { caddy_admin = "http://127.0.0.1:2019", route = "web" }
+/// ```
+///
+/// HAProxy switches with no reload and drains: kept-alive client connections and
+/// requests in flight carry on. Caddy restarts its servers on every config change,
+/// which fails requests sent on idle kept-alive connections at that moment.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct ProxyTarget {
+    /// HAProxy's runtime API: a `stats socket … level admin`, as a Unix socket path
+    /// or `host:port`.
+    pub haproxy_admin: Option<String>,
+    /// The HAProxy backend that serves the app.
+    pub backend: Option<String>,
+    /// The backend's two server slots that take turns, e.g. `["blue", "green"]`,
+    /// declared in HAProxy's config (for example `server blue 127.0.0.1:9 disabled`).
+    #[serde(default)]
+    pub servers: Vec<String>,
+    /// Seconds HAProxy's drain waits for requests in flight to the old container
+    /// before it stops anyway; default 30, at most 3600.
+    pub drain_timeout: Option<u64>,
     /// Caddy's admin address, e.g. `http://127.0.0.1:2019`.
-    pub caddy_admin: String,
-    /// The `@id` of the route whose upstreams are switched.
-    pub route: String,
+    pub caddy_admin: Option<String>,
+    /// The `@id` of the Caddy route whose upstreams are switched.
+    pub route: Option<String>,
+}
+
+impl ProxyTarget {
+    fn check(&self) -> Result<(), SectionError> {
+        match (&self.haproxy_admin, &self.caddy_admin) {
+            (Some(_), Some(_)) => Err(SectionError::new(
+                "proxy",
+                "give haproxy_admin or caddy_admin, not both",
+            )),
+            (None, None) => Err(SectionError::new(
+                "proxy",
+                "give haproxy_admin (with backend and servers) or caddy_admin (with route)",
+            )),
+            (Some(admin), None) => {
+                admin
+                    .parse::<crate::HaproxyAdmin>()
+                    .map_err(|why| SectionError::new("proxy.haproxy_admin", why))?;
+                if self.backend.as_deref().is_none_or(str::is_empty) {
+                    return Err(SectionError::new(
+                        "proxy.backend",
+                        "HAProxy needs the backend that serves the app",
+                    ));
+                }
+                match self.servers.as_slice() {
+                    [a, b] if a != b && !a.is_empty() && !b.is_empty() => {}
+                    _ => {
+                        return Err(SectionError::new(
+                            "proxy.servers",
+                            "give the backend's two server slots that take turns, e.g. [\"blue\", \"green\"]",
+                        ));
+                    }
+                }
+                if let Some(v) = self.drain_timeout.filter(|v| *v > MAX_INTERVAL_SECS) {
+                    return Err(SectionError::new(
+                        "proxy.drain_timeout",
+                        format!("{v} is out of range: give 0 to {MAX_INTERVAL_SECS} seconds"),
+                    ));
+                }
+                self.only_for("HAProxy", [("route", self.route.is_some())])
+            }
+            (None, Some(admin)) => {
+                if !(admin.starts_with("http://") || admin.starts_with("https://")) {
+                    return Err(SectionError::new(
+                        "proxy.caddy_admin",
+                        format!("{admin:?} is not an admin URL like \"http://127.0.0.1:2019\""),
+                    ));
+                }
+                if self.route.as_deref().is_none_or(str::is_empty) {
+                    return Err(SectionError::new(
+                        "proxy.route",
+                        "Caddy needs the @id of the route to switch",
+                    ));
+                }
+                self.only_for(
+                    "Caddy",
+                    [
+                        ("backend", self.backend.is_some()),
+                        ("servers", !self.servers.is_empty()),
+                        ("drain_timeout", self.drain_timeout.is_some()),
+                    ],
+                )
+            }
+        }
+    }
+
+    /// Refuses keys that belong to the other proxy.
+    fn only_for<const N: usize>(
+        &self,
+        proxy: &str,
+        keys: [(&str, bool); N],
+    ) -> Result<(), SectionError> {
+        match keys.iter().find(|(_, given)| *given) {
+            Some((key, _)) => Err(SectionError::new(
+                format!("proxy.{key}"),
+                format!("{key} is not a {proxy} setting"),
+            )),
+            None => Ok(()),
+        }
+    }
 }
 
 /// A Dockerfile build through the engine: `build = { type = "dockerfile", … }`.
@@ -163,17 +265,8 @@ impl ConfigSection for DockerTarget {
         if let Some(health) = &self.health {
             health.check(self)?;
         }
-        if let Some(proxy) = &self.proxy
-            && !(proxy.caddy_admin.starts_with("http://")
-                || proxy.caddy_admin.starts_with("https://"))
-        {
-            return Err(SectionError::new(
-                "proxy.caddy_admin",
-                format!(
-                    "{:?} is not an admin URL like \"http://127.0.0.1:2019\"",
-                    proxy.caddy_admin
-                ),
-            ));
+        if let Some(proxy) = &self.proxy {
+            proxy.check()?;
         }
         Ok(())
     }
@@ -273,6 +366,34 @@ mod tests {
     #[case::container(
         "container = \"web app\"",
         "apps.web.deploy.docker.container: \"web app\" is not a container name"
+    )]
+    #[case::proxy_neither(
+        "proxy = { route = \"web\" }",
+        "apps.web.deploy.docker.proxy: give haproxy_admin (with backend and servers) or caddy_admin"
+    )]
+    #[case::proxy_both(
+        "proxy = { caddy_admin = \"http://a:1\", route = \"r\", haproxy_admin = \"/run/h.sock\" }",
+        "apps.web.deploy.docker.proxy: give haproxy_admin or caddy_admin, not both"
+    )]
+    #[case::haproxy_one_server(
+        "proxy = { haproxy_admin = \"/run/h.sock\", backend = \"web\", servers = [\"blue\"] }",
+        "apps.web.deploy.docker.proxy.servers: give the backend's two server slots"
+    )]
+    #[case::haproxy_no_backend(
+        "proxy = { haproxy_admin = \"127.0.0.1:9999\", servers = [\"a\", \"b\"] }",
+        "apps.web.deploy.docker.proxy.backend: HAProxy needs the backend"
+    )]
+    #[case::haproxy_bad_admin(
+        "proxy = { haproxy_admin = \"admin.sock\", backend = \"web\", servers = [\"a\", \"b\"] }",
+        "apps.web.deploy.docker.proxy.haproxy_admin: \"admin.sock\" is not a runtime API address"
+    )]
+    #[case::haproxy_route(
+        "proxy = { haproxy_admin = \"/h.sock\", backend = \"web\", servers = [\"a\", \"b\"], route = \"r\" }",
+        "apps.web.deploy.docker.proxy.route: route is not a HAProxy setting"
+    )]
+    #[case::caddy_servers(
+        "proxy = { caddy_admin = \"http://a:1\", route = \"r\", servers = [\"a\", \"b\"] }",
+        "apps.web.deploy.docker.proxy.servers: servers is not a Caddy setting"
     )]
     #[case::strategy(
         "strategy = \"blue-green\"",

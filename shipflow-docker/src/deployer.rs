@@ -20,7 +20,7 @@ use crate::health::Probe;
 use crate::lock::DeployLock;
 use crate::spec::{Publish, container_body};
 use crate::state::{self, AppContainer};
-use crate::switch::{CaddySwitch, TrafficSwitch};
+use crate::switch::TrafficSwitch;
 use crate::timing::timed;
 use crate::{DockerError, Engine};
 
@@ -115,7 +115,9 @@ impl EngineDeployerBuilder {
     }
 
     /// How long the old container of a `start-first` deploy keeps running after the
-    /// switch, to finish requests in flight; default 2 s.
+    /// switch, to finish requests in flight, behind a proxy that cannot tell when
+    /// none is left (Caddy); default 2 s. HAProxy's drain ends when no request is in
+    /// flight, or at its `drain_timeout`.
     pub fn drain(mut self, drain: Duration) -> Self {
         self.deployer.drain = drain;
         self
@@ -214,12 +216,9 @@ impl EngineDeployer {
         if target.strategy != Strategy::StartFirst {
             return None;
         }
-        self.switch.clone().or_else(|| {
-            target
-                .proxy
-                .as_ref()
-                .map(|p| Arc::new(CaddySwitch::for_target(p)) as Arc<dyn TrafficSwitch>)
-        })
+        self.switch
+            .clone()
+            .or_else(|| target.proxy.as_ref().map(crate::switch::for_target))
     }
 
     /// The app's host lock; waiting for it ends on cancel.

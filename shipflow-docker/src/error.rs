@@ -93,7 +93,7 @@ pub enum DockerError {
     },
     /// `start-first` needs a proxy to switch.
     #[error(
-        "app {app}: strategy start-first needs a reverse proxy to switch traffic; add [apps.{app}.deploy.docker.proxy] (caddy_admin, route) or use strategy = \"recreate\""
+        "app {app}: strategy start-first needs a reverse proxy to switch traffic; add [apps.{app}.deploy.docker.proxy] (haproxy_admin, backend and servers; or caddy_admin and route) or use strategy = \"recreate\""
     )]
     NoProxy {
         /// The app.

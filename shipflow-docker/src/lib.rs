@@ -80,4 +80,4 @@ pub use endpoint::Endpoint;
 pub use engine::{Engine, EngineKind};
 pub use error::DockerError;
 pub use registry::EngineRegistry;
-pub use switch::{CaddySwitch, TrafficSwitch};
+pub use switch::{CaddySwitch, HaproxyAdmin, HaproxySwitch, TrafficSwitch};

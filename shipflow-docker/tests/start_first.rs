@@ -1,6 +1,6 @@
 //! `start-first` behind a real Caddy: a client polling through the proxy every
-//! 50 ms during an upgrade sees no failed request, and a proxy that dials the
-//! wrong port is pointed back by the next run.
+//! 50 ms on a connection per request sees no failed request during an upgrade,
+//! and a proxy that dials the wrong port is pointed back by the next run.
 
 mod common;
 
@@ -31,9 +31,12 @@ async fn upgrade_behind_caddy_drops_no_request(#[case] kind: EngineKind) {
     let v2 = h.web_image("sf-web", "v2", "v2");
     let deployer = h.deployer().await;
     let ctx = Context::new();
-    // A connection per request: a kept-alive connection that Caddy closes the moment
-    // its config changes fails on the client before the request is sent (browsers
-    // retry those); what is measured here is whether the server answers every request.
+    // A connection per request: Caddy starts its servers anew on every config change
+    // and closes idle kept-alive connections, so a request sent on one just then
+    // fails (a limit of the Caddy switch, stated on `CaddySwitch` and in the deploy's
+    // output, counted by `cargo bench -p shipflow-docker --bench switch`). Kept-alive
+    // clients are tested through HAProxy (tests/haproxy.rs); here, whether the
+    // server side answers every request.
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .build()

@@ -86,10 +86,15 @@ impl EngineDeployer {
             if ctx.cancelled() {
                 return Err(DockerError::cancelled(&app.name, "repair", false));
             }
-            if let Some(switch) = self.switch(target) {
+            let switch = self.switch(target);
+            if let Some(switch) = &switch {
                 self.switch_to(app, switch.as_ref(), &keep.name).await?;
             }
+            let drained = tokio::time::Instant::now() + self.drain;
             for c in running.iter().filter(|c| c.id != keep.id) {
+                if let Some(switch) = &switch {
+                    self.drain(app, switch.as_ref(), c, drained, ctx).await;
+                }
                 ctx.message(format!(
                     "repair: stopping {} ({} serves)",
                     c.name, keep.name
@@ -132,6 +137,36 @@ impl EngineDeployer {
         let passed = state::passed_name(unchecked).to_owned();
         self.rename(app, unchecked, &passed).await?;
         Ok(passed)
+    }
+
+    /// Waits until the proxy has no request in flight to `old`, which traffic was
+    /// switched away from: as long as a proxy that can tell says (HAProxy, up to its
+    /// drain timeout), else until `until` (the deployer's fixed drain after the
+    /// switch). A cancel cuts it short: the switch is done either way.
+    async fn drain(
+        &self,
+        app: &App,
+        switch: &dyn TrafficSwitch,
+        old: &AppContainer,
+        until: tokio::time::Instant,
+        ctx: &Context,
+    ) {
+        let wait = until.saturating_duration_since(tokio::time::Instant::now());
+        let drain = async {
+            match self.upstream_of(app, &old.name).await {
+                Ok(upstream) => {
+                    ctx.message(format!("draining {} ({upstream})", old.name));
+                    if let Err(e) = switch.drain(&upstream, wait).await {
+                        ctx.message(format!("draining {}: {e}", old.name));
+                    }
+                }
+                Err(_) => tokio::time::sleep(wait).await,
+            }
+        };
+        tokio::select! {
+            () = timed(&app.name, "drain", drain) => {}
+            () = ctx.cancellation().cancelled() => {}
+        }
     }
 
     /// Points the proxy at container `name`'s service port.
@@ -265,6 +300,16 @@ impl EngineDeployer {
         let mut switched = false;
         let healthy = match (healthy, &switch) {
             (Ok(()), Some(switch)) => {
+                if target
+                    .proxy
+                    .as_ref()
+                    .is_some_and(|p| p.caddy_admin.is_some())
+                {
+                    ctx.message(format!(
+                        "switching Caddy route {}: Caddy closes idle kept-alive client connections on every config change, so a request sent on one just then fails; HAProxy's runtime API (proxy.haproxy_admin) switches without that",
+                        switch.route()
+                    ));
+                }
                 let to_new = self.switch_to(app, switch.as_ref(), &new.name).await;
                 switched = to_new.is_ok();
                 to_new.map_err(|e| e.to_string())
@@ -296,15 +341,8 @@ impl EngineDeployer {
                 } else {
                     new.name.clone()
                 };
-                if let (Some(old), Some(_)) = (old, &switch) {
-                    if tokio::time::Instant::now() < drained {
-                        ctx.message(format!("draining {}", old.name));
-                        // A cancel cuts the drain short: the switch is done either way.
-                        tokio::select! {
-                            () = tokio::time::sleep_until(drained) => {}
-                            () = ctx.cancellation().cancelled() => {}
-                        }
-                    }
+                if let (Some(old), Some(switch)) = (old, &switch) {
+                    self.drain(app, switch.as_ref(), old, drained, ctx).await;
                     self.stop(app, &old.id).await?;
                 }
                 Ok(name)

@@ -49,6 +49,16 @@ fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
 pub const HTTPD: &str =
     "trap 'kill $p; exit 0' TERM; /bin/busybox httpd -f -p 80 -h /www & p=$!; wait";
 
+/// The CGI script of every test image: the page's body, after `$QUERY_STRING`
+/// seconds.
+/// With a length, so that a proxy may keep the client's connection alive, and
+/// `Connection: close`, which busybox httpd does not say for CGI answers although
+/// it closes every connection (a proxy would otherwise reuse a closed one).
+const CGI: &str = "#!/bin/busybox sh\n\
+    case \"$QUERY_STRING\" in [0-9]*) /bin/busybox sleep \"$QUERY_STRING\";; esac\n\
+    body=$(/bin/busybox cat /www/index.html)\n\
+    printf 'Content-Type: text/plain\\r\\nContent-Length: %d\\r\\nConnection: close\\r\\n\\r\\n%s' \"${#body}\" \"$body\"\n";
+
 /// A child process killed on drop.
 struct Service(Child);
 
@@ -72,7 +82,7 @@ fn spawn(mut command: Command, log: &Path) -> Service {
     )
 }
 
-/// An engine, a registry, and on demand Caddy.
+/// An engine, a registry, and on demand Caddy or HAProxy.
 pub struct Harness {
     pub dir: tempfile::TempDir,
     pub registry: String,
@@ -80,6 +90,7 @@ pub struct Harness {
     _registry: Service,
     caddy: Option<Service>,
     pub caddy_admin: Option<String>,
+    haproxy: Option<Service>,
     creds: Option<(String, String)>,
     /// The bearer-token service of a token-auth registry.
     pub tokens: Option<TokenService>,
@@ -160,6 +171,7 @@ impl Harness {
             _registry: registry_service,
             caddy: None,
             caddy_admin: None,
+            haproxy: None,
             creds,
             tokens,
         };
@@ -216,6 +228,30 @@ impl Harness {
         url
     }
 
+    /// Starts HAProxy listening on `listen_port` with backend `backend`, whose two
+    /// server slots `blue` and `green` wait in maintenance until switched; returns
+    /// its runtime API's Unix socket.
+    pub fn start_haproxy(&mut self, listen_port: u16, backend: &str) -> PathBuf {
+        let haproxy = require("haproxy", "haproxy");
+        let d = self.dir.path();
+        let socket = d.join("haproxy.sock");
+        let config = format!(
+            "global\n    stats socket {} mode 600 level admin\n    log stdout format raw local0\n\
+             defaults\n    mode http\n    log global\n    option httplog\n    timeout connect 2s\n    timeout client 30s\n    timeout server 30s\n\
+             frontend app\n    bind 127.0.0.1:{listen_port}\n    default_backend {backend}\n\
+             backend {backend}\n    server blue 127.0.0.1:9 disabled\n    server green 127.0.0.1:9 disabled\n",
+            socket.display()
+        );
+        std::fs::write(d.join("haproxy.cfg"), config).expect("haproxy config");
+        let mut cmd = Command::new(haproxy);
+        cmd.arg("-db").arg("-f").arg(d.join("haproxy.cfg"));
+        self.haproxy = Some(spawn(cmd, &d.join("haproxy.log")));
+        wait_until("haproxy", Duration::from_secs(20), || {
+            socket.exists() && TcpStream::connect(("127.0.0.1", listen_port)).is_ok()
+        });
+        socket
+    }
+
     pub async fn engine(&self) -> Engine {
         self.engine
             .engine()
@@ -267,6 +303,15 @@ impl Harness {
         std::fs::create_dir_all(ctx.join("www")).expect("context dir");
         std::fs::copy("/bin/busybox", ctx.join("busybox")).expect("copy busybox-static");
         std::fs::write(ctx.join("www/index.html"), body).expect("index");
+        // `/cgi-bin/rev` answers GETs and POSTs with the body; `?<seconds>` first
+        // sleeps that long (a slow request).
+        std::fs::create_dir_all(ctx.join("www/cgi-bin")).expect("cgi dir");
+        std::fs::write(ctx.join("www/cgi-bin/rev"), CGI).expect("cgi script");
+        std::fs::set_permissions(
+            ctx.join("www/cgi-bin/rev"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .expect("cgi mode");
         // Unique content per image: Podman finds a `repo@digest` under any name
         // with that digest, so two equal images of a test would not both be pulled.
         std::fs::write(
