@@ -28,3 +28,5 @@ pub use shipflow_git as git;
 pub use shipflow_k8s as k8s;
 #[cfg(feature = "oci")]
 pub use shipflow_oci as oci;
+#[cfg(feature = "automation")]
+pub mod automation;
