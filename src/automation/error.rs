@@ -23,14 +23,14 @@ pub enum AutomationError {
         app: String,
         /// The policy's error, naming the policy, repository and step.
         #[source]
-        source: PolicyError,
+        source: Box<PolicyError>,
     },
     /// Reading what the config repository names now failed.
     #[error("image automation: reading the config repository failed: {source}")]
     ReadRepository {
         /// Why (fetch, or reading files).
         #[source]
-        source: GitOpsError,
+        source: Box<GitOpsError>,
     },
     /// Writing an app's new image into the config repository failed.
     #[error("image automation: app {app}: writing {image} failed: {source}")]
@@ -41,7 +41,7 @@ pub enum AutomationError {
         image: String,
         /// Why (an edit, the commit or the push).
         #[source]
-        source: GitOpsError,
+        source: Box<GitOpsError>,
     },
     /// The notification endpoint could not listen.
     #[error("image automation: listening for registry notifications on {addr} failed: {source}")]
@@ -60,14 +60,14 @@ impl AutomationError {
     pub fn is_transient(&self) -> bool {
         match self {
             AutomationError::Policy { source, .. } => matches!(
-                source,
+                **source,
                 PolicyError::TagList { .. }
                     | PolicyError::Resolve { .. }
                     | PolicyError::TagGone { .. }
             ),
             AutomationError::ReadRepository { source } | AutomationError::Write { source, .. } => {
                 matches!(
-                    source,
+                    **source,
                     GitOpsError::Transport { .. }
                         | GitOpsError::Rejected { .. }
                         | GitOpsError::Git { .. }

@@ -423,7 +423,12 @@ impl ImageAutomation {
                     );
                 }
                 Err(source) => {
-                    self.fail(&mut pass, AutomationError::ReadRepository { source });
+                    self.fail(
+                        &mut pass,
+                        AutomationError::ReadRepository {
+                            source: Box::new(source),
+                        },
+                    );
                     return pass;
                 }
             }
@@ -465,7 +470,7 @@ impl ImageAutomation {
                         &mut pass,
                         AutomationError::Policy {
                             app: binding.app.clone(),
-                            source,
+                            source: Box::new(source),
                         },
                     );
                     continue;
@@ -498,7 +503,7 @@ impl ImageAutomation {
                     %reason,
                     "new image chosen"
                 );
-                match format!("{image}").parse::<ImageRef>() {
+                match image.parse::<ImageRef>() {
                     Ok(reference) => updates.push((
                         binding,
                         resolution.clone(),
@@ -562,7 +567,7 @@ impl ImageAutomation {
                     AutomationError::Write {
                         app: binding.app.clone(),
                         image: resolution.pinned(),
-                        source,
+                        source: Box::new(source),
                     },
                 ),
             }
