@@ -558,3 +558,74 @@ async fn bad_notifications_are_refused_and_wake_nothing() {
     );
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_process_trigger_wakes_the_loop_for_its_repository_only() {
+    let registry = Registry::start(None);
+    let (api, web) = (
+        registry.repository("team/api"),
+        registry.repository("team/web"),
+    );
+    let client = client();
+    push(&client, &api, "1.0.0", "api-1.0.0").await;
+    let fleet = Fleet::new(&[("api".into(), format!("{api}:0.1.0"))]);
+    let events: Events = Arc::default();
+    let sink = events.clone();
+    let automation = Arc::new(
+        ImageAutomation::builder(deployer(&fleet, "cache"), client.clone())
+            .bind(semver_binding("api", &api))
+            .interval(Duration::from_secs(3600))
+            .debounce(Duration::from_millis(50))
+            .on_event(move |e| sink.lock().expect("events").push(e.clone()))
+            .build()
+            .expect("automation"),
+    );
+    let trigger = automation.trigger();
+    let cancel = CancellationToken::new();
+    let (a, c) = (automation.clone(), cancel.clone());
+    let task = tokio::spawn(async move { a.run(c).await });
+    fleet
+        .wait_for_commits(2, Duration::from_secs(30))
+        .await
+        .expect("first commit");
+    let newer = push(&client, &api, "1.1.0", "api-1.1.0").await;
+    // Another repository: a pass that resolves no policy, no commit.
+    let other: shipflow_kit::ImageRef = format!("{web}:9.9.9").parse().expect("reference");
+    trigger.pushed(&other);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(fleet.commits(), 2);
+    // The pipeline that pushed says so.
+    let pushed: shipflow_kit::ImageRef = format!("{api}:1.1.0@{newer}").parse().expect("reference");
+    trigger.pushed(&pushed);
+    fleet
+        .wait_for_commits(3, Duration::from_secs(10))
+        .await
+        .expect("the trigger wakes the loop");
+    assert!(
+        fleet
+            .show(&deployment_path("api"))
+            .contains(&image_line(&api, "1.1.0", &newer))
+    );
+    // The pass reports once its commit is pushed: wait for that report.
+    let passes = || -> Vec<(bool, usize)> {
+        events
+            .lock()
+            .expect("events")
+            .iter()
+            .filter_map(|e| match e {
+                AutomationEvent::Pass { full, policies, .. } => Some((*full, *policies)),
+                _ => None,
+            })
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while passes().len() < 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(passes(), [(true, 1), (false, 0), (false, 1)]);
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("stops")
+        .expect("no panic");
+}
