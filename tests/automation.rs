@@ -18,6 +18,7 @@ type Events = Arc<Mutex<Vec<AutomationEvent>>>;
 
 /// The loop and the endpoint running in tasks, stopped by `cancel`.
 struct Running {
+    trigger: shipflow_kit::automation::Trigger,
     cancel: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     events: Events,
@@ -53,6 +54,7 @@ impl Running {
         let (a, c) = (automation.clone(), cancel.clone());
         tasks.push(tokio::spawn(async move { a.run(c).await }));
         Self {
+            trigger: automation.trigger(),
             cancel,
             tasks,
             events,
@@ -628,4 +630,67 @@ async fn an_in_process_trigger_wakes_the_loop_for_its_repository_only() {
         .await
         .expect("stops")
         .expect("no panic");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_repository_outage_is_retried_and_the_digest_lands_once_it_is_back() {
+    let registry = Registry::start(None);
+    let api = registry.repository("team/api");
+    let client = client();
+    push(&client, &api, "1.0.0", "api-1.0.0").await;
+    let fleet = Fleet::new(&[("api".into(), format!("{api}:0.1.0"))]);
+    let running = Running::start(
+        &fleet,
+        vec![semver_binding("api", &api)],
+        Duration::from_secs(3600),
+        Duration::from_millis(50),
+        None,
+    )
+    .await;
+    fleet
+        .wait_for_commits(2, Duration::from_secs(30))
+        .await
+        .expect("first commit");
+    let away = fleet.dir.path().join("moved-away.git");
+    std::fs::rename(&fleet.bare, &away).expect("take the repository away");
+    let newer = push(&client, &api, "1.1.0", "api-1.1.0").await;
+    let trigger_from = running.events().len();
+    // Woken now rather than at the next poll, an hour away.
+    running.trigger.poll_now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = running.events()[trigger_from..].to_vec();
+    let failed: Vec<&String> = during
+        .iter()
+        .filter_map(|e| match e {
+            AutomationEvent::Failed {
+                error,
+                transient: true,
+            } => Some(error),
+            _ => None,
+        })
+        .collect();
+    assert!(failed.len() >= 2, "retried: {during:?}");
+    assert!(
+        failed[0].contains("app api: writing") && failed[0].contains("git fetch"),
+        "{}",
+        failed[0]
+    );
+    std::fs::rename(&away, &fleet.bare).expect("bring it back");
+    fleet
+        .wait_for_commits(3, Duration::from_secs(10))
+        .await
+        .expect("committed once the repository is back");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        fleet.commits(),
+        3,
+        "{}",
+        fleet.git(&["log", "--oneline", "main"])
+    );
+    assert!(
+        fleet
+            .show(&deployment_path("api"))
+            .contains(&image_line(&api, "1.1.0", &newer))
+    );
+    running.stop().await;
 }
