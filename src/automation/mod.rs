@@ -15,6 +15,10 @@
 //! cancellation token fires; a registry or git outage is retried with capped
 //! exponential backoff and reported, never fatal.
 //!
+//! What the loop compares a choice with is what the config repository named when the
+//! loop started, then what the loop itself wrote: an image someone else puts in the
+//! files later (a manual rollback, say) stays until the policy chooses a new digest.
+//!
 //! ```no_run
 //! use std::time::Duration;
 //! use shipflow_kit::CancellationToken;
@@ -47,8 +51,10 @@
 //! ```
 
 mod binding;
+mod decision;
 mod envelope;
 mod error;
+mod event;
 mod server;
 mod trigger;
 
@@ -58,90 +64,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shipflow_core::{Backoff, CancellationToken, Context, ImageRef};
-use shipflow_git::gitops::{GitOpsDeployer, ImageFields, ImageUpdate};
-use shipflow_oci::{ImagePolicy, PolicyRule, RegistryClient, Resolution, SortOrder, TagCache};
+use shipflow_git::gitops::{GitOpsDeployer, ImageUpdate};
+use shipflow_oci::{ImagePolicy, RegistryClient, Resolution, TagCache};
 
 pub use binding::PolicyBinding;
+use decision::{Known, rule_words};
 pub use error::AutomationError;
+pub use event::{Action, AutomationEvent, Decision, Pass};
 pub use server::{DEFAULT_MAX_BODY, NotificationServer};
 pub use trigger::Trigger;
-
-/// What the loop tells an observer ([`ImageAutomationBuilder::on_event`]).
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub enum AutomationEvent {
-    /// What a policy chose for an app, and what the loop does about it.
-    Decision(Decision),
-    /// A commit with new images is on the remote.
-    Committed {
-        /// The commit id.
-        commit: String,
-        /// The apps it changed.
-        apps: Vec<String>,
-    },
-    /// Something failed; the loop keeps running.
-    Failed {
-        /// The error, as text (it names the app or policy, the step and the cause).
-        error: String,
-        /// Whether it is an outage that a retry may get past.
-        transient: bool,
-    },
-    /// A pass ended.
-    Pass {
-        /// Whether it covered every policy (a poll) or only the repositories
-        /// notified.
-        full: bool,
-        /// How many policies it resolved.
-        policies: usize,
-        /// How long it took.
-        took: Duration,
-        /// When the loop tries again after a failure, if it failed.
-        retry_in: Option<Duration>,
-    },
-}
-
-/// A policy's choice for an app.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Decision {
-    /// The app.
-    pub app: String,
-    /// The policy.
-    pub policy: String,
-    /// `registry/repository:tag@digest`, what the policy chose.
-    pub image: String,
-    /// Why: the rule, the tag chosen and of how many.
-    pub reason: String,
-    /// What the loop does.
-    pub action: Action,
-}
-
-/// What the loop does with a policy's choice.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Action {
-    /// Nothing: the config repository names this digest already (or the loop wrote it).
-    Keep,
-    /// Writes it, replacing `from` (what the config repository named, if anything).
-    Write {
-        /// The image named before.
-        from: Option<String>,
-    },
-}
-
-/// What one pass did.
-#[derive(Debug, Default)]
-#[non_exhaustive]
-pub struct Pass {
-    /// The apps whose new image was committed.
-    pub written: Vec<String>,
-    /// The commit, when there was one.
-    pub commit: Option<String>,
-    /// What failed; the other apps went ahead.
-    pub errors: Vec<AutomationError>,
-    /// How many policies were resolved.
-    pub policies: usize,
-}
 
 type Observer = Arc<dyn Fn(&AutomationEvent) + Send + Sync>;
 
@@ -246,22 +177,6 @@ impl ImageAutomationBuilder {
             observer: self.observer,
             known: tokio::sync::Mutex::new(None),
         })
-    }
-}
-
-/// What the config repository names for an app (or the loop last wrote).
-#[derive(Debug, Clone, Default)]
-struct Known {
-    tag: Option<String>,
-    digest: Option<String>,
-}
-
-impl From<ImageFields> for Known {
-    fn from(fields: ImageFields) -> Self {
-        Self {
-            tag: fields.tag,
-            digest: fields.digest,
-        }
     }
 }
 
@@ -479,13 +394,7 @@ impl ImageAutomation {
             let reason = self.reason(binding, &resolution, ctx).await;
             let current = known.get(&binding.app).cloned().unwrap_or_default();
             let digest = resolution.digest.to_string();
-            let same = match &current.digest {
-                Some(d) => *d == digest,
-                None => {
-                    binding.format == shipflow_git::gitops::Format::Tag
-                        && current.tag.as_deref() == Some(resolution.tag())
-                }
-            };
+            let same = current.names(resolution.tag(), &digest, binding.format);
             let image = resolution.pinned();
             let action = if same {
                 tracing::debug!(app = %binding.app, policy = %resolution.policy, %image, %reason, "up to date");
@@ -546,13 +455,7 @@ impl ImageAutomation {
         for ((binding, resolution), result) in meta.into_iter().zip(results) {
             match result {
                 Ok(written) => {
-                    known.insert(
-                        binding.app.clone(),
-                        Known {
-                            tag: Some(resolution.tag().to_owned()),
-                            digest: Some(resolution.digest.to_string()),
-                        },
-                    );
+                    known.insert(binding.app.clone(), Known::written(&resolution));
                     if written.changed {
                         pass.written.push(binding.app.clone());
                         if pass.commit.is_none() {
@@ -599,13 +502,7 @@ impl ImageAutomation {
         resolution: &Resolution,
         ctx: &Context,
     ) -> String {
-        let rule = match binding.policy.rule() {
-            PolicyRule::Semver { range } => format!("semver range `{range}`"),
-            PolicyRule::Numerical { order } => format!("numerical order ({})", order_word(*order)),
-            PolicyRule::Alphabetical { order } => {
-                format!("alphabetical order ({})", order_word(*order))
-            }
-        };
+        let rule = rule_words(binding.policy.rule());
         // Listed in this pass already: no request.
         let of = match self.tags.tags(binding.policy.repository(), ctx).await {
             Ok(tags) => format!(" of {} tags", tags.len()),
@@ -616,12 +513,5 @@ impl ImageAutomation {
             binding.policy.name(),
             resolution.tag()
         )
-    }
-}
-
-fn order_word(order: SortOrder) -> &'static str {
-    match order {
-        SortOrder::Asc => "highest",
-        SortOrder::Desc => "lowest",
     }
 }
