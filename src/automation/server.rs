@@ -145,8 +145,12 @@ impl NotificationServer {
         let config = Arc::new(self.config);
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         loop {
-            let Ok(permit) = slots.clone().acquire_owned().await else {
-                return;
+            let permit = tokio::select! {
+                () = cancel.cancelled() => return,
+                permit = slots.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => return,
+                },
             };
             let accepted = tokio::select! {
                 () = cancel.cancelled() => return,
