@@ -16,6 +16,10 @@
 //! # Ok::<(), shipflow_kit::ConfigError>(())
 //! ```
 //!
+//! With the `automation` feature (on by default), [`automation`] keeps a GitOps config
+//! repository at what image policies choose, woken by polls and by the registry's push
+//! notifications; `examples/image_automation.rs` is its reference program.
+//!
 //! The reference command-line program is `examples/shipflow/`; `examples/README.md`
 //! lists the others.
 
@@ -28,3 +32,5 @@ pub use shipflow_git as git;
 pub use shipflow_k8s as k8s;
 #[cfg(feature = "oci")]
 pub use shipflow_oci as oci;
+#[cfg(feature = "automation")]
+pub mod automation;

@@ -834,3 +834,77 @@ impl Drop for GroupKill {
         let _ = self.0.wait();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_all_commits_every_update_in_one_commit_and_images_reads_them_back() {
+    use shipflow_git::gitops::{FileTarget, GitOpsTarget, ImageUpdate};
+    const N: usize = 20;
+    let (fleet, _ws) = many(N);
+    let deployer = fleet.deployer("cache");
+    let target = |i: usize| {
+        GitOpsTarget::new(vec![FileTarget::setter(
+            "fleet.yaml",
+            format!("flux-system:app{i:02}"),
+        )])
+    };
+    let targets: Vec<(String, GitOpsTarget)> =
+        (0..N).map(|i| (format!("app{i:02}"), target(i))).collect();
+    let before = deployer.images(&targets).await.expect("reads");
+    assert!(
+        before
+            .iter()
+            .all(|f| f.tag.as_deref() == Some("v0") && f.digest.as_deref() == Some(&digest(0))),
+        "{before:?}"
+    );
+    let updates = |tag: &str| -> Vec<ImageUpdate> {
+        (0..N)
+            .map(|i| {
+                let name = format!("app{i:02}");
+                let image: ImageRef = format!(
+                    "localhost:5000/acme/{name}:{tag}@{}",
+                    digest(1000 + i as u32)
+                )
+                .parse()
+                .expect("reference");
+                ImageUpdate::new(
+                    &name,
+                    image,
+                    format!("policy {name} chose {tag}"),
+                    target(i),
+                )
+            })
+            .collect()
+    };
+    // A dry run shows the diff and writes nothing.
+    let dry = deployer
+        .write_all(updates("v1"), &Context::new().with_dry_run(true))
+        .await;
+    assert!(
+        dry.iter()
+            .all(|r| r.as_ref().is_ok_and(|w| w.changed && w.commit.is_none()))
+    );
+    assert_eq!(fleet.commits(), 1);
+
+    let results = deployer.write_all(updates("v1"), &Context::new()).await;
+    let commits: std::collections::BTreeSet<Option<String>> = results
+        .iter()
+        .map(|r| r.as_ref().expect("written").commit.clone())
+        .collect();
+    assert_eq!(commits.len(), 1, "one commit for all: {results:?}");
+    assert_eq!(fleet.commits(), 2);
+    assert_eq!(assert_all_landed(&fleet, N), 1);
+    let message = fleet.git(&["log", "-1", "--format=%B", "main"]);
+    assert!(message.contains("(policy app07 chose v1)"), "{message}");
+    let after = deployer.images(&targets).await.expect("reads");
+    assert_eq!(after[7].tag.as_deref(), Some("v1"));
+    assert_eq!(after[7].digest.as_deref(), Some(digest(1007).as_str()));
+
+    // The same images again: nothing to commit.
+    let again = deployer.write_all(updates("v1"), &Context::new()).await;
+    assert!(
+        again
+            .iter()
+            .all(|r| r.as_ref().is_ok_and(|w| !w.changed && w.commit.is_none()))
+    );
+    assert_eq!(fleet.commits(), 2);
+}

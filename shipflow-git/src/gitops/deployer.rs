@@ -21,6 +21,61 @@ use super::error::GitOpsError;
 use super::repo::{self, LocalClone};
 use super::transport::{GitCli, PushOutcome, Transport, redact};
 
+/// One app's new image, for [`GitOpsDeployer::write_all`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ImageUpdate {
+    /// The app, as the commit message names it.
+    pub app: String,
+    /// The image to write (`name:tag@digest`; what is written depends on the
+    /// target's [`Format`](super::Format)).
+    pub image: ImageRef,
+    /// Why, for the commit message (a policy's choice, say).
+    pub reason: String,
+    /// The files holding the app's image.
+    pub target: GitOpsTarget,
+}
+
+impl ImageUpdate {
+    /// `image` for `app`, written where `target` says, because of `reason`.
+    pub fn new(
+        app: impl Into<String>,
+        image: ImageRef,
+        reason: impl Into<String>,
+        target: GitOpsTarget,
+    ) -> Self {
+        Self {
+            app: app.into(),
+            image,
+            reason: reason.into(),
+            target,
+        }
+    }
+}
+
+/// What [`GitOpsDeployer::write_all`] did for one update.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Written {
+    /// Whether the app's files changed (false: they named the image already).
+    pub changed: bool,
+    /// The commit holding the change, when there was one and it was pushed.
+    pub commit: Option<String>,
+}
+
+/// An app's image as its files in the config repository name it; each part is
+/// `None` when no field holds it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ImageFields {
+    /// `registry/repository`.
+    pub name: Option<String>,
+    /// The tag.
+    pub tag: Option<String>,
+    /// The digest, `sha256:…`.
+    pub digest: Option<String>,
+}
+
 /// The commit subject when none is configured.
 pub const DEFAULT_MESSAGE: &str = "deploy {apps}";
 
@@ -351,50 +406,204 @@ impl GitOpsDeployer {
     /// cancel while the job is still queued withdraws it; once a commit holding it is
     /// under way, that commit is waited for.
     async fn submit(&self, job: Job, ctx: &Context) -> Result<Done, GitOpsError> {
-        let (tx, mut rx) = oneshot::channel();
-        let (id, app) = (job.id, job.app.clone());
-        lock(&self.inner.pending).push(Job {
-            done: Some(tx),
-            ..job
-        });
+        self.submit_all(vec![job], ctx)
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(GitOpsError::git("committing", "no result for the job")))
+    }
+
+    /// Queues `jobs` together (so they always share one commit) and waits until that
+    /// commit is pushed (or failed); their results, in order. A cancel while they are
+    /// still queued withdraws them all; once their commit is under way, it is waited for.
+    async fn submit_all(&self, jobs: Vec<Job>, ctx: &Context) -> Vec<Result<Done, GitOpsError>> {
+        let mut receivers = Vec::with_capacity(jobs.len());
+        let mut ids = Vec::with_capacity(jobs.len());
+        let mut apps = Vec::with_capacity(jobs.len());
+        {
+            let mut pending = lock(&self.inner.pending);
+            for job in jobs {
+                let (tx, rx) = oneshot::channel();
+                receivers.push(rx);
+                ids.push(job.id);
+                apps.push(job.app.clone());
+                pending.push(Job {
+                    done: Some(tx),
+                    ..job
+                });
+            }
+        }
         let withdraw = || {
             let mut pending = lock(&self.inner.pending);
-            let queued = pending.iter().position(|j| j.id == id);
-            queued.map(|at| pending.remove(at)).is_some()
+            let before = pending.len();
+            pending.retain(|j| !ids.contains(&j.id));
+            pending.len() != before
         };
-        let cancelled = || GitOpsError::Cancelled {
-            app: app.clone(),
-            source: shipflow_core::Cancelled,
+        let cancelled = || {
+            apps.iter()
+                .map(|app| {
+                    Err(GitOpsError::Cancelled {
+                        app: app.clone(),
+                        source: shipflow_core::Cancelled,
+                    })
+                })
+                .collect::<Vec<_>>()
         };
         if !self.inner.linger.is_zero() {
             tokio::select! {
                 () = tokio::time::sleep(self.inner.linger) => {}
-                () = ctx.cancellation().cancelled() => if withdraw() { return Err(cancelled()) },
+                () = ctx.cancellation().cancelled() => if withdraw() { return cancelled() },
             }
         }
         let guard = tokio::select! {
             guard = self.inner.lock.lock() => guard,
             () = ctx.cancellation().cancelled() => {
                 if withdraw() {
-                    return Err(cancelled());
+                    return cancelled();
                 }
                 self.inner.lock.lock().await
             }
         };
-        if let Ok(done) = rx.try_recv() {
-            return done;
+        // Queued together, the jobs are taken together: either all are still queued
+        // (and this call commits them), or another call's commit already settled them.
+        let queued = lock(&self.inner.pending)
+            .iter()
+            .any(|j| ids.contains(&j.id));
+        if queued {
+            let jobs = std::mem::take(&mut *lock(&self.inner.pending));
+            let inner = self.inner.clone();
+            // Results go to each job's sender, ours included.
+            let _ = tokio::task::spawn_blocking(move || inner.commit_batch(jobs)).await;
         }
-        let jobs = std::mem::take(&mut *lock(&self.inner.pending));
-        let inner = self.inner.clone();
-        // Results go to each job's sender, ours included.
-        let _ = tokio::task::spawn_blocking(move || inner.commit_batch(jobs)).await;
         drop(guard);
-        rx.await.unwrap_or_else(|_| {
-            Err(GitOpsError::git(
-                "committing",
-                "the commit task ended without a result",
-            ))
+        let mut results = Vec::with_capacity(receivers.len());
+        for rx in receivers {
+            results.push(rx.await.unwrap_or_else(|_| {
+                Err(GitOpsError::git(
+                    "committing",
+                    "the commit task ended without a result",
+                ))
+            }));
+        }
+        results
+    }
+
+    /// Writes every update into the config repository in one commit (one push),
+    /// whatever other deploys of this deployer are queued with them; apps whose files
+    /// already name their image are left as they are. Each update's `target` says
+    /// where its image is, and its `reason` goes into the commit message. Returns
+    /// when the commit is on the remote, with each update's result in order; an
+    /// update whose edit fails (a missing file, a conflicting line) fails alone.
+    ///
+    /// With [`Context::dry_run`], nothing is committed: the diff of all the updates
+    /// together is sent as a message event.
+    pub async fn write_all(
+        &self,
+        updates: Vec<ImageUpdate>,
+        ctx: &Context,
+    ) -> Vec<Result<Written, GitOpsError>> {
+        if updates.is_empty() {
+            return Vec::new();
+        }
+        if ctx.dry_run() {
+            return self.preview_all(updates, ctx).await;
+        }
+        let jobs = updates
+            .into_iter()
+            .map(|u| {
+                let parts = ImageParts::from_ref(&u.image);
+                Job {
+                    id: NEXT_JOB.fetch_add(1, Ordering::Relaxed),
+                    edits: Self::edits(&u.target, &parts),
+                    fallback_name: u.image.name(),
+                    image: u.image.to_string(),
+                    app: u.app,
+                    why: u.reason,
+                    done: None,
+                }
+            })
+            .collect();
+        self.submit_all(jobs, ctx)
+            .await
+            .into_iter()
+            .map(|r| {
+                r.map(|done| Written {
+                    changed: done.changed,
+                    commit: done.commit.map(|c| c.to_string()),
+                })
+            })
+            .collect()
+    }
+
+    /// [`write_all`](Self::write_all) with a dry run: the diff, nothing committed.
+    async fn preview_all(
+        &self,
+        updates: Vec<ImageUpdate>,
+        ctx: &Context,
+    ) -> Vec<Result<Written, GitOpsError>> {
+        let inner = self.inner.clone();
+        let count = updates.len();
+        let _guard = self.inner.lock.lock().await;
+        let done = blocking(move || {
+            let tip = inner.clone.fetch()?;
+            let repo = inner.clone.open()?;
+            let mut texts = Texts::default();
+            let results: Vec<Result<Written, GitOpsError>> = updates
+                .iter()
+                .map(|u| {
+                    let mut edits = Self::edits(&u.target, &ImageParts::from_ref(&u.image));
+                    apply_job(
+                        &repo,
+                        tip,
+                        &inner.clone.branch,
+                        &u.app,
+                        &mut edits,
+                        &mut texts,
+                    )
+                    .map(|(_, changed)| Written {
+                        changed,
+                        commit: None,
+                    })
+                })
+                .collect();
+            Ok((results, texts.diff()))
         })
+        .await;
+        match done {
+            Ok((results, diff)) => {
+                if !diff.is_empty() {
+                    ctx.message(format!("would commit:\n{diff}"));
+                }
+                results
+            }
+            Err(e) => vec![Err(e); count],
+        }
+    }
+
+    /// What the config repository's branch names now for each `(app, target)`: one
+    /// fetch for all of them. An app whose files name no image (or are missing) gets
+    /// empty [`ImageFields`].
+    pub async fn images(
+        &self,
+        targets: &[(String, GitOpsTarget)],
+    ) -> Result<Vec<ImageFields>, GitOpsError> {
+        let inner = self.inner.clone();
+        let targets = targets.to_vec();
+        let _guard = self.inner.lock.lock().await;
+        blocking(move || {
+            let tip = inner.clone.fetch()?;
+            let repo = inner.clone.open()?;
+            targets
+                .iter()
+                .map(|(_, target)| {
+                    image_at(&repo, tip, target).map(|p| ImageFields {
+                        name: p.name,
+                        tag: p.tag,
+                        digest: p.digest,
+                    })
+                })
+                .collect()
+        })
+        .await
     }
 
     async fn write(

@@ -41,7 +41,9 @@ mod transport;
 mod yaml;
 
 pub use config::{FileTarget, GITOPS_TARGET, GitOpsRepository, GitOpsTarget, Identity, schema};
-pub use deployer::{DEFAULT_MESSAGE, GitOpsDeployer, GitOpsDeployerBuilder};
+pub use deployer::{
+    DEFAULT_MESSAGE, GitOpsDeployer, GitOpsDeployerBuilder, ImageFields, ImageUpdate, Written,
+};
 pub use edit::{EditError, Format};
 pub use error::GitOpsError;
 pub use transport::{GitCli, PushOutcome, Transport, TransportError};

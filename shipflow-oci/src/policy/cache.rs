@@ -166,8 +166,11 @@ impl TagCache {
         policies: &[ImagePolicy],
         ctx: &Context,
     ) -> Vec<Result<Resolution, PolicyError>> {
-        futures_util::stream::iter(policies)
-            .map(|policy| self.resolve(policy, ctx))
+        // The futures are made before the stream, not by a closure inside it: a
+        // stream holding such a closure is not `Send` (rust-lang/rust#102211), and
+        // then neither is any task that awaits this.
+        let each: Vec<_> = policies.iter().map(|p| self.resolve(p, ctx)).collect();
+        futures_util::stream::iter(each)
             .buffered(Self::CONCURRENCY)
             .collect()
             .await
