@@ -66,6 +66,11 @@ pub struct DeployMeta {
     /// Why the app is in the run, for hooks and records.
     #[serde(default)]
     pub reasons: Vec<Reason>,
+    /// The tag the run pushed the image under, for deployers that write it beside
+    /// the digest (a GitOps config repository's `name:tag@digest`); the image a
+    /// deploy gets is pinned by digest alone.
+    #[serde(default)]
+    pub tag: Option<String>,
 }
 
 /// The result of a deploy or rollback that succeeded.

@@ -833,6 +833,7 @@ impl Pipeline {
                     .unwrap_or_default()
             ),
             reasons: planned.reasons.clone(),
+            tag: (!report.tag.is_empty()).then(|| report.tag.clone()),
         };
         let (result, ms) = self
             .stage(app, Stage::Deploy, cell, |ctx| async move {

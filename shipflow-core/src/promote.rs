@@ -153,6 +153,7 @@ pub async fn promote(
                 .unwrap_or_default()
         ),
         reasons: Vec::new(),
+        tag: None,
     };
     let rollout = to
         .deployer

@@ -704,13 +704,17 @@ async fn a_pipeline_run_deploys_every_changed_app_in_one_commit() {
         message.starts_with("deploy api, web, worker\n"),
         "{message}"
     );
-    // The pipeline deploys by digest (no tag): name@digest is written.
-    let api = report.apps[0].image.clone().expect("image").to_string();
-    assert!(
-        fleet
-            .show("main", "deploy/api.yaml")
-            .contains(&format!("image: \"{api}\""))
+    // The pipeline deploys by digest and says the tag it pushed: the default
+    // format writes name:tag@digest.
+    let api = report.apps[0].image.clone().expect("image");
+    let written = format!(
+        "image: \"{}:{}@{}\"",
+        api.name(),
+        report.apps[0].tag,
+        api.digest().expect("pinned")
     );
+    let file = fleet.show("main", "deploy/api.yaml");
+    assert!(file.contains(&written), "{written}\n{file}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1058,15 +1058,13 @@ impl Deployer for GitOpsDeployer {
         if let Some(sha) = &meta.git_sha {
             why.push(format!("revision {}", &sha[..sha.len().min(12)]));
         }
+        // The pipeline deploys by digest and says the tag it pushed beside it.
+        let mut parts = ImageParts::from_ref(image);
+        if parts.tag.is_none() {
+            parts.tag.clone_from(&meta.tag);
+        }
         Ok(self
-            .write(
-                app,
-                image.to_string(),
-                ImageParts::from_ref(image),
-                why.join("; "),
-                &target,
-                ctx,
-            )
+            .write(app, image.to_string(), parts, why.join("; "), &target, ctx)
             .await?)
     }
 
