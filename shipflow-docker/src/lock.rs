@@ -257,6 +257,9 @@ pub(crate) struct EngineLock {
     heartbeat: tokio::task::JoinHandle<()>,
 }
 
+/// The longest a released lock's removal may take before it is left to expire.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// What a waiter saw of a held sentinel.
 #[derive(Debug, PartialEq, Eq)]
 struct Seen {
@@ -433,30 +436,12 @@ impl EngineLock {
 impl Drop for EngineLock {
     fn drop(&mut self) {
         self.heartbeat.abort();
-        let remove = || bollard::query_parameters::RemoveContainerOptions {
-            force: true,
-            ..Default::default()
-        };
-        // On a multi-thread runtime, released before the deploy returns, so the
-        // next one finds it free.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current()
-            && runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
-        {
-            let removed = tokio::task::block_in_place(|| {
-                runtime.block_on(
-                    self.engine
-                        .client()
-                        .remove_container(&self.id, Some(remove())),
-                )
-            });
-            if let Err(e) = removed {
-                tracing::warn!(sentinel = %self.id, "releasing the engine lock: {e}; it expires unrenewed");
-            }
-            return;
-        }
-        // Otherwise from a thread and connection of its own: a task spawned on the
-        // caller's runtime may wait behind work that blocks it. Should the process
-        // end first, the lease expires instead.
+        // Removed from a thread and connection of its own, waited for, so that the
+        // next deploy finds the lock free. Never by a nested `block_on` on this
+        // thread: on the thread that runs a runtime's `block_on`, that takes the
+        // wake-ups meant for the futures joined beside the deploy (seen: a test
+        // that joined a deploy with a polling loop hung once the removal outlasted
+        // the loop's next timer).
         let (endpoint, id) = (self.engine.endpoint().clone(), self.id.clone());
         let released = std::thread::Builder::new()
             .name("shipflow-unlock".into())
@@ -468,21 +453,45 @@ impl Drop for EngineLock {
                     return;
                 };
                 runtime.block_on(async move {
-                    let removed = match Engine::connect(endpoint).await {
-                        Ok(engine) => engine
+                    let remove = async {
+                        let engine = Engine::connect(endpoint).await.map_err(|e| e.to_string())?;
+                        let options = bollard::query_parameters::RemoveContainerOptions {
+                            force: true,
+                            ..Default::default()
+                        };
+                        engine
                             .client()
-                            .remove_container(&id, Some(remove()))
+                            .remove_container(&id, Some(options))
                             .await
-                            .map_err(|e| e.to_string()),
-                        Err(e) => Err(e.to_string()),
+                            .map_err(|e| e.to_string())
                     };
+                    let removed = tokio::time::timeout(RELEASE_TIMEOUT, remove)
+                        .await
+                        .unwrap_or_else(|_| Err(format!("no answer within {RELEASE_TIMEOUT:?}")));
                     if let Err(e) = removed {
                         tracing::warn!(sentinel = %id, "releasing the engine lock: {e}; it expires unrenewed");
                     }
                 });
             });
-        if let Err(e) = released {
-            tracing::warn!(sentinel = %self.id, "releasing the engine lock: {e}; it expires unrenewed");
+        let thread = match released {
+            Ok(thread) => thread,
+            Err(e) => {
+                tracing::warn!(sentinel = %self.id, "releasing the engine lock: {e}; it expires unrenewed");
+                return;
+            }
+        };
+        let join = move || {
+            let _ = thread.join();
+        };
+        // A worker of a multi-thread runtime hands its other tasks on while it waits.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime)
+                if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+                    && tokio::task::try_id().is_some() =>
+            {
+                tokio::task::block_in_place(join);
+            }
+            _ => join(),
         }
     }
 }

@@ -254,3 +254,48 @@ async fn apps_named_alike_in_two_workspaces_never_touch_each_other(#[case] kind:
         [b1.to_string()]
     );
 }
+
+/// A deploy joined with other work on the test's own thread (`tokio::join!` in
+/// `block_on`): releasing the locks at the deploy's end must not swallow the
+/// wake-ups of the futures beside it. A ticker that sleeps 1 ms at a time ends
+/// with the deploys; it hung when the engine lock was released by a `block_on`
+/// nested on this thread.
+#[rstest]
+#[case::docker(EngineKind::Docker)]
+#[case::podman(EngineKind::Podman)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn releasing_the_locks_wakes_nothing_away_from_work_joined_beside(#[case] kind: EngineKind) {
+    let h = Harness::start(kind);
+    let port = free_port();
+    let app = h.app(
+        "join-web",
+        &format!("ports = [\"127.0.0.1:{port}:80\"]\nhealth = {{ http = \"/\" }}"),
+    );
+    let v1 = h.web_image("join-web", "v1", "v1");
+    let deployer = h.deployer().await;
+    let (meta, ctx) = (DeployMeta::default(), Context::new());
+    deployer
+        .deploy(&app, &v1, &meta, &ctx)
+        .await
+        .expect("deploy v1");
+    for round in 0..5 {
+        let started = std::time::Instant::now();
+        let deploy = deployer.deploy(&app, &v1, &meta, &ctx);
+        let ticker = async {
+            for _ in 0..300 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        let joined = tokio::time::timeout(Duration::from_secs(60), async {
+            tokio::join!(deploy, ticker)
+        })
+        .await;
+        let (unchanged, ()) = joined.expect("within a minute");
+        assert!(!unchanged.expect("same image").changed);
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "round {round}: the ticker was woken only by the minute's timeout: {:?}",
+            started.elapsed()
+        );
+    }
+}
