@@ -146,7 +146,8 @@ impl KubeDeployer {
     /// This catches a revision that passes its readiness probe once and crashes
     /// seconds later, which `minReadySeconds` alone lets through once it has passed.
     /// Default 5 s (Swarm's update monitor waits as long); zero turns it off. It costs
-    /// the window's time and two pod lists per rollout.
+    /// the window's time and two pod lists per rollout. Rollbacks, which go back to
+    /// a revision that ran before, are not watched through it.
     pub fn stable_for(mut self, window: Duration) -> Self {
         self.stable_for = window;
         self
@@ -665,7 +666,7 @@ impl KubeDeployer {
             })
             .await
             .map_err(t.failed(step))?;
-        let expected = Expected::after_write(&patched);
+        let expected = Expected::after_write(&patched).going_back();
         let done = self
             .wait_for_rollout(&t, patched, expected, step, ctx, lock.as_ref())
             .await?;

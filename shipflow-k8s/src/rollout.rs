@@ -92,7 +92,7 @@ impl KubeDeployer {
                     let desired = dep.spec.opt().and_then(|s| s.replicas).unwrap_or(1);
                     let desired = u64::try_from(desired).unwrap_or(0);
                     match window {
-                        _ if self.stable_for.is_zero() => {}
+                        _ if self.stable_for.is_zero() || !expected.stabilize => {}
                         None => {
                             tracing::debug!(app = %t.app, workload = %t.workload(), "rollout complete; watching it");
                             ctx.progress(desired, Some(desired), "replicas");

@@ -45,6 +45,9 @@ pub(crate) fn revision(
 pub(crate) struct Expected {
     template: Value,
     stale_deadline: Option<DeploymentCondition>,
+    /// Whether the completed rollout is watched through the stabilization window:
+    /// not when it goes back to a revision that ran before (a rollback).
+    pub(crate) stabilize: bool,
 }
 
 impl Expected {
@@ -55,7 +58,16 @@ impl Expected {
         Self {
             template: template_of(written),
             stale_deadline: deadline_condition(written).cloned(),
+            stabilize: true,
         }
+    }
+
+    /// The same, for a rollout back to a revision that ran before: it is not
+    /// watched through the stabilization window, so a rollback (after a cancel
+    /// too) ends as soon as it is complete.
+    pub(crate) fn going_back(mut self) -> Self {
+        self.stabilize = false;
+        self
     }
 
     /// What the rollout under way in `dep` is expected to end in: its own template,
@@ -64,6 +76,7 @@ impl Expected {
         Self {
             template: template_of(dep),
             stale_deadline: None,
+            stabilize: true,
         }
     }
 
