@@ -133,12 +133,20 @@ impl TestEngine {
     }
 }
 
-/// A name prefix unique on the machine: `kind`, the process id and a counter, e.g.
-/// `d1f2a3-`.
+/// A name prefix unique on the machine: `kind`, the process id, a salt taken from
+/// the clock once per process (process ids are reused, and images an earlier
+/// process of the same id left in Docker's build cache would be taken for this
+/// one's), and a counter, e.g. `d1f2a3k9x0-`.
 fn unique_prefix(kind: char) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
+    static SALT: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let salt = SALT.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos() % (36 * 36))
+    });
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    format!("{kind}{:x}x{n}-", std::process::id())
+    format!("{kind}{:x}{salt:03x}x{n}-", std::process::id())
 }
 
 /// The path of `binary` (searched on PATH, then `/usr/sbin` and `/sbin`, where
