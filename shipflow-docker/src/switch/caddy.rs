@@ -13,7 +13,11 @@ use crate::config::ProxyTarget;
 /// of them just then sees it fail (about 8 of 1,400 requests of 8 kept-alive
 /// connections polling every 10 ms, per switch). Clients that open a connection per
 /// request, or retry, see none. [`HaproxySwitch`](super::HaproxySwitch) switches
-/// without that.
+/// without that. Caddy's own way around a reload is `dynamic_upstreams`, which
+/// re-reads A or SRV records: switched by a hosts entry with a 500 ms refresh, the
+/// same clients saw no failed request over 13 switches, but a deployer would have
+/// to own the DNS name and give each revision its own address, which shipflow does
+/// not.
 #[derive(Debug, Clone)]
 pub struct CaddySwitch {
     admin: String,
