@@ -436,12 +436,41 @@ impl EngineLock {
 impl Drop for EngineLock {
     fn drop(&mut self) {
         self.heartbeat.abort();
-        // Removed from a thread and connection of its own, waited for, so that the
-        // next deploy finds the lock free. Never by a nested `block_on` on this
-        // thread: on the thread that runs a runtime's `block_on`, that takes the
-        // wake-ups meant for the futures joined beside the deploy (seen: a test
-        // that joined a deploy with a polling loop hung once the removal outlasted
-        // the loop's next timer).
+        // Removed before the deploy returns, so that the next one finds it free.
+        // In a task on a multi-thread runtime's worker (a pipeline's app tasks),
+        // with the engine's own connection: the worker hands its other tasks on
+        // while it waits, and wake-ups of this task are kept by the scheduler.
+        let in_worker_task = tokio::task::try_id().is_some()
+            && tokio::runtime::Handle::try_current()
+                .is_ok_and(|r| r.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if in_worker_task && let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let options = bollard::query_parameters::RemoveContainerOptions {
+                force: true,
+                ..Default::default()
+            };
+            let remove = self
+                .engine
+                .client()
+                .remove_container(&self.id, Some(options));
+            let removed = tokio::task::block_in_place(|| {
+                runtime.block_on(tokio::time::timeout(RELEASE_TIMEOUT, remove))
+            });
+            match removed {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(sentinel = %self.id, "releasing the engine lock: {e}; it expires unrenewed");
+                }
+                Err(_) => {
+                    tracing::warn!(sentinel = %self.id, "releasing the engine lock: no answer within {RELEASE_TIMEOUT:?}; it expires unrenewed");
+                }
+            }
+            return;
+        }
+        // Elsewhere from a thread and connection of its own, waited for. Never by
+        // a nested `block_on` on this thread: on the thread that runs a runtime's
+        // `block_on`, that takes the wake-ups meant for the futures joined beside
+        // the deploy (seen: a test that joined a deploy with a polling loop hung
+        // once the removal outlasted the loop's next timer).
         let (endpoint, id) = (self.engine.endpoint().clone(), self.id.clone());
         let released = std::thread::Builder::new()
             .name("shipflow-unlock".into())
@@ -480,19 +509,7 @@ impl Drop for EngineLock {
                 return;
             }
         };
-        let join = move || {
-            let _ = thread.join();
-        };
-        // A worker of a multi-thread runtime hands its other tasks on while it waits.
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime)
-                if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
-                    && tokio::task::try_id().is_some() =>
-            {
-                tokio::task::block_in_place(join);
-            }
-            _ => join(),
-        }
+        let _ = thread.join();
     }
 }
 
