@@ -373,6 +373,11 @@ impl EngineDeployer {
                 if let Err(e) = self.stop_within(app, &new.name, grace).await {
                     failures.push(format!("stopping {} failed: {}", new.name, cause_of(&e)));
                 }
+                // Podman cleans up an exited container's network after the fact (its
+                // `stopped` state): a late clean-up removes the port forwarding the
+                // old container, started on the same port, has just set up. Reading
+                // the state waits until it is `exited`.
+                let _ = states::inspect(self.engine.client(), &new.name).await;
                 let mut container = new.name.clone();
                 if new.fresh {
                     let failed = state::failed_name(&new.name);
