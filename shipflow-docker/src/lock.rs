@@ -436,33 +436,28 @@ impl EngineLock {
 impl Drop for EngineLock {
     fn drop(&mut self) {
         self.heartbeat.abort();
+        let remove = || bollard::query_parameters::RemoveContainerOptions {
+            force: true,
+            ..Default::default()
+        };
         // Removed before the deploy returns, so that the next one finds it free.
         // In a task on a multi-thread runtime's worker (a pipeline's app tasks),
         // with the engine's own connection: the worker hands its other tasks on
         // while it waits, and wake-ups of this task are kept by the scheduler.
-        let in_worker_task = tokio::task::try_id().is_some()
-            && tokio::runtime::Handle::try_current()
-                .is_ok_and(|r| r.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        if in_worker_task && let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let options = bollard::query_parameters::RemoveContainerOptions {
-                force: true,
-                ..Default::default()
-            };
-            let remove = self
+        let worker = tokio::runtime::Handle::try_current().ok().filter(|r| {
+            r.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+                && tokio::task::try_id().is_some()
+        });
+        if let Some(runtime) = worker {
+            let removal = self
                 .engine
                 .client()
-                .remove_container(&self.id, Some(options));
+                .remove_container(&self.id, Some(remove()));
             let removed = tokio::task::block_in_place(|| {
-                runtime.block_on(tokio::time::timeout(RELEASE_TIMEOUT, remove))
+                runtime.block_on(tokio::time::timeout(RELEASE_TIMEOUT, removal))
             });
-            match removed {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::warn!(sentinel = %self.id, "releasing the engine lock: {e}; it expires unrenewed");
-                }
-                Err(_) => {
-                    tracing::warn!(sentinel = %self.id, "releasing the engine lock: no answer within {RELEASE_TIMEOUT:?}; it expires unrenewed");
-                }
+            if let Err(e) = flatten(removed) {
+                tracing::warn!(sentinel = %self.id, "releasing the engine lock: {e}; it expires unrenewed");
             }
             return;
         }
@@ -482,34 +477,38 @@ impl Drop for EngineLock {
                     return;
                 };
                 runtime.block_on(async move {
-                    let remove = async {
+                    let removal = async {
                         let engine = Engine::connect(endpoint).await.map_err(|e| e.to_string())?;
-                        let options = bollard::query_parameters::RemoveContainerOptions {
-                            force: true,
-                            ..Default::default()
-                        };
                         engine
                             .client()
-                            .remove_container(&id, Some(options))
+                            .remove_container(&id, Some(remove()))
                             .await
                             .map_err(|e| e.to_string())
                     };
-                    let removed = tokio::time::timeout(RELEASE_TIMEOUT, remove)
-                        .await
-                        .unwrap_or_else(|_| Err(format!("no answer within {RELEASE_TIMEOUT:?}")));
-                    if let Err(e) = removed {
+                    if let Err(e) = flatten(tokio::time::timeout(RELEASE_TIMEOUT, removal).await) {
                         tracing::warn!(sentinel = %id, "releasing the engine lock: {e}; it expires unrenewed");
                     }
                 });
             });
-        let thread = match released {
-            Ok(thread) => thread,
+        match released {
+            Ok(thread) => {
+                let _ = thread.join();
+            }
             Err(e) => {
                 tracing::warn!(sentinel = %self.id, "releasing the engine lock: {e}; it expires unrenewed");
-                return;
             }
-        };
-        let _ = thread.join();
+        }
+    }
+}
+
+/// A removal bounded by [`RELEASE_TIMEOUT`], as one error.
+fn flatten<E: std::fmt::Display>(
+    removed: Result<Result<(), E>, tokio::time::error::Elapsed>,
+) -> Result<(), String> {
+    match removed {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {RELEASE_TIMEOUT:?}")),
     }
 }
 
