@@ -9,56 +9,22 @@
 //! `cargo bench -p shipflow-docker --bench switch` (`SHIPFLOW_BENCH_SWITCHES=40`
 //! for more switches)
 
-use std::net::{TcpListener, TcpStream};
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use common::{Service, free_port, spawn, start_caddy_in, start_haproxy_in, wait_until};
 use shipflow_docker::{CaddySwitch, HaproxyAdmin, HaproxySwitch, TrafficSwitch};
 
 /// Switches unless `SHIPFLOW_BENCH_SWITCHES` says otherwise.
 const SWITCHES: usize = 10;
 const CLIENTS: usize = 8;
-
-/// A child process killed on drop.
-struct Service(Child);
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(command: &mut Command, log: &Path) -> Service {
-    let file = std::fs::File::create(log).expect("log file");
-    command
-        .stdin(Stdio::null())
-        .stdout(file.try_clone().expect("log handle"))
-        .stderr(file);
-    Service(
-        command
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {command:?}: {e}")),
-    )
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-fn wait_for(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {port}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// busybox httpd serving `body` at `/cgi-bin/rev` (GET and POST) on `port`.
 fn upstream(dir: &Path, body: &str, port: u16) -> Service {
@@ -75,34 +41,19 @@ fn upstream(dir: &Path, body: &str, port: u16) -> Service {
     .expect("cgi script");
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
         .expect("cgi mode");
-    let service = spawn(
-        Command::new("busybox")
-            .args(["httpd", "-f", "-p", &format!("127.0.0.1:{port}"), "-h"])
-            .arg(&root),
-        &dir.join(format!("httpd-{body}.log")),
-    );
-    wait_for(port);
+    let mut httpd = Command::new("busybox");
+    httpd
+        .args(["httpd", "-f", "-p", &format!("127.0.0.1:{port}"), "-h"])
+        .arg(&root);
+    let service = spawn(httpd, &dir.join(format!("httpd-{body}.log")));
+    wait_until("busybox httpd", Duration::from_secs(20), || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
     service
 }
 
 fn haproxy(dir: &Path, listen: u16) -> (Service, HaproxySwitch) {
-    let socket = dir.join("haproxy.sock");
-    let config = format!(
-        "global\n    stats socket {} mode 600 level admin\n\
-         defaults\n    mode http\n    timeout connect 2s\n    timeout client 30s\n    timeout server 30s\n\
-         frontend app\n    bind 127.0.0.1:{listen}\n    default_backend web\n\
-         backend web\n    server blue 127.0.0.1:9 disabled\n    server green 127.0.0.1:9 disabled\n",
-        socket.display()
-    );
-    std::fs::write(dir.join("haproxy.cfg"), config).expect("haproxy config");
-    let service = spawn(
-        Command::new("haproxy")
-            .arg("-db")
-            .arg("-f")
-            .arg(dir.join("haproxy.cfg")),
-        &dir.join("haproxy.log"),
-    );
-    wait_for(listen);
+    let (service, socket) = start_haproxy_in(dir, listen, "web");
     let switch = HaproxySwitch::new(
         HaproxyAdmin::Unix(socket),
         "web",
@@ -113,31 +64,8 @@ fn haproxy(dir: &Path, listen: u16) -> (Service, HaproxySwitch) {
 }
 
 fn caddy(dir: &Path, listen: u16) -> (Service, CaddySwitch) {
-    let admin = format!("127.0.0.1:{}", free_port());
-    let config = serde_json::json!({
-        "admin": { "listen": admin },
-        "apps": { "http": { "servers": { "app": {
-            "listen": [format!("127.0.0.1:{listen}")],
-            "automatic_https": { "disable": true },
-            "routes": [{ "@id": "web", "handle": [{
-                "handler": "reverse_proxy",
-                "upstreams": [{ "dial": "127.0.0.1:9" }]
-            }]}]
-        }}}}
-    });
-    std::fs::write(dir.join("caddy.json"), config.to_string()).expect("caddy config");
-    let service = spawn(
-        Command::new("caddy")
-            .arg("run")
-            .arg("--config")
-            .arg(dir.join("caddy.json"))
-            .env("HOME", dir)
-            .env("XDG_DATA_HOME", dir.join("caddy-data"))
-            .env("XDG_CONFIG_HOME", dir.join("caddy-config")),
-        &dir.join("caddy.log"),
-    );
-    wait_for(listen);
-    (service, CaddySwitch::new(format!("http://{admin}"), "web"))
+    let (service, admin) = start_caddy_in(dir, listen, "web");
+    (service, CaddySwitch::new(admin, "web"))
 }
 
 /// One request: when it was sent and its answer's body, or why it failed.

@@ -33,7 +33,7 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+pub fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !ready() {
         assert!(
@@ -60,7 +60,7 @@ const CGI: &str = "#!/bin/busybox sh\n\
     printf 'Content-Type: text/plain\\r\\nContent-Length: %d\\r\\nConnection: close\\r\\n\\r\\n%s' \"${#body}\" \"$body\"\n";
 
 /// A child process killed on drop.
-struct Service(Child);
+pub struct Service(Child);
 
 impl Drop for Service {
     fn drop(&mut self) {
@@ -69,7 +69,7 @@ impl Drop for Service {
     }
 }
 
-fn spawn(mut command: Command, log: &Path) -> Service {
+pub fn spawn(mut command: Command, log: &Path) -> Service {
     let file = std::fs::File::create(log).expect("log file");
     command
         .stdin(Stdio::null())
@@ -80,6 +80,60 @@ fn spawn(mut command: Command, log: &Path) -> Service {
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {command:?}: {e}")),
     )
+}
+
+/// Starts Caddy in `dir` listening on `listen_port` with route `@id` `route`
+/// proxying to a dead upstream until switched: the process and its admin URL.
+pub fn start_caddy_in(dir: &Path, listen_port: u16, route: &str) -> (Service, String) {
+    let caddy = require("caddy", "caddy");
+    let admin = format!("127.0.0.1:{}", free_port());
+    let config = serde_json::json!({
+        "admin": { "listen": admin },
+        "apps": { "http": { "servers": { "app": {
+            "listen": [format!("127.0.0.1:{listen_port}")],
+            "automatic_https": { "disable": true },
+            "routes": [{ "@id": route, "handle": [{
+                "handler": "reverse_proxy",
+                "upstreams": [{ "dial": "127.0.0.1:9" }]
+            }]}]
+        }}}}
+    });
+    std::fs::write(dir.join("caddy.json"), config.to_string()).expect("caddy config");
+    let mut cmd = Command::new(caddy);
+    cmd.arg("run")
+        .arg("--config")
+        .arg(dir.join("caddy.json"))
+        .env("HOME", dir)
+        .env("XDG_DATA_HOME", dir.join("caddy-data"))
+        .env("XDG_CONFIG_HOME", dir.join("caddy-config"));
+    let service = spawn(cmd, &dir.join("caddy.log"));
+    wait_until("caddy admin", Duration::from_secs(20), || {
+        TcpStream::connect(&admin).is_ok()
+    });
+    (service, format!("http://{admin}"))
+}
+
+/// Starts HAProxy in `dir` listening on `listen_port` with backend `backend`, whose
+/// two server slots `blue` and `green` wait in maintenance until switched: the
+/// process and its runtime API's Unix socket.
+pub fn start_haproxy_in(dir: &Path, listen_port: u16, backend: &str) -> (Service, PathBuf) {
+    let haproxy = require("haproxy", "haproxy");
+    let socket = dir.join("haproxy.sock");
+    let config = format!(
+        "global\n    stats socket {} mode 600 level admin\n    log stdout format raw local0\n\
+         defaults\n    mode http\n    log global\n    option httplog\n    timeout connect 2s\n    timeout client 30s\n    timeout server 30s\n\
+         frontend app\n    bind 127.0.0.1:{listen_port}\n    default_backend {backend}\n\
+         backend {backend}\n    server blue 127.0.0.1:9 disabled\n    server green 127.0.0.1:9 disabled\n",
+        socket.display()
+    );
+    std::fs::write(dir.join("haproxy.cfg"), config).expect("haproxy config");
+    let mut cmd = Command::new(haproxy);
+    cmd.arg("-db").arg("-f").arg(dir.join("haproxy.cfg"));
+    let service = spawn(cmd, &dir.join("haproxy.log"));
+    wait_until("haproxy", Duration::from_secs(20), || {
+        socket.exists() && TcpStream::connect(("127.0.0.1", listen_port)).is_ok()
+    });
+    (service, socket)
 }
 
 /// An engine, a registry, and on demand Caddy or HAProxy.
@@ -197,33 +251,8 @@ impl Harness {
     /// Starts Caddy listening on `listen_port` with route `@id` `route` proxying to
     /// a dead upstream until switched; returns its admin address.
     pub fn start_caddy(&mut self, listen_port: u16, route: &str) -> String {
-        let caddy = require("caddy", "caddy");
-        let admin = format!("127.0.0.1:{}", free_port());
-        let d = self.dir.path();
-        let config = serde_json::json!({
-            "admin": { "listen": admin },
-            "apps": { "http": { "servers": { "app": {
-                "listen": [format!("127.0.0.1:{listen_port}")],
-                "automatic_https": { "disable": true },
-                "routes": [{ "@id": route, "handle": [{
-                    "handler": "reverse_proxy",
-                    "upstreams": [{ "dial": "127.0.0.1:9" }]
-                }]}]
-            }}}}
-        });
-        std::fs::write(d.join("caddy.json"), config.to_string()).expect("caddy config");
-        let mut cmd = Command::new(caddy);
-        cmd.arg("run")
-            .arg("--config")
-            .arg(d.join("caddy.json"))
-            .env("HOME", d)
-            .env("XDG_DATA_HOME", d.join("caddy-data"))
-            .env("XDG_CONFIG_HOME", d.join("caddy-config"));
-        self.caddy = Some(spawn(cmd, &d.join("caddy.log")));
-        wait_until("caddy admin", Duration::from_secs(20), || {
-            TcpStream::connect(&admin).is_ok()
-        });
-        let url = format!("http://{admin}");
+        let (caddy, url) = start_caddy_in(self.dir.path(), listen_port, route);
+        self.caddy = Some(caddy);
         self.caddy_admin = Some(url.clone());
         url
     }
@@ -232,23 +261,8 @@ impl Harness {
     /// server slots `blue` and `green` wait in maintenance until switched; returns
     /// its runtime API's Unix socket.
     pub fn start_haproxy(&mut self, listen_port: u16, backend: &str) -> PathBuf {
-        let haproxy = require("haproxy", "haproxy");
-        let d = self.dir.path();
-        let socket = d.join("haproxy.sock");
-        let config = format!(
-            "global\n    stats socket {} mode 600 level admin\n    log stdout format raw local0\n\
-             defaults\n    mode http\n    log global\n    option httplog\n    timeout connect 2s\n    timeout client 30s\n    timeout server 30s\n\
-             frontend app\n    bind 127.0.0.1:{listen_port}\n    default_backend {backend}\n\
-             backend {backend}\n    server blue 127.0.0.1:9 disabled\n    server green 127.0.0.1:9 disabled\n",
-            socket.display()
-        );
-        std::fs::write(d.join("haproxy.cfg"), config).expect("haproxy config");
-        let mut cmd = Command::new(haproxy);
-        cmd.arg("-db").arg("-f").arg(d.join("haproxy.cfg"));
-        self.haproxy = Some(spawn(cmd, &d.join("haproxy.log")));
-        wait_until("haproxy", Duration::from_secs(20), || {
-            socket.exists() && TcpStream::connect(("127.0.0.1", listen_port)).is_ok()
-        });
+        let (haproxy, socket) = start_haproxy_in(self.dir.path(), listen_port, backend);
+        self.haproxy = Some(haproxy);
         socket
     }
 
