@@ -24,8 +24,6 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
-use std::time::Duration;
-
 use anyhow::{Context as _, ensure};
 use shipflow_kit::git::GitChangeDetector;
 use shipflow_kit::git::gitops::{self, GitOpsDeployer};
@@ -131,12 +129,8 @@ async fn main() -> anyhow::Result<()> {
             .schema(gitops::schema())
             .load(repo.join("shipflow.toml"))
     };
-    // Deploys that finish within a second of each other share one commit.
-    let deployer = Arc::new(
-        GitOpsDeployer::from_workspace(&workspace()?)?
-            .linger(Duration::from_secs(1))
-            .build(),
-    );
+    // A pipeline run's deploys become one commit.
+    let deployer = Arc::new(GitOpsDeployer::from_workspace(&workspace()?)?.build());
     let pipeline = || -> anyhow::Result<Pipeline> {
         Ok(Pipeline::builder(workspace()?)
             .detector(Arc::new(GitChangeDetector::open(repo)?))
@@ -150,9 +144,7 @@ async fn main() -> anyhow::Result<()> {
     let first = pipeline()?.run(None, "HEAD", &Selection::default()).await?;
     print_report(&first);
 
-    println!(
-        "   the config repository's log (deploys finishing within 1 s of each other share a commit):"
-    );
+    println!("   the config repository's log (one commit per pipeline run):");
     print!(
         "{}",
         indent(&git_out(&fleet, &["log", "--format=%h %s", "main"])?)

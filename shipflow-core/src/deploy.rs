@@ -162,13 +162,44 @@ impl Revision {
     }
 }
 
-/// Rolls workloads. Adapters: `shipflow_k8s::KubeDeployer` and
-/// `shipflow_docker::EngineDeployer`.
+/// One app's deploy within a batch: what [`Deployer::deploy`] takes, together.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct DeployItem<'a> {
+    /// The app.
+    pub app: &'a App,
+    /// Its image, digest-pinned.
+    pub image: &'a ImageRef,
+    /// What to stamp beside it.
+    pub meta: &'a DeployMeta,
+    /// The app's context: its events, and the run's cancellation.
+    pub ctx: &'a Context,
+}
+
+impl<'a> DeployItem<'a> {
+    /// Deploy `image` for `app`, stamped with `meta`, reporting to `ctx`.
+    pub fn new(app: &'a App, image: &'a ImageRef, meta: &'a DeployMeta, ctx: &'a Context) -> Self {
+        Self {
+            app,
+            image,
+            meta,
+            ctx,
+        }
+    }
+}
+
+/// Rolls workloads. Adapters: `shipflow_k8s::KubeDeployer`,
+/// `shipflow_docker::EngineDeployer` and `shipflow_git::GitOpsDeployer`.
 ///
 /// A minimal deployer implements [`current`](Deployer::current) and
 /// [`deploy`](Deployer::deploy); [`rollback`](Deployer::rollback) and
 /// [`history`](Deployer::history) default to an [`Unsupported`] error (the pipeline
 /// then reports that no rollback could run).
+///
+/// A deployer whose target changes best all at once (a config repository that
+/// should get one commit per run) says so with [`batches`](Deployer::batches): the
+/// pipeline then lets every app of a run build and push, and hands all that reached
+/// their deploy to one [`deploy_batch`](Deployer::deploy_batch) call.
 #[async_trait]
 pub trait Deployer: Send + Sync {
     /// What runs now for `app`, or `None` when it was never deployed.
@@ -206,6 +237,24 @@ pub trait Deployer: Send + Sync {
     fn target(&self) -> Option<&str> {
         None
     }
+
+    /// Whether a pipeline run hands this deployer its apps together, in one
+    /// [`deploy_batch`](Deployer::deploy_batch) call once every app has built and
+    /// pushed (or dropped out), rather than one [`deploy`](Deployer::deploy) call per
+    /// app as each is ready. Default `false`.
+    fn batches(&self) -> bool {
+        false
+    }
+
+    /// Deploys every item, as [`deploy`](Deployer::deploy) does one; a result per
+    /// item, in order, each failing alone. The default deploys them one after another.
+    async fn deploy_batch(&self, items: &[DeployItem<'_>]) -> Vec<Result<Rollout, BoxError>> {
+        let mut results = Vec::with_capacity(items.len());
+        for item in items {
+            results.push(self.deploy(item.app, item.image, item.meta, item.ctx).await);
+        }
+        results
+    }
 }
 
 #[async_trait]
@@ -239,5 +288,13 @@ impl<D: Deployer + ?Sized> Deployer for Arc<D> {
 
     fn target(&self) -> Option<&str> {
         (**self).target()
+    }
+
+    fn batches(&self) -> bool {
+        (**self).batches()
+    }
+
+    async fn deploy_batch(&self, items: &[DeployItem<'_>]) -> Vec<Result<Rollout, BoxError>> {
+        (**self).deploy_batch(items).await
     }
 }

@@ -37,9 +37,9 @@ use async_trait::async_trait;
 
 use crate::hooks::{HookEvent, HookPoint};
 use crate::{
-    App, Backoff, BoxError, BuildRequest, Context, DeployMeta, Deployed, Deployer, Digest,
-    ImageBuilder, ImageRef, LocalImage, PushReport, Registry, Restored, Revision, RollbackTarget,
-    Rollout, Transient, caused_by,
+    App, Backoff, BoxError, BuildRequest, Context, DeployItem, DeployMeta, Deployed, Deployer,
+    Digest, ImageBuilder, ImageRef, LocalImage, PushReport, Registry, Restored, Revision,
+    RollbackTarget, Rollout, Transient, caused_by,
 };
 
 /// Behaviour run at the [`HookPoint`]s of an app's run. An error at a `pre_` point
@@ -149,6 +149,49 @@ impl<T: ImageBuilder, H: Hook> ImageBuilder for Hooked<T, H> {
     }
 }
 
+impl<T: Deployer, H: Hook> Hooked<T, H> {
+    /// The pre-deploy hook's event for `item`.
+    fn pre_deploy<'a>(&'a self, item: &DeployItem<'a>) -> HookEvent<'a> {
+        HookEvent {
+            image: Some(item.image),
+            revision: item.meta.git_sha.as_deref(),
+            reasons: &item.meta.reasons,
+            target: self.inner.target(),
+            ..HookEvent::new(HookPoint::PreDeploy, item.app)
+        }
+    }
+
+    /// Runs the post-deploy hook after a deploy that succeeded, the failure hooks
+    /// after one that failed.
+    async fn after_deploy(
+        &self,
+        item: &DeployItem<'_>,
+        result: Result<Rollout, BoxError>,
+    ) -> Result<Rollout, BoxError> {
+        let event = self.pre_deploy(item);
+        match result {
+            Ok(rollout) => {
+                let event = HookEvent {
+                    point: HookPoint::PostDeploy,
+                    ..event
+                };
+                self.hook.run(&event, item.ctx).await?;
+                Ok(rollout)
+            }
+            Err(e) => Err(self.failed(e, event, item.ctx).await),
+        }
+    }
+}
+
+/// The error of a batch item a deployer returned no result for (a broken adapter).
+fn no_result(item: &DeployItem<'_>) -> BoxError {
+    format!(
+        "{}: deploy: the deployer's batch returned no result for this app",
+        item.app.name
+    )
+    .into()
+}
+
 #[async_trait]
 impl<T: Deployer, H: Hook> Deployer for Hooked<T, H> {
     async fn current(&self, app: &App, ctx: &Context) -> Result<Option<Deployed>, BoxError> {
@@ -162,25 +205,42 @@ impl<T: Deployer, H: Hook> Deployer for Hooked<T, H> {
         meta: &DeployMeta,
         ctx: &Context,
     ) -> Result<Rollout, BoxError> {
-        let event = HookEvent {
-            image: Some(image),
-            revision: meta.git_sha.as_deref(),
-            reasons: &meta.reasons,
-            target: self.inner.target(),
-            ..HookEvent::new(HookPoint::PreDeploy, app)
-        };
-        self.hook.run(&event, ctx).await?;
-        match self.inner.deploy(app, image, meta, ctx).await {
-            Ok(rollout) => {
-                let event = HookEvent {
-                    point: HookPoint::PostDeploy,
-                    ..event
-                };
-                self.hook.run(&event, ctx).await?;
-                Ok(rollout)
+        let item = DeployItem::new(app, image, meta, ctx);
+        self.hook.run(&self.pre_deploy(&item), ctx).await?;
+        let result = self.inner.deploy(app, image, meta, ctx).await;
+        self.after_deploy(&item, result).await
+    }
+
+    fn batches(&self) -> bool {
+        self.inner.batches()
+    }
+
+    /// Each app's pre-deploy hook runs first (an app whose hook fails drops out of
+    /// the batch alone), then the batch, then each app's post-deploy or failure hooks.
+    async fn deploy_batch(&self, items: &[DeployItem<'_>]) -> Vec<Result<Rollout, BoxError>> {
+        let mut refused = Vec::with_capacity(items.len());
+        let mut ready = Vec::with_capacity(items.len());
+        for item in items {
+            match self.hook.run(&self.pre_deploy(item), item.ctx).await {
+                Ok(()) => {
+                    ready.push(*item);
+                    refused.push(None);
+                }
+                Err(e) => refused.push(Some(e)),
             }
-            Err(e) => Err(self.failed(e, event, ctx).await),
         }
+        let mut deployed = self.inner.deploy_batch(&ready).await.into_iter();
+        let mut results = Vec::with_capacity(items.len());
+        for (item, refusal) in items.iter().zip(refused) {
+            results.push(match refusal {
+                Some(e) => Err(e),
+                None => {
+                    let result = deployed.next().unwrap_or_else(|| Err(no_result(item)));
+                    self.after_deploy(item, result).await
+                }
+            });
+        }
+        results
     }
 
     async fn rollback(
@@ -310,6 +370,51 @@ impl<T: Deployer> Deployer for Retry<T> {
         self.backoff
             .retry(ctx, transient, || self.inner.deploy(app, image, meta, ctx))
             .await
+    }
+
+    fn batches(&self) -> bool {
+        self.inner.batches()
+    }
+
+    /// The batch, then again the items that failed for a passing reason, together,
+    /// until they succeed, fail otherwise, or the tries run out.
+    async fn deploy_batch(&self, items: &[DeployItem<'_>]) -> Vec<Result<Rollout, BoxError>> {
+        let mut results: Vec<Option<Result<Rollout, BoxError>>> =
+            items.iter().map(|_| None).collect();
+        let mut pending: Vec<usize> = (0..items.len()).collect();
+        let mut attempt = 1;
+        while let Some(&first) = pending.first() {
+            let batch: Vec<DeployItem<'_>> = pending.iter().map(|&i| items[i]).collect();
+            let mut again = Vec::new();
+            for (i, result) in pending
+                .iter()
+                .copied()
+                .zip(self.inner.deploy_batch(&batch).await)
+            {
+                if let Err(e) = &result
+                    && attempt < self.backoff.attempts
+                    && transient(e)
+                {
+                    again.push(i);
+                }
+                results[i] = Some(result);
+            }
+            if again.is_empty() || self.backoff.wait(attempt, items[first].ctx).await.is_err() {
+                break;
+            }
+            tracing::debug!(
+                attempt,
+                apps = again.len(),
+                "retrying a batch's passing failures"
+            );
+            pending = again;
+            attempt += 1;
+        }
+        results
+            .into_iter()
+            .zip(items)
+            .map(|(result, item)| result.unwrap_or_else(|| Err(no_result(item))))
+            .collect()
     }
 
     async fn rollback(

@@ -77,7 +77,7 @@ pub use build::{
     PlatformImage,
 };
 pub use context::{Cancelled, Context, Event, EventKind, EventSink, Stage};
-pub use deploy::{DeployMeta, Deployed, Deployer, Revision, RollbackTarget, Rollout};
+pub use deploy::{DeployItem, DeployMeta, Deployed, Deployer, Revision, RollbackTarget, Rollout};
 pub use detect::{
     AppInputs, ChangeDetector, ChangeKind, ChangedPath, ChangedPaths, Fingerprint, RevisionInfo,
 };

@@ -13,8 +13,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::{
-    App, BoxError, BuildRequest, ChangeDetector, CommandHooks, Context, DeployMeta, Deployed,
-    Deployer, Digest, EventKind, EventSink, Fingerprint, Hooked, ImageBuilder, ImageRef,
+    App, BoxError, BuildRequest, ChangeDetector, CommandHooks, Context, DeployItem, DeployMeta,
+    Deployed, Deployer, Digest, EventKind, EventSink, Fingerprint, Hooked, ImageBuilder, ImageRef,
     PushReport, Reason, Registry, Restored, RevisionInfo, RollbackTarget, Rollout, Selection,
     Stage, TagValues, TemplateError, UnknownApp, Workspace, analyze, caused_by,
 };
@@ -672,6 +672,7 @@ impl Pipeline {
                         .await
                         .expect("semaphore is never closed");
                     let mut report = AppReport::new(&task_planned);
+                    let mut parked = None;
                     if this.inner.settings.cancel.is_cancelled() {
                         report.outcome = Outcome::Cancelled {
                             stage: None,
@@ -681,7 +682,8 @@ impl Pipeline {
                         report.outcome = Outcome::Skipped;
                         report.note = Some("not started: another app failed (fail-fast)".into());
                     } else {
-                        this.run_app(&task_planned, &revision, &mut report, &task_stage)
+                        parked = this
+                            .run_app(&task_planned, &revision, &mut report, &task_stage)
                             .await;
                         if report.outcome.is_failure()
                             && this.inner.settings.failure_policy == FailurePolicy::FailFast
@@ -689,16 +691,18 @@ impl Pipeline {
                             stop.store(true, Ordering::SeqCst);
                         }
                     }
-                    report
+                    (report, parked)
                 }
                 .instrument(span),
             );
             running.insert(handle.id(), (planned, stage));
         }
         let mut apps = Vec::with_capacity(plan.apps.len());
+        let mut ready = Vec::new();
         while let Some(joined) = tasks.join_next().await {
             match joined {
-                Ok(report) => apps.push(report),
+                Ok((report, None)) => apps.push(report),
+                Ok((report, Some(parked))) => ready.push((report, parked)),
                 // A panicking adapter is a bug; the app still shows, failed, in the report.
                 Err(e) => {
                     warn!("an app task panicked: {e}");
@@ -715,6 +719,10 @@ impl Pipeline {
                 }
             }
         }
+        apps.extend(
+            self.deploy_together(ready, stop.load(Ordering::SeqCst))
+                .await,
+        );
         apps.sort_by(|a, b| a.app.cmp(&b.app));
         Ok(Report {
             plan,
@@ -723,22 +731,156 @@ impl Pipeline {
         })
     }
 
+    /// Ships one app; an app ready for a batching deployer is returned parked, for
+    /// [`deploy_together`](Self::deploy_together).
     async fn run_app(
         &self,
         planned: &PlannedApp,
         revision: &RevisionInfo,
         report: &mut AppReport,
         cell: &StageCell,
-    ) {
+    ) -> Option<Parked> {
         let Some(app) = self.inner.workspace.app(&planned.app) else {
             // `execute` checked the plan's apps; nothing to do for one it lacks.
-            return;
+            return None;
         };
         let mut before = None;
         let ending = self
             .ship(app, planned, revision, report, cell, &mut before)
             .await;
+        if let Ending::Ready { image, meta } = ending {
+            return Some(Parked {
+                app: app.clone(),
+                image,
+                meta,
+                before,
+            });
+        }
         self.settle(app, ending, before, report, cell).await;
+        None
+    }
+
+    /// Deploys the apps parked for a batching deployer in one
+    /// [`Deployer::deploy_batch`] call, once every app of the run has built and
+    /// pushed or dropped out (an app waiting here holds no concurrency slot), then
+    /// settles each as a lone deploy would be. After a fail-fast stop the batch does
+    /// not go: those apps stay pushed, not deployed.
+    async fn deploy_together(
+        &self,
+        ready: Vec<(AppReport, Parked)>,
+        stopped: bool,
+    ) -> Vec<AppReport> {
+        let Some(deployer) = self.deployer().cloned().filter(|_| !ready.is_empty()) else {
+            return ready.into_iter().map(|(report, _)| report).collect();
+        };
+        if stopped {
+            return ready
+                .into_iter()
+                .map(|(mut report, _)| {
+                    report.outcome = Outcome::Pushed;
+                    report.note =
+                        Some("pushed, not deployed: another app failed (fail-fast)".into());
+                    report
+                })
+                .collect();
+        }
+        let count = ready.len();
+        let (endings, ms) = if self.context().cancelled() {
+            let endings = (0..count)
+                .map(|_| Ending::Failed {
+                    stage: Stage::Deploy,
+                    error: Box::new(crate::Cancelled),
+                })
+                .collect();
+            (endings, 0)
+        } else {
+            let work: Vec<(App, ImageRef, DeployMeta, Context)> = ready
+                .iter()
+                .map(|(_, p)| {
+                    let ctx = self.context().scoped(Some(&p.app.name), Stage::Deploy);
+                    (p.app.clone(), p.image.clone(), p.meta.clone(), ctx)
+                })
+                .collect();
+            // In a task of its own, so that a panicking adapter fails these apps, not the run.
+            let batch = tokio::spawn(async move {
+                let items: Vec<DeployItem<'_>> = work
+                    .iter()
+                    .map(|(app, image, meta, ctx)| DeployItem::new(app, image, meta, ctx))
+                    .collect();
+                items.iter().for_each(|i| i.ctx.emit(EventKind::Started));
+                let started = Instant::now();
+                let results = deployer.deploy_batch(&items).await;
+                let ms = millis(started);
+                for (item, result) in items.iter().zip(&results) {
+                    item.ctx.emit(EventKind::Finished { ok: result.is_ok() });
+                }
+                (results, ms)
+            });
+            let (results, ms) = batch.await.unwrap_or_else(|e| {
+                warn!("a batch deploy panicked: {e}");
+                (Vec::new(), 0)
+            });
+            let mut results = results.into_iter();
+            let endings = ready
+                .iter()
+                .map(|(_, p)| match results.next() {
+                    Some(Ok(rollout)) => Ending::Deployed(rollout),
+                    Some(Err(error)) => Ending::Failed {
+                        stage: Stage::Deploy,
+                        error,
+                    },
+                    None => Ending::Failed {
+                        stage: Stage::Deploy,
+                        error: format!(
+                            "{}: deploy: the deployer's batch panicked or returned no result for this app",
+                            p.app.name
+                        )
+                        .into(),
+                    },
+                })
+                .collect::<Vec<_>>();
+            (endings, ms)
+        };
+        let mut settled = JoinSet::new();
+        let mut fallback = HashMap::new();
+        for ((mut report, parked), ending) in ready.into_iter().zip(endings) {
+            report.timings.deploy_ms = ms;
+            let this = self.clone();
+            fallback.insert(parked.app.name.clone(), report.clone());
+            let span = info_span!("app", app = %parked.app.name);
+            settled.spawn(
+                async move {
+                    let Parked { app, before, .. } = parked;
+                    let cell = StageCell::default();
+                    cell.set(Stage::Deploy);
+                    this.settle(&app, ending, before, &mut report, &cell).await;
+                    report
+                }
+                .instrument(span),
+            );
+        }
+        let mut reports = Vec::with_capacity(count);
+        while let Some(joined) = settled.join_next().await {
+            match joined {
+                Ok(report) => {
+                    fallback.remove(&report.app);
+                    reports.push(report);
+                }
+                Err(e) => warn!("an app task panicked settling its deploy: {e}"),
+            }
+        }
+        // A settle that panicked (in a rollback) leaves its app failed in the report.
+        reports.extend(fallback.into_values().map(|mut report| {
+            report.outcome = Outcome::Failed {
+                stage: Stage::Rollback,
+            };
+            report.error = Some(format!(
+                "{}: rollback failed: the adapter panicked",
+                report.app
+            ));
+            report
+        }));
+        reports
     }
 
     /// Runs one stage of `app`: the stage is recorded (for a panic), announced
@@ -835,6 +977,12 @@ impl Pipeline {
             reasons: planned.reasons.clone(),
             tag: (!report.tag.is_empty()).then(|| report.tag.clone()),
         };
+        if deployer.batches() {
+            return Ending::Ready {
+                image: pinned,
+                meta,
+            };
+        }
         let (result, ms) = self
             .stage(app, Stage::Deploy, cell, |ctx| async move {
                 deployer.deploy(app, &pinned, &meta, &ctx).await
@@ -977,7 +1125,8 @@ impl Pipeline {
                 report.note = Some(note.into());
                 return;
             }
-            Ending::Pushed => {
+            // A ready app is settled after its batch; here it stays pushed.
+            Ending::Pushed | Ending::Ready { .. } => {
                 report.outcome = Outcome::Pushed;
                 return;
             }
@@ -1125,6 +1274,8 @@ enum Ending {
     Unchanged { note: &'static str },
     /// Built and pushed; deploys are off.
     Pushed,
+    /// Built and pushed, for the run's batch deploy.
+    Ready { image: ImageRef, meta: DeployMeta },
     /// A stage failed.
     Failed { stage: Stage, error: BoxError },
 }
@@ -1147,6 +1298,15 @@ impl AppReport {
             note: None,
         }
     }
+}
+
+/// An app built and pushed, waiting for its batching deployer.
+struct Parked {
+    app: App,
+    image: ImageRef,
+    meta: DeployMeta,
+    /// What ran before, for a rollback.
+    before: Option<Deployed>,
 }
 
 /// The stage an app's task is in, so the report can say where an adapter panicked.

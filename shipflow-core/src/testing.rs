@@ -16,9 +16,9 @@ use sha2::{Digest as _, Sha256};
 use crate::paths::is_under;
 use crate::{
     App, AppInputs, Blob, BoxError, BuildRequest, ChangeDetector, ChangeKind, ChangedPath,
-    ChangedPaths, Context, DeployMeta, Deployed, Deployer, Digest, Fingerprint, ImageBuilder,
-    ImageLocation, ImageRef, LocalImage, PushReport, Registry, Revision, RevisionInfo,
-    RollbackTarget, Rollout, Stage,
+    ChangedPaths, Context, DeployItem, DeployMeta, Deployed, Deployer, Digest, Fingerprint,
+    ImageBuilder, ImageLocation, ImageRef, LocalImage, PushReport, Registry, Revision,
+    RevisionInfo, RollbackTarget, Rollout, Stage,
 };
 
 /// The error every fake returns: it names the app and the step.
@@ -394,6 +394,7 @@ pub struct FakeDeployer {
     refuse: Mutex<BTreeSet<String>>,
     stuck: Mutex<BTreeSet<String>>,
     delay: Duration,
+    batches: bool,
     state: Mutex<BTreeMap<String, Vec<FakeRevision>>>,
     calls: Mutex<Vec<String>>,
     gauge: Gauge,
@@ -435,6 +436,13 @@ impl FakeDeployer {
     /// Each deploy takes `delay`.
     pub fn with_delay(mut self, delay: Duration) -> Self {
         self.delay = delay;
+        self
+    }
+
+    /// Asks the pipeline for one batch of a run's deploys ([`Deployer::batches`]),
+    /// recorded as a `batch api, web` call before each app's own `deploy`.
+    pub fn batching(mut self) -> Self {
+        self.batches = true;
         self
     }
 
@@ -625,5 +633,19 @@ impl Deployer for FakeDeployer {
 
     fn target(&self) -> Option<&str> {
         Some("fake")
+    }
+
+    fn batches(&self) -> bool {
+        self.batches
+    }
+
+    async fn deploy_batch(&self, items: &[DeployItem<'_>]) -> Vec<Result<Rollout, BoxError>> {
+        let apps: Vec<&str> = items.iter().map(|i| i.app.name.as_str()).collect();
+        lock(&self.calls).push(format!("batch {}", apps.join(", ")));
+        let mut results = Vec::with_capacity(items.len());
+        for item in items {
+            results.push(self.deploy(item.app, item.image, item.meta, item.ctx).await);
+        }
+        results
     }
 }

@@ -198,3 +198,53 @@ async fn a_hook_past_its_timeout_is_killed_with_its_whole_process_group() {
     });
     assert!(gone, "the hook's grandchild {pid} was killed");
 }
+
+#[tokio::test]
+async fn with_a_batching_deployer_each_app_keeps_its_own_deploy_hooks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = "echo \"$SHIPFLOW_STAGE $SHIPFLOW_APP\" >> hooks.log";
+    let ws = workspace(
+        dir.path(),
+        &format!(
+            "[workspace.hooks]\npre_deploy = '{log}'\npost_deploy = '{log}'\n\
+             [apps.web.hooks]\npre_deploy = 'echo web refused >&2; exit 7'\n"
+        ),
+    );
+    let deployer = Arc::new(FakeDeployer::new().batching());
+    let report = Pipeline::builder(ws)
+        .detector(Arc::new(
+            ScriptedDetector::new()
+                .with_change("apps/api/main.rs")
+                .with_change("apps/web/main.rs"),
+        ))
+        .builder(Arc::new(FakeBuilder::new()))
+        .registry(Arc::new(MemoryRegistry::new()))
+        .deployer(deployer.clone())
+        .failure_policy(shipflow_core::FailurePolicy::Continue)
+        .build()
+        .expect("pipeline")
+        .run(Some("main"), "HEAD", &Selection::default())
+        .await
+        .expect("run");
+    // web's pre-deploy hook refused: web drops out of the batch alone.
+    assert_eq!(deployer.calls(), ["batch api", "deploy api"]);
+    assert_eq!(report.apps[0].outcome, Outcome::Deployed, "{report:?}");
+    assert_eq!(
+        report.apps[1].outcome,
+        Outcome::Failed {
+            stage: Stage::Deploy
+        }
+    );
+    let error = report.apps[1].error.as_deref().expect("error");
+    assert!(error.contains("web refused"), "{error}");
+    let mut lines: Vec<String> = read(&dir.path().join("hooks.log"))
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        ["post_deploy api", "pre_deploy api", "pre_deploy web"],
+        "web's own hook ran after the workspace's, and failed"
+    );
+}

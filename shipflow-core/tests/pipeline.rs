@@ -790,6 +790,10 @@ impl shipflow_core::Deployer for PanicsOnApi {
     ) -> Result<Vec<shipflow_core::Revision>, shipflow_core::BoxError> {
         self.0.history(app, ctx).await
     }
+
+    fn batches(&self) -> bool {
+        self.0.batches()
+    }
 }
 
 #[tokio::test]
@@ -878,4 +882,214 @@ async fn further_tags_follow_the_pushed_image_by_manifest_only() {
         );
     }
     assert_eq!(report.plan.apps[0].extra_tags, ["latest", "stable"]);
+}
+
+/// The apps a batch call named, sorted (apps reach the batch in the order they finish).
+fn batch_calls(deployer: &FakeDeployer) -> Vec<Vec<String>> {
+    deployer
+        .calls()
+        .iter()
+        .filter_map(|c| c.strip_prefix("batch "))
+        .map(|apps| {
+            let mut apps: Vec<String> = apps.split(", ").map(str::to_owned).collect();
+            apps.sort();
+            apps
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batching_deployer_gets_every_app_of_a_run_in_one_call() {
+    // One app at a time, each build taking a while: the apps reach deploy far apart,
+    // and an app waiting for the batch must not hold the only slot.
+    let parts = Parts::new(
+        FakeBuilder::new().with_delay(Duration::from_millis(40)),
+        FakeDeployer::new().batching(),
+    );
+    let pipeline = parts
+        .pipeline(ScriptedDetector::new().with_change("Cargo.lock"))
+        .concurrency(1)
+        .build()
+        .expect("pipeline");
+    let report = ship(&pipeline).await;
+    assert_eq!(
+        batch_calls(&parts.deployer),
+        [["api", "docs", "web", "worker"]]
+    );
+    assert_eq!(parts.builder.max_concurrent(), 1);
+    assert!(
+        report.apps.iter().all(|a| a.outcome == Outcome::Deployed),
+        "{report:?}"
+    );
+    assert!(report.apps.iter().all(|a| a.rollout.is_some()));
+    // A second run with nothing new: every app is unchanged, and no batch goes.
+    let again = ship(&pipeline).await;
+    assert!(again.apps.iter().all(|a| a.outcome == Outcome::Unchanged));
+    assert_eq!(batch_calls(&parts.deployer).len(), 1);
+}
+
+#[tokio::test]
+async fn a_failed_app_of_a_batch_is_rolled_back_alone() {
+    let parts = Parts::new(FakeBuilder::new(), FakeDeployer::new().batching());
+    let v1 = ScriptedDetector::new().with_change("packages/db/x.sql");
+    let first = build_and_ship(parts.pipeline(v1)).await;
+    assert!(first.apps.iter().all(|a| a.outcome == Outcome::Deployed));
+    parts.deployer.set_failing("worker", true);
+    let v2 = ScriptedDetector::new()
+        .with_change("packages/db/x.sql")
+        .with_file("packages/db/x.sql", "v2");
+    let report = build_and_ship(parts.pipeline(v2).failure_policy(FailurePolicy::Continue)).await;
+    assert_eq!(names(&report), ["api", "worker"]);
+    assert_eq!(report.apps[0].outcome, Outcome::Deployed);
+    assert_eq!(
+        report.apps[1].outcome,
+        Outcome::RolledBack {
+            stage: Stage::Deploy
+        }
+    );
+    assert_eq!(
+        batch_calls(&parts.deployer),
+        [["api", "worker"], ["api", "worker"]]
+    );
+    assert_eq!(
+        parts.deployer.calls().last().map(String::as_str),
+        Some("rollback worker to 1")
+    );
+}
+
+#[tokio::test]
+async fn after_a_fail_fast_stop_the_batch_does_not_go() {
+    // One at a time: api fails its build first, the apps already pushed stay pushed.
+    let parts = Parts::new(
+        FakeBuilder::new().failing_for("worker"),
+        FakeDeployer::new().batching(),
+    );
+    let pipeline = parts
+        .pipeline(ScriptedDetector::new().with_change("packages/db/x.sql"))
+        .concurrency(1)
+        .build()
+        .expect("pipeline");
+    let report = ship(&pipeline).await;
+    assert!(
+        parts.deployer.calls().is_empty(),
+        "{:?}",
+        parts.deployer.calls()
+    );
+    let api = &report.apps[0];
+    assert!(
+        matches!(api.outcome, Outcome::Pushed | Outcome::Skipped),
+        "{api:?}"
+    );
+    if api.outcome == Outcome::Pushed {
+        assert!(api.note.as_deref().is_some_and(|n| n.contains("fail-fast")));
+    }
+    assert_eq!(
+        report.apps[1].outcome,
+        Outcome::Failed {
+            stage: Stage::Build
+        }
+    );
+    assert_eq!(report.status(), RunStatus::Failed);
+}
+
+#[tokio::test]
+async fn a_batch_whose_adapter_panics_fails_its_apps_not_the_run() {
+    let parts = Parts::new(FakeBuilder::new(), FakeDeployer::new());
+    let report = build_and_ship(
+        parts
+            .pipeline(ScriptedDetector::new().with_change("packages/db/x.sql"))
+            .deployer(Arc::new(PanicsOnApi(FakeDeployer::new().batching())))
+            .failure_policy(FailurePolicy::Continue),
+    )
+    .await;
+    assert_eq!(names(&report), ["api", "worker"]);
+    for app in &report.apps {
+        assert_eq!(
+            app.outcome,
+            Outcome::Failed {
+                stage: Stage::Deploy
+            },
+            "{app:?}"
+        );
+        assert!(
+            app.error.as_deref().is_some_and(|e| e.contains("panicked")),
+            "{app:?}"
+        );
+    }
+}
+
+/// A batching deployer whose first batch fails `worker` for a passing reason.
+#[derive(Default)]
+struct FlakyOnce {
+    inner: FakeDeployer,
+    failed: std::sync::atomic::AtomicBool,
+    batches: std::sync::Mutex<Vec<String>>,
+}
+
+#[async_trait::async_trait]
+impl shipflow_core::Deployer for FlakyOnce {
+    async fn current(
+        &self,
+        app: &shipflow_core::App,
+        ctx: &shipflow_core::Context,
+    ) -> Result<Option<shipflow_core::Deployed>, shipflow_core::BoxError> {
+        self.inner.current(app, ctx).await
+    }
+
+    async fn deploy(
+        &self,
+        app: &shipflow_core::App,
+        image: &shipflow_core::ImageRef,
+        meta: &shipflow_core::DeployMeta,
+        ctx: &shipflow_core::Context,
+    ) -> Result<shipflow_core::Rollout, shipflow_core::BoxError> {
+        if app.name == "worker" && !self.failed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Err(Box::new(shipflow_core::Transient));
+        }
+        self.inner.deploy(app, image, meta, ctx).await
+    }
+
+    fn batches(&self) -> bool {
+        true
+    }
+
+    async fn deploy_batch(
+        &self,
+        items: &[shipflow_core::DeployItem<'_>],
+    ) -> Vec<Result<shipflow_core::Rollout, shipflow_core::BoxError>> {
+        let apps: Vec<&str> = items.iter().map(|i| i.app.name.as_str()).collect();
+        self.batches.lock().expect("lock").push(apps.join(", "));
+        let mut results = Vec::new();
+        for item in items {
+            results.push(self.deploy(item.app, item.image, item.meta, item.ctx).await);
+        }
+        results
+    }
+}
+
+#[tokio::test]
+async fn a_retried_batch_sends_again_only_what_failed_for_a_passing_reason() {
+    let flaky = Arc::new(FlakyOnce::default());
+    let deployer = shipflow_core::Retry::new(
+        flaky.clone(),
+        shipflow_core::Backoff::new(3, Duration::from_millis(1), Duration::from_millis(5)),
+    );
+    let parts = Parts::new(FakeBuilder::new(), FakeDeployer::new());
+    let report = build_and_ship(
+        parts
+            .pipeline(ScriptedDetector::new().with_change("packages/db/x.sql"))
+            .deployer(Arc::new(deployer)),
+    )
+    .await;
+    assert!(
+        report.apps.iter().all(|a| a.outcome == Outcome::Deployed),
+        "{report:?}"
+    );
+    let mut batches = flaky.batches.lock().expect("lock").clone();
+    batches[0] = {
+        let mut first: Vec<&str> = batches[0].split(", ").collect();
+        first.sort_unstable();
+        first.join(", ")
+    };
+    assert_eq!(batches, ["api, worker", "worker"]);
 }

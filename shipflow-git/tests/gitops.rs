@@ -660,9 +660,10 @@ async fn twenty_deploys_through_one_deployer_share_commits() {
 async fn a_pipeline_run_deploys_every_changed_app_in_one_commit() {
     let fleet = Fleet::standard();
     let ws = workspace();
+    // No linger, one app at a time, builds that take a while: the apps reach their
+    // deploy far apart, and the run still makes one commit.
     let deployer = GitOpsDeployer::builder(&fleet.url)
         .cache_dir(fleet.dir.path().join("cache"))
-        .linger(Duration::from_secs(1))
         .build();
     let detector = ScriptedDetector::new()
         .with_change("apps/api/main.rs")
@@ -670,10 +671,12 @@ async fn a_pipeline_run_deploys_every_changed_app_in_one_commit() {
         .with_change("apps/worker/main.rs");
     let pipeline = Pipeline::builder(ws)
         .detector(Arc::new(detector))
-        .builder(Arc::new(FakeBuilder::new()))
+        .builder(Arc::new(
+            FakeBuilder::new().with_delay(Duration::from_millis(300)),
+        ))
         .registry(Arc::new(MemoryRegistry::new()))
         .deployer(Arc::new(deployer))
-        .concurrency(4)
+        .concurrency(1)
         .build()
         .expect("pipeline");
     let report = pipeline

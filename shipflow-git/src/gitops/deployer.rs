@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use gix::ObjectId;
 use sha2::{Digest as _, Sha256};
 use shipflow_core::{
-    App, Backoff, BoxError, Context, DeployMeta, Deployed, Deployer, ImageRef, Revision,
-    RollbackTarget, Rollout, Workspace, rfc3339_timestamp,
+    App, Backoff, BoxError, Context, DeployItem, DeployMeta, Deployed, Deployer, ImageRef,
+    Revision, RollbackTarget, Rollout, Workspace, rfc3339_timestamp,
 };
 use tokio::sync::oneshot;
 
@@ -86,14 +86,16 @@ const DEFAULT_HISTORY_DEPTH: usize = 10_000;
 /// (Flux, Argo CD) applies: a deploy edits the app's image in the files its
 /// `deploy.gitops` section names, commits with gix and pushes with `git`.
 ///
-/// **Commits.** Core calls `deploy` once per app and has no "run finished" callback,
-/// so the deployer batches by group commit: a deploy queues its edit and waits for
-/// the repository; whoever gets it commits everything queued by then in one commit
-/// and one push. Deploys that finish while a push is under way (or within
-/// [`linger`](GitOpsDeployerBuilder::linger) of each other) share a commit; a run
-/// whose apps finish far apart makes more than one. Each deploy returns only once its
-/// commit is on the remote. A deploy cancelled while its edit is still queued
-/// withdraws it (nothing is written); once its commit is under way, it is waited for.
+/// **Commits.** A [`Pipeline`](shipflow_core::Pipeline) run makes one commit: the
+/// deployer [batches](Deployer::batches), so the pipeline hands it every app that
+/// built and pushed in one [`deploy_batch`](Deployer::deploy_batch) call, written in
+/// one commit and one push. Direct calls of `deploy` (from several tasks, say) are
+/// grouped too: a deploy queues its edit and waits for the repository; whoever gets
+/// it commits everything queued by then. Deploys that arrive while a push is under
+/// way (or within [`linger`](GitOpsDeployerBuilder::linger) of each other) share a
+/// commit. Each deploy returns only once its commit is on the remote. A deploy
+/// cancelled while its edit is still queued withdraws it (nothing is written); once
+/// its commit is under way, it is waited for.
 ///
 /// **Races.** A rejected push fetches, applies the queued edits again on the new tip
 /// (by locating the fields anew, not by rebasing text) and retries with the
@@ -246,6 +248,21 @@ struct Job {
     done: Option<oneshot::Sender<Result<Done, GitOpsError>>>,
 }
 
+impl Job {
+    /// `app`'s job writing `image` by `edits`, because of `why`.
+    fn new(app: &App, image: String, why: String, edits: Vec<(String, FileEdit)>) -> Self {
+        Self {
+            id: NEXT_JOB.fetch_add(1, Ordering::Relaxed),
+            app: app.name.clone(),
+            image,
+            fallback_name: app.image.name(),
+            why,
+            edits,
+            done: None,
+        }
+    }
+}
+
 /// Numbers jobs, to withdraw a cancelled one from the queue.
 static NEXT_JOB: AtomicU64 = AtomicU64::new(0);
 
@@ -364,6 +381,26 @@ impl GitOpsDeployer {
                 ))
             })
             .collect()
+    }
+
+    /// Where a deploy of `image` for `app` writes, what, and why (for the commit
+    /// message): the pipeline deploys by digest and says the tag it pushed beside it.
+    fn deploy_parts(
+        &self,
+        app: &App,
+        image: &ImageRef,
+        meta: &DeployMeta,
+    ) -> Result<(Arc<GitOpsTarget>, ImageParts, String), GitOpsError> {
+        let target = self.target_for(app)?;
+        let mut why: Vec<String> = meta.reasons.iter().map(ToString::to_string).collect();
+        if let Some(sha) = &meta.git_sha {
+            why.push(format!("revision {}", &sha[..sha.len().min(12)]));
+        }
+        let mut parts = ImageParts::from_ref(image);
+        if parts.tag.is_none() {
+            parts.tag.clone_from(&meta.tag);
+        }
+        Ok((target, parts, why.join("; ")))
     }
 
     /// The diff a deploy of `image` for `app` would commit now (empty when the
@@ -623,15 +660,7 @@ impl GitOpsDeployer {
             }
             return Ok(Rollout::new(image, self.workload(), changed));
         }
-        let job = Job {
-            id: NEXT_JOB.fetch_add(1, Ordering::Relaxed),
-            app: app.name.clone(),
-            image: image.clone(),
-            fallback_name: app.image.name(),
-            why,
-            edits: Self::edits(target, &parts),
-            done: None,
-        };
+        let job = Job::new(app, image.clone(), why, Self::edits(target, &parts));
         let done = self.submit(job, ctx).await?;
         if let Some(commit) = done.commit {
             ctx.message(format!("committed {commit} to {}", self.workload()));
@@ -1053,19 +1082,87 @@ impl Deployer for GitOpsDeployer {
         ctx: &Context,
     ) -> Result<Rollout, BoxError> {
         ctx.check_cancelled()?;
-        let target = self.target_for(app)?;
-        let mut why: Vec<String> = meta.reasons.iter().map(ToString::to_string).collect();
-        if let Some(sha) = &meta.git_sha {
-            why.push(format!("revision {}", &sha[..sha.len().min(12)]));
-        }
-        // The pipeline deploys by digest and says the tag it pushed beside it.
-        let mut parts = ImageParts::from_ref(image);
-        if parts.tag.is_none() {
-            parts.tag.clone_from(&meta.tag);
-        }
+        let (target, parts, why) = self.deploy_parts(app, image, meta)?;
         Ok(self
-            .write(app, image.to_string(), parts, why.join("; "), &target, ctx)
+            .write(app, image.to_string(), parts, why, &target, ctx)
             .await?)
+    }
+
+    /// A pipeline run hands over all its apps at once: one commit per run.
+    fn batches(&self) -> bool {
+        true
+    }
+
+    /// Every app's edit in one commit and one push (an app whose edit fails, fails
+    /// alone); with [`Context::dry_run`], each app's diff as `deploy` shows it.
+    async fn deploy_batch(&self, items: &[DeployItem<'_>]) -> Vec<Result<Rollout, BoxError>> {
+        let Some(first) = items.first() else {
+            return Vec::new();
+        };
+        let mut results: Vec<Option<Result<Rollout, BoxError>>> = Vec::new();
+        let mut jobs = Vec::with_capacity(items.len());
+        let mut slots = Vec::with_capacity(items.len());
+        for (slot, item) in items.iter().enumerate() {
+            let job = if first.ctx.dry_run() {
+                Err(None)
+            } else if let Err(source) = item.ctx.check_cancelled() {
+                Err(Some(GitOpsError::Cancelled {
+                    app: item.app.name.clone(),
+                    source,
+                }))
+            } else {
+                self.deploy_parts(item.app, item.image, item.meta)
+                    .map(|(target, parts, why)| {
+                        Job::new(
+                            item.app,
+                            item.image.to_string(),
+                            why,
+                            Self::edits(&target, &parts),
+                        )
+                    })
+                    .map_err(Some)
+            };
+            results.push(match job {
+                Ok(job) => {
+                    jobs.push(job);
+                    slots.push(slot);
+                    None
+                }
+                Err(Some(e)) => Some(Err(e.into())),
+                Err(None) => Some(self.deploy(item.app, item.image, item.meta, item.ctx).await),
+            });
+        }
+        for (slot, done) in slots
+            .into_iter()
+            .zip(self.submit_all(jobs, first.ctx).await)
+        {
+            let item = &items[slot];
+            results[slot] = Some(match done {
+                Ok(done) => {
+                    if let Some(commit) = done.commit {
+                        item.ctx
+                            .message(format!("committed {commit} to {}", self.workload()));
+                    }
+                    Ok(Rollout::new(
+                        item.image.to_string(),
+                        self.workload(),
+                        done.changed,
+                    ))
+                }
+                Err(e) => Err(e.into()),
+            });
+        }
+        results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(
+                        GitOpsError::git("committing", "the commit gave no result for the app")
+                            .into(),
+                    )
+                })
+            })
+            .collect()
     }
 
     async fn rollback(
