@@ -58,6 +58,7 @@ mod compat;
 mod configmap;
 mod deployer;
 mod error;
+mod from_config;
 mod lock;
 mod pods;
 mod retry;
@@ -66,6 +67,7 @@ mod spec;
 mod status;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod workload;
 
 pub use apply::{APPLY_KINDS, Applied, ApplyOptions};
 pub use configmap::{CONFIG_MAP_LABEL, ConfigRollout, EnvConfigMap, EnvLookup};
@@ -73,6 +75,10 @@ pub use deployer::{
     CHANGE_CAUSE_ANNOTATION, FINGERPRINT_ANNOTATION, GIT_SHA_ANNOTATION, KubeDeployer,
 };
 pub use error::{FailedPod, KubeError};
+pub use from_config::PullCredentials;
 pub use lock::{DeployLock, LOCK_PREFIX, LockOptions};
 pub use retry::RetryPolicy;
 pub use spec::{KUBERNETES_TARGET, KubernetesTarget, NAMESPACE_KEY, Namespace, schema};
+pub use workload::{
+    APP_LABEL, ConfigMapFile, EnvSource, IntOrPercent, Port, Probe, Quantities, Resources, Strategy,
+};
