@@ -52,8 +52,11 @@ const KEPT_ON_ROLLBACK: &[&str] = &[
 /// beyond the restart budget, a paused Deployment, someone else's change to the
 /// template), or times out.
 ///
-/// Only the app's container image and a few annotations are patched; everything else
-/// in the Deployment stays as it is. See the [crate docs](crate) for an example.
+/// Without workload settings in the app's `deploy.kubernetes`, only the app's
+/// container image and a few annotations are patched; everything else in the
+/// Deployment stays as it is. With them, the Deployment (created if missing), its
+/// Service, generated ConfigMaps and pull Secret are applied from the settings
+/// (see [`KubernetesTarget`]). See the [crate docs](crate) for an example.
 #[derive(Clone)]
 pub struct KubeDeployer {
     pub(crate) client: Client,

@@ -7,6 +7,12 @@
 //! changes the pod template mid-rollout. It rolls back the way `kubectl rollout undo`
 //! does and lists the revision history.
 //!
+//! An app whose `deploy.kubernetes` has workload settings (replicas, resources, env,
+//! ports, probes, strategy, labels, generated ConfigMaps, an image pull Secret: see
+//! [`KubernetesTarget`]) has its Deployment, and a Service for its exposed ports,
+//! created or updated from them by server-side apply at each deploy, then watched the
+//! same way.
+//!
 //! Beyond [`Deployer`](shipflow_core::Deployer)'s `current`, `deploy`, `rollback` and
 //! `history`, a [`KubeDeployer`] also
 //! - holds a deploy lock per app, a `coordination.k8s.io` Lease, while it deploys or

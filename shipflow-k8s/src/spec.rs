@@ -1,11 +1,5 @@
-//! `deploy.kubernetes`: this crate's section of `shipflow.toml`.
-//!
-//! ```toml
-//! [workspace]
-//! namespace = "prod"                  # the default for apps that name none
-//! [apps.api]
-//! deploy.kubernetes = { namespace = "prod", deployment = "api", container = "api" }
-//! ```
+//! `deploy.kubernetes`: this crate's section of `shipflow.toml` (see
+//! [`KubernetesTarget`]).
 
 use std::collections::BTreeMap;
 
@@ -28,7 +22,40 @@ pub fn schema() -> Schema {
         .workspace_key::<Namespace>(NAMESPACE_KEY)
 }
 
-/// A Kubernetes Deployment's container: `[apps.<app>.deploy.kubernetes]`.
+/// A Kubernetes Deployment's container, and optionally what the Deployment is made
+/// of: `[apps.<app>.deploy.kubernetes]`.
+///
+/// Where the app runs; with only these keys a deploy patches the image of a
+/// Deployment that exists:
+///
+/// ```toml
+/// [workspace]
+/// namespace = "prod"                  # the default for apps that name none
+/// [apps.api]
+/// deploy.kubernetes = { namespace = "prod", deployment = "api", container = "api" }
+/// ```
+///
+/// With any workload setting ([`KubernetesTarget::has_workload`]), the Deployment is
+/// created when missing and the settings are applied at every deploy (server-side
+/// apply, field manager `shipflow`), with a Service for the exposed ports:
+///
+/// ```toml
+/// [apps.api.deploy.kubernetes]
+/// replicas = 3
+/// resources = { requests = { cpu = "250m", memory = "128Mi" }, limits = { memory = "256Mi" } }
+/// env = { MODE = "fast" }
+/// env_from = { DB_PASSWORD = { secret = "db", key = "password" } }
+/// ports = [{ name = "http", port = 8080, service_port = 80 }]
+/// readiness = { http = "/ready", period = 5 }
+/// liveness = { http = "/healthz", initial_delay = 10 }
+/// strategy = "rolling"                # or "recreate"
+/// max_surge = 1
+/// max_unavailable = "0%"
+/// labels = { team = "shop" }
+/// annotations = { "shop.example.com/owner" = "team-shop" }
+/// image_pull_secret = "api-pull"
+/// config_maps = [{ name = "api-config", env_file = "apps/api/api.env" }]
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]

@@ -577,3 +577,44 @@ pub(crate) fn check_workload(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities_are_what_kubernetes_parses() {
+        for ok in [
+            "1", "0.5", "250m", "128Mi", "1Gi", "2Ei", "1k", "1M", "1e3", "1E-2", "1.5G", ".5",
+        ] {
+            assert!(check_quantity("q", ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "", "lots", "-1", "1mi", "1KB", "1.2.3", "Mi", "1e", "1 Gi", "1Gi ",
+        ] {
+            assert!(check_quantity("q", bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn percentages_and_counts() {
+        assert!(IntOrPercent::Percent("25%".into()).check("f").is_ok());
+        assert!(IntOrPercent::Percent("0%".into()).is_zero());
+        assert!(IntOrPercent::Percent("00%".into()).is_zero());
+        assert!(!IntOrPercent::Percent("10%".into()).is_zero());
+        assert!(IntOrPercent::Percent("101%".into()).check("f").is_err());
+        assert!(IntOrPercent::Percent("25".into()).check("f").is_err());
+        assert!(IntOrPercent::Int(0).is_zero());
+    }
+
+    #[test]
+    fn label_keys_take_a_prefix() {
+        assert!(check_key("k", "app.kubernetes.io/name").is_ok());
+        assert!(check_key("k", "team").is_ok());
+        assert!(check_key("k", "Bad_Prefix/x").is_err());
+        assert!(check_key("k", "x/").is_err());
+        assert!(check_key("k", "-x").is_err());
+        assert!(is_label_value(""));
+        assert!(!is_label_value(&"a".repeat(64)));
+    }
+}

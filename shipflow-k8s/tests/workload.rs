@@ -659,3 +659,34 @@ async fn the_strategy_switches_between_rolling_and_recreate() {
         let _: Deployment = strict(&dep);
     }
 }
+
+/// The README's example of the section loads as it is.
+#[test]
+fn the_readme_example_loads() {
+    let readme = include_str!("../README.md");
+    let start = readme
+        .find("[apps.api.deploy.kubernetes]\n")
+        .expect("the example");
+    let end = start + readme[start..].find("```").expect("its end");
+    let root = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir_all(root.path().join("apps/api")).expect("dir");
+    std::fs::write(root.path().join("apps/api/api.env"), "A=1\n").expect("env file");
+    let ws = Workspace::loader()
+        .schema(shipflow_k8s::schema())
+        .from_toml(
+            &format!(
+                "[workspace]\nregistry = \"registry.local\"\n{}",
+                &readme[start..end]
+            ),
+            root.path(),
+        )
+        .expect("the README's example is valid");
+    let target = ws
+        .app("api")
+        .expect("declared")
+        .deploy_target::<shipflow_k8s::KubernetesTarget>(shipflow_k8s::KUBERNETES_TARGET)
+        .expect("valid")
+        .expect("present");
+    assert!(target.has_workload());
+    assert_eq!(target.replicas, Some(3));
+}
