@@ -285,7 +285,7 @@ impl Target {
     }
 
     /// For [`Rollout::workload`].
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         format!(
             "deployment {}/{} container {}",
             self.namespace, self.deployment, self.container

@@ -401,10 +401,7 @@ impl KubeDeployer {
             s,
             selector_labels(&body["spec"]["selector"], existing.as_ref()),
         );
-        let describe = format!(
-            "deployment {}/{} container {}",
-            t.namespace, t.deployment, t.container
-        );
+        let describe = t.describe();
         if ctx.dry_run() {
             ctx.message(format!(
                 "would {} {describe} from its settings, running {wanted}{}",
