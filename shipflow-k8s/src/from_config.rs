@@ -323,6 +323,26 @@ impl KubeDeployer {
         Ok(())
     }
 
+    /// The image pull Secret `name` for `registry`, from the deployer's credentials.
+    fn pull_secret(&self, t: &Target, name: &str, registry: &str) -> Result<Value, KubeError> {
+        let credentials =
+            self.pull_credentials
+                .as_ref()
+                .ok_or_else(|| KubeError::NoPullCredentials {
+                    app: t.app.clone(),
+                    workload: t.workload(),
+                    secret: name.to_owned(),
+                    registry: registry.to_owned(),
+                })?;
+        let config = docker_config_json(registry, credentials);
+        Ok(json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": name, "namespace": t.namespace, "labels": {APP_LABEL: t.app}},
+            "type": "kubernetes.io/dockerconfigjson",
+            "data": {".dockerconfigjson": base64::engine::general_purpose::STANDARD.encode(config)},
+        }))
+    }
+
     /// Creates the generated ConfigMaps that are not there yet (their name is their
     /// content's hash, so one that is there is right).
     async fn create_config_maps(
@@ -401,6 +421,14 @@ impl KubeDeployer {
             s,
             selector_labels(&body["spec"]["selector"], existing.as_ref()),
         );
+        let pull_secret = s
+            .image_pull_secret
+            .as_ref()
+            .map(|name| {
+                self.pull_secret(t, name, image.registry())
+                    .map(|b| (name, b))
+            })
+            .transpose()?;
         let describe = t.describe();
         if ctx.dry_run() {
             ctx.message(format!(
@@ -423,30 +451,12 @@ impl KubeDeployer {
             lock.check("apply deployment")?;
         }
         self.create_config_maps(t, &maps, ctx).await?;
-        if let Some(secret) = &s.image_pull_secret {
-            let registry = image.registry();
-            let credentials =
-                self.pull_credentials
-                    .as_ref()
-                    .ok_or_else(|| KubeError::NoPullCredentials {
-                        app: t.app.clone(),
-                        workload: t.workload(),
-                        secret: secret.clone(),
-                        registry: registry.to_owned(),
-                    })?;
-            let config = docker_config_json(registry, credentials);
-            let body = json!({
-                "apiVersion": "v1", "kind": "Secret",
-                "metadata": {"name": secret, "namespace": t.namespace,
-                    "labels": {APP_LABEL: t.app}},
-                "type": "kubernetes.io/dockerconfigjson",
-                "data": {".dockerconfigjson": base64::engine::general_purpose::STANDARD.encode(config)},
-            });
+        if let Some((name, secret)) = &pull_secret {
             self.apply_object(
                 t,
                 ("v1", "Secret", "secrets"),
+                name,
                 secret,
-                &body,
                 "write image pull secret",
                 ctx,
             )

@@ -484,7 +484,13 @@ async fn declared_config_maps_are_generated_hash_named_and_rolled_with_the_app()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_image_pull_secret_is_written_from_the_registry_credentials_when_asked() {
     let sim = SimCluster::start().await.expect("sim starts");
-    let ws = workspace(Path::new("."), "image_pull_secret = \"api-pull\"").expect("valid");
+    let root = tempfile::tempdir().expect("temp dir");
+    std::fs::write(root.path().join("api.env"), "A=1\n").expect("env file");
+    let ws = workspace(
+        root.path(),
+        "image_pull_secret = \"api-pull\"\nconfig_maps = [{ name = \"api-config\", env_file = \"api.env\" }]",
+    )
+    .expect("valid");
     let app = ws.app("api").expect("declared");
     let image = pinned("f1");
 
@@ -497,6 +503,8 @@ async fn an_image_pull_secret_is_written_from_the_registry_credentials_when_aske
         "{err}"
     );
     assert!(sim.deployment(NS, "api").is_none(), "nothing was written");
+    assert!(sim.list("ConfigMap", NS).is_empty(), "nothing was written");
+    assert_eq!(sim.request_count("POST") + sim.request_count("PATCH"), 0);
 
     let credentials = PullCredentials {
         username: "ci".into(),
