@@ -82,13 +82,12 @@ fn strict<T: DeserializeOwned + Serialize>(value: &Value) -> T {
     typed
 }
 
-/// `kubectl get <what> -o json` against the simulator.
-async fn kubectl_get(sim: &SimCluster, what: &[&str]) -> Value {
+/// Runs `kubectl -n shop <args>` against the simulator; it must succeed.
+async fn kubectl(sim: &SimCluster, args: &[&str]) -> String {
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::write(dir.path().join("config"), sim.kubeconfig()).expect("kubeconfig");
-    let mut args: Vec<String> = vec!["-n".into(), NS.into(), "get".into()];
-    args.extend(what.iter().map(|s| (*s).to_owned()));
-    args.extend(["-o".into(), "json".into()]);
+    let mut all: Vec<String> = vec!["-n".into(), NS.into()];
+    all.extend(args.iter().map(|s| (*s).to_owned()));
     let out = tokio::task::spawn_blocking(move || {
         Command::new("kubectl")
             .env_clear()
@@ -98,7 +97,7 @@ async fn kubectl_get(sim: &SimCluster, what: &[&str]) -> Value {
             .arg(dir.path().join("config"))
             .arg("--cache-dir")
             .arg(dir.path().join("cache"))
-            .args(&args)
+            .args(&all)
             .output()
             .unwrap_or_else(|e| {
                 panic!("cannot run kubectl (install Debian's kubectl package): {e}")
@@ -108,10 +107,18 @@ async fn kubectl_get(sim: &SimCluster, what: &[&str]) -> Value {
     .expect("kubectl task");
     assert!(
         out.status.success(),
-        "kubectl get {what:?}: {}",
+        "kubectl {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).expect("kubectl prints JSON")
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `kubectl get <what> -o json` against the simulator.
+async fn kubectl_get(sim: &SimCluster, what: &[&str]) -> Value {
+    let mut args = vec!["get"];
+    args.extend(what);
+    args.extend(["-o", "json"]);
+    serde_json::from_str(&kubectl(sim, &args).await).expect("kubectl prints JSON")
 }
 
 fn env_of(dep: &Deployment) -> Vec<(String, Value)> {
@@ -139,6 +146,37 @@ async fn a_missing_deployment_is_created_with_its_service_from_the_apps_settings
         .expect("created and rolled out");
     assert!(rollout.changed);
     assert_eq!(rollout.revision, Some(1));
+    // Read, apply the Deployment and the Service, then watch the rollout as an
+    // image patch's is watched: one watch, and pod lists as the rollout needs them.
+    let requests = sim.requests();
+    let writes: Vec<(&String, &u64)> = requests
+        .iter()
+        .filter(|(k, _)| !k.starts_with("GET ") && !k.starts_with("WATCH "))
+        .collect();
+    assert_eq!(
+        writes,
+        [
+            (&format!("PATCH /api/v1/namespaces/{NS}/services/api"), &1),
+            (
+                &format!("PATCH /apis/apps/v1/namespaces/{NS}/deployments/api"),
+                &1
+            ),
+        ],
+        "{requests:?}"
+    );
+    assert_eq!(
+        requests[&format!("GET /apis/apps/v1/namespaces/{NS}/deployments/api")],
+        1
+    );
+    assert_eq!(sim.request_count("WATCH"), 1, "{requests:?}");
+    let status = kubectl(
+        &sim,
+        &["rollout", "status", "deployment/api", "--timeout=5s"],
+    )
+    .await;
+    assert!(status.contains("successfully rolled out"), "{status}");
+    let history = kubectl(&sim, &["rollout", "history", "deployment/api"]).await;
+    assert!(history.contains("shipflow: api at a1"), "{history}");
 
     let dep: Deployment =
         strict(&kubectl_get(&sim, &["deploy", "api", "--show-managed-fields"]).await);
