@@ -45,7 +45,8 @@ Environment (a flag wins over its variable):
   SHIPFLOW_REGISTRY, PRIVATE_REGISTRY   registry and path prefix of images (--registry)
   SHIPFLOW_REGISTRY_USER, SHIPFLOW_REGISTRY_PASSWORD
                                         basic-auth login to that registry (else
-                                        docker/podman login: DOCKER_CONFIG, REGISTRY_AUTH_FILE)
+                                        docker/podman login: DOCKER_CONFIG, REGISTRY_AUTH_FILE);
+                                        also what a Kubernetes app's image_pull_secret holds
   GIT_SHA                               the commit tags name, over git's HEAD
   GITHUB_HEAD_REF, GITHUB_REF_NAME, CI_MERGE_REQUEST_SOURCE_BRANCH_NAME,
   CI_COMMIT_REF_NAME, BUILDKITE_BRANCH, CIRCLE_BRANCH, BRANCH_NAME

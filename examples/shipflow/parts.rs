@@ -266,10 +266,15 @@ pub(crate) async fn deployer(
     match target {
         Target::K8s => {
             // One pipeline per app at a time: a Lease that a second run waits for.
-            let deployer =
+            let mut deployer =
                 shipflow_kit::k8s::KubeDeployer::new(kube_client(kubeconfig, context).await?)
                     .namespace(namespace)
                     .deploy_lock(shipflow_kit::k8s::LockOptions::default());
+            // For apps whose deploy.kubernetes asks for an image pull secret.
+            if let Some((username, password)) = credentials() {
+                deployer = deployer
+                    .pull_credentials(shipflow_kit::k8s::PullCredentials { username, password });
+            }
             Ok(Arc::new(deployer))
         }
         Target::Docker => {

@@ -224,7 +224,7 @@ fn for_each_ref(template: &mut Value, mut visit: impl FnMut(&mut Value)) {
 }
 
 /// Rewrites the ConfigMap names in a pod template that mean `config`; returns how many.
-fn rewrite_refs(template: &mut Value, config: &EnvConfigMap, to: &str) -> usize {
+pub(crate) fn rewrite_refs(template: &mut Value, config: &EnvConfigMap, to: &str) -> usize {
     let mut changed = 0;
     for_each_ref(template, |v| {
         if let Some(name) = v.as_str()
@@ -381,7 +381,7 @@ impl KubeDeployer {
     /// `current` and the newest [`keep_config_maps`](Self::keep_config_maps). Returns
     /// the names deleted; a version whose delete is refused stays (said through
     /// `ctx`), the others still go.
-    async fn prune_config_maps(
+    pub(crate) async fn prune_config_maps(
         &self,
         namespace: &str,
         config: &EnvConfigMap,

@@ -14,6 +14,7 @@ use shipflow_core::{
 };
 
 use std::future::Future;
+use std::sync::Arc;
 
 use crate::FailedPod;
 use crate::KubeError;
@@ -51,8 +52,11 @@ const KEPT_ON_ROLLBACK: &[&str] = &[
 /// beyond the restart budget, a paused Deployment, someone else's change to the
 /// template), or times out.
 ///
-/// Only the app's container image and a few annotations are patched; everything else
-/// in the Deployment stays as it is. See the [crate docs](crate) for an example.
+/// Without workload settings in the app's `deploy.kubernetes`, only the app's
+/// container image and a few annotations are patched; everything else in the
+/// Deployment stays as it is. With them, the Deployment (created if missing), its
+/// Service, generated ConfigMaps and pull Secret are applied from the settings
+/// (see [`KubernetesTarget`]). See the [crate docs](crate) for an example.
 #[derive(Clone)]
 pub struct KubeDeployer {
     pub(crate) client: Client,
@@ -65,6 +69,7 @@ pub struct KubeDeployer {
     held_locks: lock::HeldLocks,
     pub(crate) keep_config_maps: usize,
     namespace: Option<String>,
+    pub(crate) pull_credentials: Option<crate::PullCredentials>,
 }
 
 impl std::fmt::Debug for KubeDeployer {
@@ -78,6 +83,7 @@ impl std::fmt::Debug for KubeDeployer {
             .field("lock", &self.lock)
             .field("keep_config_maps", &self.keep_config_maps)
             .field("namespace", &self.namespace)
+            .field("pull_credentials", &self.pull_credentials)
             .finish_non_exhaustive()
     }
 }
@@ -98,6 +104,7 @@ impl KubeDeployer {
             held_locks: lock::HeldLocks::default(),
             keep_config_maps: 3,
             namespace: None,
+            pull_credentials: None,
         }
     }
 
@@ -240,6 +247,14 @@ impl Target {
     /// Where `app` deploys to: its `deploy.kubernetes`, the namespace defaulting to
     /// `namespace` (the deployer's), then the workspace's, then `default`.
     pub(crate) fn of(app: &App, namespace: Option<&str>) -> Result<Self, KubeError> {
+        Ok(Self::with_settings(app, namespace)?.0)
+    }
+
+    /// [`Target::of`], and the settings it was read from.
+    pub(crate) fn with_settings(
+        app: &App,
+        namespace: Option<&str>,
+    ) -> Result<(Self, Arc<KubernetesTarget>), KubeError> {
         let k8s = app
             .deploy_target::<KubernetesTarget>(KUBERNETES_TARGET)
             .map_err(|source| KubeError::Settings {
@@ -249,7 +264,7 @@ impl Target {
             .ok_or_else(|| KubeError::NoTarget {
                 app: app.name.clone(),
             })?;
-        Ok(Self {
+        let target = Self {
             app: app.name.clone(),
             namespace: k8s
                 .namespace
@@ -260,7 +275,8 @@ impl Target {
                 .to_owned(),
             deployment: k8s.deployment.clone().unwrap_or_else(|| app.name.clone()),
             container: k8s.container.clone().unwrap_or_else(|| app.name.clone()),
-        })
+        };
+        Ok((target, k8s))
     }
 
     /// `namespace/deployment`.
@@ -269,7 +285,7 @@ impl Target {
     }
 
     /// For [`Rollout::workload`].
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         format!(
             "deployment {}/{} container {}",
             self.namespace, self.deployment, self.container
@@ -342,7 +358,11 @@ impl Target {
     }
 
     /// `Err(Cancelled)` if the run was cancelled: checked before any change is made.
-    fn check_cancelled(&self, ctx: &Context, step: &'static str) -> Result<(), KubeError> {
+    pub(crate) fn check_cancelled(
+        &self,
+        ctx: &Context,
+        step: &'static str,
+    ) -> Result<(), KubeError> {
         ctx.check_cancelled()
             .map_err(|source| KubeError::Cancelled {
                 app: self.app.clone(),
@@ -502,7 +522,12 @@ impl KubeDeployer {
         ctx: &Context,
         lock: Option<LockGuard>,
     ) -> Result<Rollout, BoxError> {
-        let t = self.target(app)?;
+        let (t, settings) = Target::with_settings(app, self.namespace.as_deref())?;
+        if settings.has_workload() {
+            return self
+                .deploy_from_config(&t, &settings, image, meta, ctx, lock)
+                .await;
+        }
         let step = "read deployment";
         let dep = self.get(&t, step, ctx).await?;
         if paused(&dep) {

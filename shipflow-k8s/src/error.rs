@@ -42,7 +42,7 @@ pub enum KubeError {
 
     /// The Deployment does not exist.
     #[error(
-        "app {app}: {step}: deployment {workload} not found; create it first (shipflow rolls existing Deployments) or fix deploy.kubernetes"
+        "app {app}: {step}: deployment {workload} not found; create it first, or give deploy.kubernetes workload settings (replicas, ports, ...) so shipflow creates it, or fix deploy.kubernetes"
     )]
     NotFound {
         /// The app.
@@ -231,6 +231,22 @@ pub enum KubeError {
         desired: u64,
         /// A new pod that is not ready, and why, if there is one.
         pod: Option<Box<FailedPod>>,
+    },
+
+    /// `deploy.kubernetes.image_pull_secret` is set, but the deployer was given no
+    /// registry credentials to write into it.
+    #[error(
+        "app {app}: write image pull secret: deployment {workload}: image_pull_secret {secret:?} is set but no registry credentials were given for {registry}; set SHIPFLOW_REGISTRY_USER and SHIPFLOW_REGISTRY_PASSWORD (KubeDeployer::pull_credentials), or drop image_pull_secret"
+    )]
+    NoPullCredentials {
+        /// The app.
+        app: String,
+        /// `namespace/deployment`.
+        workload: String,
+        /// The Secret's name.
+        secret: String,
+        /// The registry of the app's image.
+        registry: String,
     },
 
     /// The revision to roll back to does not exist.

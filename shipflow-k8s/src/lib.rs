@@ -7,6 +7,12 @@
 //! changes the pod template mid-rollout. It rolls back the way `kubectl rollout undo`
 //! does and lists the revision history.
 //!
+//! An app whose `deploy.kubernetes` has workload settings (replicas, resources, env,
+//! ports, probes, strategy, labels, generated ConfigMaps, an image pull Secret: see
+//! [`KubernetesTarget`]) has its Deployment, and a Service for its exposed ports,
+//! created or updated from them by server-side apply at each deploy, then watched the
+//! same way.
+//!
 //! Beyond [`Deployer`](shipflow_core::Deployer)'s `current`, `deploy`, `rollback` and
 //! `history`, a [`KubeDeployer`] also
 //! - holds a deploy lock per app, a `coordination.k8s.io` Lease, while it deploys or
@@ -58,6 +64,7 @@ mod compat;
 mod configmap;
 mod deployer;
 mod error;
+mod from_config;
 mod lock;
 mod pods;
 mod retry;
@@ -66,6 +73,7 @@ mod spec;
 mod status;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod workload;
 
 pub use apply::{APPLY_KINDS, Applied, ApplyOptions};
 pub use configmap::{CONFIG_MAP_LABEL, ConfigRollout, EnvConfigMap, EnvLookup};
@@ -73,6 +81,10 @@ pub use deployer::{
     CHANGE_CAUSE_ANNOTATION, FINGERPRINT_ANNOTATION, GIT_SHA_ANNOTATION, KubeDeployer,
 };
 pub use error::{FailedPod, KubeError};
+pub use from_config::PullCredentials;
 pub use lock::{DeployLock, LOCK_PREFIX, LockOptions};
 pub use retry::RetryPolicy;
 pub use spec::{KUBERNETES_TARGET, KubernetesTarget, NAMESPACE_KEY, Namespace, schema};
+pub use workload::{
+    APP_LABEL, ConfigMapFile, EnvSource, IntOrPercent, Port, Probe, Quantities, Resources, Strategy,
+};

@@ -1,14 +1,14 @@
-//! `deploy.kubernetes`: this crate's section of `shipflow.toml`.
-//!
-//! ```toml
-//! [workspace]
-//! namespace = "prod"                  # the default for apps that name none
-//! [apps.api]
-//! deploy.kubernetes = { namespace = "prod", deployment = "api", container = "api" }
-//! ```
+//! `deploy.kubernetes`: this crate's section of `shipflow.toml` (see
+//! [`KubernetesTarget`]).
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use shipflow_core::{ConfigSection, Schema, SectionContext, SectionError};
+
+use crate::workload::{
+    ConfigMapFile, EnvSource, IntOrPercent, Port, Probe, Resources, Strategy, check_workload,
+};
 
 /// The deploy target [`KubernetesTarget`] is read for.
 pub const KUBERNETES_TARGET: &str = "kubernetes";
@@ -22,7 +22,40 @@ pub fn schema() -> Schema {
         .workspace_key::<Namespace>(NAMESPACE_KEY)
 }
 
-/// A Kubernetes Deployment's container: `[apps.<app>.deploy.kubernetes]`.
+/// A Kubernetes Deployment's container, and optionally what the Deployment is made
+/// of: `[apps.<app>.deploy.kubernetes]`.
+///
+/// Where the app runs; with only these keys a deploy patches the image of a
+/// Deployment that exists:
+///
+/// ```toml
+/// [workspace]
+/// namespace = "prod"                  # the default for apps that name none
+/// [apps.api]
+/// deploy.kubernetes = { namespace = "prod", deployment = "api", container = "api" }
+/// ```
+///
+/// With any workload setting ([`KubernetesTarget::has_workload`]), the Deployment is
+/// created when missing and the settings are applied at every deploy (server-side
+/// apply, field manager `shipflow`), with a Service for the exposed ports:
+///
+/// ```toml
+/// [apps.api.deploy.kubernetes]
+/// replicas = 3
+/// resources = { requests = { cpu = "250m", memory = "128Mi" }, limits = { memory = "256Mi" } }
+/// env = { MODE = "fast" }
+/// env_from = { DB_PASSWORD = { secret = "db", key = "password" } }
+/// ports = [{ name = "http", port = 8080, service_port = 80 }]
+/// readiness = { http = "/ready", period = 5 }
+/// liveness = { http = "/healthz", initial_delay = 10 }
+/// strategy = "rolling"                # or "recreate"
+/// max_surge = 1
+/// max_unavailable = "0%"
+/// labels = { team = "shop" }
+/// annotations = { "shop.example.com/owner" = "team-shop" }
+/// image_pull_secret = "api-pull"
+/// config_maps = [{ name = "api-config", env_file = "apps/api/api.env" }]
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
@@ -34,6 +67,47 @@ pub struct KubernetesTarget {
     pub deployment: Option<String>,
     /// The container in it; default the app's name.
     pub container: Option<String>,
+    /// The number of pods. With this or any setting below, shipflow creates the
+    /// Deployment when it is missing, and applies these settings at every deploy
+    /// (server-side apply, field manager `shipflow`); without any, it only patches
+    /// the image of a Deployment that exists.
+    pub replicas: Option<u32>,
+    /// CPU and memory requests and limits.
+    pub resources: Option<Resources>,
+    /// Environment variables with literal values.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Environment variables taken from a key of a ConfigMap or Secret.
+    #[serde(default)]
+    pub env_from: BTreeMap<String, EnvSource>,
+    /// The container's ports; those with a `service_port` are exposed by a
+    /// Service named like the Deployment.
+    #[serde(default)]
+    pub ports: Vec<Port>,
+    /// The readiness probe.
+    pub readiness: Option<Probe>,
+    /// The liveness probe.
+    pub liveness: Option<Probe>,
+    /// `rolling` (Kubernetes' default) or `recreate`.
+    pub strategy: Option<Strategy>,
+    /// How many pods above the replicas a rolling update may add.
+    pub max_surge: Option<IntOrPercent>,
+    /// How many pods below the replicas a rolling update may go.
+    pub max_unavailable: Option<IntOrPercent>,
+    /// Labels of the Deployment, its pods and the Service (never in the selector).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations of the Deployment and its pods.
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    /// A Secret of this name, of type `kubernetes.io/dockerconfigjson`, written
+    /// from the deployer's registry credentials at each deploy and named in the
+    /// pods' `imagePullSecrets`.
+    pub image_pull_secret: Option<String>,
+    /// ConfigMaps generated from env files, hash-named, given to the container as
+    /// environment and rolled with the app.
+    #[serde(default)]
+    pub config_maps: Vec<ConfigMapFile>,
     /// `[workspace] namespace`, filled in at load.
     #[serde(skip)]
     pub(crate) workspace_namespace: Option<String>,
@@ -50,10 +124,32 @@ impl ConfigSection for KubernetesTarget {
         if let Some(container) = &self.container {
             check_name("container", container, 63)?;
         }
+        check_workload(self, ctx)?;
         self.workspace_namespace = ctx
             .workspace_section::<Namespace>(NAMESPACE_KEY)?
             .map(|n| n.0.clone());
         Ok(())
+    }
+}
+
+impl KubernetesTarget {
+    /// Whether any workload setting is given: then the Deployment is created or
+    /// updated from them, not only patched.
+    pub fn has_workload(&self) -> bool {
+        self.replicas.is_some()
+            || self.resources.is_some()
+            || !self.env.is_empty()
+            || !self.env_from.is_empty()
+            || !self.ports.is_empty()
+            || self.readiness.is_some()
+            || self.liveness.is_some()
+            || self.strategy.is_some()
+            || self.max_surge.is_some()
+            || self.max_unavailable.is_some()
+            || !self.labels.is_empty()
+            || !self.annotations.is_empty()
+            || self.image_pull_secret.is_some()
+            || !self.config_maps.is_empty()
     }
 }
 
@@ -69,7 +165,7 @@ impl ConfigSection for Namespace {
 }
 
 /// An RFC 1123 label: what Kubernetes accepts for namespace and container names.
-fn check_name(field: &str, name: &str, max: usize) -> Result<(), SectionError> {
+pub(crate) fn check_name(field: &str, name: &str, max: usize) -> Result<(), SectionError> {
     let valid = !name.is_empty()
         && name.len() <= max
         && name
@@ -90,7 +186,7 @@ fn check_name(field: &str, name: &str, max: usize) -> Result<(), SectionError> {
 }
 
 /// An RFC 1123 subdomain: what Kubernetes accepts for Deployment names.
-fn check_subdomain(field: &str, name: &str) -> Result<(), SectionError> {
+pub(crate) fn check_subdomain(field: &str, name: &str) -> Result<(), SectionError> {
     let valid = !name.is_empty()
         && name.len() <= 253
         && name
