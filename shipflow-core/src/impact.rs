@@ -222,15 +222,13 @@ pub fn analyze(
     if !selection.apps.is_empty() {
         reasons.retain(|name, _| selection.apps.contains(name));
     }
-    // Both in name order: one walk, no lookups.
+    // Both in name order: one walk over the index's names, no lookups.
     let mut changed = reasons.keys().peekable();
-    let unchanged = workspace
-        .apps()
-        .filter(|a| {
-            let is_in = changed.next_if(|name| **name == a.name).is_some();
-            !is_in
-        })
-        .map(|a| a.name.clone())
+    let unchanged = index
+        .names()
+        .iter()
+        .filter(|name| changed.next_if(|&changed| changed == *name).is_none())
+        .cloned()
         .collect();
     Ok(ChangeSet {
         apps: reasons,

@@ -73,6 +73,11 @@ impl AppIndex {
         }
     }
 
+    /// The app names, in name order.
+    pub(crate) fn names(&self) -> &[String] {
+        &self.names
+    }
+
     /// The name of app `i`.
     pub(crate) fn name(&self, i: usize) -> &str {
         &self.names[i]
