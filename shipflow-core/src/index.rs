@@ -3,6 +3,7 @@
 //! what the change touches, not the number of apps.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 
 use globset::GlobSet;
 
@@ -10,7 +11,7 @@ use crate::App;
 use crate::paths::glob_set;
 
 /// Apps by position in name order (the order of [`Workspace::apps`](crate::Workspace::apps)).
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct AppIndex {
     /// The app names, sorted.
     names: Vec<String>,
@@ -22,9 +23,18 @@ pub(crate) struct AppIndex {
     dependents: Vec<Vec<usize>>,
 }
 
+/// Its sizes only: a workspace's `Debug` already lists the apps.
+impl fmt::Debug for AppIndex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AppIndex")
+            .field("apps", &self.names.len())
+            .field("paths", &self.by_dir.len())
+            .finish_non_exhaustive()
+    }
+}
+
 /// The apps' input globs: one set over all of them, each glob naming its app, or (should
 /// the combined set not compile) the apps that have any.
-#[derive(Debug)]
 enum Inputs {
     Set { globs: GlobSet, owners: Vec<usize> },
     Each(Vec<usize>),
