@@ -1,12 +1,13 @@
 //! Impact analysis: which apps a set of changed paths touches, and why. Pure.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::index::AppIndex;
 use crate::paths::is_under;
-use crate::{App, ChangedPath, Workspace};
+use crate::{ChangedPath, Workspace};
 
 /// Why an app is in a [`ChangeSet`].
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -139,22 +140,26 @@ pub fn analyze(
             });
         }
     }
-    let apps: Vec<&App> = workspace.apps().collect();
-    let index = PathIndex::new(&apps);
+    let index = workspace.index();
+    let app = |i: usize| {
+        workspace
+            .app(index.name(i))
+            .expect("the index holds the workspace's apps")
+    };
     let mut reasons: BTreeMap<String, Vec<Reason>> = BTreeMap::new();
     if selection.all {
-        for app in &apps {
+        for app in workspace.apps() {
             reasons.insert(app.name.clone(), vec![Reason::All]);
         }
     }
     // Each changed path gives each app at most one reason: shared, else its own
     // path, else a package it depends on, else one of its input globs. Only the
-    // apps whose directories or packages hold the path, or that have input globs,
-    // are looked at: the cost follows the change, not the number of apps.
-    let mut candidates = Vec::new();
+    // apps the index finds for the path (by its prefixes and the input globs that
+    // match it) are looked at: the cost follows the change, not the number of apps.
+    let (mut candidates, mut scratch) = (Vec::new(), Vec::new());
     for path in changes.iter().flat_map(ChangedPath::paths) {
         if let Some(glob) = workspace.matching_shared(path) {
-            for app in &apps {
+            for app in workspace.apps() {
                 reasons
                     .entry(app.name.clone())
                     .or_default()
@@ -165,9 +170,9 @@ pub fn analyze(
             }
             continue;
         }
-        index.candidates(path, &mut candidates);
+        index.candidates(path, &mut candidates, &mut scratch);
         for &i in &candidates {
-            let app = apps[i];
+            let app = app(i);
             let reason = if app.owns(path) {
                 Reason::OwnPath { path: path.into() }
             } else if let Some(package) = app.package_paths().find(|p| is_under(path, p)) {
@@ -189,10 +194,14 @@ pub fn analyze(
     for own in reasons.values_mut() {
         own.dedup();
     }
-    // Propagate through app dependencies until nothing new is added.
+    // Propagate through app dependencies until nothing new is added, in passes over
+    // the apps in name order. Only the apps downstream of one already in can gain a
+    // reason, so the passes go over those alone.
+    let downstream = downstream(index, reasons.keys());
     loop {
         let mut added = false;
-        for app in workspace.apps() {
+        for &i in &downstream {
+            let app = app(i);
             for upstream in app.app_dependencies() {
                 let reason = Reason::Upstream {
                     app: upstream.into(),
@@ -213,10 +222,13 @@ pub fn analyze(
     if !selection.apps.is_empty() {
         reasons.retain(|name, _| selection.apps.contains(name));
     }
-    let unchanged = workspace
-        .apps()
-        .filter(|a| !reasons.contains_key(&a.name))
-        .map(|a| a.name.clone())
+    // Both in name order: one walk over the index's names, no lookups.
+    let mut changed = reasons.keys().peekable();
+    let unchanged = index
+        .names()
+        .iter()
+        .filter(|name| changed.next_if(|&changed| changed == *name).is_none())
+        .cloned()
         .collect();
     Ok(ChangeSet {
         apps: reasons,
@@ -224,46 +236,18 @@ pub fn analyze(
     })
 }
 
-/// Which apps a changed path can concern: those whose directory or package paths
-/// hold it (found by its prefixes), and those with input globs.
-struct PathIndex<'a> {
-    by_dir: HashMap<&'a str, Vec<usize>>,
-    with_inputs: Vec<usize>,
-}
-
-impl<'a> PathIndex<'a> {
-    fn new(apps: &[&'a App]) -> Self {
-        let mut by_dir: HashMap<&str, Vec<usize>> = HashMap::new();
-        let mut with_inputs = Vec::new();
-        for (i, app) in apps.iter().enumerate() {
-            for dir in std::iter::once(app.path.as_str()).chain(app.package_paths()) {
-                by_dir.entry(dir).or_default().push(i);
+/// The apps that depend, directly or through others, on one of `starts`, in name order.
+fn downstream<'a>(index: &AppIndex, starts: impl Iterator<Item = &'a String>) -> Vec<usize> {
+    let mut seen = BTreeSet::new();
+    let mut pending: Vec<usize> = starts.filter_map(|name| index.position(name)).collect();
+    while let Some(i) = pending.pop() {
+        for &down in index.dependents(i) {
+            if seen.insert(down) {
+                pending.push(down);
             }
-            if !app.inputs.is_empty() {
-                with_inputs.push(i);
-            }
-        }
-        Self {
-            by_dir,
-            with_inputs,
         }
     }
-
-    /// Fills `out` with the indices of the apps `path` can concern, each once.
-    fn candidates(&self, path: &str, out: &mut Vec<usize>) {
-        out.clear();
-        out.extend_from_slice(&self.with_inputs);
-        let prefixes = std::iter::once("")
-            .chain(path.match_indices('/').map(|(i, _)| &path[..i]))
-            .chain(std::iter::once(path));
-        for prefix in prefixes {
-            if let Some(apps) = self.by_dir.get(prefix) {
-                out.extend_from_slice(apps);
-            }
-        }
-        out.sort_unstable();
-        out.dedup();
-    }
+    seen.into_iter().collect()
 }
 
 #[cfg(test)]
@@ -450,13 +434,9 @@ mod tests {
         );
     }
 
-    /// The first implementation, one app at a time over every path: the oracle the
-    /// indexed one must agree with.
-    fn naive(
-        workspace: &Workspace,
-        changes: &[ChangedPath],
-        all: bool,
-    ) -> BTreeMap<String, Vec<Reason>> {
+    /// The first implementation, one app at a time over every path, then passes over
+    /// every app for their dependencies: the oracle the indexed one must agree with.
+    fn naive(workspace: &Workspace, changes: &[ChangedPath], all: bool) -> ChangeSet {
         let mut reasons: BTreeMap<String, Vec<Reason>> = BTreeMap::new();
         for app in workspace.apps() {
             let mut own = Vec::new();
@@ -488,7 +468,35 @@ mod tests {
                 reasons.insert(app.name.clone(), own);
             }
         }
-        reasons
+        loop {
+            let mut added = false;
+            for app in workspace.apps() {
+                for upstream in app.app_dependencies() {
+                    let reason = Reason::Upstream {
+                        app: upstream.into(),
+                    };
+                    let known = reasons
+                        .get(&app.name)
+                        .is_some_and(|r| r.contains(&reason) || r.contains(&Reason::All));
+                    if reasons.contains_key(upstream) && !known {
+                        reasons.entry(app.name.clone()).or_default().push(reason);
+                        added = true;
+                    }
+                }
+            }
+            if !added {
+                break;
+            }
+        }
+        let unchanged = workspace
+            .apps()
+            .filter(|a| !reasons.contains_key(&a.name))
+            .map(|a| a.name.clone())
+            .collect();
+        ChangeSet {
+            apps: reasons,
+            unchanged,
+        }
     }
 
     #[test]
@@ -517,24 +525,30 @@ mod tests {
             "a/b.ts",
             "conf.config.js",
         ];
+        let mut upstream_rounds = 0;
         for round in 0..300 {
             let mut toml =
                 String::from("[workspace]\nregistry = \"r.io\"\nshared = [\"Cargo.lock\"]\n");
-            let apps = 1 + next(5);
+            let apps = 1 + next(6) as usize;
+            // Apps depend on apps made before them, whose names sort before or after
+            // theirs, so propagation takes several passes in some rounds.
+            let name = |a: usize| ["m", "c", "x", "a", "q", "b"][a];
             for a in 0..apps {
                 let path = dirs[next(dirs.len() as u64) as usize];
                 let path = if path.is_empty() { "." } else { path };
-                toml.push_str(&format!("[apps.app{a}]\npath = \"{path}\"\n"));
+                toml.push_str(&format!("[apps.{}]\npath = \"{path}\"\n", name(a)));
                 if next(2) == 0 {
                     toml.push_str("inputs = [\"proto/**\", \"**/*.config.js\"]\n");
                 }
                 let package = ["packages/db", "packages/ui", "libs/"][next(3) as usize];
-                let upstream = if a > 0 {
-                    format!(", \"app{}\"", next(a))
-                } else {
-                    String::new()
-                };
-                toml.push_str(&format!("depends_on = [\"{package}\"{upstream}]\n"));
+                let mut depends_on = vec![format!("\"{package}\"")];
+                for _ in 0..if a > 0 { next(3) } else { 0 } {
+                    let upstream = format!("\"{}\"", name(next(a as u64) as usize));
+                    if !depends_on.contains(&upstream) {
+                        depends_on.insert(next(2) as usize, upstream);
+                    }
+                }
+                toml.push_str(&format!("depends_on = [{}]\n", depends_on.join(", ")));
             }
             let ws = Workspace::from_toml(&toml, "/nonexistent-root").expect("valid");
             let changes: Vec<ChangedPath> = (0..1 + next(4))
@@ -556,24 +570,17 @@ mod tests {
             };
             let fast = analyze(&ws, &changes, &selection).expect("ok");
             let slow = naive(&ws, &changes, all);
-            for (app, reasons) in &slow {
-                assert_eq!(
-                    fast.apps.get(app).map(|r| &r[..reasons.len()]),
-                    Some(&reasons[..]),
-                    "round {round}, {app}: {toml}\n{changes:?}"
-                );
-            }
-            for (app, reasons) in &fast.apps {
-                let direct: Vec<&Reason> = reasons
-                    .iter()
-                    .filter(|r| !matches!(r, Reason::Upstream { .. }))
-                    .collect();
-                assert_eq!(
-                    direct.len(),
-                    slow.get(app).map_or(0, Vec::len),
-                    "round {round}, {app}"
-                );
-            }
+            assert_eq!(fast, slow, "round {round}: {toml}\n{changes:?}");
+            upstream_rounds += usize::from(
+                fast.apps
+                    .values()
+                    .flatten()
+                    .any(|r| matches!(r, Reason::Upstream { .. })),
+            );
         }
+        assert!(
+            upstream_rounds > 50,
+            "only {upstream_rounds} rounds propagated"
+        );
     }
 }

@@ -58,6 +58,7 @@ mod detect;
 mod environment;
 mod hooks;
 mod impact;
+mod index;
 mod layer;
 mod markers;
 mod paths;

@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::environment::{Environment, RawEnvironment, deep_merge, environment_for, environments};
 use crate::hooks::Hooks;
+use crate::index::AppIndex;
 use crate::paths::{GlobError, glob_set, is_under, real_root, repo_path};
 use crate::section::{AppScope, ConfigSection, Document, Schema, Section, Segment};
 use crate::{AppInputs, ImageRef, ReferenceError, RevisionInfo, TagTemplate};
@@ -360,6 +361,8 @@ pub struct Workspace {
     git_sha: Option<String>,
     hooks: Hooks,
     sections: Arc<BTreeMap<String, Section>>,
+    /// The apps by path, input glob and dependents, for impact analysis.
+    index: Arc<AppIndex>,
 }
 
 /// Loads a [`Workspace`]: with the [`Schema`] of the adapters in use (so their
@@ -538,6 +541,7 @@ impl WorkspaceLoader {
             apps.insert(name.clone(), app);
         }
         check_cycles(&apps)?;
+        let index = Arc::new(AppIndex::new(&apps));
         Ok(Workspace {
             root: doc.root.clone(),
             apps,
@@ -552,6 +556,7 @@ impl WorkspaceLoader {
             git_sha: self.git_sha.clone(),
             hooks: ws.hooks,
             sections,
+            index,
         })
     }
 }
@@ -936,6 +941,11 @@ impl Workspace {
     /// The `[workspace]` key `key` (one core does not read) as `T`, the adapter's type.
     pub fn section<T: ConfigSection>(&self, key: &str) -> Result<Option<Arc<T>>, ConfigError> {
         self.sections.get(key).map(Section::parse).transpose()
+    }
+
+    /// The apps by path, input glob and dependents.
+    pub(crate) fn index(&self) -> &AppIndex {
+        &self.index
     }
 
     /// Everything `app` is built from: its path, its dependencies' paths (apps

@@ -22,17 +22,29 @@
 //! from elsewhere hits both alike. The affected apps are checked against a set computed here
 //! from `git diff --no-renames --name-only` and the `package.json` dependency lists.
 //!
-//! Measured on the 2-core project machine on 2026-12-02 while others built (load 3–9, so the
-//! figures moved between runs; four runs, medians of 7 or 9 rounds), one commit back:
-//! 300 apps 2.0–6.7 ms against git diff's 2.2–3.8 ms (plan/git 0.7–1.9); 3,000 apps
-//! 5.4–20 ms against 3.1–8.3 ms; 3,000/300 = 1.9–3.9 for plan and 1.4–3.1 for git diff
-//! itself. Instructions per plan under callgrind (load-free): 8.2 M at 300 apps, 31 M at
-//! 3,000. Of the growth, the core's impact analysis (every app against every changed path)
-//! is 11 M, the tree diff 7.6 M (it reads `apps/`, a 105 KB tree of 3,000 entries, on both
-//! sides, as git does), and gix's pack-index open 2.8 M (it checks the whole offset table of
-//! 500,000 objects). Before this bench existed, plan at 300 apps took 800 ms (127 ms for one
-//! app): every fingerprint walked the whole tree for the lockfile glob, and the dirty flag
-//! read the index and the work tree.
+//! Measured on the 2-core project machine on 2026-12-02 while others built (load 1.5–5;
+//! medians of 9 rounds), one commit back: 300 apps 2.9–3.5 ms against git diff's 2.2 ms
+//! (plan/git 1.3–1.6); 3,000 apps 4.2–4.6 ms against 3.2–3.3 ms (1.3–1.5); 3,000/300 =
+//! 1.29–1.48 for plan (1.44–1.64 in three more runs before the last fingerprint change;
+//! 1.67–2.12 for the version before the app index, same machine, same day) and 1.4–1.5 for
+//! git diff itself. With one app selected the 300-app plan takes 1.3 ms, so the same fixed
+//! growth makes 2.1–2.3. By step at 3,000 apps: impact analysis 0.26 ms (1.6 ms before the
+//! index), diff 1.0 ms, revision 0.64 ms (the first object lookup opens the pack index).
+//!
+//! Instructions per plan under callgrind (load-free; six plans less one, over five, each
+//! with a fresh detector, the workspace clones made beforehand): 8.3 M at 300 apps, 21.4 M
+//! at 3,000 (9.1 M and 30.1 M before the app index). At 3,000 apps (300 in brackets): the
+//! tree diff 9.1 M (1.5 M): it reads `apps/`, a 105 KB tree of 3,000 entries, on both sides
+//! as git does, and inflates it twice, because the old one is a delta against the new one
+//! and gix re-inflates a delta's full base on every lookup (its delta cache keeps resolved
+//! deltas only); equal subtrees are skipped (a plan inflates 43 objects in all). gix's pack-index
+//! open 3.1 M (0.3 M): gix-pack 0.77 checks every 32-bit offset of the 500,000 objects
+//! whenever it opens an index, with no option to skip. Fingerprints 5.4 M (4.2 M), the
+//! extra being `apps/` read into a directory. The core's impact analysis 1.2 M (0.2 M),
+//! 0.8 M of it copying the 2,967 unchanged app names into the plan. Before this bench
+//! existed, plan at 300 apps took 800 ms (127 ms for one app): every fingerprint walked
+//! the whole tree for the lockfile glob, and the dirty flag read the index and the work
+//! tree.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;

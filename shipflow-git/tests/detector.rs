@@ -800,6 +800,38 @@ fn reverting_restores_the_old_fingerprint() {
     assert_eq!(before, after);
 }
 
+#[test]
+fn an_input_is_found_where_git_and_byte_order_disagree() {
+    // Git sorts the directory `api` as `api/`, after `api-a` and `api.md`; the lookup
+    // searches byte order, where `api` comes first.
+    let (repo, _) = base_repo();
+    for neighbour in ["api-a/x", "api-b/x", "api-c/x", "api.md", "api.txt"] {
+        repo.write(&format!("apps/{neighbour}"), "neighbour\n");
+    }
+    let with_neighbours = repo.commit("neighbours");
+    let tree = repo.git(&["ls-tree", "--name-only", "HEAD", "apps/"]);
+    assert_eq!(
+        tree.lines().collect::<Vec<_>>(),
+        [
+            "apps/api-a",
+            "apps/api-b",
+            "apps/api-c",
+            "apps/api.md",
+            "apps/api.txt",
+            "apps/api",
+            "apps/web"
+        ]
+    );
+    repo.write("apps/api/src/main.rs", "changed\n");
+    let edited = repo.commit("edit api");
+    let detector = repo.detector();
+    let before = detector
+        .fingerprint_at(&with_neighbours, &api_inputs())
+        .expect("fp");
+    let after = detector.fingerprint_at(&edited, &api_inputs()).expect("fp");
+    assert_ne!(before, after, "apps/api must be found and hashed");
+}
+
 fn edit_dependency(repo: &Repo) {
     repo.write("libs/common/lib.rs", "changed\n");
 }
