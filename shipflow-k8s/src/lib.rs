@@ -60,6 +60,8 @@
 //! ```
 
 mod apply;
+mod bluegreen;
+mod check;
 mod compat;
 mod configmap;
 mod deployer;
@@ -76,6 +78,7 @@ pub mod testing;
 mod workload;
 
 pub use apply::{APPLY_KINDS, Applied, ApplyOptions};
+pub use bluegreen::RELEASE_NUMBER_ANNOTATION;
 pub use configmap::{CONFIG_MAP_LABEL, ConfigRollout, EnvConfigMap, EnvLookup};
 pub use deployer::{
     CHANGE_CAUSE_ANNOTATION, FINGERPRINT_ANNOTATION, GIT_SHA_ANNOTATION, KubeDeployer,
@@ -86,5 +89,6 @@ pub use lock::{DeployLock, LOCK_PREFIX, LockOptions};
 pub use retry::RetryPolicy;
 pub use spec::{KUBERNETES_TARGET, KubernetesTarget, NAMESPACE_KEY, Namespace, schema};
 pub use workload::{
-    APP_LABEL, ConfigMapFile, EnvSource, IntOrPercent, Port, Probe, Quantities, Resources, Strategy,
+    APP_LABEL, BlueGreen, COLOUR_LABEL, ConfigMapFile, EnvSource, IntOrPercent, Port, Probe,
+    Quantities, RELEASE_LABEL, Resources, Strategy,
 };
