@@ -53,6 +53,9 @@ use crate::{EnvConfigMap, KubeDeployer, KubeError};
 /// one more than the other colour's at each deploy that changes its pods.
 pub const RELEASE_NUMBER_ANNOTATION: &str = "shipflow.dev/release-number";
 
+/// The annotation a rollback writes on the colour it switches to, with the time.
+pub const SWITCHED_AT_ANNOTATION: &str = "shipflow.dev/switched-at";
+
 /// The field manager of switches and scale-downs.
 const FIELD_MANAGER: &str = "shipflow-deploy";
 /// The field manager of the Services (as for applied settings).
@@ -668,12 +671,6 @@ impl KubeDeployer {
                 Some(
                     Revision::new(number, image_of(&l.colour(*c), dep).unwrap_or_default())
                         .with_change_cause(annotation(&dep.metadata, CHANGE_CAUSE_ANNOTATION))
-                        .with_created_at(
-                            dep.metadata
-                                .creation_timestamp
-                                .as_ref()
-                                .map(|c| c.0.to_string()),
-                        )
                         .with_current(Some(*c) == active),
                 )
             })
@@ -733,22 +730,28 @@ impl KubeDeployer {
         } else {
             l.replicas()
         };
-        if !complete(dep) {
+        // Always a write, even when the colour runs: its new resourceVersion stops a
+        // pending scale-down of it (see the module docs) that read the Service
+        // before this switch.
+        let api: Api<Deployment> = self.client_api(&t.namespace);
+        let patch = json!({
+            "metadata": {"annotations": {SWITCHED_AT_ANNOTATION: k8s_openapi::jiff::Timestamp::now().to_string()}},
+            "spec": {"replicas": replicas},
+        });
+        let patch = Patch::Merge(&patch);
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PatchParams::default()
+        };
+        let scaled = self
+            .retry
+            .run("scale up", false, ctx.cancellation(), || {
+                api.patch(&ct.deployment, &params, &patch)
+            })
+            .await
+            .map_err(ct.failed("scale up"))?;
+        if !complete(&scaled) {
             ctx.message(format!("scaling {} up to {replicas}", ct.workload()));
-            let api: Api<Deployment> = self.client_api(&t.namespace);
-            let patch = json!({"spec": {"replicas": replicas}});
-            let patch = Patch::Merge(&patch);
-            let params = PatchParams {
-                field_manager: Some(FIELD_MANAGER.into()),
-                ..PatchParams::default()
-            };
-            let scaled = self
-                .retry
-                .run("scale up", false, ctx.cancellation(), || {
-                    api.patch(&ct.deployment, &params, &patch)
-                })
-                .await
-                .map_err(ct.failed("scale up"))?;
             let expected = Expected::after_write(&scaled).going_back();
             self.wait_for_rollout(&ct, scaled, expected, step, ctx, lock.as_ref())
                 .await?;

@@ -78,7 +78,7 @@ pub mod testing;
 mod workload;
 
 pub use apply::{APPLY_KINDS, Applied, ApplyOptions};
-pub use bluegreen::RELEASE_NUMBER_ANNOTATION;
+pub use bluegreen::{RELEASE_NUMBER_ANNOTATION, SWITCHED_AT_ANNOTATION};
 pub use configmap::{CONFIG_MAP_LABEL, ConfigRollout, EnvConfigMap, EnvLookup};
 pub use deployer::{
     CHANGE_CAUSE_ANNOTATION, FINGERPRINT_ANNOTATION, GIT_SHA_ANNOTATION, KubeDeployer,

@@ -590,3 +590,28 @@ fn the_readme_blue_green_example_loads() {
     let bg = target.blue_green.as_ref().expect("blue_green");
     assert_eq!(bg.scale_down_delay, Some(30));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_inside_the_delay_cancels_the_pending_scale_down() {
+    let sim = SimCluster::start().await.expect("sim starts");
+    let ws = workspace("blue_green = { scale_down_delay = 1 }");
+    let app = ws.app("api").expect("declared");
+    let deployer = deployer(&sim);
+    let ctx = Context::new();
+    for (image, sha) in [("aa", "a"), ("bb", "b")] {
+        deployer
+            .deploy(app, &pinned(image), &meta(sha), &ctx)
+            .await
+            .expect("deploy");
+    }
+    deployer
+        .rollback(app, RollbackTarget::Previous, &ctx)
+        .await
+        .expect("rollback inside the delay");
+    assert_eq!(colour(&sim, "api").as_deref(), Some("blue"));
+    // Past the delay: blue, which takes the traffic again, still runs.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(replicas(&sim, "api-blue"), 2);
+    assert_eq!(pods(&sim, "blue").iter().filter(|(_, r)| *r).count(), 2);
+    assert_eq!(kubectl_colour(&sim, "api").await, "blue");
+}
