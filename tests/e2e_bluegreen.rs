@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use common::{Monorepo, outcome};
 use shipflow_kit::git::GitChangeDetector;
-use shipflow_kit::k8s::testing::SimCluster;
+use shipflow_kit::k8s::testing::{Outcome as SimOutcome, SimCluster};
 use shipflow_kit::k8s::{COLOUR_LABEL, KubeDeployer};
 use shipflow_kit::oci::testing::TestRegistry;
 use shipflow_kit::oci::{NativeBuilder, RegistryClient};
@@ -251,4 +251,19 @@ async fn staging_to_production_by_digest_then_a_switch_and_a_rollback_by_switch(
     assert_eq!(current.image, v1);
     // Staging was not touched by production's rollback.
     assert_eq!(selected(&cluster, "staging").await, "green");
+
+    // 5. A release that crash-loops in staging never takes traffic there: the
+    // pipeline reports the pod's reason and green still serves what it served.
+    cluster.set_outcome("staging", "web-blue", SimOutcome::CrashLoop);
+    repo.edit("apps/web/index.html", "<h1>web v3</h1>\n");
+    let report = pipeline(&repo, load("staging"), &cluster, builds.path())
+        .run(Some("HEAD~1"), "HEAD", &Selection::default())
+        .await
+        .expect("third staging run");
+    assert_ne!(outcome(&report, "web"), &Outcome::Deployed, "{report:#?}");
+    let web = report.apps.iter().find(|a| a.app == "web").expect("web");
+    let error = web.error.as_deref().unwrap_or_default();
+    assert!(error.contains("CrashLoopBackOff"), "{report:#?}");
+    assert_eq!(selected(&cluster, "staging").await, "green");
+    assert_eq!(image(&cluster, "staging", "green").await, v2);
 }

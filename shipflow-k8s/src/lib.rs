@@ -11,7 +11,11 @@
 //! ports, probes, strategy, labels, generated ConfigMaps, an image pull Secret: see
 //! [`KubernetesTarget`]) has its Deployment, and a Service for its exposed ports,
 //! created or updated from them by server-side apply at each deploy, then watched the
-//! same way.
+//! same way. With `strategy = "blue-green"` the app runs as two such Deployments
+//! behind an active and a preview Service: a deploy rolls the idle colour and
+//! switches the active Service's selector once the preview Service's
+//! EndpointSlices hold only the new, ready pods (with optional HTTP promotion
+//! checks); a rollback switches it back.
 //!
 //! Beyond [`Deployer`](shipflow_core::Deployer)'s `current`, `deploy`, `rollback` and
 //! `history`, a [`KubeDeployer`] also
