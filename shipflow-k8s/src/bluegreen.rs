@@ -21,12 +21,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::core::v1::Service;
 use kube::api::{ListParams, Patch, PatchParams};
-use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -34,7 +31,6 @@ use shipflow_core::{
     BoxError, Context, DeployMeta, Deployed, Fingerprint, ImageRef, Revision, RollbackTarget,
     Rollout,
 };
-use tokio::time::Instant;
 
 use crate::check::CheckUrl;
 use crate::compat::Field;
@@ -60,8 +56,6 @@ pub const SWITCHED_AT_ANNOTATION: &str = "shipflow.dev/switched-at";
 const FIELD_MANAGER: &str = "shipflow-deploy";
 /// The field manager of the Services (as for applied settings).
 const APPLY_MANAGER: &str = "shipflow";
-/// How long one watch request on the EndpointSlices lasts.
-const WATCH_SECONDS: u32 = 290;
 /// The default seconds between the switch and the old colour's scale-down.
 const DEFAULT_SCALE_DOWN_DELAY: u32 = 30;
 /// The default seconds a promotion check may take.
@@ -151,6 +145,15 @@ impl<'a> Layout<'a> {
         service(self.t, self.s, name, selector)
     }
 
+    /// The label selector of `colour`'s pods of release `release`.
+    fn pods(&self, colour: Colour, release: &str) -> String {
+        format!(
+            "{APP_LABEL}={},{COLOUR_LABEL}={},{RELEASE_LABEL}={release}",
+            self.t.app,
+            colour.name()
+        )
+    }
+
     fn replicas(&self) -> i32 {
         self.s
             .replicas
@@ -217,13 +220,6 @@ fn release_hash(template: &Value) -> String {
     digest[..5].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// What the endpoints of a Service hold.
-#[derive(Debug, Default)]
-struct Held {
-    ready_new: usize,
-    other: usize,
-}
-
 impl KubeDeployer {
     fn client_api<K>(&self, ns: &str) -> Api<K>
     where
@@ -286,132 +282,6 @@ impl KubeDeployer {
             .ok_or_else(|| l.error(colour, step, "no port has a service_port".into()))?;
         self.apply_object(l.t, ("v1", "Service", "services"), name, &body, step, ctx)
             .await
-    }
-
-    /// Waits until the EndpointSlices of Service `service` hold only pods of
-    /// `colour`'s release `release`, all ready, `replicas` of them: one watch on the
-    /// slices, and a pod list each time they look right.
-    #[allow(clippy::too_many_arguments)]
-    async fn wait_endpoints(
-        &self,
-        l: &Layout<'_>,
-        service: &str,
-        colour: Colour,
-        release: &str,
-        replicas: usize,
-        step: &'static str,
-        ctx: &Context,
-    ) -> Result<(), KubeError> {
-        let t = l.t;
-        let deadline = Instant::now() + self.timeout;
-        let slices: Api<EndpointSlice> = self.client_api(&t.namespace);
-        let pods: Api<Pod> = self.client_api(&t.namespace);
-        let config = watcher::Config::default()
-            .labels(&format!("kubernetes.io/service-name={service}"))
-            .timeout(WATCH_SECONDS);
-        let mut events = watcher(slices, config).backoff(self.retry.delays()).boxed();
-        let new_pods = ListParams::default().labels(&format!(
-            "{APP_LABEL}={},{COLOUR_LABEL}={},{RELEASE_LABEL}={release}",
-            t.app,
-            colour.name()
-        ));
-        let mut seen: BTreeMap<String, EndpointSlice> = BTreeMap::new();
-        let mut listing: Option<BTreeMap<String, EndpointSlice>> = None;
-        let mut held = Held::default();
-        loop {
-            let next = tokio::select! {
-                next = tokio::time::timeout_at(deadline, events.next()) => next,
-                () = ctx.cancellation().cancelled() => {
-                    return Err(KubeError::Cancelled {
-                        app: t.app.clone(),
-                        workload: l.colour(colour).workload(),
-                        step,
-                        source: shipflow_core::Cancelled,
-                    });
-                }
-            };
-            let event = match next {
-                Err(_) => {
-                    return Err(l.error(
-                        colour,
-                        step,
-                        format!(
-                            "after {:?}, service {service} has {} ready new endpoints of {replicas} and {} others",
-                            self.timeout, held.ready_new, held.other
-                        ),
-                    ));
-                }
-                Ok(None) => {
-                    return Err(l.error(colour, step, "the endpoint watch ended".into()));
-                }
-                Ok(Some(Err(e))) => {
-                    tracing::debug!(app = %t.app, error = %e, "endpoint watch error; retrying");
-                    continue;
-                }
-                Ok(Some(Ok(event))) => event,
-            };
-            let name = |s: &EndpointSlice| s.metadata.name.clone().unwrap_or_default();
-            match event {
-                watcher::Event::Init => listing = Some(BTreeMap::new()),
-                watcher::Event::InitApply(s) => {
-                    listing.get_or_insert_default().insert(name(&s), s);
-                    continue;
-                }
-                watcher::Event::InitDone => seen = listing.take().unwrap_or_default(),
-                watcher::Event::Apply(s) => {
-                    seen.insert(name(&s), s);
-                }
-                watcher::Event::Delete(s) => {
-                    seen.remove(&name(&s));
-                }
-            }
-            let endpoints: Vec<_> = seen
-                .values()
-                .flat_map(|s| s.endpoints.iter())
-                .map(|e| {
-                    let ready = e
-                        .conditions
-                        .as_ref()
-                        .is_some_and(|c| c.ready == Some(true) && c.terminating != Some(true));
-                    let pod = e.target_ref.as_ref().and_then(|r| r.name.clone());
-                    (pod, ready)
-                })
-                .collect();
-            if endpoints.len() != replicas || endpoints.iter().any(|(_, ready)| !ready) {
-                held = Held {
-                    ready_new: 0,
-                    other: endpoints.len(),
-                };
-                continue;
-            }
-            let list = self
-                .retry
-                .run(step, false, ctx.cancellation(), || pods.list(&new_pods))
-                .await
-                .map_err(|e| {
-                    e.about(
-                        &t.app,
-                        &format!("pods of {}", l.colour(colour).workload()),
-                        step,
-                    )
-                })?;
-            let names: Vec<String> = list
-                .items
-                .iter()
-                .filter_map(|p| p.metadata.name.clone())
-                .collect();
-            let ready_new = endpoints
-                .iter()
-                .filter(|(pod, _)| pod.as_ref().is_some_and(|p| names.contains(p)))
-                .count();
-            held = Held {
-                ready_new,
-                other: endpoints.len() - ready_new,
-            };
-            if ready_new == replicas {
-                return Ok(());
-            }
-        }
     }
 
     /// Runs a promotion check, if one is configured.
@@ -522,7 +392,7 @@ impl KubeDeployer {
             .await?;
         let replicas = usize::try_from(l.replicas()).unwrap_or(1);
         let step = "wait for preview endpoints";
-        self.wait_endpoints(&l, &l.preview, new, &release, replicas, step, ctx)
+        self.wait_endpoints(&nt, &l.preview, &l.pods(new, &release), replicas, step, ctx)
             .await?;
         let untouched = match active {
             Some(a) => format!("service {} still selects {}", l.active, a.name()),
@@ -540,10 +410,9 @@ impl KubeDeployer {
         ctx.message(format!("switched service {} to {}", l.active, new.name()));
         let after_switch = async {
             self.wait_endpoints(
-                &l,
+                &nt,
                 &l.active,
-                new,
-                &release,
+                &l.pods(new, &release),
                 replicas,
                 "wait for active endpoints",
                 ctx,
@@ -765,10 +634,9 @@ impl KubeDeployer {
         let release = release_of(dep).unwrap_or_default();
         let count = usize::try_from(replicas).unwrap_or(1);
         self.wait_endpoints(
-            &l,
+            &ct,
             &l.active,
-            colour,
-            &release,
+            &l.pods(colour, &release),
             count,
             "wait for active endpoints",
             ctx,

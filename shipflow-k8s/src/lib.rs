@@ -69,6 +69,7 @@ mod check;
 mod compat;
 mod configmap;
 mod deployer;
+mod endpoints;
 mod error;
 mod from_config;
 mod lock;
