@@ -472,18 +472,37 @@ impl KubeDeployer {
             }
             return;
         }
+        // The Deployment as it is now: the task scales it down only if nobody
+        // wrote it since (a rollback to it, the next deploy into it).
+        let api: Api<Deployment> = self.client_api(&l.t.namespace);
+        let step = "read old colour";
+        let read = self
+            .retry
+            .run(step, false, ctx.cancellation(), || {
+                api.get_opt(&down.deployment)
+            })
+            .await;
+        let Ok(Some(Deployment {
+            metadata:
+                kube::api::ObjectMeta {
+                    resource_version: Some(resource_version),
+                    ..
+                },
+            ..
+        })) = read
+        else {
+            ctx.message(format!(
+                "app {}: scale down old colour: cannot read deployment {}/{}; it keeps running",
+                l.t.app, down.namespace, down.deployment
+            ));
+            return;
+        };
         ctx.message(format!(
             "{} is scaled down in {delay} s if this process still runs then",
             down.deployment
         ));
         let app = l.t.app.clone();
-        let resource_version = self
-            .client_api::<Deployment>(&l.t.namespace)
-            .get_opt(&down.deployment)
-            .await
-            .ok()
-            .flatten()
-            .and_then(|d| d.metadata.resource_version);
+        let resource_version = Some(resource_version);
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(u64::from(delay))).await;
             match down.run_if_unchanged(resource_version).await {

@@ -134,6 +134,13 @@ fn replicas(sim: &SimCluster, name: &str) -> i64 {
         .expect("replicas")
 }
 
+/// The requests the simulator received: (not watches, watches).
+fn requests(sim: &SimCluster) -> (u64, u64) {
+    let all: u64 = sim.requests().values().sum();
+    let watches = sim.request_count("WATCH");
+    (all - watches, watches)
+}
+
 /// An HTTP server on 127.0.0.1 answering every request with the status in `status`.
 async fn check_server(status: Arc<AtomicU16>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -233,6 +240,12 @@ async fn the_active_service_switches_only_once_the_preview_holds_only_new_ready_
         }
     }
     assert_eq!(kubectl_colour(&sim, "api").await, "green");
+    let status = kubectl(
+        &sim,
+        &["rollout", "status", "deployment/api-green", "--timeout=5s"],
+    )
+    .await;
+    assert!(status.contains("successfully rolled out"), "{status}");
     // Delay 0: blue was scaled down before the deploy returned.
     assert_eq!(replicas(&sim, "api-blue"), 0);
     assert_eq!(replicas(&sim, "api-green"), 2);
@@ -407,22 +420,36 @@ async fn a_rollback_is_a_switch_of_the_selector() {
     let app = ws.app("api").expect("declared");
     let deployer = deployer(&sim);
     let ctx = Context::new();
+    let mut before = requests(&sim);
     for (image, sha) in [("aa", "a"), ("bb", "b")] {
+        before = requests(&sim);
         deployer
             .deploy(app, &pinned(image), &meta(sha), &ctx)
             .await
             .expect("deploy");
     }
+    let after = requests(&sim);
+    println!(
+        "a blue-green deploy: {} requests and {} watches",
+        after.0 - before.0,
+        after.1 - before.1
+    );
     assert_eq!(replicas(&sim, "api-blue"), 2, "kept");
     assert_eq!(kubectl_colour(&sim, "api").await, "green");
 
+    let before = requests(&sim);
     let started = Instant::now();
     let back = deployer
         .rollback(app, RollbackTarget::Previous, &ctx)
         .await
         .expect("rollback");
     let took = started.elapsed();
-    println!("blue-green rollback by switch took {took:?}");
+    let after = requests(&sim);
+    println!(
+        "blue-green rollback by switch took {took:?}: {} requests and {} watches",
+        after.0 - before.0,
+        after.1 - before.1
+    );
     assert!(back.changed);
     assert_eq!(back.image, pinned("aa").to_string());
     assert_eq!(back.revision, Some(1));
