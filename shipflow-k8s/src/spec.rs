@@ -49,7 +49,7 @@ pub fn schema() -> Schema {
 /// ports = [{ name = "http", port = 8080, service_port = 80 }]
 /// readiness = { http = "/ready", period = 5 }
 /// liveness = { http = "/healthz", initial_delay = 10 }
-/// strategy = "rolling"                # or "recreate"
+/// strategy = "rolling"                # or "recreate", or "blue-green" (below)
 /// max_surge = 1
 /// max_unavailable = "0%"
 /// labels = { team = "shop" }
