@@ -28,6 +28,17 @@ fn the_readme_example_loads_with_every_adapter_schema() {
         .expect("valid")
         .expect("present");
     assert_eq!(k8s.namespace.as_deref(), Some("prod"));
+    let shop = ws
+        .app("shop")
+        .expect("shop")
+        .deploy_target::<shipflow_kit::k8s::KubernetesTarget>("kubernetes")
+        .expect("valid")
+        .expect("present");
+    assert_eq!(shop.strategy, Some(shipflow_kit::k8s::Strategy::BlueGreen));
+    assert_eq!(
+        shop.blue_green.as_ref().and_then(|b| b.scale_down_delay),
+        Some(30)
+    );
     let web = ws.app("web").expect("web");
     let docker = web
         .deploy_target::<shipflow_kit::docker::DockerTarget>("docker")

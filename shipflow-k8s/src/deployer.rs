@@ -24,6 +24,7 @@ use crate::retry::{Failure, RetryPolicy};
 use crate::rollout::{DEFAULT_FAILURE_WINDOW, DEFAULT_STABLE_FOR};
 use crate::spec::{KUBERNETES_TARGET, KubernetesTarget};
 use crate::status::{Expected, Verdict, judge, revision};
+use crate::workload::Strategy;
 
 /// The annotation with the app's input fingerprint.
 pub const FINGERPRINT_ANNOTATION: &str = "shipflow.dev/fingerprint";
@@ -456,7 +457,10 @@ impl KubeDeployer {
 #[async_trait]
 impl Deployer for KubeDeployer {
     async fn current(&self, app: &App, ctx: &Context) -> Result<Option<Deployed>, BoxError> {
-        let t = self.target(app)?;
+        let (t, settings) = Target::with_settings(app, self.namespace.as_deref())?;
+        if settings.strategy == Some(Strategy::BlueGreen) {
+            return self.current_blue_green(&t, &settings, ctx).await;
+        }
         let step = "read deployment";
         let api = self.deployments(&t);
         let Some(dep) = self
@@ -523,6 +527,11 @@ impl KubeDeployer {
         lock: Option<LockGuard>,
     ) -> Result<Rollout, BoxError> {
         let (t, settings) = Target::with_settings(app, self.namespace.as_deref())?;
+        if settings.strategy == Some(Strategy::BlueGreen) {
+            return self
+                .deploy_blue_green(&t, &settings, image, meta, ctx, lock)
+                .await;
+        }
         if settings.has_workload() {
             return self
                 .deploy_from_config(&t, &settings, image, meta, ctx, lock)
@@ -606,7 +615,10 @@ impl KubeDeployer {
         ctx: &Context,
         lock: Option<LockGuard>,
     ) -> Result<Rollout, BoxError> {
-        let t = self.target(app)?;
+        let (t, settings) = Target::with_settings(app, self.namespace.as_deref())?;
+        if settings.strategy == Some(Strategy::BlueGreen) {
+            return self.rollback_blue_green(&t, &settings, to, ctx, lock).await;
+        }
         let step = "rollback";
         let dep = self.get(&t, step, ctx).await?;
         if paused(&dep) {
@@ -699,7 +711,10 @@ impl KubeDeployer {
     }
 
     async fn revisions(&self, app: &App, ctx: &Context) -> Result<Vec<Revision>, BoxError> {
-        let t = self.target(app)?;
+        let (t, settings) = Target::with_settings(app, self.namespace.as_deref())?;
+        if settings.strategy == Some(Strategy::BlueGreen) {
+            return self.history_blue_green(&t, &settings, ctx).await;
+        }
         let step = "history";
         let dep = self.get(&t, step, ctx).await?;
         let current = revision(&dep.metadata);

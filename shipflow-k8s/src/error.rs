@@ -233,6 +233,22 @@ pub enum KubeError {
         pod: Option<Box<FailedPod>>,
     },
 
+    /// A blue-green deploy or rollback stopped before or after the switch of the
+    /// active Service: its endpoints did not come to hold only the new colour's
+    /// ready pods in time, or a promotion check failed. The cause says where the
+    /// active Service was left.
+    #[error("app {app}: {step}: {workload}: {cause}")]
+    BlueGreen {
+        /// The app.
+        app: String,
+        /// `namespace/deployment` of the colour being switched to.
+        workload: String,
+        /// The step: `wait for preview endpoints`, `pre-promotion check`, ...
+        step: &'static str,
+        /// What happened, and what the active Service selects now.
+        cause: String,
+    },
+
     /// `deploy.kubernetes.image_pull_secret` is set, but the deployer was given no
     /// registry credentials to write into it.
     #[error(

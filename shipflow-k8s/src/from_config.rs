@@ -189,7 +189,7 @@ fn container(t: &Target, s: &KubernetesTarget, image: &str, maps: &[EnvConfigMap
 }
 
 /// What an app's settings make of its Deployment.
-fn deployment(
+pub(crate) fn deployment(
     t: &Target,
     s: &KubernetesTarget,
     image: &str,
@@ -257,7 +257,12 @@ fn deployment(
 
 /// The Service for the exposed ports, when there are any: named like the
 /// Deployment, selecting its pods by the labels of the Deployment's selector.
-fn service(t: &Target, s: &KubernetesTarget, selector: Map<String, Value>) -> Option<Value> {
+pub(crate) fn service(
+    t: &Target,
+    s: &KubernetesTarget,
+    name: &str,
+    selector: Map<String, Value>,
+) -> Option<Value> {
     let ports: Vec<Value> = s
         .ports
         .iter()
@@ -278,7 +283,7 @@ fn service(t: &Target, s: &KubernetesTarget, selector: Map<String, Value>) -> Op
     Some(json!({
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": t.deployment, "namespace": t.namespace, "labels": labels},
+        "metadata": {"name": name, "namespace": t.namespace, "labels": labels},
         "spec": {
             "selector": selector,
             "ports": ports,
@@ -295,7 +300,7 @@ impl KubeDeployer {
     }
 
     /// Applies `body` (a Service or Secret) with the app's field manager.
-    async fn apply_object(
+    pub(crate) async fn apply_object(
         &self,
         t: &Target,
         (api_version, kind, plural): (&str, &str, &str),
@@ -324,7 +329,12 @@ impl KubeDeployer {
     }
 
     /// The image pull Secret `name` for `registry`, from the deployer's credentials.
-    fn pull_secret(&self, t: &Target, name: &str, registry: &str) -> Result<Value, KubeError> {
+    pub(crate) fn pull_secret(
+        &self,
+        t: &Target,
+        name: &str,
+        registry: &str,
+    ) -> Result<Value, KubeError> {
         let credentials =
             self.pull_credentials
                 .as_ref()
@@ -345,7 +355,7 @@ impl KubeDeployer {
 
     /// Creates the generated ConfigMaps that are not there yet (their name is their
     /// content's hash, so one that is there is right).
-    async fn create_config_maps(
+    pub(crate) async fn create_config_maps(
         &self,
         t: &Target,
         maps: &[EnvConfigMap],
@@ -419,6 +429,7 @@ impl KubeDeployer {
         let service = service(
             t,
             s,
+            &t.deployment,
             selector_labels(&body["spec"]["selector"], existing.as_ref()),
         );
         let pull_secret = s

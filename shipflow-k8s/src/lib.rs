@@ -11,7 +11,11 @@
 //! ports, probes, strategy, labels, generated ConfigMaps, an image pull Secret: see
 //! [`KubernetesTarget`]) has its Deployment, and a Service for its exposed ports,
 //! created or updated from them by server-side apply at each deploy, then watched the
-//! same way.
+//! same way. With `strategy = "blue-green"` the app runs as two such Deployments
+//! behind an active and a preview Service: a deploy rolls the idle colour and
+//! switches the active Service's selector once the preview Service's
+//! EndpointSlices hold only the new, ready pods (with optional HTTP promotion
+//! checks); a rollback switches it back.
 //!
 //! Beyond [`Deployer`](shipflow_core::Deployer)'s `current`, `deploy`, `rollback` and
 //! `history`, a [`KubeDeployer`] also
@@ -60,9 +64,12 @@
 //! ```
 
 mod apply;
+mod bluegreen;
+mod check;
 mod compat;
 mod configmap;
 mod deployer;
+mod endpoints;
 mod error;
 mod from_config;
 mod lock;
@@ -76,6 +83,7 @@ pub mod testing;
 mod workload;
 
 pub use apply::{APPLY_KINDS, Applied, ApplyOptions};
+pub use bluegreen::{RELEASE_NUMBER_ANNOTATION, SWITCHED_AT_ANNOTATION};
 pub use configmap::{CONFIG_MAP_LABEL, ConfigRollout, EnvConfigMap, EnvLookup};
 pub use deployer::{
     CHANGE_CAUSE_ANNOTATION, FINGERPRINT_ANNOTATION, GIT_SHA_ANNOTATION, KubeDeployer,
@@ -86,5 +94,6 @@ pub use lock::{DeployLock, LOCK_PREFIX, LockOptions};
 pub use retry::RetryPolicy;
 pub use spec::{KUBERNETES_TARGET, KubernetesTarget, NAMESPACE_KEY, Namespace, schema};
 pub use workload::{
-    APP_LABEL, ConfigMapFile, EnvSource, IntOrPercent, Port, Probe, Quantities, Resources, Strategy,
+    APP_LABEL, BlueGreen, COLOUR_LABEL, ConfigMapFile, EnvSource, IntOrPercent, Port, Probe,
+    Quantities, RELEASE_LABEL, Resources, Strategy,
 };

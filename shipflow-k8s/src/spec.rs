@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 use shipflow_core::{ConfigSection, Schema, SectionContext, SectionError};
 
 use crate::workload::{
-    ConfigMapFile, EnvSource, IntOrPercent, Port, Probe, Resources, Strategy, check_workload,
+    BlueGreen, ConfigMapFile, EnvSource, IntOrPercent, Port, Probe, Resources, Strategy,
+    check_workload,
 };
 
 /// The deploy target [`KubernetesTarget`] is read for.
@@ -48,13 +49,27 @@ pub fn schema() -> Schema {
 /// ports = [{ name = "http", port = 8080, service_port = 80 }]
 /// readiness = { http = "/ready", period = 5 }
 /// liveness = { http = "/healthz", initial_delay = 10 }
-/// strategy = "rolling"                # or "recreate"
+/// strategy = "rolling"                # or "recreate", or "blue-green" (below)
 /// max_surge = 1
 /// max_unavailable = "0%"
 /// labels = { team = "shop" }
 /// annotations = { "shop.example.com/owner" = "team-shop" }
 /// image_pull_secret = "api-pull"
 /// config_maps = [{ name = "api-config", env_file = "apps/api/api.env" }]
+/// ```
+///
+/// With `strategy = "blue-green"`, the app runs as two Deployments,
+/// `<deployment>-blue` and `<deployment>-green`, behind an active Service (named
+/// like the Deployment) and a preview Service (`<deployment>-preview`), which need
+/// an exposed port; see [`BlueGreen`] for what a deploy and a rollback do:
+///
+/// ```toml
+/// [apps.api.deploy.kubernetes]
+/// replicas = 3
+/// ports = [{ name = "http", port = 8080, service_port = 80 }]
+/// readiness = { http = "/ready" }
+/// strategy = "blue-green"
+/// blue_green = { scale_down_delay = 30, post_promotion = "http://api.prod/ready" }
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -88,8 +103,10 @@ pub struct KubernetesTarget {
     pub readiness: Option<Probe>,
     /// The liveness probe.
     pub liveness: Option<Probe>,
-    /// `rolling` (Kubernetes' default) or `recreate`.
+    /// `rolling` (Kubernetes' default), `recreate` or `blue-green`.
     pub strategy: Option<Strategy>,
+    /// The settings of strategy `blue-green`.
+    pub blue_green: Option<BlueGreen>,
     /// How many pods above the replicas a rolling update may add.
     pub max_surge: Option<IntOrPercent>,
     /// How many pods below the replicas a rolling update may go.
@@ -144,6 +161,7 @@ impl KubernetesTarget {
             || self.readiness.is_some()
             || self.liveness.is_some()
             || self.strategy.is_some()
+            || self.blue_green.is_some()
             || self.max_surge.is_some()
             || self.max_unavailable.is_some()
             || !self.labels.is_empty()

@@ -13,6 +13,14 @@ use crate::spec::{check_name, check_subdomain};
 /// name: its selector, which never changes between deploys.
 pub const APP_LABEL: &str = "shipflow.dev/app";
 
+/// The label of a blue-green app's pods with their colour, `blue` or `green`:
+/// part of each colour's selector and of the active and preview Services'.
+pub const COLOUR_LABEL: &str = "shipflow.dev/colour";
+
+/// The label of a blue-green app's pods with a hash of their pod template, telling
+/// a deploy's new pods from older ones of the same colour.
+pub const RELEASE_LABEL: &str = "shipflow.dev/release";
+
 /// CPU and memory requests and limits, as Kubernetes quantities (`"250m"`,
 /// `"0.5"`, `"128Mi"`, `"1Gi"`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -105,6 +113,93 @@ pub enum Strategy {
     Rolling,
     /// `Recreate`: every old pod goes before new ones come.
     Recreate,
+    /// Two Deployments, `<deployment>-blue` and `<deployment>-green`, behind an
+    /// active and a preview Service: a deploy rolls the colour the active Service
+    /// does not select, then switches the active Service to it once its pods, and
+    /// only they, are ready behind the preview Service (see [`BlueGreen`]).
+    BlueGreen,
+}
+
+/// The settings of strategy `"blue-green"`: `blue_green = { ... }`, every key
+/// optional.
+///
+/// ```toml
+/// strategy = "blue-green"
+/// ports = [{ name = "http", port = 8080, service_port = 80 }]
+/// blue_green = { scale_down_delay = 30, pre_promotion = "http://api-preview.shop/ready", post_promotion = "http://api.shop/ready" }
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct BlueGreen {
+    /// The Service that takes the traffic; default the Deployment's base name.
+    pub active_service: Option<String>,
+    /// The Service that selects the colour being rolled; default
+    /// `<deployment>-preview`.
+    pub preview_service: Option<String>,
+    /// Seconds between the switch (once the active Service's endpoints hold only
+    /// new pods) and the old colour's scale-down to zero; default 30. With 0 the
+    /// deploy scales it down before it returns; otherwise a task of the deploying
+    /// process does, if that process still runs then (the next deploy reuses that
+    /// colour anyway).
+    pub scale_down_delay: Option<u32>,
+    /// Never scale the old colour down: a rollback stays a switch of the selector.
+    #[serde(default)]
+    pub keep_previous: bool,
+    /// An `http://` URL fetched (GET) after the new colour is ready behind the
+    /// preview Service and before the switch; anything but a 2xx answer within
+    /// `check_timeout` fails the deploy and leaves the active Service as it was.
+    pub pre_promotion: Option<String>,
+    /// An `http://` URL fetched (GET) after the switch, once the active Service's
+    /// endpoints hold only new pods; anything but a 2xx answer within
+    /// `check_timeout` switches the active Service back and fails the deploy.
+    pub post_promotion: Option<String>,
+    /// Seconds a promotion check may take; default 10.
+    pub check_timeout: Option<u32>,
+}
+
+impl BlueGreen {
+    fn check(&self) -> Result<(), SectionError> {
+        for (field, name) in [
+            ("blue_green.active_service", &self.active_service),
+            ("blue_green.preview_service", &self.preview_service),
+        ] {
+            if let Some(name) = name {
+                check_name(field, name, 63)?;
+            }
+        }
+        if self.active_service.is_some() && self.active_service == self.preview_service {
+            return Err(SectionError::new(
+                "blue_green.preview_service",
+                "is the active Service's name too",
+            ));
+        }
+        for (field, url) in [
+            ("blue_green.pre_promotion", &self.pre_promotion),
+            ("blue_green.post_promotion", &self.post_promotion),
+        ] {
+            if let Some(url) = url {
+                crate::check::CheckUrl::parse(url).map_err(|why| SectionError::new(field, why))?;
+            }
+        }
+        if let Some(d) = self.scale_down_delay
+            && d > 86_400
+        {
+            return Err(SectionError::new(
+                "blue_green.scale_down_delay",
+                format!("{d} is out of range: give 0 to 86400 seconds, or keep_previous = true"),
+            ));
+        }
+        if let Some(t) = self.check_timeout
+            && !(1..=600).contains(&t)
+        {
+            return Err(SectionError::new(
+                "blue_green.check_timeout",
+                format!("{t} is out of range: give 1 to 600 seconds"),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// A count of pods or a percentage of the replicas (`1`, `"25%"`).
@@ -419,10 +514,10 @@ pub(crate) fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), Sect
     for (key, value) in labels {
         let field = format!("labels.{key}");
         check_key(&field, key)?;
-        if key == APP_LABEL {
+        if key == APP_LABEL || key == COLOUR_LABEL {
             return Err(SectionError::new(
                 field,
-                format!("{APP_LABEL} is shipflow's selector label, set to the app's name"),
+                format!("{key} is one of shipflow's selector labels"),
             ));
         }
         if !is_label_value(value) {
@@ -525,10 +620,39 @@ pub(crate) fn check_workload(
     }
     let rolling_settings = target.max_surge.is_some() || target.max_unavailable.is_some();
     match target.strategy {
-        Some(Strategy::Recreate) if rolling_settings => {
+        Some(Strategy::Recreate | Strategy::BlueGreen) if rolling_settings => {
             return Err(SectionError::new(
                 "strategy",
                 "max_surge and max_unavailable are for strategy \"rolling\"",
+            ));
+        }
+        Some(Strategy::BlueGreen) => {
+            if target.replicas == Some(0) {
+                return Err(SectionError::new(
+                    "replicas",
+                    "strategy \"blue-green\" needs at least one replica to switch to",
+                ));
+            }
+            if !target.ports.iter().any(|p| p.service_port.is_some()) {
+                return Err(SectionError::new(
+                    "ports",
+                    "strategy \"blue-green\" needs a port with a service_port: its active and preview Services expose it",
+                ));
+            }
+            if let Some(d) = &target.deployment
+                && d.len() > 63 - "-green".len()
+            {
+                return Err(SectionError::new(
+                    "deployment",
+                    "is too long for strategy \"blue-green\" (its Deployments are <deployment>-blue and -green)",
+                ));
+            }
+            target.blue_green.get_or_insert_default().check()?;
+        }
+        _ if target.blue_green.is_some() => {
+            return Err(SectionError::new(
+                "blue_green",
+                "is for strategy \"blue-green\"",
             ));
         }
         _ => {}
