@@ -199,7 +199,9 @@ impl<'a> DeployItem<'a> {
 /// A deployer whose target changes best all at once (a config repository that
 /// should get one commit per run) says so with [`batches`](Deployer::batches): the
 /// pipeline then lets every app of a run build and push, and hands all that reached
-/// their deploy to one [`deploy_batch`](Deployer::deploy_batch) call.
+/// their deploy to one [`deploy_batch`](Deployer::deploy_batch) call. A wrapper of
+/// another deployer forwards both methods (forwarding `batches` alone would deploy
+/// the batch one app after another through `deploy`).
 #[async_trait]
 pub trait Deployer: Send + Sync {
     /// What runs now for `app`, or `None` when it was never deployed.

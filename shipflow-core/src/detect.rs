@@ -80,7 +80,15 @@ pub struct Fingerprint(pub String);
 impl Fingerprint {
     /// The first 12 characters, for tags and people.
     pub fn short(&self) -> &str {
-        &self.0[..12.min(self.0.len())]
+        self.0.get(..12).unwrap_or(&self.0)
+    }
+
+    /// This fingerprint and `settings` (an app's settings, say) in one: a change of
+    /// either gives a new fingerprint.
+    pub fn with_settings(&self, settings: &str) -> Self {
+        use sha2::{Digest as _, Sha256};
+        let digest = Sha256::digest(format!("{}\0settings\0{settings}", self.0).as_bytes());
+        Self(digest.iter().map(|b| format!("{b:02x}")).collect())
     }
 }
 

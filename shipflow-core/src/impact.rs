@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::index::AppIndex;
 use crate::paths::is_under;
+use crate::workspace::CONFIG_FILE;
 use crate::{ChangedPath, Workspace};
 
 /// Why an app is in a [`ChangeSet`].
@@ -44,6 +45,12 @@ pub enum Reason {
         /// The upstream app.
         app: String,
     },
+    /// The workspace's configuration file changed: the app's settings may have (its
+    /// fingerprint covers them), so it ships unless its fingerprint already runs.
+    Config {
+        /// The configuration file.
+        path: String,
+    },
     /// Every app was asked for (`--all`): it ships even if its fingerprint already runs.
     All,
     /// There was no base revision to compare with: every app is a candidate, and
@@ -59,6 +66,7 @@ impl fmt::Display for Reason {
             Reason::Package { path, package } => write!(f, "{path} changed (depends on {package})"),
             Reason::Shared { path, glob } => write!(f, "{path} changed (shared {glob})"),
             Reason::Upstream { app } => write!(f, "depends on app {app}, which changed"),
+            Reason::Config { path } => write!(f, "{path} changed (the app's settings may have)"),
             Reason::All => f.write_str("all apps requested"),
             Reason::NoBase => f.write_str("no base revision: compared with what runs"),
         }
@@ -158,6 +166,15 @@ pub fn analyze(
     // match it) are looked at: the cost follows the change, not the number of apps.
     let (mut candidates, mut scratch) = (Vec::new(), Vec::new());
     for path in changes.iter().flat_map(ChangedPath::paths) {
+        if path == CONFIG_FILE {
+            for app in workspace.apps() {
+                reasons
+                    .entry(app.name.clone())
+                    .or_default()
+                    .push(Reason::Config { path: path.into() });
+            }
+            continue;
+        }
         if let Some(glob) = workspace.matching_shared(path) {
             for app in workspace.apps() {
                 reasons

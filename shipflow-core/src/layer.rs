@@ -229,7 +229,12 @@ impl<T: Deployer, H: Hook> Deployer for Hooked<T, H> {
                 Err(e) => refused.push(Some(e)),
             }
         }
-        let mut deployed = self.inner.deploy_batch(&ready).await.into_iter();
+        let mut deployed = if ready.is_empty() {
+            Vec::new()
+        } else {
+            self.inner.deploy_batch(&ready).await
+        }
+        .into_iter();
         let mut results = Vec::with_capacity(items.len());
         for (item, refusal) in items.iter().zip(refused) {
             results.push(match refusal {
@@ -385,6 +390,8 @@ impl<T: Deployer> Deployer for Retry<T> {
         let mut attempt = 1;
         while let Some(&first) = pending.first() {
             let batch: Vec<DeployItem<'_>> = pending.iter().map(|&i| items[i]).collect();
+            // An item this round gives no result for must not keep the last round's.
+            pending.iter().for_each(|&i| results[i] = None);
             let mut again = Vec::new();
             for (i, result) in pending
                 .iter()

@@ -533,7 +533,8 @@ impl Pipeline {
                 .map_err(|source| PipelineError::Fingerprint {
                     app: name.clone(),
                     source,
-                })?;
+                })?
+                .with_settings(&app.settings());
             let values = TagValues::new(
                 &revision,
                 Some(&fingerprint),
@@ -763,8 +764,8 @@ impl Pipeline {
     /// Deploys the apps parked for a batching deployer in one
     /// [`Deployer::deploy_batch`] call, once every app of the run has built and
     /// pushed or dropped out (an app waiting here holds no concurrency slot), then
-    /// settles each as a lone deploy would be. After a fail-fast stop the batch does
-    /// not go: those apps stay pushed, not deployed.
+    /// settles each as a lone deploy would be. A cancelled run sends no batch; after a
+    /// fail-fast stop the batch does not go either: those apps stay pushed.
     async fn deploy_together(
         &self,
         ready: Vec<(AppReport, Parked)>,
@@ -773,83 +774,120 @@ impl Pipeline {
         let Some(deployer) = self.deployer().cloned().filter(|_| !ready.is_empty()) else {
             return ready.into_iter().map(|(report, _)| report).collect();
         };
-        if stopped {
-            return ready
+        // Nothing was deployed: nothing to check or roll back.
+        let unsent = |ready: Vec<(AppReport, Parked)>, outcome: Outcome, note: &str| {
+            ready
                 .into_iter()
                 .map(|(mut report, _)| {
-                    report.outcome = Outcome::Pushed;
-                    report.note =
-                        Some("pushed, not deployed: another app failed (fail-fast)".into());
+                    report.outcome = outcome.clone();
+                    report.note = Some(note.into());
                     report
                 })
-                .collect();
-        }
-        let count = ready.len();
-        let (endings, ms) = if self.context().cancelled() {
-            let endings = (0..count)
-                .map(|_| Ending::Failed {
-                    stage: Stage::Deploy,
-                    error: Box::new(crate::Cancelled),
-                })
-                .collect();
-            (endings, 0)
-        } else {
-            let work: Vec<(App, ImageRef, DeployMeta, Context)> = ready
-                .iter()
-                .map(|(_, p)| {
-                    let ctx = self.context().scoped(Some(&p.app.name), Stage::Deploy);
-                    (p.app.clone(), p.image.clone(), p.meta.clone(), ctx)
-                })
-                .collect();
-            // In a task of its own, so that a panicking adapter fails these apps, not the run.
-            let batch = tokio::spawn(async move {
-                let items: Vec<DeployItem<'_>> = work
-                    .iter()
-                    .map(|(app, image, meta, ctx)| DeployItem::new(app, image, meta, ctx))
-                    .collect();
-                items.iter().for_each(|i| i.ctx.emit(EventKind::Started));
-                let started = Instant::now();
-                let results = deployer.deploy_batch(&items).await;
-                let ms = millis(started);
-                for (item, result) in items.iter().zip(&results) {
-                    item.ctx.emit(EventKind::Finished { ok: result.is_ok() });
-                }
-                (results, ms)
-            });
-            let (results, ms) = batch.await.unwrap_or_else(|e| {
-                warn!("a batch deploy panicked: {e}");
-                (Vec::new(), 0)
-            });
-            let mut results = results.into_iter();
-            let endings = ready
-                .iter()
-                .map(|(_, p)| match results.next() {
-                    Some(Ok(rollout)) => Ending::Deployed(rollout),
-                    Some(Err(error)) => Ending::Failed {
-                        stage: Stage::Deploy,
-                        error,
-                    },
-                    None => Ending::Failed {
-                        stage: Stage::Deploy,
-                        error: format!(
-                            "{}: deploy: the deployer's batch panicked or returned no result for this app",
-                            p.app.name
-                        )
-                        .into(),
-                    },
-                })
-                .collect::<Vec<_>>();
-            (endings, ms)
+                .collect()
         };
+        if self.context().cancelled() {
+            let cancelled = Outcome::Cancelled {
+                stage: Some(Stage::Deploy),
+                restored: false,
+            };
+            return unsent(
+                ready,
+                cancelled,
+                "pushed, not deployed: the run was cancelled",
+            );
+        }
+        if stopped {
+            return unsent(
+                ready,
+                Outcome::Pushed,
+                "pushed, not deployed: another app failed (fail-fast)",
+            );
+        }
+        let contexts: Vec<Context> = ready
+            .iter()
+            .map(|(_, p)| self.context().scoped(Some(&p.app.name), Stage::Deploy))
+            .collect();
+        let work: Vec<(App, ImageRef, DeployMeta, Context)> = ready
+            .iter()
+            .zip(&contexts)
+            .map(|((_, p), ctx)| (p.app.clone(), p.image.clone(), p.meta.clone(), ctx.clone()))
+            .collect();
+        contexts.iter().for_each(|ctx| ctx.emit(EventKind::Started));
+        let started = Instant::now();
+        // In a task of its own, so that a panicking adapter fails these apps, not the run.
+        let batch = tokio::spawn(async move {
+            let items: Vec<DeployItem<'_>> = work
+                .iter()
+                .map(|(app, image, meta, ctx)| DeployItem::new(app, image, meta, ctx))
+                .collect();
+            deployer.deploy_batch(&items).await
+        })
+        .await;
+        let ms = millis(started);
+        let results = match batch {
+            Ok(results) => results,
+            Err(e) => {
+                // What the batch did before it panicked is unknown: nothing is rolled
+                // back on a guess, and the report says so.
+                warn!("a batch deploy panicked: {e}");
+                return ready
+                    .into_iter()
+                    .zip(&contexts)
+                    .map(|((mut report, parked), ctx)| {
+                        ctx.emit(EventKind::Finished { ok: false });
+                        report.timings.deploy_ms = ms;
+                        report.outcome = Outcome::Failed {
+                            stage: Stage::Deploy,
+                        };
+                        report.error = Some(format!(
+                            "{}: deploy failed: the adapter panicked",
+                            parked.app.name
+                        ));
+                        report.note = Some(
+                            "not rolled back: the deployer panicked mid-batch; check what runs"
+                                .into(),
+                        );
+                        report
+                    })
+                    .collect();
+            }
+        };
+        let mut results = results.into_iter();
+        let permits = Arc::new(Semaphore::new(self.inner.settings.concurrency));
         let mut settled = JoinSet::new();
         let mut fallback = HashMap::new();
-        for ((mut report, parked), ending) in ready.into_iter().zip(endings) {
+        for (((mut report, parked), ctx), result) in ready
+            .into_iter()
+            .zip(contexts)
+            .zip(std::iter::from_fn(|| Some(results.next())))
+        {
+            let ending = match result {
+                Some(Ok(rollout)) => Ending::Deployed(rollout),
+                Some(Err(error)) => Ending::Failed {
+                    stage: Stage::Deploy,
+                    error,
+                },
+                None => Ending::Failed {
+                    stage: Stage::Deploy,
+                    error: format!(
+                        "{}: deploy: the deployer's batch returned no result for this app",
+                        parked.app.name
+                    )
+                    .into(),
+                },
+            };
+            ctx.emit(EventKind::Finished {
+                ok: matches!(ending, Ending::Deployed(_)),
+            });
             report.timings.deploy_ms = ms;
-            let this = self.clone();
             fallback.insert(parked.app.name.clone(), report.clone());
+            let this = self.clone();
+            let permits = permits.clone();
             let span = info_span!("app", app = %parked.app.name);
             settled.spawn(
                 async move {
+                    // Rollbacks respect the run's concurrency, as deploys do.
+                    let _permit = permits.acquire_owned().await;
                     let Parked { app, before, .. } = parked;
                     let cell = StageCell::default();
                     cell.set(Stage::Deploy);
@@ -859,7 +897,7 @@ impl Pipeline {
                 .instrument(span),
             );
         }
-        let mut reports = Vec::with_capacity(count);
+        let mut reports = Vec::with_capacity(fallback.len());
         while let Some(joined) = settled.join_next().await {
             match joined {
                 Ok(report) => {

@@ -326,6 +326,11 @@ impl fmt::Debug for Section {
 }
 
 impl Section {
+    /// The section's table as written (after environment overlays).
+    pub(crate) fn raw(&self) -> &toml::Value {
+        &self.0.value
+    }
+
     pub(crate) fn new(
         path: Vec<Segment>,
         mut value: toml::Value,

@@ -277,6 +277,23 @@ impl App {
         is_under(path, &self.path)
     }
 
+    /// The app's settings as `shipflow.toml` (and its environment) gives them: its
+    /// image, its build and its deploy tables, in a stable text form. A change of
+    /// them changes the app's fingerprint, so a new memory limit or replica count
+    /// ships even when no file of the app changed.
+    pub fn settings(&self) -> String {
+        let mut text = format!(
+            "image {}\nbuild {}\n{}\n",
+            self.image,
+            self.build_type,
+            self.build.raw()
+        );
+        for (target, section) in &self.deploy {
+            text.push_str(&format!("deploy {target}\n{}\n", section.raw()));
+        }
+        text
+    }
+
     /// The extra input glob `path` matches, if any.
     pub fn matching_input(&self, path: &str) -> Option<&str> {
         self.input_globs

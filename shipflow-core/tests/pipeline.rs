@@ -959,7 +959,8 @@ async fn a_failed_app_of_a_batch_is_rolled_back_alone() {
 
 #[tokio::test]
 async fn after_a_fail_fast_stop_the_batch_does_not_go() {
-    // One at a time: api fails its build first, the apps already pushed stay pushed.
+    // One at a time, in plan order: api builds and pushes, then worker's build fails
+    // and stops the run; api, waiting for the batch, stays pushed.
     let parts = Parts::new(
         FakeBuilder::new().failing_for("worker"),
         FakeDeployer::new().batching(),
@@ -976,13 +977,8 @@ async fn after_a_fail_fast_stop_the_batch_does_not_go() {
         parts.deployer.calls()
     );
     let api = &report.apps[0];
-    assert!(
-        matches!(api.outcome, Outcome::Pushed | Outcome::Skipped),
-        "{api:?}"
-    );
-    if api.outcome == Outcome::Pushed {
-        assert!(api.note.as_deref().is_some_and(|n| n.contains("fail-fast")));
-    }
+    assert_eq!(api.outcome, Outcome::Pushed, "{api:?}");
+    assert!(api.note.as_deref().is_some_and(|n| n.contains("fail-fast")));
     assert_eq!(
         report.apps[1].outcome,
         Outcome::Failed {
@@ -1092,4 +1088,139 @@ async fn a_retried_batch_sends_again_only_what_failed_for_a_passing_reason() {
         first.join(", ")
     };
     assert_eq!(batches, ["api, worker", "worker"]);
+}
+
+#[tokio::test]
+async fn a_run_cancelled_before_its_batch_deploys_nothing_and_says_so() {
+    // Cancelled as soon as api has pushed: api waits for the batch, which never goes.
+    let token = CancellationToken::new();
+    let sink = EventSink::new({
+        let token = token.clone();
+        move |e| {
+            if e.stage == Stage::Push && e.kind == (EventKind::Finished { ok: true }) {
+                token.cancel();
+            }
+        }
+    });
+    let parts = Parts::new(
+        FakeBuilder::new().with_delay(Duration::from_millis(20)),
+        FakeDeployer::new().batching(),
+    );
+    let report = build_and_ship(
+        parts
+            .pipeline(ScriptedDetector::new().with_change("packages/db/x.sql"))
+            .concurrency(1)
+            .events(sink)
+            .cancellation(token),
+    )
+    .await;
+    assert!(
+        parts.deployer.calls().is_empty(),
+        "{:?}",
+        parts.deployer.calls()
+    );
+    let api = &report.apps[0];
+    assert_eq!(
+        api.outcome,
+        Outcome::Cancelled {
+            stage: Some(Stage::Deploy),
+            restored: false
+        },
+        "{api:?}"
+    );
+    assert!(api.note.as_deref().is_some_and(|n| n.contains("cancelled")));
+    assert_eq!(report.status(), RunStatus::Cancelled);
+}
+
+#[tokio::test]
+async fn every_batched_app_gets_its_deploy_events() {
+    let events: Arc<Mutex<Vec<Event>>> = Arc::default();
+    let sink = EventSink::new({
+        let events = events.clone();
+        move |e| events.lock().expect("lock").push(e.clone())
+    });
+    let parts = Parts::new(
+        FakeBuilder::new(),
+        FakeDeployer::new().batching().failing_for("worker"),
+    );
+    build_and_ship(
+        parts
+            .pipeline(ScriptedDetector::new().with_change("packages/db/x.sql"))
+            .failure_policy(FailurePolicy::Continue)
+            .events(sink),
+    )
+    .await;
+    let events = events.lock().expect("lock");
+    let of = |app: &str, kind: EventKind| {
+        events
+            .iter()
+            .filter(|e| e.app.as_deref() == Some(app) && e.stage == Stage::Deploy && e.kind == kind)
+            .count()
+    };
+    assert_eq!(of("api", EventKind::Started), 1);
+    assert_eq!(of("api", EventKind::Finished { ok: true }), 1);
+    assert_eq!(of("worker", EventKind::Started), 1);
+    assert_eq!(of("worker", EventKind::Finished { ok: false }), 1);
+}
+
+const SETTINGS: &str = r#"
+[workspace]
+registry = "127.0.0.1:5000/acme"
+
+[apps.api]
+[apps.api.deploy.fake]
+replicas = 2
+
+[apps.web]
+[apps.web.deploy.fake]
+replicas = 2
+"#;
+
+#[tokio::test]
+async fn a_changed_setting_ships_its_app_and_only_that_app() {
+    let deployer = Arc::new(FakeDeployer::new());
+    let registry = Arc::new(MemoryRegistry::new());
+    let run = |toml: String, change: &'static str| {
+        let (deployer, registry) = (deployer.clone(), registry.clone());
+        async move {
+            build_and_ship(
+                Pipeline::builder(Workspace::from_toml(&toml, ".").expect("workspace"))
+                    .detector(Arc::new(ScriptedDetector::new().with_change(change)))
+                    .builder(Arc::new(FakeBuilder::new()))
+                    .registry(registry)
+                    .deployer(deployer),
+            )
+            .await
+        }
+    };
+    let first = run(SETTINGS.to_owned(), "shipflow.toml").await;
+    assert!(first.apps.iter().all(|a| a.outcome == Outcome::Deployed));
+    assert_eq!(
+        first.apps[0].reasons,
+        [Reason::Config {
+            path: "shipflow.toml".into()
+        }]
+    );
+    // The file changed, the settings did not: nothing ships.
+    let same = run(format!("{SETTINGS}# a comment\n"), "shipflow.toml").await;
+    assert!(
+        same.apps.iter().all(|a| a.outcome == Outcome::Unchanged),
+        "{same:?}"
+    );
+    // web's replicas changed, and nothing else: web ships, api does not.
+    let scaled = SETTINGS.replacen(
+        "[apps.web.deploy.fake]\nreplicas = 2",
+        "[apps.web.deploy.fake]\nreplicas = 5",
+        1,
+    );
+    let report = run(scaled, "shipflow.toml").await;
+    let outcomes: Vec<(&str, &Outcome)> = report
+        .apps
+        .iter()
+        .map(|a| (a.app.as_str(), &a.outcome))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [("api", &Outcome::Unchanged), ("web", &Outcome::Deployed)]
+    );
 }

@@ -394,7 +394,10 @@ impl GitOpsDeployer {
         let target = self.target_for(app)?;
         let mut why: Vec<String> = meta.reasons.iter().map(ToString::to_string).collect();
         if let Some(sha) = &meta.git_sha {
-            why.push(format!("revision {}", &sha[..sha.len().min(12)]));
+            why.push(format!(
+                "revision {}",
+                sha.chars().take(12).collect::<String>()
+            ));
         }
         let mut parts = ImageParts::from_ref(image);
         if parts.tag.is_none() {
@@ -1132,10 +1135,12 @@ impl Deployer for GitOpsDeployer {
                 Err(None) => Some(self.deploy(item.app, item.image, item.meta, item.ctx).await),
             });
         }
-        for (slot, done) in slots
-            .into_iter()
-            .zip(self.submit_all(jobs, first.ctx).await)
-        {
+        let done = if jobs.is_empty() {
+            Vec::new()
+        } else {
+            self.submit_all(jobs, first.ctx).await
+        };
+        for (slot, done) in slots.into_iter().zip(done) {
             let item = &items[slot];
             results[slot] = Some(match done {
                 Ok(done) => {
