@@ -1,0 +1,895 @@
+//! `examples/console/`, run as a service against real git repositories: webhooks
+//! in the GitHub, Gitea and GitLab formats, polling, runs deploying into a GitOps
+//! config repository, a kill mid-run, and a burst of deliveries.
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac as _};
+use serde_json::Value;
+use sha2::Sha256;
+
+const TOKEN: &str = "write-t0ken";
+const GITHUB: &str = "gh-s3cret";
+const GITEA: &str = "gitea-s3cret";
+const GITLAB: &str = "gitlab-t0ken";
+
+/// The example, built once with the feature set of CI's `--all-features` build.
+fn example() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    let profile = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>");
+    let target = profile.parent().expect("the target dir");
+    let mut cargo = Command::new(env!("CARGO"));
+    cargo
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["build", "--quiet", "--workspace", "--all-features"])
+        .args(["--example", "console"])
+        .env("CARGO_TARGET_DIR", target);
+    if profile.file_name().is_some_and(|p| p == "release") {
+        cargo.arg("--release");
+    }
+    assert!(
+        cargo.status().expect("cargo runs").success(),
+        "cargo build --example console failed"
+    );
+    profile.join("examples/console")
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .current_dir(dir)
+        .args(["-c", "user.name=test", "-c", "user.email=test@example.com"])
+        .args(args)
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn write(dir: &Path, path: &str, content: &str) {
+    let path = dir.join(path);
+    std::fs::create_dir_all(path.parent().expect("a parent")).expect("mkdir");
+    std::fs::write(path, content).expect("write");
+}
+
+fn manifest(app: &str) -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {app}\nspec:\n  template:\n    spec:\n      containers:\n        - name: {app}\n          image: localhost/console/{app}:none # {{\"$imagepolicy\": \"console:{app}\"}}\n"
+    )
+}
+
+/// A monorepo pushed to a bare `origin.git`, and two config repositories
+/// (staging's and production's) a GitOps controller would apply.
+struct World {
+    dir: tempfile::TempDir,
+    work: PathBuf,
+    origin: PathBuf,
+}
+
+impl World {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().to_path_buf();
+        let root = root.as_path();
+        for fleet in ["fleet", "fleet-prod"] {
+            let work = root.join(fleet);
+            std::fs::create_dir_all(&work).expect("mkdir");
+            git(&work, &["init", "-q", "-b", "main"]);
+            for app in ["api", "web"] {
+                write(&work, &format!("apps/{app}.yaml"), &manifest(app));
+            }
+            git(&work, &["add", "-A"]);
+            git(&work, &["commit", "-q", "-m", "two workloads"]);
+            git(
+                root,
+                &["clone", "-q", "--bare", fleet, &format!("{fleet}.git")],
+            );
+        }
+        let work = root.join("monorepo");
+        std::fs::create_dir_all(&work).expect("mkdir");
+        git(&work, &["init", "-q", "-b", "main"]);
+        let world = Self {
+            work: work.clone(),
+            origin: root.join("origin.git"),
+            dir,
+        };
+        world.write_workspace("");
+        write(&work, "apps/api/main.py", "print('api v1')\n");
+        write(&work, "apps/web/index.html", "<h1>v1</h1>\n");
+        git(&work, &["add", "-A"]);
+        git(&work, &["commit", "-q", "-m", "initial"]);
+        git(root, &["clone", "-q", "--bare", "monorepo", "origin.git"]);
+        git(
+            &work,
+            &[
+                "remote",
+                "add",
+                "origin",
+                world.origin.to_str().expect("utf-8"),
+            ],
+        );
+        world
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).to_string_lossy().into_owned()
+    }
+
+    /// `shipflow.toml`, with `web_hooks` added to web's table.
+    fn write_workspace(&self, web_hooks: &str) {
+        let text = format!(
+            r#"[workspace]
+registry = "localhost/console"
+tag = "${{SHORT_SHA}}"
+
+[workspace.gitops]
+repository = "{fleet}"
+cache_dir = "{cache}-staging"
+message = "deploy {{apps}}"
+author = {{ name = "console", email = "console@example.com" }}
+
+[environments.staging]
+branches = ["main"]
+
+[environments.production]
+tags = ["v*"]
+gitops = {{ repository = "{prod}", cache_dir = "{cache}-production" }}
+
+[apps.api]
+build = {{ type = "native", layers = [{{ from = "apps/api", to = "/srv/app" }}] }}
+deploy.gitops = {{ files = [{{ path = "apps/api.yaml", setter = "console:api" }}] }}
+
+[apps.web]
+build = {{ type = "native", layers = [{{ from = "apps/web", to = "/srv/www" }}] }}
+deploy.gitops = {{ files = [{{ path = "apps/web.yaml", setter = "console:web" }}] }}
+{web_hooks}
+"#,
+            fleet = self.path("fleet.git"),
+            prod = self.path("fleet-prod.git"),
+            cache = self.path("gitops-cache"),
+        );
+        write(&self.work, "shipflow.toml", &text);
+    }
+
+    /// Commits `content` into `path` and pushes main; returns the commit.
+    fn push(&self, path: &str, content: &str) -> String {
+        write(&self.work, path, content);
+        git(&self.work, &["add", "-A"]);
+        git(
+            &self.work,
+            &["commit", "-q", "-m", &format!("change {path}")],
+        );
+        git(&self.work, &["push", "-q", "origin", "main"]);
+        git(&self.work, &["rev-parse", "HEAD"])
+    }
+
+    fn tag(&self, tag: &str) -> String {
+        git(&self.work, &["tag", tag]);
+        git(&self.work, &["push", "-q", "origin", tag]);
+        git(&self.work, &["rev-parse", "HEAD"])
+    }
+
+    /// A file of a config repository's main branch.
+    fn fleet_file(&self, fleet: &str, path: &str) -> String {
+        git(
+            self.dir.path(),
+            &["--git-dir", fleet, "show", &format!("main:{path}")],
+        )
+    }
+
+    /// The console's config; `poll` in seconds.
+    fn config(&self, port: u16, poll: Option<u64>) -> PathBuf {
+        let poll = poll.map_or(String::new(), |s| format!("poll_seconds = {s}\n"));
+        let text = format!(
+            r#"listen = "127.0.0.1:{port}"
+database = "console.db"
+state_dir = "state"
+max_body_bytes = 65536
+shutdown_grace_seconds = 20
+
+[repository]
+url = "{origin}"
+{poll}
+[auth]
+token = "{TOKEN}"
+
+[webhooks]
+github = "{GITHUB}"
+gitea = "{GITEA}"
+gitlab = "{GITLAB}"
+
+[registry]
+store = "store"
+"#,
+            origin = self.origin.display(),
+        );
+        let path = self.dir.path().join("console.toml");
+        std::fs::write(&path, text).expect("write config");
+        path
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The console running, in its own process group, its output in a file.
+struct Console {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Console {
+    fn start(world: &World, poll: Option<u64>) -> Self {
+        let port = free_port();
+        let config = world.config(port, poll);
+        let log = world.dir.path().join(format!("console-{port}.log"));
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(example())
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("dup"))
+            .stderr(file)
+            .process_group(0)
+            .spawn()
+            .expect("the console starts");
+        let console = Self { child, port, log };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the console never listened:\n{}",
+                console.output()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        console
+    }
+
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// One HTTP/1.1 request; the status and the body.
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> (u16, String) {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes()).expect("send");
+        // The server may answer (413) before reading a large body.
+        let _ = stream.write_all(body);
+        let mut raw = Vec::new();
+        let _ = stream.read_to_end(&mut raw);
+        let raw = String::from_utf8_lossy(&raw);
+        let status = raw.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let body = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+        (status, body)
+    }
+
+    fn get_json(&self, path: &str) -> Value {
+        let (status, body) = self.request("GET", path, &[], b"");
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).expect("JSON")
+    }
+
+    /// Delivers a webhook; the status and the JSON answer.
+    fn deliver(&self, provider: &str, headers: &[(&str, &str)], body: &str) -> (u16, Value) {
+        let mut all = vec![("Content-Type", "application/json")];
+        all.extend_from_slice(headers);
+        let (status, text) =
+            self.request("POST", &format!("/hooks/{provider}"), &all, body.as_bytes());
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// Waits until run `id` ends; returns it with its report.
+    fn wait_run(&self, id: i64, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let run = self.get_json(&format!("/api/runs/{id}"));
+            let status = run["run"]["status"].as_str().unwrap_or_default().to_owned();
+            if !["queued", "running"].contains(&status.as_str()) {
+                return run;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "run {id} still {status}:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        let group = format!("-{}", self.child.id());
+        let ok = Command::new("kill")
+            .args([signal, "--", &group])
+            .status()
+            .expect("kill runs");
+        assert!(ok.success());
+    }
+
+    /// SIGTERM, and the exit status within `within`.
+    fn stop(mut self, within: Duration) -> std::process::ExitStatus {
+        self.signal("-TERM");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no exit after SIGTERM:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Console {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", self.child.id())])
+                .status();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn fixture(name: &str, reference: &str, after: &str, kind: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/console")
+        .join(name);
+    std::fs::read_to_string(path)
+        .expect("fixture")
+        .replace("{REF}", reference)
+        .replace("{AFTER}", after)
+        .replace("{KIND}", kind)
+}
+
+fn hmac_hex(secret: &str, body: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(body.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// A GitHub push delivery, signed with `secret`.
+fn github_push(console: &Console, reference: &str, sha: &str, secret: &str) -> (u16, Value) {
+    let body = fixture("github-push.json", reference, sha, "");
+    let signature = format!("sha256={}", hmac_hex(secret, &body));
+    console.deliver(
+        "github",
+        &[
+            ("X-GitHub-Event", "push"),
+            ("X-Hub-Signature-256", &signature),
+        ],
+        &body,
+    )
+}
+
+/// The digest of the image line of a manifest.
+fn digest_in(manifest: &str) -> String {
+    let at = manifest.find("@sha256:").expect("a digest-pinned image");
+    manifest[at + 1..at + 1 + 71].to_owned()
+}
+
+#[test]
+fn a_push_runs_through_a_webhook_and_a_poll_and_the_page_and_api_show_the_digest() {
+    let world = World::new();
+    let console = Console::start(&world, None);
+    let sha = world.push("apps/web/index.html", "<h1>v2</h1>\n");
+
+    let (status, queued) = github_push(&console, "refs/heads/main", &sha, GITHUB);
+    assert_eq!(status, 200, "{queued}");
+    assert_eq!(queued["environment"], "staging");
+    let id = queued["run"].as_i64().expect("a run id");
+    let run = console.wait_run(id, Duration::from_secs(120));
+    assert_eq!(
+        run["run"]["status"],
+        "succeeded",
+        "{run}\n{}",
+        console.output()
+    );
+    assert_eq!(run["run"]["trigger"], "github webhook");
+    let shipped: Vec<&str> = run["report"]["apps"]
+        .as_array()
+        .expect("apps")
+        .iter()
+        .filter(|a| a["outcome"]["status"] == "deployed")
+        .filter_map(|a| a["app"].as_str())
+        .collect();
+    assert_eq!(
+        shipped,
+        ["web"],
+        "only web changed since the previous commit"
+    );
+
+    let digest = digest_in(&world.fleet_file("fleet.git", "apps/web.yaml"));
+    let status = console.get_json("/api/status");
+    let web = status["deployments"]
+        .as_array()
+        .expect("deployments")
+        .iter()
+        .find(|d| d["app"] == "web" && d["environment"] == "staging")
+        .cloned()
+        .expect("web runs in staging");
+    assert!(
+        web["image"].as_str().expect("image").ends_with(&digest),
+        "{web}"
+    );
+    assert_eq!(web["sha"], sha.as_str());
+    let (code, page) = console.request("GET", "/", &[], b"");
+    assert_eq!(code, 200);
+    assert!(
+        page.contains(&digest) && page.contains("succeeded"),
+        "{page}"
+    );
+    let log = console.get_json(&format!("/api/runs/{id}/log"));
+    assert!(
+        log["lines"]
+            .as_array()
+            .expect("lines")
+            .iter()
+            .any(|l| l["line"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("web deploy: "))),
+        "{log}"
+    );
+    let events = console.get_json(&format!("/api/runs/{id}/events"));
+    assert!(!events["events"].as_array().expect("events").is_empty());
+
+    // A second change, then a rollback (which needs the token) puts the first back.
+    let second = world.push("apps/web/index.html", "<h1>v3</h1>\n");
+    let (_, queued) = github_push(&console, "refs/heads/main", &second, GITHUB);
+    let run = console.wait_run(
+        queued["run"].as_i64().expect("id"),
+        Duration::from_secs(120),
+    );
+    assert_eq!(run["run"]["status"], "succeeded", "{run}");
+    let newer = digest_in(&world.fleet_file("fleet.git", "apps/web.yaml"));
+    assert_ne!(newer, digest);
+    let body = br#"{"environment":"staging"}"#;
+    let json = [("Content-Type", "application/json")];
+    let (code, _) = console.request("POST", "/api/apps/web/rollback", &json, body);
+    assert_eq!(code, 401);
+    let bearer = format!("Bearer {TOKEN}");
+    let authed = [
+        ("Content-Type", "application/json"),
+        ("Authorization", bearer.as_str()),
+    ];
+    let (code, answer) = console.request("POST", "/api/apps/web/rollback", &authed, body);
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(
+        digest_in(&world.fleet_file("fleet.git", "apps/web.yaml")),
+        digest
+    );
+    let (_, page) = console.request("GET", "/apps/web", &[], b"");
+    assert!(page.contains("rollback") && page.contains(&newer), "{page}");
+
+    // SIGTERM: a clean exit; then polling finds a tag, which ships to production.
+    let status = console.stop(Duration::from_secs(30));
+    assert!(status.success(), "{status:?}");
+    let console = Console::start(&world, Some(1));
+    world.push("apps/api/main.py", "print('api v2')\n");
+    let tagged = world.tag("v1.0.0");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let run = loop {
+        let runs = console.get_json("/api/runs");
+        let found = runs["runs"]
+            .as_array()
+            .expect("runs")
+            .iter()
+            .find(|r| r["trigger"] == "poll" && r["environment"] == "production")
+            .cloned();
+        if let Some(run) = found {
+            break console.wait_run(run["id"].as_i64().expect("id"), Duration::from_secs(120));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no poll run:\n{}",
+            console.output()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        run["run"]["status"],
+        "succeeded",
+        "{run}\n{}",
+        console.output()
+    );
+    assert_eq!(run["run"]["sha"], tagged.as_str());
+    let digest = digest_in(&world.fleet_file("fleet-prod.git", "apps/api.yaml"));
+    let (_, page) = console.request("GET", "/", &[], b"");
+    assert!(page.contains(&digest), "{page}");
+    let output = console.output();
+    for secret in [TOKEN, GITHUB, GITEA, GITLAB] {
+        assert!(!output.contains(secret), "a secret in the log");
+    }
+    let database = std::fs::read(world.dir.path().join("console.db")).expect("the database");
+    for secret in [TOKEN, GITHUB, GITEA, GITLAB] {
+        assert!(
+            !String::from_utf8_lossy(&database).contains(secret),
+            "a secret in the database"
+        );
+    }
+}
+
+#[test]
+fn each_provider_needs_its_signature_and_refused_deliveries_run_nothing() {
+    let world = World::new();
+    let console = Console::start(&world, None);
+    let sha = world.push("apps/web/index.html", "<h1>v2</h1>\n");
+    let runs = || {
+        console.get_json("/api/runs")["runs"]
+            .as_array()
+            .expect("runs")
+            .len()
+    };
+
+    // Refused: a wrong secret, no signature, and an unconfigured provider path.
+    let (code, _) = github_push(&console, "refs/heads/main", &sha, "wrong");
+    assert_eq!(code, 401);
+    let body = fixture("github-push.json", "refs/heads/main", &sha, "");
+    assert_eq!(
+        console
+            .deliver("github", &[("X-GitHub-Event", "push")], &body)
+            .0,
+        401
+    );
+    let gitea = fixture("gitea-push.json", "refs/heads/main", &sha, "");
+    let bad = hmac_hex("wrong", &gitea);
+    assert_eq!(
+        console
+            .deliver(
+                "gitea",
+                &[("X-Gitea-Event", "push"), ("X-Gitea-Signature", &bad)],
+                &gitea
+            )
+            .0,
+        401
+    );
+    assert_eq!(
+        console
+            .deliver("gitea", &[("X-Gitea-Event", "push")], &gitea)
+            .0,
+        401
+    );
+    let gitlab = fixture("gitlab-push.json", "refs/heads/main", &sha, "push");
+    assert_eq!(
+        console
+            .deliver(
+                "gitlab",
+                &[("X-Gitlab-Event", "Push Hook"), ("X-Gitlab-Token", "wrong")],
+                &gitlab
+            )
+            .0,
+        401
+    );
+    assert_eq!(
+        console
+            .deliver("gitlab", &[("X-Gitlab-Event", "Push Hook")], &gitlab)
+            .0,
+        401
+    );
+    // A signed body changed on the way.
+    let signature = format!("sha256={}", hmac_hex(GITHUB, &body));
+    let tampered = body.replace("refs/heads/main", "refs/heads/evil");
+    assert_eq!(
+        console
+            .deliver(
+                "github",
+                &[
+                    ("X-GitHub-Event", "push"),
+                    ("X-Hub-Signature-256", &signature)
+                ],
+                &tampered
+            )
+            .0,
+        401
+    );
+    assert_eq!(runs(), 0, "a refused delivery runs nothing");
+    assert!(
+        console.output().contains("webhook refused"),
+        "{}",
+        console.output()
+    );
+
+    // Too large: 413 before any signature check.
+    let big = "x".repeat(70_000);
+    let (code, _) = console.request(
+        "POST",
+        "/hooks/github",
+        &[("X-GitHub-Event", "push")],
+        big.as_bytes(),
+    );
+    assert_eq!(code, 413);
+
+    // A ping is acknowledged and ignored.
+    let ping = r#"{"zen":"Keep it logically awesome.","hook_id":1}"#;
+    let ping_signature = format!("sha256={}", hmac_hex(GITHUB, ping));
+    let (code, answer) = console.deliver(
+        "github",
+        &[
+            ("X-GitHub-Event", "ping"),
+            ("X-Hub-Signature-256", &ping_signature),
+        ],
+        ping,
+    );
+    assert_eq!((code, answer["ignored"].as_str()), (200, Some("ping")));
+    assert_eq!(runs(), 0);
+
+    // Accepted: each provider's signed push; GitLab's tag push goes to production.
+    let sign = hmac_hex(GITEA, &gitea);
+    let (code, gitea_run) = console.deliver(
+        "gitea",
+        &[("X-Gitea-Event", "push"), ("X-Gitea-Signature", &sign)],
+        &gitea,
+    );
+    assert_eq!(
+        (code, gitea_run["environment"].as_str()),
+        (200, Some("staging")),
+        "{gitea_run}"
+    );
+    let (code, gitlab_run) = console.deliver(
+        "gitlab",
+        &[("X-Gitlab-Event", "Push Hook"), ("X-Gitlab-Token", GITLAB)],
+        &gitlab,
+    );
+    assert_eq!(
+        (code, gitlab_run["environment"].as_str()),
+        (200, Some("staging")),
+        "{gitlab_run}"
+    );
+    let tagged = world.tag("v2.0.0");
+    let tag_push = fixture("gitlab-push.json", "refs/tags/v2.0.0", &tagged, "tag_push");
+    let (code, tag_run) = console.deliver(
+        "gitlab",
+        &[
+            ("X-Gitlab-Event", "Tag Push Hook"),
+            ("X-Gitlab-Token", GITLAB),
+        ],
+        &tag_push,
+    );
+    assert_eq!(
+        (code, tag_run["environment"].as_str()),
+        (200, Some("production")),
+        "{tag_run}"
+    );
+    let (code, github_run) = github_push(&console, "refs/heads/main", &sha, GITHUB);
+    assert_eq!(
+        (code, github_run["environment"].as_str()),
+        (200, Some("staging")),
+        "{github_run}"
+    );
+    // A branch no environment takes is recorded as skipped.
+    let (code, other) = github_push(&console, "refs/heads/feature", &sha, GITHUB);
+    assert_eq!(code, 200);
+    assert_eq!(
+        console.get_json(&format!("/api/runs/{}", other["run"]))["run"]["status"],
+        "skipped"
+    );
+    for queued in [&github_run, &tag_run] {
+        let run = console.wait_run(
+            queued["run"].as_i64().expect("id"),
+            Duration::from_secs(120),
+        );
+        assert!(
+            ["succeeded", "nothing_to_do"]
+                .contains(&run["run"]["status"].as_str().unwrap_or_default()),
+            "{run}\n{}",
+            console.output()
+        );
+    }
+}
+
+#[test]
+fn a_run_killed_midway_shows_interrupted_and_the_next_trigger_runs() {
+    let world = World::new();
+    let mut console = Console::start(&world, None);
+    // A hook that holds web's build long enough to kill the service during it.
+    world.write_workspace("hooks = { pre_build = \"sleep 30\" }");
+    let slow = world.push("apps/web/index.html", "<h1>slow</h1>\n");
+    let (code, queued) = github_push(&console, "refs/heads/main", &slow, GITHUB);
+    assert_eq!(code, 200, "{queued}");
+    let id = queued["run"].as_i64().expect("id");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let log = console.get_json(&format!("/api/runs/{id}/log"));
+        let planned = log["lines"]
+            .as_array()
+            .expect("lines")
+            .iter()
+            .any(|l| l["line"].as_str().is_some_and(|t| t.starts_with("web ")));
+        if planned {
+            // web's pre-build hook sleeps now.
+            std::thread::sleep(Duration::from_secs(2));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the build never started:\n{}",
+            console.output()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        console.get_json(&format!("/api/runs/{id}"))["run"]["status"],
+        "running"
+    );
+    console.signal("-KILL");
+    let _ = console.child.wait();
+    drop(console);
+
+    let console = Console::start(&world, None);
+    let run = console.get_json(&format!("/api/runs/{id}"));
+    assert_eq!(run["run"]["status"], "interrupted", "{run}");
+    world.write_workspace("");
+    let next = world.push("apps/web/index.html", "<h1>v3</h1>\n");
+    let (code, queued) = github_push(&console, "refs/heads/main", &next, GITHUB);
+    assert_eq!(code, 200);
+    let run = console.wait_run(
+        queued["run"].as_i64().expect("id"),
+        Duration::from_secs(120),
+    );
+    assert_eq!(
+        run["run"]["status"],
+        "succeeded",
+        "{run}\n{}",
+        console.output()
+    );
+    let digest = digest_in(&world.fleet_file("fleet.git", "apps/web.yaml"));
+    assert!(console.request("GET", "/", &[], b"").1.contains(&digest));
+}
+
+#[test]
+fn a_hundred_deliveries_in_ten_seconds_are_accepted_and_coalesced_per_environment() {
+    let world = World::new();
+    let console = Console::start(&world, None);
+    // Fifty commits, each changing web and tagged: every delivery names new work.
+    let mut commits = Vec::new();
+    for i in 0..50 {
+        write(
+            &world.work,
+            "apps/web/index.html",
+            &format!("<h1>v{i}</h1>\n"),
+        );
+        git(&world.work, &["commit", "-q", "-am", &format!("web v{i}")]);
+        git(&world.work, &["tag", &format!("v1.0.{i}")]);
+        commits.push(git(&world.work, &["rev-parse", "HEAD"]));
+    }
+    git(&world.work, &["push", "-q", "--tags", "origin", "main"]);
+    let started = Instant::now();
+    let mut timings = Vec::new();
+    let mut ids: Vec<(String, i64)> = Vec::new();
+    for i in 0..100u32 {
+        // Ten bursts of ten, a second apart: all within 10 s.
+        let at = Duration::from_millis(950 * u64::from(i / 10));
+        if let Some(wait) = at.checked_sub(started.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        let n = (i / 2) as usize;
+        let reference = if i % 2 == 0 {
+            "refs/heads/main".to_owned()
+        } else {
+            format!("refs/tags/v1.0.{n}")
+        };
+        let sent = Instant::now();
+        let (code, queued) = github_push(&console, &reference, &commits[n], GITHUB);
+        timings.push(sent.elapsed());
+        assert_eq!(code, 200, "delivery {i}: {queued}");
+        ids.push((
+            queued["environment"]
+                .as_str()
+                .expect("an environment")
+                .to_owned(),
+            queued["run"].as_i64().expect("id"),
+        ));
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(11),
+        "took {:?}",
+        started.elapsed()
+    );
+    timings.sort();
+    let p95 = timings[94];
+    println!(
+        "100 webhook deliveries: p50 {:?}, p95 {:?}, max {:?}",
+        timings[49], p95, timings[99]
+    );
+    assert!(p95 < Duration::from_millis(50), "p95 {p95:?}");
+
+    // Every run ends; per environment, the last delivery's run is the one that ends
+    // the queue, and most were superseded while another ran.
+    for environment in ["staging", "production"] {
+        let mine: Vec<i64> = ids
+            .iter()
+            .filter(|(e, _)| e == environment)
+            .map(|(_, id)| *id)
+            .collect();
+        let last = *mine.last().expect("deliveries");
+        let run = console.wait_run(last, Duration::from_secs(120));
+        assert!(
+            ["succeeded", "nothing_to_do"]
+                .contains(&run["run"]["status"].as_str().unwrap_or_default()),
+            "{run}"
+        );
+        let statuses: Vec<String> = mine
+            .iter()
+            .map(|id| {
+                console.get_json(&format!("/api/runs/{id}"))["run"]["status"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect();
+        let ran = statuses.iter().filter(|s| *s != "superseded").count();
+        println!(
+            "{environment}: {} deliveries, {ran} runs, {} superseded",
+            mine.len(),
+            mine.len() - ran
+        );
+        assert!(ran < mine.len() / 2, "{environment}: {statuses:?}");
+        assert!(
+            statuses
+                .iter()
+                .all(|s| ["succeeded", "nothing_to_do", "superseded"].contains(&s.as_str())),
+            "{statuses:?}"
+        );
+    }
+    // One run per environment at a time: their spans do not overlap.
+    let runs = console.get_json("/api/runs?limit=500");
+    for environment in ["staging", "production"] {
+        let mut spans: Vec<(i64, i64)> = runs["runs"]
+            .as_array()
+            .expect("runs")
+            .iter()
+            .filter(|r| r["environment"] == environment && r["started_at"].is_i64())
+            .map(|r| {
+                (
+                    r["started_at"].as_i64().unwrap_or(0),
+                    r["finished_at"].as_i64().unwrap_or(i64::MAX),
+                )
+            })
+            .collect();
+        spans.sort();
+        for pair in spans.windows(2) {
+            assert!(
+                pair[1].0 >= pair[0].1,
+                "{environment}: overlapping runs {pair:?}"
+            );
+        }
+    }
+}
