@@ -188,9 +188,16 @@ deploy.gitops = {{ files = [{{ path = "apps/web.yaml", setter = "console:web" }}
         )
     }
 
-    /// The console's config; `poll` in seconds.
-    fn config(&self, port: u16, poll: Option<u64>) -> PathBuf {
+    /// The console's config; `poll` in seconds, `schedules` as TOML.
+    fn config(
+        &self,
+        port: u16,
+        poll: Option<u64>,
+        read_token: Option<&str>,
+        schedules: &str,
+    ) -> PathBuf {
         let poll = poll.map_or(String::new(), |s| format!("poll_seconds = {s}\n"));
+        let read = read_token.map_or(String::new(), |t| format!("read_token = \"{t}\"\n"));
         let text = format!(
             r#"listen = "127.0.0.1:{port}"
 database = "console.db"
@@ -203,7 +210,7 @@ url = "{origin}"
 {poll}
 [auth]
 token = "{TOKEN}"
-
+{read}
 [webhooks]
 github = "{GITHUB}"
 gitea = "{GITEA}"
@@ -211,6 +218,8 @@ gitlab = "{GITLAB}"
 
 [registry]
 store = "store"
+
+{schedules}
 "#,
             origin = self.origin.display(),
         );
@@ -236,8 +245,17 @@ struct Console {
 
 impl Console {
     fn start(world: &World, poll: Option<u64>) -> Self {
+        Self::start_with(world, poll, None, "")
+    }
+
+    fn start_with(
+        world: &World,
+        poll: Option<u64>,
+        read_token: Option<&str>,
+        schedules: &str,
+    ) -> Self {
         let port = free_port();
-        let config = world.config(port, poll);
+        let config = world.config(port, poll, read_token, schedules);
         let log = world.dir.path().join(format!("console-{port}.log"));
         let file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(example())
@@ -725,26 +743,7 @@ fn a_run_killed_midway_shows_interrupted_and_the_next_trigger_runs() {
     let (code, queued) = github_push(&console, "refs/heads/main", &slow, GITHUB);
     assert_eq!(code, 200, "{queued}");
     let id = queued["run"].as_i64().expect("id");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let log = console.get_json(&format!("/api/runs/{id}/log"));
-        let planned = log["lines"]
-            .as_array()
-            .expect("lines")
-            .iter()
-            .any(|l| l["line"].as_str().is_some_and(|t| t.starts_with("web ")));
-        if planned {
-            // web's pre-build hook sleeps now.
-            std::thread::sleep(Duration::from_secs(2));
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the build never started:\n{}",
-            console.output()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_web(&console, id);
     assert_eq!(
         console.get_json(&format!("/api/runs/{id}"))["run"]["status"],
         "running"
@@ -772,6 +771,149 @@ fn a_run_killed_midway_shows_interrupted_and_the_next_trigger_runs() {
     );
     let digest = digest_in(&world.fleet_file("fleet.git", "apps/web.yaml"));
     assert!(console.request("GET", "/", &[], b"").1.contains(&digest));
+
+    // SIGTERM during a run: the pipeline is cancelled, the run says so, the
+    // service exits within its grace period.
+    world.write_workspace("hooks = { pre_build = \"sleep 30\" }");
+    let slow = world.push("apps/web/index.html", "<h1>slow again</h1>\n");
+    let (_, queued) = github_push(&console, "refs/heads/main", &slow, GITHUB);
+    let id = queued["run"].as_i64().expect("id");
+    wait_for_web(&console, id);
+    let stopping = Instant::now();
+    let status = console.stop(Duration::from_secs(25));
+    println!("stopped {:?} after SIGTERM", stopping.elapsed());
+    assert!(status.success(), "{status:?}");
+    let console = Console::start(&world, None);
+    let run = console.get_json(&format!("/api/runs/{id}"));
+    assert_eq!(run["run"]["status"], "cancelled", "{run}");
+}
+
+/// Waits until run `id` has planned and web's pre-build hook sleeps.
+fn wait_for_web(console: &Console, id: i64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let log = console.get_json(&format!("/api/runs/{id}/log"));
+        let planned = log["lines"]
+            .as_array()
+            .expect("lines")
+            .iter()
+            .any(|l| l["line"].as_str().is_some_and(|t| t.starts_with("web ")));
+        if planned {
+            std::thread::sleep(Duration::from_secs(2));
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the build never started:\n{}",
+            console.output()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn reading_can_need_a_token_manual_runs_need_the_write_token_and_cron_runs() {
+    let world = World::new();
+    let schedule = "[[schedules]]\ncron = \"*/2 * * * * *\"\nref = \"main\"\n";
+    let console = Console::start_with(&world, None, Some("read-t0ken"), schedule);
+    let read = "Bearer read-t0ken".to_owned();
+    let basic = format!("Basic {}", base64_of("anyone:read-t0ken"));
+    let write = format!("Bearer {TOKEN}");
+
+    let (code, _) = console.request("GET", "/api/runs", &[], b"");
+    assert_eq!(code, 401);
+    let (code, _) = console.request("GET", "/", &[("Authorization", "Bearer wrong")], b"");
+    assert_eq!(code, 401);
+    for auth in [&read, &basic, &write] {
+        let (code, body) = console.request("GET", "/", &[("Authorization", auth)], b"");
+        assert_eq!(code, 200, "{body}");
+    }
+
+    let body = br#"{"ref":"main"}"#;
+    let with = |auth: &str| {
+        [
+            ("Content-Type", "application/json".to_owned()),
+            ("Authorization", auth.to_owned()),
+        ]
+    };
+    let post = |auth: &str| {
+        let headers = with(auth);
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        console.request("POST", "/api/runs", &headers, body)
+    };
+    assert_eq!(post(&read).0, 401, "the read token does not run anything");
+    let (code, answer) = post(&write);
+    assert_eq!(code, 200, "{answer}");
+    let queued: Value = serde_json::from_str(&answer).expect("JSON");
+    let id = queued["run"].as_i64().expect("id");
+    let reads = [("Authorization", read.as_str())];
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let run = loop {
+        let (_, text) = console.request("GET", &format!("/api/runs/{id}"), &reads, b"");
+        let run: Value = serde_json::from_str(&text).expect("JSON");
+        if !["queued", "running"].contains(&run["run"]["status"].as_str().unwrap_or_default()) {
+            break run;
+        }
+        assert!(Instant::now() < deadline, "{run}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        ["succeeded", "nothing_to_do", "superseded"]
+            .contains(&run["run"]["status"].as_str().unwrap_or_default()),
+        "{run}\n{}",
+        console.output()
+    );
+    assert_eq!(run["run"]["trigger"], "manual");
+
+    // The stream of a finished run: its stored lines, then its end.
+    let (code, stream) = console.request("GET", &format!("/api/runs/{id}/stream"), &reads, b"");
+    assert_eq!(code, 200);
+    assert!(
+        stream.contains("event: line") && stream.contains("event: end"),
+        "{stream}"
+    );
+
+    // The schedule fires every two seconds.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, text) = console.request("GET", "/api/runs", &reads, b"");
+        let runs: Value = serde_json::from_str(&text).expect("JSON");
+        let cron = runs["runs"]
+            .as_array()
+            .expect("runs")
+            .iter()
+            .any(|r| r["trigger"] == "cron" && r["environment"] == "staging");
+        if cron {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no cron run:\n{}",
+            console.output()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn base64_of(text: &str) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in text.as_bytes().chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 #[test]

@@ -62,13 +62,47 @@ pub(crate) struct Config {
 }
 
 /// `[repository]`.
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Repository {
     /// What `git clone` accepts: a URL or a path.
     pub(crate) url: String,
     /// Fetch and look for moved branches and tags this often; no polling without it.
     pub(crate) poll_seconds: Option<u64>,
+}
+
+impl fmt::Debug for Repository {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Repository")
+            .field("url", &redact_userinfo(&self.url))
+            .field("poll_seconds", &self.poll_seconds)
+            .finish()
+    }
+}
+
+/// `text` with the password of every `scheme://user:password@` replaced by `***`:
+/// a remote URL may carry a token, and git repeats it in its messages.
+pub(crate) fn redact_userinfo(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (head, tail) = rest.split_at(at + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| c == '/' || c.is_whitespace())
+            .unwrap_or(tail.len());
+        match tail[..end].rfind('@') {
+            Some(userinfo) => {
+                let user = tail[..userinfo].split(':').next().unwrap_or_default();
+                out.push_str(user);
+                out.push_str(":***");
+                rest = &tail[userinfo..];
+            }
+            None => rest = tail,
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// `[auth]`.
@@ -164,5 +198,20 @@ mod tests {
             "{shown}"
         );
         assert_eq!(config.auth.token.expose(), "tok-123");
+    }
+
+    #[test]
+    fn passwords_in_urls_are_redacted() {
+        assert_eq!(
+            redact_userinfo(
+                "fatal: unable to access 'https://ci:glpat-xyz@gitlab.example.com/a.git/': 403"
+            ),
+            "fatal: unable to access 'https://ci:***@gitlab.example.com/a.git/': 403"
+        );
+        assert_eq!(
+            redact_userinfo("ssh://git@host/repo /path"),
+            "ssh://git:***@host/repo /path"
+        );
+        assert_eq!(redact_userinfo("/srv/git/repo.git"), "/srv/git/repo.git");
     }
 }

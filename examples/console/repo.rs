@@ -9,6 +9,8 @@ use anyhow::{Context as _, bail};
 use tokio::process::Command;
 use tokio::sync::Mutex;
 
+use crate::config::redact_userinfo;
+
 /// The cache clone and its work trees.
 #[derive(Debug)]
 pub(crate) struct Repo {
@@ -153,7 +155,7 @@ async fn git(dir: Option<&Path>, args: &[&str]) -> anyhow::Result<String> {
         .await
         .context("cannot run git: install it")?;
     if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stderr = redact_userinfo(&String::from_utf8_lossy(&out.stderr));
         bail!(
             "git {} failed: {}",
             args.first().unwrap_or(&""),

@@ -213,6 +213,20 @@ impl Service {
             let _guard = env_lock.lock().await;
             let ended = self.execute(&run).await;
             let (status, reason, report) = match ended {
+                // A stage stopped by the shutdown reports a failure; the run was cancelled.
+                Ok(report)
+                    if self.shutdown.is_cancelled()
+                        && !matches!(
+                            report.status(),
+                            RunStatus::Succeeded | RunStatus::NothingToDo
+                        ) =>
+                {
+                    (
+                        "cancelled",
+                        Some("the service stopped during the run".into()),
+                        Some(report),
+                    )
+                }
                 Ok(report) => (status_of(&report), None, Some(report)),
                 Err(e) if self.shutdown.is_cancelled() => {
                     ("cancelled", Some(format!("{e:#}")), None)
@@ -290,7 +304,8 @@ impl Service {
             .cancellation(self.shutdown.child_token())
             .build()?;
         let report = pipeline
-            .run(base.as_deref(), &sha, &Selection::default())
+            // HEAD, the checkout of `sha`: its branch is the ref's, its tag exact.
+            .run(base.as_deref(), "HEAD", &Selection::default())
             .await
             .map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
         for app in &report.apps {
