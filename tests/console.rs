@@ -285,7 +285,7 @@ impl Console {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// One HTTP/1.1 request; the status and the body.
+    /// One HTTP/1.1 request to the console; the status and the body.
     fn request(
         &self,
         method: &str,
@@ -293,27 +293,7 @@ impl Console {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> (u16, String) {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .expect("timeout");
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
-            body.len()
-        );
-        for (name, value) in headers {
-            head.push_str(&format!("{name}: {value}\r\n"));
-        }
-        head.push_str("\r\n");
-        stream.write_all(head.as_bytes()).expect("send");
-        // The server may answer (413) before reading a large body.
-        let _ = stream.write_all(body);
-        let mut raw = Vec::new();
-        let _ = stream.read_to_end(&mut raw);
-        let raw = String::from_utf8_lossy(&raw);
-        let status = raw.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let body = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
-        (status, body)
+        http(self.port, method, path, headers, body)
     }
 
     fn get_json(&self, path: &str) -> Value {
@@ -385,6 +365,70 @@ impl Drop for Console {
             let _ = self.child.wait();
         }
     }
+}
+
+/// One HTTP/1.1 request to a loopback port; the status and the body.
+fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).expect("send");
+    // The server may answer (413) before reading a large body.
+    let _ = stream.write_all(body);
+    // Read the head, then Content-Length bytes (a kept-alive peer never closes),
+    // else to the end.
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 8192];
+    let (head_len, length) = loop {
+        let n = stream.read(&mut buf).unwrap_or(0);
+        raw.extend_from_slice(&buf[..n]);
+        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            break (end + 4, length);
+        }
+        if n == 0 {
+            break (raw.len(), Some(0));
+        }
+    };
+    match length {
+        Some(length) => {
+            while raw.len() < head_len + length {
+                let n = stream.read(&mut buf).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                raw.extend_from_slice(&buf[..n]);
+            }
+        }
+        None => {
+            let _ = stream.read_to_end(&mut raw);
+        }
+    }
+    let status = String::from_utf8_lossy(&raw[..head_len.min(raw.len())])
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = String::from_utf8_lossy(&raw[head_len.min(raw.len())..]).into_owned();
+    (status, body)
 }
 
 fn fixture(name: &str, reference: &str, after: &str, kind: &str) -> String {
@@ -1034,4 +1078,227 @@ fn a_hundred_deliveries_in_ten_seconds_are_accepted_and_coalesced_per_environmen
             );
         }
     }
+}
+
+/// Headless Chromium through chromedriver's WebDriver API.
+struct Browser {
+    driver: Child,
+    port: u16,
+    session: String,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    fn start() -> Self {
+        let port = free_port();
+        let driver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("chromedriver runs (apt-get install -y chromium chromium-driver)");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "chromedriver never listened");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let profile = tempfile::tempdir().expect("tempdir");
+        let capabilities = serde_json::json!({ "capabilities": { "alwaysMatch": {
+            "browserName": "chrome",
+            "unhandledPromptBehavior": "ignore",
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                         "--no-first-run", "--disable-dev-shm-usage", format!("--user-data-dir={}", profile.path().display())],
+            },
+        }}});
+        let mut browser = Self {
+            driver,
+            port,
+            session: String::new(),
+            _profile: profile,
+        };
+        let answer = browser.call("POST", "/session", Some(capabilities));
+        browser.session = answer["sessionId"].as_str().expect("a session").to_owned();
+        browser
+    }
+
+    /// A WebDriver command; its `value`.
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let headers = [("Content-Type", "application/json")];
+        let (code, text) = http(self.port, method, path, &headers, body.as_bytes());
+        let answer: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        assert_eq!(code, 200, "{method} {path}: {text}");
+        answer["value"].clone()
+    }
+
+    fn session(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        self.call(method, &format!("/session/{}{path}", self.session), body)
+    }
+
+    fn open(&self, url: &str) {
+        self.session("POST", "/url", Some(serde_json::json!({ "url": url })));
+    }
+
+    fn script(&self, script: &str) -> Value {
+        self.session(
+            "POST",
+            "/execute/sync",
+            Some(serde_json::json!({ "script": script, "args": [] })),
+        )
+    }
+
+    fn element(&self, css: &str) -> String {
+        let found = self.session(
+            "POST",
+            "/element",
+            Some(serde_json::json!({ "using": "css selector", "value": css })),
+        );
+        found
+            .as_object()
+            .and_then(|o| o.values().next())
+            .and_then(Value::as_str)
+            .expect("an element")
+            .to_owned()
+    }
+
+    fn click(&self, css: &str) {
+        let id = self.element(css);
+        self.session(
+            "POST",
+            &format!("/element/{id}/click"),
+            Some(serde_json::json!({})),
+        );
+    }
+
+    fn type_into(&self, css: &str, text: &str) {
+        let id = self.element(css);
+        self.session(
+            "POST",
+            &format!("/element/{id}/value"),
+            Some(serde_json::json!({ "text": text })),
+        );
+    }
+
+    /// Waits until `script` returns a truthy value; returns it.
+    fn wait_for(&self, script: &str, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let value = self.script(script);
+            if !(value.is_null() || value == false || value == "") {
+                return value;
+            }
+            assert!(Instant::now() < deadline, "never true: {script}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if !self.session.is_empty() {
+            let _ = http(
+                self.port,
+                "DELETE",
+                &format!("/session/{}", self.session),
+                &[],
+                b"",
+            );
+        }
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.driver.id())])
+            .status();
+        let _ = self.driver.wait();
+    }
+}
+
+#[test]
+fn in_chromium_the_page_loads_the_log_follows_live_and_rollback_asks_first() {
+    let world = World::new();
+    let console = Console::start(&world, None);
+    let mut digests = Vec::new();
+    for version in ["v2", "v3"] {
+        let sha = world.push("apps/web/index.html", &format!("<h1>{version}</h1>\n"));
+        let (_, queued) = github_push(&console, "refs/heads/main", &sha, GITHUB);
+        let run = console.wait_run(
+            queued["run"].as_i64().expect("id"),
+            Duration::from_secs(120),
+        );
+        assert_eq!(run["run"]["status"], "succeeded", "{run}");
+        digests.push(digest_in(&world.fleet_file("fleet.git", "apps/web.yaml")));
+    }
+    let base = format!("http://127.0.0.1:{}", console.port);
+    let browser = Browser::start();
+
+    // Load: the matrix shows what runs in staging.
+    browser.open(&format!("{base}/"));
+    let matrix = browser.script("return document.getElementById('matrix').textContent");
+    assert!(
+        matrix.as_str().is_some_and(|t| t.contains(&digests[1])),
+        "{matrix}"
+    );
+
+    // Live: a slow run's page fills in while it runs, without reloading.
+    world.write_workspace("hooks = { pre_build = \"sleep 3\" }");
+    let slow = world.push("apps/web/index.html", "<h1>v4</h1>\n");
+    let (_, queued) = github_push(&console, "refs/heads/main", &slow, GITHUB);
+    let id = queued["run"].as_i64().expect("id");
+    browser.open(&format!("{base}/runs/{id}"));
+    browser.script("window.loadedOnce = true; return true");
+    browser.wait_for(
+        "return document.getElementById('log').textContent.includes('web ') && !document.getElementById('log').dataset.ended",
+        Duration::from_secs(60),
+    );
+    let ended = browser.wait_for(
+        "return document.getElementById('log').dataset.ended",
+        Duration::from_secs(120),
+    );
+    assert_eq!(ended, "succeeded");
+    assert_eq!(
+        browser.script("return window.loadedOnce === true"),
+        true,
+        "the page was not reloaded"
+    );
+    let progress = browser.script("return document.getElementById('apps').textContent");
+    assert!(
+        progress.as_str().is_some_and(|t| t.contains("web")),
+        "{progress}"
+    );
+    let current = digest_in(&world.fleet_file("fleet.git", "apps/web.yaml"));
+
+    // Rollback: the button asks first; dismissed, nothing happens; accepted, it rolls back.
+    browser.open(&format!("{base}/apps/web"));
+    browser.type_into("#token", TOKEN);
+    browser.click("button.rollback[data-env='staging']");
+    let question = browser.session("GET", "/alert/text", None);
+    assert!(
+        question
+            .as_str()
+            .is_some_and(|q| q.contains("Roll web back") && q.contains("staging")),
+        "{question}"
+    );
+    browser.session("POST", "/alert/dismiss", Some(serde_json::json!({})));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        digest_in(&world.fleet_file("fleet.git", "apps/web.yaml")),
+        current,
+        "dismissed: no rollback"
+    );
+    browser.click("button.rollback[data-env='staging']");
+    browser.session("POST", "/alert/accept", Some(serde_json::json!({})));
+    let result = browser.wait_for(
+        "return document.getElementById('result').textContent",
+        Duration::from_secs(60),
+    );
+    assert!(
+        result.as_str().is_some_and(|r| r.contains(&digests[1])),
+        "{result}"
+    );
+    assert_eq!(
+        digest_in(&world.fleet_file("fleet.git", "apps/web.yaml")),
+        digests[1]
+    );
 }

@@ -242,7 +242,7 @@ async fn events(
 
 /// Apps × environments: what each runs, from which commit.
 pub(crate) fn matrix(service: &Service) -> anyhow::Result<Value> {
-    let (apps, environments) = parts::names(&service.rules(), service.repo.mirror())?;
+    let (apps, environments) = parts::names(&service.rules());
     let current = service.db.current()?;
     Ok(json!({ "apps": apps, "environments": environments, "deployments": current }))
 }

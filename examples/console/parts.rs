@@ -27,22 +27,25 @@ pub(crate) fn schema() -> Schema {
         .merge(gitops::schema())
 }
 
-/// The environment a ref ships to by `shipflow.toml`'s rules (`text`), if any.
-pub(crate) fn environment_for(
-    text: &str,
-    root: &Path,
-    reference: &str,
-) -> anyhow::Result<Option<String>> {
-    let workspace = Workspace::loader()
+/// `shipflow.toml` as `text`, for its apps and its environment rules.
+pub(crate) fn rules(text: &str, root: &Path) -> anyhow::Result<Workspace> {
+    Workspace::loader()
         .schema(schema())
         .from_toml(text, root)
-        .with_context(|| format!("{CONFIG_FILE} of the default branch"))?;
+        .with_context(|| format!("{CONFIG_FILE} of the default branch"))
+}
+
+/// The environment a ref ships to by the workspace's rules, if any.
+pub(crate) fn environment_for(
+    rules: &Workspace,
+    reference: &str,
+) -> anyhow::Result<Option<String>> {
     let revision = RevisionInfo {
         branch: reference.strip_prefix("refs/heads/").map(str::to_owned),
         tag: reference.strip_prefix("refs/tags/").map(str::to_owned),
         ..RevisionInfo::default()
     };
-    Ok(workspace
+    Ok(rules
         .environment_for(&revision)?
         .map(|e| e.name().to_owned()))
 }
@@ -111,14 +114,10 @@ pub(crate) async fn deployer(workspace: &Workspace) -> anyhow::Result<Arc<dyn De
     }
 }
 
-/// The apps and environments of `shipflow.toml` (`text`), by name.
-pub(crate) fn names(text: &str, root: &Path) -> anyhow::Result<(Vec<String>, Vec<String>)> {
-    let workspace = Workspace::loader().schema(schema()).from_toml(text, root)?;
-    Ok((
-        workspace.apps().map(|a| a.name.clone()).collect(),
-        workspace
-            .environments()
-            .map(|e| e.name().to_owned())
-            .collect(),
-    ))
+/// The apps and environments of the workspace, by name.
+pub(crate) fn names(rules: &Workspace) -> (Vec<String>, Vec<String>) {
+    (
+        rules.apps().map(|a| a.name.clone()).collect(),
+        rules.environments().map(|e| e.name().to_owned()).collect(),
+    )
 }

@@ -10,7 +10,7 @@ use serde::Serialize;
 use shipflow_kit::git::GitChangeDetector;
 use shipflow_kit::{
     CancellationToken, Event, EventKind, EventSink, Outcome, Pipeline, Report, RunStatus,
-    Selection, error_chain,
+    Selection, Workspace, error_chain,
 };
 use tokio::sync::broadcast;
 use tokio::task::JoinSet;
@@ -54,7 +54,7 @@ pub(crate) struct Service {
     /// Cancelled at shutdown: triggers stop and running pipelines are cancelled.
     pub(crate) shutdown: CancellationToken,
     /// `shipflow.toml` of the default branch, as last fetched: the environment rules.
-    rules: RwLock<String>,
+    rules: RwLock<Arc<Workspace>>,
     active: Mutex<HashSet<String>>,
     env_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     workers: Mutex<JoinSet<()>>,
@@ -80,10 +80,11 @@ impl Service {
     pub(crate) async fn start(config: Config) -> anyhow::Result<Arc<Self>> {
         let db = Db::open(&config.database)?;
         let repo = Repo::open(&config.repository.url, &config.state_dir).await?;
-        let rules = repo
+        let text = repo
             .show("HEAD", shipflow_kit::CONFIG_FILE)
             .await
             .context("the default branch has no shipflow.toml")?;
+        let rules = Arc::new(parts::rules(&text, repo.mirror())?);
         let service = Arc::new(Self {
             config,
             db,
@@ -103,14 +104,17 @@ impl Service {
     /// Fetches, and rereads the environment rules of the default branch.
     pub(crate) async fn fetch(&self) -> anyhow::Result<()> {
         self.repo.fetch().await?;
-        if let Ok(text) = self.repo.show("HEAD", shipflow_kit::CONFIG_FILE).await {
-            *self.rules.write().unwrap_or_else(|e| e.into_inner()) = text;
+        // A broken shipflow.toml on the default branch keeps the last good rules.
+        let text = self.repo.show("HEAD", shipflow_kit::CONFIG_FILE).await?;
+        match parts::rules(&text, self.repo.mirror()) {
+            Ok(rules) => *self.rules.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(rules),
+            Err(e) => tracing::warn!("keeping the environment rules: {e:#}"),
         }
         Ok(())
     }
 
     /// `shipflow.toml` of the default branch, as last fetched.
-    pub(crate) fn rules(&self) -> String {
+    pub(crate) fn rules(&self) -> Arc<Workspace> {
         self.rules.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
@@ -122,7 +126,7 @@ impl Service {
         sha: &str,
         source: &str,
     ) -> anyhow::Result<Queued> {
-        let environment = parts::environment_for(&self.rules(), self.repo.mirror(), reference)?;
+        let environment = parts::environment_for(&self.rules(), reference)?;
         let Some(environment) = environment else {
             let reason = format!("no environment of shipflow.toml takes {reference}");
             tracing::info!(reference, source, "{reason}");
