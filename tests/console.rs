@@ -530,6 +530,11 @@ fn a_push_runs_through_a_webhook_and_a_poll_and_the_page_and_api_show_the_digest
                 .is_some_and(|t| t.starts_with("web deploy: "))),
         "{log}"
     );
+    let (_, run_page) = console.request("GET", &format!("/runs/{id}"), &[], b"");
+    assert!(
+        run_page.contains(&digest) && run_page.contains("apps/web/index.html changed (own path)"),
+        "{run_page}"
+    );
     let events = console.get_json(&format!("/api/runs/{id}/events"));
     assert!(!events["events"].as_array().expect("events").is_empty());
 
@@ -698,6 +703,15 @@ fn each_provider_needs_its_signature_and_refused_deliveries_run_nothing() {
         big.as_bytes(),
     );
     assert_eq!(code, 413);
+
+    // Signed, but not a push payload: 400.
+    let junk = r#"{"ref":"refs/heads/main","after":"not-a-commit"}"#;
+    let junk_signature = format!("sha256={}", hmac_hex(GITHUB, junk));
+    let headers = [
+        ("X-GitHub-Event", "push"),
+        ("X-Hub-Signature-256", junk_signature.as_str()),
+    ];
+    assert_eq!(console.deliver("github", &headers, junk).0, 400);
 
     // A ping is acknowledged and ignored.
     let ping = r#"{"zen":"Keep it logically awesome.","hook_id":1}"#;

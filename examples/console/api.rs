@@ -21,7 +21,7 @@ use tokio::sync::broadcast;
 
 use crate::config::Secret;
 use crate::runner::{Live, Service};
-use crate::webhook::{Delivery, Provider};
+use crate::webhook::{Delivery, Provider, Refused};
 use crate::{pages, parts, triggers};
 
 type Shared = State<Arc<Service>>;
@@ -145,7 +145,11 @@ async fn hook(
     }
     let delivery = provider.verify(secret, &headers, &body).map_err(|e| {
         tracing::warn!(?provider, "webhook refused: {e}");
-        ApiError(StatusCode::UNAUTHORIZED, e.to_string())
+        let status = match e {
+            Refused::Payload(_) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::UNAUTHORIZED,
+        };
+        ApiError(status, e.to_string())
     })?;
     let push = match delivery {
         Delivery::Push(push) => push,
@@ -323,15 +327,7 @@ async fn stream(
     let run = service.db.run(id)?.ok_or_else(|| not_found("such run"))?;
     let stored = service.db.log_lines(id, 0)?;
     let last = stored.last().map_or(0, |l| l.seq);
-    let mut first: Vec<SseEvent> = stored
-        .iter()
-        .map(|l| {
-            SseEvent::default()
-                .event("line")
-                .id(l.seq.to_string())
-                .data(&l.line)
-        })
-        .collect();
+    let mut first: Vec<SseEvent> = stored.iter().map(line_event).collect();
     let finished = crate::db::FINISHED.contains(&run.status.as_str());
     if finished {
         first.push(SseEvent::default().event("end").data(&run.status));
@@ -341,17 +337,31 @@ async fn stream(
         Some(receiver).filter(|_| !finished),
         last,
     );
-    let events = futures_util::stream::unfold(
-        state,
-        move |(mut first, mut receiver, mut last)| async move {
+    let events = futures_util::stream::unfold(state, move |(mut first, mut receiver, mut last)| {
+        let service = service.clone();
+        async move {
             if let Some(event) = first.next() {
                 return Some((Ok(event), (first, receiver, last)));
             }
             let rx = receiver.as_mut()?;
             loop {
-                let live = match rx.recv().await {
+                let received = tokio::select! {
+                    received = rx.recv() => received,
+                    // Shutdown ends the streams too, or queued runs would hold the server.
+                    () = service.shutdown.cancelled() => return None,
+                };
+                let live = match received {
                     Ok(live) => live,
-                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        // Fell behind the live channel: the lines missed are stored.
+                        let missed = service.db.log_lines(id, last).ok()?;
+                        last = missed.last().map_or(last, |l| l.seq);
+                        let mut missed: Vec<SseEvent> = missed.iter().map(line_event).collect();
+                        let Some(event) = (!missed.is_empty()).then(|| missed.remove(0)) else {
+                            continue;
+                        };
+                        return Some((Ok(event), (missed.into_iter(), receiver, last)));
+                    }
                     Err(broadcast::error::RecvError::Closed) => return None,
                 };
                 if live.run() != id {
@@ -376,7 +386,14 @@ async fn stream(
                 };
                 return Some((Ok(event), (first, receiver, last)));
             }
-        },
-    );
+        }
+    });
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+}
+
+fn line_event(line: &crate::db::LogLine) -> SseEvent {
+    SseEvent::default()
+        .event("line")
+        .id(line.seq.to_string())
+        .data(&line.line)
 }

@@ -8,6 +8,8 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::Html;
 
+use shipflow_kit::Report;
+
 use crate::api::{ApiResult, matrix, require_read};
 use crate::db::{Deployment, Run};
 use crate::runner::{Service, short};
@@ -138,9 +140,33 @@ pub(crate) async fn run(
         return Ok(page("no such run", ""));
     };
     let mut body = runs_table(std::slice::from_ref(&run));
-    body.push_str(
-        "<h2>Apps</h2><table id=\"apps\"><tr><th>app</th><th>stage</th><th>state</th></tr></table>",
-    );
+    body.push_str("<h2>Apps</h2><table id=\"apps\"><tr><th>app</th><th>stage</th><th>state</th><th>image</th><th>why</th></tr>");
+    let report: Option<Report> = service
+        .db
+        .report(id)?
+        .and_then(|r| serde_json::from_str(&r).ok());
+    for app in report.iter().flat_map(|r| &r.apps) {
+        let outcome = serde_json::to_value(&app.outcome).ok();
+        let status = outcome
+            .as_ref()
+            .and_then(|o| o["status"].as_str())
+            .unwrap_or_default();
+        let reasons: Vec<String> = app.reasons.iter().map(ToString::to_string).collect();
+        let _ = write!(
+            body,
+            "<tr id=\"app-{a}\"><td>{a}</td><td>{status}</td><td>{error}</td><td><code>{image}</code></td><td>{why}</td></tr>",
+            a = esc(&app.app),
+            status = esc(status),
+            error = esc(app.error.as_deref().unwrap_or("")),
+            image = esc(&app
+                .image
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default()),
+            why = esc(&reasons.join("; ")),
+        );
+    }
+    body.push_str("</table>");
     body.push_str("<h2>Log</h2><pre id=\"log\"></pre>");
     let _ = write!(
         body,
@@ -152,7 +178,7 @@ source.addEventListener('line', e => {{ log.textContent += e.data + '\n'; }});
 source.addEventListener('app', e => {{
   const a = JSON.parse(e.data);
   let row = document.getElementById('app-' + a.app);
-  if (!row) {{ row = apps.insertRow(); row.id = 'app-' + a.app; row.insertCell().textContent = a.app; row.insertCell(); row.insertCell(); }}
+  if (!row) {{ row = apps.insertRow(); row.id = 'app-' + a.app; row.insertCell().textContent = a.app; row.insertCell(); row.insertCell(); row.insertCell(); row.insertCell(); }}
   row.cells[1].textContent = a.stage; row.cells[2].textContent = a.state;
 }});
 source.addEventListener('end', e => {{ log.textContent += '[' + e.data + ']\n'; log.dataset.ended = e.data; source.close(); }});
