@@ -548,23 +548,53 @@ fn a_push_runs_through_a_webhook_and_a_poll_and_the_page_and_api_show_the_digest
     assert_eq!(run["run"]["status"], "succeeded", "{run}");
     let newer = digest_in(&world.fleet_file("fleet.git", "apps/web.yaml"));
     assert_ne!(newer, digest);
-    let body = br#"{"environment":"staging"}"#;
+    // The deployer's revisions of web in staging: the newer runs, the first is kept.
+    let revisions = console.get_json("/api/apps/web/revisions?environment=staging");
+    let revisions = revisions["revisions"]
+        .as_array()
+        .expect("revisions")
+        .clone();
+    let current = revisions
+        .iter()
+        .find(|r| r["current"] == true)
+        .expect("a current revision");
+    assert!(
+        current["image"]
+            .as_str()
+            .is_some_and(|i| i.ends_with(&newer)),
+        "{revisions:?}"
+    );
+    let first = revisions
+        .iter()
+        .find(|r| r["image"].as_str().is_some_and(|i| i.ends_with(&digest)))
+        .expect("the first deploy is a revision");
+    let body = format!(
+        r#"{{"environment":"staging","revision":{}}}"#,
+        first["number"]
+    );
     let json = [("Content-Type", "application/json")];
-    let (code, _) = console.request("POST", "/api/apps/web/rollback", &json, body);
+    let (code, _) = console.request("POST", "/api/apps/web/rollback", &json, body.as_bytes());
     assert_eq!(code, 401);
     let bearer = format!("Bearer {TOKEN}");
     let authed = [
         ("Content-Type", "application/json"),
         ("Authorization", bearer.as_str()),
     ];
-    let (code, answer) = console.request("POST", "/api/apps/web/rollback", &authed, body);
+    let outside = br#"{"environment":"../../etc"}"#;
+    let (code, _) = console.request("POST", "/api/apps/web/rollback", &authed, outside);
+    assert_eq!(code, 404, "only an environment of shipflow.toml");
+    let (code, answer) =
+        console.request("POST", "/api/apps/web/rollback", &authed, body.as_bytes());
     assert_eq!(code, 200, "{answer}");
     assert_eq!(
         digest_in(&world.fleet_file("fleet.git", "apps/web.yaml")),
         digest
     );
     let (_, page) = console.request("GET", "/apps/web", &[], b"");
-    assert!(page.contains("rollback") && page.contains(&newer), "{page}");
+    assert!(
+        page.contains("rollback") && page.contains(&newer) && page.contains("Roll back to "),
+        "{page}"
+    );
 
     // SIGTERM: a clean exit; then polling finds a tag, which ships to production.
     let status = console.stop(Duration::from_secs(30));

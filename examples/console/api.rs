@@ -41,13 +41,14 @@ pub(crate) fn router(service: Arc<Service>) -> Router {
         .route("/api/runs/{id}/events", get(events))
         .route("/api/runs/{id}/stream", get(stream))
         .route("/api/apps/{app}", get(app_history))
+        .route("/api/apps/{app}/revisions", get(revisions))
         .route("/api/apps/{app}/rollback", post(rollback))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(service)
 }
 
 /// An error answered as JSON; server errors are logged.
-pub(crate) struct ApiError(StatusCode, String);
+pub(crate) struct ApiError(pub(crate) StatusCode, pub(crate) String);
 
 impl From<anyhow::Error> for ApiError {
     fn from(e: anyhow::Error) -> Self {
@@ -267,6 +268,57 @@ async fn app_history(
     ))
 }
 
+/// The workspace of `environment` as its last run checked it out, and its deployer.
+pub(crate) async fn deployer_of(
+    service: &Service,
+    environment: &str,
+) -> ApiResult<(shipflow_kit::Workspace, Arc<dyn shipflow_kit::Deployer>)> {
+    // Only a known name: it becomes a path.
+    let (_, environments) = parts::names(&service.rules());
+    if !environments.iter().any(|e| e == environment) {
+        return Err(not_found("such environment"));
+    }
+    let dir = service.repo.worktree(environment);
+    if !dir.exists() {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("nothing ran in {environment} yet"),
+        ));
+    }
+    let workspace = parts::workspace(&dir, environment)?;
+    let deployer = parts::deployer(&workspace).await?;
+    Ok((workspace, deployer))
+}
+
+#[derive(Deserialize)]
+struct InEnvironment {
+    environment: String,
+}
+
+/// The deployer's own history of an app in an environment (what rollback picks from).
+async fn revisions(
+    State(service): Shared,
+    headers: HeaderMap,
+    Path(app): Path<String>,
+    Query(q): Query<InEnvironment>,
+) -> ApiResult<Json<Value>> {
+    require_read(&service, &headers)?;
+    let (workspace, deployer) = deployer_of(&service, &q.environment).await?;
+    let target = workspace.app(&app).ok_or_else(|| not_found("such app"))?;
+    let revisions = deployer
+        .history(target, &Context::new())
+        .await
+        .map_err(|e| {
+            ApiError(
+                StatusCode::BAD_GATEWAY,
+                shipflow_kit::error_chain(e.as_ref()),
+            )
+        })?;
+    Ok(Json(
+        json!({ "app": app, "environment": q.environment, "revisions": revisions }),
+    ))
+}
+
 #[derive(Deserialize)]
 struct Rollback {
     environment: String,
@@ -281,18 +333,11 @@ async fn rollback(
     Json(body): Json<Rollback>,
 ) -> ApiResult<Json<Value>> {
     require_write(&service, &headers)?;
-    let dir = service.repo.worktree(&body.environment);
-    if !dir.exists() {
-        return Err(ApiError(
-            StatusCode::CONFLICT,
-            format!("nothing ran in {} yet", body.environment),
-        ));
-    }
+    // Not while a run deploys there.
     let env_lock = service.env_lock(&body.environment);
     let _guard = env_lock.lock().await;
-    let workspace = parts::workspace(&dir, &body.environment)?;
+    let (workspace, deployer) = deployer_of(&service, &body.environment).await?;
     let target = workspace.app(&app).ok_or_else(|| not_found("such app"))?;
-    let deployer = parts::deployer(&workspace).await?;
     let to = body
         .revision
         .map_or(RollbackTarget::Previous, RollbackTarget::Revision);

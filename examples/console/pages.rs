@@ -10,7 +10,9 @@ use axum::response::Html;
 
 use shipflow_kit::Report;
 
-use crate::api::{ApiResult, matrix, require_read};
+use shipflow_kit::{Context, error_chain};
+
+use crate::api::{ApiError, ApiResult, deployer_of, matrix, require_read};
 use crate::db::{Deployment, Run};
 use crate::runner::{Service, short};
 
@@ -199,16 +201,67 @@ pub(crate) async fn app(
     let mut environments: Vec<&str> = history.iter().map(|d| d.environment.as_str()).collect();
     environments.sort_unstable();
     environments.dedup();
-    for env in environments {
-        let _ = write!(
-            body,
-            "<h2>{e}</h2><button class=\"rollback\" data-env=\"{e}\" data-app=\"{a}\" onclick=\"act('/api/apps/' + encodeURIComponent(this.dataset.app) + '/rollback', {{environment: this.dataset.env}}, 'Roll ' + this.dataset.app + ' back to its previous revision in ' + this.dataset.env + '?')\">Roll back</button>",
+    // The button posts a rollback after the browser's confirmation; without a
+    // revision, to the previous one.
+    let button = |env: &str, revision: Option<u64>| {
+        let (label, to, data) = match revision {
+            Some(n) => (
+                format!("Roll back to {n}"),
+                format!("revision {n}"),
+                format!(" data-revision=\"{n}\""),
+            ),
+            None => (
+                "Roll back".to_owned(),
+                "its previous revision".to_owned(),
+                String::new(),
+            ),
+        };
+        format!(
+            "<button class=\"rollback\" data-env=\"{e}\" data-app=\"{a}\"{data} onclick=\"act('/api/apps/' + encodeURIComponent(this.dataset.app) + '/rollback', {{environment: this.dataset.env, revision: this.dataset.revision ? Number(this.dataset.revision) : null}}, 'Roll ' + this.dataset.app + ' back to {to} in ' + this.dataset.env + '?')\">{label}</button>",
             e = esc(env),
             a = esc(&app),
-        );
-        body.push_str(
-            "<table><tr><th>when</th><th>action</th><th>image</th><th>commit</th><th>run</th></tr>",
-        );
+        )
+    };
+    for env in environments {
+        let _ = write!(body, "<h2>{}</h2>{}", esc(env), button(env, None));
+        // What the deployer keeps: each revision can be rolled back to.
+        match deployer_of(&service, env).await {
+            Ok((workspace, deployer)) => match workspace.app(&app) {
+                Some(target) => match deployer.history(target, &Context::new()).await {
+                    Ok(revisions) => {
+                        body.push_str("<h3>Revisions</h3><table class=\"revisions\"><tr><th>revision</th><th>image</th><th>cause</th><th>created</th><th></th></tr>");
+                        for r in revisions {
+                            let action = if r.current {
+                                "running".to_owned()
+                            } else {
+                                button(env, Some(r.number))
+                            };
+                            let _ = write!(
+                                body,
+                                "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{action}</td></tr>",
+                                r.number,
+                                esc(&r.image),
+                                esc(r.change_cause.as_deref().unwrap_or("")),
+                                esc(r.created_at.as_deref().unwrap_or("")),
+                            );
+                        }
+                        body.push_str("</table>");
+                    }
+                    Err(e) => {
+                        let _ = write!(
+                            body,
+                            "<p>no revisions: {}</p>",
+                            esc(&error_chain(e.as_ref()))
+                        );
+                    }
+                },
+                None => body.push_str("<p>not an app of this environment</p>"),
+            },
+            Err(ApiError(_, message)) => {
+                let _ = write!(body, "<p>no revisions: {}</p>", esc(&message));
+            }
+        }
+        body.push_str("<h3>Deploys from the console</h3><table><tr><th>when</th><th>action</th><th>image</th><th>commit</th><th>run</th></tr>");
         for d in history.iter().filter(|d| d.environment == env) {
             let run = d
                 .run_id
