@@ -268,16 +268,22 @@ async fn app_history(
     ))
 }
 
+/// Only an environment of shipflow.toml: its name becomes a path and a lock.
+fn known_environment(service: &Service, environment: &str) -> ApiResult<()> {
+    let (_, environments) = parts::names(&service.rules());
+    if environments.iter().any(|e| e == environment) {
+        Ok(())
+    } else {
+        Err(not_found("such environment"))
+    }
+}
+
 /// The workspace of `environment` as its last run checked it out, and its deployer.
 pub(crate) async fn deployer_of(
     service: &Service,
     environment: &str,
 ) -> ApiResult<(shipflow_kit::Workspace, Arc<dyn shipflow_kit::Deployer>)> {
-    // Only a known name: it becomes a path.
-    let (_, environments) = parts::names(&service.rules());
-    if !environments.iter().any(|e| e == environment) {
-        return Err(not_found("such environment"));
-    }
+    known_environment(service, environment)?;
     let dir = service.repo.worktree(environment);
     if !dir.exists() {
         return Err(ApiError(
@@ -333,6 +339,7 @@ async fn rollback(
     Json(body): Json<Rollback>,
 ) -> ApiResult<Json<Value>> {
     require_write(&service, &headers)?;
+    known_environment(&service, &body.environment)?;
     // Not while a run deploys there.
     let env_lock = service.env_lock(&body.environment);
     let _guard = env_lock.lock().await;

@@ -174,10 +174,13 @@ impl Service {
                 return;
             }
         };
+        let mut workers = lock(&self.workers);
+        // Reap the workers that ended, so the set does not grow with the service's age.
+        while workers.try_join_next().is_some() {}
         for environment in queued {
             if active.insert(environment.clone()) {
                 let service = self.clone();
-                lock(&self.workers).spawn(async move { service.work(environment).await });
+                workers.spawn(async move { service.work(environment).await });
             }
         }
     }
