@@ -397,7 +397,7 @@ fn http(
     // else to the end.
     let mut raw = Vec::new();
     let mut buf = [0u8; 8192];
-    let mut read = |stream: &mut TcpStream, buf: &mut [u8]| loop {
+    let read = |stream: &mut TcpStream, buf: &mut [u8]| loop {
         match stream.read(buf) {
             Ok(n) => return n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
