@@ -11,6 +11,24 @@
 //! polling, schedules) are in its config file, documented in `console.toml`.
 //! SIGINT or SIGTERM stops it: triggers stop, the running pipeline is cancelled
 //! and given `shutdown_grace_seconds` to record its end.
+//!
+//! ```text
+//! GET  /                                   apps × environments, last runs, a manual run
+//! GET  /runs/{id}                          a run: its apps and its log, live
+//! GET  /apps/{app}                         an app's revisions per environment, with rollback
+//! POST /hooks/github|gitea|gitlab          push and tag webhooks (signed)
+//! GET  /api/status                         apps × environments: image (digest) and commit
+//! GET  /api/runs[?limit=]                  runs, newest first
+//! POST /api/runs {"ref": "main"}           a manual run (bearer token)
+//! GET  /api/runs/{id}[/log|/events]        a run with its Report, its log, its events
+//! GET  /api/runs/{id}/stream               the log and app progress (server-sent events)
+//! GET  /api/apps/{app}[/revisions?environment=]   console deploys; the deployer's history
+//! POST /api/apps/{app}/rollback {"environment": "staging", "revision": 3}   (bearer token)
+//! ```
+//!
+//! One run per environment at a time: a run waits in the queue, and a newer
+//! trigger for the same environment supersedes a waiting one. A run ships what
+//! changed since the environment's last good run, else since the previous commit.
 
 mod api;
 mod config;
