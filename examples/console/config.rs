@@ -1,0 +1,217 @@
+//! The service's configuration file: where it listens and keeps state, the
+//! repository it follows, its tokens and webhook secrets, and its schedules.
+//! Which refs ship to which environment is `shipflow.toml`'s `[environments]`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use serde::Deserialize;
+
+/// A token or secret: compared, never shown (`Debug` prints `***`).
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub(crate) struct Secret(String);
+
+impl Secret {
+    /// The value, for comparing and signing only.
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// `console.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Config {
+    /// Where the HTTP server listens.
+    #[serde(default = "default_listen")]
+    pub(crate) listen: SocketAddr,
+    /// The SQLite run history (a file; `--database` overrides it).
+    #[serde(default = "default_database")]
+    pub(crate) database: PathBuf,
+    /// The cache clone, a work tree per environment, and image builds.
+    #[serde(default = "default_state_dir")]
+    pub(crate) state_dir: PathBuf,
+    /// The largest webhook or API body accepted, in bytes.
+    #[serde(default = "default_max_body")]
+    pub(crate) max_body_bytes: usize,
+    /// How long shutdown waits for a running pipeline to stop after cancelling it.
+    #[serde(default = "default_grace")]
+    pub(crate) shutdown_grace_seconds: u64,
+    /// The monorepo.
+    pub(crate) repository: Repository,
+    /// Tokens.
+    pub(crate) auth: Auth,
+    /// Webhook secrets per provider; a provider without one is refused.
+    #[serde(default)]
+    pub(crate) webhooks: Webhooks,
+    /// Where images go.
+    #[serde(default)]
+    pub(crate) registry: RegistrySettings,
+    /// Cron schedules.
+    #[serde(default)]
+    pub(crate) schedules: Vec<Schedule>,
+}
+
+/// `[repository]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Repository {
+    /// What `git clone` accepts: a URL or a path.
+    pub(crate) url: String,
+    /// Fetch and look for moved branches and tags this often; no polling without it.
+    pub(crate) poll_seconds: Option<u64>,
+}
+
+impl fmt::Debug for Repository {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Repository")
+            .field("url", &redact_userinfo(&self.url))
+            .field("poll_seconds", &self.poll_seconds)
+            .finish()
+    }
+}
+
+/// `text` with the password of every `scheme://user:password@` replaced by `***`:
+/// a remote URL may carry a token, and git repeats it in its messages.
+pub(crate) fn redact_userinfo(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (head, tail) = rest.split_at(at + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| c == '/' || c.is_whitespace())
+            .unwrap_or(tail.len());
+        match tail[..end].rfind('@') {
+            Some(userinfo) => {
+                let user = tail[..userinfo].split(':').next().unwrap_or_default();
+                out.push_str(user);
+                out.push_str(":***");
+                rest = &tail[userinfo..];
+            }
+            None => rest = tail,
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `[auth]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Auth {
+    /// The bearer token of mutating actions (manual runs, rollbacks).
+    pub(crate) token: Secret,
+    /// When set, reading (pages and JSON) needs this token or `token`.
+    pub(crate) read_token: Option<Secret>,
+}
+
+/// `[webhooks]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Webhooks {
+    /// The secret of GitHub's `X-Hub-Signature-256`.
+    pub(crate) github: Option<Secret>,
+    /// The secret of Gitea's `X-Gitea-Signature`.
+    pub(crate) gitea: Option<Secret>,
+    /// GitLab's `X-Gitlab-Token`.
+    pub(crate) gitlab: Option<Secret>,
+}
+
+/// `[registry]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RegistrySettings {
+    /// A directory of OCI layouts to store images in instead of a registry.
+    pub(crate) store: Option<PathBuf>,
+    /// Plain HTTP to the registry (loopback registries of tests).
+    #[serde(default)]
+    pub(crate) insecure: bool,
+}
+
+/// `[[schedules]]`: run a branch or tag on a cron expression (UTC).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Schedule {
+    /// Five fields (minute granularity) or six (seconds first).
+    pub(crate) cron: String,
+    /// The ref to run, e.g. `refs/heads/main` or `main`.
+    #[serde(rename = "ref")]
+    pub(crate) reference: String,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_database() -> PathBuf {
+    PathBuf::from("console.db")
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from(".console")
+}
+fn default_max_body() -> usize {
+    1 << 20
+}
+fn default_grace() -> u64 {
+    30
+}
+
+impl Config {
+    /// Reads `path`; relative paths in it are relative to its directory.
+    pub(crate) fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let mut config: Config =
+            toml::from_str(&text).with_context(|| format!("{} is not valid", path.display()))?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        config.database = dir.join(&config.database);
+        config.state_dir = dir.join(&config.state_dir);
+        if let Some(store) = &mut config.registry.store {
+            *store = dir.join(&*store);
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_show_in_debug() {
+        let config: Config = toml::from_str(
+            "[repository]\nurl = \"/r\"\n[auth]\ntoken = \"tok-123\"\n[webhooks]\ngithub = \"gh-456\"\n",
+        )
+        .expect("valid");
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("tok-123") && !shown.contains("gh-456"),
+            "{shown}"
+        );
+        assert_eq!(config.auth.token.expose(), "tok-123");
+    }
+
+    #[test]
+    fn passwords_in_urls_are_redacted() {
+        assert_eq!(
+            redact_userinfo(
+                "fatal: unable to access 'https://ci:glpat-xyz@gitlab.example.com/a.git/': 403"
+            ),
+            "fatal: unable to access 'https://ci:***@gitlab.example.com/a.git/': 403"
+        );
+        assert_eq!(
+            redact_userinfo("ssh://git@host/repo /path"),
+            "ssh://git:***@host/repo /path"
+        );
+        assert_eq!(redact_userinfo("/srv/git/repo.git"), "/srv/git/repo.git");
+    }
+}

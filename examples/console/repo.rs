@@ -1,0 +1,166 @@
+//! The monorepo as the service sees it: a mirror clone that `git fetch` keeps up
+//! to date, and a detached work tree per environment that a run checks out.
+//! The git CLI does the network and the checkouts; change detection is gix's.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use tokio::process::Command;
+use tokio::sync::Mutex;
+
+use crate::config::redact_userinfo;
+
+/// The cache clone and its work trees.
+#[derive(Debug)]
+pub(crate) struct Repo {
+    url: String,
+    mirror: PathBuf,
+    worktrees: PathBuf,
+    /// One git command changing the mirror at a time.
+    lock: Mutex<()>,
+}
+
+impl Repo {
+    /// Clones `url` into `state_dir` the first time.
+    pub(crate) async fn open(url: &str, state_dir: &Path) -> anyhow::Result<Self> {
+        let repo = Self {
+            url: url.to_owned(),
+            mirror: state_dir.join("mirror.git"),
+            worktrees: state_dir.join("environments"),
+            lock: Mutex::new(()),
+        };
+        if !repo.mirror.join("HEAD").exists() {
+            std::fs::create_dir_all(state_dir)
+                .with_context(|| format!("cannot create {}", state_dir.display()))?;
+            let mirror = repo.mirror.to_string_lossy().into_owned();
+            git(None, &["clone", "--quiet", "--mirror", url, &mirror])
+                .await
+                .context("cannot clone the repository")?;
+        }
+        Ok(repo)
+    }
+
+    /// The mirror's git directory.
+    pub(crate) fn mirror(&self) -> &Path {
+        &self.mirror
+    }
+
+    /// Fetches every branch and tag.
+    pub(crate) async fn fetch(&self) -> anyhow::Result<()> {
+        let _guard = self.lock.lock().await;
+        git(
+            Some(&self.mirror),
+            &[
+                "fetch",
+                "--quiet",
+                "--prune",
+                &self.url,
+                "+refs/heads/*:refs/heads/*",
+                "+refs/tags/*:refs/tags/*",
+            ],
+        )
+        .await
+        .context("cannot fetch the repository")?;
+        Ok(())
+    }
+
+    /// Branches and tags with the commit each points at.
+    pub(crate) async fn refs(&self) -> anyhow::Result<BTreeMap<String, String>> {
+        let out = git(
+            Some(&self.mirror),
+            &[
+                "for-each-ref",
+                "--format=%(refname) %(objectname) %(*objectname)",
+                "refs/heads",
+                "refs/tags",
+            ],
+        )
+        .await?;
+        Ok(out
+            .lines()
+            .filter_map(|line| {
+                let mut parts = line.split_whitespace();
+                let name = parts.next()?;
+                let object = parts.next()?;
+                // An annotated tag: the commit it points at.
+                let commit = parts.next().unwrap_or(object);
+                Some((name.to_owned(), commit.to_owned()))
+            })
+            .collect())
+    }
+
+    /// The commit `rev` names, if it exists.
+    pub(crate) async fn resolve(&self, rev: &str) -> anyhow::Result<Option<String>> {
+        let spec = format!("{rev}^{{commit}}");
+        match git(
+            Some(&self.mirror),
+            &["rev-parse", "--verify", "--quiet", &spec],
+        )
+        .await
+        {
+            Ok(sha) => Ok(Some(sha.trim().to_owned())),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// A file's content at a revision.
+    pub(crate) async fn show(&self, rev: &str, path: &str) -> anyhow::Result<String> {
+        git(Some(&self.mirror), &["show", &format!("{rev}:{path}")]).await
+    }
+
+    /// The work tree of `environment`, checked out at `sha` (detached, cleaned).
+    pub(crate) async fn checkout(&self, environment: &str, sha: &str) -> anyhow::Result<PathBuf> {
+        let _guard = self.lock.lock().await;
+        let dir = self.worktree(environment);
+        if !dir.join(".git").exists() {
+            std::fs::create_dir_all(&self.worktrees)?;
+            let path = dir.to_string_lossy().into_owned();
+            git(Some(&self.mirror), &["worktree", "prune"]).await?;
+            git(
+                Some(&self.mirror),
+                &[
+                    "worktree", "add", "--quiet", "--force", "--detach", &path, sha,
+                ],
+            )
+            .await?;
+        } else {
+            git(
+                Some(&dir),
+                &["checkout", "--quiet", "--force", "--detach", sha],
+            )
+            .await?;
+            git(Some(&dir), &["clean", "--quiet", "-fdx"]).await?;
+        }
+        Ok(dir)
+    }
+
+    /// Where `environment`'s work tree is (it may not exist yet).
+    pub(crate) fn worktree(&self, environment: &str) -> PathBuf {
+        self.worktrees.join(environment)
+    }
+}
+
+/// Runs git in `dir` (a git or work tree directory); its stdout, or an error with its stderr.
+async fn git(dir: Option<&Path>, args: &[&str]) -> anyhow::Result<String> {
+    let mut cmd = Command::new("git");
+    if let Some(dir) = dir {
+        cmd.arg("-C").arg(dir);
+    }
+    let out = cmd
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .context("cannot run git: install it")?;
+    if !out.status.success() {
+        let stderr = redact_userinfo(&String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "git {} failed: {}",
+            args.first().unwrap_or(&""),
+            stderr.trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
