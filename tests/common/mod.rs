@@ -92,6 +92,50 @@ impl Monorepo {
         self.git(&["commit", "-q", "-m", &format!("edit {path}")]);
     }
 
+    /// Gives each app a dependency tree of about `megabytes` MB (a generated
+    /// `node_modules` of small JavaScript files) and 1 MB of code under `src/`, built
+    /// as two layers, dependencies first: shipflow's `apps/<app>/node_modules` layer and
+    /// the app's own with a `.dockerignore` leaving the dependencies out; the
+    /// Dockerfile copies the dependencies, then the code, as a Node app's would.
+    pub fn add_dependencies(&self, apps: &[&str], megabytes: usize) {
+        let mut toml = std::fs::read_to_string(self.config()).expect("shipflow.toml");
+        for (index, app) in apps.iter().enumerate() {
+            let code = format!("{{ from = \"apps/{app}\", to = \"/www\" }},");
+            assert!(toml.contains(&code), "{app}'s code layer");
+            toml = toml.replace(
+                &code,
+                &format!(
+                    "{{ from = \"apps/{app}/node_modules\", to = \"/www/node_modules\" }},\n{code}"
+                ),
+            );
+            self.write(&format!("apps/{app}/.dockerignore"), "node_modules\n");
+            self.write(
+                &format!("apps/{app}/Dockerfile"),
+                &format!(
+                    "FROM scratch\nCOPY packages/runtime/busybox /bin/busybox\n\
+                     COPY packages/common /srv/common\n\
+                     COPY apps/{app}/node_modules /www/node_modules\n\
+                     COPY apps/{app}/src /www/src\nCOPY apps/{app}/index.html /www/index.html\n\
+                     CMD [\"/bin/busybox\", \"sh\", \"-c\", \"{HTTPD}\"]\n"
+                ),
+            );
+            let mut seed = 0x9e37_79b9_7f4a_7c15_u64 ^ index as u64;
+            write_tree(
+                &self.path().join(format!("apps/{app}/node_modules")),
+                megabytes << 20,
+                &mut seed,
+            );
+            write_tree(
+                &self.path().join(format!("apps/{app}/src")),
+                1 << 20,
+                &mut seed,
+            );
+        }
+        self.write("shipflow.toml", &toml);
+        self.git(&["add", "-A"]);
+        self.git(&["commit", "-q", "-m", "dependencies"]);
+    }
+
     fn write(&self, path: &str, content: &str) {
         let path = self.path().join(path);
         std::fs::create_dir_all(path.parent().expect("a parent")).expect("mkdir");
@@ -112,6 +156,42 @@ impl Monorepo {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// Writes about `bytes` of generated JavaScript under `dir`, as a package tree:
+/// `pkg-NNNN/package.json` and `pkg-NNNN/lib/mod-N.js` files of 2–10 KB each.
+fn write_tree(dir: &Path, bytes: usize, seed: &mut u64) {
+    let mut next = move || {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        *seed
+    };
+    let mut written = 0;
+    let mut package = 0;
+    while written < bytes {
+        let lib = dir.join(format!("pkg-{package:04}/lib"));
+        std::fs::create_dir_all(&lib).expect("mkdir");
+        let manifest = format!(
+            "{{\"name\": \"pkg-{package:04}\", \"version\": \"1.0.{}\"}}\n",
+            next() % 100
+        );
+        std::fs::write(lib.with_file_name("package.json"), &manifest).expect("write");
+        written += manifest.len();
+        for module in 0..8 {
+            let size = 2048 + (next() % 8192) as usize;
+            let mut text = String::with_capacity(size + 64);
+            while text.len() < size {
+                let (a, b) = (next() % 10_000, next() % 10_000);
+                text.push_str(&format!(
+                    "exports.f{a} = function (x) {{ return x * {b} + {a}; }};\n"
+                ));
+            }
+            std::fs::write(lib.join(format!("mod-{module}.js")), &text).expect("write");
+            written += text.len();
+        }
+        package += 1;
     }
 }
 
