@@ -37,7 +37,7 @@ use crate::compat::Field;
 use crate::deployer::{
     CHANGE_CAUSE_ANNOTATION, FINGERPRINT_ANNOTATION, GIT_SHA_ANNOTATION, Target,
 };
-use crate::from_config::{deployment, service};
+use crate::from_config::{deployment, field_manager, service};
 use crate::lock::LockGuard;
 use crate::retry::RetryPolicy;
 use crate::spec::KubernetesTarget;
@@ -54,8 +54,6 @@ pub const SWITCHED_AT_ANNOTATION: &str = "shipflow.dev/switched-at";
 
 /// The field manager of switches and scale-downs.
 const FIELD_MANAGER: &str = "shipflow-deploy";
-/// The field manager of the Services (as for applied settings).
-const APPLY_MANAGER: &str = "shipflow";
 /// The default seconds between the switch and the old colour's scale-down.
 const DEFAULT_SCALE_DOWN_DELAY: u32 = 30;
 /// The default seconds a promotion check may take.
@@ -378,7 +376,7 @@ impl KubeDeployer {
         ctx.message(format!("rolling {describe} to {wanted}"));
         let step = "apply deployment";
         let api: Api<Deployment> = self.client_api(&t.namespace);
-        let params = PatchParams::apply(APPLY_MANAGER).force();
+        let params = PatchParams::apply(&field_manager(&t.app)).force();
         let patch = Patch::Apply(&body);
         let applied = self
             .retry

@@ -1,7 +1,17 @@
 //! Deploying an app whose `deploy.kubernetes` has workload settings: its generated
 //! ConfigMaps, its image pull Secret, its Deployment and the Service for its exposed
-//! ports are written by server-side apply (field manager `shipflow`) from the
-//! settings, then the Deployment's rollout is watched as an image patch's is.
+//! ports are written by server-side apply (field manager `shipflow-workload/<app>`)
+//! from the settings, then the Deployment's rollout is watched as an image patch's is.
+//!
+//! Only the Deployment is applied with `force`: the Service and the pull Secret are
+//! not taken from another tool that manages them (a conflict is
+//! [`KubeError::Taken`]).
+//!
+//! Earlier versions applied these objects with field manager `shipflow`, the one
+//! of [`KubeDeployer::apply_dir`]. An object whose `shipflow` apply entry owns the
+//! [`APP_LABEL`] label was written from the settings: after the first apply with
+//! the new manager, `shipflow`'s entry is released (an apply of no fields), so the
+//! fields the settings no longer set go as they would have; fields both set stay.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -26,9 +36,91 @@ use crate::status::{Expected, Verdict, judge, revision};
 use crate::workload::{APP_LABEL, IntOrPercent, Probe, Strategy};
 use crate::{CONFIG_MAP_LABEL, EnvConfigMap, KubeDeployer, KubeError};
 
-/// The field manager of what shipflow applies from an app's settings (the same as
-/// [`KubeDeployer::apply_dir`]'s).
-const FIELD_MANAGER: &str = "shipflow";
+/// The field manager of what shipflow applies from app `app`'s settings:
+/// `shipflow-workload/<app>`. Not [`KubeDeployer::apply_dir`]'s, so that manifests
+/// naming the same objects do not take each other's fields away; one per app, so
+/// that two apps naming the same Service or pull Secret with other contents
+/// conflict instead of overwriting each other.
+pub(crate) fn field_manager(app: &str) -> String {
+    format!("shipflow-workload/{app}")
+}
+/// The field manager settings were applied with before they had their own.
+const LEGACY_MANAGER: &str = "shipflow";
+/// The field manager that keeps `spec.replicas` when `replicas` is dropped from the
+/// settings, so that it stays as it is (see [`keep_replicas`]).
+const REPLICAS_MANAGER: &str = "shipflow-replicas";
+
+/// Whether `managed` (an object's `metadata.managedFields`) has an apply entry of
+/// `manager` owning the field at `path` (`fieldsV1` keys, e.g. `["f:spec", "f:replicas"]`).
+fn owns(managed: &Value, manager: &str, path: &[&str]) -> bool {
+    managed.as_array().into_iter().flatten().any(|m| {
+        m["manager"] == manager
+            && m["operation"] == "Apply"
+            && path
+                .iter()
+                .try_fold(&m["fieldsV1"], |at, key| at.get(*key))
+                .is_some()
+    })
+}
+
+/// Whether `object` was applied from an app's settings under [`LEGACY_MANAGER`]:
+/// that manager's apply entry owns the [`APP_LABEL`] label.
+fn legacy_applied(object: &Value) -> bool {
+    let label = format!("f:{APP_LABEL}");
+    owns(
+        &object["metadata"]["managedFields"],
+        LEGACY_MANAGER,
+        &["f:metadata", "f:labels", &label],
+    )
+}
+
+/// Whether the Deployment's `replicas` must be kept by [`REPLICAS_MANAGER`] before
+/// an apply without it: the settings give none, and shipflow applied them before.
+/// Without that, server-side apply would drop the field and Kubernetes would reset
+/// it to 1; with it the count stays as it is, for an autoscaler or
+/// `kubectl scale` to change.
+fn keep_replicas(app: &str, s: &KubernetesTarget, existing: Option<&Deployment>) -> Option<i32> {
+    let existing = existing?;
+    if s.replicas.is_some() {
+        return None;
+    }
+    let managed = serde_json::to_value(&existing.metadata.managed_fields).ok()?;
+    let path = ["f:spec", "f:replicas"];
+    (owns(&managed, &field_manager(app), &path) || owns(&managed, LEGACY_MANAGER, &path))
+        .then(|| existing.spec.opt().and_then(|s| s.replicas).unwrap_or(1))
+}
+
+/// An apply of no fields: releases what `manager` owned of the object `object`.
+fn release(object: &Value) -> Value {
+    json!({
+        "apiVersion": object["apiVersion"],
+        "kind": object["kind"],
+        "metadata": {"name": object["metadata"]["name"], "namespace": object["metadata"]["namespace"]},
+    })
+}
+
+/// The managers and fields of a 409 apply conflict, from the API server's causes.
+fn conflict_of(status: &kube::core::Status) -> (String, String) {
+    let causes = status
+        .details
+        .as_ref()
+        .map(|d| d.causes.as_slice())
+        .unwrap_or_default();
+    let mut managers: Vec<String> = causes
+        .iter()
+        .filter_map(|c| {
+            let rest = c.message.strip_prefix("conflict with \"")?;
+            Some(format!("\"{}\"", rest.split('"').next()?))
+        })
+        .collect();
+    managers.sort();
+    managers.dedup();
+    let fields: Vec<&str> = causes.iter().map(|c| c.field.as_str()).collect();
+    if managers.is_empty() {
+        managers.push("another field manager".into());
+    }
+    (managers.join(", "), fields.join(", "))
+}
 
 /// The registry login written into an app's image pull Secret
 /// (`deploy.kubernetes.image_pull_secret`). The password never shows in `Debug`.
@@ -299,7 +391,10 @@ impl KubeDeployer {
         self
     }
 
-    /// Applies `body` (a Service or Secret) with the app's field manager.
+    /// Applies `body` (a Service or Secret) with the app's field manager, without
+    /// `force`: fields another manager owns are [`KubeError::Taken`]. When the object
+    /// was applied under [`LEGACY_MANAGER`] before, that manager's fields are
+    /// released afterwards.
     pub(crate) async fn apply_object(
         &self,
         t: &Target,
@@ -316,15 +411,42 @@ impl KubeDeployer {
         );
         let api: Api<DynamicObject> =
             Api::namespaced_with(self.client.clone(), &t.namespace, &resource);
-        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let params = PatchParams::apply(&field_manager(&t.app));
         let patch = Patch::Apply(body);
         let object = format!("{} {}/{name}", kind.to_lowercase(), t.namespace);
-        self.retry
+        let applied = match self
+            .retry
             .run(step, false, ctx.cancellation(), || {
                 api.patch(name, &params, &patch)
             })
             .await
-            .map_err(|e| e.about(&t.app, &object, step))?;
+        {
+            Ok(applied) => applied,
+            Err(Failure::Api(kube::Error::Api(s))) if s.code == 409 => {
+                let (managers, fields) = conflict_of(&s);
+                return Err(KubeError::Taken {
+                    app: t.app.clone(),
+                    object,
+                    managers,
+                    fields,
+                    step,
+                });
+            }
+            Err(e) => return Err(e.about(&t.app, &object, step)),
+        };
+        let applied = serde_json::to_value(&applied).unwrap_or_default();
+        if legacy_applied(&applied) {
+            let params = PatchParams::apply(LEGACY_MANAGER);
+            let body = release(body);
+            let patch = Patch::Apply(&body);
+            let step = "release old field manager";
+            self.retry
+                .run(step, false, ctx.cancellation(), || {
+                    api.patch(name, &params, &patch)
+                })
+                .await
+                .map_err(|e| e.about(&t.app, &object, step))?;
+        }
         Ok(())
     }
 
@@ -347,7 +469,7 @@ impl KubeDeployer {
         let config = docker_config_json(registry, credentials);
         Ok(json!({
             "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": name, "namespace": t.namespace, "labels": {APP_LABEL: t.app}},
+            "metadata": {"name": name, "namespace": t.namespace},
             "type": "kubernetes.io/dockerconfigjson",
             "data": {".dockerconfigjson": base64::engine::general_purpose::STANDARD.encode(config)},
         }))
@@ -393,7 +515,7 @@ impl KubeDeployer {
     }
 
     /// Deploys `image` for an app with workload settings `s`: writes its ConfigMaps,
-    /// pull Secret, Deployment and Service, and watches the rollout when the pod
+    /// pull Secret, Service and Deployment, and watches the rollout when the pod
     /// template changed (or one that had not finished).
     pub(crate) async fn deploy_from_config(
         &self,
@@ -473,6 +595,19 @@ impl KubeDeployer {
             )
             .await?;
         }
+        // The Service first: one another tool manages stops the deploy before the
+        // Deployment changes.
+        if let Some(service) = &service {
+            self.apply_object(
+                t,
+                ("v1", "Service", "services"),
+                &t.deployment,
+                service,
+                "apply service",
+                ctx,
+            )
+            .await?;
+        }
         if let Some(existing) = &existing
             && body["spec"]["strategy"]["type"] == "Recreate"
             && existing
@@ -488,7 +623,7 @@ impl KubeDeployer {
             let patch = json!({"spec": {"strategy": {"type": "Recreate", "rollingUpdate": null}}});
             let patch = Patch::Merge(&patch);
             let params = PatchParams {
-                field_manager: Some(FIELD_MANAGER.into()),
+                field_manager: Some(field_manager(&t.app)),
                 ..PatchParams::default()
             };
             self.retry
@@ -498,26 +633,42 @@ impl KubeDeployer {
                 .await
                 .map_err(t.failed(step))?;
         }
+        if let Some(replicas) = keep_replicas(&t.app, s, existing.as_ref()) {
+            let step = "keep replicas";
+            let body = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": t.deployment, "namespace": t.namespace},
+                "spec": {"replicas": replicas}});
+            let params = PatchParams::apply(REPLICAS_MANAGER);
+            let patch = Patch::Apply(&body);
+            self.retry
+                .run(step, false, ctx.cancellation(), || {
+                    api.patch(&t.deployment, &params, &patch)
+                })
+                .await
+                .map_err(t.failed(step))?;
+        }
         let step = "apply deployment";
-        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let params = PatchParams::apply(&field_manager(&t.app)).force();
         let patch = Patch::Apply(&body);
-        let applied = self
+        let mut applied = self
             .retry
             .run(step, false, ctx.cancellation(), || {
                 api.patch(&t.deployment, &params, &patch)
             })
             .await
             .map_err(t.failed(step))?;
-        if let Some(service) = &service {
-            self.apply_object(
-                t,
-                ("v1", "Service", "services"),
-                &t.deployment,
-                service,
-                "apply service",
-                ctx,
-            )
-            .await?;
+        if legacy_applied(&serde_json::to_value(&applied).unwrap_or_default()) {
+            let step = "release old field manager";
+            let params = PatchParams::apply(LEGACY_MANAGER);
+            let body = release(&body);
+            let patch = Patch::Apply(&body);
+            applied = self
+                .retry
+                .run(step, false, ctx.cancellation(), || {
+                    api.patch(&t.deployment, &params, &patch)
+                })
+                .await
+                .map_err(t.failed(step))?;
         }
         let generation = |d: &Deployment| d.metadata.generation.unwrap_or(0);
         let changed = existing

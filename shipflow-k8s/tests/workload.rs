@@ -261,7 +261,7 @@ async fn a_missing_deployment_is_created_with_its_service_from_the_apps_settings
         })
         .collect();
     assert!(
-        managers.contains(&("shipflow".into(), "Apply".into())),
+        managers.contains(&("shipflow-workload/api".into(), "Apply".into())),
         "{managers:?}"
     );
 
