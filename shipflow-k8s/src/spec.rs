@@ -8,7 +8,7 @@ use shipflow_core::{ConfigSection, Schema, SectionContext, SectionError};
 
 use crate::workload::{
     BlueGreen, ConfigMapFile, EnvSource, IntOrPercent, Port, Probe, Resources, Strategy,
-    check_workload,
+    check_names, check_workload,
 };
 
 /// The deploy target [`KubernetesTarget`] is read for.
@@ -144,6 +144,11 @@ impl ConfigSection for KubernetesTarget {
             check_name("container", container, 63)?;
         }
         check_workload(self, ctx)?;
+        if let Some(app) = ctx.app()
+            && self.has_workload()
+        {
+            check_names(self, app)?;
+        }
         self.workspace_namespace = ctx
             .workspace_section::<Namespace>(NAMESPACE_KEY)?
             .map(|n| n.0.clone());
