@@ -37,7 +37,7 @@ use crate::compat::Field;
 use crate::deployer::{
     CHANGE_CAUSE_ANNOTATION, FINGERPRINT_ANNOTATION, GIT_SHA_ANNOTATION, Target,
 };
-use crate::from_config::{deployment, field_manager, service};
+use crate::from_config::{deployment, service};
 use crate::lock::LockGuard;
 use crate::retry::RetryPolicy;
 use crate::spec::KubernetesTarget;
@@ -374,17 +374,8 @@ impl KubeDeployer {
         self.point(&l, &l.preview, new, "point preview service", ctx)
             .await?;
         ctx.message(format!("rolling {describe} to {wanted}"));
-        let step = "apply deployment";
         let api: Api<Deployment> = self.client_api(&t.namespace);
-        let params = PatchParams::apply(&field_manager(&t.app)).force();
-        let patch = Patch::Apply(&body);
-        let applied = self
-            .retry
-            .run(step, false, ctx.cancellation(), || {
-                api.patch(&nt.deployment, &params, &patch)
-            })
-            .await
-            .map_err(nt.failed(step))?;
+        let applied = self.apply_deployment(&nt, &api, &body, ctx).await?;
         let expected = Expected::after_write(&applied);
         self.wait_for_rollout(&nt, applied, expected, "watch rollout", ctx, lock.as_ref())
             .await?;

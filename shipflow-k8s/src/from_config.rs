@@ -450,6 +450,41 @@ impl KubeDeployer {
         Ok(())
     }
 
+    /// Applies `body` to the app's Deployment `t` with the app's field manager,
+    /// forced; when it was applied under [`LEGACY_MANAGER`] before, releases that
+    /// manager's fields. Returns the Deployment as it is then.
+    pub(crate) async fn apply_deployment(
+        &self,
+        t: &Target,
+        api: &Api<Deployment>,
+        body: &Value,
+        ctx: &Context,
+    ) -> Result<Deployment, KubeError> {
+        let step = "apply deployment";
+        let params = PatchParams::apply(&field_manager(&t.app)).force();
+        let patch = Patch::Apply(body);
+        let applied = self
+            .retry
+            .run(step, false, ctx.cancellation(), || {
+                api.patch(&t.deployment, &params, &patch)
+            })
+            .await
+            .map_err(t.failed(step))?;
+        if !legacy_applied(&serde_json::to_value(&applied).unwrap_or_default()) {
+            return Ok(applied);
+        }
+        let step = "release old field manager";
+        let params = PatchParams::apply(LEGACY_MANAGER);
+        let body = release(body);
+        let patch = Patch::Apply(&body);
+        self.retry
+            .run(step, false, ctx.cancellation(), || {
+                api.patch(&t.deployment, &params, &patch)
+            })
+            .await
+            .map_err(t.failed(step))
+    }
+
     /// The image pull Secret `name` for `registry`, from the deployer's credentials.
     pub(crate) fn pull_secret(
         &self,
@@ -647,29 +682,7 @@ impl KubeDeployer {
                 .await
                 .map_err(t.failed(step))?;
         }
-        let step = "apply deployment";
-        let params = PatchParams::apply(&field_manager(&t.app)).force();
-        let patch = Patch::Apply(&body);
-        let mut applied = self
-            .retry
-            .run(step, false, ctx.cancellation(), || {
-                api.patch(&t.deployment, &params, &patch)
-            })
-            .await
-            .map_err(t.failed(step))?;
-        if legacy_applied(&serde_json::to_value(&applied).unwrap_or_default()) {
-            let step = "release old field manager";
-            let params = PatchParams::apply(LEGACY_MANAGER);
-            let body = release(&body);
-            let patch = Patch::Apply(&body);
-            applied = self
-                .retry
-                .run(step, false, ctx.cancellation(), || {
-                    api.patch(&t.deployment, &params, &patch)
-                })
-                .await
-                .map_err(t.failed(step))?;
-        }
+        let applied = self.apply_deployment(t, &api, &body, ctx).await?;
         let generation = |d: &Deployment| d.metadata.generation.unwrap_or(0);
         let changed = existing
             .as_ref()
