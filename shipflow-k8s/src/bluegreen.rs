@@ -54,8 +54,6 @@ pub const SWITCHED_AT_ANNOTATION: &str = "shipflow.dev/switched-at";
 
 /// The field manager of switches and scale-downs.
 const FIELD_MANAGER: &str = "shipflow-deploy";
-/// The field manager of the Services (as for applied settings).
-const APPLY_MANAGER: &str = "shipflow";
 /// The default seconds between the switch and the old colour's scale-down.
 const DEFAULT_SCALE_DOWN_DELAY: u32 = 30;
 /// The default seconds a promotion check may take.
@@ -376,17 +374,8 @@ impl KubeDeployer {
         self.point(&l, &l.preview, new, "point preview service", ctx)
             .await?;
         ctx.message(format!("rolling {describe} to {wanted}"));
-        let step = "apply deployment";
         let api: Api<Deployment> = self.client_api(&t.namespace);
-        let params = PatchParams::apply(APPLY_MANAGER).force();
-        let patch = Patch::Apply(&body);
-        let applied = self
-            .retry
-            .run(step, false, ctx.cancellation(), || {
-                api.patch(&nt.deployment, &params, &patch)
-            })
-            .await
-            .map_err(nt.failed(step))?;
+        let applied = self.apply_deployment(&nt, &api, &body, ctx).await?;
         let expected = Expected::after_write(&applied);
         self.wait_for_rollout(&nt, applied, expected, "watch rollout", ctx, lock.as_ref())
             .await?;

@@ -102,6 +102,25 @@ pub enum KubeError {
         source: BoxError,
     },
 
+    /// An object an app's settings describe (its Service or image pull Secret) has
+    /// fields another field manager owns: shipflow does not take it over.
+    #[error(
+        "app {app}: {step}: {object} is already managed by {managers} (conflicting fields: {fields}); shipflow does not take over what another tool manages: give this app's object another name (deploy.kubernetes.{key}), or remove the object from that tool (or delete it) and deploy again",
+        key = if object.starts_with("secret ") { "image_pull_secret" } else { "deployment" }
+    )]
+    Taken {
+        /// The app.
+        app: String,
+        /// The object, e.g. `service shop/api`.
+        object: String,
+        /// The other field managers, quoted.
+        managers: String,
+        /// The fields in conflict, as the API server names them.
+        fields: String,
+        /// The step.
+        step: &'static str,
+    },
+
     /// The Deployment is paused: its controller rolls nothing until it is resumed.
     #[error(
         "app {app}: {step}: deployment {workload} is paused, so nothing would roll; resume it (kubectl -n {namespace} rollout resume deployment/{deployment}) or leave it to whoever paused it",

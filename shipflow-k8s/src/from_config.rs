@@ -1,7 +1,8 @@
 //! Deploying an app whose `deploy.kubernetes` has workload settings: its generated
 //! ConfigMaps, its image pull Secret, its Deployment and the Service for its exposed
-//! ports are written by server-side apply (field manager `shipflow`) from the
-//! settings, then the Deployment's rollout is watched as an image patch's is.
+//! ports are written by server-side apply (field manager `shipflow-workload/<app>`)
+//! from the settings (see [`crate::ownership`] for who owns what), then the
+//! Deployment's rollout is watched as an image patch's is.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -10,7 +11,7 @@ use base64::Engine as _;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
-use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::{Map, Value, json};
 use shipflow_core::{BoxError, Context, DeployMeta, ImageRef, Rollout};
 
@@ -20,15 +21,12 @@ use crate::deployer::{
     CHANGE_CAUSE_ANNOTATION, FINGERPRINT_ANNOTATION, GIT_SHA_ANNOTATION, Target,
 };
 use crate::lock::LockGuard;
+use crate::ownership::{REPLICAS_MANAGER, field_manager, keep_replicas};
 use crate::retry::Failure;
 use crate::spec::KubernetesTarget;
 use crate::status::{Expected, Verdict, judge, revision};
 use crate::workload::{APP_LABEL, IntOrPercent, Probe, Strategy};
 use crate::{CONFIG_MAP_LABEL, EnvConfigMap, KubeDeployer, KubeError};
-
-/// The field manager of what shipflow applies from an app's settings (the same as
-/// [`KubeDeployer::apply_dir`]'s).
-const FIELD_MANAGER: &str = "shipflow";
 
 /// The registry login written into an app's image pull Secret
 /// (`deploy.kubernetes.image_pull_secret`). The password never shows in `Debug`.
@@ -299,35 +297,6 @@ impl KubeDeployer {
         self
     }
 
-    /// Applies `body` (a Service or Secret) with the app's field manager.
-    pub(crate) async fn apply_object(
-        &self,
-        t: &Target,
-        (api_version, kind, plural): (&str, &str, &str),
-        name: &str,
-        body: &Value,
-        step: &'static str,
-        ctx: &Context,
-    ) -> Result<(), KubeError> {
-        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
-        let resource = kube::api::ApiResource::from_gvk_with_plural(
-            &kube::api::GroupVersionKind::gvk(group, version, kind),
-            plural,
-        );
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(self.client.clone(), &t.namespace, &resource);
-        let params = PatchParams::apply(FIELD_MANAGER).force();
-        let patch = Patch::Apply(body);
-        let object = format!("{} {}/{name}", kind.to_lowercase(), t.namespace);
-        self.retry
-            .run(step, false, ctx.cancellation(), || {
-                api.patch(name, &params, &patch)
-            })
-            .await
-            .map_err(|e| e.about(&t.app, &object, step))?;
-        Ok(())
-    }
-
     /// The image pull Secret `name` for `registry`, from the deployer's credentials.
     pub(crate) fn pull_secret(
         &self,
@@ -347,7 +316,7 @@ impl KubeDeployer {
         let config = docker_config_json(registry, credentials);
         Ok(json!({
             "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": name, "namespace": t.namespace, "labels": {APP_LABEL: t.app}},
+            "metadata": {"name": name, "namespace": t.namespace},
             "type": "kubernetes.io/dockerconfigjson",
             "data": {".dockerconfigjson": base64::engine::general_purpose::STANDARD.encode(config)},
         }))
@@ -393,7 +362,7 @@ impl KubeDeployer {
     }
 
     /// Deploys `image` for an app with workload settings `s`: writes its ConfigMaps,
-    /// pull Secret, Deployment and Service, and watches the rollout when the pod
+    /// pull Secret, Service and Deployment, and watches the rollout when the pod
     /// template changed (or one that had not finished).
     pub(crate) async fn deploy_from_config(
         &self,
@@ -473,6 +442,19 @@ impl KubeDeployer {
             )
             .await?;
         }
+        // The Service first: one another tool manages stops the deploy before the
+        // Deployment changes.
+        if let Some(service) = &service {
+            self.apply_object(
+                t,
+                ("v1", "Service", "services"),
+                &t.deployment,
+                service,
+                "apply service",
+                ctx,
+            )
+            .await?;
+        }
         if let Some(existing) = &existing
             && body["spec"]["strategy"]["type"] == "Recreate"
             && existing
@@ -488,7 +470,7 @@ impl KubeDeployer {
             let patch = json!({"spec": {"strategy": {"type": "Recreate", "rollingUpdate": null}}});
             let patch = Patch::Merge(&patch);
             let params = PatchParams {
-                field_manager: Some(FIELD_MANAGER.into()),
+                field_manager: Some(field_manager(&t.app)),
                 ..PatchParams::default()
             };
             self.retry
@@ -498,27 +480,21 @@ impl KubeDeployer {
                 .await
                 .map_err(t.failed(step))?;
         }
-        let step = "apply deployment";
-        let params = PatchParams::apply(FIELD_MANAGER).force();
-        let patch = Patch::Apply(&body);
-        let applied = self
-            .retry
-            .run(step, false, ctx.cancellation(), || {
-                api.patch(&t.deployment, &params, &patch)
-            })
-            .await
-            .map_err(t.failed(step))?;
-        if let Some(service) = &service {
-            self.apply_object(
-                t,
-                ("v1", "Service", "services"),
-                &t.deployment,
-                service,
-                "apply service",
-                ctx,
-            )
-            .await?;
+        if let Some(replicas) = keep_replicas(&t.app, s, existing.as_ref()) {
+            let step = "keep replicas";
+            let body = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": t.deployment, "namespace": t.namespace},
+                "spec": {"replicas": replicas}});
+            let params = PatchParams::apply(REPLICAS_MANAGER);
+            let patch = Patch::Apply(&body);
+            self.retry
+                .run(step, false, ctx.cancellation(), || {
+                    api.patch(&t.deployment, &params, &patch)
+                })
+                .await
+                .map_err(t.failed(step))?;
         }
+        let applied = self.apply_deployment(t, &api, &body, ctx).await?;
         let generation = |d: &Deployment| d.metadata.generation.unwrap_or(0);
         let changed = existing
             .as_ref()

@@ -73,6 +73,7 @@ mod endpoints;
 mod error;
 mod from_config;
 mod lock;
+mod ownership;
 mod pods;
 mod retry;
 mod rollout;

@@ -8,7 +8,7 @@ use shipflow_core::{ConfigSection, Schema, SectionContext, SectionError};
 
 use crate::workload::{
     BlueGreen, ConfigMapFile, EnvSource, IntOrPercent, Port, Probe, Resources, Strategy,
-    check_workload,
+    check_names, check_workload,
 };
 
 /// The deploy target [`KubernetesTarget`] is read for.
@@ -38,7 +38,7 @@ pub fn schema() -> Schema {
 ///
 /// With any workload setting ([`KubernetesTarget::has_workload`]), the Deployment is
 /// created when missing and the settings are applied at every deploy (server-side
-/// apply, field manager `shipflow`), with a Service for the exposed ports:
+/// apply, field manager `shipflow-workload/<app>`), with a Service for the exposed ports:
 ///
 /// ```toml
 /// [apps.api.deploy.kubernetes]
@@ -84,8 +84,10 @@ pub struct KubernetesTarget {
     pub container: Option<String>,
     /// The number of pods. With this or any setting below, shipflow creates the
     /// Deployment when it is missing, and applies these settings at every deploy
-    /// (server-side apply, field manager `shipflow`); without any, it only patches
-    /// the image of a Deployment that exists.
+    /// (server-side apply, field manager `shipflow-workload/<app>`); without any, it only
+    /// patches the image of a Deployment that exists. Not given, a new Deployment
+    /// gets Kubernetes' default (1) and the count is left to others (an autoscaler,
+    /// `kubectl scale`); removing it from the settings keeps the count there is.
     pub replicas: Option<u32>,
     /// CPU and memory requests and limits.
     pub resources: Option<Resources>,
@@ -142,6 +144,11 @@ impl ConfigSection for KubernetesTarget {
             check_name("container", container, 63)?;
         }
         check_workload(self, ctx)?;
+        if let Some(app) = ctx.app()
+            && self.has_workload()
+        {
+            check_names(self, app)?;
+        }
         self.workspace_namespace = ctx
             .workspace_section::<Namespace>(NAMESPACE_KEY)?
             .map(|n| n.0.clone());

@@ -232,6 +232,12 @@ pub struct ConfigMapFile {
 impl IntOrPercent {
     fn check(&self, field: &str) -> Result<(), SectionError> {
         match self {
+            Self::Int(n) if i32::try_from(*n).is_err() => Err(SectionError::new(
+                field,
+                format!(
+                    "{n} is more than Kubernetes takes (2147483647); give a smaller count or a percentage"
+                ),
+            )),
             Self::Int(_) => Ok(()),
             Self::Percent(p) => {
                 let valid = p.strip_suffix('%').is_some_and(|n| {
@@ -292,6 +298,34 @@ fn check_quantity(field: &str, value: &str) -> Result<(), SectionError> {
     }
 }
 
+/// The value of a quantity [`check_quantity`] accepted, as a float (precise enough
+/// to compare a request with a limit).
+fn quantity_value(value: &str) -> Option<f64> {
+    let number_end = value
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(value.len());
+    let (number, suffix) = value.split_at(number_end);
+    let number: f64 = number.parse().ok()?;
+    let scale = match suffix {
+        "" => 1.0,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024f64,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        e => 10f64.powi(e[1..].parse().ok()?),
+    };
+    Some(number * scale)
+}
+
 impl Resources {
     pub(crate) fn check(&self) -> Result<(), SectionError> {
         for (which, q) in [("requests", &self.requests), ("limits", &self.limits)] {
@@ -299,7 +333,31 @@ impl Resources {
                 check_quantity(&format!("resources.{which}.cpu"), cpu)?;
             }
             if let Some(memory) = &q.memory {
-                check_quantity(&format!("resources.{which}.memory"), memory)?;
+                let field = format!("resources.{which}.memory");
+                check_quantity(&field, memory)?;
+                if let Some(n) = memory.strip_suffix('m') {
+                    return Err(SectionError::new(
+                        field,
+                        format!(
+                            "{memory:?} is {n} thousandths of a byte ('m' is milli); write \"{n}Mi\" (mebibytes) or \"{n}M\" (megabytes)"
+                        ),
+                    ));
+                }
+            }
+        }
+        for (what, request, limit) in [
+            ("cpu", &self.requests.cpu, &self.limits.cpu),
+            ("memory", &self.requests.memory, &self.limits.memory),
+        ] {
+            if let (Some(request), Some(limit)) = (request, limit)
+                && quantity_value(request) > quantity_value(limit)
+            {
+                return Err(SectionError::new(
+                    format!("resources.requests.{what}"),
+                    format!(
+                        "{request:?} is more than the limit {limit:?} (Kubernetes refuses that); lower the request or raise the limit"
+                    ),
+                ));
             }
         }
         Ok(())
@@ -509,6 +567,77 @@ fn is_label_value(value: &str) -> bool {
                 .is_some_and(|b| b.is_ascii_alphanumeric()))
 }
 
+/// An RFC 1035 label: what Kubernetes accepts for a Service name.
+fn is_service_name(name: &str) -> bool {
+    name.len() <= 63
+        && name.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+        && name
+            .bytes()
+            .last()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// Checks what the settings name after app `app` and the Deployment: the
+/// [`APP_LABEL`] value, the Deployment's default name, the Services' names (the
+/// Deployment's, and for blue-green `<deployment>-preview`), and the config maps'
+/// [`CONFIG_MAP_LABEL`](crate::CONFIG_MAP_LABEL) values.
+pub(crate) fn check_names(target: &crate::KubernetesTarget, app: &str) -> Result<(), SectionError> {
+    if !is_label_value(app) {
+        return Err(SectionError::new(
+            "",
+            format!(
+                "the app's name {app:?} is the value of label {APP_LABEL} on what shipflow creates, which must be at most 63 letters, digits, '-', '_' and '.', starting and ending with a letter or digit; rename the app"
+            ),
+        ));
+    }
+    let (name, whose) = match &target.deployment {
+        Some(d) => (d.as_str(), String::new()),
+        None => (app, format!(" (not given: the app's name {app:?})")),
+    };
+    if target.deployment.is_none() && check_subdomain("deployment", app).is_err() {
+        return Err(SectionError::new(
+            "deployment",
+            format!(
+                "not given, so the Deployment is named like the app, and {app:?} is not a valid Deployment name; set deployment to lowercase letters, digits, '-' and '.', starting and ending with a letter or digit"
+            ),
+        ));
+    }
+    let blue_green = target.strategy == Some(Strategy::BlueGreen);
+    let exposed = blue_green || target.ports.iter().any(|p| p.service_port.is_some());
+    if exposed && !is_service_name(name) {
+        return Err(SectionError::new(
+            "deployment",
+            format!(
+                "{name:?}{whose} also names the Service of the exposed ports, and a Service name is at most 63 lowercase letters, digits and '-', starting with a letter and ending with a letter or digit (no '.'); set deployment to such a name"
+            ),
+        ));
+    }
+    if blue_green && name.len() > 63 - "-preview".len() {
+        return Err(SectionError::new(
+            "deployment",
+            format!(
+                "{name:?}{whose} is too long for strategy \"blue-green\": its preview Service <deployment>-preview needs at most 63 characters, so set deployment to at most 55"
+            ),
+        ));
+    }
+    for (i, map) in target.config_maps.iter().enumerate() {
+        if !is_label_value(&map.name) {
+            return Err(SectionError::new(
+                format!("config_maps[{i}].name"),
+                format!(
+                    "{:?} is also the value of label {} on its ConfigMaps, which is at most 63 characters; give a shorter name",
+                    map.name,
+                    crate::CONFIG_MAP_LABEL
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Checks labels (keys and values) and that none is the selector's.
 pub(crate) fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), SectionError> {
     for (key, value) in labels {
@@ -585,6 +714,16 @@ pub(crate) fn check_workload(
                 format!("{} is declared twice", port.port),
             ));
         }
+        if let Some(name) = &port.name
+            && target.ports[..i]
+                .iter()
+                .any(|p| p.name.as_ref() == Some(name))
+        {
+            return Err(SectionError::new(
+                format!("ports[{i}].name"),
+                format!("{name:?} names another port too; give each port its own name"),
+            ));
+        }
         if port.service_port.is_some()
             && target.ports[..i]
                 .iter()
@@ -637,14 +776,6 @@ pub(crate) fn check_workload(
                 return Err(SectionError::new(
                     "ports",
                     "strategy \"blue-green\" needs a port with a service_port: its active and preview Services expose it",
-                ));
-            }
-            if let Some(d) = &target.deployment
-                && d.len() > 63 - "-green".len()
-            {
-                return Err(SectionError::new(
-                    "deployment",
-                    "is too long for strategy \"blue-green\" (its Deployments are <deployment>-blue and -green)",
                 ));
             }
             target.blue_green.get_or_insert_default().check()?;

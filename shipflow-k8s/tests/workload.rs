@@ -261,7 +261,7 @@ async fn a_missing_deployment_is_created_with_its_service_from_the_apps_settings
         })
         .collect();
     assert!(
-        managers.contains(&("shipflow".into(), "Apply".into())),
+        managers.contains(&("shipflow-workload/api".into(), "Apply".into())),
         "{managers:?}"
     );
 
@@ -645,6 +645,37 @@ fn bad_settings_are_refused_at_load_naming_the_field() {
             "not a valid name",
         ),
         (
+            "resources = { requests = { memory = \"128m\" } }",
+            "resources.requests.memory",
+            "write \"128Mi\" (mebibytes)",
+        ),
+        (
+            "resources = { requests = { cpu = \"2\" }, limits = { cpu = \"500m\" } }",
+            "resources.requests.cpu",
+            "\"2\" is more than the limit \"500m\"",
+        ),
+        (
+            "resources = { requests = { memory = \"1Gi\" }, limits = { memory = \"512Mi\" } }",
+            "resources.requests.memory",
+            "more than the limit",
+        ),
+        (
+            "ports = [{ name = \"http\", port = 80 }, { name = \"http\", port = 81 }]",
+            "ports[1].name",
+            "names another port too",
+        ),
+        ("max_surge = 3000000000", "max_surge", "2147483647"),
+        (
+            "max_unavailable = 2147483648",
+            "max_unavailable",
+            "2147483647",
+        ),
+        (
+            "deployment = \"api.v2\"\nports = [{ port = 80, service_port = 80 }]",
+            "deployment",
+            "also names the Service",
+        ),
+        (
             "config_maps = [{ name = \"c\", env_file = \"../outside.env\" }]",
             "config_maps[0].env_file",
             "",
@@ -672,6 +703,77 @@ fn bad_settings_are_refused_at_load_naming_the_field() {
         .expect("valid")
         .expect("present");
     assert!(!target.has_workload());
+}
+
+#[test]
+fn names_made_from_the_app_and_the_deployment_are_checked_at_load() {
+    let root = tempfile::tempdir().expect("temp dir");
+    std::fs::write(root.path().join("a.env"), "A=1\n").expect("env file");
+    let load = |app: &str, settings: &str| {
+        Workspace::loader()
+            .schema(shipflow_k8s::schema())
+            .from_toml(
+                &format!(
+                    "[workspace]\nregistry = \"registry.local\"\n[apps.{app}.deploy.kubernetes]\n{settings}\n"
+                ),
+                root.path(),
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    let exposed = "ports = [{ port = 8080, service_port = 80 }]";
+    let blue_green = format!("{exposed}\nstrategy = \"blue-green\"");
+    let long = "a".repeat(64);
+    // A valid object name (two DNS labels) but too long for a label value.
+    let long_map = format!(
+        "config_maps = [{{ name = \"{}.{}\", env_file = \"a.env\" }}]",
+        "a".repeat(40),
+        "b".repeat(30)
+    );
+    for (app, settings, starts, says) in [
+        (
+            "api_v2",
+            "replicas = 1",
+            "deployment",
+            "not a valid Deployment name; set deployment",
+        ),
+        (
+            "1api",
+            exposed,
+            "deployment",
+            "(not given: the app's name \"1api\") also names the Service",
+        ),
+        (long.as_str(), "replicas = 1", "", "label shipflow.dev/app"),
+        (
+            &long[..56],
+            &blue_green,
+            "deployment",
+            "<deployment>-preview needs at most 63",
+        ),
+        (
+            "api",
+            &long_map,
+            "config_maps[0].name",
+            "label shipflow.dev/config-map",
+        ),
+    ] {
+        let err = load(app, settings).expect_err(settings);
+        let key = format!("apps.{app}.deploy.kubernetes");
+        let prefix = if starts.is_empty() {
+            format!("{key}: ")
+        } else {
+            format!("{key}.{starts}: ")
+        };
+        assert!(
+            err.starts_with(&prefix) && err.contains(says),
+            "{app}: {err}"
+        );
+    }
+    // What fits loads; without workload settings shipflow names nothing after the app.
+    load(&long[..55], &blue_green).expect("55 characters fit");
+    load("1api", "replicas = 1").expect("a Deployment name may start with a digit");
+    load("api_v2", "deployment = \"api-v2\"\nreplicas = 1").expect("named");
+    load("api_v2", "").expect("no workload settings");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

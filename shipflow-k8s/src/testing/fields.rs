@@ -5,7 +5,8 @@
 //! A field set is a set of paths. Maps are walked field by field; lists whose items
 //! have a merge key (containers by `name`, ports by `containerPort`, ...) are walked
 //! item by item, an item path meaning "this item exists"; every other list, and a
-//! Deployment's or ReplicaSet's `spec.selector`, is one atomic value.
+//! Deployment's, ReplicaSet's or Service's `spec.selector` (`+mapType=atomic` in
+//! the Kubernetes types), is one atomic value: applied whole, owned whole.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -46,7 +47,7 @@ const SERVER_META: &[&str] = &[
 ];
 
 fn atomic(kind: Kind, path: &[Step]) -> bool {
-    matches!(kind, Kind::Deployment | Kind::ReplicaSet)
+    matches!(kind, Kind::Deployment | Kind::ReplicaSet | Kind::Service)
         && path == [Step::Field("spec".into()), Step::Field("selector".into())]
 }
 
@@ -174,6 +175,8 @@ fn remove_at(object: &mut Value, path: &[Step]) {
 /// item by item, everything else replaced.
 fn merge_applied(target: &mut Value, config: &Value, field: &str) {
     match config {
+        // The atomic selectors (see `atomic`) replace what is there.
+        Value::Object(_) if field == "selector" => *target = config.clone(),
         Value::Object(map) => {
             let t = ensure_object(target);
             for (k, v) in map {
@@ -480,6 +483,38 @@ mod tests {
         assert_eq!(
             forced["spec"]["template"]["spec"]["containers"][0]["image"],
             "r/api:v1"
+        );
+    }
+
+    #[test]
+    fn a_services_selector_is_applied_and_owned_whole() {
+        let mut managers = Managers::default();
+        let service = |selector: Value| {
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "api"},
+                "spec": {"selector": selector, "ports": [{"port": 80}]}})
+        };
+        let live = managers
+            .apply(
+                Kind::Service,
+                "helm",
+                &Value::Null,
+                &service(json!({"app": "a"})),
+                false,
+            )
+            .expect("created");
+        let mine = service(json!({"shipflow.dev/app": "api"}));
+        let conflicts = managers
+            .clone()
+            .apply(Kind::Service, "shipflow", &live, &mine, false)
+            .expect_err("another key is still another selector");
+        assert_eq!(conflicts.len(), 1);
+        assert_eq!(conflicts[0].field(), ".spec.selector");
+        let forced = managers
+            .apply(Kind::Service, "shipflow", &live, &mine, true)
+            .expect("forced");
+        assert_eq!(
+            forced["spec"]["selector"],
+            json!({"shipflow.dev/app": "api"})
         );
     }
 
