@@ -435,6 +435,8 @@ impl EngineLock {
 
 impl Drop for EngineLock {
     fn drop(&mut self) {
+        let started = std::time::Instant::now();
+        let _timed = Defer(move || crate::timing::log("", "unlock", started));
         self.heartbeat.abort();
         let remove = || bollard::query_parameters::RemoveContainerOptions {
             force: true,
@@ -498,6 +500,15 @@ impl Drop for EngineLock {
                 tracing::warn!(sentinel = %self.id, "releasing the engine lock: {e}; it expires unrenewed");
             }
         }
+    }
+}
+
+/// Runs its closure when dropped (on every way out of a function).
+struct Defer<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for Defer<F> {
+    fn drop(&mut self) {
+        (self.0)();
     }
 }
 
