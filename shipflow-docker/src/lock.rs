@@ -468,7 +468,7 @@ impl Drop for EngineLock {
         // `block_on`, that takes the wake-ups meant for the futures joined beside
         // the deploy (seen: a test that joined a deploy with a polling loop hung
         // once the removal outlasted the loop's next timer).
-        let (endpoint, id) = (self.engine.endpoint().clone(), self.id.clone());
+        let (engine, id) = (self.engine.clone(), self.id.clone());
         let released = std::thread::Builder::new()
             .name("shipflow-unlock".into())
             .spawn(move || {
@@ -480,7 +480,7 @@ impl Drop for EngineLock {
                 };
                 runtime.block_on(async move {
                     let removal = async {
-                        let engine = Engine::connect(endpoint).await.map_err(|e| e.to_string())?;
+                        let engine = engine.reconnect().map_err(|e| e.to_string())?;
                         engine
                             .client()
                             .remove_container(&id, Some(remove()))
