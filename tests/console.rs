@@ -13,10 +13,10 @@ use hmac::{Hmac, Mac as _};
 use serde_json::Value;
 use sha2::Sha256;
 
-const TOKEN: &str = "write-t0ken";
-const GITHUB: &str = "gh-s3cret";
-const GITEA: &str = "gitea-s3cret";
-const GITLAB: &str = "gitlab-t0ken";
+const TOKEN: &str = "write-t0ken-Hq3ZpV8xK2";
+const GITHUB: &str = "gh-s3cret-Lw7Rt2Nc9Yf4";
+const GITEA: &str = "gitea-s3cret-Bx5Mq1Jd8Gs";
+const GITLAB: &str = "gitlab-t0ken-Pv6Ez3Wk0Ua";
 
 /// The example, built once with the feature set of CI's `--all-features` build.
 fn example() -> PathBuf {
@@ -913,9 +913,9 @@ fn wait_for_web(console: &Console, id: i64) {
 fn reading_can_need_a_token_manual_runs_need_the_write_token_and_cron_runs() {
     let world = World::new();
     let schedule = "[[schedules]]\ncron = \"*/2 * * * * *\"\nref = \"main\"\n";
-    let console = Console::start_with(&world, None, Some("read-t0ken"), schedule);
-    let read = "Bearer read-t0ken".to_owned();
-    let basic = format!("Basic {}", base64_of("anyone:read-t0ken"));
+    let console = Console::start_with(&world, None, Some("read-t0ken-Cn4Hy7Qs2Df"), schedule);
+    let read = "Bearer read-t0ken-Cn4Hy7Qs2Df".to_owned();
+    let basic = format!("Basic {}", base64_of("anyone:read-t0ken-Cn4Hy7Qs2Df"));
     let write = format!("Bearer {TOKEN}");
 
     let (code, _) = console.request("GET", "/api/runs", &[], b"");

@@ -178,9 +178,55 @@ impl Config {
         if let Some(store) = &mut config.registry.store {
             *store = dir.join(&*store);
         }
+        config
+            .check_secrets()
+            .with_context(|| format!("{} is not valid", path.display()))?;
         Ok(config)
     }
+
+    /// Refuses tokens and secrets that would switch a check off or that anyone
+    /// could guess: empty, shorter than [`MIN_SECRET_BYTES`], the example's
+    /// placeholders, or a read token equal to the write token.
+    fn check_secrets(&self) -> anyhow::Result<()> {
+        let named = [
+            ("auth.token", Some(&self.auth.token)),
+            ("auth.read_token", self.auth.read_token.as_ref()),
+            ("webhooks.github", self.webhooks.github.as_ref()),
+            ("webhooks.gitea", self.webhooks.gitea.as_ref()),
+            ("webhooks.gitlab", self.webhooks.gitlab.as_ref()),
+        ];
+        for (name, secret) in named {
+            let Some(secret) = secret else { continue };
+            let value = secret.expose();
+            if value.len() < MIN_SECRET_BYTES {
+                anyhow::bail!("{name} must be at least {MIN_SECRET_BYTES} bytes long");
+            }
+            if PLACEHOLDERS.contains(&value) {
+                anyhow::bail!(
+                    "{name} is the example's placeholder: replace it with a random value"
+                );
+            }
+        }
+        if let Some(read) = &self.auth.read_token
+            && read.expose() == self.auth.token.expose()
+        {
+            anyhow::bail!("auth.read_token must differ from auth.token");
+        }
+        Ok(())
+    }
 }
+
+/// The shortest token or secret accepted.
+pub(crate) const MIN_SECRET_BYTES: usize = 16;
+
+/// The values of the shipped `console.toml`, which must be replaced.
+const PLACEHOLDERS: &[&str] = &[
+    "change-me-write-token",
+    "change-me-read-token",
+    "change-me-github-secret",
+    "change-me-gitea-secret",
+    "change-me-gitlab-token",
+];
 
 #[cfg(test)]
 mod tests {
@@ -193,6 +239,7 @@ mod tests {
         )
         .expect("valid");
         let shown = format!("{config:?}");
+        // (the short values are for this Debug check only: loading refuses them)
         assert!(
             !shown.contains("tok-123") && !shown.contains("gh-456"),
             "{shown}"
@@ -213,5 +260,46 @@ mod tests {
             "ssh://git:***@host/repo /path"
         );
         assert_eq!(redact_userinfo("/srv/git/repo.git"), "/srv/git/repo.git");
+    }
+
+    fn checked(auth: &str, webhooks: &str) -> anyhow::Result<()> {
+        let text = format!("[repository]\nurl = \"/r\"\n[auth]\n{auth}\n[webhooks]\n{webhooks}\n");
+        let config: Config = toml::from_str(&text).expect("valid TOML");
+        config.check_secrets()
+    }
+
+    #[test]
+    fn weak_or_placeholder_secrets_are_refused() {
+        const GOOD: &str = "token = \"Zq8vW2mPx4Lr7Tn1Yb5K\"";
+        checked(GOOD, "github = \"c3VwZXItc2VjcmV0LXZhbHVl\"").expect("strong values load");
+        for (auth, webhooks, complaint) in [
+            ("token = \"\"", "", "auth.token must be at least"),
+            ("token = \"short-token\"", "", "auth.token must be at least"),
+            (GOOD, "gitlab = \"\"", "webhooks.gitlab must be at least"),
+            (GOOD, "github = \"\"", "webhooks.github must be at least"),
+            (GOOD, "gitea = \"\"", "webhooks.gitea must be at least"),
+            (
+                "token = \"Zq8vW2mPx4Lr7Tn1Yb5K\"\nread_token = \"\"",
+                "",
+                "auth.read_token must be at least",
+            ),
+            (
+                "token = \"Zq8vW2mPx4Lr7Tn1Yb5K\"\nread_token = \"Zq8vW2mPx4Lr7Tn1Yb5K\"",
+                "",
+                "must differ from auth.token",
+            ),
+            ("token = \"change-me-write-token\"", "", "placeholder"),
+            (GOOD, "gitea = \"change-me-gitea-secret\"", "placeholder"),
+        ] {
+            let error = checked(auth, webhooks).expect_err(complaint).to_string();
+            assert!(error.contains(complaint), "{auth} {webhooks}: {error}");
+        }
+    }
+
+    #[test]
+    fn the_shipped_example_is_refused_until_its_values_are_replaced() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/console/console.toml");
+        let error = format!("{:#}", Config::load(&path).expect_err("placeholders"));
+        assert!(error.contains("placeholder"), "{error}");
     }
 }
