@@ -6,15 +6,20 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
+use base64::Engine as _;
 use tokio::process::Command;
 use tokio::sync::Mutex;
 
-use crate::config::redact_userinfo;
+use crate::config::{Secret, redact_userinfo, split_userinfo};
 
 /// The cache clone and its work trees.
 #[derive(Debug)]
 pub(crate) struct Repo {
+    /// The remote without its credentials: what argv and the mirror's config see.
     url: String,
+    /// The credentials of an http(s) URL, as `http.extraHeader` given through
+    /// the environment of the commands that talk to the remote.
+    auth: Option<Secret>,
     mirror: PathBuf,
     worktrees: PathBuf,
     /// One git command changing the mirror at a time.
@@ -24,8 +29,10 @@ pub(crate) struct Repo {
 impl Repo {
     /// Clones `url` into `state_dir` the first time.
     pub(crate) async fn open(url: &str, state_dir: &Path) -> anyhow::Result<Self> {
+        let (url, auth) = remote(url);
         let repo = Self {
-            url: url.to_owned(),
+            url,
+            auth,
             mirror: state_dir.join("mirror.git"),
             worktrees: state_dir.join("environments"),
             lock: Mutex::new(()),
@@ -34,9 +41,21 @@ impl Repo {
             std::fs::create_dir_all(state_dir)
                 .with_context(|| format!("cannot create {}", state_dir.display()))?;
             let mirror = repo.mirror.to_string_lossy().into_owned();
-            git(None, &["clone", "--quiet", "--mirror", url, &mirror])
-                .await
-                .context("cannot clone the repository")?;
+            git_with(
+                None,
+                &["clone", "--quiet", "--mirror", &repo.url, &mirror],
+                repo.auth.as_ref(),
+            )
+            .await
+            .context("cannot clone the repository")?;
+        } else {
+            // A mirror cloned from a URL with credentials in it kept them in its config.
+            git(
+                Some(&repo.mirror),
+                &["remote", "set-url", "origin", &repo.url],
+            )
+            .await
+            .ok();
         }
         Ok(repo)
     }
@@ -49,7 +68,7 @@ impl Repo {
     /// Fetches every branch and tag.
     pub(crate) async fn fetch(&self) -> anyhow::Result<()> {
         let _guard = self.lock.lock().await;
-        git(
+        git_with(
             Some(&self.mirror),
             &[
                 "fetch",
@@ -59,6 +78,7 @@ impl Repo {
                 "+refs/heads/*:refs/heads/*",
                 "+refs/tags/*:refs/tags/*",
             ],
+            self.auth.as_ref(),
         )
         .await
         .context("cannot fetch the repository")?;
@@ -143,9 +163,50 @@ impl Repo {
 
 /// Runs git in `dir` (a git or work tree directory); its stdout, or an error with its stderr.
 async fn git(dir: Option<&Path>, args: &[&str]) -> anyhow::Result<String> {
+    git_with(dir, args, None).await
+}
+
+/// `url` without its userinfo, and for http(s) that userinfo as an
+/// `Authorization: Basic` header (a user name alone is a token: empty password).
+fn remote(url: &str) -> (String, Option<Secret>) {
+    let (bare, userinfo) = split_userinfo(url);
+    let http = ["http://", "https://"].iter().any(|scheme| {
+        url.get(..scheme.len())
+            .is_some_and(|s| s.eq_ignore_ascii_case(scheme))
+    });
+    match userinfo {
+        Some(userinfo) if http => {
+            let pair = if userinfo.contains(':') {
+                userinfo
+            } else {
+                format!("{userinfo}:")
+            };
+            let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
+            (
+                bare,
+                Some(Secret::new(format!("Authorization: Basic {encoded}"))),
+            )
+        }
+        // ssh and others: the user name is the login, not a secret.
+        _ => (url.to_owned(), None),
+    }
+}
+
+/// Runs git in `dir` (a git or work tree directory), with `header` as an extra
+/// HTTP header; its stdout, or an error with its stderr.
+async fn git_with(
+    dir: Option<&Path>,
+    args: &[&str],
+    header: Option<&Secret>,
+) -> anyhow::Result<String> {
     let mut cmd = Command::new("git");
     if let Some(dir) = dir {
         cmd.arg("-C").arg(dir);
+    }
+    if let Some(header) = header {
+        cmd.env("GIT_CONFIG_COUNT", "1")
+            .env("GIT_CONFIG_KEY_0", "http.extraHeader")
+            .env("GIT_CONFIG_VALUE_0", header.expose());
     }
     let out = cmd
         .args(args)
@@ -163,4 +224,25 @@ async fn git(dir: Option<&Path>, args: &[&str]) -> anyhow::Result<String> {
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_credentials_leave_the_url_for_a_header() {
+        let (url, auth) = remote("https://ghp_abc@github.com/o/r.git");
+        assert_eq!(url, "https://github.com/o/r.git");
+        let header = auth.expect("a header");
+        // base64("ghp_abc:")
+        assert_eq!(header.expose(), "Authorization: Basic Z2hwX2FiYzo=");
+        let (url, auth) = remote("ssh://git@host/r.git");
+        assert_eq!(
+            (url.as_str(), auth.is_none()),
+            ("ssh://git@host/r.git", true)
+        );
+        let (url, auth) = remote("/srv/r.git");
+        assert_eq!((url.as_str(), auth.is_none()), ("/srv/r.git", true));
+    }
 }
