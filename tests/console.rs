@@ -887,6 +887,56 @@ fn a_run_killed_midway_shows_interrupted_and_the_next_trigger_runs() {
 }
 
 /// Waits until run `id` has planned and web's pre-build hook sleeps.
+/// A signed GitHub push delivery carrying a delivery id.
+fn github_push_with_id(console: &Console, sha: &str, delivery: &str) -> (u16, Value) {
+    let body = fixture("github-push.json", "refs/heads/main", sha, "");
+    let signature = format!("sha256={}", hmac_hex(GITHUB, &body));
+    console.deliver(
+        "github",
+        &[
+            ("X-GitHub-Event", "push"),
+            ("X-GitHub-Delivery", delivery),
+            ("X-Hub-Signature-256", &signature),
+        ],
+        &body,
+    )
+}
+
+#[test]
+fn a_redelivery_runs_nothing_and_a_replayed_older_commit_is_skipped() {
+    let world = World::new();
+    let console = Console::start(&world, None);
+    let old = world.push("apps/web/index.html", "<h1>old</h1>\n");
+    let (code, queued) = github_push_with_id(&console, &old, "delivery-1");
+    assert_eq!(code, 200, "{queued}");
+    let first = queued["run"].as_i64().expect("a run id");
+    let run = console.wait_run(first, Duration::from_secs(120));
+    assert_eq!(run["run"]["status"], "succeeded", "{run}");
+
+    // The same delivery again: acknowledged, nothing queued.
+    let (code, answer) = github_push_with_id(&console, &old, "delivery-1");
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(answer["ignored"], "duplicate delivery", "{answer}");
+    assert!(answer.get("run").is_none(), "{answer}");
+
+    let new = world.push("apps/web/index.html", "<h1>new</h1>\n");
+    let (_, queued) = github_push_with_id(&console, &new, "delivery-2");
+    let second = queued["run"].as_i64().expect("a run id");
+    let run = console.wait_run(second, Duration::from_secs(120));
+    assert_eq!(run["run"]["status"], "succeeded", "{run}");
+
+    // The old push replayed under a fresh id: its commit is an ancestor of the
+    // environment's last good one, so it is recorded skipped and deploys nothing.
+    let (code, queued) = github_push_with_id(&console, &old, "delivery-3");
+    assert_eq!(code, 200, "{queued}");
+    let replay = queued["run"].as_i64().expect("a run id");
+    let run = console.wait_run(replay, Duration::from_secs(120));
+    assert_eq!(run["run"]["status"], "skipped", "{run}");
+    let reason = run["run"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("ancestor"), "{run}");
+    assert!(run["report"].is_null(), "{run}");
+}
+
 fn wait_for_web(console: &Console, id: i64) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

@@ -161,11 +161,27 @@ async fn hook(
             json!({ "ignored": format!("{} was deleted", push.reference) }),
         ));
     };
-    let queued = service.trigger(
-        &push.reference,
-        &sha,
-        &format!("{provider:?} webhook").to_lowercase(),
-    )?;
+    let delivery = provider.delivery_id(&headers);
+    if let Some(id) = &delivery
+        && !service.db.first_delivery(provider.name(), id)?
+    {
+        tracing::info!(?provider, delivery = id, "duplicate delivery ignored");
+        return Ok(Json(json!({ "ignored": "duplicate delivery" })));
+    }
+    let queued = service
+        .trigger(
+            &push.reference,
+            &sha,
+            &format!("{provider:?} webhook").to_lowercase(),
+        )
+        .await
+        .inspect_err(|_| {
+            if let Some(id) = &delivery
+                && let Err(e) = service.db.forget_delivery(provider.name(), id)
+            {
+                tracing::error!("cannot forget a delivery: {e:#}");
+            }
+        })?;
     tracing::debug!(elapsed = ?started.elapsed(), "webhook handled");
     Ok(Json(
         serde_json::to_value(queued).map_err(anyhow::Error::from)?,

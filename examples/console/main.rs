@@ -27,8 +27,12 @@
 //! ```
 //!
 //! One run per environment at a time: a run waits in the queue, and a newer
-//! trigger for the same environment supersedes a waiting one. A run ships what
-//! changed since the environment's last good run, else since the previous commit.
+//! trigger for the same environment supersedes a waiting one unless its commit is
+//! an ancestor of the waiting one's (then it is recorded skipped). A run of an
+//! ancestor of the environment's last good commit is skipped: an old or replayed
+//! trigger deploys nothing. A webhook delivery id seen before is acknowledged and
+//! runs nothing. A run ships what changed since the environment's last good run,
+//! else since the previous commit.
 
 mod api;
 mod config;

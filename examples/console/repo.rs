@@ -124,6 +124,30 @@ impl Repo {
         }
     }
 
+    /// Whether commit `ancestor` is `descendant` or one of its ancestors.
+    pub(crate) async fn is_ancestor(
+        &self,
+        ancestor: &str,
+        descendant: &str,
+    ) -> anyhow::Result<bool> {
+        let status = Command::new("git")
+            .arg("-C")
+            .arg(&self.mirror)
+            .args(["merge-base", "--is-ancestor", ancestor, descendant])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .status()
+            .await
+            .context("cannot run git: install it")?;
+        match status.code() {
+            Some(0) => Ok(true),
+            Some(1) => Ok(false),
+            _ => bail!("git merge-base cannot compare {ancestor} and {descendant}"),
+        }
+    }
+
     /// A file's content at a revision.
     pub(crate) async fn show(&self, rev: &str, path: &str) -> anyhow::Result<String> {
         git(Some(&self.mirror), &["show", &format!("{rev}:{path}")]).await

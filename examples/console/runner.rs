@@ -120,7 +120,7 @@ impl Service {
 
     /// Queues a run of `sha` for the environment `reference` ships to, or records
     /// that no environment takes it.
-    pub(crate) fn trigger(
+    pub(crate) async fn trigger(
         self: &Arc<Self>,
         reference: &str,
         sha: &str,
@@ -130,13 +130,32 @@ impl Service {
         let Some(environment) = environment else {
             let reason = format!("no environment of shipflow.toml takes {reference}");
             tracing::info!(reference, source, "{reason}");
-            let run = self.db.skipped(reference, sha, source, &reason)?;
+            let run = self.db.skipped("", reference, sha, source, &reason)?;
             return Ok(Queued {
                 run,
                 environment: None,
                 superseded: Vec::new(),
             });
         };
+        if let Some(queued) = self.db.queued(&environment)?
+            && self.older(sha, &queued.sha).await
+        {
+            let reason = format!(
+                "{} is older than {} of the queued run {}",
+                short(sha),
+                short(&queued.sha),
+                queued.id
+            );
+            tracing::info!(reference, source, environment, "{reason}");
+            let run = self
+                .db
+                .skipped(&environment, reference, sha, source, &reason)?;
+            return Ok(Queued {
+                run,
+                environment: Some(environment),
+                superseded: Vec::new(),
+            });
+        }
         let (run, superseded) = self.db.enqueue(&environment, reference, sha, source)?;
         tracing::info!(
             run,
@@ -159,6 +178,27 @@ impl Service {
             environment: Some(environment),
             superseded,
         })
+    }
+
+    /// Whether `sha` is a strict ancestor of `queued`, so running it would ship
+    /// older code than the run it would replace. Commits not fetched yet are
+    /// fetched once; when they stay unknown the newer trigger wins.
+    async fn older(&self, sha: &str, queued: &str) -> bool {
+        if sha == queued {
+            return false;
+        }
+        if let Ok(answer) = self.repo.is_ancestor(sha, queued).await {
+            return answer;
+        }
+        if let Err(e) = self.fetch().await {
+            tracing::warn!(
+                "cannot fetch to compare {} and {}: {e:#}",
+                short(sha),
+                short(queued)
+            );
+            return false;
+        }
+        self.repo.is_ancestor(sha, queued).await.unwrap_or(false)
     }
 
     /// Starts a worker for each environment with queued runs and none yet.
@@ -235,6 +275,7 @@ impl Service {
                     )
                 }
                 Ok(report) => (status_of(&report), None, Some(report)),
+                Err(e) if e.is::<Stale>() => ("skipped", Some(e.to_string()), None),
                 Err(e) if self.shutdown.is_cancelled() => {
                     ("cancelled", Some(format!("{e:#}")), None)
                 }
@@ -283,7 +324,19 @@ impl Service {
             .resolve(&run.sha)
             .await?
             .with_context(|| format!("commit {} is not in the repository", run.sha))?;
-        let base = match self.db.last_good_sha(&run.environment)? {
+        let good = self.db.last_good_sha(&run.environment)?;
+        if let Some(good) = &good
+            && *good != sha
+            && self.repo.is_ancestor(&sha, good).await?
+        {
+            return Err(Stale(format!(
+                "{} is an ancestor of {}, the environment's last good commit: an old or replayed trigger",
+                short(&sha),
+                short(good)
+            ))
+            .into());
+        }
+        let base = match good {
             Some(good) => Some(good),
             None => self.repo.resolve(&format!("{sha}~1")).await?,
         };
@@ -400,6 +453,11 @@ impl Service {
         }
     }
 }
+
+/// A run of a commit older than the one its environment already runs: skipped.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Stale(String);
 
 fn status_of(report: &Report) -> &'static str {
     match report.status() {
