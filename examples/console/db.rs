@@ -187,6 +187,14 @@ impl Db {
         )?)
     }
 
+    /// Marks the `running` run of `environment` as `error` with `reason`.
+    pub(crate) fn fail_running(&self, environment: &str, reason: &str) -> anyhow::Result<usize> {
+        Ok(self.conn().execute(
+            "UPDATE runs SET status = 'error', reason = ?1, finished_at = ?2 WHERE environment = ?3 AND status = 'running'",
+            params![reason, now(), environment],
+        )?)
+    }
+
     fn conn(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock leaves SQLite consistent (transactions roll back).
         self.0.lock().unwrap_or_else(|e| e.into_inner())

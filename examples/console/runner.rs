@@ -220,7 +220,14 @@ impl Service {
         for environment in queued {
             if active.insert(environment.clone()) {
                 let service = self.clone();
-                workers.spawn(async move { service.work(environment).await });
+                workers.spawn(async move {
+                    let guard = Leave {
+                        service: service.clone(),
+                        environment: environment.clone(),
+                        armed: true,
+                    };
+                    service.work(environment, guard).await
+                });
             }
         }
     }
@@ -233,7 +240,7 @@ impl Service {
             .clone()
     }
 
-    async fn work(self: Arc<Self>, environment: String) {
+    async fn work(self: Arc<Self>, environment: String, mut leave: Leave) {
         loop {
             let run = {
                 // Claiming and leaving under the same lock as `kick`: no run is left behind.
@@ -247,18 +254,29 @@ impl Service {
                     Ok(Some(run)) => run,
                     Ok(None) => {
                         active.remove(&environment);
+                        leave.armed = false;
                         return;
                     }
                     Err(e) => {
                         tracing::error!(environment, "cannot claim a run: {e:#}");
                         active.remove(&environment);
+                        leave.armed = false;
                         return;
                     }
                 }
             };
             let env_lock = self.env_lock(&environment);
             let _guard = env_lock.lock().await;
-            let ended = self.execute(&run).await;
+            // In a task of its own: a panic in the pipeline ends this run as an
+            // error instead of the worker, which would leave the environment
+            // claimed (`active`) and its run `running` for good.
+            let ended = {
+                let (service, claimed) = (self.clone(), run.clone());
+                match tokio::spawn(async move { service.execute(&claimed).await }).await {
+                    Ok(ended) => ended,
+                    Err(e) => Err(anyhow::anyhow!("the run's task failed: {e}")),
+                }
+            };
             let (status, reason, report) = match ended {
                 // A stage stopped by the shutdown reports a failure; the run was cancelled.
                 Ok(report)
@@ -451,6 +469,39 @@ impl Service {
                 tracing::error!("cannot mark runs interrupted: {e:#}");
             }
         }
+    }
+}
+
+/// A worker's claim on its environment: if the worker ends in a panic, the
+/// environment leaves `active` (so the next trigger starts a worker) and runs
+/// it left `running` are marked `error`.
+struct Leave {
+    service: Arc<Service>,
+    environment: String,
+    /// Cleared when the worker leaves normally, under the `active` lock.
+    armed: bool,
+}
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        // A panic: the claimed run ends as an error. An abort (the runtime
+        // stopping) leaves it to `stop`, which marks it interrupted.
+        if std::thread::panicking() {
+            tracing::error!(environment = self.environment, "the worker panicked");
+            if let Err(e) = self
+                .service
+                .db
+                .fail_running(&self.environment, "the worker panicked")
+            {
+                tracing::error!("cannot mark the run failed: {e:#}");
+            }
+        }
+        lock(&self.service.active).remove(&self.environment);
+        // Queued runs are taken by the next trigger (`kick` from a drop could
+        // re-enter the workers' lock).
     }
 }
 
