@@ -112,8 +112,19 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!("stopping: no new triggers, cancelling the running pipelines");
             stopping.cancel();
         });
-    // Live streams end when the runs do; the server waits for open requests.
-    let served = server.await;
+    // Live streams end at shutdown; the server waits for the other open
+    // requests, up to the grace period.
+    let stopped = service.shutdown.clone();
+    let served = tokio::select! {
+        served = std::future::IntoFuture::into_future(server) => served,
+        () = async {
+            stopped.cancelled().await;
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!("open requests did not end within {grace:?}: closing them");
+            Ok(())
+        }
+    };
     service.stop(grace).await;
     while tasks.join_next().await.is_some() {}
     served.context("the HTTP server failed")?;

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use base64::Engine as _;
@@ -11,6 +12,10 @@ use tokio::process::Command;
 use tokio::sync::Mutex;
 
 use crate::config::{Secret, redact_userinfo, split_userinfo};
+
+/// The longest a git command may take (a first clone of a large monorepo
+/// included); a remote that hangs then fails the run instead of stalling it.
+const GIT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// The cache clone and its work trees.
 #[derive(Debug)]
@@ -134,12 +139,15 @@ impl Repo {
             .arg("-C")
             .arg(&self.mirror)
             .args(["merge-base", "--is-ancestor", ancestor, descendant])
+            .env("GIT_TERMINAL_PROMPT", "0")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .kill_on_drop(true)
-            .status()
+            .status();
+        let status = tokio::time::timeout(GIT_TIMEOUT, status)
             .await
+            .map_err(|_| anyhow::anyhow!("git merge-base took over {GIT_TIMEOUT:?}"))?
             .context("cannot run git: install it")?;
         match status.code() {
             Some(0) => Ok(true),
@@ -234,10 +242,20 @@ async fn git_with(
     }
     let out = cmd
         .args(args)
+        // Never wait for a password on a terminal: fail instead.
+        .env("GIT_TERMINAL_PROMPT", "0")
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
-        .output()
+        .output();
+    // On a timeout the child is dropped, which kills it.
+    let out = tokio::time::timeout(GIT_TIMEOUT, out)
         .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "git {} took over {GIT_TIMEOUT:?}: stopped",
+                args.first().unwrap_or(&"")
+            )
+        })?
         .context("cannot run git: install it")?;
     if !out.status.success() {
         let stderr = redact_userinfo(&String::from_utf8_lossy(&out.stderr));
