@@ -645,7 +645,11 @@ fn a_push_runs_through_a_webhook_and_a_poll_and_the_page_and_api_show_the_digest
     for secret in [TOKEN, GITHUB, GITEA, GITLAB] {
         assert!(!output.contains(secret), "a secret in the log");
     }
-    let database = std::fs::read(world.dir.path().join("console.db")).expect("the database");
+    // The database and its write-ahead log, which holds what is not checkpointed yet.
+    let mut database = std::fs::read(world.dir.path().join("console.db")).expect("the database");
+    if let Ok(wal) = std::fs::read(world.dir.path().join("console.db-wal")) {
+        database.extend(wal);
+    }
     for secret in [TOKEN, GITHUB, GITEA, GITLAB] {
         assert!(
             !String::from_utf8_lossy(&database).contains(secret),

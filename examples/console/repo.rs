@@ -54,6 +54,8 @@ impl Repo {
             .await
             .context("cannot clone the repository")?;
         } else {
+            // Only this service uses the mirror: a lock left by a killed git is stale.
+            remove_stale_locks(&repo.mirror)?;
             // A mirror cloned from a URL with credentials in it kept them in its config.
             git(
                 Some(&repo.mirror),
@@ -165,25 +167,35 @@ impl Repo {
     pub(crate) async fn checkout(&self, environment: &str, sha: &str) -> anyhow::Result<PathBuf> {
         let _guard = self.lock.lock().await;
         let dir = self.worktree(environment);
-        if !dir.join(".git").exists() {
-            std::fs::create_dir_all(&self.worktrees)?;
-            let path = dir.to_string_lossy().into_owned();
-            git(Some(&self.mirror), &["worktree", "prune"]).await?;
-            git(
-                Some(&self.mirror),
-                &[
-                    "worktree", "add", "--quiet", "--force", "--detach", &path, sha,
-                ],
-            )
-            .await?;
-        } else {
-            git(
-                Some(&dir),
-                &["checkout", "--quiet", "--force", "--detach", sha],
-            )
-            .await?;
-            git(Some(&dir), &["clean", "--quiet", "-fdx"]).await?;
+        if dir.join(".git").exists() {
+            let reused = async {
+                git(
+                    Some(&dir),
+                    &["checkout", "--quiet", "--force", "--detach", sha],
+                )
+                .await?;
+                git(Some(&dir), &["clean", "--quiet", "-fdx"]).await
+            };
+            match reused.await {
+                Ok(_) => return Ok(dir),
+                // A work tree broken by a killed run: made again below.
+                Err(e) => {
+                    tracing::warn!(environment, "recreating the work tree: {e:#}");
+                    std::fs::remove_dir_all(&dir)
+                        .with_context(|| format!("cannot remove {}", dir.display()))?;
+                }
+            }
         }
+        std::fs::create_dir_all(&self.worktrees)?;
+        let path = dir.to_string_lossy().into_owned();
+        git(Some(&self.mirror), &["worktree", "prune"]).await?;
+        git(
+            Some(&self.mirror),
+            &[
+                "worktree", "add", "--quiet", "--force", "--detach", &path, sha,
+            ],
+        )
+        .await?;
         Ok(dir)
     }
 
@@ -191,6 +203,27 @@ impl Repo {
     pub(crate) fn worktree(&self, environment: &str) -> PathBuf {
         self.worktrees.join(environment)
     }
+}
+
+/// Removes the `*.lock` files under the git directory `dir` (its work trees'
+/// administrative directories included, its object store left out): git
+/// refuses to work while one exists, and one outlives a killed git.
+fn remove_stale_locks(dir: &Path) -> anyhow::Result<()> {
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
+    for entry in entries {
+        let entry = entry?;
+        let path = entry.path();
+        let kind = entry.file_type()?;
+        if kind.is_dir() && entry.file_name() != "objects" {
+            remove_stale_locks(&path)?;
+        } else if kind.is_file() && path.extension().is_some_and(|e| e == "lock") {
+            tracing::warn!("removing the stale lock {}", path.display());
+            std::fs::remove_file(&path)
+                .with_context(|| format!("cannot remove {}", path.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Runs git in `dir` (a git or work tree directory); its stdout, or an error with its stderr.
@@ -286,5 +319,74 @@ mod tests {
         );
         let (url, auth) = remote("/srv/r.git");
         assert_eq!((url.as_str(), auth.is_none()), ("/srv/r.git", true));
+    }
+
+    fn run(dir: &Path, args: &[&str]) {
+        let status = std::process::Command::new("git")
+            .current_dir(dir)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("git runs");
+        assert!(status.success(), "git {args:?}");
+    }
+
+    #[tokio::test]
+    async fn stale_locks_go_at_start_and_a_broken_work_tree_is_made_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let origin = dir.path().join("origin");
+        std::fs::create_dir_all(&origin).expect("mkdir");
+        run(&origin, &["init", "--quiet", "--initial-branch=main"]);
+        std::fs::write(origin.join("a.txt"), "a\n").expect("write");
+        run(&origin, &["add", "."]);
+        run(
+            &origin,
+            &[
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "commit",
+                "--quiet",
+                "-m",
+                "a",
+            ],
+        );
+        let url = origin.to_string_lossy().into_owned();
+        let state = dir.path().join("state");
+        let repo = Repo::open(&url, &state).await.expect("clone");
+        let sha = repo
+            .resolve("HEAD")
+            .await
+            .expect("rev-parse")
+            .expect("a commit");
+        let tree = repo.checkout("staging", &sha).await.expect("checkout");
+        // A killed run: locks in the mirror and in the work tree's admin directory.
+        let admin = repo.mirror().join("worktrees/staging");
+        for lock in [
+            repo.mirror().join("packed-refs.lock"),
+            repo.mirror().join("refs/heads/main.lock"),
+            admin.join("index.lock"),
+        ] {
+            std::fs::write(&lock, "").expect("lock");
+        }
+        // A project's own lock file in the work tree is not git's.
+        std::fs::write(tree.join("Cargo.lock"), "kept").expect("write");
+        drop(repo);
+        let repo = Repo::open(&url, &state).await.expect("reopen");
+        assert!(!repo.mirror().join("packed-refs.lock").exists());
+        assert!(!repo.mirror().join("refs/heads/main.lock").exists());
+        assert!(!admin.join("index.lock").exists());
+        assert!(tree.join("Cargo.lock").exists());
+        repo.checkout("staging", &sha)
+            .await
+            .expect("checkout after the locks");
+        // A work tree whose git link is broken is made again.
+        std::fs::write(tree.join(".git"), "gitdir: /nonexistent\n").expect("break");
+        let again = repo.checkout("staging", &sha).await.expect("recreated");
+        assert_eq!(
+            std::fs::read_to_string(again.join("a.txt")).expect("read"),
+            "a\n"
+        );
     }
 }
