@@ -331,28 +331,74 @@ mod tests {
         assert!(status.success(), "git {args:?}");
     }
 
-    #[tokio::test]
-    async fn stale_locks_go_at_start_and_a_broken_work_tree_is_made_again() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let origin = dir.path().join("origin");
+    /// A commit in a new repository under `dir`; its path.
+    fn origin(dir: &Path) -> String {
+        let origin = dir.join("origin");
         std::fs::create_dir_all(&origin).expect("mkdir");
         run(&origin, &["init", "--quiet", "--initial-branch=main"]);
         std::fs::write(origin.join("a.txt"), "a\n").expect("write");
         run(&origin, &["add", "."]);
+        let identity = ["-c", "user.name=t", "-c", "user.email=t@t"];
         run(
             &origin,
-            &[
-                "-c",
-                "user.name=t",
-                "-c",
-                "user.email=t@t",
-                "commit",
-                "--quiet",
-                "-m",
-                "a",
-            ],
+            &[&identity[..], &["commit", "--quiet", "-m", "a"]].concat(),
         );
-        let url = origin.to_string_lossy().into_owned();
+        origin.to_string_lossy().into_owned()
+    }
+
+    #[tokio::test]
+    async fn http_credentials_reach_the_server_as_a_header_and_stay_out_of_the_mirror() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("state");
+        drop(
+            Repo::open(&origin(dir.path()), &state)
+                .await
+                .expect("clone"),
+        );
+        // A server that records the first request and answers 404.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let server = std::thread::spawn(move || {
+            use std::io::{Read as _, Write as _};
+            let (mut stream, _) = listener.accept().expect("a request");
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = stream.read(&mut buf).expect("read");
+                if n == 0 {
+                    break;
+                }
+                request.extend_from_slice(&buf[..n]);
+            }
+            let _ = stream.write_all(
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+            String::from_utf8_lossy(&request).into_owned()
+        });
+        let secret = "glpat-Xy7Qw3Er9Ty";
+        let url = format!("http://ci:{secret}@127.0.0.1:{port}/a.git");
+        let repo = Repo::open(&url, &state).await.expect("the existing mirror");
+        let error = format!("{:#}", repo.fetch().await.expect_err("404"));
+        let request = server.join().expect("the server");
+        let expected = base64::engine::general_purpose::STANDARD.encode(format!("ci:{secret}"));
+        assert!(
+            request.contains(&format!("Authorization: Basic {expected}")),
+            "{request}"
+        );
+        assert!(!request.contains(secret), "{request}");
+        assert!(!error.contains(secret), "{error}");
+        let config = std::fs::read_to_string(repo.mirror().join("config")).expect("config");
+        assert!(!config.contains(secret), "{config}");
+        assert!(
+            config.contains(&format!("http://127.0.0.1:{port}/a.git")),
+            "{config}"
+        );
+    }
+
+    #[tokio::test]
+    async fn stale_locks_go_at_start_and_a_broken_work_tree_is_made_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = origin(dir.path());
         let state = dir.path().join("state");
         let repo = Repo::open(&url, &state).await.expect("clone");
         let sha = repo
