@@ -891,6 +891,68 @@ fn a_run_killed_midway_shows_interrupted_and_the_next_trigger_runs() {
 }
 
 /// Waits until run `id` has planned and web's pre-build hook sleeps.
+#[test]
+fn an_empty_or_weak_secret_stops_the_console_before_it_listens() {
+    let world = World::new();
+    let good = world.config(free_port(), None, None, "");
+    let text = std::fs::read_to_string(&good).expect("config");
+    for (from, to, complaint) in [
+        (
+            format!("token = \"{TOKEN}\""),
+            "token = \"\"".to_owned(),
+            "auth.token",
+        ),
+        (
+            format!("gitlab = \"{GITLAB}\""),
+            "gitlab = \"\"".to_owned(),
+            "webhooks.gitlab",
+        ),
+        (
+            format!("github = \"{GITHUB}\""),
+            "github = \"short\"".to_owned(),
+            "webhooks.github",
+        ),
+        (
+            format!("token = \"{TOKEN}\""),
+            format!("token = \"{TOKEN}\"\nread_token = \"{TOKEN}\""),
+            "read_token",
+        ),
+    ] {
+        let path = world.dir.path().join("weak.toml");
+        assert!(text.contains(&from));
+        std::fs::write(&path, text.replace(&from, &to)).expect("write");
+        // Its output in a file, and killed if it starts anyway: a test that fails, not hangs.
+        let log = world.dir.path().join("weak.log");
+        let mut child = Command::new(example())
+            .arg("--config")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .process_group(0)
+            .spawn()
+            .expect("the console runs");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(
+            status.is_some_and(|s| !s.success()),
+            "{to}: started\n{stderr}"
+        );
+        assert!(stderr.contains(complaint), "{to}: {stderr}");
+    }
+}
+
 /// A signed GitHub push delivery carrying a delivery id.
 fn github_push_with_id(console: &Console, sha: &str, delivery: &str) -> (u16, Value) {
     let body = fixture("github-push.json", "refs/heads/main", sha, "");
