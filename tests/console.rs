@@ -953,6 +953,29 @@ fn an_empty_or_weak_secret_stops_the_console_before_it_listens() {
     }
 }
 
+#[test]
+fn a_request_that_never_ends_holds_shutdown_for_the_grace_period_only() {
+    let world = World::new();
+    let console = Console::start(&world, None);
+    // A webhook whose body never comes: the request stays open.
+    let mut slow = TcpStream::connect(("127.0.0.1", console.port)).expect("connect");
+    slow.write_all(
+        b"POST /hooks/github HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{",
+    )
+    .expect("send");
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    // The configured grace is 20 s; the server's wait is bounded by it.
+    let status = console.stop(Duration::from_secs(40));
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(slow);
+}
+
 /// A signed GitHub push delivery carrying a delivery id.
 fn github_push_with_id(console: &Console, sha: &str, delivery: &str) -> (u16, Value) {
     let body = fixture("github-push.json", "refs/heads/main", sha, "");
