@@ -976,6 +976,40 @@ fn a_request_that_never_ends_holds_shutdown_for_the_grace_period_only() {
     drop(slow);
 }
 
+#[test]
+fn a_late_delivery_of_an_older_commit_does_not_supersede_the_queued_newer_one() {
+    let world = World::new();
+    let console = Console::start(&world, None);
+    // A run that holds the environment while the others queue.
+    world.write_workspace("hooks = { pre_build = \"sleep 8\" }");
+    let slow = world.push("apps/web/index.html", "<h1>slow</h1>\n");
+    let (_, queued) = github_push(&console, "refs/heads/main", &slow, GITHUB);
+    let running = queued["run"].as_i64().expect("id");
+    wait_for_web(&console, running);
+    world.write_workspace("");
+    let older = world.push("apps/web/index.html", "<h1>older</h1>\n");
+    let newer = world.push("apps/web/index.html", "<h1>newer</h1>\n");
+
+    let (code, queued) = github_push(&console, "refs/heads/main", &newer, GITHUB);
+    assert_eq!(code, 200, "{queued}");
+    let kept = queued["run"].as_i64().expect("id");
+    // Delivered late: older than the queued commit, so recorded skipped.
+    let (code, late) = github_push(&console, "refs/heads/main", &older, GITHUB);
+    assert_eq!(code, 200, "{late}");
+    assert_eq!(late["superseded"], serde_json::json!([]), "{late}");
+    let late = console.get_json(&format!("/api/runs/{}", late["run"]));
+    assert_eq!(late["run"]["status"], "skipped", "{late}");
+    assert!(
+        late["run"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("older")),
+        "{late}"
+    );
+    let run = console.wait_run(kept, Duration::from_secs(120));
+    assert_eq!(run["run"]["status"], "succeeded", "{run}");
+    assert_eq!(run["run"]["sha"], newer.as_str());
+}
+
 /// A signed GitHub push delivery carrying a delivery id.
 fn github_push_with_id(console: &Console, sha: &str, delivery: &str) -> (u16, Value) {
     let body = fixture("github-push.json", "refs/heads/main", sha, "");
