@@ -270,13 +270,8 @@ impl Service {
             // In a task of its own: a panic in the pipeline ends this run as an
             // error instead of the worker, which would leave the environment
             // claimed (`active`) and its run `running` for good.
-            let ended = {
-                let (service, claimed) = (self.clone(), run.clone());
-                match tokio::spawn(async move { service.execute(&claimed).await }).await {
-                    Ok(ended) => ended,
-                    Err(e) => Err(anyhow::anyhow!("the run's task failed: {e}")),
-                }
-            };
+            let (service, claimed) = (self.clone(), run.clone());
+            let ended = isolated(async move { service.execute(&claimed).await }).await;
             let (status, reason, report) = match ended {
                 // A stage stopped by the shutdown reports a failure; the run was cancelled.
                 Ok(report)
@@ -472,6 +467,25 @@ impl Service {
     }
 }
 
+/// Runs `work` in a task of its own; its panic becomes an error.
+async fn isolated<T: Send + 'static>(
+    work: impl Future<Output = anyhow::Result<T>> + Send + 'static,
+) -> anyhow::Result<T> {
+    match tokio::spawn(work).await {
+        Ok(ended) => ended,
+        Err(e) if e.is_panic() => {
+            let panic = e.into_panic();
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(anyhow::anyhow!("the run panicked: {message}"))
+        }
+        Err(e) => Err(anyhow::anyhow!("the run's task failed: {e}")),
+    }
+}
+
 /// A worker's claim on its environment: if the worker ends in a panic, the
 /// environment leaves `active` (so the next trigger starts a worker) and runs
 /// it left `running` are marked `error`.
@@ -523,4 +537,18 @@ fn status_of(report: &Report) -> &'static str {
 /// The first 12 characters of a commit id.
 pub(crate) fn short(sha: &str) -> &str {
     sha.get(..12).unwrap_or(sha)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panic_in_a_run_becomes_its_error() {
+        let error = isolated::<()>(async { panic!("a bug in a stage") })
+            .await
+            .expect_err("the panic");
+        assert_eq!(error.to_string(), "the run panicked: a bug in a stage");
+        assert_eq!(isolated(async { Ok(7) }).await.expect("no panic"), 7);
+    }
 }
