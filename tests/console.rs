@@ -13,10 +13,10 @@ use hmac::{Hmac, Mac as _};
 use serde_json::Value;
 use sha2::Sha256;
 
-const TOKEN: &str = "write-t0ken";
-const GITHUB: &str = "gh-s3cret";
-const GITEA: &str = "gitea-s3cret";
-const GITLAB: &str = "gitlab-t0ken";
+const TOKEN: &str = "write-t0ken-Hq3ZpV8xK2";
+const GITHUB: &str = "gh-s3cret-Lw7Rt2Nc9Yf4";
+const GITEA: &str = "gitea-s3cret-Bx5Mq1Jd8Gs";
+const GITLAB: &str = "gitlab-t0ken-Pv6Ez3Wk0Ua";
 
 /// The example, built once with the feature set of CI's `--all-features` build.
 fn example() -> PathBuf {
@@ -645,7 +645,11 @@ fn a_push_runs_through_a_webhook_and_a_poll_and_the_page_and_api_show_the_digest
     for secret in [TOKEN, GITHUB, GITEA, GITLAB] {
         assert!(!output.contains(secret), "a secret in the log");
     }
-    let database = std::fs::read(world.dir.path().join("console.db")).expect("the database");
+    // The database and its write-ahead log, which holds what is not checkpointed yet.
+    let mut database = std::fs::read(world.dir.path().join("console.db")).expect("the database");
+    if let Ok(wal) = std::fs::read(world.dir.path().join("console.db-wal")) {
+        database.extend(wal);
+    }
     for secret in [TOKEN, GITHUB, GITEA, GITLAB] {
         assert!(
             !String::from_utf8_lossy(&database).contains(secret),
@@ -887,6 +891,175 @@ fn a_run_killed_midway_shows_interrupted_and_the_next_trigger_runs() {
 }
 
 /// Waits until run `id` has planned and web's pre-build hook sleeps.
+#[test]
+fn an_empty_or_weak_secret_stops_the_console_before_it_listens() {
+    let world = World::new();
+    let good = world.config(free_port(), None, None, "");
+    let text = std::fs::read_to_string(&good).expect("config");
+    for (from, to, complaint) in [
+        (
+            format!("token = \"{TOKEN}\""),
+            "token = \"\"".to_owned(),
+            "auth.token",
+        ),
+        (
+            format!("gitlab = \"{GITLAB}\""),
+            "gitlab = \"\"".to_owned(),
+            "webhooks.gitlab",
+        ),
+        (
+            format!("github = \"{GITHUB}\""),
+            "github = \"short\"".to_owned(),
+            "webhooks.github",
+        ),
+        (
+            format!("token = \"{TOKEN}\""),
+            format!("token = \"{TOKEN}\"\nread_token = \"{TOKEN}\""),
+            "read_token",
+        ),
+    ] {
+        let path = world.dir.path().join("weak.toml");
+        assert!(text.contains(&from));
+        std::fs::write(&path, text.replace(&from, &to)).expect("write");
+        // Its output in a file, and killed if it starts anyway: a test that fails, not hangs.
+        let log = world.dir.path().join("weak.log");
+        let mut child = Command::new(example())
+            .arg("--config")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .process_group(0)
+            .spawn()
+            .expect("the console runs");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(
+            status.is_some_and(|s| !s.success()),
+            "{to}: started\n{stderr}"
+        );
+        assert!(stderr.contains(complaint), "{to}: {stderr}");
+    }
+}
+
+#[test]
+fn a_request_that_never_ends_holds_shutdown_for_the_grace_period_only() {
+    let world = World::new();
+    let console = Console::start(&world, None);
+    // A webhook whose body never comes: the request stays open.
+    let mut slow = TcpStream::connect(("127.0.0.1", console.port)).expect("connect");
+    slow.write_all(
+        b"POST /hooks/github HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{",
+    )
+    .expect("send");
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    // The configured grace is 20 s; the server's wait is bounded by it.
+    let status = console.stop(Duration::from_secs(40));
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(slow);
+}
+
+#[test]
+fn a_late_delivery_of_an_older_commit_does_not_supersede_the_queued_newer_one() {
+    let world = World::new();
+    let console = Console::start(&world, None);
+    // A run that holds the environment while the others queue.
+    world.write_workspace("hooks = { pre_build = \"sleep 8\" }");
+    let slow = world.push("apps/web/index.html", "<h1>slow</h1>\n");
+    let (_, queued) = github_push(&console, "refs/heads/main", &slow, GITHUB);
+    let running = queued["run"].as_i64().expect("id");
+    wait_for_web(&console, running);
+    world.write_workspace("");
+    let older = world.push("apps/web/index.html", "<h1>older</h1>\n");
+    let newer = world.push("apps/web/index.html", "<h1>newer</h1>\n");
+
+    let (code, queued) = github_push(&console, "refs/heads/main", &newer, GITHUB);
+    assert_eq!(code, 200, "{queued}");
+    let kept = queued["run"].as_i64().expect("id");
+    // Delivered late: older than the queued commit, so recorded skipped.
+    let (code, late) = github_push(&console, "refs/heads/main", &older, GITHUB);
+    assert_eq!(code, 200, "{late}");
+    assert_eq!(late["superseded"], serde_json::json!([]), "{late}");
+    let late = console.get_json(&format!("/api/runs/{}", late["run"]));
+    assert_eq!(late["run"]["status"], "skipped", "{late}");
+    assert!(
+        late["run"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("older")),
+        "{late}"
+    );
+    let run = console.wait_run(kept, Duration::from_secs(120));
+    assert_eq!(run["run"]["status"], "succeeded", "{run}");
+    assert_eq!(run["run"]["sha"], newer.as_str());
+}
+
+/// A signed GitHub push delivery carrying a delivery id.
+fn github_push_with_id(console: &Console, sha: &str, delivery: &str) -> (u16, Value) {
+    let body = fixture("github-push.json", "refs/heads/main", sha, "");
+    let signature = format!("sha256={}", hmac_hex(GITHUB, &body));
+    console.deliver(
+        "github",
+        &[
+            ("X-GitHub-Event", "push"),
+            ("X-GitHub-Delivery", delivery),
+            ("X-Hub-Signature-256", &signature),
+        ],
+        &body,
+    )
+}
+
+#[test]
+fn a_redelivery_runs_nothing_and_a_replayed_older_commit_is_skipped() {
+    let world = World::new();
+    let console = Console::start(&world, None);
+    let old = world.push("apps/web/index.html", "<h1>old</h1>\n");
+    let (code, queued) = github_push_with_id(&console, &old, "delivery-1");
+    assert_eq!(code, 200, "{queued}");
+    let first = queued["run"].as_i64().expect("a run id");
+    let run = console.wait_run(first, Duration::from_secs(120));
+    assert_eq!(run["run"]["status"], "succeeded", "{run}");
+
+    // The same delivery again: acknowledged, nothing queued.
+    let (code, answer) = github_push_with_id(&console, &old, "delivery-1");
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(answer["ignored"], "duplicate delivery", "{answer}");
+    assert!(answer.get("run").is_none(), "{answer}");
+
+    let new = world.push("apps/web/index.html", "<h1>new</h1>\n");
+    let (_, queued) = github_push_with_id(&console, &new, "delivery-2");
+    let second = queued["run"].as_i64().expect("a run id");
+    let run = console.wait_run(second, Duration::from_secs(120));
+    assert_eq!(run["run"]["status"], "succeeded", "{run}");
+
+    // The old push replayed under a fresh id: its commit is an ancestor of the
+    // environment's last good one, so it is recorded skipped and deploys nothing.
+    let (code, queued) = github_push_with_id(&console, &old, "delivery-3");
+    assert_eq!(code, 200, "{queued}");
+    let replay = queued["run"].as_i64().expect("a run id");
+    let run = console.wait_run(replay, Duration::from_secs(120));
+    assert_eq!(run["run"]["status"], "skipped", "{run}");
+    let reason = run["run"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("ancestor"), "{run}");
+    assert!(run["report"].is_null(), "{run}");
+}
+
 fn wait_for_web(console: &Console, id: i64) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -913,9 +1086,9 @@ fn wait_for_web(console: &Console, id: i64) {
 fn reading_can_need_a_token_manual_runs_need_the_write_token_and_cron_runs() {
     let world = World::new();
     let schedule = "[[schedules]]\ncron = \"*/2 * * * * *\"\nref = \"main\"\n";
-    let console = Console::start_with(&world, None, Some("read-t0ken"), schedule);
-    let read = "Bearer read-t0ken".to_owned();
-    let basic = format!("Basic {}", base64_of("anyone:read-t0ken"));
+    let console = Console::start_with(&world, None, Some("read-t0ken-Cn4Hy7Qs2Df"), schedule);
+    let read = "Bearer read-t0ken-Cn4Hy7Qs2Df".to_owned();
+    let basic = format!("Basic {}", base64_of("anyone:read-t0ken-Cn4Hy7Qs2Df"));
     let write = format!("Bearer {TOKEN}");
 
     let (code, _) = console.request("GET", "/api/runs", &[], b"");

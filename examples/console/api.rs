@@ -161,11 +161,27 @@ async fn hook(
             json!({ "ignored": format!("{} was deleted", push.reference) }),
         ));
     };
-    let queued = service.trigger(
-        &push.reference,
-        &sha,
-        &format!("{provider:?} webhook").to_lowercase(),
-    )?;
+    let delivery = provider.delivery_id(&headers);
+    if let Some(id) = &delivery
+        && !service.db.first_delivery(provider.name(), id)?
+    {
+        tracing::info!(?provider, delivery = id, "duplicate delivery ignored");
+        return Ok(Json(json!({ "ignored": "duplicate delivery" })));
+    }
+    let queued = service
+        .trigger(
+            &push.reference,
+            &sha,
+            &format!("{provider:?} webhook").to_lowercase(),
+        )
+        .await
+        .inspect_err(|_| {
+            if let Some(id) = &delivery
+                && let Err(e) = service.db.forget_delivery(provider.name(), id)
+            {
+                tracing::error!("cannot forget a delivery: {e:#}");
+            }
+        })?;
     tracing::debug!(elapsed = ?started.elapsed(), "webhook handled");
     Ok(Json(
         serde_json::to_value(queued).map_err(anyhow::Error::from)?,
@@ -405,14 +421,23 @@ async fn stream(
                 let live = match received {
                     Ok(live) => live,
                     Err(broadcast::error::RecvError::Lagged(_)) => {
-                        // Fell behind the live channel: the lines missed are stored.
+                        // Fell behind the live channel: the lines missed are stored,
+                        // and the run's end may have been missed too. Its status is
+                        // read first: a finished run has stored all its lines.
+                        let status = service.db.run(id).ok()??.status;
+                        let ended = crate::db::FINISHED.contains(&status.as_str());
                         let missed = service.db.log_lines(id, last).ok()?;
                         last = missed.last().map_or(last, |l| l.seq);
                         let mut missed: Vec<SseEvent> = missed.iter().map(line_event).collect();
-                        let Some(event) = (!missed.is_empty()).then(|| missed.remove(0)) else {
+                        if ended {
+                            missed.push(SseEvent::default().event("end").data(&status));
+                        }
+                        let mut missed = missed.into_iter();
+                        let Some(event) = missed.next() else {
                             continue;
                         };
-                        return Some((Ok(event), (missed.into_iter(), receiver, last)));
+                        let receiver = if ended { None } else { receiver };
+                        return Some((Ok(event), (missed, receiver, last)));
                     }
                     Err(broadcast::error::RecvError::Closed) => return None,
                 };

@@ -15,6 +15,11 @@ use serde::Deserialize;
 pub(crate) struct Secret(String);
 
 impl Secret {
+    /// Wraps a value derived from other secrets (an Authorization header).
+    pub(crate) fn new(value: String) -> Self {
+        Self(value)
+    }
+
     /// The value, for comparing and signing only.
     pub(crate) fn expose(&self) -> &str {
         &self.0
@@ -80,22 +85,19 @@ impl fmt::Debug for Repository {
     }
 }
 
-/// `text` with the password of every `scheme://user:password@` replaced by `***`:
-/// a remote URL may carry a token, and git repeats it in its messages.
+/// `text` with the whole userinfo of every `scheme://userinfo@` replaced by `***`:
+/// a remote URL may carry a token, as its password or as its user name, and git
+/// repeats it in its messages.
 pub(crate) fn redact_userinfo(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(at) = rest.find("://") {
         let (head, tail) = rest.split_at(at + 3);
         out.push_str(head);
-        let end = tail
-            .find(|c: char| c == '/' || c.is_whitespace())
-            .unwrap_or(tail.len());
+        let end = authority_end(tail);
         match tail[..end].rfind('@') {
             Some(userinfo) => {
-                let user = tail[..userinfo].split(':').next().unwrap_or_default();
-                out.push_str(user);
-                out.push_str(":***");
+                out.push_str("***");
                 rest = &tail[userinfo..];
             }
             None => rest = tail,
@@ -103,6 +105,29 @@ pub(crate) fn redact_userinfo(text: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// Where the authority (`userinfo@host:port`) after `scheme://` ends.
+fn authority_end(tail: &str) -> usize {
+    tail.find(|c: char| matches!(c, '/' | '?' | '#' | '\'' | '"') || c.is_whitespace())
+        .unwrap_or(tail.len())
+}
+
+/// A remote URL split into the URL without its userinfo and that userinfo
+/// (`user` or `user:password`), if it had one.
+pub(crate) fn split_userinfo(url: &str) -> (String, Option<String>) {
+    let Some(at) = url.find("://") else {
+        return (url.to_owned(), None);
+    };
+    let (head, tail) = url.split_at(at + 3);
+    let end = authority_end(tail);
+    match tail[..end].rfind('@') {
+        Some(userinfo) => (
+            format!("{head}{}", &tail[userinfo + 1..]),
+            Some(tail[..userinfo].to_owned()),
+        ),
+        None => (url.to_owned(), None),
+    }
 }
 
 /// `[auth]`.
@@ -178,9 +203,55 @@ impl Config {
         if let Some(store) = &mut config.registry.store {
             *store = dir.join(&*store);
         }
+        config
+            .check_secrets()
+            .with_context(|| format!("{} is not valid", path.display()))?;
         Ok(config)
     }
+
+    /// Refuses tokens and secrets that would switch a check off or that anyone
+    /// could guess: empty, shorter than [`MIN_SECRET_BYTES`], the example's
+    /// placeholders, or a read token equal to the write token.
+    fn check_secrets(&self) -> anyhow::Result<()> {
+        let named = [
+            ("auth.token", Some(&self.auth.token)),
+            ("auth.read_token", self.auth.read_token.as_ref()),
+            ("webhooks.github", self.webhooks.github.as_ref()),
+            ("webhooks.gitea", self.webhooks.gitea.as_ref()),
+            ("webhooks.gitlab", self.webhooks.gitlab.as_ref()),
+        ];
+        for (name, secret) in named {
+            let Some(secret) = secret else { continue };
+            let value = secret.expose();
+            if value.len() < MIN_SECRET_BYTES {
+                anyhow::bail!("{name} must be at least {MIN_SECRET_BYTES} bytes long");
+            }
+            if PLACEHOLDERS.contains(&value) {
+                anyhow::bail!(
+                    "{name} is the example's placeholder: replace it with a random value"
+                );
+            }
+        }
+        if let Some(read) = &self.auth.read_token
+            && read.expose() == self.auth.token.expose()
+        {
+            anyhow::bail!("auth.read_token must differ from auth.token");
+        }
+        Ok(())
+    }
 }
+
+/// The shortest token or secret accepted.
+pub(crate) const MIN_SECRET_BYTES: usize = 16;
+
+/// The values of the shipped `console.toml`, which must be replaced.
+const PLACEHOLDERS: &[&str] = &[
+    "change-me-write-token",
+    "change-me-read-token",
+    "change-me-github-secret",
+    "change-me-gitea-secret",
+    "change-me-gitlab-token",
+];
 
 #[cfg(test)]
 mod tests {
@@ -193,6 +264,7 @@ mod tests {
         )
         .expect("valid");
         let shown = format!("{config:?}");
+        // (the short values are for this Debug check only: loading refuses them)
         assert!(
             !shown.contains("tok-123") && !shown.contains("gh-456"),
             "{shown}"
@@ -206,12 +278,93 @@ mod tests {
             redact_userinfo(
                 "fatal: unable to access 'https://ci:glpat-xyz@gitlab.example.com/a.git/': 403"
             ),
-            "fatal: unable to access 'https://ci:***@gitlab.example.com/a.git/': 403"
+            "fatal: unable to access 'https://***@gitlab.example.com/a.git/': 403"
         );
         assert_eq!(
             redact_userinfo("ssh://git@host/repo /path"),
-            "ssh://git:***@host/repo /path"
+            "ssh://***@host/repo /path"
         );
         assert_eq!(redact_userinfo("/srv/git/repo.git"), "/srv/git/repo.git");
+    }
+
+    #[test]
+    fn a_token_as_the_user_name_is_redacted_too() {
+        assert_eq!(
+            redact_userinfo("https://ghp_abcDEF123@github.com/o/r.git"),
+            "https://***@github.com/o/r.git"
+        );
+        assert_eq!(
+            redact_userinfo("fatal: 'https://oauth2:glpat-x@h/a.git' and http://tok@h2?x"),
+            "fatal: 'https://***@h/a.git' and http://***@h2?x"
+        );
+        assert_eq!(
+            redact_userinfo("https://h.example/a@b"),
+            "https://h.example/a@b"
+        );
+        assert_eq!(redact_userinfo("https://h.example"), "https://h.example");
+    }
+
+    #[test]
+    fn userinfo_is_split_off_the_url() {
+        assert_eq!(
+            split_userinfo("https://ghp_abc@github.com/o/r.git"),
+            (
+                "https://github.com/o/r.git".to_owned(),
+                Some("ghp_abc".to_owned())
+            )
+        );
+        assert_eq!(
+            split_userinfo("https://ci:pw@h:8443/a.git"),
+            ("https://h:8443/a.git".to_owned(), Some("ci:pw".to_owned()))
+        );
+        assert_eq!(
+            split_userinfo("/srv/git/r.git"),
+            ("/srv/git/r.git".to_owned(), None)
+        );
+        assert_eq!(
+            split_userinfo("https://h/a@b"),
+            ("https://h/a@b".to_owned(), None)
+        );
+    }
+
+    fn checked(auth: &str, webhooks: &str) -> anyhow::Result<()> {
+        let text = format!("[repository]\nurl = \"/r\"\n[auth]\n{auth}\n[webhooks]\n{webhooks}\n");
+        let config: Config = toml::from_str(&text).expect("valid TOML");
+        config.check_secrets()
+    }
+
+    #[test]
+    fn weak_or_placeholder_secrets_are_refused() {
+        const GOOD: &str = "token = \"Zq8vW2mPx4Lr7Tn1Yb5K\"";
+        checked(GOOD, "github = \"c3VwZXItc2VjcmV0LXZhbHVl\"").expect("strong values load");
+        for (auth, webhooks, complaint) in [
+            ("token = \"\"", "", "auth.token must be at least"),
+            ("token = \"short-token\"", "", "auth.token must be at least"),
+            (GOOD, "gitlab = \"\"", "webhooks.gitlab must be at least"),
+            (GOOD, "github = \"\"", "webhooks.github must be at least"),
+            (GOOD, "gitea = \"\"", "webhooks.gitea must be at least"),
+            (
+                "token = \"Zq8vW2mPx4Lr7Tn1Yb5K\"\nread_token = \"\"",
+                "",
+                "auth.read_token must be at least",
+            ),
+            (
+                "token = \"Zq8vW2mPx4Lr7Tn1Yb5K\"\nread_token = \"Zq8vW2mPx4Lr7Tn1Yb5K\"",
+                "",
+                "must differ from auth.token",
+            ),
+            ("token = \"change-me-write-token\"", "", "placeholder"),
+            (GOOD, "gitea = \"change-me-gitea-secret\"", "placeholder"),
+        ] {
+            let error = checked(auth, webhooks).expect_err(complaint).to_string();
+            assert!(error.contains(complaint), "{auth} {webhooks}: {error}");
+        }
+    }
+
+    #[test]
+    fn the_shipped_example_is_refused_until_its_values_are_replaced() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/console/console.toml");
+        let error = format!("{:#}", Config::load(&path).expect_err("placeholders"));
+        assert!(error.contains("placeholder"), "{error}");
     }
 }

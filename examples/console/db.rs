@@ -11,7 +11,8 @@ use rusqlite::{Connection, OptionalExtension as _, params};
 use serde::Serialize;
 
 /// Each entry moves the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE runs (
     id INTEGER PRIMARY KEY,
     environment TEXT NOT NULL,
@@ -51,7 +52,16 @@ CREATE TABLE deployments (
     at INTEGER NOT NULL
 );
 CREATE INDEX deployments_by_app ON deployments (app, environment, id);
-"#];
+"#,
+    r#"
+CREATE TABLE deliveries (
+    provider TEXT NOT NULL,
+    id TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    PRIMARY KEY (provider, id)
+);
+"#,
+];
 
 /// A run as stored.
 #[derive(Debug, Clone, Serialize)]
@@ -177,6 +187,14 @@ impl Db {
         )?)
     }
 
+    /// Marks the `running` run of `environment` as `error` with `reason`.
+    pub(crate) fn fail_running(&self, environment: &str, reason: &str) -> anyhow::Result<usize> {
+        Ok(self.conn().execute(
+            "UPDATE runs SET status = 'error', reason = ?1, finished_at = ?2 WHERE environment = ?3 AND status = 'running'",
+            params![reason, now(), environment],
+        )?)
+    }
+
     fn conn(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock leaves SQLite consistent (transactions roll back).
         self.0.lock().unwrap_or_else(|e| e.into_inner())
@@ -210,9 +228,42 @@ impl Db {
         Ok((id, superseded))
     }
 
-    /// Records a trigger that no environment takes, so the page shows why nothing ran.
+    /// The queued run of `environment`, if any.
+    pub(crate) fn queued(&self, environment: &str) -> anyhow::Result<Option<Run>> {
+        Ok(self
+            .conn()
+            .query_row(
+                &format!("SELECT {RUN_COLUMNS} FROM runs WHERE environment = ?1 AND status = 'queued' ORDER BY id DESC LIMIT 1"),
+                params![environment],
+                run_row,
+            )
+            .optional()?)
+    }
+
+    /// Records a webhook delivery's id; false when it was recorded before (a
+    /// redelivery or a replay).
+    pub(crate) fn first_delivery(&self, provider: &str, id: &str) -> anyhow::Result<bool> {
+        let added = self.conn().execute(
+            "INSERT OR IGNORE INTO deliveries (provider, id, at) VALUES (?1, ?2, ?3)",
+            params![provider, id, now()],
+        )?;
+        Ok(added == 1)
+    }
+
+    /// Forgets a delivery id whose trigger failed, so a redelivery is taken.
+    pub(crate) fn forget_delivery(&self, provider: &str, id: &str) -> anyhow::Result<()> {
+        self.conn().execute(
+            "DELETE FROM deliveries WHERE provider = ?1 AND id = ?2",
+            params![provider, id],
+        )?;
+        Ok(())
+    }
+
+    /// Records a trigger that does not run, so the page shows why: no
+    /// environment takes it (`environment` empty), or it is older than what is queued.
     pub(crate) fn skipped(
         &self,
+        environment: &str,
         reference: &str,
         sha: &str,
         trigger: &str,
@@ -220,8 +271,8 @@ impl Db {
     ) -> anyhow::Result<i64> {
         let conn = self.conn();
         conn.execute(
-            "INSERT INTO runs (environment, reference, sha, trigger, status, reason, created_at, finished_at) VALUES ('', ?1, ?2, ?3, 'skipped', ?4, ?5, ?5)",
-            params![reference, sha, trigger, reason, now()],
+            "INSERT INTO runs (environment, reference, sha, trigger, status, reason, created_at, finished_at) VALUES (?1, ?2, ?3, ?4, 'skipped', ?5, ?6, ?6)",
+            params![environment, reference, sha, trigger, reason, now()],
         )?;
         Ok(conn.last_insert_rowid())
     }
@@ -478,5 +529,20 @@ mod tests {
             "superseded"
         );
         assert_eq!(db.claim("staging").expect("claim").expect("run").id, third);
+    }
+
+    #[test]
+    fn a_delivery_id_is_taken_once_per_provider_across_restarts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("runs.db");
+        let db = Db::open(&path).expect("open");
+        assert!(db.first_delivery("github", "d-1").expect("record"));
+        assert!(!db.first_delivery("github", "d-1").expect("record"));
+        assert!(db.first_delivery("gitea", "d-1").expect("record"));
+        drop(db);
+        let db = Db::open(&path).expect("reopen");
+        assert!(!db.first_delivery("github", "d-1").expect("record"));
+        db.forget_delivery("github", "d-1").expect("forget");
+        assert!(db.first_delivery("github", "d-1").expect("record"));
     }
 }

@@ -27,8 +27,12 @@
 //! ```
 //!
 //! One run per environment at a time: a run waits in the queue, and a newer
-//! trigger for the same environment supersedes a waiting one. A run ships what
-//! changed since the environment's last good run, else since the previous commit.
+//! trigger for the same environment supersedes a waiting one unless its commit is
+//! an ancestor of the waiting one's (then it is recorded skipped). A run of an
+//! ancestor of the environment's last good commit is skipped: an old or replayed
+//! trigger deploys nothing. A webhook delivery id seen before is acknowledged and
+//! runs nothing. A run ships what changed since the environment's last good run,
+//! else since the previous commit.
 
 mod api;
 mod config;
@@ -108,8 +112,19 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!("stopping: no new triggers, cancelling the running pipelines");
             stopping.cancel();
         });
-    // Live streams end when the runs do; the server waits for open requests.
-    let served = server.await;
+    // Live streams end at shutdown; the server waits for the other open
+    // requests, up to the grace period.
+    let stopped = service.shutdown.clone();
+    let served = tokio::select! {
+        served = std::future::IntoFuture::into_future(server) => served,
+        () = async {
+            stopped.cancelled().await;
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!("open requests did not end within {grace:?}: closing them");
+            Ok(())
+        }
+    };
     service.stop(grace).await;
     while tasks.join_next().await.is_some() {}
     served.context("the HTTP server failed")?;

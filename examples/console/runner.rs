@@ -120,7 +120,7 @@ impl Service {
 
     /// Queues a run of `sha` for the environment `reference` ships to, or records
     /// that no environment takes it.
-    pub(crate) fn trigger(
+    pub(crate) async fn trigger(
         self: &Arc<Self>,
         reference: &str,
         sha: &str,
@@ -130,13 +130,32 @@ impl Service {
         let Some(environment) = environment else {
             let reason = format!("no environment of shipflow.toml takes {reference}");
             tracing::info!(reference, source, "{reason}");
-            let run = self.db.skipped(reference, sha, source, &reason)?;
+            let run = self.db.skipped("", reference, sha, source, &reason)?;
             return Ok(Queued {
                 run,
                 environment: None,
                 superseded: Vec::new(),
             });
         };
+        if let Some(queued) = self.db.queued(&environment)?
+            && self.older(sha, &queued.sha).await
+        {
+            let reason = format!(
+                "{} is older than {} of the queued run {}",
+                short(sha),
+                short(&queued.sha),
+                queued.id
+            );
+            tracing::info!(reference, source, environment, "{reason}");
+            let run = self
+                .db
+                .skipped(&environment, reference, sha, source, &reason)?;
+            return Ok(Queued {
+                run,
+                environment: Some(environment),
+                superseded: Vec::new(),
+            });
+        }
         let (run, superseded) = self.db.enqueue(&environment, reference, sha, source)?;
         tracing::info!(
             run,
@@ -161,6 +180,27 @@ impl Service {
         })
     }
 
+    /// Whether `sha` is a strict ancestor of `queued`, so running it would ship
+    /// older code than the run it would replace. Commits not fetched yet are
+    /// fetched once; when they stay unknown the newer trigger wins.
+    async fn older(&self, sha: &str, queued: &str) -> bool {
+        if sha == queued {
+            return false;
+        }
+        if let Ok(answer) = self.repo.is_ancestor(sha, queued).await {
+            return answer;
+        }
+        if let Err(e) = self.fetch().await {
+            tracing::warn!(
+                "cannot fetch to compare {} and {}: {e:#}",
+                short(sha),
+                short(queued)
+            );
+            return false;
+        }
+        self.repo.is_ancestor(sha, queued).await.unwrap_or(false)
+    }
+
     /// Starts a worker for each environment with queued runs and none yet.
     pub(crate) fn kick(self: &Arc<Self>) {
         if self.shutdown.is_cancelled() {
@@ -180,7 +220,14 @@ impl Service {
         for environment in queued {
             if active.insert(environment.clone()) {
                 let service = self.clone();
-                workers.spawn(async move { service.work(environment).await });
+                workers.spawn(async move {
+                    let guard = Leave {
+                        service: service.clone(),
+                        environment: environment.clone(),
+                        armed: true,
+                    };
+                    service.work(environment, guard).await
+                });
             }
         }
     }
@@ -193,7 +240,7 @@ impl Service {
             .clone()
     }
 
-    async fn work(self: Arc<Self>, environment: String) {
+    async fn work(self: Arc<Self>, environment: String, mut leave: Leave) {
         loop {
             let run = {
                 // Claiming and leaving under the same lock as `kick`: no run is left behind.
@@ -207,18 +254,24 @@ impl Service {
                     Ok(Some(run)) => run,
                     Ok(None) => {
                         active.remove(&environment);
+                        leave.armed = false;
                         return;
                     }
                     Err(e) => {
                         tracing::error!(environment, "cannot claim a run: {e:#}");
                         active.remove(&environment);
+                        leave.armed = false;
                         return;
                     }
                 }
             };
             let env_lock = self.env_lock(&environment);
             let _guard = env_lock.lock().await;
-            let ended = self.execute(&run).await;
+            // In a task of its own: a panic in the pipeline ends this run as an
+            // error instead of the worker, which would leave the environment
+            // claimed (`active`) and its run `running` for good.
+            let (service, claimed) = (self.clone(), run.clone());
+            let ended = isolated(async move { service.execute(&claimed).await }).await;
             let (status, reason, report) = match ended {
                 // A stage stopped by the shutdown reports a failure; the run was cancelled.
                 Ok(report)
@@ -235,6 +288,7 @@ impl Service {
                     )
                 }
                 Ok(report) => (status_of(&report), None, Some(report)),
+                Err(e) if e.is::<Stale>() => ("skipped", Some(e.to_string()), None),
                 Err(e) if self.shutdown.is_cancelled() => {
                     ("cancelled", Some(format!("{e:#}")), None)
                 }
@@ -283,7 +337,19 @@ impl Service {
             .resolve(&run.sha)
             .await?
             .with_context(|| format!("commit {} is not in the repository", run.sha))?;
-        let base = match self.db.last_good_sha(&run.environment)? {
+        let good = self.db.last_good_sha(&run.environment)?;
+        if let Some(good) = &good
+            && *good != sha
+            && self.repo.is_ancestor(&sha, good).await?
+        {
+            return Err(Stale(format!(
+                "{} is an ancestor of {}, the environment's last good commit: an old or replayed trigger",
+                short(&sha),
+                short(good)
+            ))
+            .into());
+        }
+        let base = match good {
             Some(good) => Some(good),
             None => self.repo.resolve(&format!("{sha}~1")).await?,
         };
@@ -401,6 +467,63 @@ impl Service {
     }
 }
 
+/// Runs `work` in a task of its own; its panic becomes an error.
+async fn isolated<T: Send + 'static>(
+    work: impl Future<Output = anyhow::Result<T>> + Send + 'static,
+) -> anyhow::Result<T> {
+    match tokio::spawn(work).await {
+        Ok(ended) => ended,
+        Err(e) if e.is_panic() => {
+            let panic = e.into_panic();
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(anyhow::anyhow!("the run panicked: {message}"))
+        }
+        Err(e) => Err(anyhow::anyhow!("the run's task failed: {e}")),
+    }
+}
+
+/// A worker's claim on its environment: if the worker ends in a panic, the
+/// environment leaves `active` (so the next trigger starts a worker) and runs
+/// it left `running` are marked `error`.
+struct Leave {
+    service: Arc<Service>,
+    environment: String,
+    /// Cleared when the worker leaves normally, under the `active` lock.
+    armed: bool,
+}
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        // A panic: the claimed run ends as an error. An abort (the runtime
+        // stopping) leaves it to `stop`, which marks it interrupted.
+        if std::thread::panicking() {
+            tracing::error!(environment = self.environment, "the worker panicked");
+            if let Err(e) = self
+                .service
+                .db
+                .fail_running(&self.environment, "the worker panicked")
+            {
+                tracing::error!("cannot mark the run failed: {e:#}");
+            }
+        }
+        lock(&self.service.active).remove(&self.environment);
+        // Queued runs are taken by the next trigger (`kick` from a drop could
+        // re-enter the workers' lock).
+    }
+}
+
+/// A run of a commit older than the one its environment already runs: skipped.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Stale(String);
+
 fn status_of(report: &Report) -> &'static str {
     match report.status() {
         RunStatus::NothingToDo => "nothing_to_do",
@@ -414,4 +537,18 @@ fn status_of(report: &Report) -> &'static str {
 /// The first 12 characters of a commit id.
 pub(crate) fn short(sha: &str) -> &str {
     sha.get(..12).unwrap_or(sha)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panic_in_a_run_becomes_its_error() {
+        let error = isolated::<()>(async { panic!("a bug in a stage") })
+            .await
+            .expect_err("the panic");
+        assert_eq!(error.to_string(), "the run panicked: a bug in a stage");
+        assert_eq!(isolated(async { Ok(7) }).await.expect("no panic"), 7);
+    }
 }

@@ -34,7 +34,7 @@ pub(crate) async fn poll(service: Arc<Service>, every: Duration) {
         };
         for (reference, sha) in &now {
             if seen.get(reference) != Some(sha)
-                && let Err(e) = service.trigger(reference, sha, "poll")
+                && let Err(e) = service.trigger(reference, sha, "poll").await
             {
                 tracing::error!(reference, "poll: cannot queue a run: {e:#}");
             }
@@ -90,7 +90,7 @@ pub(crate) async fn run_ref(
     };
     for full in candidates {
         if let Some(sha) = service.repo.resolve(&full).await? {
-            return service.trigger(&full, &sha, source);
+            return service.trigger(&full, &sha, source).await;
         }
     }
     anyhow::bail!("no branch or tag {reference:?} in the repository")

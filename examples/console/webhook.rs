@@ -60,6 +60,29 @@ struct Payload {
 }
 
 impl Provider {
+    /// The provider's name in paths and the run history.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Provider::GitHub => "github",
+            Provider::Gitea => "gitea",
+            Provider::GitLab => "gitlab",
+        }
+    }
+
+    /// The id of a delivery, when the provider sent one (at most 128 bytes of
+    /// printable ASCII). It is not signed: it tells redeliveries apart, while a
+    /// replay under a new id meets the ancestry check of the run.
+    pub(crate) fn delivery_id(self, headers: &HeaderMap) -> Option<String> {
+        let name = match self {
+            Provider::GitHub => "x-github-delivery",
+            Provider::Gitea => "x-gitea-delivery",
+            Provider::GitLab => "x-gitlab-event-uuid",
+        };
+        let id = headers.get(name)?.to_str().ok()?.trim();
+        (!id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()))
+            .then(|| id.to_owned())
+    }
+
     /// The header naming the event.
     fn event_header(self) -> &'static str {
         match self {
