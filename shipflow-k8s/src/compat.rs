@@ -1,10 +1,12 @@
 //! Fields whose optionality differs between the Kubernetes API versions k8s-openapi
 //! generates: `Deployment.spec` and `ReplicaSet.spec` are optional up to 1.36 and
-//! required from 1.37, a condition's `type` and `status` the other way round. The
+//! required from 1.37, a condition's `type` and `status` the other way round, and
+//! an EndpointSlice's `endpoints` required up to 1.36 and optional from 1.37. The
 //! final binary picks the version (k8s-openapi's rule), so shipflow-k8s reads these
 //! fields through [`Field`], which is implemented for both shapes.
 
 use k8s_openapi::api::apps::v1::{DeploymentSpec, ReplicaSetSpec};
+use k8s_openapi::api::discovery::v1::Endpoint;
 
 /// A field that is `T` in some API versions and `Option<T>` in others.
 pub(crate) trait Field<T> {
@@ -27,7 +29,7 @@ macro_rules! either_shape {
     )*};
 }
 
-either_shape!(DeploymentSpec, ReplicaSetSpec, String);
+either_shape!(DeploymentSpec, ReplicaSetSpec, String, Vec<Endpoint>);
 
 /// Whether a string field (required or optional, by API version) equals `want`.
 pub(crate) fn is(field: &impl Field<String>, want: &str) -> bool {

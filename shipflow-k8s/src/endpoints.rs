@@ -13,6 +13,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use shipflow_core::Context;
 use tokio::time::Instant;
 
+use crate::compat::Field;
 use crate::deployer::Target;
 use crate::{KubeDeployer, KubeError};
 
@@ -114,7 +115,7 @@ impl KubeDeployer {
             }
             let endpoints: Vec<(Option<String>, bool)> = seen
                 .values()
-                .flat_map(|s| s.endpoints.iter())
+                .flat_map(|s| s.endpoints.opt().into_iter().flatten())
                 .map(|e| {
                     let ready = e
                         .conditions
