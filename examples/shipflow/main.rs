@@ -527,7 +527,8 @@ async fn status(out: &Output, args: StatusArgs) -> anyhow::Result<Exit> {
             .fingerprint(&args.head, &workspace.inputs(app), &ctx)
             .await
             .map_err(|e| anyhow::anyhow!(e))
-            .with_context(|| format!("{}: fingerprint at {}", app.name, args.head))?;
+            .with_context(|| format!("{}: fingerprint at {}", app.name, args.head))?
+            .with_settings(&app.settings());
         let running = deployer
             .current(app, &ctx)
             .await

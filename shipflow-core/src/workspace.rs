@@ -278,16 +278,12 @@ impl App {
     }
 
     /// The app's settings as `shipflow.toml` (and its environment) gives them: its
-    /// image, its build and its deploy tables, in a stable text form. A change of
-    /// them changes the app's fingerprint, so a new memory limit or replica count
-    /// ships even when no file of the app changed.
+    /// build and deploy tables, in a stable text form. A change of them changes the
+    /// app's fingerprint, so a new memory limit or replica count ships even when no
+    /// file of the app changed. The image's registry is not in it: a registry given
+    /// on the command line or by the environment says where the same image goes.
     pub fn settings(&self) -> String {
-        let mut text = format!(
-            "image {}\nbuild {}\n{}\n",
-            self.image,
-            self.build_type,
-            self.build.raw()
-        );
+        let mut text = format!("build {}\n{}\n", self.build_type, self.build.raw());
         for (target, section) in &self.deploy {
             text.push_str(&format!("deploy {target}\n{}\n", section.raw()));
         }
