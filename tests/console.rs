@@ -2,6 +2,9 @@
 //! in the GitHub, Gitea and GitLab formats, polling, runs deploying into a GitOps
 //! config repository, a kill mid-run, and a burst of deliveries.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt as _;
@@ -18,28 +21,9 @@ const GITHUB: &str = "gh-s3cret-Lw7Rt2Nc9Yf4";
 const GITEA: &str = "gitea-s3cret-Bx5Mq1Jd8Gs";
 const GITLAB: &str = "gitlab-t0ken-Pv6Ez3Wk0Ua";
 
-/// The example, built once with the feature set of CI's `--all-features` build.
+/// The example's binary, built with the workspace's tests' feature set.
 fn example() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test's own path");
-    let profile = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/<test>");
-    let target = profile.parent().expect("the target dir");
-    let mut cargo = Command::new(env!("CARGO"));
-    cargo
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["build", "--quiet", "--workspace", "--all-features"])
-        .args(["--example", "console"])
-        .env("CARGO_TARGET_DIR", target);
-    if profile.file_name().is_some_and(|p| p == "release") {
-        cargo.arg("--release");
-    }
-    assert!(
-        cargo.status().expect("cargo runs").success(),
-        "cargo build --example console failed"
-    );
-    profile.join("examples/console")
+    common::example_binary("console")
 }
 
 fn git(dir: &Path, args: &[&str]) -> String {

@@ -1,40 +1,21 @@
 //! `examples/image_automation.rs`, run as a user would: one pass from a policies
 //! file, then the loop with its notification endpoint, stopped by SIGINT.
 
+#[path = "common/mod.rs"]
+mod common;
 #[path = "support/automation.rs"]
 mod support;
 
 use std::os::unix::process::CommandExt as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::{Fleet, Registry, client, deployment_path, free_port, push};
 
-/// The example, built once (examples have no `CARGO_BIN_EXE_…`) with the feature set
-/// of CI's `cargo test --workspace --all-features`, whose build it reuses.
+/// The example's binary, built with the workspace's tests' feature set.
 fn example() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test's own path");
-    let profile = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/<test>");
-    let target = profile.parent().expect("the target dir");
-    let mut cargo = Command::new(env!("CARGO"));
-    cargo
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["build", "--quiet", "--workspace", "--all-features"])
-        .args(["--example", "image_automation"])
-        .env("CARGO_TARGET_DIR", target);
-    if profile.file_name().is_some_and(|p| p == "release") {
-        cargo.arg("--release");
-    }
-    let status = cargo.status().expect("cargo runs");
-    assert!(
-        status.success(),
-        "cargo build --example image_automation failed"
-    );
-    profile.join("examples/image_automation")
+    common::example_binary("image_automation")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -229,31 +229,33 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// The CLI binary, built once per test process (examples have no
-/// `CARGO_BIN_EXE_…`): `target/<profile>/examples/shipflow`, beside this test's
-/// `target/<profile>/deps/`.
+/// The CLI binary, built once per test process: [`example_binary`]`("shipflow")`.
 pub fn cli_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        let exe = std::env::current_exe().expect("the test's own path");
-        let profile = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target/<profile>/deps/<test>");
-        let target = profile.parent().expect("the target dir");
-        let mut cargo = Command::new(env!("CARGO"));
-        cargo
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            // The feature set of CI's `cargo test --workspace --all-features`, so
-            // that the build there reuses what it compiled.
-            .args(["build", "--quiet", "--workspace", "--all-features"])
-            .args(["--example", "shipflow"])
-            .env("CARGO_TARGET_DIR", target);
-        if profile.file_name().is_some_and(|p| p == "release") {
-            cargo.arg("--release");
-        }
-        let status = cargo.status().expect("cargo runs");
-        assert!(status.success(), "cargo build --example shipflow failed");
-        profile.join("examples/shipflow")
-    })
+    BINARY.get_or_init(|| example_binary("shipflow"))
+}
+
+/// The example `name`, built (examples have no `CARGO_BIN_EXE_…`) with the feature
+/// set of CI's `cargo test --workspace --all-features`, so that the build there
+/// reuses what it compiled: `target/<profile>/examples/<name>`, beside this test's
+/// `target/<profile>/deps/`.
+pub fn example_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    let profile = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>");
+    let target = profile.parent().expect("the target dir");
+    let mut cargo = Command::new(env!("CARGO"));
+    cargo
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["build", "--quiet", "--workspace", "--all-features"])
+        .args(["--example", name])
+        .env("CARGO_TARGET_DIR", target);
+    if profile.file_name().is_some_and(|p| p == "release") {
+        cargo.arg("--release");
+    }
+    let status = cargo.status().expect("cargo runs");
+    assert!(status.success(), "cargo build --example {name} failed");
+    profile.join("examples").join(name)
 }
