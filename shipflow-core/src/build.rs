@@ -35,6 +35,12 @@ pub enum ImageLocation {
         /// The engine's image id.
         id: String,
     },
+    /// Already in a registry (built remotely, e.g. by a Kubernetes Job): a push
+    /// only copies or tags it there.
+    Registry {
+        /// Where it is, pinned by digest: `registry/repository@sha256:…`.
+        reference: String,
+    },
     /// Nowhere but memory (the testing fakes).
     Memory,
 }

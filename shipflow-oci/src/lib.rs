@@ -94,6 +94,7 @@
 
 mod attest;
 mod auth;
+mod build_context;
 mod builder;
 mod client;
 mod docker_config;
@@ -106,6 +107,7 @@ mod layout;
 mod platform;
 mod policy;
 mod progress;
+mod remote_build;
 mod sign;
 mod spec;
 mod store;
@@ -114,6 +116,10 @@ pub mod testing;
 
 pub use attest::{PROVENANCE_ARTIFACT_TYPE, SBOM_ARTIFACT_TYPE};
 pub use auth::Credentials;
+pub use build_context::{
+    BOUNDARY_EVERY, CONTEXT_ARTIFACT_TYPE, ContextError, ContextPacker, FetchedContext,
+    MAX_CHUNK_BYTES, PackedContext, fetch_context,
+};
 pub use builder::{BuildError, NativeBuilder};
 pub use client::{RegistryClient, RegistryClientBuilder};
 pub use docker_config::DockerConfig;
@@ -124,6 +130,7 @@ pub use layout::{
 };
 pub use platform::Platform;
 pub use policy::{ImagePolicy, PolicyError, PolicyRule, Resolution, SortOrder, TagCache};
+pub use remote_build::build_from_context;
 pub use sign::{ImageSigner, SIGNATURE_MEDIA_TYPE, signature_tag};
 pub use spec::{LayerSpec, NATIVE_BUILD_TYPE, NativeBuild, schema};
 pub use store::LayoutRegistry;

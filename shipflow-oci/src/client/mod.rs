@@ -26,7 +26,7 @@ use self::blobs::DEFAULT_CHUNK;
 use self::transport::Call;
 use crate::auth::{Credentials, Scheme};
 use crate::docker_config::DockerConfig;
-use crate::error::{OciError, Step};
+use crate::error::OciError;
 
 /// Builds a [`RegistryClient`].
 #[derive(Debug, Clone)]
@@ -394,32 +394,7 @@ impl Registry for RegistryClient {
     }
 
     async fn tag(&self, digest: &Digest, target: &ImageRef, ctx: &Context) -> Result<(), BoxError> {
-        let requests = AtomicU32::new(0);
-        let call = Call::new(target, true, &requests, ctx);
-        self.ensure_pinged(&call).await?;
-        let (bytes, media_type) = self.get_manifest(&call, &digest.to_string()).await?;
-        let actual = Digest::sha256(&bytes);
-        if &actual != digest {
-            return Err(OciError::DigestMismatch {
-                reference: target.to_string(),
-                step: Step::ManifestGet,
-                expected: digest.clone(),
-                actual,
-            }
-            .into());
-        }
-        if ctx.dry_run() {
-            return Ok(());
-        }
-        let tag = target.tag().ok_or_else(|| OciError::Protocol {
-            reference: target.to_string(),
-            step: Step::ManifestPut,
-            reason: "the target has no tag to point at the manifest".into(),
-        })?;
-        self.put_manifest(&call, tag, bytes, &media_type, digest)
-            .await?;
-        tracing::debug!(reference = %target, %digest, requests = requests.load(std::sync::atomic::Ordering::Relaxed), "tag moved by manifest only");
-        Ok(())
+        Ok(self.tag_manifest(digest, target, ctx).await?)
     }
 }
 

@@ -94,6 +94,9 @@ impl RegistryClient {
         target: &ImageRef,
         ctx: &Context,
     ) -> Result<PushReport, OciError> {
+        if let ImageLocation::Registry { reference } = &image.location {
+            return self.push_remote(image, reference, target, ctx).await;
+        }
         let ImageLocation::OciLayout { path } = &image.location else {
             return Err(OciError::UnsupportedLocation {
                 reference: target.to_string(),
@@ -292,6 +295,89 @@ impl RegistryClient {
     /// Writes the referrer manifests (their blobs are up already) and, where the
     /// registry does not index subjects itself (no referrers API, as in
     /// Distribution 2.8), adds them to the referrers tag schema's index.
+    /// Pushes an image that is already in the target's repository (built there by
+    /// a remote builder): the manifest must be there; the tag, if any, is pointed at
+    /// it. Another repository is refused: the builder pushes where the image goes.
+    async fn push_remote(
+        &self,
+        image: &LocalImage,
+        reference: &str,
+        target: &ImageRef,
+        ctx: &Context,
+    ) -> Result<PushReport, OciError> {
+        let unsupported = || OciError::UnsupportedLocation {
+            reference: target.to_string(),
+            app: image.app.clone(),
+            location: format!("the registry at {reference}, another repository"),
+        };
+        let source: ImageRef = reference.parse().map_err(|_| unsupported())?;
+        if source.registry() != target.registry() || source.repository() != target.repository() {
+            return Err(unsupported());
+        }
+        let requests = Arc::new(AtomicU32::new(0));
+        let call = Call::new(target, true, &requests, ctx);
+        self.ensure_pinged(&call).await?;
+        let mut report = PushReport::default();
+        report.digest = Some(image.digest.clone());
+        report.blobs_skipped = image.blobs().len() as u32;
+        if let Some(tag) = target.tag() {
+            let current = self.manifest_digest(&call, tag).await?;
+            if current.as_ref() != Some(&image.digest) {
+                self.tag_manifest(&image.digest, target, ctx).await?;
+                report.manifest_written = !ctx.dry_run();
+            }
+        } else if self
+            .manifest_digest(&call, &image.digest.to_string())
+            .await?
+            .is_none()
+        {
+            return Err(OciError::Protocol {
+                reference: target.to_string(),
+                step: Step::ManifestHead,
+                reason: format!(
+                    "app {}: the remote build's manifest {} is not in the registry",
+                    image.app, image.digest
+                ),
+            });
+        }
+        report.requests = requests.load(Ordering::Relaxed);
+        Ok(report)
+    }
+
+    /// Points `target`'s tag at the manifest `digest` of its repository, moving no blobs.
+    pub(super) async fn tag_manifest(
+        &self,
+        digest: &Digest,
+        target: &ImageRef,
+        ctx: &Context,
+    ) -> Result<(), OciError> {
+        let requests = AtomicU32::new(0);
+        let call = Call::new(target, true, &requests, ctx);
+        self.ensure_pinged(&call).await?;
+        let (bytes, media_type) = self.get_manifest(&call, &digest.to_string()).await?;
+        let actual = Digest::sha256(&bytes);
+        if &actual != digest {
+            return Err(OciError::DigestMismatch {
+                reference: target.to_string(),
+                step: Step::ManifestGet,
+                expected: digest.clone(),
+                actual,
+            });
+        }
+        if ctx.dry_run() {
+            return Ok(());
+        }
+        let tag = target.tag().ok_or_else(|| OciError::Protocol {
+            reference: target.to_string(),
+            step: Step::ManifestPut,
+            reason: "the target has no tag to point at the manifest".into(),
+        })?;
+        self.put_manifest(&call, tag, bytes, &media_type, digest)
+            .await?;
+        tracing::debug!(reference = %target, %digest, requests = requests.load(Ordering::Relaxed), "tag moved by manifest only");
+        Ok(())
+    }
+
     async fn push_referrers(
         &self,
         call: &Call<'_>,
