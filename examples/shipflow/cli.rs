@@ -121,6 +121,9 @@ pub(crate) enum Command {
     /// Kubernetes: make a ConfigMap from an env file, named by its content's hash,
     /// and roll the Deployments that use it; versions no rollback needs are deleted.
     Configmap(ConfigMapArgs),
+    /// Build one app from a build context in a registry and push the image by
+    /// digest, printing the digest: what a Kubernetes build Job runs.
+    BuildContext(BuildContextArgs),
     /// Print a completion script for a shell: `shipflow completions bash`.
     Completions {
         /// The shell.
@@ -185,6 +188,31 @@ pub(crate) struct BuildArgs {
     /// How many apps are built at once.
     #[arg(long, default_value_t = 4)]
     pub(crate) concurrency: usize,
+}
+
+#[derive(Args)]
+pub(crate) struct BuildContextArgs {
+    /// The build context, pinned by digest: `registry/repository@sha256:…`.
+    #[arg(long)]
+    pub(crate) context: String,
+    /// The app to build (an app of the context's shipflow.toml).
+    #[arg(long)]
+    pub(crate) app: String,
+    /// The repository the image is pushed to (by digest).
+    #[arg(long)]
+    pub(crate) target: String,
+    /// The build request (revision, fingerprint, tag, labels) as JSON.
+    #[arg(long, env = "SHIPFLOW_BUILD_REQUEST", default_value = "{}")]
+    pub(crate) request: String,
+    /// Where the context is unpacked and the image built (must be empty).
+    #[arg(long, default_value = "/workspace")]
+    pub(crate) workdir: PathBuf,
+    /// Where the digest is also written, as Kubernetes reads a container's result.
+    #[arg(long, default_value = "/dev/termination-log")]
+    pub(crate) termination_log: PathBuf,
+    /// Talk plain HTTP to registries that are not on loopback.
+    #[arg(long, visible_alias = "insecure")]
+    pub(crate) insecure_registry: bool,
 }
 
 /// Which Kubernetes cluster and namespace.

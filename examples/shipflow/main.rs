@@ -47,8 +47,8 @@ use shipflow_kit::{
 };
 
 use cli::{
-    ApplyArgs, BuildArgs, Changes, Cli, ClusterArgs, Command, ConfigMapArgs, DeployArgs, Format,
-    HistoryArgs, RollbackArgs, RunArgs, StatusArgs, TargetArgs,
+    ApplyArgs, BuildArgs, BuildContextArgs, Changes, Cli, ClusterArgs, Command, ConfigMapArgs,
+    DeployArgs, Format, HistoryArgs, RollbackArgs, RunArgs, StatusArgs, TargetArgs,
 };
 use exit::{Exit, USAGE, UsageError};
 use progress::{Mode, Progress};
@@ -143,6 +143,7 @@ async fn run_cli(cli: Cli, progress: Arc<Progress>, signals: Signals) -> anyhow:
         Command::Status(args) => status(&out, args).await,
         Command::Apply(args) => apply(&out, args).await,
         Command::Configmap(args) => configmap(&out, args).await,
+        Command::BuildContext(args) => build_context(&out, args).await,
         Command::Completions { .. } => Ok(Exit::Shipped),
     }
 }
@@ -315,6 +316,45 @@ async fn build(out: &Output, args: BuildArgs) -> anyhow::Result<Exit> {
         .await?;
     out.print(&report, |r| render::report(r, Destination::Store(&store)))?;
     Ok(report.status().into())
+}
+
+/// Builds one app from a build context in a registry and pushes it by digest (what
+/// a Kubernetes build Job runs): the digest goes to stdout and to the termination
+/// log, where the cluster keeps it for whoever asked for the build.
+async fn build_context(out: &Output, args: BuildContextArgs) -> anyhow::Result<Exit> {
+    let context: shipflow_kit::ImageRef = args
+        .context
+        .parse()
+        .map_err(|e| UsageError(format!("--context {}: {e}", args.context)))?;
+    let target: shipflow_kit::ImageRef = args
+        .target
+        .parse()
+        .map_err(|e| UsageError(format!("--target {}: {e}", args.target)))?;
+    let request: shipflow_kit::BuildRequest = serde_json::from_str(&args.request)
+        .map_err(|e| UsageError(format!("--request (SHIPFLOW_BUILD_REQUEST): {e}")))?;
+    let client = shipflow_kit::oci::RegistryClient::builder()
+        .insecure(args.insecure_registry)
+        .build()?;
+    let digest = shipflow_kit::oci::build_from_context(
+        &client,
+        &context,
+        &args.app,
+        &target,
+        &request,
+        &args.workdir,
+        &out.context(),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!(e))?;
+    if let Some(dir) = args.termination_log.parent()
+        && dir.is_dir()
+    {
+        std::fs::write(&args.termination_log, digest.to_string()).with_context(|| {
+            format!("app {}: write {}", args.app, args.termination_log.display())
+        })?;
+    }
+    println!("{digest}");
+    Ok(Exit::Shipped)
 }
 
 async fn push(out: &Output, args: RunArgs) -> anyhow::Result<Exit> {

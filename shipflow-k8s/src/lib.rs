@@ -65,6 +65,8 @@
 
 mod apply;
 mod bluegreen;
+#[cfg(feature = "job-builder")]
+mod build_job;
 mod check;
 mod compat;
 mod configmap;
@@ -85,6 +87,11 @@ mod workload;
 
 pub use apply::{APPLY_KINDS, Applied, ApplyOptions};
 pub use bluegreen::{RELEASE_NUMBER_ANNOTATION, SWITCHED_AT_ANNOTATION};
+#[cfg(feature = "job-builder")]
+pub use build_job::{
+    BUILD_APP_LABEL, BUILD_DIGEST_ANNOTATION, BUILD_JOBS_KEY, BuildJobError, BuildJobs,
+    KubeJobBuilder,
+};
 pub use configmap::{CONFIG_MAP_LABEL, ConfigRollout, EnvConfigMap, EnvLookup};
 pub use deployer::{
     CHANGE_CAUSE_ANNOTATION, FINGERPRINT_ANNOTATION, GIT_SHA_ANNOTATION, KubeDeployer,

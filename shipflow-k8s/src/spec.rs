@@ -16,11 +16,15 @@ pub const KUBERNETES_TARGET: &str = "kubernetes";
 /// The `[workspace]` key of the default namespace.
 pub const NAMESPACE_KEY: &str = "namespace";
 
-/// The sections this crate reads: `deploy.kubernetes` and `[workspace] namespace`.
+/// The sections this crate reads: `deploy.kubernetes` and `[workspace] namespace`
+/// (and, with the `job-builder` feature, `[workspace.build-jobs]`).
 pub fn schema() -> Schema {
-    Schema::new()
+    let schema = Schema::new()
         .deploy_target::<KubernetesTarget>(KUBERNETES_TARGET)
-        .workspace_key::<Namespace>(NAMESPACE_KEY)
+        .workspace_key::<Namespace>(NAMESPACE_KEY);
+    #[cfg(feature = "job-builder")]
+    let schema = schema.workspace_key::<crate::BuildJobs>(crate::BUILD_JOBS_KEY);
+    schema
 }
 
 /// A Kubernetes Deployment's container, and optionally what the Deployment is made

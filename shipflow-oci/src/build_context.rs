@@ -426,7 +426,7 @@ impl Unpacker<'_> {
     }
 
     fn chunk(&mut self, gz: &[u8]) -> Result<(), ContextError> {
-        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(gz));
+        let mut archive = tar::Archive::new(flate2::read::MultiGzDecoder::new(gz));
         let entries = archive
             .entries()
             .map_err(|e| self.invalid(format!("a chunk is not a tar: {e}")))?;

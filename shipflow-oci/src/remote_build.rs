@@ -4,11 +4,12 @@
 
 use std::path::Path;
 
+use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
 use shipflow_core::{
-    BoxError, BuildRequest, Context, Digest, ImageBuilder, ImageRef, Registry, Workspace,
+    Blob, BoxError, BuildRequest, Context, Digest, ImageBuilder, ImageRef, Registry, Workspace,
 };
 
-use crate::{NativeBuilder, RegistryClient, fetch_context};
+use crate::{NativeBuilder, OciError, RegistryClient, Step, fetch_context};
 
 /// Where a remote build's workspace lives: the context under `src`, the image
 /// layouts under `images`.
@@ -53,4 +54,108 @@ pub async fn build_from_context(
     let report = client.push(&image, &pushed, ctx).await?;
     tracing::info!(target = %pushed, uploaded = report.blobs_uploaded, skipped = report.blobs_skipped, "image pushed");
     Ok(image.digest)
+}
+
+/// Describes the image `reference` (pinned by digest) as it is in its registry, for
+/// `app`: manifest (or image index and its platforms' manifests), config and
+/// layers, located [`ImageLocation::Registry`](shipflow_core::ImageLocation::Registry).
+/// Every manifest read is checked against its digest.
+pub async fn remote_image(
+    client: &RegistryClient,
+    app: &str,
+    reference: &ImageRef,
+    ctx: &Context,
+) -> Result<shipflow_core::LocalImage, OciError> {
+    let (bytes, media_type, digest) = client.fetch_manifest(reference, ctx).await?;
+    let invalid = |what: &Digest, reason: String| OciError::Protocol {
+        reference: reference.to_string(),
+        step: Step::ManifestGet,
+        reason: format!("app {app}: manifest {what}: {reason}"),
+    };
+    let location = shipflow_core::ImageLocation::Registry {
+        reference: reference.pinned(digest.clone()).to_string(),
+    };
+    let value: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| invalid(&digest, e.to_string()))?;
+    if value.get("manifests").is_none() {
+        let single = single(&bytes, &digest).map_err(|r| invalid(&digest, r))?;
+        return Ok(shipflow_core::LocalImage {
+            app: app.to_owned(),
+            digest,
+            media_type,
+            manifest_size: bytes.len() as u64,
+            config: single.config,
+            layers: single.layers,
+            location,
+            platforms: Vec::new(),
+        });
+    }
+    let index = ImageIndex::from_reader(&bytes[..]).map_err(|e| invalid(&digest, e.to_string()))?;
+    let mut platforms = Vec::new();
+    for entry in index.manifests().iter().take(64) {
+        let child: Digest = entry
+            .digest()
+            .to_string()
+            .parse()
+            .map_err(|e: shipflow_core::ReferenceError| invalid(&digest, e.to_string()))?;
+        let Some(platform) = entry.platform() else {
+            continue;
+        };
+        let platform = format!("{}/{}", platform.os(), platform.architecture());
+        let (child_bytes, child_type, _) = client
+            .fetch_manifest(&reference.pinned(child.clone()), ctx)
+            .await?;
+        let single = single(&child_bytes, &child).map_err(|r| invalid(&child, r))?;
+        platforms.push(shipflow_core::PlatformImage {
+            platform,
+            digest: child,
+            media_type: child_type,
+            manifest_size: child_bytes.len() as u64,
+            config: single.config,
+            layers: single.layers,
+        });
+    }
+    let first = platforms
+        .first()
+        .cloned()
+        .ok_or_else(|| invalid(&digest, "it lists no platform's manifest".into()))?;
+    Ok(shipflow_core::LocalImage {
+        app: app.to_owned(),
+        digest,
+        media_type,
+        manifest_size: bytes.len() as u64,
+        config: first.config,
+        layers: first.layers,
+        location,
+        platforms,
+    })
+}
+
+/// A single manifest's config and layers.
+struct Single {
+    config: Blob,
+    layers: Vec<Blob>,
+}
+
+fn single(bytes: &[u8], digest: &Digest) -> Result<Single, String> {
+    let manifest = ImageManifest::from_reader(bytes).map_err(|e| format!("{digest}: {e}"))?;
+    let blob = |d: &Descriptor| -> Result<Blob, String> {
+        Ok(Blob {
+            media_type: d.media_type().to_string(),
+            digest: d
+                .digest()
+                .to_string()
+                .parse()
+                .map_err(|e: shipflow_core::ReferenceError| e.to_string())?,
+            size: d.size(),
+        })
+    };
+    Ok(Single {
+        config: blob(manifest.config())?,
+        layers: manifest
+            .layers()
+            .iter()
+            .map(blob)
+            .collect::<Result<_, _>>()?,
+    })
 }

@@ -15,8 +15,16 @@ use shipflow_oci::{
     build_from_context, fetch_context,
 };
 
-/// A repository of `files` small files in nested directories.
+/// A repository of `files` small files in nested directories, and one file large
+/// enough to span several of the layer writer's gzip members.
 fn repository(root: &Path, files: usize) {
+    let bin = root.join("apps/api/bin");
+    fs::create_dir_all(&bin).expect("mkdir");
+    fs::write(
+        bin.join("server"),
+        common::noise("server", 3 * 1024 * 1024 + 17),
+    )
+    .expect("write");
     for i in 0..files {
         let dir = root.join(format!("apps/api/src/m{:03}", i / 100));
         fs::create_dir_all(&dir).expect("mkdir");
@@ -70,7 +78,7 @@ async fn a_one_file_change_moves_one_chunk_and_the_fetch_gives_the_tree_back() {
     let first = packer
         .pack("api", repo.path(), &["apps/api"], &cancel)
         .expect("pack");
-    assert_eq!(first.files, 3000);
+    assert_eq!(first.files, 3001);
     assert!(first.chunks > 4, "{} chunks", first.chunks);
     let cold = client()
         .push(&first.image, &target, &ctx)

@@ -259,3 +259,75 @@ pub fn example_binary(name: &str) -> PathBuf {
     assert!(status.success(), "cargo build --example {name} failed");
     profile.join("examples").join(name)
 }
+
+/// The builder image of build Jobs, made from the CLI binary (`shipflow
+/// build-context` is what the Job runs), stripped, with the shared libraries `ldd`
+/// lists at their paths, as a native build of shipflow itself: pushed to
+/// `<registry>/tools/shipflow` and returned pinned by digest. It runs as user 65532
+/// on a read-only root file system with `/workspace` to work in.
+pub async fn builder_image(registry: &str) -> String {
+    use shipflow_kit::{BuildRequest, Context, ImageBuilder as _, Registry as _, Workspace};
+    let binary = cli_binary();
+    let staging = tempfile::tempdir().expect("staging dir");
+    let rootfs = staging.path().join("rootfs");
+    let bin = rootfs.join("usr/local/bin");
+    std::fs::create_dir_all(&bin).expect("mkdir");
+    std::fs::create_dir_all(rootfs.join("workspace")).expect("mkdir");
+    let stripped = Command::new("strip")
+        .arg("-o")
+        .arg(bin.join("shipflow"))
+        .arg(binary)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !stripped {
+        std::fs::copy(binary, bin.join("shipflow")).expect("copy the CLI");
+    }
+    let ldd = Command::new("ldd").arg(binary).output().expect("ldd runs");
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        // `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)` or `/lib64/ld-linux-x86-64.so.2 (0x…)`.
+        let path = line
+            .split("=>")
+            .last()
+            .and_then(|s| s.split_whitespace().next())
+            .filter(|p| p.starts_with('/'));
+        if let Some(path) = path {
+            let dest = rootfs.join(path.trim_start_matches('/'));
+            std::fs::create_dir_all(dest.parent().expect("a parent")).expect("mkdir");
+            std::fs::copy(path, &dest).unwrap_or_else(|e| panic!("copy {path}: {e}"));
+        }
+    }
+    // TLS to registries needs the CA certificates, as in any builder image.
+    let cas = Path::new("/etc/ssl/certs/ca-certificates.crt");
+    if cas.is_file() {
+        let dest = rootfs.join("etc/ssl/certs");
+        std::fs::create_dir_all(&dest).expect("mkdir");
+        std::fs::copy(cas, dest.join("ca-certificates.crt")).expect("copy the CA certificates");
+    }
+    let toml = format!(
+        "[workspace]\nregistry = \"{registry}/tools\"\n\n[apps.shipflow]\npath = \"rootfs\"\n\
+         build = {{ type = \"native\", layers = [{{ from = \"rootfs\", to = \"/\" }}], \
+         entrypoint = [\"/usr/local/bin/shipflow\"], user = \"65532:65532\", \
+         sbom = false, provenance = false }}\n"
+    );
+    std::fs::write(staging.path().join("shipflow.toml"), toml).expect("config");
+    let workspace = Workspace::load(staging.path().join("shipflow.toml")).expect("workspace");
+    let app = workspace.app("shipflow").expect("app");
+    let request = BuildRequest {
+        root: staging.path().to_owned(),
+        tag: "test".into(),
+        ..Default::default()
+    };
+    let ctx = Context::new();
+    let image = shipflow_kit::oci::NativeBuilder::new(staging.path().join("images"))
+        .build(app, &request, &ctx)
+        .await
+        .expect("build the builder image");
+    let pinned = app.image.pinned(image.digest.clone());
+    shipflow_kit::oci::RegistryClient::builder()
+        .build()
+        .expect("client")
+        .push(&image, &pinned, &ctx)
+        .await
+        .expect("push the builder image");
+    pinned.to_string()
+}

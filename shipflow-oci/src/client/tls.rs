@@ -104,7 +104,17 @@ pub(super) fn client_config(
         } else {
             rustls_platform_verifier::Verifier::new_with_extra_roots(roots, provider)
         }
-        .map_err(|e| setup_error(format!("the trust store for {registry} cannot be built"), e))?;
+        .map_err(|e| {
+            let whose = if registry.is_empty() {
+                "the system's trust store".to_owned()
+            } else {
+                format!("the trust store for {registry}")
+            };
+            setup_error(
+                format!("{whose} cannot be built (a minimal image needs its CA certificates, e.g. /etc/ssl/certs/ca-certificates.crt)"),
+                e,
+            )
+        })?;
         let builder = builder.with_custom_certificate_verifier(Arc::new(Recording {
             inner: verifier,
             rejected: rejected.clone(),
