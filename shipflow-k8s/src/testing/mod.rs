@@ -139,6 +139,19 @@ pub enum Outcome {
     },
     /// The pod is never scheduled (no node has room): it stays `Pending`.
     Unschedulable,
+    /// The container runs (ready, as a container without a probe is) for `after`
+    /// cluster seconds (steps, at least one) and exits with `code`, as a Job's or a
+    /// build's container does. What happens then is the pod's `restartPolicy`'s to
+    /// say: under `Never` it stays terminated (the pod `Succeeded` if every
+    /// container exited with 0, else `Failed`), under `OnFailure` only a non-zero
+    /// exit is restarted (after a back-off), under `Always` every exit is. Its
+    /// termination message is [`set_termination_message`](SimCluster::set_termination_message)'s.
+    Exits {
+        /// The exit code.
+        code: i32,
+        /// Cluster seconds from a start to the exit.
+        after: u64,
+    },
 }
 
 /// A running simulated API server. Dropping it stops the server and its controllers.
@@ -305,7 +318,7 @@ impl SimCluster {
             .unwrap_or_default()
             .to_owned();
         schema::default(&mut st, kind, &mut object);
-        if matches!(kind, Kind::Deployment | Kind::ReplicaSet) {
+        if matches!(kind, Kind::Deployment | Kind::ReplicaSet | Kind::Job) {
             object["metadata"]["generation"] = 1.into();
         }
         object["apiVersion"] = kind.api_version().into();
@@ -353,6 +366,20 @@ impl SimCluster {
             image.to_owned(),
             lines.iter().map(|l| (*l).to_owned()).collect(),
         );
+    }
+
+    /// Sets what containers of `image` write to their termination-message file
+    /// (`/dev/termination-log`) before they exit (see [`Outcome::Exits`]): the
+    /// kubelet reports it as `state.terminated.message`, cut to 4096 bytes. A
+    /// container with `terminationMessagePolicy: FallbackToLogsOnError` that fails
+    /// without a message reports the end of its log instead (its last 80 lines, at
+    /// most 2048 bytes), as the kubelet does.
+    pub fn set_termination_message(&self, image: &str, message: &str) {
+        self.shared
+            .lock()
+            .scripts
+            .messages
+            .insert(image.to_owned(), message.to_owned());
     }
 
     /// Refuses the next `count` pod creations in `ns`, as a full resource quota does:
