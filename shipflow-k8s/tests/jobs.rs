@@ -65,6 +65,53 @@ async fn until(
     }
 }
 
+/// Every version of Job `name` a watch (started before it exists) sees, until
+/// `done` holds for one: unlike polling, no state is missed.
+async fn history(
+    jobs: &Api<Job>,
+    name: &str,
+    create: Job,
+    done: impl Fn(&Job) -> bool,
+) -> Vec<Job> {
+    let mut events = jobs
+        .watch(
+            &WatchParams::default()
+                .fields(&format!("metadata.name={name}"))
+                .timeout(20),
+            "0",
+        )
+        .await
+        .expect("watch")
+        .boxed();
+    jobs.create(&PostParams::default(), &create)
+        .await
+        .expect("created");
+    let mut seen = Vec::new();
+    tokio::time::timeout(PATIENCE, async {
+        while let Some(event) = events.try_next().await.expect("watch event") {
+            match event {
+                WatchEvent::Added(j) | WatchEvent::Modified(j) => {
+                    let end = done(&j);
+                    seen.push(j);
+                    if end {
+                        return;
+                    }
+                }
+                WatchEvent::Bookmark(_) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        panic!("the watch ended early: {seen:#?}");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("job {name} never got there"));
+    seen
+}
+
+fn status_has(job: &Job, f: impl Fn(&k8s_openapi::api::batch::v1::JobStatus) -> bool) -> bool {
+    job.status.as_ref().is_some_and(f)
+}
+
 /// The types of the Job's conditions that hold, in order.
 fn conditions(job: &Job) -> Vec<(String, String)> {
     job.status
@@ -257,19 +304,14 @@ async fn failed_pods_are_replaced_until_the_backoff_limit() {
         .expect("pod spec")
         .containers[0]
         .termination_message_policy = Some("FallbackToLogsOnError".into());
-    jobs.create(&PostParams::default(), &spec)
-        .await
-        .expect("created");
-
+    let seen = history(&jobs, "build", spec, |j| holds(Some(j), "Failed")).await;
     // The failed pod is not replaced at once: the controller backs off (10 steps).
-    until(&jobs, "build", "backed off", |j| {
-        j.and_then(|j| j.status.as_ref())
-            .is_some_and(|s| s.failed == Some(1) && s.active.is_none())
-    })
-    .await;
-    let failed = until(&jobs, "build", "failed", |j| holds(j, "Failed"))
-        .await
-        .expect("job");
+    assert!(
+        seen.iter()
+            .any(|j| status_has(j, |s| s.failed == Some(1) && s.active.is_none())),
+        "{seen:#?}"
+    );
+    let failed = seen.last().expect("the failed job").clone();
     assert_eq!(
         conditions(&failed),
         [
@@ -361,25 +403,26 @@ async fn on_failure_restarts_the_container_in_its_pod_until_the_backoff_limit() 
 async fn the_active_deadline_ends_a_job_and_its_pods() {
     let (sim, jobs, pods) = start().await;
     // An image that is never scripted runs for ever.
-    jobs.create(
-        &PostParams::default(),
-        &job(
-            "slow",
-            "registry.local/slow:v1",
-            "Never",
-            json!({"activeDeadlineSeconds": 5}),
-        ),
-    )
-    .await
-    .expect("created");
-    until(&jobs, "slow", "ran", |j| {
-        j.and_then(|j| j.status.as_ref())
-            .is_some_and(|s| s.active == Some(1) && s.ready == Some(1))
-    })
-    .await;
-    let failed = until(&jobs, "slow", "failed", |j| holds(j, "Failed"))
-        .await
-        .expect("job");
+    let slow = job(
+        "slow",
+        "registry.local/slow:v1",
+        "Never",
+        json!({"activeDeadlineSeconds": 5}),
+    );
+    let seen = history(&jobs, "slow", slow, |j| holds(Some(j), "Failed")).await;
+    assert!(
+        seen.iter()
+            .any(|j| status_has(j, |s| s.active == Some(1) && s.ready == Some(1))),
+        "it ran: {seen:#?}"
+    );
+    // Failing, not failed, while its pod terminates.
+    assert!(
+        seen.iter().any(|j| holds(Some(j), "FailureTarget")
+            && !holds(Some(j), "Failed")
+            && status_has(j, |s| s.terminating == Some(1))),
+        "{seen:#?}"
+    );
+    let failed = seen.last().expect("the failed job").clone();
     assert_eq!(
         conditions(&failed),
         [
@@ -415,7 +458,7 @@ async fn a_finished_job_is_deleted_with_its_pods_after_its_ttl() {
             "build",
             image,
             "Never",
-            json!({"ttlSecondsAfterFinished": 5}),
+            json!({"ttlSecondsAfterFinished": 30}),
         ),
     )
     .await
@@ -610,43 +653,94 @@ async fn a_watch_on_a_job_sees_it_complete() {
     let (sim, jobs, _pods) = start().await;
     let image = "registry.local/builder:v1";
     sim.set_image(image, Outcome::Exits { code: 0, after: 2 });
-    let mut events = jobs
-        .watch(
-            &WatchParams::default()
-                .fields("metadata.name=build")
-                .timeout(20),
-            "0",
-        )
-        .await
-        .expect("watch")
-        .boxed();
+    let build = job("build", image, "Never", json!({}));
+    let seen = history(&jobs, "build", build, |j| holds(Some(j), "Complete")).await;
+    assert!(conditions(&seen[0]).is_empty(), "added without conditions");
+    assert!(
+        seen.iter().any(|j| status_has(j, |s| s.active == Some(1))),
+        "{seen:#?}"
+    );
+    let complete = seen.last().expect("the complete job");
+    assert_eq!(complete.status.as_ref().and_then(|s| s.succeeded), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspended_job_runs_nothing_until_resumed() {
+    let (sim, jobs, pods) = start().await;
+    let image = "registry.local/builder:v1";
+    sim.set_image(image, Outcome::Exits { code: 0, after: 1 });
     jobs.create(
         &PostParams::default(),
-        &job("build", image, "Never", json!({})),
+        &job("later", image, "Never", json!({"suspend": true})),
     )
     .await
     .expect("created");
-    let mut seen = Vec::new();
-    let complete = tokio::time::timeout(PATIENCE, async {
-        while let Some(event) = events.try_next().await.expect("watch event") {
-            match event {
-                WatchEvent::Added(j) | WatchEvent::Modified(j) => {
-                    seen.push(conditions(&j).len());
-                    if holds(Some(&j), "Complete") {
-                        return j;
-                    }
-                }
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-        panic!("the watch ended before the Job completed");
-    })
-    .await
-    .expect("completes in time");
-    assert_eq!(complete.status.as_ref().and_then(|s| s.succeeded), Some(1));
+    let suspended = until(&jobs, "later", "suspended", |j| holds(j, "Suspended"))
+        .await
+        .expect("job");
     assert_eq!(
-        seen.first(),
-        Some(&0),
-        "first added without conditions: {seen:?}"
+        conditions(&suspended),
+        [("Suspended".to_owned(), "JobSuspended".to_owned())]
+    );
+    assert_eq!(
+        suspended.status.as_ref().and_then(|s| s.start_time.clone()),
+        None
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(pods_of(&pods, "later").await.is_empty());
+
+    jobs.patch(
+        "later",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"spec": {"suspend": false}})),
+    )
+    .await
+    .expect("resumed");
+    let done = until(&jobs, "later", "completed", |j| holds(j, "Complete"))
+        .await
+        .expect("job");
+    assert_eq!(done.metadata.generation, Some(2), "a spec change");
+    assert_eq!(
+        event_reasons(&sim, "Job", "later").await,
+        ["Suspended", "Resumed", "SuccessfulCreate", "Completed"]
+    );
+    assert_schema(&sim);
+}
+
+/// Under `restartPolicy: Always` (a Deployment's pods) a container that exits is
+/// restarted whatever its code, after a back-off, and its pod never finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_always_an_exit_with_0_is_restarted_too() {
+    let sim = SimCluster::start().await.expect("sim starts");
+    let image = "registry.local/oneshot:v1";
+    sim.set_image(image, Outcome::Exits { code: 0, after: 1 });
+    sim.seed_deployment("default", "oneshot", "oneshot", image, 1);
+    let pods: Api<Pod> = Api::namespaced(sim.client(), "default");
+    let restarted = async {
+        loop {
+            let list = pods
+                .list(&ListParams::default().labels("app=oneshot"))
+                .await
+                .expect("list pods");
+            if let Some(status) = list.items.first().and_then(|p| p.status.clone())
+                && let Some(c) = status.container_statuses.as_ref().and_then(|c| c.first())
+                && c.restart_count > 0
+            {
+                return (status.phase, c.clone());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let (phase, container) = tokio::time::timeout(PATIENCE, restarted)
+        .await
+        .expect("restarted");
+    assert_eq!(phase.as_deref(), Some("Running"));
+    let last = container
+        .last_state
+        .and_then(|s| s.terminated)
+        .expect("the last run terminated");
+    assert_eq!(
+        (last.exit_code, last.reason.as_deref()),
+        (0, Some("Completed"))
     );
 }

@@ -196,3 +196,38 @@ fn remove(shared: &Shared, st: &mut State, kind: Kind, ns: &str, name: &str, pol
         delete(shared, st, kind, ns, name, policy);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn jobs_orphan_by_default_and_everything_else_goes_in_the_background() {
+        let none = json!({});
+        assert_eq!(
+            Propagation::of(Kind::Job, &none, None),
+            Ok(Propagation::Orphan)
+        );
+        assert_eq!(
+            Propagation::of(Kind::Deployment, &none, None),
+            Ok(Propagation::Background)
+        );
+        let asked = json!({"propagationPolicy": "Foreground"});
+        assert_eq!(
+            Propagation::of(Kind::Job, &asked, None),
+            Ok(Propagation::Foreground)
+        );
+        assert_eq!(
+            Propagation::of(Kind::Job, &none, Some("Background")),
+            Ok(Propagation::Background)
+        );
+        let legacy = json!({"orphanDependents": false});
+        assert_eq!(
+            Propagation::of(Kind::Job, &legacy, None),
+            Ok(Propagation::Background)
+        );
+        assert!(Propagation::of(Kind::Job, &none, Some("Later")).is_err());
+    }
+}
