@@ -744,3 +744,117 @@ async fn under_always_an_exit_with_0_is_restarted_too() {
         (0, Some("Completed"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_deleted_from_under_a_job_counts_as_failed_and_is_replaced() {
+    let (sim, jobs, pods) = start().await;
+    let first = running(&jobs, &pods, "serve").await;
+    let first = first.metadata.name.expect("name");
+    pods.delete(&first, &DeleteParams::default())
+        .await
+        .expect("deleted");
+    let replaced = until(&jobs, "serve", "replaced its pod", |j| {
+        j.and_then(|j| j.status.as_ref())
+            .is_some_and(|s| s.failed == Some(1) && s.active == Some(1))
+    })
+    .await
+    .expect("job");
+    assert!(
+        conditions(&replaced).is_empty(),
+        "one failure is within the limit"
+    );
+    let now: Vec<String> = pods_of(&pods, "serve")
+        .await
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert_ne!(now[0], first);
+    assert_schema(&sim);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_named_by_the_server_labels_its_pods_with_that_name() {
+    let (sim, jobs, pods) = start().await;
+    let image = "registry.local/builder:v1";
+    sim.set_image(image, Outcome::Exits { code: 0, after: 1 });
+    let mut build = job("unused", image, "Never", json!({}));
+    build.metadata.name = None;
+    build.metadata.generate_name = Some("build-".into());
+    let created = jobs
+        .create(&PostParams::default(), &build)
+        .await
+        .expect("created");
+    let name = created.metadata.name.expect("a generated name");
+    assert!(
+        name.starts_with("build-") && name.len() == "build-".len() + 5,
+        "{name}"
+    );
+    until(&jobs, &name, "completed", |j| holds(j, "Complete")).await;
+    let all = pods_of(&pods, &name).await;
+    assert_eq!(all.len(), 1);
+    assert!(
+        all[0]
+            .metadata
+            .name
+            .as_deref()
+            .is_some_and(|p| p.starts_with(&format!("{name}-"))),
+        "{:?}",
+        all[0].metadata.name
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_init_container_fails_a_pod_that_never_restarts() {
+    let (sim, jobs, pods) = start().await;
+    let init = "registry.local/fetch:v1";
+    sim.set_image(init, Outcome::Exits { code: 7, after: 1 });
+    let mut build = job(
+        "build",
+        "registry.local/builder:v1",
+        "Never",
+        json!({"backoffLimit": 0}),
+    );
+    build
+        .spec
+        .as_mut()
+        .expect("spec")
+        .template
+        .spec
+        .as_mut()
+        .expect("pod spec")
+        .init_containers = Some(vec![
+        serde_json::from_value(json!({"name": "fetch", "image": init})).expect("container"),
+    ]);
+    jobs.create(&PostParams::default(), &build)
+        .await
+        .expect("created");
+    let failed = until(&jobs, "build", "failed", |j| holds(j, "Failed"))
+        .await
+        .expect("job");
+    assert_eq!(
+        conditions(&failed)[1],
+        ("Failed".to_owned(), "BackoffLimitExceeded".to_owned())
+    );
+    let all = pods_of(&pods, "build").await;
+    assert_eq!(all.len(), 1);
+    assert_eq!(phase(&all[0]), "Failed");
+    let status = all[0].status.as_ref().expect("status");
+    let fetch = &status.init_container_statuses.as_ref().expect("init")[0];
+    let end = fetch
+        .state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref())
+        .expect("terminated");
+    assert_eq!((end.exit_code, end.reason.as_deref()), (7, Some("Error")));
+    let build = &status.container_statuses.as_ref().expect("containers")[0];
+    assert!(
+        build
+            .state
+            .as_ref()
+            .and_then(|s| s.waiting.as_ref())
+            .is_some(),
+        "the app container never started: {build:?}"
+    );
+    assert_schema(&sim);
+}

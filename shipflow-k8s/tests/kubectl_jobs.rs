@@ -162,9 +162,14 @@ async fn kubectl_shows_a_failed_job_and_why() {
     )
     .expect("manifest");
     let applied = k
-        .ok(&["apply", "-f", manifest.to_str().expect("utf-8 path")])
+        .ok(&[
+            "apply",
+            "--server-side",
+            "-f",
+            manifest.to_str().expect("utf-8 path"),
+        ])
         .await;
-    assert_eq!(applied.trim(), "job.batch/build created");
+    assert_eq!(applied.trim(), "job.batch/build serverside-applied");
     let waited = k
         .ok(&[
             "wait",

@@ -61,7 +61,9 @@
 //! - **The Job controller**, after pkg/controller/job: pods from the template up to
 //!   `parallelism` until `completions` succeeded, a failed pod replaced after a
 //!   back-off (10, 20, 40 … steps) until more than `backoffLimit` failed (or, under
-//!   `OnFailure`, the containers restarted that often), `activeDeadlineSeconds`,
+//!   `OnFailure`, the containers restarted that often; a pod deleted before it
+//!   succeeded counts as failed, and is replaced at once or, under
+//!   `podReplacementPolicy: Failed`, once gone), `activeDeadlineSeconds`,
 //!   `suspend`; the status's active, ready, terminating, succeeded and failed pods;
 //!   `SuccessCriteriaMet` or `FailureTarget`, then `Complete` (with
 //!   `completionTime`) or `Failed` once no pod runs; events as the controller
@@ -97,8 +99,7 @@
 //! liveness probes, pod disruption, node failures, `kubectl exec`/`port-forward`,
 //! followed logs, field ownership of status writes, OpenAPI schemas (the
 //! documents list operations only); of Jobs: indexed completion, pod failure and
-//! success policies, `backoffLimitPerIndex`, `podReplacementPolicy` (terminating
-//! pods are always waited for), elastic completions, `managedBy`, and the
+//! success policies, `backoffLimitPerIndex`, elastic completions, `managedBy`, and the
 //! `batch.kubernetes.io/job-tracking` finalizer on their pods; finalizers other than
 //! `foregroundDeletion`.
 //!

@@ -1,7 +1,8 @@
 //! The Job controller (pkg/controller/job) and the TTL-after-finished controller:
 //! a Job's pods are created from its template (up to `parallelism`, until
-//! `completions` succeeded), a failed pod is replaced after a back-off (10, 20, 40 …
-//! up to 600 steps) until more than `backoffLimit` failed, `activeDeadlineSeconds`
+//! `completions` succeeded), a failed pod (or one deleted before it succeeded) is
+//! replaced after a back-off (10, 20, 40 … up to 600 steps) until more than
+//! `backoffLimit` failed, `activeDeadlineSeconds`
 //! ends it, and the status counts active, ready, terminating, succeeded and failed
 //! pods. A Job that met its end first gets `SuccessCriteriaMet` or `FailureTarget`,
 //! then, once none of its pods runs any more, `Complete` (with `completionTime`) or
@@ -29,6 +30,9 @@ const MAX_BACKOFF: u64 = 600;
 pub(crate) struct JobRun {
     /// The pods whose end the status has counted.
     counted: HashSet<String>,
+    /// The pods seen that have not ended yet: one that vanishes before it is seen
+    /// to end has failed (what the real controller's tracking finalizer ensures).
+    running: HashSet<String>,
     /// Pods failed since the last one succeeded (the back-off grows with them).
     failures_in_row: u32,
     /// The step of the last pod failure.
@@ -113,19 +117,44 @@ fn sync(shared: &Shared, st: &mut State, job: &Value) {
         if run.counted.contains(pod_uid) {
             continue;
         }
+        let terminating = pod["metadata"].get("deletionTimestamp").is_some();
         match str_at(pod, "/status/phase") {
             "Succeeded" => {
                 succeeded += 1;
                 run.failures_in_row = 0;
+            }
+            // A pod deleted before it succeeded has failed.
+            _ if terminating => {
+                failed += 1;
+                run.failures_in_row += 1;
+                run.last_failure = tick;
             }
             "Failed" => {
                 failed += 1;
                 run.failures_in_row += 1;
                 run.last_failure = tick;
             }
-            _ => continue,
+            _ => {
+                run.running.insert(pod_uid.to_owned());
+                continue;
+            }
         }
+        run.running.remove(pod_uid);
         run.counted.insert(pod_uid.to_owned());
+    }
+    let present: HashSet<&str> = pods.iter().map(|p| str_at(p, "/metadata/uid")).collect();
+    let vanished: Vec<String> = run
+        .running
+        .iter()
+        .filter(|u| !present.contains(u.as_str()))
+        .cloned()
+        .collect();
+    for pod_uid in vanished {
+        failed += 1;
+        run.failures_in_row += 1;
+        run.last_failure = tick;
+        run.running.remove(&pod_uid);
+        run.counted.insert(pod_uid);
     }
     let mut active: Vec<Value> = pods
         .iter()
@@ -139,6 +168,10 @@ fn sync(shared: &Shared, st: &mut State, job: &Value) {
         run.finished.get_or_insert(tick);
     } else if spec["suspend"] == true {
         for pod in active.drain(..) {
+            // Suspending is not failing: these pods count for nothing.
+            let pod_uid = str_at(&pod, "/metadata/uid");
+            run.running.remove(pod_uid);
+            run.counted.insert(pod_uid.to_owned());
             delete_pod(shared, st, job, &pod);
         }
         run.started = None;
@@ -214,7 +247,9 @@ fn sync(shared: &Shared, st: &mut State, job: &Value) {
                     if end.last == "Failed" {
                         // A pod the controller ends counts as failed.
                         failed += 1;
-                        run.counted.insert(str_at(&pod, "/metadata/uid").to_owned());
+                        let pod_uid = str_at(&pod, "/metadata/uid");
+                        run.running.remove(pod_uid);
+                        run.counted.insert(pod_uid.to_owned());
                     }
                     delete_pod(shared, st, job, &pod);
                 }
@@ -353,6 +388,14 @@ fn create_pods(
     if missing <= 0 {
         return;
     }
+    // `podReplacementPolicy: Failed` replaces a deleted pod only once it is gone.
+    if str_at(job, "/spec/podReplacementPolicy") == "Failed"
+        && controlled(st, Kind::Pod, &ns, str_at(job, "/metadata/uid"))
+            .iter()
+            .any(|p| p["metadata"].get("deletionTimestamp").is_some() && !kubelet::finished(p))
+    {
+        return;
+    }
     if run.failures_in_row > 0 {
         let doublings = (run.failures_in_row - 1).min(16);
         let backoff = (FIRST_BACKOFF << doublings).min(MAX_BACKOFF);
@@ -364,7 +407,10 @@ fn create_pods(
     }
     for _ in 0..missing {
         match create_pod(shared, st, job, COMPONENT) {
-            Ok(pod) => active.push(pod),
+            Ok(pod) => {
+                run.running.insert(str_at(&pod, "/metadata/uid").to_owned());
+                active.push(pod);
+            }
             Err(message) => {
                 // A failed sync is retried.
                 let next = st.tick + 1;

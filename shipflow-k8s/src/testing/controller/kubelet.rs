@@ -187,6 +187,9 @@ impl PodRun {
                 .any(|c| c.behaviour == Outcome::Unschedulable))
             .then_some(tick + 1);
         }
+        if exited_for_good(self).is_some() {
+            return None;
+        }
         self.containers
             .iter()
             .filter_map(|c| match &c.state {
@@ -242,6 +245,12 @@ impl PodRun {
     }
 }
 
+/// The runtime the kubelet asks what its containers do: the one place that picks
+/// it (the scripts, for now).
+fn runtime(st: &State) -> Scripted<'_> {
+    Scripted(&st.scripts)
+}
+
 /// Deletes a pod gracefully: it gets a deletion timestamp; the kubelet stops its
 /// containers at its next step and removes it at the one after.
 pub(crate) fn terminate(shared: &Shared, st: &mut State, ns: &str, name: &str) {
@@ -274,7 +283,7 @@ pub(crate) fn step(shared: &Shared, st: &mut State, ns: &str) {
         };
         match advance(shared, st, &pod, run) {
             Some(run) => {
-                if let Some(at) = run.next_wake(st.tick, &Scripted(&st.scripts)) {
+                if let Some(at) = run.next_wake(st.tick, &runtime(st)) {
                     st.wake(ns, at);
                 }
                 st.pods.insert(uid, run);
@@ -369,7 +378,7 @@ fn advance(shared: &Shared, st: &mut State, pod: &Value, mut run: PodRun) -> Opt
         .iter()
         .position(|c| c.init && !matches!(c.state, Phase::Terminated { exit: 0, .. }));
     let mut said: Vec<(Type, String, String)> = Vec::new();
-    let mut runtime = Scripted(&st.scripts);
+    let mut runtime = runtime(st);
     for i in 0..run.containers.len() {
         let c = &run.containers[i];
         let blocked = first_pending_init.is_some_and(|first| i != first);

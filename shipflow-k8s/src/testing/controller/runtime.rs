@@ -3,6 +3,14 @@
 //! back-offs, restart policies, termination-message policies, statuses) and asks a
 //! [`Runtime`] only about the container runs it started, so a runtime that runs real
 //! containers can take the scripts' place.
+//!
+//! The kubelet picks its runtime in one place (`kubelet::runtime`). A runtime that
+//! runs real containers would start one in [`Runtime::start`] (it will want the
+//! pod's and the container's spec in [`Started`] then), answer
+//! [`Runtime::poll`] from the container's state without blocking (the kubelet
+//! holds the store's lock), read the termination-message file into
+//! [`Exit::message`], and say `tick + 1` from [`Runtime::next_change`] while a
+//! container runs, so it is polled every step.
 
 use crate::testing::Outcome;
 use crate::testing::store::Scripts;

@@ -528,6 +528,11 @@ fn with_required(kind: Kind, config: &Value) -> Value {
                 .or_insert(json!({}));
         }
     }
+    if kind == Kind::Job && c.get("spec").is_some() {
+        ensure_object(&mut c["spec"])
+            .entry("template")
+            .or_insert(json!({}));
+    }
     c
 }
 
