@@ -181,6 +181,18 @@ async fn kubectl_shows_a_failed_job_and_why() {
     assert_eq!(waited.trim(), "job.batch/build condition met");
     let table = k.ok(&["get", "jobs"]).await;
     assert_eq!(rows(&table)[1][..3], ["build", "Failed", "0/1"], "{table}");
+    // Applying the same manifest again changes nothing, generated fields included.
+    let again = k
+        .ok(&[
+            "apply",
+            "--server-side",
+            "-f",
+            manifest.to_str().expect("utf-8 path"),
+        ])
+        .await;
+    assert_eq!(again.trim(), "job.batch/build serverside-applied");
+    let job = k.json(&["get", "job", "build"]).await;
+    assert_eq!(job["metadata"]["generation"], 1);
     let described = k.ok(&["describe", "job", "build"]).await;
     for want in [
         "Pods Statuses:    0 Active (0 Ready) / 0 Succeeded / 1 Failed",
