@@ -5,84 +5,12 @@
 
 mod common;
 
-use std::process::Command;
-
 use serde_json::{Value, json};
 use shipflow_core::{Context, DeployMeta, Deployer, Fingerprint, RollbackTarget};
 use shipflow_k8s::testing::{Outcome, SimCluster};
 
+use common::kubectl::Kubectl;
 use common::{V1, app, deployer, pinned, sim, workspace};
-
-/// `kubectl` configured for one simulated cluster.
-struct Kubectl {
-    dir: tempfile::TempDir,
-}
-
-/// What a `kubectl` run printed.
-struct Run {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
-impl Kubectl {
-    fn new(sim: &SimCluster) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        std::fs::write(dir.path().join("config"), sim.kubeconfig()).expect("kubeconfig");
-        Self { dir }
-    }
-
-    fn path(&self, name: &str) -> std::path::PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// Runs `kubectl args...` (off the async runtime: it blocks).
-    async fn run(&self, args: &[&str]) -> Run {
-        let dir = self.dir.path().to_owned();
-        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-        tokio::task::spawn_blocking(move || {
-            let out = Command::new("kubectl")
-                .env_clear()
-                .env("HOME", &dir)
-                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-                .arg("--kubeconfig")
-                .arg(dir.join("config"))
-                .arg("--cache-dir")
-                .arg(dir.join("cache"))
-                .args(&args)
-                .output()
-                .unwrap_or_else(|e| {
-                    panic!("cannot run kubectl (install Debian's kubectl package): {e}")
-                });
-            Run {
-                ok: out.status.success(),
-                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            }
-        })
-        .await
-        .expect("kubectl task")
-    }
-
-    /// Runs `kubectl args...`, which must succeed; returns its output.
-    async fn ok(&self, args: &[&str]) -> String {
-        let run = self.run(args).await;
-        assert!(
-            run.ok,
-            "kubectl {} failed:\n{}{}",
-            args.join(" "),
-            run.stdout,
-            run.stderr
-        );
-        run.stdout
-    }
-
-    async fn json(&self, args: &[&str]) -> Value {
-        let mut all = args.to_vec();
-        all.extend(["-o", "json"]);
-        serde_json::from_str(&self.ok(&all).await).expect("kubectl prints JSON")
-    }
-}
 
 fn meta(sha: &str) -> DeployMeta {
     DeployMeta {
@@ -119,6 +47,7 @@ async fn kubectl_discovers_every_simulated_kind() {
         "EndpointSlice",
         "Event",
         "Lease",
+        "Job",
     ] {
         assert!(
             resources

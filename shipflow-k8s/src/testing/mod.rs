@@ -1,9 +1,10 @@
 //! A simulated Kubernetes API server for tests (feature `testing`), reached over HTTP
 //! through the real [`kube::Client`] or the real `kubectl`.
 //!
-//! [`SimCluster`] serves `apps/v1` Deployments and ReplicaSets, `v1` Pods, ConfigMaps,
-//! Secrets, Services, Endpoints and Events, `discovery.k8s.io/v1` EndpointSlices and
-//! `coordination.k8s.io/v1` Leases, and runs the controllers that make a cluster move.
+//! [`SimCluster`] serves `apps/v1` Deployments and ReplicaSets, `batch/v1` Jobs, `v1`
+//! Pods, ConfigMaps, Secrets, Services, Endpoints and Events, `discovery.k8s.io/v1`
+//! EndpointSlices and `coordination.k8s.io/v1` Leases, and runs the controllers that
+//! make a cluster move.
 //! A client sees what a real API server would show it; where the two disagree, the
 //! simulator is wrong.
 //!
@@ -18,16 +19,26 @@
 //!   `$retainKeys`, `$setElementOrder` and `$deleteFromPrimitiveList` directives),
 //!   JSON patch and server-side apply; a resourceVersion in any write is a
 //!   precondition; `dryRun=All`; the `status` and `scale` subresources and
-//!   `pods/log`; `meta.k8s.io/v1` Tables for `kubectl get`.
+//!   `pods/log`; `meta.k8s.io/v1` Tables for `kubectl get`; DELETE's
+//!   `propagationPolicy` (`Background`; `Foreground`: the owner waits, with a
+//!   deletion timestamp and the `foregroundDeletion` finalizer, until its dependents
+//!   are gone; `Orphan`: the dependents stay, without their owner reference), where
+//!   a `batch/v1` Job deleted without one orphans its pods (with the API server's
+//!   warning), as for compatibility it does.
 //! - **What the API server does to a write**: defaults (a Deployment's strategy,
 //!   revision history limit and progress deadline, a pod spec's restart policy and
-//!   pull policies, a Service's cluster IP, a Secret's `stringData`), `generation`
+//!   pull policies, a Service's cluster IP, a Secret's `stringData`, a Job's
+//!   completions, parallelism, back-off limit, completion mode, suspend and pod
+//!   replacement policy, and its generated selector: the template labelled
+//!   `batch.kubernetes.io/controller-uid`, `batch.kubernetes.io/job-name`,
+//!   `controller-uid` and `job-name` unless `manualSelector`), `generation`
 //!   raised by any spec change, status kept out of writes to the main resource,
 //!   strict schema checking against the Kubernetes OpenAPI types (a field the
 //!   schema does not have is refused, as `fieldValidation=Strict` refuses it, whatever
 //!   the request asks: a client bug fails the test instead of being dropped), and
 //!   validation of names, labels, a Deployment's selector against its template, an
-//!   immutable selector and immutable ConfigMaps and Secrets.
+//!   immutable selector and immutable ConfigMaps and Secrets, a Job's restart policy
+//!   (`OnFailure` or `Never`) and its immutable template, selector and completions.
 //! - **Server-side apply**: `metadata.managedFields` per manager and operation; a
 //!   field another manager set to another value is a 409 conflict naming the field
 //!   unless forced; fields a manager stops applying are removed.
@@ -47,16 +58,32 @@
 //! - **The ReplicaSet controller**: creates and deletes pods (unready and young
 //!   first), availability after `minReadySeconds`, `ReplicaFailure` while pod
 //!   creations are refused ([`refuse_pods`](SimCluster::refuse_pods)).
+//! - **The Job controller**, after pkg/controller/job: pods from the template up to
+//!   `parallelism` until `completions` succeeded, a failed pod replaced after a
+//!   back-off (10, 20, 40 … steps) until more than `backoffLimit` failed (or, under
+//!   `OnFailure`, the containers restarted that often; a pod deleted before it
+//!   succeeded counts as failed, and is replaced at once or, under
+//!   `podReplacementPolicy: Failed`, once gone), `activeDeadlineSeconds`,
+//!   `suspend`; the status's active, ready, terminating, succeeded and failed pods;
+//!   `SuccessCriteriaMet` or `FailureTarget`, then `Complete` (with
+//!   `completionTime`) or `Failed` once no pod runs; events as the controller
+//!   records them; and the TTL-after-finished controller, which deletes a finished
+//!   Job `ttlSecondsAfterFinished` steps later, in the foreground.
 //! - **A kubelet**: one node; pulls (failing and backing off as scripted: 10, 20, 40
 //!   … up to 300 steps), `CreateContainerConfigError` while a ConfigMap, Secret or key
 //!   a container's environment needs is missing, init containers before the others,
-//!   crash loops with back-off and restart counts, readiness (probes'
-//!   `initialDelaySeconds`), graceful deletion, logs per container run
-//!   ([`set_logs`](SimCluster::set_logs)); how each image behaves is scripted with
-//!   [`Outcome`].
+//!   crash loops with back-off and restart counts, the pod's restart policy for
+//!   containers that exit (`Never`: the pod ends `Succeeded` or `Failed`;
+//!   `OnFailure`: only failures restart), termination messages (with
+//!   `FallbackToLogsOnError`), readiness (probes' `initialDelaySeconds`), graceful
+//!   deletion, logs per container run ([`set_logs`](SimCluster::set_logs)); how each
+//!   image behaves is scripted with [`Outcome`]
+//!   ([`set_termination_message`](SimCluster::set_termination_message) for what it
+//!   leaves in `/dev/termination-log`).
 //! - **Endpoints and EndpointSlices** that follow pod readiness and termination, and
 //!   **Events** as controllers and the kubelet record them.
-//! - **Garbage collection** of ReplicaSets, pods and slices whose owner is gone.
+//! - **Garbage collection** of ReplicaSets, pods and slices whose owner is gone, and
+//!   of the dependents of owners deleted in the foreground.
 //!
 //! Each controller step stands for one second of cluster time (every 20 ms by
 //! default): timers such as `progressDeadlineSeconds`, `minReadySeconds` and
@@ -66,11 +93,15 @@
 //!
 //! Authentication and authorisation, admission webhooks and quotas (but see
 //! [`refuse_pods`](SimCluster::refuse_pods)), namespaces as objects, other kinds
-//! (StatefulSets, Jobs, CRDs, ...), protobuf, paging (`limit` is ignored: lists are
+//! (StatefulSets, CronJobs, CRDs, ...), protobuf (so `kubectl create job`, which
+//! sends it, is refused with 415; `kubectl create -f` works), paging (`limit` is ignored: lists are
 //! whole), `resourceVersionMatch`, more than one node or scheduling constraints,
 //! liveness probes, pod disruption, node failures, `kubectl exec`/`port-forward`,
-//! followed logs, field ownership of status writes, and OpenAPI schemas (the
-//! documents list operations only).
+//! followed logs, field ownership of status writes, OpenAPI schemas (the
+//! documents list operations only); of Jobs: indexed completion, pod failure and
+//! success policies, `backoffLimitPerIndex`, elastic completions, `managedBy`, and the
+//! `batch.kubernetes.io/job-tracking` finalizer on their pods; finalizers other than
+//! `foregroundDeletion`.
 //!
 //! ```no_run
 //! use shipflow_k8s::testing::{Outcome, SimCluster};
@@ -139,6 +170,19 @@ pub enum Outcome {
     },
     /// The pod is never scheduled (no node has room): it stays `Pending`.
     Unschedulable,
+    /// The container runs (ready, as a container without a probe is) for `after`
+    /// cluster seconds (steps, at least one) and exits with `code`, as a Job's or a
+    /// build's container does. What happens then is the pod's `restartPolicy`'s to
+    /// say: under `Never` it stays terminated (the pod `Succeeded` if every
+    /// container exited with 0, else `Failed`), under `OnFailure` only a non-zero
+    /// exit is restarted (after a back-off), under `Always` every exit is. Its
+    /// termination message is [`set_termination_message`](SimCluster::set_termination_message)'s.
+    Exits {
+        /// The exit code.
+        code: i32,
+        /// Cluster seconds from a start to the exit.
+        after: u64,
+    },
 }
 
 /// A running simulated API server. Dropping it stops the server and its controllers.
@@ -305,7 +349,7 @@ impl SimCluster {
             .unwrap_or_default()
             .to_owned();
         schema::default(&mut st, kind, &mut object);
-        if matches!(kind, Kind::Deployment | Kind::ReplicaSet) {
+        if matches!(kind, Kind::Deployment | Kind::ReplicaSet | Kind::Job) {
             object["metadata"]["generation"] = 1.into();
         }
         object["apiVersion"] = kind.api_version().into();
@@ -353,6 +397,20 @@ impl SimCluster {
             image.to_owned(),
             lines.iter().map(|l| (*l).to_owned()).collect(),
         );
+    }
+
+    /// Sets what containers of `image` write to their termination-message file
+    /// (`/dev/termination-log`) before they exit (see [`Outcome::Exits`]): the
+    /// kubelet reports it as `state.terminated.message`, cut to 4096 bytes. A
+    /// container with `terminationMessagePolicy: FallbackToLogsOnError` that fails
+    /// without a message reports the end of its log instead (its last 80 lines, at
+    /// most 2048 bytes), as the kubelet does.
+    pub fn set_termination_message(&self, image: &str, message: &str) {
+        self.shared
+            .lock()
+            .scripts
+            .messages
+            .insert(image.to_owned(), message.to_owned());
     }
 
     /// Refuses the next `count` pod creations in `ns`, as a full resource quota does:

@@ -14,6 +14,7 @@ pub(crate) enum Kind {
     EndpointSlice,
     Event,
     Lease,
+    Job,
 }
 
 /// What discovery says about a kind.
@@ -49,6 +50,13 @@ const STATUS_DEPLOYMENT: Subresource = Subresource {
     group: "apps",
     version: "v1",
     kind: "Deployment",
+    verbs: &["get", "patch", "update"],
+};
+const STATUS_JOB: Subresource = Subresource {
+    name: "status",
+    group: "batch",
+    version: "v1",
+    kind: "Job",
     verbs: &["get", "patch", "update"],
 };
 const SCALE: Subresource = Subresource {
@@ -177,6 +185,17 @@ pub(crate) const RESOURCES: &[Resource] = &[
         short_names: &[],
         categories: &[],
         subresources: &[],
+    },
+    Resource {
+        kind: Kind::Job,
+        group: "batch",
+        version: "v1",
+        name: "Job",
+        plural: "jobs",
+        singular: "job",
+        short_names: &[],
+        categories: &["all"],
+        subresources: &[STATUS_JOB],
     },
 ];
 

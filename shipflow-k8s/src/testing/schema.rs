@@ -8,6 +8,7 @@
 
 use base64::Engine as _;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Event, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -93,7 +94,73 @@ pub(crate) fn default(st: &mut State, kind: Kind, object: &mut Value) {
                 }
             }
         }
+        Kind::Job => default_job(st, object),
         _ => {}
+    }
+}
+
+/// The label the generated selector of a Job selects: the Job's uid.
+pub(crate) const JOB_UID_LABEL: &str = "batch.kubernetes.io/controller-uid";
+/// The label with the Job's name its pods carry.
+pub(crate) const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
+
+/// A Job's defaults (`SetDefaults_Job`), and on create (no uid yet) its uid and
+/// generated selector, as the API server's Job strategy prepares a new Job: the
+/// template gets `batch.kubernetes.io/job-name`, `job-name`,
+/// `batch.kubernetes.io/controller-uid` and `controller-uid`, and the selector the
+/// first uid label, unless `spec.manualSelector` is true. A Job without labels gets
+/// its template's.
+fn default_job(st: &mut State, object: &mut Value) {
+    let spec = ensure_object(&mut object["spec"]);
+    if !spec.contains_key("completions") && !spec.contains_key("parallelism") {
+        spec.insert("completions".into(), json!(1));
+    }
+    spec.entry("parallelism").or_insert(json!(1));
+    let backoff = if spec.contains_key("backoffLimitPerIndex") {
+        i64::from(i32::MAX)
+    } else {
+        6
+    };
+    spec.entry("backoffLimit").or_insert(json!(backoff));
+    spec.entry("completionMode").or_insert(json!("NonIndexed"));
+    spec.entry("suspend").or_insert(json!(false));
+    let replacement = if spec.contains_key("podFailurePolicy") {
+        "Failed"
+    } else {
+        "TerminatingOrFailed"
+    };
+    spec.entry("podReplacementPolicy")
+        .or_insert(json!(replacement));
+    default_pod_spec(&mut object["spec"]["template"]["spec"]);
+    let no_labels = |o: &Value| {
+        o["metadata"]["labels"]
+            .as_object()
+            .is_none_or(|l| l.is_empty())
+    };
+    if no_labels(object) && !no_labels(&object["spec"]["template"]) {
+        object["metadata"]["labels"] = object["spec"]["template"]["metadata"]["labels"].clone();
+    }
+    if object["metadata"].get("uid").is_some() {
+        return;
+    }
+    let uid = st.next_uid();
+    object["metadata"]["uid"] = uid.clone().into();
+    if object["spec"]["manualSelector"] != true {
+        let name = object["metadata"]["name"].clone();
+        let labels = ensure_object(&mut object["spec"]["template"]["metadata"]["labels"]);
+        for (key, value) in [
+            ("job-name", &name),
+            (JOB_NAME_LABEL, &name),
+            ("controller-uid", &uid.clone().into()),
+            (JOB_UID_LABEL, &uid.clone().into()),
+        ] {
+            labels.entry(key).or_insert(value.clone());
+        }
+        let selector = ensure_object(&mut object["spec"]["selector"]["matchLabels"]);
+        selector.entry(JOB_UID_LABEL).or_insert(uid.into());
+    }
+    if no_labels(object) {
+        object["metadata"]["labels"] = object["spec"]["template"]["metadata"]["labels"].clone();
     }
 }
 
@@ -164,6 +231,7 @@ pub(crate) fn check_schema(kind: Kind, object: &Value) -> Result<(), String> {
         Kind::EndpointSlice => round_trip::<EndpointSlice>(object),
         Kind::Event => round_trip::<Event>(object),
         Kind::Lease => round_trip::<Lease>(object),
+        Kind::Job => round_trip::<Job>(object),
     }
 }
 
@@ -244,6 +312,7 @@ pub(crate) fn validate(kind: Kind, object: &Value, old: Option<&Value>) -> Vec<I
     }
     match kind {
         Kind::Deployment | Kind::ReplicaSet => workload(kind, object, old, &mut errors),
+        Kind::Job => job(object, old, &mut errors),
         Kind::ConfigMap | Kind::Secret => {
             if let Some(old) = old
                 && old["immutable"] == true
@@ -314,7 +383,31 @@ fn workload(kind: Kind, object: &Value, old: Option<&Value>, errors: &mut Vec<In
             "Invalid value: field is immutable".into(),
         ));
     }
-    let pod = &spec["template"]["spec"];
+    pod_template(&spec["template"]["spec"], errors);
+    if kind == Kind::Deployment {
+        let strategy = &spec["strategy"];
+        match strategy["type"].as_str() {
+            Some("Recreate") if strategy.get("rollingUpdate").is_some_and(|r| !r.is_null()) => {
+                errors.push(("spec.strategy.rollingUpdate".into(), "Forbidden: may not be specified when strategy `type` is 'Recreate'".into()));
+            }
+            Some("Recreate" | "RollingUpdate") | None => {}
+            Some(other) => errors.push(("spec.strategy.type".into(), format!("Unsupported value: {other:?}: supported values: \"Recreate\", \"RollingUpdate\""))),
+        }
+        let rolling = &strategy["rollingUpdate"];
+        if rolling.is_object()
+            && is_zero(&rolling["maxSurge"])
+            && is_zero(&rolling["maxUnavailable"])
+        {
+            errors.push((
+                "spec.strategy.rollingUpdate.maxUnavailable".into(),
+                "Invalid value: may not be 0 when `maxSurge` is 0".into(),
+            ));
+        }
+    }
+}
+
+/// The checks of a template's pod spec: containers, their names and images.
+fn pod_template(pod: &Value, errors: &mut Vec<Invalid>) {
     let containers = pod["containers"]
         .as_array()
         .map(Vec::as_slice)
@@ -343,24 +436,113 @@ fn workload(kind: Kind, object: &Value, old: Option<&Value>, errors: &mut Vec<In
             }
         }
     }
-    if kind == Kind::Deployment {
-        let strategy = &spec["strategy"];
-        match strategy["type"].as_str() {
-            Some("Recreate") if strategy.get("rollingUpdate").is_some_and(|r| !r.is_null()) => {
-                errors.push(("spec.strategy.rollingUpdate".into(), "Forbidden: may not be specified when strategy `type` is 'Recreate'".into()));
-            }
-            Some("Recreate" | "RollingUpdate") | None => {}
-            Some(other) => errors.push(("spec.strategy.type".into(), format!("Unsupported value: {other:?}: supported values: \"Recreate\", \"RollingUpdate\""))),
+}
+
+/// A Job's checks (`ValidateJob`, `ValidateJobUpdate`): counts not negative, a
+/// restart policy of `OnFailure` or `Never`, a selector that matches the template
+/// (the generated one unless `manualSelector`), and a template, selector,
+/// completions and completion mode that never change.
+fn job(object: &Value, old: Option<&Value>, errors: &mut Vec<Invalid>) {
+    let spec = &object["spec"];
+    for field in [
+        "parallelism",
+        "completions",
+        "backoffLimit",
+        "activeDeadlineSeconds",
+        "ttlSecondsAfterFinished",
+    ] {
+        if spec[field].as_i64().is_some_and(|n| n < 0) {
+            errors.push((
+                format!("spec.{field}"),
+                format!(
+                    "Invalid value: {}: must be greater than or equal to 0",
+                    spec[field]
+                ),
+            ));
         }
-        let rolling = &strategy["rollingUpdate"];
-        if rolling.is_object()
-            && is_zero(&rolling["maxSurge"])
-            && is_zero(&rolling["maxUnavailable"])
+    }
+    if spec["activeDeadlineSeconds"].as_i64() == Some(0) {
+        errors.push((
+            "spec.activeDeadlineSeconds".into(),
+            "Invalid value: 0: must be greater than 0".into(),
+        ));
+    }
+    match spec["completionMode"].as_str() {
+        Some("NonIndexed" | "Indexed") | None => {}
+        Some(other) => errors.push((
+            "spec.completionMode".into(),
+            format!("Unsupported value: {other:?}: supported values: \"NonIndexed\", \"Indexed\""),
+        )),
+    }
+    let name = str_at(object, "/metadata/name");
+    if spec["manualSelector"] != true && name.len() > 63 {
+        errors.push((
+            "metadata.name".into(),
+            format!("Invalid value: {name:?}: must be no more than 63 characters"),
+        ));
+    }
+    let template = &spec["template"];
+    match LabelSelector::from_object(&spec["selector"]) {
+        Ok(selector) if selector.is_empty() => {
+            errors.push(("spec.selector".into(), "Required value".into()))
+        }
+        Ok(selector) => {
+            if !selector.matches(&template["metadata"]["labels"]) {
+                errors.push((
+                    "spec.template.metadata.labels".into(),
+                    format!(
+                        "Invalid value: {}: `selector` does not match template `labels`",
+                        template["metadata"]["labels"]
+                    ),
+                ));
+            }
+        }
+        Err(e) => errors.push(("spec.selector".into(), format!("Invalid value: {e}"))),
+    }
+    if spec["manualSelector"] != true {
+        let uid = str_at(object, "/metadata/uid");
+        if str_at(
+            spec,
+            &format!("/selector/matchLabels/{}", JOB_UID_LABEL.replace('/', "~1")),
+        ) != uid
         {
             errors.push((
-                "spec.strategy.rollingUpdate.maxUnavailable".into(),
-                "Invalid value: may not be 0 when `maxSurge` is 0".into(),
+                "spec.selector".into(),
+                format!(
+                    "Invalid value: {}: `selector` not auto-generated",
+                    spec["selector"]
+                ),
             ));
+        }
+        for key in [JOB_UID_LABEL, "controller-uid"] {
+            let at = format!("/metadata/labels/{}", key.replace('/', "~1"));
+            if str_at(template, &at) != uid {
+                errors.push((
+                    format!("spec.template.metadata.labels[{key}]"),
+                    format!(
+                        "Invalid value: {:?}: must be '{uid}'",
+                        str_at(template, &at)
+                    ),
+                ));
+            }
+        }
+    }
+    match str_at(template, "/spec/restartPolicy") {
+        "OnFailure" | "Never" => {}
+        other => errors.push((
+            "spec.template.spec.restartPolicy".into(),
+            format!("Unsupported value: {other:?}: supported values: \"OnFailure\", \"Never\""),
+        )),
+    }
+    pod_template(&template["spec"], errors);
+    if let Some(old) = old {
+        for field in ["template", "selector", "completions", "completionMode"] {
+            if old["spec"][field] != spec[field] {
+                errors.push((
+                    format!("spec.{field}"),
+                    format!("Invalid value: {}: field is immutable", spec[field]),
+                ));
+            }
         }
     }
 }

@@ -35,6 +35,8 @@ pub(crate) struct Scripts {
     pub(crate) images: HashMap<String, Outcome>,
     /// Per image: the log lines its containers print.
     pub(crate) logs: HashMap<String, Vec<String>>,
+    /// Per image: what its containers write to their termination-message file.
+    pub(crate) messages: HashMap<String, String>,
     /// The container images each Deployment completed a rollout with.
     pub(crate) good: HashSet<(String, String, String)>,
     /// Pod creations still to refuse per namespace (a quota that is full).
@@ -65,6 +67,8 @@ pub(crate) struct State {
     pub(crate) ready_at: HashMap<(String, String, u64), std::time::Instant>,
     /// The kubelet's private state per pod uid.
     pub(crate) pods: HashMap<String, super::controller::kubelet::PodRun>,
+    /// The Job controller's private state per Job uid.
+    pub(crate) jobs: HashMap<String, super::controller::job::JobRun>,
     /// Namespaces with changes the controllers have not looked at yet.
     pub(crate) dirty: std::collections::BTreeSet<String>,
     /// Steps at which a namespace needs a look even without changes (a timer ends).
@@ -192,9 +196,14 @@ impl Shared {
         });
         st.rv += 1;
         let rv = st.rv;
+        // A new Job keeps the uid its defaults gave it (its generated selector names
+        // it); any other new object gets a fresh one.
         let uid = match &identity {
             Some((uid, _)) => uid.clone(),
-            None => st.next_uid().into(),
+            None => match object["metadata"]["uid"].as_str() {
+                Some(uid) if kind == Kind::Job && !uid.is_empty() => uid.into(),
+                _ => st.next_uid().into(),
+            },
         };
         let meta = ensure_object(&mut object["metadata"]);
         if kind != Kind::Event || !ns.is_empty() {

@@ -64,6 +64,15 @@ fn columns(kind: Kind) -> Vec<Column> {
             ("Age", "string", 0),
         ],
         Kind::Lease => vec![("Holder", "string", 0), ("Age", "string", 0)],
+        Kind::Job => vec![
+            ("Status", "string", 0),
+            ("Completions", "string", 0),
+            ("Duration", "string", 0),
+            ("Age", "string", 0),
+            ("Containers", "string", 1),
+            ("Images", "string", 1),
+            ("Selector", "string", 1),
+        ],
         Kind::Event => vec![
             ("Last Seen", "string", 0),
             ("Type", "string", 0),
@@ -77,18 +86,79 @@ fn columns(kind: Kind) -> Vec<Column> {
 
 /// `5s`, `3m2s`, `4h`, `2d`: how long ago `timestamp` was.
 fn age(timestamp: &str) -> String {
-    let Ok(then) = timestamp.parse::<k8s_openapi::jiff::Timestamp>() else {
+    let Some(then) = seconds_of(timestamp) else {
         return "<unknown>".into();
     };
-    let secs = k8s_openapi::jiff::Timestamp::now().as_second() - then.as_second();
-    let secs = secs.max(0);
-    match secs {
+    human(k8s_openapi::jiff::Timestamp::now().as_second() - then)
+}
+
+/// The seconds since the epoch of an RFC 3339 `timestamp`.
+fn seconds_of(timestamp: &str) -> Option<i64> {
+    timestamp
+        .parse::<k8s_openapi::jiff::Timestamp>()
+        .ok()
+        .map(|t| t.as_second())
+}
+
+/// A duration of `secs` as the printers write it (`duration.HumanDuration`).
+fn human(secs: i64) -> String {
+    match secs.max(0) {
         s if s < 120 => format!("{s}s"),
         s if s < 600 => format!("{}m{}s", s / 60, s % 60),
         s if s < 3 * 3600 => format!("{}m", s / 60),
+        s if s < 8 * 3600 => format!("{}h{}m", s / 3600, (s % 3600) / 60),
         s if s < 48 * 3600 => format!("{}h", s / 3600),
         s => format!("{}d", s / 86400),
     }
+}
+
+/// What `kubectl get jobs` shows as a Job's status: its first finished or pending
+/// condition that holds, as the printer ranks them.
+fn job_status(job: &Value) -> &'static str {
+    let holds = |ty: &str| {
+        job["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == ty && c["status"] == "True")
+    };
+    if holds("Complete") {
+        "Complete"
+    } else if holds("Failed") {
+        "Failed"
+    } else if job["metadata"].get("deletionTimestamp").is_some() {
+        "Terminating"
+    } else if holds("Suspended") {
+        "Suspended"
+    } else if holds("FailureTarget") {
+        "FailureTarget"
+    } else if holds("SuccessCriteriaMet") {
+        "SuccessCriteriaMet"
+    } else {
+        "Running"
+    }
+}
+
+/// `succeeded/completions` (`succeeded/1 of <parallelism>` for a work queue).
+fn job_completions(job: &Value) -> String {
+    let succeeded = int_at(job, "/status/succeeded").unwrap_or(0);
+    match int_at(job, "/spec/completions") {
+        Some(n) => format!("{succeeded}/{n}"),
+        None => match int_at(job, "/spec/parallelism").unwrap_or(0) {
+            p if p > 1 => format!("{succeeded}/1 of {p}"),
+            _ => format!("{succeeded}/1"),
+        },
+    }
+}
+
+/// From the start to completion, or to now while the Job runs; empty before it starts.
+fn job_duration(job: &Value) -> String {
+    let Some(start) = seconds_of(str_at(job, "/status/startTime")) else {
+        return String::new();
+    };
+    let end = seconds_of(str_at(job, "/status/completionTime"))
+        .unwrap_or_else(|| k8s_openapi::jiff::Timestamp::now().as_second());
+    human(end - start)
 }
 
 fn join(values: impl Iterator<Item = String>) -> String {
@@ -118,6 +188,14 @@ fn selector(selector: &Value) -> String {
             .flatten()
             .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())),
     )
+}
+
+/// A label selector as `metav1.FormatLabelSelector` writes it: `k=v,k2 in (a,b)`.
+fn job_selector(selector: &Value) -> String {
+    match super::selector::LabelSelector::from_object(selector) {
+        Ok(s) if !s.is_empty() => s.to_query(),
+        _ => "<none>".into(),
+    }
 }
 
 /// What `kubectl get pods` shows as a pod's status.
@@ -286,6 +364,15 @@ fn cells(kind: Kind, o: &Value) -> Vec<Value> {
             json!(age),
         ],
         Kind::Lease => vec![json!(str_at(o, "/spec/holderIdentity")), json!(age)],
+        Kind::Job => vec![
+            json!(job_status(o)),
+            json!(job_completions(o)),
+            json!(job_duration(o)),
+            json!(age),
+            json!(containers(&o["spec"]["template"]["spec"], "name")),
+            json!(containers(&o["spec"]["template"]["spec"], "image")),
+            json!(job_selector(&o["spec"]["selector"])),
+        ],
         Kind::Event => vec![
             json!(self::age(str_at(o, "/lastTimestamp"))),
             json!(str_at(o, "/type")),

@@ -3,6 +3,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod kubectl;
+
 use std::time::Duration;
 
 use shipflow_core::{App, BoxError, ImageRef, Workspace};

@@ -1,11 +1,15 @@
 //! The simulated kubelet (and scheduler): it places pods on one node and moves each
 //! container through pulling, starting, running and back-off as its image's scripted
 //! [`Outcome`] says, checks the ConfigMaps and Secrets a container refers to, runs
-//! init containers first, keeps each container's logs, and finishes deleted pods.
+//! init containers first, keeps each container's logs, restarts or keeps exited
+//! containers as the pod's restart policy says (a pod whose containers all exited
+//! for good has `Succeeded` or `Failed`), and finishes deleted pods. What a started
+//! container does is its [`Runtime`]'s to say.
 
 use serde_json::{Value, json};
 
 use super::events::{self, Type};
+use super::runtime::{Exit, Runtime, Scripted, Started, termination_message};
 use crate::testing::Outcome;
 use crate::testing::resources::Kind;
 use crate::testing::store::{Shared, State, ensure_object, now, str_at};
@@ -20,6 +24,8 @@ const MAX_BACKOFF: u64 = 300;
 #[derive(Debug, Clone)]
 pub(crate) struct PodRun {
     containers: Vec<Run>,
+    /// The pod's `restartPolicy`: `Always`, `OnFailure` or `Never`.
+    restart_policy: String,
     scheduled: bool,
     /// The step the pod became ready in, while it is.
     pub(crate) ready_since: Option<u64>,
@@ -44,6 +50,21 @@ struct Run {
     ready_after: u64,
     logs: Vec<String>,
     previous: Option<Vec<String>>,
+    /// The container's `terminationMessagePolicy`.
+    message_policy: String,
+}
+
+impl Run {
+    /// This container's run that started at step `since`, for the runtime.
+    fn started(&self, since: u64) -> Started<'_> {
+        Started {
+            image: &self.image,
+            init: self.init,
+            behaviour: self.behaviour,
+            restarts: self.restarts,
+            since,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,8 +178,8 @@ pub(crate) fn images_key(spec: &Value) -> String {
 
 impl PodRun {
     /// When this pod next changes without anything else changing: a back-off ends,
-    /// a container starts, crashes, completes or gets ready; `None` when it is settled.
-    fn next_wake(&self, tick: u64) -> Option<u64> {
+    /// a container starts, exits or gets ready; `None` when it is settled.
+    fn next_wake(&self, tick: u64, runtime: &dyn Runtime) -> Option<u64> {
         if self.stopped || !self.scheduled {
             return (!self
                 .containers
@@ -166,32 +187,23 @@ impl PodRun {
                 .any(|c| c.behaviour == Outcome::Unschedulable))
             .then_some(tick + 1);
         }
+        if exited_for_good(self).is_some() {
+            return None;
+        }
         self.containers
             .iter()
             .filter_map(|c| match &c.state {
-                Phase::Waiting { until, reason, .. } if *until > tick => Some(*until),
+                Phase::Waiting { until, .. } if *until > tick => Some(*until),
                 Phase::Waiting { reason, .. } if reason == "CreateContainerConfigError" => None,
                 Phase::Waiting { .. } => Some(tick + 1),
-                Phase::Running { .. } if c.init || c.behaviour == Outcome::CrashLoop => {
-                    Some(tick + 1)
+                Phase::Running { since, .. } => {
+                    let exits = runtime.next_change(&c.started(*since), tick);
+                    let ready = *since + c.ready_after;
+                    let readies =
+                        (c.behaviour != Outcome::NeverReady && tick < ready).then_some(ready);
+                    exits.into_iter().chain(readies).min()
                 }
-                Phase::Running { since, .. }
-                    if let Outcome::CrashesAfter { seconds } = c.behaviour =>
-                {
-                    let ready = since + c.ready_after;
-                    let crash = since + seconds.max(1);
-                    Some(if tick < ready {
-                        ready.min(crash)
-                    } else {
-                        crash
-                    })
-                }
-                Phase::Running { since, .. }
-                    if c.behaviour != Outcome::NeverReady && tick < since + c.ready_after =>
-                {
-                    Some(since + c.ready_after)
-                }
-                _ => None,
+                Phase::Terminated { .. } => None,
             })
             .min()
     }
@@ -219,10 +231,12 @@ impl PodRun {
                         .unwrap_or(0),
                     logs: Vec::new(),
                     previous: None,
+                    message_policy: str_at(c, "/terminationMessagePolicy").to_owned(),
                 });
             }
         }
         Self {
+            restart_policy: str_at(spec, "/restartPolicy").to_owned(),
             containers,
             scheduled: false,
             ready_since: None,
@@ -231,20 +245,10 @@ impl PodRun {
     }
 }
 
-/// The log lines a container of `image` prints when it starts.
-fn log_lines(st: &State, image: &str, behaviour: Outcome, restarts: u32) -> Vec<String> {
-    if let Some(lines) = st.scripts.logs.get(image) {
-        return lines.clone();
-    }
-    let mut lines = vec![format!("starting {image} (run {})", restarts + 1)];
-    match behaviour {
-        Outcome::CrashLoop => {
-            lines.extend(["loading configuration".to_owned(), "panic: boom".to_owned()])
-        }
-        Outcome::NeverReady => lines.push("waiting for the database at db:5432".to_owned()),
-        _ => lines.push("listening on :8080".to_owned()),
-    }
-    lines
+/// The runtime the kubelet asks what its containers do: the one place that picks
+/// it (the scripts, for now).
+fn runtime(st: &State) -> Scripted<'_> {
+    Scripted(&st.scripts)
 }
 
 /// Deletes a pod gracefully: it gets a deletion timestamp; the kubelet stops its
@@ -279,7 +283,7 @@ pub(crate) fn step(shared: &Shared, st: &mut State, ns: &str) {
         };
         match advance(shared, st, &pod, run) {
             Some(run) => {
-                if let Some(at) = run.next_wake(st.tick) {
+                if let Some(at) = run.next_wake(st.tick, &runtime(st)) {
                     st.wake(ns, at);
                 }
                 st.pods.insert(uid, run);
@@ -297,7 +301,7 @@ fn advance(shared: &Shared, st: &mut State, pod: &Value, mut run: PodRun) -> Opt
     let name = str_at(pod, "/metadata/name").to_owned();
     let tick = st.tick;
     if pod["metadata"].get("deletionTimestamp").is_some() {
-        if run.stopped || !run.scheduled {
+        if run.stopped || !run.scheduled || finished(pod) {
             shared.delete(st, Kind::Pod, &ns, &name);
             return None;
         }
@@ -374,6 +378,7 @@ fn advance(shared: &Shared, st: &mut State, pod: &Value, mut run: PodRun) -> Opt
         .iter()
         .position(|c| c.init && !matches!(c.state, Phase::Terminated { exit: 0, .. }));
     let mut said: Vec<(Type, String, String)> = Vec::new();
+    let mut runtime = runtime(st);
     for i in 0..run.containers.len() {
         let c = &run.containers[i];
         let blocked = first_pending_init.is_some_and(|first| i != first);
@@ -388,7 +393,7 @@ fn advance(shared: &Shared, st: &mut State, pod: &Value, mut run: PodRun) -> Opt
                 if *until > tick {
                     // Backing off.
                 } else if reason == "CrashLoopBackOff" {
-                    next = start(st, c, tick, &mut said);
+                    next = start(&mut runtime, c, tick, &mut said);
                 } else if let Some(message) = missing {
                     if !matches!(&c.state, Phase::Waiting { reason, .. } if reason == "CreateContainerConfigError")
                     {
@@ -427,45 +432,20 @@ fn advance(shared: &Shared, st: &mut State, pod: &Value, mut run: PodRun) -> Opt
                             format!("Successfully pulled image \"{}\"", c.image),
                         ));
                     }
-                    next = start(st, c, tick, &mut said);
+                    next = start(&mut runtime, c, tick, &mut said);
                 }
             }
             Phase::Running { since, started_at } => {
-                if crashes(c, *since, tick) {
-                    let message = match c.behaviour {
-                        Outcome::CrashesAfter { .. } => {
-                            c.logs.push("panic: lost the database".to_owned());
-                            "panic: lost the database"
-                        }
-                        _ => "panic: boom",
-                    };
-                    c.restarts += 1;
-                    c.last = Some(json!({"terminated": {"exitCode": 2, "reason": "Error",
-                        "message": message, "startedAt": started_at, "finishedAt": now(),
-                        "containerID": format!("containerd://{:064x}", c.restarts)}}));
-                    c.previous = Some(std::mem::take(&mut c.logs));
-                    next = Phase::waiting(
-                        "CrashLoopBackOff",
-                        format!(
-                            "back-off {}s restarting failed container={} pod={name}",
-                            c.backoff, c.name
-                        ),
-                        tick + c.backoff,
-                    );
-                    said.push((
-                        Type::Warning,
-                        "BackOff".into(),
-                        "Back-off restarting failed container".into(),
-                    ));
-                    c.backoff = (c.backoff * 2).min(MAX_BACKOFF);
-                } else if tick > *since && c.init {
-                    next = Phase::Terminated {
-                        exit: 0,
-                        reason: "Completed".into(),
-                        message: String::new(),
-                        started_at: started_at.clone(),
-                        finished_at: now(),
-                    };
+                if let Some(exit) = runtime.poll(&c.started(*since), tick) {
+                    let started_at = started_at.clone();
+                    next = exited(c, exit, &run.restart_policy, started_at, tick, &name);
+                    if matches!(next, Phase::Waiting { .. }) {
+                        said.push((
+                            Type::Warning,
+                            "BackOff".into(),
+                            "Back-off restarting failed container".into(),
+                        ));
+                    }
                 }
             }
             Phase::Terminated { .. } => {}
@@ -485,8 +465,13 @@ fn advance(shared: &Shared, st: &mut State, pod: &Value, mut run: PodRun) -> Opt
     Some(run)
 }
 
-fn start(st: &State, c: &mut Run, tick: u64, said: &mut Vec<(Type, String, String)>) -> Phase {
-    c.logs = log_lines(st, &c.image, c.behaviour, c.restarts);
+fn start(
+    runtime: &mut dyn Runtime,
+    c: &mut Run,
+    tick: u64,
+    said: &mut Vec<(Type, String, String)>,
+) -> Phase {
+    c.logs = runtime.start(&c.started(tick));
     said.push((
         Type::Normal,
         "Created".into(),
@@ -501,6 +486,61 @@ fn start(st: &State, c: &mut Run, tick: u64, said: &mut Vec<(Type, String, Strin
         since: tick,
         started_at: now(),
     }
+}
+
+/// What becomes of container `c` of pod `pod` whose run (started at `started_at`)
+/// ended with `exit`: restarted after a back-off if the restart policy says so
+/// (`Always`: any app container; otherwise only a failed one, and never under
+/// `Never`), else terminated for good.
+fn exited(
+    c: &mut Run,
+    exit: Exit,
+    policy: &str,
+    started_at: String,
+    tick: u64,
+    pod: &str,
+) -> Phase {
+    c.logs.extend(exit.last_words.iter().cloned());
+    let message = termination_message(&exit, &c.message_policy, &c.logs);
+    let reason = if exit.code == 0 { "Completed" } else { "Error" };
+    let restart = match policy {
+        "Never" => false,
+        "OnFailure" => exit.code != 0,
+        _ => !c.init || exit.code != 0,
+    };
+    if !restart {
+        return Phase::Terminated {
+            exit: exit.code,
+            reason: reason.into(),
+            message,
+            started_at,
+            finished_at: now(),
+        };
+    }
+    c.restarts += 1;
+    let mut terminated = json!({"exitCode": exit.code, "reason": reason,
+        "startedAt": started_at, "finishedAt": now(),
+        "containerID": format!("containerd://{:064x}", c.restarts)});
+    if !message.is_empty() {
+        terminated["message"] = message.into();
+    }
+    c.last = Some(json!({ "terminated": terminated }));
+    c.previous = Some(std::mem::take(&mut c.logs));
+    let next = Phase::waiting(
+        "CrashLoopBackOff",
+        format!(
+            "back-off {}s restarting failed container={} pod={pod}",
+            c.backoff, c.name
+        ),
+        tick + c.backoff,
+    );
+    c.backoff = (c.backoff * 2).min(MAX_BACKOFF);
+    next
+}
+
+/// Whether the pod has finished: `Succeeded` or `Failed`.
+pub(crate) fn finished(pod: &Value) -> bool {
+    matches!(str_at(pod, "/status/phase"), "Succeeded" | "Failed")
 }
 
 fn pull_fails(c: &Run) -> bool {
@@ -577,15 +617,6 @@ fn missing_config(st: &State, ns: &str, spec: &Value, name: &str) -> Option<Stri
     None
 }
 
-/// Whether a container running since step `since` crashes at step `tick`.
-fn crashes(c: &Run, since: u64, tick: u64) -> bool {
-    match c.behaviour {
-        Outcome::CrashLoop => tick > since,
-        Outcome::CrashesAfter { seconds } => tick >= since + seconds.max(1),
-        _ => false,
-    }
-}
-
 fn container_ready(c: &Run, tick: u64) -> bool {
     match c.state {
         // A crash-looping container dies while starting: never seen ready.
@@ -648,7 +679,12 @@ fn write_status(shared: &Shared, st: &mut State, pod: &Value, run: &PodRun) {
         .containers
         .iter()
         .any(|c| !c.init && (matches!(c.state, Phase::Running { .. }) || c.restarts > 0));
-    let phase = if run.stopped || (init_done && any_running) {
+    let phase = if finished(&current) {
+        // Finished is for good.
+        str_at(&current, "/status/phase")
+    } else if let Some(done) = exited_for_good(run) {
+        done
+    } else if run.stopped || (init_done && any_running) {
         "Running"
     } else {
         "Pending"
@@ -664,7 +700,9 @@ fn write_status(shared: &Shared, st: &mut State, pod: &Value, run: &PodRun) {
             .map(|c| c["lastTransitionTime"].clone())
             .unwrap_or_else(|| now().into());
         let mut c = json!({"type": ty, "status": status, "lastTransitionTime": since, "lastProbeTime": null});
-        if !ok && (ty == "Ready" || ty == "ContainersReady") {
+        if !ok && phase == "Succeeded" && (ty == "Ready" || ty == "ContainersReady") {
+            c["reason"] = "PodCompleted".into();
+        } else if !ok && (ty == "Ready" || ty == "ContainersReady") {
             let waiting: Vec<&str> = run
                 .containers
                 .iter()
@@ -716,6 +754,32 @@ fn write_status(shared: &Shared, st: &mut State, pod: &Value, run: &PodRun) {
         next["status"] = status;
         shared.put(st, Kind::Pod, str_at(pod, "/metadata/namespace"), next);
     }
+}
+
+/// `Succeeded` or `Failed` once no container of the pod will run again: every app
+/// container exited for good (all with 0: `Succeeded`), or an init container failed
+/// for good.
+fn exited_for_good(run: &PodRun) -> Option<&'static str> {
+    if run.stopped {
+        return None;
+    }
+    let failed = |c: &Run| matches!(c.state, Phase::Terminated { exit, .. } if exit != 0);
+    if run.containers.iter().any(|c| c.init && failed(c)) {
+        return Some("Failed");
+    }
+    let apps: Vec<&Run> = run.containers.iter().filter(|c| !c.init).collect();
+    if apps.is_empty()
+        || !apps
+            .iter()
+            .all(|c| matches!(c.state, Phase::Terminated { .. }))
+    {
+        return None;
+    }
+    Some(if apps.iter().any(|c| failed(c)) {
+        "Failed"
+    } else {
+        "Succeeded"
+    })
 }
 
 /// `status` without the volatile timestamps of conditions, for change detection.

@@ -1,23 +1,31 @@
-//! The simulated control plane: the Deployment and ReplicaSet controllers, a kubelet,
-//! the endpoints controllers and the garbage collector, run one step at a time.
+//! The simulated control plane: the Deployment, ReplicaSet and Job controllers, a
+//! kubelet, the endpoints controllers and the garbage collector, run one step at a
+//! time.
 //!
 //! Each step stands for one second of cluster time: the kubelet moves every pod one
-//! state forward, then the ReplicaSet controller creates and deletes pods, then the
-//! Deployment controller scales ReplicaSets and writes its status, then Endpoints and
-//! EndpointSlices follow the pods. Timers (`progressDeadlineSeconds`,
-//! `minReadySeconds`, back-offs) count steps.
+//! state forward, the garbage collector deletes what lost its owner, then the
+//! ReplicaSet controller creates and deletes pods, the Deployment controller scales
+//! ReplicaSets and writes its status, the Job controller runs Jobs' pods, then
+//! Endpoints and EndpointSlices follow the pods. Timers (`progressDeadlineSeconds`,
+//! `minReadySeconds`, `activeDeadlineSeconds`, `ttlSecondsAfterFinished`,
+//! back-offs) count steps.
 
 pub(crate) mod deployment;
 pub(crate) mod endpoints;
 pub(crate) mod events;
+pub(crate) mod gc;
+pub(crate) mod job;
 pub(crate) mod kubelet;
 pub(crate) mod replicaset;
+pub(crate) mod runtime;
 
 use std::sync::Arc;
 
 use serde_json::{Value, json};
 
+use self::events::Type;
 use super::resources::Kind;
+use super::schema;
 use super::store::{Shared, State, str_at};
 
 /// Runs the control plane: one step every `shared.step`, until the task is aborted.
@@ -44,11 +52,12 @@ pub(crate) fn step(shared: &Shared, st: &mut State) {
             active.insert(ns);
         }
     }
-    let mut phases: [fn(&Shared, &mut State, &str); 5] = [
+    let mut phases: [fn(&Shared, &mut State, &str); 6] = [
         kubelet::step,
-        collect_garbage,
+        gc::collect,
         replicaset::sync_all,
         deployment::sync_all,
+        job::sync_all,
         endpoints::sync_all,
     ];
     for phase in &mut phases {
@@ -104,26 +113,50 @@ pub(crate) fn safe_chars(mut seed: u64, n: usize) -> String {
     out
 }
 
-/// The garbage collector: ReplicaSets, pods and EndpointSlices whose controller is
-/// gone are deleted (pods gracefully), as a background cascading delete does.
-fn collect_garbage(shared: &Shared, st: &mut State, ns: &str) {
-    let owners = [Kind::Deployment, Kind::ReplicaSet, Kind::Service];
-    let uids: std::collections::HashSet<&str> = owners
-        .iter()
-        .flat_map(|k| st.iter(*k, ns))
-        .map(|o| str_at(o, "/metadata/uid"))
-        .collect();
-    let orphans: Vec<(Kind, String)> = [Kind::ReplicaSet, Kind::Pod, Kind::EndpointSlice]
-        .iter()
-        .flat_map(|k| st.iter(*k, ns).map(move |o| (*k, o)))
-        .filter(|(_, o)| controller_of(o).is_some_and(|(_, _, uid)| !uids.contains(uid)))
-        .map(|(k, o)| (k, str_at(o, "/metadata/name").to_owned()))
-        .collect();
-    for (kind, name) in orphans {
-        if kind == Kind::Pod {
-            kubelet::terminate(shared, st, ns, &name);
-        } else {
-            shared.delete(st, kind, ns, &name);
-        }
+/// Creates one pod from `owner`'s `spec.template`, named `<owner>-<5 characters>`
+/// and controlled by it, unless a scripted quota refuses it (`Err`: why); records
+/// `SuccessfulCreate` from `component`.
+pub(crate) fn create_pod(
+    shared: &Shared,
+    st: &mut State,
+    owner: &Value,
+    component: &str,
+) -> Result<Value, String> {
+    let ns = str_at(owner, "/metadata/namespace").to_owned();
+    let owner_name = str_at(owner, "/metadata/name");
+    let name = format!("{owner_name}-{}", safe_chars(st.rv ^ 0x5eed, 5));
+    if let Some(left) = st.scripts.refuse_pods.get_mut(&ns)
+        && *left > 0
+    {
+        *left -= 1;
+        return Err(format!(
+            "pods \"{name}\" is forbidden: exceeded quota: compute-resources, requested: pods=1, used: pods=4, limited: pods=4"
+        ));
     }
+    let template = &owner["spec"]["template"];
+    let mut pod = json!({
+        "metadata": {
+            "name": name,
+            "generateName": format!("{owner_name}-"),
+            "labels": template["metadata"]["labels"],
+            "ownerReferences": owner_ref(owner),
+        },
+        "spec": template["spec"],
+        "status": {"phase": "Pending", "qosClass": "BestEffort"},
+    });
+    if let Some(a) = template["metadata"].get("annotations") {
+        pod["metadata"]["annotations"] = a.clone();
+    }
+    schema::default(st, Kind::Pod, &mut pod);
+    let pod = shared.put(st, Kind::Pod, &ns, pod);
+    events::record(
+        shared,
+        st,
+        owner,
+        Type::Normal,
+        "SuccessfulCreate",
+        &format!("Created pod: {}", str_at(&pod, "/metadata/name")),
+        component,
+    );
+    Ok(pod)
 }

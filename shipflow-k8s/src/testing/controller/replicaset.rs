@@ -6,9 +6,8 @@
 use serde_json::{Value, json};
 
 use super::events::{self, Type};
-use super::{controlled, kubelet, owner_ref, safe_chars};
+use super::{controlled, create_pod, kubelet};
 use crate::testing::resources::Kind;
-use crate::testing::schema;
 use crate::testing::store::{Shared, State, int_at, now, str_at};
 
 /// Whether a pod counts toward its ReplicaSet: not being deleted, not finished.
@@ -20,6 +19,10 @@ pub(crate) fn active(pod: &Value) -> bool {
 /// Syncs every ReplicaSet in `ns`.
 pub(crate) fn sync_all(shared: &Shared, st: &mut State, ns: &str) {
     for rs in st.list(Kind::ReplicaSet, ns) {
+        // One being deleted in the foreground waits for the garbage collector.
+        if rs["metadata"].get("deletionTimestamp").is_some() {
+            continue;
+        }
         sync(shared, st, &rs);
     }
 }
@@ -35,7 +38,7 @@ fn sync(shared: &Shared, st: &mut State, rs: &Value) {
     let mut failure: Option<String> = None;
     if pods.len() < want {
         for _ in pods.len()..want {
-            match create_pod(shared, st, rs) {
+            match create_pod(shared, st, rs, "replicaset-controller") {
                 Ok(pod) => pods.push(pod),
                 Err(message) => {
                     // A failed sync is retried (the controller requeues it).
@@ -86,47 +89,6 @@ fn sync(shared: &Shared, st: &mut State, rs: &Value) {
 
 fn min_ready(rs: &Value) -> u64 {
     int_at(rs, "/spec/minReadySeconds").unwrap_or(0).max(0) as u64
-}
-
-/// Creates one pod from the ReplicaSet's template, unless a scripted quota refuses it.
-fn create_pod(shared: &Shared, st: &mut State, rs: &Value) -> Result<Value, String> {
-    let ns = str_at(rs, "/metadata/namespace").to_owned();
-    let rs_name = str_at(rs, "/metadata/name");
-    let name = format!("{rs_name}-{}", safe_chars(st.rv ^ 0x5eed, 5));
-    if let Some(left) = st.scripts.refuse_pods.get_mut(&ns)
-        && *left > 0
-    {
-        *left -= 1;
-        return Err(format!(
-            "pods \"{name}\" is forbidden: exceeded quota: compute-resources, requested: pods=1, used: pods=4, limited: pods=4"
-        ));
-    }
-    let template = &rs["spec"]["template"];
-    let mut pod = json!({
-        "metadata": {
-            "name": name,
-            "generateName": format!("{rs_name}-"),
-            "labels": template["metadata"]["labels"],
-            "ownerReferences": owner_ref(rs),
-        },
-        "spec": template["spec"],
-        "status": {"phase": "Pending", "qosClass": "BestEffort"},
-    });
-    if let Some(a) = template["metadata"].get("annotations") {
-        pod["metadata"]["annotations"] = a.clone();
-    }
-    schema::default(st, Kind::Pod, &mut pod);
-    let pod = shared.put(st, Kind::Pod, &ns, pod);
-    events::record(
-        shared,
-        st,
-        rs,
-        Type::Normal,
-        "SuccessfulCreate",
-        &format!("Created pod: {}", str_at(&pod, "/metadata/name")),
-        "replicaset-controller",
-    );
-    Ok(pod)
 }
 
 fn write_status(

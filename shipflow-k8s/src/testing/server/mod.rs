@@ -206,6 +206,13 @@ impl Call {
     }
 
     pub(super) fn json(&self) -> Result<Value, Refusal> {
+        if self.content_type.contains("protobuf") {
+            return Err(status(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UnsupportedMediaType",
+                "the simulated API server reads JSON and YAML bodies, not protobuf",
+            ));
+        }
         serde_json::from_slice(&self.body).map_err(|e| {
             status(
                 StatusCode::BAD_REQUEST,

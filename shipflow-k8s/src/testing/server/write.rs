@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use super::{
     Body, Call, Refusal, conflict, invalid, json_response, not_found, status, status_body,
 };
+use crate::testing::controller::gc::{self, Propagation};
 use crate::testing::controller::kubelet;
 use crate::testing::fields::Managers;
 use crate::testing::resources::Kind;
@@ -20,7 +21,7 @@ use crate::testing::{patch, schema};
 pub(super) fn has_status(kind: Kind) -> bool {
     matches!(
         kind,
-        Kind::Deployment | Kind::ReplicaSet | Kind::Pod | Kind::Service
+        Kind::Deployment | Kind::ReplicaSet | Kind::Pod | Kind::Service | Kind::Job
     )
 }
 
@@ -173,7 +174,7 @@ pub(super) fn store(
         }
     };
     managers.write(&mut next);
-    if matches!(kind, Kind::Deployment | Kind::ReplicaSet) {
+    if matches!(kind, Kind::Deployment | Kind::ReplicaSet | Kind::Job) {
         let generation = match old {
             None => 1,
             Some(old) => {
@@ -527,6 +528,11 @@ fn with_required(kind: Kind, config: &Value) -> Value {
                 .or_insert(json!({}));
         }
     }
+    if kind == Kind::Job && c.get("spec").is_some() {
+        ensure_object(&mut c["spec"])
+            .entry("template")
+            .or_insert(json!({}));
+    }
     c
 }
 
@@ -564,12 +570,37 @@ pub(super) fn delete(
         let pod = st.get(kind, ns, name).cloned().unwrap_or(current);
         return json_response(StatusCode::OK, &pod);
     }
-    shared.delete(&mut st, kind, ns, name);
-    st.pods.remove(str_at(&current, "/metadata/uid"));
-    json_response(
-        StatusCode::OK,
-        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-            "details": {"name": name, "group": kind.resource().group, "kind": kind.resource().plural,
-                "uid": current["metadata"]["uid"]}}),
-    )
+    let policy = match Propagation::of(kind, &options, call.param("propagationPolicy")) {
+        Ok(p) => p,
+        Err(message) => {
+            return invalid(kind, name, &[("propagationPolicy".into(), message)]).into_response();
+        }
+    };
+    let asked = options["propagationPolicy"].is_string()
+        || options["orphanDependents"].is_boolean()
+        || call.param("propagationPolicy").is_some();
+    let mut res = match gc::delete(shared, &mut st, kind, ns, name, policy) {
+        // Waiting for its dependents: the object as it is now.
+        Some(object) => json_response(StatusCode::OK, &object),
+        None => {
+            st.pods.remove(str_at(&current, "/metadata/uid"));
+            json_response(
+                StatusCode::OK,
+                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                    "details": {"name": name, "group": kind.resource().group, "kind": kind.resource().plural,
+                        "uid": current["metadata"]["uid"]}}),
+            )
+        }
+    };
+    if kind == Kind::Job && !asked {
+        res.headers_mut().insert(
+            hyper::header::WARNING,
+            hyper::header::HeaderValue::from_static(ORPHAN_WARNING),
+        );
+    }
+    res
 }
+
+/// What the API server warns a client that deletes a Job without a propagation
+/// policy.
+const ORPHAN_WARNING: &str = "299 - \"child pods are preserved by default when jobs are deleted; set propagationPolicy=Background to remove them or set propagationPolicy=Orphan to suppress this warning\"";

@@ -44,6 +44,8 @@ const COMPONENT: &str = "deployment-controller";
 pub(crate) fn sync_all(shared: &Shared, st: &mut State, ns: &str) {
     let names: Vec<String> = st
         .iter(Kind::Deployment, ns)
+        // One being deleted in the foreground waits for the garbage collector.
+        .filter(|d| d["metadata"].get("deletionTimestamp").is_none())
         .map(|d| name(d).to_owned())
         .collect();
     for name in names {
