@@ -54,10 +54,7 @@ pub enum BuildJobError {
         source: BoxError,
     },
     /// The build failed in the cluster: the Job failed, or its pod cannot start.
-    #[error(
-        "app {app}: build job {job} failed: {reason}: {message}{}",
-        tail(logs)
-    )]
+    #[error("app {app}: build job {job} failed: {reason}: {message}{}", tail(logs))]
     Failed {
         /// The app.
         app: String,
@@ -72,9 +69,7 @@ pub enum BuildJobError {
         logs: Vec<String>,
     },
     /// The Job finished but its result is not a digest.
-    #[error(
-        "app {app}: build job {job}: the builder's result {result:?} is not an image digest"
-    )]
+    #[error("app {app}: build job {job}: the builder's result {result:?} is not an image digest")]
     BadResult {
         /// The app.
         app: String,

@@ -40,7 +40,7 @@ use serde_json::{Value, json};
 use shipflow_core::{
     App, BoxError, BuildRequest, Context, Digest, ImageBuilder, ImageRef, LocalImage, Registry,
 };
-use shipflow_oci::{ContextPacker, NATIVE_BUILD_TYPE, NativeBuild, RegistryClient};
+use shipflow_oci::{ContextPacker, NATIVE_BUILD_TYPE, NativeBuild, PackedContext, RegistryClient};
 use tokio::sync::Semaphore;
 
 pub use error::BuildJobError;
@@ -180,17 +180,18 @@ impl KubeJobBuilder {
         sources
     }
 
-    /// Packs and pushes `app`'s context; returns it pinned, as the pipeline names it.
-    async fn push_context(
+    /// Packs `app`'s context; returns it and where it goes, pinned, as the pipeline
+    /// names the registry.
+    async fn pack_context(
         &self,
         app: &App,
         spec: &NativeBuild,
         request: &BuildRequest,
         ctx: &Context,
-    ) -> Result<ImageRef, BuildJobError> {
-        let context_error = |step, source: BoxError| BuildJobError::Context {
+    ) -> Result<(PackedContext, ImageRef), BuildJobError> {
+        let context_error = |source: BoxError| BuildJobError::Context {
             app: app.name.clone(),
-            step,
+            step: "pack context",
             source,
         };
         let sources = Self::sources(app, spec);
@@ -201,21 +202,56 @@ impl KubeJobBuilder {
             packer.pack(&name, &root, &sources, &cancel)
         })
         .await
-        .map_err(|e| context_error("pack context", e.to_string().into()))?
-        .map_err(|e| context_error("pack context", e.into()))?;
+        .map_err(|e| context_error(e.to_string().into()))?
+        .map_err(|e| context_error(e.into()))?;
         let repository: ImageRef = format!(
             "{}/{}-context",
             app.image.registry(),
             app.image.repository()
         )
         .parse()
-        .map_err(|e: shipflow_core::ReferenceError| context_error("push context", e.into()))?;
+        .map_err(|e: shipflow_core::ReferenceError| context_error(e.into()))?;
         let pinned = repository.pinned(packed.image.digest.clone());
-        let report = self
-            .registry
-            .push(&packed.image, &pinned, ctx)
-            .await
-            .map_err(|e| context_error("push context", e))?;
+        Ok((packed, pinned))
+    }
+
+    /// Pushes a packed context. Pushes of the same context from this process go one
+    /// at a time, so the ones after the first find it there (a registry may refuse
+    /// the same manifest written by many clients at once).
+    async fn push_context(
+        &self,
+        app: &str,
+        packed: &PackedContext,
+        pinned: &ImageRef,
+        ctx: &Context,
+    ) -> Result<(), BuildJobError> {
+        static PUSHES: std::sync::LazyLock<
+            std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+        > = std::sync::LazyLock::new(Default::default);
+        let key = pinned.to_string();
+        let gate = PUSHES
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let pushed = {
+            let _one_at_a_time = gate.lock().await;
+            self.registry.push(&packed.image, pinned, ctx).await
+        };
+        {
+            let mut pushes = PUSHES
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if Arc::strong_count(&gate) <= 2 {
+                pushes.remove(&key);
+            }
+        }
+        let report = pushed.map_err(|source| BuildJobError::Context {
+            app: app.to_owned(),
+            step: "push context",
+            source,
+        })?;
         ctx.message(format!(
             "build context {}: {} files in {} chunks, {} uploaded ({} bytes), {} already there",
             packed.image.digest.short(),
@@ -225,7 +261,22 @@ impl KubeJobBuilder {
             report.bytes_uploaded,
             report.blobs_skipped
         ));
-        Ok(pinned)
+        Ok(())
+    }
+
+    /// Whether a Job `name` exists that has a result or may still get one (a failed
+    /// one is built again).
+    async fn has_live_job(&self, app: &str, name: &str) -> Result<bool, BuildJobError> {
+        match self.jobs().get(name).await {
+            Ok(job) => Ok(condition(&job, "Failed").is_none()),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(false),
+            Err(source) => Err(BuildJobError::Api {
+                app: app.to_owned(),
+                job: format!("{}/{name}", self.settings.namespace),
+                step: "get job",
+                source: source.into(),
+            }),
+        }
     }
 
     /// Runs (or attaches to) the Job `name` until it has a result: the digest.
@@ -538,7 +589,7 @@ impl ImageBuilder for KubeJobBuilder {
                 app: app.name.clone(),
                 source: e.into(),
             })?;
-        let context = self.push_context(app, &spec, request, ctx).await?;
+        let (packed, context) = self.pack_context(app, &spec, request, ctx).await?;
         let mut remote_request = request.clone();
         remote_request.root = PathBuf::new();
         let build = BuildSpec {
@@ -554,6 +605,10 @@ impl ImageBuilder for KubeJobBuilder {
         };
         let name = build.job_name(&self.settings);
         let job = build.job(&name, &self.settings);
+        // A Job of these inputs that exists already has its context.
+        if !self.has_live_job(&app.name, &name).await? {
+            self.push_context(&app.name, &packed, &context, ctx).await?;
+        }
         let digest = self.run_job(&app.name, &name, &job, ctx).await?;
         let image =
             shipflow_oci::remote_image(&self.registry, &app.name, &app.image.pinned(digest), ctx)
