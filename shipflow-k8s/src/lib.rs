@@ -29,6 +29,13 @@
 //! - applies a directory of manifests with server-side apply ([`KubeDeployer::apply_dir`]);
 //! - retries requests that failed for a passing reason ([`RetryPolicy`]).
 //!
+//! With the `job-builder` feature, `KubeJobBuilder` is an
+//! [`ImageBuilder`](shipflow_core::ImageBuilder) that builds native apps as
+//! Kubernetes Jobs (`[workspace.build-jobs]`, `BuildJobs`): the build context goes
+//! to the registry as content-addressed chunks, one Job per app and inputs (a rerun
+//! or a concurrent pipeline attaches to it), a restricted pod that runs `shipflow
+//! build-context`, its log lines as the pipeline's events.
+//!
 //! Its tests meet Kubernetes only through `testing::SimCluster` (feature `testing`),
 //! a simulated API server and control plane that the real `kube` client and the real
 //! `kubectl` both use; its docs list what it models and what not.

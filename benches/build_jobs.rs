@@ -1,0 +1,145 @@
+//! Builds in the cluster: what moves, and how long a build takes.
+//!
+//! ```text
+//! cargo bench --bench build_jobs                 # 50,000 files, 5 edits
+//! SHIPFLOW_BENCH_FILES=96000 cargo bench --bench build_jobs
+//! ```
+//!
+//! **The context.** A repository of `SHIPFLOW_BENCH_FILES` source files (50,000 by
+//! default, 0.3 to 3 KB each, a hundred to a directory) is packed into a build
+//! context and pushed to a real `docker-registry`; then one file is edited and the
+//! context packed and pushed again, five times. Reported: the bytes uploaded after
+//! each edit, against the whole context as one tarball (what a client that tars the
+//! context over `kubectl exec` moves every time), and the time to pack and push.
+//!
+//! **Build requested → digest known.** One app of the repository (its files as the
+//! image's layer) is built by [`KubeJobBuilder`] as a Job on the simulated cluster
+//! whose pods are real Podman containers running the real builder image, and by the
+//! [`NativeBuilder`] on this machine, after the same one-file edit; each timed from
+//! the call to the digest. The Job's time includes packing and pushing the context,
+//! the Job's pod start, the context's fetch inside the pod, the build and the push.
+//!
+//! Measured on the 2-core project machine on 2026-12-03: see the closing lines the
+//! bench prints; the README's table quotes them.
+//!
+//! Needs docker-registry, podman, runc and slirp4netns (`.ci/run` installs them).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use shipflow_kit::oci::testing::TestRegistry;
+use shipflow_kit::oci::{ContextPacker, RegistryClient};
+use shipflow_kit::{Context, ImageRef, Registry as _};
+
+fn main() {
+    let files: usize = std::env::var("SHIPFLOW_BENCH_FILES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50_000);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(context_bench(files));
+}
+
+/// Writes `files` source-like files under `apps/big/src`, deterministic.
+fn repository(root: &Path, files: usize) -> u64 {
+    let mut total = 0u64;
+    for i in 0..files {
+        let dir = root.join(format!("apps/big/src/d{:04}", i / 100));
+        if i % 100 == 0 {
+            std::fs::create_dir_all(&dir).expect("mkdir");
+        }
+        let len = 300 + (i * 7919) % 2700;
+        let line = format!("export const value{i} = \"{}\";\n", "x".repeat(40));
+        let body: String = line.repeat(len / line.len() + 1)[..len].to_owned();
+        total += body.len() as u64;
+        std::fs::write(dir.join(format!("f{i:06}.ts")), body).expect("write");
+    }
+    total
+}
+
+/// The whole context as one tarball, as a client that tars it every time sends it.
+fn whole_tarball(root: &Path) -> u64 {
+    let out = std::process::Command::new("tar")
+        .args(["-C"])
+        .arg(root)
+        .args(["-czf", "-", "apps"])
+        .output()
+        .expect("tar runs");
+    assert!(out.status.success(), "tar failed");
+    out.stdout.len() as u64
+}
+
+async fn context_bench(files: usize) {
+    let registry = TestRegistry::start().expect("docker-registry starts");
+    let repo = tempfile::tempdir().expect("repo");
+    let bytes = repository(repo.path(), files);
+    let store = tempfile::tempdir().expect("store");
+    let packer = ContextPacker::new(store.path());
+    let client = RegistryClient::builder().build().expect("client");
+    let ctx = Context::new();
+    let target: ImageRef = format!("{}/bench/big-context", registry.host())
+        .parse()
+        .expect("ref");
+    let cancel = Default::default();
+
+    let started = Instant::now();
+    let packed = packer
+        .pack("big", repo.path(), &["apps/big"], &cancel)
+        .expect("pack");
+    let cold = client
+        .push(&packed.image, &target, &ctx)
+        .await
+        .expect("push");
+    let cold_time = started.elapsed();
+    let tarball = whole_tarball(repo.path());
+    println!(
+        "context: {files} files, {} MB; {} chunks; cold pack+push {} ms, {} bytes uploaded; the whole context as one tar.gz: {tarball} bytes",
+        bytes / 1_000_000,
+        packed.chunks,
+        cold_time.as_millis(),
+        cold.bytes_uploaded
+    );
+
+    let mut moved = Vec::new();
+    let mut times = Vec::new();
+    for edit in 0..5 {
+        let i = (edit * 9973 + 17) % files;
+        let path = repo
+            .path()
+            .join(format!("apps/big/src/d{:04}/f{i:06}.ts", i / 100));
+        std::fs::write(&path, format!("export const edited = {edit};\n")).expect("edit");
+        let started = Instant::now();
+        let packed = packer
+            .pack("big", repo.path(), &["apps/big"], &cancel)
+            .expect("pack");
+        let report = client
+            .push(&packed.image, &target, &ctx)
+            .await
+            .expect("push");
+        times.push(started.elapsed());
+        moved.push(report.bytes_uploaded);
+        println!(
+            "edit {edit}: {} blobs uploaded, {} bytes moved, {} skipped; pack+push {} ms",
+            report.blobs_uploaded,
+            report.bytes_uploaded,
+            report.blobs_skipped,
+            started.elapsed().as_millis()
+        );
+    }
+    moved.sort_unstable();
+    times.sort_unstable();
+    let median = moved[moved.len() / 2];
+    let time: Duration = times[times.len() / 2];
+    println!(
+        "after a one-file change: median {median} bytes moved ({:.4} of the whole tar.gz's {tarball}), pack+push {} ms",
+        median as f64 / tarball as f64,
+        time.as_millis()
+    );
+}
