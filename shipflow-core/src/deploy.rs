@@ -240,7 +240,9 @@ pub struct TargetsFailed {
 fn summary(targets: &[TargetRollout]) -> String {
     let failed: Vec<String> = targets
         .iter()
-        .filter(|t| t.status.is_failure())
+        .filter(|t| {
+            t.error.is_some() || matches!(t.status, TargetStatus::Failed | TargetStatus::Cancelled)
+        })
         .map(|t| match &t.error {
             Some(error) => format!("{}: {error}", t.target),
             None => format!("{}: {:?}", t.target, t.status).to_lowercase(),

@@ -68,6 +68,7 @@ mod bluegreen;
 #[cfg(feature = "job-builder")]
 mod build_job;
 mod check;
+mod clusters;
 mod compat;
 mod configmap;
 mod deployer;
@@ -92,6 +93,7 @@ pub use build_job::{
     BUILD_APP_LABEL, BUILD_DIGEST_ANNOTATION, BUILD_JOBS_KEY, BuildJobError, BuildJobs,
     KubeJobBuilder,
 };
+pub use clusters::{Cluster, ClusterRollback, ClustersError, MultiClusterDeployer};
 pub use configmap::{CONFIG_MAP_LABEL, ConfigRollout, EnvConfigMap, EnvLookup};
 pub use deployer::{
     CHANGE_CAUSE_ANNOTATION, FINGERPRINT_ANNOTATION, GIT_SHA_ANNOTATION, KubeDeployer,
@@ -100,7 +102,10 @@ pub use error::{FailedPod, KubeError};
 pub use from_config::PullCredentials;
 pub use lock::{DeployLock, LOCK_PREFIX, LockOptions};
 pub use retry::RetryPolicy;
-pub use spec::{KUBERNETES_TARGET, KubernetesTarget, NAMESPACE_KEY, Namespace, schema};
+pub use spec::{
+    CLUSTERS_KEY, ClusterSpec, Clusters, KUBERNETES_TARGET, KubernetesTarget, NAMESPACE_KEY,
+    Namespace, schema,
+};
 pub use workload::{
     APP_LABEL, BlueGreen, COLOUR_LABEL, ConfigMapFile, EnvSource, IntOrPercent, Port, Probe,
     Quantities, RELEASE_LABEL, Resources, Strategy,
