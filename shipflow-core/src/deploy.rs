@@ -237,6 +237,7 @@ pub struct TargetsFailed {
     cancelled: Option<crate::Cancelled>,
 }
 
+/// `eu-west: <error>; us-east: cancelled`: the targets that failed, and why.
 fn summary(targets: &[TargetRollout]) -> String {
     let failed: Vec<String> = targets
         .iter()
@@ -248,12 +249,11 @@ fn summary(targets: &[TargetRollout]) -> String {
             None => format!("{}: {:?}", t.target, t.status).to_lowercase(),
         })
         .collect();
-    format!(
-        "{} of {} targets failed: {}",
-        failed.len(),
-        targets.len(),
+    if failed.is_empty() {
+        "no target failed".to_owned()
+    } else {
         failed.join("; ")
-    )
+    }
 }
 
 impl TargetsFailed {
