@@ -8,6 +8,7 @@
 //! cargo run --example shipflow -- build                      # changed apps into the local store
 //! cargo run --example shipflow -- push --registry 127.0.0.1:5000/acme
 //! cargo run --example shipflow -- deploy --target k8s -n prod
+//! cargo run --example shipflow -- deploy -e production          # each cluster it lists, at once
 //! cargo run --example shipflow -- deploy --target docker --docker-host unix:///run/podman/podman.sock
 //! cargo run --example shipflow -- rollback web --to 3        # the target the app configures
 //! cargo run --example shipflow -- history web

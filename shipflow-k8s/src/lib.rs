@@ -17,6 +17,17 @@
 //! EndpointSlices hold only the new, ready pods (with optional HTTP promotion
 //! checks); a rollback switches it back.
 //!
+//! [`MultiClusterDeployer`] rolls each app to the same digest on several clusters at
+//! once, one [`KubeDeployer`] per cluster (the `clusters` of `[workspace]` or an
+//! environment, read as [`Clusters`]): one cluster's failure does not stop the
+//! others, the result lists every cluster's (in the report, per app), and a rollback
+//! undoes only the failed clusters unless [`ClusterRollback::All`] is asked for:
+//!
+//! ```toml
+//! [environments.production]
+//! clusters = ["eu-west", { name = "us-east", context = "gke_acme_us-east1_prod", namespace = "prod-us" }]
+//! ```
+//!
 //! Beyond [`Deployer`](shipflow_core::Deployer)'s `current`, `deploy`, `rollback` and
 //! `history`, a [`KubeDeployer`] also
 //! - holds a deploy lock per app, a `coordination.k8s.io` Lease, while it deploys or

@@ -447,6 +447,87 @@ async fn the_pipeline_rolls_back_the_failed_cluster_and_reports_both() {
     assert_eq!(json["apps"][0]["targets"][0]["status"], "deployed");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_rollback_off_the_failed_cluster_is_left_as_it_is_and_reported() {
+    let sims = sims(2, 1).await;
+    sims[1].set_outcome("default", "api", Outcome::ImagePullFailure);
+    let report = Pipeline::builder(api_workspace())
+        .detector(Arc::new(ScriptedDetector::new().with_change("api/main.rs")))
+        .builder(Arc::new(FakeBuilder::new()))
+        .registry(Arc::new(MemoryRegistry::new()))
+        .deployer(Arc::new(multi(&sims)))
+        .rollback_on_failure(false)
+        .build()
+        .expect("pipeline")
+        .run(Some("HEAD~1"), "HEAD", &Selection::default())
+        .await
+        .expect("ran");
+    let api = &report.apps[0];
+    assert_eq!(
+        api.outcome,
+        AppOutcome::Failed {
+            stage: Stage::Deploy
+        }
+    );
+    assert_eq!(status_of(&api.targets, "eu-west"), TargetStatus::Deployed);
+    assert_eq!(status_of(&api.targets, "us-east"), TargetStatus::Failed);
+    let image = api.image.as_ref().expect("pushed").to_string();
+    assert_eq!(
+        (running(&sims[0]), running(&sims[1])),
+        (image.clone(), image)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_run_stops_every_cluster_and_restores_each() {
+    let sims = sims(2, 1).await;
+    for sim in &sims {
+        sim.set_outcome("default", "api", Outcome::NeverReady);
+    }
+    let cancel = shipflow_core::CancellationToken::new();
+    let pipeline = Pipeline::builder(api_workspace())
+        .detector(Arc::new(ScriptedDetector::new().with_change("api/main.rs")))
+        .builder(Arc::new(FakeBuilder::new()))
+        .registry(Arc::new(MemoryRegistry::new()))
+        .deployer(Arc::new(multi(&sims)))
+        .cancellation(cancel.clone())
+        .build()
+        .expect("pipeline");
+    let run = tokio::spawn(async move {
+        pipeline
+            .run(Some("HEAD~1"), "HEAD", &Selection::default())
+            .await
+    });
+    // Both rollouts are under way (their new pods never get ready) when the run is
+    // cancelled.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sims.iter().any(|s| running(s) == V1) {
+        assert!(Instant::now() < deadline, "the rollouts never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    cancel.cancel();
+    let report = run.await.expect("no panic").expect("ran");
+    let api = &report.apps[0];
+    assert_eq!(
+        api.outcome,
+        AppOutcome::Cancelled {
+            stage: Some(Stage::Deploy),
+            restored: true
+        },
+        "{api:?}"
+    );
+    for name in ["eu-west", "us-east"] {
+        let target = api.targets.iter().find(|t| t.target == name).expect(name);
+        assert_eq!(target.status, TargetStatus::RolledBack, "{target:?}");
+        assert_eq!(target.note.as_deref(), Some("the run was cancelled"));
+    }
+    assert_eq!(
+        (running(&sims[0]), running(&sims[1])),
+        (V1.into(), V1.into())
+    );
+}
+
 #[test]
 fn deployers_need_distinct_clusters() {
     let none: [(&str, KubeDeployer); 0] = [];
