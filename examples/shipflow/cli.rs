@@ -225,7 +225,7 @@ pub(crate) struct BuildContextArgs {
 #[derive(Args)]
 pub(crate) struct ClusterArgs {
     /// The Kubernetes namespace of apps whose deploy.kubernetes names none (overrides
-    /// K8S_NAMESPACE and the workspace's namespace).
+    /// K8S_NAMESPACE, a cluster's namespace in `clusters`, and the workspace's).
     #[arg(short, long)]
     pub(crate) namespace: Option<String>,
     /// The kubeconfig file (default: KUBECONFIG, ~/.kube/config, in-cluster).

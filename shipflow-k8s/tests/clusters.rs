@@ -60,20 +60,20 @@ fn status_of(targets: &[shipflow_core::TargetRollout], name: &str) -> TargetStat
         .status
 }
 
-/// Messages, with the instant each came.
-type Seen = Arc<Mutex<Vec<(Instant, String)>>>;
+/// Messages, with the instant each came, and replica counts (done, total).
+type Seen = Arc<Mutex<(Vec<(Instant, String)>, Vec<(u64, Option<u64>)>)>>;
 
-/// A context whose messages are kept with the instant they came.
+/// A context whose messages are kept with the instant they came, and its progress.
 fn recording() -> (Context, Seen) {
-    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen: Seen = Arc::default();
     let sink_seen = seen.clone();
     let ctx = Context::new()
         .with_events(EventSink::new(move |event| {
-            if let EventKind::Message { text } = &event.kind {
-                sink_seen
-                    .lock()
-                    .expect("not poisoned")
-                    .push((Instant::now(), text.clone()));
+            let mut seen = sink_seen.lock().expect("not poisoned");
+            match &event.kind {
+                EventKind::Message { text } => seen.0.push((Instant::now(), text.clone())),
+                EventKind::Progress { done, total, .. } => seen.1.push((*done, *total)),
+                _ => {}
             }
         }))
         .scoped(Some("api"), Stage::Deploy);
@@ -82,7 +82,7 @@ fn recording() -> (Context, Seen) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_digest_rolls_out_on_every_cluster_at_once() {
-    let sims = sims(2, 3).await;
+    let sims = sims(2, 6).await;
     let ws = workspace();
     let image = pinned("ab");
     let deployer = multi(&sims);
@@ -102,7 +102,7 @@ async fn the_same_digest_rolls_out_on_every_cluster_at_once() {
     }
     // Both rollouts started (the image patch, announced just before) before either
     // finished (every replica new and available).
-    let seen = seen.lock().expect("not poisoned").clone();
+    let (seen, counts) = seen.lock().expect("not poisoned").clone();
     let started = |name: &str| {
         seen.iter()
             .find(|(_, text)| text.starts_with(&format!("{name}: rolling ")))
@@ -117,6 +117,8 @@ async fn the_same_digest_rolls_out_on_every_cluster_at_once() {
         "the rollouts did not overlap: last started {:?} after the first finished",
         last_start - first_finish
     );
+    // Replica counts are summed over the clusters: 6 + 6 ready at the end.
+    assert_eq!(counts.last(), Some(&(12, Some(12))), "{counts:?}");
     // Every message says which cluster it is about.
     assert!(
         seen.iter()
