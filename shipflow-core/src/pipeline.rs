@@ -354,7 +354,10 @@ impl PipelineBuilder {
     /// change is undone: when the workload does not run this run's image after the
     /// failure (the deploy gave up before changing anything), nothing is rolled back,
     /// and a deployer that restored the old version itself ([`Restored`]) is not
-    /// asked to roll back again.
+    /// asked to roll back again. A deployer that failed with per-target results
+    /// ([`TargetsFailed`]: some clusters failed, others did not) is asked to roll
+    /// back without that check, which it makes per target itself; the report then
+    /// shows each target's rollback.
     pub fn rollback_on_failure(mut self, rollback: bool) -> Self {
         self.settings.rollback_on_failure = rollback;
         self

@@ -129,7 +129,9 @@ struct FailedDeploy {
 /// - **current** is the image when every cluster runs the same one (with the
 ///   fingerprint and commit when all agree), else a mixed state:
 ///   `mixed: eu-west runs …, us-east runs …`, which never counts as unchanged, so
-///   the next run deploys everywhere again.
+///   the next run deploys everywhere again. A cluster that cannot be read makes it
+///   mixed too (so one unreachable cluster does not keep the others from a deploy);
+///   only when none can be read is it an error.
 /// - **history** is per cluster: ask one cluster's deployer ([`clusters`](Self::clusters)).
 ///
 /// Each cluster's progress messages are prefixed with its name; its progress counts
