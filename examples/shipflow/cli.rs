@@ -35,6 +35,7 @@ Examples:
   shipflow build --apps web                  into the local store .shipflow/images
   shipflow push --registry 127.0.0.1:5000/acme
   shipflow deploy -n prod                    the target is the apps' one in shipflow.toml
+  shipflow deploy -e production              to every cluster the environment lists
   shipflow deploy --target docker --docker-host unix:///run/podman/podman.sock
   shipflow rollback web --to 3
   shipflow status -q --detailed-exitcode     exit 4 when everything is up to date
@@ -52,6 +53,7 @@ Environment (a flag wins over its variable):
   CI_COMMIT_REF_NAME, BUILDKITE_BRANCH, CIRCLE_BRANCH, BRANCH_NAME
                                         ${BRANCH} of a detached HEAD (first one set)
   BUILD_NUMBER                          ${BUILD_NUMBER} of tags (--build-number)
+  SHIPFLOW_ENVIRONMENT                  the environment of shipflow.toml (-e/--environment)
   K8S_NAMESPACE                         Kubernetes namespace (-n/--namespace)
   KUBECONFIG                            kubeconfig file (--kubeconfig)
   DOCKER_HOST                           Docker or Podman API (--docker-host)
@@ -74,6 +76,10 @@ pub(crate) struct Cli {
     /// The workspace file; its directory must be the repository root.
     #[arg(long, global = true, default_value = CONFIG_FILE)]
     pub(crate) config: PathBuf,
+    /// Load the workspace as it is in this environment (`[environments.<name>]`
+    /// laid over the file): its registry, namespace, clusters and app settings.
+    #[arg(short = 'e', long, global = true, env = "SHIPFLOW_ENVIRONMENT")]
+    pub(crate) environment: Option<String>,
     /// Output: text for people, json for CI (progress is then not shown).
     #[arg(short = 'o', long = "output", visible_alias = "format", global = true,
           value_enum, default_value_t = Format::Text)]
@@ -219,13 +225,14 @@ pub(crate) struct BuildContextArgs {
 #[derive(Args)]
 pub(crate) struct ClusterArgs {
     /// The Kubernetes namespace of apps whose deploy.kubernetes names none (overrides
-    /// K8S_NAMESPACE and the workspace's namespace).
+    /// K8S_NAMESPACE, a cluster's namespace in `clusters`, and the workspace's).
     #[arg(short, long)]
     pub(crate) namespace: Option<String>,
     /// The kubeconfig file (default: KUBECONFIG, ~/.kube/config, in-cluster).
     #[arg(long)]
     pub(crate) kubeconfig: Option<PathBuf>,
-    /// The kubeconfig context (default: its current context).
+    /// The kubeconfig context (default: its current context). With `clusters` in
+    /// the workspace (or its environment), this one context instead of them all.
     #[arg(long)]
     pub(crate) context: Option<String>,
 }
@@ -286,6 +293,23 @@ pub(crate) struct DeployArgs {
     /// Leave a failed rollout as it is instead of rolling it back.
     #[arg(long)]
     pub(crate) no_rollback: bool,
+    /// With several clusters: when an app's deploy fails on one, cancel its deploys
+    /// still under way on the others (default: they finish).
+    #[arg(long)]
+    pub(crate) cluster_fail_fast: bool,
+    /// With several clusters: which ones a failed deploy rolls back.
+    #[arg(long, value_enum, default_value_t = RollbackClusters::Failed)]
+    pub(crate) rollback_clusters: RollbackClusters,
+}
+
+/// Which clusters a failed multi-cluster deploy rolls back.
+#[derive(Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub(crate) enum RollbackClusters {
+    /// Only those where it failed or was stopped; the others keep the new image.
+    #[default]
+    Failed,
+    /// Every cluster it changed, so that all run what ran before.
+    All,
 }
 
 #[derive(Args)]

@@ -8,6 +8,7 @@
 //! cargo run --example shipflow -- build                      # changed apps into the local store
 //! cargo run --example shipflow -- push --registry 127.0.0.1:5000/acme
 //! cargo run --example shipflow -- deploy --target k8s -n prod
+//! cargo run --example shipflow -- deploy -e production          # each cluster it lists, at once
 //! cargo run --example shipflow -- deploy --target docker --docker-host unix:///run/podman/podman.sock
 //! cargo run --example shipflow -- rollback web --to 3        # the target the app configures
 //! cargo run --example shipflow -- history web
@@ -48,11 +49,13 @@ use shipflow_kit::{
 
 use cli::{
     ApplyArgs, BuildArgs, BuildContextArgs, Changes, Cli, ClusterArgs, Command, ConfigMapArgs,
-    DeployArgs, Format, HistoryArgs, RollbackArgs, RunArgs, StatusArgs, TargetArgs,
+    DeployArgs, Format, HistoryArgs, RollbackArgs, RollbackClusters, RunArgs, StatusArgs,
+    TargetArgs,
 };
 use exit::{Exit, USAGE, UsageError};
 use progress::{Mode, Progress};
 use render::Destination;
+use shipflow_kit::k8s::ClusterRollback;
 use signals::Signals;
 
 /// The version of the JSON documents `-o json` prints; it grows when a field
@@ -130,6 +133,7 @@ async fn run_cli(cli: Cli, progress: Arc<Progress>, signals: Signals) -> anyhow:
     let out = Output {
         format: cli.output,
         config: cli.config,
+        environment: cli.environment,
         progress,
         signals,
     };
@@ -152,6 +156,8 @@ async fn run_cli(cli: Cli, progress: Arc<Progress>, signals: Signals) -> anyhow:
 struct Output {
     format: Format,
     config: PathBuf,
+    /// `-e`: the environment the workspace is loaded for.
+    environment: Option<String>,
     progress: Arc<Progress>,
     signals: Signals,
 }
@@ -201,7 +207,7 @@ impl Output {
     }
 
     fn workspace(&self, registry: Option<String>) -> anyhow::Result<Workspace> {
-        parts::workspace(&self.config, registry)
+        parts::workspace(&self.config, self.environment.as_deref(), registry)
     }
 
     /// A pipeline builder with what every run shares: the detector, progress and
@@ -362,7 +368,16 @@ async fn push(out: &Output, args: RunArgs) -> anyhow::Result<Exit> {
 }
 
 async fn deploy(out: &Output, args: DeployArgs) -> anyhow::Result<Exit> {
-    let target = args.target;
+    let target = (
+        args.target,
+        FanOut {
+            fail_fast: args.cluster_fail_fast,
+            rollback: match args.rollback_clusters {
+                RollbackClusters::Failed => ClusterRollback::Failed,
+                RollbackClusters::All => ClusterRollback::All,
+            },
+        },
+    );
     run(
         out,
         args.run,
@@ -377,7 +392,7 @@ async fn deploy(out: &Output, args: DeployArgs) -> anyhow::Result<Exit> {
 async fn run(
     out: &Output,
     args: RunArgs,
-    target: Option<TargetArgs>,
+    target: Option<(TargetArgs, FanOut)>,
     skip_deploy: bool,
     skip_build: bool,
     rollback: bool,
@@ -386,9 +401,9 @@ async fn run(
     let (detector, base) = changes(out, &workspace, &args.changes)?;
     // Checked before any work: an ambiguous or missing target is bad usage.
     let target = match (&target, skip_deploy) {
-        (Some(target), false) => {
+        (Some((target, fan_out)), false) => {
             let apps = selected(&workspace, &args.changes.apps);
-            Some((target, parts::infer_target(target.target, &apps)?))
+            Some((target, *fan_out, parts::infer_target(target.target, &apps)?))
         }
         _ => None,
     };
@@ -427,8 +442,11 @@ async fn run(
     if !skip_build {
         pipeline = pipeline.builder(parts::builder(&workspace, engine.as_ref())?);
     }
-    if let Some((args, target)) = target {
-        pipeline = pipeline.deployer(args.deployer(target, &out.progress).await?);
+    if let Some((args, fan_out, target)) = target {
+        pipeline = pipeline.deployer(
+            args.deployer(target, &workspace, fan_out, &out.progress)
+                .await?,
+        );
     }
     let report = pipeline.build()?.execute(plan).await?;
     out.print(&report, |r| render::report(r, Destination::Registry))?;
@@ -465,21 +483,36 @@ impl ClusterArgs {
     }
 }
 
+/// What a deploy to several clusters does when one fails (`deploy`'s flags).
+#[derive(Clone, Copy, Default)]
+struct FanOut {
+    fail_fast: bool,
+    rollback: ClusterRollback,
+}
+
 impl TargetArgs {
+    /// The deployer for `target`; for Kubernetes, one per cluster when `workspace`
+    /// lists `clusters` and no `--context` picks one.
     async fn deployer(
         &self,
         target: parts::Target,
+        workspace: &Workspace,
+        fan_out: FanOut,
         progress: &Progress,
     ) -> anyhow::Result<Arc<dyn shipflow_kit::Deployer>> {
-        parts::deployer(
-            target,
-            self.cluster.kubeconfig.as_deref(),
-            self.cluster.context.as_deref(),
-            self.cluster.namespace(),
-            self.docker_host.as_deref(),
-            progress,
-        )
-        .await
+        let clusters = match target {
+            parts::Target::K8s => parts::clusters(workspace)?,
+            parts::Target::Docker => None,
+        };
+        let kube = parts::KubeOptions {
+            kubeconfig: self.cluster.kubeconfig.as_deref(),
+            context: self.cluster.context.as_deref(),
+            namespace: self.cluster.namespace(),
+            clusters,
+            fail_fast: fan_out.fail_fast,
+            rollback: fan_out.rollback,
+        };
+        parts::deployer(target, kube, self.docker_host.as_deref(), progress).await
     }
 }
 
@@ -492,7 +525,9 @@ async fn app_and_deployer(
     let workspace = out.workspace(None)?;
     let app = names::app(&workspace, app)?.clone();
     let chosen = parts::infer_target(target.target, &[&app])?;
-    let deployer = target.deployer(chosen, &out.progress).await?;
+    let deployer = target
+        .deployer(chosen, &workspace, FanOut::default(), &out.progress)
+        .await?;
     Ok((app, deployer))
 }
 
@@ -510,19 +545,40 @@ async fn rollback(out: &Output, args: RollbackArgs) -> anyhow::Result<Exit> {
             .revision
             .map(|n| format!(" (revision {n})"))
             .unwrap_or_default();
-        format!("{}: {} runs {}{revision}\n", app.name, r.workload, r.image)
+        let mut text = format!("{}: {} runs {}{revision}\n", app.name, r.workload, r.image);
+        text.push_str(&render::targets(&r.targets, 2));
+        text
     })?;
     Ok(Exit::Shipped)
 }
 
-/// `history`'s document: the app's revisions, oldest first.
+/// `history`'s document: the app's revisions, oldest first; per cluster when the
+/// workspace lists several (revision numbers are each cluster's own).
 #[derive(Serialize)]
 struct History {
     app: String,
     revisions: Vec<shipflow_kit::Revision>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    clusters: Vec<ClusterHistory>,
+}
+
+/// One cluster's revisions of the app.
+#[derive(Serialize)]
+struct ClusterHistory {
+    cluster: String,
+    revisions: Vec<shipflow_kit::Revision>,
 }
 
 async fn history(out: &Output, args: HistoryArgs) -> anyhow::Result<Exit> {
+    let workspace = out.workspace(None)?;
+    let clusters = parts::clusters(&workspace)?;
+    let k8s = matches!(
+        parts::infer_target(args.target.target, &[names::app(&workspace, &args.app)?]),
+        Ok(parts::Target::K8s)
+    );
+    if let (Some(clusters), None, true) = (clusters, &args.target.cluster.context, k8s) {
+        return history_per_cluster(out, &workspace, &args, &clusters).await;
+    }
     let (app, deployer) = app_and_deployer(out, &args.app, &args.target).await?;
     let revisions = deployer
         .history(&app, &out.context())
@@ -531,8 +587,51 @@ async fn history(out: &Output, args: HistoryArgs) -> anyhow::Result<Exit> {
     let history = History {
         app: app.name.clone(),
         revisions,
+        clusters: Vec::new(),
     };
     out.print(&history, |h| render::history(&h.app, &h.revisions))?;
+    Ok(Exit::Shipped)
+}
+
+/// `history` of an app on each cluster the workspace lists.
+async fn history_per_cluster(
+    out: &Output,
+    workspace: &Workspace,
+    args: &HistoryArgs,
+    clusters: &shipflow_kit::k8s::Clusters,
+) -> anyhow::Result<Exit> {
+    let app = names::app(workspace, &args.app)?;
+    let cluster = &args.target.cluster;
+    let deployers = parts::cluster_deployers(
+        clusters,
+        cluster.kubeconfig.as_deref(),
+        cluster.namespace().as_deref(),
+    )
+    .await?;
+    let ctx = out.context();
+    let mut each = Vec::new();
+    for (name, deployer) in deployers {
+        let revisions = shipflow_kit::Deployer::history(&deployer, app, &ctx)
+            .await
+            .map_err(|e| anyhow::anyhow!(e))
+            .with_context(|| format!("{}: history on cluster {name}", app.name))?;
+        each.push(ClusterHistory {
+            cluster: name,
+            revisions,
+        });
+    }
+    let history = History {
+        app: app.name.clone(),
+        revisions: Vec::new(),
+        clusters: each,
+    };
+    out.print(&history, |h| {
+        h.clusters
+            .iter()
+            .map(|c| format!("{}:\n{}", c.cluster, render::history(&h.app, &c.revisions)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    })?;
     Ok(Exit::Shipped)
 }
 
@@ -559,7 +658,10 @@ async fn status(out: &Output, args: StatusArgs) -> anyhow::Result<Exit> {
     let apps = selected(&workspace, &args.apps);
     let target = parts::infer_target(args.target.target, &apps)?;
     let detector = parts::detector(&workspace, false)?;
-    let deployer = args.target.deployer(target, &out.progress).await?;
+    let deployer = args
+        .target
+        .deployer(target, &workspace, FanOut::default(), &out.progress)
+        .await?;
     let ctx = out.context();
     let mut rows = Vec::new();
     for app in apps {

@@ -10,6 +10,7 @@ use shipflow_kit::docker::{
     Endpoint, Engine, EngineBuilder, EngineDeployer, EngineRegistry, RegistryCredentials,
 };
 use shipflow_kit::git::GitChangeDetector;
+use shipflow_kit::k8s::{ClusterRollback, Clusters, KubeDeployer, MultiClusterDeployer};
 use shipflow_kit::oci::{Credentials, LayoutRegistry, NativeBuilder, RegistryClient};
 use shipflow_kit::{
     App, BuilderByType, CONFIG_FILE, Deployer, ImageBuilder, Registry, RegistryByLocation, Schema,
@@ -89,9 +90,13 @@ pub(crate) fn schema() -> Schema {
         .merge(shipflow_kit::k8s::schema())
 }
 
-/// Reads the workspace at `config`, with `--registry` over `SHIPFLOW_REGISTRY` (or
-/// `PRIVATE_REGISTRY`), and `GIT_SHA` as the commit in tags.
-pub(crate) fn workspace(config: &Path, registry: Option<String>) -> anyhow::Result<Workspace> {
+/// Reads the workspace at `config` as it is in `environment`, with `--registry` over
+/// `SHIPFLOW_REGISTRY` (or `PRIVATE_REGISTRY`), and `GIT_SHA` as the commit in tags.
+pub(crate) fn workspace(
+    config: &Path,
+    environment: Option<&str>,
+    registry: Option<String>,
+) -> anyhow::Result<Workspace> {
     if !config.exists() {
         bail!(
             "no {} here: run shipflow from the repository root, or pass --config PATH",
@@ -106,6 +111,7 @@ pub(crate) fn workspace(config: &Path, registry: Option<String>) -> anyhow::Resu
         .schema(schema())
         .registry(registry)
         .git_sha(env("GIT_SHA"))
+        .environment(environment.map(str::to_owned))
         .load(config)?)
 }
 
@@ -253,30 +259,92 @@ pub(crate) fn builder(
     Ok(Arc::new(builder))
 }
 
-/// The deployer for `target`. For Kubernetes: the client of [`kube_client`]. For
-/// Docker or Podman: the API at `docker_host`, else the default socket.
-pub(crate) async fn deployer(
-    target: Target,
+/// Where Kubernetes apps go: the kubeconfig, a context, the namespace flag, and
+/// the workspace's `clusters` with what a multi-cluster deploy does on a failure.
+pub(crate) struct KubeOptions<'a> {
+    pub(crate) kubeconfig: Option<&'a Path>,
+    pub(crate) context: Option<&'a str>,
+    pub(crate) namespace: Option<String>,
+    pub(crate) clusters: Option<Arc<Clusters>>,
+    pub(crate) fail_fast: bool,
+    pub(crate) rollback: ClusterRollback,
+}
+
+/// The workspace's `clusters` (as its environment has them), if it lists any.
+pub(crate) fn clusters(workspace: &Workspace) -> anyhow::Result<Option<Arc<Clusters>>> {
+    Ok(workspace.section::<Clusters>(shipflow_kit::k8s::CLUSTERS_KEY)?)
+}
+
+/// A Kubernetes deployer for one context: `namespace` for apps that name none, a
+/// Lease per app so that one pipeline rolls an app at a time, and the registry
+/// credentials for apps that ask for an image pull secret.
+async fn kube_deployer(
     kubeconfig: Option<&Path>,
     context: Option<&str>,
     namespace: Option<String>,
+) -> anyhow::Result<KubeDeployer> {
+    let mut deployer = KubeDeployer::new(kube_client(kubeconfig, context).await?)
+        .namespace(namespace)
+        .deploy_lock(shipflow_kit::k8s::LockOptions::default());
+    if let Some((username, password)) = credentials() {
+        deployer =
+            deployer.pull_credentials(shipflow_kit::k8s::PullCredentials { username, password });
+    }
+    Ok(deployer)
+}
+
+/// One deployer per cluster of `clusters`, by name: each through its kubeconfig
+/// context, with `--namespace` over the cluster's own namespace.
+pub(crate) async fn cluster_deployers(
+    clusters: &Clusters,
+    kubeconfig: Option<&Path>,
+    namespace: Option<&str>,
+) -> anyhow::Result<Vec<(String, KubeDeployer)>> {
+    let mut deployers = Vec::new();
+    for cluster in clusters.iter() {
+        let namespace = namespace
+            .map(str::to_owned)
+            .or_else(|| cluster.namespace.clone());
+        let deployer = kube_deployer(kubeconfig, Some(cluster.context()), namespace)
+            .await
+            .with_context(|| {
+                format!(
+                    "cluster {} (kubeconfig context {})",
+                    cluster.name,
+                    cluster.context()
+                )
+            })?;
+        deployers.push((cluster.name.clone(), deployer));
+    }
+    Ok(deployers)
+}
+
+/// The deployer for `target`. For Kubernetes: the client of [`kube_client`], or one
+/// per cluster when the workspace lists `clusters` and no `--context` picks one.
+/// For Docker or Podman: the API at `docker_host`, else the default socket.
+pub(crate) async fn deployer(
+    target: Target,
+    kube: KubeOptions<'_>,
     docker_host: Option<&str>,
     progress: &Progress,
 ) -> anyhow::Result<Arc<dyn Deployer>> {
     match target {
-        Target::K8s => {
-            // One pipeline per app at a time: a Lease that a second run waits for.
-            let mut deployer =
-                shipflow_kit::k8s::KubeDeployer::new(kube_client(kubeconfig, context).await?)
-                    .namespace(namespace)
-                    .deploy_lock(shipflow_kit::k8s::LockOptions::default());
-            // For apps whose deploy.kubernetes asks for an image pull secret.
-            if let Some((username, password)) = credentials() {
-                deployer = deployer
-                    .pull_credentials(shipflow_kit::k8s::PullCredentials { username, password });
+        Target::K8s => match (&kube.clusters, kube.context) {
+            (Some(clusters), None) => {
+                let deployers =
+                    cluster_deployers(clusters, kube.kubeconfig, kube.namespace.as_deref()).await?;
+                let names: Vec<String> = deployers.iter().map(|(n, _)| n.clone()).collect();
+                progress.note(&format!("clusters: {}", names.join(", ")));
+                Ok(Arc::new(
+                    MultiClusterDeployer::new(deployers)?
+                        .fail_fast(kube.fail_fast)
+                        .rollback_scope(kube.rollback),
+                ))
             }
-            Ok(Arc::new(deployer))
-        }
+            _ => Ok(Arc::new(
+                kube_deployer(kube.kubeconfig, kube.context, kube.namespace).await?,
+            )),
+        },
         Target::Docker => {
             let engine = match docker_host {
                 Some(host) => Engine::connect(Endpoint::parse(host)?).await?,

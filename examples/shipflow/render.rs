@@ -3,7 +3,7 @@
 use std::fmt::Write;
 
 use indicatif::HumanBytes;
-use shipflow_kit::{Outcome, Plan, Report, Revision, Stage};
+use shipflow_kit::{Outcome, Plan, Report, Revision, Stage, TargetRollout, TargetStatus};
 
 /// The plan for people: one block per app with its image, stages and reasons.
 pub(crate) fn plan(plan: &Plan) -> String {
@@ -100,6 +100,7 @@ pub(crate) fn report(report: &Report, to: Destination<'_>) -> String {
                 .unwrap_or_default();
             let _ = writeln!(out, "{:width$}  {}{revision}", "", rollout.workload);
         }
+        out.push_str(&targets(&app.targets, width + 2));
         let t = &app.timings;
         let times: Vec<String> = [
             (Stage::Build, t.build_ms),
@@ -178,6 +179,42 @@ pub(crate) fn history(app: &str, revisions: &[Revision]) -> String {
         let cause = r.change_cause.as_deref().unwrap_or("");
         if !(when.is_empty() && cause.is_empty()) {
             let _ = writeln!(out, "      {when}  {cause}");
+        }
+    }
+    out
+}
+
+/// One line per target of a deploy to several (clusters), indented by `indent`:
+/// how it ended, where, and why it failed or was (not) rolled back.
+pub(crate) fn targets(targets: &[TargetRollout], indent: usize) -> String {
+    let mut out = String::new();
+    let width = targets.iter().map(|t| t.target.len()).max().unwrap_or(0);
+    for t in targets {
+        let status = match t.status {
+            TargetStatus::Deployed => "deployed",
+            TargetStatus::Unchanged => "unchanged",
+            TargetStatus::Failed => "failed",
+            TargetStatus::Cancelled => "cancelled",
+            TargetStatus::RolledBack => "failed, rolled back",
+            _ => "ended",
+        };
+        let rollout = t.rollback.as_ref().or(t.rollout.as_ref());
+        let revision = rollout
+            .and_then(|r| r.revision)
+            .map(|r| format!(" revision {r}"))
+            .unwrap_or_default();
+        let image = rollout
+            .map(|r| format!(", runs {}", r.image))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "{:indent$}{:width$}  {status}{revision}{image} ({})",
+            "",
+            t.target,
+            seconds(t.duration_ms)
+        );
+        for line in t.error.iter().chain(&t.note) {
+            let _ = writeln!(out, "{:indent$}{:width$}  ! {line}", "", "");
         }
     }
     out

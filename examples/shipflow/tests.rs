@@ -270,3 +270,90 @@ async fn deploy_history_and_rollback_on_podman_through_the_cli() {
         "behind after the rollback"
     );
 }
+
+/// A kubeconfig with one context per simulated cluster, named as given.
+fn kubeconfig(contexts: &[(&str, &SimCluster)]) -> String {
+    let mut clusters = String::new();
+    let mut named = String::new();
+    for (name, sim) in contexts {
+        clusters.push_str(&format!(
+            "- {{name: {name}, cluster: {{server: \"{}\"}}}}\n",
+            sim.url()
+        ));
+        named.push_str(&format!(
+            "- {{name: {name}, context: {{cluster: {name}, user: sim, namespace: default}}}}\n"
+        ));
+    }
+    format!(
+        "apiVersion: v1\nkind: Config\ncurrent-context: {}\nclusters:\n{clusters}\
+         users: [{{name: sim, user: {{}}}}]\ncontexts:\n{named}",
+        contexts[0].0
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_environment_deploys_to_each_of_its_clusters_through_the_cli() {
+    let setup = Setup::new().await;
+    let registry = format!("{}/e2e", setup.registry.host());
+    // The default cluster of Setup stays the workspace's; production lists two more.
+    let (eu, us) = (
+        SimCluster::start().await.expect("eu"),
+        SimCluster::start().await.expect("us"),
+    );
+    for sim in [&eu, &us] {
+        sim.seed_deployment("default", "api", "api", "registry.local/placeholder:v0", 1);
+    }
+    us.set_outcome("default", "api", Outcome::ImagePullFailure);
+    let config = std::fs::read_to_string(setup.repo.config()).expect("config");
+    setup.repo.edit(
+        "shipflow.toml",
+        &format!(
+            "{config}\n[environments.production]\ntags = [\"v*\"]\n\
+             clusters = [\"eu-west\", {{ name = \"us-east\", context = \"us-east-ctx\" }}]\n"
+        ),
+    );
+    std::fs::write(
+        &setup.kubeconfig,
+        kubeconfig(&[
+            ("sim", &setup.cluster),
+            ("eu-west", &eu),
+            ("us-east-ctx", &us),
+        ]),
+    )
+    .expect("kubeconfig");
+    let image = |sim: &SimCluster| {
+        sim.deployment("default", "api").expect("api")["spec"]["template"]["spec"]["containers"][0]
+            ["image"]
+            .as_str()
+            .expect("image")
+            .to_owned()
+    };
+
+    let exit = setup
+        .run(&[
+            "deploy",
+            "-e",
+            "production",
+            "--all",
+            "--apps",
+            "api",
+            "--registry",
+            &registry,
+        ])
+        .await;
+    assert_eq!(exit, Exit::RolledBack, "us-east failed and was rolled back");
+    let api = format!("{registry}/api@sha256:");
+    assert!(image(&eu).starts_with(&api), "eu-west runs the new image");
+    assert_eq!(image(&us), "registry.local/placeholder:v0", "rolled back");
+    assert_eq!(
+        setup.image("api"),
+        "registry.local/placeholder:v0",
+        "the workspace's own cluster is not production's"
+    );
+
+    // History is each cluster's own.
+    assert_eq!(
+        setup.run(&["history", "api", "-e", "production"]).await,
+        Exit::Shipped
+    );
+}

@@ -85,6 +85,10 @@ pub struct Rollout {
     pub changed: bool,
     /// The workload, for people: `deployment prod/api`, `container api`.
     pub workload: String,
+    /// Per target, for a deployer that rolls one app out to several (clusters,
+    /// regions, hosts); empty for one target.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<TargetRollout>,
 }
 
 impl Rollout {
@@ -95,6 +99,7 @@ impl Rollout {
             revision: None,
             changed,
             workload: workload.into(),
+            targets: Vec::new(),
         }
     }
 
@@ -102,6 +107,175 @@ impl Rollout {
     pub fn with_revision(mut self, revision: Option<u64>) -> Self {
         self.revision = revision;
         self
+    }
+
+    /// What happened on each target, for a deployer with several.
+    pub fn with_targets(mut self, targets: Vec<TargetRollout>) -> Self {
+        self.targets = targets;
+        self
+    }
+}
+
+/// How one target of a deploy to several ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum TargetStatus {
+    /// Rolled to the image.
+    Deployed,
+    /// The image already ran there; nothing was rolled.
+    Unchanged,
+    /// The deploy failed there (see `error`).
+    Failed,
+    /// Stopped before it finished: the run was cancelled, or another target failed
+    /// and the deployer stops the others then.
+    Cancelled,
+    /// It failed or was stopped there, and what ran before runs again.
+    RolledBack,
+}
+
+impl TargetStatus {
+    /// Whether the target did not end up running the image as asked.
+    pub fn is_failure(self) -> bool {
+        matches!(
+            self,
+            TargetStatus::Failed | TargetStatus::Cancelled | TargetStatus::RolledBack
+        )
+    }
+}
+
+/// One target's part of a deploy (or rollback) to several targets: a cluster, a
+/// region, a host. Found in [`Rollout::targets`] when the deploy succeeded, and in
+/// a [`TargetsFailed`] in the error chain when it did not; the pipeline copies them
+/// into the app's report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct TargetRollout {
+    /// The target's name, as configured (`eu-west`).
+    pub target: String,
+    /// How it ended.
+    pub status: TargetStatus,
+    /// What the deploy did there, when it succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Rollout>,
+    /// What the rollback did there, if one ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<Rollout>,
+    /// The error, with its causes, when it failed there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Anything else a person needs to know (why it was not rolled back, say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// Wall time of the target's deploy, in milliseconds.
+    #[serde(default)]
+    pub duration_ms: u64,
+}
+
+impl TargetRollout {
+    /// `target` ended `status`, with nothing else known yet.
+    pub fn new(target: impl Into<String>, status: TargetStatus) -> Self {
+        Self {
+            target: target.into(),
+            status,
+            rollout: None,
+            rollback: None,
+            error: None,
+            note: None,
+            duration_ms: 0,
+        }
+    }
+
+    /// What the deploy did there.
+    pub fn with_rollout(mut self, rollout: Option<Rollout>) -> Self {
+        self.rollout = rollout;
+        self
+    }
+
+    /// What the rollback did there.
+    pub fn with_rollback(mut self, rollback: Option<Rollout>) -> Self {
+        self.rollback = rollback;
+        self
+    }
+
+    /// The error there.
+    pub fn with_error(mut self, error: Option<String>) -> Self {
+        self.error = error;
+        self
+    }
+
+    /// A note for people.
+    pub fn with_note(mut self, note: Option<String>) -> Self {
+        self.note = note;
+        self
+    }
+
+    /// How long the target's deploy took.
+    pub fn with_duration_ms(mut self, ms: u64) -> Self {
+        self.duration_ms = ms;
+        self
+    }
+}
+
+/// The error a deployer with several targets returns (or puts in its error's
+/// chain) when some of them failed: every target's result, the good ones too, so
+/// the report can say which succeeded and which failed and why.
+///
+/// The pipeline finds it with [`find_cause`](crate::find_cause). A deployer that
+/// fails this way owns the per-target rollback: when the pipeline rolls the app
+/// back it calls [`Deployer::rollback`] without first checking that the app as a
+/// whole runs this run's image (targets may disagree), and the deployer undoes
+/// this run's change where its policy says, reporting per target again.
+///
+/// When the run itself was cancelled, [`TargetsFailed::after_cancel`] carries
+/// [`Cancelled`](crate::Cancelled) as its source, so the app is reported cancelled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", summary(.targets))]
+pub struct TargetsFailed {
+    targets: Vec<TargetRollout>,
+    #[source]
+    cancelled: Option<crate::Cancelled>,
+}
+
+/// `eu-west: <error>; us-east: cancelled`: the targets that failed, and why.
+fn summary(targets: &[TargetRollout]) -> String {
+    let failed: Vec<String> = targets
+        .iter()
+        .filter(|t| {
+            t.error.is_some() || matches!(t.status, TargetStatus::Failed | TargetStatus::Cancelled)
+        })
+        .map(|t| match &t.error {
+            Some(error) => format!("{}: {error}", t.target),
+            None => format!("{}: {:?}", t.target, t.status).to_lowercase(),
+        })
+        .collect();
+    if failed.is_empty() {
+        "no target failed".to_owned()
+    } else {
+        failed.join("; ")
+    }
+}
+
+impl TargetsFailed {
+    /// Some of `targets` failed (each says how it ended).
+    pub fn new(targets: Vec<TargetRollout>) -> Self {
+        Self {
+            targets,
+            cancelled: None,
+        }
+    }
+
+    /// Some of `targets` failed because the run was cancelled.
+    pub fn after_cancel(targets: Vec<TargetRollout>) -> Self {
+        Self {
+            targets,
+            cancelled: Some(crate::Cancelled),
+        }
+    }
+
+    /// Every target's result, the good ones too.
+    pub fn targets(&self) -> &[TargetRollout] {
+        &self.targets
     }
 }
 

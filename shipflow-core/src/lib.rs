@@ -78,7 +78,10 @@ pub use build::{
     PlatformImage,
 };
 pub use context::{Cancelled, Context, Event, EventKind, EventSink, Stage};
-pub use deploy::{DeployItem, DeployMeta, Deployed, Deployer, Revision, RollbackTarget, Rollout};
+pub use deploy::{
+    DeployItem, DeployMeta, Deployed, Deployer, Revision, RollbackTarget, Rollout, TargetRollout,
+    TargetStatus, TargetsFailed,
+};
 pub use detect::{
     AppInputs, ChangeDetector, ChangeKind, ChangedPath, ChangedPaths, Fingerprint, RevisionInfo,
 };
@@ -88,7 +91,7 @@ pub use hooks::{
 };
 pub use impact::{ChangeSet, Reason, Selection, UnknownApp, analyze};
 pub use layer::{Hook, HookAlsoFailed, Hooked, Retry};
-pub use markers::{Marked, Restored, Transient, Unsupported, caused_by};
+pub use markers::{Marked, Restored, Transient, Unsupported, caused_by, find_cause};
 pub use pipeline::{
     AppReport, FailurePolicy, Outcome, Pipeline, PipelineBuilder, PipelineError, Plan, PlannedApp,
     Report, RunStatus, StageTimings, error_chain,

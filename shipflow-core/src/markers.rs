@@ -68,6 +68,12 @@ pub fn caused_by<E: Error + 'static>(error: &(dyn Error + 'static)) -> bool {
     std::iter::successors(Some(error), |e| (*e).source()).any(|e| e.is::<E>())
 }
 
+/// The first of `error` and its causes that is an `E`, to read what a typed cause
+/// carries (the per-target results of a [`TargetsFailed`](crate::TargetsFailed)).
+pub fn find_cause<'a, E: Error + 'static>(error: &'a (dyn Error + 'static)) -> Option<&'a E> {
+    std::iter::successors(Some(error), |e| (*e).source()).find_map(|e| e.downcast_ref::<E>())
+}
+
 /// An error whose source is a marker, for adapters to wrap a message with one:
 /// `Marked::transient("registry answered 503")`.
 #[derive(Debug, thiserror::Error)]

@@ -16,7 +16,8 @@ use crate::{
     App, BoxError, BuildRequest, ChangeDetector, CommandHooks, Context, DeployItem, DeployMeta,
     Deployed, Deployer, Digest, EventKind, EventSink, Fingerprint, Hooked, ImageBuilder, ImageRef,
     PushReport, Reason, Registry, Restored, RevisionInfo, RollbackTarget, Rollout, Selection,
-    Stage, TagValues, TemplateError, UnknownApp, Workspace, analyze, caused_by,
+    Stage, TagValues, TargetRollout, TargetStatus, TargetsFailed, TemplateError, UnknownApp,
+    Workspace, analyze, caused_by, find_cause,
 };
 
 /// What happens to the other apps when one fails.
@@ -208,6 +209,10 @@ pub struct AppReport {
     pub rollout: Option<Rollout>,
     /// What the rollback did, if one ran.
     pub rollback: Option<Rollout>,
+    /// Per target, for a deployer that rolls the app out to several (clusters,
+    /// regions): how each ended, and what its rollback did. Empty for one target.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<TargetRollout>,
     /// Time per stage.
     pub timings: StageTimings,
     /// The error, with its causes, when a stage failed.
@@ -349,7 +354,10 @@ impl PipelineBuilder {
     /// change is undone: when the workload does not run this run's image after the
     /// failure (the deploy gave up before changing anything), nothing is rolled back,
     /// and a deployer that restored the old version itself ([`Restored`]) is not
-    /// asked to roll back again.
+    /// asked to roll back again. A deployer that failed with per-target results
+    /// ([`TargetsFailed`]: some clusters failed, others did not) is asked to roll
+    /// back without that check, which it makes per target itself; the report then
+    /// shows each target's rollback.
     pub fn rollback_on_failure(mut self, rollback: bool) -> Self {
         self.settings.rollback_on_failure = rollback;
         self
@@ -1146,7 +1154,8 @@ impl Pipeline {
         cell: &StageCell,
     ) {
         let (stage, error) = match ending {
-            Ending::Deployed(rollout) => {
+            Ending::Deployed(mut rollout) => {
+                report.targets = std::mem::take(&mut rollout.targets);
                 report.outcome = if rollout.changed {
                     Outcome::Deployed
                 } else {
@@ -1174,6 +1183,15 @@ impl Pipeline {
         warn!(app = %app.name, %stage, "failed: {text}");
         report.error = Some(format!("{}: {stage} failed: {text}", app.name));
         let restored = caused_by::<Restored>(error.as_ref());
+        // A deployer with several targets says how each ended, and undoes its own
+        // targets' changes when asked to roll back.
+        let per_target = match find_cause::<TargetsFailed>(error.as_ref()) {
+            Some(failed) => {
+                report.targets = failed.targets().to_vec();
+                true
+            }
+            None => false,
+        };
         report.outcome = if caused_by::<crate::Cancelled>(error.as_ref()) {
             Outcome::Cancelled {
                 stage: Some(stage),
@@ -1193,7 +1211,7 @@ impl Pipeline {
         } else if !self.inner.settings.rollback_on_failure {
             report.note = Some("automatic rollback is off; the rollout was left as it is".into());
         } else if let Some(pinned) = report.image.clone()
-            && self.runs(app, &pinned, report).await
+            && (per_target || self.runs(app, &pinned, report).await)
         {
             self.roll_back(app, before, report, cell).await;
         }
@@ -1278,7 +1296,14 @@ impl Pipeline {
         report.timings.rollback_ms = millis(t);
         ctx.emit(EventKind::Finished { ok: result.is_ok() });
         match result {
-            Ok(rollout) => {
+            Ok(mut rollout) if !rollout.targets.is_empty() && !rollout.changed => {
+                // Per target, nothing of this run was left to undo where it failed.
+                merge_targets(&mut report.targets, std::mem::take(&mut rollout.targets));
+                report.note =
+                    Some("not rolled back: no target that failed runs a change of this run".into());
+            }
+            Ok(mut rollout) => {
+                merge_targets(&mut report.targets, std::mem::take(&mut rollout.targets));
                 match &mut report.outcome {
                     Outcome::Failed { stage } => {
                         report.outcome = Outcome::RolledBack { stage: *stage };
@@ -1295,6 +1320,9 @@ impl Pipeline {
                 );
             }
             Err(e) => {
+                if let Some(failed) = find_cause::<TargetsFailed>(e.as_ref()) {
+                    merge_targets(&mut report.targets, failed.targets().to_vec());
+                }
                 report.note = Some(format!(
                     "rollback failed too, the app may be half-deployed: {}",
                     error_chain(e.as_ref())
@@ -1331,6 +1359,7 @@ impl AppReport {
             push: None,
             rollout: None,
             rollback: None,
+            targets: Vec::new(),
             timings: StageTimings::default(),
             error: None,
             note: None,
@@ -1370,6 +1399,30 @@ impl StageCell {
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Lays a rollback's per-target results over the deploy's: a target rolled back
+/// takes its rollback and status; a note (why it was not) is kept beside the
+/// deploy's error.
+fn merge_targets(deployed: &mut Vec<TargetRollout>, rolled: Vec<TargetRollout>) {
+    for back in rolled {
+        match deployed.iter_mut().find(|t| t.target == back.target) {
+            Some(target) => {
+                if back.rollback.is_some() && back.status == TargetStatus::RolledBack {
+                    target.status = TargetStatus::RolledBack;
+                }
+                if back.rollback.is_some() {
+                    target.rollback = back.rollback;
+                }
+                if let Some(error) = back.error {
+                    target.note = Some(format!("rollback failed: {error}"));
+                } else if back.note.is_some() {
+                    target.note = back.note;
+                }
+            }
+            None => deployed.push(back),
+        }
     }
 }
 

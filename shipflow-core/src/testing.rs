@@ -494,6 +494,7 @@ impl FakeDeployer {
             revision: Some(number),
             changed: true,
             workload: format!("fake {app}"),
+            targets: Vec::new(),
         })
     }
 }
@@ -556,6 +557,7 @@ impl Deployer for FakeDeployer {
                     revision: Some(current.number),
                     changed: false,
                     workload: format!("fake {}", app.name),
+                    targets: Vec::new(),
                 });
             }
             let number = revisions.len() as u64 + 1;
@@ -597,6 +599,7 @@ impl Deployer for FakeDeployer {
             revision: Some(number),
             changed: true,
             workload: format!("fake {}", app.name),
+            targets: Vec::new(),
         })
     }
 

@@ -468,6 +468,8 @@ impl WorkspaceLoader {
         }
         let app_names: Vec<&str> = raw.apps.keys().map(String::as_str).collect();
         let environments = environments(&raw.environments, &app_names)?;
+        // Each environment's [workspace] overrides are checked against the file's own.
+        let file_adapters = self.schema.as_ref().map(|_| raw.workspace.adapters.clone());
         if let Some(name) = &self.environment {
             lay_over(&mut raw, name)?;
         }
@@ -523,6 +525,12 @@ impl WorkspaceLoader {
             for (key, section) in &sections {
                 check_section(schema, Kind::Workspace, key, section)?;
             }
+            check_environment_keys(
+                schema,
+                &raw.environments,
+                file_adapters.as_ref().unwrap_or(&BTreeMap::new()),
+                &doc,
+            )?;
         }
         let sections = Arc::new(sections);
 
@@ -612,6 +620,31 @@ fn check_section(
             })
         }
     }
+}
+
+/// Checks every environment's `[workspace]` overrides with the schema, as each
+/// environment would see them (laid over the file's), so a bad setting in any
+/// environment fails every load and names `environments.<name>.<key>`.
+fn check_environment_keys(
+    schema: &Schema,
+    raw: &BTreeMap<String, RawEnvironment>,
+    file: &BTreeMap<String, toml::Value>,
+    doc: &Arc<Document>,
+) -> Result<(), ConfigError> {
+    for (name, env) in raw {
+        for (key, value) in env.overlay().workspace {
+            let mut merged = file.get(key).cloned().unwrap_or_else(|| value.clone());
+            deep_merge(&mut merged, value);
+            let path = vec![
+                Segment::Key("environments".into()),
+                Segment::Key(name.clone()),
+                Segment::Key(key.clone()),
+            ];
+            let section = Section::new(path, merged, None, doc.clone(), None);
+            check_section(schema, Kind::Workspace, key, &section)?;
+        }
+    }
+    Ok(())
 }
 
 /// Lays environment `name` over the file as written.
@@ -1510,6 +1543,14 @@ names = ["b"]
     #[case::bad_override(
         "[environments.prod.apps.api.deploy.thing]\nnames = [\"\"]",
         "apps.api.deploy.thing.names[0]: must not be empty"
+    )]
+    #[case::bad_workspace_key(
+        "[environments.prod]\nnamespace = 5",
+        "environments.prod.namespace: "
+    )]
+    #[case::unknown_workspace_key(
+        "[environments.prod]\nnamespaces = \"x\"",
+        "environments.prod.namespaces: "
     )]
     fn environment_errors_name_their_key(#[case] env: &str, #[case] start: &str) {
         let toml = format!(

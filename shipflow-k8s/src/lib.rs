@@ -17,6 +17,17 @@
 //! EndpointSlices hold only the new, ready pods (with optional HTTP promotion
 //! checks); a rollback switches it back.
 //!
+//! [`MultiClusterDeployer`] rolls each app to the same digest on several clusters at
+//! once, one [`KubeDeployer`] per cluster (the `clusters` of `[workspace]` or an
+//! environment, read as [`Clusters`]): one cluster's failure does not stop the
+//! others, the result lists every cluster's (in the report, per app), and a rollback
+//! undoes only the failed clusters unless [`ClusterRollback::All`] is asked for:
+//!
+//! ```toml
+//! [environments.production]
+//! clusters = ["eu-west", { name = "us-east", context = "gke_acme_us-east1_prod", namespace = "prod-us" }]
+//! ```
+//!
 //! Beyond [`Deployer`](shipflow_core::Deployer)'s `current`, `deploy`, `rollback` and
 //! `history`, a [`KubeDeployer`] also
 //! - holds a deploy lock per app, a `coordination.k8s.io` Lease, while it deploys or
@@ -75,6 +86,7 @@ mod bluegreen;
 #[cfg(feature = "job-builder")]
 mod build_job;
 mod check;
+mod clusters;
 mod compat;
 mod configmap;
 mod deployer;
@@ -99,6 +111,7 @@ pub use build_job::{
     BUILD_APP_LABEL, BUILD_DIGEST_ANNOTATION, BUILD_JOBS_KEY, BuildJobError, BuildJobs,
     KubeJobBuilder,
 };
+pub use clusters::{Cluster, ClusterRollback, ClustersError, MultiClusterDeployer};
 pub use configmap::{CONFIG_MAP_LABEL, ConfigRollout, EnvConfigMap, EnvLookup};
 pub use deployer::{
     CHANGE_CAUSE_ANNOTATION, FINGERPRINT_ANNOTATION, GIT_SHA_ANNOTATION, KubeDeployer,
@@ -107,7 +120,10 @@ pub use error::{FailedPod, KubeError};
 pub use from_config::PullCredentials;
 pub use lock::{DeployLock, LOCK_PREFIX, LockOptions};
 pub use retry::RetryPolicy;
-pub use spec::{KUBERNETES_TARGET, KubernetesTarget, NAMESPACE_KEY, Namespace, schema};
+pub use spec::{
+    CLUSTERS_KEY, ClusterSpec, Clusters, KUBERNETES_TARGET, KubernetesTarget, NAMESPACE_KEY,
+    Namespace, schema,
+};
 pub use workload::{
     APP_LABEL, BlueGreen, COLOUR_LABEL, ConfigMapFile, EnvSource, IntOrPercent, Port, Probe,
     Quantities, RELEASE_LABEL, Resources, Strategy,

@@ -15,13 +15,18 @@ use crate::workload::{
 pub const KUBERNETES_TARGET: &str = "kubernetes";
 /// The `[workspace]` key of the default namespace.
 pub const NAMESPACE_KEY: &str = "namespace";
+/// The `[workspace]` key (also `[environments.<name>]`) of the clusters every app is
+/// deployed to at once (see [`Clusters`]).
+pub const CLUSTERS_KEY: &str = "clusters";
 
-/// The sections this crate reads: `deploy.kubernetes` and `[workspace] namespace`
-/// (and, with the `job-builder` feature, `[workspace.build-jobs]`).
+/// The sections this crate reads: `deploy.kubernetes`, `[workspace]`'s `namespace`
+/// and `clusters` (which an environment may override), and with the `job-builder`
+/// feature `[workspace.build-jobs]`.
 pub fn schema() -> Schema {
     let schema = Schema::new()
         .deploy_target::<KubernetesTarget>(KUBERNETES_TARGET)
-        .workspace_key::<Namespace>(NAMESPACE_KEY);
+        .workspace_key::<Namespace>(NAMESPACE_KEY)
+        .workspace_key::<Clusters>(CLUSTERS_KEY);
     #[cfg(feature = "job-builder")]
     let schema = schema.workspace_key::<crate::BuildJobs>(crate::BUILD_JOBS_KEY);
     schema
@@ -190,6 +195,162 @@ pub struct Namespace(pub String);
 impl ConfigSection for Namespace {
     fn validate(&mut self, _ctx: &SectionContext<'_>) -> Result<(), SectionError> {
         check_name("", &self.0, 63)
+    }
+}
+
+/// `clusters`: the Kubernetes clusters one run deploys every app to, at once (a
+/// [`MultiClusterDeployer`](crate::MultiClusterDeployer)), in `[workspace]` or, more
+/// often, per environment. An entry is a kubeconfig context's name, or a table
+/// naming the cluster (`name`, how reports call it), its kubeconfig `context`
+/// (default: the name) and the `namespace` of apps whose `deploy.kubernetes` names
+/// none (default: the workspace's, as for one cluster). An environment's list
+/// replaces the workspace's.
+///
+/// ```toml
+/// [environments.production]
+/// tags = ["v*"]
+/// namespace = "prod"
+/// clusters = [
+///   "eu-west",                                                 # the context eu-west
+///   { name = "us-east", context = "gke_acme_us-east1_prod", namespace = "prod-us" },
+/// ]
+/// ```
+///
+/// Loading refuses an empty list, a name given twice, unknown keys and names
+/// Kubernetes or kubeconfig would not take, naming the environment and the entry
+/// (`environments.production.clusters[1].context: ...`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(transparent)]
+pub struct Clusters(pub Vec<ClusterSpec>);
+
+impl Clusters {
+    /// The clusters, in the order listed.
+    pub fn iter(&self) -> std::slice::Iter<'_, ClusterSpec> {
+        self.0.iter()
+    }
+}
+
+/// One cluster of [`Clusters`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct ClusterSpec {
+    /// How reports and messages call the cluster.
+    pub name: String,
+    /// The kubeconfig context to reach it with; default the name.
+    pub context: Option<String>,
+    /// The namespace of apps whose `deploy.kubernetes` names none, in this cluster.
+    pub namespace: Option<String>,
+}
+
+impl ClusterSpec {
+    /// The cluster `name`, reached through the kubeconfig context of that name.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            context: None,
+            namespace: None,
+        }
+    }
+
+    /// Reached through kubeconfig context `context`.
+    pub fn with_context(mut self, context: Option<String>) -> Self {
+        self.context = context;
+        self
+    }
+
+    /// Apps that name no namespace go to `namespace` in this cluster.
+    pub fn with_namespace(mut self, namespace: Option<String>) -> Self {
+        self.namespace = namespace;
+        self
+    }
+
+    /// The kubeconfig context: the one given, else the name.
+    pub fn context(&self) -> &str {
+        self.context.as_deref().unwrap_or(&self.name)
+    }
+}
+
+/// The table form of a [`ClusterSpec`], as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClusterTable {
+    name: String,
+    context: Option<String>,
+    namespace: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for ClusterSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Entry;
+        impl<'de> serde::de::Visitor<'de> for Entry {
+            type Value = ClusterSpec;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a kubeconfig context's name, or a table { name, context, namespace }")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<ClusterSpec, E> {
+                Ok(ClusterSpec::new(name))
+            }
+
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                map: M,
+            ) -> Result<ClusterSpec, M::Error> {
+                let t =
+                    ClusterTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(ClusterSpec {
+                    name: t.name,
+                    context: t.context,
+                    namespace: t.namespace,
+                })
+            }
+        }
+        deserializer.deserialize_any(Entry)
+    }
+}
+
+impl ConfigSection for Clusters {
+    fn validate(&mut self, _ctx: &SectionContext<'_>) -> Result<(), SectionError> {
+        if self.0.is_empty() {
+            return Err(SectionError::new(
+                "",
+                "lists no cluster: name at least one kubeconfig context, or remove the key to deploy to one cluster",
+            ));
+        }
+        for (i, cluster) in self.0.iter().enumerate() {
+            check_context_name(&format!("[{i}].name"), &cluster.name)?;
+            if let Some(context) = &cluster.context {
+                check_context_name(&format!("[{i}].context"), context)?;
+            }
+            if let Some(namespace) = &cluster.namespace {
+                check_name(&format!("[{i}].namespace"), namespace, 63)?;
+            }
+            if let Some(first) = self.0[..i].iter().position(|c| c.name == cluster.name) {
+                return Err(SectionError::new(
+                    format!("[{i}].name"),
+                    format!(
+                        "cluster {:?} is listed twice (also at [{first}]): give each entry its own name",
+                        cluster.name
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A cluster's or kubeconfig context's name: printable, no spaces, at most 253
+/// characters (contexts are often `gke_<project>_<zone>_<name>` or an EKS ARN).
+fn check_context_name(field: &str, name: &str) -> Result<(), SectionError> {
+    let valid = !name.is_empty() && name.len() <= 253 && name.chars().all(|c| c.is_ascii_graphic());
+    if valid {
+        Ok(())
+    } else {
+        Err(SectionError::new(
+            field,
+            format!("{name:?} is not a usable name: 1 to 253 visible ASCII characters, no spaces"),
+        ))
     }
 }
 
