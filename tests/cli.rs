@@ -327,3 +327,24 @@ fn verbose_logs_shipflow_at_debug_without_colour_codes_in_a_log() {
         "no ANSI codes when stderr is no terminal: {log}"
     );
 }
+
+#[test]
+fn building_in_the_cluster_needs_its_settings_and_bad_ones_name_their_key() {
+    let repo = native_repo(&["web"]);
+    let out = shipflow(repo.path(), &["push", "--all", "--build-in-cluster"]);
+    assert_exit(&out, 2);
+    assert!(
+        stderr(&out).contains("[workspace.build-jobs]"),
+        "{}",
+        stderr(&out)
+    );
+
+    let config = std::fs::read_to_string(repo.config()).expect("config");
+    let config = format!(
+        "{config}\n[workspace.build-jobs]\nbuilder = \"r.local/shipflow:1\"\nmax_jobs = 0\n"
+    );
+    repo.edit("shipflow.toml", &config);
+    let out = shipflow(repo.path(), &["push", "--all", "--build-in-cluster"]);
+    assert_exit(&out, 1);
+    assert!(stderr(&out).contains("max_jobs"), "{}", stderr(&out));
+}

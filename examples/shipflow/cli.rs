@@ -172,6 +172,10 @@ pub(crate) struct RunArgs {
     /// How many apps are worked on at once.
     #[arg(long, default_value_t = 4)]
     pub(crate) concurrency: usize,
+    /// Build native apps as Kubernetes Jobs, as [workspace.build-jobs] says, in the
+    /// cluster of the kubeconfig's current context.
+    #[arg(long)]
+    pub(crate) build_in_cluster: bool,
     /// Show what would happen; write nothing.
     #[arg(long)]
     pub(crate) dry_run: bool,

@@ -315,7 +315,7 @@ async fn build(out: &Output, args: BuildArgs) -> anyhow::Result<Exit> {
         .await?;
     let engine = parts::dockerfile_engine(&planned(&workspace, &plan)).await?;
     let report = pipeline()
-        .builder(parts::builder(&workspace, engine.as_ref())?)
+        .builder(parts::builder(&workspace, engine.as_ref(), None)?)
         .registry(parts::store(&store)?)
         .build()?
         .execute(plan)
@@ -440,7 +440,11 @@ async fn run(
         engine.as_ref(),
     )?);
     if !skip_build {
-        pipeline = pipeline.builder(parts::builder(&workspace, engine.as_ref())?);
+        let jobs = match args.build_in_cluster {
+            true => Some(parts::job_builder(&workspace, args.insecure_registry).await?),
+            false => None,
+        };
+        pipeline = pipeline.builder(parts::builder(&workspace, engine.as_ref(), jobs)?);
     }
     if let Some((args, fan_out, target)) = target {
         pipeline = pipeline.deployer(

@@ -10,7 +10,9 @@ use shipflow_kit::docker::{
     Endpoint, Engine, EngineBuilder, EngineDeployer, EngineRegistry, RegistryCredentials,
 };
 use shipflow_kit::git::GitChangeDetector;
-use shipflow_kit::k8s::{ClusterRollback, Clusters, KubeDeployer, MultiClusterDeployer};
+use shipflow_kit::k8s::{
+    BuildJobs, ClusterRollback, Clusters, KubeDeployer, KubeJobBuilder, MultiClusterDeployer,
+};
 use shipflow_kit::oci::{Credentials, LayoutRegistry, NativeBuilder, RegistryClient};
 use shipflow_kit::{
     App, BuilderByType, CONFIG_FILE, Deployer, ImageBuilder, Registry, RegistryByLocation, Schema,
@@ -180,6 +182,24 @@ pub(crate) fn registry(
     insecure: bool,
     engine: Option<&Engine>,
 ) -> anyhow::Result<Arc<dyn Registry>> {
+    let mut registry = RegistryByLocation::new(Arc::new(registry_client(workspace, insecure)?));
+    if let Some(engine) = engine {
+        let mut through_engine = EngineRegistry::new(engine.clone());
+        if let Some((username, password)) = credentials() {
+            through_engine =
+                through_engine.with_credentials(RegistryCredentials { username, password });
+        }
+        registry = registry.engine(Arc::new(through_engine));
+    }
+    Ok(Arc::new(registry))
+}
+
+/// The native registry client, with SHIPFLOW_REGISTRY_USER/PASSWORD bound to the
+/// apps' one registry.
+pub(crate) fn registry_client(
+    workspace: &Workspace,
+    insecure: bool,
+) -> anyhow::Result<RegistryClient> {
     let mut client = RegistryClient::builder().insecure(insecure);
     if let Some((user, password)) = credentials() {
         // The credentials belong to one registry: the one the apps' images name.
@@ -196,16 +216,7 @@ pub(crate) fn registry(
             (None, _) => {}
         }
     }
-    let mut registry = RegistryByLocation::new(Arc::new(client.build()?));
-    if let Some(engine) = engine {
-        let mut through_engine = EngineRegistry::new(engine.clone());
-        if let Some((username, password)) = credentials() {
-            through_engine =
-                through_engine.with_credentials(RegistryCredentials { username, password });
-        }
-        registry = registry.engine(Arc::new(through_engine));
-    }
-    Ok(Arc::new(registry))
+    Ok(client.build()?)
 }
 
 /// The engine that builds the Dockerfile apps among `apps` (those a run builds),
@@ -246,10 +257,13 @@ pub(crate) fn state_dir(workspace: &Workspace) -> anyhow::Result<PathBuf> {
 pub(crate) fn builder(
     workspace: &Workspace,
     engine: Option<&Engine>,
+    jobs: Option<KubeJobBuilder>,
 ) -> anyhow::Result<Arc<dyn ImageBuilder>> {
-    let native = NativeBuilder::new(state_dir(workspace)?.join("build"));
-    let mut builder =
-        BuilderByType::new().route(shipflow_kit::oci::NATIVE_BUILD_TYPE, Arc::new(native));
+    let native: Arc<dyn ImageBuilder> = match jobs {
+        Some(jobs) => Arc::new(jobs),
+        None => Arc::new(NativeBuilder::new(state_dir(workspace)?.join("build"))),
+    };
+    let mut builder = BuilderByType::new().route(shipflow_kit::oci::NATIVE_BUILD_TYPE, native);
     if let Some(engine) = engine {
         builder = builder.route(
             shipflow_kit::docker::DOCKERFILE_BUILD_TYPE,
@@ -257,6 +271,29 @@ pub(crate) fn builder(
         );
     }
     Ok(Arc::new(builder))
+}
+
+/// The builder of native apps as Kubernetes Jobs, as `[workspace.build-jobs]`
+/// says, in the cluster of the kubeconfig's current context.
+pub(crate) async fn job_builder(
+    workspace: &Workspace,
+    insecure: bool,
+) -> anyhow::Result<KubeJobBuilder> {
+    let settings = workspace
+        .section::<BuildJobs>(shipflow_kit::k8s::BUILD_JOBS_KEY)?
+        .ok_or_else(|| {
+            UsageError(format!(
+                "--build-in-cluster needs [workspace.{}] in {} (at least its `builder` image)",
+                shipflow_kit::k8s::BUILD_JOBS_KEY,
+                shipflow_kit::CONFIG_FILE
+            ))
+        })?;
+    Ok(KubeJobBuilder::new(
+        kube_client(None, None).await?,
+        registry_client(workspace, insecure)?,
+        state_dir(workspace)?.join("contexts"),
+        (*settings).clone(),
+    )?)
 }
 
 /// Where Kubernetes apps go: the kubeconfig, a context, the namespace flag, and
