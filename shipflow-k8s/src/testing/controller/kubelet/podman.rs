@@ -1,0 +1,237 @@
+//! The kubelet's side of pods run as real Podman containers: each step it reads
+//! what the [`Runtime`]'s background tasks found (pulled, started, ready, exited)
+//! and moves the container's state as for a scripted one (back-offs, restart counts,
+//! events), never waiting for Podman.
+
+use serde_json::{Value, json};
+
+use super::{FIRST_BACKOFF, MAX_BACKOFF, Phase, Run};
+use crate::testing::controller::events::Type;
+use crate::testing::podman::{ContainerSpec, RunState, Runtime};
+use crate::testing::store::{State, now, str_at};
+
+/// What the kubelet says about a pod this step: (type, reason, message).
+type Said = Vec<(Type, String, String)>;
+
+/// The pod's address and its node's: its own loopback address (the host's for a
+/// `hostNetwork` pod), `None` when no address is left.
+pub(super) fn address(runtime: &Runtime, pod: &Value) -> Option<(String, &'static str)> {
+    runtime.place(pod).map(|ip| (ip, "127.0.0.1"))
+}
+
+/// One step of container `c` of `pod`. `missing` is why its configuration cannot
+/// be built (a ConfigMap, Secret or key it needs is missing), if so.
+pub(super) fn advance(
+    runtime: &Runtime,
+    st: &State,
+    pod: &Value,
+    c: &mut Run,
+    missing: Option<String>,
+    said: &mut Said,
+) {
+    let tick = st.tick;
+    let uid = str_at(pod, "/metadata/uid");
+    for e in runtime.take_events(uid, &c.name) {
+        let ty = if e.warning {
+            Type::Warning
+        } else {
+            Type::Normal
+        };
+        said.push((ty, e.reason.to_owned(), e.message));
+    }
+    c.real_ready = Some(runtime.ready(uid, &c.name));
+    if matches!(c.state, Phase::Terminated { .. }) {
+        return;
+    }
+    let Some((state, acknowledged)) = runtime.state(uid, &c.name) else {
+        if let Some(message) = missing {
+            if !matches!(&c.state, Phase::Waiting { reason, .. } if reason == "CreateContainerConfigError")
+            {
+                said.push((Type::Warning, "Failed".into(), format!("Error: {message}")));
+            }
+            c.state = Phase::waiting("CreateContainerConfigError", message, 0);
+            return;
+        }
+        if let Some(container) = container_json(pod, &c.name) {
+            runtime.ensure(pod, &c.name, ContainerSpec::new(st, pod, container));
+        }
+        c.state = Phase::waiting("ContainerCreating", "", 0);
+        return;
+    };
+    match state {
+        // Keep showing why it waits (ContainerCreating, or the back-off it ends).
+        RunState::Pulling | RunState::Starting => {}
+        RunState::Running { started_at } => {
+            if !c.pulled {
+                c.pulled = true;
+                c.backoff = FIRST_BACKOFF;
+            }
+            if !matches!(c.state, Phase::Running { .. }) {
+                c.state = Phase::Running {
+                    since: tick,
+                    started_at,
+                };
+            }
+        }
+        RunState::PullFailed { reason, message } if !acknowledged => {
+            runtime.acknowledge(uid, &c.name);
+            c.pull_failures += 1;
+            c.state = Phase::waiting(reason, message, 0);
+        }
+        RunState::Exited {
+            code,
+            message,
+            started_at,
+            finished_at,
+        } if !acknowledged => {
+            runtime.acknowledge(uid, &c.name);
+            let reason = if code == 0 { "Completed" } else { "Error" };
+            exited(
+                pod,
+                c,
+                tick,
+                code,
+                reason,
+                message,
+                started_at,
+                finished_at,
+                said,
+            );
+        }
+        RunState::StartFailed { message } if !acknowledged => {
+            runtime.acknowledge(uid, &c.name);
+            let at = now();
+            exited(
+                pod,
+                c,
+                tick,
+                128,
+                "StartError",
+                message,
+                at.clone(),
+                at,
+                said,
+            );
+        }
+        // A failure already counted: back off, then try again.
+        RunState::PullFailed { .. } | RunState::Exited { .. } | RunState::StartFailed { .. } => {
+            match &c.state {
+                Phase::Waiting { until, .. } if *until > tick => {}
+                Phase::Waiting { reason, .. } if reason == "ErrImagePull" => {
+                    let message = format!("Back-off pulling image \"{}\"", c.image);
+                    c.state = Phase::waiting("ImagePullBackOff", message.clone(), tick + c.backoff);
+                    said.push((Type::Normal, "BackOff".into(), message));
+                    c.backoff = (c.backoff * 2).min(MAX_BACKOFF);
+                }
+                Phase::Waiting {
+                    reason, message, ..
+                } if reason == "ImagePullBackOff" || reason == "CrashLoopBackOff" => {
+                    c.state = Phase::waiting(reason, message.clone(), 0);
+                    runtime.restart(uid, &c.name);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The container's run ended with `code`: restarted after a back-off as the pod's
+/// `restartPolicy` says (init containers until they succeed), or terminated.
+#[allow(clippy::too_many_arguments)]
+fn exited(
+    pod: &Value,
+    c: &mut Run,
+    tick: u64,
+    code: i32,
+    reason: &str,
+    message: String,
+    started_at: String,
+    finished_at: String,
+    said: &mut Said,
+) {
+    let policy = str_at(pod, "/spec/restartPolicy");
+    let restart = match policy {
+        "Never" => false,
+        "OnFailure" => code != 0,
+        _ => !c.init || code != 0,
+    };
+    if !restart {
+        c.state = Phase::Terminated {
+            exit: code,
+            reason: reason.to_owned(),
+            message,
+            started_at,
+            finished_at,
+        };
+        return;
+    }
+    let mut terminated = json!({"exitCode": code, "reason": reason, "startedAt": started_at,
+        "finishedAt": finished_at,
+        "containerID": format!("containerd://{:032x}{:032x}", c.restarts, c.name.len())});
+    if !message.is_empty() {
+        terminated["message"] = message.into();
+    }
+    c.last = Some(json!({ "terminated": terminated }));
+    c.restarts += 1;
+    let name = str_at(pod, "/metadata/name");
+    c.state = Phase::waiting(
+        "CrashLoopBackOff",
+        format!(
+            "back-off {}s restarting failed container={} pod={name}",
+            c.backoff, c.name
+        ),
+        tick + c.backoff,
+    );
+    said.push((
+        Type::Warning,
+        "BackOff".into(),
+        "Back-off restarting failed container".into(),
+    ));
+    c.backoff = (c.backoff * 2).min(MAX_BACKOFF);
+}
+
+/// The spec of container `name` of `pod`.
+fn container_json<'a>(pod: &'a Value, name: &str) -> Option<&'a Value> {
+    ["initContainers", "containers"]
+        .iter()
+        .flat_map(|l| pod["spec"][*l].as_array().into_iter().flatten())
+        .find(|c| c["name"] == name)
+}
+
+/// The real log of container `c` of the pod `pod` (uid `uid`): `previous`, of its
+/// last terminated run; else of its current run (of the last one while it waits to
+/// restart), or why there is none.
+pub(super) fn logs(
+    runtime: &Runtime,
+    c: &Run,
+    uid: &str,
+    pod: &str,
+    previous: bool,
+) -> Result<Vec<String>, String> {
+    if previous {
+        let back = usize::from(matches!(c.state, Phase::Running { .. }));
+        return (c.restarts > 0)
+            .then(|| runtime.logs(uid, &c.name, back))
+            .flatten()
+            .ok_or_else(|| {
+                format!(
+                    "previous terminated container \"{}\" in pod \"{pod}\" not found",
+                    c.name
+                )
+            });
+    }
+    match &c.state {
+        Phase::Waiting { reason, .. } => runtime.logs(uid, &c.name, 0).ok_or_else(|| {
+            let why = match reason.as_str() {
+                "ErrImagePull" => "image can't be pulled",
+                "ImagePullBackOff" => "trying and failing to pull image",
+                other => other,
+            };
+            format!(
+                "container \"{}\" in pod \"{pod}\" is waiting to start: {why}",
+                c.name
+            )
+        }),
+        _ => Ok(runtime.logs(uid, &c.name, 0).unwrap_or_default()),
+    }
+}

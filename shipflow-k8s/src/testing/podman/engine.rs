@@ -1,0 +1,158 @@
+//! The `podman` command line with the runtime's own configuration and storage, so
+//! that clusters running at once (and other tests' Podman) never see each other's
+//! images or containers.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+
+/// The most of a command's output kept (the rest is dropped).
+const MAX_OUTPUT: u64 = 64 * 1024;
+
+/// `podman` with a configuration and storage of its own, in a temp dir.
+#[derive(Debug)]
+pub(crate) struct Engine {
+    dir: tempfile::TempDir,
+    binary: PathBuf,
+}
+
+impl Engine {
+    /// Writes the configuration: runtime `runc` and no default ulimits (what works
+    /// on sandboxed machines, where `crun` fails), its own storage, run and temp
+    /// dirs. Fails, naming the Debian package, when `podman`, `runc` or
+    /// `slirp4netns` is not installed.
+    pub(crate) fn new() -> io::Result<Self> {
+        let binary = require("podman", "podman")?;
+        require("runc", "runc")?;
+        require("slirp4netns", "slirp4netns")?;
+        let dir = tempfile::Builder::new().prefix("sim-podman-").tempdir()?;
+        let d = dir.path();
+        for sub in ["logs", "termination", "tmp"] {
+            std::fs::create_dir_all(d.join(sub))?;
+        }
+        std::fs::write(
+            d.join("containers.conf"),
+            format!(
+                "[containers]\ndefault_ulimits = []\n[engine]\nruntime = \"runc\"\ntmp_dir = \"{}\"\n",
+                d.join("tmp").display()
+            ),
+        )?;
+        std::fs::write(d.join("registries.conf"), "")?;
+        std::fs::write(
+            d.join("storage.conf"),
+            format!(
+                "[storage]\ndriver = \"overlay\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n",
+                d.join("storage").display(),
+                d.join("run").display()
+            ),
+        )?;
+        Ok(Self { dir, binary })
+    }
+
+    /// The runtime's scratch directory (logs, termination messages).
+    pub(crate) fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The environment that points `podman` at this configuration and storage.
+    pub(crate) fn env(&self) -> [(&'static str, PathBuf); 3] {
+        let d = self.dir.path();
+        [
+            ("CONTAINERS_CONF", d.join("containers.conf")),
+            ("CONTAINERS_REGISTRIES_CONF", d.join("registries.conf")),
+            ("CONTAINERS_STORAGE_CONF", d.join("storage.conf")),
+        ]
+    }
+
+    /// A blocking `podman` command pointed at this storage.
+    pub(crate) fn command(&self) -> std::process::Command {
+        let mut command = std::process::Command::new(&self.binary);
+        command.envs(self.env());
+        command
+    }
+
+    /// Runs `podman <args>` for at most `timeout`: its stdout, or its stderr (without
+    /// Podman's `Error: ` prefix) when it fails. Both bounded.
+    pub(crate) async fn run(&self, args: &[String], timeout: Duration) -> Result<String, String> {
+        let mut command = tokio::process::Command::new(&self.binary);
+        command
+            .args(args)
+            .envs(self.env())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let verb = args.first().map_or("", String::as_str);
+        let mut child = command
+            .spawn()
+            .map_err(|e| format!("podman {verb} did not start: {e}"))?;
+        let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+            return Err(format!("podman {verb}: no output pipes"));
+        };
+        let work = async {
+            let (out, err) = tokio::join!(read_bounded(stdout), read_bounded(stderr));
+            (child.wait().await, out, err)
+        };
+        let (status, out, err) = tokio::time::timeout(timeout, work)
+            .await
+            .map_err(|_| format!("podman {verb} did not finish within {timeout:?}"))?;
+        let status = status.map_err(|e| format!("podman {verb}: {e}"))?;
+        if status.success() {
+            Ok(out)
+        } else {
+            let err = err.trim();
+            let err = err.strip_prefix("Error: ").unwrap_or(err);
+            Err(if err.is_empty() {
+                format!("podman {verb} failed with {status}")
+            } else {
+                err.to_owned()
+            })
+        }
+    }
+
+    /// Removes every container at once and unmounts the storage (best effort,
+    /// blocking): what dropping the cluster does.
+    pub(crate) fn remove_all(&self) {
+        let _ = self
+            .command()
+            .args(["rm", "-af", "-t", "0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        // The overlay driver bind-mounts its own directory; leave no mount behind.
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path().join("storage/overlay"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// At most [`MAX_OUTPUT`] bytes of `reader`, as text; the rest is drained.
+async fn read_bounded(reader: impl tokio::io::AsyncRead + Unpin) -> String {
+    let mut kept = Vec::new();
+    let mut limited = reader.take(MAX_OUTPUT);
+    let _ = limited.read_to_end(&mut kept).await;
+    let _ = tokio::io::copy(&mut limited.into_inner(), &mut tokio::io::sink()).await;
+    String::from_utf8_lossy(&kept).into_owned()
+}
+
+/// The path of `binary` (on PATH, then `/usr/sbin` and `/sbin`), or an error naming
+/// the Debian package to install.
+pub(crate) fn require(binary: &str, package: &str) -> io::Result<PathBuf> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|d| d.join(binary))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("`{binary}` is not installed: apt-get install -y {package}"),
+            )
+        })
+}
