@@ -1,0 +1,435 @@
+//! The simulated cluster with pods run as real Podman containers: images pulled for
+//! real from a real `docker-registry`, served on each pod's own address, real exits,
+//! logs and termination messages. These tests need `podman`, `runc`, `slirp4netns`,
+//! `docker-registry` and `busybox-static`, and fail without them.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams, WatchEvent, WatchParams};
+use serde_json::{Value, json};
+use shipflow_k8s::testing::{PodmanPods, SimCluster};
+use shipflow_oci::testing::TestRegistry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// How long a real rollout (pull, start, first probes) may take on a slow machine.
+const PATIENCE: Duration = Duration::from_secs(90);
+
+/// A Podman-backed cluster and a registry of the test's own.
+struct Fixture {
+    sim: SimCluster,
+    registry: TestRegistry,
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    async fn start() -> Self {
+        assert!(
+            Path::new("/bin/busybox").is_file(),
+            "/bin/busybox is missing: apt-get install -y busybox-static"
+        );
+        let registry = TestRegistry::start()
+            .unwrap_or_else(|e| panic!("these tests need docker-registry: {e}"));
+        let sim = SimCluster::start_with_podman(PodmanPods::new())
+            .await
+            .unwrap_or_else(|e| panic!("these tests need podman: {e}"));
+        let dir = tempfile::tempdir().expect("temp dir");
+        Self { sim, registry, dir }
+    }
+
+    /// `podman` pointed at the cluster's storage, run to success: its stdout.
+    fn podman(&self, args: &[&str]) -> String {
+        let mut command = self.sim.podman_command().expect("a Podman-backed cluster");
+        let out = command
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("podman {args:?}: {e}"));
+        assert!(
+            out.status.success(),
+            "podman {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Builds `FROM scratch` an image of busybox serving `body` at `/` on port 8080,
+    /// pushes it to the registry as `repo:v1` and removes it locally (so pods pull
+    /// it for real): its reference.
+    fn web_image(&self, repo: &str, body: &str) -> String {
+        let ctx = self.dir.path().join(repo);
+        std::fs::create_dir_all(ctx.join("www")).expect("context dir");
+        std::fs::copy("/bin/busybox", ctx.join("busybox")).expect("copy busybox");
+        std::fs::write(ctx.join("www/index.html"), body).expect("index");
+        std::fs::write(
+            ctx.join("Dockerfile"),
+            "FROM scratch\nCOPY busybox /bin/busybox\nCOPY www /www\n\
+             CMD [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n",
+        )
+        .expect("Dockerfile");
+        let reference = format!("{}/{repo}:v1", self.registry.host());
+        let ctx = ctx.to_string_lossy().into_owned();
+        self.podman(&["build", "-q", "-t", &reference, &ctx]);
+        self.podman(&["push", "-q", "--tls-verify=false", &reference]);
+        self.podman(&["rmi", &reference]);
+        reference
+    }
+
+    async fn create_deployment(&self, name: &str, replicas: i32, container: Value) {
+        let deployment: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": {"app": name}},
+                "template": {
+                    "metadata": {"labels": {"app": name}},
+                    "spec": {"containers": [container]},
+                },
+            },
+        }))
+        .expect("a valid Deployment");
+        Api::<Deployment>::default_namespaced(self.sim.client())
+            .create(&PostParams::default(), &deployment)
+            .await
+            .expect("create the Deployment");
+    }
+
+    async fn pods(&self, app: &str) -> Vec<Pod> {
+        Api::<Pod>::default_namespaced(self.sim.client())
+            .list(&ListParams::default().labels(&format!("app={app}")))
+            .await
+            .expect("list pods")
+            .items
+    }
+
+    /// Polls the pods of `app` until `done` holds for them.
+    async fn wait_pods(
+        &self,
+        app: &str,
+        what: &str,
+        done: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let pods: Vec<Value> = self
+                .pods(app)
+                .await
+                .into_iter()
+                .map(|p| serde_json::to_value(p).expect("pod as JSON"))
+                .collect();
+            if done(&pods) {
+                return pods;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what} within {PATIENCE:?}; pods: {pods:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The names of the containers in the cluster's Podman storage, running or not.
+    fn containers(&self) -> Vec<String> {
+        self.podman(&["ps", "-a", "--format", "{{.Names}}"])
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// The first container's status of `pod`.
+fn status(pod: &Value) -> &Value {
+    &pod["status"]["containerStatuses"][0]
+}
+
+/// GET `http://<ip>:<port>/` over plain HTTP/1.0: the body.
+async fn get(ip: &str, port: u16) -> Result<String, String> {
+    let work = async {
+        let mut stream = tokio::net::TcpStream::connect((ip, port))
+            .await
+            .map_err(|e| e.to_string())?;
+        stream
+            .write_all(format!("GET / HTTP/1.0\r\nHost: {ip}\r\n\r\n").as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut answer = Vec::new();
+        stream
+            .take(1 << 20)
+            .read_to_end(&mut answer)
+            .await
+            .map_err(|e| e.to_string())?;
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        let (head, body) = answer
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| format!("no HTTP answer: {answer}"))?;
+        if head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200") {
+            Ok(body.to_owned())
+        } else {
+            Err(head.to_owned())
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), work)
+        .await
+        .map_err(|_| "timed out".to_owned())?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_serve_the_real_image_on_their_own_pod_ips() {
+    let f = Fixture::start().await;
+    let image = f.web_image("web", "hello from a real pod\n");
+    f.create_deployment(
+        "web",
+        2,
+        json!({"name": "web", "image": image,
+            "ports": [{"name": "http", "containerPort": 8080}],
+            "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1}}),
+    )
+    .await;
+    let deadline = Instant::now() + PATIENCE;
+    let deployments = Api::<Deployment>::default_namespaced(f.sim.client());
+    loop {
+        let d = deployments.get("web").await.expect("get the Deployment");
+        let available = d.status.and_then(|s| s.available_replicas).unwrap_or(0);
+        if available == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "2 available replicas within {PATIENCE:?}; pods: {:#?}",
+            f.pods("web").await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let pods = f.wait_pods("web", "two ready pods", |p| p.len() == 2).await;
+    let ips: Vec<String> = pods
+        .iter()
+        .map(|p| p["status"]["podIP"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_ne!(ips[0], ips[1], "each pod has an address of its own");
+    for ip in &ips {
+        assert_eq!(
+            get(ip, 8080).await.as_deref(),
+            Ok("hello from a real pod\n"),
+            "pod at {ip}"
+        );
+    }
+    for pod in &pods {
+        let s = status(pod);
+        assert_eq!(s["ready"], true);
+        assert_eq!(s["restartCount"], 0);
+        assert!(s["state"]["running"]["startedAt"].is_string(), "{s}");
+    }
+    assert_eq!(f.containers().len(), 2, "one container per pod");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_image_is_err_image_pull_with_podmans_message() {
+    let f = Fixture::start().await;
+    let image = format!("{}/nowhere:v1", f.registry.host());
+    f.create_deployment("ghost", 1, json!({"name": "ghost", "image": image}))
+        .await;
+    // ErrImagePull lasts until the kubelet's next look, which turns it into the
+    // back-off: watch for it.
+    let pods = Api::<Pod>::default_namespaced(f.sim.client());
+    let mut changes = pods
+        .watch(&WatchParams::default().labels("app=ghost"), "0")
+        .await
+        .expect("watch the pods")
+        .boxed();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let message = loop {
+        let change = tokio::time::timeout_at(deadline, changes.next())
+            .await
+            .expect("ErrImagePull within the patience")
+            .expect("the watch goes on")
+            .expect("a watch event");
+        if let WatchEvent::Added(pod) | WatchEvent::Modified(pod) = change {
+            let pod = serde_json::to_value(pod).expect("pod as JSON");
+            if status(&pod)["state"]["waiting"]["reason"] == "ErrImagePull" {
+                break status(&pod)["state"]["waiting"]["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+            }
+        }
+    };
+    assert!(
+        message.contains("manifest unknown") && message.contains("nowhere"),
+        "Podman's own message: {message}"
+    );
+    // Retried after a back-off, failing the same way.
+    f.wait_pods("ghost", "ImagePullBackOff", |p| {
+        p.first()
+            .is_some_and(|p| status(p)["state"]["waiting"]["reason"] == "ImagePullBackOff")
+    })
+    .await;
+    let events = f.sim.list("Event", "default");
+    assert!(
+        events.iter().any(|e| e["reason"] == "Failed"
+            && e["message"].as_str().is_some_and(|m| m
+                .starts_with(&format!("Failed to pull image \"{image}\": "))
+                && m.contains("manifest unknown"))),
+        "a Failed event with Podman's message: {events:#?}"
+    );
+    assert!(f.containers().is_empty(), "nothing ran");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_that_exits_1_crash_loops_with_its_real_logs() {
+    let f = Fixture::start().await;
+    let image = f.web_image("crash", "unused\n");
+    let config: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "settings"},
+        "data": {"greeting": "hello from a ConfigMap"},
+    }))
+    .expect("a valid ConfigMap");
+    Api::<ConfigMap>::default_namespaced(f.sim.client())
+        .create(&PostParams::default(), &config)
+        .await
+        .expect("create the ConfigMap");
+    f.create_deployment(
+        "crash",
+        1,
+        json!({"name": "app", "image": image,
+            "command": ["/bin/busybox", "sh", "-c"],
+            "args": ["echo \"$GREETING, run as $(POD)\"; echo 'fatal: no database' >&2; exit 1"],
+            "env": [
+                {"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "greeting"}}},
+                {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            ]}),
+    )
+    .await;
+    let pods = f
+        .wait_pods("crash", "CrashLoopBackOff after a restart", |p| {
+            p.first().is_some_and(|p| {
+                status(p)["restartCount"].as_i64().unwrap_or(0) >= 1
+                    && status(p)["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+            })
+        })
+        .await;
+    let s = status(&pods[0]);
+    assert_eq!(s["lastState"]["terminated"]["exitCode"], 1, "{s}");
+    assert_eq!(s["lastState"]["terminated"]["reason"], "Error", "{s}");
+    assert_eq!(s["ready"], false);
+    let name = pods[0]["metadata"]["name"].as_str().unwrap_or_default();
+    let logs = Api::<Pod>::default_namespaced(f.sim.client())
+        .logs(
+            name,
+            &LogParams {
+                previous: true,
+                ..LogParams::default()
+            },
+        )
+        .await
+        .expect("the previous run's logs");
+    assert_eq!(
+        logs,
+        format!("hello from a ConfigMap, run as {name}\nfatal: no database\n"),
+        "the container's real output"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_deployment_removes_its_containers() {
+    let f = Fixture::start().await;
+    let image = f.web_image("gone", "soon gone\n");
+    f.create_deployment(
+        "gone",
+        2,
+        json!({"name": "web", "image": image, "ports": [{"containerPort": 8080}]}),
+    )
+    .await;
+    f.wait_pods("gone", "two ready pods", |p| {
+        p.len() == 2 && p.iter().all(|p| status(p)["ready"] == true)
+    })
+    .await;
+    assert_eq!(f.containers().len(), 2);
+    Api::<Deployment>::default_namespaced(f.sim.client())
+        .delete("gone", &DeleteParams::default())
+        .await
+        .expect("delete the Deployment");
+    f.wait_pods("gone", "the pods gone", <[Value]>::is_empty)
+        .await;
+    let deadline = Instant::now() + PATIENCE;
+    while !f.containers().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "containers left: {:?}",
+            f.containers()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_reaches_the_hosts_loopback_and_leaves_a_termination_message() {
+    let f = Fixture::start().await;
+    let image = f.web_image("probe", "unused\n");
+    let alias = f.sim.host_alias().expect("a Podman-backed cluster");
+    let port = f.registry.port();
+    // busybox's nc asks the test's registry (on the host's 127.0.0.1) for /v2/ and
+    // leaves the status line as the termination message.
+    let script = format!(
+        "printf 'GET /v2/ HTTP/1.0\\r\\nHost: {alias}\\r\\n\\r\\n' | /bin/busybox nc {alias} {port} \
+         | /bin/busybox head -n 1 | /bin/busybox tr -d '\\r' > /dev/termination-log; echo asked"
+    );
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "asker", "labels": {"app": "asker"}},
+        "spec": {"restartPolicy": "Never", "containers": [{"name": "ask", "image": image,
+            "command": ["/bin/busybox", "sh", "-c", script]}]},
+    }))
+    .expect("a valid Pod");
+    Api::<Pod>::default_namespaced(f.sim.client())
+        .create(&PostParams::default(), &pod)
+        .await
+        .expect("create the Pod");
+    let pods = f
+        .wait_pods("asker", "the container terminated", |p| {
+            p.first()
+                .is_some_and(|p| status(p)["state"]["terminated"].is_object())
+        })
+        .await;
+    let terminated = &status(&pods[0])["state"]["terminated"];
+    assert_eq!(terminated["exitCode"], 0, "{terminated}");
+    assert_eq!(terminated["reason"], "Completed", "{terminated}");
+    assert_eq!(terminated["message"], "HTTP/1.0 200 OK\n", "{terminated}");
+    assert_eq!(status(&pods[0])["restartCount"], 0);
+    let logs = Api::<Pod>::default_namespaced(f.sim.client())
+        .logs("asker", &LogParams::default())
+        .await
+        .expect("the logs");
+    assert_eq!(logs, "asked\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_network_pod_serves_on_the_hosts_address() {
+    let f = Fixture::start().await;
+    let image = f.web_image("hostnet", "served on the host\n");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "hostnet", "labels": {"app": "hostnet"}},
+        "spec": {"hostNetwork": true, "containers": [{"name": "web", "image": image,
+            "command": ["/bin/busybox", "httpd", "-f", "-p", format!("127.0.0.1:{port}"), "-h", "/www"],
+            "ports": [{"containerPort": port}]}]},
+    }))
+    .expect("a valid Pod");
+    Api::<Pod>::default_namespaced(f.sim.client())
+        .create(&PostParams::default(), &pod)
+        .await
+        .expect("create the Pod");
+    let pods = f
+        .wait_pods("hostnet", "the pod ready", |p| {
+            p.first().is_some_and(|p| status(p)["ready"] == true)
+        })
+        .await;
+    assert_eq!(pods[0]["status"]["podIP"], "127.0.0.1");
+    assert_eq!(
+        get("127.0.0.1", port).await.as_deref(),
+        Ok("served on the host\n")
+    );
+}
