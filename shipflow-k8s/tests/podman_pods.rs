@@ -341,10 +341,20 @@ async fn deleting_the_deployment_removes_its_containers() {
         json!({"name": "web", "image": image, "ports": [{"containerPort": 8080}]}),
     )
     .await;
-    f.wait_pods("gone", "two ready pods", |p| {
-        p.len() == 2 && p.iter().all(|p| status(p)["ready"] == true)
-    })
-    .await;
+    // No readiness probe: ready once the first containerPort accepts connections.
+    let pods = f
+        .wait_pods("gone", "two ready pods", |p| {
+            p.len() == 2 && p.iter().all(|p| status(p)["ready"] == true)
+        })
+        .await;
+    for pod in &pods {
+        let ip = pod["status"]["podIP"].as_str().unwrap_or_default();
+        assert_eq!(
+            get(ip, 8080).await.as_deref(),
+            Ok("soon gone\n"),
+            "pod at {ip}"
+        );
+    }
     assert_eq!(f.containers().len(), 2);
     Api::<Deployment>::default_namespaced(f.sim.client())
         .delete("gone", &DeleteParams::default())

@@ -158,13 +158,29 @@ pub(crate) async fn run(
 async fn once(engine: &Engine, check: &Check, ip: &str, container: &str) -> bool {
     match check {
         Check::Running => true,
-        Check::Tcp { port } => TcpStream::connect((ip, *port)).await.is_ok(),
+        Check::Tcp { port } => tcp_open(ip, *port).await,
         Check::Http { path, port } => http_ok(ip, *port, path).await,
         Check::Exec { command } => {
             let mut args = vec!["exec".to_owned(), container.to_owned()];
             args.extend(command.iter().cloned());
             engine.run(&args, Duration::from_secs(30)).await.is_ok()
         }
+    }
+}
+
+/// Whether something listens on the container's `port`. The pod's address is a
+/// port forwarder's (slirp4netns accepts every connection, then closes it when
+/// nothing listens inside), so an accepted connection counts only if it is not
+/// closed at once: it stays open, or the server speaks first.
+async fn tcp_open(ip: &str, port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect((ip, port)).await else {
+        return false;
+    };
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout(Duration::from_millis(300), stream.read(&mut byte)).await {
+        Err(_) => true,
+        Ok(Ok(n)) => n > 0,
+        Ok(Err(_)) => false,
     }
 }
 
