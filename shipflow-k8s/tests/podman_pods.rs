@@ -222,6 +222,20 @@ async fn replicas_serve_the_real_image_on_their_own_pod_ips() {
         assert!(s["state"]["running"]["startedAt"].is_string(), "{s}");
     }
     assert_eq!(f.containers().len(), 2, "one container per pod");
+    let name = pods[0]["metadata"]["name"].as_str().unwrap_or_default();
+    let mut events = f.sim.list("Event", "default");
+    events.retain(|e| e["involvedObject"]["name"] == name);
+    events.sort_by_key(|e| {
+        e["metadata"]["resourceVersion"]
+            .as_str()
+            .and_then(|v| v.parse::<u64>().ok())
+    });
+    let reasons: Vec<&str> = events.iter().filter_map(|e| e["reason"].as_str()).collect();
+    assert_eq!(
+        reasons,
+        ["Scheduled", "Pulling", "Pulled", "Created", "Started"],
+        "{events:#?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -324,13 +324,15 @@ impl Runtime {
             .unwrap_or_default()
     }
 
-    /// The log of a run of the container that started: `back` 0 for the last one,
-    /// 1 for the one before. `None` when there is no such run.
-    pub(crate) fn logs(&self, uid: &str, container: &str, back: usize) -> Option<Vec<String>> {
+    /// The log of the container's last run that started (running or not), or with
+    /// `previous` of its last run that exited. `None` when there is no such run.
+    pub(crate) fn logs(&self, uid: &str, container: &str, previous: bool) -> Option<Vec<String>> {
         let path = {
             let slots = lock(&self.slots);
-            let started = &slots.get(&(uid.to_owned(), container.to_owned()))?.started;
-            started.iter().rev().nth(back)?.clone()
+            let slot = slots.get(&(uid.to_owned(), container.to_owned()))?;
+            let running = matches!(slot.state, RunState::Running { .. });
+            let back = usize::from(previous && running);
+            slot.started.iter().rev().nth(back)?.clone()
         };
         Some(logs::read(&path))
     }

@@ -209,9 +209,8 @@ pub(super) fn logs(
     previous: bool,
 ) -> Result<Vec<String>, String> {
     if previous {
-        let back = usize::from(matches!(c.state, Phase::Running { .. }));
         return (c.restarts > 0)
-            .then(|| runtime.logs(uid, &c.name, back))
+            .then(|| runtime.logs(uid, &c.name, true))
             .flatten()
             .ok_or_else(|| {
                 format!(
@@ -221,7 +220,7 @@ pub(super) fn logs(
             });
     }
     match &c.state {
-        Phase::Waiting { reason, .. } => runtime.logs(uid, &c.name, 0).ok_or_else(|| {
+        Phase::Waiting { reason, .. } => runtime.logs(uid, &c.name, false).ok_or_else(|| {
             let why = match reason.as_str() {
                 "ErrImagePull" => "image can't be pulled",
                 "ImagePullBackOff" => "trying and failing to pull image",
@@ -232,6 +231,6 @@ pub(super) fn logs(
                 c.name
             )
         }),
-        _ => Ok(runtime.logs(uid, &c.name, 0).unwrap_or_default()),
+        _ => Ok(runtime.logs(uid, &c.name, false).unwrap_or_default()),
     }
 }
