@@ -113,8 +113,8 @@ impl Engine {
         }
     }
 
-    /// Removes every container at once and unmounts the storage (best effort,
-    /// blocking): what dropping the cluster does.
+    /// Removes every container at once (best effort, blocking): what dropping the
+    /// cluster does.
     pub(crate) fn remove_all(&self) {
         let _ = self
             .command()
@@ -122,13 +122,53 @@ impl Engine {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
-        // The overlay driver bind-mounts its own directory; leave no mount behind.
-        let _ = std::process::Command::new("umount")
-            .arg(self.dir.path().join("storage/overlay"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
     }
+}
+
+impl Drop for Engine {
+    /// Waits (up to 10 s) for the processes still working in the storage to end:
+    /// each container's `conmon` runs `podman container cleanup` after the
+    /// container's exit, which would otherwise recreate the storage after its
+    /// removal. Then detaches whatever is still mounted in it (the overlay driver
+    /// bind-mounts its own directory, and a `podman` killed mid-command leaves that
+    /// mount behind), deepest first, so that the directory can be removed.
+    fn drop(&mut self) {
+        let dir = self.dir.path().to_string_lossy().into_owned();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline && working_in(&dir) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let mut points: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .filter(|p| p.starts_with(&dir))
+            .collect();
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for point in points {
+            let _ = std::process::Command::new("umount")
+                .args(["-l", point])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// Whether a process other than this one has `dir` in its command line.
+fn working_in(dir: &str) -> bool {
+    let me = std::process::id().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        name.bytes().all(|b| b.is_ascii_digit())
+            && name != me
+            && std::fs::read(entry.path().join("cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(dir))
+    })
 }
 
 /// At most [`MAX_OUTPUT`] bytes of `reader`, as text; the rest is drained.
