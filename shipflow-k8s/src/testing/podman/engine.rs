@@ -103,8 +103,14 @@ impl Engine {
         if status.success() {
             Ok(out)
         } else {
+            // Podman's own error is its last `Error: ` line (progress comes before).
             let err = err.trim();
-            let err = err.strip_prefix("Error: ").unwrap_or(err);
+            let err = err
+                .match_indices("Error: ")
+                .map(|(at, _)| at)
+                .filter(|at| *at == 0 || err[..*at].ends_with('\n'))
+                .last()
+                .map_or(err, |at| &err[at + "Error: ".len()..]);
             Err(if err.is_empty() {
                 format!("podman {verb} failed with {status}")
             } else {

@@ -72,6 +72,16 @@ pub(crate) async fn run(plan: RunPlan) {
         let _ = engine.run(&args, START_TIMEOUT).await;
     }
     let image = spec.image.clone();
+    if let Some(why) = invalid(&image, &spec.termination_path) {
+        plan.set(
+            RunState::PullFailed {
+                reason: why.0,
+                message: why.1.clone(),
+            },
+            vec![Event::warning("Failed", format!("Error: {}", why.1))],
+        );
+        return;
+    }
     let present = spec.pull != PullPolicy::Always
         && engine
             .run(
@@ -222,6 +232,33 @@ pub(crate) async fn run(plan: RunPlan) {
     );
 }
 
+/// Why a container cannot be run as its spec says, as the kubelet's waiting reason
+/// and message: an image reference Podman would take for an option or that is no
+/// reference at all (`InvalidImageName`), or a termination-message path that is not
+/// absolute or would add mount options.
+fn invalid(image: &str, termination_path: &str) -> Option<(&'static str, String)> {
+    let bad_image = image.is_empty()
+        || image.starts_with('-')
+        || image
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || !c.is_ascii());
+    if bad_image {
+        return Some((
+            "InvalidImageName",
+            format!(
+                "Failed to apply default image tag {image:?}: couldn't parse image name {image:?}: invalid reference format"
+            ),
+        ));
+    }
+    if !termination_path.starts_with('/') || termination_path.contains([':', ',']) {
+        return Some((
+            "CreateContainerConfigError",
+            format!("invalid terminationMessagePath {termination_path:?}"),
+        ));
+    }
+    None
+}
+
 /// The `podman run` arguments of `plan`.
 fn run_args(plan: &RunPlan, spec: &super::spec::ContainerSpec) -> Vec<String> {
     let (uid, container) = &plan.key;
@@ -243,8 +280,11 @@ fn run_args(plan: &RunPlan, spec: &super::spec::ContainerSpec) -> Vec<String> {
         "k8s-file".into(),
         "--log-opt".into(),
         format!("path={}", plan.log.display()),
-        "-v".into(),
-        format!("{}:{}", plan.termination.display(), spec.termination_path),
+        format!(
+            "--volume={}:{}",
+            plan.termination.display(),
+            spec.termination_path
+        ),
     ];
     if plan.pod.host_network {
         args.extend(["--network".into(), "host".into()]);
@@ -260,10 +300,10 @@ fn run_args(plan: &RunPlan, spec: &super::spec::ContainerSpec) -> Vec<String> {
         }
     }
     for (name, value) in &spec.env {
-        args.extend(["-e".into(), format!("{name}={value}")]);
+        args.push(format!("--env={name}={value}"));
     }
     if let Some(dir) = &spec.working_dir {
-        args.extend(["-w".into(), dir.clone()]);
+        args.push(format!("--workdir={dir}"));
     }
     if !spec.command.is_empty() {
         let entrypoint = serde_json::to_string(&spec.command).unwrap_or_default();
@@ -282,4 +322,27 @@ fn read_message(path: &std::path::Path) -> String {
         let _ = file.take(MAX_MESSAGE).read_to_end(&mut bytes);
     }
     String::from_utf8_lossy(&bytes).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::invalid;
+
+    #[test]
+    fn option_like_images_and_mount_options_are_refused() {
+        assert_eq!(
+            invalid("127.0.0.1:5000/web:v1", "/dev/termination-log"),
+            None
+        );
+        for image in ["--privileged", "", "web v1", "wéb"] {
+            assert_eq!(
+                invalid(image, "/dev/termination-log").map(|w| w.0),
+                Some("InvalidImageName"),
+                "{image:?}"
+            );
+        }
+        for path in ["relative", "/x:/etc", "/x,ro"] {
+            assert!(invalid("web", path).is_some(), "{path:?}");
+        }
+    }
 }
