@@ -9,10 +9,9 @@ use std::time::{Duration, Instant};
 use super::engine::Engine;
 use super::spec::PullPolicy;
 use super::{Event, Key, Pod, RunState, Slots, logs, net, probe};
+use crate::testing::controller::runtime::MAX_MESSAGE;
 use crate::testing::store::now;
 
-/// The most of a termination message kept, as the kubelet keeps it.
-const MAX_MESSAGE: u64 = 4096;
 /// How long `podman run` (create and start) may take.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a container may run: a year stands for ever.
@@ -217,16 +216,15 @@ pub(crate) async fn run(plan: RunPlan) {
         .next()
         .and_then(|l| l.trim().parse::<i32>().ok())
         .unwrap_or(-1);
-    let mut message = read_message(&plan.termination);
-    if message.is_empty() && spec.fallback_to_logs && code != 0 {
-        message = logs::tail_message(&logs::read(&plan.log));
-    }
+    let message = read_message(&plan.termination);
+    let log = logs::read(&plan.log);
+    let tail = log[log.len().saturating_sub(logs::TAIL_LINES)..].to_vec();
     plan.set(
         RunState::Exited {
             code,
             message,
             started_at,
-            finished_at: now(),
+            tail,
         },
         Vec::new(),
     );
@@ -314,12 +312,13 @@ fn run_args(plan: &RunPlan, spec: &super::spec::ContainerSpec) -> Vec<String> {
     args
 }
 
-/// The termination message the container wrote, at most 4096 bytes of it.
+/// The termination message the container wrote, at most [`MAX_MESSAGE`] bytes of
+/// it (what the kubelet reads).
 fn read_message(path: &std::path::Path) -> String {
     use std::io::Read;
     let mut bytes = Vec::new();
     if let Ok(file) = std::fs::File::open(path) {
-        let _ = file.take(MAX_MESSAGE).read_to_end(&mut bytes);
+        let _ = file.take(MAX_MESSAGE as u64).read_to_end(&mut bytes);
     }
     String::from_utf8_lossy(&bytes).into_owned()
 }

@@ -7,9 +7,9 @@ use std::path::Path;
 
 /// The most of a log file read: its last MiB, as the kubelet bounds what it serves.
 const MAX_LOG: u64 = 1 << 20;
-/// The most of the log a termination message falls back to (kubelet's limits).
-const FALLBACK_BYTES: usize = 2048;
-const FALLBACK_LINES: usize = 80;
+/// How many of a run's last log lines its exit carries: as many as a termination
+/// message falls back to (`FallbackToLogsOnError`).
+pub(crate) const TAIL_LINES: usize = 80;
 
 /// The lines of the log at `path` (the last MiB of it), stdout and stderr
 /// interleaved as written; empty when there is no log yet.
@@ -56,21 +56,9 @@ fn parse<'a>(records: impl Iterator<Item = &'a str>) -> Vec<String> {
     lines
 }
 
-/// The end of a log as a termination message falls back to it: the last 80 lines,
-/// at most their last 2048 bytes.
-pub(crate) fn tail_message(lines: &[String]) -> String {
-    let from = lines.len().saturating_sub(FALLBACK_LINES);
-    let text = lines[from..].join("\n");
-    let mut cut = text.len().saturating_sub(FALLBACK_BYTES);
-    while !text.is_char_boundary(cut) {
-        cut += 1;
-    }
-    text[cut..].to_owned()
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{parse, tail_message};
+    use super::parse;
 
     #[test]
     fn joins_partial_records_and_keeps_streams_interleaved() {
@@ -82,15 +70,5 @@ mod tests {
             "garbage",
         ];
         assert_eq!(parse(records.into_iter()), ["out bar", "partial", ""]);
-    }
-
-    #[test]
-    fn the_fallback_message_is_bounded() {
-        let lines: Vec<String> = (0..200)
-            .map(|i| format!("line {i:04} {}", "x".repeat(20)))
-            .collect();
-        let message = tail_message(&lines);
-        assert!(message.len() <= 2048);
-        assert!(message.ends_with(&lines[199]));
     }
 }

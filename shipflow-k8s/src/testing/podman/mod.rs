@@ -13,7 +13,8 @@
 //!   TCP ports are published; `hostNetwork` pods share the host's network.
 //! - Logs are Podman's `k8s-file` logs, one file per run, read bounded.
 //! - A per-run host file is mounted at the container's `terminationMessagePath`
-//!   and read after the exit (at most 4096 bytes).
+//!   and read after the exit (at most 4096 bytes); the kubelet falls back to the
+//!   log's tail as its termination-message policy says.
 
 mod engine;
 mod lifecycle;
@@ -88,12 +89,13 @@ pub(crate) enum RunState {
     StartFailed { message: String },
     /// Running since `started_at` (RFC 3339).
     Running { started_at: String },
-    /// It exited with `code`; `message` is its termination message.
+    /// It exited with `code`; `message` is what it wrote as its termination
+    /// message, `tail` the last lines of its log.
     Exited {
         code: i32,
         message: String,
         started_at: String,
-        finished_at: String,
+        tail: Vec<String>,
     },
 }
 

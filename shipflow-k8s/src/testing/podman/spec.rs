@@ -42,8 +42,6 @@ pub(crate) struct ContainerSpec {
     pub(crate) probe: Probe,
     /// `terminationMessagePath`.
     pub(crate) termination_path: String,
-    /// `terminationMessagePolicy: FallbackToLogsOnError`.
-    pub(crate) fallback_to_logs: bool,
     /// `imagePullPolicy`.
     pub(crate) pull: PullPolicy,
 }
@@ -94,7 +92,6 @@ impl ContainerSpec {
             probe: Probe::of(container, &ports),
             ports,
             termination_path,
-            fallback_to_logs: container["terminationMessagePolicy"] == "FallbackToLogsOnError",
             pull,
             env,
         }

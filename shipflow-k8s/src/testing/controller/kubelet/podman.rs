@@ -3,15 +3,18 @@
 //! and moves the container's state as for a scripted one (back-offs, restart counts,
 //! events), never waiting for Podman.
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::{FIRST_BACKOFF, MAX_BACKOFF, Phase, Run};
+use super::{Exit, FIRST_BACKOFF, MAX_BACKOFF, Phase, Run, exited};
 use crate::testing::controller::events::Type;
 use crate::testing::podman::{ContainerSpec, RunState, Runtime};
 use crate::testing::store::{State, now, str_at};
 
 /// What the kubelet says about a pod this step: (type, reason, message).
 type Said = Vec<(Type, String, String)>;
+
+/// The exit code a container that could not be started gets (as from containerd).
+const START_ERROR: i32 = 128;
 
 /// The pod's address and its node's: its own loopback address (the host's for a
 /// `hostNetwork` pod), `None` when no address is left.
@@ -82,36 +85,33 @@ pub(super) fn advance(
             code,
             message,
             started_at,
-            finished_at,
+            tail,
         } if !acknowledged => {
             runtime.acknowledge(uid, &c.name);
-            let reason = if code == 0 { "Completed" } else { "Error" };
-            exited(
-                pod,
-                c,
-                tick,
+            let exit = Exit {
                 code,
-                reason,
                 message,
-                started_at,
-                finished_at,
-                said,
-            );
+                last_words: tail,
+            };
+            ended(pod, c, tick, exit, started_at, said);
         }
         RunState::StartFailed { message } if !acknowledged => {
             runtime.acknowledge(uid, &c.name);
-            let at = now();
-            exited(
-                pod,
-                c,
-                tick,
-                128,
-                "StartError",
+            let exit = Exit {
+                code: START_ERROR,
                 message,
-                at.clone(),
-                at,
-                said,
-            );
+                last_words: Vec::new(),
+            };
+            ended(pod, c, tick, exit, now(), said);
+            // The runtime could not start it: containerd's reason for that.
+            match &mut c.state {
+                Phase::Terminated { reason, .. } => "StartError".clone_into(reason),
+                _ => {
+                    if let Some(t) = c.last.as_mut().and_then(|l| l.get_mut("terminated")) {
+                        t["reason"] = "StartError".into();
+                    }
+                }
+            }
         }
         // A failure already counted: back off, then try again.
         RunState::PullFailed { .. } | RunState::Exited { .. } | RunState::StartFailed { .. } => {
@@ -135,59 +135,28 @@ pub(super) fn advance(
     }
 }
 
-/// The container's run ended with `code`: restarted after a back-off as the pod's
-/// `restartPolicy` says (init containers until they succeed), or terminated.
-#[allow(clippy::too_many_arguments)]
-fn exited(
-    pod: &Value,
-    c: &mut Run,
-    tick: u64,
-    code: i32,
-    reason: &str,
-    message: String,
-    started_at: String,
-    finished_at: String,
-    said: &mut Said,
-) {
+/// The container's run ended with `exit`: restarted after a back-off as the pod's
+/// `restartPolicy` says, or terminated for good, as for a scripted container (its
+/// termination message falling back to its log's tail as its policy says).
+fn ended(pod: &Value, c: &mut Run, tick: u64, exit: Exit, started_at: String, said: &mut Said) {
+    // Only this run's lines: the fallback reads the tail of the run that ended.
+    c.logs.clear();
     let policy = str_at(pod, "/spec/restartPolicy");
-    let restart = match policy {
-        "Never" => false,
-        "OnFailure" => code != 0,
-        _ => !c.init || code != 0,
-    };
-    if !restart {
-        c.state = Phase::Terminated {
-            exit: code,
-            reason: reason.to_owned(),
-            message,
-            started_at,
-            finished_at,
-        };
-        return;
-    }
-    let mut terminated = json!({"exitCode": code, "reason": reason, "startedAt": started_at,
-        "finishedAt": finished_at,
-        "containerID": format!("containerd://{:032x}{:032x}", c.restarts, c.name.len())});
-    if !message.is_empty() {
-        terminated["message"] = message.into();
-    }
-    c.last = Some(json!({ "terminated": terminated }));
-    c.restarts += 1;
-    let name = str_at(pod, "/metadata/name");
-    c.state = Phase::waiting(
-        "CrashLoopBackOff",
-        format!(
-            "back-off {}s restarting failed container={} pod={name}",
-            c.backoff, c.name
-        ),
-        tick + c.backoff,
+    c.state = exited(
+        c,
+        exit,
+        policy,
+        started_at,
+        tick,
+        str_at(pod, "/metadata/name"),
     );
-    said.push((
-        Type::Warning,
-        "BackOff".into(),
-        "Back-off restarting failed container".into(),
-    ));
-    c.backoff = (c.backoff * 2).min(MAX_BACKOFF);
+    if matches!(c.state, Phase::Waiting { .. }) {
+        said.push((
+            Type::Warning,
+            "BackOff".into(),
+            "Back-off restarting failed container".into(),
+        ));
+    }
 }
 
 /// The spec of container `name` of `pod`.
