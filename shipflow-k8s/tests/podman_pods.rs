@@ -1,6 +1,6 @@
 //! The simulated cluster with pods run as real Podman containers: images pulled for
-//! real from a real `docker-registry`, served on each pod's own address, real exits,
-//! logs and termination messages. These tests need `podman`, `runc`, `slirp4netns`,
+//! real from a real `docker-registry`, served on each pod's own address, real exits
+//! (crash loops, Jobs), logs and termination messages. These tests need `podman`, `runc`, `slirp4netns`,
 //! `docker-registry` and `busybox-static`, and fail without them.
 
 use std::path::Path;
@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams, WatchEvent, WatchParams};
 use serde_json::{Value, json};
@@ -96,25 +97,26 @@ impl Fixture {
             .expect("create the Deployment");
     }
 
-    async fn pods(&self, app: &str) -> Vec<Pod> {
+    /// The pods with the labels of `selector`.
+    async fn pods(&self, selector: &str) -> Vec<Pod> {
         Api::<Pod>::default_namespaced(self.sim.client())
-            .list(&ListParams::default().labels(&format!("app={app}")))
+            .list(&ListParams::default().labels(selector))
             .await
             .expect("list pods")
             .items
     }
 
-    /// Polls the pods of `app` until `done` holds for them.
+    /// Polls the pods with the labels of `selector` until `done` holds for them.
     async fn wait_pods(
         &self,
-        app: &str,
+        selector: &str,
         what: &str,
         done: impl Fn(&[Value]) -> bool,
     ) -> Vec<Value> {
         let deadline = Instant::now() + PATIENCE;
         loop {
             let pods: Vec<Value> = self
-                .pods(app)
+                .pods(selector)
                 .await
                 .into_iter()
                 .map(|p| serde_json::to_value(p).expect("pod as JSON"))
@@ -198,11 +200,13 @@ async fn replicas_serve_the_real_image_on_their_own_pod_ips() {
         assert!(
             Instant::now() < deadline,
             "2 available replicas within {PATIENCE:?}; pods: {:#?}",
-            f.pods("web").await
+            f.pods("app=web").await
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let pods = f.wait_pods("web", "two ready pods", |p| p.len() == 2).await;
+    let pods = f
+        .wait_pods("app=web", "two ready pods", |p| p.len() == 2)
+        .await;
     let ips: Vec<String> = pods
         .iter()
         .map(|p| p["status"]["podIP"].as_str().unwrap_or_default().to_owned())
@@ -274,7 +278,7 @@ async fn a_missing_image_is_err_image_pull_with_podmans_message() {
         "Podman's own message: {message}"
     );
     // Retried after a back-off, failing the same way.
-    f.wait_pods("ghost", "ImagePullBackOff", |p| {
+    f.wait_pods("app=ghost", "ImagePullBackOff", |p| {
         p.first()
             .is_some_and(|p| status(p)["state"]["waiting"]["reason"] == "ImagePullBackOff")
     })
@@ -316,7 +320,7 @@ async fn a_command_that_exits_1_crash_loops_with_its_real_logs() {
     )
     .await;
     let pods = f
-        .wait_pods("crash", "CrashLoopBackOff after a restart", |p| {
+        .wait_pods("app=crash", "CrashLoopBackOff after a restart", |p| {
             p.first().is_some_and(|p| {
                 status(p)["restartCount"].as_i64().unwrap_or(0) >= 1
                     && status(p)["state"]["waiting"]["reason"] == "CrashLoopBackOff"
@@ -357,7 +361,7 @@ async fn deleting_the_deployment_removes_its_containers() {
     .await;
     // No readiness probe: ready once the first containerPort accepts connections.
     let pods = f
-        .wait_pods("gone", "two ready pods", |p| {
+        .wait_pods("app=gone", "two ready pods", |p| {
             p.len() == 2 && p.iter().all(|p| status(p)["ready"] == true)
         })
         .await;
@@ -374,7 +378,7 @@ async fn deleting_the_deployment_removes_its_containers() {
         .delete("gone", &DeleteParams::default())
         .await
         .expect("delete the Deployment");
-    f.wait_pods("gone", "the pods gone", <[Value]>::is_empty)
+    f.wait_pods("app=gone", "the pods gone", <[Value]>::is_empty)
         .await;
     let deadline = Instant::now() + PATIENCE;
     while !f.containers().is_empty() {
@@ -387,10 +391,47 @@ async fn deleting_the_deployment_removes_its_containers() {
     }
 }
 
+/// Creates the Job `name` whose one container `step` runs `script` with busybox's
+/// shell, never restarted, and polls it until it has the condition `condition`.
+async fn run_job(f: &Fixture, name: &str, image: &str, script: &str, condition: &str) -> Job {
+    let job: Job = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"backoffLimit": 0, "template": {"spec": {
+            "restartPolicy": "Never",
+            "containers": [{"name": "step", "image": image,
+                "command": ["/bin/busybox", "sh", "-c", script],
+                "terminationMessagePolicy": "FallbackToLogsOnError"}],
+        }}},
+    }))
+    .expect("a valid Job");
+    let jobs = Api::<Job>::default_namespaced(f.sim.client());
+    jobs.create(&PostParams::default(), &job)
+        .await
+        .expect("create the Job");
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let job = jobs.get(name).await.expect("get the Job");
+        let holds = job
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == condition && c.status == "True"));
+        if holds {
+            return job;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Job {name} {condition} within {PATIENCE:?}: {job:#?}; pods: {:#?}",
+            f.pods(&format!("job-name={name}")).await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pod_reaches_the_hosts_loopback_and_leaves_a_termination_message() {
+async fn a_job_reaches_the_hosts_loopback_and_completes_with_its_termination_message() {
     let f = Fixture::start().await;
-    let image = f.web_image("probe", "unused\n");
+    let image = f.web_image("asker", "unused\n");
     let alias = f.sim.host_alias().expect("a Podman-backed cluster");
     let port = f.registry.port();
     // busybox's nc asks the test's registry (on the host's 127.0.0.1) for /v2/ and
@@ -399,32 +440,47 @@ async fn a_pod_reaches_the_hosts_loopback_and_leaves_a_termination_message() {
         "printf 'GET /v2/ HTTP/1.0\\r\\nHost: {alias}\\r\\n\\r\\n' | /bin/busybox nc {alias} {port} \
          | /bin/busybox head -n 1 | /bin/busybox tr -d '\\r' > /dev/termination-log; echo asked"
     );
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": "asker", "labels": {"app": "asker"}},
-        "spec": {"restartPolicy": "Never", "containers": [{"name": "ask", "image": image,
-            "command": ["/bin/busybox", "sh", "-c", script]}]},
-    }))
-    .expect("a valid Pod");
-    Api::<Pod>::default_namespaced(f.sim.client())
-        .create(&PostParams::default(), &pod)
-        .await
-        .expect("create the Pod");
-    let pods = f
-        .wait_pods("asker", "the container terminated", |p| {
-            p.first()
-                .is_some_and(|p| status(p)["state"]["terminated"].is_object())
-        })
-        .await;
-    let terminated = &status(&pods[0])["state"]["terminated"];
+    run_job(&f, "ask", &image, &script, "Complete").await;
+    let pods = f.pods("job-name=ask").await;
+    assert_eq!(pods.len(), 1, "{pods:#?}");
+    let pod = serde_json::to_value(&pods[0]).expect("pod as JSON");
+    assert_eq!(pod["status"]["phase"], "Succeeded", "{pod:#}");
+    let terminated = &status(&pod)["state"]["terminated"];
     assert_eq!(terminated["exitCode"], 0, "{terminated}");
     assert_eq!(terminated["reason"], "Completed", "{terminated}");
     assert_eq!(terminated["message"], "HTTP/1.0 200 OK\n", "{terminated}");
-    assert_eq!(status(&pods[0])["restartCount"], 0);
+    let name = pod["metadata"]["name"].as_str().unwrap_or_default();
     let logs = Api::<Pod>::default_namespaced(f.sim.client())
-        .logs("asker", &LogParams::default())
+        .logs(name, &LogParams::default())
         .await
         .expect("the logs");
     assert_eq!(logs, "asked\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_container_exits_3_fails_with_its_log_as_the_message() {
+    let f = Fixture::start().await;
+    let image = f.web_image("failer", "unused\n");
+    run_job(
+        &f,
+        "fail",
+        &image,
+        "echo compiling; echo 'error: no such file' >&2; exit 3",
+        "Failed",
+    )
+    .await;
+    let pods = f.pods("job-name=fail").await;
+    assert_eq!(pods.len(), 1, "backoffLimit 0: one try; {pods:#?}");
+    let pod = serde_json::to_value(&pods[0]).expect("pod as JSON");
+    assert_eq!(pod["status"]["phase"], "Failed", "{pod:#}");
+    let terminated = &status(&pod)["state"]["terminated"];
+    assert_eq!(terminated["exitCode"], 3, "{terminated}");
+    assert_eq!(terminated["reason"], "Error", "{terminated}");
+    // No message written: FallbackToLogsOnError takes the log's tail.
+    assert_eq!(
+        terminated["message"], "compiling\nerror: no such file\n",
+        "{terminated}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -447,7 +503,7 @@ async fn a_host_network_pod_serves_on_the_hosts_address() {
         .await
         .expect("create the Pod");
     let pods = f
-        .wait_pods("hostnet", "the pod ready", |p| {
+        .wait_pods("app=hostnet", "the pod ready", |p| {
             p.first().is_some_and(|p| status(p)["ready"] == true)
         })
         .await;
