@@ -181,6 +181,7 @@ async fn get(ip: &str, port: u16) -> Result<String, String> {
 async fn replicas_serve_the_real_image_on_their_own_pod_ips() {
     let f = Fixture::start().await;
     let image = f.web_image("web", "hello from a real pod\n");
+    let started = Instant::now();
     f.create_deployment(
         "web",
         2,
@@ -195,6 +196,10 @@ async fn replicas_serve_the_real_image_on_their_own_pod_ips() {
         let d = deployments.get("web").await.expect("get the Deployment");
         let available = d.status.and_then(|s| s.available_replicas).unwrap_or(0);
         if available == 2 {
+            println!(
+                "2 replicas pulled, started and ready in {:?}",
+                started.elapsed()
+            );
             break;
         }
         assert!(
