@@ -1,7 +1,10 @@
 //! The simulated cluster with pods run as real Podman containers: images pulled for
 //! real from a real `docker-registry`, served on each pod's own address, real exits
-//! (crash loops, Jobs), logs and termination messages. These tests need `podman`, `runc`, `slirp4netns`,
-//! `docker-registry` and `busybox-static`, and fail without them.
+//! (crash loops, Jobs), logs (through the kube client and the real `kubectl`) and
+//! termination messages. These tests need `podman`, `runc`, `slirp4netns`,
+//! `docker-registry`, `busybox-static` and `kubectl`, and fail without them.
+
+mod common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -15,6 +18,8 @@ use serde_json::{Value, json};
 use shipflow_k8s::testing::{PodmanPods, SimCluster};
 use shipflow_oci::testing::TestRegistry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use common::kubectl::Kubectl;
 
 /// How long a real rollout (pull, start, first probes) may take on a slow machine.
 const PATIENCE: Duration = Duration::from_secs(90);
@@ -347,11 +352,13 @@ async fn a_command_that_exits_1_crash_loops_with_its_real_logs() {
         )
         .await
         .expect("the previous run's logs");
-    assert_eq!(
-        logs,
-        format!("hello from a ConfigMap, run as {name}\nfatal: no database\n"),
-        "the container's real output"
-    );
+    let want = format!("hello from a ConfigMap, run as {name}\nfatal: no database\n");
+    assert_eq!(logs, want, "the container's real output");
+    let kubectl = Kubectl::new(&f.sim)
+        .run(&["logs", "--previous", "deployment/crash"])
+        .await;
+    assert!(kubectl.ok, "kubectl logs --previous: {}", kubectl.stderr);
+    assert_eq!(kubectl.stdout, want, "what kubectl logs --previous shows");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
