@@ -13,7 +13,10 @@ use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{
+    Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams, WatchEvent,
+    WatchParams,
+};
 use serde_json::{Value, json};
 use shipflow_k8s::testing::{PodmanPods, SimCluster};
 use shipflow_oci::testing::TestRegistry;
@@ -359,6 +362,81 @@ async fn a_command_that_exits_1_crash_loops_with_its_real_logs() {
         .await;
     assert!(kubectl.ok, "kubectl logs --previous: {}", kubectl.stderr);
     assert_eq!(kubectl.stdout, want, "what kubectl logs --previous shows");
+    // Each start reads the environment again: a changed ConfigMap shows in the
+    // next run.
+    Api::<ConfigMap>::default_namespaced(f.sim.client())
+        .patch(
+            "settings",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"greeting": "hello again"}})),
+        )
+        .await
+        .expect("change the ConfigMap");
+    let pods = Api::<Pod>::default_namespaced(f.sim.client());
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let previous = LogParams {
+            previous: true,
+            ..LogParams::default()
+        };
+        let logs = pods.logs(name, &previous).await.unwrap_or_default();
+        if logs.starts_with("hello again, run as ") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a run with the changed ConfigMap within {PATIENCE:?}; last: {logs}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_config_map_holds_the_container_until_it_exists() {
+    let f = Fixture::start().await;
+    let image = f.web_image("later", "configured\n");
+    f.create_deployment(
+        "later",
+        1,
+        json!({"name": "web", "image": image, "ports": [{"containerPort": 8080}],
+            "env": [{"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "later", "key": "mode"}}}]}),
+    )
+    .await;
+    let pods = f
+        .wait_pods("app=later", "CreateContainerConfigError", |p| {
+            p.first().is_some_and(|p| {
+                status(p)["state"]["waiting"]["reason"] == "CreateContainerConfigError"
+            })
+        })
+        .await;
+    assert_eq!(
+        status(&pods[0])["state"]["waiting"]["message"],
+        "configmap \"later\" not found"
+    );
+    assert!(f.containers().is_empty(), "nothing ran");
+    let config: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "later"},
+        "data": {"mode": "fast"},
+    }))
+    .expect("a valid ConfigMap");
+    Api::<ConfigMap>::default_namespaced(f.sim.client())
+        .create(&PostParams::default(), &config)
+        .await
+        .expect("create the ConfigMap");
+    let pods = f
+        .wait_pods("app=later", "the pod ready", |p| {
+            p.first().is_some_and(|p| status(p)["ready"] == true)
+        })
+        .await;
+    let ip = pods[0]["status"]["podIP"].as_str().unwrap_or_default();
+    assert_eq!(get(ip, 8080).await.as_deref(), Ok("configured\n"));
+    let env = f.podman(&[
+        "inspect",
+        "--format",
+        "{{range .Config.Env}}{{println .}}{{end}}",
+        &f.containers()[0],
+    ]);
+    assert!(env.lines().any(|l| l == "MODE=fast"), "{env}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -248,9 +248,11 @@ impl Runtime {
         self.spawn_run(&mut slots, &key, None);
     }
 
-    /// Runs container `container` of pod `uid` again after a failed pull, a failed
-    /// start or an exit: a new pull if the last failed, a new container otherwise.
-    pub(crate) fn restart(&self, uid: &str, container: &str) {
+    /// Runs container `container` of pod `uid` again, as `spec` says now (the
+    /// kubelet resolves the environment at every start), after a failed pull, a
+    /// failed start or an exit: a new pull if the last failed, a new container
+    /// otherwise.
+    pub(crate) fn restart(&self, uid: &str, container: &str, spec: ContainerSpec) {
         let key = (uid.to_owned(), container.to_owned());
         let mut slots = lock(&self.slots);
         let Some(slot) = slots.get_mut(&key) else {
@@ -263,6 +265,7 @@ impl Runtime {
             return;
         }
         let previous = (!slot.started.is_empty()).then(|| container_name(&key, slot.run));
+        slot.spec = spec;
         slot.run += 1;
         slot.state = RunState::Starting;
         slot.acknowledged = false;

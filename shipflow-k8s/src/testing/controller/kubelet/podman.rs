@@ -125,9 +125,32 @@ pub(super) fn advance(
                 }
                 Phase::Waiting {
                     reason, message, ..
-                } if reason == "ImagePullBackOff" || reason == "CrashLoopBackOff" => {
-                    c.state = Phase::waiting(reason, message.clone(), 0);
-                    runtime.restart(uid, &c.name);
+                } if matches!(
+                    reason.as_str(),
+                    "ImagePullBackOff" | "CrashLoopBackOff" | "CreateContainerConfigError"
+                ) =>
+                {
+                    // The configuration is read again at every start.
+                    if let Some(missing) = missing {
+                        if reason != "CreateContainerConfigError" {
+                            said.push((
+                                Type::Warning,
+                                "Failed".into(),
+                                format!("Error: {missing}"),
+                            ));
+                        }
+                        c.state = Phase::waiting("CreateContainerConfigError", missing, 0);
+                        return;
+                    }
+                    let Some(container) = container_json(pod, &c.name) else {
+                        return;
+                    };
+                    c.state = match reason.as_str() {
+                        "CreateContainerConfigError" => Phase::waiting("ContainerCreating", "", 0),
+                        _ => Phase::waiting(reason, message.clone(), 0),
+                    };
+                    let spec = ContainerSpec::new(st, pod, container);
+                    runtime.restart(uid, &c.name, spec);
                 }
                 _ => {}
             }
