@@ -80,6 +80,28 @@
 //!   image behaves is scripted with [`Outcome`]
 //!   ([`set_termination_message`](SimCluster::set_termination_message) for what it
 //!   leaves in `/dev/termination-log`).
+//! - **Real containers, on request**: a cluster started with
+//!   [`start_with_podman`](SimCluster::start_with_podman) runs its pods as Podman
+//!   containers (its own storage, every container removed on drop) instead of by
+//!   script. Images are pulled for real (a missing one is `ErrImagePull` with
+//!   Podman's message, then `ImagePullBackOff`); containers run the image's or the
+//!   spec's command and arguments with the spec's environment (values, ConfigMap and
+//!   Secret keys, `envFrom`, pod fields, `$(VAR)` expansion); a process that exits
+//!   is `Terminated` with its exit code and restarted after a back-off as the pod's
+//!   `restartPolicy` says (`CrashLoopBackOff`); readiness is a real probe
+//!   (`httpGet`, `tcpSocket` or `exec` with its timing in real seconds; without a
+//!   probe, a TCP connect to the first `containerPort`); logs (`previous` too) are
+//!   the container's own; the termination message is what it wrote to its
+//!   `terminationMessagePath` (at most 4096 bytes; `FallbackToLogsOnError`).
+//!   Each pod gets a loopback address of its own as its `podIP`, on which its
+//!   container ports are published: `http://<podIP>:<port>` answers from the
+//!   host, and replicas on one port do not clash. Pods reach the host's
+//!   `127.0.0.1` (say a test's registry) at [`host_alias`](SimCluster::host_alias)
+//!   (slirp4netns's `10.0.2.2`); `hostNetwork` pods use the host's network. Not
+//!   modelled there: containers of one pod sharing `localhost` (each container has
+//!   its own network namespace, all published on the pod's address), pod-to-pod
+//!   traffic, graceful stops (deleted pods' containers are killed at once),
+//!   liveness and startup probes, resource limits and volumes.
 //! - **Endpoints and EndpointSlices** that follow pod readiness and termination, and
 //!   **Events** as controllers and the kubelet record them.
 //! - **Garbage collection** of ReplicaSets, pods and slices whose owner is gone, and
@@ -123,6 +145,7 @@ mod controller;
 mod discovery;
 mod fields;
 mod patch;
+mod podman;
 mod resources;
 mod schema;
 mod selector;
@@ -139,6 +162,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
+pub use podman::PodmanPods;
 use resources::Kind;
 use store::Shared;
 
@@ -192,12 +216,16 @@ pub struct SimCluster {
     shared: Arc<Shared>,
     server: tokio::task::JoinHandle<()>,
     controllers: tokio::task::JoinHandle<()>,
+    podman: Option<Arc<podman::Runtime>>,
 }
 
 impl Drop for SimCluster {
     fn drop(&mut self) {
         self.server.abort();
         self.controllers.abort();
+        if let Some(runtime) = &self.podman {
+            runtime.shutdown();
+        }
     }
 }
 
@@ -209,9 +237,44 @@ impl SimCluster {
 
     /// Starts a server whose controllers take a step every `step`.
     pub async fn with_step(step: Duration) -> std::io::Result<Self> {
+        Self::launch(step, None).await
+    }
+
+    /// Starts a server (steps every 20 ms) whose kubelet runs pods as real Podman
+    /// containers instead of by script: images are pulled for real from their
+    /// registries (plain HTTP allowed, as from a test's own `docker-registry`), a
+    /// missing one is `ErrImagePull` with Podman's message; containers run their
+    /// image's (or the spec's) command with the spec's environment (ConfigMap and
+    /// Secret references resolved), exit for real (`CrashLoopBackOff`, restart
+    /// counts), are ready when their `readinessProbe` passes (without one: when
+    /// their first `containerPort` accepts connections), and their logs and
+    /// termination messages are their own.
+    ///
+    /// Each pod gets a loopback address of its own as `status.podIP`, on which its
+    /// containers' TCP ports are published: `http://<podIP>:<containerPort>` answers
+    /// from the host. From inside a pod, the host's `127.0.0.1` is
+    /// [`host_alias`](Self::host_alias). `hostNetwork` pods run on the host's network
+    /// (`podIP` `127.0.0.1`).
+    ///
+    /// Podman runs with its own configuration and storage (see
+    /// [`podman_command`](Self::podman_command)); every container is removed when
+    /// the cluster is dropped. Fails when `podman`, `runc` or `slirp4netns` is not
+    /// installed. [`Outcome`] scripts do not apply to such a cluster, and
+    /// [`seed_deployment_json`](Self::seed_deployment_json) does not wait for real
+    /// containers: create workloads through the API and wait for them.
+    pub async fn start_with_podman(pods: PodmanPods) -> std::io::Result<Self> {
+        let runtime = Arc::new(podman::Runtime::new(&pods)?);
+        Self::launch(Duration::from_millis(20), Some(runtime)).await
+    }
+
+    async fn launch(
+        step: Duration,
+        runtime: Option<Arc<podman::Runtime>>,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared::new(step));
+        shared.lock().podman = runtime.clone();
         let serving = shared.clone();
         let server = tokio::spawn(async move {
             loop {
@@ -237,7 +300,23 @@ impl SimCluster {
             shared,
             server,
             controllers,
+            podman: runtime,
         })
+    }
+
+    /// The address a pod of a [Podman-backed](Self::start_with_podman) cluster uses
+    /// to reach the host's `127.0.0.1` (slirp4netns's forward of the host's
+    /// loopback, `10.0.2.2`): a registry a test runs on `127.0.0.1:<port>` is
+    /// `http://<host_alias>:<port>` from inside a pod. `None` for a scripted cluster.
+    pub fn host_alias(&self) -> Option<&'static str> {
+        self.podman.as_ref().map(|_| podman::HOST_ALIAS)
+    }
+
+    /// The `podman` command line pointed at a [Podman-backed](Self::start_with_podman)
+    /// cluster's own configuration and storage (to build an image, or list the
+    /// containers its pods run: `ps -a`); `None` for a scripted cluster.
+    pub fn podman_command(&self) -> Option<std::process::Command> {
+        self.podman.as_ref().map(|r| r.command())
     }
 
     /// The server's base URL, `http://127.0.0.1:<port>`.

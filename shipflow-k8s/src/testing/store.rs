@@ -77,6 +77,8 @@ pub(crate) struct State {
     /// the progress deadline counts from (the condition's own time has only whole
     /// seconds of wall time).
     pub(crate) progress_at: HashMap<String, u64>,
+    /// The container runtime when pods run as real Podman containers.
+    pub(crate) podman: Option<Arc<super::podman::Runtime>>,
 }
 
 impl State {

@@ -4,7 +4,10 @@
 //! init containers first, keeps each container's logs, restarts or keeps exited
 //! containers as the pod's restart policy says (a pod whose containers all exited
 //! for good has `Succeeded` or `Failed`), and finishes deleted pods. What a started
-//! container does is its [`Runtime`]'s to say.
+//! container does is its [`Runtime`]'s to say; with a Podman runtime
+//! ([`podman`]), containers run for real instead of by script.
+
+mod podman;
 
 use serde_json::{Value, json};
 
@@ -52,6 +55,8 @@ struct Run {
     previous: Option<Vec<String>>,
     /// The container's `terminationMessagePolicy`.
     message_policy: String,
+    /// Readiness as a real probe finds it (containers run by Podman).
+    real_ready: Option<bool>,
 }
 
 impl Run {
@@ -232,6 +237,7 @@ impl PodRun {
                     logs: Vec::new(),
                     previous: None,
                     message_policy: str_at(c, "/terminationMessagePolicy").to_owned(),
+                    real_ready: None,
                 });
             }
         }
@@ -283,13 +289,21 @@ pub(crate) fn step(shared: &Shared, st: &mut State, ns: &str) {
         };
         match advance(shared, st, &pod, run) {
             Some(run) => {
-                if let Some(at) = run.next_wake(st.tick, &runtime(st)) {
+                // Real containers change on their own: look at them every step.
+                let next = match st.podman {
+                    Some(_) => Some(st.tick + 1),
+                    None => run.next_wake(st.tick, &runtime(st)),
+                };
+                if let Some(at) = next {
                     st.wake(ns, at);
                 }
                 st.pods.insert(uid, run);
             }
             None => {
                 st.pods.remove(&uid);
+                if let Some(runtime) = &st.podman {
+                    runtime.stop(&uid);
+                }
             }
         }
     }
@@ -318,6 +332,9 @@ fn advance(shared: &Shared, st: &mut State, pod: &Value, mut run: PodRun) -> Opt
         }
         run.stopped = true;
         run.ready_since = None;
+        if let Some(runtime) = &st.podman {
+            runtime.stop(str_at(pod, "/metadata/uid"));
+        }
         events::record(
             shared,
             st,
@@ -354,11 +371,18 @@ fn advance(shared: &Shared, st: &mut State, pod: &Value, mut run: PodRun) -> Opt
             }
             return Some(run);
         }
+        let (ip, host_ip) = match st.podman.clone() {
+            Some(runtime) => match podman::address(&runtime, pod) {
+                Some(address) => address,
+                // No loopback address left: not scheduled (yet).
+                None => return Some(run),
+            },
+            None => (st.next_ip("10.244"), "172.18.0.2"),
+        };
         run.scheduled = true;
         let mut placed = pod.clone();
         placed["spec"]["nodeName"] = NODE.into();
-        let ip = st.next_ip("10.244");
-        placed["status"] = json!({"phase": "Pending", "hostIP": "172.18.0.2", "podIP": ip,
+        placed["status"] = json!({"phase": "Pending", "hostIP": host_ip, "podIP": ip,
             "podIPs": [{"ip": ip}], "startTime": now(), "qosClass": "BestEffort"});
         let placed = shared.put(st, Kind::Pod, &ns, placed);
         events::record(
@@ -387,6 +411,10 @@ fn advance(shared: &Shared, st: &mut State, pod: &Value, mut run: PodRun) -> Opt
         }
         let missing = missing_config(st, &ns, &pod["spec"], &c.name);
         let c = &mut run.containers[i];
+        if let Some(runtime) = st.podman.clone() {
+            podman::advance(&runtime, st, pod, c, missing, &mut said);
+            continue;
+        }
         let mut next = c.state.clone();
         match &c.state {
             Phase::Waiting { reason, until, .. } => {
@@ -619,6 +647,7 @@ fn missing_config(st: &State, ns: &str, spec: &Value, name: &str) -> Option<Stri
 
 fn container_ready(c: &Run, tick: u64) -> bool {
     match c.state {
+        Phase::Running { .. } if let Some(ready) = c.real_ready => ready,
         // A crash-looping container dies while starting: never seen ready.
         Phase::Running { since, .. } => {
             !matches!(c.behaviour, Outcome::NeverReady | Outcome::CrashLoop)
@@ -811,6 +840,9 @@ pub(crate) fn logs(
         .iter()
         .find(|c| c.name == container)
         .ok_or_else(|| format!("container \"{container}\" is not valid for pod \"{pod}\""))?;
+    if let Some(runtime) = &st.podman {
+        return podman::logs(runtime, c, uid, pod, previous);
+    }
     if previous {
         return c.previous.clone().ok_or_else(|| {
             format!("previous terminated container \"{container}\" in pod \"{pod}\" not found")
