@@ -603,3 +603,43 @@ async fn a_host_network_pod_serves_on_the_hosts_address() {
         Ok("served on the host\n")
     );
 }
+
+/// A restricted pod (not root, read-only root file system, no capabilities, no
+/// privilege escalation) writes only to its `emptyDir`: the security context and
+/// the volume reach the real container.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restricted_pod_runs_as_its_user_and_writes_only_to_its_empty_dir() {
+    let f = Fixture::start().await;
+    let image = f.web_image("restricted", "unused\n");
+    let script = "/bin/busybox id -u > /dev/termination-log; echo x > /scratch/ok || exit 5; \
+                  if echo x > /root-file 2>/dev/null; then echo ROOT-WRITABLE; exit 4; fi";
+    let job: Job = serde_json::from_value(json!({
+        "metadata": {"name": "restricted"},
+        "spec": {"backoffLimit": 0, "template": {"spec": {
+            "restartPolicy": "Never",
+            "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532,
+                "seccompProfile": {"type": "RuntimeDefault"}},
+            "volumes": [{"name": "scratch", "emptyDir": {}}],
+            "containers": [{"name": "step", "image": image,
+                "command": ["/bin/busybox", "sh", "-c", script],
+                "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}],
+                "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+                    "capabilities": {"drop": ["ALL"]}}}],
+        }}},
+    }))
+    .expect("a valid Job");
+    Api::<Job>::default_namespaced(f.sim.client())
+        .create(&PostParams::default(), &job)
+        .await
+        .expect("create the Job");
+    let pods = f
+        .wait_pods("job-name=restricted", "the pod finished", |p| {
+            p.first().is_some_and(|p| {
+                matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
+            })
+        })
+        .await;
+    let terminated = &status(&pods[0])["state"]["terminated"];
+    assert_eq!(pods[0]["status"]["phase"], "Succeeded", "{terminated}");
+    assert_eq!(terminated["message"], "65532\n", "{terminated}");
+}

@@ -31,6 +31,8 @@ pub(crate) struct RunPlan {
     pub(crate) previous: Option<String>,
     pub(crate) log: PathBuf,
     pub(crate) termination: PathBuf,
+    /// Where the pod's `emptyDir` volumes live, one directory each.
+    pub(crate) volumes: PathBuf,
     pub(crate) pull_timeout: Duration,
 }
 
@@ -71,7 +73,7 @@ pub(crate) async fn run(plan: RunPlan) {
         let _ = engine.run(&args, START_TIMEOUT).await;
     }
     let image = spec.image.clone();
-    if let Some(why) = invalid(&image, &spec.termination_path) {
+    if let Some(why) = invalid(&image, &spec.termination_path).or_else(|| invalid_mounts(&spec)) {
         plan.set(
             RunState::PullFailed {
                 reason: why.0,
@@ -162,6 +164,23 @@ pub(crate) async fn run(plan: RunPlan) {
         &plan.termination,
         std::os::unix::fs::PermissionsExt::from_mode(0o666),
     );
+    // An emptyDir outlives the pod's container restarts, and any user may write it.
+    for (volume, _, _) in &spec.empty_dirs {
+        let dir = plan.volumes.join(volume);
+        let made = std::fs::create_dir_all(&dir).and_then(|()| {
+            std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o1777))
+        });
+        if let Err(e) = made {
+            let message = format!("cannot create emptyDir {volume}: {e}");
+            plan.set(
+                RunState::StartFailed {
+                    message: message.clone(),
+                },
+                vec![Event::warning("Failed", format!("Error: {message}"))],
+            );
+            return;
+        }
+    }
     let container = plan.key.1.clone();
     match engine.run(&run_args(&plan, &spec), START_TIMEOUT).await {
         Ok(_) => {}
@@ -257,6 +276,25 @@ fn invalid(image: &str, termination_path: &str) -> Option<(&'static str, String)
     None
 }
 
+/// Why the container's `emptyDir` mounts cannot be made: a mount path that is not
+/// absolute or would add mount options, a volume name that is not a plain name.
+fn invalid_mounts(spec: &super::spec::ContainerSpec) -> Option<(&'static str, String)> {
+    spec.empty_dirs.iter().find_map(|(volume, path, _)| {
+        let bad_name = volume.is_empty()
+            || !volume
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+            || volume.starts_with('.');
+        let bad_path = !path.starts_with('/') || path.contains([':', ',']);
+        (bad_name || bad_path).then(|| {
+            (
+                "CreateContainerConfigError",
+                format!("invalid volume mount {volume:?} at {path:?}"),
+            )
+        })
+    })
+}
+
 /// The `podman run` arguments of `plan`.
 fn run_args(plan: &RunPlan, spec: &super::spec::ContainerSpec) -> Vec<String> {
     let (uid, container) = &plan.key;
@@ -299,6 +337,26 @@ fn run_args(plan: &RunPlan, spec: &super::spec::ContainerSpec) -> Vec<String> {
     }
     for (name, value) in &spec.env {
         args.push(format!("--env={name}={value}"));
+    }
+    for (volume, path, read_only) in &spec.empty_dirs {
+        let mode = if *read_only { ":ro" } else { "" };
+        args.push(format!(
+            "--volume={}:{path}{mode}",
+            plan.volumes.join(volume).display()
+        ));
+    }
+    let security = &spec.security;
+    if let Some(user) = &security.user {
+        args.push(format!("--user={user}"));
+    }
+    if security.read_only {
+        args.push("--read-only".into());
+    }
+    if security.no_new_privileges {
+        args.push("--security-opt=no-new-privileges".into());
+    }
+    for capability in &security.drop {
+        args.push(format!("--cap-drop={capability}"));
     }
     if let Some(dir) = &spec.working_dir {
         args.push(format!("--workdir={dir}"));

@@ -288,6 +288,7 @@ impl Runtime {
             previous,
             log: dir.join("logs").join(format!("{file}.log")),
             termination: dir.join("termination").join(file),
+            volumes: dir.join("volumes").join(&key.0),
             pull_timeout: self.pull_timeout,
         };
         if let Some(old) = slot.task.take() {

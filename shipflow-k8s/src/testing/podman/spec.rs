@@ -44,6 +44,78 @@ pub(crate) struct ContainerSpec {
     pub(crate) termination_path: String,
     /// `imagePullPolicy`.
     pub(crate) pull: PullPolicy,
+    /// The pod's `emptyDir` volumes this container mounts: `(volume, mountPath,
+    /// readOnly)`. Other kinds of volume are not modelled.
+    pub(crate) empty_dirs: Vec<(String, String, bool)>,
+    /// The security context, the container's over the pod's.
+    pub(crate) security: Security,
+}
+
+/// What a security context asks of the runtime.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Security {
+    /// `runAsUser[:runAsGroup]`.
+    pub(crate) user: Option<String>,
+    /// `readOnlyRootFilesystem`.
+    pub(crate) read_only: bool,
+    /// `allowPrivilegeEscalation: false`.
+    pub(crate) no_new_privileges: bool,
+    /// `capabilities.drop`.
+    pub(crate) drop: Vec<String>,
+}
+
+impl Security {
+    fn of(pod: &Value, container: &Value) -> Self {
+        let (own, pods) = (
+            &container["securityContext"],
+            &pod["spec"]["securityContext"],
+        );
+        let pick = |field: &str| {
+            own.get(field)
+                .or_else(|| pods.get(field))
+                .and_then(Value::as_i64)
+        };
+        let user = pick("runAsUser").map(|uid| match pick("runAsGroup") {
+            Some(gid) => format!("{uid}:{gid}"),
+            None => uid.to_string(),
+        });
+        Self {
+            user,
+            read_only: own["readOnlyRootFilesystem"] == true,
+            no_new_privileges: own["allowPrivilegeEscalation"] == false,
+            drop: own["capabilities"]["drop"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .filter(|c| c.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+                .map(str::to_owned)
+                .collect(),
+        }
+    }
+}
+
+/// The `emptyDir` volumes `container` mounts.
+fn empty_dirs(pod: &Value, container: &Value) -> Vec<(String, String, bool)> {
+    let volumes = pod["spec"]["volumes"].as_array();
+    container["volumeMounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| {
+            volumes
+                .into_iter()
+                .flatten()
+                .any(|v| v["name"] == m["name"] && v.get("emptyDir").is_some())
+        })
+        .map(|m| {
+            (
+                str_at(m, "/name").to_owned(),
+                str_at(m, "/mountPath").to_owned(),
+                m["readOnly"] == true,
+            )
+        })
+        .collect()
 }
 
 impl ContainerSpec {
@@ -94,6 +166,8 @@ impl ContainerSpec {
             termination_path,
             pull,
             env,
+            empty_dirs: empty_dirs(pod, container),
+            security: Security::of(pod, container),
         }
     }
 }
