@@ -5,12 +5,20 @@
 mod common;
 
 use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
 
-use common::{Monorepo, builder_image};
+use common::{Monorepo, builder_image, outcome};
 use shipflow_kit::docker::testing::TestPodman;
+use shipflow_kit::git::GitChangeDetector;
+use shipflow_kit::k8s::testing::{PodmanPods, SimCluster};
+use shipflow_kit::k8s::{BuildJobs, KubeDeployer, KubeJobBuilder};
 use shipflow_kit::oci::testing::TestRegistry;
 use shipflow_kit::oci::{ContextPacker, NativeBuilder, RegistryClient};
-use shipflow_kit::{BuildRequest, Context, ImageBuilder as _, Registry as _, Workspace};
+use shipflow_kit::{
+    BuildRequest, Context, FailurePolicy, ImageBuilder as _, Outcome, Pipeline, Registry as _,
+    Selection, Workspace,
+};
 
 /// How a build pod reaches the registry on the host's loopback: slirp4netns maps
 /// 10.0.2.2 to it.
@@ -133,4 +141,150 @@ async fn the_builder_image_builds_an_app_in_a_restricted_container() {
             .expect("resolve"),
         Some(local.digest)
     );
+}
+
+/// The registry as build pods reach it, for `[workspace.build-jobs]`.
+fn alias_of(sim: &SimCluster, registry: &str) -> String {
+    let alias = sim.host_alias().expect("a Podman-backed cluster");
+    registry.replacen("127.0.0.1", alias, 1)
+}
+
+/// What a pod of `app` serves, by its pod IP: every ready pod of the Deployment.
+fn served(sim: &SimCluster, app: &str) -> Vec<String> {
+    sim.list("Pod", "default")
+        .iter()
+        .filter(|p| p["metadata"]["labels"][shipflow_kit::k8s::APP_LABEL] == app)
+        .filter(|p| p["metadata"].get("deletionTimestamp").is_none())
+        .filter_map(|p| p["status"]["podIP"].as_str().map(str::to_owned))
+        .map(|ip| {
+            let body = Command::new("curl")
+                .args(["-sf", "--max-time", "5", &format!("http://{ip}:8080/")])
+                .output()
+                .expect("curl runs");
+            String::from_utf8_lossy(&body.stdout).into_owned()
+        })
+        .collect()
+}
+
+/// Two apps built as Jobs on the simulated cluster whose pods are real Podman
+/// containers (the builder's too), pushed to the real registry, deployed as pods
+/// that answer HTTP with what was built; a rerun of the same inputs reuses the
+/// finished Jobs; an edit builds one new Job; an image that crashes is caught from
+/// its real exit and rolled back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apps_built_as_jobs_run_as_pods_that_answer_http() {
+    let registry = TestRegistry::start().expect("docker-registry starts");
+    let host = registry.host();
+    let repo = Monorepo::create(&host, &["api", "web"], |_, _| {
+        "deploy.kubernetes = { replicas = 1, ports = [{ port = 8080 }], readiness = { http = \"/\", period = 1 } }".into()
+    });
+    let builder = builder_image(&host).await;
+    let sim = SimCluster::start_with_podman(PodmanPods::new())
+        .await
+        .expect("a Podman-backed simulated cluster");
+    let settings = BuildJobs::new(builder)
+        .namespace("builds")
+        .registry_alias(host.clone(), alias_of(&sim, &host))
+        .insecure_registry(true);
+    let contexts = tempfile::tempdir().expect("contexts");
+    let pipeline = || {
+        let workspace = Workspace::loader()
+            .schema(shipflow_kit::k8s::schema().merge(shipflow_kit::oci::schema()))
+            .load(repo.config())
+            .expect("workspace");
+        let jobs = KubeJobBuilder::new(
+            sim.client(),
+            RegistryClient::builder().build().expect("client"),
+            contexts.path(),
+            settings.clone(),
+        )
+        .expect("builder")
+        .poll_interval(Duration::from_millis(100));
+        Pipeline::builder(workspace)
+            .detector(Arc::new(
+                GitChangeDetector::open(repo.path()).expect("repository"),
+            ))
+            .builder(Arc::new(jobs))
+            .registry(Arc::new(RegistryClient::builder().build().expect("client")))
+            .deployer(Arc::new(KubeDeployer::new(sim.client())))
+            .failure_policy(FailurePolicy::Continue)
+            .build()
+            .expect("pipeline")
+    };
+    let jobs = || sim.list("Job", "builds");
+
+    let first = pipeline()
+        .run(None, "HEAD", &Selection::default())
+        .await
+        .expect("first run");
+    for app in ["api", "web"] {
+        assert_eq!(outcome(&first, app), &Outcome::Deployed, "{first:#?}");
+        assert_eq!(served(&sim, app), [format!("<h1>{app} v1</h1>\n")]);
+    }
+    assert_eq!(jobs().len(), 2);
+    let uids: Vec<String> = jobs()
+        .iter()
+        .map(|j| j["metadata"]["uid"].as_str().unwrap_or_default().to_owned())
+        .collect();
+
+    // Every app again, nothing changed: the finished Jobs' results, no new Job.
+    let all = Selection {
+        all: true,
+        ..Selection::default()
+    };
+    let again = pipeline().run(None, "HEAD", &all).await.expect("rerun");
+    for app in ["api", "web"] {
+        assert!(
+            matches!(outcome(&again, app), Outcome::Deployed | Outcome::Unchanged),
+            "{again:#?}"
+        );
+    }
+    let after: Vec<String> = jobs()
+        .iter()
+        .map(|j| j["metadata"]["uid"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(after, uids);
+
+    // An edit: one new Job, and web's new pod serves the new page.
+    repo.edit("apps/web/index.html", "<h1>web v2</h1>\n");
+    let edited = pipeline()
+        .run(Some("HEAD~1"), "HEAD", &Selection::default())
+        .await
+        .expect("edited run");
+    assert_eq!(outcome(&edited, "web"), &Outcome::Deployed, "{edited:#?}");
+    assert_eq!(jobs().len(), 3);
+    assert_eq!(served(&sim, "web"), ["<h1>web v2</h1>\n"]);
+    assert_eq!(served(&sim, "api"), ["<h1>api v1</h1>\n"]);
+
+    // An image whose process exits: caught from the real exit, rolled back.
+    let config = std::fs::read_to_string(repo.config()).expect("config");
+    let broken = config.replacen(
+        &format!(
+            "cmd = [\"/bin/busybox\", \"sh\", \"-c\", \"{}\"]",
+            common::HTTPD
+        ),
+        "cmd = [\"/bin/busybox\", \"sh\", \"-c\", \"echo config missing; exit 3\"]",
+        1,
+    );
+    assert_ne!(broken, config, "the api's command is replaced");
+    repo.edit("shipflow.toml", &broken);
+    let crashed = pipeline()
+        .run(Some("HEAD~1"), "HEAD", &Selection::default())
+        .await
+        .expect("crashing run");
+    let rolled_back = crashed
+        .apps
+        .iter()
+        .find(|a| matches!(a.outcome, Outcome::RolledBack { .. }))
+        .unwrap_or_else(|| panic!("an app is rolled back: {crashed:#?}"));
+    let error = rolled_back.error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains("CrashLoopBackOff") || error.contains("exit"),
+        "{error}"
+    );
+    assert!(
+        error.contains("config missing"),
+        "the real log is in the error: {error}"
+    );
+    assert_eq!(served(&sim, &rolled_back.app).len(), 1);
 }

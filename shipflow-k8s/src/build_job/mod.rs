@@ -592,6 +592,8 @@ impl ImageBuilder for KubeJobBuilder {
         let (packed, context) = self.pack_context(app, &spec, request, ctx).await?;
         let mut remote_request = request.clone();
         remote_request.root = PathBuf::new();
+        // Why the app is in the run does not change its image, nor the Job's name.
+        remote_request.reasons.clear();
         let build = BuildSpec {
             app: &app.name,
             context: self.in_cluster(&context.to_string()),
