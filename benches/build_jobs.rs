@@ -90,12 +90,21 @@ async fn build_bench() {
             ..Default::default()
         };
         let started = Instant::now();
-        let built = jobs.build(app, &request, &ctx).await.expect("build as a Job");
+        let built = jobs
+            .build(app, &request, &ctx)
+            .await
+            .expect("build as a Job");
         let job = started.elapsed();
         let started = Instant::now();
-        let here = native.build(app, &request, &ctx).await.expect("native build");
+        let here = native
+            .build(app, &request, &ctx)
+            .await
+            .expect("native build");
         let native_time = started.elapsed();
-        assert_eq!(built.digest, here.digest, "the Job builds what this machine builds");
+        assert_eq!(
+            built.digest, here.digest,
+            "the Job builds what this machine builds"
+        );
         println!(
             "round {round}: build requested → digest known: Job {} ms, native here {} ms",
             job.as_millis(),

@@ -59,6 +59,8 @@ pub const MAX_CHUNK_BYTES: u64 = 512 * 1024;
 const MAX_CHUNKS: usize = 10_000;
 /// The most bytes a fetched context may unpack to.
 const MAX_UNPACKED_BYTES: u64 = 8 * 1024 * 1024 * 1024;
+/// The most entries (files, directories, links) a fetched context may have.
+const MAX_ENTRIES: u64 = 2_000_000;
 /// The largest context manifest read.
 const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
 /// Files in a context carry this mtime: a context is content, not history.
@@ -172,7 +174,17 @@ impl ContextPacker {
         let cache = LayerCache::new(&self.dir);
         let mut chunks = Vec::new();
         let (mut files, mut bytes) = (0usize, 0u64);
-        for chunk in chunk_entries(&entries) {
+        let split = chunk_entries(&entries);
+        if split.len() > MAX_CHUNKS {
+            return Err(ContextError::Invalid {
+                reference: app.to_owned(),
+                reason: format!(
+                    "{} chunks, more than the {MAX_CHUNKS} a fetch accepts: pack fewer sources",
+                    split.len()
+                ),
+            });
+        }
+        for chunk in split {
             let key = LayerCache::key(chunk, CONTEXT_MTIME, self.compression.level);
             let cached = key.as_ref().and_then(|k| cache.get(k, &layout, false));
             let written = match cached {
@@ -383,17 +395,31 @@ pub async fn fetch_context(
         reference: &name,
         root: into,
         written: 0,
+        entries: 0,
     };
     let mut compressed = 0u64;
+    // Chunks go through a file beside the directory: one holding a large file may
+    // be far bigger than what is sensible to hold in memory.
+    let mut download = into.as_os_str().to_owned();
+    download.push(".chunk");
+    let download = PathBuf::from(download);
     for digest in &chunks {
         ctx.check_cancelled().map_err(|_| OciError::Cancelled {
             reference: name.clone(),
             step: crate::Step::BlobGet,
             source: shipflow_core::Cancelled,
         })?;
-        let blob = client.fetch_blob(reference, digest, ctx).await?;
-        compressed += blob.len() as u64;
-        unpacker.chunk(&blob)?;
+        compressed += client
+            .fetch_blob_to_file(reference, digest, &download, MAX_UNPACKED_BYTES, ctx)
+            .await?;
+        let file = fs::File::open(&download).map_err(|source| ContextError::Unpack {
+            reference: name.clone(),
+            path: download.clone(),
+            source,
+        })?;
+        let unpacked = unpacker.chunk(std::io::BufReader::new(file));
+        let _ = fs::remove_file(&download);
+        unpacked?;
     }
     Ok(FetchedContext {
         digest,
@@ -407,6 +433,7 @@ struct Unpacker<'a> {
     reference: &'a str,
     root: &'a Path,
     written: u64,
+    entries: u64,
 }
 
 impl Unpacker<'_> {
@@ -425,7 +452,7 @@ impl Unpacker<'_> {
         }
     }
 
-    fn chunk(&mut self, gz: &[u8]) -> Result<(), ContextError> {
+    fn chunk(&mut self, gz: impl std::io::Read) -> Result<(), ContextError> {
         let mut archive = tar::Archive::new(flate2::read::MultiGzDecoder::new(gz));
         let entries = archive
             .entries()
@@ -437,6 +464,12 @@ impl Unpacker<'_> {
                 .path()
                 .map_err(|e| self.invalid(format!("an entry's path: {e}")))?
                 .into_owned();
+            // Every entry costs a header and an inode, whatever its size.
+            self.entries += 1;
+            self.written = self.written.saturating_add(512);
+            if self.entries > MAX_ENTRIES {
+                return Err(self.invalid(format!("it has more than {MAX_ENTRIES} entries")));
+            }
             let relative = safe_relative(&path).ok_or_else(|| {
                 self.invalid(format!("entry {} leaves the context", path.display()))
             })?;
@@ -459,7 +492,7 @@ impl Unpacker<'_> {
                     .header()
                     .size()
                     .map_err(|e| self.invalid(e.to_string()))?;
-                self.written += size;
+                self.written = self.written.saturating_add(size);
                 if self.written > MAX_UNPACKED_BYTES {
                     return Err(self.invalid(format!(
                         "it unpacks to more than {MAX_UNPACKED_BYTES} bytes"
@@ -539,19 +572,23 @@ fn safe_relative(path: &Path) -> Option<PathBuf> {
 }
 
 /// Whether the link at `link` (relative to the context root) pointing to `target`
-/// resolves inside the context.
+/// resolves inside the context. Only leading `..` are allowed: after a name, a
+/// `..` would apply to wherever that name (perhaps another link) leads, which
+/// counting cannot know.
 fn link_stays_inside(link: &Path, target: &Path) -> bool {
     if target.is_absolute() {
         return false;
     }
     let mut depth: usize = link.components().count().saturating_sub(1);
+    let mut named = false;
     for c in target.components() {
         match c {
+            Component::ParentDir if named => return false,
             Component::ParentDir => match depth.checked_sub(1) {
                 Some(d) => depth = d,
                 None => return false,
             },
-            Component::Normal(_) => depth += 1,
+            Component::Normal(_) => named = true,
             Component::CurDir => {}
             _ => return false,
         }
@@ -569,6 +606,11 @@ mod tests {
         assert!(link_stays_inside(Path::new("a/b"), Path::new("../x")));
         assert!(!link_stays_inside(Path::new("a/b"), Path::new("../../x")));
         assert!(!link_stays_inside(Path::new("a"), Path::new("/etc/passwd")));
+        // `up` may itself be a link to the root: what follows it cannot be counted.
+        assert!(!link_stays_inside(
+            Path::new("a/b/c/esc"),
+            Path::new("up/../../../../etc")
+        ));
         assert!(safe_relative(Path::new("../x")).is_none());
         assert!(safe_relative(Path::new("/x")).is_none());
         assert_eq!(

@@ -27,6 +27,7 @@ mod error;
 mod manifest;
 mod settings;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,7 +36,9 @@ use async_trait::async_trait;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use kube::api::{DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams};
+use kube::api::{
+    DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams, Preconditions,
+};
 use serde_json::{Value, json};
 use shipflow_core::{
     App, BoxError, BuildRequest, Context, Digest, ImageBuilder, ImageRef, LocalImage, Registry,
@@ -54,6 +57,8 @@ const FAILED_LOG_LINES: i64 = 50;
 /// How many times a Job that disappears while it is awaited (deleted by another
 /// run's cancellation, or by its TTL) is created again.
 const RECREATE_LIMIT: u32 = 3;
+/// How many API errors in a row a waiting build tries again after.
+const TRANSIENT_ERRORS: u32 = 5;
 /// Pod states that will not get better by waiting.
 const FATAL_WAITING: [&str; 5] = [
     "ErrImagePull",
@@ -287,15 +292,16 @@ impl KubeJobBuilder {
         job: &Value,
         ctx: &Context,
     ) -> Result<Digest, BuildJobError> {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| BuildJobError::Cancelled {
-                app: app.to_owned(),
-                job: name.to_owned(),
-                source: shipflow_core::Cancelled,
-            })?;
+        let cancelled = || BuildJobError::Cancelled {
+            app: app.to_owned(),
+            job: name.to_owned(),
+            source: shipflow_core::Cancelled,
+        };
+        // A build cancelled while it waits for a slot never starts.
+        let _permit = tokio::select! {
+            permit = self.permits.acquire() => permit.map_err(|_| cancelled())?,
+            () = ctx.cancellation().cancelled() => return Err(cancelled()),
+        };
         let api_error = |step, source: kube::Error| BuildJobError::Api {
             app: app.to_owned(),
             job: format!("{}/{name}", self.settings.namespace),
@@ -309,20 +315,24 @@ impl KubeJobBuilder {
             })?;
         let mut created = 0;
         loop {
-            match self.jobs().create(&PostParams::default(), &job).await {
-                Ok(_) => {
+            ctx.check_cancelled().map_err(|_| cancelled())?;
+            // The uid of the Job this run created, which only this run may delete.
+            let mine = match self.jobs().create(&PostParams::default(), &job).await {
+                Ok(made) => {
                     created += 1;
                     ctx.message(format!("build job {name} created"));
+                    made.metadata.uid
                 }
                 Err(kube::Error::Api(e)) if e.code == 409 => {
                     let existing = self.jobs().get(name).await;
                     match existing {
                         Ok(existing) if condition(&existing, "Failed").is_some() => {
-                            // A failed build of the same inputs is built again.
+                            // A failed build of the same inputs is built again: that
+                            // Job, and no newer one of the same name, is deleted.
                             ctx.message(format!(
                                 "build job {name} failed before: running it again"
                             ));
-                            self.delete(name)
+                            self.delete(name, existing.metadata.uid.as_deref())
                                 .await
                                 .map_err(|e| api_error("delete failed job", e))?;
                             self.wait_gone(name, ctx)
@@ -330,14 +340,17 @@ impl KubeJobBuilder {
                                 .map_err(|e| api_error("delete failed job", e))?;
                             continue;
                         }
-                        Ok(_) => ctx.message(format!("build job {name} exists: attaching to it")),
+                        Ok(_) => {
+                            ctx.message(format!("build job {name} exists: attaching to it"));
+                            None
+                        }
                         Err(kube::Error::Api(e)) if e.code == 404 => continue,
                         Err(e) => return Err(api_error("get job", e)),
                     }
                 }
                 Err(e) => return Err(api_error("create job", e)),
-            }
-            match self.wait(app, name, ctx).await? {
+            };
+            match self.wait(app, name, mine.as_deref(), ctx).await? {
                 Some(digest) => return Ok(digest),
                 None if created < RECREATE_LIMIT => {
                     ctx.message(format!("build job {name} disappeared: creating it again"));
@@ -355,11 +368,14 @@ impl KubeJobBuilder {
         }
     }
 
-    /// Waits for the Job's result; `None` when the Job disappeared.
+    /// Waits for the Job's result; `None` when the Job disappeared. `mine` is the
+    /// uid of the Job when this run created it: cancelling deletes only that one (a
+    /// Job another pipeline created and this one attached to goes on for it).
     async fn wait(
         &self,
         app: &str,
         name: &str,
+        mine: Option<&str>,
         ctx: &Context,
     ) -> Result<Option<Digest>, BuildJobError> {
         let api_error = |step, source: kube::Error| BuildJobError::Api {
@@ -375,21 +391,36 @@ impl KubeJobBuilder {
             message,
             logs,
         };
-        let mut seen_lines = 0usize;
+        let mut seen_lines: HashMap<String, usize> = HashMap::new();
+        let mut errors = 0u32;
         loop {
             if ctx.cancelled() {
-                let _ = self.delete(name).await;
+                if let Some(uid) = mine {
+                    let _ = self.delete(name, Some(uid)).await;
+                }
                 return Err(BuildJobError::Cancelled {
                     app: app.to_owned(),
                     job: name.to_owned(),
                     source: shipflow_core::Cancelled,
                 });
             }
-            let job = match self.jobs().get(name).await {
-                Ok(job) => job,
-                Err(kube::Error::Api(e)) if e.code == 404 => return Ok(None),
+            let looked = self.look(name).await;
+            let (job, pods) = match looked {
+                Ok(Some(found)) => {
+                    errors = 0;
+                    found
+                }
+                Ok(None) => return Ok(None),
+                // A build waits minutes: a passing API error is tried again.
+                Err(e) if errors < TRANSIENT_ERRORS && transient(&e) => {
+                    errors += 1;
+                    tracing::debug!(job = name, error = %e, "build job: API error, trying again");
+                    tokio::time::sleep(self.poll * 2u32.pow(errors)).await;
+                    continue;
+                }
                 Err(e) => return Err(api_error("get job", e)),
             };
+            let uid = job.metadata.uid.as_deref();
             if let Some(result) = job
                 .metadata
                 .annotations
@@ -398,19 +429,11 @@ impl KubeJobBuilder {
             {
                 return self.digest(app, name, result).map(Some);
             }
-            let pods = self
-                .pods()
-                .list(
-                    &ListParams::default().labels(&format!("batch.kubernetes.io/job-name={name}")),
-                )
-                .await
-                .map_err(|e| api_error("list pods", e))?
-                .items;
             let pod = pods
                 .iter()
                 .max_by_key(|p| p.metadata.creation_timestamp.clone());
             if let Some(pod) = pod {
-                seen_lines = self.stream_logs(pod, seen_lines, ctx).await;
+                self.stream_logs(pod, &mut seen_lines, ctx).await;
             }
             if condition(&job, "Complete").is_some() {
                 let message = pods
@@ -441,7 +464,8 @@ impl KubeJobBuilder {
                 return Err(failed(reason, message, logs));
             }
             if let Some((reason, message)) = pod.and_then(stuck) {
-                let _ = self.delete(name).await;
+                // The pod will not start: this Job (not a newer one) goes.
+                let _ = self.delete(name, uid).await;
                 return Err(failed(reason, message, Vec::new()));
             }
             tokio::select! {
@@ -451,10 +475,43 @@ impl KubeJobBuilder {
         }
     }
 
-    /// Emits the builder's log lines after the first `seen`; returns how many it has seen.
-    async fn stream_logs(&self, pod: &Pod, seen: usize, ctx: &Context) -> usize {
+    /// The Job `name` and its pods (by the Job's own selector, so the pods of an
+    /// earlier Job of the same name are not taken for its); `None` when it is gone.
+    async fn look(&self, name: &str) -> Result<Option<(Job, Vec<Pod>)>, kube::Error> {
+        let job = match self.jobs().get(name).await {
+            Ok(job) => job,
+            Err(kube::Error::Api(e)) if e.code == 404 => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let selector = job
+            .spec
+            .as_ref()
+            .and_then(|s| s.selector.as_ref())
+            .and_then(|s| s.match_labels.as_ref())
+            .map(|labels| {
+                labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .filter(|s| !s.is_empty());
+        let pods = match selector {
+            Some(selector) => {
+                self.pods()
+                    .list(&ListParams::default().labels(&selector))
+                    .await?
+                    .items
+            }
+            None => Vec::new(),
+        };
+        Ok(Some((job, pods)))
+    }
+
+    /// Emits the builder's new log lines of `pod` (`seen` counts them per pod).
+    async fn stream_logs(&self, pod: &Pod, seen: &mut HashMap<String, usize>, ctx: &Context) {
         let Some(name) = pod.metadata.name.as_deref() else {
-            return seen;
+            return;
         };
         let params = LogParams {
             container: Some(CONTAINER.into()),
@@ -462,13 +519,14 @@ impl KubeJobBuilder {
             ..LogParams::default()
         };
         let Ok(text) = self.pods().logs(name, &params).await else {
-            return seen;
+            return;
         };
+        let seen = seen.entry(name.to_owned()).or_default();
         let lines: Vec<&str> = text.lines().collect();
-        for line in lines.iter().skip(seen) {
+        for line in lines.iter().skip(*seen) {
             ctx.message(format!("build: {line}"));
         }
-        lines.len().max(seen)
+        *seen = lines.len().max(*seen);
     }
 
     /// The last lines of the builder's log.
@@ -502,10 +560,20 @@ impl KubeJobBuilder {
             })
     }
 
-    async fn delete(&self, name: &str) -> Result<(), kube::Error> {
-        match self.jobs().delete(name, &DeleteParams::background()).await {
+    /// Deletes the Job `name` with its pods; with `uid`, only that Job (a newer one
+    /// of the same name stays).
+    async fn delete(&self, name: &str, uid: Option<&str>) -> Result<(), kube::Error> {
+        let mut params = DeleteParams::background();
+        if let Some(uid) = uid {
+            params = params.preconditions(Preconditions {
+                uid: Some(uid.to_owned()),
+                resource_version: None,
+            });
+        }
+        match self.jobs().delete(name, &params).await {
             Ok(_) => Ok(()),
-            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            // Gone, or another one by now: nothing of this run's to delete.
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
             Err(e) => Err(e),
         }
     }
@@ -520,6 +588,15 @@ impl KubeJobBuilder {
             }
         }
         Ok(())
+    }
+}
+
+/// Whether an API error may pass: the server busy or failing, or the connection.
+fn transient(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(status) => status.code == 429 || status.code >= 500,
+        kube::Error::HyperError(_) | kube::Error::Service(_) => true,
+        _ => false,
     }
 }
 

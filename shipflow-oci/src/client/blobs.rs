@@ -62,6 +62,88 @@ impl RegistryClient {
         Ok(bytes.to_vec())
     }
 
+    /// `GET` the blob `digest` of the repository of `reference` into the file
+    /// `dest` (created or truncated), streamed and hashed on the way, at most
+    /// `limit` bytes; the file is removed when the content does not match the
+    /// digest. Returns the size.
+    pub async fn fetch_blob_to_file(
+        &self,
+        reference: &ImageRef,
+        digest: &Digest,
+        dest: &Path,
+        limit: u64,
+        ctx: &Context,
+    ) -> Result<u64, OciError> {
+        use futures_util::StreamExt as _;
+        use sha2::Digest as _;
+        use std::io::Write as _;
+        let requests = AtomicU32::new(0);
+        let call = Call::new(reference, false, &requests, ctx);
+        self.ensure_pinged(&call).await?;
+        let url = self.url(reference, &format!("blobs/{digest}"))?;
+        let response = self
+            .send(
+                &call,
+                Step::BlobGet,
+                Method::GET,
+                url,
+                HeaderMap::new(),
+                Body::Empty,
+            )
+            .await?;
+        if !response.status().is_success() {
+            return Err(self.failure(&call, Step::BlobGet, response).await);
+        }
+        let local = |e: std::io::Error| OciError::ReadBlob {
+            reference: call.name(),
+            path: dest.to_owned(),
+            source: e,
+        };
+        let mut file = std::io::BufWriter::new(std::fs::File::create(dest).map_err(local)?);
+        let mut hash = sha2::Sha256::new();
+        let mut size = 0u64;
+        let mut stream = response.bytes_stream();
+        let streamed: Result<(), OciError> = async {
+            while let Some(piece) = stream.next().await {
+                let piece = piece.map_err(|e| OciError::Protocol {
+                    reference: call.name(),
+                    step: Step::BlobGet,
+                    reason: format!("blob {digest} cut off: {e}"),
+                })?;
+                size += piece.len() as u64;
+                if size > limit {
+                    return Err(OciError::TooLarge {
+                        reference: call.name(),
+                        step: Step::BlobGet,
+                        what: "blob",
+                        limit,
+                    });
+                }
+                hash.update(&piece);
+                file.write_all(&piece).map_err(local)?;
+            }
+            file.flush().map_err(local)
+        }
+        .await;
+        let actual = Digest::from_sha256_hasher(hash);
+        let checked = streamed.and_then(|()| {
+            if &actual == digest {
+                Ok(size)
+            } else {
+                Err(OciError::DigestMismatch {
+                    reference: call.name(),
+                    step: Step::BlobGet,
+                    expected: digest.clone(),
+                    actual,
+                })
+            }
+        });
+        if checked.is_err() {
+            let _ = std::fs::remove_file(dest);
+        }
+        checked
+    }
+
     /// Whether the repository of `reference` has the blob `digest`.
     pub(super) async fn blob_exists(
         &self,

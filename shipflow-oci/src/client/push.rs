@@ -310,6 +310,17 @@ impl RegistryClient {
             app: image.app.clone(),
             location: format!("the registry at {reference}, another repository"),
         };
+        if self.inner.config.signer.is_some() {
+            // Signing reads the image from its layout; a remote build has none here.
+            // An unsigned push would pass for a signed one: refuse instead.
+            return Err(OciError::UnsupportedLocation {
+                reference: target.to_string(),
+                app: image.app.clone(),
+                location: format!(
+                    "the registry at {reference} (built remotely), which this client cannot sign"
+                ),
+            });
+        }
         let source: ImageRef = reference.parse().map_err(|_| unsupported())?;
         if source.registry() != target.registry() || source.repository() != target.repository() {
             return Err(unsupported());

@@ -350,7 +350,8 @@ fn run_args(plan: &RunPlan, spec: &super::spec::ContainerSpec) -> Vec<String> {
         args.push(format!("--user={user}"));
     }
     if security.read_only {
-        args.push("--read-only".into());
+        // As readOnlyRootFilesystem: no writable /tmp, /var/tmp or /run either.
+        args.extend(["--read-only".into(), "--read-only-tmpfs=false".into()]);
     }
     if security.no_new_privileges {
         args.push("--security-opt=no-new-privileges".into());
