@@ -101,6 +101,15 @@ async fn the_builder_image_builds_an_app_in_a_restricted_container() {
         std::os::unix::fs::PermissionsExt::from_mode(0o1777),
     )
     .expect("chmod");
+    let app_json = serde_json::to_string(&shipflow_kit::oci::RemoteApp::new(
+        "web",
+        "apps/web",
+        (*app
+            .build_spec::<shipflow_kit::oci::NativeBuild>()
+            .expect("native spec"))
+        .clone(),
+    ))
+    .expect("json");
     let mut pod = podman.command();
     let alias = |r: &str| r.replacen("127.0.0.1", HOST_LOOPBACK, 1);
     let request_json = serde_json::to_string(&BuildRequest {
@@ -123,6 +132,7 @@ async fn the_builder_image_builds_an_app_in_a_restricted_container() {
     ])
     .args(["-e", &format!("SHIPFLOW_BUILD_REQUEST={request_json}")])
     .args(["-e", "RUST_LOG=info"])
+    .args(["-e", &format!("SHIPFLOW_BUILD_APP={app_json}")])
     .arg("--tls-verify=false")
     .arg(&builder)
     .args(["build-context", "--context", &alias(&context.to_string())])

@@ -205,9 +205,13 @@ pub(crate) struct BuildContextArgs {
     /// The build context, pinned by digest: `registry/repository@sha256:…`.
     #[arg(long)]
     pub(crate) context: String,
-    /// The app to build (an app of the context's shipflow.toml).
+    /// The app to build.
     #[arg(long)]
     pub(crate) app: String,
+    /// The app as the pipeline resolved it: `{"name", "path", "build"}` (its native
+    /// build settings), as JSON.
+    #[arg(long, env = "SHIPFLOW_BUILD_APP", hide_env_values = true)]
+    pub(crate) app_spec: String,
     /// The repository the image is pushed to (by digest).
     #[arg(long)]
     pub(crate) target: String,

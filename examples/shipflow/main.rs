@@ -338,13 +338,22 @@ async fn build_context(out: &Output, args: BuildContextArgs) -> anyhow::Result<E
         .map_err(|e| UsageError(format!("--target {}: {e}", args.target)))?;
     let request: shipflow_kit::BuildRequest = serde_json::from_str(&args.request)
         .map_err(|e| UsageError(format!("--request (SHIPFLOW_BUILD_REQUEST): {e}")))?;
+    let app: shipflow_kit::oci::RemoteApp = serde_json::from_str(&args.app_spec)
+        .map_err(|e| UsageError(format!("--app-spec (SHIPFLOW_BUILD_APP): {e}")))?;
+    if app.name != args.app {
+        return Err(UsageError(format!(
+            "--app {} but --app-spec describes app {}",
+            args.app, app.name
+        ))
+        .into());
+    }
     let client = shipflow_kit::oci::RegistryClient::builder()
         .insecure(args.insecure_registry)
         .build()?;
     let digest = shipflow_kit::oci::build_from_context(
         &client,
         &context,
-        &args.app,
+        &app,
         &target,
         &request,
         &args.workdir,

@@ -130,7 +130,7 @@ pub use layout::{
 };
 pub use platform::Platform;
 pub use policy::{ImagePolicy, PolicyError, PolicyRule, Resolution, SortOrder, TagCache};
-pub use remote_build::{build_from_context, remote_image};
+pub use remote_build::{RemoteApp, build_from_context, remote_image};
 pub use sign::{ImageSigner, SIGNATURE_MEDIA_TYPE, signature_tag};
 pub use spec::{LayerSpec, NATIVE_BUILD_TYPE, NativeBuild, schema};
 pub use store::LayoutRegistry;

@@ -9,12 +9,56 @@ use shipflow_core::{
     Blob, BoxError, BuildRequest, Context, Digest, ImageBuilder, ImageRef, Registry, Workspace,
 };
 
-use crate::{NativeBuilder, OciError, RegistryClient, Step, fetch_context};
+use crate::{NativeBuild, NativeBuilder, OciError, RegistryClient, Step, fetch_context};
 
 /// Where a remote build's workspace lives: the context under `src`, the image
 /// layouts under `images`.
 const SOURCE_DIR: &str = "src";
 const IMAGES_DIR: &str = "images";
+
+/// The app a remote build builds, as the pipeline resolved it: its name, its
+/// directory and its native build settings (with its environment's overrides),
+/// so the builder needs neither the pipeline's registry nor its environment, nor
+/// the rest of the workspace.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub struct RemoteApp {
+    /// The app's name.
+    pub name: String,
+    /// Its directory, relative to the repository root.
+    pub path: String,
+    /// Its native build settings.
+    pub build: NativeBuild,
+}
+
+impl RemoteApp {
+    /// `app` as resolved by its workspace.
+    pub fn new(name: impl Into<String>, path: impl Into<String>, build: NativeBuild) -> Self {
+        Self {
+            name: name.into(),
+            path: path.into(),
+            build,
+        }
+    }
+
+    /// A one-app workspace of this app imaged as `target`, rooted at `root`.
+    fn workspace(&self, target: &ImageRef, root: &Path) -> Result<Workspace, BoxError> {
+        let mut build = toml::Table::try_from(&self.build)?;
+        build.insert("type".into(), crate::NATIVE_BUILD_TYPE.into());
+        let mut app = toml::Table::new();
+        app.insert("path".into(), self.path.clone().into());
+        app.insert("image".into(), target.to_string().into());
+        app.insert("build".into(), build.into());
+        let mut apps = toml::Table::new();
+        apps.insert(self.name.clone(), app.into());
+        let mut doc = toml::Table::new();
+        doc.insert("apps".into(), apps.into());
+        let text = toml::to_string(&doc)?;
+        Ok(Workspace::loader()
+            .schema(crate::schema())
+            .from_toml(&text, root)?)
+    }
+}
 
 /// Builds `app` from the build context `context` (fetched into `workdir`, which
 /// must be empty or missing) and pushes the image to `target` (a repository,
@@ -24,7 +68,7 @@ const IMAGES_DIR: &str = "images";
 pub async fn build_from_context(
     client: &RegistryClient,
     context: &ImageRef,
-    app: &str,
+    app: &RemoteApp,
     target: &ImageRef,
     request: &BuildRequest,
     workdir: &Path,
@@ -33,22 +77,16 @@ pub async fn build_from_context(
     let source = workdir.join(SOURCE_DIR);
     let fetched = fetch_context(client, context, &source, ctx).await?;
     tracing::info!(%context, chunks = fetched.chunks, bytes = fetched.bytes, "build context fetched");
-    let workspace = Workspace::load(source.join(shipflow_core::CONFIG_FILE)).map_err(|e| {
-        format!(
-            "app {app}: the build context's {}: {e}",
-            shipflow_core::CONFIG_FILE
-        )
-    })?;
-    let app = workspace.app(app).ok_or_else(|| {
-        format!(
-            "app {app}: not in the build context's {}",
-            shipflow_core::CONFIG_FILE
-        )
-    })?;
+    let workspace = app
+        .workspace(target, &source)
+        .map_err(|e| format!("app {}: its build settings: {e}", app.name))?;
+    let resolved = workspace
+        .app(&app.name)
+        .ok_or_else(|| format!("app {}: not in its own workspace", app.name))?;
     let mut request = request.clone();
     request.root = source;
     let image = NativeBuilder::new(workdir.join(IMAGES_DIR))
-        .build(app, &request, ctx)
+        .build(resolved, &request, ctx)
         .await?;
     let pushed = target.pinned(image.digest.clone());
     let report = client.push(&image, &pushed, ctx).await?;

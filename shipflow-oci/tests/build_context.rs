@@ -11,7 +11,7 @@ use std::path::Path;
 use common::{TestRegistry, run};
 use shipflow_core::{BuildRequest, Context, ImageBuilder, ImageRef, Registry, Workspace};
 use shipflow_oci::{
-    CONTEXT_ARTIFACT_TYPE, ContextError, ContextPacker, NativeBuilder, RegistryClient,
+    CONTEXT_ARTIFACT_TYPE, ContextError, ContextPacker, NativeBuilder, RegistryClient, RemoteApp,
     build_from_context, fetch_context,
 };
 
@@ -255,10 +255,15 @@ async fn a_remote_build_from_a_context_pushes_the_image_a_local_build_makes() {
         .await
         .expect("push context");
     let work = tempfile::tempdir().expect("work");
+    let remote = RemoteApp::new(
+        "web",
+        "apps/web",
+        (*app.build_spec::<shipflow_oci::NativeBuild>().expect("spec")).clone(),
+    );
     let digest = build_from_context(
         &client(),
         &context.pinned(packed.image.digest.clone()),
-        "web",
+        &remote,
         &app.image,
         &request,
         work.path(),

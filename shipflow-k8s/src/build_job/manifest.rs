@@ -27,6 +27,8 @@ pub(crate) struct BuildSpec<'a> {
     pub(crate) target: String,
     /// The build request as JSON (without the local root).
     pub(crate) request: String,
+    /// The app as resolved (`shipflow_oci::RemoteApp`) as JSON.
+    pub(crate) app_spec: String,
 }
 
 impl BuildSpec<'_> {
@@ -41,6 +43,7 @@ impl BuildSpec<'_> {
             &settings.builder,
             &self.target,
             &self.request,
+            &self.app_spec,
         ] {
             hash.update(part.as_bytes());
             hash.update([0]);
@@ -91,6 +94,7 @@ impl BuildSpec<'_> {
         }
         let mut env = vec![
             json!({"name": "SHIPFLOW_BUILD_REQUEST", "value": self.request}),
+            json!({"name": "SHIPFLOW_BUILD_APP", "value": self.app_spec}),
             json!({"name": "HOME", "value": WORKDIR}),
             json!({"name": "RUST_LOG", "value": "info"}),
         ];
@@ -213,6 +217,7 @@ mod tests {
             context: "r.local/ctx@sha256:aa".into(),
             target: "r.local/app".into(),
             request: "{}".into(),
+            app_spec: "{}".into(),
         }
     }
 

@@ -43,7 +43,9 @@ use serde_json::{Value, json};
 use shipflow_core::{
     App, BoxError, BuildRequest, Context, Digest, ImageBuilder, ImageRef, LocalImage, Registry,
 };
-use shipflow_oci::{ContextPacker, NATIVE_BUILD_TYPE, NativeBuild, PackedContext, RegistryClient};
+use shipflow_oci::{
+    ContextPacker, NATIVE_BUILD_TYPE, NativeBuild, PackedContext, RegistryClient, RemoteApp,
+};
 use tokio::sync::Semaphore;
 
 pub use error::BuildJobError;
@@ -680,6 +682,17 @@ impl ImageBuilder for KubeJobBuilder {
                     app: app.name.clone(),
                     source: e.into(),
                 }
+            })?,
+            // The settings as resolved here (the environment's overrides included):
+            // the pod needs nothing else of the workspace.
+            app_spec: serde_json::to_string(&RemoteApp::new(
+                app.name.clone(),
+                app.path.clone(),
+                (*spec).clone(),
+            ))
+            .map_err(|e| BuildJobError::Settings {
+                app: app.name.clone(),
+                source: e.into(),
             })?,
         };
         let name = build.job_name(&self.settings);
