@@ -1,8 +1,8 @@
 //! [`KubeJobBuilder`]: an [`ImageBuilder`] that builds in the cluster, one Job per
 //! app and inputs.
 //!
-//! A build packs the app's sources (its directory, its packages, its native layers'
-//! sources and `shipflow.toml`) into a content-addressed build context
+//! A build packs what the app's native build reads (its layers' sources for each
+//! platform, and the lock file its SBOM lists) into a content-addressed build context
 //! ([`shipflow_oci::ContextPacker`]) and pushes it to the registry beside the app's
 //! image: after a one-file change, one chunk moves. It then runs a Job whose pod
 //! runs the builder image (`shipflow build-context`): the pod fetches the context,
@@ -44,7 +44,8 @@ use shipflow_core::{
     App, BoxError, BuildRequest, Context, Digest, ImageBuilder, ImageRef, LocalImage, Registry,
 };
 use shipflow_oci::{
-    ContextPacker, NATIVE_BUILD_TYPE, NativeBuild, PackedContext, RegistryClient, RemoteApp,
+    ContextPacker, NATIVE_BUILD_TYPE, NativeBuild, PackedContext, Platform, RegistryClient,
+    RemoteApp,
 };
 use tokio::sync::Semaphore;
 
@@ -168,22 +169,44 @@ impl KubeJobBuilder {
         }
     }
 
-    /// The sources of `app`'s context, relative to the repository root.
-    fn sources(app: &App, spec: &NativeBuild) -> Vec<String> {
-        let mut sources = vec![shipflow_core::CONFIG_FILE.to_owned(), app.path.clone()];
-        sources.extend(app.package_paths().map(str::to_owned));
+    /// The sources of `app`'s context, relative to the repository root: what its
+    /// native build reads, and nothing else (an untracked file beside them stays
+    /// on this machine): each layer's source for each platform built, and the lock
+    /// files its SBOM lists (the nearest `Cargo.lock` or `package-lock.json` from
+    /// its directory up).
+    fn sources(root: &std::path::Path, app: &App, spec: &NativeBuild) -> Vec<String> {
+        let platforms = if spec.platforms.is_empty() {
+            vec![Platform::host()]
+        } else {
+            spec.platforms.clone()
+        };
+        let mut sources = Vec::new();
         for layer in &spec.layers {
-            // A source with platform variables: the directory above the first one.
-            let fixed = layer.from.split("${").next().unwrap_or_default();
-            let fixed = if layer.from.contains("${") {
-                fixed.rsplit_once('/').map_or("", |(dir, _)| dir)
-            } else {
-                fixed
-            };
-            if !fixed.is_empty() {
-                sources.push(fixed.trim_end_matches('/').to_owned());
+            for platform in &platforms {
+                // A variable without a value fails the build itself, with its message.
+                if let Ok(source) = spec.layer_source(layer, platform) {
+                    sources.push(source.trim_end_matches('/').to_owned());
+                }
             }
         }
+        let mut dir = std::path::Path::new(&app.path);
+        loop {
+            let locks: Vec<String> = ["Cargo.lock", "package-lock.json"]
+                .iter()
+                .map(|f| dir.join(f))
+                .filter(|f| root.join(f).is_file())
+                .map(|f| f.to_string_lossy().into_owned())
+                .collect();
+            if !locks.is_empty() {
+                sources.extend(locks);
+                break;
+            }
+            match dir.parent() {
+                Some(parent) => dir = parent,
+                None => break,
+            }
+        }
+        sources.retain(|s| !s.is_empty() && s != ".");
         sources
     }
 
@@ -201,7 +224,7 @@ impl KubeJobBuilder {
             step: "pack context",
             source,
         };
-        let sources = Self::sources(app, spec);
+        let sources = Self::sources(&request.root, app, spec);
         let (packer, root, name) = (self.packer.clone(), request.root.clone(), app.name.clone());
         let cancel = ctx.cancellation().clone();
         let packed = tokio::task::spawn_blocking(move || {
@@ -711,5 +734,39 @@ impl ImageBuilder for KubeJobBuilder {
                     source: e.into(),
                 })?;
         Ok(image)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_context_is_what_the_native_build_reads_for_each_platform() {
+        let root = std::env::temp_dir().join(format!("shipflow-sources-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("apps/api")).expect("mkdir");
+        std::fs::write(root.join("Cargo.lock"), "version = 3\n").expect("lock");
+        let toml = "[workspace]\nregistry = \"r.local\"\n[apps.api]\npath = \"apps/api\"\n\
+                    build = { type = \"native\", platforms = [\"linux/amd64\", \"linux/arm64\"], \
+                    layers = [{ from = \"target/${ARCH}/api\", to = \"/app\" }, \
+                    { from = \"apps/api/static/\", to = \"/static\" }] }\n";
+        let workspace = shipflow_core::Workspace::loader()
+            .schema(shipflow_oci::schema())
+            .from_toml(toml, &root)
+            .expect("workspace");
+        let app = workspace.app("api").expect("app");
+        let spec = app.build_spec::<NativeBuild>().expect("spec");
+        let sources = KubeJobBuilder::sources(&root, app, &spec);
+        let _ = std::fs::remove_dir_all(&root);
+        assert_eq!(
+            sources,
+            [
+                "target/amd64/api",
+                "target/arm64/api",
+                "apps/api/static",
+                "apps/api/static",
+                "Cargo.lock"
+            ]
+        );
     }
 }
