@@ -71,7 +71,29 @@ const FATAL_WAITING: [&str; 5] = [
     "CreateContainerError",
 ];
 
-/// Builds native apps as Kubernetes Jobs (see the [module docs](self)).
+/// Builds native apps as Kubernetes Jobs, one Job per app and inputs.
+///
+/// A build packs what the app's native build reads (its layers' sources for each
+/// platform, and the lock file its SBOM lists) into a content-addressed build context
+/// ([`shipflow_oci::ContextPacker`]) and pushes it to the registry beside the app's
+/// image: after a one-file change, one chunk moves. It then runs a Job whose pod
+/// runs the builder image (`shipflow build-context`): the pod fetches the context,
+/// builds the app natively, pushes the image by digest and leaves the digest as its
+/// termination message. The Job's name derives from everything that decides the
+/// image, so a rerun of the same inputs, or another pipeline building them at the
+/// same time, attaches to the Job that exists instead of building twice, and a
+/// finished Job's result (kept on it as an annotation) is reused for as long as
+/// the Job is kept (`ttl_seconds`).
+///
+/// While the Job runs, the builder's log lines go to the pipeline's events; a
+/// failed Job's error carries its reason and the last 50 lines of the log; a pod
+/// that cannot start (its image cannot be pulled, a Secret is missing) fails the
+/// build at once instead of waiting for the deadline. Cancelling the run deletes
+/// the Job. At most `max_jobs` builds of one builder run at once, whatever the
+/// pipeline's own concurrency. The pod meets the Pod Security Standard
+/// "restricted" profile: not root, no privilege escalation, every capability
+/// dropped, the runtime's seccomp profile, a read-only root file system with an
+/// `emptyDir` to work in, and no service account token.
 ///
 /// ```no_run
 /// use shipflow_k8s::{BuildJobs, KubeJobBuilder};
