@@ -19,8 +19,11 @@
 //! the call to the digest. The Job's time includes packing and pushing the context,
 //! the Job's pod start, the context's fetch inside the pod, the build and the push.
 //!
-//! Measured on the 2-core project machine on 2026-12-03: see the closing lines the
-//! bench prints; the README's table quotes them.
+//! Measured on the 2-core project machine on 2026-12-03 (release build): 50,000
+//! files of source-like text (82 MB) in 274 chunks, cold 21.3 MB in 2.7 s; after a
+//! one-file change a median of 120 KB moved (58–178 KB over 5 edits) against the
+//! whole context's 21.5 MB as one tar.gz (0.0056), pack+push 439 ms. Build
+//! requested → digest known: 601 ms as a Job, 8 ms natively here (median of 3).
 //!
 //! Needs docker-registry, podman, runc and slirp4netns (`.ci/run` installs them).
 
