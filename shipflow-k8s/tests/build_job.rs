@@ -433,3 +433,56 @@ fn bad_settings_are_refused_naming_the_key() {
         .expect_err("refused");
     assert!(error.to_string().contains("max_jobs"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_of_the_same_name_that_runs_another_builder_is_not_trusted() {
+    let setup = Setup::new(&["web"]).await;
+    let digest = setup.built("web").await;
+    setup
+        .sim
+        .set_image(BUILDER, Outcome::Exits { code: 0, after: 2 });
+    setup
+        .sim
+        .set_termination_message(BUILDER, &digest.to_string());
+    let app = setup.workspace.app("web").expect("app");
+    let builder = setup.builder(settings());
+    builder
+        .build(app, &setup.request(), &Context::new())
+        .await
+        .expect("the first build");
+    let name = setup.jobs()[0]["metadata"]["name"]
+        .as_str()
+        .expect("name")
+        .to_owned();
+    let jobs: kube::Api<k8s_openapi::api::batch::v1::Job> =
+        kube::Api::namespaced(setup.sim.client(), NS);
+    jobs.delete(&name, &kube::api::DeleteParams::background())
+        .await
+        .expect("delete");
+    for _ in 0..200 {
+        if setup.jobs().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Someone else's Job under that name, with a result of their choosing.
+    let planted = serde_json::json!({
+        "metadata": {"name": name, "annotations": {BUILD_DIGEST_ANNOTATION: format!("sha256:{}", "ab".repeat(32))}},
+        "spec": {"backoffLimit": 0, "template": {"spec": {"restartPolicy": "Never",
+            "containers": [{"name": "build", "image": "registry.local/evil/builder:1"}]}}},
+    });
+    jobs.create(
+        &kube::api::PostParams::default(),
+        &serde_json::from_value(planted).expect("a Job"),
+    )
+    .await
+    .expect("create the planted Job");
+    let error = builder
+        .build(app, &setup.request(), &Context::new())
+        .await
+        .expect_err("the planted result is refused");
+    let Some(BuildJobError::Failed { reason, .. }) = error.downcast_ref() else {
+        panic!("{error}");
+    };
+    assert_eq!(reason, "Conflict", "{error}");
+}

@@ -387,6 +387,20 @@ impl KubeJobBuilder {
                                 .map_err(|e| api_error("delete failed job", e))?;
                             continue;
                         }
+                        Ok(existing) if !same_build(&existing, &job) => {
+                            // Its name says these inputs; its pod would run something
+                            // else: its result is not this build's.
+                            return Err(BuildJobError::Failed {
+                                app: app.to_owned(),
+                                job: format!("{}/{name}", self.settings.namespace),
+                                reason: "Conflict".into(),
+                                message: "a Job of this name exists whose builder, arguments or \
+                                          environment are not this build's; delete it, and check \
+                                          who may create Jobs in this namespace"
+                                    .into(),
+                                logs: Vec::new(),
+                            });
+                        }
                         Ok(_) => {
                             ctx.message(format!("build job {name} exists: attaching to it"));
                             None
@@ -645,6 +659,27 @@ fn transient(e: &kube::Error) -> bool {
         kube::Error::HyperError(_) | kube::Error::Service(_) => true,
         _ => false,
     }
+}
+
+/// Whether `existing` runs the builder `ours` would run: the same image, arguments
+/// and environment (the Job's pod template cannot change after it is created).
+fn same_build(existing: &Job, ours: &Job) -> bool {
+    let builder = |job: &Job| {
+        job.spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .and_then(|p| p.containers.iter().find(|c| c.name == CONTAINER))
+            .map(|c| {
+                let env: Vec<(String, Option<String>)> = c
+                    .env
+                    .iter()
+                    .flatten()
+                    .map(|e| (e.name.clone(), e.value.clone()))
+                    .collect();
+                (c.image.clone(), c.args.clone(), env)
+            })
+    };
+    builder(existing).is_some() && builder(existing) == builder(ours)
 }
 
 /// The Job's condition `kind` when it is true: `(reason, message)`.
