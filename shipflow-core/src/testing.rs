@@ -652,3 +652,22 @@ impl Deployer for FakeDeployer {
         results
     }
 }
+
+/// The path of the program `binary` (searched on `PATH`, then `/usr/sbin` and
+/// `/sbin`, where Debian puts runc), or an error naming the Debian `package` to
+/// install: tests that need a real peer fail with it, never skip.
+pub fn require(binary: &str, package: &str) -> std::io::Result<std::path::PathBuf> {
+    use std::path::PathBuf;
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|d| d.join(binary))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("`{binary}` is not installed: apt-get install -y {package}"),
+            )
+        })
+}

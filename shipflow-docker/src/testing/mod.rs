@@ -149,22 +149,8 @@ fn unique_prefix(kind: char) -> String {
     format!("{kind}{:x}{salt:03x}x{n}-", std::process::id())
 }
 
-/// The path of `binary` (searched on PATH, then `/usr/sbin` and `/sbin`, where
-/// Debian puts runc), or an error naming the Debian package to install.
-pub fn require(binary: &str, package: &str) -> io::Result<PathBuf> {
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
-        .map(|d| d.join(binary))
-        .find(|p| p.is_file())
-        .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("`{binary}` is not installed: apt-get install -y {package}"),
-            )
-        })
-}
+/// The path of `binary`, or an error naming the Debian package to install.
+pub use shipflow_core::testing::require;
 
 /// The ids (first column) of `command`'s output lines, empty when it fails.
 fn ids_of(mut command: Command) -> Vec<String> {

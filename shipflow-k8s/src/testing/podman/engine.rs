@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use shipflow_core::testing::require;
 use tokio::io::AsyncReadExt;
 
 /// The most of a command's output kept (the rest is dropped).
@@ -184,21 +185,4 @@ async fn read_bounded(reader: impl tokio::io::AsyncRead + Unpin) -> String {
     let _ = limited.read_to_end(&mut kept).await;
     let _ = tokio::io::copy(&mut limited.into_inner(), &mut tokio::io::sink()).await;
     String::from_utf8_lossy(&kept).into_owned()
-}
-
-/// The path of `binary` (on PATH, then `/usr/sbin` and `/sbin`), or an error naming
-/// the Debian package to install.
-pub(crate) fn require(binary: &str, package: &str) -> io::Result<PathBuf> {
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
-        .map(|d| d.join(binary))
-        .find(|p| p.is_file())
-        .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("`{binary}` is not installed: apt-get install -y {package}"),
-            )
-        })
 }
