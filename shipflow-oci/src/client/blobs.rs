@@ -34,21 +34,7 @@ impl RegistryClient {
     ) -> Result<Vec<u8>, OciError> {
         let requests = AtomicU32::new(0);
         let call = Call::new(reference, false, &requests, ctx);
-        self.ensure_pinged(&call).await?;
-        let url = self.url(reference, &format!("blobs/{digest}"))?;
-        let response = self
-            .send(
-                &call,
-                Step::BlobGet,
-                Method::GET,
-                url,
-                HeaderMap::new(),
-                Body::Empty,
-            )
-            .await?;
-        if !response.status().is_success() {
-            return Err(self.failure(&call, Step::BlobGet, response).await);
-        }
+        let response = self.get_blob(&call, digest).await?;
         let bytes = read_limited(&call, Step::BlobGet, "blob", response, FETCH_BLOB_LIMIT).await?;
         let actual = Digest::sha256(&bytes);
         if &actual != digest {
@@ -79,21 +65,7 @@ impl RegistryClient {
         use std::io::Write as _;
         let requests = AtomicU32::new(0);
         let call = Call::new(reference, false, &requests, ctx);
-        self.ensure_pinged(&call).await?;
-        let url = self.url(reference, &format!("blobs/{digest}"))?;
-        let response = self
-            .send(
-                &call,
-                Step::BlobGet,
-                Method::GET,
-                url,
-                HeaderMap::new(),
-                Body::Empty,
-            )
-            .await?;
-        if !response.status().is_success() {
-            return Err(self.failure(&call, Step::BlobGet, response).await);
-        }
+        let response = self.get_blob(&call, digest).await?;
         let local = |e: std::io::Error| OciError::ReadBlob {
             reference: call.name(),
             path: dest.to_owned(),
@@ -142,6 +114,31 @@ impl RegistryClient {
             let _ = std::fs::remove_file(dest);
         }
         checked
+    }
+
+    /// `GET` the blob `digest` of the call's repository: the response, once its
+    /// status says the body is the blob.
+    async fn get_blob(
+        &self,
+        call: &Call<'_>,
+        digest: &Digest,
+    ) -> Result<reqwest::Response, OciError> {
+        self.ensure_pinged(call).await?;
+        let url = self.url(call.reference, &format!("blobs/{digest}"))?;
+        let response = self
+            .send(
+                call,
+                Step::BlobGet,
+                Method::GET,
+                url,
+                HeaderMap::new(),
+                Body::Empty,
+            )
+            .await?;
+        if !response.status().is_success() {
+            return Err(self.failure(call, Step::BlobGet, response).await);
+        }
+        Ok(response)
     }
 
     /// Whether the repository of `reference` has the blob `digest`.
