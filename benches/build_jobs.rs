@@ -64,10 +64,9 @@ async fn build_bench() {
     let sim = SimCluster::start_with_podman(PodmanPods::new())
         .await
         .expect("a Podman-backed simulated cluster");
-    let alias = sim.host_alias().expect("Podman-backed");
     let settings = BuildJobs::new(builder)
         .namespace("builds")
-        .registry_alias(host.clone(), host.replacen("127.0.0.1", alias, 1))
+        .registry_alias(host.clone(), common::registry_in_pods(&sim, &host))
         .insecure_registry(true);
     let contexts = tempfile::tempdir().expect("contexts");
     let images = tempfile::tempdir().expect("images");

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Monorepo, builder_image, outcome};
+use common::{Monorepo, builder_image, outcome, registry_in_pods};
 use shipflow_kit::docker::testing::TestPodman;
 use shipflow_kit::git::GitChangeDetector;
 use shipflow_kit::k8s::testing::{PodmanPods, SimCluster};
@@ -153,12 +153,6 @@ async fn the_builder_image_builds_an_app_in_a_restricted_container() {
     );
 }
 
-/// The registry as build pods reach it, for `[workspace.build-jobs]`.
-fn alias_of(sim: &SimCluster, registry: &str) -> String {
-    let alias = sim.host_alias().expect("a Podman-backed cluster");
-    registry.replacen("127.0.0.1", alias, 1)
-}
-
 /// What a pod of `app` serves, by its pod IP: every ready pod of the Deployment.
 fn served(sim: &SimCluster, app: &str) -> Vec<String> {
     sim.list("Pod", "default")
@@ -194,7 +188,7 @@ async fn apps_built_as_jobs_run_as_pods_that_answer_http() {
         .expect("a Podman-backed simulated cluster");
     let settings = BuildJobs::new(builder)
         .namespace("builds")
-        .registry_alias(host.clone(), alias_of(&sim, &host))
+        .registry_alias(host.clone(), registry_in_pods(&sim, &host))
         .insecure_registry(true);
     let contexts = tempfile::tempdir().expect("contexts");
     let pipeline = || {

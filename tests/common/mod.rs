@@ -331,3 +331,9 @@ pub async fn builder_image(registry: &str) -> String {
         .expect("push the builder image");
     pinned.to_string()
 }
+
+/// `registry` (`127.0.0.1:<port>`) as the pods of the Podman-backed `sim` reach it.
+pub fn registry_in_pods(sim: &shipflow_kit::k8s::testing::SimCluster, registry: &str) -> String {
+    let alias = sim.host_alias().expect("a Podman-backed cluster");
+    registry.replacen("127.0.0.1", alias, 1)
+}
