@@ -679,7 +679,8 @@ fn same_build(existing: &Job, ours: &Job) -> bool {
                 (c.image.clone(), c.args.clone(), env)
             })
     };
-    builder(existing).is_some() && builder(existing) == builder(ours)
+    let theirs = builder(existing);
+    theirs.is_some() && theirs == builder(ours)
 }
 
 /// The Job's condition `kind` when it is true: `(reason, message)`.
